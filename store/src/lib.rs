@@ -1,0 +1,1 @@
+//! Durable stores for Hermes receivers.
