@@ -1,0 +1,154 @@
+//! `Context`: what a receiver can do while it handles a message.
+//!
+//! Every effect is recorded, not performed: the router applies the effects when the receiver is
+//! checked back in. That is what lets a receiver run on another thread, and what makes it
+//! testable alone (see [`testkit`](crate::testkit)).
+
+use std::time::{Duration, Instant};
+
+use crate::{Addr, Receiver, Recipient, TimerId};
+
+/// A receiver's view of the router while it handles one message or lifecycle hook.
+pub struct Context<'a, K, M> {
+    pub(crate) id: &'a K,
+    pub(crate) addr: Addr,
+    pub(crate) now: Instant,
+    pub(crate) effects: &'a mut Effects<K, M>,
+    pub(crate) timer_seq: &'a mut u32,
+}
+
+impl<'a, K: Clone, M> Context<'a, K, M> {
+    /// The ID this receiver serves.
+    pub fn id(&self) -> &K {
+        self.id
+    }
+
+    /// A handle to this receiver, for peers that reply often (skips hashing the ID).
+    pub fn addr(&self) -> Addr {
+        self.addr
+    }
+
+    /// The time the driver passed in for this run.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sends `msg` to the receiver with ID `to`, activating it if needed.
+    pub fn send(&mut self, to: K, msg: M) {
+        self.effects.sends.push((Recipient::Id(to), msg));
+    }
+
+    /// Sends `msg` by handle. If the handle is stale, the message becomes a dead letter.
+    pub fn send_to(&mut self, to: Addr, msg: M) {
+        self.effects.sends.push((Recipient::Addr(to), msg));
+    }
+
+    /// Delivers `msg` to this receiver after `after`, re-activating it if it was deactivated.
+    pub fn schedule(&mut self, after: Duration, msg: M) -> TimerId {
+        let to = self.id.clone();
+        self.schedule_to(to, after, msg)
+    }
+
+    /// Delivers `msg` to the receiver `to` after `after`.
+    pub fn schedule_to(&mut self, to: K, after: Duration, msg: M) -> TimerId {
+        let id = TimerId::new(self.addr, *self.timer_seq);
+        *self.timer_seq = self.timer_seq.wrapping_add(1);
+        let deadline = self.now + after;
+        self.effects.timers.push(TimerOp::Schedule {
+            id,
+            to,
+            deadline,
+            msg,
+        });
+        id
+    }
+
+    /// Cancels a timer; a cancelled timer never fires. Unknown or fired timers are ignored.
+    pub fn cancel(&mut self, timer: TimerId) {
+        self.effects.timers.push(TimerOp::Cancel(timer));
+    }
+
+    /// Replaces this receiver's handler from the next message on.
+    pub fn become_(&mut self, next: impl Receiver<K, M>) {
+        self.effects.become_ = Some(Box::new(next));
+    }
+
+    /// Deactivates this receiver after the current message. Messages still queued activate a
+    /// fresh instance afterwards.
+    pub fn stop(&mut self) {
+        self.effects.stop = true;
+    }
+
+    /// Overrides the router's idle timeout for this receiver (until it is deactivated).
+    pub fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.effects.idle_timeout = Some(timeout);
+    }
+}
+
+/// A timer operation recorded by a receiver.
+pub(crate) enum TimerOp<K, M> {
+    Schedule {
+        id: TimerId,
+        to: K,
+        deadline: Instant,
+        msg: M,
+    },
+    Cancel(TimerId),
+}
+
+/// Everything a receiver asked for while handling messages, in order.
+pub(crate) struct Effects<K, M> {
+    pub(crate) sends: Vec<(Recipient<K>, M)>,
+    pub(crate) timers: Vec<TimerOp<K, M>>,
+    pub(crate) become_: Option<Box<dyn Receiver<K, M>>>,
+    pub(crate) stop: bool,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Where the effects stood before a message, so a panicking message leaves no effects.
+pub(crate) struct Mark {
+    sends: usize,
+    timers: usize,
+    stop: bool,
+    idle_timeout: Option<Duration>,
+}
+
+impl<K, M> Default for Effects<K, M> {
+    fn default() -> Self {
+        Effects {
+            sends: Vec::new(),
+            timers: Vec::new(),
+            become_: None,
+            stop: false,
+            idle_timeout: None,
+        }
+    }
+}
+
+impl<K, M> Effects<K, M> {
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            sends: self.sends.len(),
+            timers: self.timers.len(),
+            stop: self.stop,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// Forgets everything recorded since `mark`.
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        self.sends.truncate(mark.sends);
+        self.timers.truncate(mark.timers);
+        self.become_ = None;
+        self.stop = mark.stop;
+        self.idle_timeout = mark.idle_timeout;
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.sends.clear();
+        self.timers.clear();
+        self.become_ = None;
+        self.stop = false;
+        self.idle_timeout = None;
+    }
+}

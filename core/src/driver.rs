@@ -1,0 +1,96 @@
+//! A single-threaded driver that handles every command inline: for custom event loops and tests.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Instant;
+
+use crate::{Command, Config, DeadLetter, Factory, Router, SendError};
+
+/// A [`Router`] plus its factory, handling every command on the calling thread.
+///
+/// ```
+/// use std::time::Instant;
+/// use hermes_core::{Activation, Config, Context, Driver};
+///
+/// let mut driver = Driver::new(Config::default(), |_id: &u32| {
+///     Activation::ready(|ctx: &mut Context<'_, u32, &'static str>, msg| {
+///         assert_eq!(msg, "hello");
+///         ctx.stop();
+///     })
+/// });
+/// driver.send(7, "hello").unwrap();
+/// driver.run(Instant::now());
+/// assert_eq!(driver.router().stats().deactivations, 1);
+/// ```
+pub struct Driver<K, M, F> {
+    router: Router<K, M>,
+    factory: F,
+}
+
+impl<K, M, F> Driver<K, M, F>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+    F: Factory<K, M>,
+{
+    /// A driver over a new router.
+    pub fn new(config: Config, factory: F) -> Self {
+        Driver {
+            router: Router::new(config),
+            factory,
+        }
+    }
+
+    /// The router, to read stats or poll dead letters.
+    pub fn router(&self) -> &Router<K, M> {
+        &self.router
+    }
+
+    /// The router, to send by handle, schedule or cancel.
+    pub fn router_mut(&mut self) -> &mut Router<K, M> {
+        &mut self.router
+    }
+
+    /// Queues `msg` for `to`; it is handled on the next [`run`](Driver::run).
+    pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
+        self.router.send(to, msg)
+    }
+
+    /// Handles the next pending command at `now` and returns it, or `None` if there is none.
+    pub fn step(&mut self, now: Instant) -> Option<Command> {
+        let command = self.router.poll_command()?;
+        if let Err(e) = self.router.handle(command, &self.factory, now) {
+            // Commands come from this router and are handled once each, so this is a bug.
+            unreachable!("inline driver mishandled {command:?}: {e}");
+        }
+        Some(command)
+    }
+
+    /// Fires the timers due at `now`, then handles commands until none is left. Returns how
+    /// many commands were handled.
+    pub fn run(&mut self, now: Instant) -> usize {
+        self.router.handle_timeout(now);
+        let mut handled = 0;
+        while self.step(now).is_some() {
+            handled += 1;
+        }
+        handled
+    }
+
+    /// Closes the router and runs until every receiver is deactivated.
+    pub fn close(&mut self, now: Instant) {
+        self.router.close();
+        self.run(now);
+        debug_assert!(self.router.is_closed());
+    }
+
+    /// The next undeliverable message.
+    pub fn poll_dead_letter(&mut self) -> Option<DeadLetter<K, M>> {
+        self.router.poll_dead_letter()
+    }
+
+    /// The next time [`run`](Driver::run) has timers to fire.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.router.poll_timeout()
+    }
+}

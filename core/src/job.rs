@@ -1,0 +1,182 @@
+//! Check-out / check-in: a receiver and a batch of its messages, moved out of the router to run
+//! anywhere, and the effects they produced, moved back in.
+//!
+//! [`Router::run`](crate::Router::run) is `check_out`, [`Job::execute`], `check_in` in one call, so
+//! inline and checked-out execution give the same results by construction.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::context::Effects;
+use crate::{Addr, Context, Deactivation, Receiver};
+
+/// A receiver checked out of its router with work to do. It is `Send`: run it on any thread
+/// with [`execute`](Job::execute), then hand the [`Done`] back to the same router.
+pub struct Job<K, M> {
+    pub(crate) addr: Addr,
+    pub(crate) id: K,
+    pub(crate) receiver: Box<dyn Receiver<K, M>>,
+    pub(crate) work: Work<M>,
+    pub(crate) effects: Effects<K, M>,
+    pub(crate) timer_seq: u32,
+}
+
+pub(crate) enum Work<M> {
+    /// Handle `batch` in order, after running the `activated` hook if `fresh`.
+    Run { batch: VecDeque<M>, fresh: bool },
+    /// Run the `deactivated` hook.
+    Deactivate(Deactivation),
+}
+
+/// How a job ended.
+pub(crate) enum Ending {
+    /// Every message handled.
+    Finished,
+    /// The receiver called `stop`; the rest of the batch was not handled.
+    Stopped,
+    /// The handler panicked on a message; the rest of the batch was not handled.
+    Panicked(Arc<str>),
+    /// The `activated` hook panicked; no message was handled.
+    ActivationPanicked(Arc<str>),
+}
+
+/// A job that ran: the receiver, unhandled messages and the effects, for
+/// [`Router::check_in`](crate::Router::check_in).
+pub struct Done<K, M> {
+    pub(crate) addr: Addr,
+    pub(crate) receiver: Box<dyn Receiver<K, M>>,
+    /// Messages of the batch not handled (after stop or a panic), in order.
+    pub(crate) rest: VecDeque<M>,
+    pub(crate) handled: u64,
+    pub(crate) ending: Ending,
+    pub(crate) deactivation: bool,
+    pub(crate) effects: Effects<K, M>,
+    pub(crate) timer_seq: u32,
+}
+
+impl<K: 'static, M: 'static> Job<K, M> {
+    /// The receiver this job is for.
+    pub fn addr(&self) -> Addr {
+        self.addr
+    }
+
+    /// The ID of the receiver this job is for.
+    pub fn id(&self) -> &K {
+        &self.id
+    }
+
+    /// Messages this job will handle (0 for a deactivation).
+    pub fn len(&self) -> usize {
+        match &self.work {
+            Work::Run { batch, .. } => batch.len(),
+            Work::Deactivate(_) => 0,
+        }
+    }
+
+    /// True for a deactivation job (no messages).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs the receiver on its batch (or its `deactivated` hook) at `now`. Panics in the
+    /// receiver are caught; a panicking message leaves no effects.
+    pub fn execute(self, now: Instant) -> Done<K, M> {
+        let Job {
+            addr,
+            id,
+            mut receiver,
+            work,
+            mut effects,
+            mut timer_seq,
+        } = self;
+        let mut handled = 0;
+        let mut ending = Ending::Finished;
+        let mut ctx = Context {
+            id: &id,
+            addr,
+            now,
+            effects: &mut effects,
+            timer_seq: &mut timer_seq,
+        };
+        let (rest, deactivation) = match work {
+            Work::Run { mut batch, fresh } => {
+                if fresh {
+                    let result = guarded(&mut ctx, |ctx| receiver.activated(ctx));
+                    if let Err(why) = result {
+                        ending = Ending::ActivationPanicked(why);
+                    } else if let Some(next) = ctx.effects.become_.take() {
+                        receiver = next;
+                    }
+                }
+                while matches!(ending, Ending::Finished) {
+                    let Some(msg) = batch.pop_front() else { break };
+                    match guarded(&mut ctx, |ctx| receiver.receive(ctx, msg)) {
+                        Err(why) => ending = Ending::Panicked(why),
+                        Ok(()) => {
+                            handled += 1;
+                            if let Some(next) = ctx.effects.become_.take() {
+                                receiver = next;
+                            }
+                            if ctx.effects.stop {
+                                ending = Ending::Stopped;
+                            }
+                        }
+                    }
+                }
+                (batch, false)
+            }
+            Work::Deactivate(why) => {
+                if let Err(panic) = guarded(&mut ctx, |ctx| receiver.deactivated(ctx, why)) {
+                    tracing::warn!(?addr, %panic, "deactivated hook panicked; its effects are dropped");
+                }
+                ctx.effects.become_ = None;
+                (VecDeque::new(), true)
+            }
+        };
+        Done {
+            addr,
+            receiver,
+            rest,
+            handled,
+            ending,
+            deactivation,
+            effects,
+            timer_seq,
+        }
+    }
+}
+
+impl<K, M> Done<K, M> {
+    /// The receiver this work was for.
+    pub fn addr(&self) -> Addr {
+        self.addr
+    }
+}
+
+/// Runs `f`, catching a panic; on panic, the effects `f` recorded are rolled back.
+fn guarded<K: 'static, M: 'static>(
+    ctx: &mut Context<'_, K, M>,
+    f: impl FnOnce(&mut Context<'_, K, M>),
+) -> Result<(), Arc<str>> {
+    let mark = ctx.effects.mark();
+    match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+        Ok(()) => Ok(()),
+        Err(payload) => {
+            ctx.effects.rollback(mark);
+            Err(panic_message(payload))
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> Arc<str> {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        Arc::from(*s)
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        Arc::from(s.as_str())
+    } else {
+        Arc::from("non-string panic payload")
+    }
+}

@@ -1,0 +1,53 @@
+//! The `Receiver` trait: what runs when a message arrives.
+
+use crate::Context;
+
+/// Handles the messages sent to one ID, one at a time.
+///
+/// Implement it on a struct for state and lifecycle hooks, or pass any
+/// `FnMut(&mut Context<K, M>, M) + Send + 'static` closure.
+///
+/// ```
+/// use hermes_core::{Context, Receiver};
+///
+/// struct Counter(u64);
+///
+/// impl Receiver<u64, u64> for Counter {
+///     fn receive(&mut self, _ctx: &mut Context<'_, u64, u64>, n: u64) {
+///         self.0 += n;
+///     }
+/// }
+/// ```
+pub trait Receiver<K, M>: Send + 'static {
+    /// Handles one message. Effects (sends, timers, become, stop) go through `ctx`.
+    fn receive(&mut self, ctx: &mut Context<'_, K, M>, msg: M);
+
+    /// Runs once, after the factory created this receiver and before its first message.
+    fn activated(&mut self, _ctx: &mut Context<'_, K, M>) {}
+
+    /// Runs once, when this instance is deactivated; save durable state here.
+    fn deactivated(&mut self, _ctx: &mut Context<'_, K, M>, _why: Deactivation) {}
+}
+
+impl<K, M, F> Receiver<K, M> for F
+where
+    F: FnMut(&mut Context<'_, K, M>, M) + Send + 'static,
+{
+    fn receive(&mut self, ctx: &mut Context<'_, K, M>, msg: M) {
+        self(ctx, msg)
+    }
+}
+
+/// Why a receiver instance is deactivated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Deactivation {
+    /// Idle (no messages, not running) for its idle timeout.
+    IdleTimeout,
+    /// The receiver called [`Context::stop`].
+    Stopped,
+    /// The router is closing.
+    Closing,
+    /// The instance panicked while handling a message; its state may be half-updated, so do not
+    /// persist it. The next message for its ID activates a fresh instance through the factory.
+    Panicked,
+}

@@ -1,0 +1,737 @@
+//! The `Router`: a deterministic, single-threaded, sans-IO state machine.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use slab::Slab;
+
+use crate::context::{Effects, TimerOp};
+use crate::job::{Ending, Work};
+use crate::slot::{DEFAULT_IDLE, Slot, State};
+use crate::timers::{Due, Timers};
+use crate::{
+    Activation, Addr, Command, CommandError, Deactivation, DeadLetter, DeadLetterReason, Done,
+    Factory, FactoryError, Job, Recipient, SendError, SendErrorKind, Stats, TimerId,
+};
+
+/// How a router behaves. Build with `Config::default()` and the setters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    idle_timeout: Duration,
+    mailbox_capacity: Option<usize>,
+    batch_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idle_timeout: Duration::from_secs(300),
+            mailbox_capacity: None,
+            batch_size: 64,
+        }
+    }
+}
+
+impl Config {
+    /// How long a receiver stays live with nothing to do (default 5 minutes). Zero deactivates
+    /// a receiver as soon as its mailbox is empty.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Bounds every mailbox (default unbounded). A send to a full mailbox is refused
+    /// ([`SendError::Full`]) from outside, or becomes a dead letter from a receiver.
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.mailbox_capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// Most messages one `Run` handles before the receiver yields (default 64).
+    pub fn batch_size(mut self, batch: usize) -> Self {
+        self.batch_size = batch.max(1);
+        self
+    }
+
+    /// The configured idle timeout.
+    pub fn get_idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+}
+
+/// A deliberate bug, for proving that an invariant checker catches it.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Check-in drops the first message a receiver sent.
+    DropOnCheckIn,
+    /// A receiver with queued messages is deactivated after a run.
+    DeactivateNonEmpty,
+    /// Timers fire up to one millisecond before their deadline.
+    EarlyTimer,
+    /// Handles are not checked for generation.
+    NoGenerationCheck,
+}
+
+/// Routes messages to receivers addressed by ID `K`; see the crate docs for the lifecycle.
+///
+/// Inputs: messages ([`send`](Router::send)), time ([`handle_timeout`](Router::handle_timeout)),
+/// and the results of commands. Outputs: [`poll_command`](Router::poll_command),
+/// [`poll_dead_letter`](Router::poll_dead_letter), [`poll_timeout`](Router::poll_timeout).
+pub struct Router<K, M> {
+    config: Config,
+    slots: Slab<Slot<K, M>>,
+    /// Last generation handed out per slab index; survives the slot's removal.
+    generations: Vec<u32>,
+    /// ID -> slab key. Stores only the key; hashing looks the ID up in the slot.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    timers: Timers<K, M>,
+    commands: VecDeque<Command>,
+    dead_letters: VecDeque<DeadLetter<K, M>>,
+    closing: bool,
+    epoch: Option<Instant>,
+    stats: Stats,
+    spare_batches: Vec<VecDeque<M>>,
+    spare_effects: Vec<Effects<K, M>>,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Fault>,
+}
+
+/// A message the router did not take.
+struct Rejected<K, M> {
+    to: Recipient<K>,
+    msg: M,
+    kind: SendErrorKind,
+}
+
+impl<K, M> Router<K, M>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    /// A router with no receivers.
+    pub fn new(config: Config) -> Self {
+        Router {
+            config,
+            slots: Slab::new(),
+            generations: Vec::new(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            timers: Timers::default(),
+            commands: VecDeque::new(),
+            dead_letters: VecDeque::new(),
+            closing: false,
+            epoch: None,
+            stats: Stats::default(),
+            spare_batches: Vec::new(),
+            spare_effects: Vec::new(),
+            #[cfg(feature = "fault-injection")]
+            fault: None,
+        }
+    }
+
+    /// The configuration this router was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Switches on a deliberate bug (tests of invariant checkers only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    /// True if `fault` is switched on; always false without the `fault-injection` feature.
+    #[inline(always)]
+    fn fault(&self, fault: Fault) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.fault == Some(fault);
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = fault;
+            false
+        }
+    }
+
+    // ---- sending ------------------------------------------------------------------------------
+
+    /// Sends `msg` from outside to the receiver with ID `to`, activating it if needed.
+    pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
+        self.route(Recipient::Id(to), msg, true)
+            .map_err(Rejected::into_error)
+    }
+
+    /// Sends `msg` from outside by handle; [`SendError::Stale`] if its receiver is gone.
+    pub fn send_to(&mut self, to: Addr, msg: M) -> Result<(), SendError<M>> {
+        self.route(Recipient::Addr(to), msg, true)
+            .map_err(Rejected::into_error)
+    }
+
+    /// Schedules `msg` for the receiver `to` at `deadline`, from outside.
+    pub fn schedule(&mut self, to: K, deadline: Instant, msg: M) -> Result<TimerId, SendError<M>> {
+        if self.closing {
+            return Err(SendError::Closed(msg));
+        }
+        let id = self.timers.outside_id();
+        self.timers.schedule(id, deadline, to, msg);
+        Ok(id)
+    }
+
+    /// Cancels a timer; true if it was pending (it will never fire).
+    pub fn cancel(&mut self, timer: TimerId) -> bool {
+        self.timers.cancel(timer)
+    }
+
+    /// A handle to the live receiver with ID `id`.
+    pub fn addr(&self, id: &K) -> Option<Addr> {
+        self.lookup(id).map(|key| self.addr_of(key))
+    }
+
+    /// The ID of the live receiver behind `addr`.
+    pub fn id(&self, addr: Addr) -> Option<&K> {
+        self.live(addr).map(|key| &self.slots[key].id)
+    }
+
+    fn route(&mut self, to: Recipient<K>, msg: M, outside: bool) -> Result<(), Rejected<K, M>> {
+        if outside && self.closing {
+            return Err(Rejected::new(to, msg, SendErrorKind::Closed));
+        }
+        let key = match &to {
+            Recipient::Addr(addr) => match self.live(*addr) {
+                Some(key) => key,
+                None => return Err(Rejected::new(to, msg, SendErrorKind::Stale)),
+            },
+            Recipient::Id(id) => match self.lookup(id) {
+                Some(key) => key,
+                None if self.closing => return Err(Rejected::new(to, msg, SendErrorKind::Closed)),
+                None => {
+                    let Recipient::Id(id) = to else {
+                        unreachable!()
+                    };
+                    self.insert(id, msg);
+                    return Ok(());
+                }
+            },
+        };
+        let slot = &mut self.slots[key];
+        if self.closing && matches!(slot.state, State::Deactivating(_)) {
+            return Err(Rejected::new(to, msg, SendErrorKind::Closed));
+        }
+        if self
+            .config
+            .mailbox_capacity
+            .is_some_and(|cap| slot.mailbox.len() >= cap)
+        {
+            return Err(Rejected::new(to, msg, SendErrorKind::Full));
+        }
+        slot.mailbox.push_back(msg);
+        self.stats.messages_routed += 1;
+        if slot.state == State::Idle {
+            self.set_state(key, State::Scheduled);
+            self.commands.push_back(Command::Run(self.addr_of(key)));
+        }
+        Ok(())
+    }
+
+    /// Routes a message sent by a receiver or a timer; a refusal becomes a dead letter.
+    fn route_inside(&mut self, to: Recipient<K>, msg: M) {
+        if let Err(r) = self.route(to, msg, false) {
+            let reason = match r.kind {
+                SendErrorKind::Closed => DeadLetterReason::Closed,
+                SendErrorKind::Full => DeadLetterReason::Full,
+                SendErrorKind::Stale => DeadLetterReason::Stale,
+            };
+            self.dead_letter(r.to, Some(r.msg), reason);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        recipient: Recipient<K>,
+        message: Option<M>,
+        reason: DeadLetterReason,
+    ) {
+        tracing::debug!(?recipient, %reason, "dead letter");
+        self.stats.dead_letters += 1;
+        self.dead_letters.push_back(DeadLetter {
+            recipient,
+            message,
+            reason,
+        });
+    }
+
+    // ---- slots --------------------------------------------------------------------------------
+
+    fn lookup(&self, id: &K) -> Option<usize> {
+        let hash = self.hasher.hash_one(id);
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&key| slots[key as usize].id == *id)
+            .map(|&key| key as usize)
+    }
+
+    /// The slab key behind a handle, if it is not stale.
+    fn live(&self, addr: Addr) -> Option<usize> {
+        let key = addr.index as usize;
+        let slot = self.slots.get(key)?;
+        if self.fault(Fault::NoGenerationCheck) {
+            return Some(key);
+        }
+        (slot.generation == addr.generation).then_some(key)
+    }
+
+    fn addr_of(&self, key: usize) -> Addr {
+        Addr {
+            index: key as u32,
+            generation: self.slots[key].generation,
+        }
+    }
+
+    /// Creates an activating slot for `id` holding `msg`, and emits `Activate`.
+    fn insert(&mut self, id: K, msg: M) {
+        let hash = self.hasher.hash_one(&id);
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        if key >= self.generations.len() {
+            self.generations.resize(key + 1, 0);
+        }
+        let generation = self.generations[key].wrapping_add(1);
+        self.generations[key] = generation;
+        entry.insert(Slot::new(id, generation, msg));
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, key as u32, |&k| {
+            hasher.hash_one(&slots[k as usize].id)
+        });
+        self.stats.messages_routed += 1;
+        self.stats.live += 1;
+        self.stats.activating += 1;
+        self.commands.push_back(Command::Activate(Addr {
+            index: key as u32,
+            generation,
+        }));
+    }
+
+    /// Frees a slot whose receiver is gone and whose mailbox is empty.
+    fn remove(&mut self, key: usize) {
+        let state = self.slots[key].state;
+        self.count(state, false);
+        self.stats.live -= 1;
+        let hash = self.hasher.hash_one(&self.slots[key].id);
+        if let Ok(entry) = self.index.find_entry(hash, |&k| k as usize == key) {
+            entry.remove();
+        }
+        let slot = self.slots.remove(key);
+        debug_assert!(slot.mailbox.is_empty());
+        self.spare_batch(slot.mailbox);
+    }
+
+    fn set_state(&mut self, key: usize, state: State) {
+        let old = std::mem::replace(&mut self.slots[key].state, state);
+        self.count(old, false);
+        self.count(state, true);
+    }
+
+    fn count(&mut self, state: State, add: bool) {
+        let n = match state {
+            State::Activating => &mut self.stats.activating,
+            State::Idle => &mut self.stats.idle,
+            State::Scheduled => &mut self.stats.scheduled,
+            State::Running => &mut self.stats.running,
+            State::Deactivating(_) => &mut self.stats.deactivating,
+        };
+        if add { *n += 1 } else { *n -= 1 }
+    }
+
+    fn ticks(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_nanos() as u64
+    }
+
+    fn idle_timeout_of(&self, key: usize) -> Duration {
+        match self.slots[key].idle_timeout_ms {
+            DEFAULT_IDLE => self.config.idle_timeout,
+            ms => Duration::from_millis(ms.into()),
+        }
+    }
+
+    /// The receiver at `key` has nothing queued and is not running.
+    fn become_idle(&mut self, key: usize, now: Instant) {
+        let timeout = self.idle_timeout_of(key);
+        if self.closing {
+            return self.begin_deactivation(key, Deactivation::Closing);
+        }
+        if timeout.is_zero() {
+            return self.begin_deactivation(key, Deactivation::IdleTimeout);
+        }
+        self.set_state(key, State::Idle);
+        let since = self.ticks(now);
+        let addr = self.addr_of(key);
+        let slot = &mut self.slots[key];
+        slot.idle_since = since;
+        if !slot.idle_armed {
+            slot.idle_armed = true;
+            self.timers.arm_idle(now + timeout, addr);
+        }
+    }
+
+    fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
+        self.set_state(key, State::Deactivating(why));
+        self.commands
+            .push_back(Command::Deactivate(self.addr_of(key)));
+    }
+
+    /// Reports every queued message of `key` as a dead letter and frees the slot.
+    fn fail_activation(&mut self, key: usize, reason: DeadLetterReason) {
+        let mailbox = std::mem::take(&mut self.slots[key].mailbox);
+        let id = self.slots[key].id.clone();
+        for msg in mailbox {
+            self.dead_letter(Recipient::Id(id.clone()), Some(msg), reason.clone());
+        }
+        self.remove(key);
+    }
+
+    fn spare_batch(&mut self, mut batch: VecDeque<M>) {
+        if batch.capacity() > 0 && self.spare_batches.len() < 64 {
+            batch.clear();
+            self.spare_batches.push(batch);
+        }
+    }
+
+    // ---- commands -----------------------------------------------------------------------------
+
+    /// The next command for the driver, in the order they arose.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// The next undeliverable message.
+    pub fn poll_dead_letter(&mut self) -> Option<DeadLetter<K, M>> {
+        self.dead_letters.pop_front()
+    }
+
+    /// Completes an [`Activate`](Command::Activate) with what the factory made.
+    pub fn activate(
+        &mut self,
+        addr: Addr,
+        activation: Activation<K, M>,
+        now: Instant,
+    ) -> Result<(), CommandError> {
+        let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+        let slot = &mut self.slots[key];
+        if slot.state != State::Activating {
+            return Err(CommandError::WrongState(addr));
+        }
+        match activation {
+            Activation::Ready(receiver) => {
+                slot.receiver = Some(receiver);
+                slot.fresh = true;
+                self.stats.activations += 1;
+                if self.slots[key].mailbox.is_empty() {
+                    self.become_idle(key, now);
+                } else {
+                    self.set_state(key, State::Scheduled);
+                    self.commands.push_back(Command::Run(addr));
+                }
+            }
+            Activation::Refused => self.fail_activation(key, DeadLetterReason::NoReceiver),
+            Activation::Failed(e) => self.fail_activation(key, DeadLetterReason::FactoryFailed(e)),
+        }
+        Ok(())
+    }
+
+    /// Checks out the receiver of a [`Run`](Command::Run) (with up to a batch of its messages)
+    /// or of a [`Deactivate`](Command::Deactivate), to [`execute`](Job::execute) anywhere.
+    pub fn check_out(&mut self, addr: Addr) -> Result<Job<K, M>, CommandError> {
+        let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+        let slot = &mut self.slots[key];
+        let work = match slot.state {
+            State::Scheduled => {
+                let mut batch = self.spare_batches.pop().unwrap_or_default();
+                let n = slot.mailbox.len().min(self.config.batch_size);
+                batch.extend(slot.mailbox.drain(..n));
+                let fresh = std::mem::take(&mut slot.fresh);
+                Work::Run { batch, fresh }
+            }
+            State::Deactivating(why) if slot.receiver.is_some() => Work::Deactivate(why),
+            _ => return Err(CommandError::WrongState(addr)),
+        };
+        let Some(receiver) = slot.receiver.take() else {
+            return Err(CommandError::WrongState(addr));
+        };
+        let job = Job {
+            addr,
+            id: slot.id.clone(),
+            receiver,
+            work,
+            effects: self.spare_effects.pop().unwrap_or_default(),
+            timer_seq: slot.timer_seq,
+        };
+        if matches!(job.work, Work::Run { .. }) {
+            self.set_state(key, State::Running);
+        }
+        Ok(job)
+    }
+
+    /// Checks a job back in: applies its effects (sends, timers, become, stop) and moves the
+    /// receiver on in its lifecycle.
+    pub fn check_in(&mut self, done: Done<K, M>, now: Instant) -> Result<(), CommandError> {
+        let addr = done.addr;
+        let key = self.live(addr).ok_or(CommandError::NotCheckedOut(addr))?;
+        let slot = &mut self.slots[key];
+        let expected = if done.deactivation {
+            matches!(slot.state, State::Deactivating(_))
+        } else {
+            slot.state == State::Running
+        };
+        if !expected || slot.receiver.is_some() {
+            return Err(CommandError::NotCheckedOut(addr));
+        }
+        let Done {
+            receiver,
+            mut rest,
+            handled,
+            ending,
+            deactivation,
+            mut effects,
+            timer_seq,
+            ..
+        } = done;
+        slot.timer_seq = timer_seq;
+        if let Some(timeout) = effects.idle_timeout.take() {
+            slot.idle_timeout_ms = timeout.as_millis().min(u128::from(DEFAULT_IDLE - 1)) as u32;
+        }
+        // Messages the job did not handle go back to the front, in order.
+        while let Some(msg) = rest.pop_back() {
+            slot.mailbox.push_front(msg);
+        }
+        self.spare_batch(rest);
+        self.stats.messages_delivered += handled;
+        self.apply(&mut effects);
+        if self.spare_effects.len() < 64 {
+            self.spare_effects.push(effects);
+        }
+
+        if deactivation {
+            drop(receiver);
+            self.stats.deactivations += 1;
+            if self.slots[key].mailbox.is_empty() {
+                self.remove(key);
+            } else {
+                // Messages arrived during deactivation: activate a fresh instance.
+                self.set_state(key, State::Activating);
+                self.commands.push_back(Command::Activate(addr));
+            }
+            return Ok(());
+        }
+
+        let injected = self.fault(Fault::DeactivateNonEmpty);
+        let slot = &mut self.slots[key];
+        match ending {
+            Ending::Finished => {
+                slot.receiver = Some(receiver);
+                if injected && !slot.mailbox.is_empty() {
+                    self.begin_deactivation(key, Deactivation::Stopped);
+                } else if slot.mailbox.is_empty() {
+                    self.become_idle(key, now);
+                } else {
+                    self.set_state(key, State::Scheduled);
+                    self.commands.push_back(Command::Run(addr));
+                }
+            }
+            Ending::Stopped => {
+                slot.receiver = Some(receiver);
+                self.begin_deactivation(key, Deactivation::Stopped);
+            }
+            Ending::Panicked(why) => {
+                tracing::warn!(id = ?slot.id, %why, "receiver panicked; deactivating it");
+                slot.receiver = Some(receiver);
+                let id = slot.id.clone();
+                self.stats.panics += 1;
+                self.dead_letter(Recipient::Id(id), None, DeadLetterReason::Panicked(why));
+                self.begin_deactivation(key, Deactivation::Panicked);
+            }
+            Ending::ActivationPanicked(why) => {
+                tracing::warn!(id = ?slot.id, %why, "activated hook panicked; activation failed");
+                drop(receiver);
+                self.stats.panics += 1;
+                let error = FactoryError::new(ActivationPanic(why));
+                self.fail_activation(key, DeadLetterReason::FactoryFailed(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies what a receiver asked for, in order.
+    fn apply(&mut self, effects: &mut Effects<K, M>) {
+        let mut sends = std::mem::take(&mut effects.sends);
+        let mut drained = sends.drain(..);
+        if self.fault(Fault::DropOnCheckIn) {
+            drained.next();
+        }
+        for (to, msg) in drained {
+            self.route_inside(to, msg);
+        }
+        effects.sends = sends;
+        let mut timers = std::mem::take(&mut effects.timers);
+        for op in timers.drain(..) {
+            match op {
+                TimerOp::Schedule {
+                    id,
+                    to,
+                    deadline,
+                    msg,
+                } => {
+                    if self.closing {
+                        self.dead_letter(Recipient::Id(to), Some(msg), DeadLetterReason::Closed);
+                    } else {
+                        self.timers.schedule(id, deadline, to, msg);
+                    }
+                }
+                TimerOp::Cancel(id) => {
+                    self.timers.cancel(id);
+                }
+            }
+        }
+        effects.timers = timers;
+        effects.clear();
+    }
+
+    /// Handles a `Run` or `Deactivate` inline: check out, execute, check in.
+    pub fn run(&mut self, addr: Addr, now: Instant) -> Result<(), CommandError> {
+        let job = self.check_out(addr)?;
+        let done = job.execute(now);
+        self.check_in(done, now)
+    }
+
+    /// Handles any command inline, calling `factory` for `Activate`. Every driver that runs
+    /// receivers on its own thread can use this.
+    pub fn handle(
+        &mut self,
+        command: Command,
+        factory: &(impl Factory<K, M> + ?Sized),
+        now: Instant,
+    ) -> Result<(), CommandError> {
+        match command {
+            Command::Activate(addr) => {
+                let id = self.id(addr).ok_or(CommandError::Stale(addr))?;
+                let activation = factory.create(id);
+                self.activate(addr, activation, now)
+            }
+            Command::Run(addr) | Command::Deactivate(addr) => self.run(addr, now),
+        }
+    }
+
+    // ---- time ---------------------------------------------------------------------------------
+
+    /// The next time [`handle_timeout`](Router::handle_timeout) has work, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// Fires every timer due at `now` in deadline order (ties in scheduling order) and
+    /// deactivates receivers idle past their timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = if self.fault(Fault::EarlyTimer) {
+            now + Duration::from_millis(1)
+        } else {
+            now
+        };
+        while let Some((_, due, pending)) = self.timers.pop_due(now) {
+            match (due, pending) {
+                (Due::User(_), Some(p)) => self.route_inside(Recipient::Id(p.to), p.msg),
+                (Due::Idle(addr), _) => self.check_idle(addr, now),
+                (Due::User(_), None) => {}
+            }
+        }
+    }
+
+    fn check_idle(&mut self, addr: Addr, now: Instant) {
+        let Some(key) = self.live(addr) else { return };
+        self.slots[key].idle_armed = false;
+        if self.slots[key].state != State::Idle {
+            return; // re-armed when it next becomes idle
+        }
+        let timeout = self.idle_timeout_of(key);
+        let since = self.slots[key].idle_since;
+        let elapsed = Duration::from_nanos(self.ticks(now).saturating_sub(since));
+        if elapsed >= timeout {
+            self.begin_deactivation(key, Deactivation::IdleTimeout);
+        } else {
+            self.slots[key].idle_armed = true;
+            self.timers.arm_idle(now + (timeout - elapsed), addr);
+        }
+    }
+
+    // ---- close --------------------------------------------------------------------------------
+
+    /// Starts closing: outside sends are refused from now on, pending timers become dead
+    /// letters, queued messages drain, and then every live receiver is deactivated exactly once.
+    /// [`is_closed`](Router::is_closed) turns true when that is done.
+    pub fn close(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        for p in self.timers.drain_user() {
+            self.dead_letter(Recipient::Id(p.to), Some(p.msg), DeadLetterReason::Closed);
+        }
+        let idle: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.state == State::Idle)
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.begin_deactivation(key, Deactivation::Closing);
+        }
+    }
+
+    /// True once [`close`](Router::close) was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// True once closing has finished: no receiver is live.
+    pub fn is_closed(&self) -> bool {
+        self.closing && self.slots.is_empty()
+    }
+
+    /// Counters and receiver counts.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            timers_pending: self.timers.len(),
+            ..self.stats
+        }
+    }
+}
+
+impl<K, M> Rejected<K, M> {
+    fn new(to: Recipient<K>, msg: M, kind: SendErrorKind) -> Self {
+        Rejected { to, msg, kind }
+    }
+
+    fn into_error(self) -> SendError<M> {
+        match self.kind {
+            SendErrorKind::Closed => SendError::Closed(self.msg),
+            SendErrorKind::Full => SendError::Full(self.msg),
+            SendErrorKind::Stale => SendError::Stale(self.msg),
+        }
+    }
+}
+
+/// The error a failed activation carries when the `activated` hook panicked.
+#[derive(Debug)]
+struct ActivationPanic(Arc<str>);
+
+impl std::fmt::Display for ActivationPanic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the activated hook panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for ActivationPanic {}

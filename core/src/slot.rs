@@ -1,0 +1,61 @@
+//! A slot: one live receiver, its mailbox and its lifecycle state.
+
+use std::collections::VecDeque;
+
+use crate::{Deactivation, Receiver};
+
+/// Where a receiver is in its lifecycle (see the diagram in the crate docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// An `Activate` command is out; messages queue.
+    Activating,
+    /// Live, nothing queued, not running; an idle check may be armed.
+    Idle,
+    /// Messages queued; a `Run` command is out.
+    Scheduled,
+    /// Checked out with a batch.
+    Running,
+    /// A `Deactivate` command is out, or the hook is running (receiver checked out).
+    Deactivating(Deactivation),
+}
+
+/// Idle timeout sentinel: use the router's default.
+pub(crate) const DEFAULT_IDLE: u32 = u32::MAX;
+
+pub(crate) struct Slot<K, M> {
+    pub(crate) id: K,
+    /// `None` while activating or checked out.
+    pub(crate) receiver: Option<Box<dyn Receiver<K, M>>>,
+    pub(crate) mailbox: VecDeque<M>,
+    /// Nanoseconds since the router's epoch when the receiver last became idle.
+    pub(crate) idle_since: u64,
+    pub(crate) generation: u32,
+    /// Next sequence number for timers this receiver schedules.
+    pub(crate) timer_seq: u32,
+    /// Per-receiver idle timeout in milliseconds, or `DEFAULT_IDLE`.
+    pub(crate) idle_timeout_ms: u32,
+    pub(crate) state: State,
+    /// An idle check for this slot is in the timer heap.
+    pub(crate) idle_armed: bool,
+    /// The `activated` hook has not run yet.
+    pub(crate) fresh: bool,
+}
+
+impl<K, M> Slot<K, M> {
+    pub(crate) fn new(id: K, generation: u32, msg: M) -> Self {
+        let mut mailbox = VecDeque::new();
+        mailbox.push_back(msg);
+        Slot {
+            id,
+            receiver: None,
+            mailbox,
+            idle_since: 0,
+            generation,
+            timer_seq: 0,
+            idle_timeout_ms: DEFAULT_IDLE,
+            state: State::Activating,
+            idle_armed: false,
+            fresh: false,
+        }
+    }
+}

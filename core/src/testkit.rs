@@ -1,0 +1,149 @@
+//! Run one receiver alone, with no router, and inspect what it asked for.
+//!
+//! Receivers talk only through messages, so a test can feed one messages and assert on the
+//! sends, timers, become and stop it produced: its dependents are whatever the test says they
+//! replied.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use hermes_core::{Context, Recipient, testkit::Probe};
+//!
+//! let echo = |ctx: &mut Context<'_, String, u32>, n: u32| {
+//!     ctx.send("peer".to_string(), n + 1);
+//!     ctx.schedule(Duration::from_secs(1), 0);
+//! };
+//! let mut probe = Probe::new("me".to_string(), echo, Instant::now());
+//! let out = probe.deliver(41);
+//! assert_eq!(out.sent, vec![(Recipient::Id("peer".to_string()), 42)]);
+//! assert_eq!(out.scheduled[0].after, Duration::from_secs(1));
+//! assert!(!out.stopped);
+//! ```
+
+use std::time::{Duration, Instant};
+
+use crate::context::{Effects, TimerOp};
+use crate::{Addr, Context, Deactivation, Receiver, Recipient, TimerId};
+
+/// A receiver under test.
+pub struct Probe<K, M> {
+    id: K,
+    receiver: Box<dyn Receiver<K, M>>,
+    now: Instant,
+    timer_seq: u32,
+    effects: Effects<K, M>,
+}
+
+/// What a receiver asked for while handling one message or hook.
+#[derive(Debug, PartialEq)]
+pub struct Outcome<K, M> {
+    /// Messages sent, in order.
+    pub sent: Vec<(Recipient<K>, M)>,
+    /// Timers scheduled, in order.
+    pub scheduled: Vec<Scheduled<K, M>>,
+    /// Timers cancelled, in order.
+    pub cancelled: Vec<TimerId>,
+    /// The receiver replaced its handler (the probe now runs the new one).
+    pub became: bool,
+    /// The receiver asked to be deactivated.
+    pub stopped: bool,
+    /// The receiver overrode its idle timeout.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A timer a receiver scheduled.
+#[derive(Debug, PartialEq)]
+pub struct Scheduled<K, M> {
+    /// The timer's ID, as the receiver got it.
+    pub id: TimerId,
+    /// Who gets the message.
+    pub to: K,
+    /// Delay from the probe's current time.
+    pub after: Duration,
+    /// The message.
+    pub msg: M,
+}
+
+impl<K: Clone + 'static, M: 'static> Probe<K, M> {
+    /// A probe running `receiver` as ID `id`, with the clock at `now`.
+    pub fn new(id: K, receiver: impl Receiver<K, M>, now: Instant) -> Self {
+        Probe {
+            id,
+            receiver: Box::new(receiver),
+            now,
+            timer_seq: 0,
+            effects: Effects::default(),
+        }
+    }
+
+    /// Moves the probe's clock forward.
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// Runs the `activated` hook.
+    pub fn activate(&mut self) -> Outcome<K, M> {
+        self.with_context(|r, ctx| r.activated(ctx))
+    }
+
+    /// Handles one message.
+    pub fn deliver(&mut self, msg: M) -> Outcome<K, M> {
+        self.with_context(|r, ctx| r.receive(ctx, msg))
+    }
+
+    /// Runs the `deactivated` hook.
+    pub fn deactivate(&mut self, why: Deactivation) -> Outcome<K, M> {
+        self.with_context(|r, ctx| r.deactivated(ctx, why))
+    }
+
+    fn with_context(
+        &mut self,
+        f: impl FnOnce(&mut dyn Receiver<K, M>, &mut Context<'_, K, M>),
+    ) -> Outcome<K, M> {
+        let mut ctx = Context {
+            id: &self.id,
+            addr: Addr {
+                index: 0,
+                generation: 0,
+            },
+            now: self.now,
+            effects: &mut self.effects,
+            timer_seq: &mut self.timer_seq,
+        };
+        f(&mut *self.receiver, &mut ctx);
+        let became = match self.effects.become_.take() {
+            Some(next) => {
+                self.receiver = next;
+                true
+            }
+            None => false,
+        };
+        let mut scheduled = Vec::new();
+        let mut cancelled = Vec::new();
+        for op in self.effects.timers.drain(..) {
+            match op {
+                TimerOp::Schedule {
+                    id,
+                    to,
+                    deadline,
+                    msg,
+                } => scheduled.push(Scheduled {
+                    id,
+                    to,
+                    after: deadline.saturating_duration_since(self.now),
+                    msg,
+                }),
+                TimerOp::Cancel(id) => cancelled.push(id),
+            }
+        }
+        let outcome = Outcome {
+            sent: std::mem::take(&mut self.effects.sends),
+            scheduled,
+            cancelled,
+            became,
+            stopped: self.effects.stop,
+            idle_timeout: self.effects.idle_timeout,
+        };
+        self.effects.clear();
+        outcome
+    }
+}

@@ -1,0 +1,159 @@
+//! Timers: deliver a message to an ID at a deadline.
+//!
+//! A binary heap ordered by (deadline, scheduling order) holds user timers and the router's own
+//! idle checks. Cancelling removes the timer's payload at once; its heap entry is skipped when it
+//! surfaces, and the heap is rebuilt when skipped entries outnumber live ones.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Instant;
+
+use crate::Addr;
+
+/// Identifies a scheduled timer, for [`cancel`](crate::Context::cancel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId {
+    owner: Addr,
+    seq: u32,
+}
+
+impl TimerId {
+    pub(crate) fn new(owner: Addr, seq: u32) -> Self {
+        TimerId { owner, seq }
+    }
+}
+
+/// What a heap entry is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Due {
+    /// A user timer; its payload is in `Timers::pending`.
+    User(TimerId),
+    /// The router's check whether the receiver behind this handle has been idle long enough.
+    Idle(Addr),
+}
+
+/// A user timer's payload.
+pub(crate) struct Pending<K, M> {
+    pub(crate) to: K,
+    pub(crate) msg: M,
+}
+
+pub(crate) struct Timers<K, M> {
+    heap: BinaryHeap<Reverse<(Instant, u64, Due)>>,
+    pending: HashMap<TimerId, Pending<K, M>>,
+    /// Scheduling order, to break deadline ties.
+    seq: u64,
+    /// Heap entries whose timer was cancelled.
+    cancelled: usize,
+    /// The router's own counter for timers scheduled from outside any receiver.
+    outside: u64,
+}
+
+impl<K, M> Default for Timers<K, M> {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            pending: HashMap::new(),
+            seq: 0,
+            cancelled: 0,
+            outside: 0,
+        }
+    }
+}
+
+impl<K, M> Timers<K, M> {
+    /// A fresh ID for a timer scheduled from outside any receiver.
+    pub(crate) fn outside_id(&mut self) -> TimerId {
+        let n = self.outside;
+        self.outside += 1;
+        let owner = Addr {
+            index: u32::MAX,
+            generation: (n >> 32) as u32,
+        };
+        TimerId::new(owner, n as u32)
+    }
+
+    pub(crate) fn schedule(&mut self, id: TimerId, deadline: Instant, to: K, msg: M) {
+        if self.pending.insert(id, Pending { to, msg }).is_some() {
+            // Same ID scheduled twice (a u32 sequence wrapped): the older entry is now unreachable.
+            self.cancelled += 1;
+        }
+        self.push(deadline, Due::User(id));
+    }
+
+    pub(crate) fn arm_idle(&mut self, deadline: Instant, addr: Addr) {
+        self.push(deadline, Due::Idle(addr));
+    }
+
+    fn push(&mut self, deadline: Instant, due: Due) {
+        self.heap.push(Reverse((deadline, self.seq, due)));
+        self.seq += 1;
+    }
+
+    /// Cancels a user timer; true if it was pending.
+    pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
+        if self.pending.remove(&id).is_none() {
+            return false;
+        }
+        self.cancelled += 1;
+        if self.cancelled > 64 && self.cancelled > self.pending.len() {
+            self.compact();
+        }
+        true
+    }
+
+    fn compact(&mut self) {
+        let pending = &self.pending;
+        self.heap.retain(|Reverse((_, _, due))| match due {
+            Due::User(id) => pending.contains_key(id),
+            Due::Idle(_) => true,
+        });
+        self.cancelled = 0;
+    }
+
+    /// The earliest deadline among entries that may still fire.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Pops the next entry due at `now`, with a user timer's payload.
+    pub(crate) fn pop_due(
+        &mut self,
+        now: Instant,
+    ) -> Option<(Instant, Due, Option<Pending<K, M>>)> {
+        loop {
+            let &Reverse((at, _, due)) = self.heap.peek()?;
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            match due {
+                Due::Idle(_) => return Some((at, due, None)),
+                Due::User(id) => match self.pending.remove(&id) {
+                    Some(p) => return Some((at, due, Some(p))),
+                    None => self.cancelled = self.cancelled.saturating_sub(1),
+                },
+            }
+        }
+    }
+
+    /// Removes every pending user timer (on close), in deadline order.
+    pub(crate) fn drain_user(&mut self) -> Vec<Pending<K, M>> {
+        let mut entries: Vec<_> = std::mem::take(&mut self.heap).into_sorted_vec();
+        entries.reverse();
+        let mut out = Vec::with_capacity(self.pending.len());
+        for Reverse((at, seq, due)) in entries {
+            match due {
+                Due::User(id) => out.extend(self.pending.remove(&id)),
+                Due::Idle(_) => self.heap.push(Reverse((at, seq, due))),
+            }
+        }
+        self.cancelled = 0;
+        out
+    }
+
+    /// User timers scheduled and not yet fired or cancelled.
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
