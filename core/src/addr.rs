@@ -10,11 +10,17 @@ use std::fmt;
 /// or [`Context::addr`](crate::Context::addr).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr {
+    pub(crate) router: u32,
     pub(crate) index: u32,
     pub(crate) generation: u32,
 }
 
 impl Addr {
+    /// The router (shard) the receiver lives on.
+    pub fn router(self) -> u32 {
+        self.router
+    }
+
     /// The slot index (for logs and sharding; not an identity).
     pub fn index(self) -> u32 {
         self.index
@@ -28,7 +34,11 @@ impl Addr {
 
 impl fmt::Debug for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Addr({}v{})", self.index, self.generation)
+        write!(
+            f,
+            "Addr({}:{}v{})",
+            self.router, self.index, self.generation
+        )
     }
 }
 

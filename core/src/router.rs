@@ -15,7 +15,7 @@ use crate::slot::{DEFAULT_IDLE, Slot, State};
 use crate::timers::{Due, Timers};
 use crate::{
     Activation, Addr, Command, CommandError, Deactivation, DeadLetter, DeadLetterReason, Done,
-    Factory, FactoryError, Job, Recipient, SendError, SendErrorKind, Stats, TimerId,
+    Factory, FactoryError, Job, Placement, Recipient, SendError, SendErrorKind, Stats, TimerId,
 };
 
 /// How a router behaves. Build with `Config::default()` and the setters.
@@ -84,6 +84,12 @@ pub enum Fault {
 /// [`poll_dead_letter`](Router::poll_dead_letter), [`poll_timeout`](Router::poll_timeout).
 pub struct Router<K, M> {
     config: Config,
+    /// This router's number among its peers (its shard), carried in every handle it issues.
+    number: u32,
+    /// Which IDs live here; `None`: all of them.
+    placement: Option<Box<dyn Placement<K>>>,
+    /// Messages for receivers on other routers.
+    outbound: VecDeque<(Recipient<K>, M)>,
     slots: Slab<Slot<K, M>>,
     /// Last generation handed out per slab index; survives the slot's removal.
     generations: Vec<u32>,
@@ -114,10 +120,24 @@ where
     K: Clone + Eq + Hash + Debug + Send + 'static,
     M: Send + 'static,
 {
-    /// A router with no receivers.
+    /// A router that owns every ID.
     pub fn new(config: Config) -> Self {
+        Self::build(config, 0, None)
+    }
+
+    /// Router number `number` among peers, owning the IDs `placement` says. Messages for other
+    /// IDs, and for handles issued by other routers, go out through
+    /// [`poll_outbound`](Router::poll_outbound).
+    pub fn placed(config: Config, number: u32, placement: impl Placement<K>) -> Self {
+        Self::build(config, number, Some(Box::new(placement)))
+    }
+
+    fn build(config: Config, number: u32, placement: Option<Box<dyn Placement<K>>>) -> Self {
         Router {
             config,
+            number,
+            placement,
+            outbound: VecDeque::new(),
             slots: Slab::new(),
             generations: Vec::new(),
             index: HashTable::new(),
@@ -177,7 +197,7 @@ where
         if self.closing {
             return Err(SendError::Closed(msg));
         }
-        let id = self.timers.outside_id();
+        let id = self.timers.outside_id(self.number);
         self.timers.schedule(id, deadline, to, msg);
         Ok(id)
     }
@@ -197,17 +217,49 @@ where
         self.live(addr).map(|key| &self.slots[key].id)
     }
 
+    /// The router number carried by the handles this router issues.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The next message for a receiver on another router, to deliver there with
+    /// [`forward`](Router::forward).
+    pub fn poll_outbound(&mut self) -> Option<(Recipient<K>, M)> {
+        self.outbound.pop_front()
+    }
+
+    /// Accepts a message that a receiver or timer on another router sent. It is routed as if sent
+    /// from a receiver here: while closing it still reaches live receivers, and a refusal
+    /// becomes a dead letter here.
+    pub fn forward(&mut self, to: Recipient<K>, msg: M) {
+        self.route_inside(to, msg);
+    }
+
+    fn owns(&self, id: &K) -> bool {
+        self.placement.as_ref().is_none_or(|p| p.owns(id))
+    }
+
     fn route(&mut self, to: Recipient<K>, msg: M, outside: bool) -> Result<(), Rejected<K, M>> {
         if outside && self.closing {
             return Err(Rejected::new(to, msg, SendErrorKind::Closed));
         }
         let key = match &to {
+            Recipient::Addr(addr) if addr.router != self.number => {
+                self.stats.messages_forwarded += 1;
+                self.outbound.push_back((to, msg));
+                return Ok(());
+            }
             Recipient::Addr(addr) => match self.live(*addr) {
                 Some(key) => key,
                 None => return Err(Rejected::new(to, msg, SendErrorKind::Stale)),
             },
             Recipient::Id(id) => match self.lookup(id) {
                 Some(key) => key,
+                None if !self.owns(id) => {
+                    self.stats.messages_forwarded += 1;
+                    self.outbound.push_back((to, msg));
+                    return Ok(());
+                }
                 None if self.closing => return Err(Rejected::new(to, msg, SendErrorKind::Closed)),
                 None => {
                     let Recipient::Id(id) = to else {
@@ -277,6 +329,9 @@ where
 
     /// The slab key behind a handle, if it is not stale.
     fn live(&self, addr: Addr) -> Option<usize> {
+        if addr.router != self.number {
+            return None;
+        }
         let key = addr.index as usize;
         let slot = self.slots.get(key)?;
         if self.fault(Fault::NoGenerationCheck) {
@@ -287,6 +342,7 @@ where
 
     fn addr_of(&self, key: usize) -> Addr {
         Addr {
+            router: self.number,
             index: key as u32,
             generation: self.slots[key].generation,
         }
@@ -311,6 +367,7 @@ where
         self.stats.live += 1;
         self.stats.activating += 1;
         self.commands.push_back(Command::Activate(Addr {
+            router: self.number,
             index: key as u32,
             generation,
         }));

@@ -19,6 +19,8 @@ pub struct Stats {
     pub deactivating: usize,
     /// Messages accepted into a mailbox.
     pub messages_routed: u64,
+    /// Messages for receivers on other routers, handed out by `poll_outbound`.
+    pub messages_forwarded: u64,
     /// Messages a handler returned from without panicking.
     pub messages_delivered: u64,
     /// Receivers created by the factory.
@@ -43,6 +45,7 @@ impl AddAssign for Stats {
         self.deactivating += o.deactivating;
         self.messages_routed += o.messages_routed;
         self.messages_delivered += o.messages_delivered;
+        self.messages_forwarded += o.messages_forwarded;
         self.activations += o.activations;
         self.deactivations += o.deactivations;
         self.dead_letters += o.dead_letters;

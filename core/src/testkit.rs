@@ -102,6 +102,7 @@ impl<K: Clone + 'static, M: 'static> Probe<K, M> {
         let mut ctx = Context {
             id: &self.id,
             addr: Addr {
+                router: 0,
                 index: 0,
                 generation: 0,
             },

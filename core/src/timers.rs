@@ -63,10 +63,11 @@ impl<K, M> Default for Timers<K, M> {
 
 impl<K, M> Timers<K, M> {
     /// A fresh ID for a timer scheduled from outside any receiver.
-    pub(crate) fn outside_id(&mut self) -> TimerId {
+    pub(crate) fn outside_id(&mut self, router: u32) -> TimerId {
         let n = self.outside;
         self.outside += 1;
         let owner = Addr {
+            router,
             index: u32::MAX,
             generation: (n >> 32) as u32,
         };
