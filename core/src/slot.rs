@@ -59,3 +59,16 @@ impl<K, M> Slot<K, M> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_is_compact() {
+        // The per-receiver overhead budget is 100 bytes; the slot is most of it.
+        let size = std::mem::size_of::<slab::Slab<Slot<u64, u64>>>();
+        let entry = std::mem::size_of::<Slot<u64, u64>>();
+        assert!(entry <= 80, "Slot<u64, u64> is {entry} bytes (slab {size})");
+    }
+}
