@@ -202,6 +202,23 @@ where
         Ok(id)
     }
 
+    /// Like [`schedule`](Router::schedule), with an ID the caller chose, usually
+    /// [`TimerId::outside`]: a driver can then give the ID to a caller on another thread before
+    /// the router sees the timer. Use each ID once.
+    pub fn schedule_as(
+        &mut self,
+        id: TimerId,
+        to: K,
+        deadline: Instant,
+        msg: M,
+    ) -> Result<(), SendError<M>> {
+        if self.closing {
+            return Err(SendError::Closed(msg));
+        }
+        self.timers.schedule(id, deadline, to, msg);
+        Ok(())
+    }
+
     /// Cancels a timer; true if it was pending (it will never fire).
     pub fn cancel(&mut self, timer: TimerId) -> bool {
         self.timers.cancel(timer)

@@ -21,6 +21,26 @@ impl TimerId {
     pub(crate) fn new(owner: Addr, seq: u32) -> Self {
         TimerId { owner, seq }
     }
+
+    /// The ID of the `seq`-th timer scheduled from outside any receiver on router `router`.
+    ///
+    /// For drivers that number outside timers themselves (for example to hand the ID to a caller
+    /// on another thread before the router sees the timer) and schedule them with
+    /// [`Router::schedule_as`](crate::Router::schedule_as). [`Router::schedule`](crate::Router::schedule)
+    /// numbers its own from 0, so use one way or the other on a router, not both.
+    pub fn outside(router: u32, seq: u64) -> Self {
+        let owner = Addr {
+            router,
+            index: u32::MAX,
+            generation: (seq >> 32) as u32,
+        };
+        TimerId::new(owner, seq as u32)
+    }
+
+    /// The router that holds this timer: the one it was scheduled on.
+    pub fn router(self) -> u32 {
+        self.owner.router
+    }
 }
 
 /// What a heap entry is for.
@@ -66,12 +86,7 @@ impl<K, M> Timers<K, M> {
     pub(crate) fn outside_id(&mut self, router: u32) -> TimerId {
         let n = self.outside;
         self.outside += 1;
-        let owner = Addr {
-            router,
-            index: u32::MAX,
-            generation: (n >> 32) as u32,
-        };
-        TimerId::new(owner, n as u32)
+        TimerId::outside(router, n)
     }
 
     pub(crate) fn schedule(&mut self, id: TimerId, deadline: Instant, to: K, msg: M) {
