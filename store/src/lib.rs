@@ -7,7 +7,10 @@
 //!   (`write_batch`) with a per-batch [`Durability`];
 //! - [`MemoryStore`], in memory, for tests and state that need not outlive the process;
 //! - `RedbStore` (feature `redb`, on by default), one file on the embedded transactional
-//!   database [redb](https://docs.rs/redb): a committed write survives a crash.
+//!   database [redb](https://docs.rs/redb): a committed write survives a crash;
+//! - the [`codec`]: serde state to bytes with [postcard](https://docs.rs/postcard), behind a
+//!   header carrying a schema version, so state written by an older build either loads (through
+//!   a migration hook) or fails with a clear [`StoreError::SchemaMismatch`].
 //!
 //! Every error is a [`StoreError`] whose message names the file or key and says what to do.
 //!
@@ -32,6 +35,9 @@ mod memory;
 mod redb_store;
 mod store;
 
+pub mod codec;
+
+pub use codec::Codec;
 pub use error::{Operation, Source, StoreError};
 pub use memory::MemoryStore;
 #[cfg(feature = "redb")]
