@@ -1,5 +1,5 @@
 //! One behavioural suite run against every `Store`, plus redb-specific tests (persistence,
-//! open errors).
+//! open errors, a real process crash).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -252,7 +252,9 @@ store_suite!(redb_store, redb());
 
 #[cfg(feature = "redb")]
 mod redb_only {
-    use hermes_store::{RedbOptions, RedbStore, StoreError};
+    use std::process::Command;
+
+    use hermes_store::{GroupCommit, GroupCommitConfig, RedbOptions, RedbStore, Store, StoreError};
 
     use super::*;
 
@@ -327,5 +329,41 @@ mod redb_only {
         let msg = err.to_string();
         assert!(msg.contains("garbage.redb"), "{msg}");
         assert!(msg.contains("not a store file"), "{msg}");
+    }
+
+    /// Environment variable telling the child half of the crash test where to write.
+    const CRASH_ENV: &str = "HERMES_STORE_CRASH_CHILD_PATH";
+
+    /// Child half of `committed_writes_survive_a_process_crash`; does nothing in a normal run.
+    #[test]
+    fn crash_child() {
+        let Some(path) = std::env::var_os(CRASH_ENV) else {
+            return;
+        };
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).unwrap());
+        store.put(b"direct", b"1").unwrap();
+        let commits = GroupCommit::start(store.clone(), GroupCommitConfig::default()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        commits.put("grouped", "2", move |r| tx.send(r).unwrap());
+        rx.recv().unwrap().unwrap();
+        // Acknowledged: now die without any cleanup.
+        std::process::abort();
+    }
+
+    #[test]
+    fn committed_writes_survive_a_process_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crash.redb");
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "redb_only::crash_child", "--test-threads=1"])
+            .env(CRASH_ENV, &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child should have aborted");
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.get(b"direct").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get(b"grouped").unwrap(), Some(b"2".to_vec()));
     }
 }
