@@ -304,8 +304,12 @@ fn a_panicking_store_fails_the_group_and_the_thread_survives() {
     let err = recv_n(&rx, 1).pop().unwrap().unwrap_err();
     assert!(err.to_string().contains("store bug"), "{err}");
     gc.put("b", "1", acker(&tx));
+    // flush reports the failure of the transaction that carried "b"...
+    let err = gc.flush().unwrap_err();
+    assert!(err.to_string().contains("store bug"), "{err}");
     assert!(recv_n(&rx, 1).pop().unwrap().is_err());
-    assert!(gc.flush().is_ok()); // nothing pending any more
+    // ...and once nothing is pending, there is nothing to report.
+    assert!(gc.flush().is_ok());
 }
 
 #[test]
@@ -407,7 +411,8 @@ fn interval_policy_commits_deferred_and_syncs_in_the_background() {
     assert_eq!(probe.syncs.load(Ordering::SeqCst), syncs);
     gc.put("b", "1", acker(&tx));
     gc.flush().unwrap();
-    assert_eq!(probe.syncs.load(Ordering::SeqCst), syncs + 1);
+    // (A background sync racing the flush may add one more.)
+    assert!(probe.syncs.load(Ordering::SeqCst) > syncs);
     assert!(gc.stats().syncs >= 2);
 }
 
