@@ -1,0 +1,337 @@
+//! The user's handle, the same type on every executor.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hermes_core::{Addr, Factory, Recipient, Router, SendError, Sharded, Stats, TimerId};
+
+use crate::inbox::{Envelope, Inbox};
+use crate::shard::{Core, Finish, in_shard};
+use crate::{AskError, Asked, Options, Reply, Shard, Wake};
+
+/// What the handle needs to know about the executor it runs on.
+pub trait Runtime: Send + Sync + 'static {
+    /// Runs `wait`, which blocks the calling thread until the shards have done something, or
+    /// returns `Err(WouldDeadlock)` if blocking this thread could stop the shards from running
+    /// (say, inside a current-thread async runtime). The default runs `wait`.
+    fn block(&self, wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
+        wait();
+        Ok(())
+    }
+
+    /// Called once after every shard has finished, on a thread that may block: joins the
+    /// executor's threads, if it has any.
+    fn join(&self) {}
+}
+
+/// Blocking here could stop the shards from running; see [`Runtime::block`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WouldDeadlock;
+
+/// The handle to a running Hermes: send messages, schedule them, ask, and shut down.
+///
+/// Every executor returns this same type. It is cheap to clone (an `Arc`); all clones address
+/// the same receivers. Dropping the last clone shuts Hermes down (and waits for it when this
+/// thread may block). Sends are routed to the shard that owns the ID, by a hash of it.
+///
+/// A send is checked here only for shutdown ([`SendError::Closed`]); everything else (a full
+/// mailbox, a stale handle, a factory that refuses the ID) is decided on the shard, and the
+/// message becomes a dead letter there (see [`Options::on_dead_letter`]).
+pub struct Hermes<K, M> {
+    inner: Arc<Inner<K, M>>,
+}
+
+struct Inner<K, M> {
+    core: Arc<Core<K, M>>,
+    runtime: Box<dyn Runtime>,
+    /// `Runtime::join` ran (or is running).
+    joined: AtomicBool,
+}
+
+/// Splits `options` into shards and the handle that feeds them. For executor authors: run every
+/// shard with [`Shard::turn`] in a loop; `wakers[i]` must wake shard `i` when it is parked.
+///
+/// # Panics
+/// If `wakers.len()` is not `options.shard_count()`.
+pub fn launch<K, M>(
+    options: Options<K, M>,
+    factory: impl Factory<K, M>,
+    wakers: Vec<Box<dyn Wake>>,
+    runtime: impl Runtime,
+) -> (Hermes<K, M>, Vec<Shard<K, M>>)
+where
+    K: Clone + Eq + Hash + fmt::Debug + Send + 'static,
+    M: Send + 'static,
+{
+    let shards = options.shards;
+    assert_eq!(wakers.len(), shards, "one waker per shard");
+    let core = Arc::new(Core {
+        inboxes: wakers.into_iter().map(Inbox::new).collect(),
+        accepting: AtomicBool::new(true),
+        timer_seq: AtomicU64::new(0),
+        stats: (0..shards).map(|_| Mutex::default()).collect(),
+        finish: Arc::new(Finish::new(shards)),
+        dead_letters: options.dead_letters,
+    });
+    let factory: Arc<dyn Factory<K, M>> = Arc::new(factory);
+    let shard_list = (0..shards as u32)
+        .map(|index| {
+            let placement = Sharded {
+                index,
+                count: shards as u32,
+            };
+            let router = Router::placed(options.config.clone(), index, placement);
+            Shard::new(index, router, Arc::clone(&core), Arc::clone(&factory))
+        })
+        .collect();
+    let inner = Inner {
+        core,
+        runtime: Box::new(runtime),
+        joined: AtomicBool::new(false),
+    };
+    let hermes = Hermes {
+        inner: Arc::new(inner),
+    };
+    (hermes, shard_list)
+}
+
+impl<K, M> Hermes<K, M>
+where
+    K: Clone + Eq + Hash + fmt::Debug + Send + 'static,
+    M: Send + 'static,
+{
+    /// Sends `msg` to the receiver with ID `id`, activating it if needed. Messages from one
+    /// thread to one ID arrive in send order.
+    pub fn send(&self, id: K, msg: M) -> Result<(), SendError<M>> {
+        let shard = self.inner.core.shard_of(&id);
+        self.push(shard, Envelope::Deliver(Recipient::Id(id), msg))
+    }
+
+    /// Sends `msg` by handle (see [`Addr`]); a stale handle makes it a dead letter.
+    pub fn send_to(&self, addr: Addr, msg: M) -> Result<(), SendError<M>> {
+        let shard = addr.router() as usize;
+        if shard >= self.inner.core.inboxes.len() {
+            return Err(SendError::Stale(msg));
+        }
+        self.push(shard, Envelope::Deliver(Recipient::Addr(addr), msg))
+    }
+
+    /// Delivers `msg` to `id` after `after`. Cancel it with [`cancel`](Hermes::cancel).
+    pub fn schedule(&self, id: K, after: Duration, msg: M) -> Result<TimerId, SendError<M>> {
+        let core = &self.inner.core;
+        let shard = core.shard_of(&id);
+        let seq = core.timer_seq.fetch_add(1, Ordering::Relaxed);
+        let timer = TimerId::outside(shard as u32, seq);
+        let deadline = Instant::now() + after;
+        let envelope = Envelope::Schedule {
+            id: timer,
+            to: id,
+            deadline,
+            msg,
+        };
+        self.push(shard, envelope).map(|()| timer)
+    }
+
+    /// Cancels a timer, scheduled here or by a receiver: it will not fire unless it is
+    /// already due. Unknown and fired timers are ignored.
+    pub fn cancel(&self, timer: TimerId) {
+        let core = &self.inner.core;
+        if let Some(inbox) = core.inboxes.get(timer.router() as usize) {
+            // Refused only once that shard has closed, and then no timer is pending there.
+            let _ = inbox.push(Envelope::Cancel(timer));
+        }
+    }
+
+    fn push(&self, shard: usize, envelope: Envelope<K, M>) -> Result<(), SendError<M>> {
+        let core = &self.inner.core;
+        let refused = |envelope| match envelope {
+            Envelope::Deliver(_, msg) | Envelope::Schedule { msg, .. } => SendError::Closed(msg),
+            Envelope::Cancel(_) | Envelope::Close => unreachable!("only messages are pushed"),
+        };
+        if !core.accepting.load(Ordering::Acquire) {
+            return Err(refused(envelope));
+        }
+        core.inboxes[shard].push(envelope).map_err(refused)
+    }
+
+    /// Sends a request made by `make` (which puts the [`Reply`] into a message) to `id`, and
+    /// returns the answer to come. Await it, or block on it with [`Asked::wait_timeout`].
+    ///
+    /// The request goes out now, not when the result is first polled. Async asks have no
+    /// timeout of their own: wrap them in your runtime's timeout if the receiver may never
+    /// answer while holding on to the `Reply`.
+    pub fn ask<T>(&self, id: K, make: impl FnOnce(Reply<T>) -> M) -> Asked<T> {
+        let (reply, asked) = Reply::new();
+        match self.send(id, make(reply)) {
+            Ok(()) => asked,
+            Err(_) => Asked::failed(AskError::Closed),
+        }
+    }
+
+    /// Asks and blocks for the answer, at most `timeout`. From async code, `ask(..).await`
+    /// instead: this returns [`AskError::WouldDeadlock`] where blocking could stop the shards.
+    pub fn ask_blocking<T>(
+        &self,
+        id: K,
+        make: impl FnOnce(Reply<T>) -> M,
+        timeout: Duration,
+    ) -> Result<T, AskError> {
+        if in_shard() {
+            return Err(AskError::WouldDeadlock);
+        }
+        let mut asked = Some(self.ask(id, make));
+        let mut answer = Err(AskError::WouldDeadlock);
+        let blocked = self.inner.runtime.block(&mut || {
+            if let Some(asked) = asked.take() {
+                answer = asked.wait_timeout(timeout);
+            }
+        });
+        blocked.map_err(|WouldDeadlock| AskError::WouldDeadlock)?;
+        answer
+    }
+}
+
+impl<K, M> Hermes<K, M> {
+    /// Totals over all shards, as of each shard's latest turn (a shard that is busy may be
+    /// one turn behind). After [`shutdown`](Hermes::shutdown), the final totals.
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for shard in self.inner.core.stats.iter() {
+            total += *shard.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+        total
+    }
+
+    /// How many shards run the receivers.
+    pub fn shard_count(&self) -> usize {
+        self.inner.core.inboxes.len()
+    }
+
+    /// False once shutdown has begun.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.core.accepting.load(Ordering::Acquire)
+    }
+
+    /// Shuts Hermes down and waits for it: refuses new messages, lets queued messages drain,
+    /// deactivates every live receiver once (so `deactivated` hooks run), ends every thread or
+    /// task, and returns the final totals. Later calls return the same totals at once.
+    ///
+    /// # Panics
+    /// If called where blocking would deadlock: inside a receiver, or inside an async runtime
+    /// that cannot block (use [`shutdown_async`](Hermes::shutdown_async) there).
+    pub fn shutdown(&self) -> Stats {
+        let finished = self.shutdown_async();
+        assert!(
+            !in_shard(),
+            "Hermes::shutdown was called from a receiver, which would wait for itself; shut \
+             down from outside, or call shutdown_async and drop the future"
+        );
+        let mut stats = None;
+        let blocked = self
+            .inner
+            .runtime
+            .block(&mut || stats = Some(finished.wait()));
+        assert!(
+            blocked.is_ok(),
+            "Hermes::shutdown would block the async runtime that runs the shards: use \
+             shutdown_async().await there"
+        );
+        self.inner.join();
+        stats.unwrap_or_default()
+    }
+
+    /// Begins shutting down (as [`shutdown`](Hermes::shutdown)) and returns a future of the
+    /// final totals, resolved when every shard has finished.
+    pub fn shutdown_async(&self) -> Finished {
+        self.inner.begin_shutdown();
+        Finished {
+            finish: Arc::clone(&self.inner.core.finish),
+        }
+    }
+}
+
+impl<K, M> Inner<K, M> {
+    fn begin_shutdown(&self) {
+        if self.core.accepting.swap(false, Ordering::AcqRel) {
+            for inbox in self.core.inboxes.iter() {
+                // Refused only by a shard that already finished.
+                let _ = inbox.push(Envelope::Close);
+            }
+        }
+    }
+
+    fn join(&self) {
+        if !self.joined.swap(true, Ordering::AcqRel) {
+            self.runtime.join();
+        }
+    }
+}
+
+impl<K, M> Drop for Inner<K, M> {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        if in_shard() {
+            return;
+        }
+        let done = &self.core.finish.done;
+        let waited = self.runtime.block(&mut || {
+            done.wait(None, |s| s.as_ref().copied());
+        });
+        if waited.is_ok() {
+            self.join();
+        }
+    }
+}
+
+impl<K, M> Clone for Hermes<K, M> {
+    fn clone(&self) -> Self {
+        Hermes {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, M> fmt::Debug for Hermes<K, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hermes")
+            .field("shards", &self.shard_count())
+            .field("accepting", &self.is_accepting())
+            .finish()
+    }
+}
+
+/// The end of a shutdown: a future of the final totals, or [`wait`](Finished::wait) for them.
+#[must_use = "Finished does nothing unless awaited or waited on"]
+pub struct Finished {
+    finish: Arc<Finish>,
+}
+
+impl Finished {
+    /// Blocks until every shard has finished; returns the final totals.
+    pub fn wait(&self) -> Stats {
+        self.finish
+            .done
+            .wait(None, |s| s.as_ref().copied())
+            .unwrap_or_default()
+    }
+}
+
+impl Future for Finished {
+    type Output = Stats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stats> {
+        self.finish.done.poll(cx, |s| s.as_ref().copied())
+    }
+}
+
+impl fmt::Debug for Finished {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Finished").finish_non_exhaustive()
+    }
+}

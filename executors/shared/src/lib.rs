@@ -1,0 +1,71 @@
+//! What every Hermes executor shares, written once.
+//!
+//! - [`Hermes`]: the handle users get from every executor (`send`, `schedule`, `ask`,
+//!   `shutdown`, `stats`), the same type whichever executor runs the receivers.
+//! - [`Reply`] / [`Asked`]: request/reply, a small oneshot that works with any executor or none.
+//! - [`Options`]: shard count, router [`Config`](hermes_core::Config), dead-letter sink.
+//! - For executor authors: [`launch`] splits Hermes into [`Shard`]s; an executor runs each in a
+//!   loop of [`Shard::turn`], parking when told ([`Turn::Park`]) until its [`Wake`] fires or the
+//!   deadline passes. That loop is all an executor adds: the routing, sharding, cross-shard
+//!   batching, timers, dead letters and close are here.
+//!
+//! # How it runs
+//!
+//! Hermes runs `N` shards, each a single-threaded [`Router`](hermes_core::Router) that owns the
+//! receivers whose ID hashes to it ([`Sharded`](hermes_core::Sharded)). Receivers run inline on
+//! their shard, one message at a time; a receiver that blocks holds up its shard. A message for
+//! another shard goes to that shard's inbox, in one batch per destination per turn. A shard
+//! with no work parks until a message arrives or its next timer is due: idle Hermes uses no CPU.
+//!
+//! Shutdown refuses new messages, closes every router (queued messages drain, every live
+//! receiver is deactivated once with its hook run), and finishes when every shard has closed.
+//! A message that reaches a shard that has already closed becomes a dead letter: nothing is
+//! dropped silently.
+//!
+//! # Example: a minimal executor
+//!
+//! A real executor parks a thread or task; this one turns every shard on the calling thread.
+//!
+//! ```
+//! use hermes_core::{Activation, Config, Context};
+//! use hermes_executor::{launch, Options, Reply, Runtime, Turn, Wake};
+//!
+//! struct NoWake;
+//! impl Wake for NoWake { fn wake(&self) {} }
+//! struct Inline;
+//! impl Runtime for Inline {}
+//!
+//! enum Msg { Add(u64), Get(Reply<u64>) }
+//!
+//! let options = Options::new(Config::default()).shards(2);
+//! let wakers: Vec<Box<dyn Wake>> = vec![Box::new(NoWake), Box::new(NoWake)];
+//! let (hermes, mut shards) = launch(options, |_id: &u32| {
+//!     let mut total = 0;
+//!     Activation::ready(move |_ctx: &mut Context<'_, u32, Msg>, msg| match msg {
+//!         Msg::Add(n) => total += n,
+//!         Msg::Get(reply) => { let _ = reply.send(total); }
+//!     })
+//! }, wakers, Inline);
+//!
+//! hermes.send(7, Msg::Add(2)).unwrap();
+//! hermes.send(7, Msg::Add(3)).unwrap();
+//! let asked = hermes.ask(7, Msg::Get);
+//! let finished = hermes.shutdown_async();
+//! while shards.iter_mut().any(|s| s.turn() != Turn::Exit) {}
+//! drop(shards); // a finished shard is dropped: that ends its thread or task
+//! assert_eq!(asked.wait(), Ok(5));
+//! assert_eq!(finished.wait().deactivations, 1);
+//! ```
+
+mod handle;
+mod inbox;
+mod options;
+mod reply;
+mod shard;
+mod signal;
+
+pub use handle::{Finished, Hermes, Runtime, WouldDeadlock, launch};
+pub use inbox::Wake;
+pub use options::{Options, StartError};
+pub use reply::{AskError, Asked, Reply};
+pub use shard::{Shard, Turn};
