@@ -14,6 +14,9 @@
 //! - [`GroupCommit`]: many receivers' small writes committed together in few transactions by a
 //!   background thread, each acknowledged through a callback after its transaction returned.
 //!
+//! - [`Durable`] state for receivers, loaded in the factory and saved when the receiver is
+//!   deactivated, over a [`StateStore`] that reads its own unacknowledged writes.
+//!
 //! Every error is a [`StoreError`] whose message names the file or key and says what to do.
 //!
 //! # Example
@@ -59,6 +62,7 @@
 //!
 //! - `redb` (default): [`RedbStore`]. Without it the crate has no database dependency.
 
+mod durable;
 mod error;
 mod group;
 mod memory;
@@ -69,6 +73,7 @@ mod store;
 pub mod codec;
 
 pub use codec::Codec;
+pub use durable::{Durable, StateStore};
 pub use error::{Operation, Source, StoreError};
 pub use group::{Ack, GroupCommit, GroupCommitConfig, GroupCommitStats, SyncPolicy};
 pub use memory::MemoryStore;
