@@ -12,7 +12,7 @@ use slab::Slab;
 use crate::context::{Effects, TimerOp};
 use crate::job::{Ending, Work};
 use crate::slot::{DEFAULT_IDLE, Slot, State};
-use crate::timers::{Due, Timers};
+use crate::timers::{Fired, Timers};
 use crate::{
     Activation, Addr, Command, CommandError, Deactivation, DeadLetter, DeadLetterReason, Done,
     Factory, FactoryError, Job, Placement, Recipient, SendError, SendErrorKind, Stats, TimerId,
@@ -715,11 +715,10 @@ where
         } else {
             now
         };
-        while let Some((_, due, pending)) = self.timers.pop_due(now) {
-            match (due, pending) {
-                (Due::User(_), Some(p)) => self.route_inside(Recipient::Id(p.to), p.msg),
-                (Due::Idle(addr), _) => self.check_idle(addr, now),
-                (Due::User(_), None) => {}
+        while let Some(fired) = self.timers.pop_due(now) {
+            match fired {
+                Fired::User(p) => self.route_inside(Recipient::Id(p.to), p.msg),
+                Fired::Idle(addr) => self.check_idle(addr, now),
             }
         }
     }

@@ -52,6 +52,14 @@ pub(crate) enum Due {
     Idle(Addr),
 }
 
+/// A heap entry that came due.
+pub(crate) enum Fired<K, M> {
+    /// A user timer: deliver its message.
+    User(Pending<K, M>),
+    /// Check whether this receiver has been idle long enough.
+    Idle(Addr),
+}
+
 /// A user timer's payload.
 pub(crate) struct Pending<K, M> {
     pub(crate) to: K,
@@ -132,11 +140,8 @@ impl<K, M> Timers<K, M> {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    /// Pops the next entry due at `now`, with a user timer's payload.
-    pub(crate) fn pop_due(
-        &mut self,
-        now: Instant,
-    ) -> Option<(Instant, Due, Option<Pending<K, M>>)> {
+    /// Pops the next entry due at `now`.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Fired<K, M>> {
         loop {
             let &Reverse((at, _, due)) = self.heap.peek()?;
             if at > now {
@@ -144,9 +149,9 @@ impl<K, M> Timers<K, M> {
             }
             self.heap.pop();
             match due {
-                Due::Idle(_) => return Some((at, due, None)),
+                Due::Idle(addr) => return Some(Fired::Idle(addr)),
                 Due::User(id) => match self.pending.remove(&id) {
-                    Some(p) => return Some((at, due, Some(p))),
+                    Some(p) => return Some(Fired::User(p)),
                     None => self.cancelled = self.cancelled.saturating_sub(1),
                 },
             }
