@@ -322,10 +322,10 @@ where
     }
 
     fn sink(&self, letter: DeadLetter<K, M>) {
-        if let Some(sink) = &self.core.dead_letters {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| sink(letter))) {
-                tracing::warn!(panic = %panic_message(panic), "the dead-letter sink panicked");
-            }
+        if let Some(sink) = &self.core.dead_letters
+            && let Err(panic) = catch_unwind(AssertUnwindSafe(|| sink(letter)))
+        {
+            tracing::warn!(panic = %panic_message(panic), "the dead-letter sink panicked");
         }
     }
 

@@ -54,10 +54,10 @@ impl<T> Signal<T> {
         read: impl FnOnce(&mut Option<T>) -> Option<R>,
     ) -> Poll<R> {
         let mut state = self.lock();
-        if state.value.is_some() {
-            if let Some(r) = read(&mut state.value) {
-                return Poll::Ready(r);
-            }
+        if state.value.is_some()
+            && let Some(r) = read(&mut state.value)
+        {
+            return Poll::Ready(r);
         }
         if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
             state.wakers.push(cx.waker().clone());

@@ -1,0 +1,90 @@
+//! The conformance suite every Hermes executor passes, written once.
+//!
+//! An executor's test file implements [`Harness`] (how to start Hermes on it, and which threads
+//! run its shards) and instantiates every test with [`conformance_tests!`]:
+//!
+//! ```ignore
+//! struct Pool(String);
+//! impl hermes_conformance::Harness for Pool { /* start with hermes_pool::start_with */ }
+//! hermes_conformance::conformance_tests!(Pool::new());
+//! ```
+//!
+//! Timeouts in the suite are hang guards only, generous for a loaded machine; no test asserts
+//! speed. The one resource check (an idle Hermes uses no CPU) measures CPU time of the threads
+//! that run the shards, not wall time.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hermes_core::Factory;
+use hermes_executor::{Hermes, Options};
+
+pub mod suite;
+
+/// How to run Hermes on the executor under test.
+pub trait Harness {
+    /// Starts Hermes with `options` and `factory`. Its shards must run on threads whose names
+    /// start with [`threads`](Harness::threads) followed by `-`.
+    fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
+    where
+        K: Clone + Eq + Hash + Debug + Send + 'static,
+        M: Send + 'static;
+
+    /// The name prefix of the threads that run this harness's shards (and nothing else).
+    fn threads(&self) -> &str;
+}
+
+/// A thread-name prefix no other harness in this process uses (short: Linux keeps 15 bytes).
+pub fn unique_name() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("hx{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// How long any wait in the suite may take before the test fails as hung.
+pub const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// Polls `done` until it is true; panics naming `what` if it is not within [`HANG_GUARD`].
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < HANG_GUARD, "hung waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Instantiates every test of [`suite`] as a `#[test]`, each with a fresh harness from
+/// `$harness` (an expression evaluated once per test).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@tests $harness;
+            per_sender_order,
+            one_message_at_a_time,
+            activation_on_first_message,
+            idle_deactivation_and_reactivation,
+            become_swaps_the_handler,
+            heartbeat_at_a_fixed_period,
+            cancelled_timers_never_fire,
+            ask_and_late_reply,
+            dropped_reply_and_ask_timeout,
+            shutdown_drains_and_deactivates_every_receiver_once,
+            dropping_the_handle_shuts_down,
+            panics_are_contained,
+            dead_letters_are_observed,
+            million_messages_none_lost_none_duplicated,
+            cross_shard_sends,
+            idle_hermes_uses_no_cpu
+        );
+    };
+    (@tests $harness:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                let harness = $harness;
+                $crate::suite::$test(&harness);
+            }
+        )*
+    };
+}

@@ -1,0 +1,130 @@
+//! The default Hermes executor: a hand-rolled thread pool with one thread per shard.
+//!
+//! Each shard thread runs its shard's turns back to back while there is work, and with none
+//! blocks on a wake-up channel until a message arrives or its next timer is due: an idle pool
+//! uses no CPU. Receivers run on their shard's thread; one that blocks holds up its shard.
+//!
+//! ```
+//! use std::time::Duration;
+//! use hermes_core::{Activation, Config, Context};
+//! use hermes_executor::Reply;
+//!
+//! enum Msg { Add(u64), Total(Reply<u64>) }
+//!
+//! let hermes = hermes_pool::start(Config::default(), |_id: &String| {
+//!     let mut total = 0;
+//!     Activation::ready(move |_ctx: &mut Context<'_, String, Msg>, msg| match msg {
+//!         Msg::Add(n) => total += n,
+//!         Msg::Total(reply) => { let _ = reply.send(total); }
+//!     })
+//! })?;
+//! hermes.send("account-1".into(), Msg::Add(5))?;
+//! hermes.send("account-1".into(), Msg::Add(7))?;
+//! let total = hermes.ask_blocking("account-1".into(), Msg::Total, Duration::from_secs(5))?;
+//! assert_eq!(total, 12);
+//! let stats = hermes.shutdown(); // drains, runs every `deactivated` hook, joins the threads
+//! assert_eq!(stats.deactivations, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use hermes_core::{Config, Factory};
+use hermes_executor::{Hermes, Options, Runtime, Shard, StartError, Turn, Wake, launch};
+
+/// Starts Hermes on one thread per core, with the router `config` and `factory`.
+pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Result<Hermes<K, M>, StartError>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    start_with(Options::new(config), factory)
+}
+
+/// Starts Hermes with `options` (shard count, thread names, dead-letter sink): one thread per
+/// shard, named `NAME-0`, `NAME-1`, ...
+pub fn start_with<K, M>(
+    options: Options<K, M>,
+    factory: impl Factory<K, M>,
+) -> Result<Hermes<K, M>, StartError>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    let name = options.get_name().to_owned();
+    let bells: Vec<_> = (0..options.shard_count())
+        .map(|_| crossbeam_channel::bounded(1))
+        .collect();
+    let wakers = bells
+        .iter()
+        .map(|(tx, _)| Box::new(Bell(tx.clone())) as Box<dyn Wake>)
+        .collect();
+    let threads = Threads::default();
+    let (hermes, shards) = launch(options, factory, wakers, threads.clone());
+    for (shard, (_, bell)) in shards.into_iter().zip(bells) {
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-{}", shard.index()))
+            .spawn(move || run(shard, &bell))
+            // Dropping `hermes` shuts down the shards already running; the rest never start.
+            .map_err(StartError::Spawn)?;
+        threads.push(thread);
+    }
+    Ok(hermes)
+}
+
+/// A shard thread: turn while there is work, park on the bell until woken or the deadline.
+fn run<K, M>(mut shard: Shard<K, M>, bell: &Receiver<()>)
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    loop {
+        match shard.turn() {
+            Turn::Busy => {}
+            Turn::Park(None) => {
+                let _ = bell.recv();
+            }
+            Turn::Park(Some(deadline)) => {
+                let _ = bell.recv_deadline(deadline);
+            }
+            Turn::Exit => return,
+        }
+    }
+}
+
+/// Wakes a shard thread: a one-slot channel keeps the wake if the thread is not waiting yet.
+struct Bell(Sender<()>);
+
+impl Wake for Bell {
+    fn wake(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// The shard threads, joined at shutdown.
+#[derive(Clone, Default)]
+struct Threads(Arc<Mutex<Vec<JoinHandle<()>>>>);
+
+impl Threads {
+    fn push(&self, thread: JoinHandle<()>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(thread);
+    }
+}
+
+impl Runtime for Threads {
+    fn join(&self) {
+        let threads = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a shard thread panicked outside any receiver");
+            }
+        }
+    }
+}

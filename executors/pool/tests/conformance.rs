@@ -1,0 +1,27 @@
+//! The conformance suite on the thread pool.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use hermes_conformance::{Harness, conformance_tests, unique_name};
+use hermes_core::Factory;
+use hermes_executor::{Hermes, Options};
+
+/// Starts each Hermes with threads named after this harness.
+struct Pool(String);
+
+impl Harness for Pool {
+    fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
+    where
+        K: Clone + Eq + Hash + Debug + Send + 'static,
+        M: Send + 'static,
+    {
+        hermes_pool::start_with(options.name(&self.0), factory).expect("the pool starts")
+    }
+
+    fn threads(&self) -> &str {
+        &self.0
+    }
+}
+
+conformance_tests!(Pool(unique_name()));
