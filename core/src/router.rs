@@ -61,6 +61,16 @@ impl Config {
     pub fn get_idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
+
+    /// The idle timeout in whole milliseconds, as slots store overrides.
+    fn idle_timeout_ms(&self) -> u32 {
+        idle_ms(self.idle_timeout)
+    }
+}
+
+/// An idle timeout in whole milliseconds, below the `DEFAULT_IDLE` sentinel.
+fn idle_ms(timeout: Duration) -> u32 {
+    timeout.as_millis().min(u128::from(DEFAULT_IDLE - 1)) as u32
 }
 
 /// A deliberate bug, for proving that an invariant checker catches it.
@@ -577,7 +587,17 @@ where
         } = done;
         slot.timer_seq = timer_seq;
         if let Some(timeout) = effects.idle_timeout.take() {
-            slot.idle_timeout_ms = timeout.as_millis().min(u128::from(DEFAULT_IDLE - 1)) as u32;
+            let ms = idle_ms(timeout);
+            let current = match slot.idle_timeout_ms {
+                DEFAULT_IDLE => self.config.idle_timeout_ms(),
+                ms => ms,
+            };
+            let shorter = ms < current;
+            slot.idle_timeout_ms = ms;
+            if shorter {
+                // The armed idle check may be later than the new deadline: arm another.
+                slot.idle_armed = false;
+            }
         }
         // Messages the job did not handle go back to the front, in order.
         while let Some(msg) = rest.pop_back() {
@@ -593,6 +613,8 @@ where
         if deactivation {
             drop(receiver);
             self.stats.deactivations += 1;
+            // An idle-timeout override lasts as long as the instance.
+            self.slots[key].idle_timeout_ms = DEFAULT_IDLE;
             if self.slots[key].mailbox.is_empty() {
                 self.remove(key);
             } else {
@@ -750,7 +772,7 @@ where
             return;
         }
         self.closing = true;
-        for p in self.timers.drain_user() {
+        for p in self.timers.drain() {
             self.dead_letter(Recipient::Id(p.to), Some(p.msg), DeadLetterReason::Closed);
         }
         let idle: Vec<usize> = self

@@ -158,15 +158,15 @@ impl<K, M> Timers<K, M> {
         }
     }
 
-    /// Removes every pending user timer (on close), in deadline order.
-    pub(crate) fn drain_user(&mut self) -> Vec<Pending<K, M>> {
+    /// Removes every pending user timer, in deadline order, and every idle check (on close:
+    /// closing deactivates idle receivers without waiting for their timeout).
+    pub(crate) fn drain(&mut self) -> Vec<Pending<K, M>> {
         let mut entries: Vec<_> = std::mem::take(&mut self.heap).into_sorted_vec();
         entries.reverse();
         let mut out = Vec::with_capacity(self.pending.len());
-        for Reverse((at, seq, due)) in entries {
-            match due {
-                Due::User(id) => out.extend(self.pending.remove(&id)),
-                Due::Idle(_) => self.heap.push(Reverse((at, seq, due))),
+        for Reverse((_, _, due)) in entries {
+            if let Due::User(id) = due {
+                out.extend(self.pending.remove(&id));
             }
         }
         self.cancelled = 0;
