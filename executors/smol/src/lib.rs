@@ -1,0 +1,130 @@
+//! Runs Hermes on smol: one task per shard, on smol's global executor or an
+//! [`Executor`](smol::Executor) you drive.
+//!
+//! Each shard is a task that turns while it has work, yielding between turns, and with none
+//! awaits a one-slot wake-up channel or its next timer ([`smol::Timer`]). Receivers run inline
+//! in their shard's task: a receiver that blocks holds up its shard and an executor thread.
+//!
+//! The blocking forms ([`Hermes::ask_blocking`], [`Hermes::shutdown`]) are for threads that do
+//! not run the executor; from tasks, await [`Hermes::ask`] and [`Hermes::shutdown_async`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use hermes_core::{Activation, Config, Context};
+//! use hermes_executor::Reply;
+//!
+//! enum Msg { Ping(Reply<&'static str>) }
+//!
+//! let hermes = hermes_smol::start(Config::default(), |_id: &u8| {
+//!     Activation::ready(|_ctx: &mut Context<'_, u8, Msg>, msg| match msg {
+//!         Msg::Ping(reply) => { let _ = reply.send("pong"); }
+//!     })
+//! });
+//! let pong = smol::block_on(hermes.ask(1, Msg::Ping))?;
+//! assert_eq!(pong, "pong");
+//! assert_eq!(hermes.ask_blocking(2, Msg::Ping, Duration::from_secs(5))?, "pong");
+//! let stats = smol::block_on(hermes.shutdown_async());
+//! assert_eq!(stats.deactivations, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use hermes_core::{Config, Factory};
+use hermes_executor::{Hermes, Options, Runtime, Shard, Turn, Wake, launch};
+use smol::channel::{Receiver, Sender};
+use smol::{Executor, Timer};
+
+/// Starts Hermes on smol's global executor, with the router `config` and `factory`.
+pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Hermes<K, M>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    start_with(Options::new(config), factory)
+}
+
+/// Starts Hermes with `options` on smol's global executor.
+pub fn start_with<K, M>(options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    spawn(options, factory, |task| smol::spawn(task).detach())
+}
+
+/// Starts Hermes with `options` on `executor`, which you run (`executor.run(..)` on your
+/// threads). Hermes makes progress only while the executor is run.
+pub fn start_on<K, M>(
+    executor: &Arc<Executor<'static>>,
+    options: Options<K, M>,
+    factory: impl Factory<K, M>,
+) -> Hermes<K, M>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    spawn(options, factory, |task| executor.spawn(task).detach())
+}
+
+fn spawn<K, M, S>(options: Options<K, M>, factory: impl Factory<K, M>, mut spawn: S) -> Hermes<K, M>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+    S: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
+{
+    let bells: Vec<_> = (0..options.shard_count())
+        .map(|_| smol::channel::bounded(1))
+        .collect();
+    let wakers = bells
+        .iter()
+        .map(|(tx, _)| Box::new(Bell(tx.clone())) as Box<dyn Wake>)
+        .collect();
+    let (hermes, shards) = launch(options, factory, wakers, Smol);
+    for (shard, (_, bell)) in shards.into_iter().zip(bells) {
+        spawn(Box::pin(run(shard, bell)));
+    }
+    hermes
+}
+
+/// A shard task: turn while there is work, await the bell or the next deadline otherwise.
+async fn run<K, M>(mut shard: Shard<K, M>, bell: Receiver<()>)
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    loop {
+        match shard.turn() {
+            Turn::Busy => smol::future::yield_now().await,
+            Turn::Park(None) => {
+                let _ = bell.recv().await;
+            }
+            Turn::Park(Some(deadline)) => {
+                let rung = async {
+                    let _ = bell.recv().await;
+                };
+                let due = async {
+                    Timer::at(deadline).await;
+                };
+                smol::future::or(rung, due).await;
+            }
+            Turn::Exit => return,
+        }
+    }
+}
+
+/// Wakes a shard task: a one-slot channel keeps the wake if the task is not waiting yet.
+struct Bell(Sender<()>);
+
+impl Wake for Bell {
+    fn wake(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// smol runs tasks on threads that the blocking forms are not called from (see crate docs).
+struct Smol;
+
+impl Runtime for Smol {}

@@ -1,0 +1,149 @@
+//! Runs Hermes on tokio: one task per shard.
+//!
+//! Each shard is a task that turns while it has work, yielding to the runtime between turns,
+//! and with none awaits a [`Notify`] or its next timer (`tokio::time`). Works on the
+//! multi-thread and the current-thread runtime; the runtime needs its time driver
+//! (`enable_time()` or `enable_all()`, as `#[tokio::main]` has).
+//!
+//! Receivers run inline in their shard's task: a receiver that blocks (on I/O, a lock, a
+//! blocking ask) holds up its shard and a runtime worker. Hand slow work to
+//! `spawn_blocking` and send the result back as a message.
+//!
+//! From async code use [`Hermes::ask`] (`.await`) and [`Hermes::shutdown_async`]; the blocking
+//! forms work outside the runtime, and inside a multi-thread runtime via `block_in_place`, but
+//! refuse (or, for `shutdown`, panic) inside a current-thread runtime, where they would stop the
+//! very runtime that runs the shards.
+//!
+//! ```
+//! use hermes_core::{Activation, Config, Context};
+//! use hermes_executor::Reply;
+//!
+//! enum Msg { Greet(String, Reply<String>) }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let hermes = hermes_tokio::start(Config::default(), |_id: &u32| {
+//!         Activation::ready(|ctx: &mut Context<'_, u32, Msg>, msg| match msg {
+//!             Msg::Greet(name, reply) => {
+//!                 let _ = reply.send(format!("hello {name}, from {}", ctx.id()));
+//!             }
+//!         })
+//!     })?;
+//!     let answer = hermes.ask(7, |reply| Msg::Greet("ann".into(), reply)).await?;
+//!     assert_eq!(answer, "hello ann, from 7");
+//!     let stats = hermes.shutdown_async().await;
+//!     assert_eq!(stats.deactivations, 1);
+//!     Ok(())
+//! }
+//! ```
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use hermes_core::{Config, Factory};
+use hermes_executor::{
+    Hermes, Options, Runtime, Shard, StartError, Turn, Wake, WouldDeadlock, launch,
+};
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Notify;
+
+/// Starts Hermes on the current tokio runtime, with the router `config` and `factory`.
+/// [`StartError::NoRuntime`] outside a runtime: use [`start_on`] there.
+pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Result<Hermes<K, M>, StartError>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    start_with(Options::new(config), factory)
+}
+
+/// Starts Hermes with `options` on the current tokio runtime.
+pub fn start_with<K, M>(
+    options: Options<K, M>,
+    factory: impl Factory<K, M>,
+) -> Result<Hermes<K, M>, StartError>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+    Ok(start_on(&handle, options, factory))
+}
+
+/// Starts Hermes with `options` on the runtime behind `handle`: one task per shard.
+pub fn start_on<K, M>(
+    handle: &Handle,
+    options: Options<K, M>,
+    factory: impl Factory<K, M>,
+) -> Hermes<K, M>
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    let bells: Vec<Arc<Notify>> = (0..options.shard_count())
+        .map(|_| Arc::new(Notify::new()))
+        .collect();
+    let wakers = bells
+        .iter()
+        .map(|bell| Box::new(Bell(Arc::clone(bell))) as Box<dyn Wake>)
+        .collect();
+    let (hermes, shards) = launch(options, factory, wakers, Tokio);
+    for (shard, bell) in shards.into_iter().zip(bells) {
+        // The task ends on its own at shutdown; the handle learns of it when the shard drops.
+        drop(handle.spawn(run(shard, bell)));
+    }
+    hermes
+}
+
+/// A shard task: turn while there is work, await the bell or the next deadline otherwise.
+async fn run<K, M>(mut shard: Shard<K, M>, bell: Arc<Notify>)
+where
+    K: Clone + Eq + Hash + Debug + Send + 'static,
+    M: Send + 'static,
+{
+    loop {
+        match shard.turn() {
+            Turn::Busy => tokio::task::yield_now().await,
+            Turn::Park(None) => bell.notified().await,
+            Turn::Park(Some(deadline)) => {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                let _ = tokio::time::timeout_at(deadline, bell.notified()).await;
+            }
+            Turn::Exit => return,
+        }
+    }
+}
+
+/// Wakes a shard task; `Notify` keeps one permit if the task is not waiting yet.
+struct Bell(Arc<Notify>);
+
+impl Wake for Bell {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Blocking from tokio: fine outside the runtime, `block_in_place` on a multi-thread worker,
+/// refused on a current-thread runtime (it would stop the shards).
+struct Tokio;
+
+impl Runtime for Tokio {
+    fn block(&self, wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
+        let Ok(handle) = Handle::try_current() else {
+            wait();
+            return Ok(());
+        };
+        match handle.runtime_flavor() {
+            RuntimeFlavor::MultiThread if tokio::task::try_id().is_some() => {
+                tokio::task::block_in_place(wait);
+                Ok(())
+            }
+            RuntimeFlavor::MultiThread => {
+                wait();
+                Ok(())
+            }
+            _ => Err(WouldDeadlock),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The conformance suite on tokio: each test gets its own multi-thread runtime with two
+//! workers, and drives Hermes from outside it (blocking asks, shutdown) as a thread would.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use hermes_conformance::{Harness, conformance_tests, unique_name};
+use hermes_core::Factory;
+use hermes_executor::{Hermes, Options};
+
+struct Tokio {
+    name: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Tokio {
+    fn new() -> Self {
+        let name = unique_name();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("{name}-w"))
+            .enable_time()
+            .build()
+            .expect("a tokio runtime");
+        Tokio { name, runtime }
+    }
+}
+
+impl Harness for Tokio {
+    fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
+    where
+        K: Clone + Eq + Hash + Debug + Send + 'static,
+        M: Send + 'static,
+    {
+        hermes_tokio::start_on(self.runtime.handle(), options, factory)
+    }
+
+    fn threads(&self) -> &str {
+        &self.name
+    }
+}
+
+conformance_tests!(Tokio::new());
