@@ -85,6 +85,7 @@ where
     loop {
         match shard.turn() {
             Turn::Busy => {}
+            Turn::Park(_) if rung_soon(bell) => {}
             Turn::Park(None) => {
                 let _ = bell.recv();
             }
@@ -95,6 +96,22 @@ where
         }
     }
 }
+
+/// Spins briefly for a wake before the thread sleeps: a peer shard answering right away (a
+/// ping-pong across shards) then costs no sleep and wake-up. A few microseconds at most, only
+/// after a turn that did work, so an idle pool still sleeps.
+fn rung_soon(bell: &Receiver<()>) -> bool {
+    for _ in 0..SPINS {
+        if bell.try_recv().is_ok() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
+
+/// Polls of the bell before sleeping.
+const SPINS: u32 = 200;
 
 /// Wakes a shard thread: a one-slot channel keeps the wake if the thread is not waiting yet.
 struct Bell(Sender<()>);
