@@ -36,7 +36,9 @@
 //! ```
 
 pub use hermes_core::*;
-pub use hermes_executor::{AskError, Asked, Finished, Hermes, Options, Reply, StartError};
+pub use hermes_executor::{
+    AskError, Asked, Finished, Hermes, Key, Message, Options, Reply, StartError,
+};
 
 /// Building blocks for writing another executor: see [`hermes_executor`].
 pub mod executor {

@@ -5,10 +5,7 @@
 //! `hermes::smol::start`); the examples call the executor crates directly so that one binary
 //! can run on all three.
 
-use std::fmt::Debug;
-use std::hash::Hash;
-
-use hermes::{Factory, Hermes, Options};
+use hermes::{Factory, Hermes, Key, Message, Options};
 
 /// The executor chosen on the command line, with the runtime it needs.
 pub enum Executor {
@@ -58,8 +55,8 @@ impl Executor {
     /// Starts Hermes on this executor.
     pub fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
     where
-        K: Clone + Eq + Hash + Debug + Send + 'static,
-        M: Send + 'static,
+        K: Key,
+        M: Message,
     {
         match self {
             Executor::Pool => hermes_pool::start_with(options, factory)

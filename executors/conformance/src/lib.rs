@@ -13,13 +13,11 @@
 //! speed. The one resource check (an idle Hermes uses no CPU) measures CPU time of the threads
 //! that run the shards, not wall time.
 
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hermes_core::Factory;
-use hermes_executor::{Hermes, Options};
+use hermes_executor::{Hermes, Key, Message, Options};
 
 pub mod suite;
 
@@ -29,8 +27,8 @@ pub trait Harness {
     /// start with [`threads`](Harness::threads) followed by `-`.
     fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
     where
-        K: Clone + Eq + Hash + Debug + Send + 'static,
-        M: Send + 'static;
+        K: Key,
+        M: Message;
 
     /// The name prefix of the threads that run this harness's shards (and nothing else).
     fn threads(&self) -> &str;

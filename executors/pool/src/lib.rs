@@ -27,20 +27,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use hermes_core::{Config, Factory};
-use hermes_executor::{Hermes, Options, Runtime, Shard, StartError, Turn, Wake, launch};
+use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, StartError, Wake, launch};
 
 /// Starts Hermes on one thread per core, with the router `config` and `factory`.
 pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Result<Hermes<K, M>, StartError>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     start_with(Options::new(config), factory)
 }
@@ -52,8 +50,8 @@ pub fn start_with<K, M>(
     factory: impl Factory<K, M>,
 ) -> Result<Hermes<K, M>, StartError>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     let name = options.get_name().to_owned();
     let bells: Vec<_> = (0..options.shard_count())
@@ -76,25 +74,17 @@ where
     Ok(hermes)
 }
 
-/// A shard thread: turn while there is work, park on the bell until woken or the deadline.
-fn run<K, M>(mut shard: Shard<K, M>, bell: &Receiver<()>)
-where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
-{
-    loop {
-        match shard.turn() {
-            Turn::Busy => {}
-            Turn::Park(_) if rung_soon(bell) => {}
-            Turn::Park(None) => {
-                let _ = bell.recv();
-            }
-            Turn::Park(Some(deadline)) => {
-                let _ = bell.recv_deadline(deadline);
-            }
-            Turn::Exit => return,
+/// A shard thread: parks on the bell until woken or the deadline.
+fn run<K: Key, M: Message>(shard: Shard<K, M>, bell: &Receiver<()>) {
+    shard.run_blocking(|deadline| {
+        if rung_soon(bell) {
+            return;
         }
-    }
+        let _ = match deadline {
+            Some(deadline) => bell.recv_deadline(deadline).map_err(drop),
+            None => bell.recv().map_err(drop),
+        };
+    });
 }
 
 /// Spins briefly for a wake before the thread sleeps: a peer shard answering right away (a

@@ -1,11 +1,8 @@
 //! The conformance suite on the thread pool.
 
-use std::fmt::Debug;
-use std::hash::Hash;
-
 use hermes_conformance::{Harness, conformance_tests, unique_name};
 use hermes_core::Factory;
-use hermes_executor::{Hermes, Options};
+use hermes_executor::{Hermes, Key, Message, Options};
 
 /// Starts each Hermes with threads named after this harness.
 struct Pool(String);
@@ -13,8 +10,8 @@ struct Pool(String);
 impl Harness for Pool {
     fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
     where
-        K: Clone + Eq + Hash + Debug + Send + 'static,
-        M: Send + 'static,
+        K: Key,
+        M: Message,
     {
         hermes_pool::start_with(options.name(&self.0), factory).expect("the pool starts")
     }

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +12,7 @@ use hermes_core::{Addr, Factory, Recipient, Router, SendError, Sharded, Stats, T
 
 use crate::inbox::{Envelope, Inbox};
 use crate::shard::{Core, Finish, in_shard};
-use crate::{AskError, Asked, Options, Reply, Shard, Wake};
+use crate::{AskError, Asked, Key, Message, Options, Reply, Shard, Wake};
 
 /// What the handle needs to know about the executor it runs on.
 pub trait Runtime: Send + Sync + 'static {
@@ -66,8 +65,8 @@ pub fn launch<K, M>(
     runtime: impl Runtime,
 ) -> (Hermes<K, M>, Vec<Shard<K, M>>)
 where
-    K: Clone + Eq + Hash + fmt::Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     let shards = options.shards;
     assert_eq!(wakers.len(), shards, "one waker per shard");
@@ -103,8 +102,8 @@ where
 
 impl<K, M> Hermes<K, M>
 where
-    K: Clone + Eq + Hash + fmt::Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     /// Sends `msg` to the receiver with ID `id`, activating it if needed. Messages from one
     /// thread to one ID arrive in send order.

@@ -69,3 +69,14 @@ pub use inbox::Wake;
 pub use options::{Options, StartError};
 pub use reply::{AskError, Asked, Reply};
 pub use shard::{Shard, Turn};
+
+/// What a receiver ID must be: cloneable, hashable (for placement and lookup), printable in
+/// logs, and sendable between threads. Implemented for every such type.
+pub trait Key: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + 'static {}
+
+impl<T: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + 'static> Key for T {}
+
+/// What a message must be: sendable between threads. Implemented for every such type.
+pub trait Message: Send + 'static {}
+
+impl<T: Send + 'static> Message for T {}

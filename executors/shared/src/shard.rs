@@ -19,6 +19,7 @@ use hermes_core::{
 use crate::inbox::{Envelope, Inbox};
 use crate::options::DeadLetterSink;
 use crate::signal::Signal;
+use crate::{Key, Message};
 
 /// Commands handled per turn before the shard looks at its inbox and timers again, so that
 /// receivers messaging each other on one shard cannot starve everything else.
@@ -131,8 +132,8 @@ pub struct Shard<K, M> {
 
 impl<K, M> Shard<K, M>
 where
-    K: Clone + Eq + Hash + fmt::Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     pub(crate) fn new(
         index: u32,
@@ -185,6 +186,39 @@ where
             return Turn::Busy;
         }
         Turn::Park(self.router.poll_timeout())
+    }
+
+    /// Runs the shard on this thread until it exits: turns while there is work, and otherwise
+    /// calls `park(deadline)`, which sleeps until the shard's [`Wake`](crate::Wake) fires or the
+    /// deadline (if any) passes.
+    pub fn run_blocking(mut self, mut park: impl FnMut(Option<Instant>)) {
+        loop {
+            match self.turn() {
+                Turn::Busy => {}
+                Turn::Park(deadline) => park(deadline),
+                Turn::Exit => return,
+            }
+        }
+    }
+
+    /// Runs the shard as a task until it exits: awaits `yield_now()` between busy turns, so
+    /// other tasks get a turn too, and otherwise `park(deadline)`, which resolves when the
+    /// shard's [`Wake`](crate::Wake) fires or the deadline (if any) passes.
+    pub async fn run_async<Y, P>(
+        mut self,
+        mut yield_now: impl FnMut() -> Y,
+        mut park: impl FnMut(Option<Instant>) -> P,
+    ) where
+        Y: Future<Output = ()>,
+        P: Future<Output = ()>,
+    {
+        loop {
+            match self.turn() {
+                Turn::Busy => yield_now().await,
+                Turn::Park(deadline) => park(deadline).await,
+                Turn::Exit => return,
+            }
+        }
     }
 
     fn inbox(&self) -> &Inbox<K, M> {

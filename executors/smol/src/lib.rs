@@ -28,20 +28,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hermes_core::{Config, Factory};
-use hermes_executor::{Hermes, Options, Runtime, Shard, Turn, Wake, launch};
+use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, Wake, launch};
 use smol::channel::{Receiver, Sender};
 use smol::{Executor, Timer};
 
 /// Starts Hermes on smol's global executor, with the router `config` and `factory`.
 pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Hermes<K, M>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     start_with(Options::new(config), factory)
 }
@@ -49,8 +48,8 @@ where
 /// Starts Hermes with `options` on smol's global executor.
 pub fn start_with<K, M>(options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     spawn(options, factory, |task| smol::spawn(task).detach())
 }
@@ -63,16 +62,16 @@ pub fn start_on<K, M>(
     factory: impl Factory<K, M>,
 ) -> Hermes<K, M>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     spawn(options, factory, |task| executor.spawn(task).detach())
 }
 
 fn spawn<K, M, S>(options: Options<K, M>, factory: impl Factory<K, M>, mut spawn: S) -> Hermes<K, M>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
     S: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
 {
     let bells: Vec<_> = (0..options.shard_count())
@@ -89,30 +88,26 @@ where
     hermes
 }
 
-/// A shard task: turn while there is work, await the bell or the next deadline otherwise.
-async fn run<K, M>(mut shard: Shard<K, M>, bell: Receiver<()>)
-where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
-{
-    loop {
-        match shard.turn() {
-            Turn::Busy => smol::future::yield_now().await,
-            Turn::Park(None) => {
+/// A shard task: awaits the bell or the next deadline when there is nothing to do.
+async fn run<K: Key, M: Message>(shard: Shard<K, M>, bell: Receiver<()>) {
+    let park = |deadline: Option<Instant>| {
+        let bell = bell.clone();
+        async move {
+            let rung = async {
                 let _ = bell.recv().await;
+            };
+            match deadline {
+                Some(deadline) => {
+                    let due = async {
+                        Timer::at(deadline).await;
+                    };
+                    smol::future::or(rung, due).await;
+                }
+                None => rung.await,
             }
-            Turn::Park(Some(deadline)) => {
-                let rung = async {
-                    let _ = bell.recv().await;
-                };
-                let due = async {
-                    Timer::at(deadline).await;
-                };
-                smol::future::or(rung, due).await;
-            }
-            Turn::Exit => return,
         }
-    }
+    };
+    shard.run_async(smol::future::yield_now, park).await;
 }
 
 /// Wakes a shard task: a one-slot channel keeps the wake if the task is not waiting yet.

@@ -1,14 +1,12 @@
 //! The conformance suite on smol: each test gets its own executor, run by two named threads,
 //! and drives Hermes from outside it (blocking asks, shutdown) as a thread would.
 
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use hermes_conformance::{Harness, conformance_tests, unique_name};
 use hermes_core::Factory;
-use hermes_executor::{Hermes, Options};
+use hermes_executor::{Hermes, Key, Message, Options};
 use smol::Executor;
 use smol::channel::Sender;
 
@@ -58,8 +56,8 @@ impl Drop for Smol {
 impl Harness for Smol {
     fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
     where
-        K: Clone + Eq + Hash + Debug + Send + 'static,
-        M: Send + 'static,
+        K: Key,
+        M: Message,
     {
         hermes_smol::start_on(&self.executor, options, factory)
     }

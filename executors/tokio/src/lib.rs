@@ -37,13 +37,12 @@
 //! }
 //! ```
 
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hermes_core::{Config, Factory};
 use hermes_executor::{
-    Hermes, Options, Runtime, Shard, StartError, Turn, Wake, WouldDeadlock, launch,
+    Hermes, Key, Message, Options, Runtime, Shard, StartError, Wake, WouldDeadlock, launch,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
@@ -52,8 +51,8 @@ use tokio::sync::Notify;
 /// [`StartError::NoRuntime`] outside a runtime: use [`start_on`] there.
 pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Result<Hermes<K, M>, StartError>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     start_with(Options::new(config), factory)
 }
@@ -64,8 +63,8 @@ pub fn start_with<K, M>(
     factory: impl Factory<K, M>,
 ) -> Result<Hermes<K, M>, StartError>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
     Ok(start_on(&handle, options, factory))
@@ -78,8 +77,8 @@ pub fn start_on<K, M>(
     factory: impl Factory<K, M>,
 ) -> Hermes<K, M>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
 {
     let bells: Vec<Arc<Notify>> = (0..options.shard_count())
         .map(|_| Arc::new(Notify::new()))
@@ -96,23 +95,21 @@ where
     hermes
 }
 
-/// A shard task: turn while there is work, await the bell or the next deadline otherwise.
-async fn run<K, M>(mut shard: Shard<K, M>, bell: Arc<Notify>)
-where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
-{
-    loop {
-        match shard.turn() {
-            Turn::Busy => tokio::task::yield_now().await,
-            Turn::Park(None) => bell.notified().await,
-            Turn::Park(Some(deadline)) => {
-                let deadline = tokio::time::Instant::from_std(deadline);
-                let _ = tokio::time::timeout_at(deadline, bell.notified()).await;
+/// A shard task: awaits the bell or the next deadline when there is nothing to do.
+async fn run<K: Key, M: Message>(shard: Shard<K, M>, bell: Arc<Notify>) {
+    let park = |deadline: Option<Instant>| {
+        let bell = Arc::clone(&bell);
+        async move {
+            match deadline {
+                Some(deadline) => {
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    let _ = tokio::time::timeout_at(deadline, bell.notified()).await;
+                }
+                None => bell.notified().await,
             }
-            Turn::Exit => return,
         }
-    }
+    };
+    shard.run_async(tokio::task::yield_now, park).await;
 }
 
 /// Wakes a shard task; `Notify` keeps one permit if the task is not waiting yet.

@@ -1,12 +1,9 @@
 //! The conformance suite on tokio: each test gets its own multi-thread runtime with two
 //! workers, and drives Hermes from outside it (blocking asks, shutdown) as a thread would.
 
-use std::fmt::Debug;
-use std::hash::Hash;
-
 use hermes_conformance::{Harness, conformance_tests, unique_name};
 use hermes_core::Factory;
-use hermes_executor::{Hermes, Options};
+use hermes_executor::{Hermes, Key, Message, Options};
 
 struct Tokio {
     name: String,
@@ -29,8 +26,8 @@ impl Tokio {
 impl Harness for Tokio {
     fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
     where
-        K: Clone + Eq + Hash + Debug + Send + 'static,
-        M: Send + 'static,
+        K: Key,
+        M: Message,
     {
         hermes_tokio::start_on(self.runtime.handle(), options, factory)
     }
