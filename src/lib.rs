@@ -42,7 +42,7 @@ pub use hermes_executor::{
 
 /// Building blocks for writing another executor: see [`hermes_executor`].
 pub mod executor {
-    pub use hermes_executor::{Runtime, Shard, Turn, Wake, WouldDeadlock, launch};
+    pub use hermes_executor::{Runtime, Shard, Shards, Turn, Wake, WouldDeadlock, launch};
 }
 
 /// The hand-rolled thread pool (feature `pool`, on by default): see [`hermes_pool`].

@@ -53,11 +53,11 @@ impl Executor {
     }
 
     /// Starts Hermes on this executor.
-    pub fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
-    where
-        K: Key,
-        M: Message,
-    {
+    pub fn start<K: Key, M: Message>(
+        &self,
+        options: Options<K, M>,
+        factory: impl Factory<K, M>,
+    ) -> Hermes<K, M> {
         match self {
             Executor::Pool => hermes_pool::start_with(options, factory)
                 .unwrap_or_else(|e| exit(&format!("could not start the pool: {e}"))),

@@ -25,10 +25,11 @@ pub mod suite;
 pub trait Harness {
     /// Starts Hermes with `options` and `factory`. Its shards must run on threads whose names
     /// start with [`threads`](Harness::threads) followed by `-`.
-    fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
-    where
-        K: Key,
-        M: Message;
+    fn start<K: Key, M: Message>(
+        &self,
+        options: Options<K, M>,
+        factory: impl Factory<K, M>,
+    ) -> Hermes<K, M>;
 
     /// The name prefix of the threads that run this harness's shards (and nothing else).
     fn threads(&self) -> &str;

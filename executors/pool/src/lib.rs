@@ -35,35 +35,26 @@ use hermes_core::{Config, Factory};
 use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, StartError, Wake, launch};
 
 /// Starts Hermes on one thread per core, with the router `config` and `factory`.
-pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Result<Hermes<K, M>, StartError>
-where
-    K: Key,
-    M: Message,
-{
+pub fn start<K: Key, M: Message>(
+    config: Config,
+    factory: impl Factory<K, M>,
+) -> Result<Hermes<K, M>, StartError> {
     start_with(Options::new(config), factory)
 }
 
 /// Starts Hermes with `options` (shard count, thread names, dead-letter sink): one thread per
 /// shard, named `NAME-0`, `NAME-1`, ...
-pub fn start_with<K, M>(
+pub fn start_with<K: Key, M: Message>(
     options: Options<K, M>,
     factory: impl Factory<K, M>,
-) -> Result<Hermes<K, M>, StartError>
-where
-    K: Key,
-    M: Message,
-{
+) -> Result<Hermes<K, M>, StartError> {
     let name = options.get_name().to_owned();
-    let bells: Vec<_> = (0..options.shard_count())
-        .map(|_| crossbeam_channel::bounded(1))
-        .collect();
-    let wakers = bells
-        .iter()
-        .map(|(tx, _)| Box::new(Bell(tx.clone())) as Box<dyn Wake>)
-        .collect();
     let threads = Threads::default();
-    let (hermes, shards) = launch(options, factory, wakers, threads.clone());
-    for (shard, (_, bell)) in shards.into_iter().zip(bells) {
+    let (hermes, shards) = launch(options, factory, threads.clone(), || {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (Bell(tx), rx)
+    });
+    for (shard, bell) in shards {
         let thread = std::thread::Builder::new()
             .name(format!("{name}-{}", shard.index()))
             .spawn(move || run(shard, &bell))

@@ -8,11 +8,11 @@ use hermes_executor::{Hermes, Key, Message, Options};
 struct Pool(String);
 
 impl Harness for Pool {
-    fn start<K, M>(&self, options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
-    where
-        K: Key,
-        M: Message,
-    {
+    fn start<K: Key, M: Message>(
+        &self,
+        options: Options<K, M>,
+        factory: impl Factory<K, M>,
+    ) -> Hermes<K, M> {
         hermes_pool::start_with(options.name(&self.0), factory).expect("the pool starts")
     }
 

@@ -53,25 +53,28 @@ struct Inner<K, M> {
     joined: AtomicBool,
 }
 
-/// Splits `options` into shards and the handle that feeds them. For executor authors: run every
-/// shard with [`Shard::turn`] in a loop; `wakers[i]` must wake shard `i` when it is parked.
+/// Each shard with the waiting end of its bell, as [`launch`] returns them.
+pub type Shards<K, M, P> = Vec<(Shard<K, M>, P)>;
+
+/// Splits `options` into shards and the handle that feeds them. For executor authors.
 ///
-/// # Panics
-/// If `wakers.len()` is not `options.shard_count()`.
-pub fn launch<K, M>(
+/// `bell` is called once per shard and returns the two ends of that shard's wake-up primitive:
+/// a [`Wake`] the handle and the other shards ring, and whatever the shard's loop waits on
+/// (returned next to the shard). Run every shard with [`Shard::run_blocking`] or
+/// [`Shard::run_async`] (or a loop of [`Shard::turn`]), waiting on its bell when parked.
+pub fn launch<K: Key, M: Message, W: Wake, P>(
     options: Options<K, M>,
     factory: impl Factory<K, M>,
-    wakers: Vec<Box<dyn Wake>>,
     runtime: impl Runtime,
-) -> (Hermes<K, M>, Vec<Shard<K, M>>)
-where
-    K: Key,
-    M: Message,
-{
+    mut bell: impl FnMut() -> (W, P),
+) -> (Hermes<K, M>, Shards<K, M, P>) {
     let shards = options.shards;
-    assert_eq!(wakers.len(), shards, "one waker per shard");
+    let (wakers, parks): (Vec<_>, Vec<_>) = (0..shards).map(|_| bell()).unzip();
     let core = Arc::new(Core {
-        inboxes: wakers.into_iter().map(Inbox::new).collect(),
+        inboxes: wakers
+            .into_iter()
+            .map(|w| Inbox::new(Box::new(w)))
+            .collect(),
         accepting: AtomicBool::new(true),
         timer_seq: AtomicU64::new(0),
         stats: (0..shards).map(|_| Mutex::default()).collect(),
@@ -80,13 +83,15 @@ where
     });
     let factory: Arc<dyn Factory<K, M>> = Arc::new(factory);
     let shard_list = (0..shards as u32)
-        .map(|index| {
+        .zip(parks)
+        .map(|(index, park)| {
             let placement = Sharded {
                 index,
                 count: shards as u32,
             };
             let router = Router::placed(options.config.clone(), index, placement);
-            Shard::new(index, router, Arc::clone(&core), Arc::clone(&factory))
+            let shard = Shard::new(index, router, Arc::clone(&core), Arc::clone(&factory));
+            (shard, park)
         })
         .collect();
     let inner = Inner {

@@ -30,22 +30,22 @@
 //! use hermes_core::{Activation, Config, Context};
 //! use hermes_executor::{launch, Options, Reply, Runtime, Turn, Wake};
 //!
-//! struct NoWake;
-//! impl Wake for NoWake { fn wake(&self) {} }
+//! struct NoBell;
+//! impl Wake for NoBell { fn wake(&self) {} }
 //! struct Inline;
 //! impl Runtime for Inline {}
 //!
 //! enum Msg { Add(u64), Get(Reply<u64>) }
 //!
 //! let options = Options::new(Config::default()).shards(2);
-//! let wakers: Vec<Box<dyn Wake>> = vec![Box::new(NoWake), Box::new(NoWake)];
-//! let (hermes, mut shards) = launch(options, |_id: &u32| {
+//! let (hermes, shards) = launch(options, |_id: &u32| {
 //!     let mut total = 0;
 //!     Activation::ready(move |_ctx: &mut Context<'_, u32, Msg>, msg| match msg {
 //!         Msg::Add(n) => total += n,
 //!         Msg::Get(reply) => { let _ = reply.send(total); }
 //!     })
-//! }, wakers, Inline);
+//! }, Inline, || (NoBell, ()));
+//! let mut shards: Vec<_> = shards.into_iter().map(|(shard, ())| shard).collect();
 //!
 //! hermes.send(7, Msg::Add(2)).unwrap();
 //! hermes.send(7, Msg::Add(3)).unwrap();
@@ -64,7 +64,7 @@ mod reply;
 mod shard;
 mod signal;
 
-pub use handle::{Finished, Hermes, Runtime, WouldDeadlock, launch};
+pub use handle::{Finished, Hermes, Runtime, Shards, WouldDeadlock, launch};
 pub use inbox::Wake;
 pub use options::{Options, StartError};
 pub use reply::{AskError, Asked, Reply};

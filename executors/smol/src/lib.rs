@@ -37,34 +37,25 @@ use smol::channel::{Receiver, Sender};
 use smol::{Executor, Timer};
 
 /// Starts Hermes on smol's global executor, with the router `config` and `factory`.
-pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Hermes<K, M>
-where
-    K: Key,
-    M: Message,
-{
+pub fn start<K: Key, M: Message>(config: Config, factory: impl Factory<K, M>) -> Hermes<K, M> {
     start_with(Options::new(config), factory)
 }
 
 /// Starts Hermes with `options` on smol's global executor.
-pub fn start_with<K, M>(options: Options<K, M>, factory: impl Factory<K, M>) -> Hermes<K, M>
-where
-    K: Key,
-    M: Message,
-{
+pub fn start_with<K: Key, M: Message>(
+    options: Options<K, M>,
+    factory: impl Factory<K, M>,
+) -> Hermes<K, M> {
     spawn(options, factory, |task| smol::spawn(task).detach())
 }
 
 /// Starts Hermes with `options` on `executor`, which you run (`executor.run(..)` on your
 /// threads). Hermes makes progress only while the executor is run.
-pub fn start_on<K, M>(
+pub fn start_on<K: Key, M: Message>(
     executor: &Arc<Executor<'static>>,
     options: Options<K, M>,
     factory: impl Factory<K, M>,
-) -> Hermes<K, M>
-where
-    K: Key,
-    M: Message,
-{
+) -> Hermes<K, M> {
     spawn(options, factory, |task| executor.spawn(task).detach())
 }
 
@@ -74,15 +65,11 @@ where
     M: Message,
     S: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
 {
-    let bells: Vec<_> = (0..options.shard_count())
-        .map(|_| smol::channel::bounded(1))
-        .collect();
-    let wakers = bells
-        .iter()
-        .map(|(tx, _)| Box::new(Bell(tx.clone())) as Box<dyn Wake>)
-        .collect();
-    let (hermes, shards) = launch(options, factory, wakers, Smol);
-    for (shard, (_, bell)) in shards.into_iter().zip(bells) {
+    let (hermes, shards) = launch(options, factory, Smol, || {
+        let (tx, rx) = smol::channel::bounded(1);
+        (Bell(tx), rx)
+    });
+    for (shard, bell) in shards {
         spawn(Box::pin(run(shard, bell)));
     }
     hermes

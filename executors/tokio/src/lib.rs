@@ -49,46 +49,33 @@ use tokio::sync::Notify;
 
 /// Starts Hermes on the current tokio runtime, with the router `config` and `factory`.
 /// [`StartError::NoRuntime`] outside a runtime: use [`start_on`] there.
-pub fn start<K, M>(config: Config, factory: impl Factory<K, M>) -> Result<Hermes<K, M>, StartError>
-where
-    K: Key,
-    M: Message,
-{
+pub fn start<K: Key, M: Message>(
+    config: Config,
+    factory: impl Factory<K, M>,
+) -> Result<Hermes<K, M>, StartError> {
     start_with(Options::new(config), factory)
 }
 
 /// Starts Hermes with `options` on the current tokio runtime.
-pub fn start_with<K, M>(
+pub fn start_with<K: Key, M: Message>(
     options: Options<K, M>,
     factory: impl Factory<K, M>,
-) -> Result<Hermes<K, M>, StartError>
-where
-    K: Key,
-    M: Message,
-{
+) -> Result<Hermes<K, M>, StartError> {
     let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
     Ok(start_on(&handle, options, factory))
 }
 
 /// Starts Hermes with `options` on the runtime behind `handle`: one task per shard.
-pub fn start_on<K, M>(
+pub fn start_on<K: Key, M: Message>(
     handle: &Handle,
     options: Options<K, M>,
     factory: impl Factory<K, M>,
-) -> Hermes<K, M>
-where
-    K: Key,
-    M: Message,
-{
-    let bells: Vec<Arc<Notify>> = (0..options.shard_count())
-        .map(|_| Arc::new(Notify::new()))
-        .collect();
-    let wakers = bells
-        .iter()
-        .map(|bell| Box::new(Bell(Arc::clone(bell))) as Box<dyn Wake>)
-        .collect();
-    let (hermes, shards) = launch(options, factory, wakers, Tokio);
-    for (shard, bell) in shards.into_iter().zip(bells) {
+) -> Hermes<K, M> {
+    let (hermes, shards) = launch(options, factory, Tokio, || {
+        let bell = Arc::new(Notify::new());
+        (Bell(Arc::clone(&bell)), bell)
+    });
+    for (shard, bell) in shards {
         // The task ends on its own at shutdown; the handle learns of it when the shard drops.
         drop(handle.spawn(run(shard, bell)));
     }
