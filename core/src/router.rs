@@ -613,8 +613,10 @@ where
         if deactivation {
             drop(receiver);
             self.stats.deactivations += 1;
-            // An idle-timeout override lasts as long as the instance.
+            // An idle-timeout override lasts as long as the instance, and so does an idle check
+            // armed for it: the next instance arms its own.
             self.slots[key].idle_timeout_ms = DEFAULT_IDLE;
+            self.slots[key].idle_armed = false;
             if self.slots[key].mailbox.is_empty() {
                 self.remove(key);
             } else {
@@ -740,7 +742,10 @@ where
         while let Some(fired) = self.timers.pop_due(now) {
             match fired {
                 Fired::User(p) => self.route_inside(Recipient::Id(p.to), p.msg),
-                Fired::Idle(addr) => self.check_idle(addr, now),
+                // Judged as of the check's own deadline, not `now`: a timer message due
+                // before the receiver's idle deadline must find it live, however late this
+                // call comes.
+                Fired::Idle(addr, at) => self.check_idle(addr, at),
             }
         }
     }

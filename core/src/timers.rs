@@ -56,8 +56,8 @@ pub(crate) enum Due {
 pub(crate) enum Fired<K, M> {
     /// A user timer: deliver its message.
     User(Pending<K, M>),
-    /// Check whether this receiver has been idle long enough.
-    Idle(Addr),
+    /// Check whether this receiver had been idle long enough at this deadline.
+    Idle(Addr, Instant),
 }
 
 /// A user timer's payload.
@@ -149,7 +149,7 @@ impl<K, M> Timers<K, M> {
             }
             self.heap.pop();
             match due {
-                Due::Idle(addr) => return Some(Fired::Idle(addr)),
+                Due::Idle(addr) => return Some(Fired::Idle(addr, at)),
                 Due::User(id) => match self.pending.remove(&id) {
                     Some(p) => return Some(Fired::User(p)),
                     None => self.cancelled = self.cancelled.saturating_sub(1),
