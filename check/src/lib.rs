@@ -1,0 +1,181 @@
+//! An operation-sequence model checker for the Hermes [`Router`](hermes_core::Router).
+//!
+//! A [`Plan`], decoded from arbitrary bytes (a fuzzer's input) or from a seed, is a sequence of
+//! operations on a world of one or two routers: outside sends by ID and by handle (live or
+//! stale), timers scheduled and cancelled, time moving on, close, and a driver that handles the
+//! routers' commands in every order an executor may: inline, or checked out and checked back in
+//! later, interleaved across receivers, out of order. Receivers are scripted: every message names
+//! a script (send, schedule, cancel, become, stop, panic, set the idle timeout) and the receiver
+//! records what it did. A few IDs are special: the factory refuses one and fails on another.
+//!
+//! After every router call the checker compares the router's outputs (commands, dead letters,
+//! messages for the other router, stats) with a naive reference model, and checks the eight
+//! routing invariants of the design against a ledger of every message (each carries a unique
+//! sequence number). At the end it drains everything, closes, and checks that every accepted
+//! message was delivered or reported exactly once and every instance deactivated exactly once.
+//!
+//! ```
+//! let summary = hermes_check::check(&hermes_check::Plan::from_seed(7)).expect("no violation");
+//! assert!(summary.steps > 0);
+//! ```
+//!
+//! The same checker runs three ways: as seeded tests in `cargo test` (`check/tests`), under
+//! `cargo fuzz run router` (`fuzz/`), and against routers with deliberate bugs switched on, to
+//! show it catches them (`check/tests/faults.rs`).
+
+mod model;
+mod plan;
+mod script;
+mod violation;
+mod world;
+
+use std::ops::AddAssign;
+use std::sync::Once;
+
+use hermes_core::Router;
+
+pub use plan::Plan;
+pub use script::{Id, Msg};
+pub use violation::{Invariant, Violation};
+
+use world::World;
+
+/// Changes every router of the world before a run, e.g. to switch on a deliberate bug.
+pub type Tweak = dyn Fn(&mut Router<Id, Msg>) + Send + Sync;
+
+/// What one run (or many, added up) exercised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Operations performed.
+    pub steps: u64,
+    /// Messages accepted (from outside, receivers and timers).
+    pub messages: u64,
+    /// Messages handled by a receiver.
+    pub delivered: u64,
+    /// Messages reported as dead letters.
+    pub dead_letters: u64,
+    /// Outside sends and timers the router refused (closed, full, stale).
+    pub refused: u64,
+    /// Messages moved between the two routers.
+    pub forwarded: u64,
+    /// Timers that fired.
+    pub timers_fired: u64,
+    /// Instances the factory made.
+    pub activations: u64,
+    /// Instances deactivated.
+    pub deactivations: u64,
+    /// Handlers (or activated hooks) that panicked.
+    pub panics: u64,
+    /// Routers closed.
+    pub closes: u64,
+    /// Driver mistakes the router refused.
+    pub misuses: u64,
+    /// The most receivers live on one router at once.
+    pub max_live: usize,
+}
+
+impl AddAssign for Summary {
+    fn add_assign(&mut self, o: Summary) {
+        self.steps += o.steps;
+        self.messages += o.messages;
+        self.delivered += o.delivered;
+        self.dead_letters += o.dead_letters;
+        self.refused += o.refused;
+        self.forwarded += o.forwarded;
+        self.timers_fired += o.timers_fired;
+        self.activations += o.activations;
+        self.deactivations += o.deactivations;
+        self.panics += o.panics;
+        self.closes += o.closes;
+        self.misuses += o.misuses;
+        self.max_live = self.max_live.max(o.max_live);
+    }
+}
+
+/// Runs plans against routers, optionally changed by a [`Tweak`].
+#[derive(Default)]
+pub struct Checker {
+    tweak: Option<Box<Tweak>>,
+}
+
+impl Checker {
+    /// A checker for routers as they are.
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    /// Applies `tweak` to every router before each run (the fault-injection tests switch a
+    /// deliberate bug on here).
+    pub fn tweak_routers(
+        mut self,
+        tweak: impl Fn(&mut Router<Id, Msg>) + Send + Sync + 'static,
+    ) -> Checker {
+        self.tweak = Some(Box::new(tweak));
+        self
+    }
+
+    /// Runs `plan`, checking every invariant after every step; the first violation, if any.
+    pub fn check(&self, plan: &Plan) -> Result<Summary, Violation> {
+        quiet_scripted_panics();
+        let mut world = World::new(plan, self.tweak.as_deref());
+        for (step, op) in plan.ops.iter().enumerate() {
+            if let Err(b) = world.step(*op) {
+                return Err(violation(b, Some(step), plan, &world));
+            }
+        }
+        match world.finish() {
+            Ok(()) => Ok(world.summary),
+            Err(b) => Err(violation(b, None, plan, &world)),
+        }
+    }
+}
+
+/// Runs `plan` against unchanged routers; see [`Checker::check`].
+pub fn check(plan: &Plan) -> Result<Summary, Violation> {
+    Checker::new().check(plan)
+}
+
+/// Decodes `data` into a plan and runs it: the fuzz target's whole body.
+pub fn check_bytes(data: &[u8]) -> Result<Summary, Violation> {
+    check(&Plan::from_bytes(data))
+}
+
+/// Runs the plan of one seed; the same seed always runs the same plan.
+pub fn check_seed(seed: u64) -> Result<Summary, Violation> {
+    check(&Plan::from_seed(seed))
+}
+
+/// How many operations a violation report lists.
+const HISTORY: usize = 24;
+
+fn violation(b: violation::Broken, step: Option<usize>, plan: &Plan, world: &World) -> Violation {
+    let end = step.map_or(plan.ops.len(), |s| s + 1);
+    let mut history: Vec<String> = plan.ops[end.saturating_sub(HISTORY)..end]
+        .iter()
+        .enumerate()
+        .map(|(k, op)| format!("{:>4}: {op:?}", end.saturating_sub(HISTORY) + k))
+        .collect();
+    if step.is_none() {
+        history.push("then: the final drain and close".to_string());
+    }
+    Violation {
+        invariant: b.invariant,
+        detail: format!("{}\nstate:\n{}", b.detail, world.describe()),
+        step,
+        history,
+    }
+}
+
+/// Installs, once per process, a panic hook that keeps the scripted receivers' deliberate panics
+/// quiet and passes every other panic to the hook that was there before.
+fn quiet_scripted_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&script::SCRIPTED_PANIC) {
+                previous(info);
+            }
+        }));
+    });
+}

@@ -1,0 +1,965 @@
+//! The reference model: a deliberately naive re-statement of what one router must do, in terms of
+//! message sequence numbers. It predicts every output of every router call (commands, dead
+//! letters, messages for other routers, counters), and the world compares.
+//!
+//! What it assumes beyond the invariants, all documented router behaviour: a mailbox is FIFO; a
+//! `Run` checks out `min(queued, batch_size)` messages; unhandled messages go back to the front;
+//! a job's sends are routed before its timer operations; timers due in one `handle_timeout` fire
+//! in deadline order, ties in scheduling order. One thing it leaves open: when a receiver's idle
+//! deadline and a timer message for it fall due at the same instant, either may come first, and
+//! the model follows the router's choice.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use hermes_core::{Addr, Command, Deactivation, Recipient, Stats, TimerId};
+
+use crate::script::{Event, Id, Seq, is_head};
+use crate::violation::{Checked, broken, ensure};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MState {
+    Activating,
+    Idle,
+    Scheduled,
+    Running,
+    /// `out`: the hook job is checked out.
+    Deactivating {
+        why: Deactivation,
+        out: bool,
+    },
+}
+
+/// One instance the factory made for a slot.
+#[derive(Clone, Debug)]
+pub(crate) struct Inst {
+    pub(crate) n: u32,
+    pub(crate) version: u32,
+    /// The `activated` hook has not run yet.
+    pub(crate) fresh: bool,
+    /// Its own idle timeout, if it set one.
+    pub(crate) idle: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SlotM {
+    pub(crate) id: Id,
+    /// `None` until the router's `Activate` command for the new slot shows it.
+    pub(crate) addr: Option<Addr>,
+    pub(crate) state: MState,
+    pub(crate) mailbox: VecDeque<Seq>,
+    pub(crate) inst: Option<Inst>,
+    pub(crate) idle_since: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct TimerM {
+    pub(crate) id: TimerId,
+    pub(crate) to: Id,
+    pub(crate) deadline: Duration,
+    pub(crate) seq: Seq,
+    order: u64,
+}
+
+/// Why the router refuses a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Closed,
+    Full,
+    Stale,
+}
+
+/// Why a message becomes a dead letter, without the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    NoReceiver,
+    FactoryFailed,
+    Closed,
+    Full,
+    Stale,
+    Panicked,
+}
+
+impl From<Refusal> for Reason {
+    fn from(r: Refusal) -> Reason {
+        match r {
+            Refusal::Closed => Reason::Closed,
+            Refusal::Full => Reason::Full,
+            Refusal::Stale => Reason::Stale,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct EDead {
+    pub(crate) to: Recipient<Id>,
+    pub(crate) seq: Seq,
+    pub(crate) reason: Reason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Activate,
+    Run,
+    Deactivate,
+}
+
+impl Kind {
+    pub(crate) fn of(c: Command) -> Kind {
+        match c {
+            Command::Activate(_) => Kind::Activate,
+            Command::Run(_) => Kind::Run,
+            Command::Deactivate(_) => Kind::Deactivate,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ECmd {
+    pub(crate) kind: Kind,
+    pub(crate) id: Id,
+    /// `None` for the `Activate` of a new slot.
+    pub(crate) addr: Option<Addr>,
+}
+
+/// What the model expects the router call in progress to output.
+#[derive(Default, Debug)]
+pub(crate) struct Expect {
+    pub(crate) commands: Vec<ECmd>,
+    pub(crate) dead: Vec<EDead>,
+    pub(crate) outbound: Vec<(Recipient<Id>, Seq)>,
+    /// Timer messages whose timer was cancelled: never to be delivered.
+    pub(crate) cancelled: Vec<Seq>,
+    /// Timers that fired.
+    pub(crate) fired: usize,
+}
+
+#[derive(Clone, Copy, Default, Debug)]
+struct Counters {
+    routed: u64,
+    forwarded: u64,
+    delivered: u64,
+    activations: u64,
+    deactivations: u64,
+    dead_letters: u64,
+    panics: u64,
+}
+
+/// What a job is expected to do, from the model's point of view.
+#[derive(Clone, Debug)]
+pub(crate) struct MJob {
+    pub(crate) addr: Addr,
+    pub(crate) id: Id,
+    pub(crate) inst: u32,
+    pub(crate) version: u32,
+    pub(crate) work: MWork,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum MWork {
+    Run { batch: Vec<Seq>, fresh: bool },
+    Deactivate(Deactivation),
+}
+
+impl MJob {
+    /// Messages the job carries.
+    pub(crate) fn len(&self) -> usize {
+        match &self.work {
+            MWork::Run { batch, .. } => batch.len(),
+            MWork::Deactivate(_) => 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum TimerOpM {
+    Schedule {
+        id: TimerId,
+        to: Id,
+        deadline: Duration,
+        seq: Seq,
+    },
+    Cancel(TimerId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    Finished,
+    Stopped,
+    Panicked(Seq),
+    ActivationPanicked,
+    /// A deactivation job: the hook ran (whether or not it panicked).
+    Deactivated,
+}
+
+/// What a job did, read from its journal and checked against the job.
+#[derive(Clone, Debug)]
+pub(crate) struct Outcome {
+    pub(crate) delivered: Vec<Seq>,
+    pub(crate) sends: Vec<(Recipient<Id>, Seq)>,
+    pub(crate) timers: Vec<TimerOpM>,
+    /// Messages the job created that a panic rolled back.
+    pub(crate) void: Vec<Seq>,
+    pub(crate) end: End,
+    pub(crate) version: u32,
+    pub(crate) idle: Option<Duration>,
+    /// The `activated` hook ran without panicking.
+    pub(crate) activated: bool,
+}
+
+/// How a factory answered, for the model.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Made {
+    Ready(u32),
+    Refused,
+    Failed,
+}
+
+/// The reference model of one router.
+pub(crate) struct Model {
+    number: u32,
+    routers: u32,
+    idle_timeout: Duration,
+    capacity: Option<usize>,
+    batch: usize,
+    pub(crate) closing: bool,
+    pub(crate) slots: Vec<SlotM>,
+    /// The highest generation seen per slot index.
+    generations: HashMap<u32, u32>,
+    pub(crate) timers: Vec<TimerM>,
+    timer_order: u64,
+    counters: Counters,
+    pub(crate) expect: Expect,
+}
+
+impl Model {
+    pub(crate) fn new(
+        number: u32,
+        routers: u32,
+        idle_timeout: Duration,
+        capacity: Option<usize>,
+        batch: usize,
+    ) -> Model {
+        Model {
+            number,
+            routers,
+            idle_timeout,
+            capacity,
+            batch,
+            closing: false,
+            slots: Vec::new(),
+            generations: HashMap::new(),
+            timers: Vec::new(),
+            timer_order: 0,
+            counters: Counters::default(),
+            expect: Expect::default(),
+        }
+    }
+
+    pub(crate) fn owns(&self, id: Id) -> bool {
+        owner(id, self.routers) == self.number
+    }
+
+    pub(crate) fn slot_by_addr(&self, addr: Addr) -> Option<usize> {
+        self.slots.iter().position(|s| s.addr == Some(addr))
+    }
+
+    pub(crate) fn slot_by_id(&self, id: Id) -> Option<usize> {
+        self.slots.iter().position(|s| s.id == id)
+    }
+
+    /// Records the handle of a new slot, shown by its `Activate` command.
+    pub(crate) fn assign(&mut self, id: Id, addr: Addr) -> Checked {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.id == id && s.addr.is_none())
+        else {
+            broken!(
+                Model,
+                "Activate({addr:?}) for {id:?}, which has no new slot"
+            );
+        };
+        ensure!(
+            addr.router() == self.number,
+            StaleHandles,
+            "router {} issued {addr:?}, a handle naming another router",
+            self.number
+        );
+        if let Some(&seen) = self.generations.get(&addr.index()) {
+            ensure!(
+                addr.generation() > seen,
+                StaleHandles,
+                "slot index {} reused with generation {} after generation {seen}: old handles \
+                 would reach the new receiver",
+                addr.index(),
+                addr.generation()
+            );
+        }
+        ensure!(
+            !self
+                .slots
+                .iter()
+                .any(|s| s.addr.is_some_and(|a| a.index() == addr.index())),
+            StaleHandles,
+            "{addr:?} for {id:?} shares its slot index with a live receiver"
+        );
+        self.generations.insert(addr.index(), addr.generation());
+        self.slots[i].addr = Some(addr);
+        Ok(())
+    }
+
+    fn timeout_of(&self, slot: &SlotM) -> Duration {
+        slot.inst
+            .as_ref()
+            .and_then(|i| i.idle)
+            .unwrap_or(self.idle_timeout)
+    }
+
+    /// When an idle receiver is due to be deactivated.
+    pub(crate) fn idle_deadline(&self, slot: &SlotM) -> Duration {
+        slot.idle_since + self.timeout_of(slot)
+    }
+
+    fn command(&mut self, kind: Kind, i: usize) {
+        let slot = &self.slots[i];
+        self.expect.commands.push(ECmd {
+            kind,
+            id: slot.id,
+            addr: slot.addr,
+        });
+    }
+
+    fn dead(&mut self, to: Recipient<Id>, seq: Seq, reason: Reason) {
+        self.counters.dead_letters += 1;
+        self.expect.dead.push(EDead { to, seq, reason });
+    }
+
+    // ---- routing ------------------------------------------------------------------------------
+
+    /// Routes a message: from outside (`outside`), or from a receiver, timer or other router.
+    pub(crate) fn route(
+        &mut self,
+        to: Recipient<Id>,
+        seq: Seq,
+        outside: bool,
+    ) -> Result<(), Refusal> {
+        if outside && self.closing {
+            return Err(Refusal::Closed);
+        }
+        let i = match &to {
+            Recipient::Addr(a) if a.router() != self.number => {
+                self.forward(to, seq);
+                return Ok(());
+            }
+            Recipient::Addr(a) => self.slot_by_addr(*a).ok_or(Refusal::Stale)?,
+            Recipient::Id(id) => match self.slot_by_id(*id) {
+                Some(i) => i,
+                None if !self.owns(*id) => {
+                    self.forward(to, seq);
+                    return Ok(());
+                }
+                None if self.closing => return Err(Refusal::Closed),
+                None => {
+                    self.slots.push(SlotM {
+                        id: *id,
+                        addr: None,
+                        state: MState::Activating,
+                        mailbox: VecDeque::from([seq]),
+                        inst: None,
+                        idle_since: Duration::ZERO,
+                    });
+                    self.counters.routed += 1;
+                    self.command(Kind::Activate, self.slots.len() - 1);
+                    return Ok(());
+                }
+            },
+        };
+        let slot = &mut self.slots[i];
+        if self.closing && matches!(slot.state, MState::Deactivating { .. }) {
+            return Err(Refusal::Closed);
+        }
+        if self.capacity.is_some_and(|c| slot.mailbox.len() >= c) {
+            return Err(Refusal::Full);
+        }
+        slot.mailbox.push_back(seq);
+        self.counters.routed += 1;
+        if slot.state == MState::Idle {
+            slot.state = MState::Scheduled;
+            self.command(Kind::Run, i);
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, to: Recipient<Id>, seq: Seq) {
+        self.counters.forwarded += 1;
+        self.expect.outbound.push((to, seq));
+    }
+
+    /// Routes a message from a receiver, timer or other router: a refusal is a dead letter.
+    pub(crate) fn route_inside(&mut self, to: Recipient<Id>, seq: Seq) {
+        if let Err(r) = self.route(to.clone(), seq, false) {
+            self.dead(to, seq, r.into());
+        }
+    }
+
+    // ---- timers -------------------------------------------------------------------------------
+
+    pub(crate) fn schedule(&mut self, id: TimerId, to: Id, deadline: Duration, seq: Seq) {
+        self.timers.push(TimerM {
+            id,
+            to,
+            deadline,
+            seq,
+            order: self.timer_order,
+        });
+        self.timer_order += 1;
+    }
+
+    /// Cancels a pending timer; its message if it was pending.
+    pub(crate) fn cancel(&mut self, id: TimerId) -> Option<Seq> {
+        let i = self.timers.iter().position(|t| t.id == id)?;
+        let seq = self.timers.remove(i).seq;
+        self.expect.cancelled.push(seq);
+        Some(seq)
+    }
+
+    /// Fires the timers due at `now` and deactivates receivers idle past their timeout.
+    /// `deactivated(addr)`: whether the router did deactivate that receiver in this call; used
+    /// only to order an idle deadline and a timer message due at the same instant.
+    pub(crate) fn handle_timeout(&mut self, now: Duration, deactivated: impl Fn(Addr) -> bool) {
+        enum Due {
+            Idle(Id),
+            Timer(TimerM),
+        }
+        let mut due: Vec<(Duration, u8, u64, Due)> = Vec::new();
+        let mut i = 0;
+        while i < self.timers.len() {
+            if self.timers[i].deadline <= now {
+                let t = self.timers.remove(i);
+                due.push((t.deadline, 1, t.order, Due::Timer(t)));
+            } else {
+                i += 1;
+            }
+        }
+        for slot in &self.slots {
+            let deadline = self.idle_deadline(slot);
+            if slot.state == MState::Idle && deadline <= now {
+                let first = slot.addr.is_some_and(&deactivated);
+                due.push((deadline, if first { 0 } else { 2 }, 0, Due::Idle(slot.id)));
+            }
+        }
+        due.sort_by_key(|(at, rank, order, _)| (*at, *rank, *order));
+        for (_, _, _, d) in due {
+            match d {
+                Due::Timer(t) => {
+                    self.expect.fired += 1;
+                    self.route_inside(Recipient::Id(t.to), t.seq);
+                }
+                Due::Idle(id) => {
+                    if let Some(i) = self.slot_by_id(id)
+                        && self.slots[i].state == MState::Idle
+                    {
+                        self.begin_deactivation(i, Deactivation::IdleTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- lifecycle ----------------------------------------------------------------------------
+
+    fn become_idle(&mut self, i: usize, now: Duration) {
+        if self.closing {
+            return self.begin_deactivation(i, Deactivation::Closing);
+        }
+        if self.timeout_of(&self.slots[i]).is_zero() {
+            return self.begin_deactivation(i, Deactivation::IdleTimeout);
+        }
+        let slot = &mut self.slots[i];
+        slot.state = MState::Idle;
+        slot.idle_since = now;
+    }
+
+    fn begin_deactivation(&mut self, i: usize, why: Deactivation) {
+        self.slots[i].state = MState::Deactivating { why, out: false };
+        self.command(Kind::Deactivate, i);
+    }
+
+    fn fail_activation(&mut self, i: usize, reason: Reason) {
+        let slot = self.slots.remove(i);
+        for seq in slot.mailbox {
+            self.dead(Recipient::Id(slot.id), seq, reason);
+        }
+    }
+
+    /// Completes an `Activate`; `Err` if the router must refuse the call.
+    pub(crate) fn activate(&mut self, addr: Addr, made: Made, now: Duration) -> Result<(), ()> {
+        let i = self.slot_by_addr(addr).ok_or(())?;
+        if self.slots[i].state != MState::Activating {
+            return Err(());
+        }
+        match made {
+            Made::Ready(n) => {
+                self.counters.activations += 1;
+                self.slots[i].inst = Some(Inst {
+                    n,
+                    version: 0,
+                    fresh: true,
+                    idle: None,
+                });
+                if self.slots[i].mailbox.is_empty() {
+                    self.become_idle(i, now);
+                } else {
+                    self.slots[i].state = MState::Scheduled;
+                    self.command(Kind::Run, i);
+                }
+            }
+            Made::Refused => self.fail_activation(i, Reason::NoReceiver),
+            Made::Failed => self.fail_activation(i, Reason::FactoryFailed),
+        }
+        Ok(())
+    }
+
+    /// True if a `check_out` of `addr` is legitimate now (a `Run` or `Deactivate` is due).
+    pub(crate) fn can_check_out(&self, addr: Addr) -> bool {
+        self.slot_by_addr(addr).is_some_and(|i| {
+            let s = &self.slots[i];
+            s.state == MState::Scheduled
+                || matches!(s.state, MState::Deactivating { out: false, .. }) && s.inst.is_some()
+        })
+    }
+
+    /// Checks out the job a `Run` or `Deactivate` is for; `Err` if the router must refuse.
+    pub(crate) fn check_out(&mut self, addr: Addr) -> Result<MJob, ()> {
+        if !self.can_check_out(addr) {
+            return Err(());
+        }
+        let i = self.slot_by_addr(addr).ok_or(())?;
+        let batch = self.batch;
+        let slot = &mut self.slots[i];
+        let inst = slot.inst.as_mut().ok_or(())?;
+        let work = match slot.state {
+            MState::Scheduled => {
+                slot.state = MState::Running;
+                let n = slot.mailbox.len().min(batch);
+                let fresh = std::mem::take(&mut inst.fresh);
+                MWork::Run {
+                    batch: slot.mailbox.drain(..n).collect(),
+                    fresh,
+                }
+            }
+            MState::Deactivating { why, .. } => {
+                slot.state = MState::Deactivating { why, out: true };
+                MWork::Deactivate(why)
+            }
+            _ => return Err(()),
+        };
+        Ok(MJob {
+            addr,
+            id: slot.id,
+            inst: inst.n,
+            version: inst.version,
+            work,
+        })
+    }
+
+    /// Checks a job back in with what it did.
+    pub(crate) fn check_in(&mut self, job: &MJob, out: &Outcome, now: Duration) -> Result<(), ()> {
+        let i = self.slot_by_addr(job.addr).ok_or(())?;
+        match &job.work {
+            MWork::Run { batch, .. } => {
+                if self.slots[i].state != MState::Running {
+                    return Err(());
+                }
+                let consumed = match out.end {
+                    End::ActivationPanicked => 0,
+                    End::Panicked(_) => out.delivered.len() + 1,
+                    _ => out.delivered.len(),
+                };
+                let slot = &mut self.slots[i];
+                for &seq in batch[consumed..].iter().rev() {
+                    slot.mailbox.push_front(seq);
+                }
+                self.counters.delivered += out.delivered.len() as u64;
+                if let Some(inst) = slot.inst.as_mut() {
+                    inst.version = out.version;
+                    if out.idle.is_some() {
+                        inst.idle = out.idle;
+                    }
+                }
+                self.apply(out);
+                match out.end {
+                    End::ActivationPanicked => {
+                        self.counters.panics += 1;
+                        self.fail_activation(i, Reason::FactoryFailed);
+                    }
+                    End::Stopped => self.begin_deactivation(i, Deactivation::Stopped),
+                    End::Panicked(seq) => {
+                        self.counters.panics += 1;
+                        let id = self.slots[i].id;
+                        self.dead(Recipient::Id(id), seq, Reason::Panicked);
+                        self.begin_deactivation(i, Deactivation::Panicked);
+                    }
+                    End::Finished | End::Deactivated => {
+                        if self.slots[i].mailbox.is_empty() {
+                            self.become_idle(i, now);
+                        } else {
+                            self.slots[i].state = MState::Scheduled;
+                            self.command(Kind::Run, i);
+                        }
+                    }
+                }
+            }
+            MWork::Deactivate(_) => {
+                if !matches!(self.slots[i].state, MState::Deactivating { out: true, .. }) {
+                    return Err(());
+                }
+                self.apply(out);
+                self.counters.deactivations += 1;
+                let slot = &mut self.slots[i];
+                slot.inst = None;
+                if slot.mailbox.is_empty() {
+                    self.slots.remove(i);
+                } else {
+                    slot.state = MState::Activating;
+                    self.command(Kind::Activate, i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a job's effects: every send, then every timer operation, in order.
+    fn apply(&mut self, out: &Outcome) {
+        for (to, seq) in &out.sends {
+            self.route_inside(to.clone(), *seq);
+        }
+        for op in &out.timers {
+            match *op {
+                TimerOpM::Schedule {
+                    id,
+                    to,
+                    deadline,
+                    seq,
+                } => {
+                    if self.closing {
+                        self.dead(Recipient::Id(to), seq, Reason::Closed);
+                    } else {
+                        self.schedule(id, to, deadline, seq);
+                    }
+                }
+                TimerOpM::Cancel(id) => {
+                    self.cancel(id);
+                }
+            }
+        }
+    }
+
+    /// Starts closing.
+    pub(crate) fn close(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        let mut timers = std::mem::take(&mut self.timers);
+        timers.sort_by_key(|t| (t.deadline, t.order));
+        for t in timers {
+            self.dead(Recipient::Id(t.to), t.seq, Reason::Closed);
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].state == MState::Idle {
+                self.begin_deactivation(i, Deactivation::Closing);
+            }
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closing && self.slots.is_empty()
+    }
+
+    /// Receivers with messages queued or in hand: the most that may hold resources.
+    pub(crate) fn with_work(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| !s.mailbox.is_empty() || s.state == MState::Running)
+            .count()
+    }
+
+    /// The stats the router must report.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = Stats {
+            live: self.slots.len(),
+            messages_routed: self.counters.routed,
+            messages_forwarded: self.counters.forwarded,
+            messages_delivered: self.counters.delivered,
+            activations: self.counters.activations,
+            deactivations: self.counters.deactivations,
+            dead_letters: self.counters.dead_letters,
+            panics: self.counters.panics,
+            timers_pending: self.timers.len(),
+            ..Stats::default()
+        };
+        for slot in &self.slots {
+            match slot.state {
+                MState::Activating => s.activating += 1,
+                MState::Idle => s.idle += 1,
+                MState::Scheduled => s.scheduled += 1,
+                MState::Running => s.running += 1,
+                MState::Deactivating { .. } => s.deactivating += 1,
+            }
+        }
+        s
+    }
+
+    /// A one-line picture of the model's receivers, for violation reports.
+    pub(crate) fn describe(&self) -> String {
+        let slots: Vec<String> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let idle = match s.state {
+                    MState::Idle => format!(
+                        " idle since {:?} until {:?}",
+                        s.idle_since,
+                        self.idle_deadline(s)
+                    ),
+                    _ => String::new(),
+                };
+                format!(
+                    "{:?}@{:?}:{:?}{idle} mailbox {:?}",
+                    s.id,
+                    s.addr,
+                    s.state,
+                    s.mailbox.iter().collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        let timers: Vec<String> = self
+            .timers
+            .iter()
+            .map(|t| format!("#{}->{:?}@{:?}", t.seq, t.to, t.deadline))
+            .collect();
+        format!(
+            "router {}{} (idle timeout {:?}, capacity {:?}, batch {}): [{}], timers [{}]",
+            self.number,
+            if self.closing { " (closing)" } else { "" },
+            self.idle_timeout,
+            self.capacity,
+            self.batch,
+            slots.join("; "),
+            timers.join(", ")
+        )
+    }
+}
+
+/// The router that owns `id` among `routers`.
+pub(crate) fn owner(id: Id, routers: u32) -> u32 {
+    u32::from(id.0) % routers
+}
+
+/// Reads a job's journal: checks that the receiver did what the job should make it do, and
+/// collects the effects to apply at check-in.
+pub(crate) fn interpret(job: &MJob, events: &[Event], base: Instant) -> Checked<Outcome> {
+    let mut out = Outcome {
+        delivered: Vec::new(),
+        sends: Vec::new(),
+        timers: Vec::new(),
+        void: Vec::new(),
+        end: End::Finished,
+        version: job.version,
+        idle: None,
+        activated: false,
+    };
+    let mut segments = segments(events)?.into_iter();
+    match &job.work {
+        MWork::Run { batch, fresh } => {
+            if *fresh {
+                match segments.next() {
+                    Some((Event::Activated { inst }, effects)) if *inst == job.inst => {
+                        if effects.iter().any(|e| matches!(e, Event::Panicking)) {
+                            out.end = End::ActivationPanicked;
+                            ensure!(
+                                segments.next().is_none(),
+                                Model,
+                                "{:?} handled messages after its activated hook panicked",
+                                job.id
+                            );
+                            return Ok(out);
+                        }
+                        out.activated = true;
+                    }
+                    other => broken!(
+                        Model,
+                        "the first job of instance {} of {:?} did not start with its activated \
+                         hook (saw {:?})",
+                        job.inst,
+                        job.id,
+                        other.map(|s| s.0)
+                    ),
+                }
+            }
+            for (k, &seq) in batch.iter().enumerate() {
+                let Some((head, effects)) = segments.next() else {
+                    broken!(
+                        ExactlyOnce,
+                        "a job of {:?} handled {k} of its {} messages and ended without a stop \
+                         or a panic; {:?} onwards were not delivered",
+                        job.id,
+                        batch.len(),
+                        &batch[k..]
+                    );
+                };
+                let Event::Received {
+                    inst,
+                    version,
+                    id,
+                    addr,
+                    seq: got,
+                    ..
+                } = head
+                else {
+                    broken!(
+                        Model,
+                        "expected {:?} to handle #{seq}, saw {head:?}",
+                        job.id
+                    );
+                };
+                ensure!(
+                    *got == seq,
+                    Model,
+                    "{:?} handled #{got} where the model expected #{seq} (its mailbox is FIFO)",
+                    job.id
+                );
+                ensure!(
+                    (*id, *addr) == (job.id, job.addr),
+                    StaleHandles,
+                    "a job for {:?} at {:?} ran as {id:?} at {addr:?}",
+                    job.id,
+                    job.addr
+                );
+                ensure!(
+                    (*inst, *version) == (job.inst, out.version),
+                    Model,
+                    "#{seq} reached instance {inst} version {version} of {:?}; expected \
+                     instance {} version {}",
+                    job.id,
+                    job.inst,
+                    out.version
+                );
+                if effects.iter().any(|e| matches!(e, Event::Panicking)) {
+                    out.end = End::Panicked(seq);
+                    out.void.extend(effects.iter().filter_map(created));
+                    break;
+                }
+                out.delivered.push(seq);
+                commit(&mut out, effects, base);
+                if effects.iter().any(|e| matches!(e, Event::Became)) {
+                    out.version += 1;
+                }
+                if effects.iter().any(|e| matches!(e, Event::Stopped)) {
+                    out.end = End::Stopped;
+                    break;
+                }
+            }
+        }
+        MWork::Deactivate(expected) => {
+            out.end = End::Deactivated;
+            let Some((head, effects)) = segments.next() else {
+                broken!(
+                    Deactivation,
+                    "a deactivation job of {:?} did not run the deactivated hook",
+                    job.id
+                );
+            };
+            let Event::Deactivated {
+                inst,
+                version,
+                id,
+                why,
+            } = head
+            else {
+                broken!(Model, "a deactivation job of {:?} ran {head:?}", job.id);
+            };
+            ensure!(
+                (*inst, *version, *id) == (job.inst, job.version, job.id),
+                Deactivation,
+                "the deactivation of instance {} version {} of {:?} ran on instance {inst} \
+                 version {version} of {id:?}",
+                job.inst,
+                job.version,
+                job.id
+            );
+            ensure!(
+                why == expected,
+                Deactivation,
+                "{:?} was deactivated as {why:?}; the model expected {expected:?}",
+                job.id
+            );
+            if effects.iter().any(|e| matches!(e, Event::Panicking)) {
+                out.void.extend(effects.iter().filter_map(created));
+            } else {
+                commit(&mut out, effects, base);
+            }
+        }
+    }
+    if let Some((head, _)) = segments.next() {
+        broken!(
+            Model,
+            "a job of {:?} did more than the model expected: {head:?}",
+            job.id
+        );
+    }
+    Ok(out)
+}
+
+/// Splits a journal into handler runs: a head (activated, received, deactivated) and the
+/// effects recorded while it ran.
+fn segments(events: &[Event]) -> Checked<Vec<(&Event, &[Event])>> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (k, e) in events.iter().enumerate() {
+        if is_head(e) {
+            if let Some(s) = start {
+                out.push((&events[s], &events[s + 1..k]));
+            }
+            start = Some(k);
+        } else if start.is_none() {
+            broken!(Model, "a receiver recorded {e:?} outside any handler");
+        }
+    }
+    if let Some(s) = start {
+        out.push((&events[s], &events[s + 1..]));
+    }
+    Ok(out)
+}
+
+/// The message an effect created, if any.
+fn created(e: &Event) -> Option<Seq> {
+    match e {
+        Event::Sent { seq, .. } | Event::Scheduled { seq, .. } => Some(*seq),
+        _ => None,
+    }
+}
+
+fn commit(out: &mut Outcome, effects: &[Event], base: Instant) {
+    for e in effects {
+        match e {
+            Event::Sent { to, seq } => out.sends.push((to.clone(), *seq)),
+            Event::Scheduled {
+                timer,
+                to,
+                deadline,
+                seq,
+            } => out.timers.push(TimerOpM::Schedule {
+                id: *timer,
+                to: *to,
+                deadline: deadline.saturating_duration_since(base),
+                seq: *seq,
+            }),
+            Event::Cancelled { timer } => out.timers.push(TimerOpM::Cancel(*timer)),
+            Event::IdleTimeout(d) => out.idle = Some(*d),
+            _ => {}
+        }
+    }
+}

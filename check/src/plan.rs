@@ -1,0 +1,299 @@
+//! A plan: the world's configuration, the scripts messages run, and the operations to perform,
+//! decoded from arbitrary bytes (a fuzzer's input or a seeded random stream).
+
+use std::time::Duration;
+
+use arbitrary::{Arbitrary, Result, Unstructured};
+
+use crate::script::{IDS, Id};
+
+/// Most operations one plan performs (the fuzzer's inputs stay small anyway).
+const MAX_OPS: usize = 600;
+/// Most scripts in one plan, and most instructions in one script.
+const MAX_SCRIPTS: u32 = 8;
+const MAX_INSTRS: u32 = 4;
+/// How many random bytes a seeded plan is decoded from.
+const SEEDED_BYTES: usize = 3000;
+
+/// Everything one check run does: decode it from bytes with [`Plan::from_bytes`] or from a seed
+/// with [`Plan::from_seed`], then run it with [`check`](crate::check).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub(crate) two_routers: bool,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) mailbox_capacity: Option<usize>,
+    pub(crate) batch_size: usize,
+    pub(crate) scripts: Vec<Vec<Instr>>,
+    pub(crate) ops: Vec<Op>,
+}
+
+impl Plan {
+    /// Decodes a plan from any bytes; every input is a valid plan (short inputs give short plans).
+    pub fn from_bytes(data: &[u8]) -> Plan {
+        let mut u = Unstructured::new(data);
+        Plan::decode(&mut u).unwrap_or_else(|_| Plan::empty())
+    }
+
+    /// A plan decoded from a stream of pseudo-random bytes: the same seed gives the same plan.
+    pub fn from_seed(seed: u64) -> Plan {
+        Plan::from_bytes(&seeded_bytes(seed, SEEDED_BYTES))
+    }
+
+    /// How many operations the plan performs before the final drain and close.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True if the plan performs no operation (the final drain and close still run).
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn empty() -> Plan {
+        Plan {
+            two_routers: false,
+            idle_timeout: Duration::from_secs(300),
+            mailbox_capacity: None,
+            batch_size: 64,
+            scripts: Vec::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    fn decode(u: &mut Unstructured<'_>) -> Result<Plan> {
+        let two_routers = u.ratio(1, 3)?;
+        let idle_timeout = match u.int_in_range(0..=3u8)? {
+            0 => Duration::ZERO,
+            1 => Duration::from_millis(40),
+            2 => Duration::from_secs(1),
+            _ => Duration::from_secs(300),
+        };
+        let mailbox_capacity = match u.int_in_range(0..=3u8)? {
+            0 | 1 => None,
+            n => Some(usize::from(n) * 2 - 1),
+        };
+        let batch_size = match u.int_in_range(0..=3u8)? {
+            0 => 1,
+            1 => 2,
+            2 => 3,
+            _ => 64,
+        };
+        let n = u.int_in_range(1..=MAX_SCRIPTS)?;
+        let mut scripts = Vec::new();
+        for _ in 0..n {
+            let len = u.int_in_range(0..=MAX_INSTRS)?;
+            let mut script = Vec::new();
+            for _ in 0..len {
+                script.push(Instr::arbitrary(u)?);
+            }
+            scripts.push(script);
+        }
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < MAX_OPS {
+            ops.push(Op::arbitrary(u)?);
+        }
+        Ok(Plan {
+            two_routers,
+            idle_timeout,
+            mailbox_capacity,
+            batch_size,
+            scripts,
+            ops,
+        })
+    }
+}
+
+/// Where a scripted send goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Id(Id),
+    /// A handle the world has seen, live or stale (counted from the newest).
+    Handle(u8),
+    /// The sender's own handle.
+    Me,
+}
+
+impl Target {
+    pub(crate) fn from_byte(b: u8) -> Target {
+        match b % 16 {
+            0..=9 => Target::Id(Id(b % IDS)),
+            10..=13 => Target::Handle(b / 16),
+            _ => Target::Me,
+        }
+    }
+}
+
+/// One thing a scripted receiver does while it handles a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Instr {
+    Send {
+        to: Target,
+        script: u8,
+    },
+    /// Schedules a message to `to` (itself if `None`).
+    Schedule {
+        to: Option<Id>,
+        after: Duration,
+        script: u8,
+    },
+    /// Cancels a timer the world has seen (counted from the newest).
+    Cancel {
+        timer: u8,
+    },
+    Become,
+    Stop,
+    Panic,
+    IdleTimeout {
+        after: Duration,
+    },
+}
+
+impl<'a> Arbitrary<'a> for Instr {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let kind: u8 = u.arbitrary()?;
+        Ok(match kind {
+            0..=99 => Instr::Send {
+                to: Target::from_byte(u.arbitrary()?),
+                script: u.arbitrary()?,
+            },
+            100..=149 => Instr::Schedule {
+                to: id_or_self(u.arbitrary()?),
+                after: delay(u.arbitrary()?),
+                script: u.arbitrary()?,
+            },
+            150..=174 => Instr::Cancel {
+                timer: u.arbitrary()?,
+            },
+            175..=199 => Instr::Become,
+            200..=219 => Instr::Stop,
+            220..=234 => Instr::Panic,
+            _ => Instr::IdleTimeout {
+                after: delay(u.arbitrary()?),
+            },
+        })
+    }
+}
+
+fn id_or_self(b: u8) -> Option<Id> {
+    (b >= 128).then_some(Id(b % IDS))
+}
+
+/// A delay from one byte: mostly a few milliseconds, sometimes whole seconds.
+pub(crate) fn delay(b: u8) -> Duration {
+    match b {
+        0..=199 => Duration::from_millis(u64::from(b)),
+        _ => Duration::from_secs(u64::from(b - 199) * 7),
+    }
+}
+
+/// How a driver handles a command it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `Router::handle`: inline, with the factory for `Activate`.
+    Inline,
+    /// `Router::activate` for `Activate`; `check_out` into the pool of jobs for the others.
+    CheckOut,
+}
+
+/// One step of the world.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// An outside send by ID to router `router`.
+    Send { router: u8, to: Id, script: u8 },
+    /// An outside send by a handle the world has seen (maybe stale).
+    SendHandle { router: u8, handle: u8, script: u8 },
+    /// An outside timer.
+    Schedule {
+        router: u8,
+        to: Id,
+        after: Duration,
+        script: u8,
+    },
+    /// An outside cancel of a timer the world has seen.
+    Cancel { router: u8, timer: u8 },
+    /// Takes a pending command (any of them, not only the oldest) and handles it.
+    Handle { which: u8, mode: Mode, luck: u8 },
+    /// Runs a checked-out job (on "another thread"), leaving it to be checked in later.
+    Execute { which: u8 },
+    /// Checks a job in (running it first if it has not run), in any order.
+    CheckIn { which: u8 },
+    /// Delivers messages in transit between the two routers, oldest first.
+    Forward { count: u8 },
+    /// Moves the clock forward.
+    Advance { by: Duration },
+    /// Moves the clock to just before (or at) the next deadline of some router.
+    AdvanceToDeadline { early: u8 },
+    /// `handle_timeout(now)` on one router.
+    Tick { router: u8 },
+    /// Starts closing one router.
+    Close { router: u8 },
+    /// A driver mistake that the router must refuse: `check_out`, `run` or `activate` out of turn.
+    Misuse { handle: u8, kind: u8 },
+    /// `Router::id` and `Router::addr` agree with the model.
+    Lookup { handle: u8, to: Id },
+}
+
+impl<'a> Arbitrary<'a> for Op {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let kind: u8 = u.arbitrary()?;
+        let a: u8 = u.arbitrary()?;
+        let b: u8 = u.arbitrary()?;
+        let id = Id(b % IDS);
+        Ok(match kind {
+            0..=49 => Op::Send {
+                router: a,
+                to: id,
+                script: b / IDS,
+            },
+            50..=59 => Op::SendHandle {
+                router: a,
+                handle: b,
+                script: a / 2,
+            },
+            60..=71 => Op::Schedule {
+                router: a,
+                to: id,
+                after: delay(u.arbitrary()?),
+                script: a / 2,
+            },
+            72..=76 => Op::Cancel {
+                router: a,
+                timer: b,
+            },
+            77..=139 => Op::Handle {
+                which: a,
+                mode: if b.is_multiple_of(3) {
+                    Mode::Inline
+                } else {
+                    Mode::CheckOut
+                },
+                luck: b,
+            },
+            140..=164 => Op::Execute { which: a },
+            165..=199 => Op::CheckIn { which: a },
+            200..=209 => Op::Forward { count: a % 4 + 1 },
+            210..=224 => Op::Advance { by: delay(a) },
+            225..=231 => Op::AdvanceToDeadline { early: a % 3 },
+            232..=243 => Op::Tick { router: a },
+            // Closing ends most of a plan's interest, so it is rare.
+            244 if b < 64 => Op::Close { router: a },
+            245..=249 => Op::Misuse { handle: a, kind: b },
+            _ => Op::Lookup { handle: a, to: id },
+        })
+    }
+}
+
+/// `n` pseudo-random bytes from `seed` (SplitMix64): stable across platforms and versions.
+pub(crate) fn seeded_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}

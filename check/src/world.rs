@@ -1,0 +1,1179 @@
+//! The world: one or two real routers and their models, a driver that handles commands in every
+//! order an executor may, a ledger of every message, and the checks run after every step.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hermes_core::{
+    Activation, Addr, Command, Config, Context, DeadLetter, DeadLetterReason, Done, Job, Recipient,
+    Router, SendError, SendErrorKind, Stats,
+};
+
+use crate::model::{self, ECmd, End, Kind, MJob, MState, Made, Model, Outcome, Reason, Refusal};
+use crate::plan::{Mode, Op, Plan};
+use crate::script::{self, Event, Hooks, Id, IdClass, Msg, Seq, Shared, is_head};
+use crate::violation::{Broken, Checked, Invariant, broken, ensure};
+use crate::{Summary, Tweak};
+
+/// Sends and timers all scripted receivers together may create in one run.
+const BUDGET: u32 = 300;
+/// Steps the final drain may take before it is declared stuck.
+const SETTLE_LIMIT: usize = 100_000;
+/// A `luck` byte that gives plain hooks, for the final drain.
+pub(crate) const PLAIN_LUCK: u8 = 200;
+
+/// Who sent a message, for the per-sender order check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Sender {
+    /// Outside, through router `n`.
+    Outside(usize),
+    Receiver(Id),
+    Timer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Delivered,
+    Dead,
+    /// Created by a handler that then panicked: never sent.
+    Void,
+    /// A timer's message whose timer was cancelled.
+    Cancelled,
+}
+
+/// Every message the world created, and what became of it.
+struct Entry {
+    sender: Sender,
+    to: Recipient<Id>,
+    deadline: Option<Duration>,
+    status: Status,
+}
+
+/// What the world knows of one instance a factory made.
+struct InstRec {
+    id: Id,
+    activated: bool,
+    activation_panicked: bool,
+    deactivations: u32,
+}
+
+enum JobState {
+    Out(Job<Id, Msg>),
+    Ran(Done<Id, Msg>, Outcome),
+    /// Briefly, while the job runs.
+    Running,
+}
+
+struct InFlight {
+    router: usize,
+    model: MJob,
+    state: JobState,
+}
+
+/// What one router call produced.
+struct Output {
+    commands: Vec<Command>,
+    dead: Vec<DeadLetter<Id, Msg>>,
+    outbound: Vec<(Recipient<Id>, Msg)>,
+}
+
+pub(crate) struct World {
+    routers: Vec<Router<Id, Msg>>,
+    models: Vec<Model>,
+    shared: Arc<Shared>,
+    base: Instant,
+    now: Duration,
+    /// Commands taken from the routers and not handled yet, in the order they came.
+    pending: Vec<(usize, Command)>,
+    jobs: Vec<InFlight>,
+    /// Messages between routers, per destination, oldest first.
+    transit: Vec<VecDeque<(Recipient<Id>, Msg)>>,
+    ledger: HashMap<Seq, Entry>,
+    /// The last message delivered per (sender, receiver).
+    last_from: HashMap<(Sender, Id), Seq>,
+    instances: BTreeMap<u32, InstRec>,
+    next_inst: u32,
+    /// Receivers with a job checked out.
+    busy: HashSet<(usize, Id)>,
+    pub(crate) summary: Summary,
+}
+
+impl World {
+    pub(crate) fn new(plan: &Plan, tweak: Option<&Tweak>) -> World {
+        let n: u32 = if plan.two_routers { 2 } else { 1 };
+        let mut config = Config::default()
+            .idle_timeout(plan.idle_timeout)
+            .batch_size(plan.batch_size);
+        if let Some(cap) = plan.mailbox_capacity {
+            config = config.mailbox_capacity(cap);
+        }
+        let mut routers = Vec::new();
+        let mut models = Vec::new();
+        for number in 0..n {
+            let mut router = if n == 1 {
+                Router::new(config.clone())
+            } else {
+                Router::placed(config.clone(), number, move |id: &Id| {
+                    model::owner(*id, n) == number
+                })
+            };
+            if let Some(tweak) = tweak {
+                tweak(&mut router);
+            }
+            routers.push(router);
+            models.push(Model::new(
+                number,
+                n,
+                plan.idle_timeout,
+                plan.mailbox_capacity,
+                plan.batch_size,
+            ));
+        }
+        World {
+            routers,
+            models,
+            shared: Shared::new(plan.scripts.clone(), BUDGET),
+            base: Instant::now(),
+            now: Duration::ZERO,
+            pending: Vec::new(),
+            jobs: Vec::new(),
+            transit: (0..n).map(|_| VecDeque::new()).collect(),
+            ledger: HashMap::new(),
+            last_from: HashMap::new(),
+            instances: BTreeMap::new(),
+            next_inst: 0,
+            busy: HashSet::new(),
+            summary: Summary::default(),
+        }
+    }
+
+    fn at(&self) -> Instant {
+        self.base + self.now
+    }
+
+    fn pick_router(&self, r: u8) -> usize {
+        usize::from(r) % self.routers.len()
+    }
+
+    /// A picture of the models, for violation reports.
+    pub(crate) fn describe(&self) -> String {
+        let mut lines: Vec<String> = self.models.iter().map(Model::describe).collect();
+        lines.push(format!(
+            "now {:?}; pending commands {:?}; jobs out {:?}",
+            self.now,
+            self.pending,
+            self.jobs
+                .iter()
+                .map(|j| (j.router, j.model.id))
+                .collect::<Vec<_>>()
+        ));
+        lines.join("\n")
+    }
+
+    // ---- operations ---------------------------------------------------------------------------
+
+    pub(crate) fn step(&mut self, op: Op) -> Checked {
+        self.summary.steps += 1;
+        match op {
+            Op::Send { router, to, script } => {
+                let r = self.pick_router(router);
+                self.send_outside(r, Recipient::Id(to), script)
+            }
+            Op::SendHandle {
+                router,
+                handle,
+                script,
+            } => {
+                let Some(addr) = self.shared.journal().handle(handle) else {
+                    return Ok(());
+                };
+                let r = self.pick_router(router);
+                self.send_outside(r, Recipient::Addr(addr), script)
+            }
+            Op::Schedule {
+                router,
+                to,
+                after,
+                script,
+            } => self.schedule_outside(self.pick_router(router), to, after, script),
+            Op::Cancel { router, timer } => {
+                let Some(id) = self.shared.journal().timer(timer) else {
+                    return Ok(());
+                };
+                let r = self.pick_router(router);
+                let got = self.routers[r].cancel(id);
+                let expected = self.models[r].cancel(id).is_some();
+                ensure!(
+                    got == expected,
+                    Timers,
+                    "router {r} cancel({id:?}) returned {got}; the timer was {}pending",
+                    if expected { "" } else { "not " }
+                );
+                self.observe(r)
+            }
+            Op::Handle { which, mode, luck } => {
+                if self.pending.is_empty() {
+                    return Ok(());
+                }
+                let (r, command) = self.pending.remove(usize::from(which) % self.pending.len());
+                self.handle(r, command, mode, luck)
+            }
+            Op::Execute { which } => {
+                let out: Vec<usize> = (0..self.jobs.len())
+                    .filter(|&k| matches!(self.jobs[k].state, JobState::Out(_)))
+                    .collect();
+                if out.is_empty() {
+                    return Ok(());
+                }
+                self.execute(out[usize::from(which) % out.len()])
+            }
+            Op::CheckIn { which } => {
+                if self.jobs.is_empty() {
+                    return Ok(());
+                }
+                self.check_in(usize::from(which) % self.jobs.len())
+            }
+            Op::Forward { count } => {
+                let d = usize::from(count) % self.transit.len();
+                for _ in 0..count {
+                    self.forward(d)?;
+                }
+                Ok(())
+            }
+            Op::Advance { by } => {
+                self.now += by;
+                Ok(())
+            }
+            Op::AdvanceToDeadline { early } => {
+                if let Some(next) = self.next_deadline() {
+                    let target = next.saturating_sub(Duration::from_millis(early.into()));
+                    self.now = self.now.max(target);
+                }
+                Ok(())
+            }
+            Op::Tick { router } => self.tick(self.pick_router(router)),
+            Op::Close { router } => self.close(self.pick_router(router)),
+            Op::Misuse { handle, kind } => self.misuse(handle, kind),
+            Op::Lookup { handle, to } => self.lookup(handle, to),
+        }
+    }
+
+    fn new_seq(&self) -> Seq {
+        self.shared.journal().next_seq()
+    }
+
+    fn accept(&mut self, seq: Seq, sender: Sender, to: Recipient<Id>, deadline: Option<Duration>) {
+        self.summary.messages += 1;
+        self.ledger.insert(
+            seq,
+            Entry {
+                sender,
+                to,
+                deadline,
+                status: Status::Pending,
+            },
+        );
+    }
+
+    fn send_outside(&mut self, r: usize, to: Recipient<Id>, script: u8) -> Checked {
+        let seq = self.new_seq();
+        let msg = Msg { seq, script };
+        let got = match to.clone() {
+            Recipient::Id(id) => self.routers[r].send(id, msg),
+            Recipient::Addr(addr) => self.routers[r].send_to(addr, msg),
+        };
+        let expected = self.models[r].route(to.clone(), seq, true);
+        match (got, expected) {
+            (Ok(()), Ok(())) => self.accept(seq, Sender::Outside(r), to, None),
+            (Err(e), Err(refusal)) => {
+                let kind = e.kind();
+                ensure!(
+                    e.into_inner().seq == seq,
+                    Model,
+                    "router {r} refused a send to {to:?} and gave back another message"
+                );
+                if kind != send_error_kind(refusal) {
+                    return Err(Broken {
+                        invariant: reason_invariant(refusal.into()),
+                        detail: format!(
+                            "router {r} refused a send to {to:?} as {kind:?}; the model says \
+                             {refusal:?}"
+                        ),
+                    });
+                }
+                self.summary.refused += 1;
+            }
+            (Ok(()), Err(refusal)) => {
+                return Err(Broken {
+                    invariant: reason_invariant(refusal.into()),
+                    detail: format!(
+                        "router {r} accepted an outside send to {to:?} that it must refuse as \
+                         {refusal:?}"
+                    ),
+                });
+            }
+            (Err(e), Ok(())) => broken!(
+                Model,
+                "router {r} refused an outside send to {to:?} as {:?}; the model accepts it",
+                e.kind()
+            ),
+        }
+        self.observe(r)
+    }
+
+    fn schedule_outside(&mut self, r: usize, to: Id, after: Duration, script: u8) -> Checked {
+        let seq = self.new_seq();
+        let deadline = self.now + after;
+        let got = self.routers[r].schedule(to, self.base + deadline, Msg { seq, script });
+        match got {
+            Ok(id) => {
+                ensure!(
+                    !self.models[r].closing,
+                    Close,
+                    "router {r} accepted an outside timer while closing"
+                );
+                self.shared.journal().timers.push(id);
+                self.models[r].schedule(id, to, deadline, seq);
+                self.accept(seq, Sender::Timer, Recipient::Id(to), Some(deadline));
+            }
+            Err(e) => {
+                ensure!(
+                    self.models[r].closing && matches!(e, SendError::Closed(_)),
+                    Model,
+                    "router {r} refused an outside timer as {:?} while open",
+                    e.kind()
+                );
+                self.summary.refused += 1;
+            }
+        }
+        self.observe(r)
+    }
+
+    fn handle(&mut self, r: usize, command: Command, mode: Mode, luck: u8) -> Checked {
+        let addr = command.addr();
+        let Some(i) = self.models[r].slot_by_addr(addr) else {
+            broken!(
+                Model,
+                "router {r} emitted {command:?} for a receiver the model does not know"
+            );
+        };
+        let id = self.models[r].slots[i].id;
+        match command {
+            Command::Activate(_) => {
+                let inst = self.next_inst;
+                let hooks = Hooks::from_luck(luck);
+                let made = match id.class() {
+                    IdClass::Refused => Made::Refused,
+                    IdClass::Failing => Made::Failed,
+                    IdClass::Normal => {
+                        self.next_inst += 1;
+                        self.instances.insert(
+                            inst,
+                            InstRec {
+                                id,
+                                activated: false,
+                                activation_panicked: false,
+                                deactivations: 0,
+                            },
+                        );
+                        Made::Ready(inst)
+                    }
+                };
+                let now = self.at();
+                let result = match mode {
+                    Mode::Inline => {
+                        let shared = self.shared.clone();
+                        let factory = move |id: &Id| script::activation(&shared, *id, inst, hooks);
+                        self.routers[r].handle(command, &factory, now)
+                    }
+                    Mode::CheckOut => {
+                        let activation = script::activation(&self.shared, id, inst, hooks);
+                        self.routers[r].activate(addr, activation, now)
+                    }
+                };
+                ensure!(
+                    result.is_ok(),
+                    Model,
+                    "router {r} refused to complete its own {command:?}: {result:?}"
+                );
+                ensure!(
+                    self.models[r].activate(addr, made, self.now).is_ok(),
+                    Model,
+                    "the model cannot complete {command:?}"
+                );
+                self.summary.activations += u64::from(matches!(made, Made::Ready(_)));
+                self.observe(r)
+            }
+            Command::Run(_) | Command::Deactivate(_) => {
+                let Ok(job_model) = self.models[r].check_out(addr) else {
+                    broken!(
+                        Model,
+                        "router {r} emitted {command:?}, but the model has {:?} in state {:?}",
+                        id,
+                        self.models[r].slots[i].state
+                    );
+                };
+                match mode {
+                    Mode::Inline => {
+                        self.shared.journal().events.clear();
+                        let now = self.at();
+                        let refused = |_: &Id| Activation::Refused;
+                        let result = self.routers[r].handle(command, &refused, now);
+                        ensure!(
+                            result.is_ok(),
+                            Model,
+                            "router {r} refused to run its own {command:?}: {result:?}"
+                        );
+                        let events = std::mem::take(&mut self.shared.journal().events);
+                        let outcome = self.executed(&job_model, &events)?;
+                        self.checked_in(r, &job_model, &outcome)
+                    }
+                    Mode::CheckOut => {
+                        let job = match self.routers[r].check_out(addr) {
+                            Ok(job) => job,
+                            Err(e) => broken!(
+                                Model,
+                                "router {r} refused to check out its own {command:?}: {e}"
+                            ),
+                        };
+                        ensure!(
+                            self.busy.insert((r, id)),
+                            OneAtATime,
+                            "{id:?} was checked out a second time while a job of it was out"
+                        );
+                        ensure!(
+                            job.len() == job_model.len() && job.addr() == addr && *job.id() == id,
+                            Model,
+                            "check-out of {id:?} gave a job of {} messages for {:?}; the model \
+                             expected {} for {addr:?}",
+                            job.len(),
+                            job.addr(),
+                            job_model.len()
+                        );
+                        self.jobs.push(InFlight {
+                            router: r,
+                            model: job_model,
+                            state: JobState::Out(job),
+                        });
+                        self.observe(r)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs checked-out job `k` at the current time.
+    fn execute(&mut self, k: usize) -> Checked {
+        let now = self.at();
+        let job = match std::mem::replace(&mut self.jobs[k].state, JobState::Running) {
+            JobState::Out(job) => job,
+            other => {
+                self.jobs[k].state = other;
+                return Ok(());
+            }
+        };
+        self.shared.journal().events.clear();
+        let done = job.execute(now);
+        let events = std::mem::take(&mut self.shared.journal().events);
+        let model = self.jobs[k].model.clone();
+        let outcome = self.executed(&model, &events)?;
+        self.jobs[k].state = JobState::Ran(done, outcome);
+        Ok(())
+    }
+
+    fn check_in(&mut self, k: usize) -> Checked {
+        self.execute(k)?;
+        let flight = self.jobs.remove(k);
+        let JobState::Ran(done, outcome) = flight.state else {
+            unreachable!("executed above")
+        };
+        let r = flight.router;
+        let now = self.at();
+        let result = self.routers[r].check_in(done, now);
+        ensure!(
+            result.is_ok(),
+            Model,
+            "router {r} refused the check-in of a job of {:?}: {result:?}",
+            flight.model.id
+        );
+        self.busy.remove(&(r, flight.model.id));
+        self.checked_in(r, &flight.model, &outcome)
+    }
+
+    /// Checks what a job's receiver did, as it ran.
+    fn executed(&mut self, job: &MJob, events: &[Event]) -> Checked<Outcome> {
+        for (k, e) in events.iter().enumerate() {
+            match *e {
+                Event::Received {
+                    id, addr, seq, now, ..
+                } => {
+                    let now = now.saturating_duration_since(self.base);
+                    // A message its handler panicked on is reported as a dead letter at check-in.
+                    let panicked = events[k + 1..]
+                        .iter()
+                        .take_while(|e| !is_head(e))
+                        .any(|e| matches!(e, Event::Panicking));
+                    self.delivered(id, addr, seq, now, panicked)?;
+                }
+                Event::Deactivated { inst, why, .. } => {
+                    let Some(rec) = self.instances.get_mut(&inst) else {
+                        broken!(Model, "the deactivated hook ran on unknown instance {inst}");
+                    };
+                    ensure!(
+                        rec.activated,
+                        Deactivation,
+                        "instance {inst} of {:?} was deactivated ({why:?}) before its activated \
+                         hook ran",
+                        rec.id
+                    );
+                    ensure!(
+                        rec.deactivations == 0,
+                        Deactivation,
+                        "instance {inst} of {:?} was deactivated twice (now {why:?})",
+                        rec.id
+                    );
+                    rec.deactivations += 1;
+                    self.summary.deactivations += 1;
+                }
+                _ => {}
+            }
+        }
+        let outcome = model::interpret(job, events, self.base)?;
+        if let Some(rec) = self.instances.get_mut(&job.inst) {
+            if outcome.activated {
+                ensure!(
+                    !rec.activated,
+                    Model,
+                    "the activated hook of instance {} of {:?} ran twice",
+                    job.inst,
+                    job.id
+                );
+                rec.activated = true;
+            }
+            if outcome.end == End::ActivationPanicked {
+                rec.activation_panicked = true;
+            }
+        }
+        if matches!(outcome.end, End::Panicked(_) | End::ActivationPanicked) {
+            self.summary.panics += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// The ledger's side of a delivery: exactly once, to the right receiver, in sender order,
+    /// never before a timer's deadline.
+    fn delivered(
+        &mut self,
+        id: Id,
+        addr: Addr,
+        seq: Seq,
+        now: Duration,
+        panicked: bool,
+    ) -> Checked {
+        let Some(entry) = self.ledger.get_mut(&seq) else {
+            broken!(
+                ExactlyOnce,
+                "{id:?} received #{seq}, which was never accepted (rolled back or refused)"
+            );
+        };
+        match entry.status {
+            Status::Pending => {}
+            Status::Cancelled => {
+                broken!(Timers, "{id:?} received #{seq}, whose timer was cancelled")
+            }
+            status if entry.deadline.is_some() => {
+                broken!(
+                    Timers,
+                    "timer message #{seq} fired again after it was {status:?}"
+                )
+            }
+            status => broken!(
+                ExactlyOnce,
+                "{id:?} received #{seq}, which was already {status:?}"
+            ),
+        }
+        match entry.to {
+            Recipient::Id(to) => ensure!(
+                to == id,
+                ExactlyOnce,
+                "#{seq} for {to:?} was delivered to {id:?}"
+            ),
+            Recipient::Addr(to) => ensure!(
+                to == addr,
+                StaleHandles,
+                "#{seq}, sent by handle {to:?}, reached {id:?} at {addr:?}"
+            ),
+        }
+        if let Some(deadline) = entry.deadline {
+            ensure!(
+                now >= deadline,
+                Timers,
+                "timer message #{seq} for {id:?} was handled at {now:?}, before its deadline \
+                 {deadline:?}"
+            );
+        }
+        if !panicked {
+            entry.status = Status::Delivered;
+            self.summary.delivered += 1;
+        }
+        if entry.sender != Sender::Timer {
+            let sender = entry.sender;
+            if let Some(&last) = self.last_from.get(&(sender, id)) {
+                ensure!(
+                    seq > last,
+                    SenderOrder,
+                    "{id:?} received #{seq} from {sender:?} after #{last}, which was sent later"
+                );
+            }
+            self.last_from.insert((sender, id), seq);
+        }
+        Ok(())
+    }
+
+    /// The ledger's and the model's side of a check-in.
+    fn checked_in(&mut self, r: usize, job: &MJob, outcome: &Outcome) -> Checked {
+        for (to, seq) in &outcome.sends {
+            self.accept(*seq, Sender::Receiver(job.id), to.clone(), None);
+        }
+        for op in &outcome.timers {
+            if let model::TimerOpM::Schedule {
+                to, deadline, seq, ..
+            } = *op
+            {
+                self.accept(seq, Sender::Timer, Recipient::Id(to), Some(deadline));
+            }
+        }
+        for seq in &outcome.void {
+            self.ledger.insert(
+                *seq,
+                Entry {
+                    sender: Sender::Receiver(job.id),
+                    to: Recipient::Id(job.id),
+                    deadline: None,
+                    status: Status::Void,
+                },
+            );
+        }
+        ensure!(
+            self.models[r].check_in(job, outcome, self.now).is_ok(),
+            Model,
+            "the model cannot check in the job of {:?}",
+            job.id
+        );
+        self.observe(r)
+    }
+
+    fn forward(&mut self, d: usize) -> Checked {
+        let Some((to, msg)) = self.transit[d].pop_front() else {
+            return Ok(());
+        };
+        let seq = msg.seq;
+        self.routers[d].forward(to.clone(), msg);
+        self.models[d].route_inside(to, seq);
+        self.summary.forwarded += 1;
+        self.observe(d)
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        self.routers
+            .iter()
+            .filter_map(Router::poll_timeout)
+            .min()
+            .map(|at| at.saturating_duration_since(self.base))
+    }
+
+    fn tick(&mut self, r: usize) -> Checked {
+        let now = self.at();
+        self.routers[r].handle_timeout(now);
+        let output = self.drain(r);
+        let deactivated: HashSet<Addr> = output
+            .commands
+            .iter()
+            .filter(|c| Kind::of(**c) == Kind::Deactivate)
+            .map(|c| c.addr())
+            .collect();
+        self.models[r].handle_timeout(self.now, |a| deactivated.contains(&a));
+        self.summary.timers_fired += self.models[r].expect.fired as u64;
+        self.compare(r, output)
+    }
+
+    fn close(&mut self, r: usize) -> Checked {
+        self.routers[r].close();
+        self.models[r].close();
+        ensure!(
+            self.routers[r].is_closing(),
+            Close,
+            "router {r} is not closing after close()"
+        );
+        self.summary.closes += 1;
+        self.observe(r)
+    }
+
+    /// A driver mistake: the router must refuse it and change nothing.
+    fn misuse(&mut self, handle: u8, kind: u8) -> Checked {
+        let Some(addr) = self.shared.journal().handle(handle) else {
+            return Ok(());
+        };
+        let r = addr.router() as usize;
+        if r >= self.routers.len() {
+            return Ok(());
+        }
+        let model = &self.models[r];
+        let slot = model.slot_by_addr(addr).map(|i| model.slots[i].state);
+        let now = self.at();
+        let (what, accepted) = match kind % 3 {
+            0 if !model.can_check_out(addr) => {
+                ("check_out", self.routers[r].check_out(addr).is_ok())
+            }
+            1 if !model.can_check_out(addr) => ("run", self.routers[r].run(addr, now).is_ok()),
+            2 if slot != Some(MState::Activating) => {
+                let dummy = Activation::ready(|_: &mut Context<'_, Id, Msg>, _: Msg| {});
+                (
+                    "activate",
+                    self.routers[r].activate(addr, dummy, now).is_ok(),
+                )
+            }
+            _ => return Ok(()),
+        };
+        self.summary.misuses += 1;
+        if accepted {
+            match slot {
+                None => broken!(
+                    StaleHandles,
+                    "router {r} accepted {what}({addr:?}) for a stale handle"
+                ),
+                Some(MState::Running | MState::Deactivating { out: true, .. }) => broken!(
+                    OneAtATime,
+                    "router {r} accepted {what}({addr:?}) while that receiver was checked out"
+                ),
+                Some(state) => broken!(
+                    Model,
+                    "router {r} accepted {what}({addr:?}) for a receiver in state {state:?} \
+                     with no command out for it"
+                ),
+            }
+        }
+        self.observe(r)
+    }
+
+    fn lookup(&mut self, handle: u8, to: Id) -> Checked {
+        if let Some(addr) = self.shared.journal().handle(handle)
+            && let Some(router) = self.routers.get(addr.router() as usize)
+        {
+            let model = &self.models[addr.router() as usize];
+            let expected = model.slot_by_addr(addr).map(|i| model.slots[i].id);
+            let got = router.id(addr).copied();
+            if got != expected {
+                ensure!(
+                    expected.is_some(),
+                    StaleHandles,
+                    "id({addr:?}) is {got:?} for a stale handle"
+                );
+                broken!(
+                    Model,
+                    "id({addr:?}) is {got:?}; the model says {expected:?}"
+                );
+            }
+        }
+        let r = model::owner(to, self.routers.len() as u32) as usize;
+        let model = &self.models[r];
+        let expected = model.slot_by_id(to).and_then(|i| model.slots[i].addr);
+        let got = self.routers[r].addr(&to);
+        ensure!(
+            got == expected,
+            Model,
+            "router {r} addr({to:?}) is {got:?}; the model says {expected:?}"
+        );
+        Ok(())
+    }
+
+    // ---- checks after every router call -------------------------------------------------------
+
+    fn drain(&mut self, r: usize) -> Output {
+        let router = &mut self.routers[r];
+        Output {
+            commands: std::iter::from_fn(|| router.poll_command()).collect(),
+            dead: std::iter::from_fn(|| router.poll_dead_letter()).collect(),
+            outbound: std::iter::from_fn(|| router.poll_outbound()).collect(),
+        }
+    }
+
+    /// Collects what router `r` output and compares it with its model.
+    fn observe(&mut self, r: usize) -> Checked {
+        let output = self.drain(r);
+        self.compare(r, output)
+    }
+
+    fn compare(&mut self, r: usize, output: Output) -> Checked {
+        let expect = std::mem::take(&mut self.models[r].expect);
+        let stats = self.routers[r].stats();
+        let model_stats = self.models[r].stats();
+        ensure!(
+            stats.timers_pending == model_stats.timers_pending,
+            Timers,
+            "router {r} has {} timers pending; the model {} (a timer fired early, late, twice, \
+             or after its cancel)",
+            stats.timers_pending,
+            model_stats.timers_pending
+        );
+        for seq in &expect.cancelled {
+            if let Some(e) = self.ledger.get_mut(seq) {
+                e.status = Status::Cancelled;
+            }
+        }
+        self.compare_dead(r, output.dead, expect.dead, &stats, &model_stats)?;
+        self.compare_outbound(r, output.outbound, expect.outbound)?;
+        for (field, got, want) in [
+            (
+                "messages_routed",
+                stats.messages_routed,
+                model_stats.messages_routed,
+            ),
+            (
+                "messages_forwarded",
+                stats.messages_forwarded,
+                model_stats.messages_forwarded,
+            ),
+            (
+                "messages_delivered",
+                stats.messages_delivered,
+                model_stats.messages_delivered,
+            ),
+            ("dead_letters", stats.dead_letters, model_stats.dead_letters),
+        ] {
+            ensure!(
+                got == want,
+                ExactlyOnce,
+                "router {r} counts {field} = {got}; the model {want} (a message lost or duplicated)"
+            );
+        }
+        self.compare_commands(r, output.commands, expect.commands)?;
+        // Re-read: assigning new handles does not change counts, but keep the check exact.
+        let model_stats = self.models[r].stats();
+        ensure!(
+            stats.deactivations == model_stats.deactivations,
+            Deactivation,
+            "router {r} counts {} deactivations; the model {}",
+            stats.deactivations,
+            model_stats.deactivations
+        );
+        ensure!(
+            stats == model_stats,
+            Model,
+            "router {r} stats {stats:?}; the model {model_stats:?}"
+        );
+        let with_work = self.models[r].with_work();
+        ensure!(
+            stats.scheduled + stats.running <= with_work,
+            Resources,
+            "router {r} has {} receivers scheduled or running but only {with_work} with messages",
+            stats.scheduled + stats.running
+        );
+        ensure!(
+            self.routers[r].is_closed() == self.models[r].is_closed(),
+            Close,
+            "router {r} is_closed() = {}; the model says {}",
+            self.routers[r].is_closed(),
+            self.models[r].is_closed()
+        );
+        self.summary.max_live = self.summary.max_live.max(stats.live);
+        Ok(())
+    }
+
+    fn compare_dead(
+        &mut self,
+        r: usize,
+        dead: Vec<DeadLetter<Id, Msg>>,
+        mut expected: Vec<model::EDead>,
+        stats: &Stats,
+        model_stats: &Stats,
+    ) -> Checked {
+        for letter in dead {
+            let reason = reason_of(&letter.reason);
+            let found = match &letter.message {
+                Some(msg) => expected.iter().position(|e| e.seq == msg.seq),
+                None => expected
+                    .iter()
+                    .position(|e| e.reason == Reason::Panicked && e.to == letter.recipient),
+            };
+            let Some(k) = found else {
+                let what = letter
+                    .message
+                    .as_ref()
+                    .map_or("a panicked message".to_string(), |m| format!("#{}", m.seq));
+                let status = letter
+                    .message
+                    .as_ref()
+                    .and_then(|m| self.ledger.get(&m.seq))
+                    .map(|e| e.status);
+                broken!(
+                    ExactlyOnce,
+                    "router {r} reported {what} for {:?} as a dead letter ({reason:?}) that the \
+                     model does not expect (ledger: {status:?})",
+                    letter.recipient
+                );
+            };
+            let e = expected.remove(k);
+            if e.reason != reason || e.to != letter.recipient {
+                return Err(Broken {
+                    invariant: reason_invariant(e.reason),
+                    detail: format!(
+                        "router {r} reported #{} as a dead letter for {:?} ({reason:?}); the \
+                         model expects {:?} ({:?})",
+                        e.seq, letter.recipient, e.to, e.reason
+                    ),
+                });
+            }
+            let Some(entry) = self.ledger.get_mut(&e.seq) else {
+                broken!(ExactlyOnce, "dead letter #{} was never accepted", e.seq);
+            };
+            ensure!(
+                entry.status == Status::Pending,
+                ExactlyOnce,
+                "#{} became a dead letter after it was {:?}",
+                e.seq,
+                entry.status
+            );
+            entry.status = Status::Dead;
+            self.summary.dead_letters += 1;
+        }
+        if let Some(e) = expected.first() {
+            let accepted = stats.messages_routed + stats.messages_forwarded;
+            let should = model_stats.messages_routed + model_stats.messages_forwarded;
+            if accepted > should {
+                return Err(Broken {
+                    invariant: reason_invariant(e.reason),
+                    detail: format!(
+                        "router {r} accepted #{} for {:?}, which it must refuse as a dead letter \
+                         ({:?})",
+                        e.seq, e.to, e.reason
+                    ),
+                });
+            }
+            broken!(
+                ExactlyOnce,
+                "router {r} lost #{} for {:?}: the model expects a dead letter ({:?}), the \
+                 router reported none and did not route it",
+                e.seq,
+                e.to,
+                e.reason
+            );
+        }
+        Ok(())
+    }
+
+    fn compare_outbound(
+        &mut self,
+        r: usize,
+        outbound: Vec<(Recipient<Id>, Msg)>,
+        expected: Vec<(Recipient<Id>, Seq)>,
+    ) -> Checked {
+        let got: Vec<(Recipient<Id>, Seq)> =
+            outbound.iter().map(|(to, m)| (to.clone(), m.seq)).collect();
+        ensure!(
+            got == expected,
+            ExactlyOnce,
+            "router {r} sent {got:?} to other routers; the model expects {expected:?}"
+        );
+        let n = self.routers.len() as u32;
+        for (to, msg) in outbound {
+            let d = match &to {
+                Recipient::Addr(a) => a.router(),
+                Recipient::Id(id) => model::owner(*id, n),
+            };
+            ensure!(
+                d < n && d as usize != r,
+                Model,
+                "router {r} sent {to:?} out, to router {d}"
+            );
+            self.transit[d as usize].push_back((to, msg));
+        }
+        Ok(())
+    }
+
+    fn compare_commands(
+        &mut self,
+        r: usize,
+        got: Vec<Command>,
+        mut expected: Vec<ECmd>,
+    ) -> Checked {
+        for command in got {
+            let kind = Kind::of(command);
+            let addr = command.addr();
+            let mut found = expected
+                .iter()
+                .position(|e| e.kind == kind && e.addr == Some(addr));
+            if found.is_none() && kind == Kind::Activate {
+                let id = self.routers[r].id(addr).copied();
+                found = expected
+                    .iter()
+                    .position(|e| e.kind == kind && e.addr.is_none() && Some(e.id) == id);
+                if let (Some(_), Some(id)) = (found, id) {
+                    self.models[r].assign(id, addr)?;
+                    self.shared.journal().handles.push(addr);
+                }
+            }
+            let Some(k) = found else {
+                let model = &self.models[r];
+                let state = model.slot_by_addr(addr).map(|i| &model.slots[i]);
+                let what = format!(
+                    "router {r} emitted {command:?}, which the model does not expect \
+                     (model: {state:?})"
+                );
+                return Err(match (kind, state.map(|s| s.state)) {
+                    (Kind::Deactivate, _) => Broken {
+                        invariant: Invariant::Deactivation,
+                        detail: what,
+                    },
+                    (Kind::Run, Some(MState::Running)) => Broken {
+                        invariant: Invariant::OneAtATime,
+                        detail: what,
+                    },
+                    _ => Broken {
+                        invariant: Invariant::Model,
+                        detail: what,
+                    },
+                });
+            };
+            expected.remove(k);
+            self.pending.push((r, command));
+        }
+        if let Some(e) = expected.first() {
+            let invariant = match e.kind {
+                Kind::Deactivate => Invariant::Deactivation,
+                _ => Invariant::Model,
+            };
+            return Err(Broken {
+                invariant,
+                detail: format!(
+                    "router {r} did not emit {:?} for {:?} at {:?}, which the model expects",
+                    e.kind, e.id, e.addr
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- the end ------------------------------------------------------------------------------
+
+    /// Handles everything outstanding, oldest first, and lets time run until nothing is left.
+    pub(crate) fn settle(&mut self) -> Checked {
+        for _ in 0..SETTLE_LIMIT {
+            if !self.jobs.is_empty() {
+                self.check_in(0)?;
+            } else if !self.pending.is_empty() {
+                let (r, command) = self.pending.remove(0);
+                self.handle(r, command, Mode::Inline, PLAIN_LUCK)?;
+            } else if let Some(d) = (0..self.transit.len()).find(|&d| !self.transit[d].is_empty()) {
+                self.forward(d)?;
+            } else if let Some(next) = self.next_deadline() {
+                self.now = self.now.max(next);
+                for r in 0..self.routers.len() {
+                    self.tick(r)?;
+                }
+            } else {
+                return Ok(());
+            }
+        }
+        broken!(
+            Model,
+            "the world did not settle in {SETTLE_LIMIT} steps (a livelock)"
+        )
+    }
+
+    /// Drains, closes every router, drains again, and checks the close rules and the ledger.
+    pub(crate) fn finish(&mut self) -> Checked {
+        self.settle()?;
+        for r in 0..self.routers.len() {
+            self.close(r)?;
+        }
+        self.settle()?;
+        for (r, router) in self.routers.iter().enumerate() {
+            ensure!(
+                router.is_closed(),
+                Close,
+                "router {r} did not finish closing: {:?}",
+                router.stats()
+            );
+        }
+        for (seq, entry) in &self.ledger {
+            ensure!(
+                entry.status != Status::Pending,
+                ExactlyOnce,
+                "#{seq} from {:?} to {:?} was accepted but never delivered nor reported as a \
+                 dead letter",
+                entry.sender,
+                entry.to
+            );
+        }
+        for (n, rec) in &self.instances {
+            if rec.activation_panicked {
+                ensure!(
+                    rec.deactivations == 0,
+                    Deactivation,
+                    "instance {n} of {:?} failed to activate but was deactivated",
+                    rec.id
+                );
+            } else {
+                ensure!(
+                    rec.activated && rec.deactivations == 1,
+                    Close,
+                    "after close, instance {n} of {:?} was activated: {}, deactivated {} times",
+                    rec.id,
+                    rec.activated,
+                    rec.deactivations
+                );
+            }
+        }
+        for r in 0..self.routers.len() {
+            let seq = self.new_seq();
+            let got = self.routers[r].send(Id(0), Msg { seq, script: 0 });
+            ensure!(
+                matches!(got, Err(SendError::Closed(_))),
+                Close,
+                "router {r} answered a send after close with {got:?}"
+            );
+            let now = self.at();
+            let got = self.routers[r].schedule(Id(0), now, Msg { seq, script: 0 });
+            ensure!(
+                matches!(got, Err(SendError::Closed(_))),
+                Close,
+                "router {r} answered a timer after close with {:?}",
+                got.map(|_| ())
+            );
+            self.observe(r)?;
+        }
+        Ok(())
+    }
+}
+
+fn reason_of(reason: &DeadLetterReason) -> Reason {
+    match reason {
+        DeadLetterReason::NoReceiver => Reason::NoReceiver,
+        DeadLetterReason::FactoryFailed(_) => Reason::FactoryFailed,
+        DeadLetterReason::Closed => Reason::Closed,
+        DeadLetterReason::Full => Reason::Full,
+        DeadLetterReason::Stale => Reason::Stale,
+        DeadLetterReason::Panicked(_) => Reason::Panicked,
+    }
+}
+
+fn send_error_kind(r: Refusal) -> SendErrorKind {
+    match r {
+        Refusal::Closed => SendErrorKind::Closed,
+        Refusal::Full => SendErrorKind::Full,
+        Refusal::Stale => SendErrorKind::Stale,
+    }
+}
+
+/// The invariant a router breaks when it does not refuse a message the model refuses for
+/// `reason`.
+fn reason_invariant(reason: Reason) -> Invariant {
+    match reason {
+        Reason::Closed => Invariant::Close,
+        Reason::Stale => Invariant::StaleHandles,
+        _ => Invariant::ExactlyOnce,
+    }
+}
