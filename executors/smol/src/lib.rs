@@ -1,9 +1,13 @@
 //! Runs Hermes on smol: one task per shard, on smol's global executor or an
-//! [`Executor`](smol::Executor) you drive.
+//! [`Executor`] you drive.
 //!
 //! Each shard is a task that turns while it has work, yielding between turns, and with none
 //! awaits a one-slot wake-up channel or its next timer ([`smol::Timer`]). Receivers run inline
 //! in their shard's task: a receiver that blocks holds up its shard and an executor thread.
+//!
+//! smol's global executor runs on `SMOL_THREADS` threads (1 unless set): all shards then share
+//! one thread. For shards in parallel, set `SMOL_THREADS` or use [`start_on`] with an executor
+//! you run on several threads.
 //!
 //! The blocking forms ([`Hermes::ask_blocking`], [`Hermes::shutdown`]) are for threads that do
 //! not run the executor; from tasks, await [`Hermes::ask`] and [`Hermes::shutdown_async`].
