@@ -62,3 +62,9 @@ pub mod tokio {
 pub mod smol {
     pub use hermes_smol::{start, start_on, start_with};
 }
+
+/// Durable receiver state (feature `store`, on by default): see [`hermes_store`].
+#[cfg(feature = "store")]
+pub mod store {
+    pub use hermes_store::*;
+}
