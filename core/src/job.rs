@@ -92,8 +92,6 @@ impl<K: 'static, M: 'static> Job<K, M> {
             mut effects,
             mut timer_seq,
         } = self;
-        let mut handled = 0;
-        let mut ending = Ending::Finished;
         let mut ctx = Context {
             id: &id,
             addr,
@@ -101,39 +99,15 @@ impl<K: 'static, M: 'static> Job<K, M> {
             effects: &mut effects,
             timer_seq: &mut timer_seq,
         };
-        let (rest, deactivation) = match work {
+        let (rest, handled, ending, deactivation) = match work {
             Work::Run { mut batch, fresh } => {
-                if fresh {
-                    let result = guarded(&mut ctx, |ctx| receiver.activated(ctx));
-                    if let Err(why) = result {
-                        ending = Ending::ActivationPanicked(why);
-                    } else if let Some(next) = ctx.effects.become_.take() {
-                        receiver = next;
-                    }
-                }
-                while matches!(ending, Ending::Finished) {
-                    let Some(msg) = batch.pop_front() else { break };
-                    match guarded(&mut ctx, |ctx| receiver.receive(ctx, msg)) {
-                        Err(why) => ending = Ending::Panicked(why),
-                        Ok(()) => {
-                            handled += 1;
-                            if let Some(next) = ctx.effects.become_.take() {
-                                receiver = next;
-                            }
-                            if ctx.effects.stop {
-                                ending = Ending::Stopped;
-                            }
-                        }
-                    }
-                }
-                (batch, false)
+                let (handled, ending) =
+                    run_batch(&mut receiver, &mut ctx, fresh, || batch.pop_front());
+                (batch, handled, ending, false)
             }
             Work::Deactivate(why) => {
-                if let Err(panic) = guarded(&mut ctx, |ctx| receiver.deactivated(ctx, why)) {
-                    tracing::warn!(?addr, %panic, "deactivated hook panicked; its effects are dropped");
-                }
-                ctx.effects.become_ = None;
-                (VecDeque::new(), true)
+                run_deactivated(&mut *receiver, &mut ctx, why);
+                (VecDeque::new(), 0, Ending::Finished, true)
             }
         };
         Done {
@@ -154,6 +128,51 @@ impl<K, M> Done<K, M> {
     pub fn addr(&self) -> Addr {
         self.addr
     }
+}
+
+/// Runs `receiver` on the messages `next` yields (after its `activated` hook if `fresh`), until
+/// they run out, it stops, or it panics. Returns how many it handled and how it ended. The one
+/// loop behind both [`Job::execute`] and the router's inline run.
+pub(crate) fn run_batch<K: 'static, M: 'static>(
+    receiver: &mut Box<dyn Receiver<K, M>>,
+    ctx: &mut Context<'_, K, M>,
+    fresh: bool,
+    mut next: impl FnMut() -> Option<M>,
+) -> (u64, Ending) {
+    let mut handled = 0;
+    if fresh {
+        if let Err(why) = guarded(ctx, |ctx| receiver.activated(ctx)) {
+            return (0, Ending::ActivationPanicked(why));
+        }
+        if let Some(next) = ctx.effects.become_.take() {
+            *receiver = next;
+        }
+    }
+    while let Some(msg) = next() {
+        if let Err(why) = guarded(ctx, |ctx| receiver.receive(ctx, msg)) {
+            return (handled, Ending::Panicked(why));
+        }
+        handled += 1;
+        if let Some(next) = ctx.effects.become_.take() {
+            *receiver = next;
+        }
+        if ctx.effects.stop {
+            return (handled, Ending::Stopped);
+        }
+    }
+    (handled, Ending::Finished)
+}
+
+/// Runs the `deactivated` hook; a panic in it is logged and its effects dropped.
+pub(crate) fn run_deactivated<K: 'static, M: 'static>(
+    receiver: &mut dyn Receiver<K, M>,
+    ctx: &mut Context<'_, K, M>,
+    why: Deactivation,
+) {
+    if let Err(panic) = guarded(ctx, |ctx| receiver.deactivated(ctx, why)) {
+        tracing::warn!(addr = ?ctx.addr, %panic, "deactivated hook panicked; its effects are dropped");
+    }
+    ctx.effects.become_ = None;
 }
 
 /// Runs `f`, catching a panic; on panic, the effects `f` recorded are rolled back.

@@ -10,12 +10,13 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use slab::Slab;
 
 use crate::context::{Effects, TimerOp};
-use crate::job::{Ending, Work};
-use crate::slot::{DEFAULT_IDLE, Slot, State};
+use crate::job::{Ending, Work, run_batch, run_deactivated};
+use crate::slot::{DEFAULT_IDLE, NIL, Slot, State};
 use crate::timers::{Fired, Timers};
 use crate::{
-    Activation, Addr, Command, CommandError, Deactivation, DeadLetter, DeadLetterReason, Done,
-    Factory, FactoryError, Job, Placement, Recipient, SendError, SendErrorKind, Stats, TimerId,
+    Activation, Addr, Command, CommandError, Context, Deactivation, DeadLetter, DeadLetterReason,
+    Done, Factory, FactoryError, Job, Placement, Receiver, Recipient, SendError, SendErrorKind,
+    Stats, TimerId,
 };
 
 /// How a router behaves. Build with `Config::default()` and the setters.
@@ -111,12 +112,25 @@ pub struct Router<K, M> {
     dead_letters: VecDeque<DeadLetter<K, M>>,
     closing: bool,
     epoch: Option<Instant>,
+    /// The last `now` turned into ticks, and its ticks.
+    clock: Option<(Instant, u64)>,
+    /// Idle receivers on the router's default timeout, oldest first: their idle deadlines
+    /// are in list order, so idle deactivation needs no timer entry per receiver.
+    idle_head: u32,
+    idle_tail: u32,
+    /// Sequence for the IDs of timers receivers schedule (unique per receiver handle).
+    timer_seq: u32,
     stats: Stats,
+    /// Empty mailbox buffers, reused by receivers that get messages (idle ones hold none).
     spare_batches: Vec<VecDeque<M>>,
     spare_effects: Vec<Effects<K, M>>,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
 }
+
+/// How many spare mailbox buffers a router keeps, and the largest it keeps (in messages).
+const SPARE_BUFFERS: usize = 1024;
+const SPARE_BUFFER_CAPACITY: usize = 64;
 
 /// A message the router did not take.
 struct Rejected<K, M> {
@@ -157,6 +171,10 @@ where
             dead_letters: VecDeque::new(),
             closing: false,
             epoch: None,
+            clock: None,
+            idle_head: NIL,
+            idle_tail: NIL,
+            timer_seq: 0,
             stats: Stats::default(),
             spare_batches: Vec::new(),
             spare_effects: Vec::new(),
@@ -308,6 +326,11 @@ where
         {
             return Err(Rejected::new(to, msg, SendErrorKind::Full));
         }
+        if slot.mailbox.capacity() == 0
+            && let Some(buffer) = self.spare_batches.pop()
+        {
+            slot.mailbox = buffer;
+        }
         slot.mailbox.push_back(msg);
         self.stats.messages_routed += 1;
         if slot.state == State::Idle {
@@ -360,18 +383,20 @@ where
             return None;
         }
         let key = addr.index as usize;
-        let slot = self.slots.get(key)?;
+        if !self.slots.contains(key) {
+            return None;
+        }
         if self.fault(Fault::NoGenerationCheck) {
             return Some(key);
         }
-        (slot.generation == addr.generation).then_some(key)
+        (self.generations[key] == addr.generation).then_some(key)
     }
 
     fn addr_of(&self, key: usize) -> Addr {
         Addr {
             router: self.number,
             index: key as u32,
-            generation: self.slots[key].generation,
+            generation: self.generations[key],
         }
     }
 
@@ -385,7 +410,9 @@ where
         }
         let generation = self.generations[key].wrapping_add(1);
         self.generations[key] = generation;
-        entry.insert(Slot::new(id, generation, msg));
+        let mut mailbox = self.spare_batches.pop().unwrap_or_default();
+        mailbox.push_back(msg);
+        entry.insert(Slot::new(id, mailbox));
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, key as u32, |&k| {
             hasher.hash_one(&slots[k as usize].id)
@@ -402,6 +429,7 @@ where
 
     /// Frees a slot whose receiver is gone and whose mailbox is empty.
     fn remove(&mut self, key: usize) {
+        self.unlink(key);
         let state = self.slots[key].state;
         self.count(state, false);
         self.stats.live -= 1;
@@ -416,6 +444,9 @@ where
 
     fn set_state(&mut self, key: usize, state: State) {
         let old = std::mem::replace(&mut self.slots[key].state, state);
+        if old == State::Idle {
+            self.unlink(key);
+        }
         self.count(old, false);
         self.count(state, true);
     }
@@ -432,8 +463,15 @@ where
     }
 
     fn ticks(&mut self, now: Instant) -> u64 {
+        if let Some((then, ticks)) = self.clock
+            && then == now
+        {
+            return ticks;
+        }
         let epoch = *self.epoch.get_or_insert(now);
-        now.saturating_duration_since(epoch).as_nanos() as u64
+        let ticks = now.saturating_duration_since(epoch).as_nanos() as u64;
+        self.clock = Some((now, ticks));
+        ticks
     }
 
     fn idle_timeout_of(&self, key: usize) -> Duration {
@@ -453,7 +491,13 @@ where
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
         self.set_state(key, State::Idle);
+        // An idle receiver holds no mailbox buffer.
+        let buffer = std::mem::take(&mut self.slots[key].mailbox);
+        self.spare_batch(buffer);
         let since = self.ticks(now);
+        if self.slots[key].idle_timeout_ms == DEFAULT_IDLE {
+            return self.list_push(key, since);
+        }
         let addr = self.addr_of(key);
         let slot = &mut self.slots[key];
         slot.idle_since = since;
@@ -461,6 +505,51 @@ where
             slot.idle_armed = true;
             self.timers.arm_idle(now + timeout, addr);
         }
+    }
+
+    /// Appends an idle receiver on the default timeout to the idle list.
+    fn list_push(&mut self, key: usize, since: u64) {
+        let tail = self.idle_tail;
+        // Keep the list in deadline order even if a driver's clock stepped back.
+        let since = match tail {
+            NIL => since,
+            t => since.max(self.slots[t as usize].idle_since),
+        };
+        let slot = &mut self.slots[key];
+        slot.idle_since = since;
+        slot.listed = true;
+        slot.idle_prev = tail;
+        slot.idle_next = NIL;
+        match tail {
+            NIL => self.idle_head = key as u32,
+            t => self.slots[t as usize].idle_next = key as u32,
+        }
+        self.idle_tail = key as u32;
+    }
+
+    /// Takes a receiver off the idle list, if it is on it.
+    fn unlink(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        if !slot.listed {
+            return;
+        }
+        slot.listed = false;
+        let (prev, next) = (slot.idle_prev, slot.idle_next);
+        match prev {
+            NIL => self.idle_head = next,
+            p => self.slots[p as usize].idle_next = next,
+        }
+        match next {
+            NIL => self.idle_tail = prev,
+            n => self.slots[n as usize].idle_prev = prev,
+        }
+    }
+
+    /// When the oldest receiver on the idle list is due to be deactivated.
+    fn list_deadline(&self) -> Option<Instant> {
+        let head = self.slots.get(self.idle_head as usize)?;
+        let epoch = self.epoch?;
+        Some(epoch + Duration::from_nanos(head.idle_since) + self.config.idle_timeout)
     }
 
     fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
@@ -480,9 +569,26 @@ where
     }
 
     fn spare_batch(&mut self, mut batch: VecDeque<M>) {
-        if batch.capacity() > 0 && self.spare_batches.len() < 64 {
+        let capacity = batch.capacity();
+        if capacity > 0
+            && capacity <= SPARE_BUFFER_CAPACITY
+            && self.spare_batches.len() < SPARE_BUFFERS
+        {
             batch.clear();
             self.spare_batches.push(batch);
+        }
+    }
+
+    fn spare_effects(&mut self, effects: Effects<K, M>) {
+        if self.spare_effects.len() < 64 {
+            self.spare_effects.push(effects);
+        }
+    }
+
+    /// Moves the timer sequence past the numbers a checked-out job used.
+    fn advance_timer_seq(&mut self, used_up_to: u32) {
+        if (used_up_to.wrapping_sub(self.timer_seq) as i32) > 0 {
+            self.timer_seq = used_up_to;
         }
     }
 
@@ -535,9 +641,14 @@ where
         let slot = &mut self.slots[key];
         let work = match slot.state {
             State::Scheduled => {
-                let mut batch = self.spare_batches.pop().unwrap_or_default();
                 let n = slot.mailbox.len().min(self.config.batch_size);
-                batch.extend(slot.mailbox.drain(..n));
+                let batch = if n == slot.mailbox.len() {
+                    std::mem::take(&mut slot.mailbox)
+                } else {
+                    let mut batch = self.spare_batches.pop().unwrap_or_default();
+                    batch.extend(slot.mailbox.drain(..n));
+                    batch
+                };
                 let fresh = std::mem::take(&mut slot.fresh);
                 Work::Run { batch, fresh }
             }
@@ -553,7 +664,7 @@ where
             receiver,
             work,
             effects: self.spare_effects.pop().unwrap_or_default(),
-            timer_seq: slot.timer_seq,
+            timer_seq: self.timer_seq,
         };
         if matches!(job.work, Work::Run { .. }) {
             self.set_state(key, State::Running);
@@ -581,12 +692,43 @@ where
             handled,
             ending,
             deactivation,
-            mut effects,
+            effects,
             timer_seq,
             ..
         } = done;
-        slot.timer_seq = timer_seq;
+        // Messages the job did not handle go back to the front, in order.
+        if slot.mailbox.is_empty() {
+            std::mem::swap(&mut slot.mailbox, &mut rest);
+        } else {
+            while let Some(msg) = rest.pop_back() {
+                slot.mailbox.push_front(msg);
+            }
+        }
+        self.spare_batch(rest);
+        self.advance_timer_seq(timer_seq);
+        if deactivation {
+            self.finish_deactivation(key, addr, receiver, effects);
+        } else {
+            self.finish_run(key, addr, receiver, handled, ending, effects, now);
+        }
+        Ok(())
+    }
+
+    /// The end of a run, inline or checked in: applies its effects and moves the receiver on
+    /// in its lifecycle.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_run(
+        &mut self,
+        key: usize,
+        addr: Addr,
+        receiver: Box<dyn Receiver<K, M>>,
+        handled: u64,
+        ending: Ending,
+        mut effects: Effects<K, M>,
+        now: Instant,
+    ) {
         if let Some(timeout) = effects.idle_timeout.take() {
+            let slot = &mut self.slots[key];
             let ms = idle_ms(timeout);
             let current = match slot.idle_timeout_ms {
                 DEFAULT_IDLE => self.config.idle_timeout_ms(),
@@ -599,33 +741,9 @@ where
                 slot.idle_armed = false;
             }
         }
-        // Messages the job did not handle go back to the front, in order.
-        while let Some(msg) = rest.pop_back() {
-            slot.mailbox.push_front(msg);
-        }
-        self.spare_batch(rest);
         self.stats.messages_delivered += handled;
         self.apply(&mut effects);
-        if self.spare_effects.len() < 64 {
-            self.spare_effects.push(effects);
-        }
-
-        if deactivation {
-            drop(receiver);
-            self.stats.deactivations += 1;
-            // An idle-timeout override lasts as long as the instance, and so does an idle check
-            // armed for it: the next instance arms its own.
-            self.slots[key].idle_timeout_ms = DEFAULT_IDLE;
-            self.slots[key].idle_armed = false;
-            if self.slots[key].mailbox.is_empty() {
-                self.remove(key);
-            } else {
-                // Messages arrived during deactivation: activate a fresh instance.
-                self.set_state(key, State::Activating);
-                self.commands.push_back(Command::Activate(addr));
-            }
-            return Ok(());
-        }
+        self.spare_effects(effects);
 
         let injected = self.fault(Fault::DeactivateNonEmpty);
         let slot = &mut self.slots[key];
@@ -661,7 +779,34 @@ where
                 self.fail_activation(key, DeadLetterReason::FactoryFailed(error));
             }
         }
-        Ok(())
+    }
+
+    /// The end of a deactivation, inline or checked in: applies the hook's effects, drops the
+    /// instance, and frees the slot or, if messages arrived meanwhile, activates a fresh one.
+    fn finish_deactivation(
+        &mut self,
+        key: usize,
+        addr: Addr,
+        receiver: Box<dyn Receiver<K, M>>,
+        mut effects: Effects<K, M>,
+    ) {
+        effects.idle_timeout = None;
+        self.apply(&mut effects);
+        self.spare_effects(effects);
+        drop(receiver);
+        self.stats.deactivations += 1;
+        // An idle-timeout override lasts as long as the instance, and so does an idle check
+        // armed for it: the next instance arms its own.
+        let slot = &mut self.slots[key];
+        slot.idle_timeout_ms = DEFAULT_IDLE;
+        slot.idle_armed = false;
+        if slot.mailbox.is_empty() {
+            self.remove(key);
+        } else {
+            // Messages arrived during deactivation: activate a fresh instance.
+            self.set_state(key, State::Activating);
+            self.commands.push_back(Command::Activate(addr));
+        }
     }
 
     /// Applies what a receiver asked for, in order.
@@ -699,11 +844,54 @@ where
         effects.clear();
     }
 
-    /// Handles a `Run` or `Deactivate` inline: check out, execute, check in.
+    /// Handles a `Run` or `Deactivate` inline. The same as [`check_out`](Router::check_out),
+    /// [`Job::execute`], [`check_in`](Router::check_in) (the same batch loop and the same
+    /// check-in code), without moving the receiver and its batch out and back.
     pub fn run(&mut self, addr: Addr, now: Instant) -> Result<(), CommandError> {
-        let job = self.check_out(addr)?;
-        let done = job.execute(now);
-        self.check_in(done, now)
+        let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+        let slot = &mut self.slots[key];
+        let why = match slot.state {
+            State::Scheduled => None,
+            State::Deactivating(why) => Some(why),
+            _ => return Err(CommandError::WrongState(addr)),
+        };
+        let Some(mut receiver) = slot.receiver.take() else {
+            return Err(CommandError::WrongState(addr));
+        };
+        let mut effects = self.spare_effects.pop().unwrap_or_default();
+        if let Some(why) = why {
+            let mut ctx = Context {
+                id: &self.slots[key].id,
+                addr,
+                now,
+                effects: &mut effects,
+                timer_seq: &mut self.timer_seq,
+            };
+            run_deactivated(&mut *receiver, &mut ctx, why);
+            self.finish_deactivation(key, addr, receiver, effects);
+            return Ok(());
+        }
+        self.set_state(key, State::Running);
+        let mut left = self.config.batch_size;
+        let Slot {
+            id, mailbox, fresh, ..
+        } = &mut self.slots[key];
+        let mut ctx = Context {
+            id,
+            addr,
+            now,
+            effects: &mut effects,
+            timer_seq: &mut self.timer_seq,
+        };
+        // The messages a check-out would take: the mailbox cannot grow meanwhile (sends are
+        // effects, applied afterwards).
+        let next = || {
+            left = left.checked_sub(1)?;
+            mailbox.pop_front()
+        };
+        let (handled, ending) = run_batch(&mut receiver, &mut ctx, std::mem::take(fresh), next);
+        self.finish_run(key, addr, receiver, handled, ending, effects, now);
+        Ok(())
     }
 
     /// Handles any command inline, calling `factory` for `Activate`. Every driver that runs
@@ -728,7 +916,10 @@ where
 
     /// The next time [`handle_timeout`](Router::handle_timeout) has work, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+        match (self.timers.next_deadline(), self.list_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Fires every timer due at `now` in deadline order (ties in scheduling order) and
@@ -739,13 +930,21 @@ where
         } else {
             now
         };
-        while let Some(fired) = self.timers.pop_due(now) {
-            match fired {
-                Fired::User(p) => self.route_inside(Recipient::Id(p.to), p.msg),
+        loop {
+            // Timers and idle checks in the heap due up to the oldest idle receiver's deadline
+            // go first (ties included), then that receiver: all in deadline order.
+            let idle_due = self.list_deadline().filter(|at| *at <= now);
+            match self.timers.pop_due(idle_due.unwrap_or(now)) {
+                Some(Fired::User(p)) => self.route_inside(Recipient::Id(p.to), p.msg),
                 // Judged as of the check's own deadline, not `now`: a timer message due
                 // before the receiver's idle deadline must find it live, however late this
                 // call comes.
-                Fired::Idle(addr, at) => self.check_idle(addr, at),
+                Some(Fired::Idle(addr, at)) => self.check_idle(addr, at),
+                None if idle_due.is_some() => {
+                    let head = self.idle_head as usize;
+                    self.begin_deactivation(head, Deactivation::IdleTimeout);
+                }
+                None => break,
             }
         }
     }

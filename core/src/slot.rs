@@ -22,38 +22,46 @@ pub(crate) enum State {
 /// Idle timeout sentinel: use the router's default.
 pub(crate) const DEFAULT_IDLE: u32 = u32::MAX;
 
+/// "No slot" in the idle list's links.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// One receiver: 80 bytes for `Slot<u64, u64>`. Its generation lives in the router's
+/// `generations`, which outlives the slot; the sequence for timer IDs is router-wide.
 pub(crate) struct Slot<K, M> {
     pub(crate) id: K,
     /// `None` while activating or checked out.
     pub(crate) receiver: Option<Box<dyn Receiver<K, M>>>,
+    /// Holds no buffer while the receiver is idle: buffers go back to the router's pool.
     pub(crate) mailbox: VecDeque<M>,
     /// Nanoseconds since the router's epoch when the receiver last became idle.
     pub(crate) idle_since: u64,
-    pub(crate) generation: u32,
-    /// Next sequence number for timers this receiver schedules.
-    pub(crate) timer_seq: u32,
     /// Per-receiver idle timeout in milliseconds, or `DEFAULT_IDLE`.
     pub(crate) idle_timeout_ms: u32,
+    /// Neighbours in the router's list of idle receivers on the default timeout (if `listed`).
+    pub(crate) idle_prev: u32,
+    pub(crate) idle_next: u32,
     pub(crate) state: State,
-    /// An idle check for this slot is in the timer heap.
+    /// In the router's idle list (idle, on the default timeout).
+    pub(crate) listed: bool,
+    /// An idle check for this slot is in the timer heap (idle, with its own timeout).
     pub(crate) idle_armed: bool,
     /// The `activated` hook has not run yet.
     pub(crate) fresh: bool,
 }
 
 impl<K, M> Slot<K, M> {
-    pub(crate) fn new(id: K, generation: u32, msg: M) -> Self {
-        let mut mailbox = VecDeque::new();
-        mailbox.push_back(msg);
+    /// An activating slot whose mailbox (`mailbox`, a recycled buffer) holds its first message.
+    pub(crate) fn new(id: K, mailbox: VecDeque<M>) -> Self {
         Slot {
             id,
             receiver: None,
             mailbox,
             idle_since: 0,
-            generation,
-            timer_seq: 0,
             idle_timeout_ms: DEFAULT_IDLE,
+            idle_prev: NIL,
+            idle_next: NIL,
             state: State::Activating,
+            listed: false,
             idle_armed: false,
             fresh: false,
         }
