@@ -68,3 +68,8 @@ pub mod smol {
 pub mod store {
     pub use hermes_store::*;
 }
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
