@@ -1,4 +1,4 @@
-//! An operation-sequence model checker for the Hermes [`Router`](hermes_core::Router).
+//! An operation-sequence model checker for the Hermes [`Router`].
 //!
 //! A [`Plan`], decoded from arbitrary bytes (a fuzzer's input) or from a seed, is a sequence of
 //! operations on a world of one or two routers: outside sends by ID and by handle (live or
