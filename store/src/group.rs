@@ -496,6 +496,15 @@ fn run(shared: &Shared) {
     let mut st = shared.lock();
     loop {
         let now = Instant::now();
+        // A due sync goes first: under sustained load the queue is never empty, and waiting
+        // for it to drain would let the unsynced history grow without bound.
+        if st.sync_due.is_some_and(|due| now >= due) {
+            drop(st);
+            // Errors are logged inside, and retried later.
+            let _ = shared.sync_if_needed();
+            st = shared.lock();
+            continue;
+        }
         if let Some(oldest) = st.queue.front() {
             let first_seq = st.done_seq;
             let urgent = st.closing
@@ -503,7 +512,8 @@ fn run(shared: &Shared) {
                 || st.waiters.iter().any(|w| w.target > first_seq);
             let deadline = oldest.at + config.interval;
             if !urgent && now < deadline {
-                st = wait(&shared.work, st, deadline - now);
+                let until = st.sync_due.map_or(deadline, |due| due.min(deadline));
+                st = wait(&shared.work, st, until - now);
                 continue;
             }
             // Take whole submissions up to max_batch operations (at least one submission).
@@ -561,13 +571,7 @@ fn run(shared: &Shared) {
             break;
         }
         match st.sync_due {
-            Some(due) if now >= due => {
-                drop(st);
-                // Errors are logged inside, and retried later.
-                let _ = shared.sync_if_needed();
-                st = shared.lock();
-            }
-            Some(due) => st = wait(&shared.work, st, due - now),
+            Some(due) => st = wait(&shared.work, st, due.saturating_duration_since(now)),
             None => st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner),
         }
     }

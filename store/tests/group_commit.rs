@@ -416,6 +416,39 @@ fn interval_policy_commits_deferred_and_syncs_in_the_background() {
     assert!(gc.stats().syncs >= 2);
 }
 
+/// Each acknowledgment submits the next write (from the callback, before the commit thread
+/// looks at its queue again), so the queue is never empty: sustained load.
+fn chain(gc: &Arc<GroupCommit>, probe: &Arc<Probe>, left: u32, done: Sender<usize>) {
+    let (next, probe_then) = (Arc::clone(gc), Arc::clone(probe));
+    gc.put(format!("k{left}"), "v", move |r| {
+        r.unwrap();
+        if left == 0 {
+            done.send(probe_then.syncs.load(Ordering::SeqCst)).unwrap();
+        } else {
+            chain(&next, &probe_then, left - 1, done);
+        }
+    });
+}
+
+#[test]
+fn interval_policy_syncs_under_sustained_load_not_only_when_idle() {
+    let probe = Probe::new();
+    // A sync is due as soon as a deferred commit returned.
+    let config = GroupCommitConfig::new()
+        .interval(Duration::ZERO)
+        .sync(SyncPolicy::Interval(Duration::ZERO));
+    let gc = Arc::new(start(&probe, config));
+    let (tx, rx) = mpsc::channel();
+    chain(&gc, &probe, 20, tx);
+    let syncs_during_load = rx.recv_timeout(WAIT).expect("the chain finished");
+    assert!(
+        syncs_during_load > 0,
+        "20 deferred commits back to back and not one sync: the loss window grows without bound"
+    );
+    gc.flush().unwrap();
+    assert_eq!(probe.batches().len(), 21);
+}
+
 #[test]
 fn every_commit_policy_never_needs_a_separate_sync() {
     let probe = Probe::new();
