@@ -69,6 +69,10 @@ pub mod store {
     pub use hermes_store::*;
 }
 
+/// Deterministic simulation (feature `sim`): see [`hermes_sim`].
+#[cfg(feature = "sim")]
+pub use hermes_sim as sim;
+
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
