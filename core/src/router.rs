@@ -298,22 +298,27 @@ where
                 Some(key) => key,
                 None => return Err(Rejected::new(to, msg, SendErrorKind::Stale)),
             },
-            Recipient::Id(id) => match self.lookup(id) {
-                Some(key) => key,
-                None if !self.owns(id) => {
-                    self.stats.messages_forwarded += 1;
-                    self.outbound.push_back((to, msg));
-                    return Ok(());
+            Recipient::Id(id) => {
+                let hash = self.hasher.hash_one(id);
+                match self.lookup_hashed(hash, id) {
+                    Some(key) => key,
+                    None if !self.owns(id) => {
+                        self.stats.messages_forwarded += 1;
+                        self.outbound.push_back((to, msg));
+                        return Ok(());
+                    }
+                    None if self.closing => {
+                        return Err(Rejected::new(to, msg, SendErrorKind::Closed));
+                    }
+                    None => {
+                        let Recipient::Id(id) = to else {
+                            unreachable!()
+                        };
+                        self.insert(id, hash, msg);
+                        return Ok(());
+                    }
                 }
-                None if self.closing => return Err(Rejected::new(to, msg, SendErrorKind::Closed)),
-                None => {
-                    let Recipient::Id(id) = to else {
-                        unreachable!()
-                    };
-                    self.insert(id, msg);
-                    return Ok(());
-                }
-            },
+            }
         };
         let slot = &mut self.slots[key];
         if self.closing && matches!(slot.state, State::Deactivating(_)) {
@@ -370,7 +375,10 @@ where
     // ---- slots --------------------------------------------------------------------------------
 
     fn lookup(&self, id: &K) -> Option<usize> {
-        let hash = self.hasher.hash_one(id);
+        self.lookup_hashed(self.hasher.hash_one(id), id)
+    }
+
+    fn lookup_hashed(&self, hash: u64, id: &K) -> Option<usize> {
         let slots = &self.slots;
         self.index
             .find(hash, |&key| slots[key as usize].id == *id)
@@ -378,6 +386,7 @@ where
     }
 
     /// The slab key behind a handle, if it is not stale.
+    #[inline]
     fn live(&self, addr: Addr) -> Option<usize> {
         if addr.router != self.number {
             return None;
@@ -392,6 +401,7 @@ where
         (self.generations[key] == addr.generation).then_some(key)
     }
 
+    #[inline]
     fn addr_of(&self, key: usize) -> Addr {
         Addr {
             router: self.number,
@@ -401,8 +411,7 @@ where
     }
 
     /// Creates an activating slot for `id` holding `msg`, and emits `Activate`.
-    fn insert(&mut self, id: K, msg: M) {
-        let hash = self.hasher.hash_one(&id);
+    fn insert(&mut self, id: K, hash: u64, msg: M) {
         let entry = self.slots.vacant_entry();
         let key = entry.key();
         if key >= self.generations.len() {
@@ -442,6 +451,7 @@ where
         self.spare_batch(slot.mailbox);
     }
 
+    #[inline]
     fn set_state(&mut self, key: usize, state: State) {
         let old = std::mem::replace(&mut self.slots[key].state, state);
         if old == State::Idle {
@@ -451,6 +461,7 @@ where
         self.count(state, true);
     }
 
+    #[inline]
     fn count(&mut self, state: State, add: bool) {
         let n = match state {
             State::Activating => &mut self.stats.activating,
@@ -462,6 +473,7 @@ where
         if add { *n += 1 } else { *n -= 1 }
     }
 
+    #[inline]
     fn ticks(&mut self, now: Instant) -> u64 {
         if let Some((then, ticks)) = self.clock
             && then == now
@@ -474,6 +486,7 @@ where
         ticks
     }
 
+    #[inline]
     fn idle_timeout_of(&self, key: usize) -> Duration {
         match self.slots[key].idle_timeout_ms {
             DEFAULT_IDLE => self.config.idle_timeout,
@@ -483,10 +496,10 @@ where
 
     /// The receiver at `key` has nothing queued and is not running.
     fn become_idle(&mut self, key: usize, now: Instant) {
-        let timeout = self.idle_timeout_of(key);
         if self.closing {
             return self.begin_deactivation(key, Deactivation::Closing);
         }
+        let timeout = self.idle_timeout_of(key);
         if timeout.is_zero() {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
@@ -508,6 +521,7 @@ where
     }
 
     /// Appends an idle receiver on the default timeout to the idle list.
+    #[inline]
     fn list_push(&mut self, key: usize, since: u64) {
         let tail = self.idle_tail;
         // Keep the list in deadline order even if a driver's clock stepped back.
@@ -528,6 +542,7 @@ where
     }
 
     /// Takes a receiver off the idle list, if it is on it.
+    #[inline]
     fn unlink(&mut self, key: usize) {
         let slot = &mut self.slots[key];
         if !slot.listed {
@@ -568,6 +583,7 @@ where
         self.remove(key);
     }
 
+    #[inline]
     fn spare_batch(&mut self, mut batch: VecDeque<M>) {
         let capacity = batch.capacity();
         if capacity > 0
@@ -810,7 +826,16 @@ where
     }
 
     /// Applies what a receiver asked for, in order.
+    #[inline]
     fn apply(&mut self, effects: &mut Effects<K, M>) {
+        if effects.sends.is_empty() && effects.timers.is_empty() {
+            effects.clear();
+        } else {
+            self.apply_sends_and_timers(effects);
+        }
+    }
+
+    fn apply_sends_and_timers(&mut self, effects: &mut Effects<K, M>) {
         let mut sends = std::mem::take(&mut effects.sends);
         let mut drained = sends.drain(..);
         if self.fault(Fault::DropOnCheckIn) {
