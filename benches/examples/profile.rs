@@ -1,0 +1,66 @@
+//! One workload, once, for a profiler: `valgrind --tool=callgrind
+//! benches/target/release/examples/profile churn` (workloads: one, round_robin, churn; add
+//! `baseline` to run the baseline instead of the router). `profile time` times every workload
+//! at full size, best of five, router next to baseline.
+
+use std::time::{Duration, Instant};
+
+use hermes_benches::{Baseline, Dispatch, Routed, churn, churn_config, one_receiver, round_robin};
+use hermes_core::Config;
+
+fn run(d: &mut impl Dispatch, workload: &str, scale: u64) {
+    match workload {
+        "one" => one_receiver(d, 200_000 * scale),
+        "round_robin" => round_robin(d, 10_000, 10 * scale),
+        "churn" => churn(d, 0, 100_000 * scale),
+        other => eprintln!("unknown workload {other:?}: use one, round_robin or churn"),
+    }
+}
+
+fn best_of<D: Dispatch>(make: impl Fn() -> D, workload: &str) -> Duration {
+    (0..5)
+        .map(|_| {
+            let mut d = make();
+            let start = Instant::now();
+            run(&mut d, workload, 10);
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let workload = args.first().map_or("churn", String::as_str);
+    let config = |w: &str| {
+        if w == "churn" {
+            churn_config()
+        } else {
+            Config::default()
+        }
+    };
+    if workload == "time" {
+        for w in ["one", "round_robin", "churn"] {
+            let router = best_of(|| Routed::new(config(w)), w);
+            let baseline = best_of(|| Baseline::new(w == "churn"), w);
+            // Messages (receivers, for churn) at scale 10.
+            let n = if w == "one" { 2e6 } else { 1e6 };
+            println!(
+                "{w:<12} router {:>7.1} ns/op  baseline {:>7.1} ns/op  router/baseline throughput {:>4.0}%",
+                router.as_nanos() as f64 / n,
+                baseline.as_nanos() as f64 / n,
+                100.0 * baseline.as_secs_f64() / router.as_secs_f64()
+            );
+        }
+        return;
+    }
+    let scale = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1);
+    let mut d: Box<dyn FnMut()> = if args.iter().any(|a| a == "baseline") {
+        let mut b = Baseline::new(workload == "churn");
+        Box::new(move || run(&mut b, workload, scale))
+    } else {
+        let mut r = Routed::new(config(workload));
+        Box::new(move || run(&mut r, workload, scale))
+    };
+    d();
+}
