@@ -1,8 +1,9 @@
 //! Check-out / check-in: a receiver and a batch of its messages, moved out of the router to run
 //! anywhere, and the effects they produced, moved back in.
 //!
-//! [`Router::run`](crate::Router::run) is `check_out`, [`Job::execute`], `check_in` in one call, so
-//! inline and checked-out execution give the same results by construction.
+//! [`Router::run`](crate::Router::run) runs the same batch loop ([`run_batch`]) and the same
+//! check-in code as `check_out`, [`Job::execute`], `check_in`, only without moving the receiver
+//! out and back, so inline and checked-out execution give the same results.
 
 use std::any::Any;
 use std::collections::VecDeque;
