@@ -13,30 +13,32 @@ const MODES: [Mode; 3] = [
     Mode::Delayed(Order::Lifo),
 ];
 
-#[test]
-fn all_invariants_hold_on_random_workloads() {
-    for seed in 1..=6 {
+/// Runs the workload of each seed, with sends by handle, in every mode, and checks it.
+fn check_seeds(seeds: std::ops::RangeInclusive<u64>, config: Option<Config>) {
+    for seed in seeds {
         for mode in MODES {
             let mut w = Workload::new(seed);
             w.handles = true;
+            if let Some(config) = &config {
+                w.config = config.clone();
+            }
             check_invariants(&run(&w, mode));
         }
     }
 }
 
 #[test]
+fn all_invariants_hold_on_random_workloads() {
+    check_seeds(1..=6, None);
+}
+
+#[test]
 fn all_invariants_hold_with_bounded_mailboxes_and_zero_idle_timeout() {
-    for seed in 10..=13 {
-        for mode in MODES {
-            let mut w = Workload::new(seed);
-            w.handles = true;
-            w.config = Config::default()
-                .idle_timeout(ms(0))
-                .mailbox_capacity(2)
-                .batch_size(1);
-            check_invariants(&run(&w, mode));
-        }
-    }
+    let config = Config::default()
+        .idle_timeout(ms(0))
+        .mailbox_capacity(2)
+        .batch_size(1);
+    check_seeds(10..=13, Some(config));
 }
 
 #[test]
@@ -102,10 +104,7 @@ fn invariant_3_a_receiver_runs_one_batch_at_a_time() {
     h.put(1, note(1));
     h.put(1, note(2));
     h.put(1, note(3));
-    let Some(Command::Activate(a)) = h.poll() else {
-        panic!()
-    };
-    h.router.activate(a, h.rec.create(1), h.now).unwrap();
+    let a = h.activate_next();
     assert_eq!(h.poll(), Some(Command::Run(a)));
     let job = h.router.check_out(a).unwrap();
     assert_eq!(job.len(), 2, "a batch");
@@ -118,12 +117,11 @@ fn invariant_3_a_receiver_runs_one_batch_at_a_time() {
         Some(CommandError::WrongState(a))
     );
     assert_eq!(h.router.run(a, h.now), Err(CommandError::WrongState(a)));
-    h.router.check_in(job.execute(h.now), h.now).unwrap();
+    h.finish(job);
     assert_eq!(h.poll(), Some(Command::Run(a)), "the rest runs next");
     let job = h.router.check_out(a).unwrap();
     assert_eq!(job.len(), 2);
-    let done = job.execute(h.now);
-    h.router.check_in(done, h.now).unwrap();
+    h.finish(job);
     assert_eq!(h.received().len(), 4);
     assert_eq!((h.stats().running, h.stats().idle), (0, 1));
 }
@@ -135,19 +133,15 @@ fn invariant_3_check_in_of_the_wrong_job_is_refused() {
     h.put(2, note(2));
     h.settle();
     h.put(1, note(3));
-    let Some(Command::Run(a)) = h.poll() else {
-        panic!()
-    };
-    let done = h.router.check_out(a).unwrap().execute(h.now);
-    h.router.check_in(done, h.now).unwrap();
+    let a = h.expect_run();
+    let job = h.router.check_out(a).unwrap();
+    h.finish(job);
     // The same job checked in twice cannot be: Done is consumed. A job from another router:
     let mut other = Harness::new(Config::default());
     other.put(1, note(9));
     other.settle();
     other.put(1, note(10));
-    let Some(Command::Run(b)) = other.poll() else {
-        panic!()
-    };
+    let b = other.expect_run();
     let foreign = other.router.check_out(b).unwrap().execute(other.now);
     assert_eq!(
         h.router.check_in(foreign, h.now),
@@ -161,16 +155,11 @@ fn invariant_4_never_deactivated_while_running_or_with_messages() {
     let mut h = Harness::new(Config::default().idle_timeout(ms(0)).batch_size(1));
     h.put(1, note(1));
     h.put(1, note(2));
-    let Some(Command::Activate(a)) = h.poll() else {
-        panic!()
-    };
-    h.router.activate(a, h.rec.create(1), h.now).unwrap();
-    let Some(Command::Run(_)) = h.poll() else {
-        panic!()
-    };
+    let a = h.activate_next();
+    assert_eq!(h.expect_run(), a);
     let job = h.router.check_out(a).unwrap();
     h.put(1, note(3)); // arrives while running
-    h.router.check_in(job.execute(h.now), h.now).unwrap();
+    h.finish(job);
     // Zero idle timeout, yet messages are queued: run, not deactivate.
     assert_eq!(h.poll(), Some(Command::Run(a)));
     h.router.run(a, h.now).unwrap();
@@ -198,14 +187,7 @@ fn invariant_5_timers_fire_once_at_or_after_deadline_and_never_when_cancelled() 
     h.put(1, schedule(ms(5), note(1)));
     h.put(1, schedule(ms(5), note(2)));
     h.settle();
-    let timers: Vec<_> = h
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Scheduled { timer, .. } => Some(timer),
-            _ => None,
-        })
-        .collect();
+    let timers = timers_scheduled(&h.events());
     h.router.cancel(timers[1]);
     for step in 0..10 {
         h.advance_to(ms(step));
@@ -299,13 +281,11 @@ fn invariant_8_only_receivers_with_messages_have_work_scheduled() {
     }
     let s = h.stats();
     assert_eq!((s.idle, s.scheduled, s.running), (997, 3, 0));
-    let Some(Command::Run(a)) = h.poll() else {
-        panic!()
-    };
+    let a = h.expect_run();
     let job = h.router.check_out(a).unwrap();
     let s = h.stats();
     assert_eq!((s.scheduled, s.running), (2, 1));
-    h.router.check_in(job.execute(h.now), h.now).unwrap();
+    h.finish(job);
     h.settle();
     let s = h.stats();
     assert_eq!((s.idle, s.scheduled, s.running), (1000, 0, 0));

@@ -31,9 +31,7 @@ fn first_message_activates_and_messages_queue_while_activating() {
     h.put(7, note(1));
     let s = h.stats();
     assert_eq!((s.live, s.activating, s.messages_routed), (1, 1, 1));
-    let Some(Command::Activate(addr)) = h.poll() else {
-        panic!("expected Activate")
-    };
+    let addr = h.expect_activate();
     assert_eq!(h.router.id(addr), Some(&7));
     assert_eq!(h.router.addr(&7), Some(addr));
     assert_eq!(
@@ -313,9 +311,7 @@ fn message_arriving_during_deactivation_activates_a_fresh_instance() {
     h.events();
     h.now = h.at(ms(10));
     h.router.handle_timeout(h.now);
-    let Some(Command::Deactivate(addr)) = h.poll() else {
-        panic!("expected Deactivate")
-    };
+    let addr = h.expect_deactivate();
 
     // Arrives after Deactivate was emitted, before the hook ran.
     h.put(1, note(2));
@@ -323,7 +319,7 @@ fn message_arriving_during_deactivation_activates_a_fresh_instance() {
     // And one while the hook runs elsewhere (checked out).
     let job = h.router.check_out(addr).unwrap();
     h.put(1, note(3));
-    h.router.check_in(job.execute(h.now), h.now).unwrap();
+    h.finish(job);
 
     h.settle();
     assert_eq!(
@@ -526,9 +522,7 @@ fn deactivated_hook_panic_still_completes_the_deactivation() {
 fn commands_are_handled_once_and_wrong_calls_are_typed_errors() {
     let mut h = Harness::new(Config::default());
     h.put(1, note(1));
-    let Some(Command::Activate(addr)) = h.poll() else {
-        panic!("expected Activate")
-    };
+    let addr = h.expect_activate();
     assert_eq!(
         h.router.run(addr, h.now),
         Err(CommandError::WrongState(addr))

@@ -65,14 +65,7 @@ fn cancelled_timers_never_fire() {
     h.put(1, schedule(ms(10), note(2)));
     h.put(1, schedule(ms(10), note(3)));
     h.settle();
-    let timers: Vec<_> = h
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Scheduled { timer, .. } => Some(timer),
-            _ => None,
-        })
-        .collect();
+    let timers = timers_scheduled(&h.events());
     assert_unique(&timers);
     // Cancel one from inside the receiver, one from outside.
     h.put(1, Msg::Cancel(timers[0]));

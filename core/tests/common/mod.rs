@@ -262,33 +262,25 @@ pub struct Recording {
 }
 
 impl Recording {
+    fn schedule(&self, ctx: &mut Context<'_, Id, Msg>, to: Id, after: Duration, msg: &Msg) {
+        let timer = ctx.schedule_to(to, after, msg.clone());
+        self.rec.push(
+            ctx.now(),
+            Event::Scheduled {
+                id: self.id,
+                timer,
+                msg: msg.clone(),
+            },
+        );
+    }
+
     fn follow(&mut self, ctx: &mut Context<'_, Id, Msg>, msg: &Msg) {
         match msg {
             Msg::Note(_) => {}
             Msg::Send(to, inner) => ctx.send(*to, (**inner).clone()),
             Msg::SendTo(to, inner) => ctx.send_to(*to, (**inner).clone()),
-            Msg::Schedule(after, inner) => {
-                let timer = ctx.schedule(*after, (**inner).clone());
-                self.rec.push(
-                    ctx.now(),
-                    Event::Scheduled {
-                        id: self.id,
-                        timer,
-                        msg: (**inner).clone(),
-                    },
-                );
-            }
-            Msg::ScheduleTo(to, after, inner) => {
-                let timer = ctx.schedule_to(*to, *after, (**inner).clone());
-                self.rec.push(
-                    ctx.now(),
-                    Event::Scheduled {
-                        id: self.id,
-                        timer,
-                        msg: (**inner).clone(),
-                    },
-                );
-            }
+            Msg::Schedule(after, inner) => self.schedule(ctx, self.id, *after, inner),
+            Msg::ScheduleTo(to, after, inner) => self.schedule(ctx, *to, *after, inner),
             Msg::Cancel(timer) => ctx.cancel(*timer),
             Msg::Become(name) => ctx.become_(Recording {
                 id: self.id,
@@ -442,6 +434,46 @@ impl Harness {
         Some(c)
     }
 
+    /// The next command, which must be an `Activate`: its handle.
+    pub fn expect_activate(&mut self) -> Addr {
+        match self.poll() {
+            Some(Command::Activate(a)) => a,
+            other => panic!("expected Activate, got {other:?}"),
+        }
+    }
+
+    /// The next command, which must be a `Run`: its handle.
+    pub fn expect_run(&mut self) -> Addr {
+        match self.poll() {
+            Some(Command::Run(a)) => a,
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    /// The next command, which must be a `Deactivate`: its handle.
+    pub fn expect_deactivate(&mut self) -> Addr {
+        match self.poll() {
+            Some(Command::Deactivate(a)) => a,
+            other => panic!("expected Deactivate, got {other:?}"),
+        }
+    }
+
+    /// Takes the next command, an `Activate`, and completes it with the recorder's factory.
+    pub fn activate_next(&mut self) -> Addr {
+        let a = self.expect_activate();
+        let id = *self.router.id(a).expect("a live slot");
+        self.router
+            .activate(a, self.rec.create(id), self.now)
+            .expect("activate");
+        a
+    }
+
+    /// Checks a job in after executing it now.
+    pub fn finish(&mut self, job: Job<Id, Msg>) {
+        let done = job.execute(self.now);
+        self.router.check_in(done, self.now).expect("check in");
+    }
+
     /// Handles commands until none is left (in the harness's mode).
     pub fn settle(&mut self) {
         match self.mode {
@@ -546,6 +578,17 @@ impl Harness {
     pub fn received(&self) -> Vec<(Id, Msg)> {
         received(&self.events())
     }
+}
+
+/// The timers scheduled, in order.
+pub fn timers_scheduled(events: &[Event]) -> Vec<TimerId> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Scheduled { timer, .. } => Some(*timer),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Keeps only the messages received, as (id, msg).
