@@ -976,9 +976,12 @@ where
 
     fn check_idle(&mut self, addr: Addr, now: Instant) {
         let Some(key) = self.live(addr) else { return };
-        self.slots[key].idle_armed = false;
-        if self.slots[key].state != State::Idle {
-            return; // re-armed when it next becomes idle
+        let slot = &mut self.slots[key];
+        slot.idle_armed = false;
+        // Not idle: re-armed when it next becomes idle. On the idle list (a later instance on
+        // the default timeout): the list keeps its deadline.
+        if slot.state != State::Idle || slot.listed {
+            return;
         }
         let timeout = self.idle_timeout_of(key);
         let since = self.slots[key].idle_since;
