@@ -61,7 +61,7 @@ fn send_all(
     msgs: Vec<(&str, Msg)>,
 ) {
     for (to, msg) in msgs {
-        d.send(to.to_string(), msg).ok().expect("router open");
+        assert!(d.send(to.to_string(), msg).is_ok(), "the router is open");
     }
     d.run(Instant::now());
 }
