@@ -144,6 +144,7 @@ impl<K, M> Effects<K, M> {
         self.idle_timeout = mark.idle_timeout;
     }
 
+    #[inline]
     pub(crate) fn clear(&mut self) {
         self.sends.clear();
         self.timers.clear();

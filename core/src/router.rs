@@ -124,6 +124,9 @@ pub struct Router<K, M> {
     /// Empty mailbox buffers, reused by receivers that get messages (idle ones hold none).
     spare_batches: Vec<VecDeque<M>>,
     spare_effects: Vec<Effects<K, M>>,
+    /// The effects of the run being finished: recorded here in place by an inline run, swapped
+    /// in from a checked-in job.
+    effects: Effects<K, M>,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
 }
@@ -178,6 +181,7 @@ where
             stats: Stats::default(),
             spare_batches: Vec::new(),
             spare_effects: Vec::new(),
+            effects: Effects::default(),
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
@@ -708,7 +712,7 @@ where
             handled,
             ending,
             deactivation,
-            effects,
+            mut effects,
             timer_seq,
             ..
         } = done;
@@ -722,17 +726,19 @@ where
         }
         self.spare_batch(rest);
         self.advance_timer_seq(timer_seq);
+        // The job's effects become the ones being finished; the buffers they replace are spare.
+        std::mem::swap(&mut self.effects, &mut effects);
+        self.spare_effects(effects);
         if deactivation {
-            self.finish_deactivation(key, addr, receiver, effects);
+            self.finish_deactivation(key, addr, receiver);
         } else {
-            self.finish_run(key, addr, receiver, handled, ending, effects, now);
+            self.finish_run(key, addr, receiver, handled, ending, now);
         }
         Ok(())
     }
 
-    /// The end of a run, inline or checked in: applies its effects and moves the receiver on
-    /// in its lifecycle.
-    #[allow(clippy::too_many_arguments)]
+    /// The end of a run, inline or checked in: applies its effects (in `self.effects`) and moves
+    /// the receiver on in its lifecycle.
     fn finish_run(
         &mut self,
         key: usize,
@@ -740,10 +746,9 @@ where
         receiver: Box<dyn Receiver<K, M>>,
         handled: u64,
         ending: Ending,
-        mut effects: Effects<K, M>,
         now: Instant,
     ) {
-        if let Some(timeout) = effects.idle_timeout.take() {
+        if let Some(timeout) = self.effects.idle_timeout.take() {
             let slot = &mut self.slots[key];
             let ms = idle_ms(timeout);
             let current = match slot.idle_timeout_ms {
@@ -758,8 +763,7 @@ where
             }
         }
         self.stats.messages_delivered += handled;
-        self.apply(&mut effects);
-        self.spare_effects(effects);
+        self.apply();
 
         let injected = self.fault(Fault::DeactivateNonEmpty);
         let slot = &mut self.slots[key];
@@ -797,18 +801,11 @@ where
         }
     }
 
-    /// The end of a deactivation, inline or checked in: applies the hook's effects, drops the
-    /// instance, and frees the slot or, if messages arrived meanwhile, activates a fresh one.
-    fn finish_deactivation(
-        &mut self,
-        key: usize,
-        addr: Addr,
-        receiver: Box<dyn Receiver<K, M>>,
-        mut effects: Effects<K, M>,
-    ) {
-        effects.idle_timeout = None;
-        self.apply(&mut effects);
-        self.spare_effects(effects);
+    /// The end of a deactivation, inline or checked in: applies the hook's effects (in
+    /// `self.effects`), drops the instance, and frees the slot or, if messages arrived meanwhile,
+    /// activates a fresh one.
+    fn finish_deactivation(&mut self, key: usize, addr: Addr, receiver: Box<dyn Receiver<K, M>>) {
+        self.apply();
         drop(receiver);
         self.stats.deactivations += 1;
         // An idle-timeout override lasts as long as the instance, and so does an idle check
@@ -826,13 +823,15 @@ where
     }
 
     /// Applies what a receiver asked for, in order.
+    /// Applies the effects being finished (`self.effects`) and clears them.
     #[inline]
-    fn apply(&mut self, effects: &mut Effects<K, M>) {
-        if effects.sends.is_empty() && effects.timers.is_empty() {
-            effects.clear();
-        } else {
-            self.apply_sends_and_timers(effects);
+    fn apply(&mut self) {
+        if !self.effects.sends.is_empty() || !self.effects.timers.is_empty() {
+            let mut effects = std::mem::take(&mut self.effects);
+            self.apply_sends_and_timers(&mut effects);
+            self.effects = effects;
         }
+        self.effects.clear();
     }
 
     fn apply_sends_and_timers(&mut self, effects: &mut Effects<K, M>) {
@@ -866,7 +865,6 @@ where
             }
         }
         effects.timers = timers;
-        effects.clear();
     }
 
     /// Handles a `Run` or `Deactivate` inline. The same as [`check_out`](Router::check_out),
@@ -883,17 +881,16 @@ where
         let Some(mut receiver) = slot.receiver.take() else {
             return Err(CommandError::WrongState(addr));
         };
-        let mut effects = self.spare_effects.pop().unwrap_or_default();
         if let Some(why) = why {
             let mut ctx = Context {
                 id: &self.slots[key].id,
                 addr,
                 now,
-                effects: &mut effects,
+                effects: &mut self.effects,
                 timer_seq: &mut self.timer_seq,
             };
             run_deactivated(&mut *receiver, &mut ctx, why);
-            self.finish_deactivation(key, addr, receiver, effects);
+            self.finish_deactivation(key, addr, receiver);
             return Ok(());
         }
         self.set_state(key, State::Running);
@@ -905,7 +902,7 @@ where
             id,
             addr,
             now,
-            effects: &mut effects,
+            effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
         };
         // The messages a check-out would take: the mailbox cannot grow meanwhile (sends are
@@ -915,7 +912,7 @@ where
             mailbox.pop_front()
         };
         let (handled, ending) = run_batch(&mut receiver, &mut ctx, std::mem::take(fresh), next);
-        self.finish_run(key, addr, receiver, handled, ending, effects, now);
+        self.finish_run(key, addr, receiver, handled, ending, now);
         Ok(())
     }
 
