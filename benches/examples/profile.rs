@@ -1,7 +1,7 @@
 //! One workload, once, for a profiler: `valgrind --tool=callgrind
 //! benches/target/release/examples/profile churn` (workloads: one, round_robin, churn; add
 //! `baseline` to run the baseline instead of the router). `profile time` times every workload
-//! at full size, best of five, router next to baseline.
+//! at full size, best of seven, router and baseline alternating.
 
 use std::time::{Duration, Instant};
 
@@ -17,16 +17,28 @@ fn run(d: &mut impl Dispatch, workload: &str, scale: u64) {
     }
 }
 
-fn best_of<D: Dispatch>(make: impl Fn() -> D, workload: &str) -> Duration {
-    (0..5)
-        .map(|_| {
-            let mut d = make();
-            let start = Instant::now();
-            run(&mut d, workload, 10);
-            start.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
+/// One timed run of `workload` at scale 10 on a fresh dispatcher.
+fn once<D: Dispatch>(make: impl Fn() -> D, workload: &str) -> Duration {
+    let mut d = make();
+    let start = Instant::now();
+    run(&mut d, workload, 10);
+    start.elapsed()
+}
+
+/// Best of seven runs each, router and baseline alternating so that load changes on a shared
+/// machine hit both alike.
+fn best_of_both(workload: &str) -> (Duration, Duration) {
+    let config = if workload == "churn" {
+        churn_config()
+    } else {
+        Config::default()
+    };
+    let (mut router, mut baseline) = (Duration::MAX, Duration::MAX);
+    for _ in 0..7 {
+        router = router.min(once(|| Routed::new(config.clone()), workload));
+        baseline = baseline.min(once(|| Baseline::new(workload == "churn"), workload));
+    }
+    (router, baseline)
 }
 
 fn main() {
@@ -41,8 +53,7 @@ fn main() {
     };
     if workload == "time" {
         for w in ["one", "round_robin", "churn"] {
-            let router = best_of(|| Routed::new(config(w)), w);
-            let baseline = best_of(|| Baseline::new(w == "churn"), w);
+            let (router, baseline) = best_of_both(w);
             // Messages (receivers, for churn) at scale 10.
             let n = if w == "one" { 2e6 } else { 1e6 };
             println!(
