@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hermes_core::{Addr, Factory, Recipient, Router, SendError, Sharded, Stats, TimerId};
 
-use crate::inbox::{Envelope, Inbox};
+use crate::inbox::{Envelope, Inbox, Scheduled};
 use crate::shard::{Core, Finish, in_shard};
 use crate::{AskError, Asked, Key, Message, Options, Reply, Shard, Wake};
 
@@ -133,12 +133,12 @@ where
         let seq = core.timer_seq.fetch_add(1, Ordering::Relaxed);
         let timer = TimerId::outside(shard as u32, seq);
         let deadline = Instant::now() + after;
-        let envelope = Envelope::Schedule {
+        let envelope = Envelope::Schedule(Box::new(Scheduled {
             id: timer,
             to: id,
             deadline,
             msg,
-        };
+        }));
         self.push(shard, envelope).map(|()| timer)
     }
 
@@ -155,7 +155,8 @@ where
     fn push(&self, shard: usize, envelope: Envelope<K, M>) -> Result<(), SendError<M>> {
         let core = &self.inner.core;
         let refused = |envelope| match envelope {
-            Envelope::Deliver(_, msg) | Envelope::Schedule { msg, .. } => SendError::Closed(msg),
+            Envelope::Deliver(_, msg) => SendError::Closed(msg),
+            Envelope::Schedule(scheduled) => SendError::Closed(scheduled.msg),
             Envelope::Cancel(_) | Envelope::Close => unreachable!("only messages are pushed"),
         };
         if !core.accepting.load(Ordering::Acquire) {

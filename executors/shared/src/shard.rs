@@ -16,7 +16,7 @@ use hermes_core::{
     Activation, Command, DeadLetter, DeadLetterReason, Factory, Recipient, Router, Sharded, Stats,
 };
 
-use crate::inbox::{Envelope, Inbox};
+use crate::inbox::{Envelope, Inbox, Scheduled};
 use crate::options::DeadLetterSink;
 use crate::signal::Signal;
 use crate::{Key, Message};
@@ -24,6 +24,9 @@ use crate::{Key, Message};
 /// Commands handled per turn before the shard looks at its inbox and timers again, so that
 /// receivers messaging each other on one shard cannot starve everything else.
 const COMMANDS_PER_TURN: usize = 256;
+
+/// Inbox items taken per turn, so that a stream from outside cannot starve the receivers.
+const INBOX_PER_TURN: usize = 1024;
 
 /// What the executor does after a [`turn`](Shard::turn).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,8 +122,6 @@ pub struct Shard<K, M> {
     router: Router<K, M>,
     core: Arc<Core<K, M>>,
     factory: Arc<dyn Factory<K, M>>,
-    /// The inbox's items, swapped out each turn (kept for its capacity).
-    incoming: Vec<Envelope<K, M>>,
     /// Messages for each other shard, sent in one push per shard per turn.
     outgoing: Vec<Vec<Envelope<K, M>>>,
     /// A command polled when the turn's budget ran out.
@@ -147,7 +148,6 @@ where
             router,
             core,
             factory,
-            incoming: Vec::new(),
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
             carry: None,
             dead_letters: 0,
@@ -167,16 +167,21 @@ where
         }
         let _in_shard = InShard::enter();
         let now = Instant::now();
-        let mut incoming = std::mem::take(&mut self.incoming);
-        self.inbox().take(&mut incoming);
-        for envelope in incoming.drain(..) {
+        let mut more = false;
+        for taken in 0.. {
+            if taken == INBOX_PER_TURN {
+                more = true;
+                break;
+            }
+            let Some(envelope) = self.inbox().pop() else {
+                break;
+            };
             self.accept(envelope);
         }
-        self.incoming = incoming;
         if self.router.poll_timeout().is_some_and(|at| at <= now) {
             self.router.handle_timeout(now);
         }
-        let more = self.run_commands(now);
+        more |= self.run_commands(now);
         self.flush();
         if self.router.is_closed() {
             self.exit();
@@ -230,12 +235,13 @@ where
             // Whatever reached the inbox was accepted by the handle (or sent by a receiver):
             // route it as from inside, so it still reaches live receivers while closing.
             Envelope::Deliver(to, msg) => self.router.forward(to, msg),
-            Envelope::Schedule {
-                id,
-                to,
-                deadline,
-                msg,
-            } => {
+            Envelope::Schedule(scheduled) => {
+                let Scheduled {
+                    id,
+                    to,
+                    deadline,
+                    msg,
+                } = *scheduled;
                 if self.router.is_closing() {
                     self.dead_letter(DeadLetter {
                         recipient: Recipient::Id(to),
@@ -339,7 +345,7 @@ where
     fn bounce(&mut self, envelope: Envelope<K, M>) {
         let (recipient, message) = match envelope {
             Envelope::Deliver(to, msg) => (to, msg),
-            Envelope::Schedule { to, msg, .. } => (Recipient::Id(to), msg),
+            Envelope::Schedule(scheduled) => (Recipient::Id(scheduled.to), scheduled.msg),
             Envelope::Cancel(_) | Envelope::Close => return,
         };
         self.dead_letter(DeadLetter {
