@@ -1,6 +1,7 @@
 //! A value that is set once and awaited by threads (blocking, with a deadline) or by tasks
 //! (`Future`): the one primitive under [`Asked`](crate::Asked) and [`Finished`](crate::Finished).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -8,12 +9,23 @@ use std::time::Instant;
 pub(crate) struct Signal<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
+    /// Set with the value: lets a blocked waiter spin on one load before it sleeps.
+    is_set: AtomicBool,
 }
 
 struct State<T> {
     value: Option<T>,
     wakers: Vec<Waker>,
+    /// Threads asleep on `ready`: `set` makes the wake-up call only if there are any.
+    sleepers: usize,
 }
+
+/// Polls of `is_set` (with a pause between) before a waiter yields its time slice.
+const SPINS: u32 = 64;
+/// Yields of the time slice (each a poll of `is_set`) before a waiter sleeps. An answer that
+/// comes within them costs the answering thread no wake-up call and the waiter no sleep;
+/// each yield gives the core to any other thread that wants it.
+const YIELDS: u32 = 64;
 
 impl<T> Default for Signal<T> {
     fn default() -> Self {
@@ -21,8 +33,10 @@ impl<T> Default for Signal<T> {
             state: Mutex::new(State {
                 value: None,
                 wakers: Vec::new(),
+                sleepers: 0,
             }),
             ready: Condvar::new(),
+            is_set: AtomicBool::new(false),
         }
     }
 }
@@ -35,15 +49,18 @@ impl<T> Signal<T> {
 
     /// Sets the value (if none is set yet) and wakes every waiter.
     pub(crate) fn set(&self, value: T) {
-        let wakers = {
+        let (wakers, sleepers) = {
             let mut state = self.lock();
             if state.value.is_some() {
                 return;
             }
             state.value = Some(value);
-            std::mem::take(&mut state.wakers)
+            self.is_set.store(true, Ordering::Release);
+            (std::mem::take(&mut state.wakers), state.sleepers)
         };
-        self.ready.notify_all();
+        if sleepers > 0 {
+            self.ready.notify_all();
+        }
         wakers.into_iter().for_each(Waker::wake);
     }
 
@@ -72,26 +89,46 @@ impl<T> Signal<T> {
         deadline: Option<Instant>,
         read: impl FnOnce(&mut Option<T>) -> Option<R>,
     ) -> Option<R> {
+        self.spin(deadline);
         let mut state = self.lock();
         while state.value.is_none() {
-            state = match deadline {
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return None,
+                    left => Some(left),
+                },
+            };
+            state.sleepers += 1;
+            state = match left {
                 None => self
                     .ready
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    let (state, _) = self
-                        .ready
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    state
+                Some(left) => {
+                    let waited = self.ready.wait_timeout(state, left);
+                    waited.unwrap_or_else(PoisonError::into_inner).0
                 }
             };
+            state.sleepers -= 1;
         }
         read(&mut state.value)
+    }
+
+    /// Waits briefly without sleeping for the value to be set: an answer that is on its way
+    /// (a receiver on an awake shard) then costs no sleep and wake-up.
+    fn spin(&self, deadline: Option<Instant>) {
+        for i in 0..SPINS + YIELDS {
+            if self.is_set.load(Ordering::Acquire) {
+                return;
+            }
+            if i < SPINS {
+                std::hint::spin_loop();
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
