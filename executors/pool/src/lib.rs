@@ -78,21 +78,30 @@ fn run<K: Key, M: Message>(shard: Shard<K, M>, bell: &Receiver<()>) {
     });
 }
 
-/// Spins briefly for a wake before the thread sleeps: a peer shard answering right away (a
-/// ping-pong across shards) then costs no sleep and wake-up. A few microseconds at most, only
-/// after a turn that did work, so an idle pool still sleeps.
+/// Waits briefly for a wake before the thread sleeps: a peer shard or an asker answering right
+/// away (a ping-pong across shards, a blocking ask) then costs no sleep and wake-up, which on
+/// a virtual machine can take tens of microseconds. First a few polls with a pause between,
+/// then a few with a yield of the time slice between, so that on a busy machine the thread we
+/// wait for gets the core. Tens of microseconds at most, only after a turn that did work: an
+/// idle pool still sleeps.
 fn rung_soon(bell: &Receiver<()>) -> bool {
-    for _ in 0..SPINS {
+    for i in 0..SPINS + YIELDS {
         if bell.try_recv().is_ok() {
             return true;
         }
-        std::hint::spin_loop();
+        if i < SPINS {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
     false
 }
 
-/// Polls of the bell before sleeping.
-const SPINS: u32 = 200;
+/// Polls of the bell with a pause between, before the yields.
+const SPINS: u32 = 100;
+/// Polls of the bell with a yield between, before sleeping.
+const YIELDS: u32 = 50;
 
 /// Wakes a shard thread: a one-slot channel keeps the wake if the thread is not waiting yet.
 struct Bell(Sender<()>);
