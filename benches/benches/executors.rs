@@ -14,17 +14,19 @@
 //! - `fan_out`: a thread outside sends 100 rounds to 10k receivers [1M msgs].
 //!
 //! Only the work is timed: starting the system, activating or spawning the receivers a workload
-//! needs beforehand, and shutting down are not. At the end a summary table (medians, with ratios
-//! against the best of actix/kameo/ractor) is printed in Markdown for benches/README.md.
+//! needs beforehand, and shutting down are not. Each case runs once untimed, then `RUNS` (5)
+//! times; at the end a summary table (medians, with ratios against the best of
+//! actix/kameo/ractor) is printed in Markdown for benches/README.md.
+//!
+//! A plain bench binary rather than criterion: some cases take seconds per iteration (peer
+//! churn), and criterion's minimum of 10 samples would make the whole run far too long.
 //!
 //! Run: `cargo bench --manifest-path benches/Cargo.toml --bench executors`
-//! (add `-- ping_pong` to run one workload).
+//! (add `-- ping_pong` or `-- pool/2` to run the cases whose name contains it; `RUNS=n` env).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput};
 use hermes_core::Config;
 use hermes_executor::Reply;
 
@@ -169,7 +171,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
                 let (done, asked) = Reply::new();
                 let burst = Msg::Burst {
                     to: b,
-                    n: TELL,
+                    left: TELL,
                     done,
                 };
                 r.hermes.send(a, burst).expect("open");
@@ -256,7 +258,9 @@ fn actix(w: Workload) -> Duration {
             let mut ab = host.spawn(2, Wiring::default());
             let (b, a) = (ab.remove(1), ab.remove(0));
             timed(host, stop, |_| {
-                block(a.send(Burst(b.clone(), TELL))).expect("alive");
+                let (done, asked) = Reply::new();
+                a.do_send(Burst(b.clone(), TELL, done));
+                wait(asked);
             })
         }
         Workload::PingPong => {
@@ -335,8 +339,10 @@ fn kameo(threads: usize, w: Workload) -> Duration {
             let (a, b) =
                 rt.block_on(async { (spawn(Wiring::default()), spawn(Wiring::default())) });
             timed(rt, stop, |rt| {
-                rt.block_on(async { a.ask(Burst(b.clone(), TELL)).await })
+                let (done, asked) = Reply::new();
+                rt.block_on(async { a.tell(Burst(b.clone(), TELL, done)).await })
                     .expect("alive");
+                wait(asked);
             })
         }
         Workload::PingPong => {
@@ -431,9 +437,10 @@ fn ractor(threads: usize, w: Workload) -> Duration {
                     spawn(Wiring::default()).await,
                 )
             });
-            timed(rt, stop, |rt| {
-                rt.block_on(async { call!(a, RMsg::Burst, b.clone(), TELL) })
-                    .expect("alive");
+            timed(rt, stop, |_| {
+                let (done, asked) = Reply::new();
+                a.cast(RMsg::Burst(b.clone(), TELL, done)).expect("alive");
+                wait(asked);
             })
         }
         Workload::PingPong => {
@@ -523,7 +530,9 @@ fn mpsc(threads: usize, w: Workload) -> Duration {
         Workload::TellLocal => {
             let b = rt.block_on(async { spawn(Wiring::default()) });
             timed(rt, stop, |rt| {
-                rt.block_on(rt.spawn(burst(b.clone(), TELL))).expect("task");
+                let (done, asked) = Reply::new();
+                rt.spawn(burst(b.clone(), TELL, done));
+                wait(asked);
             })
         }
         Workload::PingPong => {
@@ -590,34 +599,32 @@ fn mpsc(threads: usize, w: Workload) -> Duration {
 /// Every timed iteration, by workload and subject, for the summary.
 type Samples = BTreeMap<(Workload, Subject), Vec<Duration>>;
 
-fn bench(c: &mut Criterion, samples: &Arc<Mutex<Samples>>) {
+/// Timed runs per workload and subject (after one untimed warm-up run); `RUNS=n` overrides.
+const RUNS: usize = 5;
+
+/// Runs every workload on every subject whose `workload/subject` name contains one of the
+/// `filters` (all if none), printing each result as it comes.
+fn bench(filters: &[String], runs: usize) -> Samples {
+    let mut samples = Samples::new();
     for w in Workload::ALL {
-        let mut g = c.benchmark_group(w.name());
-        g.sample_size(10)
-            .sampling_mode(SamplingMode::Flat)
-            .warm_up_time(Duration::from_millis(100))
-            .measurement_time(Duration::from_secs(1))
-            .throughput(Throughput::Elements(w.elements()));
         for s in Subject::all() {
-            g.bench_function(s.name(), |b| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            let d = s.run(w);
-                            samples
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .entry((w, s))
-                                .or_default()
-                                .push(d);
-                            d
-                        })
-                        .sum()
-                })
-            });
+            let name = format!("{}/{}", w.name(), s.name());
+            if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+                continue;
+            }
+            s.run(w);
+            let v: Vec<Duration> = (0..runs).map(|_| s.run(w)).collect();
+            let per_sec = |d: &Duration| w.elements() as f64 / d.as_secs_f64() / 1e6;
+            let rates: Vec<String> = v.iter().map(|d| format!("{:.2}", per_sec(d))).collect();
+            println!(
+                "{name:<24} median {:>8.2} M/s   runs [{}]",
+                per_sec(&median(v.clone())),
+                rates.join(" ")
+            );
+            samples.insert((w, s), v);
         }
-        g.finish();
     }
+    samples
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -682,10 +689,24 @@ fn summary(samples: Samples) {
 }
 
 fn main() {
-    let samples = Arc::new(Mutex::new(Samples::new()));
-    let mut c = Criterion::default().configure_from_args();
-    bench(&mut c, &samples);
-    c.final_summary();
-    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    // `cargo test --benches` passes no `--bench`: one run of one small case proves it works.
+    let testing = !args.iter().any(|a| a == "--bench");
+    let filters: Vec<String> = args.into_iter().filter(|a| !a.starts_with("--")).collect();
+    let runs = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(RUNS);
+    if testing {
+        let samples = bench(&["ask/pool/1".to_owned()], 1);
+        summary(samples);
+        return;
+    }
+    let started = Instant::now();
+    let samples = bench(&filters, runs);
     summary(samples);
+    println!("\n{runs} runs per case (median shown), {:.0} s in all", started.elapsed().as_secs_f64());
 }

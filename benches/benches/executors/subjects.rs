@@ -18,6 +18,10 @@ use hermes_executor::{Asked, Hermes, Options, Reply};
 /// How long any single wait may take before the benchmark gives up (a hang guard).
 pub const HANG: Duration = Duration::from_secs(120);
 
+/// A burst sends this many messages per handler call, then continues from a message to itself,
+/// so that mailboxes stay small (as in a steady stream) rather than holding the whole burst.
+pub const CHUNK: u64 = 1000;
+
 /// Counts arrivals down to zero, then answers its [`Asked`].
 pub struct Latch {
     left: AtomicU64,
@@ -66,8 +70,12 @@ pub enum Msg {
     Tell(u64),
     /// Answer with the count so far.
     Sync(Reply<u64>),
-    /// Send `n` `Tell`s to `to`, then a `Sync` carrying `done`.
-    Burst { to: u64, n: u64, done: Reply<u64> },
+    /// Send `left` `Tell`s to `to` ([`CHUNK`] per call), then a last `Ping` answering `done`.
+    Burst {
+        to: u64,
+        left: u64,
+        done: Reply<u64>,
+    },
     /// A ping-pong hop: `left` hops to go, then answer `done`.
     Ping {
         from: u64,
@@ -114,11 +122,23 @@ impl Receiver<u64, Msg> for Node {
             Msg::Sync(reply) => {
                 let _ = reply.send(self.count);
             }
-            Msg::Burst { to, n, done } => {
+            Msg::Burst { to, left, done } => {
+                let n = left.min(CHUNK);
                 for i in 0..n {
                     ctx.send(to, Msg::Tell(i));
                 }
-                ctx.send(to, Msg::Sync(done));
+                if left > n {
+                    let me = *ctx.id();
+                    let left = left - n;
+                    ctx.send(me, Msg::Burst { to, left, done });
+                } else {
+                    let last = Msg::Ping {
+                        from: 0,
+                        left: 0,
+                        done,
+                    };
+                    ctx.send(to, last);
+                }
             }
             Msg::Ping { from, left, done } => {
                 if left == 0 {
@@ -336,7 +356,7 @@ pub mod actix_peer {
     }
     message!(Tell(u64), ());
     message!(Sync, u64);
-    message!(Burst(Addr<ANode>, u64), u64);
+    message!(Burst(Addr<ANode>, u64, Reply<u64>), ());
     message!(Ping(u64, Reply<u64>), ());
     message!(SetPeer(Addr<ANode>), ());
     message!(Once, ());
@@ -355,12 +375,17 @@ pub mod actix_peer {
         }
     }
     impl Handler<Burst> for ANode {
-        type Result = ResponseFuture<u64>;
-        fn handle(&mut self, Burst(to, n): Burst, _: &mut Self::Context) -> Self::Result {
+        type Result = ();
+        fn handle(&mut self, Burst(to, left, done): Burst, ctx: &mut Self::Context) {
+            let n = left.min(CHUNK);
             for i in 0..n {
                 to.do_send(Tell(i));
             }
-            Box::pin(async move { to.send(Sync).await.expect("peer alive") })
+            if left > n {
+                ctx.address().do_send(Burst(to, left - n, done));
+            } else {
+                to.do_send(Ping(0, done));
+            }
         }
     }
     impl Handler<Ping> for ANode {
@@ -510,8 +535,8 @@ pub mod kameo_peer {
     pub struct Tell(pub u64);
     /// Answer with the count.
     pub struct Sync;
-    /// Send `n` tells to the actor, then ask it to sync.
-    pub struct Burst(pub ActorRef<KNode>, pub u64);
+    /// Send tells to the actor ([`CHUNK`] per call), then a last ping answering the reply.
+    pub struct Burst(pub ActorRef<KNode>, pub u64, pub Reply<u64>);
     /// A ping-pong hop.
     pub struct Ping(pub u64, pub Reply<u64>);
     /// Set the ping-pong peer.
@@ -534,12 +559,18 @@ pub mod kameo_peer {
         }
     }
     impl Message<Burst> for KNode {
-        type Reply = u64;
-        async fn handle(&mut self, Burst(to, n): Burst, _: &mut Context<Self, u64>) -> u64 {
+        type Reply = ();
+        async fn handle(&mut self, Burst(to, left, done): Burst, ctx: &mut Context<Self, ()>) {
+            let n = left.min(CHUNK);
             for i in 0..n {
                 to.tell(Tell(i)).await.expect("peer alive");
             }
-            to.ask(Sync).await.expect("peer alive")
+            if left > n {
+                let me = ctx.actor_ref().clone();
+                me.tell(Burst(to, left - n, done)).await.expect("alive");
+            } else {
+                to.tell(Ping(0, done)).await.expect("peer alive");
+            }
         }
     }
     impl Message<Ping> for KNode {
@@ -605,8 +636,8 @@ pub mod ractor_peer {
         Tell(u64),
         /// Answer with the count.
         Sync(RpcReplyPort<u64>),
-        /// Send `n` tells to the actor, then call it to sync.
-        Burst(ActorRef<RMsg>, u64, RpcReplyPort<u64>),
+        /// Send tells to the actor ([`CHUNK`] per call), then a last ping answering the reply.
+        Burst(ActorRef<RMsg>, u64, Reply<u64>),
         /// A ping-pong hop.
         Ping(u64, Reply<u64>),
         /// Set the ping-pong peer.
@@ -644,12 +675,16 @@ pub mod ractor_peer {
                 RMsg::Sync(reply) => {
                     let _ = reply.send(state.count);
                 }
-                RMsg::Burst(to, n, reply) => {
+                RMsg::Burst(to, left, done) => {
+                    let n = left.min(CHUNK);
                     for i in 0..n {
                         to.cast(RMsg::Tell(i))?;
                     }
-                    let count = ractor::call!(to, RMsg::Sync)?;
-                    let _ = reply.send(count);
+                    if left > n {
+                        myself.cast(RMsg::Burst(to, left - n, done))?;
+                    } else {
+                        to.cast(RMsg::Ping(0, done))?;
+                    }
                 }
                 RMsg::Ping(left, done) => match (&state.peer, left) {
                     (_, 0) | (None, _) => {
@@ -756,12 +791,16 @@ pub mod mpsc_peer {
         tx
     }
 
-    /// Sends `n` tells on `to`, then waits for the count.
-    pub async fn burst(to: mpsc::UnboundedSender<PMsg>, n: u64) -> u64 {
-        for i in 0..n {
-            to.send(PMsg::Tell(i)).expect("task alive");
+    /// Sends `n` tells on `to` ([`CHUNK`] before each yield), then a last ping answering
+    /// `done`.
+    pub async fn burst(to: mpsc::UnboundedSender<PMsg>, n: u64, done: Reply<u64>) {
+        for start in (0..n).step_by(CHUNK as usize) {
+            for i in start..(start + CHUNK).min(n) {
+                to.send(PMsg::Tell(i)).expect("task alive");
+            }
+            tokio::task::yield_now().await;
         }
-        sync(&to).await
+        to.send(PMsg::Ping(0, done)).expect("task alive");
     }
 
     /// Asks the task for its count.
