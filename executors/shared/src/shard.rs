@@ -28,6 +28,11 @@ const COMMANDS_PER_TURN: usize = 256;
 /// Inbox items taken per turn, so that a stream from outside cannot starve the receivers.
 const INBOX_PER_TURN: usize = 1024;
 
+/// Inbox items taken per turn while the router still has commands left from the last turn: a
+/// backlog waits in the inbox (whose memory is freed as it drains) rather than in the router
+/// (whose queues keep their largest size), and the inbox still makes progress.
+const INBOX_PER_BUSY_TURN: usize = 64;
+
 /// What the executor does after a [`turn`](Shard::turn).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Turn {
@@ -168,8 +173,13 @@ where
         let _in_shard = InShard::enter();
         let now = Instant::now();
         let mut more = false;
+        let quota = if self.carry.is_some() {
+            INBOX_PER_BUSY_TURN
+        } else {
+            INBOX_PER_TURN
+        };
         for taken in 0.. {
-            if taken == INBOX_PER_TURN {
+            if taken == quota {
                 more = true;
                 break;
             }
