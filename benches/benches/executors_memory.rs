@@ -200,21 +200,35 @@ fn mpsc(threads: usize) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--test" || a == "--list") {
-        // `cargo test --benches` / `cargo bench -- --list`: nothing quick to check here.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") || !args.iter().any(|a| a == "--bench") {
+        // `cargo bench -- --list`, `cargo test --benches`: nothing quick to check here.
         return;
     }
+    // `-- pool` runs only the systems whose name contains "pool".
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut measure = |name: String, run: &dyn Fn() -> f64| {
+        if wanted(&name) {
+            let bytes = run();
+            println!("{name:<10} {bytes:>6.0} bytes per idle receiver");
+            rows.push((name, bytes));
+        }
+    };
     for exec in [Exec::Pool, Exec::Tokio, Exec::Smol] {
         for shards in [1, 2] {
-            rows.push((format!("{}/{shards}", exec.name()), hermes(exec, shards)));
+            measure(format!("{}/{shards}", exec.name()), &|| {
+                hermes(exec, shards)
+            });
         }
     }
     // An idle actor costs the same whatever the worker count: the peers run once each.
-    rows.push(("actix/1".into(), actix()));
-    rows.push(("kameo/2".into(), kameo(2)));
-    rows.push(("ractor/2".into(), ractor(2)));
-    rows.push(("mpsc/2".into(), mpsc(2)));
+    measure("actix/1".into(), &actix);
+    measure("kameo/2".into(), &|| kameo(2));
+    measure("ractor/2".into(), &|| ractor(2));
+    measure("mpsc/2".into(), &|| mpsc(2));
     let is_peer = |name: &str| {
         ["actix", "kameo", "ractor"]
             .iter()
@@ -229,7 +243,7 @@ fn main() {
     println!("| system/threads | bytes per idle receiver | vs best peer |");
     println!("|---|---|---|");
     for (name, bytes) in &rows {
-        let ratio = if is_peer(name) {
+        let ratio = if is_peer(name) || !best.is_finite() {
             String::new()
         } else {
             format!("{:.1}x less", best / bytes)
