@@ -65,43 +65,16 @@ pub fn start_with<K: Key, M: Message>(
     Ok(hermes)
 }
 
-/// A shard thread: parks on the bell until woken or the deadline.
+/// A shard thread: sleeps on the bell until woken or the deadline (after watching its inbox
+/// briefly, see [`Shard::run_blocking`]).
 fn run<K: Key, M: Message>(shard: Shard<K, M>, bell: &Receiver<()>) {
     shard.run_blocking(|deadline| {
-        if rung_soon(bell) {
-            return;
-        }
         let _ = match deadline {
             Some(deadline) => bell.recv_deadline(deadline).map_err(drop),
             None => bell.recv().map_err(drop),
         };
     });
 }
-
-/// Waits briefly for a wake before the thread sleeps: a peer shard or an asker answering right
-/// away (a ping-pong across shards, a blocking ask) then costs no sleep and wake-up, which on
-/// a virtual machine can take tens of microseconds. First a few polls with a pause between,
-/// then a few with a yield of the time slice between, so that on a busy machine the thread we
-/// wait for gets the core. Tens of microseconds at most, only after a turn that did work: an
-/// idle pool still sleeps.
-fn rung_soon(bell: &Receiver<()>) -> bool {
-    for i in 0..SPINS + YIELDS {
-        if bell.try_recv().is_ok() {
-            return true;
-        }
-        if i < SPINS {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
-    }
-    false
-}
-
-/// Polls of the bell with a pause between, before the yields.
-const SPINS: u32 = 100;
-/// Polls of the bell with a yield between, before sleeping.
-const YIELDS: u32 = 50;
 
 /// Wakes a shard thread: a one-slot channel keeps the wake if the thread is not waiting yet.
 struct Bell(Sender<()>);

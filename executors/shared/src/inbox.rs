@@ -130,6 +130,16 @@ impl<K, M> Inbox<K, M> {
         false
     }
 
+    /// The shard stays awake after all (it is polling): pushes need not wake it.
+    pub(crate) fn unpark(&self) {
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// True if nothing is queued (a snapshot, for polling).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Refuses every later push, waits for the pushes in flight, and returns what is queued.
     pub(crate) fn close(&self) -> Vec<Envelope<K, M>> {
         self.gate.fetch_or(CLOSED, Ordering::AcqRel);
