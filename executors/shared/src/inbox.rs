@@ -1,22 +1,23 @@
 //! A shard's inbox: everything that reaches a shard from outside it (the handle, timers from
 //! outside, other shards) goes through here.
 //!
-//! A lock-free queue (`SegQueue`): a push is a few atomic operations and never waits for the
-//! shard, and the shard pops without taking a lock. Two atomics around it:
+//! A mutex-guarded `Vec` that the shard swaps out whole: a push is a lock, a `Vec::push` and an
+//! unlock; the shard takes everything queued under one lock per turn, and neither side
+//! allocates per message (both vectors keep their capacity; the shard gives back a large one
+//! when it goes idle). Closing is race-free: a push either lands before the shard's final
+//! drain or is refused, so no message is ever left behind unseen.
 //!
-//! - `parked`: the shard found nothing to do and is going to wait. A push that sees it wakes the
-//!   shard (once); a push to an awake shard costs no wake-up. The shard sets it and then looks
-//!   at the queue again, and a pusher pushes and then looks at it, each with a `SeqCst` fence
-//!   in between, so at least one of them sees the other: no push is left unseen by a parked
-//!   shard.
-//! - `gate`: closing. Each push holds the gate open while it runs (a count of pushes in flight);
-//!   closing shuts it and waits for the pushes in flight to land, then takes what is queued. A
-//!   push either lands before that final drain or is refused: no message is ever left behind.
+//! Two flags beside it, so that the common paths take no extra lock:
+//! - `parked`: the shard found nothing to do and is going to wait; the next push wakes it
+//!   (once). A push to an awake shard costs no wake-up. The shard sets it and then looks at the
+//!   queue under the lock, a pusher pushes under the lock and then looks at the flag: the lock
+//!   orders the two, so no push is left unseen by a parked shard.
+//! - `pending`: something is queued, for a shard that polls before it sleeps.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use crossbeam_queue::SegQueue;
 use hermes_core::{Recipient, TimerId};
 
 /// Wakes a parked shard. Each executor implements it with its own primitive (a channel, a
@@ -47,85 +48,105 @@ pub(crate) struct Scheduled<K, M> {
     pub(crate) msg: M,
 }
 
-/// `gate` bit: the inbox is closed; pushes are refused.
-const CLOSED: usize = 1;
-/// `gate` increment for one push in flight.
-const PUSHING: usize = 2;
+/// Buffer capacity (in items) kept by an idle shard, in its inbox and in the shard's own
+/// buffer: a burst's larger buffers are given back when it is over.
+pub(crate) const KEEP: usize = 1024;
 
 pub(crate) struct Inbox<K, M> {
-    queue: SegQueue<Envelope<K, M>>,
+    state: Mutex<State<K, M>>,
     /// The shard is parked (or about to be): the next push wakes it.
     parked: AtomicBool,
-    /// `CLOSED`, plus `PUSHING` for every push in flight.
-    gate: AtomicUsize,
+    /// Items are queued (a hint for polling; the lock has the truth).
+    pending: AtomicBool,
     waker: Box<dyn Wake>,
+}
+
+struct State<K, M> {
+    items: Vec<Envelope<K, M>>,
+    /// The shard has finished: pushes are refused.
+    closed: bool,
 }
 
 impl<K, M> Inbox<K, M> {
     pub(crate) fn new(waker: Box<dyn Wake>) -> Self {
         Inbox {
-            queue: SegQueue::new(),
+            state: Mutex::new(State {
+                items: Vec::new(),
+                closed: false,
+            }),
             parked: AtomicBool::new(false),
-            gate: AtomicUsize::new(0),
+            pending: AtomicBool::new(false),
             waker,
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, State<K, M>> {
+        // Only `Vec` operations run under this lock; a poisoned state is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Queues one item; gives it back if the shard has finished.
     pub(crate) fn push(&self, item: Envelope<K, M>) -> Result<(), Envelope<K, M>> {
-        if !self.enter() {
+        let mut state = self.lock();
+        if state.closed {
             return Err(item);
         }
-        self.queue.push(item);
-        self.leave();
+        state.items.push(item);
+        self.release(state);
         Ok(())
     }
 
-    /// Queues every item of `items` (leaving it empty), waking the shard at most once. If the
-    /// shard has finished, nothing is queued and the items stay in `items`.
+    /// Queues every item of `items` (leaving it empty) under one lock, waking the shard at most
+    /// once. If the shard has finished, nothing is queued and the items stay in `items`.
     pub(crate) fn push_all(&self, items: &mut Vec<Envelope<K, M>>) -> Result<(), ()> {
-        if !self.enter() {
+        let mut state = self.lock();
+        if state.closed {
             return Err(());
         }
-        for item in items.drain(..) {
-            self.queue.push(item);
-        }
-        self.leave();
+        state.items.append(items);
+        self.release(state);
         Ok(())
     }
 
-    /// Holds the gate open for a push; false if it is closed.
-    fn enter(&self) -> bool {
-        if self.gate.fetch_add(PUSHING, Ordering::Acquire) & CLOSED != 0 {
-            self.gate.fetch_sub(PUSHING, Ordering::Release);
-            return false;
+    /// Unlocks after a push, then wakes the shard if it is parked.
+    fn release(&self, state: MutexGuard<'_, State<K, M>>) {
+        if !self.pending.load(Ordering::Relaxed) {
+            self.pending.store(true, Ordering::Release);
         }
-        true
-    }
-
-    /// Ends a push: lets a waiting close go on, and wakes the shard if it is parked.
-    fn leave(&self) {
-        self.gate.fetch_sub(PUSHING, Ordering::Release);
-        // Pairs with the fence in `park`: the shard sees the push, or this sees `parked`.
-        fence(Ordering::SeqCst);
+        drop(state);
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
             self.waker.wake();
         }
     }
 
-    /// Takes the next queued item.
-    pub(crate) fn pop(&self) -> Option<Envelope<K, M>> {
-        self.queue.pop()
+    /// Swaps the queued items into `into` (which must be empty, to keep its capacity).
+    pub(crate) fn take(&self, into: &mut Vec<Envelope<K, M>>) {
+        debug_assert!(into.is_empty());
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
+        self.pending.store(false, Ordering::Relaxed);
+        std::mem::swap(&mut state.items, into);
+    }
+
+    /// True if something is queued (a snapshot, for polling).
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
     }
 
     /// True if nothing is queued; then the shard counts as parked until the next push.
     pub(crate) fn park(&self) -> bool {
         self.parked.store(true, Ordering::Relaxed);
-        // Pairs with the fence in `leave`.
-        fence(Ordering::SeqCst);
-        if self.queue.is_empty() {
+        // The lock orders this with every push: one that came first is seen here, and one that
+        // comes later sees `parked`.
+        let mut state = self.lock();
+        if state.items.is_empty() {
+            // Idle: give back what a burst grew.
+            state.items.shrink_to(KEEP);
             return true;
         }
+        drop(state);
         self.parked.store(false, Ordering::Relaxed);
         false
     }
@@ -135,18 +156,10 @@ impl<K, M> Inbox<K, M> {
         self.parked.store(false, Ordering::Relaxed);
     }
 
-    /// True if nothing is queued (a snapshot, for polling).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// Refuses every later push, waits for the pushes in flight, and returns what is queued.
+    /// Refuses every later push and returns what is still queued.
     pub(crate) fn close(&self) -> Vec<Envelope<K, M>> {
-        self.gate.fetch_or(CLOSED, Ordering::AcqRel);
-        while self.gate.load(Ordering::Acquire) != CLOSED {
-            // A push in flight is a few instructions from done.
-            std::thread::yield_now();
-        }
-        std::iter::from_fn(|| self.queue.pop()).collect()
+        let mut state = self.lock();
+        state.closed = true;
+        std::mem::take(&mut state.items)
     }
 }

@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::Hash;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -16,7 +17,7 @@ use hermes_core::{
     Activation, Command, DeadLetter, DeadLetterReason, Factory, Recipient, Router, Sharded, Stats,
 };
 
-use crate::inbox::{Envelope, Inbox, Scheduled};
+use crate::inbox::{self, Envelope, Inbox, Scheduled};
 use crate::options::DeadLetterSink;
 use crate::signal::Signal;
 use crate::{Key, Message};
@@ -132,6 +133,9 @@ pub struct Shard<K, M> {
     router: Router<K, M>,
     core: Arc<Core<K, M>>,
     factory: Arc<dyn Factory<K, M>>,
+    /// Inbox items taken and not yet accepted, oldest first (the buffer is swapped with the
+    /// inbox's, to keep both capacities).
+    incoming: VecDeque<Envelope<K, M>>,
     /// Messages for each other shard, sent in one push per shard per turn.
     outgoing: Vec<Vec<Envelope<K, M>>>,
     /// A command polled when the turn's budget ran out.
@@ -158,6 +162,7 @@ where
             router,
             core,
             factory,
+            incoming: VecDeque::new(),
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
             carry: None,
             dead_letters: 0,
@@ -177,22 +182,23 @@ where
         }
         let _in_shard = InShard::enter();
         let now = Instant::now();
-        let mut more = false;
+        if self.incoming.is_empty() {
+            let mut buffer = Vec::from(std::mem::take(&mut self.incoming));
+            self.inbox().take(&mut buffer);
+            self.incoming = VecDeque::from(buffer);
+        }
         let quota = if self.carry.is_some() {
             INBOX_PER_BUSY_TURN
         } else {
             INBOX_PER_TURN
         };
-        for taken in 0.. {
-            if taken == quota {
-                more = true;
-                break;
-            }
-            let Some(envelope) = self.inbox().pop() else {
+        for _ in 0..quota {
+            let Some(envelope) = self.incoming.pop_front() else {
                 break;
             };
             self.accept(envelope);
         }
+        let mut more = !self.incoming.is_empty();
         if self.router.poll_timeout().is_some_and(|at| at <= now) {
             self.router.handle_timeout(now);
         }
@@ -205,6 +211,8 @@ where
         if more || !self.inbox().park() {
             return Turn::Busy;
         }
+        // Idle: give back what a burst grew (the inbox does the same with its buffer).
+        self.incoming.shrink_to(inbox::KEEP);
         Turn::Park(self.router.poll_timeout())
     }
 
@@ -243,7 +251,7 @@ where
         let inbox = self.inbox();
         inbox.unpark();
         for i in 0..WATCH_SPINS + WATCH_YIELDS {
-            if !inbox.is_empty() {
+            if inbox.is_pending() {
                 return true;
             }
             if i < WATCH_SPINS {
@@ -422,7 +430,8 @@ where
 
     /// The router has closed: refuse further pushes and report whatever was still queued.
     fn exit(&mut self) {
-        for envelope in self.inbox().close() {
+        let left = self.inbox().close();
+        for envelope in std::mem::take(&mut self.incoming).into_iter().chain(left) {
             self.accept(envelope);
         }
         self.flush();
@@ -434,13 +443,13 @@ impl<K, M> Drop for Shard<K, M> {
     fn drop(&mut self) {
         // Normally after `Turn::Exit`; otherwise (a runtime dropped its tasks) refuse further
         // pushes so that senders see `Closed` rather than a queue nobody reads.
-        let left = self.core.inboxes[self.index as usize].close();
+        let left = self.core.inboxes[self.index as usize].close().len() + self.incoming.len();
         let mut stats = self.router_stats();
-        stats.dead_letters += left.len() as u64;
-        if !left.is_empty() {
+        stats.dead_letters += left as u64;
+        if left > 0 {
             tracing::warn!(
                 shard = self.index,
-                messages = left.len(),
+                messages = left,
                 "shard dropped before it closed; queued messages are lost"
             );
         }
