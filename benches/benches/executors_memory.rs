@@ -42,6 +42,8 @@ impl Receiver<u64, Msg> for Idle {
 fn bytes_per_receiver<T>(build: impl FnOnce() -> (T, usize)) -> f64 {
     let region = Region::new(GLOBAL);
     let (built, handles) = build();
+    // Idle means idle: let every thread finish its turn and go to sleep before counting.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let change = region.change();
     let live = change.bytes_allocated as f64 - change.bytes_deallocated as f64 - handles as f64;
     drop(black_box(built));
