@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
     ($harness:expr) => {
         $crate::conformance_tests!(@tests $harness;
             per_sender_order,
+            send_all_in_order_and_refused_after_shutdown,
             one_message_at_a_time,
             activation_on_first_message,
             idle_deactivation_and_reactivation,

@@ -59,13 +59,10 @@ enum Seq {
     Report(Reply<(Vec<u64>, bool)>),
 }
 
-/// Messages from one sender to one receiver arrive in send order, with several senders at once.
-pub fn per_sender_order<H: Harness>(h: &H) {
-    const SENDERS: usize = 4;
-    const PER_SENDER: u64 = 5_000;
-    const IDS: u64 = 8;
-    let hermes = h.start(options(), |_id: &u64| {
-        let mut next = vec![0u64; SENDERS];
+/// A receiver that checks that each of `senders` senders' numbers arrive in order, 0, 1, ...
+fn sequence_checker(senders: usize) -> impl Fn(&u64) -> Activation<u64, Seq> {
+    move |_id: &u64| {
+        let mut next = vec![0u64; senders];
         let mut in_order = true;
         Activation::ready(move |_: &mut Context<'_, u64, Seq>, msg| match msg {
             Seq::From(sender, n) => {
@@ -76,7 +73,33 @@ pub fn per_sender_order<H: Harness>(h: &H) {
                 let _ = reply.send((next.clone(), in_order));
             }
         })
-    });
+    }
+}
+
+/// Asks every receiver in `0..ids` whether it saw each sender's messages in order, and how
+/// many; asserts in order and `per_sender` from each of `senders`.
+fn assert_in_order(
+    hermes: &hermes_executor::Hermes<u64, Seq>,
+    ids: u64,
+    senders: usize,
+    per_sender: u64,
+) {
+    for id in 0..ids {
+        let (counts, in_order) = hermes.ask_blocking(id, Seq::Report, HANG_GUARD).unwrap();
+        assert!(
+            in_order,
+            "receiver {id} saw a sender's messages out of order"
+        );
+        assert_eq!(counts, vec![per_sender; senders], "receiver {id}");
+    }
+}
+
+/// Messages from one sender to one receiver arrive in send order, with several senders at once.
+pub fn per_sender_order<H: Harness>(h: &H) {
+    const SENDERS: usize = 4;
+    const PER_SENDER: u64 = 5_000;
+    const IDS: u64 = 8;
+    let hermes = h.start(options(), sequence_checker(SENDERS));
     std::thread::scope(|s| {
         for sender in 0..SENDERS {
             let hermes = &hermes;
@@ -89,15 +112,52 @@ pub fn per_sender_order<H: Harness>(h: &H) {
             });
         }
     });
-    for id in 0..IDS {
-        let (counts, in_order) = hermes.ask_blocking(id, Seq::Report, HANG_GUARD).unwrap();
-        assert!(
-            in_order,
-            "receiver {id} saw a sender's messages out of order"
-        );
-        assert_eq!(counts, vec![PER_SENDER; SENDERS], "receiver {id}");
-    }
+    assert_in_order(&hermes, IDS, SENDERS, PER_SENDER);
     hermes.shutdown();
+}
+
+/// `send_all` delivers every pair, keeps each ID's order (also mixed with plain sends from the
+/// same thread, and next to other senders), and after shutdown gives every pair back.
+pub fn send_all_in_order_and_refused_after_shutdown<H: Harness>(h: &H) {
+    const SENDERS: usize = 3;
+    const PER_SENDER: u64 = 3_000;
+    const IDS: u64 = 8;
+    let hermes = h.start(options(), sequence_checker(SENDERS));
+    std::thread::scope(|s| {
+        for sender in 0..SENDERS {
+            let hermes = &hermes;
+            s.spawn(move || {
+                // Batches of 100 rounds over every ID; the last sender sends every other batch
+                // one by one.
+                for start in (0..PER_SENDER).step_by(100) {
+                    let rounds = start..(start + 100).min(PER_SENDER);
+                    let pairs = rounds.flat_map(|n| (0..IDS).map(move |id| (id, n)));
+                    if sender == SENDERS - 1 && start % 200 == 100 {
+                        for (id, n) in pairs {
+                            hermes.send(id, Seq::From(sender, n)).unwrap();
+                        }
+                    } else {
+                        let batch = pairs.map(|(id, n)| (id, Seq::From(sender, n)));
+                        hermes.send_all(batch).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert_in_order(&hermes, IDS, SENDERS, PER_SENDER);
+    hermes.shutdown();
+    let refused = hermes.send_all((0..5).map(|id| (id, Seq::From(0, id))));
+    let Err(SendError::Closed(back)) = refused else {
+        panic!("send_all after shutdown must be refused as Closed");
+    };
+    let back: Vec<(u64, u64)> = back
+        .into_iter()
+        .map(|(id, msg)| match msg {
+            Seq::From(_, n) => (id, n),
+            Seq::Report(_) => unreachable!("only From was sent"),
+        })
+        .collect();
+    assert_eq!(back, (0..5).map(|id| (id, id)).collect::<Vec<_>>());
 }
 
 /// A receiver never runs concurrently with itself, while many threads send to it.

@@ -117,6 +117,64 @@ where
         self.push(shard, Envelope::Deliver(Recipient::Id(id), msg))
     }
 
+    /// Sends every `(id, msg)` pair, as [`send`](Hermes::send) in a loop would (per-ID order
+    /// kept, receivers activated as needed), but hands them over with one push per shard
+    /// rather than one per message: for a thread that has many messages at once (a socket
+    /// reader with a buffer full of requests, a fan-out).
+    ///
+    /// Refused only while shutting down: then the pairs that were not sent come back, in order.
+    ///
+    /// ```
+    /// use hermes_core::{Activation, Config, Context};
+    /// use hermes_executor::{launch, Options, Runtime, Turn, Wake};
+    ///
+    /// # struct NoBell;
+    /// # impl Wake for NoBell { fn wake(&self) {} }
+    /// # struct Inline;
+    /// # impl Runtime for Inline {}
+    /// let options = Options::new(Config::default()).shards(2);
+    /// let (hermes, shards) = launch(options, |_id: &u32| {
+    ///     Activation::ready(|_ctx: &mut Context<'_, u32, u64>, _msg: u64| {})
+    /// }, Inline, || (NoBell, ()));
+    /// let mut shards: Vec<_> = shards.into_iter().map(|(shard, ())| shard).collect();
+    ///
+    /// hermes.send_all((0..1000).map(|i| (i % 10, u64::from(i))))?;
+    /// let finished = hermes.shutdown_async();
+    /// while shards.iter_mut().any(|s| s.turn() != Turn::Exit) {}
+    /// drop(shards);
+    /// assert_eq!(finished.wait().messages_delivered, 1000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_all(
+        &self,
+        messages: impl IntoIterator<Item = (K, M)>,
+    ) -> Result<(), SendError<Vec<(K, M)>>> {
+        let core = &self.inner.core;
+        if !core.accepting.load(Ordering::Acquire) {
+            return Err(SendError::Closed(messages.into_iter().collect()));
+        }
+        let mut batches: Vec<Vec<Envelope<K, M>>> =
+            core.inboxes.iter().map(|_| Vec::new()).collect();
+        for (id, msg) in messages {
+            let shard = core.shard_of(&id);
+            batches[shard].push(Envelope::Deliver(Recipient::Id(id), msg));
+        }
+        let mut refused = Vec::new();
+        for (inbox, mut batch) in core.inboxes.iter().zip(batches) {
+            if !batch.is_empty() && inbox.push_all(&mut batch).is_err() {
+                refused.extend(batch.into_iter().filter_map(|envelope| match envelope {
+                    Envelope::Deliver(Recipient::Id(id), msg) => Some((id, msg)),
+                    _ => None,
+                }));
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SendError::Closed(refused))
+        }
+    }
+
     /// Sends `msg` by handle (see [`Addr`]); a stale handle makes it a dead letter.
     pub fn send_to(&self, addr: Addr, msg: M) -> Result<(), SendError<M>> {
         let shard = addr.router() as usize;
