@@ -5,6 +5,8 @@
 //!
 //! Workloads (elements per iteration in brackets):
 //! - `tell_outside`: a thread outside the system sends 2M messages to one receiver [2M msgs].
+//! - `tell_batched`: the same with `Hermes::send_all` in batches of 1000 (Hermes only; the
+//!   peers have no batch send, so its ratio is against their `tell_outside`).
 //! - `tell_local`: one receiver sends 2M messages to another (same shard for Hermes) [2M msgs].
 //! - `ping_pong`: two receivers bounce a message (different shards for Hermes with 2) [round trips].
 //! - `ask`: a thread outside asks one receiver, one request at a time [round trips].
@@ -37,6 +39,8 @@ mod subjects;
 use subjects::{Exec, Latch, Msg, Wiring, two_ids, wait};
 
 const TELL: u64 = 2_000_000;
+/// Messages per `send_all` in `tell_batched`.
+const BATCH: u64 = 1000;
 const ROUND_TRIPS: u64 = 100_000;
 const ASKS: u64 = 20_000;
 const CHURN: u64 = 200_000;
@@ -46,6 +50,7 @@ const FAN_MESSAGES: u64 = 100;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Workload {
     TellOutside,
+    TellBatched,
     TellLocal,
     PingPong,
     Ask,
@@ -54,8 +59,9 @@ enum Workload {
 }
 
 impl Workload {
-    const ALL: [Workload; 6] = [
+    const ALL: [Workload; 7] = [
         Workload::TellOutside,
+        Workload::TellBatched,
         Workload::TellLocal,
         Workload::PingPong,
         Workload::Ask,
@@ -66,6 +72,7 @@ impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::TellOutside => "tell_outside",
+            Workload::TellBatched => "tell_batched",
             Workload::TellLocal => "tell_local",
             Workload::PingPong => "ping_pong",
             Workload::Ask => "ask",
@@ -77,7 +84,7 @@ impl Workload {
     /// What one iteration counts: messages, round trips or IDs.
     fn elements(self) -> u64 {
         match self {
-            Workload::TellOutside | Workload::TellLocal => TELL,
+            Workload::TellOutside | Workload::TellBatched | Workload::TellLocal => TELL,
             Workload::PingPong => ROUND_TRIPS,
             Workload::Ask => ASKS,
             Workload::Churn => CHURN,
@@ -122,6 +129,12 @@ impl Subject {
         }
     }
 
+    /// Peers have no batch send: `tell_batched` is Hermes only (compared with the peers'
+    /// `tell_outside`).
+    fn runs(self, w: Workload) -> bool {
+        matches!(self, Subject::Hermes(..)) || w != Workload::TellBatched
+    }
+
     fn is_peer(self) -> bool {
         matches!(
             self,
@@ -159,6 +172,17 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
             timed(r, stop, |r| {
                 for i in 0..TELL {
                     r.hermes.send(0, Msg::Tell(i)).expect("open");
+                }
+                wait(r.hermes.ask(0, Msg::Sync));
+            })
+        }
+        Workload::TellBatched => {
+            let r = exec.start(shards, Config::default(), Wiring::default());
+            r.activate([0].into_iter());
+            timed(r, stop, |r| {
+                for start in (0..TELL).step_by(BATCH as usize) {
+                    let batch = (start..(start + BATCH).min(TELL)).map(|i| (0, Msg::Tell(i)));
+                    r.hermes.send_all(batch).expect("open");
                 }
                 wait(r.hermes.ask(0, Msg::Sync));
             })
@@ -245,6 +269,7 @@ fn actix(w: Workload) -> Duration {
     let host = ActixHost::start();
     let stop = drop::<ActixHost>;
     match w {
+        Workload::TellBatched => unreachable!("peers have no batch send"),
         Workload::TellOutside => {
             let a = host.spawn(1, Wiring::default()).remove(0);
             timed(host, stop, |_| {
@@ -324,6 +349,7 @@ fn kameo(threads: usize, w: Workload) -> Duration {
     let rt = subjects::tokio_runtime(threads);
     let stop = drop::<tokio::runtime::Runtime>;
     match w {
+        Workload::TellBatched => unreachable!("peers have no batch send"),
         Workload::TellOutside => {
             let a = rt.block_on(async { spawn(Wiring::default()) });
             timed(rt, stop, |rt| {
@@ -421,6 +447,7 @@ fn ractor(threads: usize, w: Workload) -> Duration {
     let rt = subjects::tokio_runtime(threads);
     let stop = drop::<tokio::runtime::Runtime>;
     match w {
+        Workload::TellBatched => unreachable!("peers have no batch send"),
         Workload::TellOutside => {
             let a = rt.block_on(spawn(Wiring::default()));
             timed(rt, stop, |rt| {
@@ -518,6 +545,7 @@ fn mpsc(threads: usize, w: Workload) -> Duration {
     let rt = subjects::tokio_runtime(threads);
     let stop = drop::<tokio::runtime::Runtime>;
     match w {
+        Workload::TellBatched => unreachable!("a channel has no batch send"),
         Workload::TellOutside => {
             let a = rt.block_on(async { spawn(Wiring::default()) });
             timed(rt, stop, |rt| {
@@ -609,7 +637,9 @@ fn bench(filters: &[String], runs: usize) -> Samples {
     for w in Workload::ALL {
         for s in Subject::all() {
             let name = format!("{}/{}", w.name(), s.name());
-            if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            if !s.runs(w)
+                || !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str()))
+            {
                 continue;
             }
             s.run(w);
@@ -643,6 +673,10 @@ fn summary(samples: Samples) {
         return;
     }
     let best_peer = |w: Workload| {
+        let w = match w {
+            Workload::TellBatched => Workload::TellOutside,
+            w => w,
+        };
         per_op
             .iter()
             .filter(|((pw, s), _)| *pw == w && s.is_peer())
@@ -708,5 +742,8 @@ fn main() {
     let started = Instant::now();
     let samples = bench(&filters, runs);
     summary(samples);
-    println!("\n{runs} runs per case (median shown), {:.0} s in all", started.elapsed().as_secs_f64());
+    println!(
+        "\n{runs} runs per case (median shown), {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
 }
