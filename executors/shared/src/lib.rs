@@ -63,6 +63,7 @@ mod options;
 mod reply;
 mod shard;
 mod signal;
+mod spin;
 
 pub use handle::{Finished, Hermes, Runtime, Shards, WouldDeadlock, launch};
 pub use inbox::Wake;

@@ -20,6 +20,7 @@ use hermes_core::{
 use crate::inbox::{self, Envelope, Inbox, Scheduled};
 use crate::options::DeadLetterSink;
 use crate::signal::Signal;
+use crate::spin;
 use crate::{Key, Message};
 
 /// Commands handled per turn before the shard looks at its inbox and timers again, so that
@@ -28,11 +29,6 @@ const COMMANDS_PER_TURN: usize = 256;
 
 /// Inbox items taken per turn, so that a stream from outside cannot starve the receivers.
 const INBOX_PER_TURN: usize = 1024;
-
-/// Polls of the inbox with a pause between, when a blocking shard watches it before sleeping.
-const WATCH_SPINS: u32 = 100;
-/// Polls of the inbox with a yield between, after the pauses, before sleeping.
-const WATCH_YIELDS: u32 = 50;
 
 /// Inbox items taken per turn while the router still has commands left from the last turn: a
 /// backlog waits in the inbox (whose memory is freed as it drains) rather than in the router
@@ -237,32 +233,14 @@ where
     }
 
     /// After a turn that found nothing to do, watches the inbox without sleeping for a short
-    /// while: true if mail came (or the deadline passed), false if the shard is parked again and
-    /// its thread should sleep.
-    ///
-    /// Waking a sleeping thread costs the waker a system call and the sleeper a trip through
-    /// the scheduler, tens of microseconds on a virtual machine; a peer shard or an asker that
-    /// answers at once (a ping-pong across shards, a blocking ask) then costs neither. While
-    /// watching, the shard counts as awake, so senders do not ring its bell. First polls with a
-    /// pause between, then polls with a yield of the time slice between, so that on a busy
-    /// machine the thread we wait for gets the core. Tens of microseconds at most, and only
-    /// after a turn: an idle shard sleeps.
+    /// while (see [`spin::poll_briefly`]): true if mail came, false if the shard is parked
+    /// again and its thread should sleep (until a wake or the deadline). While watching, the
+    /// shard counts as awake, so senders do not ring its bell. Only after a turn: an idle shard
+    /// sleeps.
     fn mail_soon(&self, deadline: Option<Instant>) -> bool {
         let inbox = self.inbox();
         inbox.unpark();
-        for i in 0..WATCH_SPINS + WATCH_YIELDS {
-            if inbox.is_pending() {
-                return true;
-            }
-            if i < WATCH_SPINS {
-                std::hint::spin_loop();
-            } else if deadline.is_some_and(|at| Instant::now() >= at) {
-                return true;
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        !inbox.park()
+        spin::poll_briefly(deadline, || inbox.is_pending()) || !inbox.park()
     }
 
     /// Runs the shard as a task until it exits: awaits `yield_now()` between busy turns, so

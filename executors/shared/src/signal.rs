@@ -20,13 +20,6 @@ struct State<T> {
     sleepers: usize,
 }
 
-/// Polls of `is_set` (with a pause between) before a waiter yields its time slice.
-const SPINS: u32 = 64;
-/// Yields of the time slice (each a poll of `is_set`) before a waiter sleeps. An answer that
-/// comes within them costs the answering thread no wake-up call and the waiter no sleep;
-/// each yield gives the core to any other thread that wants it.
-const YIELDS: u32 = 64;
-
 impl<T> Default for Signal<T> {
     fn default() -> Self {
         Signal {
@@ -118,17 +111,6 @@ impl<T> Signal<T> {
     /// Waits briefly without sleeping for the value to be set: an answer that is on its way
     /// (a receiver on an awake shard) then costs no sleep and wake-up.
     fn spin(&self, deadline: Option<Instant>) {
-        for i in 0..SPINS + YIELDS {
-            if self.is_set.load(Ordering::Acquire) {
-                return;
-            }
-            if i < SPINS {
-                std::hint::spin_loop();
-            } else if deadline.is_some_and(|d| Instant::now() >= d) {
-                return;
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        crate::spin::poll_briefly(deadline, || self.is_set.load(Ordering::Acquire));
     }
 }
