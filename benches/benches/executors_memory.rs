@@ -242,13 +242,13 @@ fn main() {
         .map(|(_, b)| *b)
         .fold(f64::INFINITY, f64::min);
     println!("idle receivers with zero-sized state, {RECEIVERS} of them, heap bytes each:");
-    println!("| system/threads | bytes per idle receiver | vs best peer |");
+    println!("| system/threads | bytes per idle receiver | best peer / this |");
     println!("|---|---|---|");
     for (name, bytes) in &rows {
         let ratio = if is_peer(name) || !best.is_finite() {
             String::new()
         } else {
-            format!("{:.1}x less", best / bytes)
+            format!("{:.1}x", best / bytes)
         };
         println!("| {name} | {bytes:.0} | {ratio} |");
     }
