@@ -36,7 +36,7 @@ use hermes_executor::Reply;
 #[path = "executors/subjects.rs"]
 mod subjects;
 
-use subjects::{Exec, Latch, Msg, Wiring, two_ids, wait};
+use subjects::{Exec, Msg, Wiring, two_ids, wait};
 
 const TELL: u64 = 2_000_000;
 /// Messages per `send_all` in `tell_batched`.
@@ -154,6 +154,16 @@ impl Subject {
     }
 }
 
+/// Sends `FAN_MESSAGES` rounds over `receivers` with `send`, then waits for `done`.
+fn fan_out_rounds<T>(receivers: &[T], send: impl Fn(&T), done: hermes_executor::Asked<()>) {
+    for _ in 0..FAN_MESSAGES {
+        for r in receivers {
+            send(r);
+        }
+    }
+    wait(done);
+}
+
 /// Times `work` on a fresh `running` system; stops it afterwards (untimed).
 fn timed<R>(running: R, stop: impl FnOnce(R), work: impl FnOnce(&R)) -> Duration {
     let start = Instant::now();
@@ -227,11 +237,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
             })
         }
         Workload::Churn => {
-            let (latch, done) = Latch::new(CHURN);
-            let wiring = Wiring {
-                on_deactivate: Some(latch),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::churn(CHURN);
             let r = exec.start(shards, Config::default(), wiring);
             timed(r, stop, |r| {
                 for id in 0..CHURN {
@@ -241,11 +247,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
             })
         }
         Workload::FanOut => {
-            let (latch, done) = Latch::new(FAN_RECEIVERS);
-            let wiring = Wiring {
-                on_fan: Some((latch, FAN_MESSAGES)),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::fan_out(FAN_RECEIVERS, FAN_MESSAGES);
             let r = exec.start(shards, Config::default(), wiring);
             r.activate(0..FAN_RECEIVERS);
             timed(r, stop, |r| {
@@ -310,11 +312,7 @@ fn actix(w: Workload) -> Duration {
             })
         }
         Workload::Churn => {
-            let (latch, done) = Latch::new(CHURN);
-            let wiring = Wiring {
-                on_deactivate: Some(latch),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::churn(CHURN);
             timed(host, stop, |host| {
                 host.on(move || {
                     for _ in 0..CHURN {
@@ -325,19 +323,10 @@ fn actix(w: Workload) -> Duration {
             })
         }
         Workload::FanOut => {
-            let (latch, done) = Latch::new(FAN_RECEIVERS);
-            let wiring = Wiring {
-                on_fan: Some((latch, FAN_MESSAGES)),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::fan_out(FAN_RECEIVERS, FAN_MESSAGES);
             let actors = host.spawn(FAN_RECEIVERS, wiring);
             timed(host, stop, |_| {
-                for _ in 0..FAN_MESSAGES {
-                    for a in &actors {
-                        a.do_send(Fan);
-                    }
-                }
-                wait(done);
+                fan_out_rounds(&actors, |a| a.do_send(Fan), done)
             })
         }
     }
@@ -399,11 +388,7 @@ fn kameo(threads: usize, w: Workload) -> Duration {
             })
         }
         Workload::Churn => {
-            let (latch, done) = Latch::new(CHURN);
-            let wiring = Wiring {
-                on_deactivate: Some(latch),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::churn(CHURN);
             timed(rt, stop, |rt| {
                 rt.spawn(async move {
                     for _ in 0..CHURN {
@@ -414,11 +399,7 @@ fn kameo(threads: usize, w: Workload) -> Duration {
             })
         }
         Workload::FanOut => {
-            let (latch, done) = Latch::new(FAN_RECEIVERS);
-            let wiring = Wiring {
-                on_fan: Some((latch, FAN_MESSAGES)),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::fan_out(FAN_RECEIVERS, FAN_MESSAGES);
             let actors: Vec<_> = rt.block_on(async {
                 let actors: Vec<_> = (0..FAN_RECEIVERS).map(|_| spawn(wiring.clone())).collect();
                 for a in &actors {
@@ -500,11 +481,7 @@ fn ractor(threads: usize, w: Workload) -> Duration {
             })
         }
         Workload::Churn => {
-            let (latch, done) = Latch::new(CHURN);
-            let wiring = Wiring {
-                on_deactivate: Some(latch),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::churn(CHURN);
             timed(rt, stop, |rt| {
                 rt.spawn(async move {
                     for _ in 0..CHURN {
@@ -515,11 +492,7 @@ fn ractor(threads: usize, w: Workload) -> Duration {
             })
         }
         Workload::FanOut => {
-            let (latch, done) = Latch::new(FAN_RECEIVERS);
-            let wiring = Wiring {
-                on_fan: Some((latch, FAN_MESSAGES)),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::fan_out(FAN_RECEIVERS, FAN_MESSAGES);
             let actors: Vec<_> = rt.block_on(async {
                 let mut actors = Vec::new();
                 for _ in 0..FAN_RECEIVERS {
@@ -528,12 +501,7 @@ fn ractor(threads: usize, w: Workload) -> Duration {
                 actors
             });
             timed(rt, stop, |_| {
-                for _ in 0..FAN_MESSAGES {
-                    for a in &actors {
-                        a.cast(RMsg::Fan).expect("alive");
-                    }
-                }
-                wait(done);
+                fan_out_rounds(&actors, |a| a.cast(RMsg::Fan).expect("alive"), done)
             })
         }
     }
@@ -590,11 +558,7 @@ fn mpsc(threads: usize, w: Workload) -> Duration {
             })
         }
         Workload::Churn => {
-            let (latch, done) = Latch::new(CHURN);
-            let wiring = Wiring {
-                on_deactivate: Some(latch),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::churn(CHURN);
             timed(rt, stop, |rt| {
                 rt.spawn(async move {
                     for _ in 0..CHURN {
@@ -605,20 +569,11 @@ fn mpsc(threads: usize, w: Workload) -> Duration {
             })
         }
         Workload::FanOut => {
-            let (latch, done) = Latch::new(FAN_RECEIVERS);
-            let wiring = Wiring {
-                on_fan: Some((latch, FAN_MESSAGES)),
-                ..Wiring::default()
-            };
+            let (wiring, done) = Wiring::fan_out(FAN_RECEIVERS, FAN_MESSAGES);
             let tasks: Vec<_> =
                 rt.block_on(async { (0..FAN_RECEIVERS).map(|_| spawn(wiring.clone())).collect() });
             timed(rt, stop, |_| {
-                for _ in 0..FAN_MESSAGES {
-                    for t in &tasks {
-                        t.send(PMsg::Fan).expect("alive");
-                    }
-                }
-                wait(done);
+                fan_out_rounds(&tasks, |t| t.send(PMsg::Fan).expect("alive"), done)
             })
         }
     }

@@ -97,6 +97,29 @@ pub struct Wiring {
     pub on_fan: Option<(Arc<Latch>, u64)>,
 }
 
+impl Wiring {
+    /// Churn: arrive at a latch when deactivated; answers once `ids` receivers have been.
+    pub fn churn(ids: u64) -> (Wiring, Asked<()>) {
+        let (latch, done) = Latch::new(ids);
+        let wiring = Wiring {
+            on_deactivate: Some(latch),
+            ..Wiring::default()
+        };
+        (wiring, done)
+    }
+
+    /// Fan-out: arrive at a latch after `messages` fan-out messages; answers once `receivers`
+    /// receivers have had them all.
+    pub fn fan_out(receivers: u64, messages: u64) -> (Wiring, Asked<()>) {
+        let (latch, done) = Latch::new(receivers);
+        let wiring = Wiring {
+            on_fan: Some((latch, messages)),
+            ..Wiring::default()
+        };
+        (wiring, done)
+    }
+}
+
 /// The one Hermes receiver every workload uses.
 pub struct Node {
     count: u64,

@@ -94,22 +94,27 @@ fn assert_in_order(
     }
 }
 
+/// Runs `work(thread)` on `threads` threads at once and waits for all of them.
+fn on_threads(threads: usize, work: impl Fn(usize) + Sync) {
+    std::thread::scope(|s| {
+        for thread in 0..threads {
+            let work = &work;
+            s.spawn(move || work(thread));
+        }
+    });
+}
+
 /// Messages from one sender to one receiver arrive in send order, with several senders at once.
 pub fn per_sender_order<H: Harness>(h: &H) {
     const SENDERS: usize = 4;
     const PER_SENDER: u64 = 5_000;
     const IDS: u64 = 8;
     let hermes = h.start(options(), sequence_checker(SENDERS));
-    std::thread::scope(|s| {
-        for sender in 0..SENDERS {
-            let hermes = &hermes;
-            s.spawn(move || {
-                for n in 0..PER_SENDER {
-                    for id in 0..IDS {
-                        hermes.send(id, Seq::From(sender, n)).unwrap();
-                    }
-                }
-            });
+    on_threads(SENDERS, |sender| {
+        for n in 0..PER_SENDER {
+            for id in 0..IDS {
+                hermes.send(id, Seq::From(sender, n)).unwrap();
+            }
         }
     });
     assert_in_order(&hermes, IDS, SENDERS, PER_SENDER);
@@ -123,25 +128,20 @@ pub fn send_all_in_order_and_refused_after_shutdown<H: Harness>(h: &H) {
     const PER_SENDER: u64 = 3_000;
     const IDS: u64 = 8;
     let hermes = h.start(options(), sequence_checker(SENDERS));
-    std::thread::scope(|s| {
-        for sender in 0..SENDERS {
-            let hermes = &hermes;
-            s.spawn(move || {
-                // Batches of 100 rounds over every ID; the last sender sends every other batch
-                // one by one.
-                for start in (0..PER_SENDER).step_by(100) {
-                    let rounds = start..(start + 100).min(PER_SENDER);
-                    let pairs = rounds.flat_map(|n| (0..IDS).map(move |id| (id, n)));
-                    if sender == SENDERS - 1 && start % 200 == 100 {
-                        for (id, n) in pairs {
-                            hermes.send(id, Seq::From(sender, n)).unwrap();
-                        }
-                    } else {
-                        let batch = pairs.map(|(id, n)| (id, Seq::From(sender, n)));
-                        hermes.send_all(batch).unwrap();
-                    }
+    on_threads(SENDERS, |sender| {
+        // Batches of 100 rounds over every ID; the last sender sends every other batch one by
+        // one.
+        for start in (0..PER_SENDER).step_by(100) {
+            let rounds = start..(start + 100).min(PER_SENDER);
+            let pairs = rounds.flat_map(|n| (0..IDS).map(move |id| (id, n)));
+            if sender == SENDERS - 1 && start % 200 == 100 {
+                for (id, n) in pairs {
+                    hermes.send(id, Seq::From(sender, n)).unwrap();
                 }
-            });
+            } else {
+                let batch = pairs.map(|(id, n)| (id, Seq::From(sender, n)));
+                hermes.send_all(batch).unwrap();
+            }
         }
     });
     assert_in_order(&hermes, IDS, SENDERS, PER_SENDER);
