@@ -134,6 +134,9 @@ pub struct Shard<K, M> {
     incoming: VecDeque<Envelope<K, M>>,
     /// Messages for each other shard, sent in one push per shard per turn.
     outgoing: Vec<Vec<Envelope<K, M>>>,
+    /// Since it last parked, the shard took mail or sent some to another shard: an answer may
+    /// be on its way, worth watching for before sleeping (a timer tick alone is not).
+    conversing: bool,
     /// A command polled when the turn's budget ran out.
     carry: Option<Command>,
     /// Dead letters this shard made itself (the router counts its own).
@@ -160,6 +163,7 @@ where
             factory,
             incoming: VecDeque::new(),
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
+            conversing: false,
             carry: None,
             dead_letters: 0,
             exited: false,
@@ -193,6 +197,7 @@ where
                 break;
             };
             self.accept(envelope);
+            self.conversing = true;
         }
         let mut more = !self.incoming.is_empty();
         if self.router.poll_timeout().is_some_and(|at| at <= now) {
@@ -216,14 +221,16 @@ where
     /// calls `park(deadline)`, which sleeps until the shard's [`Wake`](crate::Wake) fires or the
     /// deadline (if any) passes.
     ///
-    /// Before it sleeps, the thread watches its inbox for a short while (tens of microseconds
-    /// at most, and only after a turn): a reply on its way costs no sleep and wake-up.
+    /// Before it sleeps, the thread watches its inbox for a short while (tens of microseconds at
+    /// most, and only if it took or sent mail since it last slept, not after a bare timer tick):
+    /// a reply on its way costs no sleep and wake-up.
     pub fn run_blocking(mut self, mut park: impl FnMut(Option<Instant>)) {
         loop {
             match self.turn() {
                 Turn::Busy => {}
                 Turn::Park(deadline) => {
-                    if !self.mail_soon(deadline) {
+                    let conversing = std::mem::take(&mut self.conversing);
+                    if !(conversing && self.mail_soon(deadline)) {
                         park(deadline);
                     }
                 }
@@ -355,6 +362,7 @@ where
                 continue;
             }
             let mut out = std::mem::take(&mut self.outgoing[shard]);
+            self.conversing = true;
             if self.core.inboxes[shard].push_all(&mut out).is_err() {
                 // That shard has closed: nothing there is live to take them.
                 for envelope in out.drain(..) {
