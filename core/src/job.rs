@@ -191,7 +191,13 @@ fn guarded<K: 'static, M: 'static>(
     }
 }
 
-fn panic_message(payload: Box<dyn Any + Send>) -> Arc<str> {
+/// The message a caught panic carried (`panic!("...")`), for logs and dead letters.
+///
+/// ```
+/// let caught = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+/// assert_eq!(&*hermes_core::panic_message(caught), "boom 7");
+/// ```
+pub fn panic_message(payload: Box<dyn Any + Send>) -> Arc<str> {
     if let Some(s) = payload.downcast_ref::<&str>() {
         Arc::from(*s)
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -69,7 +69,7 @@ pub use context::Context;
 pub use driver::Driver;
 pub use error::{CommandError, DeadLetter, DeadLetterReason, SendError, SendErrorKind};
 pub use factory::{Activation, Factory, FactoryError};
-pub use job::{Done, Job};
+pub use job::{Done, Job, panic_message};
 pub use placement::{Placement, Sharded};
 pub use receiver::{Deactivation, Receiver};
 #[cfg(feature = "fault-injection")]

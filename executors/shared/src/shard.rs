@@ -3,7 +3,6 @@
 //! [`Shard::turn`] does every piece of work that is ready and says what the executor should do
 //! next: go again, park until a wake or a deadline, or exit. An executor is the loop around it.
 
-use std::any::Any;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,6 +14,7 @@ use std::time::Instant;
 
 use hermes_core::{
     Activation, Command, DeadLetter, DeadLetterReason, Factory, Recipient, Router, Sharded, Stats,
+    panic_message,
 };
 
 use crate::inbox::{self, Envelope, Inbox, Scheduled};
@@ -463,13 +463,3 @@ impl fmt::Display for FactoryPanicked {
 }
 
 impl std::error::Error for FactoryPanicked {}
-
-fn panic_message(payload: Box<dyn Any + Send>) -> Arc<str> {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        Arc::from(*s)
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        Arc::from(s.as_str())
-    } else {
-        Arc::from("non-string panic payload")
-    }
-}
