@@ -1,0 +1,1 @@
+//! hermes-mqtt: an MQTT 3.1.1 broker built on Hermes receivers.

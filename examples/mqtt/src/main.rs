@@ -1,0 +1,3 @@
+//! The `hermes-mqtt` broker binary.
+
+fn main() {}
