@@ -66,6 +66,18 @@ pub struct Summary {
     pub deactivations: u64,
     /// Handlers (or activated hooks) that panicked.
     pub panics: u64,
+    /// Handlers replaced with `become_` (and kept: not rolled back by a panic).
+    pub becomes: u64,
+    /// Receivers that stopped themselves.
+    pub stops: u64,
+    /// Receivers deactivated for being idle.
+    pub idle_deactivations: u64,
+    /// Messages accepted that were addressed by handle.
+    pub by_handle: u64,
+    /// Messages refused or reported because a mailbox was full.
+    pub full: u64,
+    /// Messages refused or reported because their handle was stale.
+    pub stale: u64,
     /// Routers closed.
     pub closes: u64,
     /// Driver mistakes the router refused.
@@ -86,6 +98,12 @@ impl AddAssign for Summary {
         self.activations += o.activations;
         self.deactivations += o.deactivations;
         self.panics += o.panics;
+        self.becomes += o.becomes;
+        self.stops += o.stops;
+        self.idle_deactivations += o.idle_deactivations;
+        self.by_handle += o.by_handle;
+        self.full += o.full;
+        self.stale += o.stale;
         self.closes += o.closes;
         self.misuses += o.misuses;
         self.max_live = self.max_live.max(o.max_live);

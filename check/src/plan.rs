@@ -23,6 +23,9 @@ pub struct Plan {
     pub(crate) idle_timeout: Duration,
     pub(crate) mailbox_capacity: Option<usize>,
     pub(crate) batch_size: usize,
+    /// Outside timers are numbered by the world and scheduled with `Router::schedule_as` (as the
+    /// executors do), not numbered by the router with `Router::schedule`.
+    pub(crate) numbered_timers: bool,
     pub(crate) scripts: Vec<Vec<Instr>>,
     pub(crate) ops: Vec<Op>,
 }
@@ -49,12 +52,33 @@ impl Plan {
         self.ops.is_empty()
     }
 
+    /// The same operations with every router's idle timeout set to `timeout` (zero deactivates
+    /// a receiver as soon as its mailbox is empty).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Plan {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The same operations with every mailbox bounded to `capacity` messages (`None`:
+    /// unbounded).
+    pub fn with_mailbox_capacity(mut self, capacity: Option<usize>) -> Plan {
+        self.mailbox_capacity = capacity.map(|c| c.max(1));
+        self
+    }
+
+    /// The same operations with at most `batch` messages per `Run`.
+    pub fn with_batch_size(mut self, batch: usize) -> Plan {
+        self.batch_size = batch.max(1);
+        self
+    }
+
     fn empty() -> Plan {
         Plan {
             two_routers: false,
             idle_timeout: Duration::from_secs(300),
             mailbox_capacity: None,
             batch_size: 64,
+            numbered_timers: false,
             scripts: Vec::new(),
             ops: Vec::new(),
         }
@@ -62,15 +86,20 @@ impl Plan {
 
     fn decode(u: &mut Unstructured<'_>) -> Result<Plan> {
         let two_routers = u.ratio(1, 3)?;
-        let idle_timeout = match u.int_in_range(0..=3u8)? {
+        // Short timeouts make idle deadlines meet timer deadlines and small clock moves.
+        let idle_timeout = match u.int_in_range(0..=4u8)? {
             0 => Duration::ZERO,
-            1 => Duration::from_millis(40),
-            2 => Duration::from_secs(1),
+            1 => Duration::from_millis(4),
+            2 => Duration::from_millis(40),
+            3 => Duration::from_secs(1),
             _ => Duration::from_secs(300),
         };
-        let mailbox_capacity = match u.int_in_range(0..=3u8)? {
-            0 | 1 => None,
-            n => Some(usize::from(n) * 2 - 1),
+        let mailbox_capacity = match u.int_in_range(0..=7u8)? {
+            0..=3 => None,
+            4 => Some(1),
+            5 => Some(2),
+            6 => Some(3),
+            _ => Some(5),
         };
         let batch_size = match u.int_in_range(0..=3u8)? {
             0 => 1,
@@ -78,6 +107,7 @@ impl Plan {
             2 => 3,
             _ => 64,
         };
+        let numbered_timers = u.ratio(1, 3)?;
         let n = u.int_in_range(1..=MAX_SCRIPTS)?;
         let mut scripts = Vec::new();
         for _ in 0..n {
@@ -97,6 +127,7 @@ impl Plan {
             idle_timeout,
             mailbox_capacity,
             batch_size,
+            numbered_timers,
             scripts,
             ops,
         })
@@ -272,7 +303,11 @@ impl<'a> Arbitrary<'a> for Op {
             140..=164 => Op::Execute { which: a },
             165..=199 => Op::CheckIn { which: a },
             200..=209 => Op::Forward { count: a % 4 + 1 },
-            210..=224 => Op::Advance { by: delay(a) },
+            210..=217 => Op::Advance { by: delay(a) },
+            // Small steps, so that deadlines a few milliseconds apart are reached one by one.
+            218..=224 => Op::Advance {
+                by: Duration::from_millis(u64::from(a % 8)),
+            },
             225..=231 => Op::AdvanceToDeadline { early: a % 3 },
             232..=243 => Op::Tick { router: a },
             // Closing ends most of a plan's interest, so it is rare.

@@ -59,9 +59,20 @@ pub struct Msg {
 /// The unique number every message gets when it is created.
 pub(crate) type Seq = u64;
 
-/// How an instance's lifecycle hooks behave; chosen when the factory creates it.
+/// Whether plans make the factory panic, for an ID it would otherwise make a receiver for.
+///
+/// Off until `Router::handle` catches a panicking factory itself and reports the queued messages
+/// as `FactoryFailed` dead letters (as the executors do today); then switch it on. The model
+/// expects exactly that, without counting the panic in `Stats::panics`. Checked-out activations
+/// call the factory in the world, which catches the panic as an executor does.
+pub(crate) const FACTORY_PANICS: bool = false;
+
+/// How an activation goes and how the instance's lifecycle hooks behave; chosen when the factory
+/// is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Hooks {
+    /// The factory panics instead of making an instance (only if [`FACTORY_PANICS`]).
+    pub(crate) factory_panics: bool,
     /// The `activated` hook panics (the activation fails).
     pub(crate) activation_panics: bool,
     /// The `deactivated` hook sends a farewell message: (to, script).
@@ -74,6 +85,7 @@ impl Hooks {
     /// Hooks from one byte of input; most bytes give plain hooks.
     pub(crate) fn from_luck(luck: u8) -> Hooks {
         Hooks {
+            factory_panics: FACTORY_PANICS && luck % 13 == 12,
             activation_panics: luck < 10,
             farewell: (luck % 5 == 1).then(|| (Target::from_byte(luck / 5), luck / 3)),
             deactivation_panics: luck % 16 == 15,
@@ -220,6 +232,7 @@ pub(crate) fn activation(
     match id.class() {
         IdClass::Refused => Activation::Refused,
         IdClass::Failing => Activation::failed(FactoryFailure),
+        IdClass::Normal if hooks.factory_panics => std::panic::panic_any(SCRIPTED_PANIC),
         IdClass::Normal => Activation::ready(Scripted {
             shared: shared.clone(),
             inst,
@@ -240,6 +253,18 @@ impl fmt::Display for FactoryFailure {
 }
 
 impl std::error::Error for FactoryFailure {}
+
+/// The error an executor reports for a factory that panicked: the panic's message.
+#[derive(Debug)]
+pub(crate) struct FactoryPanicked(pub(crate) std::sync::Arc<str>);
+
+impl fmt::Display for FactoryPanicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the factory panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for FactoryPanicked {}
 
 /// The payload of every panic a script asks for; the checker's panic hook keeps these quiet.
 pub(crate) const SCRIPTED_PANIC: &str = "hermes-check: scripted panic";
@@ -385,6 +410,7 @@ mod tests {
     #[test]
     fn the_final_drain_uses_plain_hooks() {
         let plain = Hooks {
+            factory_panics: false,
             activation_panics: false,
             farewell: None,
             deactivation_panics: false,

@@ -2,17 +2,18 @@
 //! order an executor may, a ledger of every message, and the checks run after every step.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hermes_core::{
-    Activation, Addr, Command, Config, Context, DeadLetter, DeadLetterReason, Done, Job, Recipient,
-    Router, SendError, SendErrorKind, Stats,
+    Activation, Addr, Command, Config, Context, Deactivation, DeadLetter, DeadLetterReason, Done,
+    Job, Recipient, Router, SendError, SendErrorKind, Stats, TimerId, panic_message,
 };
 
 use crate::model::{self, ECmd, End, Kind, MJob, MState, Made, Model, Outcome, Reason, Refusal};
 use crate::plan::{Mode, Op, Plan};
-use crate::script::{self, Event, Hooks, Id, IdClass, Msg, Seq, Shared, is_head};
+use crate::script::{self, Event, FactoryPanicked, Hooks, Id, IdClass, Msg, Seq, Shared, is_head};
 use crate::violation::{Broken, Checked, Invariant, broken, ensure};
 use crate::{Summary, Tweak};
 
@@ -22,6 +23,8 @@ const BUDGET: u32 = 300;
 const SETTLE_LIMIT: usize = 100_000;
 /// A `luck` byte that gives plain hooks, for the final drain.
 pub(crate) const PLAIN_LUCK: u8 = 200;
+/// The number of the first outside timer the world numbers itself.
+const FIRST_NUMBERED_TIMER: u64 = (1 << 32) - 3;
 
 /// Who sent a message, for the per-sender order check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,6 +100,10 @@ pub(crate) struct World {
     next_inst: u32,
     /// Receivers with a job checked out.
     busy: HashSet<(usize, Id)>,
+    /// Outside timers are numbered here and scheduled with `Router::schedule_as`.
+    numbered_timers: bool,
+    /// The next number of an outside timer, per router, when the world numbers them.
+    outside_timers: Vec<u64>,
     pub(crate) summary: Summary,
 }
 
@@ -145,6 +152,9 @@ impl World {
             instances: BTreeMap::new(),
             next_inst: 0,
             busy: HashSet::new(),
+            numbered_timers: plan.numbered_timers,
+            // Just below 2^32, so the numbers cross into the bits a timer ID keeps elsewhere.
+            outside_timers: vec![FIRST_NUMBERED_TIMER; n as usize],
             summary: Summary::default(),
         }
     }
@@ -266,6 +276,7 @@ impl World {
 
     fn accept(&mut self, seq: Seq, sender: Sender, to: Recipient<Id>, deadline: Option<Duration>) {
         self.summary.messages += 1;
+        self.summary.by_handle += u64::from(matches!(to, Recipient::Addr(_)));
         self.ledger.insert(
             seq,
             Entry {
@@ -304,6 +315,7 @@ impl World {
                     });
                 }
                 self.summary.refused += 1;
+                self.count_refusal(refusal.into());
             }
             (Ok(()), Err(refusal)) => {
                 return Err(Broken {
@@ -326,9 +338,22 @@ impl World {
     fn schedule_outside(&mut self, r: usize, to: Id, after: Duration, script: u8) -> Checked {
         let seq = self.new_seq();
         let deadline = self.now + after;
-        let got = self.routers[r].schedule(to, self.base + deadline, Msg { seq, script });
+        let at = self.base + deadline;
+        let msg = Msg { seq, script };
+        let got = if self.numbered_timers {
+            let id = TimerId::outside(r as u32, self.outside_timers[r]);
+            self.outside_timers[r] += 1;
+            self.routers[r].schedule_as(id, to, at, msg).map(|()| id)
+        } else {
+            self.routers[r].schedule(to, at, msg)
+        };
         match got {
             Ok(id) => {
+                ensure!(
+                    id.router() == r as u32,
+                    Timers,
+                    "router {r} gave an outside timer the ID {id:?}, which names another router"
+                );
                 ensure!(
                     !self.models[r].closing,
                     Close,
@@ -367,6 +392,7 @@ impl World {
                 let made = match id.class() {
                     IdClass::Refused => Made::Refused,
                     IdClass::Failing => Made::Failed,
+                    IdClass::Normal if hooks.factory_panics => Made::Failed,
                     IdClass::Normal => {
                         self.next_inst += 1;
                         self.instances.insert(
@@ -389,7 +415,13 @@ impl World {
                         self.routers[r].handle(command, &factory, now)
                     }
                     Mode::CheckOut => {
-                        let activation = script::activation(&self.shared, id, inst, hooks);
+                        // As an executor does when it calls the factory on another thread.
+                        let activation = catch_unwind(AssertUnwindSafe(|| {
+                            script::activation(&self.shared, id, inst, hooks)
+                        }))
+                        .unwrap_or_else(|panic| {
+                            Activation::failed(FactoryPanicked(panic_message(panic)))
+                        });
                         self.routers[r].activate(addr, activation, now)
                     }
                 };
@@ -442,6 +474,13 @@ impl World {
                             self.busy.insert((r, id)),
                             OneAtATime,
                             "{id:?} was checked out a second time while a job of it was out"
+                        );
+                        ensure!(
+                            job.is_empty() == matches!(command, Command::Deactivate(_)),
+                            Resources,
+                            "{command:?} checked out a job of {} messages: work for a receiver \
+                             with nothing to do",
+                            job.len()
                         );
                         ensure!(
                             job.len() == job_model.len() && job.addr() == addr && *job.id() == id,
@@ -502,14 +541,22 @@ impl World {
         self.checked_in(r, &flight.model, &outcome)
     }
 
-    /// Checks what a job's receiver did, as it ran.
+    /// Checks what a job's receiver did, as it ran (now).
     fn executed(&mut self, job: &MJob, events: &[Event]) -> Checked<Outcome> {
         for (k, e) in events.iter().enumerate() {
             match *e {
                 Event::Received {
                     id, addr, seq, now, ..
                 } => {
-                    let now = now.saturating_duration_since(self.base);
+                    ensure!(
+                        now == self.at(),
+                        Timers,
+                        "{id:?} handled #{seq} with ctx.now() {:?} at {:?}: timers it schedules \
+                         would be due at the wrong time",
+                        now.saturating_duration_since(self.base),
+                        self.now
+                    );
+                    let now = self.now;
                     // A message its handler panicked on is reported as a dead letter at check-in.
                     let panicked = events[k + 1..]
                         .iter()
@@ -536,6 +583,7 @@ impl World {
                     );
                     rec.deactivations += 1;
                     self.summary.deactivations += 1;
+                    self.summary.idle_deactivations += u64::from(why == Deactivation::IdleTimeout);
                 }
                 _ => {}
             }
@@ -559,6 +607,8 @@ impl World {
         if matches!(outcome.end, End::Panicked(_) | End::ActivationPanicked) {
             self.summary.panics += 1;
         }
+        self.summary.becomes += u64::from(outcome.version - job.version);
+        self.summary.stops += u64::from(outcome.end == End::Stopped);
         Ok(outcome)
     }
 
@@ -938,6 +988,7 @@ impl World {
             );
             entry.status = Status::Dead;
             self.summary.dead_letters += 1;
+            self.count_refusal(reason);
         }
         if let Some(e) = expected.first() {
             let accepted = stats.messages_routed + stats.messages_forwarded;
@@ -962,6 +1013,15 @@ impl World {
             );
         }
         Ok(())
+    }
+
+    /// Counts a message refused or reported for a reason the summary shows.
+    fn count_refusal(&mut self, reason: Reason) {
+        match reason {
+            Reason::Full => self.summary.full += 1,
+            Reason::Stale => self.summary.stale += 1,
+            _ => {}
+        }
     }
 
     fn compare_outbound(
@@ -1126,6 +1186,17 @@ impl World {
                     rec.deactivations
                 );
             }
+        }
+        // Nothing is due after close, however late.
+        self.now += Duration::from_secs(3600);
+        for r in 0..self.routers.len() {
+            ensure!(
+                self.routers[r].poll_timeout().is_none(),
+                Close,
+                "router {r} has a deadline {:?} after close",
+                self.routers[r].poll_timeout()
+            );
+            self.tick(r)?;
         }
         for r in 0..self.routers.len() {
             let seq = self.new_seq();

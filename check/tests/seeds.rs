@@ -1,12 +1,17 @@
-//! The checker over many seeded plans, as an ordinary deterministic test.
+//! The checker over many seeded plans, as an ordinary deterministic test: the random workloads
+//! of the router's own tests run here (hermes-core's tests keep the targeted ones).
 //!
 //! Replay one seed: `HERMES_CHECK_SEED=1234 cargo test -p hermes-check --test seeds`.
 //! Run more: `HERMES_CHECK_SEEDS=100000 cargo test --release -p hermes-check --test seeds`.
 
-use hermes_check::{Summary, check_seed};
+use std::time::Duration;
+
+use hermes_check::{Plan, Summary, check};
 
 /// Seeds checked by default: enough to exercise every feature, quick in a debug build.
 const DEFAULT_SEEDS: u64 = 800;
+/// Seeds checked by default for each pinned configuration.
+const PINNED_SEEDS: u64 = 150;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -17,25 +22,67 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
-#[test]
-fn seeded_plans_keep_every_invariant() {
+/// Checks the plans of `seeds` (or the one in `HERMES_CHECK_SEED`), each changed by `adjust`;
+/// what they exercised, or `None` when replaying one seed.
+fn check_seeds(test: &str, seeds: u64, adjust: impl Fn(Plan) -> Plan) -> Option<Summary> {
     let replay = env_u64("HERMES_CHECK_SEED");
     let seeds: Vec<u64> = match replay {
         Some(seed) => vec![seed],
-        None => (0..env_u64("HERMES_CHECK_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+        None => (0..env_u64("HERMES_CHECK_SEEDS").unwrap_or(seeds)).collect(),
     };
     let mut total = Summary::default();
     for seed in seeds {
-        match check_seed(seed) {
+        match check(&adjust(Plan::from_seed(seed))) {
             Ok(summary) => total += summary,
             Err(v) => panic!(
-                "seed {seed}: {v}\nreplay with: HERMES_CHECK_SEED={seed} cargo test -p hermes-check --test seeds"
+                "seed {seed}: {v}\nreplay with: HERMES_CHECK_SEED={seed} cargo test -p \
+                 hermes-check --test seeds {test}"
             ),
         }
     }
-    eprintln!("{total:#?}");
-    if replay.is_none() {
+    eprintln!("{test}: {total:#?}");
+    replay.is_none().then_some(total)
+}
+
+#[test]
+fn seeded_plans_keep_every_invariant() {
+    if let Some(total) = check_seeds("seeded_plans", DEFAULT_SEEDS, |plan| plan) {
         assert_exercises_everything(&total);
+    }
+}
+
+/// Mailboxes of one or two messages, no idle time and one message per run: a receiver is
+/// deactivated as soon as it has nothing to do, sends meet full mailboxes all the time, and
+/// messages queue behind every activation and deactivation.
+#[test]
+fn bounded_mailboxes_with_zero_idle_timeout_keep_every_invariant() {
+    for capacity in [1, 2] {
+        let total = check_seeds(
+            "bounded_mailboxes_with_zero_idle_timeout",
+            PINNED_SEEDS,
+            |plan| {
+                plan.with_idle_timeout(Duration::ZERO)
+                    .with_mailbox_capacity(Some(capacity))
+                    .with_batch_size(1)
+            },
+        );
+        if let Some(t) = total {
+            assert!(t.full > 0, "no mailbox was ever full: {t:#?}");
+            assert!(t.idle_deactivations > 0, "nothing went idle: {t:#?}");
+        }
+    }
+}
+
+/// An idle timeout of a few milliseconds, like the timers' delays and the clock's small steps:
+/// idle deadlines often fall due in the same call as timers, or at the same instant.
+#[test]
+fn short_idle_timeouts_keep_every_invariant() {
+    let total = check_seeds("short_idle_timeouts", PINNED_SEEDS, |plan| {
+        plan.with_idle_timeout(Duration::from_millis(4))
+            .with_batch_size(3)
+    });
+    if let Some(t) = total {
+        assert!(t.idle_deactivations > 0 && t.timers_fired > 0, "{t:#?}");
     }
 }
 
@@ -50,7 +97,13 @@ fn assert_exercises_everything(t: &Summary) {
         ("timers fired", t.timers_fired),
         ("activations", t.activations),
         ("deactivations", t.deactivations),
+        ("idle deactivations", t.idle_deactivations),
         ("panics", t.panics),
+        ("handlers replaced", t.becomes),
+        ("receivers stopped", t.stops),
+        ("messages by handle", t.by_handle),
+        ("full mailboxes", t.full),
+        ("stale handles", t.stale),
         ("closes", t.closes),
         ("refused driver mistakes", t.misuses),
     ];
