@@ -1,45 +1,13 @@
-//! The eight invariants of DESIGN.md: targeted tests, and all of them checked on scripted
-//! pseudo-random workloads driven inline and by check-out with late check-ins.
+//! The eight invariants of hermes-core's crate docs, one targeted test each.
+//!
+//! The same invariants on arbitrary operation sequences (one or two routers, commands handled
+//! inline or checked out and checked in late and out of order, against a reference model) are
+//! hermes-check's: `check/tests/seeds.rs` and the `router` fuzz target.
 
 mod common;
 
-use common::workload::{Workload, check_invariants, run};
 use common::*;
 use hermes_core::{Command, CommandError, Config, Deactivation, DeadLetterReason};
-
-const MODES: [Mode; 3] = [
-    Mode::Inline,
-    Mode::Delayed(Order::Fifo),
-    Mode::Delayed(Order::Lifo),
-];
-
-/// Runs the workload of each seed, with sends by handle, in every mode, and checks it.
-fn check_seeds(seeds: std::ops::RangeInclusive<u64>, config: Option<Config>) {
-    for seed in seeds {
-        for mode in MODES {
-            let mut w = Workload::new(seed);
-            w.handles = true;
-            if let Some(config) = &config {
-                w.config = config.clone();
-            }
-            check_invariants(&run(&w, mode));
-        }
-    }
-}
-
-#[test]
-fn all_invariants_hold_on_random_workloads() {
-    check_seeds(1..=6, None);
-}
-
-#[test]
-fn all_invariants_hold_with_bounded_mailboxes_and_zero_idle_timeout() {
-    let config = Config::default()
-        .idle_timeout(ms(0))
-        .mailbox_capacity(2)
-        .batch_size(1);
-    check_seeds(10..=13, Some(config));
-}
 
 #[test]
 fn invariant_1_each_message_delivered_or_reported_exactly_once() {

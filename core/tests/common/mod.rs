@@ -7,8 +7,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-pub mod workload;
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -90,17 +88,6 @@ pub enum Event {
     },
 }
 
-impl Event {
-    pub fn id(&self) -> Id {
-        match self {
-            Event::Activated { id, .. }
-            | Event::Received { id, .. }
-            | Event::Scheduled { id, .. }
-            | Event::Deactivated { id, .. } => *id,
-        }
-    }
-}
-
 /// What the factory does for an ID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
@@ -156,8 +143,6 @@ fn quiet_provoked_panics() {
 #[derive(Default)]
 struct Shared {
     events: Vec<Event>,
-    /// `ctx.now()` when each event was recorded.
-    stamps: Vec<Instant>,
     instances: HashMap<Id, u32>,
     plans: HashMap<Id, Plan>,
     factory_calls: u32,
@@ -180,10 +165,8 @@ impl Recorder {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, now: Instant, event: Event) {
-        let mut shared = self.lock();
-        shared.events.push(event);
-        shared.stamps.push(now);
+    fn push(&self, event: Event) {
+        self.lock().events.push(event);
     }
 
     /// Sets what the factory does for `id` from now on.
@@ -193,20 +176,7 @@ impl Recorder {
 
     /// Takes the events recorded so far.
     pub fn take(&self) -> Vec<Event> {
-        self.take_timed().into_iter().map(|(_, e)| e).collect()
-    }
-
-    /// Takes the events recorded so far, each with the time it was recorded at.
-    pub fn take_timed(&self) -> Vec<(Instant, Event)> {
-        let mut shared = self.lock();
-        let events = std::mem::take(&mut shared.events);
-        let stamps = std::mem::take(&mut shared.stamps);
-        stamps.into_iter().zip(events).collect()
-    }
-
-    /// The events recorded so far, without taking them.
-    pub fn events(&self) -> Vec<Event> {
-        self.lock().events.clone()
+        std::mem::take(&mut self.lock().events)
     }
 
     /// How many times the factory was called.
@@ -264,14 +234,11 @@ pub struct Recording {
 impl Recording {
     fn schedule(&self, ctx: &mut Context<'_, Id, Msg>, to: Id, after: Duration, msg: &Msg) {
         let timer = ctx.schedule_to(to, after, msg.clone());
-        self.rec.push(
-            ctx.now(),
-            Event::Scheduled {
-                id: self.id,
-                timer,
-                msg: msg.clone(),
-            },
-        );
+        self.rec.push(Event::Scheduled {
+            id: self.id,
+            timer,
+            msg: msg.clone(),
+        });
     }
 
     fn follow(&mut self, ctx: &mut Context<'_, Id, Msg>, msg: &Msg) {
@@ -301,39 +268,30 @@ impl Receiver<Id, Msg> for Recording {
     fn receive(&mut self, ctx: &mut Context<'_, Id, Msg>, msg: Msg) {
         assert_eq!(*ctx.id(), self.id, "a receiver got another ID's message");
         self.follow(ctx, &msg);
-        self.rec.push(
-            ctx.now(),
-            Event::Received {
-                id: self.id,
-                instance: self.instance,
-                handler: self.handler,
-                msg,
-            },
-        );
+        self.rec.push(Event::Received {
+            id: self.id,
+            instance: self.instance,
+            handler: self.handler,
+            msg,
+        });
     }
 
-    fn activated(&mut self, ctx: &mut Context<'_, Id, Msg>) {
+    fn activated(&mut self, _ctx: &mut Context<'_, Id, Msg>) {
         if self.plan == Plan::PanicOnActivate {
             panic!("{}", PROVOKED[1]);
         }
-        self.rec.push(
-            ctx.now(),
-            Event::Activated {
-                id: self.id,
-                instance: self.instance,
-            },
-        );
+        self.rec.push(Event::Activated {
+            id: self.id,
+            instance: self.instance,
+        });
     }
 
-    fn deactivated(&mut self, ctx: &mut Context<'_, Id, Msg>, why: Deactivation) {
-        self.rec.push(
-            ctx.now(),
-            Event::Deactivated {
-                id: self.id,
-                instance: self.instance,
-                why,
-            },
-        );
+    fn deactivated(&mut self, _ctx: &mut Context<'_, Id, Msg>, why: Deactivation) {
+        self.rec.push(Event::Deactivated {
+            id: self.id,
+            instance: self.instance,
+            why,
+        });
         if self.plan == Plan::PanicOnDeactivate {
             panic!("{}", PROVOKED[2]);
         }
@@ -382,33 +340,28 @@ pub struct Harness {
     pub router: Router<Id, Msg>,
     pub rec: Recorder,
     factory: Box<dyn Factory<Id, Msg>>,
-    pub t0: Instant,
+    t0: Instant,
     pub now: Instant,
-    pub mode: Mode,
-    /// Every command the router emitted, in order.
-    pub commands: Vec<Command>,
+    mode: Mode,
 }
 
 impl Harness {
+    /// A harness that handles every command inline.
     pub fn new(config: Config) -> Self {
-        Self::with_router(Router::new(config), Mode::Inline)
+        Self::with_mode(config, Mode::Inline)
     }
 
+    /// A harness that handles commands in `mode`.
     pub fn with_mode(config: Config, mode: Mode) -> Self {
-        Self::with_router(Router::new(config), mode)
-    }
-
-    pub fn with_router(router: Router<Id, Msg>, mode: Mode) -> Self {
         let rec = Recorder::default();
         let t0 = Instant::now();
         Harness {
-            router,
+            router: Router::new(config),
             factory: Box::new(rec.factory()),
             rec,
             t0,
             now: t0,
             mode,
-            commands: Vec::new(),
         }
     }
 
@@ -427,11 +380,9 @@ impl Harness {
         self.router.send(to, msg).expect("send refused");
     }
 
-    /// The next command, recorded.
+    /// The next command.
     pub fn poll(&mut self) -> Option<Command> {
-        let c = self.router.poll_command()?;
-        self.commands.push(c);
-        Some(c)
+        self.router.poll_command()
     }
 
     /// The next command, which must be an `Activate`: its handle.
@@ -602,53 +553,10 @@ pub fn received(events: &[Event]) -> Vec<(Id, Msg)> {
         .collect()
 }
 
-/// Groups events by receiver, keeping each receiver's order.
-pub fn per_receiver(events: &[Event]) -> HashMap<Id, Vec<Event>> {
-    let mut map: HashMap<Id, Vec<Event>> = HashMap::new();
-    for e in events {
-        map.entry(e.id()).or_default().push(e.clone());
-    }
-    map
-}
-
-/// The Note numbers in `msgs`, anywhere inside scripts.
-pub fn notes_in(msg: &Msg, out: &mut Vec<u32>) {
-    match msg {
-        Msg::Note(n) => out.push(*n),
-        Msg::Send(_, m) | Msg::SendTo(_, m) | Msg::Schedule(_, m) | Msg::ScheduleTo(_, _, m) => {
-            notes_in(m, out)
-        }
-        Msg::All(ms) => ms.iter().for_each(|m| notes_in(m, out)),
-        _ => {}
-    }
-}
-
 /// Checks that no value occurs twice.
 pub fn assert_unique<T: std::fmt::Debug>(items: impl IntoIterator<Item = T>) {
     let mut seen = HashSet::new();
     for item in items {
         assert!(seen.insert(format!("{item:?}")), "{item:?} occurs twice");
-    }
-}
-
-/// A small deterministic pseudo-random generator (xorshift64*), so scripted workloads need no
-/// dependency and repeat exactly.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
