@@ -10,18 +10,21 @@
 //!
 //! After every router call the checker compares the router's outputs (commands, dead letters,
 //! messages for the other router, stats) with a naive reference model, and checks the eight
-//! routing invariants of the design against a ledger of every message (each carries a unique
-//! sequence number). At the end it drains everything, closes, and checks that every accepted
-//! message was delivered or reported exactly once and every instance deactivated exactly once.
+//! routing invariants of [hermes_core's crate docs](hermes_core#invariants) against a ledger of
+//! every message (each carries a unique sequence number). At the end it drains everything,
+//! closes, and checks that every accepted message was delivered or reported exactly once and
+//! every instance deactivated exactly once. A broken rule is a [`Violation`] naming its
+//! [`Invariant`].
 //!
 //! ```
 //! let summary = hermes_check::check(&hermes_check::Plan::from_seed(7)).expect("no violation");
 //! assert!(summary.steps > 0);
 //! ```
 //!
-//! The same checker runs three ways: as seeded tests in `cargo test` (`check/tests`), under
-//! `cargo fuzz run router` (`fuzz/`), and against routers with deliberate bugs switched on, to
-//! show it catches them (`check/tests/faults.rs`).
+//! This is the one oracle of the routing invariants; hermes-core's own tests are targeted ones.
+//! It runs three ways: as seeded tests in `cargo test` (`check/tests/seeds.rs`, the router's
+//! random workloads), under `cargo fuzz run router` (`fuzz/`), and against routers with
+//! deliberate bugs switched on, to show it catches them (`check/tests/faults.rs`).
 
 mod model;
 mod plan;

@@ -2,34 +2,36 @@
 
 use std::fmt;
 
-/// The routing invariants of the design, plus agreement with the reference model.
+/// Which rule a [`Violation`] broke: one of the eight routing invariants, numbered and stated in
+/// [hermes_core's crate docs](hermes_core#invariants), or agreement with the reference model.
+///
+/// Each variant names its invariant in a few words; the crate docs are the definition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Invariant {
-    /// 1. Every accepted message is delivered exactly once or reported exactly once as a dead letter.
+    /// Invariant 1 of hermes_core's crate docs: exactly once or a dead letter.
     ExactlyOnce,
-    /// 2. Messages from one sender to one receiver arrive in send order.
+    /// Invariant 2 of hermes_core's crate docs: per-sender order.
     SenderOrder,
-    /// 3. A receiver runs at most one message at a time (at most one job checked out).
+    /// Invariant 3 of hermes_core's crate docs: one message (one job) at a time.
     OneAtATime,
-    /// 4. A receiver is deactivated only when not running, with an empty mailbox, after its idle
-    ///    timeout, or when stopped, panicked or closing; never twice.
+    /// Invariant 4 of hermes_core's crate docs: when a receiver may be deactivated, and only
+    /// once.
     Deactivation,
-    /// 5. A timer fires once, never before its deadline; a cancelled timer never fires.
+    /// Invariant 5 of hermes_core's crate docs: timers fire once, on time, and never cancelled.
     Timers,
-    /// 6. After close completes every receiver was deactivated exactly once and no message is
-    ///    accepted.
+    /// Invariant 6 of hermes_core's crate docs: what close guarantees.
     Close,
-    /// 7. Stale handles never reach a newer receiver in a reused slot.
+    /// Invariant 7 of hermes_core's crate docs: stale handles.
     StaleHandles,
-    /// 8. Receivers with work scheduled or running <= receivers with messages queued or in hand.
+    /// Invariant 8 of hermes_core's crate docs: resources only for receivers with work.
     Resources,
     /// The router's outputs (commands, counters, errors) disagree with the reference model in a
-    /// way none of the invariants above names.
+    /// way none of the invariants names.
     Model,
 }
 
 impl Invariant {
-    /// The invariant's number in the design (0 for [`Invariant::Model`]).
+    /// The invariant's number in hermes_core's crate docs (0 for [`Invariant::Model`]).
     pub fn number(self) -> u8 {
         match self {
             Invariant::ExactlyOnce => 1,
