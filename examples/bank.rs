@@ -276,7 +276,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "transfers moved money; they never made or lost any"
     );
 
-    let stats = bank.shutdown(); // every account is deactivated: its state is saved
+    let stats = bank.shutdown().unwrap(); // every account is deactivated: its state is saved
     states.shutdown()?;
     println!(
         "shut down: {} activations, {} deactivations; run me again: the balances are kept",

@@ -13,7 +13,8 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hermes::{Activation, Command, Config, Context, Deactivation, Receiver, Router};
+use hermes::router::{Command, Router};
+use hermes::{Activation, Config, Context, Deactivation, Receiver};
 
 #[derive(Debug)]
 enum Msg {

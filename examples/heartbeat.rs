@@ -95,7 +95,7 @@ fn main() {
         println!("  {sensor:>7}: {count} beats");
     }
     println!("  notes: {notes:?}");
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     println!(
         "shutdown: {} receivers deactivated, {} pending timers became dead letters",
         stats.deactivations, stats.dead_letters

@@ -91,7 +91,7 @@ fn main() {
         executor.name(),
         f64::from(RALLIES) / elapsed.as_secs_f64() / 1e6,
     );
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     println!(
         "delivered {} messages, {} across shards; {} receivers deactivated",
         stats.messages_delivered, stats.messages_forwarded, stats.deactivations

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermes::{Activation, Config, Context, Deactivation, Driver, Receiver};
+use hermes::router::Driver;
+use hermes::{Activation, Config, Context, Deactivation, Receiver};
 
 /// What an account understands.
 #[derive(Debug)]

@@ -109,5 +109,5 @@ fn main() {
     }
     std::thread::sleep(SELF_CLOSING * 2);
     println!("  {:<18} -> {}", "(wait)", state());
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
 }

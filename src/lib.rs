@@ -1,16 +1,19 @@
 //! Hermes routes messages to receivers addressed by application IDs.
 //!
-//! This facade re-exports [`hermes_core`] (receivers, context, factories, the sans-IO
-//! [`Router`]), the handle every executor returns ([`Hermes`], with [`Reply`] for
-//! request/reply), and, by feature, the executors:
+//! A receiver is created by a factory when the first message for its ID arrives, handles one
+//! message at a time, can swap its handler ([`Context::become_`]), can keep durable state
+//! ([`store`]), gets timed messages ([`Context::schedule`]), and is deactivated when idle. Only
+//! receivers with work use a thread or task.
+//!
+//! Start Hermes on an executor and use the [`Hermes`] handle it returns; every executor
+//! returns the same handle and passes the same conformance suite:
 //!
 //! | feature | executor | start with |
 //! | --- | --- | --- |
 //! | `pool` (default) | one parked thread per shard | [`pool::start`] |
 //! | `tokio` | one tokio task per shard | `tokio::start` (inside a runtime) or `tokio::start_on` |
 //! | `smol` | one smol task per shard | `smol::start` (global executor) or `smol::start_on` |
-//!
-//! Every executor passes the same conformance suite and returns the same [`Hermes`] handle.
+//! | `sim` (default) | the same shards under a seeded scheduler and virtual time | [`sim::Sim::new`] |
 //!
 //! ```
 //! # #[cfg(feature = "pool")] {
@@ -30,48 +33,122 @@
 //! hermes.send("alice".into(), Msg::Deposit(12)).unwrap();
 //! let balance = hermes.ask_blocking("alice".into(), Msg::Balance, Duration::from_secs(5));
 //! assert_eq!(balance, Ok(42));
-//! let stats = hermes.shutdown(); // drains, runs every `deactivated` hook, joins the threads
+//! let stats = hermes.shutdown().unwrap(); // drains, runs every `deactivated` hook, joins
 //! assert_eq!(stats.deactivations, 1);
 //! # }
 //! ```
+//!
+//! To drive receivers from your own event loop instead, embed the sans-IO [`router::Router`]
+//! (or the inline [`router::Driver`]); see the [`router`] module.
 
-pub use hermes_core::*;
+pub use hermes_core::{
+    Activation, Addr, Deactivation, DeadLetter, DeadLetterReason, Factory, FactoryError, Key,
+    Location, Message, Placement, Receiver, Recipient, SendError, SendErrorKind, Sharded, Stats,
+    TimerId,
+};
+pub use hermes_core::{Config, Context};
 pub use hermes_executor::{
-    AskError, Asked, Finished, Hermes, Key, Message, Options, Reply, StartError,
+    AskError, Asked, Finished, Hermes, Options, Reply, StartError, WouldDeadlock,
 };
 
-/// Building blocks for writing another executor: see [`hermes_executor`].
-pub mod executor {
-    pub use hermes_executor::{Runtime, Shard, Shards, Turn, Wake, WouldDeadlock, launch};
+/// The sans-IO core, for embedding Hermes in your own event loop: the [`Router`] state machine,
+/// its commands and pollers, an inline [`Driver`], and the [`testkit`] for testing one receiver
+/// alone. The router never reads a clock, spawns or does I/O; see [`hermes_core`] for its
+/// lifecycle, time model and invariants.
+pub mod router {
+    pub use hermes_core::{
+        Clock, Command, CommandError, Done, Driver, Job, Outbound, Router, SystemClock, deadline,
+        panic_message, testkit,
+    };
 }
 
-/// The hand-rolled thread pool (feature `pool`, on by default): see [`hermes_pool`].
+/// Building blocks for writing another executor: [`launch`](executor::launch) splits Hermes
+/// into shards, each run in a loop of [`Shard::turn`](executor::Shard::turn); see
+/// [`hermes_executor`].
+pub mod executor {
+    pub use hermes_executor::{
+        Runtime, Shard, Shards, Turn, Wake, WouldDeadlock, hosts_shards, launch,
+    };
+}
+
+/// The hand-rolled thread pool (feature `pool`, on by default).
+///
+/// One thread per shard. A shard thread runs its shard's turns back to back while there is
+/// work, watches its inbox for a few tens of microseconds when there is none, then sleeps until
+/// a message arrives or its next timer is due: an idle pool uses no CPU. Receivers run on their
+/// shard's thread; one that blocks holds up its shard. [`Hermes::shutdown`] joins the threads.
 #[cfg(feature = "pool")]
 pub mod pool {
+    #[doc(inline)]
     pub use hermes_pool::{start, start_with};
 }
 
-/// Shards as tokio tasks (feature `tokio`): see [`hermes_tokio`].
+/// Shards as tokio tasks (feature `tokio`).
+///
+/// One task per shard on the current runtime ([`start`](tokio::start)) or the one behind a
+/// handle ([`start_on`](tokio::start_on)); the runtime needs its time driver. From async code
+/// use `ask(..).await` and `shutdown_async().await`: the blocking forms refuse with
+/// [`WouldDeadlock`] on a current-thread runtime. If the runtime drops the shards before a
+/// shutdown, they close where they are dropped, running every `deactivated` hook.
 #[cfg(feature = "tokio")]
 pub mod tokio {
+    #[doc(inline)]
     pub use hermes_tokio::{start, start_on, start_with};
 }
 
-/// Shards as smol tasks (feature `smol`): see [`hermes_smol`].
+/// Shards as smol tasks (feature `smol`).
+///
+/// One task per shard on smol's global executor ([`start`](smol::start)) or an executor you
+/// run ([`start_on`](smol::start_on)). The global executor runs on `SMOL_THREADS` threads (1
+/// unless set). The blocking forms refuse with [`WouldDeadlock`] on the executor's threads.
 #[cfg(feature = "smol")]
 pub mod smol {
+    #[doc(inline)]
     pub use hermes_smol::{start, start_on, start_with};
 }
 
-/// Durable receiver state (feature `store`, on by default): see [`hermes_store`].
+/// Durable receiver state (feature `store`, on by default): a [`Store`](store::Store) trait,
+/// an in-memory store and the embedded redb store, group commit, and
+/// [`Durable`](store::Durable) to load a receiver's serde state on activation and save it on
+/// deactivation.
 #[cfg(feature = "store")]
 pub mod store {
+    #[doc(inline)]
     pub use hermes_store::*;
 }
 
-/// Deterministic simulation (feature `sim`): see [`hermes_sim`].
+/// Deterministic simulation (feature `sim`, on by default).
+///
+/// [`Sim`](sim::Sim) runs a whole application on one thread: the same shards as the
+/// executors, a seeded scheduler deciding which shard turns next, and virtual time that jumps
+/// to the next timer when nothing else can run. The same seed replays the same run; requests
+/// use the same [`Reply`] as production code.
+///
+/// ```
+/// use std::time::Duration;
+/// use hermes::{Activation, Config, Context, Reply, sim::Sim};
+///
+/// enum Msg { Tick, Ticks(Reply<u64>) }
+///
+/// let mut sim = Sim::new(7, Config::default(), |_id: &&str| {
+///     let mut ticks = 0;
+///     Activation::ready(move |ctx: &mut Context<'_, &str, Msg>, msg| match msg {
+///         Msg::Tick => {
+///             ticks += 1;
+///             ctx.schedule(Duration::from_secs(10), Msg::Tick);
+///         }
+///         Msg::Ticks(reply) => { let _ = reply.send(ticks); }
+///     })
+/// });
+/// sim.send("heart", Msg::Tick).unwrap();
+/// sim.run_for(Duration::from_secs(3 * 3600)); // three simulated hours, in milliseconds
+/// assert_eq!(sim.ask("heart", Msg::Ticks), Ok(1 + 3 * 360));
+/// ```
 #[cfg(feature = "sim")]
-pub use hermes_sim as sim;
+pub mod sim {
+    #[doc(inline)]
+    pub use hermes_sim::Sim;
+}
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -401,7 +401,7 @@ fn activations(store: &Arc<dyn Store>, sizes: &Sizes, keeping: Keeping, ids: u64
             for i in 0..ids {
                 hermes.send(spread(i, sizes.keys), 1).expect("send");
             }
-            let stats = hermes.shutdown();
+            let stats = hermes.shutdown().unwrap();
             (start.elapsed(), stats, 0, 0)
         }
         Keeping::Durable(grouping) => {
@@ -418,7 +418,7 @@ fn activations(store: &Arc<dyn Store>, sizes: &Sizes, keeping: Keeping, ids: u64
             for i in 0..ids {
                 hermes.send(spread(i, sizes.keys), 1).expect("send");
             }
-            let stats = hermes.shutdown();
+            let stats = hermes.shutdown().unwrap();
             // One save per deactivation, all durable before the clock stops.
             let (txns, fsyncs) = grouping.finish(&states, ids);
             (start.elapsed(), stats, txns, fsyncs)

@@ -78,6 +78,8 @@ pub(crate) enum Reason {
     Full,
     Stale,
     Panicked,
+    /// A closing router delivered its drain limit.
+    DrainLimit,
 }
 
 impl From<Refusal> for Reason {
@@ -128,6 +130,8 @@ pub(crate) struct Expect {
     pub(crate) commands: Vec<ECmd>,
     pub(crate) dead: Vec<EDead>,
     pub(crate) outbound: Vec<(Recipient<Id>, Seq)>,
+    /// Cancellations of timers held by another router, in order.
+    pub(crate) outbound_cancels: Vec<TimerId>,
     /// Timer messages whose timer was cancelled: never to be delivered.
     pub(crate) cancelled: Vec<Seq>,
     /// Timers that fired.
@@ -649,6 +653,10 @@ impl Model {
                         self.schedule(id, to, deadline, seq);
                     }
                 }
+                // A timer held by another router: the cancellation goes there (placed routers).
+                TimerOpM::Cancel(id) if self.routers > 1 && id.router() != self.number => {
+                    self.expect.outbound_cancels.push(id);
+                }
                 TimerOpM::Cancel(id) => {
                     self.cancel(id);
                 }
@@ -688,18 +696,16 @@ impl Model {
 
     /// The stats the router must report.
     pub(crate) fn stats(&self) -> Stats {
-        let mut s = Stats {
-            live: self.slots.len(),
-            messages_routed: self.counters.routed,
-            messages_forwarded: self.counters.forwarded,
-            messages_delivered: self.counters.delivered,
-            activations: self.counters.activations,
-            deactivations: self.counters.deactivations,
-            dead_letters: self.counters.dead_letters,
-            panics: self.counters.panics,
-            timers_pending: self.timers.len(),
-            ..Stats::default()
-        };
+        let mut s = Stats::default();
+        s.live = self.slots.len();
+        s.messages_routed = self.counters.routed;
+        s.messages_forwarded = self.counters.forwarded;
+        s.messages_delivered = self.counters.delivered;
+        s.activations = self.counters.activations;
+        s.deactivations = self.counters.deactivations;
+        s.dead_letters = self.counters.dead_letters;
+        s.panics = self.counters.panics;
+        s.timers_pending = self.timers.len();
         for slot in &self.slots {
             match slot.state {
                 MState::Activating => s.activating += 1,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use hermes_core::{
     Activation, Addr, Command, Config, Context, Deactivation, DeadLetter, DeadLetterReason, Done,
-    Job, Recipient, Router, SendError, SendErrorKind, Stats, TimerId, panic_message,
+    Job, Location, Outbound, Recipient, Router, SendError, SendErrorKind, Stats, TimerId,
+    panic_message,
 };
 
 use crate::model::{self, ECmd, End, Kind, MJob, MState, Made, Model, Outcome, Reason, Refusal};
@@ -81,6 +82,14 @@ struct Output {
     commands: Vec<Command>,
     dead: Vec<DeadLetter<Id, Msg>>,
     outbound: Vec<(Recipient<Id>, Msg)>,
+    /// Cancellations of timers held by another router.
+    cancels: Vec<(Location, TimerId)>,
+}
+
+/// Work on its way from one router to another.
+enum Transit {
+    Message(Recipient<Id>, Msg),
+    Cancel(TimerId),
 }
 
 pub(crate) struct World {
@@ -93,7 +102,7 @@ pub(crate) struct World {
     pending: Vec<(usize, Command)>,
     jobs: Vec<InFlight>,
     /// Messages between routers, per destination, oldest first.
-    transit: Vec<VecDeque<(Recipient<Id>, Msg)>>,
+    transit: Vec<VecDeque<Transit>>,
     ledger: HashMap<Seq, Entry>,
     /// The last message delivered per (sender, receiver).
     last_from: HashMap<(Sender, Id), Seq>,
@@ -123,9 +132,8 @@ impl World {
             let mut router = if n == 1 {
                 Router::new(config.clone())
             } else {
-                Router::placed(config.clone(), number, move |id: &Id| {
-                    model::owner(*id, n) == number
-                })
+                let placement = move |id: &Id| Location::Shard(model::owner(*id, n));
+                Router::placed(config.clone(), number, Arc::new(placement))
             };
             if let Some(tweak) = tweak {
                 tweak(&mut router);
@@ -716,8 +724,21 @@ impl World {
     }
 
     fn forward(&mut self, d: usize) -> Checked {
-        let Some((to, msg)) = self.transit[d].pop_front() else {
-            return Ok(());
+        let (to, msg) = match self.transit[d].pop_front() {
+            None => return Ok(()),
+            Some(Transit::Message(to, msg)) => (to, msg),
+            Some(Transit::Cancel(id)) => {
+                let got = self.routers[d].cancel(id);
+                let expected = self.models[d].cancel(id).is_some();
+                ensure!(
+                    got == expected,
+                    Timers,
+                    "router {d} cancel({id:?}) from another router returned {got}; the timer \
+                     was {}pending",
+                    if expected { "" } else { "not " }
+                );
+                return self.observe(d);
+            }
         };
         let seq = msg.seq;
         self.routers[d].forward(to.clone(), msg);
@@ -843,11 +864,20 @@ impl World {
 
     fn drain(&mut self, r: usize) -> Output {
         let router = &mut self.routers[r];
-        Output {
+        let mut output = Output {
             commands: std::iter::from_fn(|| router.poll_command()).collect(),
             dead: std::iter::from_fn(|| router.poll_dead_letter()).collect(),
-            outbound: std::iter::from_fn(|| router.poll_outbound()).collect(),
+            outbound: Vec::new(),
+            cancels: Vec::new(),
+        };
+        while let Some((location, outbound)) = router.poll_outbound() {
+            match outbound {
+                Outbound::Message(to, msg) => output.outbound.push((to, msg)),
+                Outbound::Cancel(id) => output.cancels.push((location, id)),
+                _ => unreachable!("hermes-check knows every outbound kind"),
+            }
         }
+        output
     }
 
     /// Collects what router `r` output and compares it with its model.
@@ -875,6 +905,7 @@ impl World {
         }
         self.compare_dead(r, output.dead, expect.dead, &stats, &model_stats)?;
         self.compare_outbound(r, output.outbound, expect.outbound)?;
+        self.compare_cancels(r, output.cancels, expect.outbound_cancels)?;
         for (field, got, want) in [
             (
                 "messages_routed",
@@ -1048,7 +1079,31 @@ impl World {
                 Model,
                 "router {r} sent {to:?} out, to router {d}"
             );
-            self.transit[d as usize].push_back((to, msg));
+            self.transit[d as usize].push_back(Transit::Message(to, msg));
+        }
+        Ok(())
+    }
+
+    /// Cancellations router `r` sent out, against the model's; passes them on.
+    fn compare_cancels(
+        &mut self,
+        r: usize,
+        got: Vec<(Location, TimerId)>,
+        expected: Vec<TimerId>,
+    ) -> Checked {
+        let ids: Vec<TimerId> = got.iter().map(|(_, id)| *id).collect();
+        ensure!(
+            ids == expected,
+            Timers,
+            "router {r} sent cancellations {ids:?} out; the model expects {expected:?}"
+        );
+        for (location, id) in got {
+            ensure!(
+                location == Location::Shard(id.router()) && id.router() as usize != r,
+                Model,
+                "router {r} sent the cancellation of {id:?} to {location:?}"
+            );
+            self.transit[id.router() as usize].push_back(Transit::Cancel(id));
         }
         Ok(())
     }
@@ -1223,6 +1278,8 @@ fn reason_of(reason: &DeadLetterReason) -> Reason {
         DeadLetterReason::Full => Reason::Full,
         DeadLetterReason::Stale => Reason::Stale,
         DeadLetterReason::Panicked(_) => Reason::Panicked,
+        DeadLetterReason::DrainLimit => Reason::DrainLimit,
+        _ => unreachable!("hermes-check knows every dead-letter reason"),
     }
 }
 

@@ -6,13 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Addr, Receiver, Recipient, TimerId};
+use crate::{Addr, Clock, Receiver, Recipient, TimerId};
 
 /// A receiver's view of the router while it handles one message or lifecycle hook.
 pub struct Context<'a, K, M> {
     pub(crate) id: &'a K,
     pub(crate) addr: Addr,
-    pub(crate) now: Instant,
+    pub(crate) clock: &'a dyn Clock,
     pub(crate) effects: &'a mut Effects<K, M>,
     pub(crate) timer_seq: &'a mut u32,
 }
@@ -28,9 +28,10 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
         self.addr
     }
 
-    /// The time the driver passed in for this run.
+    /// The current time, from the clock the driver passed in: the real time on the executors,
+    /// the virtual time under simulation, a fixed instant in a test that passes one.
     pub fn now(&self) -> Instant {
-        self.now
+        self.clock.now()
     }
 
     /// Sends `msg` to the receiver with ID `to`, activating it if needed.
@@ -43,17 +44,19 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
         self.effects.sends.push((Recipient::Addr(to), msg));
     }
 
-    /// Delivers `msg` to this receiver after `after`, re-activating it if it was deactivated.
+    /// Delivers `msg` to this receiver after `after` (counted from now, when the handler asks),
+    /// re-activating it if it was deactivated. A delay too long to represent never fires.
     pub fn schedule(&mut self, after: Duration, msg: M) -> TimerId {
         let to = self.id.clone();
         self.schedule_to(to, after, msg)
     }
 
-    /// Delivers `msg` to the receiver `to` after `after`.
+    /// Delivers `msg` to the receiver `to` after `after` (counted from now). The timer is held
+    /// by this receiver's router; [`cancel`](Context::cancel) works from any receiver.
     pub fn schedule_to(&mut self, to: K, after: Duration, msg: M) -> TimerId {
         let id = TimerId::new(self.addr, *self.timer_seq);
         *self.timer_seq = self.timer_seq.wrapping_add(1);
-        let deadline = self.now + after;
+        let deadline = crate::deadline(self.now(), after);
         self.effects.timers.push(TimerOp::Schedule {
             id,
             to,
@@ -63,7 +66,8 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
         id
     }
 
-    /// Cancels a timer; a cancelled timer never fires. Unknown or fired timers are ignored.
+    /// Cancels a timer, wherever it is held; a cancelled timer never fires. Unknown or fired
+    /// timers are ignored.
     pub fn cancel(&mut self, timer: TimerId) {
         self.effects.timers.push(TimerOp::Cancel(timer));
     }
@@ -79,9 +83,19 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
         self.effects.stop = true;
     }
 
-    /// Overrides the router's idle timeout for this receiver (until it is deactivated).
+    /// Overrides the router's idle timeout for this receiver (until it is deactivated), in whole
+    /// milliseconds; 49 days or more means never.
     pub fn set_idle_timeout(&mut self, timeout: Duration) {
         self.effects.idle_timeout = Some(timeout);
+    }
+}
+
+impl<K: std::fmt::Debug, M> std::fmt::Debug for Context<'_, K, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("id", self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,7 +104,7 @@ pub(crate) enum TimerOp<K, M> {
     Schedule {
         id: TimerId,
         to: K,
-        deadline: Instant,
+        deadline: Option<Instant>,
         msg: M,
     },
     Cancel(TimerId),

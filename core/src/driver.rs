@@ -1,12 +1,15 @@
 //! A single-threaded driver that handles every command inline: for custom event loops and tests.
 
-use std::fmt::Debug;
-use std::hash::Hash;
+use std::fmt;
 use std::time::Instant;
 
-use crate::{Command, Config, DeadLetter, Factory, Router, SendError};
+use crate::{Clock, Command, Config, DeadLetter, Factory, Key, Message, Router, SendError};
 
 /// A [`Router`] plus its factory, handling every command on the calling thread.
+///
+/// Poll the dead letters now and then ([`poll_dead_letter`](Driver::poll_dead_letter)): the
+/// router keeps at most [`Config::dead_letter_capacity`] of them, and counts the ones it drops
+/// in [`Stats::dead_letters_dropped`](crate::Stats::dead_letters_dropped).
 ///
 /// ```
 /// use std::time::Instant;
@@ -29,8 +32,8 @@ pub struct Driver<K, M, F> {
 
 impl<K, M, F> Driver<K, M, F>
 where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
+    K: Key,
+    M: Message,
     F: Factory<K, M>,
 {
     /// A driver over a new router.
@@ -56,41 +59,52 @@ where
         self.router.send(to, msg)
     }
 
-    /// Handles the next pending command at `now` and returns it, or `None` if there is none.
-    pub fn step(&mut self, now: Instant) -> Option<Command> {
+    /// Handles the next pending command, reading the time from `clock` (an `Instant` for a fixed
+    /// time), and returns it, or `None` if there is none.
+    pub fn step(&mut self, clock: impl Clock) -> Option<Command> {
         let command = self.router.poll_command()?;
-        if let Err(e) = self.router.handle(command, &self.factory, now) {
+        if let Err(e) = self.router.handle(command, &self.factory, &clock) {
             // Commands come from this router and are handled once each, so this is a bug.
             unreachable!("inline driver mishandled {command:?}: {e}");
         }
         Some(command)
     }
 
-    /// Fires the timers due at `now`, then handles commands until none is left. Returns how
-    /// many commands were handled.
-    pub fn run(&mut self, now: Instant) -> usize {
-        self.router.handle_timeout(now);
+    /// Fires the timers due now, then handles commands until none is left, reading the time
+    /// from `clock` (an `Instant` for a fixed time). Returns how many commands were handled.
+    pub fn run(&mut self, clock: impl Clock) -> usize {
+        self.router.handle_timeout(clock.now());
         let mut handled = 0;
-        while self.step(now).is_some() {
+        while self.step(&clock).is_some() {
             handled += 1;
         }
         handled
     }
 
     /// Closes the router and runs until every receiver is deactivated.
-    pub fn close(&mut self, now: Instant) {
+    pub fn close(&mut self, clock: impl Clock) {
         self.router.close();
-        self.run(now);
+        self.run(clock);
         debug_assert!(self.router.is_closed());
     }
 
     /// The next undeliverable message.
+    #[must_use = "a dead letter is the only report of an undeliverable message"]
     pub fn poll_dead_letter(&mut self) -> Option<DeadLetter<K, M>> {
         self.router.poll_dead_letter()
     }
 
     /// The next time [`run`](Driver::run) has timers to fire.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.router.poll_timeout()
+    }
+}
+
+impl<K, M, F> fmt::Debug for Driver<K, M, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("router", &self.router)
+            .finish_non_exhaustive()
     }
 }

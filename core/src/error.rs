@@ -7,6 +7,7 @@ use crate::{Addr, FactoryError, Recipient};
 
 /// A send that the router refused; the message is given back.
 #[derive(PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError<M> {
     /// The router is closing or closed; it accepts no outside messages.
     Closed(M),
@@ -36,6 +37,7 @@ impl<M> SendError<M> {
 
 /// Why a send was refused, without the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SendErrorKind {
     /// See [`SendError::Closed`].
     Closed,
@@ -92,6 +94,7 @@ impl<K: fmt::Debug, M> fmt::Debug for DeadLetter<K, M> {
 
 /// Why a message became a dead letter.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum DeadLetterReason {
     /// The factory has no receiver for the ID.
     NoReceiver,
@@ -105,6 +108,9 @@ pub enum DeadLetterReason {
     Stale,
     /// The handler panicked on this message; the panic's message is kept.
     Panicked(Arc<str>),
+    /// The router was closing and had delivered its
+    /// [drain limit](crate::Config::drain_limit) of messages.
+    DrainLimit,
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -116,12 +122,17 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::Full => f.write_str("the recipient's mailbox was full"),
             DeadLetterReason::Stale => f.write_str("the handle was stale"),
             DeadLetterReason::Panicked(p) => write!(f, "the handler panicked: {p}"),
+            DeadLetterReason::DrainLimit => f.write_str(
+                "hermes was closing and had delivered its drain limit of messages \
+                 (Config::drain_limit): receivers that keep messaging each other stop there",
+            ),
         }
     }
 }
 
 /// A command-handling call that does not fit the receiver's state: a driver bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CommandError {
     /// No live receiver behind this handle.
     Stale(Addr),

@@ -9,10 +9,9 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::context::Effects;
-use crate::{Addr, Context, Deactivation, Receiver};
+use crate::{Addr, Clock, Context, Deactivation, Receiver};
 
 /// A receiver checked out of its router with work to do. It is `Send`: run it on any thread
 /// with [`execute`](Job::execute), then hand the [`Done`] back to the same router.
@@ -82,9 +81,11 @@ impl<K: 'static, M: 'static> Job<K, M> {
         self.len() == 0
     }
 
-    /// Runs the receiver on its batch (or its `deactivated` hook) at `now`. Panics in the
-    /// receiver are caught; a panicking message leaves no effects.
-    pub fn execute(self, now: Instant) -> Done<K, M> {
+    /// Runs the receiver on its batch (or its `deactivated` hook), reading the time from
+    /// `clock` (an `Instant` for a fixed time). Panics in the receiver are caught; a panicking
+    /// message leaves no effects.
+    #[must_use = "a Done must be checked back in to its router"]
+    pub fn execute(self, clock: impl Clock) -> Done<K, M> {
         let Job {
             addr,
             id,
@@ -96,7 +97,7 @@ impl<K: 'static, M: 'static> Job<K, M> {
         let mut ctx = Context {
             id: &id,
             addr,
-            now,
+            clock: &clock,
             effects: &mut effects,
             timer_seq: &mut timer_seq,
         };
@@ -128,6 +129,32 @@ impl<K, M> Done<K, M> {
     /// The receiver this work was for.
     pub fn addr(&self) -> Addr {
         self.addr
+    }
+}
+
+impl<K: std::fmt::Debug, M> std::fmt::Debug for Job<K, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("addr", &self.addr)
+            .field("id", &self.id)
+            .field(
+                "messages",
+                &match &self.work {
+                    Work::Run { batch, .. } => batch.len(),
+                    Work::Deactivate(_) => 0,
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, M> std::fmt::Debug for Done<K, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Done")
+            .field("addr", &self.addr)
+            .field("handled", &self.handled)
+            .field("deactivation", &self.deactivation)
+            .finish_non_exhaustive()
     }
 }
 

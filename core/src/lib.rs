@@ -21,6 +21,42 @@
 //! - [`Command::Deactivate`]: the same two ways, running the `deactivated` hook. A message that
 //!   arrives meanwhile is kept, and activates a fresh instance afterwards.
 //!
+//! [`Router::handle`] is the one place where a command becomes work: the executors' shards, the
+//! [`Driver`], the simulator and the invariant checker all call it.
+//!
+//! # Time
+//!
+//! The router never reads a clock: time is an argument. Calls that only bookkeep take an
+//! [`Instant`](std::time::Instant); calls that run receivers take a [`Clock`], read when a
+//! handler asks for the time or schedules a timer and when a run ends, so a delay counts from
+//! when the handler asked for it and idle time from when the receiver went idle. Pass an
+//! `Instant` for a clock that stands still, [`SystemClock`] for the real one. Every `Duration`
+//! is valid: a deadline past the end of representable time means never ([`deadline`]).
+//!
+//! # Closing
+//!
+//! [`Router::close`] refuses outside messages, turns pending timers into dead letters, lets
+//! queued messages drain (receivers may still message live receivers), and deactivates every
+//! live receiver once. Closing always finishes: after [`Config::drain_limit`] deliveries it
+//! stops draining, and whatever is still queued or sent becomes a dead letter.
+//!
+//! # Invariants
+//!
+//! Hold for every sequence of inputs and every order in which a driver handles commands
+//! (checked by the `hermes-check` model checker, under `cargo fuzz run router` and seeded tests):
+//!
+//! 1. Every accepted message is delivered exactly once or reported exactly once as a dead letter.
+//! 2. Messages from one sender to one receiver arrive in send order.
+//! 3. A receiver runs at most one message at a time (at most one activation checked out).
+//! 4. A receiver is deactivated only when not running, with an empty mailbox, after its idle
+//!    timeout, or on stop, panic or close; never twice.
+//! 5. A timer fires once, never before its deadline; a cancelled timer never fires.
+//! 6. After close completes every receiver was deactivated exactly once and no message is
+//!    accepted.
+//! 7. Stale handles never reach a newer receiver in a reused slot.
+//! 8. Receivers with work scheduled or running are at most the receivers with non-empty
+//!    mailboxes (work uses resources; idle receivers do not).
+//!
 //! # Example
 //!
 //! ```
@@ -49,6 +85,7 @@
 //! ```
 
 mod addr;
+mod clock;
 mod command;
 mod context;
 mod driver;
@@ -64,19 +101,31 @@ pub mod testkit;
 mod timers;
 
 pub use addr::{Addr, Recipient};
+pub use clock::{Clock, SystemClock, deadline};
 pub use command::Command;
 pub use context::Context;
 pub use driver::Driver;
 pub use error::{CommandError, DeadLetter, DeadLetterReason, SendError, SendErrorKind};
 pub use factory::{Activation, Factory, FactoryError};
 pub use job::{Done, Job, panic_message};
-pub use placement::{Placement, Sharded};
+pub use placement::{Location, Placement, Sharded};
 pub use receiver::{Deactivation, Receiver};
 #[cfg(feature = "fault-injection")]
 pub use router::Fault;
-pub use router::{Config, Router};
+pub use router::{Config, Outbound, Router};
 pub use stats::Stats;
 pub use timers::TimerId;
+
+/// What a receiver ID must be: cloneable, hashable (for placement and lookup), printable in
+/// logs, and sendable between threads. Implemented for every such type.
+pub trait Key: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + 'static {}
+
+impl<T: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + 'static> Key for T {}
+
+/// What a message must be: sendable between threads. Implemented for every such type.
+pub trait Message: Send + 'static {}
+
+impl<T: Send + 'static> Message for T {}
 
 // Properties the executors rely on.
 static_assertions::assert_impl_all!(Router<u64, String>: Send);

@@ -1,54 +1,81 @@
-//! Placement: which IDs a router owns. Messages for IDs it does not own leave it through
-//! [`Router::poll_outbound`](crate::Router::poll_outbound), so one abstraction serves several
-//! routers in a process (shards) and, later, in a cluster.
+//! Placement: where an ID lives. Every part of Hermes that needs to know (a router deciding
+//! whether a message is its own, the handle choosing a shard, the simulator) asks one
+//! [`Placement`]; nothing else hashes IDs. A location is a shard today; the seam is there for a
+//! node of a cluster.
 
 use std::hash::{BuildHasher, Hash};
 
 use foldhash::fast::FixedState;
 
-/// Decides which IDs a router owns.
-pub trait Placement<K>: Send + 'static {
-    /// True if receivers with this ID live on this router.
-    fn owns(&self, id: &K) -> bool;
+/// Where receivers with a given ID live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Location {
+    /// Shard (router) `n` of this process.
+    Shard(u32),
 }
 
-/// Owns `index` of `count` shards, by a hash of the ID that is the same in every router.
+/// Answers "where does this ID live". Shared by every router, handle and simulator of one
+/// application, so they all agree.
+pub trait Placement<K>: Send + Sync + 'static {
+    /// Where receivers with this ID live. The same ID must always get the same answer.
+    fn locate(&self, id: &K) -> Location;
+}
+
+/// Spreads IDs over `count` shards by a hash of the ID that is the same in every router,
+/// thread and process.
+///
+/// ```
+/// use hermes_core::{Location, Placement, Sharded};
+///
+/// let placement = Sharded::new(4);
+/// let Location::Shard(shard) = placement.locate(&"sensor-7") else { unreachable!() };
+/// assert!(shard < 4);
+/// assert_eq!(placement.locate(&"sensor-7"), Location::Shard(shard));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sharded {
-    /// This router's shard.
-    pub index: u32,
-    /// How many shards there are.
-    pub count: u32,
+    count: u32,
 }
 
 impl Sharded {
+    /// Placement over `count` shards (at least one).
+    pub fn new(count: u32) -> Self {
+        Sharded {
+            count: count.max(1),
+        }
+    }
+
+    /// How many shards IDs are spread over.
+    pub fn count(self) -> u32 {
+        self.count
+    }
+
     /// The shard, out of `count`, that owns `id`.
-    ///
-    /// ```
-    /// let shard = hermes_core::Sharded::shard_of(&"sensor-7", 4);
-    /// assert!(shard < 4);
-    /// assert_eq!(shard, hermes_core::Sharded::shard_of(&"sensor-7", 4));
-    /// ```
-    pub fn shard_of<K: Hash + ?Sized>(id: &K, count: u32) -> u32 {
+    pub fn shard_of<K: Hash + ?Sized>(self, id: &K) -> u32 {
+        if self.count == 1 {
+            return 0;
+        }
         // A fixed seed: every router, thread and process agrees on placement.
         const SEED: u64 = 0x6865_726d_6573_2121;
         let hash = FixedState::with_seed(SEED).hash_one(id);
         // Multiply-shift maps the hash onto 0..count without a division.
-        ((u128::from(hash) * u128::from(count.max(1))) >> 64) as u32
+        ((u128::from(hash) * u128::from(self.count)) >> 64) as u32
     }
 }
 
 impl<K: Hash> Placement<K> for Sharded {
-    fn owns(&self, id: &K) -> bool {
-        Sharded::shard_of(id, self.count) == self.index
+    #[inline]
+    fn locate(&self, id: &K) -> Location {
+        Location::Shard(self.shard_of(id))
     }
 }
 
 impl<K, F> Placement<K> for F
 where
-    F: Fn(&K) -> bool + Send + 'static,
+    F: Fn(&K) -> Location + Send + Sync + 'static,
 {
-    fn owns(&self, id: &K) -> bool {
+    fn locate(&self, id: &K) -> Location {
         self(id)
     }
 }

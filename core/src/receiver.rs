@@ -40,6 +40,7 @@ where
 
 /// Why a receiver instance is deactivated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Deactivation {
     /// Idle (no messages, not running) for its idle timeout.
     IdleTimeout,

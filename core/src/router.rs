@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,20 +12,38 @@ use slab::Slab;
 
 use crate::context::{Effects, TimerOp};
 use crate::job::{Ending, Work, run_batch, run_deactivated};
-use crate::slot::{DEFAULT_IDLE, NIL, Slot, State};
+use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, NIL, Slot, State};
 use crate::timers::{Fired, Timers};
 use crate::{
-    Activation, Addr, Command, CommandError, Context, Deactivation, DeadLetter, DeadLetterReason,
-    Done, Factory, FactoryError, Job, Placement, Receiver, Recipient, SendError, SendErrorKind,
-    Stats, TimerId,
+    Activation, Addr, Clock, Command, CommandError, Context, Deactivation, DeadLetter,
+    DeadLetterReason, Done, Factory, FactoryError, Job, Key, Location, Message, Placement,
+    Receiver, Recipient, SendError, SendErrorKind, Stats, TimerId, panic_message,
 };
 
-/// How a router behaves. Build with `Config::default()` and the setters.
+/// How a router behaves. Build with `Config::default()` and the setters; read the fields.
+///
+/// ```
+/// use std::time::Duration;
+/// use hermes_core::Config;
+///
+/// let config = Config::default().idle_timeout(Duration::from_secs(60)).mailbox_capacity(1000);
+/// assert_eq!(config.idle_timeout, Duration::from_secs(60));
+/// assert_eq!(config.mailbox_capacity, Some(1000));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
-    idle_timeout: Duration,
-    mailbox_capacity: Option<usize>,
-    batch_size: usize,
+    /// How long a receiver stays live with nothing to do; see [`Config::idle_timeout()`].
+    pub idle_timeout: Duration,
+    /// The bound of every mailbox, if any; see [`Config::mailbox_capacity()`].
+    pub mailbox_capacity: Option<usize>,
+    /// Most messages one `Run` handles; see [`Config::batch_size()`].
+    pub batch_size: usize,
+    /// Messages delivered after close began before closing stops draining; see
+    /// [`Config::drain_limit()`].
+    pub drain_limit: u64,
+    /// Dead letters kept until polled; see [`Config::dead_letter_capacity()`].
+    pub dead_letter_capacity: usize,
 }
 
 impl Default for Config {
@@ -33,13 +52,16 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             mailbox_capacity: None,
             batch_size: 64,
+            drain_limit: 1_000_000,
+            dead_letter_capacity: 4096,
         }
     }
 }
 
 impl Config {
-    /// How long a receiver stays live with nothing to do (default 5 minutes). Zero deactivates
-    /// a receiver as soon as its mailbox is empty.
+    /// How long a receiver stays live with nothing to do (default 5 minutes), counted from when
+    /// it went idle. Zero deactivates a receiver as soon as its mailbox is empty; a timeout too
+    /// long to represent (such as `Duration::MAX`) never deactivates it for idleness.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
@@ -58,9 +80,23 @@ impl Config {
         self
     }
 
-    /// The configured idle timeout.
-    pub fn get_idle_timeout(&self) -> Duration {
-        self.idle_timeout
+    /// How many messages a closing router still delivers (default one million) before it stops
+    /// draining. Closing lets queued messages drain and receivers keep messaging each other;
+    /// past this many deliveries, every live receiver is deactivated when its current run ends,
+    /// and every message still queued or sent becomes a dead letter
+    /// ([`DeadLetterReason::DrainLimit`]). This is what makes closing always finish, even when
+    /// receivers keep sending each other (or themselves) messages forever.
+    pub fn drain_limit(mut self, limit: u64) -> Self {
+        self.drain_limit = limit;
+        self
+    }
+
+    /// How many dead letters a router keeps until they are polled (default 4096). A driver
+    /// that never polls them does not grow without bound: past this many, new dead letters are
+    /// counted in [`Stats::dead_letters_dropped`], logged, and dropped.
+    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
+        self.dead_letter_capacity = capacity;
+        self
     }
 
     /// The idle timeout in whole milliseconds, as slots store overrides.
@@ -69,9 +105,10 @@ impl Config {
     }
 }
 
-/// An idle timeout in whole milliseconds, below the `DEFAULT_IDLE` sentinel.
+/// An idle timeout in whole milliseconds as slots store it: below the `NEVER_IDLE` and
+/// `DEFAULT_IDLE` sentinels, or `NEVER_IDLE` from about 49 days on.
 fn idle_ms(timeout: Duration) -> u32 {
-    timeout.as_millis().min(u128::from(DEFAULT_IDLE - 1)) as u32
+    timeout.as_millis().min(u128::from(NEVER_IDLE)) as u32
 }
 
 /// A deliberate bug, for proving that an invariant checker catches it.
@@ -88,19 +125,46 @@ pub enum Fault {
     NoGenerationCheck,
 }
 
+/// Work for a router other than this one, from [`Router::poll_outbound`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outbound<K, M> {
+    /// A message a receiver or timer here sent to a receiver that lives elsewhere: deliver it
+    /// there with [`Router::forward`].
+    Message(Recipient<K>, M),
+    /// A receiver here cancelled a timer held elsewhere: pass it to that router's
+    /// [`Router::cancel`].
+    Cancel(TimerId),
+}
+
 /// Routes messages to receivers addressed by ID `K`; see the crate docs for the lifecycle.
 ///
-/// Inputs: messages ([`send`](Router::send)), time ([`handle_timeout`](Router::handle_timeout)),
-/// and the results of commands. Outputs: [`poll_command`](Router::poll_command),
-/// [`poll_dead_letter`](Router::poll_dead_letter), [`poll_timeout`](Router::poll_timeout).
+/// # How to drive it
+///
+/// Inputs: messages ([`send`](Router::send), [`forward`](Router::forward)), timers
+/// ([`schedule`](Router::schedule), [`cancel`](Router::cancel)), time
+/// ([`handle_timeout`](Router::handle_timeout)), [`close`](Router::close), and the results of
+/// commands. After any input, drain every output, in any order:
+///
+/// - [`poll_command`](Router::poll_command): handle each command once, with
+///   [`handle`](Router::handle) (the one place commands become work) or, to run a receiver on
+///   another thread, [`check_out`](Router::check_out) and [`check_in`](Router::check_in);
+/// - [`poll_outbound`](Router::poll_outbound) (placed routers only): mail and timer
+///   cancellations for other routers;
+/// - [`poll_dead_letter`](Router::poll_dead_letter): undeliverable messages (bounded by
+///   [`Config::dead_letter_capacity`]; a driver that never polls loses only the overflow,
+///   counted);
+/// - [`poll_timeout`](Router::poll_timeout): when to call `handle_timeout` next.
+///
+/// Time only moves forward: pass the same or later instants from call to call.
 pub struct Router<K, M> {
     config: Config,
     /// This router's number among its peers (its shard), carried in every handle it issues.
     number: u32,
-    /// Which IDs live here; `None`: all of them.
-    placement: Option<Box<dyn Placement<K>>>,
-    /// Messages for receivers on other routers.
-    outbound: VecDeque<(Recipient<K>, M)>,
+    /// Where IDs live; `None`: all of them here.
+    placement: Option<Arc<dyn Placement<K>>>,
+    /// Work for other routers.
+    outbound: VecDeque<(Location, Outbound<K, M>)>,
     slots: Slab<Slot<K, M>>,
     /// Last generation handed out per slab index; survives the slot's removal.
     generations: Vec<u32>,
@@ -111,6 +175,8 @@ pub struct Router<K, M> {
     commands: VecDeque<Command>,
     dead_letters: VecDeque<DeadLetter<K, M>>,
     closing: bool,
+    /// Deliveries left before a closing router stops draining.
+    drain_left: u64,
     epoch: Option<Instant>,
     /// The last `now` turned into ticks, and its ticks.
     clock: Option<(Instant, u64)>,
@@ -142,25 +208,22 @@ struct Rejected<K, M> {
     kind: SendErrorKind,
 }
 
-impl<K, M> Router<K, M>
-where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
-{
+impl<K, M> Router<K, M> {
     /// A router that owns every ID.
     pub fn new(config: Config) -> Self {
         Self::build(config, 0, None)
     }
 
-    /// Router number `number` among peers, owning the IDs `placement` says. Messages for other
-    /// IDs, and for handles issued by other routers, go out through
-    /// [`poll_outbound`](Router::poll_outbound).
-    pub fn placed(config: Config, number: u32, placement: impl Placement<K>) -> Self {
-        Self::build(config, number, Some(Box::new(placement)))
+    /// Router (shard) number `number` among peers, owning the IDs that `placement` locates at
+    /// [`Location::Shard`]`(number)`. Messages for other IDs, and for handles issued by other
+    /// routers, go out through [`poll_outbound`](Router::poll_outbound).
+    pub fn placed(config: Config, number: u32, placement: Arc<dyn Placement<K>>) -> Self {
+        Self::build(config, number, Some(placement))
     }
 
-    fn build(config: Config, number: u32, placement: Option<Box<dyn Placement<K>>>) -> Self {
+    fn build(config: Config, number: u32, placement: Option<Arc<dyn Placement<K>>>) -> Self {
         Router {
+            drain_left: config.drain_limit,
             config,
             number,
             placement,
@@ -192,6 +255,77 @@ where
         &self.config
     }
 
+    /// The router number carried by the handles this router issues.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// True once a closing router has delivered its [drain limit](Config::drain_limit).
+    #[inline]
+    fn drained(&self) -> bool {
+        self.closing && self.drain_left == 0
+    }
+
+    /// True once [`close`](Router::close) was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// True once closing has finished: no receiver is live.
+    pub fn is_closed(&self) -> bool {
+        self.closing && self.slots.is_empty()
+    }
+
+    /// Counters and receiver counts.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            timers_pending: self.timers.len(),
+            ..self.stats
+        }
+    }
+
+    /// The next command for the driver, in the order they arose.
+    #[must_use = "every command must be handled once"]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// The next undeliverable message.
+    #[must_use = "a dead letter is the only report of an undeliverable message"]
+    pub fn poll_dead_letter(&mut self) -> Option<DeadLetter<K, M>> {
+        self.dead_letters.pop_front()
+    }
+
+    /// The next piece of work for another router, and where it goes.
+    #[must_use = "outbound work must be delivered to its router, or it is lost"]
+    pub fn poll_outbound(&mut self) -> Option<(Location, Outbound<K, M>)> {
+        self.outbound.pop_front()
+    }
+
+    /// The next time [`handle_timeout`](Router::handle_timeout) has work, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.timers.next_deadline(), self.list_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the oldest receiver on the idle list is due to be deactivated; `None` if there is
+    /// none, or never.
+    fn list_deadline(&self) -> Option<Instant> {
+        let head = self.slots.get(self.idle_head as usize)?;
+        let since = self
+            .epoch?
+            .checked_add(Duration::from_nanos(head.idle_since))?;
+        crate::deadline(since, self.config.idle_timeout)
+    }
+
+    /// Cancels a timer held by this router; true if it was pending (it will never fire).
+    pub fn cancel(&mut self, timer: TimerId) -> bool {
+        self.timers.cancel(timer)
+    }
+
     /// Switches on a deliberate bug (tests of invariant checkers only).
     #[cfg(feature = "fault-injection")]
     pub fn inject_fault(&mut self, fault: Fault) {
@@ -209,7 +343,9 @@ where
             false
         }
     }
+}
 
+impl<K: Key, M: Message> Router<K, M> {
     // ---- sending ------------------------------------------------------------------------------
 
     /// Sends `msg` from outside to the receiver with ID `to`, activating it if needed.
@@ -224,13 +360,19 @@ where
             .map_err(Rejected::into_error)
     }
 
-    /// Schedules `msg` for the receiver `to` at `deadline`, from outside.
-    pub fn schedule(&mut self, to: K, deadline: Instant, msg: M) -> Result<TimerId, SendError<M>> {
+    /// Schedules `msg` for the receiver `to` at `deadline`, from outside; `None`: never (the
+    /// timer can be cancelled, and is a dead letter at close).
+    pub fn schedule(
+        &mut self,
+        to: K,
+        deadline: impl Into<Option<Instant>>,
+        msg: M,
+    ) -> Result<TimerId, SendError<M>> {
         if self.closing {
             return Err(SendError::Closed(msg));
         }
         let id = self.timers.outside_id(self.number);
-        self.timers.schedule(id, deadline, to, msg);
+        self.timers.schedule(id, deadline.into(), to, msg);
         Ok(id)
     }
 
@@ -241,19 +383,14 @@ where
         &mut self,
         id: TimerId,
         to: K,
-        deadline: Instant,
+        deadline: impl Into<Option<Instant>>,
         msg: M,
     ) -> Result<(), SendError<M>> {
         if self.closing {
             return Err(SendError::Closed(msg));
         }
-        self.timers.schedule(id, deadline, to, msg);
+        self.timers.schedule(id, deadline.into(), to, msg);
         Ok(())
-    }
-
-    /// Cancels a timer; true if it was pending (it will never fire).
-    pub fn cancel(&mut self, timer: TimerId) -> bool {
-        self.timers.cancel(timer)
     }
 
     /// A handle to the live receiver with ID `id`.
@@ -266,17 +403,6 @@ where
         self.live(addr).map(|key| &self.slots[key].id)
     }
 
-    /// The router number carried by the handles this router issues.
-    pub fn number(&self) -> u32 {
-        self.number
-    }
-
-    /// The next message for a receiver on another router, to deliver there with
-    /// [`forward`](Router::forward).
-    pub fn poll_outbound(&mut self) -> Option<(Recipient<K>, M)> {
-        self.outbound.pop_front()
-    }
-
     /// Accepts a message that a receiver or timer on another router sent. It is routed as if sent
     /// from a receiver here: while closing it still reaches live receivers, and a refusal
     /// becomes a dead letter here.
@@ -284,8 +410,10 @@ where
         self.route_inside(to, msg);
     }
 
-    fn owns(&self, id: &K) -> bool {
-        self.placement.as_ref().is_none_or(|p| p.owns(id))
+    /// Where `id` lives, if not here.
+    fn elsewhere(&self, id: &K) -> Option<Location> {
+        let location = self.placement.as_ref()?.locate(id);
+        (location != Location::Shard(self.number)).then_some(location)
     }
 
     fn route(&mut self, to: Recipient<K>, msg: M, outside: bool) -> Result<(), Rejected<K, M>> {
@@ -295,7 +423,9 @@ where
         let key = match &to {
             Recipient::Addr(addr) if addr.router != self.number => {
                 self.stats.messages_forwarded += 1;
-                self.outbound.push_back((to, msg));
+                let location = Location::Shard(addr.router);
+                self.outbound
+                    .push_back((location, Outbound::Message(to, msg)));
                 return Ok(());
             }
             Recipient::Addr(addr) => match self.live(*addr) {
@@ -306,9 +436,10 @@ where
                 let hash = self.hasher.hash_one(id);
                 match self.lookup_hashed(hash, id) {
                     Some(key) => key,
-                    None if !self.owns(id) => {
+                    None if let Some(location) = self.elsewhere(id) => {
                         self.stats.messages_forwarded += 1;
-                        self.outbound.push_back((to, msg));
+                        self.outbound
+                            .push_back((location, Outbound::Message(to, msg)));
                         return Ok(());
                     }
                     None if self.closing => {
@@ -351,6 +482,9 @@ where
 
     /// Routes a message sent by a receiver or a timer; a refusal becomes a dead letter.
     fn route_inside(&mut self, to: Recipient<K>, msg: M) {
+        if self.drained() {
+            return self.dead_letter(to, Some(msg), DeadLetterReason::DrainLimit);
+        }
         if let Err(r) = self.route(to, msg, false) {
             let reason = match r.kind {
                 SendErrorKind::Closed => DeadLetterReason::Closed,
@@ -369,6 +503,17 @@ where
     ) {
         tracing::debug!(?recipient, %reason, "dead letter");
         self.stats.dead_letters += 1;
+        if self.dead_letters.len() >= self.config.dead_letter_capacity {
+            if self.stats.dead_letters_dropped == 0 {
+                tracing::warn!(
+                    capacity = self.config.dead_letter_capacity,
+                    "dead letters are not being polled: dropping the overflow (counted in \
+                     Stats::dead_letters_dropped); poll them with Router::poll_dead_letter"
+                );
+            }
+            self.stats.dead_letters_dropped += 1;
+            return;
+        }
         self.dead_letters.push_back(DeadLetter {
             recipient,
             message,
@@ -494,6 +639,7 @@ where
     fn idle_timeout_of(&self, key: usize) -> Duration {
         match self.slots[key].idle_timeout_ms {
             DEFAULT_IDLE => self.config.idle_timeout,
+            NEVER_IDLE => Duration::MAX,
             ms => Duration::from_millis(ms.into()),
         }
     }
@@ -518,9 +664,9 @@ where
         let addr = self.addr_of(key);
         let slot = &mut self.slots[key];
         slot.idle_since = since;
-        if !slot.idle_armed {
+        if !slot.idle_armed && slot.idle_timeout_ms != NEVER_IDLE {
             slot.idle_armed = true;
-            self.timers.arm_idle(now + timeout, addr);
+            self.timers.arm_idle(crate::deadline(now, timeout), addr);
         }
     }
 
@@ -564,13 +710,6 @@ where
         }
     }
 
-    /// When the oldest receiver on the idle list is due to be deactivated.
-    fn list_deadline(&self) -> Option<Instant> {
-        let head = self.slots.get(self.idle_head as usize)?;
-        let epoch = self.epoch?;
-        Some(epoch + Duration::from_nanos(head.idle_since) + self.config.idle_timeout)
-    }
-
     fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
         self.set_state(key, State::Deactivating(why));
         self.commands
@@ -579,12 +718,47 @@ where
 
     /// Reports every queued message of `key` as a dead letter and frees the slot.
     fn fail_activation(&mut self, key: usize, reason: DeadLetterReason) {
-        let mailbox = std::mem::take(&mut self.slots[key].mailbox);
+        self.fail_mailbox(key, reason);
+        self.remove(key);
+    }
+
+    /// Reports every message queued for `key` as a dead letter, in order.
+    fn fail_mailbox(&mut self, key: usize, reason: DeadLetterReason) {
+        if self.slots[key].mailbox.is_empty() {
+            return;
+        }
+        let mut mailbox = std::mem::take(&mut self.slots[key].mailbox);
         let id = self.slots[key].id.clone();
-        for msg in mailbox {
+        for msg in mailbox.drain(..) {
             self.dead_letter(Recipient::Id(id.clone()), Some(msg), reason.clone());
         }
-        self.remove(key);
+        self.spare_batch(mailbox);
+    }
+
+    /// Counts deliveries against a closing router's drain limit; on reaching it, stops
+    /// draining.
+    fn count_drained(&mut self, handled: u64) {
+        if self.drain_left == 0 {
+            return;
+        }
+        self.drain_left = self.drain_left.saturating_sub(handled);
+        if self.drain_left == 0 {
+            self.stop_draining();
+        }
+    }
+
+    /// The drain limit is reached: everything still queued becomes a dead letter. Receivers
+    /// with a `Run` out find an empty mailbox and are deactivated; later mail is refused.
+    fn stop_draining(&mut self) {
+        tracing::warn!(
+            limit = self.config.drain_limit,
+            "closing delivered its drain limit of messages; the rest are dead letters \
+             (receivers that keep messaging each other stop here)"
+        );
+        let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.fail_mailbox(key, DeadLetterReason::DrainLimit);
+        }
     }
 
     #[inline]
@@ -613,16 +787,6 @@ where
     }
 
     // ---- commands -----------------------------------------------------------------------------
-
-    /// The next command for the driver, in the order they arose.
-    pub fn poll_command(&mut self) -> Option<Command> {
-        self.commands.pop_front()
-    }
-
-    /// The next undeliverable message.
-    pub fn poll_dead_letter(&mut self) -> Option<DeadLetter<K, M>> {
-        self.dead_letters.pop_front()
-    }
 
     /// Completes an [`Activate`](Command::Activate) with what the factory made.
     pub fn activate(
@@ -764,6 +928,12 @@ where
         }
         self.stats.messages_delivered += handled;
         self.apply();
+        if self.closing && handled > 0 {
+            self.count_drained(handled);
+        }
+        if self.drained() {
+            self.fail_mailbox(key, DeadLetterReason::DrainLimit);
+        }
 
         let injected = self.fault(Fault::DeactivateNonEmpty);
         let slot = &mut self.slots[key];
@@ -810,6 +980,9 @@ where
         self.stats.deactivations += 1;
         // An idle-timeout override lasts as long as the instance, and so does an idle check
         // armed for it: the next instance arms its own.
+        if self.drained() {
+            self.fail_mailbox(key, DeadLetterReason::DrainLimit);
+        }
         let slot = &mut self.slots[key];
         slot.idle_timeout_ms = DEFAULT_IDLE;
         slot.idle_armed = false;
@@ -859,6 +1032,10 @@ where
                         self.timers.schedule(id, deadline, to, msg);
                     }
                 }
+                TimerOp::Cancel(id) if id.router() != self.number && self.placement.is_some() => {
+                    let location = Location::Shard(id.router());
+                    self.outbound.push_back((location, Outbound::Cancel(id)));
+                }
                 TimerOp::Cancel(id) => {
                     self.timers.cancel(id);
                 }
@@ -867,10 +1044,12 @@ where
         effects.timers = timers;
     }
 
-    /// Handles a `Run` or `Deactivate` inline. The same as [`check_out`](Router::check_out),
-    /// [`Job::execute`], [`check_in`](Router::check_in) (the same batch loop and the same
-    /// check-in code), without moving the receiver and its batch out and back.
-    pub fn run(&mut self, addr: Addr, now: Instant) -> Result<(), CommandError> {
+    /// Handles a `Run` or `Deactivate` inline, reading the time from `clock` (an `Instant` for a
+    /// fixed time, [`SystemClock`](crate::SystemClock) for the real one). The same as
+    /// [`check_out`](Router::check_out), [`Job::execute`], [`check_in`](Router::check_in) (the
+    /// same batch loop and the same check-in code), without moving the receiver and its batch
+    /// out and back.
+    pub fn run(&mut self, addr: Addr, clock: impl Clock) -> Result<(), CommandError> {
         let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
         let slot = &mut self.slots[key];
         let why = match slot.state {
@@ -881,11 +1060,12 @@ where
         let Some(mut receiver) = slot.receiver.take() else {
             return Err(CommandError::WrongState(addr));
         };
+        let clock: &dyn Clock = &clock;
         if let Some(why) = why {
             let mut ctx = Context {
                 id: &self.slots[key].id,
                 addr,
-                now,
+                clock,
                 effects: &mut self.effects,
                 timer_seq: &mut self.timer_seq,
             };
@@ -901,7 +1081,7 @@ where
         let mut ctx = Context {
             id,
             addr,
-            now,
+            clock,
             effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
         };
@@ -912,37 +1092,45 @@ where
             mailbox.pop_front()
         };
         let (handled, ending) = run_batch(&mut receiver, &mut ctx, std::mem::take(fresh), next);
+        // Idle time counts from the end of the run, not from when the driver last looked.
+        let now = clock.now();
         self.finish_run(key, addr, receiver, handled, ending, now);
         Ok(())
     }
 
-    /// Handles any command inline, calling `factory` for `Activate`. Every driver that runs
-    /// receivers on its own thread can use this.
+    /// Handles any command inline: the one place where commands become work, for every driver
+    /// (the executors' shards, [`Driver`](crate::Driver), the simulator and the checker).
+    ///
+    /// `Activate` calls `factory`; a factory that panics fails the activation like one that
+    /// returns [`Activation::Failed`] (its queued messages become
+    /// [`FactoryFailed`](DeadLetterReason::FactoryFailed) dead letters). `Run` and `Deactivate`
+    /// run the receiver inline ([`run`](Router::run)), whose panics are caught too.
     pub fn handle(
         &mut self,
         command: Command,
         factory: &(impl Factory<K, M> + ?Sized),
-        now: Instant,
+        clock: impl Clock,
     ) -> Result<(), CommandError> {
         match command {
             Command::Activate(addr) => {
                 let id = self.id(addr).ok_or(CommandError::Stale(addr))?;
-                let activation = factory.create(id);
-                self.activate(addr, activation, now)
+                let activation = match catch_unwind(AssertUnwindSafe(|| factory.create(id))) {
+                    Ok(activation) => activation,
+                    Err(panic) => {
+                        let why = panic_message(panic);
+                        tracing::warn!(?addr, %why, "the factory panicked; activation failed");
+                        self.stats.panics += 1;
+                        Activation::failed(FactoryPanicked(why))
+                    }
+                };
+                // The factory may have taken a while (loading state): idle time counts from now.
+                self.activate(addr, activation, clock.now())
             }
-            Command::Run(addr) | Command::Deactivate(addr) => self.run(addr, now),
+            Command::Run(addr) | Command::Deactivate(addr) => self.run(addr, clock),
         }
     }
 
     // ---- time ---------------------------------------------------------------------------------
-
-    /// The next time [`handle_timeout`](Router::handle_timeout) has work, if any.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.timers.next_deadline(), self.list_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
 
     /// Fires every timer due at `now` in deadline order (ties in scheduling order) and
     /// deactivates receivers idle past their timeout.
@@ -985,9 +1173,9 @@ where
         let elapsed = Duration::from_nanos(self.ticks(now).saturating_sub(since));
         if elapsed >= timeout {
             self.begin_deactivation(key, Deactivation::IdleTimeout);
-        } else {
+        } else if let Some(at) = crate::deadline(now, timeout - elapsed) {
             self.slots[key].idle_armed = true;
-            self.timers.arm_idle(now + (timeout - elapsed), addr);
+            self.timers.arm_idle(Some(at), addr);
         }
     }
 
@@ -1001,8 +1189,12 @@ where
             return;
         }
         self.closing = true;
+        self.drain_left = self.config.drain_limit;
         for p in self.timers.drain() {
             self.dead_letter(Recipient::Id(p.to), Some(p.msg), DeadLetterReason::Closed);
+        }
+        if self.drained() {
+            self.stop_draining();
         }
         let idle: Vec<usize> = self
             .slots
@@ -1014,23 +1206,16 @@ where
             self.begin_deactivation(key, Deactivation::Closing);
         }
     }
+}
 
-    /// True once [`close`](Router::close) was called.
-    pub fn is_closing(&self) -> bool {
-        self.closing
-    }
-
-    /// True once closing has finished: no receiver is live.
-    pub fn is_closed(&self) -> bool {
-        self.closing && self.slots.is_empty()
-    }
-
-    /// Counters and receiver counts.
-    pub fn stats(&self) -> Stats {
-        Stats {
-            timers_pending: self.timers.len(),
-            ..self.stats
-        }
+impl<K, M> std::fmt::Debug for Router<K, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("number", &self.number)
+            .field("config", &self.config)
+            .field("closing", &self.closing)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -1047,6 +1232,18 @@ impl<K, M> Rejected<K, M> {
         }
     }
 }
+
+/// The error a failed activation carries when the factory panicked.
+#[derive(Debug)]
+struct FactoryPanicked(Arc<str>);
+
+impl std::fmt::Display for FactoryPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the factory panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for FactoryPanicked {}
 
 /// The error a failed activation carries when the `activated` hook panicked.
 #[derive(Debug)]

@@ -22,6 +22,9 @@ pub(crate) enum State {
 /// Idle timeout sentinel: use the router's default.
 pub(crate) const DEFAULT_IDLE: u32 = u32::MAX;
 
+/// Idle timeout sentinel: never deactivate for idleness.
+pub(crate) const NEVER_IDLE: u32 = u32::MAX - 1;
+
 /// "No slot" in the idle list's links.
 pub(crate) const NIL: u32 = u32::MAX;
 

@@ -4,6 +4,7 @@ use std::ops::AddAssign;
 
 /// A snapshot of a router's receivers and counters. Add snapshots to total several shards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Receivers holding a slot: every state below.
     pub live: usize,
@@ -29,7 +30,10 @@ pub struct Stats {
     pub deactivations: u64,
     /// Messages reported as dead letters.
     pub dead_letters: u64,
-    /// Handler panics caught.
+    /// Dead letters dropped because nobody polled them (see
+    /// [`Config::dead_letter_capacity`](crate::Config::dead_letter_capacity)).
+    pub dead_letters_dropped: u64,
+    /// Panics caught: in handlers, lifecycle hooks and factories.
     pub panics: u64,
     /// User timers scheduled and not yet fired or cancelled.
     pub timers_pending: usize,
@@ -49,6 +53,7 @@ impl AddAssign for Stats {
         self.activations += o.activations;
         self.deactivations += o.deactivations;
         self.dead_letters += o.dead_letters;
+        self.dead_letters_dropped += o.dead_letters_dropped;
         self.panics += o.panics;
         self.timers_pending += o.timers_pending;
     }

@@ -33,6 +33,15 @@ pub struct Probe<K, M> {
     effects: Effects<K, M>,
 }
 
+impl<K: std::fmt::Debug, M> std::fmt::Debug for Probe<K, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("id", &self.id)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a receiver asked for while handling one message or hook.
 #[derive(Debug, PartialEq)]
 pub struct Outcome<K, M> {
@@ -57,7 +66,7 @@ pub struct Scheduled<K, M> {
     pub id: TimerId,
     /// Who gets the message.
     pub to: K,
-    /// Delay from the probe's current time.
+    /// Delay from the probe's current time (`Duration::MAX`: never).
     pub after: Duration,
     /// The message.
     pub msg: M,
@@ -106,7 +115,7 @@ impl<K: Clone + 'static, M: 'static> Probe<K, M> {
                 index: 0,
                 generation: 0,
             },
-            now: self.now,
+            clock: &self.now,
             effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
         };
@@ -130,7 +139,8 @@ impl<K: Clone + 'static, M: 'static> Probe<K, M> {
                 } => scheduled.push(Scheduled {
                     id,
                     to,
-                    after: deadline.saturating_duration_since(self.now),
+                    after: deadline
+                        .map_or(Duration::MAX, |at| at.saturating_duration_since(self.now)),
                     msg,
                 }),
                 TimerOp::Cancel(id) => cancelled.push(id),

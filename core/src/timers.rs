@@ -10,6 +10,14 @@ use std::time::Instant;
 
 use crate::Addr;
 
+/// When a heap entry is due: at an instant, or never (a delay past the end of representable
+/// time). `Never` sorts after every instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum When {
+    At(Instant),
+    Never,
+}
+
 /// Identifies a scheduled timer, for [`cancel`](crate::Context::cancel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId {
@@ -67,7 +75,7 @@ pub(crate) struct Pending<K, M> {
 }
 
 pub(crate) struct Timers<K, M> {
-    heap: BinaryHeap<Reverse<(Instant, u64, Due)>>,
+    heap: BinaryHeap<Reverse<(When, u64, Due)>>,
     pending: HashMap<TimerId, Pending<K, M>>,
     /// Scheduling order, to break deadline ties.
     seq: u64,
@@ -97,20 +105,25 @@ impl<K, M> Timers<K, M> {
         TimerId::outside(router, n)
     }
 
-    pub(crate) fn schedule(&mut self, id: TimerId, deadline: Instant, to: K, msg: M) {
+    /// Schedules a user timer; `None`: it never fires (but can be cancelled, and is drained at
+    /// close like any other).
+    pub(crate) fn schedule(&mut self, id: TimerId, deadline: Option<Instant>, to: K, msg: M) {
         if self.pending.insert(id, Pending { to, msg }).is_some() {
             // Same ID scheduled twice (a u32 sequence wrapped): the older entry is now unreachable.
             self.cancelled += 1;
         }
-        self.push(deadline, Due::User(id));
+        self.push(deadline.map_or(When::Never, When::At), Due::User(id));
     }
 
-    pub(crate) fn arm_idle(&mut self, deadline: Instant, addr: Addr) {
-        self.push(deadline, Due::Idle(addr));
+    /// Arms an idle check; one that would never come due is not armed.
+    pub(crate) fn arm_idle(&mut self, deadline: Option<Instant>, addr: Addr) {
+        if let Some(at) = deadline {
+            self.push(When::At(at), Due::Idle(addr));
+        }
     }
 
-    fn push(&mut self, deadline: Instant, due: Due) {
-        self.heap.push(Reverse((deadline, self.seq, due)));
+    fn push(&mut self, when: When, due: Due) {
+        self.heap.push(Reverse((when, self.seq, due)));
         self.seq += 1;
     }
 
@@ -137,13 +150,17 @@ impl<K, M> Timers<K, M> {
 
     /// The earliest deadline among entries that may still fire.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+        match self.heap.peek() {
+            Some(Reverse((When::At(at), _, _))) => Some(*at),
+            _ => None,
+        }
     }
 
     /// Pops the next entry due at `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Fired<K, M>> {
         loop {
-            let &Reverse((at, _, due)) = self.heap.peek()?;
+            let &Reverse((when, _, due)) = self.heap.peek()?;
+            let When::At(at) = when else { return None };
             if at > now {
                 return None;
             }

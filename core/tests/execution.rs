@@ -7,13 +7,14 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hermes_core::testkit::{Probe, Scheduled};
 use hermes_core::{
-    Activation, Command, Config, Context, Deactivation, Driver, Receiver, Recipient, Router,
-    Sharded,
+    Activation, Command, Config, Context, Deactivation, Driver, Location, Outbound, Receiver,
+    Recipient, Router, Sharded,
 };
 
 #[test]
@@ -76,19 +77,11 @@ fn placed_routers_exchange_messages_through_outbound_and_forward() {
     let t0 = Instant::now();
     let rec = Recorder::default();
     let factory = rec.factory();
+    let placement = Sharded::new(shards);
     let mut routers: Vec<Router<Id, Msg>> = (0..shards)
-        .map(|i| {
-            Router::placed(
-                Config::default(),
-                i,
-                Sharded {
-                    index: i,
-                    count: shards,
-                },
-            )
-        })
+        .map(|i| Router::placed(Config::default(), i, Arc::new(placement)))
         .collect();
-    let owner = |id: &Id| Sharded::shard_of(id, shards) as usize;
+    let owner = |id: &Id| placement.shard_of(id) as usize;
     let (a, b) = {
         // Two IDs on different shards.
         let a: Id = 1;
@@ -108,11 +101,19 @@ fn placed_routers_exchange_messages_through_outbound_and_forward() {
                 while let Some(c) = routers[i].poll_command() {
                     routers[i].handle(c, &factory, t0).unwrap();
                 }
-                while let Some((to, msg)) = routers[i].poll_outbound() {
-                    let dest = match &to {
+                while let Some((location, outbound)) = routers[i].poll_outbound() {
+                    let Location::Shard(dest) = location else {
+                        unreachable!("routers here are placed on shards")
+                    };
+                    let dest = dest as usize;
+                    let Outbound::Message(to, msg) = outbound else {
+                        unreachable!("no timers here")
+                    };
+                    let expected = match &to {
                         Recipient::Id(id) => owner(id),
                         Recipient::Addr(addr) => addr.router() as usize,
                     };
+                    assert_eq!(dest, expected, "placed where the placement says");
                     assert_ne!(dest, i, "a router forwards only what it does not own");
                     routers[dest].forward(to, msg);
                     moved += 1;

@@ -215,7 +215,7 @@ fn idle_receiver_is_deactivated_after_idle_timeout_not_before() {
 
 #[test]
 fn default_idle_timeout_is_five_minutes() {
-    assert_eq!(Config::default().get_idle_timeout(), ms(300_000));
+    assert_eq!(Config::default().idle_timeout, ms(300_000));
     let mut h = Harness::new(Config::default());
     h.put(1, note(1));
     h.settle();

@@ -1,12 +1,14 @@
 //! Deterministic simulation for Hermes applications.
 //!
-//! [`Sim`] runs a whole application of receivers (your factory) on one thread, playing the
-//! executor itself: a seeded scheduler decides which ready receiver runs next, how many run "at
-//! once" (checked out to workers), when their results are checked back in, and when messages
-//! between shards arrive. Time is virtual: it stands still while there is work and jumps to the
-//! next timer when there is none, so a test covers hours of timeouts and heartbeats in
-//! milliseconds, with no sleeping and no flakiness. Run a test under many seeds to explore
-//! interleavings; when one fails, its seed replays exactly the same run.
+//! [`Sim`] runs a whole application of receivers (your factory) on one thread. It runs the very
+//! shards the executors run (the same turn loop, budgets, inboxes and park/wake protocol) and
+//! plays the executor's threads itself: a seeded scheduler decides which shard with work turns
+//! next, which decides when mail between shards is taken and in what interleaving receivers on
+//! different shards run. Every interleaving it explores is one an executor can produce. Time is
+//! virtual: it stands still while there is work and jumps to the next timer when there is none,
+//! so a test covers hours of timeouts and heartbeats in milliseconds, with no sleeping and no
+//! flakiness. Run a test under many seeds to explore interleavings; when one fails, its seed
+//! replays exactly the same run.
 //!
 //! ```
 //! use std::time::Duration;
@@ -27,7 +29,7 @@
 //!             total += 1;
 //!             ctx.schedule(Duration::from_secs(60), Msg::Tick);
 //!         }
-//!         Msg::Total(reply) => reply.send(total),
+//!         Msg::Total(reply) => { let _ = reply.send(total); }
 //!     })
 //! });
 //! sim.send("counter", Msg::Tick).unwrap();
@@ -37,8 +39,9 @@
 //! assert_eq!(sim.elapsed(), Duration::from_secs(3600));
 //! ```
 //!
-//! Observe an application through [`Sim::ask`] (a request carrying this crate's [`Reply`]),
-//! through [`Sim::wait`] (any reply that is a future, such as the executors' `Asked`), through
+//! Observe an application through [`Sim::ask`] (a request carrying the same [`Reply`] the
+//! executors use, so production message types work unchanged), through [`Sim::wait`] (any
+//! future, such as `Hermes::ask` on [`Sim::handle`]), through
 //! [`Sim::dead_letters`] and [`Sim::stats`], or by letting receivers write to shared state in
 //! the test.
 //!
@@ -46,8 +49,7 @@
 //! [`Context::now`](hermes_core::Context::now), and use no threads, real clocks or unseeded
 //! randomness.
 
-mod reply;
 mod sim;
 
-pub use reply::{AskError, Reply};
+pub use hermes_executor::{AskError, Reply};
 pub use sim::Sim;

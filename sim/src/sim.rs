@@ -1,118 +1,249 @@
-//! The simulator: routers, a seeded scheduler standing in for an executor, and a virtual clock.
+//! The simulator: the real shards, a seeded scheduler standing in for the executor's threads,
+//! and a virtual clock.
 
-use std::collections::VecDeque;
-use std::fmt::Debug;
+use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hermes_core::{
-    Command, Config, DeadLetter, Done, Factory, Job, Recipient, Router, SendError, Sharded, Stats,
-    TimerId,
+    Activation, Clock, Config, DeadLetter, Factory, Key, Message, SendError, Stats, TimerId,
+};
+use hermes_executor::{
+    AskError, Hermes, Options, Reply, Runtime, Shard, Turn, Wake, WouldDeadlock, launch,
 };
 
-use crate::reply::{self, AskError, Reply};
-
-/// Jobs that may be checked out at once by default: a four-thread executor.
-const DEFAULT_WORKERS: usize = 4;
 /// Scheduling steps without a quiet moment before the simulation declares a livelock.
 const DEFAULT_MAX_STEPS: u64 = 10_000_000;
 
-/// A job checked out of router `.0`, not yet run or run and not yet checked back in.
-enum Flight<K, M> {
-    Out(usize, Job<K, M>),
-    Ran(usize, Done<K, M>),
+/// The deliberate bug switched on in every shard, if any (feature `fault-injection`).
+#[cfg(feature = "fault-injection")]
+type Fault = Option<hermes_executor::ShardFault>;
+#[cfg(not(feature = "fault-injection"))]
+type Fault = ();
+
+#[cfg(feature = "fault-injection")]
+fn inject<K, M>(options: Options<K, M>, fault: Fault) -> Options<K, M> {
+    match fault {
+        Some(fault) => options.inject_fault(fault),
+        None => options,
+    }
 }
 
-/// One thing the scheduler may do next.
-#[derive(Clone, Copy)]
-enum Action {
-    Command,
-    Execute,
-    CheckIn,
-    Forward,
+#[cfg(not(feature = "fault-injection"))]
+fn inject<K, M>(options: Options<K, M>, (): Fault) -> Options<K, M> {
+    options
 }
 
 /// A whole Hermes application on one thread, with virtual time and seeded interleavings.
 ///
-/// The simulator plays the executor: it takes the routers' commands in a random order, checks
-/// receivers out into a pool of "worker" jobs, runs them and checks them back in at random later
-/// points, and moves messages between shards with random delays, all drawn from one seed. Time is
-/// virtual: it stands still while there is work, and jumps to the next timer when there is none,
-/// so hours of timers take milliseconds. The same seed replays the same run exactly, as long as
-/// the receivers are deterministic (no real clocks, threads or unseeded randomness).
+/// The simulator runs the same shards as the executors (the same turn, per-turn budgets,
+/// carried-over commands, cross-shard mail through the same inboxes, the same park and wake
+/// protocol), and plays the executor's threads itself: a seeded scheduler decides which shard
+/// that has work takes its next turn. Each seed also picks the shards' turn budgets, small ones
+/// for some seeds, so that budget and carry-over paths run. Time is virtual: it stands still
+/// while there is work, and jumps to the next deadline when there is none, so hours of timers
+/// take milliseconds. The same seed replays the same run exactly, as long as the receivers are
+/// deterministic (no real clocks, threads or unseeded randomness).
 ///
 /// See the [crate docs](crate) for an example.
-pub struct Sim<K, M> {
+pub struct Sim<K: Key, M: Message> {
     seed: u64,
     rng: fastrand::Rng,
     config: Config,
-    factory: Box<dyn Factory<K, M>>,
-    routers: Vec<Router<K, M>>,
-    workers: usize,
-    max_steps: u64,
-    epoch: Instant,
-    elapsed: Duration,
-    /// Commands taken from the routers, not yet handled: (router, command).
-    commands: Vec<(usize, Command)>,
-    jobs: Vec<Flight<K, M>>,
-    /// Messages between routers, FIFO per (from, to) pair: index `from * n + to`.
-    transit: Vec<VecDeque<(Recipient<K>, M)>>,
+    factory: Arc<dyn Factory<K, M>>,
+    fault: Fault,
+    clock: Arc<VirtualClock>,
+    hermes: Hermes<K, M>,
+    shards: Vec<SimShard<K, M>>,
+    /// Where the shards' dead-letter sink puts them, moved to `dead` after every turn.
+    sunk: Arc<Mutex<Vec<DeadLetter<K, M>>>>,
     dead: Vec<DeadLetter<K, M>>,
+    max_steps: u64,
     /// Scheduling steps taken so far.
     steps: u64,
 }
 
-impl<K, M> Sim<K, M>
-where
-    K: Clone + Eq + Hash + Debug + Send + 'static,
-    M: Send + 'static,
-{
-    /// A simulation of the application `factory` makes, with router `config`, one shard and
-    /// four workers; every choice it makes comes from `seed`.
-    pub fn new(seed: u64, config: Config, factory: impl Factory<K, M>) -> Self {
-        let mut sim = Sim {
-            seed,
-            rng: fastrand::Rng::with_seed(seed),
-            config,
-            factory: Box::new(factory),
-            routers: Vec::new(),
-            workers: DEFAULT_WORKERS,
-            max_steps: DEFAULT_MAX_STEPS,
-            epoch: Instant::now(),
-            elapsed: Duration::ZERO,
-            commands: Vec::new(),
-            jobs: Vec::new(),
-            transit: Vec::new(),
-            dead: Vec::new(),
-            steps: 0,
-        };
-        sim.build_routers(1);
-        sim
+/// One shard and what the scheduler knows about it.
+struct SimShard<K: Key, M: Message> {
+    /// `None` once it has exited (and been dropped, as an executor drops it).
+    shard: Option<Shard<K, M>>,
+    /// Rung by a push to the shard's inbox while it is parked.
+    bell: Arc<AtomicBool>,
+    /// What its last turn said.
+    last: Turn,
+}
+
+/// The virtual clock: the epoch plus simulated nanoseconds, shared with the handle (for
+/// `Hermes::schedule`) and passed to every turn.
+#[derive(Debug)]
+struct VirtualClock {
+    epoch: Instant,
+    elapsed: AtomicU64,
+}
+
+impl VirtualClock {
+    fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.elapsed.load(Ordering::Relaxed))
     }
 
-    /// Splits the receivers over `shards` routers, placed by hash of ID as the executors place
-    /// them; messages between shards travel with random delays. Call it before sending anything.
+    fn set(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.elapsed.store(nanos, Ordering::Relaxed);
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Instant {
+        self.epoch + self.elapsed()
+    }
+}
+
+/// The handle's view of the simulated executor: virtual time, and no thread to block on.
+struct SimRuntime(Arc<VirtualClock>);
+
+impl Runtime for SimRuntime {
+    fn block(&self, _wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
+        // Everything runs on the simulation's thread: waiting here would wait forever.
+        Err(WouldDeadlock)
+    }
+
+    fn now(&self) -> Instant {
+        self.0.now()
+    }
+}
+
+struct Bell(Arc<AtomicBool>);
+
+impl Wake for Bell {
+    fn wake(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs the application's factory; shared so the simulation can be rebuilt with more shards.
+struct SharedFactory<K, M>(Arc<dyn Factory<K, M>>);
+
+impl<K: Key, M: Message> Factory<K, M> for SharedFactory<K, M> {
+    fn create(&self, id: &K) -> Activation<K, M> {
+        self.0.create(id)
+    }
+}
+
+impl<K: Key, M: Message> Sim<K, M> {
+    /// A simulation of the application `factory` makes, with router `config` and one shard;
+    /// every choice it makes comes from `seed`.
+    pub fn new(seed: u64, config: Config, factory: impl Factory<K, M>) -> Self {
+        let clock = Arc::new(VirtualClock {
+            epoch: Instant::now(),
+            elapsed: AtomicU64::new(0),
+        });
+        let factory: Arc<dyn Factory<K, M>> = Arc::new(factory);
+        let sunk = Arc::new(Mutex::new(Vec::new()));
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let fault = Fault::default();
+        let (hermes, shards) = Self::launch(&mut rng, &config, &factory, &clock, &sunk, 1, fault);
+        Sim {
+            seed,
+            rng,
+            config,
+            factory,
+            fault,
+            clock,
+            hermes,
+            shards,
+            sunk,
+            dead: Vec::new(),
+            max_steps: DEFAULT_MAX_STEPS,
+            steps: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        rng: &mut fastrand::Rng,
+        config: &Config,
+        factory: &Arc<dyn Factory<K, M>>,
+        clock: &Arc<VirtualClock>,
+        sunk: &Arc<Mutex<Vec<DeadLetter<K, M>>>>,
+        shards: u32,
+        fault: Fault,
+    ) -> (Hermes<K, M>, Vec<SimShard<K, M>>) {
+        let sink = Arc::clone(sunk);
+        let mut options = Options::new(config.clone())
+            .shards(shards as usize)
+            .name("sim")
+            .on_dead_letter(move |letter| {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(letter);
+            });
+        // Half the seeds run with tiny turn budgets, so that carried-over commands and inbox
+        // backlogs happen in small tests too.
+        if rng.bool() {
+            options = options.turn_budget(rng.usize(1..=4), rng.usize(1..=4));
+        }
+        options = inject(options, fault);
+        let runtime = SimRuntime(Arc::clone(clock));
+        let factory = SharedFactory(Arc::clone(factory));
+        let (hermes, shards) = launch(options, factory, runtime, || {
+            let bell = Arc::new(AtomicBool::new(false));
+            (Bell(Arc::clone(&bell)), bell)
+        });
+        let shards = shards
+            .into_iter()
+            .map(|(shard, bell)| SimShard {
+                shard: Some(shard),
+                bell,
+                last: Turn::Busy,
+            })
+            .collect();
+        (hermes, shards)
+    }
+
+    fn relaunch(&mut self, shards: u32) {
+        assert!(
+            self.stats() == Stats::default() && self.steps == 0,
+            "configure the simulation before sending or scheduling anything"
+        );
+        let mut rng = fastrand::Rng::with_seed(self.seed);
+        let (hermes, list) = Self::launch(
+            &mut rng,
+            &self.config,
+            &self.factory,
+            &self.clock,
+            &self.sunk,
+            shards,
+            self.fault,
+        );
+        // The old shards are dropped (closing inline, with nothing in them) before the new run.
+        self.shards = list;
+        self.hermes = hermes;
+        self.rng = rng;
+    }
+
+    /// Splits the receivers over `shards` shards, placed as the executors place them; mail
+    /// between shards goes through their inboxes. Call it before sending anything.
     ///
     /// # Panics
     ///
     /// If anything was sent or scheduled already, or `shards` is zero.
     pub fn with_shards(mut self, shards: u32) -> Self {
         assert!(shards > 0, "a simulation needs at least one shard");
-        assert!(
-            self.stats() == Stats::default(),
-            "call with_shards before sending or scheduling anything"
-        );
-        self.build_routers(shards);
+        self.relaunch(shards);
         self
     }
 
-    /// How many jobs may be checked out at once (like executor threads; default 4). One worker
-    /// still interleaves receivers, but never runs two at once.
-    pub fn with_workers(mut self, workers: usize) -> Self {
-        self.workers = workers.max(1);
+    /// Switches on a deliberate bug in every shard, to show that a test under the simulator
+    /// catches it. Call it before [`with_shards`](Sim::with_shards) and before sending anything.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_fault(mut self, fault: hermes_executor::ShardFault) -> Self {
+        self.fault = Some(fault);
+        let shards = self.shards.len() as u32;
+        self.relaunch(shards);
         self
     }
 
@@ -123,24 +254,6 @@ where
         self
     }
 
-    fn build_routers(&mut self, shards: u32) {
-        self.routers = (0..shards)
-            .map(|index| {
-                if shards == 1 {
-                    Router::new(self.config.clone())
-                } else {
-                    let placement = Sharded {
-                        index,
-                        count: shards,
-                    };
-                    Router::placed(self.config.clone(), index, placement)
-                }
-            })
-            .collect();
-        let n = self.routers.len();
-        self.transit = (0..n * n).map(|_| VecDeque::new()).collect();
-    }
-
     /// The seed this simulation draws every choice from.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -148,16 +261,19 @@ where
 
     /// The simulated time: what receivers see as [`Context::now`](hermes_core::Context::now).
     pub fn now(&self) -> Instant {
-        self.epoch + self.elapsed
+        self.clock.now()
     }
 
     /// Simulated time since the simulation started.
     pub fn elapsed(&self) -> Duration {
-        self.elapsed
+        self.clock.elapsed()
     }
 
-    fn shard_of(&self, id: &K) -> usize {
-        Sharded::shard_of(id, self.routers.len() as u32) as usize
+    /// The application's handle, as the executors return it: code written against
+    /// [`Hermes`] runs under the simulation. Its blocking forms (`ask_blocking`, `shutdown`)
+    /// refuse with `WouldDeadlock`: await its futures with [`wait`](Sim::wait).
+    pub fn handle(&self) -> &Hermes<K, M> {
+        &self.hermes
     }
 
     // ---- input --------------------------------------------------------------------------------
@@ -165,36 +281,30 @@ where
     /// Sends `msg` from outside to the receiver with ID `to`. It is handled when the
     /// simulation runs.
     pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
-        let r = self.shard_of(&to);
-        let result = self.routers[r].send(to, msg);
-        self.collect(r);
-        result
+        self.hermes.send(to, msg)
     }
 
     /// Schedules `msg` for the receiver `to` after `after` of simulated time.
     pub fn schedule(&mut self, to: K, after: Duration, msg: M) -> Result<TimerId, SendError<M>> {
-        let r = self.shard_of(&to);
-        let deadline = self.now() + after;
-        self.routers[r].schedule(to, deadline, msg)
+        self.hermes.schedule(to, after, msg)
     }
 
-    /// Cancels a timer; true if it was pending (it will never fire).
-    pub fn cancel(&mut self, timer: TimerId) -> bool {
-        self.routers
-            .get_mut(timer.router() as usize)
-            .is_some_and(|r| r.cancel(timer))
+    /// Cancels a timer: it will not fire unless it is already due.
+    pub fn cancel(&mut self, timer: TimerId) {
+        self.hermes.cancel(timer);
     }
 
     /// Sends a request carrying a [`Reply`] made by `make`, and runs the simulation (without
-    /// letting time pass) until the answer comes.
+    /// letting time pass) until the answer comes; [`AskError::Timeout`] if it does not.
     ///
     /// ```
     /// use hermes_core::{Activation, Config, Context};
-    /// use hermes_sim::{Reply, Sim};
+    /// use hermes_executor::Reply;
+    /// use hermes_sim::Sim;
     ///
     /// let mut sim = Sim::new(1, Config::default(), |_: &&str| {
     ///     Activation::ready(|_: &mut Context<'_, &str, Reply<u32>>, reply: Reply<u32>| {
-    ///         reply.send(42)
+    ///         let _ = reply.send(42);
     ///     })
     /// });
     /// assert_eq!(sim.ask("answer", |reply| reply), Ok(42));
@@ -211,16 +321,14 @@ where
         within: Duration,
         make: impl FnOnce(Reply<T>) -> M,
     ) -> Result<T, AskError> {
-        let (reply, answer) = reply::pair();
-        self.send(to, make(reply))
-            .map_err(|e| AskError::Refused(e.kind()))?;
-        self.run_until(within, || answer.try_take())
-            .unwrap_or(Err(AskError::NoReply))
+        let asked = self.hermes.ask(to, make);
+        self.wait(within, asked).unwrap_or(Err(AskError::Timeout))
     }
 
     /// Runs the simulation, letting up to `within` of simulated time pass, until `future` is
-    /// ready; `None` if it is not by then. Use it for replies that are futures, such as the
-    /// executors' `Asked`: the future is polled between steps, never blocked on.
+    /// ready; `None` if it is not by then. Use it for answers that are futures, such as
+    /// `Hermes::ask` and `Hermes::shutdown_async`: the future is polled between steps, never
+    /// blocked on.
     pub fn wait<F: Future>(&mut self, within: Duration, future: F) -> Option<F::Output> {
         let mut future = pin!(future);
         let mut cx = Context::from_waker(Waker::noop());
@@ -232,145 +340,48 @@ where
 
     // ---- running ------------------------------------------------------------------------------
 
-    /// Takes one scheduling decision (handle a command, run a job, check one in, or deliver a
-    /// message between shards), chosen by the seed. False if there was nothing to do now.
+    /// Lets one shard that has work take a turn, chosen by the seed. False if no shard had
+    /// anything to do now.
     pub fn step(&mut self) -> bool {
-        let mut actions = Vec::with_capacity(4);
-        if self.commands.iter().any(|c| self.may_take(c.1)) {
-            actions.push(Action::Command);
-        }
-        if self.jobs.iter().any(|j| matches!(j, Flight::Out(..))) {
-            actions.push(Action::Execute);
-        }
-        if self.jobs.iter().any(|j| matches!(j, Flight::Ran(..))) {
-            actions.push(Action::CheckIn);
-        }
-        if self.transit.iter().any(|q| !q.is_empty()) {
-            actions.push(Action::Forward);
-        }
-        if actions.is_empty() {
+        let now = self.clock.now();
+        let ready: Vec<usize> = (0..self.shards.len())
+            .filter(|&s| self.shards[s].is_ready(now))
+            .collect();
+        if ready.is_empty() {
             return false;
         }
         self.steps += 1;
-        match actions[self.rng.usize(..actions.len())] {
-            Action::Command => self.take_command(),
-            Action::Execute => self.execute(),
-            Action::CheckIn => self.check_in(),
-            Action::Forward => self.forward(),
+        let s = ready[self.rng.usize(..ready.len())];
+        let shard = &mut self.shards[s];
+        shard.bell.store(false, Ordering::Relaxed);
+        if let Some(running) = &mut shard.shard {
+            shard.last = running.turn(&*self.clock);
+            if shard.last == Turn::Exit {
+                // As an executor does: a shard that exited is dropped.
+                shard.shard = None;
+            }
         }
+        let sunk = std::mem::take(&mut *self.sunk.lock().unwrap_or_else(PoisonError::into_inner));
+        self.dead.extend(sunk);
         true
     }
 
-    /// True if a worker is free for `command` (activations run on the driver itself).
-    fn may_take(&self, command: Command) -> bool {
-        matches!(command, Command::Activate(_)) || self.jobs.len() < self.workers
-    }
-
-    fn take_command(&mut self) {
-        let eligible: Vec<usize> = (0..self.commands.len())
-            .filter(|&k| self.may_take(self.commands[k].1))
-            .collect();
-        let (r, command) = self
-            .commands
-            .remove(eligible[self.rng.usize(..eligible.len())]);
-        let now = self.now();
-        let router = &mut self.routers[r];
-        match command {
-            Command::Activate(_) => router
-                .handle(command, &*self.factory, now)
-                .expect("the simulator handles each activation once"),
-            Command::Run(addr) | Command::Deactivate(addr) => {
-                let job = router
-                    .check_out(addr)
-                    .expect("the simulator checks out each job once");
-                self.jobs.push(Flight::Out(r, job));
-            }
-        }
-        self.collect(r);
-    }
-
-    /// Picks a random job among those matching `pick`, and removes it.
-    fn pick_job(&mut self, pick: impl Fn(&Flight<K, M>) -> bool) -> Flight<K, M> {
-        let eligible: Vec<usize> = (0..self.jobs.len())
-            .filter(|&k| pick(&self.jobs[k]))
-            .collect();
-        let k = eligible[self.rng.usize(..eligible.len())];
-        self.jobs.swap_remove(k)
-    }
-
-    fn execute(&mut self) {
-        if let Flight::Out(r, job) = self.pick_job(|j| matches!(j, Flight::Out(..))) {
-            let done = job.execute(self.now());
-            self.jobs.push(Flight::Ran(r, done));
-        }
-    }
-
-    fn check_in(&mut self) {
-        if let Flight::Ran(r, done) = self.pick_job(|j| matches!(j, Flight::Ran(..))) {
-            let now = self.now();
-            self.routers[r]
-                .check_in(done, now)
-                .expect("the simulator checks in each job once, to its router");
-            self.collect(r);
-        }
-    }
-
-    fn forward(&mut self) {
-        let busy: Vec<usize> = (0..self.transit.len())
-            .filter(|&q| !self.transit[q].is_empty())
-            .collect();
-        let q = busy[self.rng.usize(..busy.len())];
-        if let Some((to, msg)) = self.transit[q].pop_front() {
-            let r = q % self.routers.len();
-            self.routers[r].forward(to, msg);
-            self.collect(r);
-        }
-    }
-
-    /// Takes router `r`'s commands, dead letters and messages for other shards.
-    fn collect(&mut self, r: usize) {
-        let n = self.routers.len();
-        let router = &mut self.routers[r];
-        while let Some(command) = router.poll_command() {
-            self.commands.push((r, command));
-        }
-        self.dead
-            .extend(std::iter::from_fn(|| router.poll_dead_letter()));
-        while let Some((to, msg)) = router.poll_outbound() {
-            let d = match &to {
-                Recipient::Addr(a) => a.router() as usize,
-                Recipient::Id(id) => Sharded::shard_of(id, n as u32) as usize,
-            };
-            self.transit[r * n + d].push_back((to, msg));
-        }
-    }
-
-    /// Fires the timers due now on every router; true if any router had something due.
-    fn fire_due(&mut self) -> bool {
-        let now = self.now();
-        let mut fired = false;
-        for r in 0..self.routers.len() {
-            if self.routers[r].poll_timeout().is_some_and(|at| at <= now) {
-                self.routers[r].handle_timeout(now);
-                self.collect(r);
-                fired = true;
-            }
-        }
-        fired
-    }
-
+    /// The earliest deadline of a parked shard, as simulated time since the start.
     fn next_deadline(&self) -> Option<Duration> {
-        self.routers
+        self.shards
             .iter()
-            .filter_map(Router::poll_timeout)
+            .filter_map(|s| match s.last {
+                Turn::Park(deadline) if s.shard.is_some() => deadline,
+                _ => None,
+            })
             .min()
-            .map(|at| at.saturating_duration_since(self.epoch))
+            .map(|at| at.saturating_duration_since(self.clock.epoch))
     }
 
     /// Runs until `done` says so, letting up to `within` of simulated time pass; the last
     /// answer of `done` (`None` if it never said so).
     fn run_until<T>(&mut self, within: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
-        let end = self.elapsed + within;
+        let end = self.elapsed() + within;
         let mut steps = 0u64;
         loop {
             if let Some(v) = done() {
@@ -382,15 +393,17 @@ where
                     "hermes-sim (seed {}): no quiet moment in {} steps at {:?} of simulated \
                      time: receivers keep sending to each other without time passing; raise \
                      Sim::with_max_steps if the workload is really that large",
-                    self.seed, self.max_steps, self.elapsed
+                    self.seed,
+                    self.max_steps,
+                    self.elapsed()
                 );
             }
-            if self.step() || self.fire_due() {
+            if self.step() {
                 continue;
             }
             match self.next_deadline() {
                 Some(at) if at <= end => {
-                    self.elapsed = self.elapsed.max(at);
+                    self.clock.set(self.elapsed().max(at));
                     steps = 0;
                 }
                 _ => return None,
@@ -398,8 +411,8 @@ where
         }
     }
 
-    /// Runs everything that can run without time passing: commands, jobs, messages between
-    /// shards, and timers due now. Returns how many scheduling steps it took.
+    /// Runs everything that can run without time passing: turns of every shard with work,
+    /// including timers due now. Returns how many scheduling steps it took.
     ///
     /// # Panics
     ///
@@ -412,31 +425,31 @@ where
     }
 
     /// Runs for `duration` of simulated time: everything runs, and the clock jumps from one
-    /// timer to the next, ending exactly `duration` later.
+    /// deadline to the next, ending exactly `duration` later.
     ///
     /// # Panics
     ///
     /// As [`run_until_quiet`](Sim::run_until_quiet).
     pub fn run_for(&mut self, duration: Duration) {
-        let end = self.elapsed + duration;
+        let end = self.elapsed() + duration;
         self.run_until(duration, || None::<()>);
-        self.elapsed = end;
+        self.clock.set(end);
         self.run_until_quiet();
     }
 
-    /// Closes every router and runs until closing is done: queued messages drain, then every
-    /// live receiver is deactivated exactly once. Outside sends are refused from now on.
+    /// Shuts the application down as `Hermes::shutdown` does, and runs until every shard has
+    /// finished: outside sends are refused, queued messages drain (up to
+    /// [`Config::drain_limit`]), then every live receiver is deactivated exactly once.
     pub fn close(&mut self) {
-        for r in 0..self.routers.len() {
-            self.routers[r].close();
-            self.collect(r);
+        let finished = self.hermes.shutdown_async();
+        if self.wait(Duration::ZERO, finished).is_none() {
+            tracing::warn!(seed = self.seed, "hermes-sim: close did not finish");
         }
-        self.run_until_quiet();
     }
 
-    /// True once [`close`](Sim::close) has finished: no receiver is live.
+    /// True once [`close`](Sim::close) has finished: every shard has exited.
     pub fn is_closed(&self) -> bool {
-        self.routers.iter().all(Router::is_closed)
+        self.shards.iter().all(|s| s.shard.is_none())
     }
 
     // ---- output -------------------------------------------------------------------------------
@@ -453,10 +466,33 @@ where
 
     /// Counters and receiver counts, summed over the shards.
     pub fn stats(&self) -> Stats {
-        let mut total = Stats::default();
-        for router in &self.routers {
-            total += router.stats();
+        self.hermes.stats()
+    }
+}
+
+impl<K: Key, M: Message> SimShard<K, M> {
+    /// True if a turn now would have something to do.
+    fn is_ready(&self, now: Instant) -> bool {
+        if self.shard.is_none() {
+            return false;
         }
-        total
+        match self.last {
+            Turn::Busy => true,
+            Turn::Park(deadline) => {
+                self.bell.load(Ordering::Relaxed) || deadline.is_some_and(|at| at <= now)
+            }
+            Turn::Exit => false,
+        }
+    }
+}
+
+impl<K: Key, M: Message> fmt::Debug for Sim<K, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sim")
+            .field("seed", &self.seed)
+            .field("shards", &self.shards.len())
+            .field("elapsed", &self.elapsed())
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
     }
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hermes_core::{Activation, Config, Context, Deactivation, Receiver};
+use hermes_executor::ShardFault;
 use hermes_sim::{Reply, Sim};
 
 const ACCOUNTS: u32 = 5;
@@ -86,7 +87,9 @@ impl Receiver<u32, Msg> for Account {
                 self.balance += amount;
                 self.bank.record(id, Outcome::Refunded);
             }
-            Msg::Balance(reply) => reply.send(self.balance),
+            Msg::Balance(reply) => {
+                let _ = reply.send(self.balance);
+            }
         }
     }
 
@@ -113,6 +116,11 @@ struct Report {
 
 /// Runs one seed's workload.
 fn run(seed: u64) -> Report {
+    run_with(seed, None)
+}
+
+/// Runs one seed's workload on shards with a deliberate bug, if any.
+fn run_with(seed: u64, fault: Option<ShardFault>) -> Report {
     let bank = Arc::new(Bank::default());
     let vault = bank.clone();
     let config = Config::default().idle_timeout(Duration::from_millis(20));
@@ -131,9 +139,11 @@ fn run(seed: u64) -> Report {
             balance,
             bank: vault.clone(),
         })
-    })
-    .with_shards(1 + (seed % 3) as u32)
-    .with_workers(1 + (seed % 4) as usize);
+    });
+    if let Some(fault) = fault {
+        sim = sim.with_fault(fault);
+    }
+    let mut sim = sim.with_shards(1 + (seed % 3) as u32);
 
     // The workload, also from the seed: transfers at random times over 200 ms.
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -219,5 +229,26 @@ fn transfers_conserve_money_under_every_interleaving() {
             "no refund by a frozen or full account"
         );
         assert!(all.rescued > 0, "no deposit rescued from the dead letters");
+    }
+}
+
+/// The simulator runs the executors' own shard loop: a bug in its per-turn budget (a command
+/// carried over to the next turn forgotten) or in its flush (mail for other shards lost) breaks
+/// this test within a few seeds.
+#[test]
+fn a_bug_in_the_shard_loop_is_caught() {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught: Vec<_> = [ShardFault::ForgetCarry, ShardFault::LoseOutgoing]
+        .into_iter()
+        .map(|fault| {
+            let seed = (0..100)
+                .find(|&seed| std::panic::catch_unwind(|| run_with(seed, Some(fault))).is_err());
+            (fault, seed)
+        })
+        .collect();
+    std::panic::set_hook(quiet);
+    for (fault, seed) in caught {
+        assert!(seed.is_some(), "{fault:?} went unnoticed in 100 seeds");
     }
 }

@@ -285,7 +285,7 @@ enum Host {
 impl Running {
     /// Shuts Hermes down, then its runtime.
     pub fn stop(self) {
-        self.hermes.shutdown();
+        self.hermes.shutdown().unwrap();
         drop(self.hermes);
         match self.host {
             Host::Threads => {}

@@ -118,7 +118,7 @@ pub fn per_sender_order<H: Harness>(h: &H) {
         }
     });
     assert_in_order(&hermes, IDS, SENDERS, PER_SENDER);
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
 }
 
 /// `send_all` delivers every pair, keeps each ID's order (also mixed with plain sends from the
@@ -145,7 +145,7 @@ pub fn send_all_in_order_and_refused_after_shutdown<H: Harness>(h: &H) {
         }
     });
     assert_in_order(&hermes, IDS, SENDERS, PER_SENDER);
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
     let refused = hermes.send_all((0..5).map(|id| (id, Seq::From(0, id))));
     let Err(SendError::Closed(back)) = refused else {
         panic!("send_all after shutdown must be refused as Closed");
@@ -206,7 +206,7 @@ pub fn one_message_at_a_time<H: Harness>(h: &H) {
         0,
         "a receiver ran twice at once"
     );
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
 }
 
 // ---- lifecycle --------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ pub fn activation_on_first_message<H: Harness>(h: &H) {
         assert_eq!(life.activations_of(id), 1);
     }
     assert_eq!(life.activations_of(4), 0);
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert_eq!(stats.activations, 3);
     assert_eq!(stats.messages_delivered, 33);
 }
@@ -330,7 +330,7 @@ pub fn idle_deactivation_and_reactivation<H: Harness>(h: &H) {
         2,
         "re-activated through the factory"
     );
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert_eq!(stats.activations, 2);
     assert_eq!(stats.deactivations, 2);
 }
@@ -365,7 +365,7 @@ pub fn become_swaps_the_handler<H: Harness>(h: &H) {
     assert_eq!(which(&hermes), "second");
     hermes.send(5, Door::Switch).unwrap();
     assert_eq!(which(&hermes), "first");
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
 }
 
 // ---- timers -----------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ pub fn heartbeat_at_a_fixed_period<H: Harness>(h: &H) {
     for pair in beats.windows(2) {
         assert!(pair[1] - pair[0] >= PERIOD, "a heartbeat fired early");
     }
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,7 +455,7 @@ pub fn cancelled_timers_never_fire<H: Harness>(h: &H) {
         snapshot(&seen),
         vec![Timed::Arm, Timed::Disarm, Timed::Last]
     );
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert_eq!(
         stats.dead_letters, 0,
         "no pending timer was left to bounce at close"
@@ -494,7 +494,7 @@ pub fn ask_and_late_reply<H: Harness>(h: &H) {
     let held = hermes.ask(1, Ask::Hold);
     hermes.send(1, Ask::Release(7)).unwrap();
     assert_eq!(held.wait_timeout(HANG_GUARD), Ok(7));
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
     assert_eq!(
         hermes.ask_blocking(1, Ask::Now, HANG_GUARD),
         Err(AskError::Closed)
@@ -514,7 +514,7 @@ pub fn dropped_reply_and_ask_timeout<H: Harness>(h: &H) {
         Err(AskError::Timeout)
     );
     // Dropping the held replies at shutdown answers nobody: their askers are gone.
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
 }
 
 // ---- shutdown ---------------------------------------------------------------------------------
@@ -536,7 +536,7 @@ pub fn shutdown_drains_and_deactivates_every_receiver_once<H: Harness>(h: &H) {
             }
         }
     }
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     let mut deactivated = life.deactivations();
     deactivated.sort_by_key(|d| d.0);
     let expected: Vec<_> = (0..IDS)
@@ -560,7 +560,7 @@ pub fn shutdown_drains_and_deactivates_every_receiver_once<H: Harness>(h: &H) {
         Err(SendError::Closed(_))
     ));
     assert_eq!(
-        hermes.shutdown(),
+        hermes.shutdown().unwrap(),
         stats,
         "a second shutdown returns the same totals"
     );
@@ -615,7 +615,7 @@ pub fn panics_are_contained<H: Harness>(h: &H) {
     for id in 10..20 {
         assert_eq!(hermes.ask_blocking(id, Life::Get, HANG_GUARD), Ok(0));
     }
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert_eq!(stats.panics, 1);
 }
 
@@ -686,7 +686,7 @@ pub fn dead_letters_are_observed<H: Harness>(h: &H) {
     assert!(reasons[2].contains("factory panicked"), "{reasons:?}");
     assert_eq!(letters[3].0, Recipient::Addr(addr));
     assert!(reasons[3].contains("stale"), "{reasons:?}");
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert_eq!(stats.dead_letters, 5);
 }
 
@@ -718,7 +718,7 @@ pub fn million_messages_none_lost_none_duplicated<H: Harness>(h: &H) {
             });
         }
     });
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     let total = THREADS * PER_THREAD;
     assert_eq!(stats.messages_delivered, total);
     for (id, count) in counts.iter().enumerate() {
@@ -822,7 +822,7 @@ pub fn cross_shard_sends<H: Harness>(h: &H) {
         b.0,
         "an odd number of hops ends at the peer"
     );
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert!(stats.messages_forwarded >= 100, "{stats:?}");
     assert_eq!(stats.dead_letters, 0);
 }
@@ -853,7 +853,7 @@ pub fn idle_hermes_uses_no_cpu<H: Harness>(h: &H) {
         used < Duration::from_millis(50),
         "idle shard threads used {used:?} of CPU in one second"
     );
-    hermes.shutdown();
+    hermes.shutdown().unwrap();
 }
 
 /// CPU time (user + system) used so far by this process's threads named `prefix-...`, from

@@ -24,7 +24,7 @@
 //! hermes.send("account-1".into(), Msg::Add(7))?;
 //! let total = hermes.ask_blocking("account-1".into(), Msg::Total, Duration::from_secs(5))?;
 //! assert_eq!(total, 12);
-//! let stats = hermes.shutdown(); // drains, runs every `deactivated` hook, joins the threads
+//! let stats = hermes.shutdown().unwrap(); // drains, runs every `deactivated` hook, joins the threads
 //! assert_eq!(stats.deactivations, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -50,7 +50,7 @@ pub fn start_with<K: Key, M: Message>(
     options: Options<K, M>,
     factory: impl Factory<K, M>,
 ) -> Result<Hermes<K, M>, StartError> {
-    let name = options.get_name().to_owned();
+    let name = options.thread_name().to_owned();
     let threads = Threads::default();
     let (hermes, shards) = launch(options, factory, threads.clone(), || {
         let (tx, rx) = crossbeam_channel::bounded(1);

@@ -8,18 +8,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hermes_core::{Addr, Factory, Recipient, Router, SendError, Sharded, Stats, TimerId};
+use hermes_core::{Addr, Factory, Location, Recipient, Router, SendError, Stats, TimerId};
 
 use crate::inbox::{Envelope, Inbox, Scheduled};
-use crate::shard::{Core, Finish, in_shard};
+use crate::shard::{Core, Finish, hosts_shards, in_shard};
 use crate::{AskError, Asked, Key, Message, Options, Reply, Shard, Wake};
 
 /// What the handle needs to know about the executor it runs on.
 pub trait Runtime: Send + Sync + 'static {
     /// Runs `wait`, which blocks the calling thread until the shards have done something, or
     /// returns `Err(WouldDeadlock)` if blocking this thread could stop the shards from running
-    /// (say, inside a current-thread async runtime). The default runs `wait`.
+    /// (say, inside a current-thread async runtime). The default refuses on a thread that runs
+    /// shards as async tasks (see [`Shard::run_async`]) and otherwise runs `wait`.
     fn block(&self, wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
+        if hosts_shards() {
+            return Err(WouldDeadlock);
+        }
         wait();
         Ok(())
     }
@@ -27,11 +31,30 @@ pub trait Runtime: Send + Sync + 'static {
     /// Called once after every shard has finished, on a thread that may block: joins the
     /// executor's threads, if it has any.
     fn join(&self) {}
+
+    /// The current time, from which [`Hermes::schedule`] counts: the real clock by default,
+    /// the virtual one under simulation.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
 }
 
-/// Blocking here could stop the shards from running; see [`Runtime::block`].
+/// Blocking here could stop the shards from running (inside a receiver, or on a thread of the
+/// async runtime that runs them); see [`Runtime::block`]. Use the async form there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WouldDeadlock;
+
+impl fmt::Display for WouldDeadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "blocking here would stop the shards that run the receivers (inside a receiver, or \
+             on a thread of the async runtime that runs them): use the async form \
+             (ask(..).await, shutdown_async().await) instead",
+        )
+    }
+}
+
+impl std::error::Error for WouldDeadlock {}
 
 /// The handle to a running Hermes: send messages, schedule them, ask, and shut down.
 ///
@@ -41,7 +64,8 @@ pub struct WouldDeadlock;
 ///
 /// A send is checked here only for shutdown ([`SendError::Closed`]); everything else (a full
 /// mailbox, a stale handle, a factory that refuses the ID) is decided on the shard, and the
-/// message becomes a dead letter there (see [`Options::on_dead_letter`]).
+/// message becomes a dead letter there (see [`Options::on_dead_letter`]). Shards are chosen by
+/// the one [`Placement`](hermes_core::Placement) that the routers use too.
 pub struct Hermes<K, M> {
     inner: Arc<Inner<K, M>>,
 }
@@ -63,34 +87,39 @@ pub type Shards<K, M, P> = Vec<(Shard<K, M>, P)>;
 /// (returned next to the shard). Run every shard with [`Shard::run_blocking`] or
 /// [`Shard::run_async`] (or a loop of [`Shard::turn`]), waiting on its bell when parked.
 pub fn launch<K: Key, M: Message, W: Wake, P>(
-    options: Options<K, M>,
+    mut options: Options<K, M>,
     factory: impl Factory<K, M>,
     runtime: impl Runtime,
     mut bell: impl FnMut() -> (W, P),
 ) -> (Hermes<K, M>, Shards<K, M, P>) {
     let shards = options.shards;
     let (wakers, parks): (Vec<_>, Vec<_>) = (0..shards).map(|_| bell()).unzip();
+    let placement = options.take_placement();
     let core = Arc::new(Core {
         inboxes: wakers
             .into_iter()
             .map(|w| Inbox::new(Box::new(w)))
             .collect(),
+        placement: Arc::clone(&placement),
         accepting: AtomicBool::new(true),
         timer_seq: AtomicU64::new(0),
         stats: (0..shards).map(|_| Mutex::default()).collect(),
         finish: Arc::new(Finish::new(shards)),
-        dead_letters: options.dead_letters,
     });
     let factory: Arc<dyn Factory<K, M>> = Arc::new(factory);
     let shard_list = (0..shards as u32)
         .zip(parks)
         .map(|(index, park)| {
-            let placement = Sharded {
+            let router = Router::placed(options.config.clone(), index, Arc::clone(&placement));
+            let shard = Shard::new(
                 index,
-                count: shards as u32,
-            };
-            let router = Router::placed(options.config.clone(), index, placement);
-            let shard = Shard::new(index, router, Arc::clone(&core), Arc::clone(&factory));
+                router,
+                Arc::clone(&core),
+                Arc::clone(&factory),
+                options.dead_letters.clone(),
+                options.budget,
+                options.fault,
+            );
             (shard, park)
         })
         .collect();
@@ -113,8 +142,8 @@ where
     /// Sends `msg` to the receiver with ID `id`, activating it if needed. Messages from one
     /// thread to one ID arrive in send order.
     pub fn send(&self, id: K, msg: M) -> Result<(), SendError<M>> {
-        let shard = self.inner.core.shard_of(&id);
-        self.push(shard, Envelope::Deliver(Recipient::Id(id), msg))
+        let location = self.inner.core.placement.locate(&id);
+        self.push(location, Envelope::Deliver(Recipient::Id(id), msg))
     }
 
     /// Sends every `(id, msg)` pair, as [`send`](Hermes::send) in a loop would (per-ID order
@@ -125,7 +154,7 @@ where
     /// Refused only while shutting down: then the pairs that were not sent come back, in order.
     ///
     /// ```
-    /// use hermes_core::{Activation, Config, Context};
+    /// use hermes_core::{Activation, Config, Context, SystemClock};
     /// use hermes_executor::{launch, Options, Runtime, Turn, Wake};
     ///
     /// # struct NoBell;
@@ -140,7 +169,7 @@ where
     ///
     /// hermes.send_all((0..1000).map(|i| (i % 10, u64::from(i))))?;
     /// let finished = hermes.shutdown_async();
-    /// while shards.iter_mut().any(|s| s.turn() != Turn::Exit) {}
+    /// while shards.iter_mut().any(|s| s.turn(&SystemClock) != Turn::Exit) {}
     /// drop(shards);
     /// assert_eq!(finished.wait().messages_delivered, 1000);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -155,11 +184,16 @@ where
         }
         let mut batches: Vec<Vec<Envelope<K, M>>> =
             core.inboxes.iter().map(|_| Vec::new()).collect();
-        for (id, msg) in messages {
-            let shard = core.shard_of(&id);
-            batches[shard].push(Envelope::Deliver(Recipient::Id(id), msg));
-        }
         let mut refused = Vec::new();
+        for (id, msg) in messages {
+            match core.placement.locate(&id) {
+                Location::Shard(n) if (n as usize) < batches.len() => {
+                    batches[n as usize].push(Envelope::Deliver(Recipient::Id(id), msg));
+                }
+                // Placed on no shard of ours: refused like a closed one, in order.
+                _ => refused.push((id, msg)),
+            }
+        }
         for (inbox, mut batch) in core.inboxes.iter().zip(batches) {
             if !batch.is_empty() && inbox.push_all(&mut batch).is_err() {
                 refused.extend(batch.into_iter().filter_map(|envelope| match envelope {
@@ -177,50 +211,65 @@ where
 
     /// Sends `msg` by handle (see [`Addr`]); a stale handle makes it a dead letter.
     pub fn send_to(&self, addr: Addr, msg: M) -> Result<(), SendError<M>> {
-        let shard = addr.router() as usize;
-        if shard >= self.inner.core.inboxes.len() {
+        if addr.router() as usize >= self.inner.core.inboxes.len() {
             return Err(SendError::Stale(msg));
         }
-        self.push(shard, Envelope::Deliver(Recipient::Addr(addr), msg))
+        let location = Location::Shard(addr.router());
+        self.push(location, Envelope::Deliver(Recipient::Addr(addr), msg))
     }
 
-    /// Delivers `msg` to `id` after `after`. Cancel it with [`cancel`](Hermes::cancel).
+    /// Delivers `msg` to `id` after `after`, counted from now. A delay too long to represent
+    /// (such as `Duration::MAX`) never fires, but can be cancelled. Cancel it with
+    /// [`cancel`](Hermes::cancel).
     pub fn schedule(&self, id: K, after: Duration, msg: M) -> Result<TimerId, SendError<M>> {
         let core = &self.inner.core;
-        let shard = core.shard_of(&id);
+        let location = core.placement.locate(&id);
+        let Location::Shard(shard) = location else {
+            return Err(SendError::Stale(msg));
+        };
         let seq = core.timer_seq.fetch_add(1, Ordering::Relaxed);
-        let timer = TimerId::outside(shard as u32, seq);
-        let deadline = Instant::now() + after;
+        let timer = TimerId::outside(shard, seq);
+        let deadline = hermes_core::deadline(self.inner.runtime.now(), after);
         let envelope = Envelope::Schedule(Box::new(Scheduled {
             id: timer,
             to: id,
             deadline,
             msg,
         }));
-        self.push(shard, envelope).map(|()| timer)
+        self.push(location, envelope).map(|()| timer)
     }
 
     /// Cancels a timer, scheduled here or by a receiver: it will not fire unless it is
     /// already due. Unknown and fired timers are ignored.
     pub fn cancel(&self, timer: TimerId) {
-        let core = &self.inner.core;
-        if let Some(inbox) = core.inboxes.get(timer.router() as usize) {
+        if let Some(inbox) = self.inner.core.inbox(Location::Shard(timer.router())) {
             // Refused only once that shard has closed, and then no timer is pending there.
             let _ = inbox.push(Envelope::Cancel(timer));
         }
     }
 
-    fn push(&self, shard: usize, envelope: Envelope<K, M>) -> Result<(), SendError<M>> {
+    fn push(&self, location: Location, envelope: Envelope<K, M>) -> Result<(), SendError<M>> {
         let core = &self.inner.core;
-        let refused = |envelope| match envelope {
-            Envelope::Deliver(_, msg) => SendError::Closed(msg),
-            Envelope::Schedule(scheduled) => SendError::Closed(scheduled.msg),
-            Envelope::Cancel(_) | Envelope::Close => unreachable!("only messages are pushed"),
+        let refused = |envelope, stale: bool| {
+            let msg = match envelope {
+                Envelope::Deliver(_, msg) => msg,
+                Envelope::Schedule(scheduled) => scheduled.msg,
+                Envelope::Cancel(_) | Envelope::Close => unreachable!("only messages are pushed"),
+            };
+            if stale {
+                SendError::Stale(msg)
+            } else {
+                SendError::Closed(msg)
+            }
         };
         if !core.accepting.load(Ordering::Acquire) {
-            return Err(refused(envelope));
+            return Err(refused(envelope, false));
         }
-        core.inboxes[shard].push(envelope).map_err(refused)
+        match core.inbox(location) {
+            Some(inbox) => inbox.push(envelope).map_err(|e| refused(e, false)),
+            // The placement put the ID on no shard of ours.
+            None => Err(refused(envelope, true)),
+        }
     }
 
     /// Sends a request made by `make` (which puts the [`Reply`] into a message) to `id`, and
@@ -238,7 +287,8 @@ where
     }
 
     /// Asks and blocks for the answer, at most `timeout`. From async code, `ask(..).await`
-    /// instead: this returns [`AskError::WouldDeadlock`] where blocking could stop the shards.
+    /// instead: this returns [`AskError::WouldDeadlock`] at once where blocking could stop the
+    /// shards (inside a receiver, on a thread of the async runtime that runs them).
     pub fn ask_blocking<T>(
         &self,
         id: K,
@@ -281,32 +331,26 @@ impl<K, M> Hermes<K, M> {
         self.inner.core.accepting.load(Ordering::Acquire)
     }
 
-    /// Shuts Hermes down and waits for it: refuses new messages, lets queued messages drain,
-    /// deactivates every live receiver once (so `deactivated` hooks run), ends every thread or
-    /// task, and returns the final totals. Later calls return the same totals at once.
+    /// Shuts Hermes down and waits for it: refuses new messages, lets queued messages drain
+    /// (up to [`Config::drain_limit`](hermes_core::Config::drain_limit)), deactivates every live
+    /// receiver once (so `deactivated` hooks run), ends every thread or task, drops everything
+    /// Hermes owned (receivers, the factory, the dead-letter sink), and returns the final
+    /// totals. Later calls return the same totals at once.
     ///
-    /// # Panics
-    /// If called where blocking would deadlock: inside a receiver, or inside an async runtime
-    /// that cannot block (use [`shutdown_async`](Hermes::shutdown_async) there).
-    pub fn shutdown(&self) -> Stats {
+    /// Where it cannot wait (inside a receiver, or on a thread of the async runtime that runs
+    /// the shards), it starts the shutdown and returns [`WouldDeadlock`] at once: the shards
+    /// finish on their own; await [`shutdown_async`](Hermes::shutdown_async) to know when.
+    pub fn shutdown(&self) -> Result<Stats, WouldDeadlock> {
         let finished = self.shutdown_async();
-        assert!(
-            !in_shard(),
-            "Hermes::shutdown was called from a receiver, which would wait for itself; shut \
-             down from outside, or call shutdown_async and drop the future"
-        );
+        if in_shard() {
+            return Err(WouldDeadlock);
+        }
         let mut stats = None;
-        let blocked = self
-            .inner
+        self.inner
             .runtime
-            .block(&mut || stats = Some(finished.wait()));
-        assert!(
-            blocked.is_ok(),
-            "Hermes::shutdown would block the async runtime that runs the shards: use \
-             shutdown_async().await there"
-        );
+            .block(&mut || stats = Some(finished.wait()))?;
         self.inner.join();
-        stats.unwrap_or_default()
+        Ok(stats.unwrap_or_default())
     }
 
     /// Begins shutting down (as [`shutdown`](Hermes::shutdown)) and returns a future of the
@@ -346,8 +390,14 @@ impl<K, M> Drop for Inner<K, M> {
         let waited = self.runtime.block(&mut || {
             done.wait(None, |s| s.as_ref().copied());
         });
-        if waited.is_ok() {
-            self.join();
+        match waited {
+            Ok(()) => self.join(),
+            // The shards finish on their runtime, or close where it drops them: either way
+            // every `deactivated` hook runs.
+            Err(WouldDeadlock) => tracing::debug!(
+                "the last Hermes handle was dropped where it cannot wait: the shards finish \
+                 shutting down on their runtime"
+            ),
         }
     }
 }

@@ -44,7 +44,7 @@ pub(crate) enum Envelope<K, M> {
 pub(crate) struct Scheduled<K, M> {
     pub(crate) id: TimerId,
     pub(crate) to: K,
-    pub(crate) deadline: Instant,
+    pub(crate) deadline: Option<Instant>,
     pub(crate) msg: M,
 }
 

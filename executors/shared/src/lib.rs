@@ -27,7 +27,7 @@
 //! A real executor parks a thread or task; this one turns every shard on the calling thread.
 //!
 //! ```
-//! use hermes_core::{Activation, Config, Context};
+//! use hermes_core::{Activation, Config, Context, SystemClock};
 //! use hermes_executor::{launch, Options, Reply, Runtime, Turn, Wake};
 //!
 //! struct NoBell;
@@ -51,7 +51,7 @@
 //! hermes.send(7, Msg::Add(3)).unwrap();
 //! let asked = hermes.ask(7, Msg::Get);
 //! let finished = hermes.shutdown_async();
-//! while shards.iter_mut().any(|s| s.turn() != Turn::Exit) {}
+//! while shards.iter_mut().any(|s| s.turn(&SystemClock) != Turn::Exit) {}
 //! drop(shards); // a finished shard is dropped: that ends its thread or task
 //! assert_eq!(asked.wait(), Ok(5));
 //! assert_eq!(finished.wait().deactivations, 1);
@@ -67,17 +67,10 @@ mod spin;
 
 pub use handle::{Finished, Hermes, Runtime, Shards, WouldDeadlock, launch};
 pub use inbox::Wake;
+#[cfg(feature = "fault-injection")]
+pub use options::ShardFault;
 pub use options::{Options, StartError};
 pub use reply::{AskError, Asked, Reply};
-pub use shard::{Shard, Turn};
+pub use shard::{Shard, Turn, hosts_shards};
 
-/// What a receiver ID must be: cloneable, hashable (for placement and lookup), printable in
-/// logs, and sendable between threads. Implemented for every such type.
-pub trait Key: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + 'static {}
-
-impl<T: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + 'static> Key for T {}
-
-/// What a message must be: sendable between threads. Implemented for every such type.
-pub trait Message: Send + 'static {}
-
-impl<T: Send + 'static> Message for T {}
+pub use hermes_core::{Key, Message};

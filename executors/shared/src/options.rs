@@ -3,10 +3,47 @@
 use std::fmt;
 use std::sync::Arc;
 
-use hermes_core::{Config, DeadLetter};
+use hermes_core::{Config, DeadLetter, Placement, Sharded};
 
 /// Called on a shard's thread with every message that could not be delivered.
 pub(crate) type DeadLetterSink<K, M> = Arc<dyn Fn(DeadLetter<K, M>) + Send + Sync>;
+
+/// How much a shard does per turn before it looks at its inbox and timers again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Commands handled per turn, so that receivers messaging each other on one shard cannot
+    /// starve everything else.
+    pub(crate) commands: usize,
+    /// Inbox items taken per turn, so that a stream from outside cannot starve the receivers.
+    pub(crate) inbox: usize,
+    /// Inbox items taken per turn while the router still has commands left from the last
+    /// turn: a backlog waits in the inbox (whose memory is freed as it drains) rather than in
+    /// the router (whose queues keep their largest size), and the inbox still makes progress.
+    pub(crate) busy_inbox: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            commands: 256,
+            inbox: 1024,
+            busy_inbox: 64,
+        }
+    }
+}
+
+/// A deliberate bug in the shard loop, switched on with `Options::inject_fault` (feature
+/// `fault-injection`), for proving that the simulator, which runs the real shards, catches it.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ShardFault {
+    /// A command left over when a turn's budget runs out is forgotten: its receiver never runs
+    /// again.
+    ForgetCarry,
+    /// Mail for other shards is dropped instead of pushed to their inboxes.
+    LoseOutgoing,
+}
 
 /// Options for starting Hermes on any executor.
 ///
@@ -25,6 +62,9 @@ pub struct Options<K, M> {
     pub(crate) shards: usize,
     pub(crate) name: String,
     pub(crate) dead_letters: Option<DeadLetterSink<K, M>>,
+    pub(crate) placement: Option<Arc<dyn Placement<K>>>,
+    pub(crate) budget: Budget,
+    pub(crate) fault: Option<ShardFault>,
 }
 
 impl<K, M> Options<K, M> {
@@ -37,7 +77,49 @@ impl<K, M> Options<K, M> {
             shards: cores,
             name: "hermes".to_owned(),
             dead_letters: None,
+            placement: None,
+            budget: Budget::default(),
+            fault: None,
         }
+    }
+
+    /// How much a shard does per turn before it looks at its inbox and its timers again: at
+    /// most `commands` commands (default 256) and `inbox` messages from its inbox (default
+    /// 1024). Lower is fairer between receivers and outside senders; higher costs less per
+    /// message. Both at least 1.
+    pub fn turn_budget(mut self, commands: usize, inbox: usize) -> Self {
+        let inbox = inbox.max(1);
+        self.budget = Budget {
+            commands: commands.max(1),
+            inbox,
+            busy_inbox: inbox.min(Budget::default().busy_inbox),
+        };
+        self
+    }
+
+    /// Places receivers on shards with `placement` instead of by a hash of their ID
+    /// ([`Sharded`]). Every ID must be placed on a shard `0..shards`; one placed elsewhere
+    /// is a dead letter.
+    pub fn placement(mut self, placement: impl Placement<K>) -> Self {
+        self.placement = Some(Arc::new(placement));
+        self
+    }
+
+    /// Switches on a deliberate bug in every shard (tests of the simulator only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(mut self, fault: ShardFault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+
+    /// The placement shards and handle use: the one given, or [`Sharded`] over the shards.
+    pub(crate) fn take_placement(&mut self) -> Arc<dyn Placement<K>>
+    where
+        K: std::hash::Hash,
+    {
+        self.placement
+            .take()
+            .unwrap_or_else(|| Arc::new(Sharded::new(self.shards as u32)))
     }
 
     /// How many shards (single-threaded routers) to run; at least 1. Receivers are placed on
@@ -68,8 +150,8 @@ impl<K, M> Options<K, M> {
         self.shards
     }
 
-    /// The name given with [`name`](Options::name).
-    pub fn get_name(&self) -> &str {
+    /// The name given with [`name`](Options::name), for threads and logs.
+    pub fn thread_name(&self) -> &str {
         &self.name
     }
 
@@ -86,6 +168,8 @@ impl<K, M> fmt::Debug for Options<K, M> {
             .field("shards", &self.shards)
             .field("name", &self.name)
             .field("dead_letters", &self.dead_letters.is_some())
+            .field("placement", &self.placement.is_some())
+            .field("budget", &self.budget)
             .finish()
     }
 }

@@ -1,39 +1,26 @@
 //! One shard: a single-threaded [`Router`] plus the decisions of the loop that drives it.
 //!
 //! [`Shard::turn`] does every piece of work that is ready and says what the executor should do
-//! next: go again, park until a wake or a deadline, or exit. An executor is the loop around it.
+//! next: go again, park until a wake or a deadline, or exit. An executor is the loop around it,
+//! and so is the simulator: this is the one drive loop.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::fmt;
-use std::hash::Hash;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hermes_core::{
-    Activation, Command, DeadLetter, DeadLetterReason, Factory, Recipient, Router, Sharded, Stats,
-    panic_message,
+    Clock, Command, DeadLetter, DeadLetterReason, Factory, Location, Outbound, Placement,
+    Recipient, Router, Stats, SystemClock, panic_message,
 };
 
 use crate::inbox::{self, Envelope, Inbox, Scheduled};
-use crate::options::DeadLetterSink;
+use crate::options::{Budget, DeadLetterSink, ShardFault};
 use crate::signal::Signal;
 use crate::spin;
 use crate::{Key, Message};
-
-/// Commands handled per turn before the shard looks at its inbox and timers again, so that
-/// receivers messaging each other on one shard cannot starve everything else.
-const COMMANDS_PER_TURN: usize = 256;
-
-/// Inbox items taken per turn, so that a stream from outside cannot starve the receivers.
-const INBOX_PER_TURN: usize = 1024;
-
-/// Inbox items taken per turn while the router still has commands left from the last turn: a
-/// backlog waits in the inbox (whose memory is freed as it drains) rather than in the router
-/// (whose queues keep their largest size), and the inbox still makes progress.
-const INBOX_PER_BUSY_TURN: usize = 64;
 
 /// What the executor does after a [`turn`](Shard::turn).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,9 +33,12 @@ pub enum Turn {
     Exit,
 }
 
-/// State the shards and the handle share.
+/// State the shards and the handle share. Nothing here belongs to the application: what does
+/// (the factory, the dead-letter sink) is owned by the shards, and dropped before they finish.
 pub(crate) struct Core<K, M> {
     pub(crate) inboxes: Box<[Inbox<K, M>]>,
+    /// Where every ID lives: the one placement the handle and the routers ask.
+    pub(crate) placement: Arc<dyn Placement<K>>,
     /// False once shutdown has begun: the handle refuses new messages.
     pub(crate) accepting: AtomicBool,
     /// The counter behind IDs of timers scheduled from outside.
@@ -56,19 +46,28 @@ pub(crate) struct Core<K, M> {
     /// Each shard's stats as of its last turn.
     pub(crate) stats: Box<[Mutex<Stats>]>,
     pub(crate) finish: Arc<Finish>,
-    pub(crate) dead_letters: Option<DeadLetterSink<K, M>>,
 }
 
 impl<K, M> Core<K, M> {
-    /// The shard that owns `id`.
-    pub(crate) fn shard_of(&self, id: &K) -> usize
-    where
-        K: Hash,
-    {
-        match self.inboxes.len() {
-            1 => 0,
-            n => Sharded::shard_of(id, n as u32) as usize,
+    /// The inbox of the shard at `location`, if it is one of ours.
+    pub(crate) fn inbox(&self, location: Location) -> Option<&Inbox<K, M>> {
+        match location {
+            Location::Shard(n) => self.inboxes.get(n as usize),
+            #[allow(unreachable_patterns)] // `Location` is non-exhaustive: nodes come later
+            _ => None,
         }
+    }
+
+    fn publish(&self, index: u32, stats: Stats) {
+        *self.stats[index as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = stats;
+    }
+
+    fn published(&self, index: u32) -> Stats {
+        *self.stats[index as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -98,6 +97,15 @@ impl Finish {
 
 thread_local! {
     static IN_SHARD: Cell<bool> = const { Cell::new(false) };
+    /// This thread has run a shard task: blocking it may stop a shard (see `hosts_shards`).
+    static HOSTS_SHARDS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True on a thread that has run a shard as an async task ([`Shard::run_async`]): an async
+/// runtime's worker, where blocking could stop the very shards it waits for. For
+/// [`Runtime::block`](crate::Runtime::block) implementations.
+pub fn hosts_shards() -> bool {
+    HOSTS_SHARDS.with(Cell::get)
 }
 
 /// True on a thread that is running a shard's turn (inside a receiver, a factory, a sink).
@@ -121,18 +129,25 @@ impl Drop for InShard {
 }
 
 /// One shard: its router, and everything needed to drive it. Get the shards from
-/// [`launch`](crate::launch), run each with [`turn`](Shard::turn) in a loop, and drop it after
-/// [`Turn::Exit`]. Dropping it early (say, a runtime shutting down) ends it without running
-/// hooks; the handle still sees the shard finish.
-pub struct Shard<K, M> {
+/// [`launch`](crate::launch), run each with [`turn`](Shard::turn) in a loop (or
+/// [`run_blocking`](Shard::run_blocking) / [`run_async`](Shard::run_async)), and drop it after
+/// [`Turn::Exit`].
+///
+/// Dropped before it exited (say, its async runtime shut down without a shutdown of Hermes), a
+/// shard closes on the dropping thread: its queued messages drain and every live receiver's
+/// `deactivated` hook runs, so durable state is saved. Either way the handle learns the shard
+/// has finished only after everything it owned (receivers, the factory) has been dropped.
+pub struct Shard<K: Key, M: Message> {
     index: u32,
     router: Router<K, M>,
     core: Arc<Core<K, M>>,
     factory: Arc<dyn Factory<K, M>>,
+    sink: Option<DeadLetterSink<K, M>>,
+    budget: Budget,
     /// Inbox items taken and not yet accepted, oldest first (the buffer is swapped with the
     /// inbox's, to keep both capacities).
     incoming: VecDeque<Envelope<K, M>>,
-    /// Messages for each other shard, sent in one push per shard per turn.
+    /// Work for each other shard, sent in one push per shard per turn.
     outgoing: Vec<Vec<Envelope<K, M>>>,
     /// Since it last parked, the shard took mail or sent some to another shard: an answer may
     /// be on its way, worth watching for before sleeping (a timer tick alone is not).
@@ -142,31 +157,54 @@ pub struct Shard<K, M> {
     /// Dead letters this shard made itself (the router counts its own).
     dead_letters: u64,
     exited: bool,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<ShardFault>,
+    /// Declared last, so dropped last: tells the handle this shard has finished.
+    _finished: Arrival<K, M>,
 }
 
-impl<K, M> Shard<K, M>
-where
-    K: Key,
-    M: Message,
-{
+/// Reports a shard's final stats to [`Finish`] when dropped, after every other field.
+struct Arrival<K, M> {
+    index: u32,
+    core: Arc<Core<K, M>>,
+}
+
+impl<K, M> Drop for Arrival<K, M> {
+    fn drop(&mut self) {
+        self.core.finish.arrive(self.core.published(self.index));
+    }
+}
+
+impl<K: Key, M: Message> Shard<K, M> {
     pub(crate) fn new(
         index: u32,
         router: Router<K, M>,
         core: Arc<Core<K, M>>,
         factory: Arc<dyn Factory<K, M>>,
+        sink: Option<DeadLetterSink<K, M>>,
+        budget: Budget,
+        _fault: Option<ShardFault>,
     ) -> Self {
         let shards = core.inboxes.len();
         Shard {
             index,
             router,
-            core,
             factory,
+            sink,
+            budget,
             incoming: VecDeque::new(),
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
             conversing: false,
             carry: None,
             dead_letters: 0,
             exited: false,
+            #[cfg(feature = "fault-injection")]
+            fault: _fault,
+            _finished: Arrival {
+                index,
+                core: Arc::clone(&core),
+            },
+            core,
         }
     }
 
@@ -175,22 +213,36 @@ where
         self.index
     }
 
-    /// Does all the work that is ready now, and says what to do next.
-    pub fn turn(&mut self) -> Turn {
+    /// True if the deliberate bug `fault` is switched on; always false without the
+    /// `fault-injection` feature.
+    #[inline(always)]
+    fn fault(&self, fault: ShardFault) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.fault == Some(fault);
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = fault;
+            false
+        }
+    }
+
+    /// Does all the work that is ready now, reading the time from `clock`, and says what to do
+    /// next. The executors pass [`SystemClock`]; the simulator passes its virtual clock.
+    #[must_use = "the Turn says whether to go again, park or exit"]
+    pub fn turn(&mut self, clock: &impl Clock) -> Turn {
         if self.exited {
             return Turn::Exit;
         }
         let _in_shard = InShard::enter();
-        let now = Instant::now();
         if self.incoming.is_empty() {
             let mut buffer = Vec::from(std::mem::take(&mut self.incoming));
             self.inbox().take(&mut buffer);
             self.incoming = VecDeque::from(buffer);
         }
         let quota = if self.carry.is_some() {
-            INBOX_PER_BUSY_TURN
+            self.budget.busy_inbox
         } else {
-            INBOX_PER_TURN
+            self.budget.inbox
         };
         for _ in 0..quota {
             let Some(envelope) = self.incoming.pop_front() else {
@@ -200,10 +252,11 @@ where
             self.conversing = true;
         }
         let mut more = !self.incoming.is_empty();
+        let now = clock.now();
         if self.router.poll_timeout().is_some_and(|at| at <= now) {
             self.router.handle_timeout(now);
         }
-        more |= self.run_commands(now);
+        more |= self.run_commands(clock);
         self.flush();
         if self.router.is_closed() {
             self.exit();
@@ -226,7 +279,7 @@ where
     /// a reply on its way costs no sleep and wake-up.
     pub fn run_blocking(mut self, mut park: impl FnMut(Option<Instant>)) {
         loop {
-            match self.turn() {
+            match self.turn(&SystemClock) {
                 Turn::Busy => {}
                 Turn::Park(deadline) => {
                     let conversing = std::mem::take(&mut self.conversing);
@@ -262,7 +315,8 @@ where
         P: Future<Output = ()>,
     {
         loop {
-            match self.turn() {
+            HOSTS_SHARDS.with(|h| h.set(true));
+            match self.turn(&SystemClock) {
                 Turn::Busy => yield_now().await,
                 Turn::Park(deadline) => park(deadline).await,
                 Turn::Exit => return,
@@ -305,68 +359,61 @@ where
     }
 
     /// Handles up to a turn's budget of commands; true if more are left.
-    fn run_commands(&mut self, now: Instant) -> bool {
-        for _ in 0..COMMANDS_PER_TURN {
+    fn run_commands(&mut self, clock: &impl Clock) -> bool {
+        for _ in 0..self.budget.commands {
             let Some(command) = self.carry.take().or_else(|| self.router.poll_command()) else {
                 return false;
             };
-            self.handle(command, now);
+            // The one place commands become work (factory and receiver panics caught there).
+            if let Err(e) = self.router.handle(command, &*self.factory, clock) {
+                // Commands come from this router and are handled once each: a bug if it happens.
+                tracing::error!(%e, ?command, "shard mishandled a command");
+            }
+            // A run can make any number of dead letters: hand them on as they come, so the
+            // router's bounded queue never overflows on a shard.
+            while let Some(letter) = self.router.poll_dead_letter() {
+                self.sink(letter);
+            }
         }
         self.carry = self.router.poll_command();
+        if self.fault(ShardFault::ForgetCarry) {
+            self.carry = None;
+        }
         self.carry.is_some()
     }
 
-    fn handle(&mut self, command: Command, now: Instant) {
-        let result = match command {
-            Command::Activate(addr) => match self.router.id(addr) {
-                Some(id) => {
-                    let factory = &self.factory;
-                    let activation = catch_unwind(AssertUnwindSafe(|| factory.create(id)))
-                        .unwrap_or_else(|panic| {
-                            tracing::warn!(?id, "the factory panicked; activation failed");
-                            Activation::failed(FactoryPanicked(panic_message(panic)))
-                        });
-                    self.router.activate(addr, activation, now)
-                }
-                None => Err(hermes_core::CommandError::Stale(addr)),
-            },
-            // Receivers run inline; the router catches their panics.
-            Command::Run(addr) | Command::Deactivate(addr) => self.router.run(addr, now),
-        };
-        if let Err(e) = result {
-            // Commands come from this router and are handled once each: a bug if it happens.
-            tracing::error!(%e, ?command, "shard mishandled a command");
-        }
-    }
-
-    /// Sends outbound messages to their shards and hands dead letters to the sink.
+    /// Sends outbound work to its shards and hands dead letters to the sink.
     fn flush(&mut self) {
-        let shards = self.outgoing.len();
-        while let Some((to, msg)) = self.router.poll_outbound() {
-            let shard = match &to {
-                Recipient::Addr(addr) => addr.router() as usize,
-                Recipient::Id(id) => self.core.shard_of(id),
+        while let Some((location, outbound)) = self.router.poll_outbound() {
+            let envelope = match outbound {
+                Outbound::Message(to, msg) => Envelope::Deliver(to, msg),
+                Outbound::Cancel(timer) => Envelope::Cancel(timer),
+                #[allow(unreachable_patterns)] // `Outbound` is non-exhaustive
+                _ => continue,
+            };
+            let shard = match location {
+                Location::Shard(n) => n as usize,
+                #[allow(unreachable_patterns)] // `Location` is non-exhaustive: nodes come later
+                _ => usize::MAX,
             };
             match self.outgoing.get_mut(shard) {
-                Some(out) if shard != self.index as usize => out.push(Envelope::Deliver(to, msg)),
+                Some(out) if shard != self.index as usize => out.push(envelope),
                 // A handle from no shard of ours (or a router mistake): it reaches no receiver.
-                _ => self.dead_letter(DeadLetter {
-                    recipient: to,
-                    message: Some(msg),
-                    reason: DeadLetterReason::Stale,
-                }),
+                _ => self.bounce(envelope, DeadLetterReason::Stale),
             }
         }
-        for shard in 0..shards {
+        for shard in 0..self.outgoing.len() {
             if self.outgoing[shard].is_empty() {
                 continue;
             }
             let mut out = std::mem::take(&mut self.outgoing[shard]);
             self.conversing = true;
-            if self.core.inboxes[shard].push_all(&mut out).is_err() {
+            if self.fault(ShardFault::LoseOutgoing) {
+                out.clear();
+            } else if self.core.inboxes[shard].push_all(&mut out).is_err() {
                 // That shard has closed: nothing there is live to take them.
                 for envelope in out.drain(..) {
-                    self.bounce(envelope);
+                    self.bounce(envelope, DeadLetterReason::Closed);
                 }
             }
             self.outgoing[shard] = out;
@@ -374,9 +421,7 @@ where
         while let Some(letter) = self.router.poll_dead_letter() {
             self.sink(letter);
         }
-        *self.core.stats[self.index as usize]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = self.stats();
+        self.core.publish(self.index, self.stats());
     }
 
     /// This shard's stats, counting the dead letters it made outside the router.
@@ -387,7 +432,7 @@ where
     }
 
     /// Reports an envelope that can no longer be delivered.
-    fn bounce(&mut self, envelope: Envelope<K, M>) {
+    fn bounce(&mut self, envelope: Envelope<K, M>, reason: DeadLetterReason) {
         let (recipient, message) = match envelope {
             Envelope::Deliver(to, msg) => (to, msg),
             Envelope::Schedule(scheduled) => (Recipient::Id(scheduled.to), scheduled.msg),
@@ -396,7 +441,7 @@ where
         self.dead_letter(DeadLetter {
             recipient,
             message: Some(message),
-            reason: DeadLetterReason::Closed,
+            reason,
         });
     }
 
@@ -407,7 +452,7 @@ where
     }
 
     fn sink(&self, letter: DeadLetter<K, M>) {
-        if let Some(sink) = &self.core.dead_letters
+        if let Some(sink) = &self.sink
             && let Err(panic) = catch_unwind(AssertUnwindSafe(|| sink(letter)))
         {
             tracing::warn!(panic = %panic_message(panic), "the dead-letter sink panicked");
@@ -425,41 +470,30 @@ where
     }
 }
 
-impl<K, M> Drop for Shard<K, M> {
+impl<K: Key, M: Message> Drop for Shard<K, M> {
     fn drop(&mut self) {
-        // Normally after `Turn::Exit`; otherwise (a runtime dropped its tasks) refuse further
-        // pushes so that senders see `Closed` rather than a queue nobody reads.
-        let left = self.core.inboxes[self.index as usize].close().len() + self.incoming.len();
-        let mut stats = self.router_stats();
-        stats.dead_letters += left as u64;
-        if left > 0 {
-            tracing::warn!(
-                shard = self.index,
-                messages = left,
-                "shard dropped before it closed; queued messages are lost"
-            );
+        if self.exited {
+            return;
         }
-        self.core.finish.arrive(stats);
+        // Not exited: the runtime dropped the task, or the thread is unwinding. Close here, so
+        // that queued messages drain and every live receiver's `deactivated` hook runs.
+        tracing::warn!(
+            shard = self.index,
+            "shard dropped before Hermes shut down (its runtime stopped?): closing it here, \
+             running every deactivated hook"
+        );
+        self.router.close();
+        // Every turn of a closing router makes progress (receivers run inline, the drain limit
+        // bounds the messages) until it exits; parking would mean nothing is left to run.
+        loop {
+            match self.turn(&SystemClock) {
+                Turn::Busy => {}
+                Turn::Exit => return,
+                Turn::Park(_) => {
+                    tracing::error!(shard = self.index, "dropped shard stalled while closing");
+                    return;
+                }
+            }
+        }
     }
 }
-
-impl<K, M> Shard<K, M> {
-    /// Stats without the `Hash`/`Debug` bounds the router's methods need.
-    fn router_stats(&self) -> Stats {
-        *self.core.stats[self.index as usize]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The error of an activation whose factory panicked.
-#[derive(Debug)]
-struct FactoryPanicked(Arc<str>);
-
-impl fmt::Display for FactoryPanicked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the factory panicked: {}", self.0)
-    }
-}
-
-impl std::error::Error for FactoryPanicked {}

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hermes_core::{Config, Factory};
-use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, Wake, launch};
+use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, Wake, WouldDeadlock, launch};
 use smol::channel::{Receiver, Sender};
 use smol::{Executor, Timer};
 
@@ -110,7 +110,20 @@ impl Wake for Bell {
     }
 }
 
-/// smol runs tasks on threads that the blocking forms are not called from (see crate docs).
+/// Blocking is refused on a thread that runs shard tasks, and on a thread of smol's global
+/// executor (named `smol-N`): with one such thread (smol's default), blocking it would stop the
+/// shards, and a shard task may not have run there yet to say so.
 struct Smol;
 
-impl Runtime for Smol {}
+impl Runtime for Smol {
+    fn block(&self, wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
+        let global = std::thread::current()
+            .name()
+            .is_some_and(|name| name.starts_with("smol-"));
+        if global || hermes_executor::hosts_shards() {
+            return Err(WouldDeadlock);
+        }
+        wait();
+        Ok(())
+    }
+}

@@ -48,7 +48,7 @@ async fn multi_thread_runtime_allows_blocking_forms_in_tasks() {
     assert_eq!(hermes.ask(3, |r| Msg::Double(3, r)).await, Ok(6));
     // Inside a worker task: block_in_place keeps the runtime going.
     assert_eq!(hermes.ask_blocking(4, |r| Msg::Double(4, r), GUARD), Ok(8));
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert_eq!(stats.deactivations, 2);
 }
 
@@ -61,7 +61,7 @@ fn dropping_the_runtime_first_does_not_hang_the_handle() {
     let hermes = hermes_tokio::start_on(runtime.handle(), Options::new(Config::default()), doubler);
     hermes.send(1, Msg::Double(1, Reply::new().0)).unwrap();
     drop(runtime); // the shard tasks are dropped unrun
-    let stats = hermes.shutdown();
+    let stats = hermes.shutdown().unwrap();
     assert_eq!(stats.live, 0);
     assert!(matches!(
         hermes.send(1, Msg::Double(1, Reply::new().0)),
