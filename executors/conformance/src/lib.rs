@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use hermes_core::Factory;
 use hermes_executor::{Hermes, Key, Message, Options};
 
+mod regressions;
 pub mod suite;
 
 /// How to run Hermes on the executor under test.
@@ -75,7 +76,14 @@ macro_rules! conformance_tests {
             dead_letters_are_observed,
             million_messages_none_lost_none_duplicated,
             cross_shard_sends,
-            idle_hermes_uses_no_cpu
+            idle_hermes_uses_no_cpu,
+            timer_counts_from_when_the_handler_asks,
+            idle_time_counts_from_when_the_receiver_went_idle,
+            cancel_works_across_shards,
+            duration_max_means_never,
+            shutdown_returns_after_everything_is_dropped,
+            shutdown_finishes_despite_endless_continuations,
+            shutdown_from_a_receiver_starts_it_and_returns
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

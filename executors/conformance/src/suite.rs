@@ -12,6 +12,7 @@ use hermes_core::{
 };
 use hermes_executor::{AskError, Options, Reply};
 
+pub use crate::regressions::*;
 use crate::{HANG_GUARD, Harness, eventually};
 
 /// Options used by most tests: two shards, so that cross-shard paths are always exercised.

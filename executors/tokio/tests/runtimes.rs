@@ -68,3 +68,51 @@ fn dropping_the_runtime_first_does_not_hang_the_handle() {
         Err(hermes_core::SendError::Closed(_))
     ));
 }
+
+/// Defect: on a current-thread runtime, dropping the last handle inside the runtime skipped
+/// every `deactivated` hook (durable saves were lost) and logged nothing. The shards finish on
+/// the runtime, or close where the runtime drops them: either way every hook runs.
+#[test]
+fn current_thread_runtime_runs_every_hook_when_the_handle_is_dropped() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Saver(Arc<AtomicU64>);
+    impl hermes_core::Receiver<u64, ()> for Saver {
+        fn receive(&mut self, _: &mut Context<'_, u64, ()>, (): ()) {}
+        fn deactivated(&mut self, _: &mut Context<'_, u64, ()>, _: hermes_core::Deactivation) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    // Dropped inside the runtime, which then goes on running (the shards finish there), and
+    // dropped inside the runtime just before the runtime itself is dropped.
+    for keep_running in [true, false] {
+        let saved = Arc::new(AtomicU64::new(0));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let hooks = saved.clone();
+        runtime.block_on(async move {
+            let hermes = hermes_tokio::start_with(
+                Options::new(Config::default()).shards(2),
+                move |_: &u64| Activation::ready(Saver(hooks.clone())),
+            )
+            .unwrap();
+            for id in 0..5 {
+                hermes.send(id, ()).unwrap();
+            }
+            tokio::task::yield_now().await;
+            drop(hermes); // cannot wait here: it starts the shutdown
+        });
+        if keep_running {
+            runtime.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+        }
+        drop(runtime);
+        assert_eq!(
+            saved.load(Ordering::SeqCst),
+            5,
+            "keep running: {keep_running}"
+        );
+    }
+}
