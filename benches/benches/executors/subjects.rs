@@ -313,7 +313,8 @@ impl Running {
 
 /// Two IDs on different shards of `shards` if there are several, else on the same one.
 pub fn two_ids(shards: usize, same_shard: bool) -> (u64, u64) {
-    let shard = |id: &u64| Sharded::shard_of(id, shards as u32);
+    let placement = Sharded::new(shards as u32);
+    let shard = |id: &u64| placement.shard_of(id);
     let a = 1;
     let b = (2..)
         .find(|b| (shard(b) == shard(&a)) == (same_shard || shards == 1))
