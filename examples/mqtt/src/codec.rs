@@ -13,9 +13,12 @@
 //!
 //! - room for the rest of a packet known to fit `max_packet_size`, reserved in the caller's
 //!   buffer (which `BytesMut` may round up as a `Vec` does);
-//! - the `Vec` of entries of a SUBSCRIBE, UNSUBSCRIBE or SUBACK, at its exact size (a bounded
-//!   multiple of the packet's size: an entry takes at least 3 bytes on the wire and 40 in
-//!   memory).
+//! - the `Vec` of entries of a SUBSCRIBE, UNSUBSCRIBE or SUBACK, at its exact size: a bounded
+//!   multiple of the packet's size, as an entry takes at least 3 bytes on the wire and at most
+//!   40 in memory.
+//!
+//! MQTT 3.1.1 does not require a remaining length in its shortest form (5.0 does), so the
+//! decoder accepts any; the encoder writes the shortest.
 //!
 //! # Encoding
 //!

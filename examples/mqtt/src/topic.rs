@@ -175,7 +175,7 @@ impl TopicFilter {
         }
     }
 
-    /// Whether this filter matches `topic` (see [`matches`]).
+    /// Whether this filter matches `topic` (see [`matches()`]).
     #[must_use]
     pub fn matches(&self, topic: &TopicName) -> bool {
         matches(self, topic)

@@ -72,7 +72,34 @@ fn remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, DecodeError>
     }
 }
 
-/// Decodes the first packet in `buf` and removes it from there; see [`crate::codec`].
+/// Decodes the first packet in `buf`, and removes its bytes from there.
+///
+/// Returns `Ok(None)` while the packet is incomplete; then `buf` keeps its bytes, with room
+/// reserved for the rest once the packet's size is known to be at most `max_packet_size` (the
+/// whole packet, fixed header included). Returns an error as soon as the bytes so far are
+/// malformed, or declare a packet over `max_packet_size`; the connection is then beyond repair
+/// (close it), and `buf` may or may not still hold the bad packet. A decoded packet's payload
+/// and strings share `buf`'s memory.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use hermes_mqtt::codec::{decode, DecodeError};
+/// use hermes_mqtt::{Packet, PacketType};
+///
+/// let mut buf = BytesMut::from(&[0x40, 0x02, 0x00][..]); // PUBACK, one byte short
+/// assert_eq!(decode(&mut buf, 1024), Ok(None));
+/// buf.extend_from_slice(&[0x07, 0xC0, 0x00]); // its last byte, and a PINGREQ
+/// assert_eq!(decode(&mut buf, 1024), Ok(Some(Packet::PubAck(7.try_into().unwrap()))));
+/// assert_eq!(decode(&mut buf, 1024), Ok(Some(Packet::PingReq)));
+///
+/// let mut buf = BytesMut::from(&[0x30, 0xFF, 0xFF, 0x7F][..]); // a 2 MB PUBLISH
+/// let too_large = DecodeError::PacketTooLarge {
+///     packet_type: PacketType::Publish,
+///     size: 2_097_155,
+///     max: 1024,
+/// };
+/// assert_eq!(decode(&mut buf, 1024), Err(too_large));
+/// ```
 pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
