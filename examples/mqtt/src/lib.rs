@@ -1,1 +1,47 @@
 //! hermes-mqtt: an MQTT 3.1.1 broker built on Hermes receivers.
+//!
+//! This library is its protocol layer: pure, sans-IO pieces that the broker's receivers use,
+//! following the OASIS MQTT Version 3.1.1 specification. Doc comments cite its normative
+//! statements as [MQTT-x.y.z-n] and its sections as [x.y.z].
+//!
+//! - [`packet`]: the fourteen control packets as types ([`Packet`]).
+//! - [`codec`]: an incremental decoder that rejects malformed input with a typed
+//!   [`DecodeError`](codec::DecodeError), and the encoder.
+//! - [`topic`]: validated [`TopicName`]s and [`TopicFilter`]s, and how a filter matches a
+//!   name. The decoder validates topics, so a decoded packet's topics are valid.
+//! - [`subscriptions`]: the subscription index that fans a PUBLISH out to its subscribers.
+//! - [`string`]: MQTT's UTF-8 strings ([`MqttString`]).
+//!
+//! Payloads and strings are [`bytes::Bytes`]: a decoded packet shares the buffer it was read
+//! into, and a message sent to many subscribers is shared, not copied.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use hermes_mqtt::codec::{decode, encode};
+//! use hermes_mqtt::{Packet, QoS, Subscribe, TopicFilter};
+//!
+//! let subscribe = Packet::Subscribe(Subscribe {
+//!     packet_id: 1.try_into().unwrap(),
+//!     filters: vec![(TopicFilter::from_static("sensors/+/temperature"), QoS::AtLeastOnce)],
+//! });
+//! let mut wire = BytesMut::new();
+//! encode(&subscribe, &mut wire).unwrap();
+//! assert_eq!(decode(&mut wire, 64 * 1024), Ok(Some(subscribe)));
+//! ```
+
+pub mod codec;
+pub mod packet;
+pub mod string;
+pub mod subscriptions;
+pub mod topic;
+
+#[cfg(any(test, feature = "arbitrary"))]
+mod arbitrary;
+
+pub use packet::{
+    ConnAck, Connect, ConnectReturnCode, Login, Packet, PacketId, PacketType, ProtocolVersion,
+    Publish, PublishQos, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe, Will,
+};
+pub use string::MqttString;
+pub use subscriptions::Subscriptions;
+pub use topic::{TopicFilter, TopicName};
