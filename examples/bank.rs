@@ -5,16 +5,18 @@
 //! the second run starts from the first run's balances.
 //!
 //! ```text
-//! cargo run --example bank          # state in target/hermes-bank.redb
-//! cargo run --example bank          # again: balances kept
-//! HERMES_BANK=/tmp/bank.redb cargo run --example bank
+//! cargo run --example bank                          # state in target/hermes-bank.redb
+//! cargo run --example bank                          # again: balances kept
+//! cargo run --example bank -- --db /tmp/bank.redb   # or HERMES_BANK=/tmp/bank.redb
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use hermes::store::{Codec, Durable, GroupCommitConfig, RedbStore, StateStore, StoreError};
 use hermes::{Activation, Config, Context, Deactivation, Receiver, Reply};
 use serde::{Deserialize, Serialize};
@@ -200,13 +202,21 @@ impl Receiver<Id, Msg> for Teller {
     }
 }
 
+/// Durable bank accounts: deposits, transfers and balances kept across runs.
+#[derive(Parser)]
+struct Args {
+    /// The redb file that keeps the accounts
+    #[arg(long, value_name = "PATH", env = "HERMES_BANK", default_value_os_t = default_db())]
+    db: PathBuf,
+}
+
+fn default_db() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/hermes-bank.redb")
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::var_os("HERMES_BANK")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/hermes-bank.redb")
-        });
-    if let Some(dir) = std::path::Path::new(&path).parent() {
+    let path = Args::parse().db;
+    if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let store = Arc::new(RedbStore::open(&path)?);

@@ -13,8 +13,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use hermes::router::{Command, Router};
-use hermes::{Activation, Config, Context, Deactivation, Receiver};
+use hermes::{Activation, Config, Context, Deactivation, Receiver, Recipient};
 
 #[derive(Debug)]
 enum Msg {
@@ -141,7 +142,12 @@ fn script() -> Vec<(u64, Input)> {
     ]
 }
 
+/// The sans-IO Router in a hand-written event loop: two seconds of sensors and timers.
+#[derive(Parser)]
+struct Args {}
+
 fn main() {
+    Args::parse(); // no arguments: `--help` prints the usage, anything else is an error
     let start = Instant::now();
     START.get_or_init(|| start);
     let mut router: Router<String, Msg> =
@@ -172,7 +178,7 @@ fn main() {
                 Input::Close => {
                     log(
                         now,
-                        format_args!("close: drain, then deactivate everyone once"),
+                        format_args!("close: drain, deactivate everyone once, drop pending timers"),
                     );
                     router.close();
                 }
@@ -193,9 +199,13 @@ fn main() {
         // 4. Dead letters.
         while let Some(dead) = router.poll_dead_letter() {
             let msg = dead.message.map(|m| format!("{m:?}")).unwrap_or_default();
+            let to = match dead.recipient {
+                Recipient::Id(id) => id,
+                Recipient::Addr(addr) => format!("{addr:?}"),
+            };
             log(
                 now,
-                format_args!("dead letter {msg} to {:?}: {}", dead.recipient, dead.reason),
+                format_args!("dead letter {msg} to {to}: {}", dead.reason),
             );
         }
         if router.is_closed() {

@@ -16,6 +16,7 @@ mod executor;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use clap::Parser;
 use hermes::{Activation, Config, Context, Options, Reply, TimerId};
 
 const PERIOD: Duration = Duration::from_millis(100);
@@ -62,8 +63,15 @@ fn factory(id: &String) -> Activation<String, Msg> {
     })
 }
 
+/// Sensors beat on timers for a second and a monitor counts the beats.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    executor: executor::ExecutorArg,
+}
+
 fn main() {
-    let executor = executor::Executor::from_args();
+    let executor = Args::parse().executor.build();
     let hermes = executor.start(Options::new(Config::default()).shards(2), factory);
     for sensor in ["boiler", "door", "window"] {
         hermes.send(sensor.to_owned(), Msg::Start).expect("running");

@@ -14,6 +14,7 @@ mod executor;
 
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use hermes::{Activation, Addr, Config, Context, Options, Reply};
 
 enum Msg {
@@ -69,8 +70,15 @@ fn player(_name: &&'static str) -> Activation<&'static str, Msg> {
     )
 }
 
+/// Two receivers rally a ball a million times; prints hits per second.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    executor: executor::ExecutorArg,
+}
+
 fn main() {
-    let executor = executor::Executor::from_args();
+    let executor = Args::parse().executor.build();
     let hermes = executor.start(Options::new(Config::default()).shards(2), player);
     const RALLIES: u32 = 1_000_000;
     let start = Instant::now();

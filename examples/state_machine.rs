@@ -21,6 +21,7 @@ mod executor;
 
 use std::time::Duration;
 
+use clap::Parser;
 use hermes::{Activation, Config, Context, Options, Reply, TimerId};
 
 const CODE: u32 = 1234;
@@ -80,8 +81,15 @@ fn open(timer: TimerId) -> impl FnMut(&mut Ctx<'_>, Msg) + Send + 'static {
     }
 }
 
+/// A door as a state machine: each state a handler, a transition `become_`.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    executor: executor::ExecutorArg,
+}
+
 fn main() {
-    let executor = executor::Executor::from_args();
+    let executor = Args::parse().executor.build();
     let hermes = executor.start(Options::new(Config::default()), |_door: &String| {
         Activation::ready(locked("new"))
     });

@@ -1,48 +1,62 @@
-//! Picks the executor an example runs on: `-- --executor pool|tokio|smol` (default `pool`), or
-//! the `HERMES_EXECUTOR` environment variable.
+//! The `--executor pool|tokio|smol` flag (default `pool`, or the `HERMES_EXECUTOR` environment
+//! variable) that an example flattens into its own `Args`, and the executor it picks.
 //!
 //! An application picks one with a feature (`hermes::pool::start`, `hermes::tokio::start`,
 //! `hermes::smol::start`); the examples call the executor crates directly so that one binary
 //! can run on all three.
 
+use clap::ValueEnum;
 use hermes::{Factory, Hermes, Key, Message, Options};
 
-/// The executor chosen on the command line, with the runtime it needs.
+/// The executor flag: `#[command(flatten)] executor: executor::ExecutorArg` in an `Args`.
+#[derive(clap::Args, Debug)]
+pub struct ExecutorArg {
+    /// The executor the shards run on
+    #[arg(
+        long = "executor",
+        value_name = "NAME",
+        value_enum,
+        env = "HERMES_EXECUTOR",
+        default_value_t = Name::Pool
+    )]
+    name: Name,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Name {
+    /// The hand-rolled thread pool: one thread per shard
+    Pool,
+    /// One tokio task per shard, on a multi-thread runtime
+    Tokio,
+    /// One smol task per shard
+    Smol,
+}
+
+/// The chosen executor, with the runtime it needs.
 pub enum Executor {
     Pool,
     Tokio(tokio::runtime::Runtime),
     Smol,
 }
 
-impl Executor {
-    /// Reads `--executor NAME` (or `--executor=NAME`, or `HERMES_EXECUTOR`); exits with a
-    /// usage message on an unknown name.
-    pub fn from_args() -> Executor {
-        let mut name = std::env::var("HERMES_EXECUTOR").unwrap_or_else(|_| "pool".to_owned());
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            if arg == "--executor" {
-                name = args.next().unwrap_or_default();
-            } else if let Some(value) = arg.strip_prefix("--executor=") {
-                name = value.to_owned();
-            }
-        }
-        match name.as_str() {
-            "pool" => Executor::Pool,
-            "tokio" => match tokio::runtime::Builder::new_multi_thread()
+impl ExecutorArg {
+    /// The chosen executor; for tokio, starts its runtime.
+    pub fn build(self) -> Executor {
+        match self.name {
+            Name::Pool => Executor::Pool,
+            Name::Tokio => match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
             {
                 Ok(runtime) => Executor::Tokio(runtime),
                 Err(e) => exit(&format!("could not start a tokio runtime: {e}")),
             },
-            "smol" => Executor::Smol,
-            other => exit(&format!(
-                "unknown executor {other:?}: pass --executor pool, tokio or smol"
-            )),
+            Name::Smol => Executor::Smol,
         }
     }
+}
 
+impl Executor {
     /// The executor's name.
     pub fn name(&self) -> &'static str {
         match self {
@@ -69,5 +83,5 @@ impl Executor {
 
 fn exit(message: &str) -> ! {
     eprintln!("{message}");
-    std::process::exit(2)
+    std::process::exit(1)
 }
