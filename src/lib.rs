@@ -42,9 +42,9 @@
 //! (or the inline [`router::Driver`]); see the [`router`] module.
 
 pub use hermes_core::{
-    Activation, Addr, Deactivation, DeadLetter, DeadLetterReason, Factory, FactoryError, Key,
-    Location, Message, Placement, Receiver, Recipient, SendError, SendErrorKind, Sharded, Stats,
-    TimerId,
+    Activation, Addr, App, Deactivation, DeadLetter, DeadLetterReason, Factory, FactoryError, Key,
+    Kind, Kinds, Location, Message, Placement, Receiver, Recipient, SendError, SendErrorKind,
+    Settings, Sharded, Stats, TimerId, app,
 };
 pub use hermes_core::{Config, Context};
 pub use hermes_executor::{
@@ -57,8 +57,8 @@ pub use hermes_executor::{
 /// lifecycle, time model and invariants.
 pub mod router {
     pub use hermes_core::{
-        Clock, Command, CommandError, Done, Driver, Job, Outbound, Router, SystemClock, deadline,
-        panic_message, testkit,
+        Clock, Command, CommandError, Done, Driver, Job, KindAdapter, KindTable, Outbound, Router,
+        SharedFactory, SystemClock, deadline, panic_message, share, testkit,
     };
 }
 
@@ -132,7 +132,7 @@ pub mod store {
 ///
 /// let mut sim = Sim::new(7, Config::default(), |_id: &&str| {
 ///     let mut ticks = 0;
-///     Activation::ready(move |ctx: &mut Context<'_, &str, Msg>, msg| match msg {
+///     Activation::ready(move |ctx: &mut Context<'_, &'static str, Msg>, msg| match msg {
 ///         Msg::Tick => {
 ///             ticks += 1;
 ///             ctx.schedule(Duration::from_secs(10), Msg::Tick);

@@ -4,20 +4,32 @@
 //! checked back in. That is what lets a receiver run on another thread, and what makes it
 //! testable alone (see [`testkit`](crate::testkit)).
 
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use crate::{Addr, Clock, Receiver, Recipient, TimerId};
+use crate::{Addr, App, Clock, Key, Kind, Receiver, Recipient, TimerId};
 
 /// A receiver's view of the router while it handles one message or lifecycle hook.
-pub struct Context<'a, K, M> {
+///
+/// `K` and `M` are the receiver's ID and message types; `A` is its application, `(K, M)` unless
+/// the application has several [kinds](crate::Kinds) (then it names the application, as
+/// `Context<'_, AccountId, AccountMsg, Bank>`). Sends are typed by the recipient's ID: a
+/// message reaches a kind only as that kind's message type.
+pub struct Context<'a, K, M, A: App = (K, M)> {
     pub(crate) id: &'a K,
     pub(crate) addr: Addr,
     pub(crate) clock: &'a dyn Clock,
-    pub(crate) effects: &'a mut Effects<K, M>,
+    pub(crate) effects: &'a mut Effects<A::Id, A::Msg>,
     pub(crate) timer_seq: &'a mut u32,
+    pub(crate) kind: PhantomData<fn() -> M>,
 }
 
-impl<'a, K: Clone, M> Context<'a, K, M> {
+impl<'a, K, M, A> Context<'a, K, M, A>
+where
+    A: App,
+    K: Key,
+    M: Kind<A, Id = K>,
+{
     /// The ID this receiver serves.
     pub fn id(&self) -> &K {
         self.id
@@ -34,14 +46,19 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
         self.clock.now()
     }
 
-    /// Sends `msg` to the receiver with ID `to`, activating it if needed.
-    pub fn send(&mut self, to: K, msg: M) {
-        self.effects.sends.push((Recipient::Id(to), msg));
+    /// Sends `msg` to the receiver with ID `to`, of any kind of this application (the message's
+    /// type decides the kind, and so the ID's type), activating it if needed.
+    pub fn send<T: Kind<A>>(&mut self, to: T::Id, msg: T) {
+        let to = Recipient::Id(T::into_app_id(to));
+        self.effects.sends.push((to, msg.into_app_msg()));
     }
 
-    /// Sends `msg` by handle. If the handle is stale, the message becomes a dead letter.
+    /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, the message
+    /// becomes a dead letter.
     pub fn send_to(&mut self, to: Addr, msg: M) {
-        self.effects.sends.push((Recipient::Addr(to), msg));
+        self.effects
+            .sends
+            .push((Recipient::Addr(to), msg.into_app_msg()));
     }
 
     /// Delivers `msg` to this receiver after `after` (counted from now, when the handler asks),
@@ -51,17 +68,18 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
         self.schedule_to(to, after, msg)
     }
 
-    /// Delivers `msg` to the receiver `to` after `after` (counted from now). The timer is held
-    /// by this receiver's router; [`cancel`](Context::cancel) works from any receiver.
-    pub fn schedule_to(&mut self, to: K, after: Duration, msg: M) -> TimerId {
+    /// Delivers `msg` to the receiver `to` (of any kind) after `after` (counted from now). The
+    /// timer is held by this receiver's router; [`cancel`](Context::cancel) works from any
+    /// receiver.
+    pub fn schedule_to<T: Kind<A>>(&mut self, to: T::Id, after: Duration, msg: T) -> TimerId {
         let id = TimerId::new(self.addr, *self.timer_seq);
         *self.timer_seq = self.timer_seq.wrapping_add(1);
         let deadline = crate::deadline(self.now(), after);
         self.effects.timers.push(TimerOp::Schedule {
             id,
-            to,
+            to: T::into_app_id(to),
             deadline,
-            msg,
+            msg: msg.into_app_msg(),
         });
         id
     }
@@ -73,8 +91,8 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
     }
 
     /// Replaces this receiver's handler from the next message on.
-    pub fn become_(&mut self, next: impl Receiver<K, M>) {
-        self.effects.become_ = Some(Box::new(next));
+    pub fn become_(&mut self, next: impl Receiver<K, M, A>) {
+        self.effects.become_ = Some(M::adapt(Box::new(next)));
     }
 
     /// Deactivates this receiver after the current message. Messages still queued activate a
@@ -90,7 +108,7 @@ impl<'a, K: Clone, M> Context<'a, K, M> {
     }
 }
 
-impl<K: std::fmt::Debug, M> std::fmt::Debug for Context<'_, K, M> {
+impl<K: std::fmt::Debug, M, A: App> std::fmt::Debug for Context<'_, K, M, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("id", self.id)

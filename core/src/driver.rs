@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::{Clock, Command, Config, DeadLetter, Factory, Key, Message, Router, SendError};
+use crate::{Clock, Command, Config, DeadLetter, Factory, Key, Kind, Message, Router, SendError};
 
 /// A [`Router`] plus its factory, handling every command on the calling thread.
 ///
@@ -38,10 +38,9 @@ where
 {
     /// A driver over a new router.
     pub fn new(config: Config, factory: F) -> Self {
-        Driver {
-            router: Router::new(config),
-            factory,
-        }
+        let mut router = Router::new(config);
+        router.use_kinds(factory.kinds());
+        Driver { router, factory }
     }
 
     /// The router, to read stats or poll dead letters.
@@ -54,9 +53,10 @@ where
         &mut self.router
     }
 
-    /// Queues `msg` for `to`; it is handled on the next [`run`](Driver::run).
-    pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
-        self.router.send(to, msg)
+    /// Queues `msg` for `to` (of any kind of the factory's application); it is handled on the
+    /// next [`run`](Driver::run). A refused message is given back in the application's type.
+    pub fn send<T: Kind<F::App>>(&mut self, to: T::Id, msg: T) -> Result<(), SendError<M>> {
+        self.router.send(T::into_app_id(to), msg.into_app_msg())
     }
 
     /// Handles the next pending command, reading the time from `clock` (an `Instant` for a fixed

@@ -25,6 +25,15 @@ impl<M> SendError<M> {
         }
     }
 
+    /// The same error, with the message mapped by `f`.
+    pub fn map<N>(self, f: impl FnOnce(M) -> N) -> SendError<N> {
+        match self {
+            SendError::Closed(m) => SendError::Closed(f(m)),
+            SendError::Full(m) => SendError::Full(f(m)),
+            SendError::Stale(m) => SendError::Stale(f(m)),
+        }
+    }
+
     /// The reason, without the message.
     pub fn kind(&self) -> SendErrorKind {
         match self {

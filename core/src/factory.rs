@@ -4,21 +4,22 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::Receiver;
+use crate::{App, Key, KindTable, Message, Receiver};
 
-/// What a factory made of an ID.
-pub enum Activation<K, M> {
+/// What a factory made of an ID. `A` is the application, `(K, M)` unless it has several
+/// [kinds](crate::Kinds).
+pub enum Activation<K, M, A = (K, M)> {
     /// The receiver for the ID.
-    Ready(Box<dyn Receiver<K, M>>),
+    Ready(Box<dyn Receiver<K, M, A>>),
     /// There is no receiver for this ID; its messages become dead letters.
     Refused,
     /// Creating the receiver failed (e.g. its durable state could not be loaded).
     Failed(FactoryError),
 }
 
-impl<K, M> Activation<K, M> {
+impl<K, M, A> Activation<K, M, A> {
     /// A ready receiver.
-    pub fn ready(receiver: impl Receiver<K, M>) -> Self {
+    pub fn ready(receiver: impl Receiver<K, M, A>) -> Self {
         Activation::Ready(Box::new(receiver))
     }
 
@@ -28,7 +29,7 @@ impl<K, M> Activation<K, M> {
     }
 }
 
-impl<K, M> fmt::Debug for Activation<K, M> {
+impl<K, M, A> fmt::Debug for Activation<K, M, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Activation::Ready(_) => f.write_str("Ready(..)"),
@@ -41,19 +42,41 @@ impl<K, M> fmt::Debug for Activation<K, M> {
 /// Creates receivers. Called by whoever drives the router, on an [`Activate`](crate::Command)
 /// command, so it may block or load durable state without the router knowing.
 ///
-/// Any `Fn(&K) -> Activation<K, M> + Send + Sync + 'static` closure is a factory.
+/// Any `Fn(&K) -> Activation<K, M> + Send + Sync + 'static` closure is a factory; so is
+/// [`Kinds`](crate::Kinds), the factory of an application with several kinds.
 pub trait Factory<K, M>: Send + Sync + 'static {
+    /// The application: `(K, M)` for one kind; it types the handle an executor returns.
+    type App: App<Id = K, Msg = M>;
+
     /// Creates the receiver for `id`, refuses the ID, or fails.
     fn create(&self, id: &K) -> Activation<K, M>;
+
+    /// Which kind each ID is and each kind's settings, for an application with several kinds;
+    /// `None` (the default) for one kind.
+    fn kinds(&self) -> Option<KindTable<K>> {
+        None
+    }
 }
 
 impl<K, M, F> Factory<K, M> for F
 where
-    F: Fn(&K) -> Activation<K, M> + Send + Sync + 'static,
+    K: Key,
+    M: Message,
+    F: Fn(&K) -> Activation<K, M> + Send + Sync + 'static + ?Sized,
 {
+    type App = (K, M);
+
     fn create(&self, id: &K) -> Activation<K, M> {
         self(id)
     }
+}
+
+/// A factory behind a pointer, its application type erased: how drivers keep one.
+pub type SharedFactory<K, M> = std::sync::Arc<dyn Fn(&K) -> Activation<K, M> + Send + Sync>;
+
+/// Shares `factory`, erasing its application type.
+pub fn share<K: Key, M: Message>(factory: impl Factory<K, M>) -> SharedFactory<K, M> {
+    std::sync::Arc::new(move |id: &K| factory.create(id))
 }
 
 /// A factory's error, shared by the dead letters of every message queued for that activation.

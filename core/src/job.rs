@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crate::context::Effects;
-use crate::{Addr, Clock, Context, Deactivation, Receiver};
+use crate::{Addr, Clock, Context, Deactivation, Key, Message, Receiver};
 
 /// A receiver checked out of its router with work to do. It is `Send`: run it on any thread
 /// with [`execute`](Job::execute), then hand the [`Done`] back to the same router.
@@ -57,7 +57,7 @@ pub struct Done<K, M> {
     pub(crate) timer_seq: u32,
 }
 
-impl<K: 'static, M: 'static> Job<K, M> {
+impl<K: Key, M: Message> Job<K, M> {
     /// The receiver this job is for.
     pub fn addr(&self) -> Addr {
         self.addr
@@ -100,6 +100,7 @@ impl<K: 'static, M: 'static> Job<K, M> {
             clock: &clock,
             effects: &mut effects,
             timer_seq: &mut timer_seq,
+            kind: std::marker::PhantomData,
         };
         let (rest, handled, ending, deactivation) = match work {
             Work::Run { mut batch, fresh } => {
@@ -161,7 +162,7 @@ impl<K, M> std::fmt::Debug for Done<K, M> {
 /// Runs `receiver` on the messages `next` yields (after its `activated` hook if `fresh`), until
 /// they run out, it stops, or it panics. Returns how many it handled and how it ended. The one
 /// loop behind both [`Job::execute`] and the router's inline run.
-pub(crate) fn run_batch<K: 'static, M: 'static>(
+pub(crate) fn run_batch<K: Key, M: Message>(
     receiver: &mut Box<dyn Receiver<K, M>>,
     ctx: &mut Context<'_, K, M>,
     fresh: bool,
@@ -192,7 +193,7 @@ pub(crate) fn run_batch<K: 'static, M: 'static>(
 }
 
 /// Runs the `deactivated` hook; a panic in it is logged and its effects dropped.
-pub(crate) fn run_deactivated<K: 'static, M: 'static>(
+pub(crate) fn run_deactivated<K: Key, M: Message>(
     receiver: &mut dyn Receiver<K, M>,
     ctx: &mut Context<'_, K, M>,
     why: Deactivation,
@@ -204,7 +205,7 @@ pub(crate) fn run_deactivated<K: 'static, M: 'static>(
 }
 
 /// Runs `f`, catching a panic; on panic, the effects `f` recorded are rolled back.
-fn guarded<K: 'static, M: 'static>(
+fn guarded<K: Key, M: Message>(
     ctx: &mut Context<'_, K, M>,
     f: impl FnOnce(&mut Context<'_, K, M>),
 ) -> Result<(), Arc<str>> {

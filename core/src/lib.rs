@@ -85,6 +85,7 @@
 //! ```
 
 mod addr;
+mod app;
 mod clock;
 mod command;
 mod context;
@@ -101,12 +102,13 @@ pub mod testkit;
 mod timers;
 
 pub use addr::{Addr, Recipient};
+pub use app::{App, Kind, KindAdapter, KindTable, Kinds, Settings};
 pub use clock::{Clock, SystemClock, deadline};
 pub use command::Command;
 pub use context::Context;
 pub use driver::Driver;
 pub use error::{CommandError, DeadLetter, DeadLetterReason, SendError, SendErrorKind};
-pub use factory::{Activation, Factory, FactoryError};
+pub use factory::{Activation, Factory, FactoryError, SharedFactory, share};
 pub use job::{Done, Job, panic_message};
 pub use placement::{Location, Placement, Sharded};
 pub use receiver::{Deactivation, Receiver};

@@ -1,6 +1,6 @@
 //! The `Receiver` trait: what runs when a message arrives.
 
-use crate::Context;
+use crate::{App, Context};
 
 /// Handles the messages sent to one ID, one at a time.
 ///
@@ -18,22 +18,36 @@ use crate::Context;
 ///     }
 /// }
 /// ```
-pub trait Receiver<K, M>: Send + 'static {
+///
+/// `A` is the receiver's application: `(K, M)`, unless the application has several
+/// [kinds](crate::Kinds), as in `impl Receiver<AccountId, AccountMsg, Bank> for Account`.
+pub trait Receiver<K, M, A = (K, M)>: Send + 'static {
     /// Handles one message. Effects (sends, timers, become, stop) go through `ctx`.
-    fn receive(&mut self, ctx: &mut Context<'_, K, M>, msg: M);
+    fn receive(&mut self, ctx: &mut Context<'_, K, M, A>, msg: M)
+    where
+        A: App;
 
     /// Runs once, after the factory created this receiver and before its first message.
-    fn activated(&mut self, _ctx: &mut Context<'_, K, M>) {}
+    fn activated(&mut self, _ctx: &mut Context<'_, K, M, A>)
+    where
+        A: App,
+    {
+    }
 
     /// Runs once, when this instance is deactivated; save durable state here.
-    fn deactivated(&mut self, _ctx: &mut Context<'_, K, M>, _why: Deactivation) {}
+    fn deactivated(&mut self, _ctx: &mut Context<'_, K, M, A>, _why: Deactivation)
+    where
+        A: App,
+    {
+    }
 }
 
-impl<K, M, F> Receiver<K, M> for F
+impl<K, M, A, F> Receiver<K, M, A> for F
 where
-    F: FnMut(&mut Context<'_, K, M>, M) + Send + 'static,
+    A: App,
+    F: FnMut(&mut Context<'_, K, M, A>, M) + Send + 'static,
 {
-    fn receive(&mut self, ctx: &mut Context<'_, K, M>, msg: M) {
+    fn receive(&mut self, ctx: &mut Context<'_, K, M, A>, msg: M) {
         self(ctx, msg)
     }
 }

@@ -16,8 +16,9 @@ use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, NIL, Slot, State};
 use crate::timers::{Fired, Timers};
 use crate::{
     Activation, Addr, Clock, Command, CommandError, Context, Deactivation, DeadLetter,
-    DeadLetterReason, Done, Factory, FactoryError, Job, Key, Location, Message, Placement,
-    Receiver, Recipient, SendError, SendErrorKind, Stats, TimerId, panic_message,
+    DeadLetterReason, Done, Factory, FactoryError, Job, Key, KindTable, Location, Message,
+    Placement, Receiver, Recipient, SendError, SendErrorKind, Settings, Stats, TimerId,
+    panic_message,
 };
 
 /// How a router behaves. Build with `Config::default()` and the setters; read the fields.
@@ -163,6 +164,8 @@ pub struct Router<K, M> {
     number: u32,
     /// Where IDs live; `None`: all of them here.
     placement: Option<Arc<dyn Placement<K>>>,
+    /// Which kind each ID is, and each kind's settings; `None`: one kind, the config's.
+    kinds: Option<KindTable<K>>,
     /// Work for other routers.
     outbound: VecDeque<(Location, Outbound<K, M>)>,
     slots: Slab<Slot<K, M>>,
@@ -227,6 +230,7 @@ impl<K, M> Router<K, M> {
             config,
             number,
             placement,
+            kinds: None,
             outbound: VecDeque::new(),
             slots: Slab::new(),
             generations: Vec::new(),
@@ -253,6 +257,44 @@ impl<K, M> Router<K, M> {
     /// The configuration this router was built with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Treats IDs by kind: each kind's idle timeout, mailbox capacity and batch size from
+    /// `kinds`, where it sets them. Call it before sending anything; drivers call it with the
+    /// table of their factory ([`Factory::kinds`](crate::Factory::kinds)).
+    pub fn use_kinds(&mut self, kinds: Option<KindTable<K>>) {
+        self.kinds = kinds;
+    }
+
+    /// The settings of `kind`, if the router has kinds.
+    #[inline]
+    fn settings(&self, kind: u8) -> Option<&Settings> {
+        self.kinds.as_ref()?.settings.get(usize::from(kind))
+    }
+
+    /// The mailbox capacity of receivers of `kind`.
+    #[inline]
+    fn capacity(&self, kind: u8) -> Option<usize> {
+        self.settings(kind)
+            .and_then(|s| s.mailbox_capacity)
+            .or(self.config.mailbox_capacity)
+    }
+
+    /// Most messages one run of a receiver of `kind` handles.
+    #[inline]
+    fn batch_size(&self, kind: u8) -> usize {
+        self.settings(kind)
+            .and_then(|s| s.batch_size)
+            .unwrap_or(self.config.batch_size)
+    }
+
+    /// The idle timeout a new instance of `kind` starts with, as slots store it.
+    #[inline]
+    fn kind_idle_ms(&self, kind: u8) -> u32 {
+        match self.settings(kind).and_then(|s| s.idle_timeout) {
+            Some(timeout) => idle_ms(timeout),
+            None => DEFAULT_IDLE,
+        }
     }
 
     /// The router number carried by the handles this router issues.
@@ -459,13 +501,14 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.closing && matches!(slot.state, State::Deactivating(_)) {
             return Err(Rejected::new(to, msg, SendErrorKind::Closed));
         }
+        let kind = slot.kind;
         if self
-            .config
-            .mailbox_capacity
-            .is_some_and(|cap| slot.mailbox.len() >= cap)
+            .capacity(kind)
+            .is_some_and(|cap| self.slots[key].mailbox.len() >= cap)
         {
             return Err(Rejected::new(to, msg, SendErrorKind::Full));
         }
+        let slot = &mut self.slots[key];
         if slot.mailbox.capacity() == 0
             && let Some(buffer) = self.spare_batches.pop()
         {
@@ -561,8 +604,7 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Creates an activating slot for `id` holding `msg`, and emits `Activate`.
     fn insert(&mut self, id: K, hash: u64, msg: M) {
-        let entry = self.slots.vacant_entry();
-        let key = entry.key();
+        let key = self.slots.vacant_key();
         if key >= self.generations.len() {
             self.generations.resize(key + 1, 0);
         }
@@ -570,7 +612,15 @@ impl<K: Key, M: Message> Router<K, M> {
         self.generations[key] = generation;
         let mut mailbox = self.spare_batches.pop().unwrap_or_default();
         mailbox.push_back(msg);
-        entry.insert(Slot::new(id, mailbox));
+        let kind = self
+            .kinds
+            .as_ref()
+            .map_or(0, |k| u8::try_from(k.kind_of(&id)).unwrap_or(u8::MAX));
+        let mut slot = Slot::new(id, mailbox);
+        slot.kind = kind;
+        slot.idle_timeout_ms = self.kind_idle_ms(kind);
+        let inserted = self.slots.insert(slot);
+        debug_assert_eq!(inserted, key);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, key as u32, |&k| {
             hasher.hash_one(&slots[k as usize].id)
@@ -664,8 +714,8 @@ impl<K: Key, M: Message> Router<K, M> {
         let addr = self.addr_of(key);
         let slot = &mut self.slots[key];
         slot.idle_since = since;
-        if !slot.idle_armed && slot.idle_timeout_ms != NEVER_IDLE {
-            slot.idle_armed = true;
+        if !slot.idle_armed() && slot.idle_timeout_ms != NEVER_IDLE {
+            slot.set_idle_armed(true);
             self.timers.arm_idle(crate::deadline(now, timeout), addr);
         }
     }
@@ -681,7 +731,7 @@ impl<K: Key, M: Message> Router<K, M> {
         };
         let slot = &mut self.slots[key];
         slot.idle_since = since;
-        slot.listed = true;
+        slot.set_listed(true);
         slot.idle_prev = tail;
         slot.idle_next = NIL;
         match tail {
@@ -695,10 +745,10 @@ impl<K: Key, M: Message> Router<K, M> {
     #[inline]
     fn unlink(&mut self, key: usize) {
         let slot = &mut self.slots[key];
-        if !slot.listed {
+        if !slot.listed() {
             return;
         }
-        slot.listed = false;
+        slot.set_listed(false);
         let (prev, next) = (slot.idle_prev, slot.idle_next);
         match prev {
             NIL => self.idle_head = next,
@@ -803,7 +853,7 @@ impl<K: Key, M: Message> Router<K, M> {
         match activation {
             Activation::Ready(receiver) => {
                 slot.receiver = Some(receiver);
-                slot.fresh = true;
+                slot.set_fresh(true);
                 self.stats.activations += 1;
                 if self.slots[key].mailbox.is_empty() {
                     self.become_idle(key, now);
@@ -822,10 +872,11 @@ impl<K: Key, M: Message> Router<K, M> {
     /// or of a [`Deactivate`](Command::Deactivate), to [`execute`](Job::execute) anywhere.
     pub fn check_out(&mut self, addr: Addr) -> Result<Job<K, M>, CommandError> {
         let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+        let batch_size = self.batch_size(self.slots[key].kind);
         let slot = &mut self.slots[key];
         let work = match slot.state {
             State::Scheduled => {
-                let n = slot.mailbox.len().min(self.config.batch_size);
+                let n = slot.mailbox.len().min(batch_size);
                 let batch = if n == slot.mailbox.len() {
                     std::mem::take(&mut slot.mailbox)
                 } else {
@@ -833,7 +884,7 @@ impl<K: Key, M: Message> Router<K, M> {
                     batch.extend(slot.mailbox.drain(..n));
                     batch
                 };
-                let fresh = std::mem::take(&mut slot.fresh);
+                let fresh = slot.take_fresh();
                 Work::Run { batch, fresh }
             }
             State::Deactivating(why) if slot.receiver.is_some() => Work::Deactivate(why),
@@ -923,7 +974,7 @@ impl<K: Key, M: Message> Router<K, M> {
             slot.idle_timeout_ms = ms;
             if shorter {
                 // The armed idle check may be later than the new deadline: arm another.
-                slot.idle_armed = false;
+                slot.set_idle_armed(false);
             }
         }
         self.stats.messages_delivered += handled;
@@ -984,8 +1035,10 @@ impl<K: Key, M: Message> Router<K, M> {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
         }
         let slot = &mut self.slots[key];
-        slot.idle_timeout_ms = DEFAULT_IDLE;
-        slot.idle_armed = false;
+        slot.set_idle_armed(false);
+        let kind = slot.kind;
+        self.slots[key].idle_timeout_ms = self.kind_idle_ms(kind);
+        let slot = &mut self.slots[key];
         if slot.mailbox.is_empty() {
             self.remove(key);
         } else {
@@ -1068,22 +1121,23 @@ impl<K: Key, M: Message> Router<K, M> {
                 clock,
                 effects: &mut self.effects,
                 timer_seq: &mut self.timer_seq,
+                kind: std::marker::PhantomData,
             };
             run_deactivated(&mut *receiver, &mut ctx, why);
             self.finish_deactivation(key, addr, receiver);
             return Ok(());
         }
         self.set_state(key, State::Running);
-        let mut left = self.config.batch_size;
-        let Slot {
-            id, mailbox, fresh, ..
-        } = &mut self.slots[key];
+        let mut left = self.batch_size(self.slots[key].kind);
+        let fresh = self.slots[key].take_fresh();
+        let Slot { id, mailbox, .. } = &mut self.slots[key];
         let mut ctx = Context {
             id,
             addr,
             clock,
             effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
+            kind: std::marker::PhantomData,
         };
         // The messages a check-out would take: the mailbox cannot grow meanwhile (sends are
         // effects, applied afterwards).
@@ -1091,7 +1145,7 @@ impl<K: Key, M: Message> Router<K, M> {
             left = left.checked_sub(1)?;
             mailbox.pop_front()
         };
-        let (handled, ending) = run_batch(&mut receiver, &mut ctx, std::mem::take(fresh), next);
+        let (handled, ending) = run_batch(&mut receiver, &mut ctx, fresh, next);
         // Idle time counts from the end of the run, not from when the driver last looked.
         let now = clock.now();
         self.finish_run(key, addr, receiver, handled, ending, now);
@@ -1162,10 +1216,10 @@ impl<K: Key, M: Message> Router<K, M> {
     fn check_idle(&mut self, addr: Addr, now: Instant) {
         let Some(key) = self.live(addr) else { return };
         let slot = &mut self.slots[key];
-        slot.idle_armed = false;
+        slot.set_idle_armed(false);
         // Not idle: re-armed when it next becomes idle. On the idle list (a later instance on
         // the default timeout): the list keeps its deadline.
-        if slot.state != State::Idle || slot.listed {
+        if slot.state != State::Idle || slot.listed() {
             return;
         }
         let timeout = self.idle_timeout_of(key);
@@ -1174,7 +1228,7 @@ impl<K: Key, M: Message> Router<K, M> {
         if elapsed >= timeout {
             self.begin_deactivation(key, Deactivation::IdleTimeout);
         } else if let Some(at) = crate::deadline(now, timeout - elapsed) {
-            self.slots[key].idle_armed = true;
+            self.slots[key].set_idle_armed(true);
             self.timers.arm_idle(Some(at), addr);
         }
     }

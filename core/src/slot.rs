@@ -44,13 +44,18 @@ pub(crate) struct Slot<K, M> {
     pub(crate) idle_prev: u32,
     pub(crate) idle_next: u32,
     pub(crate) state: State,
-    /// In the router's idle list (idle, on the default timeout).
-    pub(crate) listed: bool,
-    /// An idle check for this slot is in the timer heap (idle, with its own timeout).
-    pub(crate) idle_armed: bool,
-    /// The `activated` hook has not run yet.
-    pub(crate) fresh: bool,
+    /// `LISTED`, `IDLE_ARMED` and `FRESH`, in one byte to keep the slot at 80 bytes.
+    flags: u8,
+    /// Its kind, in an application with several (see `KindTable`); 0 otherwise.
+    pub(crate) kind: u8,
 }
+
+/// In the router's idle list (idle, on the default timeout).
+const LISTED: u8 = 1;
+/// An idle check for this slot is in the timer heap (idle, with its own timeout).
+const IDLE_ARMED: u8 = 2;
+/// The `activated` hook has not run yet.
+const FRESH: u8 = 4;
 
 impl<K, M> Slot<K, M> {
     /// An activating slot whose mailbox (`mailbox`, a recycled buffer) holds its first message.
@@ -64,10 +69,53 @@ impl<K, M> Slot<K, M> {
             idle_prev: NIL,
             idle_next: NIL,
             state: State::Activating,
-            listed: false,
-            idle_armed: false,
-            fresh: false,
+            flags: 0,
+            kind: 0,
         }
+    }
+
+    #[inline]
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// In the router's idle list.
+    #[inline]
+    pub(crate) fn listed(&self) -> bool {
+        self.flags & LISTED != 0
+    }
+
+    #[inline]
+    pub(crate) fn set_listed(&mut self, on: bool) {
+        self.set(LISTED, on);
+    }
+
+    /// An idle check for this slot is in the timer heap.
+    #[inline]
+    pub(crate) fn idle_armed(&self) -> bool {
+        self.flags & IDLE_ARMED != 0
+    }
+
+    #[inline]
+    pub(crate) fn set_idle_armed(&mut self, on: bool) {
+        self.set(IDLE_ARMED, on);
+    }
+
+    #[inline]
+    pub(crate) fn set_fresh(&mut self, on: bool) {
+        self.set(FRESH, on);
+    }
+
+    /// Whether the `activated` hook is still to run, clearing it.
+    #[inline]
+    pub(crate) fn take_fresh(&mut self) -> bool {
+        let fresh = self.flags & FRESH != 0;
+        self.set(FRESH, false);
+        fresh
     }
 }
 

@@ -22,18 +22,21 @@
 use std::time::{Duration, Instant};
 
 use crate::context::{Effects, TimerOp};
-use crate::{Addr, Context, Deactivation, Receiver, Recipient, TimerId};
+use crate::{Addr, App, Context, Deactivation, Key, Kind, Receiver, Recipient, TimerId};
 
-/// A receiver under test.
-pub struct Probe<K, M> {
-    id: K,
-    receiver: Box<dyn Receiver<K, M>>,
+/// A receiver under test. `A` is its application (`(K, M)` for one kind): what it sends and
+/// schedules is reported in the application's ID and message types.
+pub struct Probe<K, M: Kind<A, Id = K>, A: App = (K, M)> {
+    id: A::Id,
+    /// As the router runs it: adapted to the application's messages.
+    receiver: Box<dyn Receiver<A::Id, A::Msg>>,
     now: Instant,
     timer_seq: u32,
-    effects: Effects<K, M>,
+    effects: Effects<A::Id, A::Msg>,
+    kind: std::marker::PhantomData<fn(K, M)>,
 }
 
-impl<K: std::fmt::Debug, M> std::fmt::Debug for Probe<K, M> {
+impl<K, M: Kind<A, Id = K>, A: App> std::fmt::Debug for Probe<K, M, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Probe")
             .field("id", &self.id)
@@ -72,15 +75,16 @@ pub struct Scheduled<K, M> {
     pub msg: M,
 }
 
-impl<K: Clone + 'static, M: 'static> Probe<K, M> {
+impl<K: Key, M: Kind<A, Id = K>, A: App> Probe<K, M, A> {
     /// A probe running `receiver` as ID `id`, with the clock at `now`.
-    pub fn new(id: K, receiver: impl Receiver<K, M>, now: Instant) -> Self {
+    pub fn new(id: K, receiver: impl Receiver<K, M, A>, now: Instant) -> Self {
         Probe {
-            id,
-            receiver: Box::new(receiver),
+            id: M::into_app_id(id),
+            receiver: M::adapt(Box::new(receiver)),
             now,
             timer_seq: 0,
             effects: Effects::default(),
+            kind: std::marker::PhantomData,
         }
     }
 
@@ -90,24 +94,25 @@ impl<K: Clone + 'static, M: 'static> Probe<K, M> {
     }
 
     /// Runs the `activated` hook.
-    pub fn activate(&mut self) -> Outcome<K, M> {
+    pub fn activate(&mut self) -> Outcome<A::Id, A::Msg> {
         self.with_context(|r, ctx| r.activated(ctx))
     }
 
     /// Handles one message.
-    pub fn deliver(&mut self, msg: M) -> Outcome<K, M> {
+    pub fn deliver(&mut self, msg: M) -> Outcome<A::Id, A::Msg> {
+        let msg = msg.into_app_msg();
         self.with_context(|r, ctx| r.receive(ctx, msg))
     }
 
     /// Runs the `deactivated` hook.
-    pub fn deactivate(&mut self, why: Deactivation) -> Outcome<K, M> {
+    pub fn deactivate(&mut self, why: Deactivation) -> Outcome<A::Id, A::Msg> {
         self.with_context(|r, ctx| r.deactivated(ctx, why))
     }
 
     fn with_context(
         &mut self,
-        f: impl FnOnce(&mut dyn Receiver<K, M>, &mut Context<'_, K, M>),
-    ) -> Outcome<K, M> {
+        f: impl FnOnce(&mut dyn Receiver<A::Id, A::Msg>, &mut Context<'_, A::Id, A::Msg>),
+    ) -> Outcome<A::Id, A::Msg> {
         let mut ctx = Context {
             id: &self.id,
             addr: Addr {
@@ -118,6 +123,7 @@ impl<K: Clone + 'static, M: 'static> Probe<K, M> {
             clock: &self.now,
             effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
+            kind: std::marker::PhantomData,
         };
         f(&mut *self.receiver, &mut ctx);
         let became = match self.effects.become_.take() {

@@ -67,11 +67,11 @@ impl Executor {
     }
 
     /// Starts Hermes on this executor.
-    pub fn start<K: Key, M: Message>(
+    pub fn start<K: Key, M: Message, F: Factory<K, M>>(
         &self,
         options: Options<K, M>,
-        factory: impl Factory<K, M>,
-    ) -> Hermes<K, M> {
+        factory: F,
+    ) -> Hermes<K, M, F::App> {
         match self {
             Executor::Pool => hermes_pool::start_with(options, factory)
                 .unwrap_or_else(|e| exit(&format!("could not start the pool: {e}"))),

@@ -23,7 +23,7 @@
 //!
 //! let mut sim = Sim::new(42, Config::default(), |_id: &&str| {
 //!     let mut total = 0;
-//!     Activation::ready(move |ctx: &mut Context<'_, &str, Msg>, msg| match msg {
+//!     Activation::ready(move |ctx: &mut Context<'_, &'static str, Msg>, msg| match msg {
 //!         Msg::Add(n) => total += n,
 //!         Msg::Tick => {
 //!             total += 1;

@@ -10,7 +10,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hermes_core::{
-    Activation, Clock, Config, DeadLetter, Factory, Key, Message, SendError, Stats, TimerId,
+    Activation, App, Clock, Config, DeadLetter, Factory, Key, Kind, KindTable, Message, SendError,
+    Stats, TimerId,
 };
 use hermes_executor::{
     AskError, Hermes, Options, Reply, Runtime, Shard, Turn, Wake, WouldDeadlock, launch,
@@ -50,14 +51,14 @@ fn inject<K, M>(options: Options<K, M>, (): Fault) -> Options<K, M> {
 /// deterministic (no real clocks, threads or unseeded randomness).
 ///
 /// See the [crate docs](crate) for an example.
-pub struct Sim<K: Key, M: Message> {
+pub struct Sim<K: Key, M: Message, A: App<Id = K, Msg = M> = (K, M)> {
     seed: u64,
     rng: fastrand::Rng,
     config: Config,
-    factory: Arc<dyn Factory<K, M>>,
+    factory: Shared<K, M, A>,
     fault: Fault,
     clock: Arc<VirtualClock>,
-    hermes: Hermes<K, M>,
+    hermes: Hermes<K, M, A>,
     shards: Vec<SimShard<K, M>>,
     /// Where the shards' dead-letter sink puts them, moved to `dead` after every turn.
     sunk: Arc<Mutex<Vec<DeadLetter<K, M>>>>,
@@ -124,24 +125,54 @@ impl Wake for Bell {
     }
 }
 
-/// Runs the application's factory; shared so the simulation can be rebuilt with more shards.
-struct SharedFactory<K, M>(Arc<dyn Factory<K, M>>);
+/// The application's factory, shared so the simulation can be rebuilt with more shards.
+struct Shared<K, M, A> {
+    create: hermes_core::SharedFactory<K, M>,
+    kinds: Option<KindTable<K>>,
+    app: std::marker::PhantomData<fn() -> A>,
+}
 
-impl<K: Key, M: Message> Factory<K, M> for SharedFactory<K, M> {
+impl<K, M, A> Clone for Shared<K, M, A> {
+    fn clone(&self) -> Self {
+        Shared {
+            create: Arc::clone(&self.create),
+            kinds: self.kinds.clone(),
+            app: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Factory<K, M> for Shared<K, M, A> {
+    type App = A;
+
     fn create(&self, id: &K) -> Activation<K, M> {
-        self.0.create(id)
+        (self.create)(id)
+    }
+
+    fn kinds(&self) -> Option<KindTable<K>> {
+        self.kinds.clone()
     }
 }
 
 impl<K: Key, M: Message> Sim<K, M> {
     /// A simulation of the application `factory` makes, with router `config` and one shard;
     /// every choice it makes comes from `seed`.
-    pub fn new(seed: u64, config: Config, factory: impl Factory<K, M>) -> Self {
+    pub fn new<F: Factory<K, M>>(seed: u64, config: Config, factory: F) -> Sim<K, M, F::App> {
+        Sim::build(seed, config, factory)
+    }
+}
+
+impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
+    fn build<F: Factory<K, M, App = A>>(seed: u64, config: Config, factory: F) -> Self {
         let clock = Arc::new(VirtualClock {
             epoch: Instant::now(),
             elapsed: AtomicU64::new(0),
         });
-        let factory: Arc<dyn Factory<K, M>> = Arc::new(factory);
+        let factory = Shared {
+            kinds: factory.kinds(),
+            create: hermes_core::share(factory),
+            app: std::marker::PhantomData,
+        };
         let sunk = Arc::new(Mutex::new(Vec::new()));
         let mut rng = fastrand::Rng::with_seed(seed);
         let fault = Fault::default();
@@ -166,12 +197,12 @@ impl<K: Key, M: Message> Sim<K, M> {
     fn launch(
         rng: &mut fastrand::Rng,
         config: &Config,
-        factory: &Arc<dyn Factory<K, M>>,
+        factory: &Shared<K, M, A>,
         clock: &Arc<VirtualClock>,
         sunk: &Arc<Mutex<Vec<DeadLetter<K, M>>>>,
         shards: u32,
         fault: Fault,
-    ) -> (Hermes<K, M>, Vec<SimShard<K, M>>) {
+    ) -> (Hermes<K, M, A>, Vec<SimShard<K, M>>) {
         let sink = Arc::clone(sunk);
         let mut options = Options::new(config.clone())
             .shards(shards as usize)
@@ -188,8 +219,7 @@ impl<K: Key, M: Message> Sim<K, M> {
         }
         options = inject(options, fault);
         let runtime = SimRuntime(Arc::clone(clock));
-        let factory = SharedFactory(Arc::clone(factory));
-        let (hermes, shards) = launch(options, factory, runtime, || {
+        let (hermes, shards) = launch(options, factory.clone(), runtime, || {
             let bell = Arc::new(AtomicBool::new(false));
             (Bell(Arc::clone(&bell)), bell)
         });
@@ -272,20 +302,25 @@ impl<K: Key, M: Message> Sim<K, M> {
     /// The application's handle, as the executors return it: code written against
     /// [`Hermes`] runs under the simulation. Its blocking forms (`ask_blocking`, `shutdown`)
     /// refuse with `WouldDeadlock`: await its futures with [`wait`](Sim::wait).
-    pub fn handle(&self) -> &Hermes<K, M> {
+    pub fn handle(&self) -> &Hermes<K, M, A> {
         &self.hermes
     }
 
     // ---- input --------------------------------------------------------------------------------
 
-    /// Sends `msg` from outside to the receiver with ID `to`. It is handled when the
-    /// simulation runs.
-    pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
+    /// Sends `msg` from outside to the receiver with ID `to` (of the message's kind). It is
+    /// handled when the simulation runs.
+    pub fn send<T: Kind<A>>(&mut self, to: T::Id, msg: T) -> Result<(), SendError<T>> {
         self.hermes.send(to, msg)
     }
 
     /// Schedules `msg` for the receiver `to` after `after` of simulated time.
-    pub fn schedule(&mut self, to: K, after: Duration, msg: M) -> Result<TimerId, SendError<M>> {
+    pub fn schedule<T: Kind<A>>(
+        &mut self,
+        to: T::Id,
+        after: Duration,
+        msg: T,
+    ) -> Result<TimerId, SendError<T>> {
         self.hermes.schedule(to, after, msg)
     }
 
@@ -303,24 +338,28 @@ impl<K: Key, M: Message> Sim<K, M> {
     /// use hermes_sim::Sim;
     ///
     /// let mut sim = Sim::new(1, Config::default(), |_: &&str| {
-    ///     Activation::ready(|_: &mut Context<'_, &str, Reply<u32>>, reply: Reply<u32>| {
+    ///     Activation::ready(|_: &mut Context<'_, &'static str, Reply<u32>>, reply: Reply<u32>| {
     ///         let _ = reply.send(42);
     ///     })
     /// });
     /// assert_eq!(sim.ask("answer", |reply| reply), Ok(42));
     /// ```
-    pub fn ask<T>(&mut self, to: K, make: impl FnOnce(Reply<T>) -> M) -> Result<T, AskError> {
+    pub fn ask<T: Kind<A>, R>(
+        &mut self,
+        to: T::Id,
+        make: impl FnOnce(Reply<R>) -> T,
+    ) -> Result<R, AskError> {
         self.ask_within(to, Duration::ZERO, make)
     }
 
     /// Like [`ask`](Sim::ask), letting up to `within` of simulated time pass (for receivers that
     /// answer from a timer).
-    pub fn ask_within<T>(
+    pub fn ask_within<T: Kind<A>, R>(
         &mut self,
-        to: K,
+        to: T::Id,
         within: Duration,
-        make: impl FnOnce(Reply<T>) -> M,
-    ) -> Result<T, AskError> {
+        make: impl FnOnce(Reply<R>) -> T,
+    ) -> Result<R, AskError> {
         let asked = self.hermes.ask(to, make);
         self.wait(within, asked).unwrap_or(Err(AskError::Timeout))
     }
@@ -486,7 +525,7 @@ impl<K: Key, M: Message> SimShard<K, M> {
     }
 }
 
-impl<K: Key, M: Message> fmt::Debug for Sim<K, M> {
+impl<K: Key, M: Message, A: App<Id = K, Msg = M>> fmt::Debug for Sim<K, M, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sim")
             .field("seed", &self.seed)

@@ -46,7 +46,7 @@ impl Receiver<String, Msg> for Counter {
 fn driver(
     states: &Arc<StateStore>,
     codec: Codec<u64>,
-) -> Driver<String, Msg, impl hermes_core::Factory<String, Msg>> {
+) -> Driver<String, Msg, impl hermes_core::Factory<String, Msg, App = (String, Msg)>> {
     let states = states.clone();
     Driver::new(Config::default(), move |id: &String| {
         match Durable::load(&states, codec, format!("count/{id}")) {
@@ -57,7 +57,7 @@ fn driver(
 }
 
 fn send_all(
-    d: &mut Driver<String, Msg, impl hermes_core::Factory<String, Msg>>,
+    d: &mut Driver<String, Msg, impl hermes_core::Factory<String, Msg, App = (String, Msg)>>,
     msgs: Vec<(&str, Msg)>,
 ) {
     for (to, msg) in msgs {

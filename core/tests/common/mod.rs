@@ -185,7 +185,7 @@ impl Recorder {
     }
 
     /// A factory that creates recording receivers, following the plans.
-    pub fn factory(&self) -> impl Factory<Id, Msg> + Clone {
+    pub fn factory(&self) -> impl Factory<Id, Msg, App = (Id, Msg)> + Clone {
         let rec = self.clone();
         move |id: &Id| rec.create(*id)
     }
@@ -339,7 +339,7 @@ pub enum Order {
 pub struct Harness {
     pub router: Router<Id, Msg>,
     pub rec: Recorder,
-    factory: Box<dyn Factory<Id, Msg>>,
+    factory: hermes_core::SharedFactory<Id, Msg>,
     t0: Instant,
     pub now: Instant,
     mode: Mode,
@@ -357,7 +357,7 @@ impl Harness {
         let t0 = Instant::now();
         Harness {
             router: Router::new(config),
-            factory: Box::new(rec.factory()),
+            factory: hermes_core::share(rec.factory()),
             rec,
             t0,
             now: t0,

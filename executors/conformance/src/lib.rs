@@ -26,11 +26,11 @@ pub mod suite;
 pub trait Harness {
     /// Starts Hermes with `options` and `factory`. Its shards must run on threads whose names
     /// start with [`threads`](Harness::threads) followed by `-`.
-    fn start<K: Key, M: Message>(
+    fn start<K: Key, M: Message, F: Factory<K, M>>(
         &self,
         options: Options<K, M>,
-        factory: impl Factory<K, M>,
-    ) -> Hermes<K, M>;
+        factory: F,
+    ) -> Hermes<K, M, F::App>;
 
     /// The name prefix of the threads that run this harness's shards (and nothing else).
     fn threads(&self) -> &str;

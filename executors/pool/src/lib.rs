@@ -37,19 +37,19 @@ use hermes_core::{Config, Factory};
 use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, StartError, Wake, launch};
 
 /// Starts Hermes on one thread per core, with the router `config` and `factory`.
-pub fn start<K: Key, M: Message>(
+pub fn start<K: Key, M: Message, F: Factory<K, M>>(
     config: Config,
-    factory: impl Factory<K, M>,
-) -> Result<Hermes<K, M>, StartError> {
+    factory: F,
+) -> Result<Hermes<K, M, F::App>, StartError> {
     start_with(Options::new(config), factory)
 }
 
 /// Starts Hermes with `options` (shard count, thread names, dead-letter sink): one thread per
 /// shard, named `NAME-0`, `NAME-1`, ...
-pub fn start_with<K: Key, M: Message>(
+pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
     options: Options<K, M>,
-    factory: impl Factory<K, M>,
-) -> Result<Hermes<K, M>, StartError> {
+    factory: F,
+) -> Result<Hermes<K, M, F::App>, StartError> {
     let name = options.thread_name().to_owned();
     let threads = Threads::default();
     let (hermes, shards) = launch(options, factory, threads.clone(), || {

@@ -8,11 +8,11 @@ use hermes_executor::{Hermes, Key, Message, Options};
 struct Pool(String);
 
 impl Harness for Pool {
-    fn start<K: Key, M: Message>(
+    fn start<K: Key, M: Message, F: Factory<K, M>>(
         &self,
         options: Options<K, M>,
-        factory: impl Factory<K, M>,
-    ) -> Hermes<K, M> {
+        factory: F,
+    ) -> Hermes<K, M, F::App> {
         hermes_pool::start_with(options.name(&self.0), factory).expect("the pool starts")
     }
 

@@ -2,13 +2,16 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hermes_core::{Addr, Factory, Location, Recipient, Router, SendError, Stats, TimerId};
+use hermes_core::{
+    Addr, App, Factory, Kind, Location, Recipient, Router, SendError, Stats, TimerId,
+};
 
 use crate::inbox::{Envelope, Inbox, Scheduled};
 use crate::shard::{Core, Finish, hosts_shards, in_shard};
@@ -66,8 +69,13 @@ impl std::error::Error for WouldDeadlock {}
 /// mailbox, a stale handle, a factory that refuses the ID) is decided on the shard, and the
 /// message becomes a dead letter there (see [`Options::on_dead_letter`]). Shards are chosen by
 /// the one [`Placement`](hermes_core::Placement) that the routers use too.
-pub struct Hermes<K, M> {
+///
+/// `K` and `M` are the router's ID and message types; `A` is the application, `(K, M)` for one
+/// kind of receiver, or the marker of an [`app!`](hermes_core::app) with several, whose sends
+/// are typed by kind: `hermes.send(AccountId(7), AccountMsg::Deposit(5))`.
+pub struct Hermes<K, M, A = (K, M)> {
     inner: Arc<Inner<K, M>>,
+    app: PhantomData<fn() -> A>,
 }
 
 struct Inner<K, M> {
@@ -80,18 +88,24 @@ struct Inner<K, M> {
 /// Each shard with the waiting end of its bell, as [`launch`] returns them.
 pub type Shards<K, M, P> = Vec<(Shard<K, M>, P)>;
 
+/// What [`launch`] returns: the handle, typed by the application, and the shards.
+pub type Launched<K, M, A, P> = (Hermes<K, M, A>, Shards<K, M, P>);
+
+/// The messages of a refused [`Hermes::send_all`], given back in order.
+pub type Refused<T, A> = SendError<Vec<(<T as Kind<A>>::Id, T)>>;
+
 /// Splits `options` into shards and the handle that feeds them. For executor authors.
 ///
 /// `bell` is called once per shard and returns the two ends of that shard's wake-up primitive:
 /// a [`Wake`] the handle and the other shards ring, and whatever the shard's loop waits on
 /// (returned next to the shard). Run every shard with [`Shard::run_blocking`] or
 /// [`Shard::run_async`] (or a loop of [`Shard::turn`]), waiting on its bell when parked.
-pub fn launch<K: Key, M: Message, W: Wake, P>(
+pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
     mut options: Options<K, M>,
-    factory: impl Factory<K, M>,
+    factory: F,
     runtime: impl Runtime,
     mut bell: impl FnMut() -> (W, P),
-) -> (Hermes<K, M>, Shards<K, M, P>) {
+) -> Launched<K, M, F::App, P> {
     let shards = options.shards;
     let (wakers, parks): (Vec<_>, Vec<_>) = (0..shards).map(|_| bell()).unzip();
     let placement = options.take_placement();
@@ -106,11 +120,13 @@ pub fn launch<K: Key, M: Message, W: Wake, P>(
         stats: (0..shards).map(|_| Mutex::default()).collect(),
         finish: Arc::new(Finish::new(shards)),
     });
-    let factory: Arc<dyn Factory<K, M>> = Arc::new(factory);
+    let kinds = factory.kinds();
+    let factory = hermes_core::share(factory);
     let shard_list = (0..shards as u32)
         .zip(parks)
         .map(|(index, park)| {
-            let router = Router::placed(options.config.clone(), index, Arc::clone(&placement));
+            let mut router = Router::placed(options.config.clone(), index, Arc::clone(&placement));
+            router.use_kinds(kinds.clone());
             let shard = Shard::new(
                 index,
                 router,
@@ -130,20 +146,37 @@ pub fn launch<K: Key, M: Message, W: Wake, P>(
     };
     let hermes = Hermes {
         inner: Arc::new(inner),
+        app: PhantomData,
     };
     (hermes, shard_list)
 }
 
-impl<K, M> Hermes<K, M>
+/// A message given back by the router, as the kind's message it was sent as.
+fn back<T: Kind<A>, A: App>(error: SendError<A::Msg>) -> SendError<T> {
+    error.map(|msg| match T::from_app_msg(msg) {
+        Ok(msg) => msg,
+        // The handle wrapped it as a `T` a moment ago.
+        Err(_) => unreachable!("a message changed kind on its way back"),
+    })
+}
+
+impl<K, M, A> Hermes<K, M, A>
 where
     K: Key,
     M: Message,
+    A: App<Id = K, Msg = M>,
 {
-    /// Sends `msg` to the receiver with ID `id`, activating it if needed. Messages from one
-    /// thread to one ID arrive in send order.
-    pub fn send(&self, id: K, msg: M) -> Result<(), SendError<M>> {
+    /// Sends `msg` to the receiver with ID `id`, activating it if needed. The message's type
+    /// decides the kind, and so the ID's type. Messages from one thread to one ID arrive in
+    /// send order.
+    pub fn send<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
+        let id = T::into_app_id(id);
         let location = self.inner.core.placement.locate(&id);
-        self.push(location, Envelope::Deliver(Recipient::Id(id), msg))
+        self.push(
+            location,
+            Envelope::Deliver(Recipient::Id(id), msg.into_app_msg()),
+        )
+        .map_err(back)
     }
 
     /// Sends every `(id, msg)` pair, as [`send`](Hermes::send) in a loop would (per-ID order
@@ -174,10 +207,10 @@ where
     /// assert_eq!(finished.wait().messages_delivered, 1000);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn send_all(
+    pub fn send_all<T: Kind<A>>(
         &self,
-        messages: impl IntoIterator<Item = (K, M)>,
-    ) -> Result<(), SendError<Vec<(K, M)>>> {
+        messages: impl IntoIterator<Item = (T::Id, T)>,
+    ) -> Result<(), Refused<T, A>> {
         let core = &self.inner.core;
         if !core.accepting.load(Ordering::Acquire) {
             return Err(SendError::Closed(messages.into_iter().collect()));
@@ -186,12 +219,14 @@ where
             core.inboxes.iter().map(|_| Vec::new()).collect();
         let mut refused = Vec::new();
         for (id, msg) in messages {
+            let id = T::into_app_id(id);
             match core.placement.locate(&id) {
                 Location::Shard(n) if (n as usize) < batches.len() => {
-                    batches[n as usize].push(Envelope::Deliver(Recipient::Id(id), msg));
+                    let envelope = Envelope::Deliver(Recipient::Id(id), msg.into_app_msg());
+                    batches[n as usize].push(envelope);
                 }
                 // Placed on no shard of ours: refused like a closed one, in order.
-                _ => refused.push((id, msg)),
+                _ => refused.push((id, msg.into_app_msg())),
             }
         }
         for (inbox, mut batch) in core.inboxes.iter().zip(batches) {
@@ -203,26 +238,39 @@ where
             }
         }
         if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(SendError::Closed(refused))
+            return Ok(());
         }
+        let refused = refused
+            .into_iter()
+            .filter_map(|(id, msg)| {
+                Some((T::from_app_id(&id)?.clone(), T::from_app_msg(msg).ok()?))
+            })
+            .collect();
+        Err(SendError::Closed(refused))
     }
 
-    /// Sends `msg` by handle (see [`Addr`]); a stale handle makes it a dead letter.
-    pub fn send_to(&self, addr: Addr, msg: M) -> Result<(), SendError<M>> {
+    /// Sends `msg` by handle (see [`Addr`]) to a receiver of `T`'s kind; a stale handle makes
+    /// it a dead letter.
+    pub fn send_to<T: Kind<A>>(&self, addr: Addr, msg: T) -> Result<(), SendError<T>> {
         if addr.router() as usize >= self.inner.core.inboxes.len() {
             return Err(SendError::Stale(msg));
         }
         let location = Location::Shard(addr.router());
-        self.push(location, Envelope::Deliver(Recipient::Addr(addr), msg))
+        let envelope = Envelope::Deliver(Recipient::Addr(addr), msg.into_app_msg());
+        self.push(location, envelope).map_err(back)
     }
 
     /// Delivers `msg` to `id` after `after`, counted from now. A delay too long to represent
     /// (such as `Duration::MAX`) never fires, but can be cancelled. Cancel it with
     /// [`cancel`](Hermes::cancel).
-    pub fn schedule(&self, id: K, after: Duration, msg: M) -> Result<TimerId, SendError<M>> {
+    pub fn schedule<T: Kind<A>>(
+        &self,
+        id: T::Id,
+        after: Duration,
+        msg: T,
+    ) -> Result<TimerId, SendError<T>> {
         let core = &self.inner.core;
+        let id = T::into_app_id(id);
         let location = core.placement.locate(&id);
         let Location::Shard(shard) = location else {
             return Err(SendError::Stale(msg));
@@ -234,9 +282,9 @@ where
             id: timer,
             to: id,
             deadline,
-            msg,
+            msg: msg.into_app_msg(),
         }));
-        self.push(location, envelope).map(|()| timer)
+        self.push(location, envelope).map(|()| timer).map_err(back)
     }
 
     /// Cancels a timer, scheduled here or by a receiver: it will not fire unless it is
@@ -278,7 +326,7 @@ where
     /// The request goes out now, not when the result is first polled. Async asks have no
     /// timeout of their own: wrap them in your runtime's timeout if the receiver may never
     /// answer while holding on to the `Reply`.
-    pub fn ask<T>(&self, id: K, make: impl FnOnce(Reply<T>) -> M) -> Asked<T> {
+    pub fn ask<T: Kind<A>, R>(&self, id: T::Id, make: impl FnOnce(Reply<R>) -> T) -> Asked<R> {
         let (reply, asked) = Reply::new();
         match self.send(id, make(reply)) {
             Ok(()) => asked,
@@ -289,12 +337,12 @@ where
     /// Asks and blocks for the answer, at most `timeout`. From async code, `ask(..).await`
     /// instead: this returns [`AskError::WouldDeadlock`] at once where blocking could stop the
     /// shards (inside a receiver, on a thread of the async runtime that runs them).
-    pub fn ask_blocking<T>(
+    pub fn ask_blocking<T: Kind<A>, R>(
         &self,
-        id: K,
-        make: impl FnOnce(Reply<T>) -> M,
+        id: T::Id,
+        make: impl FnOnce(Reply<R>) -> T,
         timeout: Duration,
-    ) -> Result<T, AskError> {
+    ) -> Result<R, AskError> {
         if in_shard() {
             return Err(AskError::WouldDeadlock);
         }
@@ -310,7 +358,7 @@ where
     }
 }
 
-impl<K, M> Hermes<K, M> {
+impl<K, M, A> Hermes<K, M, A> {
     /// Totals over all shards, as of each shard's latest turn (a shard that is busy may be
     /// one turn behind). After [`shutdown`](Hermes::shutdown), the final totals.
     pub fn stats(&self) -> Stats {
@@ -402,15 +450,16 @@ impl<K, M> Drop for Inner<K, M> {
     }
 }
 
-impl<K, M> Clone for Hermes<K, M> {
+impl<K, M, A> Clone for Hermes<K, M, A> {
     fn clone(&self) -> Self {
         Hermes {
             inner: Arc::clone(&self.inner),
+            app: PhantomData,
         }
     }
 }
 
-impl<K, M> fmt::Debug for Hermes<K, M> {
+impl<K, M, A> fmt::Debug for Hermes<K, M, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hermes")
             .field("shards", &self.shard_count())

@@ -65,7 +65,7 @@ mod shard;
 mod signal;
 mod spin;
 
-pub use handle::{Finished, Hermes, Runtime, Shards, WouldDeadlock, launch};
+pub use handle::{Finished, Hermes, Launched, Refused, Runtime, Shards, WouldDeadlock, launch};
 pub use inbox::Wake;
 #[cfg(feature = "fault-injection")]
 pub use options::ShardFault;

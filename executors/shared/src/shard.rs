@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hermes_core::{
-    Clock, Command, DeadLetter, DeadLetterReason, Factory, Location, Outbound, Placement,
-    Recipient, Router, Stats, SystemClock, panic_message,
+    Clock, Command, DeadLetter, DeadLetterReason, Location, Outbound, Placement, Recipient, Router,
+    SharedFactory, Stats, SystemClock, panic_message,
 };
 
 use crate::inbox::{self, Envelope, Inbox, Scheduled};
@@ -141,7 +141,7 @@ pub struct Shard<K: Key, M: Message> {
     index: u32,
     router: Router<K, M>,
     core: Arc<Core<K, M>>,
-    factory: Arc<dyn Factory<K, M>>,
+    factory: SharedFactory<K, M>,
     sink: Option<DeadLetterSink<K, M>>,
     budget: Budget,
     /// Inbox items taken and not yet accepted, oldest first (the buffer is swapped with the
@@ -180,7 +180,7 @@ impl<K: Key, M: Message> Shard<K, M> {
         index: u32,
         router: Router<K, M>,
         core: Arc<Core<K, M>>,
-        factory: Arc<dyn Factory<K, M>>,
+        factory: SharedFactory<K, M>,
         sink: Option<DeadLetterSink<K, M>>,
         budget: Budget,
         _fault: Option<ShardFault>,

@@ -41,32 +41,36 @@ use smol::channel::{Receiver, Sender};
 use smol::{Executor, Timer};
 
 /// Starts Hermes on smol's global executor, with the router `config` and `factory`.
-pub fn start<K: Key, M: Message>(config: Config, factory: impl Factory<K, M>) -> Hermes<K, M> {
+pub fn start<K: Key, M: Message, F: Factory<K, M>>(
+    config: Config,
+    factory: F,
+) -> Hermes<K, M, F::App> {
     start_with(Options::new(config), factory)
 }
 
 /// Starts Hermes with `options` on smol's global executor.
-pub fn start_with<K: Key, M: Message>(
+pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
     options: Options<K, M>,
-    factory: impl Factory<K, M>,
-) -> Hermes<K, M> {
+    factory: F,
+) -> Hermes<K, M, F::App> {
     spawn(options, factory, |task| smol::spawn(task).detach())
 }
 
 /// Starts Hermes with `options` on `executor`, which you run (`executor.run(..)` on your
 /// threads). Hermes makes progress only while the executor is run.
-pub fn start_on<K: Key, M: Message>(
+pub fn start_on<K: Key, M: Message, F: Factory<K, M>>(
     executor: &Arc<Executor<'static>>,
     options: Options<K, M>,
-    factory: impl Factory<K, M>,
-) -> Hermes<K, M> {
+    factory: F,
+) -> Hermes<K, M, F::App> {
     spawn(options, factory, |task| executor.spawn(task).detach())
 }
 
-fn spawn<K, M, S>(options: Options<K, M>, factory: impl Factory<K, M>, mut spawn: S) -> Hermes<K, M>
+fn spawn<K, M, F, S>(options: Options<K, M>, factory: F, mut spawn: S) -> Hermes<K, M, F::App>
 where
     K: Key,
     M: Message,
+    F: Factory<K, M>,
     S: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
 {
     let (hermes, shards) = launch(options, factory, Smol, || {

@@ -54,11 +54,11 @@ impl Drop for Smol {
 }
 
 impl Harness for Smol {
-    fn start<K: Key, M: Message>(
+    fn start<K: Key, M: Message, F: Factory<K, M>>(
         &self,
         options: Options<K, M>,
-        factory: impl Factory<K, M>,
-    ) -> Hermes<K, M> {
+        factory: F,
+    ) -> Hermes<K, M, F::App> {
         hermes_smol::start_on(&self.executor, options, factory)
     }
 

@@ -49,28 +49,28 @@ use tokio::sync::Notify;
 
 /// Starts Hermes on the current tokio runtime, with the router `config` and `factory`.
 /// [`StartError::NoRuntime`] outside a runtime: use [`start_on`] there.
-pub fn start<K: Key, M: Message>(
+pub fn start<K: Key, M: Message, F: Factory<K, M>>(
     config: Config,
-    factory: impl Factory<K, M>,
-) -> Result<Hermes<K, M>, StartError> {
+    factory: F,
+) -> Result<Hermes<K, M, F::App>, StartError> {
     start_with(Options::new(config), factory)
 }
 
 /// Starts Hermes with `options` on the current tokio runtime.
-pub fn start_with<K: Key, M: Message>(
+pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
     options: Options<K, M>,
-    factory: impl Factory<K, M>,
-) -> Result<Hermes<K, M>, StartError> {
+    factory: F,
+) -> Result<Hermes<K, M, F::App>, StartError> {
     let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
     Ok(start_on(&handle, options, factory))
 }
 
 /// Starts Hermes with `options` on the runtime behind `handle`: one task per shard.
-pub fn start_on<K: Key, M: Message>(
+pub fn start_on<K: Key, M: Message, F: Factory<K, M>>(
     handle: &Handle,
     options: Options<K, M>,
-    factory: impl Factory<K, M>,
-) -> Hermes<K, M> {
+    factory: F,
+) -> Hermes<K, M, F::App> {
     let (hermes, shards) = launch(options, factory, Tokio, || {
         let bell = Arc::new(Notify::new());
         (Bell(Arc::clone(&bell)), bell)

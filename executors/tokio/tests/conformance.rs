@@ -24,11 +24,11 @@ impl Tokio {
 }
 
 impl Harness for Tokio {
-    fn start<K: Key, M: Message>(
+    fn start<K: Key, M: Message, F: Factory<K, M>>(
         &self,
         options: Options<K, M>,
-        factory: impl Factory<K, M>,
-    ) -> Hermes<K, M> {
+        factory: F,
+    ) -> Hermes<K, M, F::App> {
         hermes_tokio::start_on(self.runtime.handle(), options, factory)
     }
 
