@@ -1,0 +1,183 @@
+//! Several kinds of receivers in one Hermes: typed sends and asks between kinds and from
+//! outside, timers to another kind, and each kind's own settings.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hermes_core::{
+    Activation, Config, Context, DeadLetterReason, Deactivation, Kinds, Receiver, Settings,
+};
+use hermes_executor::{Options, Reply};
+
+use crate::{HANG_GUARD, Harness, eventually};
+
+/// An account, by number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AccountId(pub u32);
+
+/// What accounts take.
+#[derive(Debug)]
+pub enum AccountMsg {
+    /// Adds to the balance, and tells the ledger.
+    Deposit(u64),
+    /// Answers the balance.
+    Balance(Reply<u64>),
+    /// Sent by the ledger's timer.
+    Audited,
+    /// Answers how many times the ledger audited this account.
+    Audits(Reply<u64>),
+}
+
+/// The ledger: one per branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LedgerId(pub u8);
+
+/// What ledgers take.
+#[derive(Debug)]
+pub enum LedgerMsg {
+    /// An account's deposit.
+    Deposited(AccountId, u64),
+    /// Answers the total of deposits seen.
+    Total(Reply<u64>),
+}
+
+hermes_core::app! {
+    /// A bank with two kinds: accounts and ledgers.
+    pub app Bank(BankId, BankMsg) {
+        Account(AccountId => AccountMsg),
+        Ledger(LedgerId => LedgerMsg),
+    }
+}
+
+struct Account {
+    id: AccountId,
+    balance: u64,
+    audits: u64,
+    hooks: Arc<Mutex<Vec<(String, Deactivation)>>>,
+}
+
+impl Receiver<AccountId, AccountMsg, Bank> for Account {
+    fn receive(&mut self, ctx: &mut Context<'_, AccountId, AccountMsg, Bank>, msg: AccountMsg) {
+        match msg {
+            AccountMsg::Deposit(n) => {
+                self.balance += n;
+                // To another kind: the message's type picks the kind and the ID's type.
+                ctx.send(LedgerId(0), LedgerMsg::Deposited(self.id, n));
+            }
+            AccountMsg::Balance(reply) => {
+                let _ = reply.send(self.balance);
+            }
+            AccountMsg::Audited => self.audits += 1,
+            AccountMsg::Audits(reply) => {
+                let _ = reply.send(self.audits);
+            }
+        }
+    }
+
+    fn deactivated(&mut self, ctx: &mut Context<'_, AccountId, AccountMsg, Bank>, why: Deactivation) {
+        self.hooks
+            .lock()
+            .unwrap()
+            .push((format!("{:?}", ctx.id()), why));
+    }
+}
+
+fn bank(hooks: Arc<Mutex<Vec<(String, Deactivation)>>>, ledger_idle: Duration) -> Kinds<Bank> {
+    Kinds::new()
+        .kind(move |id: &AccountId| {
+            Activation::ready(Account {
+                id: *id,
+                balance: 0,
+                audits: 0,
+                hooks: hooks.clone(),
+            })
+        })
+        .kind_with(
+            Settings::default()
+                .idle_timeout(ledger_idle)
+                .mailbox_capacity(10_000),
+            |_: &LedgerId| {
+                let mut total = 0;
+                Activation::ready(
+                    move |ctx: &mut Context<'_, LedgerId, LedgerMsg, Bank>, msg| match msg {
+                        LedgerMsg::Deposited(account, n) => {
+                            total += n;
+                            // A timer for a receiver of another kind.
+                            ctx.schedule_to(account, Duration::from_millis(1), AccountMsg::Audited);
+                        }
+                        LedgerMsg::Total(reply) => {
+                            let _ = reply.send(total);
+                        }
+                    },
+                )
+            },
+        )
+}
+
+/// Two kinds in one Hermes: sends between kinds, asks to each kind from outside, timers from
+/// one kind to another, each kind's own idle timeout.
+pub fn kinds_send_ask_and_schedule_between_each_other<H: Harness>(h: &H) {
+    let hooks = Arc::new(Mutex::new(Vec::new()));
+    let options = Options::new(Config::default()).shards(2);
+    let hermes = h.start(options, bank(hooks.clone(), Duration::from_millis(50)));
+    for account in 0..10 {
+        hermes.send(AccountId(account), AccountMsg::Deposit(10)).unwrap();
+        hermes
+            .schedule(AccountId(account), Duration::from_millis(1), AccountMsg::Deposit(1))
+            .unwrap();
+    }
+    eventually("the ledger to see every deposit", || {
+        hermes.ask_blocking(LedgerId(0), LedgerMsg::Total, HANG_GUARD) == Ok(110)
+    });
+    for account in 0..10 {
+        let balance = hermes.ask_blocking(AccountId(account), AccountMsg::Balance, HANG_GUARD);
+        assert_eq!(balance, Ok(11));
+        eventually("the ledger's audits", || {
+            hermes.ask_blocking(AccountId(account), AccountMsg::Audits, HANG_GUARD) == Ok(2)
+        });
+    }
+    // The ledger's own 50 ms idle timeout (accounts keep the default five minutes).
+    eventually("the ledger to go idle", || hermes.stats().live == 10);
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!(stats.activations, 12, "ten accounts and the ledger, twice");
+    assert_eq!(stats.deactivations, 12);
+    assert_eq!(stats.dead_letters, 0);
+    let hooks = hooks.lock().unwrap();
+    assert_eq!(hooks.len(), 10);
+    assert!(hooks.iter().all(|(_, why)| *why == Deactivation::Closing));
+}
+
+/// A kind's own mailbox capacity: a full ledger's surplus becomes `Full` dead letters, while
+/// accounts (unbounded, the router's default) take everything.
+pub fn each_kind_has_its_own_mailbox_capacity<H: Harness>(h: &H) {
+    let full = Arc::new(Mutex::new(0u64));
+    let counted = full.clone();
+    let options = Options::new(Config::default())
+        .shards(1)
+        .on_dead_letter(move |letter| {
+            if letter.reason == DeadLetterReason::Full {
+                *counted.lock().unwrap() += 1;
+            }
+        });
+    let kinds = Kinds::<Bank>::new()
+        .kind(|_: &AccountId| {
+            Activation::ready(|_: &mut Context<'_, AccountId, AccountMsg, Bank>, _msg| {
+                std::thread::sleep(Duration::from_micros(1));
+            })
+        })
+        .kind_with(Settings::default().mailbox_capacity(1), |_: &LedgerId| {
+            Activation::ready(|_: &mut Context<'_, LedgerId, LedgerMsg, Bank>, _msg| {
+                std::thread::sleep(Duration::from_micros(100));
+            })
+        });
+    let hermes = h.start(options, kinds);
+    // In one batch, so the shard queues them all before either receiver runs.
+    let deposits = (0..50).map(|_| (AccountId(1), AccountMsg::Deposit(1)));
+    hermes.send_all(deposits).unwrap();
+    let entries = (0..50).map(|n| (LedgerId(1), LedgerMsg::Deposited(AccountId(1), n)));
+    hermes.send_all(entries).unwrap();
+    let stats = hermes.shutdown().unwrap();
+    let full = *full.lock().unwrap();
+    assert!(full > 0, "the ledger's one-message mailbox overflowed");
+    assert_eq!(stats.messages_delivered + full, 100, "{stats:?}");
+}
