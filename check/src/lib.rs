@@ -6,7 +6,8 @@
 //! routers' commands in every order an executor may: inline, or checked out and checked back in
 //! later, interleaved across receivers, out of order. Receivers are scripted: every message names
 //! a script (send, schedule, cancel, become, stop, panic, set the idle timeout) and the receiver
-//! records what it did. A few IDs are special: the factory refuses one and fails on another.
+//! records what it did. A few IDs are special: the factory refuses one and fails on another, and
+//! now and then it panics (caught by `Router::handle`, or by a driver calling it itself).
 //!
 //! After every router call the checker compares the router's outputs (commands, dead letters,
 //! messages for the other router, stats) with a naive reference model, and checks the eight
@@ -69,6 +70,8 @@ pub struct Summary {
     pub deactivations: u64,
     /// Handlers (or activated hooks) that panicked.
     pub panics: u64,
+    /// Factories that panicked (caught by `Router::handle`, or by the driver that called them).
+    pub factory_panics: u64,
     /// Handlers replaced with `become_` (and kept: not rolled back by a panic).
     pub becomes: u64,
     /// Receivers that stopped themselves.
@@ -101,6 +104,7 @@ impl AddAssign for Summary {
         self.activations += o.activations;
         self.deactivations += o.deactivations;
         self.panics += o.panics;
+        self.factory_panics += o.factory_panics;
         self.becomes += o.becomes;
         self.stops += o.stops;
         self.idle_deactivations += o.idle_deactivations;

@@ -217,6 +217,9 @@ pub(crate) enum Made {
     Ready(u32),
     Refused,
     Failed,
+    /// The factory panicked inside `Router::handle`, which caught it: a failed activation and a
+    /// panic counted.
+    Panicked,
 }
 
 /// The reference model of one router.
@@ -521,6 +524,10 @@ impl Model {
             }
             Made::Refused => self.fail_activation(i, Reason::NoReceiver),
             Made::Failed => self.fail_activation(i, Reason::FactoryFailed),
+            Made::Panicked => {
+                self.counters.panics += 1;
+                self.fail_activation(i, Reason::FactoryFailed);
+            }
         }
         Ok(())
     }

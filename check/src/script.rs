@@ -59,19 +59,12 @@ pub struct Msg {
 /// The unique number every message gets when it is created.
 pub(crate) type Seq = u64;
 
-/// Whether plans make the factory panic, for an ID it would otherwise make a receiver for.
-///
-/// Off until `Router::handle` catches a panicking factory itself and reports the queued messages
-/// as `FactoryFailed` dead letters (as the executors do today); then switch it on. The model
-/// expects exactly that, without counting the panic in `Stats::panics`. Checked-out activations
-/// call the factory in the world, which catches the panic as an executor does.
-pub(crate) const FACTORY_PANICS: bool = false;
-
 /// How an activation goes and how the instance's lifecycle hooks behave; chosen when the factory
 /// is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Hooks {
-    /// The factory panics instead of making an instance (only if [`FACTORY_PANICS`]).
+    /// The factory panics instead of making an instance. `Router::handle` catches it and fails
+    /// the activation (counting the panic); a driver that calls the factory itself catches it.
     pub(crate) factory_panics: bool,
     /// The `activated` hook panics (the activation fails).
     pub(crate) activation_panics: bool,
@@ -85,7 +78,7 @@ impl Hooks {
     /// Hooks from one byte of input; most bytes give plain hooks.
     pub(crate) fn from_luck(luck: u8) -> Hooks {
         Hooks {
-            factory_panics: FACTORY_PANICS && luck % 13 == 12,
+            factory_panics: luck % 13 == 12,
             activation_panics: luck < 10,
             farewell: (luck % 5 == 1).then(|| (Target::from_byte(luck / 5), luck / 3)),
             deactivation_panics: luck % 16 == 15,
@@ -254,7 +247,8 @@ impl fmt::Display for FactoryFailure {
 
 impl std::error::Error for FactoryFailure {}
 
-/// The error an executor reports for a factory that panicked: the panic's message.
+/// The error a driver that calls the factory itself reports when it panicked: the panic's
+/// message.
 #[derive(Debug)]
 pub(crate) struct FactoryPanicked(pub(crate) std::sync::Arc<str>);
 

@@ -400,7 +400,13 @@ impl World {
                 let made = match id.class() {
                     IdClass::Refused => Made::Refused,
                     IdClass::Failing => Made::Failed,
-                    IdClass::Normal if hooks.factory_panics => Made::Failed,
+                    // Inside `Router::handle` the router catches the panic and counts it; a
+                    // driver that calls the factory itself (below) catches it, as an executor
+                    // running factories elsewhere would, and reports a plain failure.
+                    IdClass::Normal if hooks.factory_panics => match mode {
+                        Mode::Inline => Made::Panicked,
+                        Mode::CheckOut => Made::Failed,
+                    },
                     IdClass::Normal => {
                         self.next_inst += 1;
                         self.instances.insert(
@@ -444,6 +450,8 @@ impl World {
                     "the model cannot complete {command:?}"
                 );
                 self.summary.activations += u64::from(matches!(made, Made::Ready(_)));
+                self.summary.factory_panics +=
+                    u64::from(hooks.factory_panics && id.class() == IdClass::Normal);
                 self.observe(r)
             }
             Command::Run(_) | Command::Deactivate(_) => {

@@ -99,6 +99,7 @@ fn assert_exercises_everything(t: &Summary) {
         ("deactivations", t.deactivations),
         ("idle deactivations", t.idle_deactivations),
         ("panics", t.panics),
+        ("factory panics", t.factory_panics),
         ("handlers replaced", t.becomes),
         ("receivers stopped", t.stops),
         ("messages by handle", t.by_handle),
