@@ -64,6 +64,10 @@ pub struct Summary {
     pub forwarded: u64,
     /// Timers that fired.
     pub timers_fired: u64,
+    /// Timers scheduled with a delay past the end of representable time: never due.
+    pub timers_never: u64,
+    /// Receivers that set an idle timeout of about 49.7 days or more: never idle.
+    pub never_idle: u64,
     /// Instances the factory made.
     pub activations: u64,
     /// Instances deactivated.
@@ -101,6 +105,8 @@ impl AddAssign for Summary {
         self.refused += o.refused;
         self.forwarded += o.forwarded;
         self.timers_fired += o.timers_fired;
+        self.timers_never += o.timers_never;
+        self.never_idle += o.never_idle;
         self.activations += o.activations;
         self.deactivations += o.deactivations;
         self.panics += o.panics;

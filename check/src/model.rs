@@ -37,7 +37,7 @@ pub(crate) struct Inst {
     pub(crate) version: u32,
     /// The `activated` hook has not run yet.
     pub(crate) fresh: bool,
-    /// Its own idle timeout, if it set one.
+    /// Its own idle timeout, if it set one, as the router keeps it ([`NEVER`]: never idle).
     pub(crate) idle: Option<Duration>,
 }
 
@@ -52,10 +52,35 @@ pub(crate) struct SlotM {
     pub(crate) idle_since: Duration,
 }
 
+/// The deadline of a timer that never fires, and the idle deadline of a receiver never
+/// deactivated for idleness: later than any time the world reaches.
+pub(crate) const NEVER: Duration = Duration::MAX;
+
+/// Per-instance idle timeouts are kept in whole milliseconds, and this many or more mean never
+/// (`Context::set_idle_timeout`: about 49.7 days).
+pub(crate) const NEVER_IDLE_MS: u64 = u32::MAX as u64 - 1;
+
+/// The idle timeout a receiver asked for, as the router keeps it.
+pub(crate) fn idle_override(timeout: Duration) -> Duration {
+    match timeout.as_millis() {
+        ms if ms >= u128::from(NEVER_IDLE_MS) => NEVER,
+        ms => Duration::from_millis(ms as u64),
+    }
+}
+
+/// `at + after` from the world's start, or [`NEVER`] past the end of representable time.
+pub(crate) fn deadline(base: Instant, at: Duration, after: Duration) -> Duration {
+    match (base + at).checked_add(after) {
+        Some(_) => at + after,
+        None => NEVER,
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct TimerM {
     pub(crate) id: TimerId,
     pub(crate) to: Id,
+    /// From the world's start; [`NEVER`] for a timer that never fires.
     pub(crate) deadline: Duration,
     pub(crate) seq: Seq,
     order: u64,
@@ -323,9 +348,9 @@ impl Model {
             .unwrap_or(self.idle_timeout)
     }
 
-    /// When an idle receiver is due to be deactivated.
+    /// When an idle receiver is due to be deactivated ([`NEVER`] for never).
     pub(crate) fn idle_deadline(&self, slot: &SlotM) -> Duration {
-        slot.idle_since + self.timeout_of(slot)
+        slot.idle_since.saturating_add(self.timeout_of(slot))
     }
 
     fn command(&mut self, kind: Kind, i: usize) {
@@ -595,8 +620,8 @@ impl Model {
                 self.counters.delivered += out.delivered.len() as u64;
                 if let Some(inst) = slot.inst.as_mut() {
                     inst.version = out.version;
-                    if out.idle.is_some() {
-                        inst.idle = out.idle;
+                    if let Some(timeout) = out.idle {
+                        inst.idle = Some(idle_override(timeout));
                     }
                 }
                 self.apply(out);
@@ -967,7 +992,7 @@ fn commit(out: &mut Outcome, effects: &[Event], base: Instant) {
             } => out.timers.push(TimerOpM::Schedule {
                 id: *timer,
                 to: *to,
-                deadline: deadline.saturating_duration_since(base),
+                deadline: deadline.map_or(NEVER, |at| at.saturating_duration_since(base)),
                 seq: *seq,
             }),
             Event::Cancelled { timer } => out.timers.push(TimerOpM::Cancel(*timer)),

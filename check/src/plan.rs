@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 
+use crate::model::NEVER_IDLE_MS;
 use crate::script::{IDS, Id};
 
 /// Most operations one plan performs (the fuzzer's inputs stay small anyway).
@@ -87,12 +88,14 @@ impl Plan {
     fn decode(u: &mut Unstructured<'_>) -> Result<Plan> {
         let two_routers = u.ratio(1, 3)?;
         // Short timeouts make idle deadlines meet timer deadlines and small clock moves.
-        let idle_timeout = match u.int_in_range(0..=4u8)? {
+        // `Duration::MAX`: never deactivated for idleness.
+        let idle_timeout = match u.int_in_range(0..=5u8)? {
             0 => Duration::ZERO,
             1 => Duration::from_millis(4),
             2 => Duration::from_millis(40),
             3 => Duration::from_secs(1),
-            _ => Duration::from_secs(300),
+            4 => Duration::from_secs(300),
+            _ => Duration::MAX,
         };
         let mailbox_capacity = match u.int_in_range(0..=7u8)? {
             0..=3 => None,
@@ -189,7 +192,7 @@ impl<'a> Arbitrary<'a> for Instr {
             },
             100..=149 => Instr::Schedule {
                 to: id_or_self(u.arbitrary()?),
-                after: delay(u.arbitrary()?),
+                after: timeout(u.arbitrary()?),
                 script: u.arbitrary()?,
             },
             150..=174 => Instr::Cancel {
@@ -199,7 +202,7 @@ impl<'a> Arbitrary<'a> for Instr {
             200..=219 => Instr::Stop,
             220..=234 => Instr::Panic,
             _ => Instr::IdleTimeout {
-                after: delay(u.arbitrary()?),
+                after: timeout(u.arbitrary()?),
             },
         })
     }
@@ -214,6 +217,21 @@ pub(crate) fn delay(b: u8) -> Duration {
     match b {
         0..=199 => Duration::from_millis(u64::from(b)),
         _ => Duration::from_secs(u64::from(b - 199) * 7),
+    }
+}
+
+/// A timer's delay or an idle timeout from one byte: mostly a [`delay`], and now and then one
+/// at the edges of time: `Duration::MAX` (past the end of representable time: never), or just
+/// below, at and above the longest idle timeout a receiver can set (2^32 - 2 milliseconds,
+/// about 49.7 days; as a timer's delay those are far off but due).
+pub(crate) fn timeout(b: u8) -> Duration {
+    match b {
+        0..=249 => delay(b),
+        250 | 251 => Duration::MAX,
+        252 => Duration::from_millis(NEVER_IDLE_MS - 1),
+        253 => Duration::from_millis(NEVER_IDLE_MS),
+        254 => Duration::from_secs(49 * 24 * 3600),
+        _ => Duration::from_secs(60 * 24 * 3600),
     }
 }
 
@@ -284,7 +302,7 @@ impl<'a> Arbitrary<'a> for Op {
             60..=71 => Op::Schedule {
                 router: a,
                 to: id,
-                after: delay(u.arbitrary()?),
+                after: timeout(u.arbitrary()?),
                 script: a / 2,
             },
             72..=76 => Op::Cancel {

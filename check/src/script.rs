@@ -107,7 +107,8 @@ pub(crate) enum Event {
     Scheduled {
         timer: TimerId,
         to: Id,
-        deadline: Instant,
+        /// `None`: past the end of representable time, never.
+        deadline: Option<Instant>,
         seq: Seq,
     },
     Cancelled {
@@ -321,7 +322,7 @@ impl Scripted {
                 let seq = j.next_seq();
                 let timer = ctx.schedule_to(to, after, Msg { seq, script });
                 j.timers.push(timer);
-                let deadline = ctx.now() + after;
+                let deadline = ctx.now().checked_add(after);
                 j.events.push(Event::Scheduled {
                     timer,
                     to,

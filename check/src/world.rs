@@ -52,6 +52,7 @@ enum Status {
 struct Entry {
     sender: Sender,
     to: Recipient<Id>,
+    /// A timer's message: its deadline ([`model::NEVER`]: never due).
     deadline: Option<Duration>,
     status: Status,
 }
@@ -285,6 +286,7 @@ impl World {
     fn accept(&mut self, seq: Seq, sender: Sender, to: Recipient<Id>, deadline: Option<Duration>) {
         self.summary.messages += 1;
         self.summary.by_handle += u64::from(matches!(to, Recipient::Addr(_)));
+        self.summary.timers_never += u64::from(deadline == Some(model::NEVER));
         self.ledger.insert(
             seq,
             Entry {
@@ -345,8 +347,9 @@ impl World {
 
     fn schedule_outside(&mut self, r: usize, to: Id, after: Duration, script: u8) -> Checked {
         let seq = self.new_seq();
-        let deadline = self.now + after;
-        let at = self.base + deadline;
+        let deadline = model::deadline(self.base, self.now, after);
+        // `None` (a delay past the end of representable time): a timer that never fires.
+        let at = self.at().checked_add(after);
         let msg = Msg { seq, script };
         let got = if self.numbered_timers {
             let id = TimerId::outside(r as u32, self.outside_timers[r]);
@@ -625,6 +628,11 @@ impl World {
         }
         self.summary.becomes += u64::from(outcome.version - job.version);
         self.summary.stops += u64::from(outcome.end == End::Stopped);
+        self.summary.never_idle += u64::from(
+            outcome
+                .idle
+                .is_some_and(|d| model::idle_override(d) == model::NEVER),
+        );
         Ok(outcome)
     }
 

@@ -95,6 +95,8 @@ fn assert_exercises_everything(t: &Summary) {
         ("refused sends", t.refused),
         ("messages between routers", t.forwarded),
         ("timers fired", t.timers_fired),
+        ("timers never due", t.timers_never),
+        ("receivers never idle", t.never_idle),
         ("activations", t.activations),
         ("deactivations", t.deactivations),
         ("idle deactivations", t.idle_deactivations),
