@@ -5,8 +5,10 @@
 //! stale), timers scheduled and cancelled, time moving on, close, and a driver that handles the
 //! routers' commands in every order an executor may: inline, or checked out and checked back in
 //! later, interleaved across receivers, out of order. Receivers are scripted: every message names
-//! a script (send, schedule, cancel, become, stop, panic, set the idle timeout) and the receiver
-//! records what it did. A few IDs are special: the factory refuses one and fails on another, and
+//! a script (send, relay, schedule, cancel, become, stop, panic, set the idle timeout) and the
+//! receiver records what it did. Delays and idle timeouts reach the edges of time (`Duration::MAX`:
+//! never). A relay passes its own message on; on a router closing under a small drain limit it
+//! does so forever, so only the limit ends closing. A few IDs are special: the factory refuses one and fails on another, and
 //! now and then it panics (caught by `Router::handle`, or by a driver calling it itself).
 //!
 //! After every router call the checker compares the router's outputs (commands, dead letters,
@@ -62,6 +64,9 @@ pub struct Summary {
     pub refused: u64,
     /// Messages moved between the two routers.
     pub forwarded: u64,
+    /// Pending timers cancelled by a receiver on the other router (the cancellation went out
+    /// through `Outbound::Cancel` and reached the router holding the timer).
+    pub remote_cancels: u64,
     /// Timers that fired.
     pub timers_fired: u64,
     /// Timers scheduled with a delay past the end of representable time: never due.
@@ -90,6 +95,8 @@ pub struct Summary {
     pub stale: u64,
     /// Routers closed.
     pub closes: u64,
+    /// Messages reported because a closing router had delivered its drain limit.
+    pub drain_limited: u64,
     /// Driver mistakes the router refused.
     pub misuses: u64,
     /// The most receivers live on one router at once.
@@ -104,6 +111,7 @@ impl AddAssign for Summary {
         self.dead_letters += o.dead_letters;
         self.refused += o.refused;
         self.forwarded += o.forwarded;
+        self.remote_cancels += o.remote_cancels;
         self.timers_fired += o.timers_fired;
         self.timers_never += o.timers_never;
         self.never_idle += o.never_idle;
@@ -118,6 +126,7 @@ impl AddAssign for Summary {
         self.full += o.full;
         self.stale += o.stale;
         self.closes += o.closes;
+        self.drain_limited += o.drain_limited;
         self.misuses += o.misuses;
         self.max_live = self.max_live.max(o.max_live);
     }

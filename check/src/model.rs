@@ -5,14 +5,19 @@
 //! What it assumes beyond the invariants, all documented router behaviour: a mailbox is FIFO; a
 //! `Run` checks out `min(queued, batch_size)` messages; unhandled messages go back to the front;
 //! a job's sends are routed before its timer operations; timers due in one `handle_timeout` fire
-//! in deadline order, ties in scheduling order. One thing it leaves open: when a receiver's idle
-//! deadline and a timer message for it fall due at the same instant, either may come first, and
-//! the model follows the router's choice.
+//! in deadline order, ties in scheduling order; a delay or idle timeout past the end of
+//! representable time means never, and a receiver's own idle timeout is kept in whole
+//! milliseconds, 2^32 - 2 or more meaning never. Closing: the drain limit counts the messages
+//! each run handled, when the run ends (after its sends are routed); on reaching it, every queued
+//! message becomes a `DrainLimit` dead letter, and so does everything routed afterwards, and a
+//! run or deactivation ending afterwards drops whatever it left queued. One thing it leaves open:
+//! when a receiver's idle deadline and a timer message for it fall due at the same instant, either
+//! may come first, and the model follows the router's choice.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use hermes_core::{Addr, Command, Deactivation, Recipient, Stats, TimerId};
+use hermes_core::{Addr, Command, Config, Deactivation, Recipient, Stats, TimerId};
 
 use crate::script::{Event, Id, Seq, is_head};
 use crate::violation::{Checked, broken, ensure};
@@ -186,8 +191,16 @@ pub(crate) struct MJob {
 
 #[derive(Clone, Debug)]
 pub(crate) enum MWork {
-    Run { batch: Vec<Seq>, fresh: bool },
-    Deactivate(Deactivation),
+    Run {
+        batch: Vec<Seq>,
+        fresh: bool,
+    },
+    /// `unactivated`: the instance's `activated` hook never ran (made after the drain limit;
+    /// see `world::UNACTIVATED_DEACTIVATION`).
+    Deactivate {
+        why: Deactivation,
+        unactivated: bool,
+    },
 }
 
 impl MJob {
@@ -195,7 +208,7 @@ impl MJob {
     pub(crate) fn len(&self) -> usize {
         match &self.work {
             MWork::Run { batch, .. } => batch.len(),
-            MWork::Deactivate(_) => 0,
+            MWork::Deactivate { .. } => 0,
         }
     }
 }
@@ -254,7 +267,10 @@ pub(crate) struct Model {
     idle_timeout: Duration,
     capacity: Option<usize>,
     batch: usize,
+    drain_limit: u64,
     pub(crate) closing: bool,
+    /// Deliveries left before closing stops draining (counted from close).
+    drain_left: u64,
     pub(crate) slots: Vec<SlotM>,
     /// The highest generation seen per slot index.
     generations: HashMap<u32, u32>,
@@ -265,20 +281,17 @@ pub(crate) struct Model {
 }
 
 impl Model {
-    pub(crate) fn new(
-        number: u32,
-        routers: u32,
-        idle_timeout: Duration,
-        capacity: Option<usize>,
-        batch: usize,
-    ) -> Model {
+    /// The model of router `number` of `routers`, built with `config`.
+    pub(crate) fn new(number: u32, routers: u32, config: &Config) -> Model {
         Model {
             number,
             routers,
-            idle_timeout,
-            capacity,
-            batch,
+            idle_timeout: config.idle_timeout,
+            capacity: config.mailbox_capacity,
+            batch: config.batch_size,
+            drain_limit: config.drain_limit,
             closing: false,
+            drain_left: config.drain_limit,
             slots: Vec::new(),
             generations: HashMap::new(),
             timers: Vec::new(),
@@ -428,8 +441,12 @@ impl Model {
         self.expect.outbound.push((to, seq));
     }
 
-    /// Routes a message from a receiver, timer or other router: a refusal is a dead letter.
+    /// Routes a message from a receiver, timer or other router: a refusal is a dead letter, and
+    /// so is everything once closing stopped draining.
     pub(crate) fn route_inside(&mut self, to: Recipient<Id>, seq: Seq) {
+        if self.drained() {
+            return self.dead(to, seq, Reason::DrainLimit);
+        }
         if let Err(r) = self.route(to.clone(), seq, false) {
             self.dead(to, seq, r.into());
         }
@@ -519,9 +536,45 @@ impl Model {
     }
 
     fn fail_activation(&mut self, i: usize, reason: Reason) {
-        let slot = self.slots.remove(i);
-        for seq in slot.mailbox {
-            self.dead(Recipient::Id(slot.id), seq, reason);
+        self.fail_mailbox(i, reason);
+        self.slots.remove(i);
+    }
+
+    /// Reports every message queued for slot `i` as a dead letter, in order.
+    fn fail_mailbox(&mut self, i: usize, reason: Reason) {
+        let id = self.slots[i].id;
+        for seq in std::mem::take(&mut self.slots[i].mailbox) {
+            self.dead(Recipient::Id(id), seq, reason);
+        }
+    }
+
+    // ---- the drain limit ----------------------------------------------------------------------
+
+    /// Closing has delivered its drain limit: nothing is queued or routed any more.
+    pub(crate) fn drained(&self) -> bool {
+        self.closing && self.drain_left == 0
+    }
+
+    /// Counts the deliveries of a run that ended while closing; on reaching the limit, stops
+    /// draining.
+    fn count_drained(&mut self, handled: usize) {
+        if self.drain_left == 0 {
+            return;
+        }
+        self.drain_left = self.drain_left.saturating_sub(handled as u64);
+        if self.drain_left == 0 {
+            self.stop_draining();
+        }
+    }
+
+    /// Every message still queued anywhere becomes a dead letter, receiver by receiver in the
+    /// router's slot order (the order of their handles' indices; a slot made in this very call
+    /// has none yet, and comes last).
+    fn stop_draining(&mut self) {
+        let mut order: Vec<usize> = (0..self.slots.len()).collect();
+        order.sort_by_key(|&i| self.slots[i].addr.map_or(u32::MAX, |a| a.index()));
+        for i in order {
+            self.fail_mailbox(i, Reason::DrainLimit);
         }
     }
 
@@ -587,7 +640,10 @@ impl Model {
             }
             MState::Deactivating { why, .. } => {
                 slot.state = MState::Deactivating { why, out: true };
-                MWork::Deactivate(why)
+                MWork::Deactivate {
+                    why,
+                    unactivated: inst.fresh,
+                }
             }
             _ => return Err(()),
         };
@@ -625,6 +681,13 @@ impl Model {
                     }
                 }
                 self.apply(out);
+                if self.closing && !out.delivered.is_empty() {
+                    self.count_drained(out.delivered.len());
+                }
+                // Past the limit, what the job left unhandled and sent itself is dropped too.
+                if self.drained() {
+                    self.fail_mailbox(i, Reason::DrainLimit);
+                }
                 match out.end {
                     End::ActivationPanicked => {
                         self.counters.panics += 1;
@@ -647,12 +710,15 @@ impl Model {
                     }
                 }
             }
-            MWork::Deactivate(_) => {
+            MWork::Deactivate { .. } => {
                 if !matches!(self.slots[i].state, MState::Deactivating { out: true, .. }) {
                     return Err(());
                 }
                 self.apply(out);
                 self.counters.deactivations += 1;
+                if self.drained() {
+                    self.fail_mailbox(i, Reason::DrainLimit);
+                }
                 let slot = &mut self.slots[i];
                 slot.inst = None;
                 if slot.mailbox.is_empty() {
@@ -702,10 +768,14 @@ impl Model {
             return;
         }
         self.closing = true;
+        self.drain_left = self.drain_limit;
         let mut timers = std::mem::take(&mut self.timers);
         timers.sort_by_key(|t| (t.deadline, t.order));
         for t in timers {
             self.dead(Recipient::Id(t.to), t.seq, Reason::Closed);
+        }
+        if self.drained() {
+            self.stop_draining();
         }
         for i in 0..self.slots.len() {
             if self.slots[i].state == MState::Idle {
@@ -719,10 +789,19 @@ impl Model {
     }
 
     /// Receivers with messages queued or in hand: the most that may hold resources.
+    ///
+    /// Once closing stopped draining, a receiver whose `Run` was already out keeps it, with an
+    /// empty mailbox, until the driver handles it (the router cannot take a command back): it
+    /// then finds nothing to do and is deactivated. Those count too.
     pub(crate) fn with_work(&self) -> usize {
+        let drained = self.drained();
         self.slots
             .iter()
-            .filter(|s| !s.mailbox.is_empty() || s.state == MState::Running)
+            .filter(|s| {
+                !s.mailbox.is_empty()
+                    || s.state == MState::Running
+                    || drained && s.state == MState::Scheduled
+            })
             .count()
     }
 
@@ -778,10 +857,14 @@ impl Model {
             .iter()
             .map(|t| format!("#{}->{:?}@{:?}", t.seq, t.to, t.deadline))
             .collect();
+        let closing = match (self.closing, self.drain_left) {
+            (false, _) => String::new(),
+            (true, 0) => " (closing, drain limit reached)".to_string(),
+            (true, left) => format!(" (closing, {left} deliveries to the drain limit)"),
+        };
         format!(
-            "router {}{} (idle timeout {:?}, capacity {:?}, batch {}): [{}], timers [{}]",
+            "router {}{closing} (idle timeout {:?}, capacity {:?}, batch {}): [{}], timers [{}]",
             self.number,
-            if self.closing { " (closing)" } else { "" },
             self.idle_timeout,
             self.capacity,
             self.batch,
@@ -901,7 +984,7 @@ pub(crate) fn interpret(job: &MJob, events: &[Event], base: Instant) -> Checked<
                 }
             }
         }
-        MWork::Deactivate(expected) => {
+        MWork::Deactivate { why: expected, .. } => {
             out.end = End::Deactivated;
             let Some((head, effects)) = segments.next() else {
                 broken!(

@@ -24,6 +24,12 @@ pub struct Plan {
     pub(crate) idle_timeout: Duration,
     pub(crate) mailbox_capacity: Option<usize>,
     pub(crate) batch_size: usize,
+    /// `Config::drain_limit`, if not the default: relays on a closing router then go on until
+    /// the limit stops them.
+    pub(crate) drain_limit: Option<u64>,
+    /// The final close comes while work is still queued, running and in transit (otherwise
+    /// after everything settled).
+    pub(crate) close_busy: bool,
     /// Outside timers are numbered by the world and scheduled with `Router::schedule_as` (as the
     /// executors do), not numbered by the router with `Router::schedule`.
     pub(crate) numbered_timers: bool,
@@ -73,12 +79,29 @@ impl Plan {
         self
     }
 
+    /// The same operations with every router's drain limit set to `limit` (`None`: the
+    /// default): a small one stops closing routers draining early, and lets relays run on until
+    /// it does.
+    pub fn with_drain_limit(mut self, limit: Option<u64>) -> Plan {
+        self.drain_limit = limit;
+        self
+    }
+
+    /// The same operations, with the final close coming while work is still queued and out
+    /// (`true`), or after everything settled (`false`).
+    pub fn with_close_busy(mut self, busy: bool) -> Plan {
+        self.close_busy = busy;
+        self
+    }
+
     fn empty() -> Plan {
         Plan {
             two_routers: false,
             idle_timeout: Duration::from_secs(300),
             mailbox_capacity: None,
             batch_size: 64,
+            drain_limit: None,
+            close_busy: false,
             numbered_timers: false,
             scripts: Vec::new(),
             ops: Vec::new(),
@@ -110,6 +133,15 @@ impl Plan {
             2 => 3,
             _ => 64,
         };
+        let drain_limit = match u.int_in_range(0..=9u8)? {
+            0 => Some(0),
+            1 => Some(1),
+            2 => Some(2),
+            3 => Some(5),
+            4 => Some(20),
+            _ => None,
+        };
+        let close_busy = u.ratio(1, 2)?;
         let numbered_timers = u.ratio(1, 3)?;
         let n = u.int_in_range(1..=MAX_SCRIPTS)?;
         let mut scripts = Vec::new();
@@ -130,6 +162,8 @@ impl Plan {
             idle_timeout,
             mailbox_capacity,
             batch_size,
+            drain_limit,
+            close_busy,
             numbered_timers,
             scripts,
             ops,
@@ -164,6 +198,12 @@ pub(crate) enum Instr {
         to: Target,
         script: u8,
     },
+    /// Sends the message's own script on to `to`: a message that keeps itself going, from
+    /// receiver to receiver or to the same one. Like any send it spends the budget, except on a
+    /// router closing under a drain limit: there it goes on until the limit stops it.
+    Relay {
+        to: Target,
+    },
     /// Schedules a message to `to` (itself if `None`).
     Schedule {
         to: Option<Id>,
@@ -186,9 +226,12 @@ impl<'a> Arbitrary<'a> for Instr {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let kind: u8 = u.arbitrary()?;
         Ok(match kind {
-            0..=99 => Instr::Send {
+            0..=84 => Instr::Send {
                 to: Target::from_byte(u.arbitrary()?),
                 script: u.arbitrary()?,
+            },
+            85..=99 => Instr::Relay {
+                to: Target::from_byte(u.arbitrary()?),
             },
             100..=149 => Instr::Schedule {
                 to: id_or_self(u.arbitrary()?),

@@ -146,6 +146,9 @@ pub(crate) struct Journal {
     pub(crate) next_seq: Seq,
     /// Sends and timers receivers may still create; bounds every run.
     pub(crate) budget: u32,
+    /// Per router: relays there are free of the budget (it is closing under a drain limit,
+    /// which is what must end them).
+    pub(crate) endless: Vec<bool>,
     pub(crate) events: Vec<Event>,
     /// Every handle seen so far, live or stale.
     pub(crate) handles: Vec<Addr>,
@@ -159,8 +162,11 @@ impl Journal {
         self.next_seq
     }
 
-    /// Takes one unit of the budget; false when it is spent.
-    fn spend(&mut self) -> bool {
+    /// Takes one unit of the budget, unless the send is `free`; false when it is spent.
+    fn spend(&mut self, free: bool) -> bool {
+        if free {
+            return true;
+        }
         if self.budget == 0 {
             return false;
         }
@@ -186,12 +192,13 @@ fn pick<T: Copy>(items: &[T], k: u8) -> Option<T> {
 }
 
 impl Shared {
-    pub(crate) fn new(scripts: Vec<Vec<Instr>>, budget: u32) -> Arc<Shared> {
+    pub(crate) fn new(scripts: Vec<Vec<Instr>>, budget: u32, routers: usize) -> Arc<Shared> {
         Arc::new(Shared {
             scripts,
             journal: Mutex::new(Journal {
                 next_seq: 0,
                 budget,
+                endless: vec![false; routers],
                 events: Vec::new(),
                 handles: Vec::new(),
                 timers: Vec::new(),
@@ -287,13 +294,16 @@ impl Scripted {
         }
     }
 
-    fn send(&self, ctx: &mut Context<'_, Id, Msg>, target: Target, script: u8) {
+    /// Sends a message naming `script` to `target`; `free` of the budget if `relay` and the
+    /// receiver's router is [endless](Journal::endless).
+    fn send(&self, ctx: &mut Context<'_, Id, Msg>, target: Target, script: u8, relay: bool) {
         let Some(to) = self.resolve(ctx, target) else {
             return;
         };
         let seq = {
             let mut j = self.shared.journal();
-            if !j.spend() {
+            let free = relay && j.endless[ctx.addr().router() as usize];
+            if !j.spend(free) {
                 return;
             }
             let seq = j.next_seq();
@@ -310,13 +320,15 @@ impl Scripted {
         }
     }
 
-    fn run(&mut self, ctx: &mut Context<'_, Id, Msg>, instr: Instr) {
+    /// Carries out one instruction of `script`, the script of the message being handled.
+    fn run(&mut self, ctx: &mut Context<'_, Id, Msg>, instr: Instr, script: u8) {
         match instr {
-            Instr::Send { to, script } => self.send(ctx, to, script),
+            Instr::Send { to, script } => self.send(ctx, to, script, false),
+            Instr::Relay { to } => self.send(ctx, to, script, true),
             Instr::Schedule { to, after, script } => {
                 let to = to.unwrap_or(*ctx.id());
                 let mut j = self.shared.journal();
-                if !j.spend() {
+                if !j.spend(false) {
                     return;
                 }
                 let seq = j.next_seq();
@@ -378,7 +390,7 @@ impl Receiver<Id, Msg> for Scripted {
         });
         let shared = self.shared.clone();
         for &instr in shared.script(msg.script) {
-            self.run(ctx, instr);
+            self.run(ctx, instr, msg.script);
         }
     }
 
@@ -390,7 +402,7 @@ impl Receiver<Id, Msg> for Scripted {
             why,
         });
         if let Some((to, script)) = self.hooks.farewell {
-            self.send(ctx, to, script);
+            self.send(ctx, to, script, false);
         }
         if self.hooks.deactivation_panics {
             self.panic();

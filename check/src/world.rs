@@ -12,7 +12,9 @@ use hermes_core::{
     panic_message,
 };
 
-use crate::model::{self, ECmd, End, Kind, MJob, MState, Made, Model, Outcome, Reason, Refusal};
+use crate::model::{
+    self, ECmd, End, Kind, MJob, MState, MWork, Made, Model, Outcome, Reason, Refusal,
+};
 use crate::plan::{Mode, Op, Plan};
 use crate::script::{self, Event, FactoryPanicked, Hooks, Id, IdClass, Msg, Seq, Shared, is_head};
 use crate::violation::{Broken, Checked, Invariant, broken, ensure};
@@ -27,6 +29,15 @@ pub(crate) const PLAIN_LUCK: u8 = 200;
 /// The number of the first outside timer the world numbers itself: just below 2^32, so the
 /// numbers soon cross into the bits a timer ID keeps apart from the low 32.
 const FIRST_NUMBERED_TIMER: u64 = (1 << 32) - 3;
+
+/// Tolerates an open router bug (check/tests/regressions.rs,
+/// `an_instance_made_after_the_drain_limit_is_not_deactivated_unactivated`): an instance the
+/// factory makes after a closing router stopped draining finds an empty mailbox and is
+/// deactivated at once, without its `activated` hook. The model predicts exactly that; while this
+/// is true, the world accepts such a deactivation (and only one the model predicts) instead of
+/// reporting invariant 4. Set it to false when the router is fixed, and update
+/// `Model::activate`.
+const UNACTIVATED_DEACTIVATION: bool = true;
 
 /// Who sent a message, for the per-sender order check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,6 +72,8 @@ struct Entry {
 struct InstRec {
     id: Id,
     activated: bool,
+    /// Deactivated without being activated, as tolerated by [`UNACTIVATED_DEACTIVATION`].
+    unactivated: bool,
     activation_panicked: bool,
     deactivations: u32,
 }
@@ -113,6 +126,11 @@ pub(crate) struct World {
     busy: HashSet<(usize, Id)>,
     /// Outside timers are numbered here and scheduled with `Router::schedule_as`.
     numbered_timers: bool,
+    /// Relays on a closing router are free of the budget: only the (small) drain limit ends
+    /// them.
+    endless_relays: bool,
+    /// The final close comes before the final drain.
+    close_busy: bool,
     /// The next number of an outside timer, per router, when the world numbers them.
     outside_timers: Vec<u64>,
     pub(crate) summary: Summary,
@@ -127,6 +145,9 @@ impl World {
         if let Some(cap) = plan.mailbox_capacity {
             config = config.mailbox_capacity(cap);
         }
+        if let Some(limit) = plan.drain_limit {
+            config = config.drain_limit(limit);
+        }
         let mut routers = Vec::new();
         let mut models = Vec::new();
         for number in 0..n {
@@ -140,18 +161,12 @@ impl World {
                 tweak(&mut router);
             }
             routers.push(router);
-            models.push(Model::new(
-                number,
-                n,
-                plan.idle_timeout,
-                plan.mailbox_capacity,
-                plan.batch_size,
-            ));
+            models.push(Model::new(number, n, &config));
         }
         World {
             routers,
             models,
-            shared: Shared::new(plan.scripts.clone(), BUDGET),
+            shared: Shared::new(plan.scripts.clone(), BUDGET, n as usize),
             base: Instant::now(),
             now: Duration::ZERO,
             pending: Vec::new(),
@@ -163,6 +178,8 @@ impl World {
             next_inst: 0,
             busy: HashSet::new(),
             numbered_timers: plan.numbered_timers,
+            endless_relays: plan.drain_limit.is_some(),
+            close_busy: plan.close_busy,
             outside_timers: vec![FIRST_NUMBERED_TIMER; n as usize],
             summary: Summary::default(),
         }
@@ -417,6 +434,7 @@ impl World {
                             InstRec {
                                 id,
                                 activated: false,
+                                unactivated: false,
                                 activation_panicked: false,
                                 deactivations: 0,
                             },
@@ -494,8 +512,10 @@ impl World {
                             OneAtATime,
                             "{id:?} was checked out a second time while a job of it was out"
                         );
+                        // Past the drain limit, a `Run` already out finds an empty mailbox.
                         ensure!(
-                            job.is_empty() == matches!(command, Command::Deactivate(_)),
+                            job.is_empty() == matches!(command, Command::Deactivate(_))
+                                || self.models[r].drained(),
                             Resources,
                             "{command:?} checked out a job of {} messages: work for a receiver \
                              with nothing to do",
@@ -587,13 +607,22 @@ impl World {
                     let Some(rec) = self.instances.get_mut(&inst) else {
                         broken!(Model, "the deactivated hook ran on unknown instance {inst}");
                     };
+                    let tolerated = UNACTIVATED_DEACTIVATION
+                        && matches!(
+                            job.work,
+                            MWork::Deactivate {
+                                unactivated: true,
+                                ..
+                            }
+                        );
                     ensure!(
-                        rec.activated,
+                        rec.activated || tolerated,
                         Deactivation,
                         "instance {inst} of {:?} was deactivated ({why:?}) before its activated \
                          hook ran",
                         rec.id
                     );
+                    rec.unactivated = !rec.activated;
                     ensure!(
                         rec.deactivations == 0,
                         Deactivation,
@@ -753,6 +782,7 @@ impl World {
                      was {}pending",
                     if expected { "" } else { "not " }
                 );
+                self.summary.remote_cancels += u64::from(got);
                 return self.observe(d);
             }
         };
@@ -787,6 +817,9 @@ impl World {
     }
 
     fn close(&mut self, r: usize) -> Checked {
+        if self.endless_relays {
+            self.shared.journal().endless[r] = true;
+        }
         self.routers[r].close();
         self.models[r].close();
         ensure!(
@@ -1067,6 +1100,7 @@ impl World {
         match reason {
             Reason::Full => self.summary.full += 1,
             Reason::Stale => self.summary.stale += 1,
+            Reason::DrainLimit => self.summary.drain_limited += 1,
             _ => {}
         }
     }
@@ -1214,9 +1248,12 @@ impl World {
         )
     }
 
-    /// Drains, closes every router, drains again, and checks the close rules and the ledger.
+    /// Drains (unless the plan closes busy), closes every router, drains again, and checks the
+    /// close rules and the ledger.
     pub(crate) fn finish(&mut self) -> Checked {
-        self.settle()?;
+        if !self.close_busy {
+            self.settle()?;
+        }
         for r in 0..self.routers.len() {
             self.close(r)?;
         }
@@ -1249,7 +1286,7 @@ impl World {
                 );
             } else {
                 ensure!(
-                    rec.activated && rec.deactivations == 1,
+                    (rec.activated || rec.unactivated) && rec.deactivations == 1,
                     Close,
                     "after close, instance {n} of {:?} was activated: {}, deactivated {} times",
                     rec.id,
