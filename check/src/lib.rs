@@ -6,18 +6,24 @@
 //! routers' commands in every order an executor may: inline, or checked out and checked back in
 //! later, interleaved across receivers, out of order. Receivers are scripted: every message names
 //! a script (send, relay, schedule, cancel, become, stop, panic, set the idle timeout) and the
-//! receiver records what it did. Delays and idle timeouts reach the edges of time (`Duration::MAX`:
-//! never). A relay passes its own message on; on a router closing under a small drain limit it
-//! does so forever, so only the limit ends closing. A few IDs are special: the factory refuses one and fails on another, and
-//! now and then it panics (caught by `Router::handle`, or by a driver calling it itself).
+//! receiver records what it did. A few IDs are special: the factory refuses one and fails on
+//! another, and now and then it panics (caught by `Router::handle`, or by a driver calling it
+//! itself). The configuration varies too: idle timeouts, mailbox bounds, batch sizes, small drain
+//! limits, tiny dead-letter capacities.
+//!
+//! Delays and idle timeouts reach the edges of time (`Duration::MAX`: never). A relay passes its
+//! own message on; on a router closing under a small drain limit it does so forever, so that only
+//! the limit ends closing. A cancel may name a timer the other router holds.
 //!
 //! After every router call the checker compares the router's outputs (commands, dead letters,
-//! messages for the other router, stats) with a naive reference model, and checks the eight
-//! routing invariants of [hermes_core's crate docs](hermes_core#invariants) against a ledger of
-//! every message (each carries a unique sequence number). At the end it drains everything,
-//! closes, and checks that every accepted message was delivered or reported exactly once and
-//! every instance deactivated exactly once. A broken rule is a [`Violation`] naming its
-//! [`Invariant`].
+//! messages and timer cancellations for the other router, stats) with a naive reference model,
+//! and checks the eight routing invariants of [hermes_core's crate docs](hermes_core#invariants)
+//! against a ledger of every message (each carries a unique sequence number). A plan with a tiny
+//! dead-letter capacity polls dead letters only on `handle_timeout`, and checks the ones dropped
+//! meanwhile by their count. At the end it drains everything (or closes while work is still
+//! queued and out), closes, and checks that every accepted message was delivered or reported
+//! exactly once and every instance deactivated exactly once. A broken rule is a [`Violation`]
+//! naming its [`Invariant`].
 //!
 //! ```
 //! let summary = hermes_check::check(&hermes_check::Plan::from_seed(7)).expect("no violation");
@@ -60,6 +66,9 @@ pub struct Summary {
     pub delivered: u64,
     /// Messages reported as dead letters.
     pub dead_letters: u64,
+    /// Dead letters a router dropped (and counted) because the driver had not polled the ones
+    /// before them.
+    pub dead_letters_dropped: u64,
     /// Outside sends and timers the router refused (closed, full, stale).
     pub refused: u64,
     /// Messages moved between the two routers.
@@ -109,6 +118,7 @@ impl AddAssign for Summary {
         self.messages += o.messages;
         self.delivered += o.delivered;
         self.dead_letters += o.dead_letters;
+        self.dead_letters_dropped += o.dead_letters_dropped;
         self.refused += o.refused;
         self.forwarded += o.forwarded;
         self.remote_cancels += o.remote_cancels;

@@ -176,6 +176,7 @@ struct Counters {
     activations: u64,
     deactivations: u64,
     dead_letters: u64,
+    dead_letters_dropped: u64,
     panics: u64,
 }
 
@@ -268,6 +269,9 @@ pub(crate) struct Model {
     capacity: Option<usize>,
     batch: usize,
     drain_limit: u64,
+    dead_letter_capacity: usize,
+    /// Dead letters the router holds until the driver polls them.
+    held: usize,
     pub(crate) closing: bool,
     /// Deliveries left before closing stops draining (counted from close).
     drain_left: u64,
@@ -290,6 +294,8 @@ impl Model {
             capacity: config.mailbox_capacity,
             batch: config.batch_size,
             drain_limit: config.drain_limit,
+            dead_letter_capacity: config.dead_letter_capacity,
+            held: 0,
             closing: false,
             drain_left: config.drain_limit,
             slots: Vec::new(),
@@ -375,9 +381,21 @@ impl Model {
         });
     }
 
+    /// A dead letter: held for the driver, or past the capacity dropped (only counted); it is
+    /// expected either way, and the world tells which from the count.
     fn dead(&mut self, to: Recipient<Id>, seq: Seq, reason: Reason) {
         self.counters.dead_letters += 1;
+        if self.held >= self.dead_letter_capacity {
+            self.counters.dead_letters_dropped += 1;
+        } else {
+            self.held += 1;
+        }
         self.expect.dead.push(EDead { to, seq, reason });
+    }
+
+    /// The driver polled every dead letter the router held.
+    pub(crate) fn polled_dead_letters(&mut self) {
+        self.held = 0;
     }
 
     // ---- routing ------------------------------------------------------------------------------
@@ -815,6 +833,7 @@ impl Model {
         s.activations = self.counters.activations;
         s.deactivations = self.counters.deactivations;
         s.dead_letters = self.counters.dead_letters;
+        s.dead_letters_dropped = self.counters.dead_letters_dropped;
         s.panics = self.counters.panics;
         s.timers_pending = self.timers.len();
         for slot in &self.slots {

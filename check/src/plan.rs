@@ -30,6 +30,9 @@ pub struct Plan {
     /// The final close comes while work is still queued, running and in transit (otherwise
     /// after everything settled).
     pub(crate) close_busy: bool,
+    /// `Config::dead_letter_capacity`, if not the default: the driver then polls dead letters
+    /// only now and then (on `handle_timeout`), and the overflow is dropped and counted.
+    pub(crate) dead_letter_capacity: Option<usize>,
     /// Outside timers are numbered by the world and scheduled with `Router::schedule_as` (as the
     /// executors do), not numbered by the router with `Router::schedule`.
     pub(crate) numbered_timers: bool,
@@ -102,6 +105,7 @@ impl Plan {
             batch_size: 64,
             drain_limit: None,
             close_busy: false,
+            dead_letter_capacity: None,
             numbered_timers: false,
             scripts: Vec::new(),
             ops: Vec::new(),
@@ -142,6 +146,12 @@ impl Plan {
             _ => None,
         };
         let close_busy = u.ratio(1, 2)?;
+        let dead_letter_capacity = match u.int_in_range(0..=15u8)? {
+            0 => Some(0),
+            1 => Some(1),
+            2 => Some(3),
+            _ => None,
+        };
         let numbered_timers = u.ratio(1, 3)?;
         let n = u.int_in_range(1..=MAX_SCRIPTS)?;
         let mut scripts = Vec::new();
@@ -164,6 +174,7 @@ impl Plan {
             batch_size,
             drain_limit,
             close_busy,
+            dead_letter_capacity,
             numbered_timers,
             scripts,
             ops,

@@ -57,6 +57,8 @@ enum Status {
     Void,
     /// A timer's message whose timer was cancelled.
     Cancelled,
+    /// A dead letter the router dropped, counted, because nobody polled the ones before it.
+    Dropped,
 }
 
 /// Every message the world created, and what became of it.
@@ -94,7 +96,8 @@ struct InFlight {
 /// What one router call produced.
 struct Output {
     commands: Vec<Command>,
-    dead: Vec<DeadLetter<Id, Msg>>,
+    /// `None`: dead letters were not polled this time.
+    dead: Option<Vec<DeadLetter<Id, Msg>>>,
     outbound: Vec<(Recipient<Id>, Msg)>,
     /// Cancellations of timers held by another router.
     cancels: Vec<(Location, TimerId)>,
@@ -131,6 +134,12 @@ pub(crate) struct World {
     endless_relays: bool,
     /// The final close comes before the final drain.
     close_busy: bool,
+    /// Dead letters are polled only on `handle_timeout` (and at the end), not after every call.
+    lazy_dead_letters: bool,
+    /// Per router, the dead letters expected since the last poll (lazy polling).
+    unpolled: Vec<Vec<model::EDead>>,
+    /// Per router, `Stats::dead_letters_dropped` at the last poll.
+    dropped_seen: Vec<u64>,
     /// The next number of an outside timer, per router, when the world numbers them.
     outside_timers: Vec<u64>,
     pub(crate) summary: Summary,
@@ -147,6 +156,9 @@ impl World {
         }
         if let Some(limit) = plan.drain_limit {
             config = config.drain_limit(limit);
+        }
+        if let Some(capacity) = plan.dead_letter_capacity {
+            config = config.dead_letter_capacity(capacity);
         }
         let mut routers = Vec::new();
         let mut models = Vec::new();
@@ -180,6 +192,9 @@ impl World {
             numbered_timers: plan.numbered_timers,
             endless_relays: plan.drain_limit.is_some(),
             close_busy: plan.close_busy,
+            lazy_dead_letters: plan.dead_letter_capacity.is_some(),
+            unpolled: (0..n).map(|_| Vec::new()).collect(),
+            dropped_seen: vec![0; n as usize],
             outside_timers: vec![FIRST_NUMBERED_TIMER; n as usize],
             summary: Summary::default(),
         }
@@ -804,7 +819,7 @@ impl World {
     fn tick(&mut self, r: usize) -> Checked {
         let now = self.at();
         self.routers[r].handle_timeout(now);
-        let output = self.drain(r);
+        let output = self.drain(r, true);
         let deactivated: HashSet<Addr> = output
             .commands
             .iter()
@@ -911,11 +926,14 @@ impl World {
 
     // ---- checks after every router call -------------------------------------------------------
 
-    fn drain(&mut self, r: usize) -> Output {
+    /// Takes router `r`'s outputs; its dead letters only if `dead` or the world polls them after
+    /// every call.
+    fn drain(&mut self, r: usize, dead: bool) -> Output {
         let router = &mut self.routers[r];
+        let poll = dead || !self.lazy_dead_letters;
         let mut output = Output {
             commands: std::iter::from_fn(|| router.poll_command()).collect(),
-            dead: std::iter::from_fn(|| router.poll_dead_letter()).collect(),
+            dead: poll.then(|| std::iter::from_fn(|| router.poll_dead_letter()).collect()),
             outbound: Vec::new(),
             cancels: Vec::new(),
         };
@@ -931,7 +949,7 @@ impl World {
 
     /// Collects what router `r` output and compares it with its model.
     fn observe(&mut self, r: usize) -> Checked {
-        let output = self.drain(r);
+        let output = self.drain(r, false);
         self.compare(r, output)
     }
 
@@ -952,7 +970,17 @@ impl World {
                 e.status = Status::Cancelled;
             }
         }
-        self.compare_dead(r, output.dead, expect.dead, &stats, &model_stats)?;
+        let mut expected_dead = std::mem::take(&mut self.unpolled[r]);
+        expected_dead.extend(expect.dead);
+        match output.dead {
+            Some(dead) => {
+                self.models[r].polled_dead_letters();
+                let dropped = stats.dead_letters_dropped - self.dropped_seen[r];
+                self.dropped_seen[r] = stats.dead_letters_dropped;
+                self.compare_dead(r, dead, expected_dead, dropped, &stats, &model_stats)?;
+            }
+            None => self.unpolled[r] = expected_dead,
+        }
         self.compare_outbound(r, output.outbound, expect.outbound)?;
         self.compare_cancels(r, output.cancels, expect.outbound_cancels)?;
         for (field, got, want) in [
@@ -1012,11 +1040,14 @@ impl World {
         Ok(())
     }
 
+    /// Dead letters polled from router `r` against those expected since the last poll, of which
+    /// `dropped` were dropped for want of room (the ones not polled).
     fn compare_dead(
         &mut self,
         r: usize,
         dead: Vec<DeadLetter<Id, Msg>>,
         mut expected: Vec<model::EDead>,
+        dropped: u64,
         stats: &Stats,
         model_stats: &Stats,
     ) -> Checked {
@@ -1056,20 +1087,23 @@ impl World {
                     ),
                 });
             }
-            let Some(entry) = self.ledger.get_mut(&e.seq) else {
-                broken!(ExactlyOnce, "dead letter #{} was never accepted", e.seq);
-            };
-            ensure!(
-                entry.status == Status::Pending,
-                ExactlyOnce,
-                "#{} became a dead letter after it was {:?}",
-                e.seq,
-                entry.status
-            );
-            entry.status = Status::Dead;
+            self.dead_letter(e.seq, Status::Dead)?;
             self.summary.dead_letters += 1;
             self.count_refusal(reason);
         }
+        if expected.len() as u64 == dropped {
+            for e in expected {
+                self.dead_letter(e.seq, Status::Dropped)?;
+                self.summary.dead_letters_dropped += 1;
+            }
+            return Ok(());
+        }
+        ensure!(
+            (expected.len() as u64) > dropped,
+            ExactlyOnce,
+            "router {r} dropped {dropped} dead letters; only {} went unreported",
+            expected.len()
+        );
         if let Some(e) = expected.first() {
             let accepted = stats.messages_routed + stats.messages_forwarded;
             let should = model_stats.messages_routed + model_stats.messages_forwarded;
@@ -1092,6 +1126,22 @@ impl World {
                 e.reason
             );
         }
+        Ok(())
+    }
+
+    /// The ledger's side of a dead letter, reported (`Dead`) or dropped unpolled (`Dropped`):
+    /// exactly once.
+    fn dead_letter(&mut self, seq: Seq, status: Status) -> Checked {
+        let Some(entry) = self.ledger.get_mut(&seq) else {
+            broken!(ExactlyOnce, "dead letter #{seq} was never accepted");
+        };
+        ensure!(
+            entry.status == Status::Pending,
+            ExactlyOnce,
+            "#{seq} became a dead letter ({status:?}) after it was {:?}",
+            entry.status
+        );
+        entry.status = status;
         Ok(())
     }
 
@@ -1258,6 +1308,10 @@ impl World {
             self.close(r)?;
         }
         self.settle()?;
+        for r in 0..self.routers.len() {
+            let output = self.drain(r, true);
+            self.compare(r, output)?;
+        }
         for (r, router) in self.routers.iter().enumerate() {
             ensure!(
                 router.is_closed(),

@@ -111,6 +111,7 @@ fn assert_exercises_everything(t: &Summary) {
     let reached = [
         ("deliveries", t.delivered),
         ("dead letters", t.dead_letters),
+        ("dead letters dropped unpolled", t.dead_letters_dropped),
         ("refused sends", t.refused),
         ("messages between routers", t.forwarded),
         ("timers cancelled from the other router", t.remote_cancels),
