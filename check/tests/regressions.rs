@@ -1,4 +1,7 @@
 //! Router bugs the checker found, each pinned down as a small deterministic scenario.
+//!
+//! Open ones (not fixed in hermes-core yet) are `#[ignore]`d, so that the suite stays green;
+//! `cargo test -p hermes-check --test regressions -- --ignored` shows them failing.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -136,4 +139,36 @@ fn an_instance_made_after_the_drain_limit_is_not_deactivated_unactivated() {
         hooks.is_empty() || hooks == ["activated", "deactivated"],
         "the instance's hooks ran as {hooks:?}: deactivated without being activated"
     );
+}
+
+/// A receiver whose `deactivated` hook panics.
+struct PanicsOnDeactivation;
+
+impl Receiver<u8, Msg> for PanicsOnDeactivation {
+    fn receive(&mut self, ctx: &mut Context<'_, u8, Msg>, _: Msg) {
+        ctx.stop();
+    }
+
+    fn deactivated(&mut self, _: &mut Context<'_, u8, Msg>, _: Deactivation) {
+        panic!("deactivated hook panics (deliberately)");
+    }
+}
+
+/// OPEN (found while modelling factory panics, not fixed): `Stats::panics` is documented as
+/// "panics caught: in handlers, lifecycle hooks and factories", and counts panics in handlers,
+/// in the `activated` hook and (now) in factories, but not a panic in the `deactivated` hook
+/// (`run_deactivated` only logs it). hermes-check's model follows the router; either the count or
+/// the doc should change.
+#[test]
+#[ignore = "open: Stats::panics does not count deactivated-hook panics; run with --ignored"]
+fn a_panicking_deactivated_hook_is_counted_in_stats_panics() {
+    let t0 = Instant::now();
+    let factory = |_: &u8| Activation::ready(PanicsOnDeactivation);
+    let mut router = Router::new(Config::default());
+    router.send(1, Msg::Nop).unwrap();
+    while let Some(command) = router.poll_command() {
+        router.handle(command, &factory, t0).unwrap();
+    }
+    assert_eq!(router.stats().deactivations, 1);
+    assert_eq!(router.stats().panics, 1, "{:?}", router.stats());
 }
