@@ -975,7 +975,9 @@ impl World {
         match output.dead {
             Some(dead) => {
                 self.models[r].polled_dead_letters();
-                let dropped = stats.dead_letters_dropped - self.dropped_seen[r];
+                let dropped = stats
+                    .dead_letters_dropped
+                    .saturating_sub(self.dropped_seen[r]);
                 self.dropped_seen[r] = stats.dead_letters_dropped;
                 self.compare_dead(r, dead, expected_dead, dropped, &stats, &model_stats)?;
             }
