@@ -5,16 +5,25 @@
 //! stale), timers scheduled and cancelled, time moving on, close, and a driver that handles the
 //! routers' commands in every order an executor may: inline, or checked out and checked back in
 //! later, interleaved across receivers, out of order. Receivers are scripted: every message names
-//! a script (send, schedule, cancel, become, stop, panic, set the idle timeout) and the receiver
-//! records what it did. A few IDs are special: the factory refuses one and fails on another.
+//! a script (send, relay, schedule, cancel, become, stop, panic, set the idle timeout) and the
+//! receiver records what it did. A few IDs are special: the factory refuses one and fails on
+//! another, and now and then it panics (caught by `Router::handle`, or by a driver calling it
+//! itself). The configuration varies too: idle timeouts, mailbox bounds, batch sizes, small drain
+//! limits, tiny dead-letter capacities.
+//!
+//! Delays and idle timeouts reach the edges of time (`Duration::MAX`: never). A relay passes its
+//! own message on; on a router closing under a small drain limit it does so forever, so that only
+//! the limit ends closing. A cancel may name a timer the other router holds.
 //!
 //! After every router call the checker compares the router's outputs (commands, dead letters,
-//! messages for the other router, stats) with a naive reference model, and checks the eight
-//! routing invariants of [hermes_core's crate docs](hermes_core#invariants) against a ledger of
-//! every message (each carries a unique sequence number). At the end it drains everything,
-//! closes, and checks that every accepted message was delivered or reported exactly once and
-//! every instance deactivated exactly once. A broken rule is a [`Violation`] naming its
-//! [`Invariant`].
+//! messages and timer cancellations for the other router, stats) with a naive reference model,
+//! and checks the eight routing invariants of [hermes_core's crate docs](hermes_core#invariants)
+//! against a ledger of every message (each carries a unique sequence number). A plan with a tiny
+//! dead-letter capacity polls dead letters only on `handle_timeout`, and checks the ones dropped
+//! meanwhile by their count. At the end it drains everything (or closes while work is still
+//! queued and out), closes, and checks that every accepted message was delivered or reported
+//! exactly once and every instance deactivated exactly once. A broken rule is a [`Violation`]
+//! naming its [`Invariant`].
 //!
 //! ```
 //! let summary = hermes_check::check(&hermes_check::Plan::from_seed(7)).expect("no violation");
@@ -57,18 +66,30 @@ pub struct Summary {
     pub delivered: u64,
     /// Messages reported as dead letters.
     pub dead_letters: u64,
+    /// Dead letters a router dropped (and counted) because the driver had not polled the ones
+    /// before them.
+    pub dead_letters_dropped: u64,
     /// Outside sends and timers the router refused (closed, full, stale).
     pub refused: u64,
     /// Messages moved between the two routers.
     pub forwarded: u64,
+    /// Pending timers cancelled by a receiver on the other router (the cancellation went out
+    /// through `Outbound::Cancel` and reached the router holding the timer).
+    pub remote_cancels: u64,
     /// Timers that fired.
     pub timers_fired: u64,
+    /// Timers scheduled with a delay past the end of representable time: never due.
+    pub timers_never: u64,
+    /// Receivers that set an idle timeout of about 49.7 days or more: never idle.
+    pub never_idle: u64,
     /// Instances the factory made.
     pub activations: u64,
     /// Instances deactivated.
     pub deactivations: u64,
     /// Handlers (or activated hooks) that panicked.
     pub panics: u64,
+    /// Factories that panicked (caught by `Router::handle`, or by the driver that called them).
+    pub factory_panics: u64,
     /// Handlers replaced with `become_` (and kept: not rolled back by a panic).
     pub becomes: u64,
     /// Receivers that stopped themselves.
@@ -83,6 +104,8 @@ pub struct Summary {
     pub stale: u64,
     /// Routers closed.
     pub closes: u64,
+    /// Messages reported because a closing router had delivered its drain limit.
+    pub drain_limited: u64,
     /// Driver mistakes the router refused.
     pub misuses: u64,
     /// The most receivers live on one router at once.
@@ -95,12 +118,17 @@ impl AddAssign for Summary {
         self.messages += o.messages;
         self.delivered += o.delivered;
         self.dead_letters += o.dead_letters;
+        self.dead_letters_dropped += o.dead_letters_dropped;
         self.refused += o.refused;
         self.forwarded += o.forwarded;
+        self.remote_cancels += o.remote_cancels;
         self.timers_fired += o.timers_fired;
+        self.timers_never += o.timers_never;
+        self.never_idle += o.never_idle;
         self.activations += o.activations;
         self.deactivations += o.deactivations;
         self.panics += o.panics;
+        self.factory_panics += o.factory_panics;
         self.becomes += o.becomes;
         self.stops += o.stops;
         self.idle_deactivations += o.idle_deactivations;
@@ -108,6 +136,7 @@ impl AddAssign for Summary {
         self.full += o.full;
         self.stale += o.stale;
         self.closes += o.closes;
+        self.drain_limited += o.drain_limited;
         self.misuses += o.misuses;
         self.max_live = self.max_live.max(o.max_live);
     }

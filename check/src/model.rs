@@ -5,14 +5,19 @@
 //! What it assumes beyond the invariants, all documented router behaviour: a mailbox is FIFO; a
 //! `Run` checks out `min(queued, batch_size)` messages; unhandled messages go back to the front;
 //! a job's sends are routed before its timer operations; timers due in one `handle_timeout` fire
-//! in deadline order, ties in scheduling order. One thing it leaves open: when a receiver's idle
-//! deadline and a timer message for it fall due at the same instant, either may come first, and
-//! the model follows the router's choice.
+//! in deadline order, ties in scheduling order; a delay or idle timeout past the end of
+//! representable time means never, and a receiver's own idle timeout is kept in whole
+//! milliseconds, 2^32 - 2 or more meaning never. Closing: the drain limit counts the messages
+//! each run handled, when the run ends (after its sends are routed); on reaching it, every queued
+//! message becomes a `DrainLimit` dead letter, and so does everything routed afterwards, and a
+//! run or deactivation ending afterwards drops whatever it left queued. One thing it leaves open:
+//! when a receiver's idle deadline and a timer message for it fall due at the same instant, either
+//! may come first, and the model follows the router's choice.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use hermes_core::{Addr, Command, Deactivation, Recipient, Stats, TimerId};
+use hermes_core::{Addr, Command, Config, Deactivation, Recipient, Stats, TimerId};
 
 use crate::script::{Event, Id, Seq, is_head};
 use crate::violation::{Checked, broken, ensure};
@@ -37,7 +42,7 @@ pub(crate) struct Inst {
     pub(crate) version: u32,
     /// The `activated` hook has not run yet.
     pub(crate) fresh: bool,
-    /// Its own idle timeout, if it set one.
+    /// Its own idle timeout, if it set one, as the router keeps it ([`NEVER`]: never idle).
     pub(crate) idle: Option<Duration>,
 }
 
@@ -52,10 +57,35 @@ pub(crate) struct SlotM {
     pub(crate) idle_since: Duration,
 }
 
+/// The deadline of a timer that never fires, and the idle deadline of a receiver never
+/// deactivated for idleness: later than any time the world reaches.
+pub(crate) const NEVER: Duration = Duration::MAX;
+
+/// Per-instance idle timeouts are kept in whole milliseconds, and this many or more mean never
+/// (`Context::set_idle_timeout`: about 49.7 days).
+pub(crate) const NEVER_IDLE_MS: u64 = u32::MAX as u64 - 1;
+
+/// The idle timeout a receiver asked for, as the router keeps it.
+pub(crate) fn idle_override(timeout: Duration) -> Duration {
+    match timeout.as_millis() {
+        ms if ms >= u128::from(NEVER_IDLE_MS) => NEVER,
+        ms => Duration::from_millis(ms as u64),
+    }
+}
+
+/// `at + after` from the world's start, or [`NEVER`] past the end of representable time.
+pub(crate) fn deadline(base: Instant, at: Duration, after: Duration) -> Duration {
+    match (base + at).checked_add(after) {
+        Some(_) => at + after,
+        None => NEVER,
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct TimerM {
     pub(crate) id: TimerId,
     pub(crate) to: Id,
+    /// From the world's start; [`NEVER`] for a timer that never fires.
     pub(crate) deadline: Duration,
     pub(crate) seq: Seq,
     order: u64,
@@ -146,6 +176,7 @@ struct Counters {
     activations: u64,
     deactivations: u64,
     dead_letters: u64,
+    dead_letters_dropped: u64,
     panics: u64,
 }
 
@@ -161,8 +192,16 @@ pub(crate) struct MJob {
 
 #[derive(Clone, Debug)]
 pub(crate) enum MWork {
-    Run { batch: Vec<Seq>, fresh: bool },
-    Deactivate(Deactivation),
+    Run {
+        batch: Vec<Seq>,
+        fresh: bool,
+    },
+    /// `unactivated`: the instance's `activated` hook never ran (made after the drain limit;
+    /// see `world::UNACTIVATED_DEACTIVATION`).
+    Deactivate {
+        why: Deactivation,
+        unactivated: bool,
+    },
 }
 
 impl MJob {
@@ -170,7 +209,7 @@ impl MJob {
     pub(crate) fn len(&self) -> usize {
         match &self.work {
             MWork::Run { batch, .. } => batch.len(),
-            MWork::Deactivate(_) => 0,
+            MWork::Deactivate { .. } => 0,
         }
     }
 }
@@ -217,6 +256,9 @@ pub(crate) enum Made {
     Ready(u32),
     Refused,
     Failed,
+    /// The factory panicked inside `Router::handle`, which caught it: a failed activation and a
+    /// panic counted.
+    Panicked,
 }
 
 /// The reference model of one router.
@@ -226,7 +268,13 @@ pub(crate) struct Model {
     idle_timeout: Duration,
     capacity: Option<usize>,
     batch: usize,
+    drain_limit: u64,
+    dead_letter_capacity: usize,
+    /// Dead letters the router holds until the driver polls them.
+    held: usize,
     pub(crate) closing: bool,
+    /// Deliveries left before closing stops draining (counted from close).
+    drain_left: u64,
     pub(crate) slots: Vec<SlotM>,
     /// The highest generation seen per slot index.
     generations: HashMap<u32, u32>,
@@ -237,20 +285,19 @@ pub(crate) struct Model {
 }
 
 impl Model {
-    pub(crate) fn new(
-        number: u32,
-        routers: u32,
-        idle_timeout: Duration,
-        capacity: Option<usize>,
-        batch: usize,
-    ) -> Model {
+    /// The model of router `number` of `routers`, built with `config`.
+    pub(crate) fn new(number: u32, routers: u32, config: &Config) -> Model {
         Model {
             number,
             routers,
-            idle_timeout,
-            capacity,
-            batch,
+            idle_timeout: config.idle_timeout,
+            capacity: config.mailbox_capacity,
+            batch: config.batch_size,
+            drain_limit: config.drain_limit,
+            dead_letter_capacity: config.dead_letter_capacity,
+            held: 0,
             closing: false,
+            drain_left: config.drain_limit,
             slots: Vec::new(),
             generations: HashMap::new(),
             timers: Vec::new(),
@@ -320,9 +367,9 @@ impl Model {
             .unwrap_or(self.idle_timeout)
     }
 
-    /// When an idle receiver is due to be deactivated.
+    /// When an idle receiver is due to be deactivated ([`NEVER`] for never).
     pub(crate) fn idle_deadline(&self, slot: &SlotM) -> Duration {
-        slot.idle_since + self.timeout_of(slot)
+        slot.idle_since.saturating_add(self.timeout_of(slot))
     }
 
     fn command(&mut self, kind: Kind, i: usize) {
@@ -334,9 +381,21 @@ impl Model {
         });
     }
 
+    /// A dead letter: held for the driver, or past the capacity dropped (only counted); it is
+    /// expected either way, and the world tells which from the count.
     fn dead(&mut self, to: Recipient<Id>, seq: Seq, reason: Reason) {
         self.counters.dead_letters += 1;
+        if self.held >= self.dead_letter_capacity {
+            self.counters.dead_letters_dropped += 1;
+        } else {
+            self.held += 1;
+        }
         self.expect.dead.push(EDead { to, seq, reason });
+    }
+
+    /// The driver polled every dead letter the router held.
+    pub(crate) fn polled_dead_letters(&mut self) {
+        self.held = 0;
     }
 
     // ---- routing ------------------------------------------------------------------------------
@@ -400,8 +459,12 @@ impl Model {
         self.expect.outbound.push((to, seq));
     }
 
-    /// Routes a message from a receiver, timer or other router: a refusal is a dead letter.
+    /// Routes a message from a receiver, timer or other router: a refusal is a dead letter, and
+    /// so is everything once closing stopped draining.
     pub(crate) fn route_inside(&mut self, to: Recipient<Id>, seq: Seq) {
+        if self.drained() {
+            return self.dead(to, seq, Reason::DrainLimit);
+        }
         if let Err(r) = self.route(to.clone(), seq, false) {
             self.dead(to, seq, r.into());
         }
@@ -491,9 +554,45 @@ impl Model {
     }
 
     fn fail_activation(&mut self, i: usize, reason: Reason) {
-        let slot = self.slots.remove(i);
-        for seq in slot.mailbox {
-            self.dead(Recipient::Id(slot.id), seq, reason);
+        self.fail_mailbox(i, reason);
+        self.slots.remove(i);
+    }
+
+    /// Reports every message queued for slot `i` as a dead letter, in order.
+    fn fail_mailbox(&mut self, i: usize, reason: Reason) {
+        let id = self.slots[i].id;
+        for seq in std::mem::take(&mut self.slots[i].mailbox) {
+            self.dead(Recipient::Id(id), seq, reason);
+        }
+    }
+
+    // ---- the drain limit ----------------------------------------------------------------------
+
+    /// Closing has delivered its drain limit: nothing is queued or routed any more.
+    pub(crate) fn drained(&self) -> bool {
+        self.closing && self.drain_left == 0
+    }
+
+    /// Counts the deliveries of a run that ended while closing; on reaching the limit, stops
+    /// draining.
+    fn count_drained(&mut self, handled: usize) {
+        if self.drain_left == 0 {
+            return;
+        }
+        self.drain_left = self.drain_left.saturating_sub(handled as u64);
+        if self.drain_left == 0 {
+            self.stop_draining();
+        }
+    }
+
+    /// Every message still queued anywhere becomes a dead letter, receiver by receiver in the
+    /// router's slot order (the order of their handles' indices; a slot made in this very call
+    /// has none yet, and comes last).
+    fn stop_draining(&mut self) {
+        let mut order: Vec<usize> = (0..self.slots.len()).collect();
+        order.sort_by_key(|&i| self.slots[i].addr.map_or(u32::MAX, |a| a.index()));
+        for i in order {
+            self.fail_mailbox(i, Reason::DrainLimit);
         }
     }
 
@@ -521,6 +620,10 @@ impl Model {
             }
             Made::Refused => self.fail_activation(i, Reason::NoReceiver),
             Made::Failed => self.fail_activation(i, Reason::FactoryFailed),
+            Made::Panicked => {
+                self.counters.panics += 1;
+                self.fail_activation(i, Reason::FactoryFailed);
+            }
         }
         Ok(())
     }
@@ -555,7 +658,10 @@ impl Model {
             }
             MState::Deactivating { why, .. } => {
                 slot.state = MState::Deactivating { why, out: true };
-                MWork::Deactivate(why)
+                MWork::Deactivate {
+                    why,
+                    unactivated: inst.fresh,
+                }
             }
             _ => return Err(()),
         };
@@ -588,11 +694,18 @@ impl Model {
                 self.counters.delivered += out.delivered.len() as u64;
                 if let Some(inst) = slot.inst.as_mut() {
                     inst.version = out.version;
-                    if out.idle.is_some() {
-                        inst.idle = out.idle;
+                    if let Some(timeout) = out.idle {
+                        inst.idle = Some(idle_override(timeout));
                     }
                 }
                 self.apply(out);
+                if self.closing && !out.delivered.is_empty() {
+                    self.count_drained(out.delivered.len());
+                }
+                // Past the limit, what the job left unhandled and sent itself is dropped too.
+                if self.drained() {
+                    self.fail_mailbox(i, Reason::DrainLimit);
+                }
                 match out.end {
                     End::ActivationPanicked => {
                         self.counters.panics += 1;
@@ -615,12 +728,15 @@ impl Model {
                     }
                 }
             }
-            MWork::Deactivate(_) => {
+            MWork::Deactivate { .. } => {
                 if !matches!(self.slots[i].state, MState::Deactivating { out: true, .. }) {
                     return Err(());
                 }
                 self.apply(out);
                 self.counters.deactivations += 1;
+                if self.drained() {
+                    self.fail_mailbox(i, Reason::DrainLimit);
+                }
                 let slot = &mut self.slots[i];
                 slot.inst = None;
                 if slot.mailbox.is_empty() {
@@ -670,10 +786,14 @@ impl Model {
             return;
         }
         self.closing = true;
+        self.drain_left = self.drain_limit;
         let mut timers = std::mem::take(&mut self.timers);
         timers.sort_by_key(|t| (t.deadline, t.order));
         for t in timers {
             self.dead(Recipient::Id(t.to), t.seq, Reason::Closed);
+        }
+        if self.drained() {
+            self.stop_draining();
         }
         for i in 0..self.slots.len() {
             if self.slots[i].state == MState::Idle {
@@ -687,10 +807,19 @@ impl Model {
     }
 
     /// Receivers with messages queued or in hand: the most that may hold resources.
+    ///
+    /// Once closing stopped draining, a receiver whose `Run` was already out keeps it, with an
+    /// empty mailbox, until the driver handles it (the router cannot take a command back): it
+    /// then finds nothing to do and is deactivated. Those count too.
     pub(crate) fn with_work(&self) -> usize {
+        let drained = self.drained();
         self.slots
             .iter()
-            .filter(|s| !s.mailbox.is_empty() || s.state == MState::Running)
+            .filter(|s| {
+                !s.mailbox.is_empty()
+                    || s.state == MState::Running
+                    || drained && s.state == MState::Scheduled
+            })
             .count()
     }
 
@@ -704,6 +833,7 @@ impl Model {
         s.activations = self.counters.activations;
         s.deactivations = self.counters.deactivations;
         s.dead_letters = self.counters.dead_letters;
+        s.dead_letters_dropped = self.counters.dead_letters_dropped;
         s.panics = self.counters.panics;
         s.timers_pending = self.timers.len();
         for slot in &self.slots {
@@ -746,10 +876,14 @@ impl Model {
             .iter()
             .map(|t| format!("#{}->{:?}@{:?}", t.seq, t.to, t.deadline))
             .collect();
+        let closing = match (self.closing, self.drain_left) {
+            (false, _) => String::new(),
+            (true, 0) => " (closing, drain limit reached)".to_string(),
+            (true, left) => format!(" (closing, {left} deliveries to the drain limit)"),
+        };
         format!(
-            "router {}{} (idle timeout {:?}, capacity {:?}, batch {}): [{}], timers [{}]",
+            "router {}{closing} (idle timeout {:?}, capacity {:?}, batch {}): [{}], timers [{}]",
             self.number,
-            if self.closing { " (closing)" } else { "" },
             self.idle_timeout,
             self.capacity,
             self.batch,
@@ -869,7 +1003,7 @@ pub(crate) fn interpret(job: &MJob, events: &[Event], base: Instant) -> Checked<
                 }
             }
         }
-        MWork::Deactivate(expected) => {
+        MWork::Deactivate { why: expected, .. } => {
             out.end = End::Deactivated;
             let Some((head, effects)) = segments.next() else {
                 broken!(
@@ -960,7 +1094,7 @@ fn commit(out: &mut Outcome, effects: &[Event], base: Instant) {
             } => out.timers.push(TimerOpM::Schedule {
                 id: *timer,
                 to: *to,
-                deadline: deadline.saturating_duration_since(base),
+                deadline: deadline.map_or(NEVER, |at| at.saturating_duration_since(base)),
                 seq: *seq,
             }),
             Event::Cancelled { timer } => out.timers.push(TimerOpM::Cancel(*timer)),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 
+use crate::model::NEVER_IDLE_MS;
 use crate::script::{IDS, Id};
 
 /// Most operations one plan performs (the fuzzer's inputs stay small anyway).
@@ -23,6 +24,15 @@ pub struct Plan {
     pub(crate) idle_timeout: Duration,
     pub(crate) mailbox_capacity: Option<usize>,
     pub(crate) batch_size: usize,
+    /// `Config::drain_limit`, if not the default: relays on a closing router then go on until
+    /// the limit stops them.
+    pub(crate) drain_limit: Option<u64>,
+    /// The final close comes while work is still queued, running and in transit (otherwise
+    /// after everything settled).
+    pub(crate) close_busy: bool,
+    /// `Config::dead_letter_capacity`, if not the default: the driver then polls dead letters
+    /// only now and then (on `handle_timeout`), and the overflow is dropped and counted.
+    pub(crate) dead_letter_capacity: Option<usize>,
     /// Outside timers are numbered by the world and scheduled with `Router::schedule_as` (as the
     /// executors do), not numbered by the router with `Router::schedule`.
     pub(crate) numbered_timers: bool,
@@ -72,12 +82,30 @@ impl Plan {
         self
     }
 
+    /// The same operations with every router's drain limit set to `limit` (`None`: the
+    /// default): a small one stops closing routers draining early, and lets relays run on until
+    /// it does.
+    pub fn with_drain_limit(mut self, limit: Option<u64>) -> Plan {
+        self.drain_limit = limit;
+        self
+    }
+
+    /// The same operations, with the final close coming while work is still queued and out
+    /// (`true`), or after everything settled (`false`).
+    pub fn with_close_busy(mut self, busy: bool) -> Plan {
+        self.close_busy = busy;
+        self
+    }
+
     fn empty() -> Plan {
         Plan {
             two_routers: false,
             idle_timeout: Duration::from_secs(300),
             mailbox_capacity: None,
             batch_size: 64,
+            drain_limit: None,
+            close_busy: false,
+            dead_letter_capacity: None,
             numbered_timers: false,
             scripts: Vec::new(),
             ops: Vec::new(),
@@ -87,12 +115,14 @@ impl Plan {
     fn decode(u: &mut Unstructured<'_>) -> Result<Plan> {
         let two_routers = u.ratio(1, 3)?;
         // Short timeouts make idle deadlines meet timer deadlines and small clock moves.
-        let idle_timeout = match u.int_in_range(0..=4u8)? {
+        // `Duration::MAX`: never deactivated for idleness.
+        let idle_timeout = match u.int_in_range(0..=5u8)? {
             0 => Duration::ZERO,
             1 => Duration::from_millis(4),
             2 => Duration::from_millis(40),
             3 => Duration::from_secs(1),
-            _ => Duration::from_secs(300),
+            4 => Duration::from_secs(300),
+            _ => Duration::MAX,
         };
         let mailbox_capacity = match u.int_in_range(0..=7u8)? {
             0..=3 => None,
@@ -106,6 +136,21 @@ impl Plan {
             1 => 2,
             2 => 3,
             _ => 64,
+        };
+        let drain_limit = match u.int_in_range(0..=9u8)? {
+            0 => Some(0),
+            1 => Some(1),
+            2 => Some(2),
+            3 => Some(5),
+            4 => Some(20),
+            _ => None,
+        };
+        let close_busy = u.ratio(1, 2)?;
+        let dead_letter_capacity = match u.int_in_range(0..=15u8)? {
+            0 => Some(0),
+            1 => Some(1),
+            2 => Some(3),
+            _ => None,
         };
         let numbered_timers = u.ratio(1, 3)?;
         let n = u.int_in_range(1..=MAX_SCRIPTS)?;
@@ -127,6 +172,9 @@ impl Plan {
             idle_timeout,
             mailbox_capacity,
             batch_size,
+            drain_limit,
+            close_busy,
+            dead_letter_capacity,
             numbered_timers,
             scripts,
             ops,
@@ -161,6 +209,12 @@ pub(crate) enum Instr {
         to: Target,
         script: u8,
     },
+    /// Sends the message's own script on to `to`: a message that keeps itself going, from
+    /// receiver to receiver or to the same one. Like any send it spends the budget, except on a
+    /// router closing under a drain limit: there it goes on until the limit stops it.
+    Relay {
+        to: Target,
+    },
     /// Schedules a message to `to` (itself if `None`).
     Schedule {
         to: Option<Id>,
@@ -183,13 +237,16 @@ impl<'a> Arbitrary<'a> for Instr {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let kind: u8 = u.arbitrary()?;
         Ok(match kind {
-            0..=99 => Instr::Send {
+            0..=84 => Instr::Send {
                 to: Target::from_byte(u.arbitrary()?),
                 script: u.arbitrary()?,
             },
+            85..=99 => Instr::Relay {
+                to: Target::from_byte(u.arbitrary()?),
+            },
             100..=149 => Instr::Schedule {
                 to: id_or_self(u.arbitrary()?),
-                after: delay(u.arbitrary()?),
+                after: timeout(u.arbitrary()?),
                 script: u.arbitrary()?,
             },
             150..=174 => Instr::Cancel {
@@ -199,7 +256,7 @@ impl<'a> Arbitrary<'a> for Instr {
             200..=219 => Instr::Stop,
             220..=234 => Instr::Panic,
             _ => Instr::IdleTimeout {
-                after: delay(u.arbitrary()?),
+                after: timeout(u.arbitrary()?),
             },
         })
     }
@@ -214,6 +271,21 @@ pub(crate) fn delay(b: u8) -> Duration {
     match b {
         0..=199 => Duration::from_millis(u64::from(b)),
         _ => Duration::from_secs(u64::from(b - 199) * 7),
+    }
+}
+
+/// A timer's delay or an idle timeout from one byte: mostly a [`delay`], and now and then one
+/// at the edges of time: `Duration::MAX` (past the end of representable time: never), or just
+/// below, at and above the longest idle timeout a receiver can set (2^32 - 2 milliseconds,
+/// about 49.7 days; as a timer's delay those are far off but due).
+pub(crate) fn timeout(b: u8) -> Duration {
+    match b {
+        0..=249 => delay(b),
+        250 | 251 => Duration::MAX,
+        252 => Duration::from_millis(NEVER_IDLE_MS - 1),
+        253 => Duration::from_millis(NEVER_IDLE_MS),
+        254 => Duration::from_secs(49 * 24 * 3600),
+        _ => Duration::from_secs(60 * 24 * 3600),
     }
 }
 
@@ -284,7 +356,7 @@ impl<'a> Arbitrary<'a> for Op {
             60..=71 => Op::Schedule {
                 router: a,
                 to: id,
-                after: delay(u.arbitrary()?),
+                after: timeout(u.arbitrary()?),
                 script: a / 2,
             },
             72..=76 => Op::Cancel {

@@ -59,19 +59,12 @@ pub struct Msg {
 /// The unique number every message gets when it is created.
 pub(crate) type Seq = u64;
 
-/// Whether plans make the factory panic, for an ID it would otherwise make a receiver for.
-///
-/// Off until `Router::handle` catches a panicking factory itself and reports the queued messages
-/// as `FactoryFailed` dead letters (as the executors do today); then switch it on. The model
-/// expects exactly that, without counting the panic in `Stats::panics`. Checked-out activations
-/// call the factory in the world, which catches the panic as an executor does.
-pub(crate) const FACTORY_PANICS: bool = false;
-
 /// How an activation goes and how the instance's lifecycle hooks behave; chosen when the factory
 /// is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Hooks {
-    /// The factory panics instead of making an instance (only if [`FACTORY_PANICS`]).
+    /// The factory panics instead of making an instance. `Router::handle` catches it and fails
+    /// the activation (counting the panic); a driver that calls the factory itself catches it.
     pub(crate) factory_panics: bool,
     /// The `activated` hook panics (the activation fails).
     pub(crate) activation_panics: bool,
@@ -85,7 +78,7 @@ impl Hooks {
     /// Hooks from one byte of input; most bytes give plain hooks.
     pub(crate) fn from_luck(luck: u8) -> Hooks {
         Hooks {
-            factory_panics: FACTORY_PANICS && luck % 13 == 12,
+            factory_panics: luck % 13 == 12,
             activation_panics: luck < 10,
             farewell: (luck % 5 == 1).then(|| (Target::from_byte(luck / 5), luck / 3)),
             deactivation_panics: luck % 16 == 15,
@@ -114,7 +107,8 @@ pub(crate) enum Event {
     Scheduled {
         timer: TimerId,
         to: Id,
-        deadline: Instant,
+        /// `None`: past the end of representable time, never.
+        deadline: Option<Instant>,
         seq: Seq,
     },
     Cancelled {
@@ -152,6 +146,9 @@ pub(crate) struct Journal {
     pub(crate) next_seq: Seq,
     /// Sends and timers receivers may still create; bounds every run.
     pub(crate) budget: u32,
+    /// Per router: relays there are free of the budget (it is closing under a drain limit,
+    /// which is what must end them).
+    pub(crate) endless: Vec<bool>,
     pub(crate) events: Vec<Event>,
     /// Every handle seen so far, live or stale.
     pub(crate) handles: Vec<Addr>,
@@ -165,8 +162,11 @@ impl Journal {
         self.next_seq
     }
 
-    /// Takes one unit of the budget; false when it is spent.
-    fn spend(&mut self) -> bool {
+    /// Takes one unit of the budget, unless the send is `free`; false when it is spent.
+    fn spend(&mut self, free: bool) -> bool {
+        if free {
+            return true;
+        }
         if self.budget == 0 {
             return false;
         }
@@ -192,12 +192,13 @@ fn pick<T: Copy>(items: &[T], k: u8) -> Option<T> {
 }
 
 impl Shared {
-    pub(crate) fn new(scripts: Vec<Vec<Instr>>, budget: u32) -> Arc<Shared> {
+    pub(crate) fn new(scripts: Vec<Vec<Instr>>, budget: u32, routers: usize) -> Arc<Shared> {
         Arc::new(Shared {
             scripts,
             journal: Mutex::new(Journal {
                 next_seq: 0,
                 budget,
+                endless: vec![false; routers],
                 events: Vec::new(),
                 handles: Vec::new(),
                 timers: Vec::new(),
@@ -254,7 +255,8 @@ impl fmt::Display for FactoryFailure {
 
 impl std::error::Error for FactoryFailure {}
 
-/// The error an executor reports for a factory that panicked: the panic's message.
+/// The error a driver that calls the factory itself reports when it panicked: the panic's
+/// message.
 #[derive(Debug)]
 pub(crate) struct FactoryPanicked(pub(crate) std::sync::Arc<str>);
 
@@ -292,13 +294,16 @@ impl Scripted {
         }
     }
 
-    fn send(&self, ctx: &mut Context<'_, Id, Msg>, target: Target, script: u8) {
+    /// Sends a message naming `script` to `target`; `free` of the budget if `relay` and the
+    /// receiver's router is [endless](Journal::endless).
+    fn send(&self, ctx: &mut Context<'_, Id, Msg>, target: Target, script: u8, relay: bool) {
         let Some(to) = self.resolve(ctx, target) else {
             return;
         };
         let seq = {
             let mut j = self.shared.journal();
-            if !j.spend() {
+            let free = relay && j.endless[ctx.addr().router() as usize];
+            if !j.spend(free) {
                 return;
             }
             let seq = j.next_seq();
@@ -315,19 +320,21 @@ impl Scripted {
         }
     }
 
-    fn run(&mut self, ctx: &mut Context<'_, Id, Msg>, instr: Instr) {
+    /// Carries out one instruction of `script`, the script of the message being handled.
+    fn run(&mut self, ctx: &mut Context<'_, Id, Msg>, instr: Instr, script: u8) {
         match instr {
-            Instr::Send { to, script } => self.send(ctx, to, script),
+            Instr::Send { to, script } => self.send(ctx, to, script, false),
+            Instr::Relay { to } => self.send(ctx, to, script, true),
             Instr::Schedule { to, after, script } => {
                 let to = to.unwrap_or(*ctx.id());
                 let mut j = self.shared.journal();
-                if !j.spend() {
+                if !j.spend(false) {
                     return;
                 }
                 let seq = j.next_seq();
                 let timer = ctx.schedule_to(to, after, Msg { seq, script });
                 j.timers.push(timer);
-                let deadline = ctx.now() + after;
+                let deadline = ctx.now().checked_add(after);
                 j.events.push(Event::Scheduled {
                     timer,
                     to,
@@ -383,7 +390,7 @@ impl Receiver<Id, Msg> for Scripted {
         });
         let shared = self.shared.clone();
         for &instr in shared.script(msg.script) {
-            self.run(ctx, instr);
+            self.run(ctx, instr, msg.script);
         }
     }
 
@@ -395,7 +402,7 @@ impl Receiver<Id, Msg> for Scripted {
             why,
         });
         if let Some((to, script)) = self.hooks.farewell {
-            self.send(ctx, to, script);
+            self.send(ctx, to, script, false);
         }
         if self.hooks.deactivation_panics {
             self.panic();

@@ -12,7 +12,9 @@ use hermes_core::{
     panic_message,
 };
 
-use crate::model::{self, ECmd, End, Kind, MJob, MState, Made, Model, Outcome, Reason, Refusal};
+use crate::model::{
+    self, ECmd, End, Kind, MJob, MState, MWork, Made, Model, Outcome, Reason, Refusal,
+};
 use crate::plan::{Mode, Op, Plan};
 use crate::script::{self, Event, FactoryPanicked, Hooks, Id, IdClass, Msg, Seq, Shared, is_head};
 use crate::violation::{Broken, Checked, Invariant, broken, ensure};
@@ -27,6 +29,15 @@ pub(crate) const PLAIN_LUCK: u8 = 200;
 /// The number of the first outside timer the world numbers itself: just below 2^32, so the
 /// numbers soon cross into the bits a timer ID keeps apart from the low 32.
 const FIRST_NUMBERED_TIMER: u64 = (1 << 32) - 3;
+
+/// Tolerates an open router bug (check/tests/regressions.rs,
+/// `an_instance_made_after_the_drain_limit_is_not_deactivated_unactivated`): an instance the
+/// factory makes after a closing router stopped draining finds an empty mailbox and is
+/// deactivated at once, without its `activated` hook. The model predicts exactly that; while this
+/// is true, the world accepts such a deactivation (and only one the model predicts) instead of
+/// reporting invariant 4. Set it to false when the router is fixed, and update
+/// `Model::activate`.
+const UNACTIVATED_DEACTIVATION: bool = true;
 
 /// Who sent a message, for the per-sender order check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,12 +57,15 @@ enum Status {
     Void,
     /// A timer's message whose timer was cancelled.
     Cancelled,
+    /// A dead letter the router dropped, counted, because nobody polled the ones before it.
+    Dropped,
 }
 
 /// Every message the world created, and what became of it.
 struct Entry {
     sender: Sender,
     to: Recipient<Id>,
+    /// A timer's message: its deadline ([`model::NEVER`]: never due).
     deadline: Option<Duration>,
     status: Status,
 }
@@ -60,6 +74,8 @@ struct Entry {
 struct InstRec {
     id: Id,
     activated: bool,
+    /// Deactivated without being activated, as tolerated by [`UNACTIVATED_DEACTIVATION`].
+    unactivated: bool,
     activation_panicked: bool,
     deactivations: u32,
 }
@@ -80,7 +96,8 @@ struct InFlight {
 /// What one router call produced.
 struct Output {
     commands: Vec<Command>,
-    dead: Vec<DeadLetter<Id, Msg>>,
+    /// `None`: dead letters were not polled this time.
+    dead: Option<Vec<DeadLetter<Id, Msg>>>,
     outbound: Vec<(Recipient<Id>, Msg)>,
     /// Cancellations of timers held by another router.
     cancels: Vec<(Location, TimerId)>,
@@ -112,6 +129,17 @@ pub(crate) struct World {
     busy: HashSet<(usize, Id)>,
     /// Outside timers are numbered here and scheduled with `Router::schedule_as`.
     numbered_timers: bool,
+    /// Relays on a closing router are free of the budget: only the (small) drain limit ends
+    /// them.
+    endless_relays: bool,
+    /// The final close comes before the final drain.
+    close_busy: bool,
+    /// Dead letters are polled only on `handle_timeout` (and at the end), not after every call.
+    lazy_dead_letters: bool,
+    /// Per router, the dead letters expected since the last poll (lazy polling).
+    unpolled: Vec<Vec<model::EDead>>,
+    /// Per router, `Stats::dead_letters_dropped` at the last poll.
+    dropped_seen: Vec<u64>,
     /// The next number of an outside timer, per router, when the world numbers them.
     outside_timers: Vec<u64>,
     pub(crate) summary: Summary,
@@ -126,6 +154,12 @@ impl World {
         if let Some(cap) = plan.mailbox_capacity {
             config = config.mailbox_capacity(cap);
         }
+        if let Some(limit) = plan.drain_limit {
+            config = config.drain_limit(limit);
+        }
+        if let Some(capacity) = plan.dead_letter_capacity {
+            config = config.dead_letter_capacity(capacity);
+        }
         let mut routers = Vec::new();
         let mut models = Vec::new();
         for number in 0..n {
@@ -139,18 +173,12 @@ impl World {
                 tweak(&mut router);
             }
             routers.push(router);
-            models.push(Model::new(
-                number,
-                n,
-                plan.idle_timeout,
-                plan.mailbox_capacity,
-                plan.batch_size,
-            ));
+            models.push(Model::new(number, n, &config));
         }
         World {
             routers,
             models,
-            shared: Shared::new(plan.scripts.clone(), BUDGET),
+            shared: Shared::new(plan.scripts.clone(), BUDGET, n as usize),
             base: Instant::now(),
             now: Duration::ZERO,
             pending: Vec::new(),
@@ -162,6 +190,11 @@ impl World {
             next_inst: 0,
             busy: HashSet::new(),
             numbered_timers: plan.numbered_timers,
+            endless_relays: plan.drain_limit.is_some(),
+            close_busy: plan.close_busy,
+            lazy_dead_letters: plan.dead_letter_capacity.is_some(),
+            unpolled: (0..n).map(|_| Vec::new()).collect(),
+            dropped_seen: vec![0; n as usize],
             outside_timers: vec![FIRST_NUMBERED_TIMER; n as usize],
             summary: Summary::default(),
         }
@@ -285,6 +318,7 @@ impl World {
     fn accept(&mut self, seq: Seq, sender: Sender, to: Recipient<Id>, deadline: Option<Duration>) {
         self.summary.messages += 1;
         self.summary.by_handle += u64::from(matches!(to, Recipient::Addr(_)));
+        self.summary.timers_never += u64::from(deadline == Some(model::NEVER));
         self.ledger.insert(
             seq,
             Entry {
@@ -345,8 +379,9 @@ impl World {
 
     fn schedule_outside(&mut self, r: usize, to: Id, after: Duration, script: u8) -> Checked {
         let seq = self.new_seq();
-        let deadline = self.now + after;
-        let at = self.base + deadline;
+        let deadline = model::deadline(self.base, self.now, after);
+        // `None` (a delay past the end of representable time): a timer that never fires.
+        let at = self.at().checked_add(after);
         let msg = Msg { seq, script };
         let got = if self.numbered_timers {
             let id = TimerId::outside(r as u32, self.outside_timers[r]);
@@ -400,7 +435,13 @@ impl World {
                 let made = match id.class() {
                     IdClass::Refused => Made::Refused,
                     IdClass::Failing => Made::Failed,
-                    IdClass::Normal if hooks.factory_panics => Made::Failed,
+                    // Inside `Router::handle` the router catches the panic and counts it; a
+                    // driver that calls the factory itself (below) catches it, as an executor
+                    // running factories elsewhere would, and reports a plain failure.
+                    IdClass::Normal if hooks.factory_panics => match mode {
+                        Mode::Inline => Made::Panicked,
+                        Mode::CheckOut => Made::Failed,
+                    },
                     IdClass::Normal => {
                         self.next_inst += 1;
                         self.instances.insert(
@@ -408,6 +449,7 @@ impl World {
                             InstRec {
                                 id,
                                 activated: false,
+                                unactivated: false,
                                 activation_panicked: false,
                                 deactivations: 0,
                             },
@@ -444,6 +486,8 @@ impl World {
                     "the model cannot complete {command:?}"
                 );
                 self.summary.activations += u64::from(matches!(made, Made::Ready(_)));
+                self.summary.factory_panics +=
+                    u64::from(hooks.factory_panics && id.class() == IdClass::Normal);
                 self.observe(r)
             }
             Command::Run(_) | Command::Deactivate(_) => {
@@ -483,8 +527,10 @@ impl World {
                             OneAtATime,
                             "{id:?} was checked out a second time while a job of it was out"
                         );
+                        // Past the drain limit, a `Run` already out finds an empty mailbox.
                         ensure!(
-                            job.is_empty() == matches!(command, Command::Deactivate(_)),
+                            job.is_empty() == matches!(command, Command::Deactivate(_))
+                                || self.models[r].drained(),
                             Resources,
                             "{command:?} checked out a job of {} messages: work for a receiver \
                              with nothing to do",
@@ -576,13 +622,22 @@ impl World {
                     let Some(rec) = self.instances.get_mut(&inst) else {
                         broken!(Model, "the deactivated hook ran on unknown instance {inst}");
                     };
+                    let tolerated = UNACTIVATED_DEACTIVATION
+                        && matches!(
+                            job.work,
+                            MWork::Deactivate {
+                                unactivated: true,
+                                ..
+                            }
+                        );
                     ensure!(
-                        rec.activated,
+                        rec.activated || tolerated,
                         Deactivation,
                         "instance {inst} of {:?} was deactivated ({why:?}) before its activated \
                          hook ran",
                         rec.id
                     );
+                    rec.unactivated = !rec.activated;
                     ensure!(
                         rec.deactivations == 0,
                         Deactivation,
@@ -617,6 +672,11 @@ impl World {
         }
         self.summary.becomes += u64::from(outcome.version - job.version);
         self.summary.stops += u64::from(outcome.end == End::Stopped);
+        self.summary.never_idle += u64::from(
+            outcome
+                .idle
+                .is_some_and(|d| model::idle_override(d) == model::NEVER),
+        );
         Ok(outcome)
     }
 
@@ -737,6 +797,7 @@ impl World {
                      was {}pending",
                     if expected { "" } else { "not " }
                 );
+                self.summary.remote_cancels += u64::from(got);
                 return self.observe(d);
             }
         };
@@ -758,7 +819,7 @@ impl World {
     fn tick(&mut self, r: usize) -> Checked {
         let now = self.at();
         self.routers[r].handle_timeout(now);
-        let output = self.drain(r);
+        let output = self.drain(r, true);
         let deactivated: HashSet<Addr> = output
             .commands
             .iter()
@@ -771,6 +832,9 @@ impl World {
     }
 
     fn close(&mut self, r: usize) -> Checked {
+        if self.endless_relays {
+            self.shared.journal().endless[r] = true;
+        }
         self.routers[r].close();
         self.models[r].close();
         ensure!(
@@ -862,11 +926,14 @@ impl World {
 
     // ---- checks after every router call -------------------------------------------------------
 
-    fn drain(&mut self, r: usize) -> Output {
+    /// Takes router `r`'s outputs; its dead letters only if `dead` or the world polls them after
+    /// every call.
+    fn drain(&mut self, r: usize, dead: bool) -> Output {
         let router = &mut self.routers[r];
+        let poll = dead || !self.lazy_dead_letters;
         let mut output = Output {
             commands: std::iter::from_fn(|| router.poll_command()).collect(),
-            dead: std::iter::from_fn(|| router.poll_dead_letter()).collect(),
+            dead: poll.then(|| std::iter::from_fn(|| router.poll_dead_letter()).collect()),
             outbound: Vec::new(),
             cancels: Vec::new(),
         };
@@ -882,7 +949,7 @@ impl World {
 
     /// Collects what router `r` output and compares it with its model.
     fn observe(&mut self, r: usize) -> Checked {
-        let output = self.drain(r);
+        let output = self.drain(r, false);
         self.compare(r, output)
     }
 
@@ -903,7 +970,19 @@ impl World {
                 e.status = Status::Cancelled;
             }
         }
-        self.compare_dead(r, output.dead, expect.dead, &stats, &model_stats)?;
+        let mut expected_dead = std::mem::take(&mut self.unpolled[r]);
+        expected_dead.extend(expect.dead);
+        match output.dead {
+            Some(dead) => {
+                self.models[r].polled_dead_letters();
+                let dropped = stats
+                    .dead_letters_dropped
+                    .saturating_sub(self.dropped_seen[r]);
+                self.dropped_seen[r] = stats.dead_letters_dropped;
+                self.compare_dead(r, dead, expected_dead, dropped, &stats, &model_stats)?;
+            }
+            None => self.unpolled[r] = expected_dead,
+        }
         self.compare_outbound(r, output.outbound, expect.outbound)?;
         self.compare_cancels(r, output.cancels, expect.outbound_cancels)?;
         for (field, got, want) in [
@@ -963,11 +1042,14 @@ impl World {
         Ok(())
     }
 
+    /// Dead letters polled from router `r` against those expected since the last poll, of which
+    /// `dropped` were dropped for want of room (the ones not polled).
     fn compare_dead(
         &mut self,
         r: usize,
         dead: Vec<DeadLetter<Id, Msg>>,
         mut expected: Vec<model::EDead>,
+        dropped: u64,
         stats: &Stats,
         model_stats: &Stats,
     ) -> Checked {
@@ -1007,20 +1089,23 @@ impl World {
                     ),
                 });
             }
-            let Some(entry) = self.ledger.get_mut(&e.seq) else {
-                broken!(ExactlyOnce, "dead letter #{} was never accepted", e.seq);
-            };
-            ensure!(
-                entry.status == Status::Pending,
-                ExactlyOnce,
-                "#{} became a dead letter after it was {:?}",
-                e.seq,
-                entry.status
-            );
-            entry.status = Status::Dead;
+            self.dead_letter(e.seq, Status::Dead)?;
             self.summary.dead_letters += 1;
             self.count_refusal(reason);
         }
+        if expected.len() as u64 == dropped {
+            for e in expected {
+                self.dead_letter(e.seq, Status::Dropped)?;
+                self.summary.dead_letters_dropped += 1;
+            }
+            return Ok(());
+        }
+        ensure!(
+            (expected.len() as u64) > dropped,
+            ExactlyOnce,
+            "router {r} dropped {dropped} dead letters; only {} went unreported",
+            expected.len()
+        );
         if let Some(e) = expected.first() {
             let accepted = stats.messages_routed + stats.messages_forwarded;
             let should = model_stats.messages_routed + model_stats.messages_forwarded;
@@ -1046,11 +1131,28 @@ impl World {
         Ok(())
     }
 
+    /// The ledger's side of a dead letter, reported (`Dead`) or dropped unpolled (`Dropped`):
+    /// exactly once.
+    fn dead_letter(&mut self, seq: Seq, status: Status) -> Checked {
+        let Some(entry) = self.ledger.get_mut(&seq) else {
+            broken!(ExactlyOnce, "dead letter #{seq} was never accepted");
+        };
+        ensure!(
+            entry.status == Status::Pending,
+            ExactlyOnce,
+            "#{seq} became a dead letter ({status:?}) after it was {:?}",
+            entry.status
+        );
+        entry.status = status;
+        Ok(())
+    }
+
     /// Counts a message refused or reported for a reason the summary shows.
     fn count_refusal(&mut self, reason: Reason) {
         match reason {
             Reason::Full => self.summary.full += 1,
             Reason::Stale => self.summary.stale += 1,
+            Reason::DrainLimit => self.summary.drain_limited += 1,
             _ => {}
         }
     }
@@ -1198,13 +1300,20 @@ impl World {
         )
     }
 
-    /// Drains, closes every router, drains again, and checks the close rules and the ledger.
+    /// Drains (unless the plan closes busy), closes every router, drains again, and checks the
+    /// close rules and the ledger.
     pub(crate) fn finish(&mut self) -> Checked {
-        self.settle()?;
+        if !self.close_busy {
+            self.settle()?;
+        }
         for r in 0..self.routers.len() {
             self.close(r)?;
         }
         self.settle()?;
+        for r in 0..self.routers.len() {
+            let output = self.drain(r, true);
+            self.compare(r, output)?;
+        }
         for (r, router) in self.routers.iter().enumerate() {
             ensure!(
                 router.is_closed(),
@@ -1233,7 +1342,7 @@ impl World {
                 );
             } else {
                 ensure!(
-                    rec.activated && rec.deactivations == 1,
+                    (rec.activated || rec.unactivated) && rec.deactivations == 1,
                     Close,
                     "after close, instance {n} of {:?} was activated: {}, deactivated {} times",
                     rec.id,

@@ -86,25 +86,50 @@ fn short_idle_timeouts_keep_every_invariant() {
     }
 }
 
+/// Seeds checked by default for each small drain limit.
+const DRAIN_SEEDS: u64 = 60;
+
+/// Small drain limits, with the final close coming while work is queued, running and in
+/// transit: closing routers stop draining early, and relays that would keep receivers messaging
+/// each other forever end there. Closing must still finish, and every message still be accounted
+/// for.
+#[test]
+fn small_drain_limits_keep_every_invariant() {
+    for limit in [0, 1, 2, 5, 20] {
+        let total = check_seeds("small_drain_limits", DRAIN_SEEDS, |plan| {
+            plan.with_drain_limit(Some(limit)).with_close_busy(true)
+        });
+        if let Some(t) = total {
+            assert!(t.drain_limited > 0, "limit {limit} never reached: {t:#?}");
+        }
+    }
+}
+
 /// The plans reach every feature the checker is about; a generator that stopped producing some
 /// operation would otherwise make the test pass vacuously.
 fn assert_exercises_everything(t: &Summary) {
     let reached = [
         ("deliveries", t.delivered),
         ("dead letters", t.dead_letters),
+        ("dead letters dropped unpolled", t.dead_letters_dropped),
         ("refused sends", t.refused),
         ("messages between routers", t.forwarded),
+        ("timers cancelled from the other router", t.remote_cancels),
         ("timers fired", t.timers_fired),
+        ("timers never due", t.timers_never),
+        ("receivers never idle", t.never_idle),
         ("activations", t.activations),
         ("deactivations", t.deactivations),
         ("idle deactivations", t.idle_deactivations),
         ("panics", t.panics),
+        ("factory panics", t.factory_panics),
         ("handlers replaced", t.becomes),
         ("receivers stopped", t.stops),
         ("messages by handle", t.by_handle),
         ("full mailboxes", t.full),
         ("stale handles", t.stale),
         ("closes", t.closes),
+        ("messages past the drain limit", t.drain_limited),
         ("refused driver mistakes", t.misuses),
     ];
     for (what, count) in reached {
