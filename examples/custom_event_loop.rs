@@ -191,7 +191,7 @@ fn main() {
             let id = router.id(command.addr()).cloned().unwrap_or_default();
             log(now, format_args!("command {command:?} for {id}"));
             let result = match command {
-                Command::Activate(addr) => router.activate(addr, factory(&id), now),
+                Command::Activate(addr) => router.activate(addr, factory(&id)),
                 Command::Run(addr) | Command::Deactivate(addr) => router.run(addr, now),
             };
             result.expect("commands are handled once each, in order");

@@ -192,16 +192,8 @@ pub(crate) struct MJob {
 
 #[derive(Clone, Debug)]
 pub(crate) enum MWork {
-    Run {
-        batch: Vec<Seq>,
-        fresh: bool,
-    },
-    /// `unactivated`: the instance's `activated` hook never ran (made after the drain limit;
-    /// see `world::UNACTIVATED_DEACTIVATION`).
-    Deactivate {
-        why: Deactivation,
-        unactivated: bool,
-    },
+    Run { batch: Vec<Seq>, fresh: bool },
+    Deactivate { why: Deactivation },
 }
 
 impl MJob {
@@ -248,6 +240,8 @@ pub(crate) struct Outcome {
     pub(crate) idle: Option<Duration>,
     /// The `activated` hook ran without panicking.
     pub(crate) activated: bool,
+    /// The `deactivated` hook panicked (a deactivation job).
+    pub(crate) hook_panicked: bool,
 }
 
 /// How a factory answered, for the model.
@@ -597,7 +591,7 @@ impl Model {
     }
 
     /// Completes an `Activate`; `Err` if the router must refuse the call.
-    pub(crate) fn activate(&mut self, addr: Addr, made: Made, now: Duration) -> Result<(), ()> {
+    pub(crate) fn activate(&mut self, addr: Addr, made: Made) -> Result<(), ()> {
         let i = self.slot_by_addr(addr).ok_or(())?;
         if self.slots[i].state != MState::Activating {
             return Err(());
@@ -611,12 +605,10 @@ impl Model {
                     fresh: true,
                     idle: None,
                 });
-                if self.slots[i].mailbox.is_empty() {
-                    self.become_idle(i, now);
-                } else {
-                    self.slots[i].state = MState::Scheduled;
-                    self.command(Kind::Run, i);
-                }
+                // Even with an empty mailbox (emptied at the drain limit): the `activated`
+                // hook runs before the instance can be deactivated.
+                self.slots[i].state = MState::Scheduled;
+                self.command(Kind::Run, i);
             }
             Made::Refused => self.fail_activation(i, Reason::NoReceiver),
             Made::Failed => self.fail_activation(i, Reason::FactoryFailed),
@@ -658,10 +650,7 @@ impl Model {
             }
             MState::Deactivating { why, .. } => {
                 slot.state = MState::Deactivating { why, out: true };
-                MWork::Deactivate {
-                    why,
-                    unactivated: inst.fresh,
-                }
+                MWork::Deactivate { why }
             }
             _ => return Err(()),
         };
@@ -734,6 +723,9 @@ impl Model {
                 }
                 self.apply(out);
                 self.counters.deactivations += 1;
+                if out.hook_panicked {
+                    self.counters.panics += 1;
+                }
                 if self.drained() {
                     self.fail_mailbox(i, Reason::DrainLimit);
                 }
@@ -910,6 +902,7 @@ pub(crate) fn interpret(job: &MJob, events: &[Event], base: Instant) -> Checked<
         version: job.version,
         idle: None,
         activated: false,
+        hook_panicked: false,
     };
     let mut segments = segments(events)?.into_iter();
     match &job.work {
@@ -1037,6 +1030,7 @@ pub(crate) fn interpret(job: &MJob, events: &[Event], base: Instant) -> Checked<
                 job.id
             );
             if effects.iter().any(|e| matches!(e, Event::Panicking)) {
+                out.hook_panicked = true;
                 out.void.extend(effects.iter().filter_map(created));
             } else {
                 commit(&mut out, effects, base);

@@ -12,9 +12,7 @@ use hermes_core::{
     panic_message,
 };
 
-use crate::model::{
-    self, ECmd, End, Kind, MJob, MState, MWork, Made, Model, Outcome, Reason, Refusal,
-};
+use crate::model::{self, ECmd, End, Kind, MJob, MState, Made, Model, Outcome, Reason, Refusal};
 use crate::plan::{Mode, Op, Plan};
 use crate::script::{self, Event, FactoryPanicked, Hooks, Id, IdClass, Msg, Seq, Shared, is_head};
 use crate::violation::{Broken, Checked, Invariant, broken, ensure};
@@ -29,15 +27,6 @@ pub(crate) const PLAIN_LUCK: u8 = 200;
 /// The number of the first outside timer the world numbers itself: just below 2^32, so the
 /// numbers soon cross into the bits a timer ID keeps apart from the low 32.
 const FIRST_NUMBERED_TIMER: u64 = (1 << 32) - 3;
-
-/// Tolerates an open router bug (check/tests/regressions.rs,
-/// `an_instance_made_after_the_drain_limit_is_not_deactivated_unactivated`): an instance the
-/// factory makes after a closing router stopped draining finds an empty mailbox and is
-/// deactivated at once, without its `activated` hook. The model predicts exactly that; while this
-/// is true, the world accepts such a deactivation (and only one the model predicts) instead of
-/// reporting invariant 4. Set it to false when the router is fixed, and update
-/// `Model::activate`.
-const UNACTIVATED_DEACTIVATION: bool = true;
 
 /// Who sent a message, for the per-sender order check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,8 +63,6 @@ struct Entry {
 struct InstRec {
     id: Id,
     activated: bool,
-    /// Deactivated without being activated, as tolerated by [`UNACTIVATED_DEACTIVATION`].
-    unactivated: bool,
     activation_panicked: bool,
     deactivations: u32,
 }
@@ -449,7 +436,6 @@ impl World {
                             InstRec {
                                 id,
                                 activated: false,
-                                unactivated: false,
                                 activation_panicked: false,
                                 deactivations: 0,
                             },
@@ -472,7 +458,7 @@ impl World {
                         .unwrap_or_else(|panic| {
                             Activation::failed(FactoryPanicked(panic_message(panic)))
                         });
-                        self.routers[r].activate(addr, activation, now)
+                        self.routers[r].activate(addr, activation)
                     }
                 };
                 ensure!(
@@ -481,7 +467,7 @@ impl World {
                     "router {r} refused to complete its own {command:?}: {result:?}"
                 );
                 ensure!(
-                    self.models[r].activate(addr, made, self.now).is_ok(),
+                    self.models[r].activate(addr, made).is_ok(),
                     Model,
                     "the model cannot complete {command:?}"
                 );
@@ -622,22 +608,13 @@ impl World {
                     let Some(rec) = self.instances.get_mut(&inst) else {
                         broken!(Model, "the deactivated hook ran on unknown instance {inst}");
                     };
-                    let tolerated = UNACTIVATED_DEACTIVATION
-                        && matches!(
-                            job.work,
-                            MWork::Deactivate {
-                                unactivated: true,
-                                ..
-                            }
-                        );
                     ensure!(
-                        rec.activated || tolerated,
+                        rec.activated,
                         Deactivation,
                         "instance {inst} of {:?} was deactivated ({why:?}) before its activated \
                          hook ran",
                         rec.id
                     );
-                    rec.unactivated = !rec.activated;
                     ensure!(
                         rec.deactivations == 0,
                         Deactivation,
@@ -865,10 +842,7 @@ impl World {
             1 if !model.can_check_out(addr) => ("run", self.routers[r].run(addr, now).is_ok()),
             2 if slot != Some(MState::Activating) => {
                 let dummy = Activation::ready(|_: &mut Context<'_, Id, Msg>, _: Msg| {});
-                (
-                    "activate",
-                    self.routers[r].activate(addr, dummy, now).is_ok(),
-                )
+                ("activate", self.routers[r].activate(addr, dummy).is_ok())
             }
             _ => return Ok(()),
         };
@@ -1342,7 +1316,7 @@ impl World {
                 );
             } else {
                 ensure!(
-                    (rec.activated || rec.unactivated) && rec.deactivations == 1,
+                    rec.activated && rec.deactivations == 1,
                     Close,
                     "after close, instance {n} of {:?} was activated: {}, deactivated {} times",
                     rec.id,

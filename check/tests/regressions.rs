@@ -1,7 +1,5 @@
 //! Router bugs the checker found, each pinned down as a small deterministic scenario.
 //!
-//! Open ones (not fixed in hermes-core yet) are `#[ignore]`d, so that the suite stays green;
-//! `cargo test -p hermes-check --test regressions -- --ignored` shows them failing.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,7 +113,6 @@ impl Receiver<u8, Msg> for Hooked {
 /// limit an activating receiver always has a message queued, so this cannot happen. hermes-check
 /// tolerates exactly this case while it is open (`world::UNACTIVATED_DEACTIVATION`).
 #[test]
-#[ignore = "open router bug: run with --ignored to see it fail"]
 fn an_instance_made_after_the_drain_limit_is_not_deactivated_unactivated() {
     let t0 = Instant::now();
     let hooks = Arc::new(Mutex::new(Vec::new()));
@@ -160,7 +157,6 @@ impl Receiver<u8, Msg> for PanicsOnDeactivation {
 /// (`run_deactivated` only logs it). hermes-check's model follows the router; either the count or
 /// the doc should change.
 #[test]
-#[ignore = "open: Stats::panics does not count deactivated-hook panics; run with --ignored"]
 fn a_panicking_deactivated_hook_is_counted_in_stats_panics() {
     let t0 = Instant::now();
     let factory = |_: &u8| Activation::ready(PanicsOnDeactivation);

@@ -51,6 +51,21 @@
 //! driver.run(std::time::Instant::now());
 //! assert_eq!(driver.router().stats().activations, 2); // the account and the audit log
 //! ```
+//!
+//! A message sent to a kind that does not take it does not compile:
+//!
+//! ```compile_fail,E0308
+//! # use hermes_core::{Activation, Config, Driver, Kinds};
+//! # #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)] pub struct AccountId(u32);
+//! # #[derive(Debug)] pub enum AccountMsg { Deposit(u64) }
+//! # #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)] pub struct AuditId;
+//! # #[derive(Debug)] pub enum AuditMsg { Deposited(AccountId, u64) }
+//! # hermes_core::app! { pub app Bank(BankId, BankMsg) {
+//! #     Account(AccountId => AccountMsg), Audit(AuditId => AuditMsg) } }
+//! let mut driver = Driver::new(Config::default(), Kinds::<Bank>::new());
+//! // An audit message addressed to an account: expected `AuditId`, found `AccountId`.
+//! driver.send(AccountId(1), AuditMsg::Deposited(AccountId(1), 5));
+//! ```
 
 use std::fmt;
 use std::marker::PhantomData;

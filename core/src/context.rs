@@ -102,7 +102,7 @@ where
     }
 
     /// Overrides the router's idle timeout for this receiver (until it is deactivated), in whole
-    /// milliseconds; 49 days or more means never.
+    /// milliseconds; 2^32 − 2 ms (about 49.7 days) or more means never.
     pub fn set_idle_timeout(&mut self, timeout: Duration) {
         self.effects.idle_timeout = Some(timeout);
     }

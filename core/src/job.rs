@@ -109,8 +109,11 @@ impl<K: Key, M: Message> Job<K, M> {
                 (batch, handled, ending, false)
             }
             Work::Deactivate(why) => {
-                run_deactivated(&mut *receiver, &mut ctx, why);
-                (VecDeque::new(), 0, Ending::Finished, true)
+                let ending = match run_deactivated(&mut *receiver, &mut ctx, why) {
+                    Ok(()) => Ending::Finished,
+                    Err(panic) => Ending::Panicked(panic),
+                };
+                (VecDeque::new(), 0, ending, true)
             }
         };
         Done {
@@ -192,16 +195,18 @@ pub(crate) fn run_batch<K: Key, M: Message>(
     (handled, Ending::Finished)
 }
 
-/// Runs the `deactivated` hook; a panic in it is logged and its effects dropped.
+/// Runs the `deactivated` hook; a panic in it is logged, its effects dropped, and returned.
 pub(crate) fn run_deactivated<K: Key, M: Message>(
     receiver: &mut dyn Receiver<K, M>,
     ctx: &mut Context<'_, K, M>,
     why: Deactivation,
-) {
-    if let Err(panic) = guarded(ctx, |ctx| receiver.deactivated(ctx, why)) {
+) -> Result<(), Arc<str>> {
+    let result = guarded(ctx, |ctx| receiver.deactivated(ctx, why));
+    if let Err(panic) = &result {
         tracing::warn!(addr = ?ctx.addr, %panic, "deactivated hook panicked; its effects are dropped");
     }
     ctx.effects.become_ = None;
+    result
 }
 
 /// Runs `f`, catching a panic; on panic, the effects `f` recorded are rolled back.

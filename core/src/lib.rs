@@ -55,7 +55,10 @@
 //!    accepted.
 //! 7. Stale handles never reach a newer receiver in a reused slot.
 //! 8. Receivers with work scheduled or running are at most the receivers with non-empty
-//!    mailboxes (work uses resources; idle receivers do not).
+//!    mailboxes (work uses resources; idle receivers do not). One exception, while closing: a
+//!    receiver whose mailbox the router emptied at its drain limit keeps the one `Run` already
+//!    out (a command cannot be taken back), and a receiver activated after that limit gets one
+//!    empty `Run`, so that its `activated` hook runs before its `deactivated` hook.
 //!
 //! # Example
 //!

@@ -843,7 +843,6 @@ impl<K: Key, M: Message> Router<K, M> {
         &mut self,
         addr: Addr,
         activation: Activation<K, M>,
-        now: Instant,
     ) -> Result<(), CommandError> {
         let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
         let slot = &mut self.slots[key];
@@ -855,12 +854,10 @@ impl<K: Key, M: Message> Router<K, M> {
                 slot.receiver = Some(receiver);
                 slot.set_fresh(true);
                 self.stats.activations += 1;
-                if self.slots[key].mailbox.is_empty() {
-                    self.become_idle(key, now);
-                } else {
-                    self.set_state(key, State::Scheduled);
-                    self.commands.push_back(Command::Run(addr));
-                }
+                // Always a first run, even with an empty mailbox (a closing router emptied it at
+                // its drain limit): the `activated` hook runs before anything else.
+                self.set_state(key, State::Scheduled);
+                self.commands.push_back(Command::Run(addr));
             }
             Activation::Refused => self.fail_activation(key, DeadLetterReason::NoReceiver),
             Activation::Failed(e) => self.fail_activation(key, DeadLetterReason::FactoryFailed(e)),
@@ -945,7 +942,8 @@ impl<K: Key, M: Message> Router<K, M> {
         std::mem::swap(&mut self.effects, &mut effects);
         self.spare_effects(effects);
         if deactivation {
-            self.finish_deactivation(key, addr, receiver);
+            let panicked = matches!(ending, Ending::Panicked(_));
+            self.finish_deactivation(key, addr, receiver, panicked);
         } else {
             self.finish_run(key, addr, receiver, handled, ending, now);
         }
@@ -1025,10 +1023,19 @@ impl<K: Key, M: Message> Router<K, M> {
     /// The end of a deactivation, inline or checked in: applies the hook's effects (in
     /// `self.effects`), drops the instance, and frees the slot or, if messages arrived meanwhile,
     /// activates a fresh one.
-    fn finish_deactivation(&mut self, key: usize, addr: Addr, receiver: Box<dyn Receiver<K, M>>) {
+    fn finish_deactivation(
+        &mut self,
+        key: usize,
+        addr: Addr,
+        receiver: Box<dyn Receiver<K, M>>,
+        panicked: bool,
+    ) {
         self.apply();
         drop(receiver);
         self.stats.deactivations += 1;
+        if panicked {
+            self.stats.panics += 1;
+        }
         // An idle-timeout override lasts as long as the instance, and so does an idle check
         // armed for it: the next instance arms its own.
         if self.drained() {
@@ -1123,8 +1130,8 @@ impl<K: Key, M: Message> Router<K, M> {
                 timer_seq: &mut self.timer_seq,
                 kind: std::marker::PhantomData,
             };
-            run_deactivated(&mut *receiver, &mut ctx, why);
-            self.finish_deactivation(key, addr, receiver);
+            let panicked = run_deactivated(&mut *receiver, &mut ctx, why).is_err();
+            self.finish_deactivation(key, addr, receiver, panicked);
             return Ok(());
         }
         self.set_state(key, State::Running);
@@ -1177,8 +1184,7 @@ impl<K: Key, M: Message> Router<K, M> {
                         Activation::failed(FactoryPanicked(why))
                     }
                 };
-                // The factory may have taken a while (loading state): idle time counts from now.
-                self.activate(addr, activation, clock.now())
+                self.activate(addr, activation)
             }
             Command::Run(addr) | Command::Deactivate(addr) => self.run(addr, clock),
         }

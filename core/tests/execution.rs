@@ -43,7 +43,7 @@ fn inline_run_and_manual_check_out_produce_the_same_log_step_by_step() {
                     match c {
                         Command::Activate(a) => {
                             let id = *h.router.id(a).unwrap();
-                            h.router.activate(a, h.rec.create(id), h.now).unwrap();
+                            h.router.activate(a, h.rec.create(id)).unwrap();
                         }
                         Command::Run(a) | Command::Deactivate(a) if checked_out => {
                             later.push(h.router.check_out(a).unwrap());

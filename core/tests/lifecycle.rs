@@ -45,7 +45,7 @@ fn first_message_activates_and_messages_queue_while_activating() {
     assert_eq!(h.poll(), None);
 
     let activation = h.rec.create(7);
-    h.router.activate(addr, activation, h.now).unwrap();
+    h.router.activate(addr, activation).unwrap();
     assert_eq!(h.poll(), Some(Command::Run(addr)));
     h.router.run(addr, h.now).unwrap();
     assert_eq!(h.poll(), None);
@@ -527,9 +527,9 @@ fn commands_are_handled_once_and_wrong_calls_are_typed_errors() {
         h.router.run(addr, h.now),
         Err(CommandError::WrongState(addr))
     );
-    h.router.activate(addr, h.rec.create(1), h.now).unwrap();
+    h.router.activate(addr, h.rec.create(1)).unwrap();
     assert_eq!(
-        h.router.activate(addr, h.rec.create(1), h.now),
+        h.router.activate(addr, h.rec.create(1)),
         Err(CommandError::WrongState(addr))
     );
     let job = h.router.check_out(addr).unwrap();

@@ -414,7 +414,7 @@ impl Harness {
         let a = self.expect_activate();
         let id = *self.router.id(a).expect("a live slot");
         self.router
-            .activate(a, self.rec.create(id), self.now)
+            .activate(a, self.rec.create(id))
             .expect("activate");
         a
     }
@@ -475,10 +475,9 @@ impl Harness {
                 Order::Lifo => wave.pop_back(),
             } {
                 match p {
-                    Pending::Activate(a, activation) => self
-                        .router
-                        .activate(a, activation, self.now)
-                        .expect("activate"),
+                    Pending::Activate(a, activation) => {
+                        self.router.activate(a, activation).expect("activate")
+                    }
                     Pending::Job(job) => {
                         let done = job.execute(self.now);
                         self.router.check_in(done, self.now).expect("check in");

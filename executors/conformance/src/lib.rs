@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use hermes_core::Factory;
 use hermes_executor::{Hermes, Key, Message, Options};
 
+pub mod kinds;
 mod regressions;
 pub mod suite;
 
@@ -83,7 +84,9 @@ macro_rules! conformance_tests {
             duration_max_means_never,
             shutdown_returns_after_everything_is_dropped,
             shutdown_finishes_despite_endless_continuations,
-            shutdown_from_a_receiver_starts_it_and_returns
+            shutdown_from_a_receiver_starts_it_and_returns,
+            kinds_send_ask_and_schedule_between_each_other,
+            each_kind_has_its_own_mailbox_capacity
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -12,6 +12,9 @@ use hermes_core::{
 };
 use hermes_executor::{AskError, Options, Reply};
 
+pub use crate::kinds::{
+    each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
+};
 pub use crate::regressions::*;
 use crate::{HANG_GUARD, Harness, eventually};
 
