@@ -332,7 +332,10 @@ impl fmt::Display for LogLevel {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read the configuration file {}: {source}", path.display())]
+    #[error(
+        "cannot read the configuration file {}: {source} (check the path and its permissions)",
+        path.display()
+    )]
     Read {
         /// The file.
         path: PathBuf,
@@ -357,7 +360,10 @@ pub enum ConfigError {
         file: Option<PathBuf>,
     },
     /// Not valid TOML.
-    #[error("{}line {line}: not valid TOML: {message}", file_prefix(file.as_deref()))]
+    #[error(
+        "{}line {line}: not valid TOML: {message} (fix the syntax there)",
+        file_prefix(file.as_deref())
+    )]
     Syntax {
         /// The line, from 1.
         line: usize,

@@ -3,7 +3,8 @@
 //!
 //! A [`Message`] is cheap to clone: its topic and payload are [`Bytes`], so a message routed to
 //! many sessions is shared, not copied. The two ways a message goes out to a subscriber are
-//! [`Message::forwarded`] and [`Message::retained_for`].
+//! [`Message::forwarded`] and [`Message::retained_for`]; they take the message by value, so
+//! that a router clones it once per subscriber and no more.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,7 @@ impl Message {
     /// `granted`: at the lower of the two QoS [MQTT-3.8.4-6], [3.3.5], and with RETAIN 0
     /// whatever the publisher set [MQTT-3.3.1-9].
     #[must_use]
-    pub fn forwarded(&self, granted: QoS) -> Self {
+    pub fn forwarded(self, granted: QoS) -> Self {
         self.outgoing(granted, false)
     }
 
@@ -52,16 +53,15 @@ impl Message {
     /// replaced, [MQTT-3.8.4-3]) and this is a retained message matching it: at the lower of
     /// the two QoS [MQTT-3.8.4-6], and with RETAIN 1 [MQTT-3.3.1-8].
     #[must_use]
-    pub fn retained_for(&self, granted: QoS) -> Self {
+    pub fn retained_for(self, granted: QoS) -> Self {
         self.outgoing(granted, true)
     }
 
-    fn outgoing(&self, granted: QoS, retain: bool) -> Self {
+    fn outgoing(self, granted: QoS, retain: bool) -> Self {
         Self {
-            topic: self.topic.clone(),
-            payload: self.payload.clone(),
             qos: self.qos.min(granted),
             retain,
+            ..self
         }
     }
 
@@ -169,7 +169,8 @@ mod tests {
         for (published, row) in QOS.iter().zip(expected) {
             for (granted, want) in QOS.iter().zip(row) {
                 let m = message(*published, false);
-                assert_eq!(m.forwarded(*granted).qos, want, "{published:?} {granted:?}");
+                let forwarded = m.clone().forwarded(*granted);
+                assert_eq!(forwarded.qos, want, "{published:?} {granted:?}");
                 assert_eq!(
                     m.retained_for(*granted).qos,
                     want,
@@ -185,7 +186,7 @@ mod tests {
     fn retain_flag_mqtt_3_3_1_8_and_9() {
         for retain in [false, true] {
             let m = message(QoS::AtLeastOnce, retain);
-            assert!(!m.forwarded(QoS::ExactlyOnce).retain);
+            assert!(!m.clone().forwarded(QoS::ExactlyOnce).retain);
             assert!(m.retained_for(QoS::ExactlyOnce).retain);
         }
     }

@@ -214,12 +214,12 @@ impl RetainedStore {
         for level in message.topic.levels() {
             node = self.child_or_insert(node, level);
         }
-        self.len += 1;
+        let slot = &mut self.nodes.get_mut(node)?.message;
         self.payload_bytes += message.payload.len();
-        let old = self.nodes.get_mut(node)?.message.replace(message);
-        if let Some(old) = &old {
-            self.len -= 1;
-            self.payload_bytes -= old.payload.len();
+        let old = slot.replace(message);
+        match &old {
+            Some(old) => self.payload_bytes -= old.payload.len(),
+            None => self.len += 1,
         }
         old
     }

@@ -46,7 +46,7 @@ fn every_key() {
         max_inflight = 1
         max_queued = 0
         session_expiry = "never"
-        keep_alive_grace = 2.0
+        keep_alive_grace = 2
         log_level = "trace"
         "#,
     )

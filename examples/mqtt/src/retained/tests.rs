@@ -162,6 +162,7 @@ fn matching_agrees_with_topic_matches() {
         }
         let _ = store.on_publish(&retained(&topic, "p", QoS::AtLeastOnce));
     }
+    let (mut hits, mut system_hits) = (0, 0);
     for _ in 0..500 {
         let filter = rng.join(&["a", "b", "", "$SYS", "+"], &["a", "", "+", "#"]);
         let Ok(filter) = filter.parse::<TopicFilter>() else {
@@ -174,7 +175,14 @@ fn matching_agrees_with_topic_matches() {
             .collect();
         expected.sort();
         assert_eq!(topics(&store, filter.as_str()), expected, "{filter}");
+        hits += expected.len();
+        system_hits += expected.iter().filter(|t| t.starts_with('$')).count();
     }
+    // The cases are not trivial: many matches, '$' topics among them.
+    assert!(
+        store.len() > 50 && hits > 1000 && system_hits > 50,
+        "{hits} {system_hits}"
+    );
 }
 
 /// Removing prunes the trie: storing and clearing again and again does not grow it.

@@ -1,7 +1,7 @@
 //! The session against the rules of MQTT 3.1.1, each test named or commented with the
 //! normative statements it checks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
@@ -311,6 +311,21 @@ fn qos_downgrade_and_retain_flag_mqtt_3_8_4_6() {
                 "{published:?} granted {granted:?}"
             );
         }
+    }
+}
+
+/// A message delivered to many sessions shares its topic and payload: no copy per subscriber.
+#[test]
+fn delivery_shares_the_payload() {
+    let m = msg("t", "shared", QoS::AtLeastOnce);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let (mut s, _, mut out) = connected(true, Limits::default());
+        let _ = s.deliver(m.clone(), qos, &mut out);
+        let Some(Output::Send(Packet::Publish(p))) = out.pop() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(p.payload.as_ptr(), m.payload.as_ptr());
+        assert_eq!(p.topic.as_bytes().as_ptr(), m.topic.as_bytes().as_ptr());
     }
 }
 
@@ -791,4 +806,105 @@ fn expiry_counts_from_when_the_client_went_away() {
     assert!(s.subscriptions().is_empty() && s.queued_len() == 0);
     let _ = s.connect(false, &mut out);
     assert_eq!(take(&mut out), ["CONNACK sp=0"], "nothing left of it");
+}
+
+/// A small deterministic generator (no dependency for it).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        (self.0 >> 33) as usize % n
+    }
+}
+
+/// Random deliveries, acknowledgements and reconnections, checking after each step: the
+/// window and queue bounds, identifiers unique in flight [MQTT-2.3.1-2], every QoS 1 and 2
+/// message accounted for (completed, in flight, queued or dropped), first sends in delivery
+/// order [MQTT-4.6.0-6], and resends only of what is in flight, with DUP 1.
+#[test]
+fn random_flows_keep_the_invariants() {
+    let all = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    for seed in 0..20 {
+        let mut rng = Lcg(seed);
+        let l = limits(1 + rng.below(4) as u16, rng.below(6));
+        let mut s = Session::new(l);
+        let mut out = Vec::new();
+        let mut c = s.connect(false, &mut out);
+        let (mut delivered, mut completed, mut last_first_send) = (0u64, 0u64, None);
+        let payloads: Vec<String> = (0..400).map(|n| n.to_string()).collect();
+        for (n, payload) in payloads.iter().enumerate() {
+            match rng.below(10) {
+                0..=4 => {
+                    let (published, granted) = (all[rng.below(3)], all[rng.below(3)]);
+                    let m = Message {
+                        payload: Bytes::copy_from_slice(payload.as_bytes()),
+                        ..msg("t", "", published)
+                    };
+                    let delivery = s.deliver(m, granted, &mut out);
+                    if published.min(granted) != QoS::AtMostOnce {
+                        delivered += 1;
+                        assert_ne!(delivery, Delivered::Discarded);
+                    }
+                }
+                5..=7 if s.is_connected() && s.inflight_len() > 0 => {
+                    let inflight: Vec<_> = s.state().delivery.inflight().cloned().collect();
+                    let f = &inflight[rng.below(inflight.len())];
+                    let id = f.packet_id();
+                    match f.stage() {
+                        Stage::Unacknowledged(m) if m.qos == QoS::AtLeastOnce => {
+                            assert!(s.on_puback(id, &mut out));
+                            completed += 1;
+                        }
+                        Stage::Unacknowledged(_) => assert!(s.on_pubrec(id, &mut out)),
+                        Stage::Released => {
+                            assert!(s.on_pubcomp(id, &mut out));
+                            completed += 1;
+                        }
+                    }
+                }
+                8 if s.is_connected() => {
+                    let _ = s.disconnected(c, t0(), &mut out);
+                }
+                _ if !s.is_connected() => c = s.connect(false, &mut out),
+                _ => {}
+            }
+            // The bounds, and identifiers unique in flight.
+            assert!(s.inflight_len() <= usize::from(l.max_inflight.get()));
+            assert!(s.queued_len() <= l.max_queued);
+            let ids: BTreeSet<_> = s
+                .state()
+                .delivery
+                .inflight()
+                .map(|f| f.packet_id())
+                .collect();
+            assert_eq!(ids.len(), s.inflight_len(), "seed {seed} step {n}");
+            // Every QoS 1 and 2 message accounted for.
+            let held = (s.inflight_len() + s.queued_len()) as u64;
+            assert_eq!(
+                delivered,
+                completed + held + s.dropped(),
+                "seed {seed} step {n}"
+            );
+            // First sends in order; resends only of what is in flight.
+            for o in out.drain(..) {
+                let Output::Send(Packet::Publish(p)) = o else {
+                    continue;
+                };
+                let number: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+                match p.qos.packet_id() {
+                    None => {}
+                    Some(id) if p.qos.dup() => assert!(ids.contains(&id)),
+                    Some(_) => {
+                        assert!(last_first_send < Some(number), "seed {seed} step {n}");
+                        last_first_send = Some(number);
+                    }
+                }
+            }
+        }
+        assert!(completed > 20, "seed {seed}: the flows went somewhere");
+    }
 }
