@@ -26,7 +26,7 @@
 //!   for retained messages sent for a new subscription [MQTT-3.3.1-8]
 //!   ([`deliver_retained`](Session::deliver_retained)). QoS 1 and 2 messages get a packet
 //!   identifier that no other outgoing message in flight has, never 0 [MQTT-2.3.1-1],
-//!   [MQTT-2.3.1-2], and follow the QoS 1 (PUBLISH, PUBACK) [MQTT-4.3.2-1] and QoS 2
+//!   [MQTT-2.3.1-4], and follow the QoS 1 (PUBLISH, PUBACK) [MQTT-4.3.2-1] and QoS 2
 //!   (PUBLISH, PUBREC, PUBREL, PUBCOMP) [MQTT-4.3.3-1] flows. At most
 //!   [`Limits::max_inflight`] of them are unacknowledged at once; the rest wait in a queue of
 //!   at most [`Limits::max_queued`].
@@ -828,7 +828,7 @@ impl Session {
         Ok(())
     }
 
-    /// A packet identifier that no outgoing message in flight has [MQTT-2.3.1-2], never 0,
+    /// A packet identifier that no outgoing message in flight has [MQTT-2.3.1-4], never 0,
     /// taken in turn from 1 to 65535 and round again. `O(max_inflight)` per identifier tried;
     /// one is tried unless a message has stayed in flight for 65535 others.
     fn free_packet_id(&mut self) -> Option<PacketId> {

@@ -329,10 +329,10 @@ fn delivery_shares_the_payload() {
     }
 }
 
-/// [MQTT-2.3.1-1], [MQTT-2.3.1-2]: packet identifiers are never 0 and never one in use by
+/// [MQTT-2.3.1-1], [MQTT-2.3.1-4]: packet identifiers are never 0 and never one in use by
 /// another message in flight, round 65535 and back to 1.
 #[test]
-fn packet_ids_skip_zero_and_ids_in_flight_mqtt_2_3_1_1() {
+fn packet_ids_skip_zero_and_ids_in_flight_mqtt_2_3_1_1_and_4() {
     let mut state = SessionState::default();
     state.delivery.next_packet_id = id(65534);
     state.delivery.inflight.push_back(InFlight {
@@ -822,7 +822,7 @@ impl Lcg {
 }
 
 /// Random deliveries, acknowledgements and reconnections, checking after each step: the
-/// window and queue bounds, identifiers unique in flight [MQTT-2.3.1-2], every QoS 1 and 2
+/// window and queue bounds, identifiers unique in flight [MQTT-2.3.1-4], every QoS 1 and 2
 /// message accounted for (completed, in flight, queued or dropped), first sends in delivery
 /// order [MQTT-4.6.0-6], and resends only of what is in flight, with DUP 1.
 #[test]
