@@ -12,6 +12,15 @@
 //! - [`subscriptions`]: the subscription index that fans a PUBLISH out to its subscribers.
 //! - [`string`]: MQTT's UTF-8 strings ([`MqttString`]).
 //!
+//! And the broker's logic, as sans-IO state machines that its Hermes receivers drive:
+//!
+//! - [`message`]: application messages ([`Message`]), and how one goes out to a subscriber.
+//! - [`session`]: one client's [`Session`]: subscriptions, QoS 1 and 2 flows both ways,
+//!   in-flight window, queue, redelivery, and its [`SessionState`] to persist.
+//! - [`retained`]: the [`RetainedStore`] of retained messages, matched by topic filter.
+//! - [`will`]: a connection's will ([`LastWill`]) and when it is published.
+//! - [`config`]: the broker's [`Config`], from TOML.
+//!
 //! Payloads and strings are [`bytes::Bytes`]: a decoded packet shares the buffer it was read
 //! into, and a message sent to many subscribers is shared, not copied.
 //!
@@ -30,18 +39,30 @@
 //! ```
 
 pub mod codec;
+pub mod config;
+pub mod message;
 pub mod packet;
+pub mod retained;
+pub mod session;
 pub mod string;
 pub mod subscriptions;
 pub mod topic;
+pub mod will;
+
+mod persist;
 
 #[cfg(any(test, feature = "arbitrary"))]
 mod arbitrary;
 
+pub use config::Config;
+pub use message::Message;
 pub use packet::{
     ConnAck, Connect, ConnectReturnCode, Login, Packet, PacketId, PacketType, ProtocolVersion,
     Publish, PublishQos, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe, Will,
 };
+pub use retained::RetainedStore;
+pub use session::{Session, SessionState};
 pub use string::MqttString;
 pub use subscriptions::Subscriptions;
 pub use topic::{TopicFilter, TopicName};
+pub use will::LastWill;
