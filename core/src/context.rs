@@ -4,9 +4,13 @@
 //! checked back in. That is what lets a receiver run on another thread, and what makes it
 //! testable alone (see [`testkit`](crate::testkit)).
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
+use hermes_reply::{AskError, Reply};
+
+use crate::task::{Expiring, Flags, TaskOp};
 use crate::{Addr, App, Clock, Key, Kind, Receiver, Recipient, TimerId};
 
 /// A receiver's view of the router while it handles one message or lifecycle hook.
@@ -101,6 +105,57 @@ where
         self.effects.stop = true;
     }
 
+    /// Starts `future` and gives its outcome back to this receiver as the message
+    /// `map(outcome)`, without blocking the shard: the receiver handles other messages
+    /// meanwhile, one at a time as always. The future runs on the executor's runtime (tokio's,
+    /// smol's, the pool's own), or under the simulator's seeded scheduler.
+    ///
+    /// The outcome goes to this instance only: if it is deactivated first (stopped, panicked,
+    /// closing), the future is dropped unfinished and its outcome never delivered. While work
+    /// is in flight the receiver is not deactivated for idleness. Like every effect, nothing
+    /// starts if the handler panics.
+    pub fn spawn<T, F>(&mut self, future: F, map: impl FnOnce(T) -> M + Send + 'static)
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let future = async move { map(future.await).into_app_msg() };
+        self.effects.tasks.push(TaskOp {
+            flags: Flags::new(),
+            future: Box::pin(future),
+            deadline: None,
+        });
+    }
+
+    /// Asks the receiver `to` (of any kind) with the request `make` builds around a [`Reply`],
+    /// and gives the answer back to this receiver as the message `map(answer)`: never blocking
+    /// the shard, so two receivers asking each other cannot deadlock.
+    ///
+    /// The answer is `Err` with [`AskError::Timeout`] if none comes within `timeout`, and with
+    /// [`AskError::Dropped`] if the request is dropped unanswered (the receiver did not answer,
+    /// or the request became a dead letter and was dropped). As with
+    /// [`spawn`](Context::spawn), the answer reaches this instance only.
+    pub fn ask<T: Kind<A>, R: Send + 'static>(
+        &mut self,
+        to: T::Id,
+        make: impl FnOnce(Reply<R>) -> T,
+        timeout: Duration,
+        map: impl FnOnce(Result<R, AskError>) -> M + Send + 'static,
+    ) {
+        let (reply, asked) = Reply::new();
+        self.send(to, make(reply));
+        let flags = Flags::new();
+        let answer = Expiring {
+            asked,
+            flags: flags.clone(),
+        };
+        let future = async move { map(answer.await).into_app_msg() };
+        self.effects.tasks.push(TaskOp {
+            flags,
+            future: Box::pin(future),
+            deadline: Some(crate::deadline(self.now(), timeout)),
+        });
+    }
+
     /// Overrides the router's idle timeout for this receiver (until it is deactivated), in whole
     /// milliseconds; 2^32 − 2 ms (about 49.7 days) or more means never.
     pub fn set_idle_timeout(&mut self, timeout: Duration) {
@@ -132,6 +187,7 @@ pub(crate) enum TimerOp<K, M> {
 pub(crate) struct Effects<K, M> {
     pub(crate) sends: Vec<(Recipient<K>, M)>,
     pub(crate) timers: Vec<TimerOp<K, M>>,
+    pub(crate) tasks: Vec<TaskOp<M>>,
     pub(crate) become_: Option<Box<dyn Receiver<K, M>>>,
     pub(crate) stop: bool,
     pub(crate) idle_timeout: Option<Duration>,
@@ -141,6 +197,7 @@ pub(crate) struct Effects<K, M> {
 pub(crate) struct Mark {
     sends: usize,
     timers: usize,
+    tasks: usize,
     stop: bool,
     idle_timeout: Option<Duration>,
 }
@@ -150,6 +207,7 @@ impl<K, M> Default for Effects<K, M> {
         Effects {
             sends: Vec::new(),
             timers: Vec::new(),
+            tasks: Vec::new(),
             become_: None,
             stop: false,
             idle_timeout: None,
@@ -162,6 +220,7 @@ impl<K, M> Effects<K, M> {
         Mark {
             sends: self.sends.len(),
             timers: self.timers.len(),
+            tasks: self.tasks.len(),
             stop: self.stop,
             idle_timeout: self.idle_timeout,
         }
@@ -171,6 +230,7 @@ impl<K, M> Effects<K, M> {
     pub(crate) fn rollback(&mut self, mark: Mark) {
         self.sends.truncate(mark.sends);
         self.timers.truncate(mark.timers);
+        self.tasks.truncate(mark.tasks);
         self.become_ = None;
         self.stop = mark.stop;
         self.idle_timeout = mark.idle_timeout;
@@ -180,6 +240,7 @@ impl<K, M> Effects<K, M> {
     pub(crate) fn clear(&mut self) {
         self.sends.clear();
         self.timers.clear();
+        self.tasks.clear();
         self.become_ = None;
         self.stop = false;
         self.idle_timeout = None;

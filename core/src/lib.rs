@@ -101,6 +101,7 @@ mod receiver;
 mod router;
 mod slot;
 mod stats;
+mod task;
 pub mod testkit;
 mod timers;
 
@@ -112,6 +113,7 @@ pub use context::Context;
 pub use driver::Driver;
 pub use error::{CommandError, DeadLetter, DeadLetterReason, SendError, SendErrorKind};
 pub use factory::{Activation, Factory, FactoryError, SharedFactory, share};
+pub use hermes_reply::{AskError, Asked, Reply};
 pub use job::{Done, Job, panic_message};
 pub use placement::{Location, Placement, Sharded};
 pub use receiver::{Deactivation, Receiver};
@@ -119,6 +121,7 @@ pub use receiver::{Deactivation, Receiver};
 pub use router::Fault;
 pub use router::{Config, Outbound, Router};
 pub use stats::Stats;
+pub use task::{Task, TaskId};
 pub use timers::TimerId;
 
 /// What a receiver ID must be: cloneable, hashable (for placement and lookup), printable in

@@ -13,6 +13,7 @@ use slab::Slab;
 use crate::context::{Effects, TimerOp};
 use crate::job::{Ending, Work, run_batch, run_deactivated};
 use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, NIL, Slot, State};
+use crate::task::{Shared, Task, TaskId, TaskOp};
 use crate::timers::{Fired, Timers};
 use crate::{
     Activation, Addr, Clock, Command, CommandError, Context, Deactivation, DeadLetter,
@@ -190,6 +191,14 @@ pub struct Router<K, M> {
     /// Sequence for the IDs of timers receivers schedule (unique per receiver handle).
     timer_seq: u32,
     stats: Stats,
+    /// Tasks receivers started, by number, not yet completed or aborted.
+    tasks: hashbrown::HashMap<u64, (Addr, Arc<Shared<M>>)>,
+    /// The numbers of each slot's tasks in flight (slots with none are absent).
+    in_flight: hashbrown::HashMap<usize, Vec<u64>>,
+    /// The number of the next task.
+    task_seq: u64,
+    /// Tasks for the driver to run.
+    tasks_out: VecDeque<Task<M>>,
     /// Empty mailbox buffers, reused by receivers that get messages (idle ones hold none).
     spare_batches: Vec<VecDeque<M>>,
     spare_effects: Vec<Effects<K, M>>,
@@ -246,6 +255,10 @@ impl<K, M> Router<K, M> {
             idle_tail: NIL,
             timer_seq: 0,
             stats: Stats::default(),
+            tasks: hashbrown::HashMap::new(),
+            in_flight: hashbrown::HashMap::new(),
+            task_seq: 0,
+            tasks_out: VecDeque::new(),
             spare_batches: Vec::new(),
             spare_effects: Vec::new(),
             effects: Effects::default(),
@@ -342,6 +355,18 @@ impl<K, M> Router<K, M> {
     #[must_use = "outbound work must be delivered to its router, or it is lost"]
     pub fn poll_outbound(&mut self) -> Option<(Location, Outbound<K, M>)> {
         self.outbound.pop_front()
+    }
+
+    /// The next task a receiver started, for the driver to run; give its outcome back with
+    /// [`complete`](Router::complete). See [`Task`].
+    #[must_use = "a task's receiver waits for its outcome"]
+    pub fn poll_task(&mut self) -> Option<Task<M>> {
+        self.tasks_out.pop_front()
+    }
+
+    /// Tasks started and not yet completed or aborted.
+    pub fn tasks_in_flight(&self) -> usize {
+        self.tasks.len()
     }
 
     /// The next time [`handle_timeout`](Router::handle_timeout) has work, if any.
@@ -699,14 +724,19 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.closing {
             return self.begin_deactivation(key, Deactivation::Closing);
         }
+        // Waiting for work it started: idle, but its idle time starts when the work is back.
+        let waiting = self.in_flight.contains_key(&key);
         let timeout = self.idle_timeout_of(key);
-        if timeout.is_zero() {
+        if timeout.is_zero() && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
         self.set_state(key, State::Idle);
         // An idle receiver holds no mailbox buffer.
         let buffer = std::mem::take(&mut self.slots[key].mailbox);
         self.spare_batch(buffer);
+        if waiting {
+            return;
+        }
         let since = self.ticks(now);
         if self.slots[key].idle_timeout_ms == DEFAULT_IDLE {
             return self.list_push(key, since);
@@ -976,6 +1006,7 @@ impl<K: Key, M: Message> Router<K, M> {
             }
         }
         self.stats.messages_delivered += handled;
+        self.start_tasks(key, addr);
         self.apply();
         if self.closing && handled > 0 {
             self.count_drained(handled);
@@ -1030,8 +1061,11 @@ impl<K: Key, M: Message> Router<K, M> {
         receiver: Box<dyn Receiver<K, M>>,
         panicked: bool,
     ) {
+        // Work started by the `deactivated` hook has no instance to come back to.
+        self.effects.tasks.clear();
         self.apply();
         drop(receiver);
+        self.abort_tasks(key);
         self.stats.deactivations += 1;
         if panicked {
             self.stats.panics += 1;
@@ -1052,6 +1086,77 @@ impl<K: Key, M: Message> Router<K, M> {
             // Messages arrived during deactivation: activate a fresh instance.
             self.set_state(key, State::Activating);
             self.commands.push_back(Command::Activate(addr));
+        }
+    }
+
+    /// Registers the tasks the run being finished started, and hands them out.
+    fn start_tasks(&mut self, key: usize, addr: Addr) {
+        if self.effects.tasks.is_empty() {
+            return;
+        }
+        let mut tasks = std::mem::take(&mut self.effects.tasks);
+        for TaskOp {
+            flags,
+            future,
+            deadline,
+        } in tasks.drain(..)
+        {
+            let seq = self.task_seq;
+            self.task_seq += 1;
+            if let Some(deadline) = deadline {
+                self.timers.arm_task(deadline, seq);
+            }
+            let shared = Shared::new(flags, future);
+            self.tasks.insert(seq, (addr, Arc::clone(&shared)));
+            self.in_flight.entry(key).or_default().push(seq);
+            let id = TaskId { owner: addr, seq };
+            self.tasks_out.push_back(Task { id, shared });
+        }
+        self.effects.tasks = tasks;
+    }
+
+    /// Aborts every task of the instance at `key`, which is being deactivated.
+    fn abort_tasks(&mut self, key: usize) {
+        let Some(seqs) = self.in_flight.remove(&key) else {
+            return;
+        };
+        for seq in seqs {
+            if let Some((_, shared)) = self.tasks.remove(&seq) {
+                shared.abort();
+            }
+        }
+    }
+
+    /// Gives back the outcome of a task ([`poll_task`](Router::poll_task)): the message goes to
+    /// the receiver that started it, as from that receiver. If that instance is gone (its task
+    /// was aborted), the message is a dead letter ([`Stale`](DeadLetterReason::Stale)).
+    pub fn complete(&mut self, task: TaskId, msg: M, now: Instant) {
+        let Some((addr, _)) = self.tasks.remove(&task.seq) else {
+            return self.dead_letter(
+                Recipient::Addr(task.owner),
+                Some(msg),
+                DeadLetterReason::Stale,
+            );
+        };
+        let key = addr.index as usize;
+        let last = match self.in_flight.get_mut(&key) {
+            Some(seqs) => {
+                seqs.retain(|&s| s != task.seq);
+                seqs.is_empty()
+            }
+            None => true,
+        };
+        if last {
+            self.in_flight.remove(&key);
+        }
+        self.route_inside(Recipient::Addr(addr), msg);
+        // A receiver that waited for this (idle, with no idle deadline) and got nothing to run
+        // (the outcome was refused) starts counting its idle time now.
+        if last
+            && self.slots.get(key).is_some_and(|s| s.state == State::Idle)
+            && self.live(addr).is_some()
+        {
+            self.become_idle(key, now);
         }
     }
 
@@ -1210,6 +1315,11 @@ impl<K: Key, M: Message> Router<K, M> {
                 // before the receiver's idle deadline must find it live, however late this
                 // call comes.
                 Some(Fired::Idle(addr, at)) => self.check_idle(addr, at),
+                Some(Fired::Task(seq)) => {
+                    if let Some((_, shared)) = self.tasks.get(&seq) {
+                        shared.expire();
+                    }
+                }
                 None if idle_due.is_some() => {
                     let head = self.idle_head as usize;
                     self.begin_deactivation(head, Deactivation::IdleTimeout);
@@ -1225,7 +1335,7 @@ impl<K: Key, M: Message> Router<K, M> {
         slot.set_idle_armed(false);
         // Not idle: re-armed when it next becomes idle. On the idle list (a later instance on
         // the default timeout): the list keeps its deadline.
-        if slot.state != State::Idle || slot.listed() {
+        if slot.state != State::Idle || slot.listed() || self.in_flight.contains_key(&key) {
             return;
         }
         let timeout = self.idle_timeout_of(key);

@@ -58,6 +58,8 @@ pub(crate) enum Due {
     User(TimerId),
     /// The router's check whether the receiver behind this handle has been idle long enough.
     Idle(Addr),
+    /// The deadline of an ask (a task, by its number).
+    Task(u64),
 }
 
 /// A heap entry that came due.
@@ -66,6 +68,8 @@ pub(crate) enum Fired<K, M> {
     User(Pending<K, M>),
     /// Check whether this receiver had been idle long enough at this deadline.
     Idle(Addr, Instant),
+    /// An ask's deadline passed: expire it if it is still waiting.
+    Task(u64),
 }
 
 /// A user timer's payload.
@@ -122,6 +126,13 @@ impl<K, M> Timers<K, M> {
         }
     }
 
+    /// Arms a task's deadline; one that would never come due is not armed.
+    pub(crate) fn arm_task(&mut self, deadline: Option<Instant>, task: u64) {
+        if let Some(at) = deadline {
+            self.push(When::At(at), Due::Task(task));
+        }
+    }
+
     fn push(&mut self, when: When, due: Due) {
         self.heap.push(Reverse((when, self.seq, due)));
         self.seq += 1;
@@ -143,7 +154,7 @@ impl<K, M> Timers<K, M> {
         let pending = &self.pending;
         self.heap.retain(|Reverse((_, _, due))| match due {
             Due::User(id) => pending.contains_key(id),
-            Due::Idle(_) => true,
+            Due::Idle(_) | Due::Task(_) => true,
         });
         self.cancelled = 0;
     }
@@ -167,6 +178,7 @@ impl<K, M> Timers<K, M> {
             self.heap.pop();
             match due {
                 Due::Idle(addr) => return Some(Fired::Idle(addr, at)),
+                Due::Task(task) => return Some(Fired::Task(task)),
                 Due::User(id) => match self.pending.remove(&id) {
                     Some(p) => return Some(Fired::User(p)),
                     None => self.cancelled = self.cancelled.saturating_sub(1),

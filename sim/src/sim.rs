@@ -14,7 +14,7 @@ use hermes_core::{
     Stats, TimerId,
 };
 use hermes_executor::{
-    AskError, Hermes, Options, Reply, Runtime, Shard, Turn, Wake, WouldDeadlock, launch,
+    AskError, Hermes, Options, Reply, Runtime, Shard, Spawned, Turn, Wake, WouldDeadlock, launch,
 };
 
 /// Scheduling steps without a quiet moment before the simulation declares a livelock.
@@ -62,10 +62,19 @@ pub struct Sim<K: Key, M: Message, A: App<Id = K, Msg = M> = (K, M)> {
     shards: Vec<SimShard<K, M>>,
     /// Where the shards' dead-letter sink puts them, moved to `dead` after every turn.
     sunk: Arc<Mutex<Vec<DeadLetter<K, M>>>>,
+    /// The tasks receivers started, polled as scheduling steps.
+    tasks: Arc<Mutex<Vec<SimTask>>>,
     dead: Vec<DeadLetter<K, M>>,
     max_steps: u64,
     /// Scheduling steps taken so far.
     steps: u64,
+}
+
+/// One thing the scheduler may do next.
+#[derive(Clone, Copy)]
+enum Step {
+    Shard(usize),
+    Task(usize),
 }
 
 /// One shard and what the scheduler knows about it.
@@ -103,10 +112,34 @@ impl Clock for VirtualClock {
     }
 }
 
-/// The handle's view of the simulated executor: virtual time, and no thread to block on.
-struct SimRuntime(Arc<VirtualClock>);
+/// A task a receiver started, and whether it was woken since it was last polled.
+struct SimTask {
+    future: Spawned,
+    woken: Arc<Woken>,
+}
+
+/// A task's waker: marks it ready to be polled.
+struct Woken(AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The handle's view of the simulated executor: virtual time, no thread to block on, and
+/// tasks kept for the scheduler to poll.
+struct SimRuntime(Arc<VirtualClock>, Arc<Mutex<Vec<SimTask>>>);
 
 impl Runtime for SimRuntime {
+    fn spawn(&self, future: Spawned) {
+        let woken = Arc::new(Woken(AtomicBool::new(true)));
+        self.1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(SimTask { future, woken });
+    }
+
     fn block(&self, _wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
         // Everything runs on the simulation's thread: waiting here would wait forever.
         Err(WouldDeadlock)
@@ -176,7 +209,9 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         let sunk = Arc::new(Mutex::new(Vec::new()));
         let mut rng = fastrand::Rng::with_seed(seed);
         let fault = Fault::default();
-        let (hermes, shards) = Self::launch(&mut rng, &config, &factory, &clock, &sunk, 1, fault);
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let (hermes, shards) =
+            Self::launch(&mut rng, &config, &factory, &clock, &sunk, &tasks, 1, fault);
         Sim {
             seed,
             rng,
@@ -187,6 +222,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
             hermes,
             shards,
             sunk,
+            tasks,
             dead: Vec::new(),
             max_steps: DEFAULT_MAX_STEPS,
             steps: 0,
@@ -200,6 +236,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         factory: &Shared<K, M, A>,
         clock: &Arc<VirtualClock>,
         sunk: &Arc<Mutex<Vec<DeadLetter<K, M>>>>,
+        tasks: &Arc<Mutex<Vec<SimTask>>>,
         shards: u32,
         fault: Fault,
     ) -> (Hermes<K, M, A>, Vec<SimShard<K, M>>) {
@@ -218,7 +255,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
             options = options.turn_budget(rng.usize(1..=4), rng.usize(1..=4));
         }
         options = inject(options, fault);
-        let runtime = SimRuntime(Arc::clone(clock));
+        let runtime = SimRuntime(Arc::clone(clock), Arc::clone(tasks));
         let (hermes, shards) = launch(options, factory.clone(), runtime, || {
             let bell = Arc::new(AtomicBool::new(false));
             (Bell(Arc::clone(&bell)), bell)
@@ -246,6 +283,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
             &self.factory,
             &self.clock,
             &self.sunk,
+            &self.tasks,
             shards,
             self.fault,
         );
@@ -379,18 +417,38 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
 
     // ---- running ------------------------------------------------------------------------------
 
-    /// Lets one shard that has work take a turn, chosen by the seed. False if no shard had
-    /// anything to do now.
+    /// Takes one scheduling step, chosen by the seed among what can run now: a turn of a shard
+    /// that has work, or a poll of a task a receiver started that was woken. False if nothing
+    /// could run.
     pub fn step(&mut self) -> bool {
         let now = self.clock.now();
-        let ready: Vec<usize> = (0..self.shards.len())
-            .filter(|&s| self.shards[s].is_ready(now))
+        let shards = (0..self.shards.len()).filter(|&s| self.shards[s].is_ready(now));
+        let tasks = self.lock_tasks();
+        let woken = (0..tasks.len()).filter(|&t| tasks[t].woken.0.load(Ordering::Relaxed));
+        let ready: Vec<Step> = shards
+            .map(Step::Shard)
+            .chain(woken.map(Step::Task))
             .collect();
+        drop(tasks);
         if ready.is_empty() {
             return false;
         }
         self.steps += 1;
-        let s = ready[self.rng.usize(..ready.len())];
+        match ready[self.rng.usize(..ready.len())] {
+            Step::Shard(s) => self.turn(s),
+            Step::Task(t) => self.poll_task(t),
+        }
+        let sunk = std::mem::take(&mut *self.sunk.lock().unwrap_or_else(PoisonError::into_inner));
+        self.dead.extend(sunk);
+        true
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<SimTask>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One turn of shard `s`.
+    fn turn(&mut self, s: usize) {
         let shard = &mut self.shards[s];
         shard.bell.store(false, Ordering::Relaxed);
         if let Some(running) = &mut shard.shard {
@@ -400,9 +458,20 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
                 shard.shard = None;
             }
         }
-        let sunk = std::mem::take(&mut *self.sunk.lock().unwrap_or_else(PoisonError::into_inner));
-        self.dead.extend(sunk);
-        true
+    }
+
+    /// Polls task `t` once; it stays if it is not finished.
+    fn poll_task(&mut self, t: usize) {
+        // Out of the list while it runs: polling may start more tasks.
+        let mut task = self.lock_tasks().remove(t);
+        task.woken.0.store(false, Ordering::Relaxed);
+        let waker = Waker::from(Arc::clone(&task.woken));
+        let mut cx = Context::from_waker(&waker);
+        if task.future.as_mut().poll(&mut cx).is_pending() {
+            let mut tasks = self.lock_tasks();
+            let at = t.min(tasks.len());
+            tasks.insert(at, task);
+        }
     }
 
     /// The earliest deadline of a parked shard, as simulated time since the start.

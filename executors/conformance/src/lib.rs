@@ -22,6 +22,7 @@ use hermes_executor::{Hermes, Key, Message, Options};
 pub mod kinds;
 mod regressions;
 pub mod suite;
+pub mod tasks;
 
 /// How to run Hermes on the executor under test.
 pub trait Harness {
@@ -86,7 +87,10 @@ macro_rules! conformance_tests {
             shutdown_finishes_despite_endless_continuations,
             shutdown_from_a_receiver_starts_it_and_returns,
             kinds_send_ask_and_schedule_between_each_other,
-            each_kind_has_its_own_mailbox_capacity
+            each_kind_has_its_own_mailbox_capacity,
+            spawned_work_comes_back_as_a_message,
+            work_in_flight_is_dropped_with_its_receiver,
+            asks_between_receivers_answer_or_time_out
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -16,6 +16,10 @@ pub use crate::kinds::{
     each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
 };
 pub use crate::regressions::*;
+pub use crate::tasks::{
+    asks_between_receivers_answer_or_time_out, spawned_work_comes_back_as_a_message,
+    work_in_flight_is_dropped_with_its_receiver,
+};
 use crate::{HANG_GUARD, Harness, eventually};
 
 /// Options used by most tests: two shards, so that cross-shard paths are always exercised.

@@ -6,6 +6,14 @@
 //! an idle pool uses no CPU. Receivers run on their shard's thread; one that blocks holds up
 //! its shard.
 //!
+//! Work receivers start (`Context::spawn`, `Context::ask`) runs on one more thread,
+//! `NAME-tasks`: an [`async_executor::Executor`] driven with [async-io]'s reactor, so futures
+//! may use async-io's timers and sockets (and anything runtime-independent); futures that need
+//! tokio's reactor belong on the tokio executor. The thread starts with the pool and is joined
+//! at shutdown; tasks still running then are dropped.
+//!
+//! [async-io]: https://docs.rs/async-io
+//!
 //! ```
 //! use std::time::Duration;
 //! use hermes_core::{Activation, Config, Context};
@@ -34,7 +42,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use hermes_core::{Config, Factory};
-use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, StartError, Wake, launch};
+use hermes_executor::{
+    Hermes, Key, Message, Options, Runtime, Shard, Spawned, StartError, Wake, launch,
+};
 
 /// Starts Hermes on one thread per core, with the router `config` and `factory`.
 pub fn start<K: Key, M: Message, F: Factory<K, M>>(
@@ -51,7 +61,7 @@ pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
     factory: F,
 ) -> Result<Hermes<K, M, F::App>, StartError> {
     let name = options.thread_name().to_owned();
-    let threads = Threads::default();
+    let threads = Threads::start(&name)?;
     let (hermes, shards) = launch(options, factory, threads.clone(), || {
         let (tx, rx) = crossbeam_channel::bounded(1);
         (Bell(tx), rx)
@@ -87,13 +97,43 @@ impl Wake for Bell {
     }
 }
 
-/// The shard threads, joined at shutdown.
-#[derive(Clone, Default)]
-struct Threads(Arc<Mutex<Vec<JoinHandle<()>>>>);
+/// The shard threads and the task thread, joined at shutdown.
+#[derive(Clone)]
+struct Threads(Arc<ThreadsInner>);
+
+struct ThreadsInner {
+    shards: Mutex<Vec<JoinHandle<()>>>,
+    /// Runs the tasks receivers start, on the task thread.
+    tasks: Arc<async_executor::Executor<'static>>,
+    /// Closing it stops the task thread.
+    stop: async_channel::Sender<()>,
+    task_thread: Mutex<Option<JoinHandle<()>>>,
+}
 
 impl Threads {
+    /// Starts the task thread, `NAME-tasks`.
+    fn start(name: &str) -> Result<Threads, StartError> {
+        let tasks = Arc::new(async_executor::Executor::new());
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let executor = Arc::clone(&tasks);
+        let task_thread = std::thread::Builder::new()
+            .name(format!("{name}-tasks"))
+            .spawn(move || {
+                // Runs tasks until `stop` closes; tasks still pending are dropped with it.
+                let _ = async_io::block_on(executor.run(stopped.recv()));
+            })
+            .map_err(StartError::Spawn)?;
+        Ok(Threads(Arc::new(ThreadsInner {
+            shards: Mutex::new(Vec::new()),
+            tasks,
+            stop,
+            task_thread: Mutex::new(Some(task_thread)),
+        })))
+    }
+
     fn push(&self, thread: JoinHandle<()>) {
         self.0
+            .shards
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(thread);
@@ -101,12 +141,29 @@ impl Threads {
 }
 
 impl Runtime for Threads {
+    fn spawn(&self, task: Spawned) {
+        self.0.tasks.spawn(task).detach();
+    }
+
     fn join(&self) {
-        let threads = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
-        for thread in threads {
+        let shards =
+            std::mem::take(&mut *self.0.shards.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in shards {
             if thread.join().is_err() {
                 tracing::error!("a shard thread panicked outside any receiver");
             }
+        }
+        self.0.stop.close();
+        let task_thread = self
+            .0
+            .task_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = task_thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the task thread panicked outside any task");
         }
     }
 }

@@ -17,8 +17,17 @@ use crate::inbox::{Envelope, Inbox, Scheduled};
 use crate::shard::{Core, Finish, hosts_shards, in_shard};
 use crate::{AskError, Asked, Key, Message, Options, Reply, Shard, Wake};
 
-/// What the handle needs to know about the executor it runs on.
+/// A task for the executor's runtime: work a receiver started, already wired to bring its
+/// outcome back to the receiver's shard.
+pub type Spawned = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What Hermes needs of the executor it runs on.
 pub trait Runtime: Send + Sync + 'static {
+    /// Runs `task` to completion on the executor's async runtime (tokio's, smol's, the pool's
+    /// own): the futures receivers start with `Context::spawn` and `Context::ask`. It must not
+    /// block the shards; a task is dropped unfinished when it is aborted or the runtime stops.
+    fn spawn(&self, task: Spawned);
+
     /// Runs `wait`, which blocks the calling thread until the shards have done something, or
     /// returns `Err(WouldDeadlock)` if blocking this thread could stop the shards from running
     /// (say, inside a current-thread async runtime). The default refuses on a thread that runs
@@ -80,7 +89,6 @@ pub struct Hermes<K, M, A = (K, M)> {
 
 struct Inner<K, M> {
     core: Arc<Core<K, M>>,
-    runtime: Box<dyn Runtime>,
     /// `Runtime::join` ran (or is running).
     joined: AtomicBool,
 }
@@ -119,6 +127,7 @@ pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
         timer_seq: AtomicU64::new(0),
         stats: (0..shards).map(|_| Mutex::default()).collect(),
         finish: Arc::new(Finish::new(shards)),
+        runtime: Arc::new(runtime),
     });
     let kinds = factory.kinds();
     let factory = hermes_core::share(factory);
@@ -141,7 +150,6 @@ pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
         .collect();
     let inner = Inner {
         core,
-        runtime: Box::new(runtime),
         joined: AtomicBool::new(false),
     };
     let hermes = Hermes {
@@ -193,7 +201,7 @@ where
     /// # struct NoBell;
     /// # impl Wake for NoBell { fn wake(&self) {} }
     /// # struct Inline;
-    /// # impl Runtime for Inline {}
+    /// # impl Runtime for Inline { fn spawn(&self, _: hermes_executor::Spawned) {} }
     /// let options = Options::new(Config::default()).shards(2);
     /// let (hermes, shards) = launch(options, |_id: &u32| {
     ///     Activation::ready(|_ctx: &mut Context<'_, u32, u64>, _msg: u64| {})
@@ -277,7 +285,7 @@ where
         };
         let seq = core.timer_seq.fetch_add(1, Ordering::Relaxed);
         let timer = TimerId::outside(shard, seq);
-        let deadline = hermes_core::deadline(self.inner.runtime.now(), after);
+        let deadline = hermes_core::deadline(self.inner.core.runtime.now(), after);
         let envelope = Envelope::Schedule(Box::new(Scheduled {
             id: timer,
             to: id,
@@ -302,7 +310,9 @@ where
             let msg = match envelope {
                 Envelope::Deliver(_, msg) => msg,
                 Envelope::Schedule(scheduled) => scheduled.msg,
-                Envelope::Cancel(_) | Envelope::Close => unreachable!("only messages are pushed"),
+                Envelope::Cancel(_) | Envelope::Complete(..) | Envelope::Close => {
+                    unreachable!("the handle pushes only messages")
+                }
             };
             if stale {
                 SendError::Stale(msg)
@@ -348,7 +358,7 @@ where
         }
         let mut asked = Some(self.ask(id, make));
         let mut answer = Err(AskError::WouldDeadlock);
-        let blocked = self.inner.runtime.block(&mut || {
+        let blocked = self.inner.core.runtime.block(&mut || {
             if let Some(asked) = asked.take() {
                 answer = asked.wait_timeout(timeout);
             }
@@ -395,6 +405,7 @@ impl<K, M, A> Hermes<K, M, A> {
         }
         let mut stats = None;
         self.inner
+            .core
             .runtime
             .block(&mut || stats = Some(finished.wait()))?;
         self.inner.join();
@@ -423,7 +434,7 @@ impl<K, M> Inner<K, M> {
 
     fn join(&self) {
         if !self.joined.swap(true, Ordering::AcqRel) {
-            self.runtime.join();
+            self.core.runtime.join();
         }
     }
 }
@@ -435,7 +446,7 @@ impl<K, M> Drop for Inner<K, M> {
             return;
         }
         let done = &self.core.finish.done;
-        let waited = self.runtime.block(&mut || {
+        let waited = self.core.runtime.block(&mut || {
             done.wait(None, |s| s.as_ref().copied());
         });
         match waited {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use hermes_core::{Recipient, TimerId};
+use hermes_core::{Recipient, TaskId, TimerId};
 
 /// Wakes a parked shard. Each executor implements it with its own primitive (a channel, a
 /// `Notify`, ...). The primitive must remember a wake that comes before the shard waits (a
@@ -36,6 +36,8 @@ pub(crate) enum Envelope<K, M> {
     Schedule(Box<Scheduled<K, M>>),
     /// Cancel a timer held here.
     Cancel(TimerId),
+    /// The outcome of a task a receiver here started.
+    Complete(TaskId, M),
     /// Start closing.
     Close,
 }

@@ -33,7 +33,11 @@
 //! struct NoBell;
 //! impl Wake for NoBell { fn wake(&self) {} }
 //! struct Inline;
-//! impl Runtime for Inline {}
+//! impl Runtime for Inline {
+//!     fn spawn(&self, _task: hermes_executor::Spawned) {
+//!         unreachable!("no receiver here starts work")
+//!     }
+//! }
 //!
 //! enum Msg { Add(u64), Get(Reply<u64>) }
 //!
@@ -60,17 +64,16 @@
 mod handle;
 mod inbox;
 mod options;
-mod reply;
 mod shard;
-mod signal;
-mod spin;
 
-pub use handle::{Finished, Hermes, Launched, Refused, Runtime, Shards, WouldDeadlock, launch};
+pub use handle::{
+    Finished, Hermes, Launched, Refused, Runtime, Shards, Spawned, WouldDeadlock, launch,
+};
+pub use hermes_reply::{AskError, Asked, Reply};
 pub use inbox::Wake;
 #[cfg(feature = "fault-injection")]
 pub use options::ShardFault;
 pub use options::{Options, StartError};
-pub use reply::{AskError, Asked, Reply};
 pub use shard::{Shard, Turn, hosts_shards};
 
 pub use hermes_core::{Key, Message};

@@ -18,9 +18,8 @@ use hermes_core::{
 
 use crate::inbox::{self, Envelope, Inbox, Scheduled};
 use crate::options::{Budget, DeadLetterSink, ShardFault};
-use crate::signal::Signal;
-use crate::spin;
 use crate::{Key, Message};
+use hermes_reply::{Signal, poll_briefly};
 
 /// What the executor does after a [`turn`](Shard::turn).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +45,8 @@ pub(crate) struct Core<K, M> {
     /// Each shard's stats as of its last turn.
     pub(crate) stats: Box<[Mutex<Stats>]>,
     pub(crate) finish: Arc<Finish>,
+    /// Runs the tasks receivers start.
+    pub(crate) runtime: Arc<dyn crate::Runtime>,
 }
 
 impl<K, M> Core<K, M> {
@@ -234,6 +235,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             return Turn::Exit;
         }
         let _in_shard = InShard::enter();
+        let now = clock.now();
         if self.incoming.is_empty() {
             let mut buffer = Vec::from(std::mem::take(&mut self.incoming));
             self.inbox().take(&mut buffer);
@@ -248,7 +250,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             let Some(envelope) = self.incoming.pop_front() else {
                 break;
             };
-            self.accept(envelope);
+            self.accept(envelope, now);
             self.conversing = true;
         }
         let mut more = !self.incoming.is_empty();
@@ -259,7 +261,7 @@ impl<K: Key, M: Message> Shard<K, M> {
         more |= self.run_commands(clock);
         self.flush();
         if self.router.is_closed() {
-            self.exit();
+            self.exit(now);
             return Turn::Exit;
         }
         if more || !self.inbox().park() {
@@ -293,14 +295,14 @@ impl<K: Key, M: Message> Shard<K, M> {
     }
 
     /// After a turn that found nothing to do, watches the inbox without sleeping for a short
-    /// while (see [`spin::poll_briefly`]): true if mail came, false if the shard is parked
+    /// while (see [`poll_briefly`]): true if mail came, false if the shard is parked
     /// again and its thread should sleep (until a wake or the deadline). While watching, the
     /// shard counts as awake, so senders do not ring its bell. Only after a turn: an idle shard
     /// sleeps.
     fn mail_soon(&self, deadline: Option<Instant>) -> bool {
         let inbox = self.inbox();
         inbox.unpark();
-        spin::poll_briefly(deadline, || inbox.is_pending()) || !inbox.park()
+        poll_briefly(deadline, || inbox.is_pending()) || !inbox.park()
     }
 
     /// Runs the shard as a task until it exits: awaits `yield_now()` between busy turns, so
@@ -328,7 +330,7 @@ impl<K: Key, M: Message> Shard<K, M> {
         &self.core.inboxes[self.index as usize]
     }
 
-    fn accept(&mut self, envelope: Envelope<K, M>) {
+    fn accept(&mut self, envelope: Envelope<K, M>, now: Instant) {
         match envelope {
             // Whatever reached the inbox was accepted by the handle (or sent by a receiver):
             // route it as from inside, so it still reaches live receivers while closing.
@@ -354,7 +356,27 @@ impl<K: Key, M: Message> Shard<K, M> {
             Envelope::Cancel(id) => {
                 self.router.cancel(id);
             }
+            Envelope::Complete(task, msg) => self.router.complete(task, msg, now),
             Envelope::Close => self.router.close(),
+        }
+    }
+
+    /// Hands the tasks receivers started to the runtime, each wired to bring its outcome back
+    /// to this shard's inbox.
+    fn spawn_tasks(&mut self) {
+        while let Some(task) = self.router.poll_task() {
+            // Weak: a task left in a runtime after shutdown keeps nothing of Hermes alive.
+            let core = Arc::downgrade(&self.core);
+            let index = self.index as usize;
+            let id = task.id();
+            self.core.runtime.spawn(Box::pin(async move {
+                if let Some(msg) = task.await
+                    && let Some(core) = core.upgrade()
+                {
+                    // Refused only once this shard has finished: then the receiver is gone.
+                    let _ = core.inboxes[index].push(Envelope::Complete(id, msg));
+                }
+            }));
         }
     }
 
@@ -382,8 +404,10 @@ impl<K: Key, M: Message> Shard<K, M> {
         self.carry.is_some()
     }
 
-    /// Sends outbound work to its shards and hands dead letters to the sink.
+    /// Sends outbound work to its shards, hands tasks to the runtime and dead letters to the
+    /// sink.
     fn flush(&mut self) {
+        self.spawn_tasks();
         while let Some((location, outbound)) = self.router.poll_outbound() {
             let envelope = match outbound {
                 Outbound::Message(to, msg) => Envelope::Deliver(to, msg),
@@ -436,6 +460,7 @@ impl<K: Key, M: Message> Shard<K, M> {
         let (recipient, message) = match envelope {
             Envelope::Deliver(to, msg) => (to, msg),
             Envelope::Schedule(scheduled) => (Recipient::Id(scheduled.to), scheduled.msg),
+            Envelope::Complete(task, msg) => (Recipient::Addr(task.owner()), msg),
             Envelope::Cancel(_) | Envelope::Close => return,
         };
         self.dead_letter(DeadLetter {
@@ -460,10 +485,10 @@ impl<K: Key, M: Message> Shard<K, M> {
     }
 
     /// The router has closed: refuse further pushes and report whatever was still queued.
-    fn exit(&mut self) {
+    fn exit(&mut self, now: Instant) {
         let left = self.inbox().close();
         for envelope in std::mem::take(&mut self.incoming).into_iter().chain(left) {
-            self.accept(envelope);
+            self.accept(envelope, now);
         }
         self.flush();
         self.exited = true;

@@ -36,7 +36,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hermes_core::{Config, Factory};
-use hermes_executor::{Hermes, Key, Message, Options, Runtime, Shard, Wake, WouldDeadlock, launch};
+use hermes_executor::{
+    Hermes, Key, Message, Options, Runtime, Shard, Spawned, Wake, WouldDeadlock, launch,
+};
 use smol::channel::{Receiver, Sender};
 use smol::{Executor, Timer};
 
@@ -53,7 +55,11 @@ pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
     options: Options<K, M>,
     factory: F,
 ) -> Hermes<K, M, F::App> {
-    spawn(options, factory, |task| smol::spawn(task).detach())
+    spawn(
+        options,
+        factory,
+        Arc::new(|task| smol::spawn(task).detach()),
+    )
 }
 
 /// Starts Hermes with `options` on `executor`, which you run (`executor.run(..)` on your
@@ -63,17 +69,24 @@ pub fn start_on<K: Key, M: Message, F: Factory<K, M>>(
     options: Options<K, M>,
     factory: F,
 ) -> Hermes<K, M, F::App> {
-    spawn(options, factory, |task| executor.spawn(task).detach())
+    let executor = Arc::clone(executor);
+    spawn(
+        options,
+        factory,
+        Arc::new(move |task| executor.spawn(task).detach()),
+    )
 }
 
-fn spawn<K, M, F, S>(options: Options<K, M>, factory: F, mut spawn: S) -> Hermes<K, M, F::App>
+/// Puts a task on the executor: the shards, and the work receivers start.
+type Spawn = Arc<dyn Fn(Spawned) + Send + Sync>;
+
+fn spawn<K, M, F>(options: Options<K, M>, factory: F, spawn: Spawn) -> Hermes<K, M, F::App>
 where
     K: Key,
     M: Message,
     F: Factory<K, M>,
-    S: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
 {
-    let (hermes, shards) = launch(options, factory, Smol, || {
+    let (hermes, shards) = launch(options, factory, Smol(Arc::clone(&spawn)), || {
         let (tx, rx) = smol::channel::bounded(1);
         (Bell(tx), rx)
     });
@@ -116,10 +129,15 @@ impl Wake for Bell {
 
 /// Blocking is refused on a thread that runs shard tasks, and on a thread of smol's global
 /// executor (named `smol-N`): with one such thread (smol's default), blocking it would stop the
-/// shards, and a shard task may not have run there yet to say so.
-struct Smol;
+/// shards, and a shard task may not have run there yet to say so. Tasks receivers start run
+/// on the same executor as the shards.
+struct Smol(Spawn);
 
 impl Runtime for Smol {
+    fn spawn(&self, task: Spawned) {
+        (self.0)(task);
+    }
+
     fn block(&self, wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
         let global = std::thread::current()
             .name()

@@ -42,7 +42,7 @@ use std::time::Instant;
 
 use hermes_core::{Config, Factory};
 use hermes_executor::{
-    Hermes, Key, Message, Options, Runtime, Shard, StartError, Wake, WouldDeadlock, launch,
+    Hermes, Key, Message, Options, Runtime, Shard, Spawned, StartError, Wake, WouldDeadlock, launch,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
@@ -71,7 +71,7 @@ pub fn start_on<K: Key, M: Message, F: Factory<K, M>>(
     options: Options<K, M>,
     factory: F,
 ) -> Hermes<K, M, F::App> {
-    let (hermes, shards) = launch(options, factory, Tokio, || {
+    let (hermes, shards) = launch(options, factory, Tokio(handle.clone()), || {
         let bell = Arc::new(Notify::new());
         (Bell(Arc::clone(&bell)), bell)
     });
@@ -109,10 +109,15 @@ impl Wake for Bell {
 }
 
 /// Blocking from tokio: fine outside the runtime, `block_in_place` on a multi-thread worker,
-/// refused on a current-thread runtime (it would stop the shards).
-struct Tokio;
+/// refused on a current-thread runtime (it would stop the shards). Tasks receivers start are
+/// tokio tasks on the same runtime.
+struct Tokio(Handle);
 
 impl Runtime for Tokio {
+    fn spawn(&self, task: Spawned) {
+        drop(self.0.spawn(task));
+    }
+
     fn block(&self, wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
         let Ok(handle) = Handle::try_current() else {
             wait();

@@ -18,7 +18,7 @@ const WINDOW: Duration = Duration::from_micros(50);
 
 /// Polls `ready` without sleeping, for at most about [`WINDOW`] and not past `deadline`; true
 /// as soon as it is ready, false if it did not become ready in time.
-pub(crate) fn poll_briefly(deadline: Option<Instant>, mut ready: impl FnMut() -> bool) -> bool {
+pub fn poll_briefly(deadline: Option<Instant>, mut ready: impl FnMut() -> bool) -> bool {
     for _ in 0..SPINS {
         if ready() {
             return true;

@@ -56,7 +56,7 @@ type Slot<T> = Signal<Result<T, AskError>>;
 /// The answering side of a request: put it in a message, answer with [`send`](Reply::send).
 ///
 /// ```
-/// use hermes_executor::Reply;
+/// use hermes_reply::Reply;
 ///
 /// let (reply, asked) = Reply::new();
 /// std::thread::spawn(move || reply.send(42).unwrap());
@@ -125,7 +125,7 @@ impl<T> fmt::Debug for Reply<T> {
 
 impl<T> Asked<T> {
     /// An ask that failed before it was sent.
-    pub(crate) fn failed(error: AskError) -> Self {
+    pub fn failed(error: AskError) -> Self {
         let slot = Arc::new(Signal::default());
         slot.set(Err(error));
         Asked { slot }

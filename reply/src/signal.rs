@@ -1,12 +1,24 @@
 //! A value that is set once and awaited by threads (blocking, with a deadline) or by tasks
-//! (`Future`): the one primitive under [`Asked`](crate::Asked) and [`Finished`](crate::Finished).
+//! (`Future`): the one primitive under [`Asked`](crate::Asked) and the executors' shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-pub(crate) struct Signal<T> {
+/// A value set once, awaited by threads ([`wait`](Signal::wait)) or tasks
+/// ([`poll`](Signal::poll)).
+///
+/// ```
+/// use std::sync::Arc;
+/// use hermes_reply::Signal;
+///
+/// let signal = Arc::new(Signal::default());
+/// let setter = Arc::clone(&signal);
+/// std::thread::spawn(move || setter.set(7));
+/// assert_eq!(signal.wait(None, |v| v.take()), Some(7));
+/// ```
+pub struct Signal<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
     /// Set with the value: lets a blocked waiter spin on one load before it sleeps.
@@ -41,7 +53,7 @@ impl<T> Signal<T> {
     }
 
     /// Sets the value (if none is set yet) and wakes every waiter.
-    pub(crate) fn set(&self, value: T) {
+    pub fn set(&self, value: T) {
         let (wakers, sleepers) = {
             let mut state = self.lock();
             if state.value.is_some() {
@@ -58,7 +70,7 @@ impl<T> Signal<T> {
     }
 
     /// Polls for the value; `read` takes or copies it out of the slot.
-    pub(crate) fn poll<R>(
+    pub fn poll<R>(
         &self,
         cx: &mut Context<'_>,
         read: impl FnOnce(&mut Option<T>) -> Option<R>,
@@ -77,7 +89,7 @@ impl<T> Signal<T> {
 
     /// Blocks until the value is set or `deadline` passes (`None`: no deadline); `read` takes or
     /// copies it out. `None` on timeout.
-    pub(crate) fn wait<R>(
+    pub fn wait<R>(
         &self,
         deadline: Option<Instant>,
         read: impl FnOnce(&mut Option<T>) -> Option<R>,

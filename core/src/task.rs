@@ -1,0 +1,243 @@
+//! Work that completes later: a future a receiver started, whose outcome comes back to it as a
+//! message.
+//!
+//! The router never runs futures. A receiver records one with [`Context::spawn`] or
+//! [`Context::ask`]; the router hands it out as a [`Task`] ([`Router::poll_task`]); the driver
+//! runs it on whatever runtime it has and gives the message back with [`Router::complete`].
+//!
+//! - The outcome reaches the instance that started the work, and only it: if that instance is
+//!   deactivated first (stopped, panicked, closing), its tasks are aborted (a [`Task`] then
+//!   finishes with `None` when next polled) and an outcome that still arrives is a dead letter
+//!   ([`Stale`](crate::DeadLetterReason::Stale)).
+//! - A receiver waiting for work is not deactivated for idleness: its idle time starts when its
+//!   last task has come back.
+//! - Closing aborts every task, so work in flight never holds up a shutdown.
+//!
+//! [`Context::spawn`]: crate::Context::spawn
+//! [`Context::ask`]: crate::Context::ask
+//! [`Router::poll_task`]: crate::Router::poll_task
+//! [`Router::complete`]: crate::Router::complete
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Instant;
+
+use hermes_reply::{AskError, Asked};
+
+use crate::Addr;
+
+/// A boxed future of a message, as receivers record them.
+pub(crate) type BoxFuture<M> = Pin<Box<dyn Future<Output = M> + Send>>;
+
+/// Identifies a task: the receiver it belongs to, and a number unique on its router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    pub(crate) owner: Addr,
+    pub(crate) seq: u64,
+}
+
+impl TaskId {
+    /// The receiver the task's outcome goes to.
+    pub fn owner(self) -> Addr {
+        self.owner
+    }
+}
+
+const RUNNING: u8 = 0;
+const EXPIRED: u8 = 1;
+const ABORTED: u8 = 2;
+
+/// What the router can tell a task from outside its future: it has expired (an ask's deadline
+/// passed) or is aborted (its receiver is gone), and the waker to make it notice.
+pub(crate) struct Flags {
+    state: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Flags {
+    pub(crate) fn new() -> Arc<Flags> {
+        Arc::new(Flags {
+            state: AtomicU8::new(RUNNING),
+            waker: Mutex::new(None),
+        })
+    }
+
+    fn set(&self, from: u8, to: u8) {
+        if self
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let waker = self
+                .waker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    fn abort(&self) {
+        self.set(RUNNING, ABORTED);
+        self.set(EXPIRED, ABORTED);
+    }
+
+    /// The deadline passed: an ask answers `AskError::Timeout`.
+    pub(crate) fn expire(&self) {
+        self.set(RUNNING, EXPIRED);
+    }
+
+    fn is(&self, state: u8) -> bool {
+        self.state.load(Ordering::Acquire) == state
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+/// A task as a receiver records it: its future (already mapped to the receiver's message), the
+/// flags it shares with the router, and, for an ask, the deadline.
+pub(crate) struct TaskOp<M> {
+    pub(crate) flags: Arc<Flags>,
+    pub(crate) future: BoxFuture<M>,
+    pub(crate) deadline: Option<Option<Instant>>,
+}
+
+/// A task as the router and the runtime share it: its flags, and its future, which the router
+/// takes out and drops when it aborts the task, so that work in flight is dropped with its
+/// receiver, on the spot, whatever the runtime does.
+pub(crate) struct Shared<M> {
+    flags: Arc<Flags>,
+    future: Mutex<Option<BoxFuture<M>>>,
+}
+
+impl<M> Shared<M> {
+    pub(crate) fn new(flags: Arc<Flags>, future: BoxFuture<M>) -> Arc<Shared<M>> {
+        Arc::new(Shared {
+            flags,
+            future: Mutex::new(Some(future)),
+        })
+    }
+
+    /// The receiver is gone: drops the future (waiting for a poll in progress to finish), and
+    /// makes the task end without an outcome.
+    pub(crate) fn abort(&self) {
+        self.flags.abort();
+        let future = self
+            .future
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(future);
+    }
+
+    /// The ask's deadline passed.
+    pub(crate) fn expire(&self) {
+        self.flags.expire();
+    }
+}
+
+/// Work a receiver started, for the driver to run (see the [module docs](self)): a `Future`
+/// whose output is the message for [`Router::complete`](crate::Router::complete), or `None` if
+/// the task was aborted (its receiver is gone; drop it).
+///
+/// ```
+/// # use std::time::Instant;
+/// use hermes_core::{Activation, Config, Context, Router};
+///
+/// enum Msg { Load, Loaded(u64) }
+///
+/// let factory = |_: &u8| {
+///     let mut value = 0;
+///     Activation::ready(move |ctx: &mut Context<'_, u8, Msg>, msg| match msg {
+///         Msg::Load => ctx.spawn(async { 42 }, Msg::Loaded),
+///         Msg::Loaded(v) => value = v,
+///     })
+/// };
+/// let now = Instant::now();
+/// let mut router = Router::new(Config::default());
+/// router.send(1, Msg::Load).unwrap();
+/// while let Some(c) = router.poll_command() { router.handle(c, &factory, now).unwrap(); }
+/// let task = router.poll_task().expect("the receiver started work");
+/// let id = task.id();
+/// // A real driver spawns it on its runtime; this future is ready at once.
+/// let msg = futures_lite_block_on(task).expect("not aborted");
+/// router.complete(id, msg, now);
+/// while let Some(c) = router.poll_command() { router.handle(c, &factory, now).unwrap(); }
+/// assert_eq!(router.stats().messages_delivered, 2);
+/// # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     let mut f = std::pin::pin!(f);
+/// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+/// # }
+/// ```
+#[must_use = "a task does nothing unless run, and its outcome must go back to the router"]
+pub struct Task<M> {
+    pub(crate) id: TaskId,
+    pub(crate) shared: Arc<Shared<M>>,
+}
+
+impl<M> Task<M> {
+    /// Which task this is, for [`Router::complete`](crate::Router::complete).
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+}
+
+impl<M> Future for Task<M> {
+    type Output = Option<M>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<M>> {
+        let shared = &self.shared;
+        if shared.flags.is(ABORTED) {
+            return Poll::Ready(None);
+        }
+        shared.flags.register(cx.waker());
+        let mut slot = shared.future.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(future) = slot.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match future.as_mut().poll(cx) {
+            Poll::Ready(msg) => {
+                *slot = None;
+                Poll::Ready((!shared.flags.is(ABORTED)).then_some(msg))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<M> fmt::Debug for Task<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An ask's answer, or `Timeout` once the router expired it at its deadline.
+pub(crate) struct Expiring<R> {
+    pub(crate) asked: Asked<R>,
+    pub(crate) flags: Arc<Flags>,
+}
+
+impl<R> Future for Expiring<R> {
+    type Output = Result<R, AskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        if self.flags.is(EXPIRED) {
+            return Poll::Ready(Err(AskError::Timeout));
+        }
+        Pin::new(&mut self.asked).poll(cx)
+    }
+}
