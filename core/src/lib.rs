@@ -115,11 +115,11 @@ pub use error::{CommandError, DeadLetter, DeadLetterReason, SendError, SendError
 pub use factory::{Activation, Factory, FactoryError, SharedFactory, share};
 pub use hermes_reply::{AskError, Asked, Reply};
 pub use job::{Done, Job, panic_message};
-pub use placement::{Location, Placement, Sharded};
+pub use placement::{Location, Placement, Sharded, id_hash};
 pub use receiver::{Deactivation, Receiver};
 #[cfg(feature = "fault-injection")]
 pub use router::Fault;
-pub use router::{Config, Outbound, Router};
+pub use router::{Config, Outbound, Pressure, Router};
 pub use stats::Stats;
 pub use task::{Task, TaskId};
 pub use timers::TimerId;

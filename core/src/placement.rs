@@ -56,12 +56,20 @@ impl Sharded {
         if self.count == 1 {
             return 0;
         }
-        // A fixed seed: every router, thread and process agrees on placement.
-        const SEED: u64 = 0x6865_726d_6573_2121;
-        let hash = FixedState::with_seed(SEED).hash_one(id);
         // Multiply-shift maps the hash onto 0..count without a division.
-        ((u128::from(hash) * u128::from(self.count)) >> 64) as u32
+        ((u128::from(id_hash(id)) * u128::from(self.count)) >> 64) as u32
     }
+}
+
+/// A hash of `id` that every router, thread and process agrees on (a fixed seed): what
+/// placement divides IDs by, and how drivers name receivers to each other cheaply.
+///
+/// ```
+/// assert_eq!(hermes_core::id_hash("sensor-7"), hermes_core::id_hash("sensor-7"));
+/// ```
+pub fn id_hash<K: Hash + ?Sized>(id: &K) -> u64 {
+    const SEED: u64 = 0x6865_726d_6573_2121;
+    FixedState::with_seed(SEED).hash_one(id)
 }
 
 impl<K: Hash> Placement<K> for Sharded {

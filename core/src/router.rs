@@ -52,7 +52,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             idle_timeout: Duration::from_secs(300),
-            mailbox_capacity: None,
+            mailbox_capacity: Some(65_536),
             batch_size: 64,
             drain_limit: 1_000_000,
             dead_letter_capacity: 4096,
@@ -69,8 +69,11 @@ impl Config {
         self
     }
 
-    /// Bounds every mailbox (default unbounded). A send to a full mailbox is refused
-    /// ([`SendError::Full`]) from outside, or becomes a dead letter from a receiver.
+    /// Bounds every mailbox (default 65,536 messages). A send to a full mailbox is refused
+    /// ([`SendError::Full`]) from outside, or becomes a dead letter
+    /// ([`DeadLetterReason::Full`]) from a receiver: between receivers nothing waits, so
+    /// nothing can deadlock, and the loss is observable. The executors' handle makes outside
+    /// senders wait for room instead (`send`, `send_async`) or says so (`try_send`).
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.mailbox_capacity = Some(capacity.max(1));
         self
@@ -191,6 +194,8 @@ pub struct Router<K, M> {
     /// Sequence for the IDs of timers receivers schedule (unique per receiver handle).
     timer_seq: u32,
     stats: Stats,
+    /// Mailboxes that reached or left their capacity, for a driver that asked for them.
+    pressure: Option<VecDeque<Pressure<K>>>,
     /// Tasks receivers started, by number, not yet completed or aborted.
     tasks: hashbrown::HashMap<u64, (Addr, Arc<Shared<M>>)>,
     /// The numbers of each slot's tasks in flight (slots with none are absent).
@@ -212,6 +217,29 @@ pub struct Router<K, M> {
 /// How many spare mailbox buffers a router keeps, and the largest it keeps (in messages).
 const SPARE_BUFFERS: usize = 1024;
 const SPARE_BUFFER_CAPACITY: usize = 64;
+
+/// Where a message comes from, which decides how a refusal is reported.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// `send` from outside: refused while closing, or when the mailbox is full.
+    Outside,
+    /// A receiver or a timer: a refusal is a dead letter.
+    Inside,
+    /// From outside, already admitted by the driver's own flow control
+    /// ([`Router::admit`]): queued even if the mailbox is at capacity.
+    Admitted,
+}
+
+/// A change in whether a receiver's mailbox is at capacity, for a driver that tells senders
+/// to wait ([`Router::poll_pressure`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pressure<K> {
+    /// The mailbox of the receiver with this ID reached its capacity.
+    Full(K),
+    /// It has room again (down to half its capacity, or the receiver is gone).
+    Relieved(K),
+}
 
 /// A message the router did not take.
 struct Rejected<K, M> {
@@ -255,6 +283,7 @@ impl<K, M> Router<K, M> {
             idle_tail: NIL,
             timer_seq: 0,
             stats: Stats::default(),
+            pressure: None,
             tasks: hashbrown::HashMap::new(),
             in_flight: hashbrown::HashMap::new(),
             task_seq: 0,
@@ -364,6 +393,21 @@ impl<K, M> Router<K, M> {
         self.tasks_out.pop_front()
     }
 
+    /// Reports, from now on, when a receiver's mailbox reaches its capacity and when it has
+    /// room again ([`poll_pressure`](Router::poll_pressure)): for a driver that makes outside
+    /// senders wait while a receiver is full, as the executors do. Off by default, so a driver
+    /// that does not poll them keeps nothing.
+    pub fn report_pressure(&mut self) {
+        self.pressure.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The next change in whether a receiver's mailbox is at capacity, if
+    /// [`report_pressure`](Router::report_pressure) was called.
+    #[must_use]
+    pub fn poll_pressure(&mut self) -> Option<Pressure<K>> {
+        self.pressure.as_mut()?.pop_front()
+    }
+
     /// Tasks started and not yet completed or aborted.
     pub fn tasks_in_flight(&self) -> usize {
         self.tasks.len()
@@ -417,13 +461,13 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Sends `msg` from outside to the receiver with ID `to`, activating it if needed.
     pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
-        self.route(Recipient::Id(to), msg, true)
+        self.route(Recipient::Id(to), msg, From::Outside)
             .map_err(Rejected::into_error)
     }
 
     /// Sends `msg` from outside by handle; [`SendError::Stale`] if its receiver is gone.
     pub fn send_to(&mut self, to: Addr, msg: M) -> Result<(), SendError<M>> {
-        self.route(Recipient::Addr(to), msg, true)
+        self.route(Recipient::Addr(to), msg, From::Outside)
             .map_err(Rejected::into_error)
     }
 
@@ -483,8 +527,8 @@ impl<K: Key, M: Message> Router<K, M> {
         (location != Location::Shard(self.number)).then_some(location)
     }
 
-    fn route(&mut self, to: Recipient<K>, msg: M, outside: bool) -> Result<(), Rejected<K, M>> {
-        if outside && self.closing {
+    fn route(&mut self, to: Recipient<K>, msg: M, from: From) -> Result<(), Rejected<K, M>> {
+        if from == From::Outside && self.closing {
             return Err(Rejected::new(to, msg, SendErrorKind::Closed));
         }
         let key = match &to {
@@ -527,10 +571,9 @@ impl<K: Key, M: Message> Router<K, M> {
             return Err(Rejected::new(to, msg, SendErrorKind::Closed));
         }
         let kind = slot.kind;
-        if self
-            .capacity(kind)
-            .is_some_and(|cap| self.slots[key].mailbox.len() >= cap)
-        {
+        let queued = slot.mailbox.len();
+        let capacity = self.capacity(kind);
+        if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
             return Err(Rejected::new(to, msg, SendErrorKind::Full));
         }
         let slot = &mut self.slots[key];
@@ -540,12 +583,52 @@ impl<K: Key, M: Message> Router<K, M> {
             slot.mailbox = buffer;
         }
         slot.mailbox.push_back(msg);
+        let idle = slot.state == State::Idle;
+        if capacity.is_some_and(|cap| queued + 1 >= cap) {
+            self.fill(key);
+        }
         self.stats.messages_routed += 1;
-        if slot.state == State::Idle {
+        if idle {
             self.set_state(key, State::Scheduled);
             self.commands.push_back(Command::Run(self.addr_of(key)));
         }
         Ok(())
+    }
+
+    /// Accepts a message from outside that the driver already admitted with flow control of
+    /// its own (the executors check the shard's inbox and [`poll_pressure`](Router::poll_pressure)
+    /// before they take a message): it is queued even if the mailbox is at capacity, so what a
+    /// sender was told went through does go through. Otherwise routed as
+    /// [`forward`](Router::forward) routes.
+    pub fn admit(&mut self, to: Recipient<K>, msg: M) {
+        if self.drained() {
+            return self.dead_letter(to, Some(msg), DeadLetterReason::DrainLimit);
+        }
+        if let Err(r) = self.route(to, msg, From::Admitted) {
+            self.refused(r);
+        }
+    }
+
+    /// Tells the driver a receiver's mailbox is at capacity, if it was not already.
+    fn fill(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        if !slot.full() {
+            slot.set_full(true);
+            if let Some(pressure) = &mut self.pressure {
+                pressure.push_back(Pressure::Full(slot.id.clone()));
+            }
+        }
+    }
+
+    /// Tells the driver a receiver's mailbox has room again, if it was full.
+    fn relieve(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        if slot.full() {
+            slot.set_full(false);
+            if let Some(pressure) = &mut self.pressure {
+                pressure.push_back(Pressure::Relieved(slot.id.clone()));
+            }
+        }
     }
 
     /// Routes a message sent by a receiver or a timer; a refusal becomes a dead letter.
@@ -553,14 +636,19 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.drained() {
             return self.dead_letter(to, Some(msg), DeadLetterReason::DrainLimit);
         }
-        if let Err(r) = self.route(to, msg, false) {
-            let reason = match r.kind {
-                SendErrorKind::Closed => DeadLetterReason::Closed,
-                SendErrorKind::Full => DeadLetterReason::Full,
-                SendErrorKind::Stale => DeadLetterReason::Stale,
-            };
-            self.dead_letter(r.to, Some(r.msg), reason);
+        if let Err(r) = self.route(to, msg, From::Inside) {
+            self.refused(r);
         }
+    }
+
+    /// Reports a message the router did not take as a dead letter.
+    fn refused(&mut self, r: Rejected<K, M>) {
+        let reason = match r.kind {
+            SendErrorKind::Closed => DeadLetterReason::Closed,
+            SendErrorKind::Full => DeadLetterReason::Full,
+            SendErrorKind::Stale => DeadLetterReason::Stale,
+        };
+        self.dead_letter(r.to, Some(r.msg), reason);
     }
 
     fn dead_letter(
@@ -646,6 +734,9 @@ impl<K: Key, M: Message> Router<K, M> {
         slot.idle_timeout_ms = self.kind_idle_ms(kind);
         let inserted = self.slots.insert(slot);
         debug_assert_eq!(inserted, key);
+        if self.capacity(kind).is_some_and(|cap| cap <= 1) {
+            self.fill(key);
+        }
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hash, key as u32, |&k| {
             hasher.hash_one(&slots[k as usize].id)
@@ -662,6 +753,7 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Frees a slot whose receiver is gone and whose mailbox is empty.
     fn remove(&mut self, key: usize) {
+        self.relieve(key);
         self.unlink(key);
         let state = self.slots[key].state;
         self.count(state, false);
@@ -813,6 +905,7 @@ impl<K: Key, M: Message> Router<K, M> {
             self.dead_letter(Recipient::Id(id.clone()), Some(msg), reason.clone());
         }
         self.spare_batch(mailbox);
+        self.relieve(key);
     }
 
     /// Counts deliveries against a closing router's drain limit; on reaching it, stops
@@ -1006,6 +1099,12 @@ impl<K: Key, M: Message> Router<K, M> {
             }
         }
         self.stats.messages_delivered += handled;
+        if self.slots[key].full() {
+            let cap = self.capacity(self.slots[key].kind).unwrap_or(0);
+            if self.slots[key].mailbox.len() <= cap / 2 {
+                self.relieve(key);
+            }
+        }
         self.start_tasks(key, addr);
         self.apply();
         if self.closing && handled > 0 {

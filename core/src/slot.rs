@@ -44,7 +44,7 @@ pub(crate) struct Slot<K, M> {
     pub(crate) idle_prev: u32,
     pub(crate) idle_next: u32,
     pub(crate) state: State,
-    /// `LISTED`, `IDLE_ARMED` and `FRESH`, in one byte to keep the slot at 80 bytes.
+    /// `LISTED`, `IDLE_ARMED`, `FRESH` and `FULL`, in one byte to keep the slot at 80 bytes.
     flags: u8,
     /// Its kind, in an application with several (see `KindTable`); 0 otherwise.
     pub(crate) kind: u8,
@@ -56,6 +56,8 @@ const LISTED: u8 = 1;
 const IDLE_ARMED: u8 = 2;
 /// The `activated` hook has not run yet.
 const FRESH: u8 = 4;
+/// The mailbox reached its capacity (and has not come down to half of it since).
+const FULL: u8 = 8;
 
 impl<K, M> Slot<K, M> {
     /// An activating slot whose mailbox (`mailbox`, a recycled buffer) holds its first message.
@@ -103,6 +105,17 @@ impl<K, M> Slot<K, M> {
     #[inline]
     pub(crate) fn set_idle_armed(&mut self, on: bool) {
         self.set(IDLE_ARMED, on);
+    }
+
+    /// The mailbox is at capacity, as the router last told the driver.
+    #[inline]
+    pub(crate) fn full(&self) -> bool {
+        self.flags & FULL != 0
+    }
+
+    #[inline]
+    pub(crate) fn set_full(&mut self, on: bool) {
+        self.set(FULL, on);
     }
 
     #[inline]

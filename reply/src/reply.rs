@@ -17,6 +17,7 @@ use crate::signal::Signal;
 
 /// Why an ask got no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AskError {
     /// Hermes is shutting down or shut down, so the request was not sent.
     Closed,
@@ -26,6 +27,8 @@ pub enum AskError {
     Timeout,
     /// Waiting here would block the thread that has to run the receivers.
     WouldDeadlock,
+    /// The receiver, or its shard, is at capacity: the request was not sent.
+    Full,
 }
 
 impl fmt::Display for AskError {
@@ -44,6 +47,10 @@ impl fmt::Display for AskError {
             AskError::WouldDeadlock => {
                 "blocking here would stop the runtime that runs the receivers (a current-thread \
                  runtime, or a receiver's own thread): await the ask instead"
+            }
+            AskError::Full => {
+                "the receiver or its shard is at capacity, so the request was not sent: retry \
+                 later, or raise the mailbox or inbox capacity"
             }
         })
     }

@@ -160,37 +160,77 @@ pub fn kinds_send_ask_and_schedule_between_each_other<H: Harness>(h: &H) {
     assert!(hooks.iter().all(|(_, why)| *why == Deactivation::Closing));
 }
 
-/// A kind's own mailbox capacity: a full ledger's surplus becomes `Full` dead letters, while
-/// accounts (unbounded, the router's default) take everything.
+/// A kind's own mailbox capacity: mail from a receiver to a full ledger is a `Full` dead
+/// letter, and while a ledger's mailbox stays full, an outside `try_send` to it is refused
+/// with `Full` (and `send` waits), while accounts (the router's capacity) take everything.
 pub fn each_kind_has_its_own_mailbox_capacity<H: Harness>(h: &H) {
     let full = Arc::new(Mutex::new(0u64));
     let counted = full.clone();
+    // One command per turn: a slow ledger's backlog outlasts its shard's turn.
     let options = Options::new(Config::default())
         .shards(1)
+        .turn_budget(1, 1024)
         .on_dead_letter(move |letter| {
             if letter.reason == DeadLetterReason::Full {
                 *counted.lock().unwrap() += 1;
             }
         });
+    let entered = Arc::new(Mutex::new(0u64));
+    let e = entered.clone();
     let kinds = Kinds::<Bank>::new()
         .kind(|_: &AccountId| {
-            Activation::ready(|_: &mut Context<'_, AccountId, AccountMsg, Bank>, _msg| {
-                std::thread::sleep(Duration::from_micros(1));
+            Activation::ready(|ctx: &mut Context<'_, AccountId, AccountMsg, Bank>, msg| {
+                if let AccountMsg::Deposit(n) = msg {
+                    // A burst at the ledger, in one handler: it queues them all at once.
+                    for i in 0..n {
+                        ctx.send(LedgerId(1), LedgerMsg::Deposited(*ctx.id(), i));
+                    }
+                }
             })
         })
-        .kind_with(Settings::default().mailbox_capacity(1), |_: &LedgerId| {
-            Activation::ready(|_: &mut Context<'_, LedgerId, LedgerMsg, Bank>, _msg| {
-                std::thread::sleep(Duration::from_micros(100));
-            })
-        });
+        .kind_with(
+            Settings::default().mailbox_capacity(10).batch_size(1),
+            move |_: &LedgerId| {
+                let e = e.clone();
+                Activation::ready(move |_: &mut Context<'_, LedgerId, LedgerMsg, Bank>, msg| {
+                    if let LedgerMsg::Deposited(..) = msg {
+                        *e.lock().unwrap() += 1;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            },
+        );
     let hermes = h.start(options, kinds);
-    // In one batch, so the shard queues them all before either receiver runs.
-    let deposits = (0..50).map(|_| (AccountId(1), AccountMsg::Deposit(1)));
-    hermes.send_all(deposits).unwrap();
-    let entries = (0..50).map(|n| (LedgerId(1), LedgerMsg::Deposited(AccountId(1), n)));
+    hermes.send(AccountId(1), AccountMsg::Deposit(50)).unwrap();
+    eventually("the burst", || *entered.lock().unwrap() == 10);
+    assert_eq!(
+        *full.lock().unwrap(),
+        40,
+        "the burst beyond the ledger's ten"
+    );
+    // From outside: admitted in one batch (past the capacity, so nothing admitted is lost),
+    // then the full ledger refuses a `try_send`.
+    let entries = (0..30).map(|n| (LedgerId(1), LedgerMsg::Deposited(AccountId(2), n)));
     hermes.send_all(entries).unwrap();
+    let mut taken = 0;
+    eventually("the ledger to be full", || {
+        match hermes.try_send(LedgerId(1), LedgerMsg::Deposited(AccountId(3), 0)) {
+            Ok(()) => {
+                taken += 1;
+                false
+            }
+            Err(e) => matches!(e, hermes_core::SendError::Full(_)),
+        }
+    });
+    // `send` waits for room, then goes through.
+    hermes
+        .send(LedgerId(1), LedgerMsg::Deposited(AccountId(4), 0))
+        .unwrap();
     let stats = hermes.shutdown().unwrap();
-    let full = *full.lock().unwrap();
-    assert!(full > 0, "the ledger's one-message mailbox overflowed");
-    assert_eq!(stats.messages_delivered + full, 100, "{stats:?}");
+    assert_eq!(
+        *full.lock().unwrap(),
+        40,
+        "nothing from outside was refused"
+    );
+    assert_eq!(stats.messages_delivered, 1 + 10 + 30 + taken + 1);
 }

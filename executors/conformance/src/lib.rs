@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use hermes_core::Factory;
 use hermes_executor::{Hermes, Key, Message, Options};
 
+pub mod backpressure;
 pub mod kinds;
 mod regressions;
 pub mod suite;
@@ -90,7 +91,9 @@ macro_rules! conformance_tests {
             each_kind_has_its_own_mailbox_capacity,
             spawned_work_comes_back_as_a_message,
             work_in_flight_is_dropped_with_its_receiver,
-            asks_between_receivers_answer_or_time_out
+            asks_between_receivers_answer_or_time_out,
+            try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
+            a_fast_producer_waits_for_a_slow_receiver
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -12,6 +12,10 @@ use hermes_core::{
 };
 use hermes_executor::{AskError, Options, Reply};
 
+pub use crate::backpressure::{
+    a_fast_producer_waits_for_a_slow_receiver,
+    try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
+};
 pub use crate::kinds::{
     each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
 };

@@ -10,10 +10,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hermes_core::{
-    Addr, App, Factory, Kind, Location, Recipient, Router, SendError, Stats, TimerId,
+    Addr, App, Factory, Kind, Location, Recipient, Router, SendError, SendErrorKind, Stats, TimerId,
 };
 
-use crate::inbox::{Envelope, Inbox, Scheduled};
+use event_listener::Listener;
+
+use crate::inbox::{Envelope, Inbox, Limit, Refusal, Scheduled};
 use crate::shard::{Core, Finish, hosts_shards, in_shard};
 use crate::{AskError, Asked, Key, Message, Options, Reply, Shard, Wake};
 
@@ -120,7 +122,7 @@ pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
     let core = Arc::new(Core {
         inboxes: wakers
             .into_iter()
-            .map(|w| Inbox::new(Box::new(w)))
+            .map(|w| Inbox::new(Box::new(w), options.inbox_capacity))
             .collect(),
         placement: Arc::clone(&placement),
         accepting: AtomicBool::new(true),
@@ -159,13 +161,49 @@ pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
     (hermes, shard_list)
 }
 
-/// A message given back by the router, as the kind's message it was sent as.
-fn back<T: Kind<A>, A: App>(error: SendError<A::Msg>) -> SendError<T> {
-    error.map(|msg| match T::from_app_msg(msg) {
+/// What an offer to a shard came to: taken, or refused with the envelope back.
+type Offer<K, M> = Result<(), (Envelope<K, M>, SendErrorKind)>;
+
+/// A refused envelope as the error of the send that made it, its message back as the kind's
+/// message it was sent as.
+fn refused<K, M, T: Kind<A>, A: App<Id = K, Msg = M>>(
+    envelope: Envelope<K, M>,
+    kind: SendErrorKind,
+) -> SendError<T> {
+    let msg = match envelope {
+        Envelope::Admit(_, msg) | Envelope::Deliver(_, msg) => msg,
+        Envelope::Schedule(scheduled) => scheduled.msg,
+        Envelope::Cancel(_) | Envelope::Complete(..) | Envelope::Close => {
+            unreachable!("the handle offers only messages")
+        }
+    };
+    let msg = match T::from_app_msg(msg) {
         Ok(msg) => msg,
         // The handle wrapped it as a `T` a moment ago.
         Err(_) => unreachable!("a message changed kind on its way back"),
-    })
+    };
+    match kind {
+        SendErrorKind::Full => SendError::Full(msg),
+        SendErrorKind::Stale => SendError::Stale(msg),
+        _ => SendError::Closed(msg),
+    }
+}
+
+/// Why an ask's request was not sent.
+fn ask_error(kind: SendErrorKind) -> AskError {
+    match kind {
+        SendErrorKind::Full => AskError::Full,
+        _ => AskError::Closed,
+    }
+}
+
+impl From<Refusal> for SendErrorKind {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Closed => SendErrorKind::Closed,
+            Refusal::Full => SendErrorKind::Full,
+        }
+    }
 }
 
 impl<K, M, A> Hermes<K, M, A>
@@ -174,25 +212,157 @@ where
     M: Message,
     A: App<Id = K, Msg = M>,
 {
-    /// Sends `msg` to the receiver with ID `id`, activating it if needed. The message's type
-    /// decides the kind, and so the ID's type. Messages from one thread to one ID arrive in
-    /// send order.
+    /// Sends `msg` to the receiver with ID `id`, activating it if needed, without waiting:
+    /// [`SendError::Full`] gives the message back at once when the receiver's mailbox or its
+    /// shard's inbox is at capacity. The message's type decides the kind, and so the ID's type.
+    /// Messages from one thread to one ID arrive in send order.
+    ///
+    /// A receiver counts as full from the moment its shard sees its mailbox at capacity until
+    /// the mailbox is down to half of it; a message admitted here is queued even if the
+    /// mailbox filled up meanwhile, so memory stays bounded by the inbox's and the mailbox's
+    /// capacities and nothing admitted is lost.
+    pub fn try_send<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
+        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer(location, Some(hash), envelope)
+            .map_err(|(envelope, kind)| refused(envelope, kind))
+    }
+
+    /// Sends `msg` to the receiver with ID `id`, waiting (blocking this thread) while it or
+    /// its shard is full; see [`try_send`](Hermes::try_send). Where this thread must not
+    /// block (inside a receiver, on a thread of the async runtime that runs the shards) it
+    /// does not wait: it returns [`SendError::Full`] as `try_send` would. From async code,
+    /// [`send_async`](Hermes::send_async).
     pub fn send<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
+        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer_blocking(location, Some(hash), envelope, None)
+            .map_err(|(envelope, kind)| refused(envelope, kind))
+    }
+
+    /// [`send`](Hermes::send), waiting at most `timeout` for room: [`SendError::Full`] after.
+    pub fn send_timeout<T: Kind<A>>(
+        &self,
+        id: T::Id,
+        msg: T,
+        timeout: Duration,
+    ) -> Result<(), SendError<T>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer_blocking(location, Some(hash), envelope, deadline)
+            .map_err(|(envelope, kind)| refused(envelope, kind))
+    }
+
+    /// Sends `msg` to the receiver with ID `id`, awaiting room while it or its shard is full:
+    /// a producer that awaits each send is slowed to the rate its receiver keeps up with. See
+    /// [`try_send`](Hermes::try_send).
+    pub async fn send_async<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
+        let (location, hash, mut envelope) = Self::admit(&self.inner.core, id, msg);
+        loop {
+            envelope = match self.offer(location, Some(hash), envelope) {
+                Err((envelope, SendErrorKind::Full)) => envelope,
+                result => return result.map_err(|(envelope, kind)| refused(envelope, kind)),
+            };
+            let Some(inbox) = self.inner.core.inbox(location) else {
+                return Err(refused(envelope, SendErrorKind::Stale));
+            };
+            // Listen, then look again: room that came in between is not missed.
+            let listener = inbox.room.listen();
+            envelope = match self.offer(location, Some(hash), envelope) {
+                Err((envelope, SendErrorKind::Full)) => envelope,
+                result => return result.map_err(|(envelope, kind)| refused(envelope, kind)),
+            };
+            listener.await;
+        }
+    }
+
+    /// The shard of `id`, its hash, and the envelope that takes the message there.
+    fn admit<T: Kind<A>>(core: &Core<K, M>, id: T::Id, msg: T) -> (Location, u64, Envelope<K, M>) {
         let id = T::into_app_id(id);
-        let location = self.inner.core.placement.locate(&id);
-        self.push(
+        let location = core.placement.locate(&id);
+        let hash = hermes_core::id_hash(&id);
+        (
             location,
-            Envelope::Deliver(Recipient::Id(id), msg.into_app_msg()),
+            hash,
+            Envelope::Admit(Recipient::Id(id), msg.into_app_msg()),
         )
-        .map_err(back)
+    }
+
+    /// Pushes `envelope` to the shard at `location` if it takes it now: not shutting down, an
+    /// inbox of ours below capacity, and the receiver (by `hash`, if given) not full.
+    fn offer(
+        &self,
+        location: Location,
+        hash: Option<u64>,
+        envelope: Envelope<K, M>,
+    ) -> Offer<K, M> {
+        let core = &self.inner.core;
+        if !core.accepting.load(Ordering::Acquire) {
+            return Err((envelope, SendErrorKind::Closed));
+        }
+        let Some(inbox) = core.inbox(location) else {
+            // The placement put the ID on no shard of ours.
+            return Err((envelope, SendErrorKind::Stale));
+        };
+        if hash.is_some_and(|hash| inbox.is_full_for(hash)) {
+            return Err((envelope, SendErrorKind::Full));
+        }
+        inbox
+            .push(envelope, Limit::Outside)
+            .map_err(|(envelope, refusal)| (envelope, refusal.into()))
+    }
+
+    /// [`offer`](Hermes::offer), waiting on this thread for room until `deadline` (if any),
+    /// where this thread may block.
+    fn offer_blocking(
+        &self,
+        location: Location,
+        hash: Option<u64>,
+        mut envelope: Envelope<K, M>,
+        deadline: Option<Instant>,
+    ) -> Offer<K, M> {
+        loop {
+            envelope = match self.offer(location, hash, envelope) {
+                Err((envelope, SendErrorKind::Full)) => envelope,
+                result => return result,
+            };
+            let Some(inbox) = self.inner.core.inbox(location) else {
+                return Err((envelope, SendErrorKind::Stale));
+            };
+            let listener = inbox.room.listen();
+            envelope = match self.offer(location, hash, envelope) {
+                Err((envelope, SendErrorKind::Full)) => envelope,
+                result => return result,
+            };
+            if in_shard() {
+                return Err((envelope, SendErrorKind::Full));
+            }
+            let mut listener = Some(listener);
+            let mut timed_out = false;
+            let waited = self.inner.core.runtime.block(&mut || {
+                if let Some(listener) = listener.take() {
+                    timed_out = match deadline {
+                        Some(deadline) => listener.wait_deadline(deadline).is_none(),
+                        None => {
+                            listener.wait();
+                            false
+                        }
+                    };
+                }
+            });
+            if waited.is_err() || timed_out {
+                return Err((envelope, SendErrorKind::Full));
+            }
+        }
     }
 
     /// Sends every `(id, msg)` pair, as [`send`](Hermes::send) in a loop would (per-ID order
-    /// kept, receivers activated as needed), but hands them over with one push per shard
-    /// rather than one per message: for a thread that has many messages at once (a socket
-    /// reader with a buffer full of requests, a fan-out).
+    /// kept, receivers activated as needed, waiting while a shard's inbox is full), but hands
+    /// them over with one push per shard rather than one per message: for a thread that has
+    /// many messages at once (a socket reader with a buffer full of requests, a fan-out). A
+    /// batch is admitted whole once its shard's inbox is below capacity; receivers' mailbox
+    /// capacities are not checked.
     ///
-    /// Refused only while shutting down: then the pairs that were not sent come back, in order.
+    /// Refused while shutting down, or (where this thread must not block) while a shard is
+    /// full: then the pairs that were not sent come back, in order.
     ///
     /// ```
     /// use hermes_core::{Activation, Config, Context, SystemClock};
@@ -230,17 +400,22 @@ where
             let id = T::into_app_id(id);
             match core.placement.locate(&id) {
                 Location::Shard(n) if (n as usize) < batches.len() => {
-                    let envelope = Envelope::Deliver(Recipient::Id(id), msg.into_app_msg());
+                    let envelope = Envelope::Admit(Recipient::Id(id), msg.into_app_msg());
                     batches[n as usize].push(envelope);
                 }
                 // Placed on no shard of ours: refused like a closed one, in order.
                 _ => refused.push((id, msg.into_app_msg())),
             }
         }
-        for (inbox, mut batch) in core.inboxes.iter().zip(batches) {
-            if !batch.is_empty() && inbox.push_all(&mut batch).is_err() {
+        let mut kind = SendErrorKind::Closed;
+        for (shard, mut batch) in batches.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Err(refusal) = self.push_batch(shard, &mut batch) {
+                kind = refusal;
                 refused.extend(batch.into_iter().filter_map(|envelope| match envelope {
-                    Envelope::Deliver(Recipient::Id(id), msg) => Some((id, msg)),
+                    Envelope::Admit(Recipient::Id(id), msg) => Some((id, msg)),
                     _ => None,
                 }));
             }
@@ -254,23 +429,58 @@ where
                 Some((T::from_app_id(&id)?.clone(), T::from_app_msg(msg).ok()?))
             })
             .collect();
-        Err(SendError::Closed(refused))
+        Err(match kind {
+            SendErrorKind::Full => SendError::Full(refused),
+            _ => SendError::Closed(refused),
+        })
     }
 
-    /// Sends `msg` by handle (see [`Addr`]) to a receiver of `T`'s kind; a stale handle makes
-    /// it a dead letter.
-    pub fn send_to<T: Kind<A>>(&self, addr: Addr, msg: T) -> Result<(), SendError<T>> {
-        if addr.router() as usize >= self.inner.core.inboxes.len() {
-            return Err(SendError::Stale(msg));
+    /// Pushes a batch to shard `shard`, waiting for its inbox to be below capacity where this
+    /// thread may block.
+    fn push_batch(
+        &self,
+        shard: usize,
+        batch: &mut Vec<Envelope<K, M>>,
+    ) -> Result<(), SendErrorKind> {
+        let inbox = &self.inner.core.inboxes[shard];
+        loop {
+            match inbox.push_all(batch, Limit::Outside) {
+                Err(Refusal::Full) => {}
+                result => return result.map_err(SendErrorKind::from),
+            }
+            let listener = inbox.room.listen();
+            match inbox.push_all(batch, Limit::Outside) {
+                Err(Refusal::Full) => {}
+                result => return result.map_err(SendErrorKind::from),
+            }
+            if in_shard() {
+                return Err(SendErrorKind::Full);
+            }
+            let mut listener = Some(listener);
+            let waited = self.inner.core.runtime.block(&mut || {
+                if let Some(listener) = listener.take() {
+                    listener.wait();
+                }
+            });
+            if waited.is_err() {
+                return Err(SendErrorKind::Full);
+            }
         }
+    }
+
+    /// Sends `msg` by handle (see [`Addr`]) to a receiver of `T`'s kind, without waiting; a
+    /// stale handle makes it a dead letter.
+    pub fn send_to<T: Kind<A>>(&self, addr: Addr, msg: T) -> Result<(), SendError<T>> {
         let location = Location::Shard(addr.router());
-        let envelope = Envelope::Deliver(Recipient::Addr(addr), msg.into_app_msg());
-        self.push(location, envelope).map_err(back)
+        let envelope = Envelope::Admit(Recipient::Addr(addr), msg.into_app_msg());
+        self.offer(location, None, envelope)
+            .map_err(|(envelope, kind)| refused(envelope, kind))
     }
 
     /// Delivers `msg` to `id` after `after`, counted from now. A delay too long to represent
     /// (such as `Duration::MAX`) never fires, but can be cancelled. Cancel it with
-    /// [`cancel`](Hermes::cancel).
+    /// [`cancel`](Hermes::cancel). Refused with [`SendError::Full`] while the shard's inbox is
+    /// at capacity.
     pub fn schedule<T: Kind<A>>(
         &self,
         id: T::Id,
@@ -285,14 +495,16 @@ where
         };
         let seq = core.timer_seq.fetch_add(1, Ordering::Relaxed);
         let timer = TimerId::outside(shard, seq);
-        let deadline = hermes_core::deadline(self.inner.core.runtime.now(), after);
+        let deadline = hermes_core::deadline(core.runtime.now(), after);
         let envelope = Envelope::Schedule(Box::new(Scheduled {
             id: timer,
             to: id,
             deadline,
             msg: msg.into_app_msg(),
         }));
-        self.push(location, envelope).map(|()| timer).map_err(back)
+        self.offer(location, None, envelope)
+            .map(|()| timer)
+            .map_err(|(envelope, kind)| refused(envelope, kind))
     }
 
     /// Cancels a timer, scheduled here or by a receiver: it will not fire unless it is
@@ -300,47 +512,22 @@ where
     pub fn cancel(&self, timer: TimerId) {
         if let Some(inbox) = self.inner.core.inbox(Location::Shard(timer.router())) {
             // Refused only once that shard has closed, and then no timer is pending there.
-            let _ = inbox.push(Envelope::Cancel(timer));
-        }
-    }
-
-    fn push(&self, location: Location, envelope: Envelope<K, M>) -> Result<(), SendError<M>> {
-        let core = &self.inner.core;
-        let refused = |envelope, stale: bool| {
-            let msg = match envelope {
-                Envelope::Deliver(_, msg) => msg,
-                Envelope::Schedule(scheduled) => scheduled.msg,
-                Envelope::Cancel(_) | Envelope::Complete(..) | Envelope::Close => {
-                    unreachable!("the handle pushes only messages")
-                }
-            };
-            if stale {
-                SendError::Stale(msg)
-            } else {
-                SendError::Closed(msg)
-            }
-        };
-        if !core.accepting.load(Ordering::Acquire) {
-            return Err(refused(envelope, false));
-        }
-        match core.inbox(location) {
-            Some(inbox) => inbox.push(envelope).map_err(|e| refused(e, false)),
-            // The placement put the ID on no shard of ours.
-            None => Err(refused(envelope, true)),
+            let _ = inbox.push(Envelope::Cancel(timer), Limit::Control);
         }
     }
 
     /// Sends a request made by `make` (which puts the [`Reply`] into a message) to `id`, and
     /// returns the answer to come. Await it, or block on it with [`Asked::wait_timeout`].
     ///
-    /// The request goes out now, not when the result is first polled. Async asks have no
-    /// timeout of their own: wrap them in your runtime's timeout if the receiver may never
-    /// answer while holding on to the `Reply`.
+    /// The request goes out now, not when the result is first polled, and without waiting: it
+    /// fails with [`AskError::Full`] where [`try_send`](Hermes::try_send) would. Async asks
+    /// have no timeout of their own: wrap them in your runtime's timeout if the receiver may
+    /// never answer while holding on to the `Reply`.
     pub fn ask<T: Kind<A>, R>(&self, id: T::Id, make: impl FnOnce(Reply<R>) -> T) -> Asked<R> {
         let (reply, asked) = Reply::new();
-        match self.send(id, make(reply)) {
+        match self.try_send(id, make(reply)) {
             Ok(()) => asked,
-            Err(_) => Asked::failed(AskError::Closed),
+            Err(e) => Asked::failed(ask_error(e.kind())),
         }
     }
 
@@ -356,7 +543,11 @@ where
         if in_shard() {
             return Err(AskError::WouldDeadlock);
         }
-        let mut asked = Some(self.ask(id, make));
+        let (reply, asked) = Reply::new();
+        if let Err(e) = self.send_timeout(id, make(reply), timeout) {
+            return Err(ask_error(e.kind()));
+        }
+        let mut asked = Some(asked);
         let mut answer = Err(AskError::WouldDeadlock);
         let blocked = self.inner.core.runtime.block(&mut || {
             if let Some(asked) = asked.take() {
@@ -427,7 +618,7 @@ impl<K, M> Inner<K, M> {
         if self.core.accepting.swap(false, Ordering::AcqRel) {
             for inbox in self.core.inboxes.iter() {
                 // Refused only by a shard that already finished.
-                let _ = inbox.push(Envelope::Close);
+                let _ = inbox.push(Envelope::Close, Limit::Control);
             }
         }
     }

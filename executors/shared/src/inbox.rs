@@ -13,11 +13,19 @@
 //!   queue under the lock, a pusher pushes under the lock and then looks at the flag: the lock
 //!   orders the two, so no push is left unseen by a parked shard.
 //! - `pending`: something is queued, for a shard that polls before it sleeps.
+//!
+//! Bounded: `queued` counts what was pushed and not yet accepted by the shard. Messages from
+//! outside are refused at the inbox's capacity, messages from other shards at twice that, and
+//! control items (cancels, close, task outcomes) never. Beside it, the set of receivers whose
+//! mailbox is full, so that the handle tells an outside sender to wait for one busy receiver
+//! without holding up the rest, and the `room` event that waiting senders listen on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use event_listener::Event;
 use hermes_core::{Recipient, TaskId, TimerId};
 
 /// Wakes a parked shard. Each executor implements it with its own primitive (a channel, a
@@ -30,7 +38,10 @@ pub trait Wake: Send + Sync + 'static {
 
 /// Work for a shard.
 pub(crate) enum Envelope<K, M> {
-    /// A message from the handle or another shard.
+    /// A message from outside, admitted by the handle's flow control: queued even if its
+    /// receiver's mailbox is at capacity by the time it arrives.
+    Admit(Recipient<K>, M),
+    /// A message from a receiver on another shard: a dead letter if its mailbox is full.
     Deliver(Recipient<K>, M),
     /// A timer scheduled from outside (boxed: rare, and it would make every envelope larger).
     Schedule(Box<Scheduled<K, M>>),
@@ -54,6 +65,27 @@ pub(crate) struct Scheduled<K, M> {
 /// buffer: a burst's larger buffers are given back when it is over.
 pub(crate) const KEEP: usize = 1024;
 
+/// How much an inbox takes before it refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// A message from outside: up to the inbox's capacity.
+    Outside,
+    /// A message from another shard: up to twice the capacity, so that outside senders cannot
+    /// crowd out receivers, and receivers cannot grow an inbox without bound either.
+    Inside,
+    /// Control (cancels, close, task outcomes): always taken.
+    Control,
+}
+
+/// Why an inbox refused a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The shard has finished.
+    Closed,
+    /// The inbox is at its limit.
+    Full,
+}
+
 pub(crate) struct Inbox<K, M> {
     state: Mutex<State<K, M>>,
     /// The shard is parked (or about to be): the next push wakes it.
@@ -61,6 +93,16 @@ pub(crate) struct Inbox<K, M> {
     /// Items are queued (a hint for polling; the lock has the truth).
     pending: AtomicBool,
     waker: Box<dyn Wake>,
+    /// Items pushed and not yet accepted by the shard (queued here or in the shard's hands).
+    queued: AtomicUsize,
+    /// How many items from outside the inbox takes.
+    capacity: usize,
+    /// Receivers whose mailbox is at capacity, by `id_hash`, as of the shard's last turn.
+    full: Mutex<HashSet<u64>>,
+    /// How many entries `full` has: senders skip its lock while it is zero.
+    full_count: AtomicUsize,
+    /// Notified when there is room again: the inbox drained, or a receiver was relieved.
+    pub(crate) room: Event,
 }
 
 struct State<K, M> {
@@ -70,7 +112,7 @@ struct State<K, M> {
 }
 
 impl<K, M> Inbox<K, M> {
-    pub(crate) fn new(waker: Box<dyn Wake>) -> Self {
+    pub(crate) fn new(waker: Box<dyn Wake>, capacity: usize) -> Self {
         Inbox {
             state: Mutex::new(State {
                 items: Vec::new(),
@@ -78,6 +120,11 @@ impl<K, M> Inbox<K, M> {
             }),
             parked: AtomicBool::new(false),
             pending: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            capacity,
+            full: Mutex::new(HashSet::new()),
+            full_count: AtomicUsize::new(0),
+            room: Event::new(),
             waker,
         }
     }
@@ -87,27 +134,91 @@ impl<K, M> Inbox<K, M> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues one item; gives it back if the shard has finished.
-    pub(crate) fn push(&self, item: Envelope<K, M>) -> Result<(), Envelope<K, M>> {
+    /// How many items `limit` allows queued.
+    fn allows(&self, limit: Limit) -> usize {
+        match limit {
+            Limit::Outside => self.capacity,
+            Limit::Inside => self.capacity.saturating_mul(2),
+            Limit::Control => usize::MAX,
+        }
+    }
+
+    /// Queues one item; gives it back if the shard has finished or the inbox is at `limit`.
+    pub(crate) fn push(
+        &self,
+        item: Envelope<K, M>,
+        limit: Limit,
+    ) -> Result<(), (Envelope<K, M>, Refusal)> {
         let mut state = self.lock();
         if state.closed {
-            return Err(item);
+            return Err((item, Refusal::Closed));
         }
+        if self.queued.load(Ordering::Relaxed) >= self.allows(limit) {
+            return Err((item, Refusal::Full));
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
         state.items.push(item);
         self.release(state);
         Ok(())
     }
 
     /// Queues every item of `items` (leaving it empty) under one lock, waking the shard at most
-    /// once. If the shard has finished, nothing is queued and the items stay in `items`.
-    pub(crate) fn push_all(&self, items: &mut Vec<Envelope<K, M>>) -> Result<(), ()> {
+    /// once. If the shard has finished or the batch does not fit under `limit` (a batch fits
+    /// whenever the inbox is below it), nothing is queued and the items stay in `items`.
+    pub(crate) fn push_all(
+        &self,
+        items: &mut Vec<Envelope<K, M>>,
+        limit: Limit,
+    ) -> Result<(), Refusal> {
         let mut state = self.lock();
         if state.closed {
-            return Err(());
+            return Err(Refusal::Closed);
         }
+        if self.queued.load(Ordering::Relaxed) >= self.allows(limit) {
+            return Err(Refusal::Full);
+        }
+        self.queued.fetch_add(items.len(), Ordering::Relaxed);
         state.items.append(items);
         self.release(state);
         Ok(())
+    }
+
+    /// The shard accepted `n` items: they no longer count against the capacity. Wakes senders
+    /// waiting for room.
+    pub(crate) fn accepted(&self, n: usize) {
+        if n > 0 {
+            let before = self.queued.fetch_sub(n, Ordering::Relaxed);
+            if before >= self.capacity && before - n < self.capacity {
+                self.room.notify(usize::MAX);
+            }
+        }
+    }
+
+    /// True if a message from outside to the receiver with `id_hash` must wait: the inbox is
+    /// at capacity, or that receiver's mailbox is.
+    pub(crate) fn is_full_for(&self, id_hash: u64) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+            || (self.full_count.load(Ordering::Acquire) > 0
+                && self
+                    .full
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&id_hash))
+    }
+
+    /// The shard's router says the receiver with `id_hash` is full (`true`) or has room.
+    pub(crate) fn set_full(&self, id_hash: u64, full: bool) {
+        let mut set = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = if full {
+            set.insert(id_hash)
+        } else {
+            set.remove(&id_hash)
+        };
+        self.full_count.store(set.len(), Ordering::Release);
+        drop(set);
+        if changed && !full {
+            self.room.notify(usize::MAX);
+        }
     }
 
     /// Unlocks after a push, then wakes the shard if it is parked.
@@ -158,10 +269,14 @@ impl<K, M> Inbox<K, M> {
         self.parked.store(false, Ordering::Relaxed);
     }
 
-    /// Refuses every later push and returns what is still queued.
+    /// Refuses every later push and returns what is still queued. Wakes every sender waiting
+    /// for room: they find it closed.
     pub(crate) fn close(&self) -> Vec<Envelope<K, M>> {
         let mut state = self.lock();
         state.closed = true;
-        std::mem::take(&mut state.items)
+        let left = std::mem::take(&mut state.items);
+        drop(state);
+        self.room.notify(usize::MAX);
+        left
     }
 }

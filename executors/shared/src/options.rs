@@ -65,6 +65,7 @@ pub struct Options<K, M> {
     pub(crate) placement: Option<Arc<dyn Placement<K>>>,
     pub(crate) budget: Budget,
     pub(crate) fault: Option<ShardFault>,
+    pub(crate) inbox_capacity: usize,
 }
 
 impl<K, M> Options<K, M> {
@@ -80,7 +81,17 @@ impl<K, M> Options<K, M> {
             placement: None,
             budget: Budget::default(),
             fault: None,
+            inbox_capacity: 65_536,
         }
+    }
+
+    /// How many messages from outside each shard's inbox holds before senders wait (default
+    /// 65,536; at least 1): [`Hermes::send`](crate::Hermes::send) blocks, `send_async` awaits,
+    /// `try_send` returns `Full`. Messages from receivers on other shards may fill it to twice
+    /// that; past it they are dead letters (`Full`), as for a full mailbox.
+    pub fn inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = capacity.max(1);
+        self
     }
 
     /// How much a shard does per turn before it looks at its inbox and its timers again: at
@@ -170,6 +181,7 @@ impl<K, M> fmt::Debug for Options<K, M> {
             .field("dead_letters", &self.dead_letters.is_some())
             .field("placement", &self.placement.is_some())
             .field("budget", &self.budget)
+            .field("inbox_capacity", &self.inbox_capacity)
             .finish()
     }
 }

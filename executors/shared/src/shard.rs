@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hermes_core::{
-    Clock, Command, DeadLetter, DeadLetterReason, Location, Outbound, Placement, Recipient, Router,
-    SharedFactory, Stats, SystemClock, panic_message,
+    Clock, Command, DeadLetter, DeadLetterReason, Location, Outbound, Placement, Pressure,
+    Recipient, Router, SharedFactory, Stats, SystemClock, panic_message,
 };
 
-use crate::inbox::{self, Envelope, Inbox, Scheduled};
+use crate::inbox::{self, Envelope, Inbox, Limit, Refusal, Scheduled};
 use crate::options::{Budget, DeadLetterSink, ShardFault};
 use crate::{Key, Message};
 use hermes_reply::{Signal, poll_briefly};
@@ -186,6 +186,8 @@ impl<K: Key, M: Message> Shard<K, M> {
         budget: Budget,
         _fault: Option<ShardFault>,
     ) -> Self {
+        let mut router = router;
+        router.report_pressure();
         let shards = core.inboxes.len();
         Shard {
             index,
@@ -246,12 +248,17 @@ impl<K: Key, M: Message> Shard<K, M> {
         } else {
             self.budget.inbox
         };
+        let mut accepted = 0;
         for _ in 0..quota {
             let Some(envelope) = self.incoming.pop_front() else {
                 break;
             };
             self.accept(envelope, now);
+            accepted += 1;
+        }
+        if accepted > 0 {
             self.conversing = true;
+            self.inbox().accepted(accepted);
         }
         let mut more = !self.incoming.is_empty();
         let now = clock.now();
@@ -333,7 +340,9 @@ impl<K: Key, M: Message> Shard<K, M> {
     fn accept(&mut self, envelope: Envelope<K, M>, now: Instant) {
         match envelope {
             // Whatever reached the inbox was accepted by the handle (or sent by a receiver):
-            // route it as from inside, so it still reaches live receivers while closing.
+            // route it as from inside, so it still reaches live receivers while closing. What
+            // the handle admitted is queued even if its receiver filled up meanwhile.
+            Envelope::Admit(to, msg) => self.router.admit(to, msg),
             Envelope::Deliver(to, msg) => self.router.forward(to, msg),
             Envelope::Schedule(scheduled) => {
                 let Scheduled {
@@ -374,7 +383,7 @@ impl<K: Key, M: Message> Shard<K, M> {
                     && let Some(core) = core.upgrade()
                 {
                     // Refused only once this shard has finished: then the receiver is gone.
-                    let _ = core.inboxes[index].push(Envelope::Complete(id, msg));
+                    let _ = core.inboxes[index].push(Envelope::Complete(id, msg), Limit::Control);
                 }
             }));
         }
@@ -434,16 +443,30 @@ impl<K: Key, M: Message> Shard<K, M> {
             self.conversing = true;
             if self.fault(ShardFault::LoseOutgoing) {
                 out.clear();
-            } else if self.core.inboxes[shard].push_all(&mut out).is_err() {
-                // That shard has closed: nothing there is live to take them.
+            } else if let Err(refusal) = self.core.inboxes[shard].push_all(&mut out, Limit::Inside)
+            {
+                // That shard has closed (nothing there is live to take them), or its inbox is
+                // full (as for a full mailbox, mail between receivers is then a dead letter).
+                let reason = match refusal {
+                    Refusal::Closed => DeadLetterReason::Closed,
+                    Refusal::Full => DeadLetterReason::Full,
+                };
                 for envelope in out.drain(..) {
-                    self.bounce(envelope, DeadLetterReason::Closed);
+                    self.bounce(envelope, reason.clone());
                 }
             }
             self.outgoing[shard] = out;
         }
         while let Some(letter) = self.router.poll_dead_letter() {
             self.sink(letter);
+        }
+        while let Some(pressure) = self.router.poll_pressure() {
+            match pressure {
+                Pressure::Full(id) => self.inbox().set_full(hermes_core::id_hash(&id), true),
+                Pressure::Relieved(id) => self.inbox().set_full(hermes_core::id_hash(&id), false),
+                #[allow(unreachable_patterns)] // `Pressure` is non-exhaustive
+                _ => {}
+            }
         }
         self.core.publish(self.index, self.stats());
     }
@@ -458,7 +481,7 @@ impl<K: Key, M: Message> Shard<K, M> {
     /// Reports an envelope that can no longer be delivered.
     fn bounce(&mut self, envelope: Envelope<K, M>, reason: DeadLetterReason) {
         let (recipient, message) = match envelope {
-            Envelope::Deliver(to, msg) => (to, msg),
+            Envelope::Admit(to, msg) | Envelope::Deliver(to, msg) => (to, msg),
             Envelope::Schedule(scheduled) => (Recipient::Id(scheduled.to), scheduled.msg),
             Envelope::Complete(task, msg) => (Recipient::Addr(task.owner()), msg),
             Envelope::Cancel(_) | Envelope::Close => return,
@@ -487,9 +510,12 @@ impl<K: Key, M: Message> Shard<K, M> {
     /// The router has closed: refuse further pushes and report whatever was still queued.
     fn exit(&mut self, now: Instant) {
         let left = self.inbox().close();
+        let mut accepted = 0;
         for envelope in std::mem::take(&mut self.incoming).into_iter().chain(left) {
             self.accept(envelope, now);
+            accepted += 1;
         }
+        self.inbox().accepted(accepted);
         self.flush();
         self.exited = true;
     }

@@ -1,0 +1,116 @@
+//! Backpressure: every queue has a bound; outside senders choose to be told (`try_send`) or to
+//! wait (`send`, `send_timeout`, `send_async`); nothing admitted is lost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use hermes_core::{Activation, Config, Context, SendError};
+use hermes_executor::Options;
+
+use crate::{HANG_GUARD, Harness, eventually};
+
+/// A gate receivers wait at until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = changed.wait_timeout(open, HANG_GUARD).unwrap().0;
+        }
+    }
+
+    fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+}
+
+/// `try_send` says `Full` at once when the shard's inbox is at capacity; `send_timeout` waits
+/// and then says so; once there is room, everything admitted is delivered, in order.
+pub fn try_send_is_refused_at_capacity_and_nothing_admitted_is_lost<H: Harness>(h: &H) {
+    let gate = Gate::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (g, s) = (gate.clone(), seen.clone());
+    let options = Options::new(Config::default()).shards(1).inbox_capacity(4);
+    let hermes = h.start(options, move |_: &u64| {
+        let (g, s) = (g.clone(), s.clone());
+        Activation::ready(move |_: &mut Context<'_, u64, u64>, n: u64| {
+            s.lock().unwrap().push(n);
+            g.wait();
+        })
+    });
+    hermes.send(1, 0).unwrap();
+    // The shard is held up by the first message: the inbox fills.
+    eventually("the first message to be handled", || {
+        !seen.lock().unwrap().is_empty()
+    });
+    for n in 1..=4 {
+        hermes.try_send(1, n).unwrap();
+    }
+    let refused = hermes.try_send(1, 5);
+    assert!(matches!(refused, Err(SendError::Full(5))), "{refused:?}");
+    let waited = hermes.send_timeout(1, 6, Duration::from_millis(20));
+    assert!(matches!(waited, Err(SendError::Full(6))), "{waited:?}");
+    gate.open();
+    // Now it waits for room, and goes through.
+    hermes.send_timeout(1, 7, HANG_GUARD).unwrap();
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [0, 1, 2, 3, 4, 7],
+        "everything admitted, in order"
+    );
+    assert_eq!(stats.dead_letters, 0);
+}
+
+/// A fast producer that `send`s to a slow receiver with a bounded mailbox is slowed to its
+/// rate: at no point are more messages in flight than the inbox and the mailbox hold, and
+/// nothing is lost. The same with `send_async`.
+pub fn a_fast_producer_waits_for_a_slow_receiver<H: Harness>(h: &H) {
+    const INBOX: u64 = 64;
+    const MAILBOX: u64 = 16;
+    const MESSAGES: u64 = 2_000;
+    for use_async in [false, true] {
+        let received = Arc::new(AtomicU64::new(0));
+        let r = received.clone();
+        let config = Config::default().mailbox_capacity(MAILBOX as usize);
+        let options = Options::new(config)
+            .shards(2)
+            .inbox_capacity(INBOX as usize);
+        let hermes = h.start(options, move |_: &u64| {
+            let r = r.clone();
+            let mut next = 0;
+            Activation::ready(move |_: &mut Context<'_, u64, u64>, n: u64| {
+                assert_eq!(n, next, "in order");
+                next += 1;
+                std::thread::sleep(Duration::from_micros(20));
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        let mut most_in_flight = 0;
+        for n in 0..MESSAGES {
+            if use_async {
+                futures_lite::future::block_on(hermes.send_async(7, n)).unwrap();
+            } else {
+                hermes.send(7, n).unwrap();
+            }
+            let in_flight = n + 1 - received.load(Ordering::SeqCst);
+            most_in_flight = most_in_flight.max(in_flight);
+        }
+        // The inbox's capacity, the mailbox's (half of which must drain before it is
+        // relieved), and one batch in the receiver's hands.
+        let bound = INBOX + MAILBOX + 64 + 1;
+        assert!(
+            most_in_flight <= bound,
+            "{most_in_flight} messages in flight (async: {use_async}), more than {bound}"
+        );
+        let stats = hermes.shutdown().unwrap();
+        assert_eq!(received.load(Ordering::SeqCst), MESSAGES);
+        assert_eq!(stats.dead_letters, 0, "nothing lost");
+    }
+}
