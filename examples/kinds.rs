@@ -1,0 +1,491 @@
+//! A bank with three kinds of receivers: accounts, transfers and a ledger.
+//!
+//! A transfer is a receiver of its own, one per transfer ID. It asks the source account to
+//! withdraw (`ctx.ask`, with a timeout), then asks the target account to deposit, and gives the
+//! money back when the deposit fails. Asks never block a shard: the answer comes back to the
+//! transfer as a message. The ledger hears how each transfer ended.
+//!
+//! A timed-out ask tells the asker nothing about whether the request was applied: the answer
+//! may only be late. So a transfer that gives up on an answer *voids* the request: the account
+//! undoes what the transfer did there, if it did anything, and refuses that transfer from then
+//! on. Messages from one receiver to another arrive in send order, so the void always arrives
+//! after the request it voids. Account 4 sits at a remote branch whose answers come later than
+//! the transfers wait, to show this.
+//!
+//! Kinds have their own settings: transfers are deactivated after 50 ms idle, accounts after
+//! the default five minutes. A transfer waiting for an answer is not idle, however long it
+//! waits.
+//!
+//! ```text
+//! cargo run --example kinds                      # the thread pool
+//! cargo run --example kinds -- --executor tokio
+//! cargo run --example kinds -- --executor smol
+//! ```
+
+#[path = "support/executor.rs"]
+mod executor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hermes::{
+    Activation, AskError, Config, Context, Deactivation, Kinds, Options, Receiver, Reply, Settings,
+};
+
+/// How long a transfer waits for an account's answer.
+const ASK_TIMEOUT: Duration = Duration::from_millis(200);
+/// How late the remote branch's answers come.
+const BRANCH_DELAY: Duration = Duration::from_millis(300);
+/// Transfers are deactivated after this long idle.
+const TRANSFER_IDLE: Duration = Duration::from_millis(50);
+
+/// The accounts that exist, their opening balances, and how they behave.
+const ACCOUNTS: [(AccountId, u64, Branch); 4] = [
+    (AccountId(1), 100, Branch::Local),
+    (AccountId(2), 50, Branch::Local),
+    (AccountId(3), 20, Branch::Closed),
+    (AccountId(4), 40, Branch::Remote),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Branch {
+    /// Answers at once.
+    Local,
+    /// Takes no deposits.
+    Closed,
+    /// Applies requests at once, but its answers arrive `BRANCH_DELAY` later.
+    Remote,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct AccountId(u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TransferId(u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct LedgerId;
+
+/// Why an account refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    InsufficientFunds,
+    Closed,
+    /// The transfer gave up on this account and voided its requests.
+    Voided,
+}
+
+/// An account's answer to a withdrawal or a deposit.
+type Answer = Result<(), Refusal>;
+
+enum AccountMsg {
+    Withdraw {
+        transfer: TransferId,
+        amount: u64,
+        reply: Reply<Answer>,
+    },
+    Deposit {
+        transfer: TransferId,
+        amount: u64,
+        reply: Reply<Answer>,
+    },
+    /// Undo whatever `transfer` did here, and refuse it from now on.
+    Void(TransferId),
+    /// The remote branch's answer, arriving late.
+    Late {
+        transfer: TransferId,
+        reply: Reply<Answer>,
+        answer: Answer,
+    },
+}
+
+enum TransferMsg {
+    Start {
+        from: AccountId,
+        to: AccountId,
+        amount: u64,
+        done: Reply<Report>,
+    },
+    Withdrawn(Result<Answer, AskError>),
+    Deposited(Result<Answer, AskError>),
+}
+
+enum LedgerMsg {
+    Ended(TransferId, Outcome),
+}
+
+hermes::app! {
+    /// The bank: accounts, transfers between them, and a ledger.
+    pub app Bank(BankId, BankMsg) {
+        Account(AccountId => AccountMsg),
+        Transfer(TransferId => TransferMsg),
+        Ledger(LedgerId => LedgerMsg),
+    }
+}
+
+/// How a transfer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Outcome {
+    /// The money moved.
+    Completed,
+    /// The source refused the withdrawal: nothing moved.
+    Declined,
+    /// The withdrawal went through but the deposit did not: the money went back.
+    Refunded,
+    /// The source did not answer in time: the withdrawal was voided.
+    Cancelled,
+}
+
+/// What a transfer tells whoever started it.
+struct Report {
+    outcome: Outcome,
+    story: Vec<String>,
+}
+
+/// What the accounts and the ledger leave behind when they are deactivated.
+#[derive(Default)]
+struct Books {
+    balances: BTreeMap<AccountId, u64>,
+    /// Every transfer's ending, as the ledger heard it.
+    ended: Vec<(TransferId, Outcome)>,
+}
+
+type Shared = Arc<Mutex<Books>>;
+
+/// What a transfer did at an account: the change in its balance, or voided.
+#[derive(Clone, Copy)]
+enum Entry {
+    Applied(i64),
+    Voided,
+}
+
+struct Account {
+    balance: u64,
+    branch: Branch,
+    entries: HashMap<TransferId, Entry>,
+    books: Shared,
+}
+
+impl Account {
+    fn apply(&mut self, transfer: TransferId, change: i64) -> Answer {
+        if let Some(Entry::Voided) = self.entries.get(&transfer) {
+            return Err(Refusal::Voided);
+        }
+        if change > 0 && self.branch == Branch::Closed {
+            return Err(Refusal::Closed);
+        }
+        let Some(balance) = self.balance.checked_add_signed(change) else {
+            return Err(Refusal::InsufficientFunds);
+        };
+        self.balance = balance;
+        self.entries.insert(transfer, Entry::Applied(change));
+        Ok(())
+    }
+
+    fn answer(
+        &self,
+        ctx: &mut Context<'_, AccountId, AccountMsg, Bank>,
+        transfer: TransferId,
+        reply: Reply<Answer>,
+        answer: Answer,
+    ) {
+        if self.branch == Branch::Remote {
+            let late = AccountMsg::Late {
+                transfer,
+                reply,
+                answer,
+            };
+            ctx.schedule(BRANCH_DELAY, late);
+        } else {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+impl Receiver<AccountId, AccountMsg, Bank> for Account {
+    fn receive(&mut self, ctx: &mut Context<'_, AccountId, AccountMsg, Bank>, msg: AccountMsg) {
+        match msg {
+            AccountMsg::Withdraw {
+                transfer,
+                amount,
+                reply,
+            } => {
+                let answer = self.apply(transfer, -(amount as i64));
+                self.answer(ctx, transfer, reply, answer);
+            }
+            AccountMsg::Deposit {
+                transfer,
+                amount,
+                reply,
+            } => {
+                let answer = self.apply(transfer, amount as i64);
+                self.answer(ctx, transfer, reply, answer);
+            }
+            AccountMsg::Void(transfer) => {
+                if let Some(&Entry::Applied(change)) = self.entries.get(&transfer) {
+                    self.balance = self.balance.wrapping_add_signed(-change);
+                    let (undo, what) = match change < 0 {
+                        true => ("put back", "withdrawn"),
+                        false => ("took back", "deposited"),
+                    };
+                    println!(
+                        "  (account {}: {undo} the {} {what} by transfer {})",
+                        ctx.id().0,
+                        change.unsigned_abs(),
+                        transfer.0
+                    );
+                }
+                self.entries.insert(transfer, Entry::Voided);
+            }
+            AccountMsg::Late {
+                transfer,
+                reply,
+                answer,
+            } => {
+                if reply.send(answer).is_err() {
+                    println!(
+                        "  (account {}: its answer to transfer {} came {BRANCH_DELAY:?} late; \
+                         the transfer had given up)",
+                        ctx.id().0,
+                        transfer.0
+                    );
+                }
+            }
+        }
+    }
+
+    fn deactivated(&mut self, ctx: &mut Context<'_, AccountId, AccountMsg, Bank>, _: Deactivation) {
+        let mut books = self.books.lock().unwrap();
+        books.balances.insert(*ctx.id(), self.balance);
+    }
+}
+
+/// A transfer in progress.
+struct Running {
+    from: AccountId,
+    to: AccountId,
+    amount: u64,
+    done: Reply<Report>,
+    story: Vec<String>,
+}
+
+struct Transfer {
+    running: Option<Running>,
+}
+
+impl Transfer {
+    fn finish(&mut self, ctx: &mut Context<'_, TransferId, TransferMsg, Bank>, outcome: Outcome) {
+        let Some(t) = self.running.take() else {
+            return;
+        };
+        ctx.send(LedgerId, LedgerMsg::Ended(*ctx.id(), outcome));
+        let _ = t.done.send(Report {
+            outcome,
+            story: t.story,
+        });
+    }
+}
+
+impl Receiver<TransferId, TransferMsg, Bank> for Transfer {
+    fn receive(&mut self, ctx: &mut Context<'_, TransferId, TransferMsg, Bank>, msg: TransferMsg) {
+        let transfer = *ctx.id();
+        match msg {
+            TransferMsg::Start {
+                from,
+                to,
+                amount,
+                done,
+            } => {
+                if self.running.is_some() {
+                    return; // started already: `done` is dropped, its asker told so
+                }
+                let withdraw = |reply| AccountMsg::Withdraw {
+                    transfer,
+                    amount,
+                    reply,
+                };
+                ctx.ask(from, withdraw, ASK_TIMEOUT, TransferMsg::Withdrawn);
+                self.running = Some(Running {
+                    from,
+                    to,
+                    amount,
+                    done,
+                    story: Vec::new(),
+                });
+            }
+            TransferMsg::Withdrawn(answer) => {
+                let Some(t) = &mut self.running else { return };
+                let (from, to, amount) = (t.from.0, t.to, t.amount);
+                match answer {
+                    Ok(Ok(())) => {
+                        t.story
+                            .push(format!("withdrew {amount} from account {from}"));
+                        let deposit = |reply| AccountMsg::Deposit {
+                            transfer,
+                            amount,
+                            reply,
+                        };
+                        ctx.ask(to, deposit, ASK_TIMEOUT, TransferMsg::Deposited);
+                    }
+                    Ok(Err(refusal)) => {
+                        t.story.push(format!("account {from} refused: {refusal:?}"));
+                        self.finish(ctx, Outcome::Declined);
+                    }
+                    Err(e) => {
+                        // Perhaps withdrawn, perhaps not: void it.
+                        t.story
+                            .push(format!("no answer from account {from} ({e:?}); voided"));
+                        ctx.send(t.from, AccountMsg::Void(transfer));
+                        self.finish(ctx, Outcome::Cancelled);
+                    }
+                }
+            }
+            TransferMsg::Deposited(answer) => {
+                let Some(t) = &mut self.running else { return };
+                let (from, to, amount) = (t.from, t.to.0, t.amount);
+                match answer {
+                    Ok(Ok(())) => {
+                        t.story.push(format!("deposited {amount} to account {to}"));
+                        self.finish(ctx, Outcome::Completed);
+                        return;
+                    }
+                    Ok(Err(refusal)) => {
+                        t.story.push(format!("account {to} refused: {refusal:?}"));
+                    }
+                    Err(AskError::Timeout) => {
+                        // Perhaps deposited, perhaps not: void it there too.
+                        t.story
+                            .push(format!("no answer from account {to} in time; voided"));
+                        ctx.send(t.to, AccountMsg::Void(transfer));
+                    }
+                    Err(e) => {
+                        // Dropped unanswered: an account answers every request it applies, so
+                        // here the account does not exist (the request was a dead letter).
+                        t.story
+                            .push(format!("account {to} did not take it ({e:?})"));
+                    }
+                }
+                // Voiding the withdrawal gives the money back.
+                t.story
+                    .push(format!("refunded {amount} to account {}", from.0));
+                ctx.send(from, AccountMsg::Void(transfer));
+                self.finish(ctx, Outcome::Refunded);
+            }
+        }
+    }
+}
+
+fn bank(books: Shared) -> Kinds<Bank> {
+    let ledger_books = books.clone();
+    Kinds::<Bank>::new()
+        .kind(move |id: &AccountId| {
+            match ACCOUNTS.iter().find(|(account, ..)| account == id) {
+                Some(&(_, opening, branch)) => Activation::ready(Account {
+                    // As left when it was last deactivated, if it was.
+                    balance: *books.lock().unwrap().balances.get(id).unwrap_or(&opening),
+                    branch,
+                    entries: HashMap::new(),
+                    books: books.clone(),
+                }),
+                None => Activation::Refused, // no such account: its messages are dead letters
+            }
+        })
+        .kind_with(
+            Settings::default().idle_timeout(TRANSFER_IDLE),
+            |_: &TransferId| Activation::ready(Transfer { running: None }),
+        )
+        .kind(move |_: &LedgerId| {
+            let books = ledger_books.clone();
+            Activation::ready(
+                move |_: &mut Context<'_, LedgerId, LedgerMsg, Bank>, msg| match msg {
+                    LedgerMsg::Ended(transfer, outcome) => {
+                        books.lock().unwrap().ended.push((transfer, outcome));
+                    }
+                },
+            )
+        })
+}
+
+/// Transfers between accounts, each one a receiver asking accounts with timeouts.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    executor: executor::ExecutorArg,
+}
+
+fn main() {
+    let executor = Args::parse().executor.build();
+    let books = Shared::default();
+    let hermes = executor.start(
+        Options::new(Config::default()).shards(2),
+        bank(books.clone()),
+    );
+    println!("{}: six transfers at once", executor.name());
+    let transfers = [
+        (1, 2, 30),  // completes
+        (2, 3, 500), // declined: account 2 has not got 500
+        (1, 3, 20),  // refunded: account 3 is closed
+        (1, 5, 10),  // refunded: there is no account 5
+        (2, 4, 25),  // refunded: the branch answers too late, so the deposit is voided
+        (4, 1, 5),   // cancelled: the branch answers too late, so the withdrawal is voided
+    ];
+    let start = Instant::now();
+    let asked: Vec<_> = transfers
+        .iter()
+        .enumerate()
+        .map(|(n, &(from, to, amount))| {
+            let id = TransferId(n as u32 + 1);
+            let start = |done| TransferMsg::Start {
+                from: AccountId(from),
+                to: AccountId(to),
+                amount,
+                done,
+            };
+            (id, (from, to, amount), hermes.ask(id, start))
+        })
+        .collect();
+    let mut outcomes = BTreeMap::new();
+    for (id, (from, to, amount), asked) in asked {
+        let report = asked
+            .wait_timeout(Duration::from_secs(10))
+            .expect("every transfer reports how it ended");
+        println!(
+            "transfer {}: {amount} from account {from} to account {to}: {} => {:?}",
+            id.0,
+            report.story.join(", "),
+            report.outcome
+        );
+        *outcomes.entry(report.outcome).or_insert(0) += 1;
+    }
+    println!("all six ended after {:.0?}", start.elapsed());
+
+    // Long enough for the branch's late answers, and for idle transfers to be deactivated.
+    std::thread::sleep(BRANCH_DELAY);
+    let live = hermes.stats().live;
+    println!(
+        "receivers live now: {live} (4 accounts and the ledger; transfers went after \
+         {TRANSFER_IDLE:?} idle, though the ones waiting {ASK_TIMEOUT:?} for the branch were \
+         not idle while they waited)"
+    );
+    let stats = hermes.shutdown().unwrap();
+    println!(
+        "shutdown: {} receivers deactivated, {} dead letters (the messages for account 5)",
+        stats.deactivations, stats.dead_letters
+    );
+
+    let books = books.lock().unwrap();
+    for (account, balance) in &books.balances {
+        println!("account {}: {balance}", account.0);
+    }
+    let opening: u64 = ACCOUNTS.iter().map(|&(_, balance, _)| balance).sum();
+    let closing: u64 = books.balances.values().sum();
+    assert_eq!(closing, opening, "money was created or destroyed");
+    println!("money conserved: {opening} at the start, {closing} at the end");
+    let mut ended: Vec<TransferId> = books.ended.iter().map(|&(id, _)| id).collect();
+    ended.sort();
+    let expected: Vec<TransferId> = (1..=transfers.len() as u32).map(TransferId).collect();
+    assert_eq!(ended, expected, "every transfer ends exactly once");
+    println!("the ledger saw each transfer end exactly once: {outcomes:?}");
+}
