@@ -24,13 +24,16 @@
 //! cargo run --example kinds -- --executor smol
 //! ```
 
+#[path = "support/book.rs"]
+mod book;
 #[path = "support/executor.rs"]
 mod executor;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use book::{Answer, Book, Entry};
 use clap::Parser;
 use hermes::{
     Activation, AskError, Config, Context, Deactivation, Kinds, Options, Receiver, Reply, Settings,
@@ -69,18 +72,6 @@ struct TransferId(u32);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct LedgerId;
-
-/// Why an account refused a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
-    InsufficientFunds,
-    Closed,
-    /// The transfer gave up on this account and voided its requests.
-    Voided,
-}
-
-/// An account's answer to a withdrawal or a deposit.
-type Answer = Result<(), Refusal>;
 
 enum AccountMsg {
     Withdraw {
@@ -160,46 +151,13 @@ struct Books {
 
 type Shared = Arc<Mutex<Books>>;
 
-/// What a transfer did at an account.
-#[derive(Clone, Copy)]
-enum Entry {
-    Withdrew(u64),
-    /// A deposit held until the transfer confirms it. Not spendable: the transfer may void it
-    /// instead, and a voided deposit must not have been spent.
-    Holding(u64),
-    Confirmed,
-    Voided,
-}
-
 struct Account {
-    balance: u64,
+    book: Book<TransferId>,
     branch: Branch,
-    entries: HashMap<TransferId, Entry>,
     books: Shared,
 }
 
 impl Account {
-    fn withdraw(&mut self, transfer: TransferId, amount: u64) -> Answer {
-        if self.entries.contains_key(&transfer) {
-            return Err(Refusal::Voided);
-        }
-        let balance = self.balance.checked_sub(amount);
-        self.balance = balance.ok_or(Refusal::InsufficientFunds)?;
-        self.entries.insert(transfer, Entry::Withdrew(amount));
-        Ok(())
-    }
-
-    fn deposit(&mut self, transfer: TransferId, amount: u64) -> Answer {
-        if self.entries.contains_key(&transfer) {
-            return Err(Refusal::Voided);
-        }
-        if self.branch == Branch::Closed {
-            return Err(Refusal::Closed);
-        }
-        self.entries.insert(transfer, Entry::Holding(amount));
-        Ok(())
-    }
-
     fn answer(
         &self,
         ctx: &mut Context<'_, AccountId, AccountMsg, Bank>,
@@ -229,7 +187,7 @@ impl Receiver<AccountId, AccountMsg, Bank> for Account {
                 amount,
                 reply,
             } => {
-                let answer = self.withdraw(transfer, amount);
+                let answer = self.book.withdraw(transfer, amount);
                 self.answer(ctx, transfer, reply, answer);
             }
             AccountMsg::Deposit {
@@ -237,18 +195,14 @@ impl Receiver<AccountId, AccountMsg, Bank> for Account {
                 amount,
                 reply,
             } => {
-                let answer = self.deposit(transfer, amount);
+                let answer = self.book.deposit(transfer, amount);
                 self.answer(ctx, transfer, reply, answer);
             }
             AccountMsg::Confirm(transfer) => {
-                if let Some(Entry::Holding(amount)) = self.entries.get(&transfer) {
-                    self.balance += amount;
-                    self.entries.insert(transfer, Entry::Confirmed);
-                }
+                self.book.confirm(transfer);
             }
-            AccountMsg::Void(transfer) => match self.entries.insert(transfer, Entry::Voided) {
+            AccountMsg::Void(transfer) => match self.book.void(transfer) {
                 Some(Entry::Withdrew(amount)) => {
-                    self.balance += amount;
                     let t = transfer.0;
                     println!("  (account {me}: put back the {amount} withdrawn by transfer {t})");
                 }
@@ -275,12 +229,9 @@ impl Receiver<AccountId, AccountMsg, Bank> for Account {
     }
 
     fn deactivated(&mut self, ctx: &mut Context<'_, AccountId, AccountMsg, Bank>, _: Deactivation) {
-        let held = self.entries.values().map(|entry| match entry {
-            Entry::Holding(amount) => *amount,
-            _ => 0,
-        });
+        let (balance, held) = (self.book.balance, self.book.holding());
         let mut books = self.books.lock().unwrap();
-        books.balances.insert(*ctx.id(), (self.balance, held.sum()));
+        books.balances.insert(*ctx.id(), (balance, held));
     }
 }
 
@@ -408,9 +359,8 @@ fn bank(books: Shared) -> Kinds<Bank> {
                 // Accounts stay live for the whole run (the default idle timeout is five
                 // minutes); examples/bank.rs shows durable ones.
                 Some(&(_, balance, branch)) => Activation::ready(Account {
-                    balance,
+                    book: Book::new(balance, branch == Branch::Closed),
                     branch,
-                    entries: HashMap::new(),
                     books: books.clone(),
                 }),
                 None => Activation::Refused, // no such account: its messages are dead letters

@@ -26,6 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "../../examples/support/book.rs"]
+mod book;
+
+use book::{Answer, Book, Entry};
 use hermes_core::{
     Activation, AskError, Config, Context, Deactivation, DeadLetterReason, Kinds, Receiver,
     Recipient, Settings,
@@ -49,15 +53,6 @@ struct TransferId(u32);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct LedgerId;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
-    InsufficientFunds,
-    Closed,
-    Voided,
-}
-
-type Answer = Result<(), Refusal>;
 
 #[derive(Debug)]
 enum AccountMsg {
@@ -115,62 +110,12 @@ enum Outcome {
     Cancelled,
 }
 
-/// What a transfer did at an account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Entry {
-    Withdrew(u64),
-    /// A deposit held until confirmed: not spendable, since the transfer may void it.
-    Holding(u64),
-    Confirmed,
-    Voided,
-}
-
-#[derive(Clone, Debug)]
-struct AccountState {
-    balance: u64,
-    entries: HashMap<TransferId, Entry>,
-}
-
-impl AccountState {
-    fn withdraw(&mut self, transfer: TransferId, amount: u64) -> Answer {
-        if self.entries.contains_key(&transfer) {
-            return Err(Refusal::Voided);
-        }
-        self.balance = self
-            .balance
-            .checked_sub(amount)
-            .ok_or(Refusal::InsufficientFunds)?;
-        self.entries.insert(transfer, Entry::Withdrew(amount));
-        Ok(())
-    }
-
-    fn deposit(&mut self, transfer: TransferId, amount: u64, closed: bool) -> Answer {
-        if self.entries.contains_key(&transfer) {
-            return Err(Refusal::Voided);
-        }
-        if closed {
-            return Err(Refusal::Closed);
-        }
-        self.entries.insert(transfer, Entry::Holding(amount));
-        Ok(())
-    }
-
-    /// Money held for deposits not confirmed yet.
-    fn holding(&self) -> u64 {
-        let held = self.entries.values().map(|e| match e {
-            Entry::Holding(amount) => *amount,
-            _ => 0,
-        });
-        held.sum()
-    }
-}
-
 /// What the receivers share with the test.
 #[derive(Default)]
 struct World {
     seed: u64,
-    /// Accounts' state while they are not active.
-    vault: Mutex<HashMap<AccountId, AccountState>>,
+    /// Accounts' books while they are not active.
+    vault: Mutex<HashMap<AccountId, Book<TransferId>>>,
     /// Every transfer's ending, as the ledger heard it.
     ended: Mutex<Vec<(TransferId, Outcome)>>,
     /// Answers the remote branch gave after their asker had given up.
@@ -189,7 +134,7 @@ impl World {
 }
 
 struct Account {
-    state: AccountState,
+    book: Book<TransferId>,
     world: Arc<World>,
 }
 
@@ -220,7 +165,7 @@ impl Receiver<AccountId, AccountMsg, Bank> for Account {
                 amount,
                 reply,
             } => {
-                let answer = self.state.withdraw(transfer, amount);
+                let answer = self.book.withdraw(transfer, amount);
                 self.answer(ctx, transfer, reply, answer);
             }
             AccountMsg::Deposit {
@@ -228,21 +173,20 @@ impl Receiver<AccountId, AccountMsg, Bank> for Account {
                 amount,
                 reply,
             } => {
-                let answer = self.state.deposit(transfer, amount, id == CLOSED);
+                let answer = self.book.deposit(transfer, amount);
                 self.answer(ctx, transfer, reply, answer);
             }
             AccountMsg::Confirm(transfer) => {
-                let entry = self.state.entries.insert(transfer, Entry::Confirmed);
-                let Some(Entry::Holding(amount)) = entry else {
-                    panic!("{transfer:?} confirmed at {id:?}, where it is {entry:?}")
-                };
-                self.state.balance += amount;
+                let entry = self.book.confirm(transfer);
+                let held = matches!(entry, Some(Entry::Holding(_)));
+                assert!(
+                    held,
+                    "{transfer:?} confirmed at {id:?}, where it is {entry:?}"
+                );
             }
             AccountMsg::Void(transfer) => {
-                let entry = self.state.entries.insert(transfer, Entry::Voided);
-                match entry {
-                    Some(Entry::Withdrew(amount)) => self.state.balance += amount,
-                    Some(Entry::Holding(_)) => {}
+                match self.book.void(transfer) {
+                    Some(Entry::Withdrew(_) | Entry::Holding(_)) => {}
                     None | Some(Entry::Voided) => return,
                     Some(Entry::Confirmed) => panic!("{transfer:?} voided after its confirmation"),
                 }
@@ -263,7 +207,7 @@ impl Receiver<AccountId, AccountMsg, Bank> for Account {
     ) {
         assert_ne!(why, Deactivation::Panicked, "accounts never panic");
         let mut vault = self.world.vault.lock().unwrap();
-        vault.insert(*ctx.id(), self.state.clone());
+        vault.insert(*ctx.id(), self.book.clone());
     }
 }
 
@@ -365,12 +309,10 @@ fn bank(world: &Arc<World>) -> Kinds<Bank> {
                     return Activation::Refused;
                 }
                 let vault = accounts.vault.lock().unwrap();
-                let state = vault.get(id).cloned().unwrap_or(AccountState {
-                    balance: OPENING_BALANCE,
-                    entries: HashMap::new(),
-                });
+                let book = vault.get(id).cloned();
+                let book = book.unwrap_or_else(|| Book::new(OPENING_BALANCE, *id == CLOSED));
                 Activation::ready(Account {
-                    state,
+                    book,
                     world: accounts.clone(),
                 })
             },
