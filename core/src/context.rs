@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hermes_reply::{AskError, Reply};
 
-use crate::task::{Expiring, Flags, TaskOp};
+use crate::task::{Flags, TaskOp};
 use crate::{Addr, App, Clock, Key, Kind, Receiver, Recipient, TimerId};
 
 /// A receiver's view of the router while it handles one message or lifecycle hook.
@@ -113,7 +113,9 @@ where
     /// The outcome goes to this instance only: if it is deactivated first (stopped, panicked,
     /// closing), the future is dropped unfinished and its outcome never delivered. While work
     /// is in flight the receiver is not deactivated for idleness. Like every effect, nothing
-    /// starts if the handler panics.
+    /// starts if the handler panics. The future is dropped where it is: a guard meant to say so
+    /// belongs outside an `async` block (created inside, it exists only once the future is
+    /// first polled, and a future dropped before that leaves no trace).
     pub fn spawn<T, F>(&mut self, future: F, map: impl FnOnce(T) -> M + Send + 'static)
     where
         F: Future<Output = T> + Send + 'static,
@@ -130,10 +132,15 @@ where
     /// and gives the answer back to this receiver as the message `map(answer)`: never blocking
     /// the shard, so two receivers asking each other cannot deadlock.
     ///
-    /// The answer is `Err` with [`AskError::Timeout`] if none comes within `timeout`, and with
+    /// The answer is `Err` with [`AskError::Timeout`] if none comes within `timeout` (then the
+    /// answerer's `Reply::send` fails too: exactly one side wins), and with
     /// [`AskError::Dropped`] if the request is dropped unanswered (the receiver did not answer,
-    /// or the request became a dead letter and was dropped). As with
-    /// [`spawn`](Context::spawn), the answer reaches this instance only.
+    /// or the request became a dead letter that was dropped; a dead-letter sink that keeps
+    /// letters, as the simulator's does, keeps the request, and the ask then times out). As
+    /// with [`spawn`](Context::spawn), the answer reaches this instance only.
+    ///
+    /// A [`Reply`] is answered at once, while this handler's own sends go out when the run
+    /// ends: an asker may see the answer before messages the answerer sent just before it.
     pub fn ask<T: Kind<A>, R: Send + 'static>(
         &mut self,
         to: T::Id,
@@ -143,16 +150,12 @@ where
     ) {
         let (reply, asked) = Reply::new();
         self.send(to, make(reply));
-        let flags = Flags::new();
-        let answer = Expiring {
-            asked,
-            flags: flags.clone(),
-        };
-        let future = async move { map(answer.await).into_app_msg() };
+        let expiry = asked.expiry();
+        let future = async move { map(asked.await).into_app_msg() };
         self.effects.tasks.push(TaskOp {
-            flags,
+            flags: Flags::new(),
             future: Box::pin(future),
-            deadline: Some(crate::deadline(self.now(), timeout)),
+            deadline: Some((crate::deadline(self.now(), timeout), expiry)),
         });
     }
 

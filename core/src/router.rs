@@ -21,6 +21,7 @@ use crate::{
     Placement, Receiver, Recipient, SendError, SendErrorKind, Settings, Stats, TimerId,
     panic_message,
 };
+use hermes_reply::Expiry;
 
 /// How a router behaves. Build with `Config::default()` and the setters; read the fields.
 ///
@@ -197,7 +198,7 @@ pub struct Router<K, M> {
     /// Mailboxes that reached or left their capacity, for a driver that asked for them.
     pressure: Option<VecDeque<Pressure<K>>>,
     /// Tasks receivers started, by number, not yet completed or aborted.
-    tasks: hashbrown::HashMap<u64, (Addr, Arc<Shared<M>>)>,
+    tasks: hashbrown::HashMap<u64, InFlight<M>>,
     /// The numbers of each slot's tasks in flight (slots with none are absent).
     in_flight: hashbrown::HashMap<usize, Vec<u64>>,
     /// The number of the next task.
@@ -217,6 +218,15 @@ pub struct Router<K, M> {
 /// How many spare mailbox buffers a router keeps, and the largest it keeps (in messages).
 const SPARE_BUFFERS: usize = 1024;
 const SPARE_BUFFER_CAPACITY: usize = 64;
+
+/// A task handed out and not yet completed or aborted.
+struct InFlight<M> {
+    /// The instance its outcome goes to.
+    owner: Addr,
+    shared: Arc<Shared<M>>,
+    /// For an ask: ends it with `Timeout` at its deadline.
+    expiry: Option<Expiry>,
+}
 
 /// Where a message comes from, which decides how a refusal is reported.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1202,11 +1212,17 @@ impl<K: Key, M: Message> Router<K, M> {
         {
             let seq = self.task_seq;
             self.task_seq += 1;
-            if let Some(deadline) = deadline {
+            let expiry = deadline.map(|(deadline, expiry)| {
                 self.timers.arm_task(deadline, seq);
-            }
+                expiry
+            });
             let shared = Shared::new(flags, future);
-            self.tasks.insert(seq, (addr, Arc::clone(&shared)));
+            let in_flight = InFlight {
+                owner: addr,
+                shared: Arc::clone(&shared),
+                expiry,
+            };
+            self.tasks.insert(seq, in_flight);
             self.in_flight.entry(key).or_default().push(seq);
             let id = TaskId { owner: addr, seq };
             self.tasks_out.push_back(Task { id, shared });
@@ -1220,8 +1236,8 @@ impl<K: Key, M: Message> Router<K, M> {
             return;
         };
         for seq in seqs {
-            if let Some((_, shared)) = self.tasks.remove(&seq) {
-                shared.abort();
+            if let Some(task) = self.tasks.remove(&seq) {
+                task.shared.abort();
             }
         }
     }
@@ -1230,7 +1246,7 @@ impl<K: Key, M: Message> Router<K, M> {
     /// the receiver that started it, as from that receiver. If that instance is gone (its task
     /// was aborted), the message is a dead letter ([`Stale`](DeadLetterReason::Stale)).
     pub fn complete(&mut self, task: TaskId, msg: M, now: Instant) {
-        let Some((addr, _)) = self.tasks.remove(&task.seq) else {
+        let Some(InFlight { owner: addr, .. }) = self.tasks.remove(&task.seq) else {
             return self.dead_letter(
                 Recipient::Addr(task.owner),
                 Some(msg),
@@ -1415,8 +1431,9 @@ impl<K: Key, M: Message> Router<K, M> {
                 // call comes.
                 Some(Fired::Idle(addr, at)) => self.check_idle(addr, at),
                 Some(Fired::Task(seq)) => {
-                    if let Some((_, shared)) = self.tasks.get(&seq) {
-                        shared.expire();
+                    // Ends the ask with `Timeout` unless its answer came first.
+                    if let Some(expiry) = self.tasks.get(&seq).and_then(|t| t.expiry.as_ref()) {
+                        expiry.expire();
                     }
                 }
                 None if idle_due.is_some() => {

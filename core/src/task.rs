@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
 
-use hermes_reply::{AskError, Asked};
+use hermes_reply::Expiry;
 
 use crate::Addr;
 
@@ -48,11 +48,10 @@ impl TaskId {
 }
 
 const RUNNING: u8 = 0;
-const EXPIRED: u8 = 1;
-const ABORTED: u8 = 2;
+const ABORTED: u8 = 1;
 
-/// What the router can tell a task from outside its future: it has expired (an ask's deadline
-/// passed) or is aborted (its receiver is gone), and the waker to make it notice.
+/// What the router can tell a task from outside its future: it is aborted (its receiver is
+/// gone), and the waker to make it notice.
 pub(crate) struct Flags {
     state: AtomicU8,
     waker: Mutex<Option<Waker>>,
@@ -85,12 +84,6 @@ impl Flags {
 
     fn abort(&self) {
         self.set(RUNNING, ABORTED);
-        self.set(EXPIRED, ABORTED);
-    }
-
-    /// The deadline passed: an ask answers `AskError::Timeout`.
-    pub(crate) fn expire(&self) {
-        self.set(RUNNING, EXPIRED);
     }
 
     fn is(&self, state: u8) -> bool {
@@ -110,7 +103,8 @@ impl Flags {
 pub(crate) struct TaskOp<M> {
     pub(crate) flags: Arc<Flags>,
     pub(crate) future: BoxFuture<M>,
-    pub(crate) deadline: Option<Option<Instant>>,
+    /// An ask's deadline (`None` inside: never), and the handle that ends it with `Timeout`.
+    pub(crate) deadline: Option<(Option<Instant>, Expiry)>,
 }
 
 /// A task as the router and the runtime share it: its flags, and its future, which the router
@@ -139,11 +133,6 @@ impl<M> Shared<M> {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         drop(future);
-    }
-
-    /// The ask's deadline passed.
-    pub(crate) fn expire(&self) {
-        self.flags.expire();
     }
 }
 
@@ -222,22 +211,5 @@ impl<M> fmt::Debug for Task<M> {
         f.debug_struct("Task")
             .field("id", &self.id)
             .finish_non_exhaustive()
-    }
-}
-
-/// An ask's answer, or `Timeout` once the router expired it at its deadline.
-pub(crate) struct Expiring<R> {
-    pub(crate) asked: Asked<R>,
-    pub(crate) flags: Arc<Flags>,
-}
-
-impl<R> Future for Expiring<R> {
-    type Output = Result<R, AskError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        if self.flags.is(EXPIRED) {
-            return Poll::Ready(Err(AskError::Timeout));
-        }
-        Pin::new(&mut self.asked).poll(cx)
     }
 }

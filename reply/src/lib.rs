@@ -25,6 +25,6 @@ mod reply;
 mod signal;
 mod spin;
 
-pub use reply::{AskError, Asked, Reply};
+pub use reply::{AskError, Asked, Expiry, Reply};
 pub use signal::Signal;
 pub use spin::poll_briefly;

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,9 @@ impl<T> Reply<T> {
         )
     }
 
-    /// Answers the request. Gives the value back if the asker has already given up.
+    /// Answers the request. Gives the value back if the asker has already given up (dropped
+    /// its [`Asked`], or its deadline passed first: then the asker got
+    /// [`AskError::Timeout`] and this answer is not taken).
     pub fn send(mut self, value: T) -> Result<(), T> {
         let Some(slot) = self.slot.take() else {
             return Err(value);
@@ -100,8 +102,10 @@ impl<T> Reply<T> {
         if !Self::wanted(&slot) {
             return Err(value);
         }
-        slot.set(Ok(value));
-        Ok(())
+        slot.set(Ok(value)).map_err(|answer| match answer {
+            Ok(value) => value,
+            Err(_) => unreachable!("an answer is given back as it was sent"),
+        })
     }
 
     /// True while the asker is still waiting (it has not timed out or dropped its `Asked`).
@@ -117,8 +121,39 @@ impl<T> Reply<T> {
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            slot.set(Err(AskError::Dropped));
+            // Already answered or expired: nothing to say.
+            let _ = slot.set(Err(AskError::Dropped));
         }
+    }
+}
+
+/// Ends an ask with [`AskError::Timeout`] unless an answer came first: the deadline's side of
+/// a race with [`Reply::send`], decided once, so a reply is never accepted for an asker that
+/// was told it timed out. Get one with [`Asked::expiry`]; it keeps nothing alive.
+#[derive(Clone)]
+pub struct Expiry(Weak<dyn Expire>);
+
+/// A slot an [`Expiry`] can end.
+trait Expire: Send + Sync {
+    fn expire(&self) -> bool;
+}
+
+impl<T: Send> Expire for Slot<T> {
+    fn expire(&self) -> bool {
+        self.set(Err(AskError::Timeout)).is_ok()
+    }
+}
+
+impl Expiry {
+    /// Ends the ask with `Timeout` if it has no answer yet; true if it did.
+    pub fn expire(&self) -> bool {
+        self.0.upgrade().is_some_and(|slot| slot.expire())
+    }
+}
+
+impl fmt::Debug for Expiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Expiry").finish_non_exhaustive()
     }
 }
 
@@ -134,8 +169,18 @@ impl<T> Asked<T> {
     /// An ask that failed before it was sent.
     pub fn failed(error: AskError) -> Self {
         let slot = Arc::new(Signal::default());
-        slot.set(Err(error));
+        let _ = slot.set(Err(error));
         Asked { slot }
+    }
+
+    /// A handle that ends this ask with [`AskError::Timeout`] unless the answer comes first:
+    /// for whoever keeps the deadline (the router, for asks between receivers).
+    pub fn expiry(&self) -> Expiry
+    where
+        T: Send + 'static,
+    {
+        let slot: Arc<dyn Expire> = self.slot.clone();
+        Expiry(Arc::downgrade(&slot))
     }
 
     /// Blocks until the answer comes, or `timeout` passes ([`AskError::Timeout`]).

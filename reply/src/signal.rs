@@ -52,12 +52,13 @@ impl<T> Signal<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets the value (if none is set yet) and wakes every waiter.
-    pub fn set(&self, value: T) {
+    /// Sets the value and wakes every waiter; gives the value back if one was set before
+    /// (even if it has been taken since): a signal is set once.
+    pub fn set(&self, value: T) -> Result<(), T> {
         let (wakers, sleepers) = {
             let mut state = self.lock();
-            if state.value.is_some() {
-                return;
+            if state.value.is_some() || self.is_set.load(Ordering::Acquire) {
+                return Err(value);
             }
             state.value = Some(value);
             self.is_set.store(true, Ordering::Release);
@@ -67,6 +68,7 @@ impl<T> Signal<T> {
             self.ready.notify_all();
         }
         wakers.into_iter().for_each(Waker::wake);
+        Ok(())
     }
 
     /// Polls for the value; `read` takes or copies it out of the slot.

@@ -21,22 +21,21 @@ use hermes_executor::{
 const DEFAULT_MAX_STEPS: u64 = 10_000_000;
 
 /// The deliberate bug switched on in every shard, if any (feature `fault-injection`).
-#[cfg(feature = "fault-injection")]
-type Fault = Option<hermes_executor::ShardFault>;
-#[cfg(not(feature = "fault-injection"))]
-type Fault = ();
-
-#[cfg(feature = "fault-injection")]
-fn inject<K, M>(options: Options<K, M>, fault: Fault) -> Options<K, M> {
-    match fault {
-        Some(fault) => options.inject_fault(fault),
-        None => options,
-    }
+#[derive(Clone, Copy, Debug, Default)]
+struct Fault {
+    #[cfg(feature = "fault-injection")]
+    shard: Option<hermes_executor::ShardFault>,
 }
 
-#[cfg(not(feature = "fault-injection"))]
-fn inject<K, M>(options: Options<K, M>, (): Fault) -> Options<K, M> {
-    options
+impl Fault {
+    /// `options` with the bug switched on.
+    fn inject<K, M>(self, options: Options<K, M>) -> Options<K, M> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = self.shard {
+            return options.inject_fault(fault);
+        }
+        options
+    }
 }
 
 /// A whole Hermes application on one thread, with virtual time and seeded interleavings.
@@ -254,7 +253,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         if rng.bool() {
             options = options.turn_budget(rng.usize(1..=4), rng.usize(1..=4));
         }
-        options = inject(options, fault);
+        options = fault.inject(options);
         let runtime = SimRuntime(Arc::clone(clock), Arc::clone(tasks));
         let (hermes, shards) = launch(options, factory.clone(), runtime, || {
             let bell = Arc::new(AtomicBool::new(false));
@@ -309,7 +308,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
     /// catches it. Call it before [`with_shards`](Sim::with_shards) and before sending anything.
     #[cfg(feature = "fault-injection")]
     pub fn with_fault(mut self, fault: hermes_executor::ShardFault) -> Self {
-        self.fault = Some(fault);
+        self.fault.shard = Some(fault);
         let shards = self.shards.len() as u32;
         self.relaunch(shards);
         self
@@ -562,7 +561,9 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
 
     // ---- output -------------------------------------------------------------------------------
 
-    /// Every message that could not be delivered so far, oldest first.
+    /// Every message that could not be delivered so far, oldest first. Kept until taken: a
+    /// [`Reply`] inside one is not dropped meanwhile, so its asker waits (and an ask times out)
+    /// where an executor without a dead-letter sink would drop it at once (`Dropped`).
     pub fn dead_letters(&self) -> &[DeadLetter<K, M>] {
         &self.dead
     }

@@ -269,11 +269,9 @@ fn an_unanswered_ask_times_out_exactly_at_its_deadline() {
 }
 
 /// An answer sent at the very moment the ask expires: if `Reply::send` says it was taken
-/// (`Ok`), the asker must get it. Fails today: the asker gets `Timeout` while the answerer was
-/// told its answer was taken, so an application that rolls back when `send` fails (and not
-/// otherwise) loses the update. Ignored until the ask's expiry and `Reply::send` agree.
+/// (`Ok`), the asker gets it; if the asker got `Timeout`, `send` said so (`Err`). An application
+/// that rolls back when `send` fails, and not otherwise, loses nothing.
 #[test]
-#[ignore = "known bug: Reply::send returns Ok for an ask that then reports Timeout"]
 fn an_answer_taken_at_the_deadline_is_not_reported_as_a_timeout() {
     let mut lost = Vec::new();
     for seed in 0..50 {

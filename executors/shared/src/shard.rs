@@ -91,7 +91,7 @@ impl Finish {
         left.0 -= 1;
         left.1 += stats;
         if left.0 == 0 {
-            self.done.set(left.1);
+            let _ = self.done.set(left.1);
         }
     }
 }
