@@ -35,6 +35,7 @@
 //! random workloads), under `cargo fuzz run router` (`fuzz/`), and against routers with
 //! deliberate bugs switched on, to show it catches them (`check/tests/faults.rs`).
 
+pub mod kinds;
 mod model;
 mod plan;
 mod script;
@@ -46,6 +47,7 @@ use std::sync::Once;
 
 use hermes_core::Router;
 
+pub use kinds::KINDS;
 pub use plan::Plan;
 pub use script::{Id, Msg};
 pub use violation::{Invariant, Violation};
@@ -110,6 +112,31 @@ pub struct Summary {
     pub misuses: u64,
     /// The most receivers live on one router at once.
     pub max_live: usize,
+    /// Messages delivered from a receiver of one kind to a receiver of another (plans with
+    /// kinds).
+    pub cross_kind: u64,
+    /// Of those, asks' requests: asks between receivers of different kinds.
+    pub cross_kind_asks: u64,
+    /// Tasks receivers started (spawned work and asks), registered by their router.
+    pub tasks: u64,
+    /// Asks receivers made (their requests sent).
+    pub asks: u64,
+    /// Asks whose future yielded the answer.
+    pub answers: u64,
+    /// Asks whose future yielded `Timeout`: the router expired them at their deadline.
+    pub timeouts: u64,
+    /// Tasks whose future yielded `Dropped`: the gate or reply was dropped unanswered.
+    pub unanswered: u64,
+    /// Asks the router expired at their deadline (whether or not anyone polled them then).
+    pub expired: u64,
+    /// Tasks aborted with their instance, their future dropped unfinished.
+    pub aborted: u64,
+    /// Outcomes given back after their task was aborted (`Stale` dead letters).
+    pub late_outcomes: u64,
+    /// Outcomes delivered to the instance that started the work.
+    pub outcomes: u64,
+    /// Receivers idle past their idle timeout but kept live, waiting for their tasks.
+    pub spared: u64,
 }
 
 impl AddAssign for Summary {
@@ -139,6 +166,18 @@ impl AddAssign for Summary {
         self.drain_limited += o.drain_limited;
         self.misuses += o.misuses;
         self.max_live = self.max_live.max(o.max_live);
+        self.cross_kind += o.cross_kind;
+        self.cross_kind_asks += o.cross_kind_asks;
+        self.tasks += o.tasks;
+        self.asks += o.asks;
+        self.answers += o.answers;
+        self.timeouts += o.timeouts;
+        self.unanswered += o.unanswered;
+        self.expired += o.expired;
+        self.aborted += o.aborted;
+        self.late_outcomes += o.late_outcomes;
+        self.outcomes += o.outcomes;
+        self.spared += o.spared;
     }
 }
 
