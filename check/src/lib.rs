@@ -137,6 +137,9 @@ pub struct Summary {
     pub outcomes: u64,
     /// Receivers idle past their idle timeout but kept live, waiting for their tasks.
     pub spared: u64,
+    /// Slots of a kind with its own idle timeout reactivated after an instance that set its
+    /// own: the next instance starts from the kind's timeout again.
+    pub kind_idle_restored: u64,
 }
 
 impl AddAssign for Summary {
@@ -178,6 +181,7 @@ impl AddAssign for Summary {
         self.late_outcomes += o.late_outcomes;
         self.outcomes += o.outcomes;
         self.spared += o.spared;
+        self.kind_idle_restored += o.kind_idle_restored;
     }
 }
 

@@ -208,6 +208,9 @@ pub(crate) struct Expect {
     pub(crate) expired: Vec<Seq>,
     /// Idle receivers past their idle timeout, kept live because they wait for tasks.
     pub(crate) spared: usize,
+    /// Slots reactivated after an instance that set its own idle timeout, in a kind with its
+    /// own: the next instance starts from the kind's again.
+    pub(crate) restored: usize,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -845,11 +848,14 @@ impl Model {
                 if self.drained() {
                     self.fail_mailbox(i, Reason::DrainLimit);
                 }
+                // The next instance starts from its kind's idle timeout, not this one's own.
+                let own = self.slots[i].inst.take().and_then(|inst| inst.idle);
+                let kind = self.settings(self.slots[i].id).and_then(|s| s.idle_timeout);
                 let slot = &mut self.slots[i];
-                slot.inst = None;
                 if slot.mailbox.is_empty() {
                     self.slots.remove(i);
                 } else {
+                    self.expect.restored += usize::from(own.is_some() && kind.is_some());
                     slot.state = MState::Activating;
                     self.command(Kind::Activate, i);
                 }

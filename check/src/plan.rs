@@ -214,13 +214,17 @@ impl Plan {
 /// timeout of zero, a few milliseconds or never, mailboxes of one or two, one message a run).
 fn kind_settings(u: &mut Unstructured<'_>) -> Result<Settings> {
     let mut settings = Settings::default();
-    settings = match u.int_in_range(0..=7u8)? {
+    settings = match u.int_in_range(0..=9u8)? {
         0..=2 => settings,
         3 => settings.idle_timeout(Duration::ZERO),
         4 => settings.idle_timeout(Duration::from_millis(4)),
-        5 => settings.idle_timeout(Duration::from_millis(40)),
-        6 => settings.idle_timeout(Duration::from_secs(1)),
-        _ => settings.idle_timeout(Duration::MAX),
+        // Kept in whole milliseconds, like a receiver's own: 4 ms.
+        5 => settings.idle_timeout(Duration::from_micros(4_700)),
+        6 => settings.idle_timeout(Duration::from_millis(40)),
+        7 => settings.idle_timeout(Duration::from_secs(1)),
+        8 => settings.idle_timeout(Duration::MAX),
+        // Now and then at the edges of time, like a receiver's own.
+        _ => settings.idle_timeout(timeout(u.arbitrary()?)),
     };
     settings = match u.int_in_range(0..=4u8)? {
         0..=2 => settings,

@@ -1440,7 +1440,10 @@ impl World {
         // Aborted and discarded tasks: their futures, if not finished, are dropped in this call.
         for &task in expect.aborted.iter().chain(&expect.discarded) {
             let Some(rec) = self.tasks.get_mut(&task) else {
-                broken!(Model, "the model dropped task #{task}, which no receiver started");
+                broken!(
+                    Model,
+                    "the model dropped task #{task}, which no receiver started"
+                );
             };
             rec.aborted = true;
             if rec.future == Fut::Alive {
@@ -1449,6 +1452,7 @@ impl World {
             }
         }
         self.summary.expired += expect.expired.len() as u64;
+        self.summary.kind_idle_restored += expect.restored as u64;
         let mut expected_dead = std::mem::take(&mut self.unpolled[r]);
         expected_dead.extend(expect.dead);
         match output.dead {

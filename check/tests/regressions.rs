@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hermes_core::{
-    Activation, Command, Config, Context, Deactivation, DeadLetterReason, Factory, Receiver,
-    Router,
+    Activation, Command, Config, Context, Deactivation, DeadLetterReason, Factory, Receiver, Router,
 };
 
 #[derive(Debug)]
