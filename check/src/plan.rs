@@ -487,7 +487,7 @@ impl<'a> Arbitrary<'a> for Op {
             243..=249 => Op::Complete { which: a },
             250..=255 => Op::Resolve {
                 which: a,
-                answer: b % 4 != 0,
+                answer: !b.is_multiple_of(4),
             },
             _ => Op::Lookup { handle: a, to: id },
         })

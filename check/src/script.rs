@@ -69,7 +69,7 @@ pub struct Msg {
     /// A task's outcome: what its future answered.
     pub(crate) answer: Option<Answer>,
     /// An ask's request: the reply the asked receiver answers, keeps or drops.
-    pub(crate) reply: Option<Box<ReplyBox>>,
+    pub(crate) reply: Option<ReplyBox>,
 }
 
 impl Msg {
@@ -131,7 +131,7 @@ pub(crate) struct ReplyBox {
 
 impl ReplyBox {
     /// Answers with the request's number; true if the asker was still waiting.
-    fn answer(mut self: Box<Self>) -> (Seq, bool) {
+    fn answer(mut self) -> (Seq, bool) {
         let reply = self.reply.take();
         (self.req, reply.is_some_and(|r| r.send(self.req).is_ok()))
     }
@@ -431,7 +431,7 @@ pub(crate) struct Scripted {
     hooks: Hooks,
     /// Replies kept to answer later, oldest first: the instance's, shared by its handlers, and
     /// dropped with it.
-    kept: Arc<Mutex<VecDeque<Box<ReplyBox>>>>,
+    kept: Arc<Mutex<VecDeque<ReplyBox>>>,
 }
 
 impl Scripted {
@@ -538,11 +538,11 @@ impl Scripted {
         };
         let shared = self.shared.clone();
         let make = move |reply| Msg {
-            reply: Some(Box::new(ReplyBox {
+            reply: Some(ReplyBox {
                 req,
                 reply: Some(reply),
                 shared,
-            })),
+            }),
             ..Msg::new(req, script)
         };
         let map = move |r: Result<u64, AskError>| guard.outcome(reply_script, r.into());
@@ -550,7 +550,7 @@ impl Scripted {
     }
 
     /// Answers `reply` and notes it.
-    fn answer(&self, reply: Box<ReplyBox>) {
+    fn answer(&self, reply: ReplyBox) {
         let (req, ok) = reply.answer();
         self.shared.record(Event::Answered { req, ok });
     }
@@ -562,7 +562,7 @@ impl Scripted {
         ctx: &mut Context<'_, Id, Msg>,
         instr: Instr,
         script: u8,
-        reply: &mut Option<Box<ReplyBox>>,
+        reply: &mut Option<ReplyBox>,
     ) {
         match instr {
             Instr::Send { to, script } => self.send(ctx, to, script, false),

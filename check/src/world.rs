@@ -859,29 +859,18 @@ impl World {
                         }
                     }
                     Event::Answered { req, ok } => {
-                        let Some(reply) = self.replies.get_mut(&req) else {
-                            broken!(Model, "{:?} answered #{req}, which no ask sent", job.id);
-                        };
-                        ensure!(
-                            reply.fate == Fate::Open,
-                            ExactlyOnce,
-                            "{:?} answered the reply of #{req}, which was already {:?}",
-                            job.id,
-                            reply.fate
-                        );
-                        let asker = &self.tasks[&reply.task];
+                        let task = self.open_reply(req, Fate::Answered(ok))?;
+                        let asker = &self.tasks[&task];
                         ensure!(
                             ok == (asker.future == Fut::Alive),
                             Model,
-                            "{:?} answered #{req} and its asker (task #{} of {:?}) was {}waiting;                              its future is {:?}",
+                            "{:?} answered #{req} and its asker (task #{task} of {:?}) was \
+                             {}waiting; its future is {:?}",
                             job.id,
-                            reply.task,
                             asker.owner,
                             if ok { "" } else { "not " },
                             asker.future
                         );
-                        reply.fate = Fate::Answered(ok);
-                        reply.kept_by = None;
                     }
                     Event::Kept { req } => {
                         if let Some(reply) = self.replies.get_mut(&req) {
@@ -895,6 +884,27 @@ impl World {
         let gates = std::mem::take(&mut self.shared.journal().gates);
         self.gates.extend(gates);
         Ok(())
+    }
+
+    /// Settles the open reply of request `req` as `fate` (answered or dropped: once); its
+    /// asker's task.
+    fn open_reply(&mut self, req: Seq, fate: Fate) -> Checked<Seq> {
+        match self.replies.get_mut(&req) {
+            Some(reply) if reply.fate == Fate::Open => {
+                reply.fate = fate;
+                reply.kept_by = None;
+                Ok(reply.task)
+            }
+            Some(reply) => broken!(
+                ExactlyOnce,
+                "the reply of #{req} was {fate:?} after it was {:?}",
+                reply.fate
+            ),
+            None => broken!(
+                Model,
+                "the reply of #{req}, which no ask sent, was {fate:?}"
+            ),
+        }
     }
 
     /// A task a job started; `void` if its handler panicked (its future is dropped now).
@@ -1145,14 +1155,17 @@ impl World {
         let task = self.held[k].0;
         let expected = self.predict(task);
         let rec = self.tasks.get_mut(&task).expect("a held task is known");
-        if let Some(waker) = rec.waker.take() {
+        if let Some(waker) = rec.waker.take()
+            && expected.is_ready()
+        {
             ensure!(
-                expected.is_pending() || waker.0.load(Ordering::SeqCst),
+                waker.0.load(Ordering::SeqCst),
                 Model,
                 "task #{task} of {:?} is ready to yield {expected:?}, but its waker was not \
                  woken since it was last polled: a runtime would never poll it again",
                 rec.owner
             );
+            self.summary.wakeups += 1;
         }
         let woken = Arc::new(Woken::default());
         let waker = Waker::from(woken.clone());
@@ -1562,16 +1575,7 @@ impl World {
                     }
                 }
                 Gone::Reply(req) => {
-                    let Some(reply) = self.replies.get_mut(&req) else {
-                        broken!(Model, "a reply of #{req}, which no ask sent, was dropped");
-                    };
-                    ensure!(
-                        reply.fate == Fate::Open,
-                        ExactlyOnce,
-                        "the reply of #{req} was dropped after it was {:?}",
-                        reply.fate
-                    );
-                    reply.fate = Fate::Dropped;
+                    self.open_reply(req, Fate::Dropped)?;
                 }
             }
         }

@@ -233,6 +233,15 @@ fn outcome_of(task: hermes_core::Task<Work>) -> Option<Work> {
     }
 }
 
+/// Asserts that instance 1 started work and stopped, and no instance handled its outcome.
+fn assert_only_instance_one(seen: &Mutex<Vec<(u32, &'static str)>>) {
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [(1, "start"), (1, "stop")],
+        "the outcome of instance 1's work reached another instance"
+    );
+}
+
 /// Handles every command inline with `factory`.
 fn drive_with(router: &mut Router<u8, Work>, factory: &impl Factory<u8, Work>) {
     while let Some(command) = router.poll_command() {
@@ -267,12 +276,7 @@ fn an_outcome_given_back_during_deactivation_reaches_only_its_instance() {
     router.complete(id, outcome, t0);
     router.handle(deactivate, &factory, t0).unwrap();
     drive_with(&mut router, &factory);
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(
-        seen,
-        [(1, "start"), (1, "stop")],
-        "the outcome of instance 1's work reached another instance"
-    );
+    assert_only_instance_one(&seen);
     assert!(matches!(
         router.poll_dead_letter().map(|d| d.reason),
         Some(DeadLetterReason::Stale)
@@ -296,10 +300,37 @@ fn an_outcome_queued_when_its_instance_stops_reaches_only_its_instance() {
     let outcome = outcome_of(task).expect("not aborted");
     router.complete(id, outcome, Instant::now()); // queued behind the Stop
     drive_with(&mut router, &factory);
-    let seen = seen.lock().unwrap().clone();
+    assert_only_instance_one(&seen);
+}
+
+/// OPEN (found while modelling tasks, not fixed; a driver mistake, low severity): `complete`
+/// looks a task up by its number alone, and task numbers are per router, so the `TaskId` of a
+/// task of another router completes this router's task with the same number: its receiver gets
+/// an outcome that is not its own, and its own task is no longer in flight. The executors always
+/// complete a task on its owner's shard, so only a faulty driver can do this; but the router
+/// refuses every other driver mistake (`check_out`, `run`, `activate` out of turn), and
+/// `TaskId::owner` names the router. Expected: the stray outcome is refused (a `Stale` dead
+/// letter) and this router's task stays in flight.
+#[test]
+#[ignore = "OPEN router bug: complete does not check whose task it is (see the doc comment)"]
+fn an_outcome_given_to_the_wrong_router_is_refused() {
+    let t0 = Instant::now();
+    let (mut zero, _, factory) = workers();
+    let placement = Arc::new(|_: &u8| hermes_core::Location::Shard(1));
+    let mut one = Router::placed(Config::default(), 1, placement);
+    for router in [&mut zero, &mut one] {
+        router.send(1, Work::Start).unwrap();
+        drive_with(router, &factory);
+    }
+    let theirs = zero.poll_task().expect("router 0's receiver started work");
+    assert_eq!(theirs.id().owner().router(), 0);
+    let id = theirs.id();
+    let outcome = outcome_of(theirs).expect("not aborted");
+    one.complete(id, outcome, t0);
     assert_eq!(
-        seen,
-        [(1, "start"), (1, "stop")],
-        "the outcome of instance 1's work reached another instance"
+        one.tasks_in_flight(),
+        1,
+        "router 1's own task was completed by router 0's outcome"
     );
+    assert!(one.poll_command().is_none(), "the stray outcome was routed");
 }

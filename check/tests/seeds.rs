@@ -170,6 +170,7 @@ fn assert_exercises_everything(t: &Summary) {
         ("tasks aborted with their instance", t.aborted),
         ("outcomes given back too late (stale)", t.late_outcomes),
         ("outcomes delivered", t.outcomes),
+        ("tasks woken after a pending poll", t.wakeups),
         ("receivers kept live, waiting for their tasks", t.spared),
     ];
     for (what, count) in reached {
