@@ -5,25 +5,43 @@
 //! stale), timers scheduled and cancelled, time moving on, close, and a driver that handles the
 //! routers' commands in every order an executor may: inline, or checked out and checked back in
 //! later, interleaved across receivers, out of order. Receivers are scripted: every message names
-//! a script (send, relay, schedule, cancel, become, stop, panic, set the idle timeout) and the
-//! receiver records what it did. A few IDs are special: the factory refuses one and fails on
-//! another, and now and then it panics (caught by `Router::handle`, or by a driver calling it
-//! itself). The configuration varies too: idle timeouts, mailbox bounds, batch sizes, small drain
-//! limits, tiny dead-letter capacities.
+//! a script (send, relay, schedule, cancel, become, stop, panic, set the idle timeout, spawn work,
+//! ask a receiver, answer or keep a request's reply, answer a kept one) and the receiver records
+//! what it did. A few IDs are special: the factory refuses one and fails on another, and now and
+//! then it panics (caught by `Router::handle`, or by a driver calling it itself). The
+//! configuration varies too: idle timeouts, mailbox bounds, batch sizes, small drain limits, tiny
+//! dead-letter capacities.
+//!
+//! Kinds: most plans split the IDs into three [`kinds`] (`Router::use_kinds`, with a table made by
+//! `hermes_core::Kinds`), each with its own idle timeout, mailbox capacity and batch size or the
+//! router's; the scripts' sends and asks go between kinds as freely as within one.
+//!
+//! Tasks: work a receiver spawns is ready at once or waits on a gate the plan answers or drops;
+//! an ask's request carries a reply the asked receiver answers, keeps for later or drops. The
+//! driver takes tasks from the routers (`poll_task`), polls their futures in any order, late or
+//! never, gives outcomes back (`complete`, late ones after their task was aborted too), and moves
+//! time past asks' deadlines. The checker predicts what every poll yields (the answer, `Timeout`,
+//! `Dropped`, `None` once aborted, or pending, and then that the waker was woken before it is
+//! ready), where every outcome goes (the instance that started the work, or a `Stale` dead
+//! letter), that a receiver waiting for its tasks is not deactivated for idleness, and that every
+//! future is dropped exactly when it must be: with the handler that panicked, with the
+//! `deactivated` hook that started it, or with its instance when that is deactivated.
 //!
 //! Delays and idle timeouts reach the edges of time (`Duration::MAX`: never). A relay passes its
 //! own message on; on a router closing under a small drain limit it does so forever, so that only
 //! the limit ends closing. A cancel may name a timer the other router holds.
 //!
 //! After every router call the checker compares the router's outputs (commands, dead letters,
-//! messages and timer cancellations for the other router, stats) with a naive reference model,
-//! and checks the eight routing invariants of [hermes_core's crate docs](hermes_core#invariants)
-//! against a ledger of every message (each carries a unique sequence number). A plan with a tiny
-//! dead-letter capacity polls dead letters only on `handle_timeout`, and checks the ones dropped
-//! meanwhile by their count. At the end it drains everything (or closes while work is still
-//! queued and out), closes, and checks that every accepted message was delivered or reported
-//! exactly once and every instance deactivated exactly once. A broken rule is a [`Violation`]
-//! naming its [`Invariant`].
+//! messages and timer cancellations for the other router, tasks, stats) with a naive reference
+//! model, and checks the eight routing invariants of
+//! [hermes_core's crate docs](hermes_core#invariants) against a ledger of every message (each
+//! carries a unique sequence number; a task's outcome is numbered when the task starts, and is
+//! in the ledger once given back). A plan with a tiny dead-letter capacity polls dead letters only
+//! on `handle_timeout`, and checks the ones dropped meanwhile by their count. At the end it
+//! drains everything (or closes while work is still queued and out), closes, and checks that
+//! every accepted message (outcomes included) was delivered or reported exactly once, every
+//! instance deactivated exactly once, no task is left in flight or its future alive, and every
+//! reply was answered or dropped. A broken rule is a [`Violation`] naming its [`Invariant`].
 //!
 //! ```
 //! let summary = hermes_check::check(&hermes_check::Plan::from_seed(7)).expect("no violation");
@@ -35,6 +53,7 @@
 //! random workloads), under `cargo fuzz run router` (`fuzz/`), and against routers with
 //! deliberate bugs switched on, to show it catches them (`check/tests/faults.rs`).
 
+pub mod kinds;
 mod model;
 mod plan;
 mod script;
@@ -46,6 +65,7 @@ use std::sync::Once;
 
 use hermes_core::Router;
 
+pub use kinds::KINDS;
 pub use plan::Plan;
 pub use script::{Id, Msg};
 pub use violation::{Invariant, Violation};
@@ -110,6 +130,37 @@ pub struct Summary {
     pub misuses: u64,
     /// The most receivers live on one router at once.
     pub max_live: usize,
+    /// Messages delivered from a receiver of one kind to a receiver of another (plans with
+    /// kinds).
+    pub cross_kind: u64,
+    /// Of those, asks' requests: asks between receivers of different kinds.
+    pub cross_kind_asks: u64,
+    /// Tasks receivers started (spawned work and asks), registered by their router.
+    pub tasks: u64,
+    /// Asks receivers made (their requests sent).
+    pub asks: u64,
+    /// Asks whose future yielded the answer.
+    pub answers: u64,
+    /// Asks whose future yielded `Timeout`: the router expired them at their deadline.
+    pub timeouts: u64,
+    /// Tasks whose future yielded `Dropped`: the gate or reply was dropped unanswered.
+    pub unanswered: u64,
+    /// Asks the router expired at their deadline (whether or not anyone polled them then).
+    pub expired: u64,
+    /// Tasks aborted with their instance, their future dropped unfinished.
+    pub aborted: u64,
+    /// Outcomes given back after their task was aborted (`Stale` dead letters).
+    pub late_outcomes: u64,
+    /// Outcomes delivered to the instance that started the work.
+    pub outcomes: u64,
+    /// Tasks found ready after a pending poll, their waker woken (by the answer, the gate, the
+    /// router's expiry or abort).
+    pub wakeups: u64,
+    /// Receivers idle past their idle timeout but kept live, waiting for their tasks.
+    pub spared: u64,
+    /// Slots of a kind with its own idle timeout reactivated after an instance that set its
+    /// own: the next instance starts from the kind's timeout again.
+    pub kind_idle_restored: u64,
 }
 
 impl AddAssign for Summary {
@@ -139,6 +190,20 @@ impl AddAssign for Summary {
         self.drain_limited += o.drain_limited;
         self.misuses += o.misuses;
         self.max_live = self.max_live.max(o.max_live);
+        self.cross_kind += o.cross_kind;
+        self.cross_kind_asks += o.cross_kind_asks;
+        self.tasks += o.tasks;
+        self.asks += o.asks;
+        self.answers += o.answers;
+        self.timeouts += o.timeouts;
+        self.unanswered += o.unanswered;
+        self.expired += o.expired;
+        self.aborted += o.aborted;
+        self.late_outcomes += o.late_outcomes;
+        self.outcomes += o.outcomes;
+        self.wakeups += o.wakeups;
+        self.spared += o.spared;
+        self.kind_idle_restored += o.kind_idle_restored;
     }
 }
 

@@ -13,12 +13,27 @@
 //! run or deactivation ending afterwards drops whatever it left queued. One thing it leaves open:
 //! when a receiver's idle deadline and a timer message for it fall due at the same instant, either
 //! may come first, and the model follows the router's choice.
+//!
+//! Kinds: a slot takes its kind's settings (see [`kinds`](crate::kinds)): its mailbox capacity
+//! and batch size, and its kind's idle timeout (kept in whole milliseconds, as a receiver's own)
+//! until an instance sets its own; the next instance in the slot starts from the kind's again.
+//!
+//! Tasks: a run's tasks are registered when it ends, in the order the receiver started them,
+//! before its sends are routed, and handed out in that order. An ask's deadline is a router
+//! timer: at it, a task still registered is expired (its future then answers `Timeout`); closing
+//! drops the deadlines of the tasks registered so far. `complete` routes the outcome to the
+//! task's instance by handle, as if sent from it, or makes it a `Stale` dead letter if the task
+//! is no longer registered. A receiver with tasks registered goes idle without an idle deadline;
+//! when its last task is completed, the outcome makes it run again, and its idle time counts
+//! from the end of that run. A deactivation drops the tasks its hook started, then (after the
+//! hook's sends) aborts every task of the instance.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use hermes_core::{Addr, Command, Config, Deactivation, Recipient, Stats, TimerId};
+use hermes_core::{Addr, Command, Config, Deactivation, Recipient, Settings, Stats, TimerId};
 
+use crate::kinds::kind_of;
 use crate::script::{Event, Id, Seq, is_head};
 use crate::violation::{Checked, broken, ensure};
 
@@ -79,6 +94,24 @@ pub(crate) fn deadline(base: Instant, at: Duration, after: Duration) -> Duration
         Some(_) => at + after,
         None => NEVER,
     }
+}
+
+/// A task the router holds: started by the instance at `addr`, not completed or aborted yet.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskM {
+    pub(crate) addr: Addr,
+    /// An ask's deadline, from the world's start ([`NEVER`]: none, or dropped at close).
+    pub(crate) deadline: Duration,
+    /// The router expired it at its deadline: its future answers `Timeout` if not finished.
+    pub(crate) expired: bool,
+}
+
+/// A task a run started, as its journal shows it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TaskSpec {
+    pub(crate) task: Seq,
+    /// An ask's deadline ([`NEVER`] for never); `None` for spawned work.
+    pub(crate) deadline: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +199,18 @@ pub(crate) struct Expect {
     pub(crate) cancelled: Vec<Seq>,
     /// Timers that fired.
     pub(crate) fired: usize,
+    /// Tasks aborted (their instance was deactivated): their futures, if not finished, are
+    /// dropped now.
+    pub(crate) aborted: Vec<Seq>,
+    /// Tasks a `deactivated` hook started, dropped unstarted now.
+    pub(crate) discarded: Vec<Seq>,
+    /// Asks expired at their deadline.
+    pub(crate) expired: Vec<Seq>,
+    /// Idle receivers past their idle timeout, kept live because they wait for tasks.
+    pub(crate) spared: usize,
+    /// Slots reactivated after an instance that set its own idle timeout, in a kind with its
+    /// own: the next instance starts from the kind's again.
+    pub(crate) restored: usize,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -242,6 +287,8 @@ pub(crate) struct Outcome {
     pub(crate) activated: bool,
     /// The `deactivated` hook panicked (a deactivation job).
     pub(crate) hook_panicked: bool,
+    /// Tasks started (not rolled back), in order.
+    pub(crate) tasks: Vec<TaskSpec>,
 }
 
 /// How a factory answered, for the model.
@@ -259,6 +306,8 @@ pub(crate) enum Made {
 pub(crate) struct Model {
     number: u32,
     routers: u32,
+    /// Each kind's settings; `None`: no kinds.
+    kinds: Option<Vec<Settings>>,
     idle_timeout: Duration,
     capacity: Option<usize>,
     batch: usize,
@@ -274,16 +323,27 @@ pub(crate) struct Model {
     generations: HashMap<u32, u32>,
     pub(crate) timers: Vec<TimerM>,
     timer_order: u64,
+    /// Tasks registered (started, not completed or aborted), by number.
+    pub(crate) tasks: BTreeMap<Seq, TaskM>,
+    /// Tasks started and not handed out yet, in order (aborted ones too).
+    tasks_out: VecDeque<Seq>,
     counters: Counters,
     pub(crate) expect: Expect,
 }
 
 impl Model {
-    /// The model of router `number` of `routers`, built with `config`.
-    pub(crate) fn new(number: u32, routers: u32, config: &Config) -> Model {
+    /// The model of router `number` of `routers`, built with `config` and, if it has kinds,
+    /// each kind's settings.
+    pub(crate) fn new(
+        number: u32,
+        routers: u32,
+        config: &Config,
+        kinds: Option<Vec<Settings>>,
+    ) -> Model {
         Model {
             number,
             routers,
+            kinds,
             idle_timeout: config.idle_timeout,
             capacity: config.mailbox_capacity,
             batch: config.batch_size,
@@ -296,6 +356,8 @@ impl Model {
             generations: HashMap::new(),
             timers: Vec::new(),
             timer_order: 0,
+            tasks: BTreeMap::new(),
+            tasks_out: VecDeque::new(),
             counters: Counters::default(),
             expect: Expect::default(),
         }
@@ -354,15 +416,50 @@ impl Model {
         Ok(())
     }
 
+    /// The settings of `id`'s kind, if the router has kinds.
+    fn settings(&self, id: Id) -> Option<&Settings> {
+        self.kinds.as_ref()?.get(kind_of(id))
+    }
+
+    /// The mailbox capacity of `id`: its kind's, or the router's.
+    fn capacity(&self, id: Id) -> Option<usize> {
+        self.settings(id)
+            .and_then(|s| s.mailbox_capacity)
+            .or(self.capacity)
+    }
+
+    /// Most messages one run of `id` handles: its kind's, or the router's.
+    fn batch(&self, id: Id) -> usize {
+        self.settings(id)
+            .and_then(|s| s.batch_size)
+            .unwrap_or(self.batch)
+    }
+
+    /// The idle timeout of the instance in `slot`: its own, else its kind's (both as the router
+    /// keeps them), else the router's.
     fn timeout_of(&self, slot: &SlotM) -> Duration {
         slot.inst
             .as_ref()
             .and_then(|i| i.idle)
+            .or_else(|| {
+                self.settings(slot.id)
+                    .and_then(|s| s.idle_timeout)
+                    .map(idle_override)
+            })
             .unwrap_or(self.idle_timeout)
     }
 
-    /// When an idle receiver is due to be deactivated ([`NEVER`] for never).
+    /// True while the receiver behind `addr` has tasks registered.
+    pub(crate) fn waiting(&self, addr: Option<Addr>) -> bool {
+        addr.is_some_and(|a| self.tasks.values().any(|t| t.addr == a))
+    }
+
+    /// When an idle receiver is due to be deactivated ([`NEVER`] for never, and while it waits
+    /// for tasks).
     pub(crate) fn idle_deadline(&self, slot: &SlotM) -> Duration {
+        if self.waiting(slot.addr) {
+            return NEVER;
+        }
         slot.idle_since.saturating_add(self.timeout_of(slot))
     }
 
@@ -432,11 +529,12 @@ impl Model {
                 }
             },
         };
+        let capacity = self.capacity(self.slots[i].id);
         let slot = &mut self.slots[i];
         if self.closing && matches!(slot.state, MState::Deactivating { .. }) {
             return Err(Refusal::Closed);
         }
-        if self.capacity.is_some_and(|c| slot.mailbox.len() >= c) {
+        if capacity.is_some_and(|c| slot.mailbox.len() >= c) {
             return Err(Refusal::Full);
         }
         slot.mailbox.push_back(seq);
@@ -503,7 +601,20 @@ impl Model {
                 i += 1;
             }
         }
+        // An expiry only flags the task: its order among the rest does not matter.
+        for (&task, t) in &mut self.tasks {
+            if t.deadline <= now && !t.expired {
+                t.expired = true;
+                self.expect.expired.push(task);
+            }
+        }
         for slot in &self.slots {
+            if slot.state == MState::Idle
+                && self.waiting(slot.addr)
+                && slot.idle_since.saturating_add(self.timeout_of(slot)) <= now
+            {
+                self.expect.spared += 1;
+            }
             let deadline = self.idle_deadline(slot);
             if slot.state == MState::Idle && deadline <= now {
                 let first = slot.addr.is_some_and(&deactivated);
@@ -534,7 +645,9 @@ impl Model {
         if self.closing {
             return self.begin_deactivation(i, Deactivation::Closing);
         }
-        if self.timeout_of(&self.slots[i]).is_zero() {
+        // Waiting for its tasks: idle, but not for idleness until they are back.
+        let waiting = self.waiting(self.slots[i].addr);
+        if self.timeout_of(&self.slots[i]).is_zero() && !waiting {
             return self.begin_deactivation(i, Deactivation::IdleTimeout);
         }
         let slot = &mut self.slots[i];
@@ -635,7 +748,7 @@ impl Model {
             return Err(());
         }
         let i = self.slot_by_addr(addr).ok_or(())?;
-        let batch = self.batch;
+        let batch = self.batch(self.slots[i].id);
         let slot = &mut self.slots[i];
         let inst = slot.inst.as_mut().ok_or(())?;
         let work = match slot.state {
@@ -687,6 +800,7 @@ impl Model {
                         inst.idle = Some(idle_override(timeout));
                     }
                 }
+                self.start_tasks(job.addr, &out.tasks);
                 self.apply(out);
                 if self.closing && !out.delivered.is_empty() {
                     self.count_drained(out.delivered.len());
@@ -721,7 +835,12 @@ impl Model {
                 if !matches!(self.slots[i].state, MState::Deactivating { out: true, .. }) {
                     return Err(());
                 }
+                // The hook's own tasks have no instance to come back to.
+                self.expect
+                    .discarded
+                    .extend(out.tasks.iter().map(|t| t.task));
                 self.apply(out);
+                self.abort_tasks(job.addr);
                 self.counters.deactivations += 1;
                 if out.hook_panicked {
                     self.counters.panics += 1;
@@ -729,17 +848,75 @@ impl Model {
                 if self.drained() {
                     self.fail_mailbox(i, Reason::DrainLimit);
                 }
+                // The next instance starts from its kind's idle timeout, not this one's own.
+                let own = self.slots[i].inst.take().and_then(|inst| inst.idle);
+                let kind = self.settings(self.slots[i].id).and_then(|s| s.idle_timeout);
                 let slot = &mut self.slots[i];
-                slot.inst = None;
                 if slot.mailbox.is_empty() {
                     self.slots.remove(i);
                 } else {
+                    self.expect.restored += usize::from(own.is_some() && kind.is_some());
                     slot.state = MState::Activating;
                     self.command(Kind::Activate, i);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Registers the tasks a run started, in order, and hands them out.
+    fn start_tasks(&mut self, addr: Addr, tasks: &[TaskSpec]) {
+        for t in tasks {
+            self.tasks.insert(
+                t.task,
+                TaskM {
+                    addr,
+                    deadline: t.deadline.unwrap_or(NEVER),
+                    expired: false,
+                },
+            );
+            self.tasks_out.push_back(t.task);
+        }
+    }
+
+    /// Aborts every task of the instance at `addr`, which is being deactivated.
+    fn abort_tasks(&mut self, addr: Addr) {
+        let aborted: Vec<Seq> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.addr == addr)
+            .map(|(&task, _)| task)
+            .collect();
+        for task in aborted {
+            self.tasks.remove(&task);
+            self.expect.aborted.push(task);
+        }
+    }
+
+    /// Tasks started and not handed out yet.
+    pub(crate) fn tasks_out_len(&self) -> usize {
+        self.tasks_out.len()
+    }
+
+    /// The next task the router hands out (`poll_task`).
+    pub(crate) fn take_task(&mut self) -> Option<Seq> {
+        self.tasks_out.pop_front()
+    }
+
+    /// Gives back the outcome (message `seq`) of task `task`, started by the receiver at
+    /// `owner`.
+    pub(crate) fn complete(&mut self, task: Seq, owner: Addr, seq: Seq, now: Duration) {
+        let Some(t) = self.tasks.remove(&task) else {
+            return self.dead(Recipient::Addr(owner), seq, Reason::Stale);
+        };
+        let last = !self.waiting(Some(t.addr));
+        self.route_inside(Recipient::Addr(t.addr), seq);
+        if last
+            && let Some(i) = self.slot_by_addr(t.addr)
+            && self.slots[i].state == MState::Idle
+        {
+            self.become_idle(i, now);
+        }
     }
 
     /// Applies a job's effects: every send, then every timer operation, in order.
@@ -779,6 +956,10 @@ impl Model {
         }
         self.closing = true;
         self.drain_left = self.drain_limit;
+        // The router's timers go, and with them the deadlines of the asks registered so far.
+        for t in self.tasks.values_mut() {
+            t.deadline = NEVER;
+        }
         let mut timers = std::mem::take(&mut self.timers);
         timers.sort_by_key(|t| (t.deadline, t.order));
         for t in timers {
@@ -868,19 +1049,34 @@ impl Model {
             .iter()
             .map(|t| format!("#{}->{:?}@{:?}", t.seq, t.to, t.deadline))
             .collect();
+        let tasks: Vec<String> = self
+            .tasks
+            .iter()
+            .map(|(task, t)| {
+                let expired = if t.expired { " expired" } else { "" };
+                format!("task #{task} of {:?}@{:?}{expired}", t.addr, t.deadline)
+            })
+            .collect();
+        let kinds = match &self.kinds {
+            Some(kinds) => format!(", kinds {kinds:?}"),
+            None => String::new(),
+        };
         let closing = match (self.closing, self.drain_left) {
             (false, _) => String::new(),
             (true, 0) => " (closing, drain limit reached)".to_string(),
             (true, left) => format!(" (closing, {left} deliveries to the drain limit)"),
         };
         format!(
-            "router {}{closing} (idle timeout {:?}, capacity {:?}, batch {}): [{}], timers [{}]",
+            "router {}{closing} (idle timeout {:?}, capacity {:?}, batch {}{kinds}): [{}], \
+             timers [{}], tasks [{}] (not handed out: {:?})",
             self.number,
             self.idle_timeout,
             self.capacity,
             self.batch,
             slots.join("; "),
-            timers.join(", ")
+            timers.join(", "),
+            tasks.join(", "),
+            self.tasks_out
         )
     }
 }
@@ -903,6 +1099,7 @@ pub(crate) fn interpret(job: &MJob, events: &[Event], base: Instant) -> Checked<
         idle: None,
         activated: false,
         hook_panicked: false,
+        tasks: Vec::new(),
     };
     let mut segments = segments(events)?.into_iter();
     match &job.work {
@@ -1093,6 +1290,14 @@ fn commit(out: &mut Outcome, effects: &[Event], base: Instant) {
             }),
             Event::Cancelled { timer } => out.timers.push(TimerOpM::Cancel(*timer)),
             Event::IdleTimeout(d) => out.idle = Some(*d),
+            Event::Spawned { task, .. } => out.tasks.push(TaskSpec {
+                task: *task,
+                deadline: None,
+            }),
+            Event::Asked { task, deadline, .. } => out.tasks.push(TaskSpec {
+                task: *task,
+                deadline: Some(deadline.map_or(NEVER, |at| at.saturating_duration_since(base))),
+            }),
             _ => {}
         }
     }

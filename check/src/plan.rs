@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
+use hermes_core::Settings;
 
+use crate::kinds::KINDS;
 use crate::model::NEVER_IDLE_MS;
 use crate::script::{IDS, Id};
 
@@ -36,6 +38,9 @@ pub struct Plan {
     /// Outside timers are numbered by the world and scheduled with `Router::schedule_as` (as the
     /// executors do), not numbered by the router with `Router::schedule`.
     pub(crate) numbered_timers: bool,
+    /// The settings of each kind (see [`kinds`](crate::kinds)), or `None`: the routers have no
+    /// kinds.
+    pub(crate) kinds: Option<Vec<Settings>>,
     pub(crate) scripts: Vec<Vec<Instr>>,
     pub(crate) ops: Vec<Op>,
 }
@@ -97,6 +102,18 @@ impl Plan {
         self
     }
 
+    /// The same operations with the IDs split into [`KINDS`](crate::KINDS) kinds (ID `n` of kind
+    /// `n % 3`), kind `k` with `kinds[k]` (missing ones: the router's settings), or without
+    /// kinds (`None`).
+    pub fn with_kinds(mut self, kinds: Option<&[Settings]>) -> Plan {
+        self.kinds = kinds.map(|k| {
+            (0..KINDS)
+                .map(|i| k.get(i).cloned().unwrap_or_default())
+                .collect()
+        });
+        self
+    }
+
     fn empty() -> Plan {
         Plan {
             two_routers: false,
@@ -107,6 +124,7 @@ impl Plan {
             close_busy: false,
             dead_letter_capacity: None,
             numbered_timers: false,
+            kinds: None,
             scripts: Vec::new(),
             ops: Vec::new(),
         }
@@ -153,6 +171,15 @@ impl Plan {
             _ => None,
         };
         let numbered_timers = u.ratio(1, 3)?;
+        let kinds = if u.ratio(3, 4)? {
+            let mut kinds = Vec::new();
+            for _ in 0..KINDS {
+                kinds.push(kind_settings(u)?);
+            }
+            Some(kinds)
+        } else {
+            None
+        };
         let n = u.int_in_range(1..=MAX_SCRIPTS)?;
         let mut scripts = Vec::new();
         for _ in 0..n {
@@ -176,10 +203,39 @@ impl Plan {
             close_busy,
             dead_letter_capacity,
             numbered_timers,
+            kinds,
             scripts,
             ops,
         })
     }
+}
+
+/// One kind's settings: each one the router's, or the kind's own (often the extremes: an idle
+/// timeout of zero, a few milliseconds or never, mailboxes of one or two, one message a run).
+fn kind_settings(u: &mut Unstructured<'_>) -> Result<Settings> {
+    let mut settings = Settings::default();
+    settings = match u.int_in_range(0..=9u8)? {
+        0..=2 => settings,
+        3 => settings.idle_timeout(Duration::ZERO),
+        4 => settings.idle_timeout(Duration::from_millis(4)),
+        // Kept in whole milliseconds, like a receiver's own: 4 ms.
+        5 => settings.idle_timeout(Duration::from_micros(4_700)),
+        6 => settings.idle_timeout(Duration::from_millis(40)),
+        7 => settings.idle_timeout(Duration::from_secs(1)),
+        8 => settings.idle_timeout(Duration::MAX),
+        // Now and then at the edges of time, like a receiver's own.
+        _ => settings.idle_timeout(timeout(u.arbitrary()?)),
+    };
+    settings = match u.int_in_range(0..=4u8)? {
+        0..=2 => settings,
+        3 => settings.mailbox_capacity(1),
+        _ => settings.mailbox_capacity(2),
+    };
+    Ok(match u.int_in_range(0..=3u8)? {
+        0 | 1 => settings,
+        2 => settings.batch_size(1),
+        _ => settings.batch_size(2),
+    })
 }
 
 /// Where a scripted send goes.
@@ -231,33 +287,66 @@ pub(crate) enum Instr {
     IdleTimeout {
         after: Duration,
     },
+    /// Starts work whose outcome (a message naming `script`) comes back later: ready at once,
+    /// or (`gate`) when the world answers or drops its gate.
+    Spawn {
+        gate: bool,
+        script: u8,
+    },
+    /// Asks `to` (itself if `None`) with a request naming `script`; the answer, or why there is
+    /// none, comes back naming `reply_script`.
+    Ask {
+        to: Option<Id>,
+        script: u8,
+        reply_script: u8,
+        timeout: Duration,
+    },
+    /// Answers the reply of the message being handled (an ask's request), if it has one.
+    Answer,
+    /// Keeps the reply of the message being handled, to answer later.
+    Keep,
+    /// Answers the oldest reply this instance kept, if any.
+    AnswerKept,
 }
 
 impl<'a> Arbitrary<'a> for Instr {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         let kind: u8 = u.arbitrary()?;
         Ok(match kind {
-            0..=84 => Instr::Send {
+            0..=69 => Instr::Send {
                 to: Target::from_byte(u.arbitrary()?),
                 script: u.arbitrary()?,
             },
-            85..=99 => Instr::Relay {
+            70..=81 => Instr::Relay {
                 to: Target::from_byte(u.arbitrary()?),
             },
-            100..=149 => Instr::Schedule {
+            82..=119 => Instr::Schedule {
                 to: id_or_self(u.arbitrary()?),
                 after: timeout(u.arbitrary()?),
                 script: u.arbitrary()?,
             },
-            150..=174 => Instr::Cancel {
+            120..=136 => Instr::Cancel {
                 timer: u.arbitrary()?,
             },
-            175..=199 => Instr::Become,
-            200..=219 => Instr::Stop,
-            220..=234 => Instr::Panic,
-            _ => Instr::IdleTimeout {
+            137..=152 => Instr::Become,
+            153..=165 => Instr::Stop,
+            166..=175 => Instr::Panic,
+            176..=187 => Instr::IdleTimeout {
                 after: timeout(u.arbitrary()?),
             },
+            188..=205 => Instr::Spawn {
+                gate: u.ratio(2, 3)?,
+                script: u.arbitrary()?,
+            },
+            206..=229 => Instr::Ask {
+                to: id_or_self(u.arbitrary()?),
+                script: u.arbitrary()?,
+                reply_script: u.arbitrary()?,
+                timeout: timeout(u.arbitrary()?),
+            },
+            230..=243 => Instr::Answer,
+            244..=249 => Instr::Keep,
+            _ => Instr::AnswerKept,
         })
     }
 }
@@ -334,6 +423,14 @@ pub(crate) enum Op {
     Misuse { handle: u8, kind: u8 },
     /// `Router::id` and `Router::addr` agree with the model.
     Lookup { handle: u8, to: Id },
+    /// Takes the next task a router hands out (`Router::poll_task`).
+    TakeTask { router: u8 },
+    /// Polls the future of a task taken and not finished, any of them.
+    PollTask { which: u8 },
+    /// Gives a finished task's outcome back to its router (`Router::complete`), any of them.
+    Complete { which: u8 },
+    /// Answers (or drops) the gate of spawned work, any of them.
+    Resolve { which: u8, answer: bool },
 }
 
 impl<'a> Arbitrary<'a> for Op {
@@ -343,27 +440,27 @@ impl<'a> Arbitrary<'a> for Op {
         let b: u8 = u.arbitrary()?;
         let id = Id(b % IDS);
         Ok(match kind {
-            0..=49 => Op::Send {
+            0..=44 => Op::Send {
                 router: a,
                 to: id,
                 script: b / IDS,
             },
-            50..=59 => Op::SendHandle {
+            45..=52 => Op::SendHandle {
                 router: a,
                 handle: b,
                 script: a / 2,
             },
-            60..=71 => Op::Schedule {
+            53..=62 => Op::Schedule {
                 router: a,
                 to: id,
                 after: timeout(u.arbitrary()?),
                 script: a / 2,
             },
-            72..=76 => Op::Cancel {
+            63..=66 => Op::Cancel {
                 router: a,
                 timer: b,
             },
-            77..=139 => Op::Handle {
+            67..=124 => Op::Handle {
                 which: a,
                 mode: if b.is_multiple_of(3) {
                     Mode::Inline
@@ -372,19 +469,26 @@ impl<'a> Arbitrary<'a> for Op {
                 },
                 luck: b,
             },
-            140..=164 => Op::Execute { which: a },
-            165..=199 => Op::CheckIn { which: a },
-            200..=209 => Op::Forward { count: a % 4 + 1 },
-            210..=217 => Op::Advance { by: delay(a) },
+            125..=144 => Op::Execute { which: a },
+            145..=174 => Op::CheckIn { which: a },
+            175..=182 => Op::Forward { count: a % 4 + 1 },
+            183..=189 => Op::Advance { by: delay(a) },
             // Small steps, so that deadlines a few milliseconds apart are reached one by one.
-            218..=224 => Op::Advance {
+            190..=195 => Op::Advance {
                 by: Duration::from_millis(u64::from(a % 8)),
             },
-            225..=231 => Op::AdvanceToDeadline { early: a % 3 },
-            232..=243 => Op::Tick { router: a },
+            196..=201 => Op::AdvanceToDeadline { early: a % 3 },
+            202..=211 => Op::Tick { router: a },
             // Closing ends most of a plan's interest, so it is rare.
-            244 if b < 64 => Op::Close { router: a },
-            245..=249 => Op::Misuse { handle: a, kind: b },
+            212 if b < 64 => Op::Close { router: a },
+            213..=216 => Op::Misuse { handle: a, kind: b },
+            220..=230 => Op::TakeTask { router: a },
+            231..=242 => Op::PollTask { which: a },
+            243..=249 => Op::Complete { which: a },
+            250..=255 => Op::Resolve {
+                which: a,
+                answer: !b.is_multiple_of(4),
+            },
             _ => Op::Lookup { handle: a, to: id },
         })
     }

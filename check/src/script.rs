@@ -1,12 +1,23 @@
 //! Scripted receivers: each message names a script of instructions the receiver carries out, and
 //! the receiver records everything it did in a shared journal, so the checker can compare what
 //! happened with what the reference model says should have happened.
+//!
+//! Work that completes later is scripted too. A receiver spawns a future that is ready at once,
+//! or one that waits on a gate the world answers (or drops) when the plan says, and asks other
+//! receivers (or itself): the request carries a [`Reply`], which the asked receiver answers,
+//! keeps to answer later, or drops. Every task's future holds a guard, and every request's reply
+//! a box, that note in the journal when they are dropped unfinished: the world checks that
+//! futures are dropped exactly when the router should drop them, and learns what each asker
+//! will be answered.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hermes_core::{Activation, Addr, Context, Deactivation, Receiver, Recipient, TimerId};
+use hermes_core::{
+    Activation, Addr, AskError, Context, Deactivation, Receiver, Recipient, Reply, TimerId,
+};
 
 use crate::plan::{Instr, Target};
 
@@ -49,15 +60,123 @@ pub(crate) enum IdClass {
     Failing,
 }
 
-/// A message in the checker's world: a unique sequence number and the script the receiver runs.
+/// A message in the checker's world: a unique sequence number and the script the receiver runs;
+/// a task's outcome carries what its future answered, and an ask's request the reply.
 #[derive(Debug)]
 pub struct Msg {
     pub(crate) seq: Seq,
     pub(crate) script: u8,
+    /// A task's outcome: what its future answered.
+    pub(crate) answer: Option<Answer>,
+    /// An ask's request: the reply the asked receiver answers, keeps or drops.
+    pub(crate) reply: Option<ReplyBox>,
 }
 
-/// The unique number every message gets when it is created.
+impl Msg {
+    /// A plain message.
+    pub(crate) fn new(seq: Seq, script: u8) -> Msg {
+        Msg {
+            seq,
+            script,
+            answer: None,
+            reply: None,
+        }
+    }
+}
+
+/// The unique number every message gets when it is created. A task is numbered by its outcome
+/// message, made when the task is started; an ask's reply by its request.
 pub(crate) type Seq = u64;
+
+/// What a task's future answered: the value (a gate's or a ready future's: the task's number;
+/// an ask's: the request's number), or why there is none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Value(u64),
+    /// The gate or the reply was dropped unanswered.
+    Dropped,
+    /// The router expired the ask at its deadline.
+    Timeout,
+    /// Any other error: never expected.
+    Other,
+}
+
+impl From<Result<u64, AskError>> for Answer {
+    fn from(r: Result<u64, AskError>) -> Answer {
+        match r {
+            Ok(v) => Answer::Value(v),
+            Err(AskError::Dropped) => Answer::Dropped,
+            Err(AskError::Timeout) => Answer::Timeout,
+            Err(_) => Answer::Other,
+        }
+    }
+}
+
+/// Something the journal notes when it is dropped unfinished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Gone {
+    /// The future of task `Seq`, before it finished.
+    Future(Seq),
+    /// The reply of request `Seq`, unanswered.
+    Reply(Seq),
+}
+
+/// An ask's reply, as its request carries it: notes in the journal if it is dropped unanswered
+/// (which answers the asker `AskError::Dropped`).
+pub(crate) struct ReplyBox {
+    req: Seq,
+    reply: Option<Reply<u64>>,
+    shared: Arc<Shared>,
+}
+
+impl ReplyBox {
+    /// Answers with the request's number; true if the asker was still waiting.
+    fn answer(mut self) -> (Seq, bool) {
+        let reply = self.reply.take();
+        (self.req, reply.is_some_and(|r| r.send(self.req).is_ok()))
+    }
+}
+
+impl Drop for ReplyBox {
+    fn drop(&mut self) {
+        if self.reply.is_some() {
+            self.shared.journal().gone.push(Gone::Reply(self.req));
+        }
+    }
+}
+
+impl fmt::Debug for ReplyBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reply(#{})", self.req)
+    }
+}
+
+/// Held by a task's future (in the closure that maps its outcome to a message): notes in the
+/// journal if the future is dropped before it finished.
+struct FutureGuard {
+    task: Seq,
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl FutureGuard {
+    /// The future finished: its outcome becomes message `task`.
+    fn outcome(mut self, script: u8, answer: Answer) -> Msg {
+        self.finished = true;
+        Msg {
+            answer: Some(answer),
+            ..Msg::new(self.task, script)
+        }
+    }
+}
+
+impl Drop for FutureGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.journal().gone.push(Gone::Future(self.task));
+        }
+    }
+}
 
 /// How an activation goes and how the instance's lifecycle hooks behave; chosen when the factory
 /// is called.
@@ -72,6 +191,8 @@ pub(crate) struct Hooks {
     pub(crate) farewell: Option<(Target, u8)>,
     /// The `deactivated` hook panics after sending (its effects are dropped).
     pub(crate) deactivation_panics: bool,
+    /// The `deactivated` hook spawns work, which has no instance to come back to.
+    pub(crate) hook_spawns: bool,
 }
 
 impl Hooks {
@@ -82,6 +203,7 @@ impl Hooks {
             activation_panics: luck < 10,
             farewell: (luck % 5 == 1).then(|| (Target::from_byte(luck / 5), luck / 3)),
             deactivation_panics: luck % 16 == 15,
+            hook_spawns: luck % 7 == 2,
         }
     }
 }
@@ -113,6 +235,28 @@ pub(crate) enum Event {
     },
     Cancelled {
         timer: TimerId,
+    },
+    /// Started work: its future is ready at once, or (`gate`) waits for the world.
+    Spawned {
+        task: Seq,
+        gate: bool,
+    },
+    /// Asked `to` with request `req` (recorded as sent just before).
+    Asked {
+        task: Seq,
+        req: Seq,
+        to: Id,
+        /// `None`: past the end of representable time, never.
+        deadline: Option<Instant>,
+    },
+    /// Answered the reply of request `req`; `ok`: its asker was still waiting.
+    Answered {
+        req: Seq,
+        ok: bool,
+    },
+    /// Kept the reply of request `req`, to answer later.
+    Kept {
+        req: Seq,
     },
     Became,
     Stopped,
@@ -154,6 +298,10 @@ pub(crate) struct Journal {
     pub(crate) handles: Vec<Addr>,
     /// Every timer ID seen so far, pending or not.
     pub(crate) timers: Vec<TimerId>,
+    /// Futures and replies dropped unfinished, in order, since the world last looked.
+    pub(crate) gone: Vec<Gone>,
+    /// The gates of spawned work, for the world to answer or drop: (task, gate).
+    pub(crate) gates: Vec<(Seq, Reply<u64>)>,
 }
 
 impl Journal {
@@ -202,6 +350,8 @@ impl Shared {
                 events: Vec::new(),
                 handles: Vec::new(),
                 timers: Vec::new(),
+                gone: Vec::new(),
+                gates: Vec::new(),
             }),
         })
     }
@@ -239,6 +389,7 @@ pub(crate) fn activation(
             inst,
             version: 0,
             hooks,
+            kept: Arc::default(),
         }),
     }
 }
@@ -278,6 +429,9 @@ pub(crate) struct Scripted {
     /// How many times this instance replaced its handler before this one.
     version: u32,
     hooks: Hooks,
+    /// Replies kept to answer later, oldest first: the instance's, shared by its handlers, and
+    /// dropped with it.
+    kept: Arc<Mutex<VecDeque<ReplyBox>>>,
 }
 
 impl Scripted {
@@ -313,15 +467,103 @@ impl Scripted {
             });
             seq
         };
-        let msg = Msg { seq, script };
+        let msg = Msg::new(seq, script);
         match to {
             Recipient::Id(id) => ctx.send(id, msg),
             Recipient::Addr(addr) => ctx.send_to(addr, msg),
         }
     }
 
-    /// Carries out one instruction of `script`, the script of the message being handled.
-    fn run(&mut self, ctx: &mut Context<'_, Id, Msg>, instr: Instr, script: u8) {
+    /// Starts work whose outcome names `script`: ready at once, or (`gate`) when the world
+    /// answers or drops its gate.
+    fn spawn(&self, ctx: &mut Context<'_, Id, Msg>, gate: bool, script: u8) {
+        let (guard, asked) = {
+            let mut j = self.shared.journal();
+            if !j.spend(false) {
+                return;
+            }
+            let task = j.next_seq();
+            j.events.push(Event::Spawned { task, gate });
+            let asked = gate.then(|| {
+                let (reply, asked) = Reply::new();
+                j.gates.push((task, reply));
+                asked
+            });
+            let guard = FutureGuard {
+                task,
+                shared: self.shared.clone(),
+                finished: false,
+            };
+            (guard, asked)
+        };
+        let value = guard.task;
+        let map = move |r: Result<u64, AskError>| guard.outcome(script, r.into());
+        match asked {
+            Some(asked) => ctx.spawn(asked, map),
+            None => ctx.spawn(std::future::ready(Ok(value)), map),
+        }
+    }
+
+    /// Asks `to` with a request naming `script`; the answer comes back naming `reply_script`.
+    fn ask(
+        &self,
+        ctx: &mut Context<'_, Id, Msg>,
+        to: Id,
+        (script, reply_script): (u8, u8),
+        timeout: Duration,
+    ) {
+        let (guard, req) = {
+            let mut j = self.shared.journal();
+            if !j.spend(false) {
+                return;
+            }
+            let task = j.next_seq();
+            let req = j.next_seq();
+            j.events.push(Event::Sent {
+                to: Recipient::Id(to),
+                seq: req,
+            });
+            j.events.push(Event::Asked {
+                task,
+                req,
+                to,
+                deadline: ctx.now().checked_add(timeout),
+            });
+            let guard = FutureGuard {
+                task,
+                shared: self.shared.clone(),
+                finished: false,
+            };
+            (guard, req)
+        };
+        let shared = self.shared.clone();
+        let make = move |reply| Msg {
+            reply: Some(ReplyBox {
+                req,
+                reply: Some(reply),
+                shared,
+            }),
+            ..Msg::new(req, script)
+        };
+        let map = move |r: Result<u64, AskError>| guard.outcome(reply_script, r.into());
+        ctx.ask(to, make, timeout, map);
+    }
+
+    /// Answers `reply` and notes it.
+    fn answer(&self, reply: ReplyBox) {
+        let (req, ok) = reply.answer();
+        self.shared.record(Event::Answered { req, ok });
+    }
+
+    /// Carries out one instruction of `script`, the script of the message being handled, whose
+    /// reply (an ask's request) is `reply`.
+    fn run(
+        &mut self,
+        ctx: &mut Context<'_, Id, Msg>,
+        instr: Instr,
+        script: u8,
+        reply: &mut Option<ReplyBox>,
+    ) {
         match instr {
             Instr::Send { to, script } => self.send(ctx, to, script, false),
             Instr::Relay { to } => self.send(ctx, to, script, true),
@@ -332,7 +574,7 @@ impl Scripted {
                     return;
                 }
                 let seq = j.next_seq();
-                let timer = ctx.schedule_to(to, after, Msg { seq, script });
+                let timer = ctx.schedule_to(to, after, Msg::new(seq, script));
                 j.timers.push(timer);
                 let deadline = ctx.now().checked_add(after);
                 j.events.push(Event::Scheduled {
@@ -355,6 +597,7 @@ impl Scripted {
                     inst: self.inst,
                     version: self.version + 1,
                     hooks: self.hooks,
+                    kept: self.kept.clone(),
                 });
                 self.shared.record(Event::Became);
             }
@@ -366,6 +609,40 @@ impl Scripted {
             Instr::IdleTimeout { after } => {
                 ctx.set_idle_timeout(after);
                 self.shared.record(Event::IdleTimeout(after));
+            }
+            Instr::Spawn { gate, script } => self.spawn(ctx, gate, script),
+            Instr::Ask {
+                to,
+                script: request,
+                reply_script,
+                timeout,
+            } => {
+                let to = to.unwrap_or(*ctx.id());
+                self.ask(ctx, to, (request, reply_script), timeout);
+            }
+            Instr::Answer => {
+                if let Some(reply) = reply.take() {
+                    self.answer(reply);
+                }
+            }
+            Instr::Keep => {
+                if let Some(reply) = reply.take() {
+                    self.shared.record(Event::Kept { req: reply.req });
+                    self.kept
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(reply);
+                }
+            }
+            Instr::AnswerKept => {
+                let kept = self
+                    .kept
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_front();
+                if let Some(reply) = kept {
+                    self.answer(reply);
+                }
             }
         }
     }
@@ -379,7 +656,7 @@ impl Receiver<Id, Msg> for Scripted {
         }
     }
 
-    fn receive(&mut self, ctx: &mut Context<'_, Id, Msg>, msg: Msg) {
+    fn receive(&mut self, ctx: &mut Context<'_, Id, Msg>, mut msg: Msg) {
         self.shared.record(Event::Received {
             inst: self.inst,
             version: self.version,
@@ -390,7 +667,7 @@ impl Receiver<Id, Msg> for Scripted {
         });
         let shared = self.shared.clone();
         for &instr in shared.script(msg.script) {
-            self.run(ctx, instr, msg.script);
+            self.run(ctx, instr, msg.script, &mut msg.reply);
         }
     }
 
@@ -403,6 +680,9 @@ impl Receiver<Id, Msg> for Scripted {
         });
         if let Some((to, script)) = self.hooks.farewell {
             self.send(ctx, to, script, false);
+        }
+        if self.hooks.hook_spawns {
+            self.spawn(ctx, true, 0);
         }
         if self.hooks.deactivation_panics {
             self.panic();
@@ -421,6 +701,7 @@ mod tests {
             activation_panics: false,
             farewell: None,
             deactivation_panics: false,
+            hook_spawns: false,
         };
         assert_eq!(Hooks::from_luck(crate::world::PLAIN_LUCK), plain);
     }

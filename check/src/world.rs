@@ -1,22 +1,46 @@
 //! The world: one or two real routers and their models, a driver that handles commands in every
 //! order an executor may, a ledger of every message, and the checks run after every step.
+//!
+//! The driver also runs the tasks receivers start, as an executor's runtime would: it takes them
+//! from the routers, polls their futures (any of them, in any order, late or never), gives their
+//! outcomes back, and answers or drops the gates of spawned work. What each poll yields is
+//! predicted: the answer, `Timeout` once the router expired an ask, `None` once it aborted the
+//! task, or pending (and then a later ready poll requires the task's waker to have been woken).
+//! Every future dropped unfinished, and every reply dropped unanswered, is checked against when
+//! it should be dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use hermes_core::{
     Activation, Addr, Command, Config, Context, Deactivation, DeadLetter, DeadLetterReason, Done,
-    Job, Location, Outbound, Recipient, Router, SendError, SendErrorKind, Stats, TimerId,
-    panic_message,
+    Job, Location, Outbound, Recipient, Reply, Router, SendError, SendErrorKind, Stats, Task,
+    TaskId, TimerId, panic_message,
 };
 
+use crate::kinds::{self, kind_of};
 use crate::model::{self, ECmd, End, Kind, MJob, MState, Made, Model, Outcome, Reason, Refusal};
 use crate::plan::{Mode, Op, Plan};
-use crate::script::{self, Event, FactoryPanicked, Hooks, Id, IdClass, Msg, Seq, Shared, is_head};
+use crate::script::{
+    self, Answer, Event, FactoryPanicked, Gone, Hooks, Id, IdClass, Msg, Seq, Shared, is_head,
+};
 use crate::violation::{Broken, Checked, Invariant, broken, ensure};
 use crate::{Summary, Tweak};
+
+/// OPEN router bug (`check/tests/regressions.rs`, the two `an_outcome_..._reaches_only_its_instance`
+/// tests): an outcome given back while the task is still registered is queued in its slot's
+/// mailbox by handle, and a handle outlives the instance. If that instance is deactivated
+/// before handling it (it stopped or panicked with the outcome queued, or the outcome came while
+/// its `Deactivate` was out), the queued outcome activates the next instance in the slot and
+/// reaches it, though the task docs say an outcome reaches only the instance that started the
+/// work (a `Stale` dead letter otherwise). The model follows the router; the world tolerates
+/// exactly this while it is true: an outcome may reach a later instance of its slot once its
+/// own instance was deactivated.
+const OUTCOME_QUEUED_AT_DEACTIVATION_REACHES_NEXT: bool = true;
 
 /// Sends and timers all scripted receivers together may create in one run.
 const BUDGET: u32 = 300;
@@ -35,6 +59,8 @@ enum Sender {
     Outside(usize),
     Receiver(Id),
     Timer,
+    /// A task's outcome, given back by the driver.
+    Task,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +83,73 @@ struct Entry {
     /// A timer's message: its deadline ([`model::NEVER`]: never due).
     deadline: Option<Duration>,
     status: Status,
+    /// A task's outcome: the instance it must reach, and whether it may reach the next
+    /// instance instead (see [`OUTCOME_DURING_DEACTIVATION_REACHES_NEXT`]).
+    owner: Option<(u32, bool)>,
+}
+
+/// What became of a task's future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fut {
+    Alive,
+    /// It finished (the world polled its outcome).
+    Finished,
+    /// Dropped unfinished.
+    Dropped,
+}
+
+/// What a task waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Nothing: ready at once.
+    Ready,
+    /// The gate the world answers or drops.
+    Gate,
+    /// The answer to request `req`, sent to `to`.
+    Ask { req: Seq, to: Id },
+}
+
+/// What became of a reply (a gate, or an ask's reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Open,
+    /// Answered; `true` if its asker was still waiting.
+    Answered(bool),
+    Dropped,
+}
+
+/// What the world knows of one task.
+struct TaskRec {
+    router: usize,
+    owner: Id,
+    inst: u32,
+    /// The handle of the instance that started it.
+    addr: Addr,
+    work: Work,
+    future: Fut,
+    /// The gate's fate (spawned work waiting for the world).
+    gate: Fate,
+    /// The router aborted it.
+    aborted: bool,
+    /// The waker of its last poll, if that poll was pending.
+    waker: Option<Arc<Woken>>,
+}
+
+/// An ask's reply: whose it is, what became of it, and which instance keeps it.
+struct ReplyRec {
+    task: Seq,
+    fate: Fate,
+    kept_by: Option<u32>,
+}
+
+/// A task's waker: notes that it was woken.
+#[derive(Default)]
+struct Woken(AtomicBool);
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// What the world knows of one instance a factory made.
@@ -129,6 +222,22 @@ pub(crate) struct World {
     dropped_seen: Vec<u64>,
     /// The next number of an outside timer, per router, when the world numbers them.
     outside_timers: Vec<u64>,
+    /// The routers have kinds.
+    kinds: bool,
+    /// Every task a receiver started, by number.
+    tasks: BTreeMap<Seq, TaskRec>,
+    /// Tasks taken from the routers, their futures not finished: (task, handle).
+    held: Vec<(Seq, Task<Msg>)>,
+    /// Outcomes of finished tasks, not given back yet: (task, ID, outcome).
+    finished: Vec<(Seq, TaskId, Msg)>,
+    /// The IDs of every task taken, to check they are unique.
+    task_ids: HashSet<TaskId>,
+    /// Gates not answered or dropped yet: (task, gate).
+    gates: Vec<(Seq, Reply<u64>)>,
+    /// Every ask's reply, by request.
+    replies: HashMap<Seq, ReplyRec>,
+    /// Futures and replies that must be dropped by the end of the call in progress.
+    to_go: Vec<Gone>,
     pub(crate) summary: Summary,
 }
 
@@ -156,11 +265,12 @@ impl World {
                 let placement = move |id: &Id| Location::Shard(model::owner(*id, n));
                 Router::placed(config.clone(), number, Arc::new(placement))
             };
+            router.use_kinds(plan.kinds.as_deref().map(kinds::table));
             if let Some(tweak) = tweak {
                 tweak(&mut router);
             }
             routers.push(router);
-            models.push(Model::new(number, n, &config));
+            models.push(Model::new(number, n, &config, plan.kinds.clone()));
         }
         World {
             routers,
@@ -183,6 +293,14 @@ impl World {
             unpolled: (0..n).map(|_| Vec::new()).collect(),
             dropped_seen: vec![0; n as usize],
             outside_timers: vec![FIRST_NUMBERED_TIMER; n as usize],
+            kinds: plan.kinds.is_some(),
+            tasks: BTreeMap::new(),
+            held: Vec::new(),
+            finished: Vec::new(),
+            task_ids: HashSet::new(),
+            gates: Vec::new(),
+            replies: HashMap::new(),
+            to_go: Vec::new(),
             summary: Summary::default(),
         }
     }
@@ -207,6 +325,19 @@ impl World {
                 .map(|j| (j.router, j.model.id))
                 .collect::<Vec<_>>()
         ));
+        let tasks: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.future == Fut::Alive)
+            .map(|(n, t)| format!("#{n} of {:?}/{} {:?}", t.owner, t.inst, t.work))
+            .collect();
+        lines.push(format!(
+            "live futures [{}]; held {:?}; finished {:?}; open gates {:?}",
+            tasks.join(", "),
+            self.held.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            self.finished.iter().map(|(n, ..)| n).collect::<Vec<_>>(),
+            self.gates.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        ));
         lines.join("\n")
     }
 
@@ -214,6 +345,12 @@ impl World {
 
     pub(crate) fn step(&mut self, op: Op) -> Checked {
         self.summary.steps += 1;
+        self.operate(op)?;
+        // Nothing is dropped between router calls but what the world itself drops.
+        self.check_gone()
+    }
+
+    fn operate(&mut self, op: Op) -> Checked {
         match op {
             Op::Send { router, to, script } => {
                 let r = self.pick_router(router);
@@ -295,6 +432,19 @@ impl World {
             Op::Close { router } => self.close(self.pick_router(router)),
             Op::Misuse { handle, kind } => self.misuse(handle, kind),
             Op::Lookup { handle, to } => self.lookup(handle, to),
+            Op::TakeTask { router } => self.take_task(self.pick_router(router)),
+            Op::PollTask { which } => match self.held.len() {
+                0 => Ok(()),
+                n => self.poll_task(usize::from(which) % n),
+            },
+            Op::Complete { which } => match self.finished.len() {
+                0 => Ok(()),
+                n => self.complete(usize::from(which) % n),
+            },
+            Op::Resolve { which, answer } => match self.gates.len() {
+                0 => Ok(()),
+                n => self.resolve(usize::from(which) % n, answer),
+            },
         }
     }
 
@@ -313,13 +463,14 @@ impl World {
                 to,
                 deadline,
                 status: Status::Pending,
+                owner: None,
             },
         );
     }
 
     fn send_outside(&mut self, r: usize, to: Recipient<Id>, script: u8) -> Checked {
         let seq = self.new_seq();
-        let msg = Msg { seq, script };
+        let msg = Msg::new(seq, script);
         let got = match to.clone() {
             Recipient::Id(id) => self.routers[r].send(id, msg),
             Recipient::Addr(addr) => self.routers[r].send_to(addr, msg),
@@ -369,7 +520,7 @@ impl World {
         let deadline = model::deadline(self.base, self.now, after);
         // `None` (a delay past the end of representable time): a timer that never fires.
         let at = self.at().checked_add(after);
-        let msg = Msg { seq, script };
+        let msg = Msg::new(seq, script);
         let got = if self.numbered_timers {
             let id = TimerId::outside(r as u32, self.outside_timers[r]);
             self.outside_timers[r] += 1;
@@ -559,7 +710,7 @@ impl World {
         let model = self.jobs[k].model.clone();
         let outcome = self.executed(&model, &events)?;
         self.jobs[k].state = JobState::Ran(done, outcome);
-        Ok(())
+        self.check_gone()
     }
 
     fn check_in(&mut self, k: usize) -> Checked {
@@ -586,7 +737,12 @@ impl World {
         for (k, e) in events.iter().enumerate() {
             match *e {
                 Event::Received {
-                    id, addr, seq, now, ..
+                    id,
+                    addr,
+                    seq,
+                    now,
+                    inst,
+                    ..
                 } => {
                     ensure!(
                         now == self.at(),
@@ -602,7 +758,7 @@ impl World {
                         .iter()
                         .take_while(|e| !is_head(e))
                         .any(|e| matches!(e, Event::Panicking));
-                    self.delivered(id, addr, seq, now, panicked)?;
+                    self.delivered((id, addr, inst), seq, now, panicked)?;
                 }
                 Event::Deactivated { inst, why, .. } => {
                     let Some(rec) = self.instances.get_mut(&inst) else {
@@ -629,6 +785,7 @@ impl World {
             }
         }
         let outcome = model::interpret(job, events, self.base)?;
+        self.job_tasks(job, events)?;
         if let Some(rec) = self.instances.get_mut(&job.inst) {
             if outcome.activated {
                 ensure!(
@@ -657,12 +814,126 @@ impl World {
         Ok(outcome)
     }
 
-    /// The ledger's side of a delivery: exactly once, to the right receiver, in sender order,
-    /// never before a timer's deadline.
+    /// The tasks a job started, and the replies it answered, kept or dropped (see
+    /// [`Event`]): recorded, and the futures and replies it dropped expected gone.
+    fn job_tasks(&mut self, job: &MJob, events: &[Event]) -> Checked {
+        let mut heads = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| is_head(e))
+            .map(|(k, _)| k)
+            .peekable();
+        while let Some(start) = heads.next() {
+            let end = heads.peek().copied().unwrap_or(events.len());
+            let effects = &events[start + 1..end];
+            let void = effects.iter().any(|e| matches!(e, Event::Panicking));
+            // A request handled without being answered or kept: its reply goes with it.
+            if let Event::Received { seq, .. } = events[start]
+                && self.replies.contains_key(&seq)
+                && !effects.iter().any(|e| {
+                    matches!(e, Event::Answered { req, .. } | Event::Kept { req } if *req == seq)
+                })
+            {
+                self.to_go.push(Gone::Reply(seq));
+            }
+            for e in effects {
+                match *e {
+                    Event::Spawned { task, gate } => {
+                        let work = if gate { Work::Gate } else { Work::Ready };
+                        self.new_task(task, job, work, void);
+                    }
+                    Event::Asked { task, req, to, .. } => {
+                        self.new_task(task, job, Work::Ask { req, to }, void);
+                        self.summary.asks += u64::from(!void);
+                        self.replies.insert(
+                            req,
+                            ReplyRec {
+                                task,
+                                fate: Fate::Open,
+                                kept_by: None,
+                            },
+                        );
+                        if void {
+                            // Its request was never sent: dropped with the handler's effects.
+                            self.to_go.push(Gone::Reply(req));
+                        }
+                    }
+                    Event::Answered { req, ok } => {
+                        let task = self.open_reply(req, Fate::Answered(ok))?;
+                        let asker = &self.tasks[&task];
+                        ensure!(
+                            ok == (asker.future == Fut::Alive),
+                            Model,
+                            "{:?} answered #{req} and its asker (task #{task} of {:?}) was \
+                             {}waiting; its future is {:?}",
+                            job.id,
+                            asker.owner,
+                            if ok { "" } else { "not " },
+                            asker.future
+                        );
+                    }
+                    Event::Kept { req } => {
+                        if let Some(reply) = self.replies.get_mut(&req) {
+                            reply.kept_by = Some(job.inst);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let gates = std::mem::take(&mut self.shared.journal().gates);
+        self.gates.extend(gates);
+        Ok(())
+    }
+
+    /// Settles the open reply of request `req` as `fate` (answered or dropped: once); its
+    /// asker's task.
+    fn open_reply(&mut self, req: Seq, fate: Fate) -> Checked<Seq> {
+        match self.replies.get_mut(&req) {
+            Some(reply) if reply.fate == Fate::Open => {
+                reply.fate = fate;
+                reply.kept_by = None;
+                Ok(reply.task)
+            }
+            Some(reply) => broken!(
+                ExactlyOnce,
+                "the reply of #{req} was {fate:?} after it was {:?}",
+                reply.fate
+            ),
+            None => broken!(
+                Model,
+                "the reply of #{req}, which no ask sent, was {fate:?}"
+            ),
+        }
+    }
+
+    /// A task a job started; `void` if its handler panicked (its future is dropped now).
+    fn new_task(&mut self, task: Seq, job: &MJob, work: Work, void: bool) {
+        if void {
+            self.to_go.push(Gone::Future(task));
+        }
+        self.tasks.insert(
+            task,
+            TaskRec {
+                router: job.addr.router() as usize,
+                owner: job.id,
+                inst: job.inst,
+                addr: job.addr,
+                work,
+                future: Fut::Alive,
+                gate: Fate::Open,
+                aborted: false,
+                waker: None,
+            },
+        );
+    }
+
+    /// The ledger's side of a delivery: exactly once, to the right receiver (and a task's
+    /// outcome to the instance that started it), in sender order, never before a timer's
+    /// deadline.
     fn delivered(
         &mut self,
-        id: Id,
-        addr: Addr,
+        (id, addr, inst): (Id, Addr, u32),
         seq: Seq,
         now: Duration,
         panicked: bool,
@@ -709,11 +980,32 @@ impl World {
                  {deadline:?}"
             );
         }
+        if let Some((owner, may_reach_next)) = entry.owner {
+            let owner_gone = self
+                .instances
+                .get(&owner)
+                .is_some_and(|rec| rec.deactivations > 0);
+            ensure!(
+                inst == owner || may_reach_next && owner_gone,
+                StaleHandles,
+                "the outcome #{seq} of a task instance {owner} of {id:?} started reached \
+                 instance {inst}"
+            );
+            self.summary.outcomes += u64::from(!panicked);
+        }
         if !panicked {
             entry.status = Status::Delivered;
             self.summary.delivered += 1;
+            if let Sender::Receiver(from) = entry.sender
+                && self.kinds
+                && kind_of(from) != kind_of(id)
+            {
+                self.summary.cross_kind += 1;
+                self.summary.cross_kind_asks += u64::from(self.replies.contains_key(&seq));
+            }
         }
-        if entry.sender != Sender::Timer {
+        // Timers fire, and tasks finish, in their own order.
+        if !matches!(entry.sender, Sender::Timer | Sender::Task) {
             let sender = entry.sender;
             if let Some(&last) = self.last_from.get(&(sender, id)) {
                 ensure!(
@@ -748,8 +1040,20 @@ impl World {
                     to: Recipient::Id(job.id),
                     deadline: None,
                     status: Status::Void,
+                    owner: None,
                 },
             );
+        }
+        match job.work {
+            model::MWork::Run { .. } => self.summary.tasks += outcome.tasks.len() as u64,
+            // The instance is dropped, and the replies it kept with it.
+            model::MWork::Deactivate { .. } => {
+                for (&req, reply) in &self.replies {
+                    if reply.fate == Fate::Open && reply.kept_by == Some(job.inst) {
+                        self.to_go.push(Gone::Reply(req));
+                    }
+                }
+            }
         }
         ensure!(
             self.models[r].check_in(job, outcome, self.now).is_ok(),
@@ -785,6 +1089,200 @@ impl World {
         self.observe(d)
     }
 
+    // ---- tasks --------------------------------------------------------------------------------
+
+    /// Takes the next task router `r` hands out, against the model's.
+    fn take_task(&mut self, r: usize) -> Checked {
+        let got = self.routers[r].poll_task();
+        let expected = self.models[r].take_task();
+        let (task, handle) = match (expected, got) {
+            (None, None) => return Ok(()),
+            (Some(task), Some(handle)) => (task, handle),
+            (expected, got) => broken!(
+                Model,
+                "router {r} handed out {:?} as its next task; the model expects task {expected:?}",
+                got.map(|t| t.id())
+            ),
+        };
+        let id = handle.id();
+        let rec = &self.tasks[&task];
+        ensure!(
+            id.owner() == rec.addr,
+            StaleHandles,
+            "router {r} handed out task #{task} of {:?} at {:?} as {id:?}, owned by another \
+             receiver",
+            rec.owner,
+            rec.addr
+        );
+        ensure!(
+            self.task_ids.insert(id),
+            Model,
+            "router {r} handed out {id:?} twice"
+        );
+        self.held.push((task, handle));
+        Ok(())
+    }
+
+    /// What polling task `task` must yield now: pending, `None` (aborted), or its outcome.
+    fn predict(&self, task: Seq) -> Poll<Option<Answer>> {
+        let rec = &self.tasks[&task];
+        if rec.aborted {
+            return Poll::Ready(None);
+        }
+        let fate = match rec.work {
+            Work::Ready => return Poll::Ready(Some(Answer::Value(task))),
+            Work::Gate => (rec.gate, task),
+            Work::Ask { req, .. } => {
+                let expired = self.models[rec.router]
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|t| t.expired);
+                if expired {
+                    return Poll::Ready(Some(Answer::Timeout));
+                }
+                (self.replies[&req].fate, req)
+            }
+        };
+        match fate {
+            (Fate::Open, _) => Poll::Pending,
+            (Fate::Answered(_), value) => Poll::Ready(Some(Answer::Value(value))),
+            (Fate::Dropped, _) => Poll::Ready(Some(Answer::Dropped)),
+        }
+    }
+
+    /// Polls the `k`-th task held, as a runtime would.
+    fn poll_task(&mut self, k: usize) -> Checked {
+        let task = self.held[k].0;
+        let expected = self.predict(task);
+        let rec = self.tasks.get_mut(&task).expect("a held task is known");
+        if let Some(waker) = rec.waker.take()
+            && expected.is_ready()
+        {
+            ensure!(
+                waker.0.load(Ordering::SeqCst),
+                Model,
+                "task #{task} of {:?} is ready to yield {expected:?}, but its waker was not \
+                 woken since it was last polled: a runtime would never poll it again",
+                rec.owner
+            );
+            self.summary.wakeups += 1;
+        }
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let got = std::pin::Pin::new(&mut self.held[k].1).poll(&mut cx);
+        let rec = self.tasks.get_mut(&task).expect("a held task is known");
+        let id = self.held[k].1.id();
+        match (got, expected) {
+            (Poll::Pending, Poll::Pending) => {
+                rec.waker = Some(woken);
+                return Ok(());
+            }
+            (Poll::Ready(None), Poll::Ready(None)) => {}
+            (Poll::Ready(Some(msg)), Poll::Ready(Some(answer)))
+                if msg.seq == task && msg.answer == Some(answer) =>
+            {
+                rec.future = Fut::Finished;
+                match (rec.work, answer) {
+                    (Work::Ask { .. }, Answer::Value(_)) => self.summary.answers += 1,
+                    (_, Answer::Timeout) => self.summary.timeouts += 1,
+                    (_, Answer::Dropped) => self.summary.unanswered += 1,
+                    _ => {}
+                }
+                self.finished.push((task, id, msg));
+            }
+            (got, expected) => {
+                let got = got.map(|o| o.map(|m| (m.seq, m.answer)));
+                return Err(Broken {
+                    invariant: match expected {
+                        // A task of a deactivated instance that still yields its outcome.
+                        Poll::Ready(None) => Invariant::Deactivation,
+                        Poll::Ready(Some(Answer::Timeout)) | Poll::Pending
+                            if matches!(got, Poll::Ready(Some((_, Some(Answer::Timeout))))) =>
+                        {
+                            Invariant::Timers
+                        }
+                        _ => Invariant::Model,
+                    },
+                    detail: format!(
+                        "task #{task} of {:?} ({:?}, {id:?}) yielded {got:?} when polled; the \
+                         model expects {expected:?}",
+                        rec.owner, rec.work
+                    ),
+                });
+            }
+        }
+        let (_, handle) = self.held.remove(k);
+        drop(handle);
+        Ok(())
+    }
+
+    /// Gives the `k`-th finished outcome back to its router.
+    fn complete(&mut self, k: usize) -> Checked {
+        let (task, id, msg) = self.finished.remove(k);
+        let rec = &self.tasks[&task];
+        let r = rec.router;
+        let seq = msg.seq;
+        self.summary.messages += 1;
+        self.ledger.insert(
+            seq,
+            Entry {
+                sender: Sender::Task,
+                to: Recipient::Addr(rec.addr),
+                deadline: None,
+                status: Status::Pending,
+                owner: Some((rec.inst, OUTCOME_QUEUED_AT_DEACTIVATION_REACHES_NEXT)),
+            },
+        );
+        self.summary.late_outcomes += u64::from(!self.models[r].tasks.contains_key(&task));
+        let now = self.at();
+        self.routers[r].complete(id, msg, now);
+        self.models[r].complete(task, rec.addr, seq, self.now);
+        self.observe(r)
+    }
+
+    /// Answers (or drops) the `k`-th open gate.
+    fn resolve(&mut self, k: usize, answer: bool) -> Checked {
+        let (task, gate) = self.gates.remove(k);
+        let rec = self.tasks.get_mut(&task).expect("a gate's task is known");
+        if answer {
+            let ok = gate.send(task).is_ok();
+            ensure!(
+                ok == (rec.future == Fut::Alive),
+                Deactivation,
+                "the gate of task #{task} of {:?} was answered {}, but its future is {:?}",
+                rec.owner,
+                if ok { "and taken" } else { "in vain" },
+                rec.future
+            );
+            rec.gate = Fate::Answered(ok);
+        } else {
+            drop(gate);
+            rec.gate = Fate::Dropped;
+        }
+        Ok(())
+    }
+
+    /// True if some task work is left for the driver: a task to take, a held task whose poll
+    /// would not be pending, or an outcome to give back. Does the first such piece of work.
+    fn run_a_task(&mut self) -> Checked<bool> {
+        for r in 0..self.routers.len() {
+            if self.models[r].tasks_out_len() > 0 {
+                self.take_task(r)?;
+                return Ok(true);
+            }
+        }
+        if let Some(k) = (0..self.held.len()).find(|&k| self.predict(self.held[k].0).is_ready()) {
+            self.poll_task(k)?;
+            return Ok(true);
+        }
+        if !self.finished.is_empty() {
+            self.complete(0)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn next_deadline(&self) -> Option<Duration> {
         self.routers
             .iter()
@@ -805,6 +1303,7 @@ impl World {
             .collect();
         self.models[r].handle_timeout(self.now, |a| deactivated.contains(&a));
         self.summary.timers_fired += self.models[r].expect.fired as u64;
+        self.summary.spared += self.models[r].expect.spared as u64;
         self.compare(r, output)
     }
 
@@ -944,6 +1443,29 @@ impl World {
                 e.status = Status::Cancelled;
             }
         }
+        ensure!(
+            self.routers[r].tasks_in_flight() == self.models[r].tasks.len(),
+            Model,
+            "router {r} has {} tasks in flight; the model {}",
+            self.routers[r].tasks_in_flight(),
+            self.models[r].tasks.len()
+        );
+        // Aborted and discarded tasks: their futures, if not finished, are dropped in this call.
+        for &task in expect.aborted.iter().chain(&expect.discarded) {
+            let Some(rec) = self.tasks.get_mut(&task) else {
+                broken!(
+                    Model,
+                    "the model dropped task #{task}, which no receiver started"
+                );
+            };
+            rec.aborted = true;
+            if rec.future == Fut::Alive {
+                self.to_go.push(Gone::Future(task));
+                self.summary.aborted += u64::from(expect.aborted.contains(&task));
+            }
+        }
+        self.summary.expired += expect.expired.len() as u64;
+        self.summary.kind_idle_restored += expect.restored as u64;
         let mut expected_dead = std::mem::take(&mut self.unpolled[r]);
         expected_dead.extend(expect.dead);
         match output.dead {
@@ -1013,6 +1535,74 @@ impl World {
             self.models[r].is_closed()
         );
         self.summary.max_live = self.summary.max_live.max(stats.live);
+        self.check_gone()
+    }
+
+    /// The futures and replies dropped unfinished since the last look, against those that had
+    /// to go: a task's future exactly when the world expects it (rolled back with its handler,
+    /// discarded with the `deactivated` hook that started it, aborted with its instance), a
+    /// reply when its request was handled without being answered or kept, with the instance that
+    /// kept it, or with its request as a dead letter.
+    fn check_gone(&mut self) -> Checked {
+        let gone = std::mem::take(&mut self.shared.journal().gone);
+        let mut expected = std::mem::take(&mut self.to_go);
+        for g in gone {
+            if let Some(k) = expected.iter().position(|e| *e == g) {
+                expected.swap_remove(k);
+            } else if let Gone::Future(task) = g {
+                let state = self.tasks.get(&task).map(|t| (t.owner, t.inst, t.future));
+                broken!(
+                    Deactivation,
+                    "the future of task #{task} (of {state:?}) was dropped unfinished, which \
+                     the model does not expect: its instance was not deactivated"
+                );
+            } else if let Gone::Reply(req) = g {
+                // Otherwise only a dead letter drops a request with its reply: reported and
+                // dropped by the world, or dropped by the router past the dead-letter capacity
+                // (lazily polled plans learn that later).
+                let status = self.ledger.get(&req).map(|e| e.status);
+                ensure!(
+                    matches!(status, Some(Status::Dead | Status::Dropped))
+                        || self.lazy_dead_letters && status == Some(Status::Pending),
+                    ExactlyOnce,
+                    "the reply of request #{req} was dropped while the request was {status:?}"
+                );
+            }
+            match g {
+                Gone::Future(task) => {
+                    if let Some(t) = self.tasks.get_mut(&task) {
+                        t.future = Fut::Dropped;
+                    }
+                }
+                Gone::Reply(req) => {
+                    self.open_reply(req, Fate::Dropped)?;
+                }
+            }
+        }
+        if let Some(g) = expected.first() {
+            match *g {
+                Gone::Future(task) => {
+                    let t = &self.tasks[&task];
+                    broken!(
+                        Deactivation,
+                        "the future of task #{task} of {:?} (instance {}) is still alive; it \
+                         should have been dropped{}",
+                        t.owner,
+                        t.inst,
+                        if t.aborted {
+                            " when its instance was deactivated"
+                        } else {
+                            " with the handler that started it"
+                        }
+                    )
+                }
+                Gone::Reply(req) => broken!(
+                    ExactlyOnce,
+                    "the reply of request #{req} should have been dropped by now (the request \
+                     was handled without an answer, or its instance is gone)"
+                ),
+            }
+        }
         Ok(())
     }
 
@@ -1259,6 +1849,8 @@ impl World {
                 self.handle(r, command, Mode::Inline, PLAIN_LUCK)?;
             } else if let Some(d) = (0..self.transit.len()).find(|&d| !self.transit[d].is_empty()) {
                 self.forward(d)?;
+            } else if self.run_a_task()? {
+                self.check_gone()?;
             } else if let Some(next) = self.next_deadline() {
                 self.now = self.now.max(next);
                 for r in 0..self.routers.len() {
@@ -1295,7 +1887,14 @@ impl World {
                 "router {r} did not finish closing: {:?}",
                 router.stats()
             );
+            ensure!(
+                router.tasks_in_flight() == 0,
+                Close,
+                "router {r} closed with {} tasks in flight, of instances it deactivated",
+                router.tasks_in_flight()
+            );
         }
+        self.finish_tasks()?;
         for (seq, entry) in &self.ledger {
             ensure!(
                 entry.status != Status::Pending,
@@ -1333,14 +1932,14 @@ impl World {
         }
         for r in 0..self.routers.len() {
             let seq = self.new_seq();
-            let got = self.routers[r].send(Id(0), Msg { seq, script: 0 });
+            let got = self.routers[r].send(Id(0), Msg::new(seq, 0));
             ensure!(
                 matches!(got, Err(SendError::Closed(_))),
                 Close,
                 "router {r} answered a send after close with {got:?}"
             );
             let now = self.at();
-            let got = self.routers[r].schedule(Id(0), now, Msg { seq, script: 0 });
+            let got = self.routers[r].schedule(Id(0), now, Msg::new(seq, 0));
             ensure!(
                 matches!(got, Err(SendError::Closed(_))),
                 Close,
@@ -1350,6 +1949,57 @@ impl World {
             self.observe(r)?;
         }
         Ok(())
+    }
+}
+
+impl World {
+    /// After close: every task was taken, polled to its end and its outcome given back; no
+    /// future is left alive, and no reply is left unanswered and undropped.
+    fn finish_tasks(&mut self) -> Checked {
+        ensure!(
+            self.held.is_empty() && self.finished.is_empty(),
+            Close,
+            "after close, tasks {:?} are still pending and outcomes {:?} not given back",
+            self.held.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            self.finished.iter().map(|(n, ..)| n).collect::<Vec<_>>()
+        );
+        for (task, rec) in &self.tasks {
+            ensure!(
+                rec.future != Fut::Alive,
+                Close,
+                "after close, the future of task #{task} of {:?} (instance {}) is still alive",
+                rec.owner,
+                rec.inst
+            );
+        }
+        // Gates of futures long gone: answering them finds nobody waiting.
+        for (task, gate) in std::mem::take(&mut self.gates) {
+            ensure!(
+                gate.send(task).is_err(),
+                Close,
+                "after close, the gate of task #{task} still has a future waiting"
+            );
+        }
+        for (req, reply) in &self.replies {
+            ensure!(
+                reply.fate != Fate::Open,
+                ExactlyOnce,
+                "after close, the reply of request #{req} was neither answered nor dropped \
+                 (kept by {:?})",
+                reply.kept_by
+            );
+            if reply.fate == Fate::Dropped
+                && let Some(entry) = self.ledger.get(req)
+            {
+                // Its request was handled, or became a dead letter (and went with it).
+                ensure!(
+                    entry.status != Status::Pending,
+                    ExactlyOnce,
+                    "the reply of request #{req} was dropped, but the request is still pending"
+                );
+            }
+        }
+        self.check_gone()
     }
 }
 

@@ -7,11 +7,12 @@
 use std::time::Duration;
 
 use hermes_check::{Plan, Summary, check};
+use hermes_core::Settings;
 
 /// Seeds checked by default: enough to exercise every feature, quick in a debug build.
-const DEFAULT_SEEDS: u64 = 800;
+const DEFAULT_SEEDS: u64 = 640;
 /// Seeds checked by default for each pinned configuration.
-const PINNED_SEEDS: u64 = 150;
+const PINNED_SEEDS: u64 = 120;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -86,8 +87,31 @@ fn short_idle_timeouts_keep_every_invariant() {
     }
 }
 
+/// Three kinds as different as they come: kind 0 (IDs 0, 3, 6) with one-message mailboxes and
+/// one message a run, kind 1 (IDs 1, 4, 7) with a 4 ms idle timeout, kind 2 (IDs 2, 5) on the
+/// router's settings. Sends and asks between kinds meet full mailboxes, receivers that go idle
+/// within milliseconds, and receivers kept live while they wait for their asks.
+#[test]
+fn kinds_with_their_own_settings_keep_every_invariant() {
+    let kinds = [
+        Settings::default().mailbox_capacity(1).batch_size(1),
+        Settings::default().idle_timeout(Duration::from_millis(4)),
+        Settings::default(),
+    ];
+    let total = check_seeds("kinds_with_their_own_settings", PINNED_SEEDS, |plan| {
+        plan.with_kinds(Some(&kinds))
+    });
+    if let Some(t) = total {
+        assert!(t.cross_kind > 0 && t.cross_kind_asks > 0, "{t:#?}");
+        assert!(
+            t.full > 0 && t.idle_deactivations > 0 && t.spared > 0,
+            "{t:#?}"
+        );
+    }
+}
+
 /// Seeds checked by default for each small drain limit.
-const DRAIN_SEEDS: u64 = 60;
+const DRAIN_SEEDS: u64 = 48;
 
 /// Small drain limits, with the final close coming while work is queued, running and in
 /// transit: closing routers stop draining early, and relays that would keep receivers messaging
@@ -131,6 +155,23 @@ fn assert_exercises_everything(t: &Summary) {
         ("closes", t.closes),
         ("messages past the drain limit", t.drain_limited),
         ("refused driver mistakes", t.misuses),
+        ("messages between kinds", t.cross_kind),
+        ("asks between kinds", t.cross_kind_asks),
+        (
+            "kinds' idle timeouts restored for a next instance",
+            t.kind_idle_restored,
+        ),
+        ("tasks started", t.tasks),
+        ("asks", t.asks),
+        ("asks answered", t.answers),
+        ("asks timed out", t.timeouts),
+        ("work and asks left unanswered", t.unanswered),
+        ("asks expired by their router", t.expired),
+        ("tasks aborted with their instance", t.aborted),
+        ("outcomes given back too late (stale)", t.late_outcomes),
+        ("outcomes delivered", t.outcomes),
+        ("tasks woken after a pending poll", t.wakeups),
+        ("receivers kept live, waiting for their tasks", t.spared),
     ];
     for (what, count) in reached {
         assert!(count > 0, "no {what} in any plan: {t:#?}");
