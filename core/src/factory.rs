@@ -44,6 +44,10 @@ impl<K, M, A> fmt::Debug for Activation<K, M, A> {
 ///
 /// Any `Fn(&K) -> Activation<K, M> + Send + Sync + 'static` closure is a factory; so is
 /// [`Kinds`](crate::Kinds), the factory of an application with several kinds.
+///
+/// A function generic over the factory returns the handle typed by its application:
+/// `fn start<F: Factory<K, M>>(factory: F) -> Hermes<K, M, F::App>`; one that takes a
+/// single-kind factory says so, `factory: impl Factory<K, M, App = (K, M)>`.
 pub trait Factory<K, M>: Send + Sync + 'static {
     /// The application: `(K, M)` for one kind; it types the handle an executor returns.
     type App: App<Id = K, Msg = M>;

@@ -227,7 +227,12 @@ impl Exec {
     }
 
     /// Starts Hermes on this executor with `shards` shards (and as many threads) and `factory`.
-    pub fn launch(self, shards: usize, config: Config, factory: impl Factory<u64, Msg>) -> Running {
+    pub fn launch(
+        self,
+        shards: usize,
+        config: Config,
+        factory: impl Factory<u64, Msg, App = (u64, Msg)>,
+    ) -> Running {
         let options = Options::new(config).shards(shards).name("bench");
         match self {
             Exec::Pool => Running {
