@@ -56,6 +56,8 @@ pub struct Sim<K: Key, M: Message, A: App<Id = K, Msg = M> = (K, M)> {
     config: Config,
     factory: Shared<K, M, A>,
     fault: Fault,
+    /// Each shard's inbox capacity, if not the executors' default.
+    inbox_capacity: Option<usize>,
     clock: Arc<VirtualClock>,
     hermes: Hermes<K, M, A>,
     shards: Vec<SimShard<K, M>>,
@@ -209,14 +211,16 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         let mut rng = fastrand::Rng::with_seed(seed);
         let fault = Fault::default();
         let tasks = Arc::new(Mutex::new(Vec::new()));
-        let (hermes, shards) =
-            Self::launch(&mut rng, &config, &factory, &clock, &sunk, &tasks, 1, fault);
+        let (hermes, shards) = Self::launch(
+            &mut rng, &config, &factory, &clock, &sunk, &tasks, 1, fault, None,
+        );
         Sim {
             seed,
             rng,
             config,
             factory,
             fault,
+            inbox_capacity: None,
             clock,
             hermes,
             shards,
@@ -238,6 +242,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         tasks: &Arc<Mutex<Vec<SimTask>>>,
         shards: u32,
         fault: Fault,
+        inbox_capacity: Option<usize>,
     ) -> (Hermes<K, M, A>, Vec<SimShard<K, M>>) {
         let sink = Arc::clone(sunk);
         let mut options = Options::new(config.clone())
@@ -254,6 +259,9 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
             options = options.turn_budget(rng.usize(1..=4), rng.usize(1..=4));
         }
         options = fault.inject(options);
+        if let Some(capacity) = inbox_capacity {
+            options = options.inbox_capacity(capacity);
+        }
         let runtime = SimRuntime(Arc::clone(clock), Arc::clone(tasks));
         let (hermes, shards) = launch(options, factory.clone(), runtime, || {
             let bell = Arc::new(AtomicBool::new(false));
@@ -285,6 +293,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
             &self.tasks,
             shards,
             self.fault,
+            self.inbox_capacity,
         );
         // The old shards are dropped (closing inline, with nothing in them) before the new run.
         self.shards = list;
@@ -309,6 +318,15 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
     #[cfg(feature = "fault-injection")]
     pub fn with_fault(mut self, fault: hermes_executor::ShardFault) -> Self {
         self.fault.shard = Some(fault);
+        let shards = self.shards.len() as u32;
+        self.relaunch(shards);
+        self
+    }
+
+    /// Each shard's inbox holds `capacity` messages from outside (see
+    /// `Options::inbox_capacity`). Call it before sending anything.
+    pub fn with_inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = Some(capacity);
         let shards = self.shards.len() as u32;
         self.relaunch(shards);
         self
