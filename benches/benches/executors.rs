@@ -47,6 +47,15 @@ const CHURN: u64 = 200_000;
 const FAN_RECEIVERS: u64 = 10_000;
 const FAN_MESSAGES: u64 = 100;
 
+/// The router configuration of every case: mailboxes unbounded, as the peers' are, so that
+/// `tell_local`'s burst (one receiver sending 2M messages to another on the same shard, faster
+/// than it handles them) measures speed rather than the default bound's dead letters.
+fn unbounded() -> Config {
+    let mut config = Config::default();
+    config.mailbox_capacity = None;
+    config
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Workload {
     TellOutside,
@@ -177,7 +186,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
     let stop = subjects::Running::stop;
     match w {
         Workload::TellOutside => {
-            let r = exec.start(shards, Config::default(), Wiring::default());
+            let r = exec.start(shards, unbounded(), Wiring::default());
             r.activate([0].into_iter());
             timed(r, stop, |r| {
                 for i in 0..TELL {
@@ -187,7 +196,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
             })
         }
         Workload::TellBatched => {
-            let r = exec.start(shards, Config::default(), Wiring::default());
+            let r = exec.start(shards, unbounded(), Wiring::default());
             r.activate([0].into_iter());
             timed(r, stop, |r| {
                 for start in (0..TELL).step_by(BATCH as usize) {
@@ -199,7 +208,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
         }
         Workload::TellLocal => {
             let (a, b) = two_ids(shards, true);
-            let r = exec.start(shards, Config::default(), Wiring::default());
+            let r = exec.start(shards, unbounded(), Wiring::default());
             r.activate([a, b].into_iter());
             timed(r, stop, |r| {
                 let (done, asked) = Reply::new();
@@ -214,7 +223,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
         }
         Workload::PingPong => {
             let (a, b) = two_ids(shards, false);
-            let r = exec.start(shards, Config::default(), Wiring::default());
+            let r = exec.start(shards, unbounded(), Wiring::default());
             r.activate([a, b].into_iter());
             timed(r, stop, |r| {
                 let (done, asked) = Reply::new();
@@ -228,7 +237,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
             })
         }
         Workload::Ask => {
-            let r = exec.start(shards, Config::default(), Wiring::default());
+            let r = exec.start(shards, unbounded(), Wiring::default());
             r.activate([0].into_iter());
             timed(r, stop, |r| {
                 for _ in 0..ASKS {
@@ -238,7 +247,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
         }
         Workload::Churn => {
             let (wiring, done) = Wiring::churn(CHURN);
-            let r = exec.start(shards, Config::default(), wiring);
+            let r = exec.start(shards, unbounded(), wiring);
             timed(r, stop, |r| {
                 for id in 0..CHURN {
                     r.hermes.send(id, Msg::Once).expect("open");
@@ -248,7 +257,7 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
         }
         Workload::FanOut => {
             let (wiring, done) = Wiring::fan_out(FAN_RECEIVERS, FAN_MESSAGES);
-            let r = exec.start(shards, Config::default(), wiring);
+            let r = exec.start(shards, unbounded(), wiring);
             r.activate(0..FAN_RECEIVERS);
             timed(r, stop, |r| {
                 for _ in 0..FAN_MESSAGES {

@@ -519,13 +519,14 @@ where
     /// Sends a request made by `make` (which puts the [`Reply`] into a message) to `id`, and
     /// returns the answer to come. Await it, or block on it with [`Asked::wait_timeout`].
     ///
-    /// The request goes out now, not when the result is first polled, and without waiting: it
-    /// fails with [`AskError::Full`] where [`try_send`](Hermes::try_send) would. Async asks
+    /// The request goes out now, not when the result is first polled, as with
+    /// [`send`](Hermes::send): waiting for room while the receiver or its shard is full where
+    /// this thread may block, and failing with [`AskError::Full`] where it may not. Async asks
     /// have no timeout of their own: wrap them in your runtime's timeout if the receiver may
     /// never answer while holding on to the `Reply`.
     pub fn ask<T: Kind<A>, R>(&self, id: T::Id, make: impl FnOnce(Reply<R>) -> T) -> Asked<R> {
         let (reply, asked) = Reply::new();
-        match self.try_send(id, make(reply)) {
+        match self.send(id, make(reply)) {
             Ok(()) => asked,
             Err(e) => Asked::failed(ask_error(e.kind())),
         }
