@@ -38,6 +38,8 @@ use crate::string::MqttString;
 use crate::subscriptions::Matches;
 use crate::will::CloseReason;
 
+/// How long a connection that ended waits for its session to publish the will and close it.
+const WILL_GRACE: Duration = Duration::from_secs(12);
 /// How long a closing connection's writer may take to write what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Payloads from this size on are written from their shared buffer, not copied into the
@@ -71,11 +73,13 @@ pub(crate) async fn serve(
         keep_alive: None,
     };
     let (client, reason) = reader.run(peer).await;
-    link.close(reason);
     if let Some(client) = client {
         tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
         let detach = SessionMsg::Detach { conn, reason };
-        if reader.hermes.send_async(client, detach).await.is_err() {
+        if reader.hermes.send_async(client, detach).await.is_ok() {
+            // The session closes it once the will is out (a retained one stored).
+            let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
+        } else {
             tracing::debug!(
                 conn,
                 "broker closed: the session was not told the connection ended"
@@ -84,6 +88,7 @@ pub(crate) async fn serve(
     } else {
         tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
     }
+    link.close(reason);
     drop(reader);
     if tokio::time::timeout(WRITER_GRACE, &mut writer)
         .await

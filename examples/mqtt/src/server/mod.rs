@@ -80,6 +80,9 @@ pub(crate) enum SessionMsg {
     /// A retained shard applied a retained PUBLISH of connection `conn`: what waited for it
     /// may go out.
     Stored { conn: ConnId },
+    /// A retained shard applied the retained will of a connection that ended: close it now,
+    /// so that a client that sees it closed finds the will retained.
+    WillStored { link: Link },
     /// Time to see whether this session, if its client is away, has expired.
     ExpiryCheck,
 }

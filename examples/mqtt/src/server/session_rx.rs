@@ -71,6 +71,9 @@ struct SessionRx {
     holds: u32,
     held: VecDeque<Packet>,
     expiry_timer: Option<TimerId>,
+    /// Connections that ended whose retained will is being stored: they are closed (and a
+    /// clean session stopped) once it is.
+    closing: u32,
     out: Vec<Output>,
     matches: Matches<ClientId>,
     dropped_logged: u64,
@@ -99,6 +102,7 @@ impl SessionRx {
             holds: 0,
             held: VecDeque::new(),
             expiry_timer: None,
+            closing: 0,
             out: Vec::new(),
             matches: Matches::new(),
             dropped_logged: 0,
@@ -113,7 +117,7 @@ impl SessionRx {
         if let Some(old) = self.link.take() {
             tracing::debug!(client_id = %self.id, old = old.conn(), new = link.conn(), "session taken over [MQTT-3.1.4-2]");
             if let Some(will) = self.will.on_close(CloseReason::TakenOver) {
-                self.publish_will(ctx, will);
+                self.publish_will(ctx, will, None);
             }
             old.close(CloseReason::TakenOver);
         }
@@ -187,10 +191,11 @@ impl SessionRx {
         }
         let link = self.link.take();
         tracing::debug!(client_id = %self.id, conn, ?reason, "connection ended");
+        let mut link = link.map(|link| (link, reason));
         if let Some(will) = self.will.on_close(reason) {
-            self.publish_will(ctx, will);
+            link = self.publish_will(ctx, will, link);
         }
-        if let Some(link) = link {
+        if let Some((link, reason)) = link {
             link.close(reason);
         }
         self.holds = 0;
@@ -289,15 +294,35 @@ impl SessionRx {
         self.route(ctx, message);
     }
 
-    /// A will: published like a client's message, without waiting for anything.
-    fn publish_will(&mut self, ctx: &mut Ctx<'_>, message: Message) {
+    /// A will: published like a client's message. A retained one is stored before `closing`
+    /// (the connection that ended, with why) is closed: that is given back to close now
+    /// unless the will is retained.
+    fn publish_will(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        message: Message,
+        closing: Option<(Link, CloseReason)>,
+    ) -> Option<(Link, CloseReason)> {
         tracing::debug!(client_id = %self.id, topic = %message.topic.as_str(), "publishing the will");
         Counters::add(&self.shared.counters.published, 1);
+        let mut closing = closing;
         if message.retain {
             let shard = self.shared.retained_shard(message.topic.as_bytes());
-            ctx.send(shard, RetainedMsg::Publish(message.clone()));
+            match closing.take() {
+                Some((link, _)) => {
+                    self.closing += 1;
+                    ctx.ask(
+                        shard,
+                        |reply| RetainedMsg::Store(message.clone(), reply),
+                        ASK_TIMEOUT,
+                        move |_answer| SessionMsg::WillStored { link },
+                    );
+                }
+                None => ctx.send(shard, RetainedMsg::Publish(message.clone())),
+            }
         }
         self.route(ctx, message);
+        closing
     }
 
     /// Sends `message` to every session subscribed to its topic, once each, at the maximum QoS
@@ -354,7 +379,7 @@ impl SessionRx {
 
     /// After each message: how long to stay live.
     fn settle(&mut self, ctx: &mut Ctx<'_>) {
-        if self.link.is_some() || self.ended {
+        if self.link.is_some() || self.ended || self.closing > 0 {
             return;
         }
         if !self.session.is_persistent() {
@@ -402,6 +427,10 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                         }
                     }
                 }
+            }
+            SessionMsg::WillStored { link } => {
+                self.closing = self.closing.saturating_sub(1);
+                link.close(CloseReason::ServerClosed);
             }
             SessionMsg::ExpiryCheck => {
                 if self.expired() {
