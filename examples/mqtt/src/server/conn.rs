@@ -248,7 +248,9 @@ impl Reader {
                     }
                     continue;
                 }
-                Packet::PingReq => {
+                // Before the session has written CONNACK, it answers (after the CONNACK
+                // [MQTT-3.2.0-1]); after, no hop is needed.
+                Packet::PingReq if self.link.is_accepted() => {
                     self.link.send(Packet::PingResp);
                     continue;
                 }
@@ -262,6 +264,7 @@ impl Reader {
                     return CloseReason::ProtocolError;
                 }
                 packet @ (Packet::Publish(_)
+                | Packet::PingReq
                 | Packet::PubAck(_)
                 | Packet::PubRec(_)
                 | Packet::PubRel(_)

@@ -42,6 +42,8 @@ struct Shared {
     total: AtomicUsize,
     /// The connection is closing: no more writes.
     closed: AtomicBool,
+    /// The session has written the CONNACK: the reader may answer PINGREQ itself.
+    accepted: AtomicBool,
     /// Why it was closed by the server, as `reason_code`.
     reason: AtomicU8,
     /// Wakes the reader when the connection is closed by the server.
@@ -83,6 +85,7 @@ impl Link {
             qos0: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            accepted: AtomicBool::new(false),
             reason: AtomicU8::new(0),
             closing: Notify::new(),
         });
@@ -122,10 +125,21 @@ impl Link {
             self.close(CloseReason::ServerClosed);
             return Written::Closed;
         }
+        let connack = matches!(packet, Packet::ConnAck(_));
         match self.tx.send(Out::Packet(packet)) {
-            Ok(()) => Written::Queued,
+            Ok(()) => {
+                if connack {
+                    shared.accepted.store(true, Ordering::Release);
+                }
+                Written::Queued
+            }
             Err(_) => Written::Closed,
         }
+    }
+
+    /// Whether a CONNACK was written: until then nothing else may be [MQTT-3.2.0-1].
+    pub(crate) fn is_accepted(&self) -> bool {
+        self.shared.accepted.load(Ordering::Acquire)
     }
 
     /// Closes the connection for `reason` after what was queued so far is written. The first

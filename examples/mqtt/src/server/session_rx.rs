@@ -151,6 +151,7 @@ impl SessionRx {
                 self.session.on_subscribe_limited(&subscribe, max, out);
             }
             Packet::Unsubscribe(unsubscribe) => self.session.on_unsubscribe(&unsubscribe, out),
+            Packet::PingReq => out.push(Output::Send(Packet::PingResp)),
             // The connection's reader handles the rest itself.
             other => {
                 tracing::debug!(client_id = %self.id, packet = %other.packet_type(), "ignoring a packet the reader should have handled");
