@@ -605,3 +605,32 @@ async fn start_errors_name_the_problem() {
     assert!(error.to_string().contains("--data-dir"), "{error}");
     broker.shutdown().await.unwrap();
 }
+
+/// A subscriber that reads nothing: its QoS 0 backlog is bounded (the excess dropped and
+/// counted), and the broker keeps serving its publisher and everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_loses_qos0_not_the_broker() {
+    let config = Config {
+        max_qos0_backlog: 16,
+        ..memory_config()
+    };
+    let broker = Broker::start(config).await.unwrap();
+    let addr = broker.local_addrs()[0];
+    let (mut stuck, _) = Raw::connect(addr, "stuck", true).await;
+    stuck.subscribe(1, &[("flood", QoS::AtMostOnce)]).await;
+    let (mut publisher, _) = Raw::connect(addr, "flooder", true).await;
+    let payload: &'static [u8] = Box::leak(vec![b'x'; 16 * 1024].into_boxed_slice());
+    for _ in 0..2000 {
+        publisher
+            .send(publish("flood", payload, PublishQos::AtMostOnce, false))
+            .await;
+    }
+    publisher.send(Packet::PingReq).await;
+    assert_eq!(publisher.recv().await, Some(Packet::PingResp));
+    let (mut other, _) = Raw::connect(addr, "other", true).await;
+    other.send(Packet::PingReq).await;
+    assert_eq!(other.recv().await, Some(Packet::PingResp));
+    assert!(broker.stats().qos0_drops > 0, "{:?}", broker.stats());
+    drop(stuck);
+    broker.shutdown().await.unwrap();
+}

@@ -304,6 +304,8 @@ impl Reader {
                 .iter()
                 .map(|(client, qos)| (client.clone(), qos)),
         );
+        // HERMES: one send_async per subscriber; the handle's send_all groups a fan-out per
+        // shard but blocks the thread, and has no async form.
         let mut targets = std::mem::take(&mut self.targets);
         let mut open = true;
         for (client, qos) in targets.drain(..) {

@@ -207,6 +207,10 @@ impl SessionRx {
         let after = self
             .session
             .disconnected(connection, SystemTime::now(), &mut self.out);
+        // HERMES: expiry is a timer, not the idle timeout: idle time restarts with every
+        // message (each message queued for an offline session would push its expiry back),
+        // an override of 2^32 - 2 ms or more means never, and an instance deactivated to save
+        // memory has no idle timer at all.
         if after == AfterDisconnect::Keep
             && let SessionExpiry::After(expiry) = self.shared.config.session_expiry
             && !expiry.is_zero()
@@ -282,6 +286,10 @@ impl SessionRx {
     fn publish(&mut self, ctx: &mut Ctx<'_>, message: Message) {
         Counters::add(&self.shared.counters.published, 1);
         if message.retain {
+            // HERMES: a handler's sends go out when its run ends (after up to a batch of
+            // messages), but its writes to the socket go out at once, so a PUBACK would reach
+            // the client before the retained shard even has the message. Asking, and holding
+            // the client's packets until the answer, restores the order.
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let conn = self.conn().unwrap_or(0);
             self.holds += 1;
@@ -339,7 +347,9 @@ impl SessionRx {
                 message: message.clone(),
                 qos,
             };
-            // A full mailbox makes this a dead letter, counted by the broker's sink.
+            // HERMES: a full mailbox makes this a dead letter (counted by the broker's sink),
+            // and the sender cannot learn it: a QoS 1 or 2 message is then lost for that
+            // subscriber, where the session would rather keep it and retry.
             ctx.send(client.clone(), msg);
         }
     }
