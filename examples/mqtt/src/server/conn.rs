@@ -126,8 +126,9 @@ impl Reader {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
     async fn run(&mut self, peer: SocketAddr) -> Ended {
         let conn = self.link.conn();
-        let connect_by = Instant::now() + self.shared.config.connect_timeout;
-        let connect = match self.next(Some(connect_by)).await {
+        // A timeout too long to represent is none.
+        let connect_by = Instant::now().checked_add(self.shared.config.connect_timeout);
+        let connect = match self.next(connect_by).await {
             Next::Packet(Packet::Connect(connect)) => connect,
             Next::Packet(other) => {
                 tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
@@ -231,7 +232,7 @@ impl Reader {
     async fn packets(&mut self, client: &ClientId) -> CloseReason {
         let conn = self.link.conn();
         loop {
-            let deadline = self.keep_alive.map(|k| Instant::now() + k);
+            let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
             let packet = match self.next(deadline).await {
                 Next::Packet(packet) => packet,
                 Next::Ended(reason) => return reason,

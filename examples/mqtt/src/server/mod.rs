@@ -152,6 +152,9 @@ pub(crate) struct Shared {
 /// in the store too (it is activated again from there by the next message for it).
 pub(crate) const OFFLINE_IDLE: Duration = Duration::from_secs(60);
 
+/// The longest wait for connections to close.
+const CLOSE_GRACE_MAX: Duration = Duration::from_secs(3600);
+
 /// Never, as an idle timeout.
 pub(crate) const NEVER: Duration = Duration::MAX;
 
@@ -221,7 +224,8 @@ impl Shared {
     /// Waits until every connection task has ended, at most `timeout`; returns how many are
     /// still running.
     pub(crate) async fn connections_ended(&self, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + CLOSE_GRACE_MAX);
         loop {
             let notified = self.conns_changed.notified();
             let left = self

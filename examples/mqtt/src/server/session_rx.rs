@@ -292,7 +292,7 @@ impl SessionRx {
             // the client's packets until the answer, restores the order.
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let conn = self.conn().unwrap_or(0);
-            self.holds += 1;
+            self.holds = self.holds.saturating_add(1);
             ctx.ask(
                 shard,
                 |reply| RetainedMsg::Store(message.clone(), reply),
@@ -319,7 +319,7 @@ impl SessionRx {
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             match closing.take() {
                 Some((link, _)) => {
-                    self.closing += 1;
+                    self.closing = self.closing.saturating_add(1);
                     ctx.ask(
                         shard,
                         |reply| RetainedMsg::Store(message.clone(), reply),
