@@ -634,3 +634,45 @@ async fn a_slow_subscriber_loses_qos0_not_the_broker() {
     drop(stuck);
     broker.shutdown().await.unwrap();
 }
+
+/// `max_subscriptions` refuses a filter over the limit with 0x80, filter by filter, while a
+/// filter the session has is replaced [MQTT-3.8.4-3]; a connection that sends no CONNECT
+/// within `connect_timeout` is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_limit_and_connect_timeout() {
+    let config = Config {
+        max_subscriptions: 1,
+        connect_timeout: Duration::from_millis(300),
+        ..memory_config()
+    };
+    let broker = Broker::start(config).await.unwrap();
+    let addr = broker.local_addrs()[0];
+    let (mut raw, _) = Raw::connect(addr, "limited", true).await;
+    let ack = raw
+        .subscribe(
+            1,
+            &[
+                ("a", QoS::AtLeastOnce),
+                ("b", QoS::AtMostOnce),
+                ("a", QoS::ExactlyOnce),
+            ],
+        )
+        .await;
+    assert_eq!(
+        ack.return_codes,
+        [
+            SubscribeReturnCode::Granted(QoS::AtLeastOnce),
+            SubscribeReturnCode::Failure,
+            SubscribeReturnCode::Granted(QoS::ExactlyOnce),
+        ]
+    );
+    let started = std::time::Instant::now();
+    let mut silent = Raw::open(addr).await;
+    assert!(silent.closed().await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    broker.shutdown().await.unwrap();
+}
