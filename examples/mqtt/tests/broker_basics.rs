@@ -676,3 +676,47 @@ async fn subscription_limit_and_connect_timeout() {
     );
     broker.shutdown().await.unwrap();
 }
+
+/// With `users` and `allow_anonymous = false`: CONNACK 0x05 without a user name, 0x04 for a
+/// wrong password or an unknown user, 0x00 with the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_return_codes() {
+    let config = Config {
+        allow_anonymous: false,
+        users: [("alice".to_owned(), "secret".to_owned())].into(),
+        ..memory_config()
+    };
+    let broker = Broker::start(config).await.unwrap();
+    let addr = broker.local_addrs()[0];
+    let with_login = |user: &'static str, password: &'static [u8]| {
+        let mut connect = Connect::new(MqttString::from_static("auth"));
+        connect.login = Some(hermes_mqtt::Login {
+            username: MqttString::from_static(user),
+            password: Some(Bytes::from_static(password)),
+        });
+        connect
+    };
+    let cases = [
+        (
+            Connect::new(MqttString::from_static("auth")),
+            ConnectReturnCode::NotAuthorized,
+        ),
+        (
+            with_login("alice", b"wrong"),
+            ConnectReturnCode::BadUserNameOrPassword,
+        ),
+        (
+            with_login("mallory", b"secret"),
+            ConnectReturnCode::BadUserNameOrPassword,
+        ),
+        (with_login("alice", b"secret"), ConnectReturnCode::Accepted),
+    ];
+    for (connect, code) in cases {
+        let (mut raw, ack) = Raw::connect_with(addr, connect).await;
+        assert_eq!(ack.code, code);
+        if code != ConnectReturnCode::Accepted {
+            assert!(raw.closed().await, "{code:?} closes [MQTT-3.2.2-5]");
+        }
+    }
+    broker.shutdown().await.unwrap();
+}

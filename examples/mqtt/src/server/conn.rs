@@ -208,6 +208,11 @@ impl Reader {
             connect.client_id = MqttString::try_from(assigned)
                 .unwrap_or_else(|_| MqttString::from_static("hermes-assigned"));
         }
+        if let Err(code) = self.shared.config.authenticate(connect.login.as_ref()) {
+            tracing::info!(conn, %peer, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
+            self.refuse(code);
+            return refused(code);
+        }
         let client = ClientId(Arc::from(connect.client_id.as_str()));
         let keep_alive = self.shared.config.keep_alive_timeout(connect.keep_alive);
         tracing::debug!(conn, %peer, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
