@@ -248,7 +248,12 @@ impl Reader {
             };
             tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
             let to_session = match packet {
-                Packet::Publish(publish) if publish.qos == PublishQos::AtMostOnce => {
+                // The direct path, unless something the client sent before is still being
+                // carried out by its session (a SUBSCRIBE, a retained PUBLISH...): then
+                // behind it, through the session, so that its effects come first.
+                Packet::Publish(publish)
+                    if publish.qos == PublishQos::AtMostOnce && self.link.is_settled() =>
+                {
                     if !self.route_qos0(publish).await {
                         return CloseReason::ServerClosed;
                     }
@@ -278,6 +283,12 @@ impl Reader {
                 | Packet::Subscribe(_)
                 | Packet::Unsubscribe(_)) => packet,
             };
+            if matches!(
+                to_session,
+                Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+            ) {
+                self.link.unsettle();
+            }
             let msg = SessionMsg::Packet {
                 conn,
                 packet: to_session,

@@ -83,6 +83,9 @@ pub(crate) enum SessionMsg {
     /// A retained shard applied the retained will of a connection that ended: close it now,
     /// so that a client that sees it closed finds the will retained.
     WillStored { link: Link },
+    /// A packet of connection `conn` that the reader counted as unsettled is carried out,
+    /// its sends delivered: the reader may take the direct path again.
+    Settled { conn: ConnId },
     /// Time to see whether this session, if its client is away, has expired.
     ExpiryCheck,
 }

@@ -70,6 +70,8 @@ struct SessionRx {
     /// retained), in order.
     holds: u32,
     held: VecDeque<Packet>,
+    /// The packet being handled asked a retained shard to store a message.
+    asked_store: bool,
     expiry_timer: Option<TimerId>,
     /// Connections that ended whose retained will is being stored: they are closed (and a
     /// clean session stopped) once it is.
@@ -101,6 +103,7 @@ impl SessionRx {
             ended: false,
             holds: 0,
             held: VecDeque::new(),
+            asked_store: false,
             expiry_timer: None,
             closing: 0,
             out: Vec::new(),
@@ -293,6 +296,7 @@ impl SessionRx {
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let conn = self.conn().unwrap_or(0);
             self.holds = self.holds.saturating_add(1);
+            self.asked_store = true;
             ctx.ask(
                 shard,
                 |reply| RetainedMsg::Store(message.clone(), reply),
@@ -413,7 +417,23 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
             SessionMsg::Attach { link, connect } => self.attach(ctx, link, &connect),
             SessionMsg::Packet { conn, packet } => {
                 if self.conn() == Some(conn) {
+                    let counted = matches!(
+                        packet,
+                        Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+                    );
+                    self.asked_store = false;
                     self.packet(packet);
+                    self.outputs(ctx);
+                    // A retained PUBLISH settles when its shard has it (`Stored`); the rest
+                    // once this run's sends are out, which a message to itself comes after.
+                    if counted && !self.asked_store {
+                        ctx.send(self.id.clone(), SessionMsg::Settled { conn });
+                    }
+                }
+            }
+            SessionMsg::Settled { conn } => {
+                if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
+                    link.settle();
                 }
             }
             SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
@@ -429,6 +449,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                 }
             },
             SessionMsg::Stored { conn } => {
+                if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
+                    link.settle();
+                }
                 if self.conn() == Some(conn) && self.holds > 0 {
                     self.holds -= 1;
                     if self.holds == 0 {
