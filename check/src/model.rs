@@ -20,8 +20,8 @@
 //!
 //! Tasks: a run's tasks are registered when it ends, in the order the receiver started them,
 //! before its sends are routed, and handed out in that order. An ask's deadline is a router
-//! timer: at it, a task still registered is expired (its future then answers `Timeout`); closing
-//! drops the deadlines of the tasks registered so far. `complete` routes the outcome to the
+//! timer: at it, a task still registered is expired (its future then answers `Timeout`, unless
+//! its reply was answered or dropped first: the world tells which came first); closing drops the deadlines of the tasks registered so far. `complete` routes the outcome to the
 //! task's instance by handle, as if sent from it, or makes it a `Stale` dead letter if the task
 //! is no longer registered. A receiver with tasks registered goes idle without an idle deadline;
 //! when its last task is completed, the outcome makes it run again, and its idle time counts
@@ -102,7 +102,8 @@ pub(crate) struct TaskM {
     pub(crate) addr: Addr,
     /// An ask's deadline, from the world's start ([`NEVER`]: none, or dropped at close).
     pub(crate) deadline: Duration,
-    /// The router expired it at its deadline: its future answers `Timeout` if not finished.
+    /// The router expired it at its deadline: its future answers `Timeout` if its reply was
+    /// still open then.
     pub(crate) expired: bool,
 }
 

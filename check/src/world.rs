@@ -4,8 +4,8 @@
 //! The driver also runs the tasks receivers start, as an executor's runtime would: it takes them
 //! from the routers, polls their futures (any of them, in any order, late or never), gives their
 //! outcomes back, and answers or drops the gates of spawned work. What each poll yields is
-//! predicted: the answer, `Timeout` once the router expired an ask, `None` once it aborted the
-//! task, or pending (and then a later ready poll requires the task's waker to have been woken).
+//! predicted: the answer, `Timeout` once the router expired an ask whose reply was still open
+//! (an answer or a drop that came first wins the race), `None` once it aborted the task, or pending (and then a later ready poll requires the task's waker to have been woken).
 //! Every future dropped unfinished, and every reply dropped unanswered, is checked against when
 //! it should be dropped.
 
@@ -133,6 +133,9 @@ struct TaskRec {
     aborted: bool,
     /// The waker of its last poll, if that poll was pending.
     waker: Option<Arc<Woken>>,
+    /// An ask the router expired while its reply was open: it answers `Timeout` (a reply
+    /// answered or dropped first wins the race, and the expiry does nothing).
+    timed_out: bool,
 }
 
 /// An ask's reply: whose it is, what became of it, and which instance keeps it.
@@ -861,15 +864,17 @@ impl World {
                     Event::Answered { req, ok } => {
                         let task = self.open_reply(req, Fate::Answered(ok))?;
                         let asker = &self.tasks[&task];
+                        // Its asker waits unless its future is gone or its deadline won.
                         ensure!(
-                            ok == (asker.future == Fut::Alive),
+                            ok == (asker.future == Fut::Alive && !asker.timed_out),
                             Model,
                             "{:?} answered #{req} and its asker (task #{task} of {:?}) was \
-                             {}waiting; its future is {:?}",
+                             {}waiting; its future is {:?}{}",
                             job.id,
                             asker.owner,
                             if ok { "" } else { "not " },
-                            asker.future
+                            asker.future,
+                            if asker.timed_out { ", timed out" } else { "" }
                         );
                     }
                     Event::Kept { req } => {
@@ -924,6 +929,7 @@ impl World {
                 gate: Fate::Open,
                 aborted: false,
                 waker: None,
+                timed_out: false,
             },
         );
     }
@@ -1132,16 +1138,8 @@ impl World {
         let fate = match rec.work {
             Work::Ready => return Poll::Ready(Some(Answer::Value(task))),
             Work::Gate => (rec.gate, task),
-            Work::Ask { req, .. } => {
-                let expired = self.models[rec.router]
-                    .tasks
-                    .get(&task)
-                    .is_some_and(|t| t.expired);
-                if expired {
-                    return Poll::Ready(Some(Answer::Timeout));
-                }
-                (self.replies[&req].fate, req)
-            }
+            Work::Ask { .. } if rec.timed_out => return Poll::Ready(Some(Answer::Timeout)),
+            Work::Ask { req, .. } => (self.replies[&req].fate, req),
         };
         match fate {
             (Fate::Open, _) => Poll::Pending,
@@ -1465,6 +1463,15 @@ impl World {
             }
         }
         self.summary.expired += expect.expired.len() as u64;
+        // An expiry ends an ask only if its reply is still open (replies dropped in this call
+        // are seen below, after it: only `handle_timeout` expires asks, and it drops no reply).
+        for task in &expect.expired {
+            if let Some(rec) = self.tasks.get_mut(task)
+                && let Work::Ask { req, .. } = rec.work
+            {
+                rec.timed_out = self.replies.get(&req).is_some_and(|r| r.fate == Fate::Open);
+            }
+        }
         self.summary.kind_idle_restored += expect.restored as u64;
         let mut expected_dead = std::mem::take(&mut self.unpolled[r]);
         expected_dead.extend(expect.dead);
