@@ -31,17 +31,6 @@ use crate::script::{
 use crate::violation::{Broken, Checked, Invariant, broken, ensure};
 use crate::{Summary, Tweak};
 
-/// OPEN router bug (`check/tests/regressions.rs`, the two `an_outcome_..._reaches_only_its_instance`
-/// tests): an outcome given back while the task is still registered is queued in its slot's
-/// mailbox by handle, and a handle outlives the instance. If that instance is deactivated
-/// before handling it (it stopped or panicked with the outcome queued, or the outcome came while
-/// its `Deactivate` was out), the queued outcome activates the next instance in the slot and
-/// reaches it, though the task docs say an outcome reaches only the instance that started the
-/// work (a `Stale` dead letter otherwise). The model follows the router; the world tolerates
-/// exactly this while it is true: an outcome may reach a later instance of its slot once its
-/// own instance was deactivated.
-const OUTCOME_QUEUED_AT_DEACTIVATION_REACHES_NEXT: bool = true;
-
 /// Sends and timers all scripted receivers together may create in one run.
 const BUDGET: u32 = 300;
 /// Steps the final drain may take before it is declared stuck.
@@ -83,9 +72,8 @@ struct Entry {
     /// A timer's message: its deadline ([`model::NEVER`]: never due).
     deadline: Option<Duration>,
     status: Status,
-    /// A task's outcome: the instance it must reach, and whether it may reach the next
-    /// instance instead (see [`OUTCOME_DURING_DEACTIVATION_REACHES_NEXT`]).
-    owner: Option<(u32, bool)>,
+    /// A task's outcome: the instance it must reach, if any.
+    owner: Option<u32>,
 }
 
 /// What became of a task's future.
@@ -440,9 +428,9 @@ impl World {
                 0 => Ok(()),
                 n => self.poll_task(usize::from(which) % n),
             },
-            Op::Complete { which } => match self.finished.len() {
+            Op::Complete { which, stray } => match self.finished.len() {
                 0 => Ok(()),
-                n => self.complete(usize::from(which) % n),
+                n => self.complete(usize::from(which) % n, stray),
             },
             Op::Resolve { which, answer } => match self.gates.len() {
                 0 => Ok(()),
@@ -986,13 +974,9 @@ impl World {
                  {deadline:?}"
             );
         }
-        if let Some((owner, may_reach_next)) = entry.owner {
-            let owner_gone = self
-                .instances
-                .get(&owner)
-                .is_some_and(|rec| rec.deactivations > 0);
+        if let Some(owner) = entry.owner {
             ensure!(
-                inst == owner || may_reach_next && owner_gone,
+                inst == owner,
                 StaleHandles,
                 "the outcome #{seq} of a task instance {owner} of {id:?} started reached \
                  instance {inst}"
@@ -1215,11 +1199,13 @@ impl World {
         Ok(())
     }
 
-    /// Gives the `k`-th finished outcome back to its router.
-    fn complete(&mut self, k: usize) -> Checked {
+    /// Gives the `k`-th finished outcome back to its router, or, if `stray` and there are two,
+    /// to the other one, which must refuse it.
+    fn complete(&mut self, k: usize, stray: bool) -> Checked {
         let (task, id, msg) = self.finished.remove(k);
         let rec = &self.tasks[&task];
-        let r = rec.router;
+        let stray = stray && self.routers.len() > 1;
+        let r = if stray { 1 - rec.router } else { rec.router };
         let seq = msg.seq;
         self.summary.messages += 1;
         self.ledger.insert(
@@ -1229,13 +1215,15 @@ impl World {
                 to: Recipient::Addr(rec.addr),
                 deadline: None,
                 status: Status::Pending,
-                owner: Some((rec.inst, OUTCOME_QUEUED_AT_DEACTIVATION_REACHES_NEXT)),
+                owner: Some(rec.inst),
             },
         );
-        self.summary.late_outcomes += u64::from(!self.models[r].tasks.contains_key(&task));
+        self.summary.late_outcomes +=
+            u64::from(!stray && !self.models[r].tasks.contains_key(&task));
+        self.summary.stray_outcomes += u64::from(stray);
         let now = self.at();
         self.routers[r].complete(id, msg, now);
-        self.models[r].complete(task, rec.addr, seq, self.now);
+        self.models[r].complete(task, rec.addr, seq);
         self.observe(r)
     }
 
@@ -1275,7 +1263,7 @@ impl World {
             return Ok(true);
         }
         if !self.finished.is_empty() {
-            self.complete(0)?;
+            self.complete(0, false)?;
             return Ok(true);
         }
         Ok(false)
@@ -1463,6 +1451,8 @@ impl World {
             }
         }
         self.summary.expired += expect.expired.len() as u64;
+        self.summary.stale_outcomes += expect.stale_outcomes as u64;
+        self.summary.outcomes_ahead += expect.outcomes_ahead as u64;
         // An expiry ends an ask only if its reply is still open (replies dropped in this call
         // are seen below, after it: only `handle_timeout` expires asks, and it drops no reply).
         for task in &expect.expired {
