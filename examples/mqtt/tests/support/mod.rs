@@ -133,7 +133,8 @@ impl TestBroker {
         if let Some(broker) = self.broker.take() {
             timeout(TIMEOUT, broker.shutdown())
                 .await
-                .expect("the broker did not shut down within the timeout");
+                .expect("the broker did not shut down within the timeout")
+                .expect("the broker did not shut down cleanly");
         }
     }
 
