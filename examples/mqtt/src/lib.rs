@@ -38,6 +38,7 @@
 //! assert_eq!(decode(&mut wire, 64 * 1024), Ok(Some(subscribe)));
 //! ```
 
+mod broker;
 pub mod codec;
 pub mod config;
 pub mod message;
@@ -50,10 +51,12 @@ pub mod topic;
 pub mod will;
 
 mod persist;
+mod server;
 
 #[cfg(any(test, feature = "arbitrary"))]
 mod arbitrary;
 
+pub use broker::{Broker, BrokerStats, ShutdownError, ShutdownReport, StartError};
 pub use config::Config;
 pub use message::Message;
 pub use packet::{
