@@ -78,8 +78,7 @@ async fn pubrel_for_an_unknown_packet_id_gets_pubcomp_mqtt_4_3_3_2() {
     let broker = TestBroker::start().await;
     let mut raw = broker.connect(&unique("pubrel")).await;
     // A PUBREL resent after the broker's PUBCOMP was lost: answered all the same.
-    raw.send(Packet::PubRel(pid(4242))).await;
-    assert_eq!(raw.recv().await, Packet::PubComp(pid(4242)));
+    raw.release(4242).await;
 }
 
 #[tokio::test]
@@ -90,45 +89,17 @@ async fn qos_2_is_delivered_once_when_the_publish_is_resent_before_pubrel_mqtt_4
     sub.subscribe_one(&t, QoS::ExactlyOnce).await;
     let mut publisher = broker.connect(&unique("pub")).await;
     publisher
-        .send(publish_packet(
-            &t,
-            b"exactly once",
-            QoS::ExactlyOnce,
-            7,
-            false,
-            false,
-        ))
+        .publish_unreleased(&t, b"exactly once", 7, false)
         .await;
-    assert_eq!(publisher.recv().await, Packet::PubRec(pid(7)));
     // The PUBREC was "lost": the client sends the PUBLISH again, DUP 1, same identifier. The
     // broker answers PUBREC again but must not deliver the message again.
     publisher
-        .send(publish_packet(
-            &t,
-            b"exactly once",
-            QoS::ExactlyOnce,
-            7,
-            true,
-            false,
-        ))
+        .publish_unreleased(&t, b"exactly once", 7, true)
         .await;
-    assert_eq!(publisher.recv().await, Packet::PubRec(pid(7)));
-    publisher.send(Packet::PubRel(pid(7))).await;
-    assert_eq!(publisher.recv().await, Packet::PubComp(pid(7)));
+    publisher.release(7).await;
     // After the PUBREL the identifier is free: the same identifier is a new message.
-    publisher
-        .send(publish_packet(
-            &t,
-            b"next",
-            QoS::ExactlyOnce,
-            7,
-            false,
-            false,
-        ))
-        .await;
-    assert_eq!(publisher.recv().await, Packet::PubRec(pid(7)));
-    publisher.send(Packet::PubRel(pid(7))).await;
-    assert_eq!(publisher.recv().await, Packet::PubComp(pid(7)));
+    publisher.publish_unreleased(&t, b"next", 7, false).await;
+    publisher.release(7).await;
 
     let first = sub.recv_message().await;
     assert_eq!(&first.payload[..], b"exactly once");
@@ -150,30 +121,16 @@ async fn qos_2_resent_with_dup_while_subscriber_is_offline_is_queued_once_mqtt_4
     sub.subscribe_one(&t, QoS::ExactlyOnce).await;
     sub.disconnect().await;
     let mut publisher = broker.connect(&unique("pub")).await;
-    publisher
-        .send(publish_packet(
-            &t,
-            b"one",
-            QoS::ExactlyOnce,
-            9,
-            false,
-            false,
-        ))
-        .await;
-    assert_eq!(publisher.recv().await, Packet::PubRec(pid(9)));
-    publisher
-        .send(publish_packet(&t, b"one", QoS::ExactlyOnce, 9, true, false))
-        .await;
-    assert_eq!(publisher.recv().await, Packet::PubRec(pid(9)));
-    publisher.send(Packet::PubRel(pid(9))).await;
-    assert_eq!(publisher.recv().await, Packet::PubComp(pid(9)));
+    publisher.publish_unreleased(&t, b"one", 9, false).await;
+    publisher.publish_unreleased(&t, b"one", 9, true).await;
+    publisher.release(9).await;
     publisher
         .publish(&t, b"marker", QoS::ExactlyOnce, false)
         .await;
 
     let (mut sub, present) = broker.connect_persistent(&id).await;
     assert!(present);
-    let got = [sub.recv_message().await, sub.recv_message().await];
+    let got = sub.recv_messages(2).await;
     assert_eq!(payloads(&got), ["one", "marker"]);
     sub.expect_silence(QUIET).await;
 }

@@ -45,11 +45,7 @@ async fn qos_1_and_2_messages_are_queued_while_away_and_delivered_in_order_mqtt_
     publisher.publish(&t, b"3", QoS::AtLeastOnce, false).await;
     let (mut sub, present) = broker.connect_persistent(&id).await;
     assert!(present);
-    let got = [
-        sub.recv_message().await,
-        sub.recv_message().await,
-        sub.recv_message().await,
-    ];
+    let got = sub.recv_messages(3).await;
     assert_eq!(payloads(&got), ["1", "2", "3"]);
     let qos: Vec<QoS> = got.iter().map(|p| p.qos.qos()).collect();
     assert_eq!(qos, [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce]);
@@ -194,38 +190,17 @@ async fn an_incoming_qos_2_message_is_kept_unreleased_across_reconnect_mqtt_4_3_
     sub.subscribe_one(&t, QoS::ExactlyOnce).await;
     let id = unique("publisher");
     let (mut publisher, _) = broker.connect_persistent(&id).await;
-    publisher
-        .send(publish_packet(
-            &t,
-            b"once",
-            QoS::ExactlyOnce,
-            5,
-            false,
-            false,
-        ))
-        .await;
-    assert_eq!(publisher.recv().await, Packet::PubRec(pid(5)));
+    publisher.publish_unreleased(&t, b"once", 5, false).await;
     // The PUBREC was lost with the connection; the client resends after reconnecting.
     publisher.drop_connection();
     let (mut publisher, present) = broker.connect_persistent(&id).await;
     assert!(present);
-    publisher
-        .send(publish_packet(
-            &t,
-            b"once",
-            QoS::ExactlyOnce,
-            5,
-            true,
-            false,
-        ))
-        .await;
-    assert_eq!(publisher.recv().await, Packet::PubRec(pid(5)));
-    publisher.send(Packet::PubRel(pid(5))).await;
-    assert_eq!(publisher.recv().await, Packet::PubComp(pid(5)));
+    publisher.publish_unreleased(&t, b"once", 5, true).await;
+    publisher.release(5).await;
     publisher
         .publish(&t, b"marker", QoS::ExactlyOnce, false)
         .await;
-    let got = [sub.recv_message().await, sub.recv_message().await];
+    let got = sub.recv_messages(2).await;
     assert_eq!(payloads(&got), ["once", "marker"], "delivered twice");
 }
 
@@ -304,11 +279,7 @@ async fn the_offline_queue_is_bounded_and_drops_the_oldest() {
     let (mut sub, _) = broker.connect_persistent(&id).await;
     // The README: when the queue is full the oldest queued message is dropped, so the client
     // gets the 3 newest, in order.
-    let got = [
-        sub.recv_message().await,
-        sub.recv_message().await,
-        sub.recv_message().await,
-    ];
+    let got = sub.recv_messages(3).await;
     assert_eq!(payloads(&got), ["4", "5", "6"]);
     sub.expect_silence(QUIET).await;
 }

@@ -78,9 +78,14 @@ impl TestBroker {
     /// The default test broker ([`test_config`]), or the external one.
     pub async fn start() -> Self {
         if let Some(addr) = external() {
-            return Self { broker: None, addr };
+            return Self::at(addr);
         }
         Self::with_config(test_config()).await
+    }
+
+    /// A broker that runs elsewhere (another process), at `addr`.
+    pub fn at(addr: SocketAddr) -> Self {
+        Self { broker: None, addr }
     }
 
     /// A broker with [`test_config`] changed by `change`; `None` (the test should return) when
@@ -472,6 +477,15 @@ impl Raw {
         publish
     }
 
+    /// The next `n` PUBLISHes, each acknowledged.
+    pub async fn recv_messages(&mut self, n: usize) -> Vec<Publish> {
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            got.push(self.recv_message().await);
+        }
+        got
+    }
+
     /// Acknowledges a PUBLISH from the broker as its QoS requires; for QoS 2 the whole flow,
     /// keeping any PUBLISH that arrives meanwhile.
     pub async fn ack(&mut self, publish: &Publish) {
@@ -482,12 +496,10 @@ impl Raw {
             }
             PublishQos::ExactlyOnce { packet_id, .. } => {
                 self.send(Packet::PubRec(packet_id)).await;
-                let got = self.recv_skipping_publishes().await;
-                assert_eq!(
-                    got,
-                    Packet::PubRel(packet_id),
-                    "PUBREL after PUBREC [MQTT-4.3.3-1]"
-                );
+                // Other flows' packets may come first (a PUBREL resent on reconnect, say).
+                let want = Packet::PubRel(packet_id);
+                self.recv_where("PUBREL after PUBREC [MQTT-4.3.3-1]", |p| *p == want)
+                    .await;
                 self.send(Packet::PubComp(packet_id)).await;
             }
         }
@@ -496,15 +508,26 @@ impl Raw {
     /// The next packet that is not a PUBLISH; the PUBLISHes before it are kept for
     /// [`Raw::recv`].
     pub async fn recv_skipping_publishes(&mut self) -> Packet {
+        self.recv_where("a packet other than PUBLISH", |p| {
+            !matches!(p, Packet::Publish(_))
+        })
+        .await
+    }
+
+    /// The first packet that `wanted` accepts, kept or new; the others are kept, in order,
+    /// for [`Raw::recv`]. Panics naming `what` if none comes within [`TIMEOUT`].
+    pub async fn recv_where(&mut self, what: &str, wanted: impl Fn(&Packet) -> bool) -> Packet {
+        if let Some(i) = self.pending.iter().position(&wanted) {
+            return self.pending.remove(i).expect("position is in range");
+        }
         let mut skipped = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
         let found = loop {
-            let packet = match self.next_unbuffered(TIMEOUT).await {
-                Next::Packet(p) => p,
-                other => panic!("expected a packet from the broker, got {other:?}"),
-            };
-            match packet {
-                Packet::Publish(_) => skipped.push(packet),
-                other => break other,
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_unbuffered(left).await {
+                Next::Packet(p) if wanted(&p) => break p,
+                Next::Packet(p) => skipped.push(p),
+                other => panic!("expected {what}, got {other:?} after {skipped:?}"),
             }
         };
         self.pending.extend(skipped);
@@ -591,6 +614,28 @@ impl Raw {
                 assert_eq!(got, Packet::PubComp(pid(id)), "PUBCOMP [MQTT-4.3.3-2]");
             }
         }
+    }
+
+    /// Sends a QoS 2 PUBLISH with identifier `id` and DUP `dup`, and expects its PUBREC
+    /// [MQTT-4.3.3-2]; the message stays unreleased until [`Raw::release`].
+    pub async fn publish_unreleased(
+        &mut self,
+        topic_name: &str,
+        payload: &[u8],
+        id: u16,
+        dup: bool,
+    ) {
+        let publish = publish_packet(topic_name, payload, QoS::ExactlyOnce, id, dup, false);
+        self.send(publish).await;
+        let got = self.recv_skipping_publishes().await;
+        assert_eq!(got, Packet::PubRec(pid(id)), "PUBREC [MQTT-4.3.3-2]");
+    }
+
+    /// PUBREL for `id`, and its PUBCOMP [MQTT-4.3.3-2].
+    pub async fn release(&mut self, id: u16) {
+        self.send(Packet::PubRel(pid(id))).await;
+        let got = self.recv_skipping_publishes().await;
+        assert_eq!(got, Packet::PubComp(pid(id)), "PUBCOMP [MQTT-4.3.3-2]");
     }
 
     /// PINGREQ, and its PINGRESP [MQTT-3.12.4-1]; PUBLISHes meanwhile are kept.
