@@ -854,3 +854,190 @@ async fn retained_messages_with_rumqttc_clients() {
     late.subscribe(&t, rumqttc::QoS::AtLeastOnce).await;
     late.expect_no_publish(QUIET).await;
 }
+
+// --- Many clients, slow clients ----------------------------------------------------------------
+
+#[tokio::test]
+async fn many_publishers_to_many_subscribers_keep_each_publishers_order_mqtt_4_6_0_6() {
+    const PUBLISHERS: usize = 8;
+    const MESSAGES: usize = 50;
+    const SUBSCRIBERS: usize = 4;
+    let broker = TestBroker::start().await;
+    let t = unique("fan/t");
+    let mut subs = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut sub = broker.connect(&unique("sub")).await;
+        sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+        subs.push(sub);
+    }
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let mut publisher = broker.connect(&unique("pub")).await;
+        let t = t.clone();
+        publishers.push(tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                let payload = format!("{p} {i}");
+                publisher
+                    .publish(&t, payload.as_bytes(), QoS::AtLeastOnce, false)
+                    .await;
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    for sub in &mut subs {
+        let mut next = [0; PUBLISHERS];
+        for _ in 0..PUBLISHERS * MESSAGES {
+            let p = sub.recv_message().await;
+            let text = String::from_utf8_lossy(&p.payload).into_owned();
+            let (publisher, i) = text.split_once(' ').unwrap();
+            let (publisher, i): (usize, usize) = (publisher.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(
+                i, next[publisher],
+                "publisher {publisher}'s messages out of order"
+            );
+            next[publisher] += 1;
+        }
+        sub.expect_silence(QUIET / 3).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_does_not_hold_up_the_others() {
+    let broker = TestBroker::start().await;
+    let t = unique("stalled/t");
+    let mut stalled = broker.connect(&unique("stalled")).await;
+    stalled.subscribe_one(&t, QoS::AtMostOnce).await;
+    let mut reader = broker.connect(&unique("reader")).await;
+    reader.subscribe_one(&t, QoS::AtMostOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    // 8 MB through a subscriber that reads nothing: more than socket buffers hold.
+    let payload = vec![b'x'; 4096];
+    let mut burst = Vec::new();
+    for _ in 0..2000 {
+        burst.extend(wire(publish_packet(
+            &t,
+            &payload,
+            QoS::AtMostOnce,
+            0,
+            false,
+            false,
+        )));
+    }
+    let last = wire(publish_packet(
+        &t,
+        b"last",
+        QoS::AtMostOnce,
+        0,
+        false,
+        false,
+    ));
+    let reading = tokio::spawn(async move {
+        loop {
+            if &reader.recv_publish().await.payload[..] == b"last" {
+                return reader;
+            }
+        }
+    });
+    publisher.send_bytes(&burst).await;
+    publisher.send_bytes(&last).await;
+    publisher.expect_alive().await;
+    let mut reader = tokio::time::timeout(TIMEOUT, reading)
+        .await
+        .expect("the reading subscriber was held up")
+        .unwrap();
+    reader.expect_alive().await;
+    drop(stalled);
+}
+
+// --- Edge cases --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_same_filter_twice_in_one_subscribe_is_one_subscription_mqtt_3_8_4_3() {
+    let broker = TestBroker::start().await;
+    let t = unique("twice/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    let codes = sub
+        .subscribe(&[(&t, QoS::AtMostOnce), (&t, QoS::ExactlyOnce)])
+        .await;
+    // A code for each, in order [MQTT-3.8.4-5]; the second replaces the first.
+    assert_eq!(codes.len(), 2);
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::ExactlyOnce, false).await;
+    let got = sub.recv_message().await;
+    assert_eq!(got.qos.qos(), QoS::ExactlyOnce);
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_topic_of_65535_bytes_works_mqtt_4_7_3_3() {
+    let broker = TestBroker::start().await;
+    let root = unique("long");
+    let t = format!("{root}/{}", "x".repeat(65_535 - root.len() - 1));
+    assert_eq!(t.len(), 65_535);
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&format!("{root}/+"), QoS::AtLeastOnce)
+        .await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"long", QoS::AtLeastOnce, true).await;
+    let got = sub.recv_message().await;
+    assert_eq!(got.topic.as_str(), t);
+    let mut late = broker.connect(&unique("late")).await;
+    late.subscribe_one(&t, QoS::AtLeastOnce).await;
+    assert_eq!(late.recv_message().await.topic.as_str(), t);
+}
+
+#[tokio::test]
+async fn a_subscribe_with_many_filters_gets_a_code_for_each_mqtt_3_9_3_1() {
+    let broker = TestBroker::start().await;
+    let root = unique("many");
+    let names: Vec<String> = (0..100).map(|i| format!("{root}/{i}")).collect();
+    let filters: Vec<(&str, QoS)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), QOS[i % 3]))
+        .collect();
+    let mut sub = broker.connect(&unique("sub")).await;
+    let codes = sub.subscribe(&filters).await;
+    let expected: Vec<_> = filters
+        .iter()
+        .map(|&(_, q)| hermes_mqtt::SubscribeReturnCode::Granted(q))
+        .collect();
+    assert_eq!(codes, expected);
+}
+
+#[tokio::test]
+async fn acknowledgements_for_unknown_packet_ids_keep_the_connection() {
+    // PUBACK, PUBREC and PUBCOMP for identifiers the broker has not used: late duplicates of
+    // acknowledgements, which a client may send after a reconnect. Not protocol errors.
+    let broker = TestBroker::start().await;
+    let mut raw = broker.connect(&unique("stray")).await;
+    raw.send(Packet::PubAck(pid(501))).await;
+    raw.send(Packet::PubComp(pid(502))).await;
+    raw.send(Packet::PubRec(pid(503))).await;
+    // A PUBREC may be answered with its PUBREL; nothing else may come.
+    raw.send(Packet::PingReq).await;
+    loop {
+        match raw.recv().await {
+            Packet::PingResp => break,
+            Packet::PubRel(id) if id == pid(503) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_receives_its_own_messages() {
+    // MQTT 3.1.1 has no "no local" option: a client subscribed to a topic gets what it
+    // publishes there.
+    let broker = TestBroker::start().await;
+    let t = unique("self/t");
+    let mut client = broker.client(&unique("self")).await;
+    client.subscribe(&t, rumqttc::QoS::ExactlyOnce).await;
+    client
+        .publish(&t, b"echo", rumqttc::QoS::ExactlyOnce, false)
+        .await;
+    let got = client.recv_publish().await;
+    assert_eq!(&got.payload[..], b"echo");
+}

@@ -332,3 +332,160 @@ async fn session_expiry_0s_ends_a_persistent_session_with_its_connection() {
     let (_raw, present) = broker.connect_persistent(&id).await;
     assert!(!present);
 }
+
+#[tokio::test]
+async fn a_persistent_session_taking_over_a_clean_one_starts_anew_mqtt_3_2_2_3() {
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("clean-then-persistent"), unique("ctp/t"));
+    let mut clean = broker.connect(&id).await;
+    clean.subscribe_one(&t, QoS::AtLeastOnce).await;
+    // The clean session ends with its connection: nothing is there to resume.
+    let (mut persistent, present) = broker.connect_persistent(&id).await;
+    assert!(!present, "Session Present 1 for a clean session's state");
+    clean.expect_closed().await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::AtLeastOnce, false).await;
+    persistent.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_clean_session_taking_over_a_persistent_one_discards_it_mqtt_3_1_2_6() {
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("persistent-then-clean"), unique("ptc/t"));
+    let (mut persistent, _) = broker.connect_persistent(&id).await;
+    persistent.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let (mut clean, connack) = broker.raw_connect(connect_packet(&id)).await;
+    assert!(!connack.session_present, "[MQTT-3.2.2-1]");
+    persistent.expect_closed().await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::AtLeastOnce, false).await;
+    clean.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_resumed_subscription_does_not_resend_retained_messages_mqtt_3_3_1_8() {
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("resume-retained"), unique("resume-retained/t"));
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"r", QoS::AtLeastOnce, true).await;
+    let (mut sub, _) = broker.connect_persistent(&id).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    assert!(sub.recv_message().await.retain);
+    sub.disconnect().await;
+    // Resuming the session makes no new subscription: no retained message.
+    let (mut sub, present) = broker.connect_persistent(&id).await;
+    assert!(present);
+    sub.expect_silence(QUIET).await;
+}
+
+/// A deterministic pseudo-random sequence (xorshift), so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// `n` messages at `qos` queued for a persistent session whose client keeps losing its
+/// connection at random points of the flows: before reading a packet's effect, after
+/// delivering a message but before acknowledging it, after a PUBREL before the PUBCOMP. The
+/// client keeps its own state as a real one would (the QoS 2 identifiers it has delivered and
+/// not seen released). Returns the messages as the application saw them, in order.
+async fn deliver_through_reconnects(qos: QoS, n: usize, seed: u64) -> Vec<String> {
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("flaky"), unique("flaky/t"));
+    away(&broker, &id, &t, qos).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    for i in 0..n {
+        publisher
+            .publish(&t, format!("{i}").as_bytes(), qos, false)
+            .await;
+    }
+    let mut rng = Rng(seed);
+    let mut delivered = Vec::new();
+    let mut unreleased = std::collections::HashSet::new();
+    let mut reconnects = 0;
+    'connection: loop {
+        reconnects += 1;
+        assert!(
+            reconnects < 500,
+            "no progress; delivered {}",
+            delivered.len()
+        );
+        let (mut sub, present) = broker.connect_persistent(&id).await;
+        assert!(present);
+        loop {
+            let packet = match sub.next(QUIET).await {
+                Next::Packet(p) => p,
+                Next::Nothing if delivered.len() >= n && unreleased.is_empty() => break 'connection,
+                other => panic!("after {} delivered: {other:?}", delivered.len()),
+            };
+            // One time in eight the network fails before the client sees the packet.
+            if rng.below(8) == 0 {
+                continue 'connection;
+            }
+            let reply = match packet {
+                Packet::Publish(p) => {
+                    let packet_id = p.qos.packet_id().expect("QoS 1 or 2");
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    match p.qos {
+                        PublishQos::AtLeastOnce { .. } => {
+                            delivered.push(payload);
+                            Packet::PubAck(packet_id)
+                        }
+                        _ => {
+                            if unreleased.insert(packet_id) {
+                                delivered.push(payload);
+                            } else {
+                                assert!(p.qos.dup(), "same identifier again without DUP: {p:?}");
+                            }
+                            Packet::PubRec(packet_id)
+                        }
+                    }
+                }
+                Packet::PubRel(packet_id) => {
+                    unreleased.remove(&packet_id);
+                    Packet::PubComp(packet_id)
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            // One time in eight it fails before the client's answer goes out.
+            if rng.below(8) == 0 {
+                continue 'connection;
+            }
+            sub.send(reply).await;
+        }
+    }
+    delivered
+}
+
+#[tokio::test]
+async fn qos_2_is_delivered_exactly_once_and_in_order_through_reconnects_mqtt_4_3_3() {
+    let n = 60;
+    let expected: Vec<String> = (0..n).map(|i| format!("{i}")).collect();
+    for seed in [1, 2, 3] {
+        let delivered = deliver_through_reconnects(QoS::ExactlyOnce, n, seed).await;
+        assert_eq!(delivered, expected, "seed {seed}");
+    }
+}
+
+#[tokio::test]
+async fn qos_1_is_delivered_at_least_once_through_reconnects_mqtt_4_3_2() {
+    let n = 60;
+    for seed in [4, 5, 6] {
+        let delivered = deliver_through_reconnects(QoS::AtLeastOnce, n, seed).await;
+        // Each one at least once; first deliveries in order [MQTT-4.6.0-6].
+        let mut firsts = Vec::new();
+        for d in &delivered {
+            if !firsts.contains(d) {
+                firsts.push(d.clone());
+            }
+        }
+        let expected: Vec<String> = (0..n).map(|i| format!("{i}")).collect();
+        assert_eq!(firsts, expected, "seed {seed}");
+    }
+}

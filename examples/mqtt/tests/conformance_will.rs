@@ -316,3 +316,24 @@ async fn a_connection_that_sends_no_connect_is_closed_mqtt_3_1_4() {
     );
     assert!(partial.closes_within(TIMEOUT).await, "half a CONNECT kept");
 }
+
+#[tokio::test]
+async fn an_empty_retained_will_clears_the_retained_message_mqtt_3_3_1_10() {
+    let broker = TestBroker::start().await;
+    let t = unique("will/clear");
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&t, b"online", QoS::AtLeastOnce, true)
+        .await;
+    let client = broker
+        .connect_with(with_will(&t, "", QoS::AtLeastOnce, true, 60))
+        .await;
+    let mut watcher = watcher(&broker, &t).await;
+    assert_eq!(&watcher.recv_message().await.payload[..], b"online");
+    client.drop_connection();
+    // Published like any message: delivered empty, and the retained message removed.
+    assert!(watcher.recv_message().await.payload.is_empty());
+    let mut late = broker.connect(&unique("late")).await;
+    late.subscribe_one(&t, QoS::AtLeastOnce).await;
+    late.expect_silence(QUIET).await;
+}
