@@ -1041,3 +1041,59 @@ async fn a_client_receives_its_own_messages() {
     let got = client.recv_publish().await;
     assert_eq!(&got.payload[..], b"echo");
 }
+
+#[tokio::test]
+async fn the_last_retained_message_received_wins_across_qos_levels_mqtt_3_3_1_5() {
+    // Retained messages of QoS 0 and 1 on one topic, sent back to back: the one the broker
+    // received last is the retained one, whatever path each QoS takes inside the broker. (Not
+    // QoS 2: a broker may publish a QoS 2 message only at its PUBREL, "method A" of [4.3.3],
+    // which is after a QoS 0 message sent right behind it.)
+    let broker = TestBroker::start().await;
+    for (first, second) in [
+        (QoS::AtLeastOnce, QoS::AtMostOnce),
+        (QoS::AtMostOnce, QoS::AtLeastOnce),
+    ] {
+        let t = unique("retain-race/t");
+        let mut publisher = broker.connect(&unique("pub")).await;
+        let mut bytes = wire(publish_packet(&t, b"first", first, 1, false, true));
+        bytes.extend(wire(publish_packet(&t, b"second", second, 2, false, true)));
+        publisher.send_bytes(&bytes).await;
+        // The PUBACK, then a PINGRESP after it: all of it read and processed.
+        publisher
+            .recv_where("PUBACK", |p| matches!(p, Packet::PubAck(_)))
+            .await;
+        publisher.ping().await;
+        let got = retained_for_new_subscriber(&broker, &t, QoS::ExactlyOnce)
+            .await
+            .expect("a retained message");
+        assert_eq!(
+            &got.payload[..],
+            b"second",
+            "retained {first:?} then {second:?}: the first one stayed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retained_message_cleared_right_after_it_was_set_stays_cleared_mqtt_3_3_1_10() {
+    // A common pattern: set a retained message at QoS 1, clear it with an empty QoS 0 one.
+    let broker = TestBroker::start().await;
+    let t = unique("retain-race-clear/t");
+    let mut publisher = broker.connect(&unique("pub")).await;
+    let mut bytes = wire(publish_packet(&t, b"set", QoS::AtLeastOnce, 1, false, true));
+    bytes.extend(wire(publish_packet(
+        &t,
+        b"",
+        QoS::AtMostOnce,
+        0,
+        false,
+        true,
+    )));
+    publisher.send_bytes(&bytes).await;
+    assert_eq!(publisher.recv().await, Packet::PubAck(pid(1)));
+    publisher.ping().await;
+    assert_eq!(
+        retained_for_new_subscriber(&broker, &t, QoS::AtLeastOnce).await,
+        None
+    );
+}

@@ -448,3 +448,70 @@ async fn a_subscription_past_the_limit_is_refused_with_0x80_mqtt_3_9_3() {
         .await;
     assert_eq!(&sub.recv_message().await.payload[..], b"b");
 }
+
+// --- A client's packets take effect in order ---------------------------------------------------
+
+/// A client that subscribes and publishes to the subscribed topic in the same write, without
+/// waiting for the SUBACK: the broker processes a client's packets in order, so the message
+/// is delivered to it. Real clients pipeline like this.
+async fn subscribe_then_publish_pipelined(qos: QoS) {
+    let broker = TestBroker::start().await;
+    let t = unique("pipelined/t");
+    let mut raw = broker.connect(&unique("pipelined")).await;
+    let mut bytes = wire(subscribe_packet(1, &[(&t, QoS::AtLeastOnce)]));
+    bytes.extend(wire(publish_packet(&t, b"own", qos, 2, false, false)));
+    raw.send_bytes(&bytes).await;
+    let suback = raw
+        .recv_where("SUBACK", |p| matches!(p, Packet::SubAck(_)))
+        .await;
+    assert!(matches!(suback, Packet::SubAck(_)));
+    if qos == QoS::AtLeastOnce {
+        raw.recv_where("PUBACK", |p| *p == Packet::PubAck(pid(2)))
+            .await;
+    }
+    let got = raw.recv_message().await;
+    assert_eq!(&got.payload[..], b"own");
+}
+
+#[tokio::test]
+async fn a_subscription_applies_to_the_clients_next_qos_0_publish() {
+    subscribe_then_publish_pipelined(QoS::AtMostOnce).await;
+}
+
+#[tokio::test]
+async fn a_subscription_applies_to_the_clients_next_qos_1_publish() {
+    subscribe_then_publish_pipelined(QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn an_unsubscribe_applies_to_the_clients_next_qos_0_publish_mqtt_3_10_4_2() {
+    let broker = TestBroker::start().await;
+    let t = unique("pipelined-unsub/t");
+    let mut raw = broker.connect(&unique("pipelined")).await;
+    raw.subscribe_one(&t, QoS::AtMostOnce).await;
+    // UNSUBSCRIBE, then a PUBLISH to the topic, then a marker to a topic still subscribed.
+    let marker = unique("pipelined-unsub/marker");
+    raw.subscribe_one(&marker, QoS::AtMostOnce).await;
+    let mut bytes = wire(unsubscribe_packet(1, &[&t]));
+    bytes.extend(wire(publish_packet(
+        &t,
+        b"after",
+        QoS::AtMostOnce,
+        0,
+        false,
+        false,
+    )));
+    bytes.extend(wire(publish_packet(
+        &marker,
+        b"marker",
+        QoS::AtMostOnce,
+        0,
+        false,
+        false,
+    )));
+    raw.send_bytes(&bytes).await;
+    raw.recv_where("UNSUBACK", |p| *p == Packet::UnsubAck(pid(1)))
+        .await;
+    let got = raw.recv_publish().await;
+    assert_eq!(&got.payload[..], b"marker", "delivered after UNSUBSCRIBE");
+}
