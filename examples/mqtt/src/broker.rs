@@ -256,6 +256,7 @@ impl Broker {
             .name("hermes-mqtt")
             .on_dead_letter(move |letter| dead_letter(&sink, letter));
         let hermes: Handle = hermes::tokio::start_on(&runtime, options, kinds);
+        // HERMES: timers are not durable; the stored sessions' expiry timers are set again.
         for (client, remaining) in expiry_timers {
             if let Err(error) = hermes.schedule(client, remaining, SessionMsg::ExpiryCheck) {
                 tracing::warn!(error = %error.kind(), "cannot schedule a stored session's expiry");

@@ -80,6 +80,14 @@ pub struct Config {
     /// by filter with return code 0x80 [MQTT-3.9.3]. Default: 10000. At least 1.
     #[serde(deserialize_with = "at_least_one")]
     pub max_subscriptions: usize,
+    /// Whether a client may connect without a user name. Default: true. With `false`, a
+    /// CONNECT without one is refused with CONNACK 0x05 (not authorized).
+    pub allow_anonymous: bool,
+    /// User names and their passwords, as a TOML table `[users]`: a CONNECT with a user name
+    /// must carry its password, or it is refused with CONNACK 0x04 (bad user name or
+    /// password). Default: none, and then every user name is accepted. The passwords are in
+    /// plain text: keep the file readable only by the broker's user.
+    pub users: std::collections::BTreeMap<String, String>,
     /// The most detailed log messages written. Default: `"info"`.
     pub log_level: LogLevel,
 }
@@ -122,6 +130,31 @@ impl Config {
         }
     }
 
+    /// Whether a CONNECT with `login` may connect: `Err` with the CONNACK return code that
+    /// refuses it (0x05 without a user name when `allow_anonymous` is false, 0x04 for a user
+    /// name that `users` does not have with this password).
+    pub fn authenticate(
+        &self,
+        login: Option<&crate::packet::Login>,
+    ) -> Result<(), crate::packet::ConnectReturnCode> {
+        use crate::packet::ConnectReturnCode;
+        let Some(login) = login else {
+            return if self.allow_anonymous {
+                Ok(())
+            } else {
+                Err(ConnectReturnCode::NotAuthorized)
+            };
+        };
+        if self.users.is_empty() {
+            return Ok(());
+        }
+        let known = self.users.get(login.username.as_str());
+        match (known, &login.password) {
+            (Some(expected), Some(given)) if expected.as_bytes() == &given[..] => Ok(()),
+            _ => Err(ConnectReturnCode::BadUserNameOrPassword),
+        }
+    }
+
     /// How long a connection whose CONNECT asked for a keep alive of `keep_alive` seconds may
     /// send nothing before the broker closes it as if the network had failed
     /// [MQTT-3.1.2-24]; `None` for 0, which turns keep alive off [3.1.2.10].
@@ -149,6 +182,8 @@ impl Default for Config {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             max_qos0_backlog: Self::DEFAULT_MAX_QOS0_BACKLOG,
             max_subscriptions: Self::DEFAULT_MAX_SUBSCRIPTIONS,
+            allow_anonymous: true,
+            users: std::collections::BTreeMap::new(),
             log_level: LogLevel::Info,
         }
     }

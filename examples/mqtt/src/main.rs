@@ -89,7 +89,6 @@ fn main() -> ExitCode {
         let broker = match Broker::start(config).await {
             Ok(broker) => broker,
             Err(error) => {
-                tracing::error!("{error}");
                 eprintln!("hermes-mqtt: {error}");
                 return ExitCode::FAILURE;
             }
@@ -99,7 +98,6 @@ fn main() -> ExitCode {
         match broker.shutdown().await {
             Ok(_) => ExitCode::SUCCESS,
             Err(error) => {
-                tracing::error!("{error}");
                 eprintln!("hermes-mqtt: {error}");
                 ExitCode::FAILURE
             }

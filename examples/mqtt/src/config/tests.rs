@@ -53,7 +53,11 @@ fn every_key() {
         connect_timeout = "1m"
         max_qos0_backlog = 5
         max_subscriptions = 3
+        allow_anonymous = false
         log_level = "trace"
+
+        [users]
+        alice = "secret"
         "#,
     )
     .unwrap();
@@ -69,6 +73,8 @@ fn every_key() {
     assert_eq!(c.connect_timeout, Duration::from_secs(60));
     assert_eq!(c.max_qos0_backlog, 5);
     assert_eq!(c.max_subscriptions, 3);
+    assert!(!c.allow_anonymous);
+    assert_eq!(c.users.get("alice").map(String::as_str), Some("secret"));
     assert_eq!(c.log_level, LogLevel::Trace);
     for bad in [
         "connect_timeout = \"0s\"",

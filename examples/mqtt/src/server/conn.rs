@@ -38,6 +38,8 @@ use crate::string::MqttString;
 use crate::subscriptions::Matches;
 use crate::will::CloseReason;
 
+/// How long a connection that ended waits for its session to publish the will and close it.
+const WILL_GRACE: Duration = Duration::from_secs(12);
 /// How long a closing connection's writer may take to write what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Payloads from this size on are written from their shared buffer, not copied into the
@@ -71,11 +73,13 @@ pub(crate) async fn serve(
         keep_alive: None,
     };
     let (client, reason) = reader.run(peer).await;
-    link.close(reason);
     if let Some(client) = client {
         tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
         let detach = SessionMsg::Detach { conn, reason };
-        if reader.hermes.send_async(client, detach).await.is_err() {
+        if reader.hermes.send_async(client, detach).await.is_ok() {
+            // The session closes it once the will is out (a retained one stored).
+            let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
+        } else {
             tracing::debug!(
                 conn,
                 "broker closed: the session was not told the connection ended"
@@ -84,6 +88,7 @@ pub(crate) async fn serve(
     } else {
         tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
     }
+    link.close(reason);
     drop(reader);
     if tokio::time::timeout(WRITER_GRACE, &mut writer)
         .await
@@ -121,8 +126,9 @@ impl Reader {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
     async fn run(&mut self, peer: SocketAddr) -> Ended {
         let conn = self.link.conn();
-        let connect_by = Instant::now() + self.shared.config.connect_timeout;
-        let connect = match self.next(Some(connect_by)).await {
+        // A timeout too long to represent is none.
+        let connect_by = Instant::now().checked_add(self.shared.config.connect_timeout);
+        let connect = match self.next(connect_by).await {
             Next::Packet(Packet::Connect(connect)) => connect,
             Next::Packet(other) => {
                 tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
@@ -202,6 +208,11 @@ impl Reader {
             connect.client_id = MqttString::try_from(assigned)
                 .unwrap_or_else(|_| MqttString::from_static("hermes-assigned"));
         }
+        if let Err(code) = self.shared.config.authenticate(connect.login.as_ref()) {
+            tracing::info!(conn, %peer, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
+            self.refuse(code);
+            return refused(code);
+        }
         let client = ClientId(Arc::from(connect.client_id.as_str()));
         let keep_alive = self.shared.config.keep_alive_timeout(connect.keep_alive);
         tracing::debug!(conn, %peer, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
@@ -226,7 +237,7 @@ impl Reader {
     async fn packets(&mut self, client: &ClientId) -> CloseReason {
         let conn = self.link.conn();
         loop {
-            let deadline = self.keep_alive.map(|k| Instant::now() + k);
+            let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
             let packet = match self.next(deadline).await {
                 Next::Packet(packet) => packet,
                 Next::Ended(reason) => return reason,
@@ -237,13 +248,20 @@ impl Reader {
             };
             tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
             let to_session = match packet {
-                Packet::Publish(publish) if publish.qos == PublishQos::AtMostOnce => {
+                // The direct path, unless something the client sent before is still being
+                // carried out by its session (a SUBSCRIBE, a retained PUBLISH...): then
+                // behind it, through the session, so that its effects come first.
+                Packet::Publish(publish)
+                    if publish.qos == PublishQos::AtMostOnce && self.link.is_settled() =>
+                {
                     if !self.route_qos0(publish).await {
                         return CloseReason::ServerClosed;
                     }
                     continue;
                 }
-                Packet::PingReq => {
+                // Before the session has written CONNACK, it answers (after the CONNACK
+                // [MQTT-3.2.0-1]); after, no hop is needed.
+                Packet::PingReq if self.link.is_accepted() => {
                     self.link.send(Packet::PingResp);
                     continue;
                 }
@@ -257,6 +275,7 @@ impl Reader {
                     return CloseReason::ProtocolError;
                 }
                 packet @ (Packet::Publish(_)
+                | Packet::PingReq
                 | Packet::PubAck(_)
                 | Packet::PubRec(_)
                 | Packet::PubRel(_)
@@ -264,6 +283,12 @@ impl Reader {
                 | Packet::Subscribe(_)
                 | Packet::Unsubscribe(_)) => packet,
             };
+            if matches!(
+                to_session,
+                Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+            ) {
+                self.link.unsettle();
+            }
             let msg = SessionMsg::Packet {
                 conn,
                 packet: to_session,
@@ -296,6 +321,8 @@ impl Reader {
                 .iter()
                 .map(|(client, qos)| (client.clone(), qos)),
         );
+        // HERMES: one send_async per subscriber; the handle's send_all groups a fan-out per
+        // shard but blocks the thread, and has no async form.
         let mut targets = std::mem::take(&mut self.targets);
         let mut open = true;
         for (client, qos) in targets.drain(..) {

@@ -8,7 +8,7 @@
 //! reads) is disconnected. QoS 1 and 2 PUBLISHes are bounded by the session's in-flight window.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, mpsc};
 
@@ -42,6 +42,11 @@ struct Shared {
     total: AtomicUsize,
     /// The connection is closing: no more writes.
     closed: AtomicBool,
+    /// The session has written the CONNACK: the reader may answer PINGREQ itself.
+    accepted: AtomicBool,
+    /// Packets the reader handed to the session whose effects are not all out yet: while
+    /// there are any, the reader hands QoS 0 PUBLISHes to the session too, behind them.
+    unsettled: AtomicU64,
     /// Why it was closed by the server, as `reason_code`.
     reason: AtomicU8,
     /// Wakes the reader when the connection is closed by the server.
@@ -83,6 +88,8 @@ impl Link {
             qos0: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            accepted: AtomicBool::new(false),
+            unsettled: AtomicU64::new(0),
             reason: AtomicU8::new(0),
             closing: Notify::new(),
         });
@@ -122,10 +129,41 @@ impl Link {
             self.close(CloseReason::ServerClosed);
             return Written::Closed;
         }
+        let connack = matches!(packet, Packet::ConnAck(_));
         match self.tx.send(Out::Packet(packet)) {
-            Ok(()) => Written::Queued,
+            Ok(()) => {
+                if connack {
+                    shared.accepted.store(true, Ordering::Release);
+                }
+                Written::Queued
+            }
             Err(_) => Written::Closed,
         }
+    }
+
+    /// The reader hands the session a packet whose effects (on the subscription index, the
+    /// retained shards, the subscribers) a later QoS 0 PUBLISH must not overtake.
+    pub(crate) fn unsettle(&self) {
+        self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The session has carried out one such packet, its sends included.
+    pub(crate) fn settle(&self) {
+        let _ = self
+            .shared
+            .unsettled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Whether every packet handed to the session has been carried out: a QoS 0 PUBLISH
+    /// may then take the direct path without overtaking any.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.shared.unsettled.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether a CONNACK was written: until then nothing else may be [MQTT-3.2.0-1].
+    pub(crate) fn is_accepted(&self) -> bool {
+        self.shared.accepted.load(Ordering::Acquire)
     }
 
     /// Closes the connection for `reason` after what was queued so far is written. The first

@@ -80,6 +80,12 @@ pub(crate) enum SessionMsg {
     /// A retained shard applied a retained PUBLISH of connection `conn`: what waited for it
     /// may go out.
     Stored { conn: ConnId },
+    /// A retained shard applied the retained will of a connection that ended: close it now,
+    /// so that a client that sees it closed finds the will retained.
+    WillStored { link: Link },
+    /// A packet of connection `conn` that the reader counted as unsettled is carried out,
+    /// its sends delivered: the reader may take the direct path again.
+    Settled { conn: ConnId },
     /// Time to see whether this session, if its client is away, has expired.
     ExpiryCheck,
 }
@@ -148,6 +154,9 @@ pub(crate) struct Shared {
 /// How long an offline persistent session stays in memory after its last message, when it is
 /// in the store too (it is activated again from there by the next message for it).
 pub(crate) const OFFLINE_IDLE: Duration = Duration::from_secs(60);
+
+/// The longest wait for connections to close.
+const CLOSE_GRACE_MAX: Duration = Duration::from_secs(3600);
 
 /// Never, as an idle timeout.
 pub(crate) const NEVER: Duration = Duration::MAX;
@@ -218,7 +227,8 @@ impl Shared {
     /// Waits until every connection task has ended, at most `timeout`; returns how many are
     /// still running.
     pub(crate) async fn connections_ended(&self, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + CLOSE_GRACE_MAX);
         loop {
             let notified = self.conns_changed.notified();
             let left = self

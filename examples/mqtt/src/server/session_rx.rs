@@ -70,7 +70,12 @@ struct SessionRx {
     /// retained), in order.
     holds: u32,
     held: VecDeque<Packet>,
+    /// The packet being handled asked a retained shard to store a message.
+    asked_store: bool,
     expiry_timer: Option<TimerId>,
+    /// Connections that ended whose retained will is being stored: they are closed (and a
+    /// clean session stopped) once it is.
+    closing: u32,
     out: Vec<Output>,
     matches: Matches<ClientId>,
     dropped_logged: u64,
@@ -98,7 +103,9 @@ impl SessionRx {
             ended: false,
             holds: 0,
             held: VecDeque::new(),
+            asked_store: false,
             expiry_timer: None,
+            closing: 0,
             out: Vec::new(),
             matches: Matches::new(),
             dropped_logged: 0,
@@ -113,7 +120,7 @@ impl SessionRx {
         if let Some(old) = self.link.take() {
             tracing::debug!(client_id = %self.id, old = old.conn(), new = link.conn(), "session taken over [MQTT-3.1.4-2]");
             if let Some(will) = self.will.on_close(CloseReason::TakenOver) {
-                self.publish_will(ctx, will);
+                self.publish_will(ctx, will, None);
             }
             old.close(CloseReason::TakenOver);
         }
@@ -147,6 +154,7 @@ impl SessionRx {
                 self.session.on_subscribe_limited(&subscribe, max, out);
             }
             Packet::Unsubscribe(unsubscribe) => self.session.on_unsubscribe(&unsubscribe, out),
+            Packet::PingReq => out.push(Output::Send(Packet::PingResp)),
             // The connection's reader handles the rest itself.
             other => {
                 tracing::debug!(client_id = %self.id, packet = %other.packet_type(), "ignoring a packet the reader should have handled");
@@ -187,10 +195,11 @@ impl SessionRx {
         }
         let link = self.link.take();
         tracing::debug!(client_id = %self.id, conn, ?reason, "connection ended");
+        let mut link = link.map(|link| (link, reason));
         if let Some(will) = self.will.on_close(reason) {
-            self.publish_will(ctx, will);
+            link = self.publish_will(ctx, will, link);
         }
-        if let Some(link) = link {
+        if let Some((link, reason)) = link {
             link.close(reason);
         }
         self.holds = 0;
@@ -201,6 +210,10 @@ impl SessionRx {
         let after = self
             .session
             .disconnected(connection, SystemTime::now(), &mut self.out);
+        // HERMES: expiry is a timer, not the idle timeout: idle time restarts with every
+        // message (each message queued for an offline session would push its expiry back),
+        // an override of 2^32 - 2 ms or more means never, and an instance deactivated to save
+        // memory has no idle timer at all.
         if after == AfterDisconnect::Keep
             && let SessionExpiry::After(expiry) = self.shared.config.session_expiry
             && !expiry.is_zero()
@@ -276,9 +289,14 @@ impl SessionRx {
     fn publish(&mut self, ctx: &mut Ctx<'_>, message: Message) {
         Counters::add(&self.shared.counters.published, 1);
         if message.retain {
+            // HERMES: a handler's sends go out when its run ends (after up to a batch of
+            // messages), but its writes to the socket go out at once, so a PUBACK would reach
+            // the client before the retained shard even has the message. Asking, and holding
+            // the client's packets until the answer, restores the order.
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let conn = self.conn().unwrap_or(0);
-            self.holds += 1;
+            self.holds = self.holds.saturating_add(1);
+            self.asked_store = true;
             ctx.ask(
                 shard,
                 |reply| RetainedMsg::Store(message.clone(), reply),
@@ -289,15 +307,35 @@ impl SessionRx {
         self.route(ctx, message);
     }
 
-    /// A will: published like a client's message, without waiting for anything.
-    fn publish_will(&mut self, ctx: &mut Ctx<'_>, message: Message) {
+    /// A will: published like a client's message. A retained one is stored before `closing`
+    /// (the connection that ended, with why) is closed: that is given back to close now
+    /// unless the will is retained.
+    fn publish_will(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        message: Message,
+        closing: Option<(Link, CloseReason)>,
+    ) -> Option<(Link, CloseReason)> {
         tracing::debug!(client_id = %self.id, topic = %message.topic.as_str(), "publishing the will");
         Counters::add(&self.shared.counters.published, 1);
+        let mut closing = closing;
         if message.retain {
             let shard = self.shared.retained_shard(message.topic.as_bytes());
-            ctx.send(shard, RetainedMsg::Publish(message.clone()));
+            match closing.take() {
+                Some((link, _)) => {
+                    self.closing = self.closing.saturating_add(1);
+                    ctx.ask(
+                        shard,
+                        |reply| RetainedMsg::Store(message.clone(), reply),
+                        ASK_TIMEOUT,
+                        move |_answer| SessionMsg::WillStored { link },
+                    );
+                }
+                None => ctx.send(shard, RetainedMsg::Publish(message.clone())),
+            }
         }
         self.route(ctx, message);
+        closing
     }
 
     /// Sends `message` to every session subscribed to its topic, once each, at the maximum QoS
@@ -313,7 +351,9 @@ impl SessionRx {
                 message: message.clone(),
                 qos,
             };
-            // A full mailbox makes this a dead letter, counted by the broker's sink.
+            // HERMES: a full mailbox makes this a dead letter (counted by the broker's sink),
+            // and the sender cannot learn it: a QoS 1 or 2 message is then lost for that
+            // subscriber, where the session would rather keep it and retry.
             ctx.send(client.clone(), msg);
         }
     }
@@ -354,7 +394,7 @@ impl SessionRx {
 
     /// After each message: how long to stay live.
     fn settle(&mut self, ctx: &mut Ctx<'_>) {
-        if self.link.is_some() || self.ended {
+        if self.link.is_some() || self.ended || self.closing > 0 {
             return;
         }
         if !self.session.is_persistent() {
@@ -377,7 +417,23 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
             SessionMsg::Attach { link, connect } => self.attach(ctx, link, &connect),
             SessionMsg::Packet { conn, packet } => {
                 if self.conn() == Some(conn) {
+                    let counted = matches!(
+                        packet,
+                        Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+                    );
+                    self.asked_store = false;
                     self.packet(packet);
+                    self.outputs(ctx);
+                    // A retained PUBLISH settles when its shard has it (`Stored`); the rest
+                    // once this run's sends are out, which a message to itself comes after.
+                    if counted && !self.asked_store {
+                        ctx.send(self.id.clone(), SessionMsg::Settled { conn });
+                    }
+                }
+            }
+            SessionMsg::Settled { conn } => {
+                if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
+                    link.settle();
                 }
             }
             SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
@@ -393,6 +449,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                 }
             },
             SessionMsg::Stored { conn } => {
+                if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
+                    link.settle();
+                }
                 if self.conn() == Some(conn) && self.holds > 0 {
                     self.holds -= 1;
                     if self.holds == 0 {
@@ -402,6 +461,10 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                         }
                     }
                 }
+            }
+            SessionMsg::WillStored { link } => {
+                self.closing = self.closing.saturating_sub(1);
+                link.close(CloseReason::ServerClosed);
             }
             SessionMsg::ExpiryCheck => {
                 if self.expired() {

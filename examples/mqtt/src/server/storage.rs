@@ -177,8 +177,8 @@ impl Storage {
                 .and_then(|s| <[u8; 8]>::try_from(s).ok())
                 .map(u64::from_be_bytes);
             let Some(seq) = seq else { continue };
-            let expected = first_seq.map(|first: u64| first + messages.len() as u64);
-            if expected.is_some_and(|e| e != seq) {
+            let expected = first_seq.map(|first: u64| first.checked_add(messages.len() as u64));
+            if expected.is_some_and(|e| e != Some(seq)) {
                 tracing::error!(client_id = %id, seq, "a stored session's queue has a gap; later messages are skipped");
                 break;
             }
