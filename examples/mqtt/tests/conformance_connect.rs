@@ -1,9 +1,8 @@
 //! Conformance, CONNECT and CONNACK [3.1], [3.2], [3.1.4]: the return codes, what closes the
 //! connection without one, the Session Present flag, client identifiers and takeover.
 //!
-//! Return codes 3 (server unavailable), 4 (bad user name or password) and 5 (not authorized)
-//! are not tested: the broker has no authentication to configure. Without it, a CONNECT with a
-//! user name and password is accepted (tested below).
+//! Return code 3 (server unavailable) is not tested: nothing in the configuration makes the
+//! broker refuse that way. Codes 4 and 5 come from its `users` and `allow_anonymous` keys.
 
 mod support;
 
@@ -396,4 +395,121 @@ async fn takeover_with_rumqttc_clients_mqtt_3_1_4_2() {
         first.ended_within(TIMEOUT).await,
         "the first connection was not closed"
     );
+}
+
+// --- Authentication: return codes 4 and 5 [3.2.2.3] --------------------------------------------
+
+/// A CONNECT with `username` and `password`.
+fn login(username: &str, password: Option<&str>) -> hermes_mqtt::Connect {
+    let mut connect = connect_packet(&unique("auth"));
+    connect.login = Some(Login {
+        username: MqttString::try_from(username).unwrap(),
+        password: password.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
+    });
+    connect
+}
+
+/// A broker with user "alice" (password "wonderland") and `allow_anonymous`.
+async fn with_users(test: &str, allow_anonymous: bool) -> Option<TestBroker> {
+    TestBroker::configured(test, |c| {
+        c.users.insert("alice".into(), "wonderland".into());
+        c.allow_anonymous = allow_anonymous;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_known_user_with_the_right_password_is_accepted() {
+    let Some(broker) = with_users("users", false).await else {
+        return;
+    };
+    let (mut raw, connack) = broker.raw_connect(login("alice", Some("wonderland"))).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    raw.expect_alive().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_unknown_user_gets_return_code_4() {
+    let Some(broker) = with_users("users", true).await else {
+        return;
+    };
+    for connect in [
+        login("alice", Some("looking-glass")),
+        login("alice", None),
+        login("alice", Some("")),
+        login("bob", Some("wonderland")),
+        login("Alice", Some("wonderland")),
+    ] {
+        let mut raw = broker.raw().await;
+        raw.send(connect).await;
+        expect_refused(&mut raw, ConnectReturnCode::BadUserNameOrPassword).await;
+    }
+}
+
+#[tokio::test]
+async fn an_anonymous_client_gets_return_code_5_when_anonymity_is_not_allowed() {
+    let Some(broker) = with_users("allow_anonymous", false).await else {
+        return;
+    };
+    let mut raw = broker.raw().await;
+    raw.send(connect_packet(&unique("anonymous"))).await;
+    expect_refused(&mut raw, ConnectReturnCode::NotAuthorized).await;
+}
+
+#[tokio::test]
+async fn an_anonymous_client_is_accepted_when_anonymity_is_allowed() {
+    let Some(broker) = with_users("allow_anonymous", true).await else {
+        return;
+    };
+    let (_raw, connack) = broker
+        .raw_connect(connect_packet(&unique("anonymous")))
+        .await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+}
+
+#[tokio::test]
+async fn a_refused_client_does_not_take_over_or_touch_the_session_mqtt_3_2_2_4() {
+    let Some(broker) = with_users("users", true).await else {
+        return;
+    };
+    // Alice is connected with a persistent session; someone with her client identifier and a
+    // wrong password is refused, and her connection and session are untouched.
+    let t = unique("auth/t");
+    let mut alice = login("alice", Some("wonderland"));
+    alice.clean_session = false;
+    let id = alice.client_id.clone();
+    let (mut raw, connack) = broker.raw_connect(alice).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    raw.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let mut impostor = login("alice", Some("guess"));
+    impostor.client_id = id;
+    impostor.clean_session = true;
+    let mut other = broker.raw().await;
+    other.send(impostor).await;
+    expect_refused(&mut other, ConnectReturnCode::BadUserNameOrPassword).await;
+    raw.expect_alive().await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&t, b"still", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&raw.recv_message().await.payload[..], b"still");
+}
+
+#[tokio::test]
+async fn rumqttc_reports_a_refused_login() {
+    let Some(broker) = with_users("users", true).await else {
+        return;
+    };
+    let mut options = client_options(broker.addr(), &unique("rauth"), true);
+    options.set_credentials("alice", "nope");
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let result = tokio::time::timeout(TIMEOUT, eventloop.poll())
+        .await
+        .expect("rumqttc got no answer");
+    match result {
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, rumqttc::ConnectReturnCode::BadUserNamePassword);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

@@ -3,9 +3,10 @@
 //! directory: a graceful one (`Broker::shutdown`, in process) and a crash (the `hermes-mqtt`
 //! binary killed with SIGKILL).
 //!
-//! The broker commits its state in groups, every 2 ms at most, without waiting for the commit
-//! before answering (src/server/storage.rs): a crash may lose the last few milliseconds. The
-//! crash tests wait [`COMMIT_WAIT`], far longer, before killing.
+//! The broker commits its state in groups, every 2 ms, without waiting for the commit before it
+//! acknowledges: a crash loses at most the last commit interval, 2 ms and one fsync'ed
+//! transaction (README, "Persistence"). The crash tests wait [`COMMIT_WAIT`], far longer,
+//! before killing.
 
 mod support;
 
