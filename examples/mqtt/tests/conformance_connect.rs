@@ -513,3 +513,80 @@ async fn rumqttc_reports_a_refused_login() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+// --- Under load ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn concurrent_connections_with_one_client_id_leave_exactly_one_mqtt_3_1_4_2() {
+    let broker = TestBroker::start().await;
+    let id = unique("crowd");
+    let t = unique("crowd/t");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let addr = broker.addr();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::open(addr).await;
+            let mut connect = connect_packet(&id);
+            connect.clean_session = false;
+            raw.send(connect).await;
+            // Each is accepted, then all but one are taken over.
+            match raw.next(TIMEOUT).await {
+                Next::Packet(Packet::ConnAck(c)) => {
+                    assert_eq!(c.code, ConnectReturnCode::Accepted);
+                }
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+            raw
+        }));
+    }
+    let mut conns = Vec::new();
+    for task in tasks {
+        conns.push(task.await.unwrap());
+    }
+    // The survivor is the one still open once the others have been closed: each closed one
+    // closes within TIMEOUT; the broker has no reason to close the last.
+    let mut alive = Vec::new();
+    for mut raw in conns {
+        if !raw.closes_within(QUIET).await {
+            alive.push(raw);
+        }
+    }
+    assert_eq!(
+        alive.len(),
+        1,
+        "{} connections left for one client id",
+        alive.len()
+    );
+    let mut survivor = alive.pop().unwrap();
+    survivor.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::AtLeastOnce, false).await;
+    assert_eq!(&survivor.recv_message().await.payload[..], b"m");
+}
+
+#[tokio::test]
+async fn two_hundred_clients_connect_at_once() {
+    let broker = TestBroker::start().await;
+    let t = unique("crowd/all");
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let addr = broker.addr();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let broker = TestBroker::at(addr);
+            let mut raw = broker.connect(&unique("many")).await;
+            raw.subscribe_one(&t, QoS::AtMostOnce).await;
+            raw
+        }));
+    }
+    let mut conns = Vec::new();
+    for task in tasks {
+        conns.push(task.await.unwrap());
+    }
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"all", QoS::AtMostOnce, false).await;
+    for raw in &mut conns {
+        assert_eq!(&raw.recv_publish().await.payload[..], b"all");
+    }
+}

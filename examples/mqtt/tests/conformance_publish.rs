@@ -1097,3 +1097,88 @@ async fn a_retained_message_cleared_right_after_it_was_set_stays_cleared_mqtt_3_
         None
     );
 }
+
+#[tokio::test]
+async fn acknowledgements_out_of_order_are_accepted() {
+    let Some(broker) = TestBroker::configured("inflight", |c| {
+        c.max_inflight = 3.try_into().unwrap();
+    })
+    .await
+    else {
+        return;
+    };
+    let t = unique("ooo/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&t, QoS::ExactlyOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    for i in 0..6 {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        publisher
+            .publish(&t, format!("{i}").as_bytes(), qos, false)
+            .await;
+    }
+    // The window's three, acknowledged last first; then the other three.
+    let mut window = vec![
+        sub.recv_publish().await,
+        sub.recv_publish().await,
+        sub.recv_publish().await,
+    ];
+    assert_eq!(payloads(&window), ["0", "1", "2"]);
+    window.reverse();
+    for p in &window {
+        sub.ack(p).await;
+    }
+    let rest = sub.recv_messages(3).await;
+    assert_eq!(payloads(&rest), ["3", "4", "5"]);
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn outgoing_packet_ids_wrap_without_0_or_reuse_in_flight_mqtt_2_3_1_1() {
+    // One message stays unacknowledged while 65,600 more pass: the broker's identifiers wrap
+    // around 65535, skip 0, and never take the one still in flight [MQTT-2.3.1-2].
+    const BURST: u16 = 400;
+    const BURSTS: u16 = 164;
+    let broker = TestBroker::start().await;
+    let t = unique("wrap/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&t, b"held", QoS::AtLeastOnce, false)
+        .await;
+    let held = sub.recv_publish().await;
+    let held_id = held.qos.packet_id().unwrap();
+    let mut seen = 0u32;
+    for _ in 0..BURSTS {
+        let mut bytes = Vec::new();
+        for id in 1..=BURST {
+            bytes.extend(wire(publish_packet(
+                &t,
+                b"x",
+                QoS::AtLeastOnce,
+                id,
+                false,
+                false,
+            )));
+        }
+        publisher.send_bytes(&bytes).await;
+        for _ in 0..BURST {
+            let p = sub.recv_publish().await;
+            let id = p.qos.packet_id().expect("QoS 1");
+            assert_ne!(id, held_id, "reused the identifier of a message in flight");
+            sub.send(Packet::PubAck(id)).await;
+            seen += 1;
+        }
+        for id in 1..=BURST {
+            assert_eq!(publisher.recv().await, Packet::PubAck(pid(id)));
+        }
+    }
+    assert!(seen > 65_535);
+    sub.ack(&held).await;
+    sub.expect_silence(QUIET / 3).await;
+}

@@ -405,3 +405,24 @@ async fn a_cleared_retained_message_stays_cleared_after_sigkill_mqtt_3_3_1_10() 
     late.subscribe_one(&t, QoS::AtLeastOnce).await;
     late.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn a_retained_will_published_at_shutdown_survives_the_restart_mqtt_3_1_2_8() {
+    // A graceful shutdown closes every connection, which is not a DISCONNECT: the wills are
+    // published, and a retained one is stored before the broker stops (README, "Persistence").
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let t = unique("shutdown-will/t");
+    let mut connect = connect_packet(&unique("will"));
+    connect.will = Some(will(&t, "broker went down", QoS::AtLeastOnce, true));
+    let mut client = broker.connect_with(connect).await;
+    let broker = restart(broker, dir.path()).await;
+    client.expect_closed_after_publishes().await;
+    let mut late = broker.connect(&unique("late")).await;
+    late.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let got = late.recv_message().await;
+    assert_eq!(
+        (&got.payload[..], got.retain),
+        (&b"broker went down"[..], true)
+    );
+}
