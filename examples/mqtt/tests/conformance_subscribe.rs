@@ -515,3 +515,33 @@ async fn an_unsubscribe_applies_to_the_clients_next_qos_0_publish_mqtt_3_10_4_2(
     let got = raw.recv_publish().await;
     assert_eq!(&got.payload[..], b"marker", "delivered after UNSUBSCRIBE");
 }
+
+#[tokio::test]
+async fn retained_messages_on_dollar_topics_are_not_matched_by_leading_wildcards_mqtt_4_7_2_1() {
+    // The rule holds for retained messages sent on subscribing, too. Not against a shared
+    // broker: there '#' also gets every other test's retained messages.
+    if external().is_some() {
+        eprintln!("skipped: '#' on a shared broker");
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let r = unique("dollar-retained");
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&format!("${r}/x"), b"dollar", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish(&format!("{r}/x"), b"plain", QoS::AtLeastOnce, true)
+        .await;
+    for f in ["#", "+/x", "+/+"] {
+        let mut sub = broker.connect(&unique("sub")).await;
+        sub.subscribe_one(f, QoS::AtLeastOnce).await;
+        let got = sub.recv_message().await;
+        assert_eq!(&got.payload[..], b"plain", "filter {f}");
+        sub.expect_silence(QUIET / 2).await;
+    }
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&format!("${r}/#"), QoS::AtLeastOnce)
+        .await;
+    assert_eq!(&sub.recv_message().await.payload[..], b"dollar");
+}

@@ -23,7 +23,7 @@ use hermes_mqtt::{Packet, QoS};
 use support::*;
 
 /// How long after the last change before a crash, for the group commit (2 ms) to have run.
-const COMMIT_WAIT: Duration = Duration::from_millis(250);
+const COMMIT_WAIT: Duration = Duration::from_millis(500);
 
 // --- Graceful restarts, in process -------------------------------------------------------------
 
@@ -215,7 +215,7 @@ async fn a_session_connected_at_shutdown_survives_it() {
 
 #[tokio::test]
 async fn a_session_that_expired_while_the_broker_was_stopped_is_gone() {
-    const EXPIRY: Duration = Duration::from_millis(400);
+    const EXPIRY: Duration = Duration::from_millis(1000);
     let dir = tempfile::tempdir().unwrap();
     let expiring = |c: &mut hermes_mqtt::Config| c.session_expiry = SessionExpiry::After(EXPIRY);
     let broker = TestBroker::persistent(dir.path(), expiring).await;
@@ -225,7 +225,7 @@ async fn a_session_that_expired_while_the_broker_was_stopped_is_gone() {
     sub.subscribe_one(&t, QoS::AtLeastOnce).await;
     sub.disconnect().await;
     broker.shutdown().await;
-    tokio::time::sleep(EXPIRY * 2).await;
+    tokio::time::sleep(EXPIRY + EXPIRY / 2).await;
     let broker = TestBroker::persistent(dir.path(), expiring).await;
     // A session of a client away for less than the expiry, for contrast.
     let (raw, _) = broker.connect_persistent(&kept).await;
