@@ -1182,3 +1182,45 @@ async fn outgoing_packet_ids_wrap_without_0_or_reuse_in_flight_mqtt_2_3_1_1() {
     sub.ack(&held).await;
     sub.expect_silence(QUIET / 3).await;
 }
+
+#[tokio::test]
+async fn a_wildcard_subscription_gets_retained_messages_from_many_topics_mqtt_3_3_1_6() {
+    // Enough topics that a broker keeping retained messages in parts (by topic) has them in
+    // every part.
+    let broker = TestBroker::start().await;
+    let root = unique("retain-many");
+    let mut publisher = broker.connect(&unique("pub")).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..64 {
+        let t = format!("{root}/{}/{i}", i % 4);
+        publisher
+            .publish(&t, t.as_bytes(), QoS::AtLeastOnce, true)
+            .await;
+        expected.insert(t, QoS::AtLeastOnce);
+    }
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&format!("{root}/#"), QoS::ExactlyOnce)
+        .await;
+    let mut got = BTreeMap::new();
+    for _ in 0..expected.len() {
+        let p = sub.recv_message().await;
+        assert!(p.retain);
+        assert_eq!(p.payload, p.topic.as_bytes());
+        assert!(
+            got.insert(p.topic.to_string(), p.qos.qos()).is_none(),
+            "twice: {p:?}"
+        );
+    }
+    assert_eq!(got, expected);
+    sub.expect_silence(QUIET).await;
+    // A filter in the middle: the 16 of one branch.
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&format!("{root}/2/+"), QoS::AtLeastOnce)
+        .await;
+    let got = sub.recv_messages(16).await;
+    assert!(
+        got.iter()
+            .all(|p| p.topic.as_str().starts_with(&format!("{root}/2/")))
+    );
+    sub.expect_silence(QUIET).await;
+}

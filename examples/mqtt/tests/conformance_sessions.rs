@@ -558,3 +558,16 @@ async fn a_connected_clients_queue_behind_a_full_window_drops_the_oldest() {
     assert_eq!(payloads(&rest), ["4", "5"]);
     sub.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn a_clean_session_taking_over_a_clean_one_starts_empty_mqtt_3_1_2_6() {
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("clean-clean"), unique("clean-clean/t"));
+    let mut first = broker.connect(&id).await;
+    first.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let mut second = broker.connect(&id).await;
+    first.expect_closed().await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::AtLeastOnce, false).await;
+    second.expect_silence(QUIET).await;
+}
