@@ -337,3 +337,27 @@ async fn an_empty_retained_will_clears_the_retained_message_mqtt_3_3_1_10() {
     late.subscribe_one(&t, QoS::AtLeastOnce).await;
     late.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn nothing_after_disconnect_is_processed_mqtt_3_14_4_2() {
+    // DISCONNECT ends the connection: a PUBLISH behind it in the same write is not processed,
+    // and the will (deleted by the DISCONNECT) is not published either.
+    let broker = TestBroker::start().await;
+    let t = unique("after-disconnect/t");
+    let mut watcher = watcher(&broker, &t).await;
+    let mut client = broker
+        .connect_with(with_will(&t, "will", QoS::AtLeastOnce, false, 60))
+        .await;
+    let mut bytes = wire(Packet::Disconnect);
+    bytes.extend(wire(publish_packet(
+        &t,
+        b"late",
+        QoS::AtMostOnce,
+        0,
+        false,
+        false,
+    )));
+    client.send_bytes(&bytes).await;
+    client.expect_closed().await;
+    expect_no_will(&broker, &mut watcher, &t).await;
+}
