@@ -975,3 +975,5 @@ impl Client {
         }
     }
 }
+
+pub mod streams;
