@@ -168,6 +168,21 @@ impl TestBroker {
         }
     }
 
+    /// Shuts the broker down gracefully and returns its final counters.
+    pub async fn shutdown_stats(mut self) -> hermes_mqtt::BrokerStats {
+        let broker = self.broker.take().expect("an in-process broker");
+        timeout(TIMEOUT, broker.shutdown())
+            .await
+            .expect("the broker did not shut down within the timeout")
+            .expect("the broker did not shut down cleanly")
+            .stats
+    }
+
+    /// The in-process broker, if the tests do not run against an external one.
+    pub fn broker(&self) -> Option<&hermes_mqtt::Broker> {
+        self.broker.as_ref()
+    }
+
     /// The address to connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
