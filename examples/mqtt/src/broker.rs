@@ -261,16 +261,21 @@ impl Broker {
         .await
         .map_err(|e| StartError::Passwords(AuthError::Hash(e.to_string())))?
         .map_err(StartError::Passwords)?;
-        let mut bound = Vec::with_capacity(config.listeners.len());
+        // Every certificate first: a bad file is reported before any port is taken.
+        let mut acceptors = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let addr = listener.address;
-            let tls = match (&listener.cert, &listener.key) {
+            acceptors.push(match (&listener.cert, &listener.key) {
                 (Some(cert), Some(key)) if listener.kind.is_tls() => Some(
                     listen::tls_acceptor(cert, key)
                         .map_err(|source| StartError::Tls { addr, source })?,
                 ),
                 _ => None,
-            };
+            });
+        }
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for (listener, tls) in config.listeners.iter().zip(acceptors) {
+            let addr = listener.address;
             let tcp = TcpListener::bind(addr)
                 .await
                 .map_err(|e| listen_error(addr, e))?;
