@@ -219,8 +219,8 @@ impl AclFile {
             }
             let user = user.unwrap_or_default();
             let uses_client = rule.topic.contains("%c");
-            let risky = (needs_user && unsafe_value(user))
-                || (uses_client && unsafe_value(client_id));
+            let risky =
+                (needs_user && unsafe_value(user)) || (uses_client && unsafe_value(client_id));
             if risky && rule.access != Access::Deny {
                 continue;
             }
@@ -411,7 +411,11 @@ mod tests {
             ("+/+", "a/b", true),
             ("+", "a/b", false),
         ] {
-            assert_eq!(covers(&f(rule), &f(filter)), expected, "{rule} covers {filter}");
+            assert_eq!(
+                covers(&f(rule), &f(filter)),
+                expected,
+                "{rule} covers {filter}"
+            );
         }
     }
 
@@ -458,7 +462,10 @@ pattern deny secret/#
         let anonymous = acl.for_client(None, "anon");
         assert!(anonymous.can_subscribe(&f("public/+")));
         assert!(!anonymous.can_publish(&t("public/news")));
-        assert!(anonymous.can_publish(&t("public/chat")), "readwrite by default");
+        assert!(
+            anonymous.can_publish(&t("public/chat")),
+            "readwrite by default"
+        );
         assert!(anonymous.can_publish(&t("clients/anon/status")), "%c");
         assert!(!anonymous.can_subscribe(&f("users/#")), "%u needs a user");
         assert!(!anonymous.can_subscribe(&f("alice/#")));
@@ -471,7 +478,10 @@ pattern deny secret/#
         assert!(alice.can_subscribe(&f("$SYS/broker/#")));
         assert!(alice.can_subscribe(&f("users/alice/inbox")));
         assert!(!alice.can_subscribe(&f("users/bob/inbox")));
-        assert!(!alice.can_publish(&t("public/chat")), "not the anonymous rules");
+        assert!(
+            !alice.can_publish(&t("public/chat")),
+            "not the anonymous rules"
+        );
         assert!(!alice.can_subscribe(&f("#")));
         assert!(alice.can_read(&t("alice/x")));
         assert!(!alice.can_read(&t("alice/private/x")));

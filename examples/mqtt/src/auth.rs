@@ -317,7 +317,8 @@ mod tests {
         let mut file = PasswordFile::default();
         file.set("alice", hash_password(b"a", CHEAP).unwrap())
             .unwrap();
-        file.set("bob", hash_password(b"b", CHEAP).unwrap()).unwrap();
+        file.set("bob", hash_password(b"b", CHEAP).unwrap())
+            .unwrap();
         assert!(file.set("a:b", String::new()).is_err());
         let text = format!("\n# comment\n{}", file.to_text());
         let parsed = PasswordFile::parse(&text).unwrap();

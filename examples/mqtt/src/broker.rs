@@ -307,7 +307,7 @@ impl Broker {
         let mut preloaded: Vec<Option<RetainedStore>> = (0..retained_shards)
             .map(|_| Some(RetainedStore::new()))
             .collect();
-        let mut sessions_loaded = 0;
+        let mut sessions_loaded: usize = 0;
         if let Some(storage) = &storage {
             for stored in storage.scan_sessions().map_err(StartError::Store)? {
                 let since = stored
@@ -356,7 +356,10 @@ impl Broker {
             acl,
         ));
         let counters = &shared.counters;
-        Counters::gauge(&counters.retained, i64::try_from(retained).unwrap_or(i64::MAX));
+        Counters::gauge(
+            &counters.retained,
+            i64::try_from(retained).unwrap_or(i64::MAX),
+        );
         Counters::gauge(
             &counters.offline_sessions,
             i64::try_from(sessions_loaded).unwrap_or(i64::MAX),
@@ -406,10 +409,7 @@ impl Broker {
                 sys_interval,
             )));
         }
-        accepting.push(runtime.spawn(stats::summary_loop(
-            Arc::clone(&shared),
-            SUMMARY_INTERVAL,
-        )));
+        accepting.push(runtime.spawn(stats::summary_loop(Arc::clone(&shared), SUMMARY_INTERVAL)));
         let data = match &shared.storage {
             Some(storage) => storage.path().display().to_string(),
             None => "memory only (nothing survives a restart)".to_owned(),

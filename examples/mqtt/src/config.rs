@@ -229,7 +229,10 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listeners: vec![ListenerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 1883)))],
+            listeners: vec![ListenerConfig::tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                1883,
+            )))],
             data_dir: PathBuf::from("./hermes-data"),
             memory: false,
             max_packet_size: Self::DEFAULT_MAX_PACKET_SIZE,

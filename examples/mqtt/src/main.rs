@@ -21,7 +21,12 @@ const EXIT_SECOND_SIGNAL: i32 = 130;
 
 /// An MQTT 3.1.1 broker built on Hermes receivers, with durable sessions.
 #[derive(Debug, Parser)]
-#[command(name = "hermes-mqtt", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "hermes-mqtt",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -183,7 +188,12 @@ fn run(cli: &Run) -> ExitCode {
         None => Config::default(),
     };
     if !cli.listen.is_empty() {
-        config.listeners = cli.listen.iter().copied().map(ListenerConfig::tcp).collect();
+        config.listeners = cli
+            .listen
+            .iter()
+            .copied()
+            .map(ListenerConfig::tcp)
+            .collect();
     }
     if let Some(file) = &cli.password_file {
         config.password_file = Some(file.clone());
@@ -225,7 +235,9 @@ fn run(cli: &Run) -> ExitCode {
         tracing::info!("shutting down (a second SIGINT or SIGTERM exits at once)");
         tokio::spawn(async {
             shutdown_signal().await;
-            eprintln!("hermes-mqtt: second signal: exiting at once, without storing the last changes");
+            eprintln!(
+                "hermes-mqtt: second signal: exiting at once, without storing the last changes"
+            );
             std::process::exit(EXIT_SECOND_SIGNAL);
         });
         match broker.shutdown().await {

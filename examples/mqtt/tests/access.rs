@@ -30,7 +30,10 @@ pattern deny secret/#
 ";
 
 /// A broker with users alice and bob (passwords "a-pass", "b-pass") and the ACL above.
-async fn with_acl(dir: &std::path::Path, change: impl FnOnce(&mut hermes_mqtt::Config)) -> TestBroker {
+async fn with_acl(
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut hermes_mqtt::Config),
+) -> TestBroker {
     let passwords = password_file(dir, &[("alice", "a-pass"), ("bob", "b-pass")]);
     let acl = dir.join("acl");
     std::fs::write(&acl, ACL).unwrap();
@@ -81,7 +84,9 @@ async fn a_denied_filter_gets_0x80_and_the_others_are_granted() {
         ]
     );
     // The granted subscription works; the connection is not closed for the refusals.
-    alice.publish("alice/x", b"mine", QoS::AtMostOnce, false).await;
+    alice
+        .publish("alice/x", b"mine", QoS::AtMostOnce, false)
+        .await;
     assert_eq!(&alice.recv_publish().await.payload[..], b"mine");
     let stats = broker.shutdown_stats().await;
     assert_eq!(stats.denied_subscriptions, 3);
@@ -98,11 +103,14 @@ async fn a_denied_publish_is_acknowledged_dropped_and_counted() {
     // stuck; none reaches bob.
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         alice.publish("bob/inbox", b"from alice", qos, false).await;
-        alice.publish("secret/x", b"denied by a pattern", qos, true).await;
+        alice
+            .publish("secret/x", b"denied by a pattern", qos, true)
+            .await;
     }
     bob.expect_silence(QUIET).await;
     // Bob's own publish goes through.
-    bob.publish("bob/inbox", b"from bob", QoS::AtLeastOnce, false).await;
+    bob.publish("bob/inbox", b"from bob", QoS::AtLeastOnce, false)
+        .await;
     assert_eq!(&bob.recv_message().await.payload[..], b"from bob");
     alice.expect_alive().await;
     let stats = broker.shutdown_stats().await;
@@ -125,11 +133,15 @@ async fn anonymous_clients_get_the_first_section_and_client_rules_apply_to_anyon
         ]
     );
     // Read only: its publish to public/ is dropped.
-    anonymous.publish("public/news", b"x", QoS::AtLeastOnce, false).await;
+    anonymous
+        .publish("public/news", b"x", QoS::AtLeastOnce, false)
+        .await;
     anonymous.expect_silence(QUIET).await;
     // The client section: sensor-17 may write sensors/17/#, whoever it is.
     let mut sensor = broker.connect_with(login("sensor-17", None)).await;
-    sensor.publish("sensors/17/temp", b"21", QoS::AtLeastOnce, false).await;
+    sensor
+        .publish("sensors/17/temp", b"21", QoS::AtLeastOnce, false)
+        .await;
     let stats = broker.shutdown_stats().await;
     assert_eq!(stats.denied_publishes, 1, "only the anonymous one");
 }
@@ -166,7 +178,9 @@ async fn a_session_taken_over_by_another_user_loses_what_it_may_not_read() {
     let (mut bob, ack) = broker.raw_connect(second).await;
     assert!(ack.session_present);
     let mut publisher = broker.connect_with(login(&unique("alice"), ALICE)).await;
-    publisher.publish("alice/x", b"for alice only", QoS::AtLeastOnce, false).await;
+    publisher
+        .publish("alice/x", b"for alice only", QoS::AtLeastOnce, false)
+        .await;
     bob.expect_silence(QUIET).await;
 }
 
@@ -182,7 +196,9 @@ async fn clients_cannot_publish_to_sys_topics() {
     spoofer
         .publish("$SYS/broker/version", b"spoofed", QoS::AtLeastOnce, true)
         .await;
-    spoofer.publish("$SYS", b"spoofed", QoS::AtMostOnce, false).await;
+    spoofer
+        .publish("$SYS", b"spoofed", QoS::AtMostOnce, false)
+        .await;
     watcher.expect_silence(QUIET).await;
     // Not retained either.
     let mut late = broker.connect(&unique("late")).await;
@@ -228,8 +244,11 @@ async fn an_unknown_user_takes_as_long_as_a_wrong_password() {
         parallelism: 1,
     };
     let mut file = hermes_mqtt::auth::PasswordFile::default();
-    file.set("alice", hermes_mqtt::auth::hash_password(b"a-pass", params).unwrap())
-        .unwrap();
+    file.set(
+        "alice",
+        hermes_mqtt::auth::hash_password(b"a-pass", params).unwrap(),
+    )
+    .unwrap();
     file.save(&dir.path().join("passwd")).unwrap();
     let mut config = test_config();
     config.password_file = Some(dir.path().join("passwd"));

@@ -63,7 +63,12 @@ fn passwd_adds_changes_and_deletes_users() {
     let loaded = PasswordFile::load(&file).unwrap();
     assert!(verify_password(b"wonderland", loaded.get("alice").unwrap()));
     assert!(verify_password(b"builder", loaded.get("bob").unwrap()));
-    assert!(loaded.get("alice").unwrap().starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+    assert!(
+        loaded
+            .get("alice")
+            .unwrap()
+            .starts_with("$argon2id$v=19$m=8,t=1,p=1$")
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -74,11 +79,20 @@ fn passwd_adds_changes_and_deletes_users() {
     let (ok, _) = passwd(dir.path(), &[f, "alice"], "looking glass\n");
     assert!(ok);
     let loaded = PasswordFile::load(&file).unwrap();
-    assert!(verify_password(b"looking glass", loaded.get("alice").unwrap()));
+    assert!(verify_password(
+        b"looking glass",
+        loaded.get("alice").unwrap()
+    ));
     // Delete.
     let (ok, _) = passwd(dir.path(), &["--delete", f, "bob"], "");
     assert!(ok);
-    assert_eq!(PasswordFile::load(&file).unwrap().users().collect::<Vec<_>>(), ["alice"]);
+    assert_eq!(
+        PasswordFile::load(&file)
+            .unwrap()
+            .users()
+            .collect::<Vec<_>>(),
+        ["alice"]
+    );
     // Errors say what is wrong, and change nothing.
     let (ok, err) = passwd(dir.path(), &["--delete", f, "carol"], "");
     assert!(!ok && err.contains("\"carol\" is not in"), "{err}");
@@ -158,7 +172,12 @@ impl Process {
 async fn sigterm_stores_everything_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let args = ["--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()];
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
     let mut broker = Process::start(&args);
     let t = unique("term/t");
     let mut client = TestBroker::at(broker.addr).connect(&unique("c")).await;
@@ -166,10 +185,16 @@ async fn sigterm_stores_everything_and_exits_0() {
     let (mut persistent, _) = TestBroker::at(broker.addr)
         .connect_persistent("term-sub")
         .await;
-    persistent.subscribe_one(&format!("{t}/q"), QoS::AtLeastOnce).await;
+    persistent
+        .subscribe_one(&format!("{t}/q"), QoS::AtLeastOnce)
+        .await;
     broker.signal("TERM");
     assert_eq!(broker.exit_code(TIMEOUT), Some(0), "{}", broker.log());
-    assert!(broker.log().contains("hermes-mqtt stopped"), "{}", broker.log());
+    assert!(
+        broker.log().contains("hermes-mqtt stopped"),
+        "{}",
+        broker.log()
+    );
 
     let broker = Process::start(&args);
     let mut again = TestBroker::at(broker.addr).connect(&unique("c")).await;
@@ -192,7 +217,9 @@ async fn a_second_signal_exits_at_once() {
     let mut publisher = TestBroker::at(broker.addr).connect(&unique("p")).await;
     let payload = vec![7u8; 512 * 1024];
     for _ in 0..60 {
-        publisher.publish(&t, &payload, QoS::AtMostOnce, false).await;
+        publisher
+            .publish(&t, &payload, QoS::AtMostOnce, false)
+            .await;
     }
     broker.signal("INT");
     std::thread::sleep(Duration::from_millis(300));
@@ -200,7 +227,11 @@ async fn a_second_signal_exits_at_once() {
     broker.signal("TERM");
     let code = broker.exit_code(TIMEOUT);
     assert_eq!(code, Some(130), "{}", broker.log());
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     drop(stuck);
 }
 
@@ -210,7 +241,10 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -224,7 +258,10 @@ fn configuration_errors_name_the_key_or_the_file() {
     let typo = write("typo.toml", "max_inflite = 5\n");
     let (code, err) = run(&["--config", &typo]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("`max_inflite`") && err.contains("typo.toml"), "{err}");
+    assert!(
+        err.contains("`max_inflite`") && err.contains("typo.toml"),
+        "{err}"
+    );
 
     let users = write("users.toml", "[users]\nalice = \"secret\"\n");
     let (code, err) = run(&["--config", &users]);
@@ -249,7 +286,12 @@ async fn flags_override_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(&config, "memory = true\nlisteners = [\"192.0.2.1:1\"]\n").unwrap();
-    let mut broker = Process::start(&["--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let mut broker = Process::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let client = TestBroker::at(broker.addr).connect(&unique("c")).await;
     client.disconnect().await;
     broker.signal("TERM");

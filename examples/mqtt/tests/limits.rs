@@ -28,7 +28,14 @@ async fn the_publish_rate_slows_a_client_down_without_dropping() {
     let mut flood = broker.connect(&unique("flood")).await;
     let mut bytes = Vec::new();
     for i in 0..25u8 {
-        bytes.extend(wire(publish_packet(&t, &[i], QoS::AtMostOnce, 0, false, false)));
+        bytes.extend(wire(publish_packet(
+            &t,
+            &[i],
+            QoS::AtMostOnce,
+            0,
+            false,
+            false,
+        )));
     }
     bytes.extend(wire(Packet::PingReq));
     let started = Instant::now();
@@ -68,7 +75,11 @@ async fn a_slow_connect_is_closed_at_the_timeout() {
         }
     }
     raw.expect_closed().await;
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A TLS listener's handshake counts against `connect_timeout` too: a client that opens the
@@ -78,7 +89,11 @@ async fn a_silent_tls_client_is_closed_at_the_timeout() {
     let certs = TestCerts::new();
     let mut config = test_config();
     config.connect_timeout = Duration::from_millis(300);
-    config.listeners = vec![ListenerConfig::tls("127.0.0.1:0".parse().unwrap(), &certs.cert, &certs.key)];
+    config.listeners = vec![ListenerConfig::tls(
+        "127.0.0.1:0".parse().unwrap(),
+        &certs.cert,
+        &certs.key,
+    )];
     let broker = hermes_mqtt::Broker::start(config).await.unwrap();
     let mut silent = Raw::open(broker.local_addrs()[0]).await;
     let started = Instant::now();
@@ -97,10 +112,15 @@ async fn garbage_is_closed_quickly_and_counted() {
     let started = Instant::now();
     for i in 0..50u8 {
         let mut raw = broker.raw().await;
-        raw.send_bytes_lossy(&[0xff, i, b'G', b'E', b'T', b' ', b'/']).await;
+        raw.send_bytes_lossy(&[0xff, i, b'G', b'E', b'T', b' ', b'/'])
+            .await;
         raw.expect_closed().await;
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     // A connected client that sends garbage too.
     let mut client = broker.connect(&unique("c")).await;
     client.send_bytes_lossy(&[0x00, 0x00]).await;

@@ -60,13 +60,22 @@ async fn tls_carries_mqtt_both_ways() {
     };
     let t = unique("tls/t");
     let mut client = StreamClient::connect(certs.connect(tls).await, &unique("tls")).await;
-    client.send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)])).await;
+    client
+        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
+        .await;
     assert!(matches!(client.recv().await, Packet::SubAck(_)));
     published_over_tcp(tcp, &t).await;
     expect_publish(client.recv().await, &t);
     // And from the TLS client to itself.
     client
-        .send(publish_packet(&t, b"over another stream", QoS::AtMostOnce, 0, false, false))
+        .send(publish_packet(
+            &t,
+            b"over another stream",
+            QoS::AtMostOnce,
+            0,
+            false,
+            false,
+        ))
         .await;
     expect_publish(client.recv().await, &t);
     broker.shutdown().await.unwrap();
@@ -81,7 +90,10 @@ async fn plain_mqtt_on_a_tls_port_is_closed_and_counted() {
     )
     .await;
     let mut stream = TcpStream::connect(broker.local_addrs()[0]).await.unwrap();
-    stream.write_all(&wire(connect_packet(&unique("plain")))).await.unwrap();
+    stream
+        .write_all(&wire(connect_packet(&unique("plain"))))
+        .await
+        .unwrap();
     // A TLS alert may come back, then the close.
     let mut answer = Vec::new();
     tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut answer))
@@ -96,7 +108,10 @@ async fn plain_mqtt_on_a_tls_port_is_closed_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_carries_mqtt_in_binary_frames() {
     let broker = start(
-        vec![ListenerConfig::tcp(any_port()), ListenerConfig::ws(any_port())],
+        vec![
+            ListenerConfig::tcp(any_port()),
+            ListenerConfig::ws(any_port()),
+        ],
         |_| {},
     )
     .await;
@@ -108,13 +123,22 @@ async fn websocket_carries_mqtt_in_binary_frames() {
     assert_eq!(client.protocol.as_deref(), Some("mqtt"), "[MQTT-6.0.0-4]");
     client.connect(&unique("ws")).await;
     let t = unique("ws/t");
-    client.send(subscribe_packet(1, &[(&t, QoS::AtLeastOnce)])).await;
+    client
+        .send(subscribe_packet(1, &[(&t, QoS::AtLeastOnce)]))
+        .await;
     assert!(matches!(client.recv().await, Packet::SubAck(_)));
     published_over_tcp(tcp, &t).await;
     expect_publish(client.recv().await, &t);
 
     // Two packets in one frame, and one packet split over two frames [MQTT-6.0.0-2].
-    let mut both = wire(publish_packet(&t, b"over another stream", QoS::AtMostOnce, 0, false, false));
+    let mut both = wire(publish_packet(
+        &t,
+        b"over another stream",
+        QoS::AtMostOnce,
+        0,
+        false,
+        false,
+    ));
     both.extend(wire(Packet::PingReq));
     client.send_frame(Message::Binary(both.into())).await;
     // The PINGRESP may overtake the message, which goes through the subscriber's session.
@@ -175,7 +199,9 @@ async fn websocket_over_tls_carries_mqtt() {
     let mut client = ws_handshake(tls, &format!("wss://localhost:{}/custom", wss.port())).await;
     client.connect(&unique("wss")).await;
     let t = unique("wss/t");
-    client.send(subscribe_packet(1, &[(&t, QoS::AtLeastOnce)])).await;
+    client
+        .send(subscribe_packet(1, &[(&t, QoS::AtLeastOnce)]))
+        .await;
     assert!(matches!(client.recv().await, Packet::SubAck(_)));
     published_over_tcp(tcp, &t).await;
     expect_publish(client.recv().await, &t);
@@ -200,14 +226,27 @@ async fn every_kind_at_once_shares_one_broker() {
     };
     let t = unique("all/t");
     let mut over_tls = StreamClient::connect(certs.connect(tls).await, &unique("a")).await;
-    let mut over_ws = ws_handshake(TcpStream::connect(ws).await.unwrap(), &format!("ws://{ws}/mqtt")).await;
+    let mut over_ws = ws_handshake(
+        TcpStream::connect(ws).await.unwrap(),
+        &format!("ws://{ws}/mqtt"),
+    )
+    .await;
     over_ws.connect(&unique("b")).await;
-    let mut over_wss =
-        ws_handshake(certs.connect(wss).await, &format!("wss://localhost:{}/mqtt", wss.port())).await;
+    let mut over_wss = ws_handshake(
+        certs.connect(wss).await,
+        &format!("wss://localhost:{}/mqtt", wss.port()),
+    )
+    .await;
     over_wss.connect(&unique("c")).await;
-    over_tls.send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)])).await;
-    over_ws.send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)])).await;
-    over_wss.send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)])).await;
+    over_tls
+        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
+        .await;
+    over_ws
+        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
+        .await;
+    over_wss
+        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
+        .await;
     assert!(matches!(over_tls.recv().await, Packet::SubAck(_)));
     assert!(matches!(over_ws.recv().await, Packet::SubAck(_)));
     assert!(matches!(over_wss.recv().await, Packet::SubAck(_)));
@@ -252,7 +291,10 @@ async fn max_connections_per_listener_and_overall() {
         if let Next::Packet(Packet::ConnAck(_)) = raw.next(Duration::from_secs(1)).await {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the place was not given back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     broker.shutdown().await.unwrap();

@@ -21,9 +21,13 @@ async fn sys_topics_are_published_every_interval() {
         return;
     };
     let mut watcher = broker.connect(&unique("watcher")).await;
-    watcher.subscribe_one("$SYS/broker/#", QoS::AtMostOnce).await;
+    watcher
+        .subscribe_one("$SYS/broker/#", QoS::AtMostOnce)
+        .await;
     let mut publisher = broker.connect(&unique("publisher")).await;
-    publisher.publish("sys/test", b"counted", QoS::AtLeastOnce, false).await;
+    publisher
+        .publish("sys/test", b"counted", QoS::AtLeastOnce, false)
+        .await;
     // Until a third round starts: the second, whole, came after both clients connected.
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut uptimes = 0;
@@ -34,7 +38,10 @@ async fn sys_topics_are_published_every_interval() {
         if topic == "$SYS/broker/uptime" {
             uptimes += 1;
         }
-        seen.insert(topic, String::from_utf8_lossy(&publish.payload).into_owned());
+        seen.insert(
+            topic,
+            String::from_utf8_lossy(&publish.payload).into_owned(),
+        );
     }
     for topic in [
         "version",
@@ -67,7 +74,10 @@ async fn sys_topics_are_published_every_interval() {
     assert!(value("uptime").ends_with(" seconds"));
     assert_eq!(number("clients/connected"), 2.0);
     assert!(number("subscriptions/count") >= 1.0);
-    assert!(number("messages/received") >= 4.0, "CONNECTs, SUBSCRIBE, PUBLISH");
+    assert!(
+        number("messages/received") >= 4.0,
+        "CONNECTs, SUBSCRIBE, PUBLISH"
+    );
     assert!(number("bytes/received") > 0.0);
     assert!(number("load/messages/received/1min") > 0.0);
 }
@@ -115,23 +125,41 @@ async fn prometheus_metrics_on_their_own_listener() {
     let mut client = mqtt.connect(&unique("m")).await;
     client.subscribe_one("m/#", QoS::AtLeastOnce).await;
     client.publish("m/x", b"1", QoS::AtLeastOnce, false).await;
-    assert!(matches!(client.recv_publish().await, hermes_mqtt::Publish { .. }));
+    assert!(matches!(
+        client.recv_publish().await,
+        hermes_mqtt::Publish { .. }
+    ));
 
     let answer = get(metrics, "/metrics").await;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    assert!(body.contains("# TYPE hermes_mqtt_clients_connected gauge"), "{body}");
+    assert!(
+        body.contains("# TYPE hermes_mqtt_clients_connected gauge"),
+        "{body}"
+    );
     assert_eq!(metric(body, "clients_connected"), 1);
     assert_eq!(metric(body, "subscriptions"), 1);
     assert!(metric(body, "publish_received_total") >= 1);
     assert!(metric(body, "publish_sent_total") >= 1);
     assert!(metric(body, "bytes_received_total") > 0);
     assert!(metric(body, "connections_open") >= 1);
-    assert!(broker.metrics_text().contains("hermes_mqtt_uptime_seconds "));
+    assert!(
+        broker
+            .metrics_text()
+            .contains("hermes_mqtt_uptime_seconds ")
+    );
 
-    assert!(http_status(metrics, "GET / HTTP/1.1\r\n\r\n").await.contains("404"));
-    assert!(http_status(metrics, "POST /metrics HTTP/1.1\r\n\r\n").await.contains("405"));
+    assert!(
+        http_status(metrics, "GET / HTTP/1.1\r\n\r\n")
+            .await
+            .contains("404")
+    );
+    assert!(
+        http_status(metrics, "POST /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .contains("405")
+    );
     broker.shutdown().await.unwrap();
 }
 
@@ -143,13 +171,20 @@ async fn traffic_is_counted() {
     };
     let mut client = broker.connect(&unique("c")).await;
     client.subscribe_one("s/#", QoS::AtMostOnce).await;
-    client.publish("s/x", b"payload", QoS::AtMostOnce, false).await;
-    let _ = client.recv_where("PUBLISH", |p| matches!(p, Packet::Publish(_))).await;
+    client
+        .publish("s/x", b"payload", QoS::AtMostOnce, false)
+        .await;
+    let _ = client
+        .recv_where("PUBLISH", |p| matches!(p, Packet::Publish(_)))
+        .await;
     client.disconnect().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stats = broker.shutdown_stats().await;
     assert!(stats.packets_received >= 4, "{stats:?}");
     assert!(stats.packets_sent >= 3, "{stats:?}");
-    assert!(stats.bytes_received > 20 && stats.bytes_sent > 10, "{stats:?}");
+    assert!(
+        stats.bytes_received > 20 && stats.bytes_sent > 10,
+        "{stats:?}"
+    );
     assert_eq!(stats.clients_connected, 0);
 }

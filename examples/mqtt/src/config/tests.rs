@@ -84,11 +84,21 @@ fn every_key() {
     assert_eq!(c.max_connections, 7);
     assert_eq!(c.publish_rate(), Some((100, 10)));
     assert_eq!(c.tcp_keepalive, None);
-    assert_eq!(c.password_file.as_deref(), Some(Path::new("/etc/hermes-mqtt/passwd")));
-    assert_eq!(c.acl_file.as_deref(), Some(Path::new("/etc/hermes-mqtt/acl")));
+    assert_eq!(
+        c.password_file.as_deref(),
+        Some(Path::new("/etc/hermes-mqtt/passwd"))
+    );
+    assert_eq!(
+        c.acl_file.as_deref(),
+        Some(Path::new("/etc/hermes-mqtt/acl"))
+    );
     assert_eq!(
         c.hash_params(),
-        crate::auth::HashParams { memory_kib: 8, iterations: 1, parallelism: 1 }
+        crate::auth::HashParams {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1
+        }
     );
     assert_eq!(c.sys_interval, Duration::ZERO);
     assert_eq!(c.metrics_address, Some("127.0.0.1:9883".parse().unwrap()));
@@ -154,7 +164,11 @@ fn bad_values_are_errors_naming_the_key() {
         ("argon2_parallelism = 256", "argon2_parallelism", "1 to 255"),
         ("sys_interval = \"often\"", "sys_interval", "not a duration"),
         ("tcp_keepalive = \"10ms\"", "tcp_keepalive", "1s"),
-        ("metrics_address = \"localhost\"", "metrics_address", "IP address"),
+        (
+            "metrics_address = \"localhost\"",
+            "metrics_address",
+            "IP address",
+        ),
         ("max_connections = -1", "max_connections", "-1"),
         (
             "listeners = [\n  \"127.0.0.1:1883\",\n  \"localhost:1883\",\n]",
@@ -305,7 +319,8 @@ fn listener_tables() {
         c.listeners,
         [
             ListenerConfig::tcp(addr("0.0.0.0:1883")),
-            ListenerConfig::tls(addr("0.0.0.0:8883"), "cert.pem", "key.pem").with_max_connections(10),
+            ListenerConfig::tls(addr("0.0.0.0:8883"), "cert.pem", "key.pem")
+                .with_max_connections(10),
             ListenerConfig::ws(addr("[::]:8080")),
             ListenerConfig::wss(addr("0.0.0.0:8081"), "cert.pem", "key.pem").with_path("/ws"),
         ]
@@ -313,7 +328,10 @@ fn listener_tables() {
     // Strings, as before tables: TCP listeners.
     let c = Config::from_toml(r#"listeners = ["127.0.0.1:1883", "[::1]:1884"]"#).unwrap();
     assert!(c.listeners.iter().all(|l| l.kind == ListenerKind::Tcp));
-    assert_eq!(c.listeners[0].url(c.listeners[0].address), "mqtt://127.0.0.1:1883");
+    assert_eq!(
+        c.listeners[0].url(c.listeners[0].address),
+        "mqtt://127.0.0.1:1883"
+    );
 }
 
 #[test]
@@ -379,8 +397,16 @@ fn users_in_the_configuration_say_how_to_migrate() {
 fn the_example_file_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hermes-mqtt.toml");
     let c = Config::load(&path).unwrap();
-    assert!(c.listeners.len() >= 4, "the example shows every kind of listener");
-    for kind in [ListenerKind::Tcp, ListenerKind::Tls, ListenerKind::Ws, ListenerKind::Wss] {
+    assert!(
+        c.listeners.len() >= 4,
+        "the example shows every kind of listener"
+    );
+    for kind in [
+        ListenerKind::Tcp,
+        ListenerKind::Tls,
+        ListenerKind::Ws,
+        ListenerKind::Wss,
+    ] {
         assert!(c.listeners.iter().any(|l| l.kind == kind), "{kind}");
     }
 }

@@ -73,8 +73,8 @@ pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsEr
             "no CERTIFICATE in it".to_owned(),
         ));
     }
-    let private_key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| file_error("key", key, e.to_string()))?;
+    let private_key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("key", key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let pair_error = |message: String| TlsError::Pair {
         cert: cert.to_owned(),
@@ -256,23 +256,35 @@ async fn handshake(
     match (kind, tls) {
         (ListenerKind::Tcp, _) => {
             let (read, write) = stream.into_split();
-            conn::serve(read, write, peer, deadline, link, outbox, shared, hermes, places).await;
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
         }
         (ListenerKind::Ws, _) => {
             let io = step!(ws::accept(stream, &path, max_message));
             let (read, write) = tokio::io::split(io);
-            conn::serve(read, write, peer, deadline, link, outbox, shared, hermes, places).await;
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
         }
         (ListenerKind::Tls, Some(acceptor)) => {
             let stream = step!(acceptor.accept(stream));
             let (read, write) = tokio::io::split(stream);
-            conn::serve(read, write, peer, deadline, link, outbox, shared, hermes, places).await;
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
         }
         (ListenerKind::Wss, Some(acceptor)) => {
             let stream = step!(acceptor.accept(stream));
             let io = step!(ws::accept(stream, &path, max_message));
             let (read, write) = tokio::io::split(io);
-            conn::serve(read, write, peer, deadline, link, outbox, shared, hermes, places).await;
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
         }
         (ListenerKind::Tls | ListenerKind::Wss, None) => {
             // Bound listeners of these kinds always have an acceptor.
@@ -283,7 +295,13 @@ async fn handshake(
     }
 }
 
-fn handshake_failed(shared: &Shared, conn: u64, peer: SocketAddr, kind: ListenerKind, failed: &Failed) {
+fn handshake_failed(
+    shared: &Shared,
+    conn: u64,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    failed: &Failed,
+) {
     match failed {
         Failed::Closed => {
             tracing::debug!(conn, %peer, "broker closing: handshake abandoned");

@@ -343,7 +343,12 @@ impl RateLimited {
             return false;
         }
         self.last
-            .compare_exchange(last, now.saturating_add(1), Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(
+                last,
+                now.saturating_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .is_ok()
     }
 }

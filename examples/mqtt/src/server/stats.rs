@@ -214,7 +214,8 @@ impl Loads {
             .update(d(b.publish_sent, now.publish_sent), secs);
         self.bytes_received
             .update(d(b.bytes_received, now.bytes_received), secs);
-        self.bytes_sent.update(d(b.bytes_sent, now.bytes_sent), secs);
+        self.bytes_sent
+            .update(d(b.bytes_sent, now.bytes_sent), secs);
         self.connections
             .update(d(b.connections, now.connections), secs);
     }
@@ -426,23 +427,91 @@ pub(crate) fn prometheus(shared: &Shared) -> String {
         s.connections,
     );
     let counters: [(&str, &str, &AtomicU64); 17] = [
-        ("bytes_received_total", "Bytes read from clients.", &c.bytes_received),
-        ("bytes_sent_total", "Bytes written to clients.", &c.bytes_sent),
-        ("packets_received_total", "MQTT packets read from clients.", &c.packets_received),
-        ("packets_sent_total", "MQTT packets written to clients.", &c.packets_sent),
-        ("publish_received_total", "PUBLISH packets read from clients.", &c.publish_received),
-        ("publish_sent_total", "PUBLISH packets written to clients.", &c.publish_sent),
-        ("messages_published_total", "Messages published into the broker (client PUBLISHes and wills).", &c.published),
-        ("queue_drops_total", "Queued QoS 1 and 2 messages dropped for a full session queue.", &c.queue_drops),
-        ("qos0_drops_total", "QoS 0 messages dropped for a client that is behind.", &c.qos0_drops),
-        ("mailbox_drops_total", "Messages dropped for a full session mailbox.", &c.full_drops),
-        ("expired_sessions_total", "Persistent sessions discarded after session_expiry.", &c.expired_sessions),
-        ("connections_refused_limit_total", "Connections closed at once over max_connections.", &c.refused_limit),
-        ("connect_refused_auth_total", "CONNECTs refused with 0x04 or 0x05.", &c.refused_auth),
-        ("acl_denied_publish_total", "PUBLISHes dropped by the ACL or for a $SYS topic.", &c.denied_publish),
-        ("acl_denied_subscribe_total", "Topic filters refused by the ACL (SUBACK 0x80).", &c.denied_subscribe),
-        ("protocol_errors_total", "Connections closed for a protocol error.", &c.protocol_errors),
-        ("handshake_failures_total", "Connections closed for a failed TLS or WebSocket handshake.", &c.handshake_failures),
+        (
+            "bytes_received_total",
+            "Bytes read from clients.",
+            &c.bytes_received,
+        ),
+        (
+            "bytes_sent_total",
+            "Bytes written to clients.",
+            &c.bytes_sent,
+        ),
+        (
+            "packets_received_total",
+            "MQTT packets read from clients.",
+            &c.packets_received,
+        ),
+        (
+            "packets_sent_total",
+            "MQTT packets written to clients.",
+            &c.packets_sent,
+        ),
+        (
+            "publish_received_total",
+            "PUBLISH packets read from clients.",
+            &c.publish_received,
+        ),
+        (
+            "publish_sent_total",
+            "PUBLISH packets written to clients.",
+            &c.publish_sent,
+        ),
+        (
+            "messages_published_total",
+            "Messages published into the broker (client PUBLISHes and wills).",
+            &c.published,
+        ),
+        (
+            "queue_drops_total",
+            "Queued QoS 1 and 2 messages dropped for a full session queue.",
+            &c.queue_drops,
+        ),
+        (
+            "qos0_drops_total",
+            "QoS 0 messages dropped for a client that is behind.",
+            &c.qos0_drops,
+        ),
+        (
+            "mailbox_drops_total",
+            "Messages dropped for a full session mailbox.",
+            &c.full_drops,
+        ),
+        (
+            "expired_sessions_total",
+            "Persistent sessions discarded after session_expiry.",
+            &c.expired_sessions,
+        ),
+        (
+            "connections_refused_limit_total",
+            "Connections closed at once over max_connections.",
+            &c.refused_limit,
+        ),
+        (
+            "connect_refused_auth_total",
+            "CONNECTs refused with 0x04 or 0x05.",
+            &c.refused_auth,
+        ),
+        (
+            "acl_denied_publish_total",
+            "PUBLISHes dropped by the ACL or for a $SYS topic.",
+            &c.denied_publish,
+        ),
+        (
+            "acl_denied_subscribe_total",
+            "Topic filters refused by the ACL (SUBACK 0x80).",
+            &c.denied_subscribe,
+        ),
+        (
+            "protocol_errors_total",
+            "Connections closed for a protocol error.",
+            &c.protocol_errors,
+        ),
+        (
+            "handshake_failures_total",
+            "Connections closed for a failed TLS or WebSocket handshake.",
+            &c.handshake_failures,
+        ),
     ];
     for (name, help, counter) in counters {
         metric(name, "counter", help, get(counter));
@@ -490,7 +559,13 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         request.extend_from_slice(buf.get(..n).unwrap_or_default());
         if request.len() > MAX_REQUEST {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "", false).await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "",
+                false,
+            )
+            .await;
         }
     }
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -504,7 +579,13 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             respond(&mut stream, "200 OK", &body, method == "HEAD").await
         }
         ("GET" | "HEAD", _) => {
-            respond(&mut stream, "404 Not Found", "metrics are at /metrics\n", false).await
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "metrics are at /metrics\n",
+                false,
+            )
+            .await
         }
         _ => respond(&mut stream, "405 Method Not Allowed", "use GET\n", false).await,
     }

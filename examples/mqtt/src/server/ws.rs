@@ -6,6 +6,7 @@
 //! the subprotocol `mqtt` [MQTT-6.0.0-4] (or `mqttv3.1` for MQTT 3.1 clients that offer only
 //! that); a handshake that offers neither is refused with 400, another path with 404.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -21,6 +22,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Most bytes one frame the writer sends carries.
 const FRAME_BYTES: usize = 256 * 1024;
+/// How long a closing connection waits for the client's Close frame after sending its own
+/// (the WebSocket closing handshake), so that the client does not write into a closed socket.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accepts a WebSocket handshake on `stream` for `path`, with messages of at most
 /// `max_message` bytes.
@@ -37,19 +41,27 @@ where
         .max_frame_size(Some(max_message))
         .read_buffer_size(16 * 1024);
     let path = path.to_owned();
+    // The callback's error type is tungstenite's.
+    #[allow(clippy::result_large_err)]
     let callback = move |request: &Request, response: Response| handshake(&path, request, response);
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
     Ok(WsIo {
         ws,
         read: Bytes::new(),
         write: BytesMut::new(),
         eof: false,
+        linger: None,
     })
 }
 
 /// Checks the upgrade request: the path, and a subprotocol for MQTT.
 #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
-fn handshake(path: &str, request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+fn handshake(
+    path: &str,
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
     let refuse = |status: StatusCode, message: &str| {
         let mut error = ErrorResponse::new(Some(message.to_owned()));
         *error.status_mut() = status;
@@ -94,6 +106,8 @@ pub(crate) struct WsIo<S> {
     /// What is written, not yet sent.
     write: BytesMut,
     eof: bool,
+    /// While closing: until when to wait for the client's Close frame.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 fn ws_error(error: tokio_tungstenite::tungstenite::Error) -> io::Error {
@@ -191,7 +205,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.ws).poll_close(cx).map_err(ws_error)
+        if this.linger.is_none() {
+            ready!(this.poll_send(cx))?;
+            ready!(Pin::new(&mut this.ws).poll_close(cx)).map_err(ws_error)?;
+            this.linger = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+        }
+        // The closing handshake: what the client still sends, up to its Close frame (or the
+        // end of the stream), is read and dropped, for a while.
+        if this.eof {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some(linger) = &mut this.linger
+                && linger.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
     }
 }

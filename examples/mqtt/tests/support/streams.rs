@@ -147,10 +147,7 @@ pub struct WsClient<S> {
 }
 
 /// Opens a WebSocket on `stream` to `url` offering subprotocol `mqtt`.
-pub async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    url: &str,
-) -> WsClient<S> {
+pub async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: S, url: &str) -> WsClient<S> {
     let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
