@@ -15,6 +15,7 @@ cd "$(dirname "$0")/../.."
 
 command -v mosquitto_sub >/dev/null || (apt-get update && apt-get install -y mosquitto-clients)
 command -v openssl >/dev/null || (apt-get update && apt-get install -y openssl)
+command -v npm >/dev/null || (apt-get update && apt-get install -y nodejs npm)
 cargo build --release -p hermes-mqtt
 BIN=$PWD/target/release/hermes-mqtt
 
