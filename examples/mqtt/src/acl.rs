@@ -51,6 +51,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::config::LineError;
 use crate::topic::{TopicFilter, TopicName};
 
 /// What a rule grants (or denies).
@@ -99,17 +100,10 @@ pub enum AclError {
     },
     /// A line that is not a rule.
     #[error(
-        "{}line {line}: {message} (lines are `user NAME`, `client ID`, `topic [read|write|readwrite|deny] FILTER` or `pattern [read|write|readwrite|deny] FILTER`)",
-        file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
+        "{0} (lines are `user NAME`, `client ID`, `topic [read|write|readwrite|deny] FILTER` \
+         or `pattern [read|write|readwrite|deny] FILTER`)"
     )]
-    Line {
-        /// The file, when read from one.
-        file: Option<PathBuf>,
-        /// The line, from 1.
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
+    Line(LineError),
 }
 
 /// A parsed ACL file.
@@ -135,11 +129,7 @@ impl AclFile {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            AclError::Line { line, message, .. } => AclError::Line {
-                file: Some(path.to_owned()),
-                line,
-                message,
-            },
+            AclError::Line(line) => AclError::Line(line.in_file(path)),
             other => other,
         })
     }
@@ -149,11 +139,7 @@ impl AclFile {
         let mut acl = AclFile::default();
         let mut section = Section::Anonymous;
         for (i, line) in text.lines().enumerate() {
-            let bad = |message: String| AclError::Line {
-                file: None,
-                line: i + 1,
-                message,
-            };
+            let bad = |message: String| AclError::Line(LineError::new(i + 1, message));
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;

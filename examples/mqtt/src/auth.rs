@@ -25,6 +25,8 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
+use crate::config::LineError;
+
 /// The argon2id cost of new hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HashParams {
@@ -95,19 +97,8 @@ pub enum AuthError {
         source: std::io::Error,
     },
     /// A line of the password file is not `user:argon2-hash`.
-    #[error(
-        "{}line {line}: {message} (each line is `user:hash`, as `hermes-mqtt passwd FILE USER` \
-         writes it)",
-        file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
-    )]
-    Line {
-        /// The file, when read from one.
-        file: Option<PathBuf>,
-        /// The line, from 1.
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
+    #[error("{0} (each line is `user:hash`, as `hermes-mqtt passwd FILE USER` writes it)")]
+    Line(LineError),
     /// A user name that a password file cannot hold.
     #[error("{0:?} cannot be a user name here: give one without ':' or line breaks, not empty")]
     BadUserName(String),
@@ -149,11 +140,7 @@ impl PasswordFile {
             source,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            AuthError::Line { line, message, .. } => AuthError::Line {
-                file: Some(path.to_owned()),
-                line,
-                message,
-            },
+            AuthError::Line(line) => AuthError::Line(line.in_file(path)),
             other => other,
         })
     }
@@ -162,11 +149,7 @@ impl PasswordFile {
     pub fn parse(text: &str) -> Result<Self, AuthError> {
         let mut users = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
-            let bad = |message: String| AuthError::Line {
-                file: None,
-                line: i + 1,
-                message,
-            };
+            let bad = |message: String| AuthError::Line(LineError::new(i + 1, message));
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;

@@ -524,6 +524,39 @@ impl fmt::Display for LogLevel {
     }
 }
 
+/// A line of a text file (the password file, the ACL file) that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}line {line}: {message}", file_prefix(file.as_deref()))]
+pub struct LineError {
+    /// The file, when read from one.
+    pub file: Option<PathBuf>,
+    /// The line, from 1.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl LineError {
+    /// Line `line` is wrong for `message`.
+    #[must_use]
+    pub fn new(line: usize, message: String) -> Self {
+        Self {
+            file: None,
+            line,
+            message,
+        }
+    }
+
+    /// The same error, in `path`.
+    #[must_use]
+    pub fn in_file(self, path: &Path) -> Self {
+        Self {
+            file: Some(path.to_owned()),
+            ..self
+        }
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

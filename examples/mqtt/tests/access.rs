@@ -253,26 +253,25 @@ async fn an_unknown_user_takes_as_long_as_a_wrong_password() {
     let mut config = test_config();
     config.password_file = Some(dir.path().join("passwd"));
     let broker = TestBroker::with_config(config).await;
-    let time = |user: &'static str| {
-        let broker = &broker;
-        async move {
-            let mut samples = Vec::new();
-            for _ in 0..7 {
-                let started = Instant::now();
-                let (_, ack) = broker
-                    .raw_connect(login(&unique("t"), Some((user, "wrong"))))
-                    .await;
-                assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
-                samples.push(started.elapsed());
-            }
-            samples.sort();
-            samples[samples.len() / 2]
+    // Interleaved, so that both see the same load (other tests run at the same time), and
+    // medians; without the stand-in hash an unknown user is answered some 100 times faster.
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..9 {
+        for (user, samples) in [("alice", &mut known), ("nobody", &mut unknown)] {
+            let started = Instant::now();
+            let (_, ack) = broker
+                .raw_connect(login(&unique("t"), Some((user, "wrong"))))
+                .await;
+            assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
+            samples.push(started.elapsed());
         }
-    };
-    let known = time("alice").await;
-    let unknown = time("nobody").await;
+    }
+    known.sort();
+    unknown.sort();
+    let (known, unknown) = (known[known.len() / 2], unknown[unknown.len() / 2]);
     assert!(
-        unknown * 2 >= known && known * 2 >= unknown,
+        unknown * 3 >= known && known * 3 >= unknown,
         "wrong password: {known:?}, unknown user: {unknown:?}"
     );
 }

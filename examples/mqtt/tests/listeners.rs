@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hermes_mqtt::{Broker, Config, ListenerConfig, Packet, QoS, StartError, SubscribeReturnCode};
-use support::streams::{StreamClient, TestCerts, http_status, upgrade_request, ws_handshake};
+use support::streams::{
+    PacketIo, StreamClient, TestCerts, http_status, upgrade_request, ws_handshake,
+};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,10 +62,7 @@ async fn tls_carries_mqtt_both_ways() {
     };
     let t = unique("tls/t");
     let mut client = StreamClient::connect(certs.connect(tls).await, &unique("tls")).await;
-    client
-        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
-        .await;
-    assert!(matches!(client.recv().await, Packet::SubAck(_)));
+    client.subscribe_to(&t).await;
     published_over_tcp(tcp, &t).await;
     expect_publish(client.recv().await, &t);
     // And from the TLS client to itself.
@@ -123,10 +122,7 @@ async fn websocket_carries_mqtt_in_binary_frames() {
     assert_eq!(client.protocol.as_deref(), Some("mqtt"), "[MQTT-6.0.0-4]");
     client.connect(&unique("ws")).await;
     let t = unique("ws/t");
-    client
-        .send(subscribe_packet(1, &[(&t, QoS::AtLeastOnce)]))
-        .await;
-    assert!(matches!(client.recv().await, Packet::SubAck(_)));
+    client.subscribe_to(&t).await;
     published_over_tcp(tcp, &t).await;
     expect_publish(client.recv().await, &t);
 
@@ -199,10 +195,7 @@ async fn websocket_over_tls_carries_mqtt() {
     let mut client = ws_handshake(tls, &format!("wss://localhost:{}/custom", wss.port())).await;
     client.connect(&unique("wss")).await;
     let t = unique("wss/t");
-    client
-        .send(subscribe_packet(1, &[(&t, QoS::AtLeastOnce)]))
-        .await;
-    assert!(matches!(client.recv().await, Packet::SubAck(_)));
+    client.subscribe_to(&t).await;
     published_over_tcp(tcp, &t).await;
     expect_publish(client.recv().await, &t);
     broker.shutdown().await.unwrap();
@@ -238,18 +231,9 @@ async fn every_kind_at_once_shares_one_broker() {
     )
     .await;
     over_wss.connect(&unique("c")).await;
-    over_tls
-        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
-        .await;
-    over_ws
-        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
-        .await;
-    over_wss
-        .send(subscribe_packet(1, &[(&t, QoS::AtMostOnce)]))
-        .await;
-    assert!(matches!(over_tls.recv().await, Packet::SubAck(_)));
-    assert!(matches!(over_ws.recv().await, Packet::SubAck(_)));
-    assert!(matches!(over_wss.recv().await, Packet::SubAck(_)));
+    over_tls.subscribe_to(&t).await;
+    over_ws.subscribe_to(&t).await;
+    over_wss.subscribe_to(&t).await;
     assert_eq!(broker.stats().clients_connected, 3);
     published_over_tcp(tcp, &t).await;
     expect_publish(over_tls.recv().await, &t);

@@ -101,23 +101,37 @@ pub(crate) struct Local {
 }
 
 impl Local {
+    /// Adds what was read to the shared counters.
     pub(crate) fn flush_received(&mut self, c: &Counters) {
-        if self.bytes | self.packets | self.published != 0 {
-            Counters::add(&c.bytes_received, self.bytes);
-            Counters::add(&c.packets_received, self.packets);
-            Counters::add(&c.publish_received, self.publishes);
-            Counters::add(&c.published, self.published);
-            *self = Local::default();
-        }
+        self.flush(
+            [&c.bytes_received, &c.packets_received, &c.publish_received],
+            &c.published,
+        );
     }
 
+    /// Adds what was written to the shared counters.
     pub(crate) fn flush_sent(&mut self, c: &Counters) {
-        if self.bytes | self.packets != 0 {
-            Counters::add(&c.bytes_sent, self.bytes);
-            Counters::add(&c.packets_sent, self.packets);
-            Counters::add(&c.publish_sent, self.publishes);
-            *self = Local::default();
+        self.flush(
+            [&c.bytes_sent, &c.packets_sent, &c.publish_sent],
+            &c.published,
+        );
+    }
+
+    fn flush(&mut self, [bytes, packets, publishes]: [&AtomicU64; 3], published: &AtomicU64) {
+        if self.bytes | self.packets | self.published == 0 {
+            return;
         }
+        for (counter, n) in [
+            (bytes, self.bytes),
+            (packets, self.packets),
+            (publishes, self.publishes),
+            (published, self.published),
+        ] {
+            if n != 0 {
+                Counters::add(counter, n);
+            }
+        }
+        *self = Local::default();
     }
 }
 

@@ -243,3 +243,45 @@ pub fn upgrade_request(path: &str, protocol: Option<&str>) -> String {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
     )
 }
+
+/// A client that sends and receives MQTT packets, whatever carries them.
+#[allow(async_fn_in_trait)] // test code: no Send bound needed
+pub trait PacketIo {
+    /// Sends a packet.
+    async fn send_packet(&mut self, packet: Packet);
+    /// The next packet, within [`TIMEOUT`].
+    async fn recv_packet(&mut self) -> Packet;
+
+    /// Subscribes to `topic_name` at QoS 1 and waits for the SUBACK.
+    async fn subscribe_to(&mut self, topic_name: &str) {
+        self.send_packet(
+            super::subscribe_packet(1, &[(topic_name, hermes_mqtt::QoS::AtLeastOnce)]).into(),
+        )
+        .await;
+        let ack = self.recv_packet().await;
+        assert!(
+            matches!(ack, Packet::SubAck(_)),
+            "expected SUBACK, got {ack:?}"
+        );
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo for StreamClient<S> {
+    async fn send_packet(&mut self, packet: Packet) {
+        self.send(packet).await;
+    }
+
+    async fn recv_packet(&mut self) -> Packet {
+        self.recv().await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketIo for WsClient<S> {
+    async fn send_packet(&mut self, packet: Packet) {
+        self.send(packet).await;
+    }
+
+    async fn recv_packet(&mut self) -> Packet {
+        self.recv().await
+    }
+}
