@@ -399,7 +399,11 @@ impl Broker {
             })
             .collect();
         if let Some(listener) = metrics {
-            accepting.push(runtime.spawn(stats::metrics_loop(listener, Arc::clone(&shared))));
+            accepting.push(runtime.spawn(stats::metrics_loop(
+                listener,
+                Arc::clone(&shared),
+                hermes.clone(),
+            )));
         }
         let sys_interval = shared.config.sys_interval;
         if !sys_interval.is_zero() {
@@ -445,7 +449,7 @@ impl Broker {
 
     /// The Prometheus text exposition of the broker's metrics, as `GET /metrics` serves it.
     pub fn metrics_text(&self) -> String {
-        stats::prometheus(&self.shared)
+        stats::prometheus(&self.shared, &self.hermes.stats())
     }
 
     /// The broker's counters so far.

@@ -145,6 +145,10 @@ async fn prometheus_metrics_on_their_own_listener() {
     assert!(metric(body, "bytes_received_total") > 0);
     assert!(metric(body, "connections_open") >= 1);
     assert!(
+        metric(body, "hermes_receivers_live") >= 1,
+        "the client's session"
+    );
+    assert!(
         broker
             .metrics_text()
             .contains("hermes_mqtt_uptime_seconds ")

@@ -382,8 +382,8 @@ pub(crate) async fn summary_loop(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-/// The Prometheus text exposition of the broker's metrics.
-pub(crate) fn prometheus(shared: &Shared) -> String {
+/// The Prometheus text exposition of the broker's metrics, and of its Hermes runtime's.
+pub(crate) fn prometheus(shared: &Shared, hermes: &hermes::Stats) -> String {
     let s = Snapshot::take(shared);
     let c = &shared.counters;
     let mut out = String::with_capacity(4096);
@@ -536,12 +536,43 @@ pub(crate) fn prometheus(shared: &Shared) -> String {
         "Times a connection waited for max_publish_rate.",
         get(&c.publish_throttled),
     );
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    metric(
+        "hermes_receivers_live",
+        "gauge",
+        "Hermes receivers (sessions, retained shards) in memory.",
+        count(hermes.live),
+    );
+    metric(
+        "hermes_messages_delivered_total",
+        "counter",
+        "Messages Hermes delivered to receivers.",
+        hermes.messages_delivered,
+    );
+    metric(
+        "hermes_activations_total",
+        "counter",
+        "Receivers Hermes activated (sessions loaded or created).",
+        hermes.activations,
+    );
+    metric(
+        "hermes_dead_letters_total",
+        "counter",
+        "Messages Hermes could not deliver.",
+        hermes.dead_letters,
+    );
+    metric(
+        "hermes_panics_total",
+        "counter",
+        "Receiver handlers that panicked.",
+        hermes.panics,
+    );
     out
 }
 
 /// Serves `GET /metrics` on `listener` until the broker closes: one request per connection,
 /// answered and closed.
-pub(crate) async fn metrics_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn metrics_loop(listener: TcpListener, shared: Arc<Shared>, hermes: Handle) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -551,8 +582,10 @@ pub(crate) async fn metrics_loop(listener: TcpListener, shared: Arc<Shared>) {
             return;
         }
         let shared = Arc::clone(&shared);
+        let stats = hermes.stats();
         tokio::spawn(async move {
-            let answered = tokio::time::timeout(METRICS_TIMEOUT, answer(stream, &shared)).await;
+            let answered =
+                tokio::time::timeout(METRICS_TIMEOUT, answer(stream, &shared, &stats)).await;
             if !matches!(answered, Ok(Ok(()))) {
                 tracing::debug!(%peer, "metrics request failed or timed out");
             }
@@ -563,7 +596,11 @@ pub(crate) async fn metrics_loop(listener: TcpListener, shared: Arc<Shared>) {
 const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUEST: usize = 8 * 1024;
 
-async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    shared: &Shared,
+    hermes: &hermes::Stats,
+) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -589,7 +626,7 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            let body = prometheus(shared);
+            let body = prometheus(shared, hermes);
             respond(&mut stream, "200 OK", &body, method == "HEAD").await
         }
         ("GET" | "HEAD", _) => {
