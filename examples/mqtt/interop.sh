@@ -202,7 +202,10 @@ JS
       for _ in $(seq 1 50); do grep -q subscribed "$DIR/$scheme.err" 2>/dev/null && break; sleep 0.1; done
       $T mosquitto_pub $H -t "interop/$scheme" -m "to the browser" -q 1
       wait $SUB || true
-      check "MQTT.js over $scheme://" "interop/$scheme to the browser" "$(cat "$DIR/$scheme") $(cat "$DIR/$scheme.err" | grep -v subscribed || true)"
+      got="$(cat "$DIR/$scheme")"
+      errors="$(grep -v subscribed "$DIR/$scheme.err" || true)"
+      if [ -n "$errors" ]; then got="$got (errors: $errors)"; fi
+      check "MQTT.js over $scheme://" "interop/$scheme to the browser" "$got"
     done
   else
     echo "FAILED: npm install mqtt"; failed=$((failed + 1))
