@@ -297,3 +297,28 @@ async fn flags_override_the_file() {
     broker.signal("TERM");
     assert_eq!(broker.exit_code(TIMEOUT), Some(0));
 }
+
+/// Clients sending garbage are closed without a log line each at the default level (only a
+/// summary once a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_does_not_flood_the_log() {
+    let mut broker =
+        Process::start(&["--listen", "127.0.0.1:0", "--memory", "--log-level", "info"]);
+    for i in 0..40u8 {
+        let mut raw = Raw::open(broker.addr).await;
+        raw.send_bytes_lossy(&[0x10 | (i % 3), 0xff, 0xff, 0xff, 0xff, 0xff])
+            .await;
+        raw.expect_closed().await;
+    }
+    // Nor does an ordinary client.
+    let client = TestBroker::at(broker.addr).connect(&unique("c")).await;
+    client.disconnect().await;
+    let lines_before_stop = broker.log.lock().unwrap().len();
+    broker.signal("TERM");
+    assert_eq!(broker.exit_code(TIMEOUT), Some(0));
+    assert!(
+        lines_before_stop <= 2,
+        "only the start's lines: {}",
+        broker.log()
+    );
+}

@@ -352,3 +352,28 @@ impl RateLimited {
             .is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_allows_once_per_period() {
+        let limit = RateLimited::new(Duration::from_millis(200));
+        assert!(limit.allow());
+        assert!(!limit.allow());
+        assert!(!limit.allow());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(limit.allow());
+        assert!(!limit.allow());
+    }
+
+    #[test]
+    fn sys_topics_may_not_be_published_by_clients() {
+        let topic = |s: &str| TopicName::try_from(s).unwrap();
+        assert!(!may_publish(None, &topic("$SYS")));
+        assert!(!may_publish(None, &topic("$SYS/broker/version")));
+        assert!(may_publish(None, &topic("$SYSTEM/x")));
+        assert!(may_publish(None, &topic("a/$SYS")));
+    }
+}
