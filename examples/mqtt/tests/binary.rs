@@ -268,11 +268,14 @@ fn configuration_errors_name_the_key_or_the_file() {
     assert_eq!(code, Some(2));
     assert!(err.contains("hermes-mqtt passwd FILE USER"), "{err}");
 
-    // The example file: its TLS listeners name certificate files this machine does not have.
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("hermes-mqtt.toml");
-    let (code, err) = run(&["--config", example.to_str().unwrap(), "--memory"]);
+    let tls = write(
+        "tls.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nkind = \"tls\"\n\
+         cert = \"/nonexistent/fullchain.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    );
+    let (code, err) = run(&["--config", &tls, "--memory"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("/etc/hermes-mqtt/fullchain.pem"), "{err}");
+    assert!(err.contains("/nonexistent/fullchain.pem"), "{err}");
 
     let acl = write("acl.toml", "acl_file = \"/nonexistent/acl\"\n");
     let (code, err) = run(&["--config", &acl, "--memory", "--listen", "127.0.0.1:0"]);
@@ -321,4 +324,25 @@ async fn garbage_does_not_flood_the_log() {
         "only the start's lines: {}",
         broker.log()
     );
+}
+
+/// The example configuration runs as it is (on other ports here): TCP and WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configuration_runs() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("hermes-mqtt.toml");
+    let mut config = hermes_mqtt::Config::load(&example).unwrap();
+    config.memory = true;
+    for listener in &mut config.listeners {
+        listener.address.set_port(0);
+    }
+    let broker = hermes_mqtt::Broker::start(config).await.unwrap();
+    let [tcp, ws] = broker.local_addrs()[..] else {
+        panic!("two listeners")
+    };
+    let client = TestBroker::at(tcp).connect(&unique("c")).await;
+    client.disconnect().await;
+    let stream = tokio::net::TcpStream::connect(ws).await.unwrap();
+    let mut client = support::streams::ws_handshake(stream, &format!("ws://{ws}/mqtt")).await;
+    client.connect(&unique("w")).await;
+    broker.shutdown().await.unwrap();
 }
