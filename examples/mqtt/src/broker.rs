@@ -239,28 +239,7 @@ impl Broker {
         } else {
             Some(open_storage(&config.data_dir)?)
         };
-        let passwords = match &config.password_file {
-            Some(path) => Some(PasswordFile::load(path).map_err(StartError::Passwords)?),
-            None => None,
-        };
-        let acl = match &config.acl_file {
-            Some(path) => Some(AclFile::load(path).map_err(StartError::Acl)?),
-            None => None,
-        };
-        if !config.allow_anonymous && passwords.is_none() {
-            tracing::warn!(
-                "allow_anonymous is false and there is no password_file: every client will be \
-                 refused (CONNACK 0x05); add users with `hermes-mqtt passwd FILE USER`"
-            );
-        }
-        let auth = tokio::task::spawn_blocking({
-            let params = config.hash_params();
-            let allow_anonymous = config.allow_anonymous;
-            move || Authenticator::new(allow_anonymous, passwords, params)
-        })
-        .await
-        .map_err(|e| StartError::Passwords(AuthError::Hash(e.to_string())))?
-        .map_err(StartError::Passwords)?;
+        let (auth, acl) = load_access(&config).await?;
         // Every certificate first: a bad file is reported before any port is taken.
         let mut acceptors = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
@@ -484,6 +463,16 @@ impl Broker {
         }
     }
 
+    /// Reads the password file and the ACL file again (SIGHUP in the binary): new connections
+    /// are checked against them; connected clients keep the rules they connected with. On an
+    /// error (a file that cannot be read or has a bad line) nothing changes.
+    pub async fn reload(&self) -> Result<(), StartError> {
+        let (auth, acl) = load_access(&self.shared.config).await?;
+        self.shared.replace_access(auth, acl);
+        tracing::info!("password and ACL files reloaded");
+        Ok(())
+    }
+
     /// Shuts the broker down gracefully: stops accepting connections, closes every connection
     /// (publishing their wills: a connection the server closes did not send DISCONNECT
     /// [MQTT-3.1.2-8]), lets the sessions handle what is queued for them, stores every change,
@@ -518,6 +507,33 @@ impl Broker {
             hermes,
         })
     }
+}
+
+/// Reads the password file and the ACL file, and builds the authenticator (whose stand-in
+/// hash is computed on a blocking thread).
+async fn load_access(config: &Config) -> Result<(Authenticator, Option<AclFile>), StartError> {
+    let passwords = match &config.password_file {
+        Some(path) => Some(PasswordFile::load(path).map_err(StartError::Passwords)?),
+        None => None,
+    };
+    let acl = match &config.acl_file {
+        Some(path) => Some(AclFile::load(path).map_err(StartError::Acl)?),
+        None => None,
+    };
+    if !config.allow_anonymous && passwords.is_none() {
+        tracing::warn!(
+            "allow_anonymous is false and there is no password_file: every client will be \
+             refused (CONNACK 0x05); add users with `hermes-mqtt passwd FILE USER`"
+        );
+    }
+    let params = config.hash_params();
+    let allow_anonymous = config.allow_anonymous;
+    let auth =
+        tokio::task::spawn_blocking(move || Authenticator::new(allow_anonymous, passwords, params))
+            .await
+            .map_err(|e| StartError::Passwords(AuthError::Hash(e.to_string())))?
+            .map_err(StartError::Passwords)?;
+    Ok((auth, acl))
 }
 
 impl Drop for Broker {

@@ -2,7 +2,8 @@
 //!
 //! `hermes-mqtt` alone listens on 127.0.0.1:1883 and keeps its data in `./hermes-data`. Flags
 //! override the configuration file's keys. SIGINT (Ctrl-C) and SIGTERM shut it down
-//! gracefully (exit 0); a second signal during the shutdown exits at once (exit 130).
+//! gracefully (exit 0); a second signal during the shutdown exits at once (exit 130). SIGHUP
+//! reloads the password and ACL files.
 //! `hermes-mqtt passwd FILE USER` manages a password file.
 
 use std::io::{BufRead, IsTerminal};
@@ -231,7 +232,7 @@ fn run(cli: &Run) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        shutdown_signal().await;
+        wait_for_shutdown(&broker).await;
         tracing::info!("shutting down (a second SIGINT or SIGTERM exits at once)");
         tokio::spawn(async {
             shutdown_signal().await;
@@ -264,6 +265,30 @@ fn init_logs(cli: &Run, config: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Waits for SIGINT or SIGTERM; meanwhile, SIGHUP reloads the password and ACL files.
+async fn wait_for_shutdown(broker: &Broker) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    _ = hup.recv() => {
+                        if let Err(error) = broker.reload().await {
+                            tracing::error!("SIGHUP: {error}; the files in use are kept");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = broker;
+    shutdown_signal().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

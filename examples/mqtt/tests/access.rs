@@ -275,3 +275,46 @@ async fn an_unknown_user_takes_as_long_as_a_wrong_password() {
         "wrong password: {known:?}, unknown user: {unknown:?}"
     );
 }
+
+/// `Broker::reload` (SIGHUP in the binary) reads the password and ACL files again for new
+/// connections; a file that has become unusable leaves the ones in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reads_the_files_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = password_file(dir.path(), &[("alice", "a-pass")]);
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").unwrap();
+    let mut config = test_config();
+    config.password_file = Some(passwords);
+    config.acl_file = Some(acl.clone());
+    let broker = hermes_mqtt::Broker::start(config).await.unwrap();
+    let mqtt = TestBroker::at(broker.local_addrs()[0]);
+    let (_, ack) = mqtt.raw_connect(login(&unique("b"), BOB)).await;
+    assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
+
+    password_file(dir.path(), &[("alice", "a-pass"), ("bob", "b-pass")]);
+    std::fs::write(&acl, "user bob\ntopic readwrite bob/#\n").unwrap();
+    broker.reload().await.unwrap();
+    let mut bob = mqtt.connect_with(login(&unique("b"), BOB)).await;
+    assert_eq!(
+        bob.subscribe(&[("bob/#", QoS::AtMostOnce)]).await,
+        [SubscribeReturnCode::Granted(QoS::AtMostOnce)]
+    );
+    let mut alice = mqtt.connect_with(login(&unique("a"), ALICE)).await;
+    assert_eq!(
+        alice.subscribe(&[("alice/#", QoS::AtMostOnce)]).await,
+        [SubscribeReturnCode::Failure],
+        "the new ACL has no rule for alice"
+    );
+
+    std::fs::write(&acl, "allow everything\n").unwrap();
+    let error = broker.reload().await.unwrap_err().to_string();
+    assert!(error.contains("line 1") && error.contains("acl"), "{error}");
+    let mut bob = mqtt.connect_with(login(&unique("b"), BOB)).await;
+    assert_eq!(
+        bob.subscribe(&[("bob/#", QoS::AtMostOnce)]).await,
+        [SubscribeReturnCode::Granted(QoS::AtMostOnce)],
+        "the files in use are kept"
+    );
+    broker.shutdown().await.unwrap();
+}

@@ -346,3 +346,52 @@ async fn the_example_configuration_runs() {
     client.connect(&unique("w")).await;
     broker.shutdown().await.unwrap();
 }
+
+/// SIGHUP reloads the password file: a user added since the start can connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = password_file(dir.path(), &[("alice", "a-pass")]);
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "memory = true\nallow_anonymous = false\npassword_file = {:?}\n",
+            passwords.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut broker = Process::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let mqtt = TestBroker::at(broker.addr);
+    let bob = |id: &str| {
+        let mut connect = connect_packet(id);
+        connect.login = Some(hermes_mqtt::Login {
+            username: hermes_mqtt::MqttString::from_static("bob"),
+            password: Some(bytes::Bytes::from_static(b"b-pass")),
+        });
+        connect
+    };
+    let (_, ack) = mqtt.raw_connect(bob(&unique("b"))).await;
+    assert_eq!(
+        ack.code,
+        hermes_mqtt::ConnectReturnCode::BadUserNameOrPassword
+    );
+    password_file(dir.path(), &[("alice", "a-pass"), ("bob", "b-pass")]);
+    broker.signal("HUP");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, ack) = mqtt.raw_connect(bob(&unique("b"))).await;
+        if ack.code == hermes_mqtt::ConnectReturnCode::Accepted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {}", broker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.signal("TERM");
+    assert_eq!(broker.exit_code(TIMEOUT), Some(0));
+}

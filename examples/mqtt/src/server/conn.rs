@@ -268,7 +268,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             connect.client_id = MqttString::try_from(assigned)
                 .unwrap_or_else(|_| MqttString::from_static("hermes-assigned"));
         }
-        let user = match self.shared.auth.check(connect.login.as_ref()).await {
+        let auth = self.shared.auth();
+        let user = match auth.check(connect.login.as_ref()).await {
             Ok(user) => user,
             Err(code) => {
                 Counters::add(&self.shared.counters.refused_auth, 1);
@@ -279,8 +280,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         };
         let acl = self
             .shared
-            .acl
-            .as_ref()
+            .acl()
             .map(|acl| Arc::new(acl.for_client(user.as_deref(), connect.client_id.as_str())));
         if let Some(will) = &connect.will
             && !may_publish(acl.as_deref(), &will.topic)

@@ -142,10 +142,10 @@ pub(crate) struct Shared {
     pub(crate) started_at: SystemTime,
     /// The same, for the uptime.
     pub(crate) started: Instant,
-    /// `allow_anonymous` and the password file.
-    pub(crate) auth: Authenticator,
-    /// The ACL file, if any.
-    pub(crate) acl: Option<AclFile>,
+    /// `allow_anonymous` and the password file; replaced by a reload.
+    auth: RwLock<Arc<Authenticator>>,
+    /// The ACL file, if any; replaced by a reload.
+    acl: RwLock<Option<Arc<AclFile>>>,
     /// `max_connections`, over all listeners.
     pub(crate) conn_limit: Arc<ConnLimit>,
     /// Accept errors are logged at most once a minute.
@@ -180,8 +180,8 @@ impl Shared {
     ) -> Shared {
         Shared {
             conn_limit: ConnLimit::new(config.max_connections),
-            auth,
-            acl,
+            auth: RwLock::new(Arc::new(auth)),
+            acl: RwLock::new(acl.map(Arc::new)),
             started: Instant::now(),
             accept_error_log: RateLimited::new(Duration::from_secs(60)),
             limits: config.session_limits(),
@@ -202,6 +202,25 @@ impl Shared {
     /// The retained shard of a topic (or of a filter without wildcards, which is its topic).
     pub(crate) fn retained_shard(&self, topic: &[u8]) -> RetainedShard {
         RetainedShard(retained_shard_of(topic, self.retained_shards))
+    }
+
+    /// The authenticator of new connections.
+    pub(crate) fn auth(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.auth.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The ACL file of new connections.
+    pub(crate) fn acl(&self) -> Option<Arc<AclFile>> {
+        self.acl
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the password file and ACL file for new connections.
+    pub(crate) fn replace_access(&self, auth: Authenticator, acl: Option<AclFile>) {
+        *self.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
+        *self.acl.write().unwrap_or_else(PoisonError::into_inner) = acl.map(Arc::new);
     }
 
     /// Whether the broker is shutting down.
