@@ -234,6 +234,17 @@ impl<K, M> Effects<K, M> {
         }
     }
 
+    /// Nothing recorded: nothing to apply.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+            && self.timers.is_empty()
+            && self.tasks.is_empty()
+            && self.become_.is_none()
+            && !self.stop
+            && self.idle_timeout.is_none()
+    }
+
     /// Forgets everything recorded since `mark`.
     pub(crate) fn rollback(&mut self, mark: Mark) {
         self.sends.truncate(mark.sends);

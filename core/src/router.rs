@@ -117,6 +117,11 @@ fn idle_ms(timeout: Duration) -> u32 {
     timeout.as_millis().min(u128::from(NEVER_IDLE)) as u32
 }
 
+/// `duration` in whole nanoseconds, saturating at `u64::MAX` (about 584 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A deliberate bug, for proving that an invariant checker catches it.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +176,8 @@ pub struct Router<K, M> {
     placement: Option<Arc<dyn Placement<K>>>,
     /// Which kind each ID is, and each kind's settings; `None`: one kind, the config's.
     kinds: Option<KindTable<K>>,
+    /// Each kind's settings merged with the config's, resolved once.
+    limits: KindLimits,
     /// Work for other routers.
     outbound: VecDeque<(Location, Outbound<K, M>)>,
     slots: Slab<Slot<K, M>>,
@@ -192,6 +199,8 @@ pub struct Router<K, M> {
     /// are in list order, so idle deactivation needs no timer entry per receiver.
     idle_head: u32,
     idle_tail: u32,
+    /// The default idle timeout in nanoseconds (saturating), to compare with ticks.
+    idle_timeout_ns: u64,
     /// Sequence for the IDs of timers receivers schedule (unique per receiver handle).
     timer_seq: u32,
     stats: Stats,
@@ -217,6 +226,47 @@ pub struct Router<K, M> {
     effects: Effects<K, M>,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
+}
+
+/// A kind's mailbox capacity, batch size and idle timeout with the config's defaults filled in.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    capacity: Option<usize>,
+    batch_size: usize,
+    /// The idle timeout a new instance starts with, as slots store it (`DEFAULT_IDLE`: the
+    /// router's).
+    idle_ms: u32,
+}
+
+/// Every kind's [`Limits`], resolved once (when the router gets its kinds), so that hot paths
+/// read one value instead of merging a kind's `Option`s with the config's per message.
+#[derive(Debug)]
+struct KindLimits {
+    /// By kind; empty without kinds.
+    kinds: Vec<Limits>,
+    /// The config's: for every receiver without kinds, and for an ID of a kind the table does
+    /// not know.
+    default: Limits,
+}
+
+impl KindLimits {
+    fn new<K>(config: &Config, kinds: Option<&KindTable<K>>) -> Self {
+        let resolve = |settings: &Settings| Limits {
+            capacity: settings.mailbox_capacity.or(config.mailbox_capacity),
+            batch_size: settings.batch_size.unwrap_or(config.batch_size),
+            idle_ms: settings.idle_timeout.map_or(DEFAULT_IDLE, idle_ms),
+        };
+        KindLimits {
+            kinds: kinds.map_or_else(Vec::new, |t| t.settings.iter().map(resolve).collect()),
+            default: resolve(&Settings::default()),
+        }
+    }
+
+    /// The limits of receivers of `kind`.
+    #[inline]
+    fn get(&self, kind: u8) -> &Limits {
+        self.kinds.get(usize::from(kind)).unwrap_or(&self.default)
+    }
 }
 
 /// How many spare mailbox buffers a router keeps, and the largest it keeps (in messages).
@@ -298,12 +348,15 @@ impl<K, M> Router<K, M> {
     }
 
     fn build(config: Config, number: u32, placement: Option<Arc<dyn Placement<K>>>) -> Self {
+        let limits = KindLimits::new::<K>(&config, None);
+        let idle_timeout_ns = nanos(config.idle_timeout);
         Router {
             drain_left: config.drain_limit,
             config,
             number,
             placement,
             kinds: None,
+            limits,
             outbound: VecDeque::new(),
             slots: Slab::new(),
             generations: Vec::new(),
@@ -317,6 +370,7 @@ impl<K, M> Router<K, M> {
             clock: None,
             idle_head: NIL,
             idle_tail: NIL,
+            idle_timeout_ns,
             timer_seq: 0,
             stats: Stats::default(),
             pressure: None,
@@ -342,38 +396,26 @@ impl<K, M> Router<K, M> {
     /// `kinds`, where it sets them. Call it before sending anything; drivers call it with the
     /// table of their factory ([`Factory::kinds`](crate::Factory::kinds)).
     pub fn use_kinds(&mut self, kinds: Option<KindTable<K>>) {
+        self.limits = KindLimits::new(&self.config, kinds.as_ref());
         self.kinds = kinds;
-    }
-
-    /// The settings of `kind`, if the router has kinds.
-    #[inline]
-    fn settings(&self, kind: u8) -> Option<&Settings> {
-        self.kinds.as_ref()?.settings.get(usize::from(kind))
     }
 
     /// The mailbox capacity of receivers of `kind`.
     #[inline]
     fn capacity(&self, kind: u8) -> Option<usize> {
-        self.settings(kind)
-            .and_then(|s| s.mailbox_capacity)
-            .or(self.config.mailbox_capacity)
+        self.limits.get(kind).capacity
     }
 
     /// Most messages one run of a receiver of `kind` handles.
     #[inline]
     fn batch_size(&self, kind: u8) -> usize {
-        self.settings(kind)
-            .and_then(|s| s.batch_size)
-            .unwrap_or(self.config.batch_size)
+        self.limits.get(kind).batch_size
     }
 
     /// The idle timeout a new instance of `kind` starts with, as slots store it.
     #[inline]
     fn kind_idle_ms(&self, kind: u8) -> u32 {
-        match self.settings(kind).and_then(|s| s.idle_timeout) {
-            Some(timeout) => idle_ms(timeout),
-            None => DEFAULT_IDLE,
-        }
+        self.limits.get(kind).idle_ms
     }
 
     /// The router number carried by the handles this router issues.
@@ -498,7 +540,10 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Sends `msg` from outside to the receiver with ID `to`, activating it if needed.
     pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
-        self.route(Recipient::Id(to), msg, From::Outside)
+        if self.closing {
+            return Err(SendError::Closed(msg));
+        }
+        self.route_id(to, msg, From::Outside)
             .map_err(Rejected::into_error)
     }
 
@@ -568,49 +613,73 @@ impl<K: Key, M: Message> Router<K, M> {
         if from == From::Outside && self.closing {
             return Err(Rejected::new(to, msg, SendErrorKind::Closed));
         }
-        let key = match &to {
-            Recipient::Addr(addr) if addr.router != self.number => {
-                self.stats.messages_forwarded += 1;
-                let location = Location::Shard(addr.router);
-                self.outbound
-                    .push_back((location, Outbound::Message(to, msg)));
-                return Ok(());
-            }
-            Recipient::Addr(addr) => match self.live(*addr) {
-                Some(key) => key,
-                None => return Err(Rejected::new(to, msg, SendErrorKind::Stale)),
-            },
-            Recipient::Id(id) => {
-                let hash = self.hasher.hash_one(id);
-                match self.lookup_hashed(hash, id) {
-                    Some(key) => key,
-                    None if let Some(location) = self.elsewhere(id) => {
-                        self.stats.messages_forwarded += 1;
-                        self.outbound
-                            .push_back((location, Outbound::Message(to, msg)));
-                        return Ok(());
-                    }
-                    None if self.closing => {
-                        return Err(Rejected::new(to, msg, SendErrorKind::Closed));
-                    }
-                    None => {
-                        let Recipient::Id(id) = to else {
-                            unreachable!()
-                        };
-                        self.insert(id, hash, msg);
-                        return Ok(());
-                    }
-                }
-            }
+        match to {
+            Recipient::Id(id) => self.route_id(id, msg, from),
+            Recipient::Addr(addr) => self.route_addr(addr, msg, from),
+        }
+    }
+
+    /// Routes a message by ID (the caller checked that an outside sender may send).
+    #[inline(always)]
+    fn route_id(&mut self, id: K, msg: M, from: From) -> Result<(), Rejected<K, M>> {
+        let hash = self.hasher.hash_one(&id);
+        let Some(key) = self.lookup_hashed(hash, &id) else {
+            return self.route_new(id, hash, msg);
         };
-        let slot = &mut self.slots[key];
+        self.deliver(key, msg, from)
+            .map_err(|(msg, kind)| Rejected::new(Recipient::Id(id), msg, kind))
+    }
+
+    /// Routes a message by handle (the caller checked that an outside sender may send).
+    fn route_addr(&mut self, addr: Addr, msg: M, from: From) -> Result<(), Rejected<K, M>> {
+        let to = Recipient::Addr(addr);
+        if addr.router != self.number {
+            self.stats.messages_forwarded += 1;
+            let location = Location::Shard(addr.router);
+            self.outbound
+                .push_back((location, Outbound::Message(to, msg)));
+            return Ok(());
+        }
+        let Some(key) = self.live(addr) else {
+            return Err(Rejected::new(to, msg, SendErrorKind::Stale));
+        };
+        self.deliver(key, msg, from)
+            .map_err(|(msg, kind)| Rejected::new(to, msg, kind))
+    }
+
+    /// Routes a message for an ID with no live receiver here: forwarded to where the ID lives,
+    /// refused while closing, or queued for a new receiver.
+    fn route_new(&mut self, id: K, hash: u64, msg: M) -> Result<(), Rejected<K, M>> {
+        if let Some(location) = self.elsewhere(&id) {
+            self.stats.messages_forwarded += 1;
+            self.outbound
+                .push_back((location, Outbound::Message(Recipient::Id(id), msg)));
+            return Ok(());
+        }
+        if self.closing {
+            return Err(Rejected::new(
+                Recipient::Id(id),
+                msg,
+                SendErrorKind::Closed,
+            ));
+        }
+        self.insert(id, hash, msg);
+        Ok(())
+    }
+
+    /// Queues `msg` for the live receiver at `key`, unless it is refused: the receiver is being
+    /// deactivated by a closing router, or its mailbox is full (for a sender the driver did not
+    /// admit). A refusal gives the message back.
+    #[inline(always)]
+    fn deliver(&mut self, key: usize, msg: M, from: From) -> Result<(), (M, SendErrorKind)> {
+        let slot = &self.slots[key];
         if self.closing && matches!(slot.state, State::Deactivating(_)) {
-            return Err(Rejected::new(to, msg, SendErrorKind::Closed));
+            return Err((msg, SendErrorKind::Closed));
         }
         let (kind, queued) = (slot.kind, slot.mailbox.len());
         let capacity = self.capacity(kind);
         if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
-            return Err(Rejected::new(to, msg, SendErrorKind::Full));
+            return Err((msg, SendErrorKind::Full));
         }
         self.enqueue(key, msg, false, capacity);
         Ok(())
@@ -619,7 +688,7 @@ impl<K: Key, M: Message> Router<K, M> {
     /// Queues `msg` for the receiver at `key`: at the back, or, for a task's `outcome`, behind
     /// the outcomes at the front. Tells the driver if the mailbox reached `capacity`, and
     /// schedules an idle receiver.
-    #[inline]
+    #[inline(always)]
     fn enqueue(&mut self, key: usize, msg: M, outcome: bool, capacity: Option<usize>) {
         let slot = &mut self.slots[key];
         if slot.mailbox.capacity() == 0
@@ -641,9 +710,22 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         self.stats.messages_routed += 1;
         if idle {
-            self.set_state(key, State::Scheduled);
-            self.commands.push_back(Command::Run(self.addr_of(key)));
+            self.wake(key);
         }
+    }
+
+    /// Schedules the idle receiver at `key`, which has just been given a message: `Run`.
+    #[inline]
+    fn wake(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        slot.state = State::Scheduled;
+        let listed = slot.listed();
+        self.stats.idle -= 1;
+        self.stats.scheduled += 1;
+        if listed {
+            self.unlink(key);
+        }
+        self.commands.push_back(Command::Run(self.addr_of(key)));
     }
 
     /// Accepts a message from outside that the driver already admitted with flow control of
@@ -661,6 +743,7 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     /// Tells the driver a receiver's mailbox is at capacity, if it was not already.
+    #[cold]
     fn fill(&mut self, key: usize) {
         let slot = &mut self.slots[key];
         if !slot.full() {
@@ -804,12 +887,15 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Frees a slot whose receiver is gone and whose mailbox is empty.
     fn remove(&mut self, key: usize) {
-        self.relieve(key);
+        let slot = &self.slots[key];
+        if slot.full() {
+            self.relieve(key);
+        }
         self.unlink(key);
-        let state = self.slots[key].state;
+        let slot = &self.slots[key];
+        let (state, hash) = (slot.state, self.hasher.hash_one(&slot.id));
         self.count(state, false);
         self.stats.live -= 1;
-        let hash = self.hasher.hash_one(&self.slots[key].id);
         if let Ok(entry) = self.index.find_entry(hash, |&k| k as usize == key) {
             entry.remove();
         }
@@ -851,7 +937,8 @@ impl<K: Key, M: Message> Router<K, M> {
             return ticks;
         }
         let epoch = *self.epoch.get_or_insert(now);
-        let ticks = now.saturating_duration_since(epoch).as_nanos() as u64;
+        // Saturating (from 584 years on), so that a tick count never wraps to an earlier one.
+        let ticks = nanos(now.saturating_duration_since(epoch));
         self.clock = Some((now, ticks));
         ticks
     }
@@ -865,7 +952,7 @@ impl<K: Key, M: Message> Router<K, M> {
         }
     }
 
-    /// The receiver at `key` has nothing queued and is not running.
+    /// The receiver at `key`, whose run just finished, has nothing queued.
     fn become_idle(&mut self, key: usize, now: Instant) {
         if self.closing {
             return self.begin_deactivation(key, Deactivation::Closing);
@@ -876,21 +963,27 @@ impl<K: Key, M: Message> Router<K, M> {
         if timeout.is_zero() && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
-        self.set_state(key, State::Idle);
+        // Running -> Idle, on the slot at hand (`set_state` would look it up again).
+        let slot = &mut self.slots[key];
+        debug_assert_eq!(slot.state, State::Running);
+        slot.state = State::Idle;
+        self.stats.running -= 1;
+        self.stats.idle += 1;
         // An idle receiver holds no mailbox buffer.
-        let buffer = std::mem::take(&mut self.slots[key].mailbox);
+        let buffer = std::mem::take(&mut slot.mailbox);
+        let timeout_ms = slot.idle_timeout_ms;
         self.spare_batch(buffer);
         if waiting {
             return;
         }
         let since = self.ticks(now);
-        if self.slots[key].idle_timeout_ms == DEFAULT_IDLE {
+        if timeout_ms == DEFAULT_IDLE {
             return self.list_push(key, since);
         }
         let addr = self.addr_of(key);
         let slot = &mut self.slots[key];
         slot.idle_since = since;
-        if !slot.idle_armed() && slot.idle_timeout_ms != NEVER_IDLE {
+        if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
             slot.set_idle_armed(true);
             self.timers.arm_idle(crate::deadline(now, timeout), addr);
         }
@@ -1090,6 +1183,17 @@ impl<K: Key, M: Message> Router<K, M> {
         activation: Activation<K, M>,
     ) -> Result<(), CommandError> {
         let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+        self.activate_at(key, addr, activation)
+    }
+
+    /// [`activate`](Router::activate) for the live slot `key` behind `addr`.
+    #[inline]
+    fn activate_at(
+        &mut self,
+        key: usize,
+        addr: Addr,
+        activation: Activation<K, M>,
+    ) -> Result<(), CommandError> {
         let slot = &mut self.slots[key];
         if slot.state != State::Activating {
             return Err(CommandError::WrongState(addr));
@@ -1098,10 +1202,13 @@ impl<K: Key, M: Message> Router<K, M> {
             Activation::Ready(receiver) => {
                 slot.receiver = Some(receiver);
                 slot.set_fresh(true);
+                // Activating -> Scheduled, on the slot at hand.
+                slot.state = State::Scheduled;
+                self.stats.activating -= 1;
+                self.stats.scheduled += 1;
                 self.stats.activations += 1;
                 // Always a first run, even with an empty mailbox (a closing router emptied it at
                 // its drain limit): the `activated` hook runs before anything else.
-                self.set_state(key, State::Scheduled);
                 self.commands.push_back(Command::Run(addr));
             }
             Activation::Refused => self.fail_activation(key, DeadLetterReason::NoReceiver),
@@ -1205,31 +1312,13 @@ impl<K: Key, M: Message> Router<K, M> {
         ending: Ending,
         now: Instant,
     ) {
-        if let Some(timeout) = self.effects.idle_timeout.take() {
-            let slot = &mut self.slots[key];
-            let ms = idle_ms(timeout);
-            let current = match slot.idle_timeout_ms {
-                DEFAULT_IDLE => self.config.idle_timeout_ms(),
-                ms => ms,
-            };
-            let shorter = ms < current;
-            slot.idle_timeout_ms = ms;
-            if shorter {
-                // The armed idle check may be later than the new deadline: arm another.
-                slot.set_idle_armed(false);
-            }
-        }
         self.stats.messages_delivered += handled;
-        self.relieve_if_room(key);
-        self.start_tasks(key, addr);
-        self.apply();
-        if self.closing && handled > 0 {
-            self.count_drained(handled);
+        if self.effects.is_empty() && !self.closing {
+            // The common case, with nothing to apply: what `apply_effects` does then.
+            self.relieve_if_room(key);
+        } else {
+            self.apply_effects(key, addr, handled);
         }
-        if self.drained() {
-            self.fail_mailbox(key, DeadLetterReason::DrainLimit);
-        }
-
         let injected = self.fault(Fault::DeactivateNonEmpty);
         let slot = &mut self.slots[key];
         match ending {
@@ -1240,7 +1329,10 @@ impl<K: Key, M: Message> Router<K, M> {
                 } else if slot.mailbox.is_empty() {
                     self.become_idle(key, now);
                 } else {
-                    self.set_state(key, State::Scheduled);
+                    // Running -> Scheduled, on the slot at hand.
+                    slot.state = State::Scheduled;
+                    self.stats.running -= 1;
+                    self.stats.scheduled += 1;
                     self.commands.push_back(Command::Run(addr));
                 }
             }
@@ -1263,6 +1355,34 @@ impl<K: Key, M: Message> Router<K, M> {
                 let error = FactoryError::new(ActivationPanic(why));
                 self.fail_activation(key, DeadLetterReason::FactoryFailed(error));
             }
+        }
+    }
+
+    /// Applies the effects of a run that `handled` messages (in `self.effects`), and counts them
+    /// against a closing router's drain limit.
+    fn apply_effects(&mut self, key: usize, addr: Addr, handled: u64) {
+        if let Some(timeout) = self.effects.idle_timeout.take() {
+            let slot = &mut self.slots[key];
+            let ms = idle_ms(timeout);
+            let current = match slot.idle_timeout_ms {
+                DEFAULT_IDLE => self.config.idle_timeout_ms(),
+                ms => ms,
+            };
+            let shorter = ms < current;
+            slot.idle_timeout_ms = ms;
+            if shorter {
+                // The armed idle check may be later than the new deadline: arm another.
+                slot.set_idle_armed(false);
+            }
+        }
+        self.relieve_if_room(key);
+        self.start_tasks(key, addr);
+        self.apply();
+        if self.closing && handled > 0 {
+            self.count_drained(handled);
+        }
+        if self.drained() {
+            self.fail_mailbox(key, DeadLetterReason::DrainLimit);
         }
     }
 
@@ -1292,14 +1412,12 @@ impl<K: Key, M: Message> Router<K, M> {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
         }
         let slot = &mut self.slots[key];
-        slot.set_idle_armed(false);
-        let kind = slot.kind;
-        self.slots[key].idle_timeout_ms = self.kind_idle_ms(kind);
-        let slot = &mut self.slots[key];
         if slot.mailbox.is_empty() {
             self.remove(key);
         } else {
             // Messages arrived during deactivation: activate a fresh instance.
+            slot.set_idle_armed(false);
+            slot.idle_timeout_ms = self.limits.get(slot.kind).idle_ms;
             self.set_state(key, State::Activating);
             self.commands.push_back(Command::Activate(addr));
         }
@@ -1409,10 +1527,12 @@ impl<K: Key, M: Message> Router<K, M> {
         self.enqueue(key, msg, true, capacity);
     }
 
-    /// Applies what a receiver asked for, in order.
-    /// Applies the effects being finished (`self.effects`) and clears them.
+    /// Applies the effects being finished (`self.effects`), in order, and clears them.
     #[inline]
     fn apply(&mut self) {
+        if self.effects.is_empty() {
+            return;
+        }
         if !self.effects.sends.is_empty() || !self.effects.timers.is_empty() {
             let mut effects = std::mem::take(&mut self.effects);
             self.apply_sends_and_timers(&mut effects);
@@ -1488,10 +1608,14 @@ impl<K: Key, M: Message> Router<K, M> {
             self.finish_deactivation(key, addr, receiver, panicked);
             return Ok(());
         }
-        self.set_state(key, State::Running);
-        let mut left = self.batch_size(self.slots[key].kind);
-        let fresh = self.slots[key].take_fresh();
-        let Slot { id, mailbox, .. } = &mut self.slots[key];
+        // Scheduled -> Running, on the slot at hand (`set_state` would look it up again).
+        let slot = &mut self.slots[key];
+        slot.state = State::Running;
+        self.stats.scheduled -= 1;
+        self.stats.running += 1;
+        let mut left = self.limits.get(slot.kind).batch_size;
+        let fresh = slot.take_fresh();
+        let Slot { id, mailbox, .. } = slot;
         let mut ctx = Context {
             id,
             addr,
@@ -1529,7 +1653,8 @@ impl<K: Key, M: Message> Router<K, M> {
     ) -> Result<(), CommandError> {
         match command {
             Command::Activate(addr) => {
-                let id = self.id(addr).ok_or(CommandError::Stale(addr))?;
+                let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+                let id = &self.slots[key].id;
                 let activation = match catch_unwind(AssertUnwindSafe(|| factory.create(id))) {
                     Ok(activation) => activation,
                     Err(panic) => {
@@ -1539,7 +1664,7 @@ impl<K: Key, M: Message> Router<K, M> {
                         Activation::failed(FactoryPanicked(why))
                     }
                 };
-                self.activate(addr, activation)
+                self.activate_at(key, addr, activation)
             }
             Command::Run(addr) | Command::Deactivate(addr) => self.run(addr, clock),
         }
@@ -1555,6 +1680,11 @@ impl<K: Key, M: Message> Router<K, M> {
         } else {
             now
         };
+        // Most calls find nothing due: tell that cheaply, comparing the oldest idle receiver's
+        // deadline in ticks rather than building it as an `Instant`.
+        if !self.timers.due(now) && !self.list_may_be_due(now) {
+            return;
+        }
         loop {
             // Timers and idle checks in the heap due up to the oldest idle receiver's deadline
             // go first (ties included), then that receiver: all in deadline order.
@@ -1578,6 +1708,19 @@ impl<K: Key, M: Message> Router<K, M> {
                 None => break,
             }
         }
+    }
+
+    /// False if the oldest receiver on the idle list is certainly not due at `now` (nor is any
+    /// other: the list is in deadline order); true if it may be, for `list_deadline` to tell.
+    /// Exact in ticks: its deadline is `epoch + since + timeout`, and `ticks(now)` is `now -
+    /// epoch` (0 before the epoch, where nothing is due), saturating only where both sides do.
+    #[inline]
+    fn list_may_be_due(&mut self, now: Instant) -> bool {
+        let Some(head) = self.slots.get(self.idle_head as usize) else {
+            return false;
+        };
+        let due = head.idle_since.saturating_add(self.idle_timeout_ns);
+        due <= self.ticks(now)
     }
 
     fn check_idle(&mut self, addr: Addr, now: Instant) {
