@@ -201,12 +201,13 @@ pub(crate) struct Effects<K, M> {
     pub(crate) idle_timeout: Option<Duration>,
 }
 
-/// Where the effects stood before a message, so a panicking message leaves no effects.
+/// Where the effects stood before a message, so a panicking message leaves no effects. Taken
+/// once per message: kept small. `stop` is not in it, being never set when a mark is taken (a
+/// batch ends at the message that sets it; a hook starts with no effects).
 pub(crate) struct Mark {
     sends: usize,
     timers: usize,
     tasks: usize,
-    stop: bool,
     idle_timeout: Option<Duration>,
 }
 
@@ -224,12 +225,16 @@ impl<K, M> Default for Effects<K, M> {
 }
 
 impl<K, M> Effects<K, M> {
+    #[inline]
     pub(crate) fn mark(&self) -> Mark {
+        debug_assert!(
+            !self.stop,
+            "a mark is taken before a handler, never after a stop"
+        );
         Mark {
             sends: self.sends.len(),
             timers: self.timers.len(),
             tasks: self.tasks.len(),
-            stop: self.stop,
             idle_timeout: self.idle_timeout,
         }
     }
@@ -251,7 +256,7 @@ impl<K, M> Effects<K, M> {
         self.timers.truncate(mark.timers);
         self.tasks.truncate(mark.tasks);
         self.become_ = None;
-        self.stop = mark.stop;
+        self.stop = false;
         self.idle_timeout = mark.idle_timeout;
     }
 

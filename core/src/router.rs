@@ -247,6 +247,8 @@ struct KindLimits {
     /// The config's: for every receiver without kinds, and for an ID of a kind the table does
     /// not know.
     default: Limits,
+    /// The smallest mailbox capacity of them all (`usize::MAX`: unbounded).
+    least_capacity: usize,
 }
 
 impl KindLimits {
@@ -256,9 +258,19 @@ impl KindLimits {
             batch_size: settings.batch_size.unwrap_or(config.batch_size),
             idle_ms: settings.idle_timeout.map_or(DEFAULT_IDLE, idle_ms),
         };
+        let kinds: Vec<Limits> =
+            kinds.map_or_else(Vec::new, |t| t.settings.iter().map(resolve).collect());
+        let default = resolve(&Settings::default());
+        let least_capacity = kinds
+            .iter()
+            .chain([&default])
+            .filter_map(|limits| limits.capacity)
+            .min()
+            .unwrap_or(usize::MAX);
         KindLimits {
-            kinds: kinds.map_or_else(Vec::new, |t| t.settings.iter().map(resolve).collect()),
-            default: resolve(&Settings::default()),
+            kinds,
+            default,
+            least_capacity,
         }
     }
 
@@ -673,7 +685,13 @@ impl<K: Key, M: Message> Router<K, M> {
             return Err((msg, SendErrorKind::Closed));
         }
         let (kind, queued) = (slot.kind, slot.mailbox.len());
-        let capacity = self.capacity(kind);
+        // Far below every kind's bound (the common case), the mailbox can neither be full nor
+        // fill up with this message: one comparison, no look-up of the kind's capacity.
+        let capacity = if queued + 1 >= self.limits.least_capacity {
+            self.capacity(kind)
+        } else {
+            None
+        };
         if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
             return Err((msg, SendErrorKind::Full));
         }
