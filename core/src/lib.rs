@@ -95,6 +95,7 @@ mod context;
 mod driver;
 mod error;
 mod factory;
+mod idle;
 mod job;
 mod placement;
 mod receiver;

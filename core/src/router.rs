@@ -11,8 +11,9 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use slab::Slab;
 
 use crate::context::{Effects, TimerOp};
+use crate::idle::{IdleList, Ticks, nanos};
 use crate::job::{Ending, Work, run_batch, run_deactivated};
-use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, NIL, Slot, State};
+use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, Slot, State};
 use crate::task::{Shared, Task, TaskId, TaskOp};
 use crate::timers::{Fired, Timers};
 use crate::{
@@ -117,11 +118,6 @@ fn idle_ms(timeout: Duration) -> u32 {
     timeout.as_millis().min(u128::from(NEVER_IDLE)) as u32
 }
 
-/// `duration` in whole nanoseconds, saturating at `u64::MAX` (about 584 years).
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// A deliberate bug, for proving that an invariant checker catches it.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,13 +188,10 @@ pub struct Router<K, M> {
     closing: bool,
     /// Deliveries left before a closing router stops draining.
     drain_left: u64,
-    epoch: Option<Instant>,
-    /// The last `now` turned into ticks, and its ticks.
-    clock: Option<(Instant, u64)>,
-    /// Idle receivers on the router's default timeout, oldest first: their idle deadlines
-    /// are in list order, so idle deactivation needs no timer entry per receiver.
-    idle_head: u32,
-    idle_tail: u32,
+    /// Time in ticks, as slots store when they went idle.
+    ticks: Ticks,
+    /// Idle receivers on the router's default timeout, oldest first.
+    idle: IdleList,
     /// The default idle timeout in nanoseconds (saturating), to compare with ticks.
     idle_timeout_ns: u64,
     /// Sequence for the IDs of timers receivers schedule (unique per receiver handle).
@@ -317,6 +310,27 @@ pub enum Pressure<K> {
     Relieved(K),
 }
 
+/// The idle timeout a slot stores as `ms`, under `config`.
+#[inline]
+fn idle_timeout(ms: u32, config: &Config) -> Duration {
+    match ms {
+        DEFAULT_IDLE => config.idle_timeout,
+        NEVER_IDLE => Duration::MAX,
+        ms => Duration::from_millis(ms.into()),
+    }
+}
+
+/// Keeps `batch`, an empty mailbox buffer, in `spare` for reuse, unless it is too large or
+/// `spare` is full.
+#[inline]
+fn spare_batch<M>(spare: &mut Vec<VecDeque<M>>, mut batch: VecDeque<M>) {
+    let capacity = batch.capacity();
+    if capacity > 0 && capacity <= SPARE_BUFFER_CAPACITY && spare.len() < SPARE_BUFFERS {
+        batch.clear();
+        spare.push(batch);
+    }
+}
+
 /// Takes up to `n` outcomes off the count of those at the front of slot `key`'s mailbox (in
 /// `outcomes`, the router's side table), as a run takes `n` messages off its front; how many it
 /// took.
@@ -378,10 +392,8 @@ impl<K, M> Router<K, M> {
             commands: VecDeque::new(),
             dead_letters: VecDeque::new(),
             closing: false,
-            epoch: None,
-            clock: None,
-            idle_head: NIL,
-            idle_tail: NIL,
+            ticks: Ticks::default(),
+            idle: IdleList::default(),
             idle_timeout_ns,
             timer_seq: 0,
             stats: Stats::default(),
@@ -516,9 +528,10 @@ impl<K, M> Router<K, M> {
     /// When the oldest receiver on the idle list is due to be deactivated; `None` if there is
     /// none, or never.
     fn list_deadline(&self) -> Option<Instant> {
-        let head = self.slots.get(self.idle_head as usize)?;
+        let head = self.slots.get(self.idle.head as usize)?;
         let since = self
-            .epoch?
+            .ticks
+            .epoch()?
             .checked_add(Duration::from_nanos(head.idle_since))?;
         crate::deadline(since, self.config.idle_timeout)
     }
@@ -733,11 +746,11 @@ impl<K: Key, M: Message> Router<K, M> {
     fn wake(&mut self, key: usize) {
         let slot = &mut self.slots[key];
         slot.state = State::Scheduled;
-        let listed = slot.listed();
         self.stats.idle -= 1;
         self.stats.scheduled += 1;
-        if listed {
-            self.unlink(key);
+        if slot.listed() {
+            let (prev, next) = IdleList::take_off(slot);
+            self.idle.join(&mut self.slots, prev, next);
         }
         self.commands.push_back(Command::Run(self.addr_of(key)));
     }
@@ -923,9 +936,12 @@ impl<K: Key, M: Message> Router<K, M> {
 
     #[inline]
     fn set_state(&mut self, key: usize, state: State) {
-        let old = std::mem::replace(&mut self.slots[key].state, state);
-        if old == State::Idle {
-            self.unlink(key);
+        let slot = &mut self.slots[key];
+        let old = std::mem::replace(&mut slot.state, state);
+        // Leaving `Idle`: off the idle list, if on it (only idle receivers are).
+        if slot.listed() {
+            let (prev, next) = IdleList::take_off(slot);
+            self.idle.join(&mut self.slots, prev, next);
         }
         self.count(old, false);
         self.count(state, true);
@@ -944,26 +960,8 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     #[inline]
-    fn ticks(&mut self, now: Instant) -> u64 {
-        if let Some((then, ticks)) = self.clock
-            && then == now
-        {
-            return ticks;
-        }
-        let epoch = *self.epoch.get_or_insert(now);
-        // Saturating (from 584 years on), so that a tick count never wraps to an earlier one.
-        let ticks = nanos(now.saturating_duration_since(epoch));
-        self.clock = Some((now, ticks));
-        ticks
-    }
-
-    #[inline]
     fn idle_timeout_of(&self, key: usize) -> Duration {
-        match self.slots[key].idle_timeout_ms {
-            DEFAULT_IDLE => self.config.idle_timeout,
-            NEVER_IDLE => Duration::MAX,
-            ms => Duration::from_millis(ms.into()),
-        }
+        idle_timeout(self.slots[key].idle_timeout_ms, &self.config)
     }
 
     /// The receiver at `key`, whose run just finished, has nothing queued.
@@ -973,74 +971,43 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         // Waiting for work it started: idle, but its idle time starts when the work is back.
         let waiting = self.waiting(key);
-        let timeout = self.idle_timeout_of(key);
+        // All on the slot at hand: one look-up of it, and one of the idle list's tail.
+        let slot = &mut self.slots[key];
+        let timeout = idle_timeout(slot.idle_timeout_ms, &self.config);
         if timeout.is_zero() && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
-        // Running -> Idle, on the slot at hand (`set_state` would look it up again).
-        let slot = &mut self.slots[key];
+        // Running -> Idle.
         debug_assert_eq!(slot.state, State::Running);
         slot.state = State::Idle;
         self.stats.running -= 1;
         self.stats.idle += 1;
         // An idle receiver holds no mailbox buffer.
-        let buffer = std::mem::take(&mut slot.mailbox);
-        let timeout_ms = slot.idle_timeout_ms;
-        self.spare_batch(buffer);
+        spare_batch(&mut self.spare_batches, std::mem::take(&mut slot.mailbox));
         if waiting {
             return;
         }
-        let since = self.ticks(now);
-        if timeout_ms == DEFAULT_IDLE {
-            return self.list_push(key, since);
+        let since = self.ticks.at(now);
+        match slot.idle_timeout_ms {
+            DEFAULT_IDLE => {
+                let prev = self.idle.append(slot, key, since);
+                IdleList::link(&mut self.slots, prev, key);
+            }
+            timeout_ms => {
+                slot.idle_since = since;
+                if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
+                    slot.set_idle_armed(true);
+                    let addr = self.addr_of(key);
+                    self.timers.arm_idle(crate::deadline(now, timeout), addr);
+                }
+            }
         }
-        let addr = self.addr_of(key);
-        let slot = &mut self.slots[key];
-        slot.idle_since = since;
-        if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
-            slot.set_idle_armed(true);
-            self.timers.arm_idle(crate::deadline(now, timeout), addr);
-        }
-    }
-
-    /// Appends an idle receiver on the default timeout to the idle list.
-    #[inline]
-    fn list_push(&mut self, key: usize, since: u64) {
-        let tail = self.idle_tail;
-        // Keep the list in deadline order even if a driver's clock stepped back.
-        let since = match tail {
-            NIL => since,
-            t => since.max(self.slots[t as usize].idle_since),
-        };
-        let slot = &mut self.slots[key];
-        slot.idle_since = since;
-        slot.set_listed(true);
-        slot.idle_prev = tail;
-        slot.idle_next = NIL;
-        match tail {
-            NIL => self.idle_head = key as u32,
-            t => self.slots[t as usize].idle_next = key as u32,
-        }
-        self.idle_tail = key as u32;
     }
 
     /// Takes a receiver off the idle list, if it is on it.
     #[inline]
     fn unlink(&mut self, key: usize) {
-        let slot = &mut self.slots[key];
-        if !slot.listed() {
-            return;
-        }
-        slot.set_listed(false);
-        let (prev, next) = (slot.idle_prev, slot.idle_next);
-        match prev {
-            NIL => self.idle_head = next,
-            p => self.slots[p as usize].idle_next = next,
-        }
-        match next {
-            NIL => self.idle_tail = prev,
-            n => self.slots[n as usize].idle_prev = prev,
-        }
+        self.idle.unlink(&mut self.slots, key);
     }
 
     fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
@@ -1164,15 +1131,8 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     #[inline]
-    fn spare_batch(&mut self, mut batch: VecDeque<M>) {
-        let capacity = batch.capacity();
-        if capacity > 0
-            && capacity <= SPARE_BUFFER_CAPACITY
-            && self.spare_batches.len() < SPARE_BUFFERS
-        {
-            batch.clear();
-            self.spare_batches.push(batch);
-        }
+    fn spare_batch(&mut self, batch: VecDeque<M>) {
+        spare_batch(&mut self.spare_batches, batch);
     }
 
     fn spare_effects(&mut self, effects: Effects<K, M>) {
@@ -1720,7 +1680,7 @@ impl<K: Key, M: Message> Router<K, M> {
                     }
                 }
                 None if idle_due.is_some() => {
-                    let head = self.idle_head as usize;
+                    let head = self.idle.head as usize;
                     self.begin_deactivation(head, Deactivation::IdleTimeout);
                 }
                 None => break,
@@ -1734,11 +1694,11 @@ impl<K: Key, M: Message> Router<K, M> {
     /// epoch` (0 before the epoch, where nothing is due), saturating only where both sides do.
     #[inline]
     fn list_may_be_due(&mut self, now: Instant) -> bool {
-        let Some(head) = self.slots.get(self.idle_head as usize) else {
+        let Some(head) = self.slots.get(self.idle.head as usize) else {
             return false;
         };
         let due = head.idle_since.saturating_add(self.idle_timeout_ns);
-        due <= self.ticks(now)
+        due <= self.ticks.at(now)
     }
 
     fn check_idle(&mut self, addr: Addr, now: Instant) {
@@ -1752,7 +1712,7 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         let timeout = self.idle_timeout_of(key);
         let since = self.slots[key].idle_since;
-        let elapsed = Duration::from_nanos(self.ticks(now).saturating_sub(since));
+        let elapsed = Duration::from_nanos(self.ticks.at(now).saturating_sub(since));
         if elapsed >= timeout {
             self.begin_deactivation(key, Deactivation::IdleTimeout);
         } else if let Some(at) = crate::deadline(now, timeout - elapsed) {
