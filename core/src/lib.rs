@@ -97,6 +97,7 @@ mod error;
 mod factory;
 mod idle;
 mod job;
+mod mailbox;
 mod placement;
 mod receiver;
 mod router;

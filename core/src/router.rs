@@ -13,6 +13,7 @@ use slab::Slab;
 use crate::context::{Effects, TimerOp};
 use crate::idle::{IdleList, Ticks, nanos};
 use crate::job::{Ending, Work, run_batch, run_deactivated};
+use crate::mailbox::{Mailboxes, NO_MAILBOX};
 use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, Slot, State};
 use crate::task::{Shared, Task, TaskId, TaskOp};
 use crate::timers::{Fired, Timers};
@@ -211,8 +212,11 @@ pub struct Router<K, M> {
     task_seq: u64,
     /// Tasks for the driver to run.
     tasks_out: VecDeque<Task<M>>,
-    /// Empty mailbox buffers, reused by receivers that get messages (idle ones hold none).
-    spare_batches: Vec<VecDeque<M>>,
+    /// The mailboxes of receivers with messages (idle ones hold none), and spare buffers.
+    mailboxes: Mailboxes<M>,
+    /// Idle timeouts, in milliseconds, that instances set themselves (`Context::set_idle_timeout`),
+    /// by slot; slots with none are absent (the timeout is their kind's).
+    idle_timeouts: hashbrown::HashMap<usize, u32>,
     spare_effects: Vec<Effects<K, M>>,
     /// The effects of the run being finished: recorded here in place by an inline run, swapped
     /// in from a checked-in job.
@@ -274,10 +278,6 @@ impl KindLimits {
     }
 }
 
-/// How many spare mailbox buffers a router keeps, and the largest it keeps (in messages).
-const SPARE_BUFFERS: usize = 1024;
-const SPARE_BUFFER_CAPACITY: usize = 64;
-
 /// A task handed out and not yet completed or aborted.
 struct InFlight<M> {
     /// The instance its outcome goes to.
@@ -299,6 +299,15 @@ enum From {
     Admitted,
 }
 
+/// Where a message goes in a mailbox.
+#[derive(Clone, Copy)]
+enum Place {
+    /// At the back; refused if the mailbox is full, unless the driver `admitted` it.
+    Back { admitted: bool },
+    /// A task's outcome: behind the outcomes at the front, never refused.
+    Outcome,
+}
+
 /// A change in whether a receiver's mailbox is at capacity, for a driver that tells senders
 /// to wait ([`Router::poll_pressure`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,24 +319,28 @@ pub enum Pressure<K> {
     Relieved(K),
 }
 
-/// The idle timeout a slot stores as `ms`, under `config`.
+/// The idle timeout, in milliseconds as `idle_ms` gives them (`DEFAULT_IDLE`: the router's), of
+/// the instance in `slot` (at `key`): its own, if it set one (in `own`), else its kind's.
+#[inline]
+fn idle_ms_of<K, M>(
+    slot: &Slot<K, M>,
+    key: usize,
+    own: &hashbrown::HashMap<usize, u32>,
+    limits: &KindLimits,
+) -> u32 {
+    match slot.own_timeout().then(|| own.get(&key)).flatten() {
+        Some(&ms) => ms,
+        None => limits.get(slot.kind).idle_ms,
+    }
+}
+
+/// The idle timeout `ms` (from `idle_ms_of`) stands for, under `config`.
 #[inline]
 fn idle_timeout(ms: u32, config: &Config) -> Duration {
     match ms {
         DEFAULT_IDLE => config.idle_timeout,
         NEVER_IDLE => Duration::MAX,
         ms => Duration::from_millis(ms.into()),
-    }
-}
-
-/// Keeps `batch`, an empty mailbox buffer, in `spare` for reuse, unless it is too large or
-/// `spare` is full.
-#[inline]
-fn spare_batch<M>(spare: &mut Vec<VecDeque<M>>, mut batch: VecDeque<M>) {
-    let capacity = batch.capacity();
-    if capacity > 0 && capacity <= SPARE_BUFFER_CAPACITY && spare.len() < SPARE_BUFFERS {
-        batch.clear();
-        spare.push(batch);
     }
 }
 
@@ -403,7 +416,8 @@ impl<K, M> Router<K, M> {
             outcomes: hashbrown::HashMap::new(),
             task_seq: 0,
             tasks_out: VecDeque::new(),
-            spare_batches: Vec::new(),
+            mailboxes: Mailboxes::default(),
+            idle_timeouts: hashbrown::HashMap::new(),
             spare_effects: Vec::new(),
             effects: Effects::default(),
             #[cfg(feature = "fault-injection")]
@@ -434,12 +448,6 @@ impl<K, M> Router<K, M> {
     #[inline]
     fn batch_size(&self, kind: u8) -> usize {
         self.limits.get(kind).batch_size
-    }
-
-    /// The idle timeout a new instance of `kind` starts with, as slots store it.
-    #[inline]
-    fn kind_idle_ms(&self, kind: u8) -> u32 {
-        self.limits.get(kind).idle_ms
     }
 
     /// The router number carried by the handles this router issues.
@@ -693,52 +701,58 @@ impl<K: Key, M: Message> Router<K, M> {
     /// admit). A refusal gives the message back.
     #[inline(always)]
     fn deliver(&mut self, key: usize, msg: M, from: From) -> Result<(), (M, SendErrorKind)> {
-        let slot = &self.slots[key];
-        if self.closing && matches!(slot.state, State::Deactivating(_)) {
+        if self.closing && matches!(self.slots[key].state, State::Deactivating(_)) {
             return Err((msg, SendErrorKind::Closed));
         }
-        let (kind, queued) = (slot.kind, slot.mailbox.len());
+        let place = Place::Back {
+            admitted: from == From::Admitted,
+        };
+        self.enqueue(key, msg, place)
+            .map_err(|msg| (msg, SendErrorKind::Full))
+    }
+
+    /// Queues `msg` for the receiver at `key` where `place` says, opening its mailbox if it has
+    /// none; refuses it (giving it back) if it goes at the back, unadmitted, of a full
+    /// mailbox. Tells the driver if the mailbox reached its capacity, and schedules an idle
+    /// receiver.
+    #[inline(always)]
+    fn enqueue(&mut self, key: usize, msg: M, place: Place) -> Result<(), M> {
+        let slot = &mut self.slots[key];
+        if slot.mailbox == NO_MAILBOX {
+            slot.mailbox = self.mailboxes.open();
+        }
+        let mailbox = self.mailboxes.get_mut(slot.mailbox);
+        let queued = mailbox.len();
         // Far below every kind's bound (the common case), the mailbox can neither be full nor
         // fill up with this message: one comparison, no look-up of the kind's capacity.
         let capacity = if queued + 1 >= self.limits.least_capacity {
-            self.capacity(kind)
+            self.limits.get(slot.kind).capacity
         } else {
             None
         };
-        if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
-            return Err((msg, SendErrorKind::Full));
+        match place {
+            Place::Back { admitted } => {
+                // (An empty mailbox is never full: capacities are at least 1.)
+                if !admitted && capacity.is_some_and(|cap| queued >= cap) {
+                    return Err(msg);
+                }
+                mailbox.push_back(msg);
+            }
+            Place::Outcome => {
+                let ahead = self.outcomes.entry(key).or_insert(0);
+                mailbox.insert(*ahead, msg);
+                *ahead += 1;
+            }
         }
-        self.enqueue(key, msg, false, capacity);
-        Ok(())
-    }
-
-    /// Queues `msg` for the receiver at `key`: at the back, or, for a task's `outcome`, behind
-    /// the outcomes at the front. Tells the driver if the mailbox reached `capacity`, and
-    /// schedules an idle receiver.
-    #[inline(always)]
-    fn enqueue(&mut self, key: usize, msg: M, outcome: bool, capacity: Option<usize>) {
-        let slot = &mut self.slots[key];
-        if slot.mailbox.capacity() == 0
-            && let Some(buffer) = self.spare_batches.pop()
-        {
-            slot.mailbox = buffer;
-        }
-        if outcome {
-            let ahead = self.outcomes.entry(key).or_insert(0);
-            slot.mailbox.insert(*ahead, msg);
-            *ahead += 1;
-        } else {
-            slot.mailbox.push_back(msg);
-        }
-        let queued = slot.mailbox.len();
         let idle = slot.state == State::Idle;
-        if capacity.is_some_and(|cap| queued >= cap) {
+        if capacity.is_some_and(|cap| queued + 1 >= cap) {
             self.fill(key);
         }
         self.stats.messages_routed += 1;
         if idle {
             self.wake(key);
         }
+        Ok(())
     }
 
     /// Schedules the idle receiver at `key`, which has just been given a message: `Run`.
@@ -884,16 +898,13 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         let generation = self.generations[key].wrapping_add(1);
         self.generations[key] = generation;
-        let mut mailbox = self.spare_batches.pop().unwrap_or_default();
-        mailbox.push_back(msg);
+        let mailbox = self.mailboxes.open();
+        self.mailboxes.get_mut(mailbox).push_back(msg);
         let kind = self
             .kinds
             .as_ref()
             .map_or(0, |k| u8::try_from(k.kind_of(&id)).unwrap_or(u8::MAX));
-        let mut slot = Slot::new(id, mailbox);
-        slot.kind = kind;
-        slot.idle_timeout_ms = self.kind_idle_ms(kind);
-        let inserted = self.slots.insert(slot);
+        let inserted = self.slots.insert(Slot::new(id, mailbox, kind));
         debug_assert_eq!(inserted, key);
         if self.capacity(kind).is_some_and(|cap| cap <= 1) {
             self.fill(key);
@@ -930,8 +941,12 @@ impl<K: Key, M: Message> Router<K, M> {
             self.outcomes.remove(&key);
         }
         let slot = self.slots.remove(key);
-        debug_assert!(slot.mailbox.is_empty());
-        self.spare_batch(slot.mailbox);
+        if slot.mailbox != NO_MAILBOX {
+            self.mailboxes.close(slot.mailbox);
+        }
+        if slot.own_timeout() {
+            self.idle_timeouts.remove(&key);
+        }
     }
 
     #[inline]
@@ -959,9 +974,11 @@ impl<K: Key, M: Message> Router<K, M> {
         if add { *n += 1 } else { *n -= 1 }
     }
 
+    /// The idle timeout of the instance at `key`.
     #[inline]
     fn idle_timeout_of(&self, key: usize) -> Duration {
-        idle_timeout(self.slots[key].idle_timeout_ms, &self.config)
+        let ms = idle_ms_of(&self.slots[key], key, &self.idle_timeouts, &self.limits);
+        idle_timeout(ms, &self.config)
     }
 
     /// The receiver at `key`, whose run just finished, has nothing queued.
@@ -973,7 +990,8 @@ impl<K: Key, M: Message> Router<K, M> {
         let waiting = self.waiting(key);
         // All on the slot at hand: one look-up of it, and one of the idle list's tail.
         let slot = &mut self.slots[key];
-        let timeout = idle_timeout(slot.idle_timeout_ms, &self.config);
+        let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
+        let timeout = idle_timeout(timeout_ms, &self.config);
         if timeout.is_zero() && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
@@ -982,13 +1000,14 @@ impl<K: Key, M: Message> Router<K, M> {
         slot.state = State::Idle;
         self.stats.running -= 1;
         self.stats.idle += 1;
-        // An idle receiver holds no mailbox buffer.
-        spare_batch(&mut self.spare_batches, std::mem::take(&mut slot.mailbox));
+        // An idle receiver holds no mailbox.
+        self.mailboxes.close(slot.mailbox);
+        slot.mailbox = NO_MAILBOX;
         if waiting {
             return;
         }
         let since = self.ticks.at(now);
-        match slot.idle_timeout_ms {
+        match timeout_ms {
             DEFAULT_IDLE => {
                 let prev = self.idle.append(slot, key, since);
                 IdleList::link(&mut self.slots, prev, key);
@@ -1024,18 +1043,20 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Reports every message queued for `key` as a dead letter, in order.
     fn fail_mailbox(&mut self, key: usize, reason: DeadLetterReason) {
-        if self.slots[key].mailbox.is_empty() {
+        let n = self.slots[key].mailbox;
+        if self.mailboxes.is_empty(n) {
             return;
         }
         if !self.outcomes.is_empty() {
             self.outcomes.remove(&key);
         }
-        let mut mailbox = std::mem::take(&mut self.slots[key].mailbox);
+        let mut mailbox = std::mem::take(self.mailboxes.get_mut(n));
         let id = self.slots[key].id.clone();
         for msg in mailbox.drain(..) {
             self.dead_letter(Recipient::Id(id.clone()), Some(msg), reason.clone());
         }
-        self.spare_batch(mailbox);
+        // The emptied buffer stays with the mailbox.
+        *self.mailboxes.get_mut(n) = mailbox;
         self.relieve(key);
     }
 
@@ -1048,8 +1069,10 @@ impl<K: Key, M: Message> Router<K, M> {
         let Some(ahead) = self.outcomes.remove(&key) else {
             return;
         };
+        // Outcomes are queued messages: the mailbox is open.
+        let n = self.slots[key].mailbox;
         for _ in 0..ahead {
-            let msg = self.slots[key].mailbox.pop_front();
+            let msg = self.mailboxes.get_mut(n).pop_front();
             self.dead_letter(Recipient::Addr(addr), msg, DeadLetterReason::Stale);
         }
         self.relieve_if_room(key);
@@ -1066,7 +1089,7 @@ impl<K: Key, M: Message> Router<K, M> {
     #[cold]
     fn relieve_if_drained(&mut self, key: usize) {
         let slot = &self.slots[key];
-        if slot.mailbox.len() <= self.capacity(slot.kind).unwrap_or(0) / 2 {
+        if self.mailboxes.len(slot.mailbox) <= self.capacity(slot.kind).unwrap_or(0) / 2 {
             self.relieve(key);
         }
     }
@@ -1081,7 +1104,13 @@ impl<K: Key, M: Message> Router<K, M> {
         } else {
             self.outcomes.get(&key).copied().unwrap_or(0)
         };
-        let mailbox = &mut self.slots[key].mailbox;
+        let n = self.slots[key].mailbox;
+        if n == NO_MAILBOX {
+            // A deactivation (of an idle receiver) checking in: nothing is left.
+            debug_assert!(rest.is_empty());
+            return self.mailboxes.recycle(rest);
+        }
+        let mailbox = self.mailboxes.get_mut(n);
         if queued == 0 || rest.len() == ahead {
             if mailbox.is_empty() {
                 std::mem::swap(mailbox, &mut rest);
@@ -1098,7 +1127,7 @@ impl<K: Key, M: Message> Router<K, M> {
             rest.append(mailbox);
             std::mem::swap(mailbox, &mut rest);
         }
-        self.spare_batch(rest);
+        self.mailboxes.recycle(rest);
         if ahead > 0 {
             self.outcomes.insert(key, queued + ahead);
         }
@@ -1128,11 +1157,6 @@ impl<K: Key, M: Message> Router<K, M> {
         for key in keys {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
         }
-    }
-
-    #[inline]
-    fn spare_batch(&mut self, batch: VecDeque<M>) {
-        spare_batch(&mut self.spare_batches, batch);
     }
 
     fn spare_effects(&mut self, effects: Effects<K, M>) {
@@ -1199,12 +1223,15 @@ impl<K: Key, M: Message> Router<K, M> {
         let slot = &mut self.slots[key];
         let work = match slot.state {
             State::Scheduled => {
-                let n = slot.mailbox.len().min(batch_size);
-                let batch = if n == slot.mailbox.len() {
-                    std::mem::take(&mut slot.mailbox)
+                // A scheduled receiver has its mailbox open (it stays open while checked out).
+                let mailbox = slot.mailbox;
+                let queued = self.mailboxes.len(mailbox);
+                let n = queued.min(batch_size);
+                let batch = if n == queued {
+                    std::mem::take(self.mailboxes.get_mut(mailbox))
                 } else {
-                    let mut batch = self.spare_batches.pop().unwrap_or_default();
-                    batch.extend(slot.mailbox.drain(..n));
+                    let mut batch = self.mailboxes.buffer();
+                    batch.extend(self.mailboxes.get_mut(mailbox).drain(..n));
                     batch
                 };
                 let fresh = slot.take_fresh();
@@ -1298,9 +1325,10 @@ impl<K: Key, M: Message> Router<K, M> {
         match ending {
             Ending::Finished => {
                 slot.receiver = Some(receiver);
-                if injected && !slot.mailbox.is_empty() {
+                let empty = self.mailboxes.is_empty(slot.mailbox);
+                if injected && !empty {
                     self.begin_deactivation(key, Deactivation::Stopped);
-                } else if slot.mailbox.is_empty() {
+                } else if empty {
                     self.become_idle(key, now);
                 } else {
                     // Running -> Scheduled, on the slot at hand.
@@ -1340,12 +1368,13 @@ impl<K: Key, M: Message> Router<K, M> {
         if let Some(timeout) = self.effects.idle_timeout.take() {
             let slot = &mut self.slots[key];
             let ms = idle_ms(timeout);
-            let current = match slot.idle_timeout_ms {
+            let current = match idle_ms_of(slot, key, &self.idle_timeouts, &self.limits) {
                 DEFAULT_IDLE => self.config.idle_timeout_ms(),
                 ms => ms,
             };
             let shorter = ms < current;
-            slot.idle_timeout_ms = ms;
+            slot.set_own_timeout(true);
+            self.idle_timeouts.insert(key, ms);
             if shorter {
                 // The armed idle check may be later than the new deadline: arm another.
                 slot.set_idle_armed(false);
@@ -1390,12 +1419,15 @@ impl<K: Key, M: Message> Router<K, M> {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
         }
         let slot = &mut self.slots[key];
-        if slot.mailbox.is_empty() {
+        if self.mailboxes.is_empty(slot.mailbox) {
             self.remove(key);
         } else {
             // Messages arrived during deactivation: activate a fresh instance.
             slot.set_idle_armed(false);
-            slot.idle_timeout_ms = self.limits.get(slot.kind).idle_ms;
+            if slot.own_timeout() {
+                slot.set_own_timeout(false);
+                self.idle_timeouts.remove(&key);
+            }
             self.set_state(key, State::Activating);
             self.commands.push_back(Command::Activate(addr));
         }
@@ -1501,8 +1533,9 @@ impl<K: Key, M: Message> Router<K, M> {
         // run. (Refused, it would leave an idle receiver to count its idle time from `now`, but
         // a receiver refuses outcomes only while deactivating, or closing: never idle then.)
         let _ = now;
-        let capacity = self.capacity(self.slots[key].kind);
-        self.enqueue(key, msg, true, capacity);
+        if self.enqueue(key, msg, Place::Outcome).is_err() {
+            unreachable!("an outcome is never refused");
+        }
     }
 
     /// Applies the effects being finished (`self.effects`), in order, and clears them.
@@ -1597,9 +1630,10 @@ impl<K: Key, M: Message> Router<K, M> {
         self.stats.running += 1;
         let batch_size = self.limits.get(slot.kind).batch_size;
         let fresh = slot.take_fresh();
-        let Slot { id, mailbox, .. } = slot;
+        // A scheduled receiver has its mailbox open.
+        let mailbox = self.mailboxes.get_mut(slot.mailbox);
         let mut ctx = Context {
-            id,
+            id: &slot.id,
             addr,
             clock,
             effects: &mut self.effects,
