@@ -54,12 +54,14 @@ where
     /// type decides the kind, and so the ID's type), activating it if needed.
     pub fn send<T: Kind<A>>(&mut self, to: T::Id, msg: T) {
         let to = Recipient::Id(T::into_app_id(to));
+        self.effects.touch();
         self.effects.sends.push((to, msg.into_app_msg()));
     }
 
     /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, the message
     /// becomes a dead letter.
     pub fn send_to(&mut self, to: Addr, msg: M) {
+        self.effects.touch();
         self.effects
             .sends
             .push((Recipient::Addr(to), msg.into_app_msg()));
@@ -79,6 +81,7 @@ where
         let id = TimerId::new(self.addr, *self.timer_seq);
         *self.timer_seq = self.timer_seq.wrapping_add(1);
         let deadline = crate::deadline(self.now(), after);
+        self.effects.touch();
         self.effects.timers.push(TimerOp::Schedule {
             id,
             to: T::into_app_id(to),
@@ -91,11 +94,13 @@ where
     /// Cancels a timer, wherever it is held; a cancelled timer never fires. Unknown or fired
     /// timers are ignored.
     pub fn cancel(&mut self, timer: TimerId) {
+        self.effects.touch();
         self.effects.timers.push(TimerOp::Cancel(timer));
     }
 
     /// Replaces this receiver's handler from the next message on.
     pub fn become_(&mut self, next: impl Receiver<K, M, A>) {
+        self.effects.touch();
         self.effects.become_ = Some(M::adapt(Box::new(next)));
     }
 
@@ -103,6 +108,7 @@ where
     /// fresh instance afterwards, but not the outcomes of this instance's work: those are
     /// `Stale` dead letters (see [`spawn`](Context::spawn)).
     pub fn stop(&mut self) {
+        self.effects.touch();
         self.effects.stop = true;
     }
 
@@ -125,6 +131,7 @@ where
         F: Future<Output = T> + Send + 'static,
     {
         let future = async move { map(future.await).into_app_msg() };
+        self.effects.touch();
         self.effects.tasks.push(TaskOp {
             flags: Flags::new(),
             future: Box::pin(future),
@@ -157,6 +164,7 @@ where
         self.send(to, make(reply));
         let expiry = asked.expiry();
         let future = async move { map(asked.await).into_app_msg() };
+        self.effects.touch();
         self.effects.tasks.push(TaskOp {
             flags: Flags::new(),
             future: Box::pin(future),
@@ -167,6 +175,7 @@ where
     /// Overrides the router's idle timeout for this receiver (until it is deactivated), in whole
     /// milliseconds; 2^32 − 2 ms (about 49.7 days) or more means never.
     pub fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.effects.touch();
         self.effects.idle_timeout = Some(timeout);
     }
 }
@@ -199,11 +208,15 @@ pub(crate) struct Effects<K, M> {
     pub(crate) become_: Option<Box<dyn Receiver<K, M>>>,
     pub(crate) stop: bool,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Where the effects stood before the handler now running recorded its first one, for
+    /// undoing what it recorded if it panics. Taken then (by `touch`), not before every
+    /// handler: most handlers record nothing, and then there is nothing to undo.
+    before: Option<Mark>,
 }
 
-/// Where the effects stood before a message, so a panicking message leaves no effects. Taken
-/// once per message: kept small. `stop` is not in it, being never set when a mark is taken (a
-/// batch ends at the message that sets it; a hook starts with no effects).
+/// Where the effects stood before a message, so a panicking message leaves no effects. `stop` is
+/// not in it, being never set when a mark is taken (a batch ends at the message that sets it; a
+/// hook starts with no effects).
 pub(crate) struct Mark {
     sends: usize,
     timers: usize,
@@ -220,22 +233,30 @@ impl<K, M> Default for Effects<K, M> {
             become_: None,
             stop: false,
             idle_timeout: None,
+            before: None,
         }
     }
 }
 
 impl<K, M> Effects<K, M> {
+    /// A handler is about to start: it has recorded nothing yet.
     #[inline]
-    pub(crate) fn mark(&self) -> Mark {
-        debug_assert!(
-            !self.stop,
-            "a mark is taken before a handler, never after a stop"
-        );
-        Mark {
-            sends: self.sends.len(),
-            timers: self.timers.len(),
-            tasks: self.tasks.len(),
-            idle_timeout: self.idle_timeout,
+    pub(crate) fn begin(&mut self) {
+        self.before = None;
+    }
+
+    /// The running handler is about to record an effect: if it is its first, notes where the
+    /// effects stood before it.
+    #[inline]
+    pub(crate) fn touch(&mut self) {
+        if self.before.is_none() {
+            debug_assert!(!self.stop, "a handler starts before any stop");
+            self.before = Some(Mark {
+                sends: self.sends.len(),
+                timers: self.timers.len(),
+                tasks: self.tasks.len(),
+                idle_timeout: self.idle_timeout,
+            });
         }
     }
 
@@ -250,8 +271,11 @@ impl<K, M> Effects<K, M> {
             && self.idle_timeout.is_none()
     }
 
-    /// Forgets everything recorded since `mark`.
-    pub(crate) fn rollback(&mut self, mark: Mark) {
+    /// Forgets everything the running handler recorded (since it `begin`s).
+    pub(crate) fn rollback(&mut self) {
+        let Some(mark) = self.before.take() else {
+            return;
+        };
         self.sends.truncate(mark.sends);
         self.timers.truncate(mark.timers);
         self.tasks.truncate(mark.tasks);
@@ -268,5 +292,6 @@ impl<K, M> Effects<K, M> {
         self.become_ = None;
         self.stop = false;
         self.idle_timeout = None;
+        self.before = None;
     }
 }

@@ -250,11 +250,11 @@ fn guarded<K: Key, M: Message>(
     ctx: &mut Context<'_, K, M>,
     f: impl FnOnce(&mut Context<'_, K, M>),
 ) -> Result<(), Arc<str>> {
-    let mark = ctx.effects.mark();
+    ctx.effects.begin();
     match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
         Ok(()) => Ok(()),
         Err(payload) => {
-            ctx.effects.rollback(mark);
+            ctx.effects.rollback();
             Err(panic_message(payload))
         }
     }
