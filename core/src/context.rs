@@ -25,6 +25,11 @@ pub struct Context<'a, K, M, A: App = (K, M)> {
     pub(crate) clock: &'a dyn Clock,
     pub(crate) effects: &'a mut Effects<A::Id, A::Msg>,
     pub(crate) timer_seq: &'a mut u32,
+    /// Where the effects stood before the handler now running recorded its first one, for
+    /// undoing what it recorded if it panics. Taken then (`touch`), not before every handler:
+    /// most handlers record nothing, and then there is nothing to undo. Outside `effects` so
+    /// that a checked-out job does not carry it.
+    pub(crate) before: &'a mut Option<Mark>,
     pub(crate) kind: PhantomData<fn() -> M>,
 }
 
@@ -54,14 +59,14 @@ where
     /// type decides the kind, and so the ID's type), activating it if needed.
     pub fn send<T: Kind<A>>(&mut self, to: T::Id, msg: T) {
         let to = Recipient::Id(T::into_app_id(to));
-        self.effects.touch();
+        self.touch();
         self.effects.sends.push((to, msg.into_app_msg()));
     }
 
     /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, the message
     /// becomes a dead letter.
     pub fn send_to(&mut self, to: Addr, msg: M) {
-        self.effects.touch();
+        self.touch();
         self.effects
             .sends
             .push((Recipient::Addr(to), msg.into_app_msg()));
@@ -81,7 +86,7 @@ where
         let id = TimerId::new(self.addr, *self.timer_seq);
         *self.timer_seq = self.timer_seq.wrapping_add(1);
         let deadline = crate::deadline(self.now(), after);
-        self.effects.touch();
+        self.touch();
         self.effects.timers.push(TimerOp::Schedule {
             id,
             to: T::into_app_id(to),
@@ -94,13 +99,13 @@ where
     /// Cancels a timer, wherever it is held; a cancelled timer never fires. Unknown or fired
     /// timers are ignored.
     pub fn cancel(&mut self, timer: TimerId) {
-        self.effects.touch();
+        self.touch();
         self.effects.timers.push(TimerOp::Cancel(timer));
     }
 
     /// Replaces this receiver's handler from the next message on.
     pub fn become_(&mut self, next: impl Receiver<K, M, A>) {
-        self.effects.touch();
+        self.touch();
         self.effects.become_ = Some(M::adapt(Box::new(next)));
     }
 
@@ -108,7 +113,7 @@ where
     /// fresh instance afterwards, but not the outcomes of this instance's work: those are
     /// `Stale` dead letters (see [`spawn`](Context::spawn)).
     pub fn stop(&mut self) {
-        self.effects.touch();
+        self.touch();
         self.effects.stop = true;
     }
 
@@ -131,7 +136,7 @@ where
         F: Future<Output = T> + Send + 'static,
     {
         let future = async move { map(future.await).into_app_msg() };
-        self.effects.touch();
+        self.touch();
         self.effects.tasks.push(TaskOp {
             flags: Flags::new(),
             future: Box::pin(future),
@@ -164,7 +169,7 @@ where
         self.send(to, make(reply));
         let expiry = asked.expiry();
         let future = async move { map(asked.await).into_app_msg() };
-        self.effects.touch();
+        self.touch();
         self.effects.tasks.push(TaskOp {
             flags: Flags::new(),
             future: Box::pin(future),
@@ -172,10 +177,19 @@ where
         });
     }
 
+    /// This handler is about to record an effect: if it is its first, notes where the effects
+    /// stood before it.
+    #[inline]
+    fn touch(&mut self) {
+        if self.before.is_none() {
+            *self.before = Some(self.effects.mark());
+        }
+    }
+
     /// Overrides the router's idle timeout for this receiver (until it is deactivated), in whole
     /// milliseconds; 2^32 − 2 ms (about 49.7 days) or more means never.
     pub fn set_idle_timeout(&mut self, timeout: Duration) {
-        self.effects.touch();
+        self.touch();
         self.effects.idle_timeout = Some(timeout);
     }
 }
@@ -208,10 +222,6 @@ pub(crate) struct Effects<K, M> {
     pub(crate) become_: Option<Box<dyn Receiver<K, M>>>,
     pub(crate) stop: bool,
     pub(crate) idle_timeout: Option<Duration>,
-    /// Where the effects stood before the handler now running recorded its first one, for
-    /// undoing what it recorded if it panics. Taken then (by `touch`), not before every
-    /// handler: most handlers record nothing, and then there is nothing to undo.
-    before: Option<Mark>,
 }
 
 /// Where the effects stood before a message, so a panicking message leaves no effects. `stop` is
@@ -233,30 +243,20 @@ impl<K, M> Default for Effects<K, M> {
             become_: None,
             stop: false,
             idle_timeout: None,
-            before: None,
         }
     }
 }
 
 impl<K, M> Effects<K, M> {
-    /// A handler is about to start: it has recorded nothing yet.
+    /// Where the effects stand, before a handler records its first effect.
     #[inline]
-    pub(crate) fn begin(&mut self) {
-        self.before = None;
-    }
-
-    /// The running handler is about to record an effect: if it is its first, notes where the
-    /// effects stood before it.
-    #[inline]
-    pub(crate) fn touch(&mut self) {
-        if self.before.is_none() {
-            debug_assert!(!self.stop, "a handler starts before any stop");
-            self.before = Some(Mark {
-                sends: self.sends.len(),
-                timers: self.timers.len(),
-                tasks: self.tasks.len(),
-                idle_timeout: self.idle_timeout,
-            });
+    pub(crate) fn mark(&self) -> Mark {
+        debug_assert!(!self.stop, "a handler starts before any stop");
+        Mark {
+            sends: self.sends.len(),
+            timers: self.timers.len(),
+            tasks: self.tasks.len(),
+            idle_timeout: self.idle_timeout,
         }
     }
 
@@ -271,11 +271,8 @@ impl<K, M> Effects<K, M> {
             && self.idle_timeout.is_none()
     }
 
-    /// Forgets everything the running handler recorded (since it `begin`s).
-    pub(crate) fn rollback(&mut self) {
-        let Some(mark) = self.before.take() else {
-            return;
-        };
+    /// Forgets everything recorded since `mark`.
+    pub(crate) fn rollback(&mut self, mark: Mark) {
         self.sends.truncate(mark.sends);
         self.timers.truncate(mark.timers);
         self.tasks.truncate(mark.tasks);
@@ -292,6 +289,5 @@ impl<K, M> Effects<K, M> {
         self.become_ = None;
         self.stop = false;
         self.idle_timeout = None;
-        self.before = None;
     }
 }

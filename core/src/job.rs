@@ -115,6 +115,7 @@ impl<K: Key, M: Message> Job<K, M> {
             clock: &clock,
             effects: &mut effects,
             timer_seq: &mut timer_seq,
+            before: &mut None,
             kind: std::marker::PhantomData,
         };
         let (rest, outcomes, handled, ending, deactivation) = match work {
@@ -250,11 +251,14 @@ fn guarded<K: Key, M: Message>(
     ctx: &mut Context<'_, K, M>,
     f: impl FnOnce(&mut Context<'_, K, M>),
 ) -> Result<(), Arc<str>> {
-    ctx.effects.begin();
+    // Nothing recorded yet: the first effect `f` records marks where the effects stood.
+    *ctx.before = None;
     match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
         Ok(()) => Ok(()),
         Err(payload) => {
-            ctx.effects.rollback();
+            if let Some(mark) = ctx.before.take() {
+                ctx.effects.rollback(mark);
+            }
             Err(panic_message(payload))
         }
     }

@@ -1617,6 +1617,7 @@ impl<K: Key, M: Message> Router<K, M> {
                 clock,
                 effects: &mut self.effects,
                 timer_seq: &mut self.timer_seq,
+                before: &mut None,
                 kind: std::marker::PhantomData,
             };
             let panicked = run_deactivated(&mut *receiver, &mut ctx, why).is_err();
@@ -1638,6 +1639,7 @@ impl<K: Key, M: Message> Router<K, M> {
             clock,
             effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
+            before: &mut None,
             kind: std::marker::PhantomData,
         };
         // The messages a check-out would take: the mailbox cannot grow meanwhile (sends are
