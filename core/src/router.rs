@@ -756,7 +756,7 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     /// Schedules the idle receiver at `key`, which has just been given a message: `Run`.
-    #[inline]
+    #[inline(always)]
     fn wake(&mut self, key: usize) {
         let slot = &mut self.slots[key];
         slot.state = State::Scheduled;
@@ -1688,17 +1688,23 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Fires every timer due at `now` in deadline order (ties in scheduling order) and
     /// deactivates receivers idle past their timeout.
+    #[inline]
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = if self.fault(Fault::EarlyTimer) {
             now + Duration::from_millis(1)
         } else {
             now
         };
-        // Most calls find nothing due: tell that cheaply, comparing the oldest idle receiver's
-        // deadline in ticks rather than building it as an `Instant`.
-        if !self.timers.due(now) && !self.list_may_be_due(now) {
-            return;
+        // Most calls find nothing due: tell that cheaply (inline, in the caller), comparing the
+        // oldest idle receiver's deadline in ticks rather than building it as an `Instant`.
+        if self.timers.due(now) || self.list_may_be_due(now) {
+            self.fire_due(now);
         }
+    }
+
+    /// [`handle_timeout`](Router::handle_timeout) when something may be due.
+    #[inline(never)]
+    fn fire_due(&mut self, now: Instant) {
         loop {
             // Timers and idle checks in the heap due up to the oldest idle receiver's deadline
             // go first (ties included), then that receiver: all in deadline order.
