@@ -103,16 +103,6 @@ impl IdleList {
         }
     }
 
-    /// Takes the receiver at `key` off the list, if it is on it.
-    #[inline]
-    pub(crate) fn unlink<K, M>(&mut self, slots: &mut Slab<Slot<K, M>>, key: usize) {
-        let slot = &mut slots[key];
-        if slot.listed() {
-            let (prev, next) = Self::take_off(slot);
-            self.join(slots, prev, next);
-        }
-    }
-
     /// Marks the listed receiver in `slot` as off the list, and returns its neighbours, for
     /// [`join`](IdleList::join) once the caller no longer holds `slot`.
     #[inline]

@@ -925,22 +925,24 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Frees a slot whose receiver is gone and whose mailbox is empty.
     fn remove(&mut self, key: usize) {
-        let slot = &self.slots[key];
-        if slot.full() {
+        if self.slots[key].full() {
             self.relieve(key);
         }
-        self.unlink(key);
-        let slot = &self.slots[key];
-        let (state, hash) = (slot.state, self.hasher.hash_one(&slot.id));
-        self.count(state, false);
+        // Out of the slab first, then everything else from the slot in hand.
+        let slot = self.slots.remove(key);
+        if slot.listed() {
+            self.idle
+                .join(&mut self.slots, slot.idle_prev, slot.idle_next);
+        }
+        self.count(slot.state, false);
         self.stats.live -= 1;
+        let hash = self.hasher.hash_one(&slot.id);
         if let Ok(entry) = self.index.find_entry(hash, |&k| k as usize == key) {
             entry.remove();
         }
         if !self.outcomes.is_empty() {
             self.outcomes.remove(&key);
         }
-        let slot = self.slots.remove(key);
         if slot.mailbox != NO_MAILBOX {
             self.mailboxes.close(slot.mailbox);
         }
@@ -1021,12 +1023,6 @@ impl<K: Key, M: Message> Router<K, M> {
                 }
             }
         }
-    }
-
-    /// Takes a receiver off the idle list, if it is on it.
-    #[inline]
-    fn unlink(&mut self, key: usize) {
-        self.idle.unlink(&mut self.slots, key);
     }
 
     fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
