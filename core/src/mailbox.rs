@@ -49,7 +49,7 @@ impl<M> Mailboxes<M> {
     pub(crate) fn open(&mut self) -> u32 {
         match self.free.pop() {
             Some(n) => {
-                self.kept -= self.boxes[n as usize].capacity();
+                self.kept -= allocated(&self.boxes[n as usize]);
                 n
             }
             None => {
@@ -66,7 +66,7 @@ impl<M> Mailboxes<M> {
     pub(crate) fn close(&mut self, n: u32) {
         let mailbox = &mut self.boxes[n as usize];
         debug_assert!(mailbox.is_empty());
-        let capacity = mailbox.capacity();
+        let capacity = allocated(mailbox);
         if self.kept + capacity <= KEPT_CAPACITY {
             self.kept += capacity;
         } else {
@@ -107,10 +107,78 @@ impl<M> Mailboxes<M> {
     /// large, or enough are kept.
     #[inline]
     pub(crate) fn recycle(&mut self, mut buffer: VecDeque<M>) {
-        let capacity = buffer.capacity();
+        let capacity = allocated(&buffer);
         if capacity > 0 && capacity <= SPARE_BUFFER_CAPACITY && self.spare.len() < SPARE_BUFFERS {
             buffer.clear();
             self.spare.push(buffer);
+        }
+    }
+}
+
+/// How many messages `buffer` has room for in memory it allocated: its capacity, but 0 for a
+/// zero-sized message type, whose capacity is unbounded and allocates nothing.
+#[inline]
+fn allocated<M>(buffer: &VecDeque<M>) -> usize {
+    if size_of::<M>() == 0 {
+        0
+    } else {
+        buffer.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{Activation, Config, Context, Driver};
+
+    #[test]
+    fn closed_mailboxes_keep_their_buffers_within_the_bound() {
+        let mut boxes = Mailboxes::<u64>::default();
+        let numbers: Vec<u32> = (0..3).map(|_| boxes.open()).collect();
+        for &n in &numbers {
+            boxes.get_mut(n).extend(0..100);
+            boxes.get_mut(n).clear();
+        }
+        for &n in &numbers {
+            boxes.close(n);
+        }
+        let each = allocated(&boxes.boxes[numbers[0] as usize]);
+        assert!(each >= 100);
+        assert_eq!(boxes.kept, 3 * each);
+        // The last closed is the first reopened, with its buffer.
+        let n = boxes.open();
+        assert_eq!(n, numbers[2]);
+        assert!(boxes.get_mut(n).capacity() >= 100);
+        assert_eq!(boxes.kept, 2 * each);
+    }
+
+    #[test]
+    fn zero_sized_messages_allocate_nothing_to_keep() {
+        let mut boxes = Mailboxes::<()>::default();
+        for _ in 0..3 {
+            let n = boxes.open();
+            boxes.get_mut(n).push_back(());
+            boxes.get_mut(n).pop_front();
+            boxes.close(n);
+            assert_eq!(boxes.kept, 0);
+        }
+    }
+
+    #[test]
+    fn receivers_of_zero_sized_messages_go_idle_and_wake() {
+        let mut driver = Driver::new(Config::default(), |_id: &u32| {
+            Activation::ready(|_ctx: &mut Context<'_, u32, ()>, ()| {})
+        });
+        let now = Instant::now();
+        for round in 0..3 {
+            for id in 0..4 {
+                driver.send(id, ()).unwrap();
+            }
+            driver.run(now);
+            let stats = driver.router().stats();
+            assert_eq!((stats.idle, stats.messages_delivered), (4, 4 * (round + 1)));
         }
     }
 }
