@@ -906,7 +906,8 @@ impl<K: Key, M: Message> Router<K, M> {
             .map_or(0, |k| u8::try_from(k.kind_of(&id)).unwrap_or(u8::MAX));
         let inserted = self.slots.insert(Slot::new(id, mailbox, kind));
         debug_assert_eq!(inserted, key);
-        if self.capacity(kind).is_some_and(|cap| cap <= 1) {
+        // A first message fills only a mailbox of one (the least capacity tells at a glance).
+        if self.limits.least_capacity <= 1 && self.capacity(kind).is_some_and(|cap| cap <= 1) {
             self.fill(key);
         }
         let (slots, hasher) = (&self.slots, &self.hasher);
