@@ -230,8 +230,8 @@ pub struct Router<K, M> {
 struct Limits {
     capacity: Option<usize>,
     batch_size: usize,
-    /// The idle timeout a new instance starts with, as slots store it (`DEFAULT_IDLE`: the
-    /// router's).
+    /// The kind's idle timeout in milliseconds, as `idle_ms` gives them (`DEFAULT_IDLE`: the
+    /// router's); an instance may set its own (`Router::idle_timeouts`).
     idle_ms: u32,
 }
 
