@@ -1,19 +1,48 @@
 //! One workload, once, for a profiler: `valgrind --tool=callgrind
-//! benches/target/release/examples/profile churn` (workloads: one, round_robin, churn; add
-//! `baseline` to run the baseline instead of the router). `profile time` times every workload
-//! at full size, best of seven, router and baseline alternating.
+//! benches/target/release/examples/profile churn 1`.
+//!
+//! Workloads: `one` (one receiver, messages in chunks), `single` (one receiver, one message
+//! then drive, repeated), `round_robin`, `churn`. The dispatcher is the router driven inline
+//! by default, the [`Driver`](hermes_core::Driver) with `driver` (the default for `single`:
+//! the inline driver is what the "one message then run" case is about), the baseline with
+//! `baseline`. A number is the scale.
+//!
+//! `profile time` times every workload at scale 10, best of seven, router and baseline
+//! alternating.
 
 use std::time::{Duration, Instant};
 
-use hermes_benches::{Baseline, Dispatch, Routed, churn, churn_config, one_receiver, round_robin};
+use hermes_benches::{
+    Baseline, Dispatch, Driven, Routed, churn, churn_config, one_each, one_receiver, round_robin,
+};
 use hermes_core::Config;
+
+const WORKLOADS: [&str; 4] = ["one", "single", "round_robin", "churn"];
 
 fn run(d: &mut impl Dispatch, workload: &str, scale: u64) {
     match workload {
         "one" => one_receiver(d, 200_000 * scale),
+        "single" => one_each(d, 200_000 * scale),
         "round_robin" => round_robin(d, 10_000, 10 * scale),
         "churn" => churn(d, 0, 100_000 * scale),
-        other => eprintln!("unknown workload {other:?}: use one, round_robin or churn"),
+        other => eprintln!("unknown workload {other:?}: use one of {WORKLOADS:?}"),
+    }
+}
+
+/// Operations in `workload` at `scale`: messages, or receivers for churn.
+fn operations(workload: &str, scale: u64) -> u64 {
+    match workload {
+        "round_robin" => 100_000 * scale,
+        "churn" => 100_000 * scale,
+        _ => 200_000 * scale,
+    }
+}
+
+fn config(workload: &str) -> Config {
+    if workload == "churn" {
+        churn_config()
+    } else {
+        Config::default()
     }
 }
 
@@ -25,17 +54,16 @@ fn once<D: Dispatch>(make: impl Fn() -> D, workload: &str) -> Duration {
     start.elapsed()
 }
 
-/// Best of seven runs each, router and baseline alternating so that load changes on a shared
-/// machine hit both alike.
-fn best_of_both(workload: &str) -> (Duration, Duration) {
-    let config = if workload == "churn" {
-        churn_config()
-    } else {
-        Config::default()
-    };
+/// Best of seven runs each, router (or driver) and baseline alternating so that load changes
+/// on a shared machine hit both alike.
+fn best_of_both(workload: &str, driver: bool) -> (Duration, Duration) {
     let (mut router, mut baseline) = (Duration::MAX, Duration::MAX);
     for _ in 0..7 {
-        router = router.min(once(|| Routed::new(config.clone()), workload));
+        router = router.min(if driver {
+            once(|| Driven::new(config(workload)), workload)
+        } else {
+            once(|| Routed::new(config(workload)), workload)
+        });
         baseline = baseline.min(once(|| Baseline::new(workload == "churn"), workload));
     }
     (router, baseline)
@@ -44,20 +72,20 @@ fn best_of_both(workload: &str) -> (Duration, Duration) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let workload = args.first().map_or("churn", String::as_str);
-    let config = |w: &str| {
-        if w == "churn" {
-            churn_config()
-        } else {
-            Config::default()
-        }
-    };
     if workload == "time" {
-        for w in ["one", "round_robin", "churn"] {
-            let (router, baseline) = best_of_both(w);
-            // Messages (receivers, for churn) at scale 10.
-            let n = if w == "one" { 2e6 } else { 1e6 };
+        let cases = [
+            ("one", false),
+            ("one", true),
+            ("single", true),
+            ("round_robin", false),
+            ("churn", false),
+        ];
+        for (w, driver) in cases {
+            let (router, baseline) = best_of_both(w, driver);
+            let n = operations(w, 10) as f64;
+            let who = if driver { "driver" } else { "router" };
             println!(
-                "{w:<12} router {:>7.1} ns/op  baseline {:>7.1} ns/op  router/baseline throughput {:>4.0}%",
+                "{w:<12} {who} {:>7.1} ns/op  baseline {:>7.1} ns/op  throughput vs baseline {:>4.0}%",
                 router.as_nanos() as f64 / n,
                 baseline.as_nanos() as f64 / n,
                 100.0 * baseline.as_secs_f64() / router.as_secs_f64()
@@ -66,12 +94,12 @@ fn main() {
         return;
     }
     let scale = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1);
-    let mut d: Box<dyn FnMut()> = if args.iter().any(|a| a == "baseline") {
-        let mut b = Baseline::new(workload == "churn");
-        Box::new(move || run(&mut b, workload, scale))
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("baseline") {
+        run(&mut Baseline::new(workload == "churn"), workload, scale);
+    } else if has("driver") || (workload == "single" && !has("router")) {
+        run(&mut Driven::new(config(workload)), workload, scale);
     } else {
-        let mut r = Routed::new(config(workload));
-        Box::new(move || run(&mut r, workload, scale))
-    };
-    d();
+        run(&mut Routed::new(config(workload)), workload, scale);
+    }
 }

@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
-use hermes_core::{Activation, Config, Context, Receiver, Router};
+use hermes_core::{Activation, Config, Context, Driver, Receiver, Router};
 
 /// Messages are fed in chunks of this many, then the dispatcher is driven until it is idle.
 pub const CHUNK: usize = 1024;
@@ -100,6 +100,39 @@ impl Dispatch for Routed {
     }
 }
 
+/// A Hermes [`Driver`] (a router plus its factory, every command handled inline): what a custom
+/// event loop or a test uses. Driving it is [`Driver::run`], which also fires due timers.
+pub struct Driven {
+    driver: Driver<u64, u64, MakeReceiver>,
+    now: Instant,
+}
+
+impl Driven {
+    /// A driver with `config`; its factory makes a [`Counter`] for every ID.
+    pub fn new(config: Config) -> Self {
+        Driven {
+            driver: Driver::new(config, |_| Activation::ready(Counter(0))),
+            now: Instant::now(),
+        }
+    }
+}
+
+impl Dispatch for Driven {
+    fn send(&mut self, id: u64, msg: u64) {
+        if self.driver.send(id, msg).is_err() {
+            unreachable!("an open router with room accepts every message");
+        }
+    }
+
+    fn drive(&mut self) {
+        self.driver.run(self.now);
+    }
+
+    fn delivered(&self) -> u64 {
+        self.driver.router().stats().messages_delivered
+    }
+}
+
 /// One ID's entry in the baseline: its queue and its handler.
 struct Entry {
     queue: VecDeque<u64>,
@@ -180,6 +213,15 @@ pub fn one_receiver(d: &mut impl Dispatch, messages: u64) {
         for msg in start..(start + CHUNK as u64).min(messages) {
             d.send(0, msg);
         }
+        d.drive();
+    }
+}
+
+/// Sends `messages` to one receiver one at a time, driving after each: every message finds the
+/// receiver idle (the router's full lifecycle step per message, as in request/response).
+pub fn one_each(d: &mut impl Dispatch, messages: u64) {
+    for msg in 0..messages {
+        d.send(0, msg);
         d.drive();
     }
 }

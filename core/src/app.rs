@@ -194,6 +194,7 @@ impl<T: Kind<A>, A: App> KindAdapter<T, A> {
             clock: ctx.clock,
             effects: &mut *ctx.effects,
             timer_seq: &mut *ctx.timer_seq,
+            before: &mut *ctx.before,
             kind: PhantomData,
         };
         f(&mut narrowed)

@@ -25,6 +25,11 @@ pub struct Context<'a, K, M, A: App = (K, M)> {
     pub(crate) clock: &'a dyn Clock,
     pub(crate) effects: &'a mut Effects<A::Id, A::Msg>,
     pub(crate) timer_seq: &'a mut u32,
+    /// Where the effects stood before the handler now running recorded its first one, for
+    /// undoing what it recorded if it panics. Taken then (`touch`), not before every handler:
+    /// most handlers record nothing, and then there is nothing to undo. Outside `effects` so
+    /// that a checked-out job does not carry it.
+    pub(crate) before: &'a mut Option<Mark>,
     pub(crate) kind: PhantomData<fn() -> M>,
 }
 
@@ -54,12 +59,14 @@ where
     /// type decides the kind, and so the ID's type), activating it if needed.
     pub fn send<T: Kind<A>>(&mut self, to: T::Id, msg: T) {
         let to = Recipient::Id(T::into_app_id(to));
+        self.touch();
         self.effects.sends.push((to, msg.into_app_msg()));
     }
 
     /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, the message
     /// becomes a dead letter.
     pub fn send_to(&mut self, to: Addr, msg: M) {
+        self.touch();
         self.effects
             .sends
             .push((Recipient::Addr(to), msg.into_app_msg()));
@@ -79,6 +86,7 @@ where
         let id = TimerId::new(self.addr, *self.timer_seq);
         *self.timer_seq = self.timer_seq.wrapping_add(1);
         let deadline = crate::deadline(self.now(), after);
+        self.touch();
         self.effects.timers.push(TimerOp::Schedule {
             id,
             to: T::into_app_id(to),
@@ -91,11 +99,13 @@ where
     /// Cancels a timer, wherever it is held; a cancelled timer never fires. Unknown or fired
     /// timers are ignored.
     pub fn cancel(&mut self, timer: TimerId) {
+        self.touch();
         self.effects.timers.push(TimerOp::Cancel(timer));
     }
 
     /// Replaces this receiver's handler from the next message on.
     pub fn become_(&mut self, next: impl Receiver<K, M, A>) {
+        self.touch();
         self.effects.become_ = Some(M::adapt(Box::new(next)));
     }
 
@@ -103,6 +113,7 @@ where
     /// fresh instance afterwards, but not the outcomes of this instance's work: those are
     /// `Stale` dead letters (see [`spawn`](Context::spawn)).
     pub fn stop(&mut self) {
+        self.touch();
         self.effects.stop = true;
     }
 
@@ -125,6 +136,7 @@ where
         F: Future<Output = T> + Send + 'static,
     {
         let future = async move { map(future.await).into_app_msg() };
+        self.touch();
         self.effects.tasks.push(TaskOp {
             flags: Flags::new(),
             future: Box::pin(future),
@@ -157,6 +169,7 @@ where
         self.send(to, make(reply));
         let expiry = asked.expiry();
         let future = async move { map(asked.await).into_app_msg() };
+        self.touch();
         self.effects.tasks.push(TaskOp {
             flags: Flags::new(),
             future: Box::pin(future),
@@ -164,9 +177,19 @@ where
         });
     }
 
+    /// This handler is about to record an effect: if it is its first, notes where the effects
+    /// stood before it.
+    #[inline]
+    fn touch(&mut self) {
+        if self.before.is_none() {
+            *self.before = Some(self.effects.mark());
+        }
+    }
+
     /// Overrides the router's idle timeout for this receiver (until it is deactivated), in whole
     /// milliseconds; 2^32 − 2 ms (about 49.7 days) or more means never.
     pub fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.touch();
         self.effects.idle_timeout = Some(timeout);
     }
 }
@@ -201,12 +224,13 @@ pub(crate) struct Effects<K, M> {
     pub(crate) idle_timeout: Option<Duration>,
 }
 
-/// Where the effects stood before a message, so a panicking message leaves no effects.
+/// Where the effects stood before a message, so a panicking message leaves no effects. `stop` is
+/// not in it, being never set when a mark is taken (a batch ends at the message that sets it; a
+/// hook starts with no effects).
 pub(crate) struct Mark {
     sends: usize,
     timers: usize,
     tasks: usize,
-    stop: bool,
     idle_timeout: Option<Duration>,
 }
 
@@ -224,14 +248,27 @@ impl<K, M> Default for Effects<K, M> {
 }
 
 impl<K, M> Effects<K, M> {
+    /// Where the effects stand, before a handler records its first effect.
+    #[inline]
     pub(crate) fn mark(&self) -> Mark {
+        debug_assert!(!self.stop, "a handler starts before any stop");
         Mark {
             sends: self.sends.len(),
             timers: self.timers.len(),
             tasks: self.tasks.len(),
-            stop: self.stop,
             idle_timeout: self.idle_timeout,
         }
+    }
+
+    /// Nothing recorded: nothing to apply.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+            && self.timers.is_empty()
+            && self.tasks.is_empty()
+            && self.become_.is_none()
+            && !self.stop
+            && self.idle_timeout.is_none()
     }
 
     /// Forgets everything recorded since `mark`.
@@ -240,7 +277,7 @@ impl<K, M> Effects<K, M> {
         self.timers.truncate(mark.timers);
         self.tasks.truncate(mark.tasks);
         self.become_ = None;
-        self.stop = mark.stop;
+        self.stop = false;
         self.idle_timeout = mark.idle_timeout;
     }
 

@@ -115,6 +115,7 @@ impl<K: Key, M: Message> Job<K, M> {
             clock: &clock,
             effects: &mut effects,
             timer_seq: &mut timer_seq,
+            before: &mut None,
             kind: std::marker::PhantomData,
         };
         let (rest, outcomes, handled, ending, deactivation) = match work {
@@ -124,7 +125,7 @@ impl<K: Key, M: Message> Job<K, M> {
                 outcomes,
             } => {
                 let (handled, ending) =
-                    run_batch(&mut receiver, &mut ctx, fresh, || batch.pop_front());
+                    run_batch(&mut receiver, &mut ctx, fresh, &mut batch, usize::MAX);
                 let outcomes = outcomes.saturating_sub(ending.consumed(handled));
                 (batch, outcomes, handled, ending, false)
             }
@@ -183,37 +184,52 @@ impl<K, M> std::fmt::Debug for Done<K, M> {
     }
 }
 
-/// Runs `receiver` on the messages `next` yields (after its `activated` hook if `fresh`), until
-/// they run out, it stops, or it panics. Returns how many it handled and how it ended. The one
+/// Runs `receiver` on up to `limit` messages from the front of `messages` (after its
+/// `activated` hook if `fresh`), until they run out, it stops, or it panics. Returns how many it
+/// handled and how it ended; the message a handler panicked on is gone from `messages`. The one
 /// loop behind both [`Job::execute`] and the router's inline run.
 pub(crate) fn run_batch<K: Key, M: Message>(
     receiver: &mut Box<dyn Receiver<K, M>>,
     ctx: &mut Context<'_, K, M>,
     fresh: bool,
-    mut next: impl FnMut() -> Option<M>,
+    messages: &mut VecDeque<M>,
+    limit: usize,
 ) -> (u64, Ending) {
     let mut handled = 0;
     if fresh {
         if let Err(why) = guarded(ctx, |ctx| receiver.activated(ctx)) {
             return (0, Ending::ActivationPanicked(why));
         }
-        if let Some(next) = ctx.effects.become_.take() {
-            *receiver = next;
-        }
+        adopt_next(receiver, ctx);
     }
-    while let Some(msg) = next() {
+    for _ in 0..limit {
+        let Some(msg) = messages.pop_front() else {
+            break;
+        };
         if let Err(why) = guarded(ctx, |ctx| receiver.receive(ctx, msg)) {
             return (handled, Ending::Panicked(why));
         }
         handled += 1;
-        if let Some(next) = ctx.effects.become_.take() {
-            *receiver = next;
-        }
+        adopt_next(receiver, ctx);
         if ctx.effects.stop {
             return (handled, Ending::Stopped);
         }
     }
     (handled, Ending::Finished)
+}
+
+/// Swaps in the receiver the handler asked to `become_`, if it did.
+#[inline(always)]
+fn adopt_next<K: Key, M: Message>(
+    receiver: &mut Box<dyn Receiver<K, M>>,
+    ctx: &mut Context<'_, K, M>,
+) {
+    // Tested first: a bare `take` would write `None` back after every message.
+    if ctx.effects.become_.is_some()
+        && let Some(next) = ctx.effects.become_.take()
+    {
+        *receiver = next;
+    }
 }
 
 /// Runs the `deactivated` hook; a panic in it is logged, its effects dropped, and returned.
@@ -235,11 +251,14 @@ fn guarded<K: Key, M: Message>(
     ctx: &mut Context<'_, K, M>,
     f: impl FnOnce(&mut Context<'_, K, M>),
 ) -> Result<(), Arc<str>> {
-    let mark = ctx.effects.mark();
+    // Nothing recorded yet: the first effect `f` records marks where the effects stood.
+    *ctx.before = None;
     match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
         Ok(()) => Ok(()),
         Err(payload) => {
-            ctx.effects.rollback(mark);
+            if let Some(mark) = ctx.before.take() {
+                ctx.effects.rollback(mark);
+            }
             Err(panic_message(payload))
         }
     }

@@ -11,8 +11,10 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use slab::Slab;
 
 use crate::context::{Effects, TimerOp};
+use crate::idle::{IdleList, Ticks, nanos};
 use crate::job::{Ending, Work, run_batch, run_deactivated};
-use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, NIL, Slot, State};
+use crate::mailbox::{Mailboxes, NO_MAILBOX};
+use crate::slot::{DEFAULT_IDLE, NEVER_IDLE, Slot, State};
 use crate::task::{Shared, Task, TaskId, TaskOp};
 use crate::timers::{Fired, Timers};
 use crate::{
@@ -171,6 +173,8 @@ pub struct Router<K, M> {
     placement: Option<Arc<dyn Placement<K>>>,
     /// Which kind each ID is, and each kind's settings; `None`: one kind, the config's.
     kinds: Option<KindTable<K>>,
+    /// Each kind's settings merged with the config's, resolved once.
+    limits: KindLimits,
     /// Work for other routers.
     outbound: VecDeque<(Location, Outbound<K, M>)>,
     slots: Slab<Slot<K, M>>,
@@ -185,13 +189,12 @@ pub struct Router<K, M> {
     closing: bool,
     /// Deliveries left before a closing router stops draining.
     drain_left: u64,
-    epoch: Option<Instant>,
-    /// The last `now` turned into ticks, and its ticks.
-    clock: Option<(Instant, u64)>,
-    /// Idle receivers on the router's default timeout, oldest first: their idle deadlines
-    /// are in list order, so idle deactivation needs no timer entry per receiver.
-    idle_head: u32,
-    idle_tail: u32,
+    /// Time in ticks, as slots store when they went idle.
+    ticks: Ticks,
+    /// Idle receivers on the router's default timeout, oldest first.
+    idle: IdleList,
+    /// The default idle timeout in nanoseconds (saturating), to compare with ticks.
+    idle_timeout_ns: u64,
     /// Sequence for the IDs of timers receivers schedule (unique per receiver handle).
     timer_seq: u32,
     stats: Stats,
@@ -209,8 +212,11 @@ pub struct Router<K, M> {
     task_seq: u64,
     /// Tasks for the driver to run.
     tasks_out: VecDeque<Task<M>>,
-    /// Empty mailbox buffers, reused by receivers that get messages (idle ones hold none).
-    spare_batches: Vec<VecDeque<M>>,
+    /// The mailboxes of receivers with messages (idle ones hold none), and spare buffers.
+    mailboxes: Mailboxes<M>,
+    /// Idle timeouts, in milliseconds, that instances set themselves (`Context::set_idle_timeout`),
+    /// by slot; slots with none are absent (the timeout is their kind's).
+    idle_timeouts: hashbrown::HashMap<usize, u32>,
     spare_effects: Vec<Effects<K, M>>,
     /// The effects of the run being finished: recorded here in place by an inline run, swapped
     /// in from a checked-in job.
@@ -219,9 +225,58 @@ pub struct Router<K, M> {
     fault: Option<Fault>,
 }
 
-/// How many spare mailbox buffers a router keeps, and the largest it keeps (in messages).
-const SPARE_BUFFERS: usize = 1024;
-const SPARE_BUFFER_CAPACITY: usize = 64;
+/// A kind's mailbox capacity, batch size and idle timeout with the config's defaults filled in.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    capacity: Option<usize>,
+    batch_size: usize,
+    /// The kind's idle timeout in milliseconds, as `idle_ms` gives them (`DEFAULT_IDLE`: the
+    /// router's); an instance may set its own (`Router::idle_timeouts`).
+    idle_ms: u32,
+}
+
+/// Every kind's [`Limits`], resolved once (when the router gets its kinds), so that hot paths
+/// read one value instead of merging a kind's `Option`s with the config's per message.
+#[derive(Debug)]
+struct KindLimits {
+    /// By kind; empty without kinds.
+    kinds: Vec<Limits>,
+    /// The config's: for every receiver without kinds, and for an ID of a kind the table does
+    /// not know.
+    default: Limits,
+    /// The smallest mailbox capacity of them all (`usize::MAX`: unbounded).
+    least_capacity: usize,
+}
+
+impl KindLimits {
+    fn new<K>(config: &Config, kinds: Option<&KindTable<K>>) -> Self {
+        let resolve = |settings: &Settings| Limits {
+            capacity: settings.mailbox_capacity.or(config.mailbox_capacity),
+            batch_size: settings.batch_size.unwrap_or(config.batch_size),
+            idle_ms: settings.idle_timeout.map_or(DEFAULT_IDLE, idle_ms),
+        };
+        let kinds: Vec<Limits> =
+            kinds.map_or_else(Vec::new, |t| t.settings.iter().map(resolve).collect());
+        let default = resolve(&Settings::default());
+        let least_capacity = kinds
+            .iter()
+            .chain([&default])
+            .filter_map(|limits| limits.capacity)
+            .min()
+            .unwrap_or(usize::MAX);
+        KindLimits {
+            kinds,
+            default,
+            least_capacity,
+        }
+    }
+
+    /// The limits of receivers of `kind`.
+    #[inline]
+    fn get(&self, kind: u8) -> &Limits {
+        self.kinds.get(usize::from(kind)).unwrap_or(&self.default)
+    }
+}
 
 /// A task handed out and not yet completed or aborted.
 struct InFlight<M> {
@@ -244,6 +299,15 @@ enum From {
     Admitted,
 }
 
+/// Where a message goes in a mailbox.
+#[derive(Clone, Copy)]
+enum Place {
+    /// At the back; refused if the mailbox is full, unless the driver `admitted` it.
+    Back { admitted: bool },
+    /// A task's outcome: behind the outcomes at the front, never refused.
+    Outcome,
+}
+
 /// A change in whether a receiver's mailbox is at capacity, for a driver that tells senders
 /// to wait ([`Router::poll_pressure`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,6 +317,31 @@ pub enum Pressure<K> {
     Full(K),
     /// It has room again (down to half its capacity, or the receiver is gone).
     Relieved(K),
+}
+
+/// The idle timeout, in milliseconds as `idle_ms` gives them (`DEFAULT_IDLE`: the router's), of
+/// the instance in `slot` (at `key`): its own, if it set one (in `own`), else its kind's.
+#[inline]
+fn idle_ms_of<K, M>(
+    slot: &Slot<K, M>,
+    key: usize,
+    own: &hashbrown::HashMap<usize, u32>,
+    limits: &KindLimits,
+) -> u32 {
+    match slot.own_timeout().then(|| own.get(&key)).flatten() {
+        Some(&ms) => ms,
+        None => limits.get(slot.kind).idle_ms,
+    }
+}
+
+/// The idle timeout `ms` (from `idle_ms_of`) stands for, under `config`.
+#[inline]
+fn idle_timeout(ms: u32, config: &Config) -> Duration {
+    match ms {
+        DEFAULT_IDLE => config.idle_timeout,
+        NEVER_IDLE => Duration::MAX,
+        ms => Duration::from_millis(ms.into()),
+    }
 }
 
 /// Takes up to `n` outcomes off the count of those at the front of slot `key`'s mailbox (in
@@ -298,12 +387,15 @@ impl<K, M> Router<K, M> {
     }
 
     fn build(config: Config, number: u32, placement: Option<Arc<dyn Placement<K>>>) -> Self {
+        let limits = KindLimits::new::<K>(&config, None);
+        let idle_timeout_ns = nanos(config.idle_timeout);
         Router {
             drain_left: config.drain_limit,
             config,
             number,
             placement,
             kinds: None,
+            limits,
             outbound: VecDeque::new(),
             slots: Slab::new(),
             generations: Vec::new(),
@@ -313,10 +405,9 @@ impl<K, M> Router<K, M> {
             commands: VecDeque::new(),
             dead_letters: VecDeque::new(),
             closing: false,
-            epoch: None,
-            clock: None,
-            idle_head: NIL,
-            idle_tail: NIL,
+            ticks: Ticks::default(),
+            idle: IdleList::default(),
+            idle_timeout_ns,
             timer_seq: 0,
             stats: Stats::default(),
             pressure: None,
@@ -325,7 +416,8 @@ impl<K, M> Router<K, M> {
             outcomes: hashbrown::HashMap::new(),
             task_seq: 0,
             tasks_out: VecDeque::new(),
-            spare_batches: Vec::new(),
+            mailboxes: Mailboxes::default(),
+            idle_timeouts: hashbrown::HashMap::new(),
             spare_effects: Vec::new(),
             effects: Effects::default(),
             #[cfg(feature = "fault-injection")]
@@ -342,38 +434,20 @@ impl<K, M> Router<K, M> {
     /// `kinds`, where it sets them. Call it before sending anything; drivers call it with the
     /// table of their factory ([`Factory::kinds`](crate::Factory::kinds)).
     pub fn use_kinds(&mut self, kinds: Option<KindTable<K>>) {
+        self.limits = KindLimits::new(&self.config, kinds.as_ref());
         self.kinds = kinds;
-    }
-
-    /// The settings of `kind`, if the router has kinds.
-    #[inline]
-    fn settings(&self, kind: u8) -> Option<&Settings> {
-        self.kinds.as_ref()?.settings.get(usize::from(kind))
     }
 
     /// The mailbox capacity of receivers of `kind`.
     #[inline]
     fn capacity(&self, kind: u8) -> Option<usize> {
-        self.settings(kind)
-            .and_then(|s| s.mailbox_capacity)
-            .or(self.config.mailbox_capacity)
+        self.limits.get(kind).capacity
     }
 
     /// Most messages one run of a receiver of `kind` handles.
     #[inline]
     fn batch_size(&self, kind: u8) -> usize {
-        self.settings(kind)
-            .and_then(|s| s.batch_size)
-            .unwrap_or(self.config.batch_size)
-    }
-
-    /// The idle timeout a new instance of `kind` starts with, as slots store it.
-    #[inline]
-    fn kind_idle_ms(&self, kind: u8) -> u32 {
-        match self.settings(kind).and_then(|s| s.idle_timeout) {
-            Some(timeout) => idle_ms(timeout),
-            None => DEFAULT_IDLE,
-        }
+        self.limits.get(kind).batch_size
     }
 
     /// The router number carried by the handles this router issues.
@@ -462,9 +536,10 @@ impl<K, M> Router<K, M> {
     /// When the oldest receiver on the idle list is due to be deactivated; `None` if there is
     /// none, or never.
     fn list_deadline(&self) -> Option<Instant> {
-        let head = self.slots.get(self.idle_head as usize)?;
+        let head = self.slots.get(self.idle.head as usize)?;
         let since = self
-            .epoch?
+            .ticks
+            .epoch()?
             .checked_add(Duration::from_nanos(head.idle_since))?;
         crate::deadline(since, self.config.idle_timeout)
     }
@@ -498,7 +573,10 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Sends `msg` from outside to the receiver with ID `to`, activating it if needed.
     pub fn send(&mut self, to: K, msg: M) -> Result<(), SendError<M>> {
-        self.route(Recipient::Id(to), msg, From::Outside)
+        if self.closing {
+            return Err(SendError::Closed(msg));
+        }
+        self.route_id(to, msg, From::Outside)
             .map_err(Rejected::into_error)
     }
 
@@ -568,82 +646,127 @@ impl<K: Key, M: Message> Router<K, M> {
         if from == From::Outside && self.closing {
             return Err(Rejected::new(to, msg, SendErrorKind::Closed));
         }
-        let key = match &to {
-            Recipient::Addr(addr) if addr.router != self.number => {
-                self.stats.messages_forwarded += 1;
-                let location = Location::Shard(addr.router);
-                self.outbound
-                    .push_back((location, Outbound::Message(to, msg)));
-                return Ok(());
-            }
-            Recipient::Addr(addr) => match self.live(*addr) {
-                Some(key) => key,
-                None => return Err(Rejected::new(to, msg, SendErrorKind::Stale)),
-            },
-            Recipient::Id(id) => {
-                let hash = self.hasher.hash_one(id);
-                match self.lookup_hashed(hash, id) {
-                    Some(key) => key,
-                    None if let Some(location) = self.elsewhere(id) => {
-                        self.stats.messages_forwarded += 1;
-                        self.outbound
-                            .push_back((location, Outbound::Message(to, msg)));
-                        return Ok(());
-                    }
-                    None if self.closing => {
-                        return Err(Rejected::new(to, msg, SendErrorKind::Closed));
-                    }
-                    None => {
-                        let Recipient::Id(id) = to else {
-                            unreachable!()
-                        };
-                        self.insert(id, hash, msg);
-                        return Ok(());
-                    }
-                }
-            }
+        match to {
+            Recipient::Id(id) => self.route_id(id, msg, from),
+            Recipient::Addr(addr) => self.route_addr(addr, msg, from),
+        }
+    }
+
+    /// Routes a message by ID (the caller checked that an outside sender may send).
+    #[inline(always)]
+    fn route_id(&mut self, id: K, msg: M, from: From) -> Result<(), Rejected<K, M>> {
+        let hash = self.hasher.hash_one(&id);
+        let Some(key) = self.lookup_hashed(hash, &id) else {
+            return self.route_new(id, hash, msg);
         };
-        let slot = &mut self.slots[key];
-        if self.closing && matches!(slot.state, State::Deactivating(_)) {
-            return Err(Rejected::new(to, msg, SendErrorKind::Closed));
+        self.deliver(key, msg, from)
+            .map_err(|(msg, kind)| Rejected::new(Recipient::Id(id), msg, kind))
+    }
+
+    /// Routes a message by handle (the caller checked that an outside sender may send).
+    fn route_addr(&mut self, addr: Addr, msg: M, from: From) -> Result<(), Rejected<K, M>> {
+        let to = Recipient::Addr(addr);
+        if addr.router != self.number {
+            self.stats.messages_forwarded += 1;
+            let location = Location::Shard(addr.router);
+            self.outbound
+                .push_back((location, Outbound::Message(to, msg)));
+            return Ok(());
         }
-        let (kind, queued) = (slot.kind, slot.mailbox.len());
-        let capacity = self.capacity(kind);
-        if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
-            return Err(Rejected::new(to, msg, SendErrorKind::Full));
+        let Some(key) = self.live(addr) else {
+            return Err(Rejected::new(to, msg, SendErrorKind::Stale));
+        };
+        self.deliver(key, msg, from)
+            .map_err(|(msg, kind)| Rejected::new(to, msg, kind))
+    }
+
+    /// Routes a message for an ID with no live receiver here: forwarded to where the ID lives,
+    /// refused while closing, or queued for a new receiver.
+    fn route_new(&mut self, id: K, hash: u64, msg: M) -> Result<(), Rejected<K, M>> {
+        if let Some(location) = self.elsewhere(&id) {
+            self.stats.messages_forwarded += 1;
+            self.outbound
+                .push_back((location, Outbound::Message(Recipient::Id(id), msg)));
+            return Ok(());
         }
-        self.enqueue(key, msg, false, capacity);
+        if self.closing {
+            return Err(Rejected::new(Recipient::Id(id), msg, SendErrorKind::Closed));
+        }
+        self.insert(id, hash, msg);
         Ok(())
     }
 
-    /// Queues `msg` for the receiver at `key`: at the back, or, for a task's `outcome`, behind
-    /// the outcomes at the front. Tells the driver if the mailbox reached `capacity`, and
-    /// schedules an idle receiver.
-    #[inline]
-    fn enqueue(&mut self, key: usize, msg: M, outcome: bool, capacity: Option<usize>) {
+    /// Queues `msg` for the live receiver at `key`, unless it is refused: the receiver is being
+    /// deactivated by a closing router, or its mailbox is full (for a sender the driver did not
+    /// admit). A refusal gives the message back.
+    #[inline(always)]
+    fn deliver(&mut self, key: usize, msg: M, from: From) -> Result<(), (M, SendErrorKind)> {
+        if self.closing && matches!(self.slots[key].state, State::Deactivating(_)) {
+            return Err((msg, SendErrorKind::Closed));
+        }
+        let place = Place::Back {
+            admitted: from == From::Admitted,
+        };
+        self.enqueue(key, msg, place)
+            .map_err(|msg| (msg, SendErrorKind::Full))
+    }
+
+    /// Queues `msg` for the receiver at `key` where `place` says, opening its mailbox if it has
+    /// none; refuses it (giving it back) if it goes at the back, unadmitted, of a full
+    /// mailbox. Tells the driver if the mailbox reached its capacity, and schedules an idle
+    /// receiver.
+    #[inline(always)]
+    fn enqueue(&mut self, key: usize, msg: M, place: Place) -> Result<(), M> {
         let slot = &mut self.slots[key];
-        if slot.mailbox.capacity() == 0
-            && let Some(buffer) = self.spare_batches.pop()
-        {
-            slot.mailbox = buffer;
+        if slot.mailbox == NO_MAILBOX {
+            slot.mailbox = self.mailboxes.open();
         }
-        if outcome {
-            let ahead = self.outcomes.entry(key).or_insert(0);
-            slot.mailbox.insert(*ahead, msg);
-            *ahead += 1;
+        let mailbox = self.mailboxes.get_mut(slot.mailbox);
+        let queued = mailbox.len();
+        // Far below every kind's bound (the common case), the mailbox can neither be full nor
+        // fill up with this message: one comparison, no look-up of the kind's capacity.
+        let capacity = if queued + 1 >= self.limits.least_capacity {
+            self.limits.get(slot.kind).capacity
         } else {
-            slot.mailbox.push_back(msg);
+            None
+        };
+        match place {
+            Place::Back { admitted } => {
+                // (An empty mailbox is never full: capacities are at least 1.)
+                if !admitted && capacity.is_some_and(|cap| queued >= cap) {
+                    return Err(msg);
+                }
+                mailbox.push_back(msg);
+            }
+            Place::Outcome => {
+                let ahead = self.outcomes.entry(key).or_insert(0);
+                mailbox.insert(*ahead, msg);
+                *ahead += 1;
+            }
         }
-        let queued = slot.mailbox.len();
         let idle = slot.state == State::Idle;
-        if capacity.is_some_and(|cap| queued >= cap) {
+        if capacity.is_some_and(|cap| queued + 1 >= cap) {
             self.fill(key);
         }
         self.stats.messages_routed += 1;
         if idle {
-            self.set_state(key, State::Scheduled);
-            self.commands.push_back(Command::Run(self.addr_of(key)));
+            self.wake(key);
         }
+        Ok(())
+    }
+
+    /// Schedules the idle receiver at `key`, which has just been given a message: `Run`.
+    #[inline(always)]
+    fn wake(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        slot.state = State::Scheduled;
+        self.stats.idle -= 1;
+        self.stats.scheduled += 1;
+        if slot.listed() {
+            let (prev, next) = IdleList::take_off(slot);
+            self.idle.join(&mut self.slots, prev, next);
+        }
+        self.commands.push_back(Command::Run(self.addr_of(key)));
     }
 
     /// Accepts a message from outside that the driver already admitted with flow control of
@@ -661,6 +784,7 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     /// Tells the driver a receiver's mailbox is at capacity, if it was not already.
+    #[cold]
     fn fill(&mut self, key: usize) {
         let slot = &mut self.slots[key];
         if !slot.full() {
@@ -774,18 +898,16 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         let generation = self.generations[key].wrapping_add(1);
         self.generations[key] = generation;
-        let mut mailbox = self.spare_batches.pop().unwrap_or_default();
-        mailbox.push_back(msg);
+        let mailbox = self.mailboxes.open();
+        self.mailboxes.get_mut(mailbox).push_back(msg);
         let kind = self
             .kinds
             .as_ref()
             .map_or(0, |k| u8::try_from(k.kind_of(&id)).unwrap_or(u8::MAX));
-        let mut slot = Slot::new(id, mailbox);
-        slot.kind = kind;
-        slot.idle_timeout_ms = self.kind_idle_ms(kind);
-        let inserted = self.slots.insert(slot);
+        let inserted = self.slots.insert(Slot::new(id, mailbox, kind));
         debug_assert_eq!(inserted, key);
-        if self.capacity(kind).is_some_and(|cap| cap <= 1) {
+        // A first message fills only a mailbox of one (the least capacity tells at a glance).
+        if self.limits.least_capacity <= 1 && self.capacity(kind).is_some_and(|cap| cap <= 1) {
             self.fill(key);
         }
         let (slots, hasher) = (&self.slots, &self.hasher);
@@ -804,28 +926,40 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Frees a slot whose receiver is gone and whose mailbox is empty.
     fn remove(&mut self, key: usize) {
-        self.relieve(key);
-        self.unlink(key);
-        let state = self.slots[key].state;
-        self.count(state, false);
+        if self.slots[key].full() {
+            self.relieve(key);
+        }
+        // Out of the slab first, then everything else from the slot in hand.
+        let slot = self.slots.remove(key);
+        if slot.listed() {
+            self.idle
+                .join(&mut self.slots, slot.idle_prev, slot.idle_next);
+        }
+        self.count(slot.state, false);
         self.stats.live -= 1;
-        let hash = self.hasher.hash_one(&self.slots[key].id);
+        let hash = self.hasher.hash_one(&slot.id);
         if let Ok(entry) = self.index.find_entry(hash, |&k| k as usize == key) {
             entry.remove();
         }
         if !self.outcomes.is_empty() {
             self.outcomes.remove(&key);
         }
-        let slot = self.slots.remove(key);
-        debug_assert!(slot.mailbox.is_empty());
-        self.spare_batch(slot.mailbox);
+        if slot.mailbox != NO_MAILBOX {
+            self.mailboxes.close(slot.mailbox);
+        }
+        if slot.own_timeout() {
+            self.idle_timeouts.remove(&key);
+        }
     }
 
     #[inline]
     fn set_state(&mut self, key: usize, state: State) {
-        let old = std::mem::replace(&mut self.slots[key].state, state);
-        if old == State::Idle {
-            self.unlink(key);
+        let slot = &mut self.slots[key];
+        let old = std::mem::replace(&mut slot.state, state);
+        // Leaving `Idle`: off the idle list, if on it (only idle receivers are).
+        if slot.listed() {
+            let (prev, next) = IdleList::take_off(slot);
+            self.idle.join(&mut self.slots, prev, next);
         }
         self.count(old, false);
         self.count(state, true);
@@ -843,96 +977,52 @@ impl<K: Key, M: Message> Router<K, M> {
         if add { *n += 1 } else { *n -= 1 }
     }
 
-    #[inline]
-    fn ticks(&mut self, now: Instant) -> u64 {
-        if let Some((then, ticks)) = self.clock
-            && then == now
-        {
-            return ticks;
-        }
-        let epoch = *self.epoch.get_or_insert(now);
-        let ticks = now.saturating_duration_since(epoch).as_nanos() as u64;
-        self.clock = Some((now, ticks));
-        ticks
-    }
-
+    /// The idle timeout of the instance at `key`.
     #[inline]
     fn idle_timeout_of(&self, key: usize) -> Duration {
-        match self.slots[key].idle_timeout_ms {
-            DEFAULT_IDLE => self.config.idle_timeout,
-            NEVER_IDLE => Duration::MAX,
-            ms => Duration::from_millis(ms.into()),
-        }
+        let ms = idle_ms_of(&self.slots[key], key, &self.idle_timeouts, &self.limits);
+        idle_timeout(ms, &self.config)
     }
 
-    /// The receiver at `key` has nothing queued and is not running.
+    /// The receiver at `key`, whose run just finished, has nothing queued.
     fn become_idle(&mut self, key: usize, now: Instant) {
         if self.closing {
             return self.begin_deactivation(key, Deactivation::Closing);
         }
         // Waiting for work it started: idle, but its idle time starts when the work is back.
         let waiting = self.waiting(key);
-        let timeout = self.idle_timeout_of(key);
+        // All on the slot at hand: one look-up of it, and one of the idle list's tail.
+        let slot = &mut self.slots[key];
+        let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
+        let timeout = idle_timeout(timeout_ms, &self.config);
         if timeout.is_zero() && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
-        self.set_state(key, State::Idle);
-        // An idle receiver holds no mailbox buffer.
-        let buffer = std::mem::take(&mut self.slots[key].mailbox);
-        self.spare_batch(buffer);
+        // Running -> Idle.
+        debug_assert_eq!(slot.state, State::Running);
+        slot.state = State::Idle;
+        self.stats.running -= 1;
+        self.stats.idle += 1;
+        // An idle receiver holds no mailbox.
+        self.mailboxes.close(slot.mailbox);
+        slot.mailbox = NO_MAILBOX;
         if waiting {
             return;
         }
-        let since = self.ticks(now);
-        if self.slots[key].idle_timeout_ms == DEFAULT_IDLE {
-            return self.list_push(key, since);
-        }
-        let addr = self.addr_of(key);
-        let slot = &mut self.slots[key];
-        slot.idle_since = since;
-        if !slot.idle_armed() && slot.idle_timeout_ms != NEVER_IDLE {
-            slot.set_idle_armed(true);
-            self.timers.arm_idle(crate::deadline(now, timeout), addr);
-        }
-    }
-
-    /// Appends an idle receiver on the default timeout to the idle list.
-    #[inline]
-    fn list_push(&mut self, key: usize, since: u64) {
-        let tail = self.idle_tail;
-        // Keep the list in deadline order even if a driver's clock stepped back.
-        let since = match tail {
-            NIL => since,
-            t => since.max(self.slots[t as usize].idle_since),
-        };
-        let slot = &mut self.slots[key];
-        slot.idle_since = since;
-        slot.set_listed(true);
-        slot.idle_prev = tail;
-        slot.idle_next = NIL;
-        match tail {
-            NIL => self.idle_head = key as u32,
-            t => self.slots[t as usize].idle_next = key as u32,
-        }
-        self.idle_tail = key as u32;
-    }
-
-    /// Takes a receiver off the idle list, if it is on it.
-    #[inline]
-    fn unlink(&mut self, key: usize) {
-        let slot = &mut self.slots[key];
-        if !slot.listed() {
-            return;
-        }
-        slot.set_listed(false);
-        let (prev, next) = (slot.idle_prev, slot.idle_next);
-        match prev {
-            NIL => self.idle_head = next,
-            p => self.slots[p as usize].idle_next = next,
-        }
-        match next {
-            NIL => self.idle_tail = prev,
-            n => self.slots[n as usize].idle_prev = prev,
+        let since = self.ticks.at(now);
+        match timeout_ms {
+            DEFAULT_IDLE => {
+                let prev = self.idle.append(slot, key, since);
+                IdleList::link(&mut self.slots, prev, key);
+            }
+            timeout_ms => {
+                slot.idle_since = since;
+                if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
+                    slot.set_idle_armed(true);
+                    let addr = self.addr_of(key);
+                    self.timers.arm_idle(crate::deadline(now, timeout), addr);
+                }
+            }
         }
     }
 
@@ -950,18 +1040,20 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Reports every message queued for `key` as a dead letter, in order.
     fn fail_mailbox(&mut self, key: usize, reason: DeadLetterReason) {
-        if self.slots[key].mailbox.is_empty() {
+        let n = self.slots[key].mailbox;
+        if self.mailboxes.is_empty(n) {
             return;
         }
         if !self.outcomes.is_empty() {
             self.outcomes.remove(&key);
         }
-        let mut mailbox = std::mem::take(&mut self.slots[key].mailbox);
+        let mut mailbox = std::mem::take(self.mailboxes.get_mut(n));
         let id = self.slots[key].id.clone();
         for msg in mailbox.drain(..) {
             self.dead_letter(Recipient::Id(id.clone()), Some(msg), reason.clone());
         }
-        self.spare_batch(mailbox);
+        // The emptied buffer stays with the mailbox.
+        *self.mailboxes.get_mut(n) = mailbox;
         self.relieve(key);
     }
 
@@ -974,8 +1066,10 @@ impl<K: Key, M: Message> Router<K, M> {
         let Some(ahead) = self.outcomes.remove(&key) else {
             return;
         };
+        // Outcomes are queued messages: the mailbox is open.
+        let n = self.slots[key].mailbox;
         for _ in 0..ahead {
-            let msg = self.slots[key].mailbox.pop_front();
+            let msg = self.mailboxes.get_mut(n).pop_front();
             self.dead_letter(Recipient::Addr(addr), msg, DeadLetterReason::Stale);
         }
         self.relieve_if_room(key);
@@ -992,7 +1086,7 @@ impl<K: Key, M: Message> Router<K, M> {
     #[cold]
     fn relieve_if_drained(&mut self, key: usize) {
         let slot = &self.slots[key];
-        if slot.mailbox.len() <= self.capacity(slot.kind).unwrap_or(0) / 2 {
+        if self.mailboxes.len(slot.mailbox) <= self.capacity(slot.kind).unwrap_or(0) / 2 {
             self.relieve(key);
         }
     }
@@ -1007,7 +1101,13 @@ impl<K: Key, M: Message> Router<K, M> {
         } else {
             self.outcomes.get(&key).copied().unwrap_or(0)
         };
-        let mailbox = &mut self.slots[key].mailbox;
+        let n = self.slots[key].mailbox;
+        if n == NO_MAILBOX {
+            // A deactivation (of an idle receiver) checking in: nothing is left.
+            debug_assert!(rest.is_empty());
+            return self.mailboxes.recycle(rest);
+        }
+        let mailbox = self.mailboxes.get_mut(n);
         if queued == 0 || rest.len() == ahead {
             if mailbox.is_empty() {
                 std::mem::swap(mailbox, &mut rest);
@@ -1024,7 +1124,7 @@ impl<K: Key, M: Message> Router<K, M> {
             rest.append(mailbox);
             std::mem::swap(mailbox, &mut rest);
         }
-        self.spare_batch(rest);
+        self.mailboxes.recycle(rest);
         if ahead > 0 {
             self.outcomes.insert(key, queued + ahead);
         }
@@ -1056,18 +1156,6 @@ impl<K: Key, M: Message> Router<K, M> {
         }
     }
 
-    #[inline]
-    fn spare_batch(&mut self, mut batch: VecDeque<M>) {
-        let capacity = batch.capacity();
-        if capacity > 0
-            && capacity <= SPARE_BUFFER_CAPACITY
-            && self.spare_batches.len() < SPARE_BUFFERS
-        {
-            batch.clear();
-            self.spare_batches.push(batch);
-        }
-    }
-
     fn spare_effects(&mut self, effects: Effects<K, M>) {
         if self.spare_effects.len() < 64 {
             self.spare_effects.push(effects);
@@ -1090,6 +1178,17 @@ impl<K: Key, M: Message> Router<K, M> {
         activation: Activation<K, M>,
     ) -> Result<(), CommandError> {
         let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+        self.activate_at(key, addr, activation)
+    }
+
+    /// [`activate`](Router::activate) for the live slot `key` behind `addr`.
+    #[inline]
+    fn activate_at(
+        &mut self,
+        key: usize,
+        addr: Addr,
+        activation: Activation<K, M>,
+    ) -> Result<(), CommandError> {
         let slot = &mut self.slots[key];
         if slot.state != State::Activating {
             return Err(CommandError::WrongState(addr));
@@ -1098,10 +1197,13 @@ impl<K: Key, M: Message> Router<K, M> {
             Activation::Ready(receiver) => {
                 slot.receiver = Some(receiver);
                 slot.set_fresh(true);
+                // Activating -> Scheduled, on the slot at hand.
+                slot.state = State::Scheduled;
+                self.stats.activating -= 1;
+                self.stats.scheduled += 1;
                 self.stats.activations += 1;
                 // Always a first run, even with an empty mailbox (a closing router emptied it at
                 // its drain limit): the `activated` hook runs before anything else.
-                self.set_state(key, State::Scheduled);
                 self.commands.push_back(Command::Run(addr));
             }
             Activation::Refused => self.fail_activation(key, DeadLetterReason::NoReceiver),
@@ -1118,12 +1220,15 @@ impl<K: Key, M: Message> Router<K, M> {
         let slot = &mut self.slots[key];
         let work = match slot.state {
             State::Scheduled => {
-                let n = slot.mailbox.len().min(batch_size);
-                let batch = if n == slot.mailbox.len() {
-                    std::mem::take(&mut slot.mailbox)
+                // A scheduled receiver has its mailbox open (it stays open while checked out).
+                let mailbox = slot.mailbox;
+                let queued = self.mailboxes.len(mailbox);
+                let n = queued.min(batch_size);
+                let batch = if n == queued {
+                    std::mem::take(self.mailboxes.get_mut(mailbox))
                 } else {
-                    let mut batch = self.spare_batches.pop().unwrap_or_default();
-                    batch.extend(slot.mailbox.drain(..n));
+                    let mut batch = self.mailboxes.buffer();
+                    batch.extend(self.mailboxes.get_mut(mailbox).drain(..n));
                     batch
                 };
                 let fresh = slot.take_fresh();
@@ -1205,42 +1310,28 @@ impl<K: Key, M: Message> Router<K, M> {
         ending: Ending,
         now: Instant,
     ) {
-        if let Some(timeout) = self.effects.idle_timeout.take() {
-            let slot = &mut self.slots[key];
-            let ms = idle_ms(timeout);
-            let current = match slot.idle_timeout_ms {
-                DEFAULT_IDLE => self.config.idle_timeout_ms(),
-                ms => ms,
-            };
-            let shorter = ms < current;
-            slot.idle_timeout_ms = ms;
-            if shorter {
-                // The armed idle check may be later than the new deadline: arm another.
-                slot.set_idle_armed(false);
-            }
-        }
         self.stats.messages_delivered += handled;
-        self.relieve_if_room(key);
-        self.start_tasks(key, addr);
-        self.apply();
-        if self.closing && handled > 0 {
-            self.count_drained(handled);
+        if self.effects.is_empty() && !self.closing {
+            // The common case, with nothing to apply: what `apply_effects` does then.
+            self.relieve_if_room(key);
+        } else {
+            self.apply_effects(key, addr, handled);
         }
-        if self.drained() {
-            self.fail_mailbox(key, DeadLetterReason::DrainLimit);
-        }
-
         let injected = self.fault(Fault::DeactivateNonEmpty);
         let slot = &mut self.slots[key];
         match ending {
             Ending::Finished => {
                 slot.receiver = Some(receiver);
-                if injected && !slot.mailbox.is_empty() {
+                let empty = self.mailboxes.is_empty(slot.mailbox);
+                if injected && !empty {
                     self.begin_deactivation(key, Deactivation::Stopped);
-                } else if slot.mailbox.is_empty() {
+                } else if empty {
                     self.become_idle(key, now);
                 } else {
-                    self.set_state(key, State::Scheduled);
+                    // Running -> Scheduled, on the slot at hand.
+                    slot.state = State::Scheduled;
+                    self.stats.running -= 1;
+                    self.stats.scheduled += 1;
                     self.commands.push_back(Command::Run(addr));
                 }
             }
@@ -1266,6 +1357,37 @@ impl<K: Key, M: Message> Router<K, M> {
         }
     }
 
+    /// Applies the effects of a run that `handled` messages (in `self.effects`), and counts them
+    /// against a closing router's drain limit. Out of line: most runs have nothing to apply, and
+    /// `finish_run` stays small without it.
+    #[inline(never)]
+    fn apply_effects(&mut self, key: usize, addr: Addr, handled: u64) {
+        if let Some(timeout) = self.effects.idle_timeout.take() {
+            let slot = &mut self.slots[key];
+            let ms = idle_ms(timeout);
+            let current = match idle_ms_of(slot, key, &self.idle_timeouts, &self.limits) {
+                DEFAULT_IDLE => self.config.idle_timeout_ms(),
+                ms => ms,
+            };
+            let shorter = ms < current;
+            slot.set_own_timeout(true);
+            self.idle_timeouts.insert(key, ms);
+            if shorter {
+                // The armed idle check may be later than the new deadline: arm another.
+                slot.set_idle_armed(false);
+            }
+        }
+        self.relieve_if_room(key);
+        self.start_tasks(key, addr);
+        self.apply();
+        if self.closing && handled > 0 {
+            self.count_drained(handled);
+        }
+        if self.drained() {
+            self.fail_mailbox(key, DeadLetterReason::DrainLimit);
+        }
+    }
+
     /// The end of a deactivation, inline or checked in: applies the hook's effects (in
     /// `self.effects`), drops the instance, and frees the slot or, if messages arrived meanwhile,
     /// activates a fresh one.
@@ -1277,7 +1399,9 @@ impl<K: Key, M: Message> Router<K, M> {
         panicked: bool,
     ) {
         // Work started by the `deactivated` hook has no instance to come back to.
-        self.effects.tasks.clear();
+        if !self.effects.tasks.is_empty() {
+            self.effects.tasks.clear();
+        }
         self.apply();
         drop(receiver);
         self.abort_tasks(key);
@@ -1292,14 +1416,15 @@ impl<K: Key, M: Message> Router<K, M> {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
         }
         let slot = &mut self.slots[key];
-        slot.set_idle_armed(false);
-        let kind = slot.kind;
-        self.slots[key].idle_timeout_ms = self.kind_idle_ms(kind);
-        let slot = &mut self.slots[key];
-        if slot.mailbox.is_empty() {
+        if self.mailboxes.is_empty(slot.mailbox) {
             self.remove(key);
         } else {
             // Messages arrived during deactivation: activate a fresh instance.
+            slot.set_idle_armed(false);
+            if slot.own_timeout() {
+                slot.set_own_timeout(false);
+                self.idle_timeouts.remove(&key);
+            }
             self.set_state(key, State::Activating);
             self.commands.push_back(Command::Activate(addr));
         }
@@ -1405,14 +1530,21 @@ impl<K: Key, M: Message> Router<K, M> {
         // run. (Refused, it would leave an idle receiver to count its idle time from `now`, but
         // a receiver refuses outcomes only while deactivating, or closing: never idle then.)
         let _ = now;
-        let capacity = self.capacity(self.slots[key].kind);
-        self.enqueue(key, msg, true, capacity);
+        if self.enqueue(key, msg, Place::Outcome).is_err() {
+            unreachable!("an outcome is never refused");
+        }
     }
 
-    /// Applies what a receiver asked for, in order.
-    /// Applies the effects being finished (`self.effects`) and clears them.
-    #[inline]
+    /// Applies the effects being finished (`self.effects`), in order, and clears them.
+    #[inline(always)]
     fn apply(&mut self) {
+        if !self.effects.is_empty() {
+            self.apply_recorded();
+        }
+    }
+
+    /// [`apply`](Router::apply) when there is something to apply.
+    fn apply_recorded(&mut self) {
         if !self.effects.sends.is_empty() || !self.effects.timers.is_empty() {
             let mut effects = std::mem::take(&mut self.effects);
             self.apply_sends_and_timers(&mut effects);
@@ -1482,31 +1614,34 @@ impl<K: Key, M: Message> Router<K, M> {
                 clock,
                 effects: &mut self.effects,
                 timer_seq: &mut self.timer_seq,
+                before: &mut None,
                 kind: std::marker::PhantomData,
             };
             let panicked = run_deactivated(&mut *receiver, &mut ctx, why).is_err();
             self.finish_deactivation(key, addr, receiver, panicked);
             return Ok(());
         }
-        self.set_state(key, State::Running);
-        let mut left = self.batch_size(self.slots[key].kind);
-        let fresh = self.slots[key].take_fresh();
-        let Slot { id, mailbox, .. } = &mut self.slots[key];
+        // Scheduled -> Running, on the slot at hand (`set_state` would look it up again).
+        let slot = &mut self.slots[key];
+        slot.state = State::Running;
+        self.stats.scheduled -= 1;
+        self.stats.running += 1;
+        let batch_size = self.limits.get(slot.kind).batch_size;
+        let fresh = slot.take_fresh();
+        // A scheduled receiver has its mailbox open.
+        let mailbox = self.mailboxes.get_mut(slot.mailbox);
         let mut ctx = Context {
-            id,
+            id: &slot.id,
             addr,
             clock,
             effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
+            before: &mut None,
             kind: std::marker::PhantomData,
         };
         // The messages a check-out would take: the mailbox cannot grow meanwhile (sends are
         // effects, applied afterwards).
-        let next = || {
-            left = left.checked_sub(1)?;
-            mailbox.pop_front()
-        };
-        let (handled, ending) = run_batch(&mut receiver, &mut ctx, fresh, next);
+        let (handled, ending) = run_batch(&mut receiver, &mut ctx, fresh, mailbox, batch_size);
         take_outcomes(&mut self.outcomes, key, ending.consumed(handled));
         // Idle time counts from the end of the run, not from when the driver last looked.
         let now = clock.now();
@@ -1529,7 +1664,8 @@ impl<K: Key, M: Message> Router<K, M> {
     ) -> Result<(), CommandError> {
         match command {
             Command::Activate(addr) => {
-                let id = self.id(addr).ok_or(CommandError::Stale(addr))?;
+                let key = self.live(addr).ok_or(CommandError::Stale(addr))?;
+                let id = &self.slots[key].id;
                 let activation = match catch_unwind(AssertUnwindSafe(|| factory.create(id))) {
                     Ok(activation) => activation,
                     Err(panic) => {
@@ -1539,7 +1675,7 @@ impl<K: Key, M: Message> Router<K, M> {
                         Activation::failed(FactoryPanicked(why))
                     }
                 };
-                self.activate(addr, activation)
+                self.activate_at(key, addr, activation)
             }
             Command::Run(addr) | Command::Deactivate(addr) => self.run(addr, clock),
         }
@@ -1549,12 +1685,23 @@ impl<K: Key, M: Message> Router<K, M> {
 
     /// Fires every timer due at `now` in deadline order (ties in scheduling order) and
     /// deactivates receivers idle past their timeout.
+    #[inline]
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = if self.fault(Fault::EarlyTimer) {
             now + Duration::from_millis(1)
         } else {
             now
         };
+        // Most calls find nothing due: tell that cheaply (inline, in the caller), comparing the
+        // oldest idle receiver's deadline in ticks rather than building it as an `Instant`.
+        if self.timers.due(now) || self.list_may_be_due(now) {
+            self.fire_due(now);
+        }
+    }
+
+    /// [`handle_timeout`](Router::handle_timeout) when something may be due.
+    #[inline(never)]
+    fn fire_due(&mut self, now: Instant) {
         loop {
             // Timers and idle checks in the heap due up to the oldest idle receiver's deadline
             // go first (ties included), then that receiver: all in deadline order.
@@ -1572,12 +1719,25 @@ impl<K: Key, M: Message> Router<K, M> {
                     }
                 }
                 None if idle_due.is_some() => {
-                    let head = self.idle_head as usize;
+                    let head = self.idle.head as usize;
                     self.begin_deactivation(head, Deactivation::IdleTimeout);
                 }
                 None => break,
             }
         }
+    }
+
+    /// False if the oldest receiver on the idle list is certainly not due at `now` (nor is any
+    /// other: the list is in deadline order); true if it may be, for `list_deadline` to tell.
+    /// Exact in ticks: its deadline is `epoch + since + timeout`, and `ticks(now)` is `now -
+    /// epoch` (0 before the epoch, where nothing is due), saturating only where both sides do.
+    #[inline]
+    fn list_may_be_due(&mut self, now: Instant) -> bool {
+        let Some(head) = self.slots.get(self.idle.head as usize) else {
+            return false;
+        };
+        let due = head.idle_since.saturating_add(self.idle_timeout_ns);
+        due <= self.ticks.at(now)
     }
 
     fn check_idle(&mut self, addr: Addr, now: Instant) {
@@ -1591,7 +1751,7 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         let timeout = self.idle_timeout_of(key);
         let since = self.slots[key].idle_since;
-        let elapsed = Duration::from_nanos(self.ticks(now).saturating_sub(since));
+        let elapsed = Duration::from_nanos(self.ticks.at(now).saturating_sub(since));
         if elapsed >= timeout {
             self.begin_deactivation(key, Deactivation::IdleTimeout);
         } else if let Some(at) = crate::deadline(now, timeout - elapsed) {

@@ -1,7 +1,6 @@
-//! A slot: one live receiver, its mailbox and its lifecycle state.
+//! A slot: one live receiver, its lifecycle state, and the number of its mailbox.
 
-use std::collections::VecDeque;
-
+use crate::mailbox::NO_MAILBOX;
 use crate::{Deactivation, Receiver};
 
 /// Where a receiver is in its lifecycle (see the diagram in the crate docs).
@@ -28,23 +27,24 @@ pub(crate) const NEVER_IDLE: u32 = u32::MAX - 1;
 /// "No slot" in the idle list's links.
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// One receiver: 80 bytes for `Slot<u64, u64>`. Its generation lives in the router's
-/// `generations`, which outlives the slot; the sequence for timer IDs is router-wide.
+/// One receiver: 48 bytes for `Slot<u64, u64>`, and the same for any message type (its mailbox
+/// is the router's, by number). Its generation lives in the router's `generations`, which
+/// outlives the slot; the sequence for timer IDs is router-wide; an idle timeout of its own (rare)
+/// is in the router's `idle_timeouts`.
 pub(crate) struct Slot<K, M> {
     pub(crate) id: K,
     /// `None` while activating or checked out.
     pub(crate) receiver: Option<Box<dyn Receiver<K, M>>>,
-    /// Holds no buffer while the receiver is idle: buffers go back to the router's pool.
-    pub(crate) mailbox: VecDeque<M>,
     /// Nanoseconds since the router's epoch when the receiver last became idle.
     pub(crate) idle_since: u64,
-    /// Per-receiver idle timeout in milliseconds, or `DEFAULT_IDLE`.
-    pub(crate) idle_timeout_ms: u32,
+    /// Its mailbox in the router's `Mailboxes`, or `NO_MAILBOX`. Open from its first message
+    /// until it goes idle or away: an idle receiver holds none.
+    pub(crate) mailbox: u32,
     /// Neighbours in the router's list of idle receivers on the default timeout (if `listed`).
     pub(crate) idle_prev: u32,
     pub(crate) idle_next: u32,
     pub(crate) state: State,
-    /// `LISTED`, `IDLE_ARMED`, `FRESH` and `FULL`, in one byte to keep the slot at 80 bytes.
+    /// `LISTED`, `IDLE_ARMED`, `FRESH`, `FULL` and `OWN_TIMEOUT`, in one byte.
     flags: u8,
     /// Its kind, in an application with several (see `KindTable`); 0 otherwise.
     pub(crate) kind: u8,
@@ -58,21 +58,23 @@ const IDLE_ARMED: u8 = 2;
 const FRESH: u8 = 4;
 /// The mailbox reached its capacity (and has not come down to half of it since).
 const FULL: u8 = 8;
+/// This instance set an idle timeout of its own (in the router's `idle_timeouts`).
+const OWN_TIMEOUT: u8 = 16;
 
 impl<K, M> Slot<K, M> {
-    /// An activating slot whose mailbox (`mailbox`, a recycled buffer) holds its first message.
-    pub(crate) fn new(id: K, mailbox: VecDeque<M>) -> Self {
+    /// An activating slot of `kind` whose mailbox (number `mailbox`) holds its first message.
+    pub(crate) fn new(id: K, mailbox: u32, kind: u8) -> Self {
+        debug_assert_ne!(mailbox, NO_MAILBOX);
         Slot {
             id,
             receiver: None,
-            mailbox,
             idle_since: 0,
-            idle_timeout_ms: DEFAULT_IDLE,
+            mailbox,
             idle_prev: NIL,
             idle_next: NIL,
             state: State::Activating,
             flags: 0,
-            kind: 0,
+            kind,
         }
     }
 
@@ -118,6 +120,17 @@ impl<K, M> Slot<K, M> {
         self.set(FULL, on);
     }
 
+    /// This instance has an idle timeout of its own.
+    #[inline]
+    pub(crate) fn own_timeout(&self) -> bool {
+        self.flags & OWN_TIMEOUT != 0
+    }
+
+    #[inline]
+    pub(crate) fn set_own_timeout(&mut self, on: bool) {
+        self.set(OWN_TIMEOUT, on);
+    }
+
     #[inline]
     pub(crate) fn set_fresh(&mut self, on: bool) {
         self.set(FRESH, on);
@@ -138,9 +151,15 @@ mod tests {
 
     #[test]
     fn slot_is_compact() {
-        // The per-receiver overhead budget is 100 bytes; the slot is most of it.
-        let size = std::mem::size_of::<slab::Slab<Slot<u64, u64>>>();
-        let entry = std::mem::size_of::<Slot<u64, u64>>();
-        assert!(entry <= 80, "Slot<u64, u64> is {entry} bytes (slab {size})");
+        // The budget is 100 bytes of memory per idle receiver with a 16-byte state, whose box
+        // takes 32 (the allocator's smallest chunk); the slot is most of the rest, and a slab
+        // entry is no larger than the slot it holds.
+        let slot = std::mem::size_of::<Slot<u64, u64>>();
+        assert!(slot <= 48, "Slot<u64, u64> is {slot} bytes");
+        // The slab's entry is `Vacant(usize)` or `Occupied(slot)`, laid out as this is.
+        let entry = std::mem::size_of::<Result<Slot<u64, u64>, usize>>();
+        assert_eq!(entry, slot, "a slab entry costs more than its slot");
+        // Whatever the message type: the mailbox is not in the slot.
+        assert_eq!(std::mem::size_of::<Slot<u64, [u8; 256]>>(), slot);
     }
 }

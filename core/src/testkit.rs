@@ -123,6 +123,7 @@ impl<K: Key, M: Kind<A, Id = K>, A: App> Probe<K, M, A> {
             clock: &self.now,
             effects: &mut self.effects,
             timer_seq: &mut self.timer_seq,
+            before: &mut None,
             kind: std::marker::PhantomData,
         };
         f(&mut *self.receiver, &mut ctx);

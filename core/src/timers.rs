@@ -167,6 +167,12 @@ impl<K, M> Timers<K, M> {
         }
     }
 
+    /// True if an entry is due at `now` (maybe a cancelled one, which `pop_due` skips).
+    #[inline]
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        matches!(self.heap.peek(), Some(Reverse((When::At(at), _, _))) if *at <= now)
+    }
+
     /// Pops the next entry due at `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Fired<K, M>> {
         loop {
