@@ -425,7 +425,7 @@ where
         }
         self.transport.detach();
         // Let the publisher send what is queued (answers, forwarded mail), then stop.
-        runtime.block_on(tokio::time::sleep(Duration::from_millis(50)));
+        runtime.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
         for task in self.tasks.drain(..) {
             task.abort();
         }
