@@ -33,7 +33,11 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// A member node named `node` of the cluster `cluster`, on the NATS server at `nats_url`
     /// (with JetStream). Names are letters, digits, `-` and `_`.
-    pub fn new(nats_url: impl Into<String>, cluster: impl Into<String>, node: impl Into<String>) -> Self {
+    pub fn new(
+        nats_url: impl Into<String>,
+        cluster: impl Into<String>,
+        node: impl Into<String>,
+    ) -> Self {
         ClusterConfig {
             nats_url: nats_url.into(),
             cluster: cluster.into(),

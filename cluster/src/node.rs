@@ -124,7 +124,11 @@ impl Cluster {
     }
 
     /// Starts this node with router `config` and `factory`; see [`start_with`](Cluster::start_with).
-    pub fn start<K, M, F>(self, config: Config, factory: F) -> Result<Node<K, M, F::App>, ClusterError>
+    pub fn start<K, M, F>(
+        self,
+        config: Config,
+        factory: F,
+    ) -> Result<Node<K, M, F::App>, ClusterError>
     where
         K: Key + Serialize + DeserializeOwned,
         M: Message + Serialize + DeserializeOwned,
@@ -215,7 +219,9 @@ impl Cluster {
                 while let Some(message) = releases.next().await {
                     match postcard::from_bytes::<Released>(&message.payload) {
                         Ok(r) => gate.released(NodeId(r.node), r.view),
-                        Err(e) => tracing::warn!(%e, "ignoring a release notice that does not decode"),
+                        Err(e) => {
+                            tracing::warn!(%e, "ignoring a release notice that does not decode")
+                        }
                     }
                 }
             }));
@@ -304,7 +310,10 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
     /// Announces this node, reads the membership, and hands off what moved.
     async fn beat(&self) {
         if self.member
-            && let Err(e) = self.kv.put(member_key(self.me), self.announce.clone()).await
+            && let Err(e) = self
+                .kv
+                .put(member_key(self.me), self.announce.clone())
+                .await
         {
             tracing::warn!(%e, "heartbeat failed: is the NATS server up?");
         }

@@ -82,7 +82,10 @@ impl ClusterPlacement {
 
     /// The owner of `hash` in `members` (the current view if `None`).
     pub(crate) fn owner_of(&self, hash: u64) -> Option<NodeId> {
-        owner(hash, &self.view.read().unwrap_or_else(PoisonError::into_inner))
+        owner(
+            hash,
+            &self.view.read().unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     pub(crate) fn me(&self) -> NodeId {

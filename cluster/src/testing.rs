@@ -62,7 +62,10 @@ impl NatsServer {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(server)

@@ -189,7 +189,12 @@ where
 
     /// Encodes `(id, msg, hops)` items into one frame for `node` and queues it. On `Err`, the
     /// items are left in `batch`.
-    fn send(&self, node: NodeId, batch: &mut Vec<(K, M)>, hops: u8) -> Result<(), DeadLetterReason> {
+    fn send(
+        &self,
+        node: NodeId,
+        batch: &mut Vec<(K, M)>,
+        hops: u8,
+    ) -> Result<(), DeadLetterReason> {
         if node == self.me || !self.placement.view().contains(&node) {
             return Err(DeadLetterReason::Unreachable);
         }

@@ -32,8 +32,15 @@ pub(crate) struct Frame {
 /// One item of a frame.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Item<K, M> {
-    Message { to: K, msg: M, hops: u8 },
-    Answer { token: u64, answer: Result<Vec<u8>, u8> },
+    Message {
+        to: K,
+        msg: M,
+        hops: u8,
+    },
+    Answer {
+        token: u64,
+        answer: Result<Vec<u8>, u8>,
+    },
 }
 
 /// An ask's error as a byte on the wire.

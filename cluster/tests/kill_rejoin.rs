@@ -108,12 +108,10 @@ fn config(url: &str, name: &str) -> ClusterConfig {
 }
 
 fn load(store: &KvStore, id: u64) -> Result<State, StoreError> {
-    Ok(STATE
-        .load(store, key(id).as_bytes())?
-        .unwrap_or(State {
-            balance: OPENING,
-            applied: BTreeMap::new(),
-        }))
+    Ok(STATE.load(store, key(id).as_bytes())?.unwrap_or(State {
+        balance: OPENING,
+        applied: BTreeMap::new(),
+    }))
 }
 
 /// A node's main, when this binary runs as one (`HERMES_BANK_NODE=name`): serves accounts
@@ -199,7 +197,11 @@ fn wait_members(client: &Client, n: usize, within: Duration) {
 }
 
 /// Asks until a definite answer (requests are idempotent), for at most a minute.
-fn until_answered<R>(client: &Client, id: u64, make: impl Fn(Reply<Result<R, String>>) -> Account) -> R {
+fn until_answered<R>(
+    client: &Client,
+    id: u64,
+    make: impl Fn(Reply<Result<R, String>>) -> Account,
+) -> R {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match client
@@ -297,12 +299,17 @@ fn three_processes_kill_and_rejoin() {
         return;
     };
     let url = nats.url();
-    let nodes: Vec<Proc> = ["a", "b", "c"].iter().map(|n| Proc::start(&url, n)).collect();
+    let nodes: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Proc::start(&url, n))
+        .collect();
     let joined = Cluster::connect(config(&url, "driver").client()).unwrap();
     let store = joined.store();
     let client: Arc<Client> = Arc::new(
         joined
-            .start(Config::default(), |_: &u64| Activation::<u64, Account>::Refused)
+            .start(Config::default(), |_: &u64| {
+                Activation::<u64, Account>::Refused
+            })
             .unwrap(),
     );
     wait_members(&client, 3, Duration::from_secs(30));
@@ -317,7 +324,11 @@ fn three_processes_kill_and_rejoin() {
     let before_kill = done.load(Ordering::Relaxed);
     assert!(before_kill > 50, "only {before_kill} transfers in 3 s");
     let mut nodes = nodes.into_iter();
-    let (a, killed, c) = (nodes.next().unwrap(), nodes.next().unwrap(), nodes.next().unwrap());
+    let (a, killed, c) = (
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+    );
     killed.kill();
     wait_members(&client, 2, Duration::from_secs(10));
     // Keep going on the survivors: b's accounts re-activate there from their saved state.

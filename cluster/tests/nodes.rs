@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hermes_cluster::testing::NatsServer;
 use hermes_cluster::{Cluster, ClusterConfig, Node};
 use hermes_core::{
-    Activation, AskError, Config, Context, DeadLetter, DeadLetterReason, Deactivation, Location,
+    Activation, AskError, Config, Context, Deactivation, DeadLetter, DeadLetterReason, Location,
     Receiver, Reply,
 };
 use hermes_store::{Codec, Store, StoreError};
@@ -100,13 +100,17 @@ fn start(
 fn wait_members(nodes: &[&TestNode], n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while nodes.iter().any(|node| node.members().len() != n) {
-        assert!(Instant::now() < deadline, "membership did not settle on {n}");
+        assert!(
+            Instant::now() < deadline,
+            "membership did not settle on {n}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn get(node: &TestNode, id: u64) -> Result<(u64, String), AskError> {
-    node.hermes().ask_blocking(id, Msg::Get, Duration::from_secs(5))
+    node.hermes()
+        .ask_blocking(id, Msg::Get, Duration::from_secs(5))
 }
 
 #[test]
@@ -157,13 +161,21 @@ fn sends_and_asks_cross_nodes() {
     }
     let (out, inbound, bad, _) = a.transport_counts();
     assert!(out > 0 && inbound > 0 && bad == 0);
-    assert!(dead.lock().unwrap().is_empty(), "{:?}", dead.lock().unwrap());
+    assert!(
+        dead.lock().unwrap().is_empty(),
+        "{:?}",
+        dead.lock().unwrap()
+    );
 
     // A node leaves: its IDs move to the survivor with their saved state.
     b.shutdown();
     wait_members(&[&a], 1);
     for id in 0..200u64 {
-        assert_eq!(get(&a, id), Ok((6, "a".to_string())), "id {id} after b left");
+        assert_eq!(
+            get(&a, id),
+            Ok((6, "a".to_string())),
+            "id {id} after b left"
+        );
     }
 
     // It comes back: the IDs it owned move back, released by a (saved) first.
@@ -174,7 +186,11 @@ fn sends_and_asks_cross_nodes() {
             Location::Node(_) => "a",
             _ => "b",
         };
-        assert_eq!(get(&a, id), Ok((6, owner.to_string())), "id {id} after b came back");
+        assert_eq!(
+            get(&a, id),
+            Ok((6, owner.to_string())),
+            "id {id} after b came back"
+        );
     }
     a.shutdown();
     b.shutdown();
@@ -225,7 +241,10 @@ fn a_stale_owner_cannot_overwrite() {
     assert_eq!(s1.get(b"new").unwrap(), None);
     assert_eq!(s2.get(b"new").unwrap(), None);
     s2.put(b"new", b"x").unwrap();
-    assert!(matches!(s1.put(b"new", b"y"), Err(StoreError::Conflict { .. })));
+    assert!(matches!(
+        s1.put(b"new", b"y"),
+        Err(StoreError::Conflict { .. })
+    ));
     assert_eq!(s1.scan_prefix(b"").unwrap().len(), 2);
     s1.delete(b"k").unwrap();
     assert_eq!(s2.get(b"k").unwrap(), None);

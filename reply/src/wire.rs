@@ -196,11 +196,13 @@ mod tests {
         let (reply, asked) = Reply::<u32>::new();
         let bytes = with_exchange(&exchange, || postcard::to_allocvec(&reply)).unwrap();
         drop(reply); // the original is forwarded: dropping it answers nothing
-        let remote: Reply<u32> =
-            with_exchange(&exchange, || postcard::from_bytes(&bytes)).unwrap();
+        let remote: Reply<u32> = with_exchange(&exchange, || postcard::from_bytes(&bytes)).unwrap();
         assert!(remote.is_wanted());
         remote.send(42).unwrap();
-        assert_eq!(asked.wait_timeout(std::time::Duration::from_secs(1)), Ok(42));
+        assert_eq!(
+            asked.wait_timeout(std::time::Duration::from_secs(1)),
+            Ok(42)
+        );
     }
 
     #[test]
@@ -209,8 +211,7 @@ mod tests {
         let (reply, asked) = Reply::<u32>::new();
         let bytes = with_exchange(&exchange, || postcard::to_allocvec(&reply)).unwrap();
         drop(reply);
-        let remote: Reply<u32> =
-            with_exchange(&exchange, || postcard::from_bytes(&bytes)).unwrap();
+        let remote: Reply<u32> = with_exchange(&exchange, || postcard::from_bytes(&bytes)).unwrap();
         drop(remote);
         assert_eq!(asked.wait(), Err(AskError::Dropped));
     }

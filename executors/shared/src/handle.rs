@@ -194,7 +194,11 @@ fn refused<K, M, T: Kind<A>, A: App<Id = K, Msg = M>>(
 
 /// Hands a message from the handle to the transport for `node`.
 #[cold]
-fn offer_remote<K: Key, M: Message>(core: &Core<K, M>, node: NodeId, envelope: Envelope<K, M>) -> Offer<K, M> {
+fn offer_remote<K: Key, M: Message>(
+    core: &Core<K, M>,
+    node: NodeId,
+    envelope: Envelope<K, M>,
+) -> Offer<K, M> {
     let Some(transport) = &core.remote else {
         return Err((envelope, SendErrorKind::Unreachable));
     };
@@ -878,7 +882,10 @@ impl Released {
     /// Blocks until the hand-off is done or `timeout` passes; true if it is done.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
-        self.release.done.wait(deadline, |s| s.as_ref().copied()).is_some()
+        self.release
+            .done
+            .wait(deadline, |s| s.as_ref().copied())
+            .is_some()
     }
 }
 

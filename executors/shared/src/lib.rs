@@ -68,8 +68,7 @@ mod remote;
 mod shard;
 
 pub use handle::{
-    Finished, Hermes, Launched, Refused, Released, Runtime, Shards, Spawned, WouldDeadlock,
-    launch,
+    Finished, Hermes, Launched, Refused, Released, Runtime, Shards, Spawned, WouldDeadlock, launch,
 };
 pub use hermes_reply::{AskError, Asked, Reply};
 pub use inbox::Wake;
