@@ -224,12 +224,10 @@ where
         match queued {
             Ok(()) => {
                 self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
-                let mut i = 0;
-                for (to, msg) in batch.drain(..) {
+                for (i, (to, msg)) in batch.drain(..).enumerate() {
                     if failed.contains(&i) {
                         self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable);
                     }
-                    i += 1;
                 }
                 Ok(())
             }

@@ -227,13 +227,16 @@ fn transfer(client: &Client, number: u64, from: u64, to: u64, amount: i64) -> bo
     debited
 }
 
+/// Acknowledged transfers: (number, from, to).
+type Acked = Arc<Mutex<Vec<(u64, u64, u64)>>>;
+
 /// Transfers from several threads until `stop`; each acknowledged transfer is recorded.
 fn load_run(
     client: &Arc<Client>,
     threads: u64,
     base: u64,
     stop: &Arc<AtomicBool>,
-    acked: &Arc<Mutex<Vec<(u64, u64, u64)>>>,
+    acked: &Acked,
     done: &Arc<AtomicU64>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..threads)

@@ -113,7 +113,7 @@ impl<T> Reply<T> {
     pub fn send(mut self, value: T) -> Result<(), T> {
         #[cfg(feature = "serde")]
         if let Some(remote) = self.remote.take() {
-            return remote.answer(value);
+            return (*remote).answer(value);
         }
         let Some(slot) = self.slot.take() else {
             return Err(value);
@@ -147,7 +147,7 @@ impl<T> Drop for Reply<T> {
         #[cfg(feature = "serde")]
         if let Some(remote) = self.remote.take() {
             if !*self.forwarded.get_mut() {
-                remote.dropped();
+                (*remote).dropped();
             }
             return;
         }

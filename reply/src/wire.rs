@@ -70,7 +70,7 @@ pub(crate) struct RemoteReply<T> {
 }
 
 impl<T> RemoteReply<T> {
-    pub(crate) fn answer(self: Box<Self>, value: T) -> Result<(), T> {
+    pub(crate) fn answer(self, value: T) -> Result<(), T> {
         match (self.encode)(&value) {
             Ok(bytes) => {
                 self.exchange.answer(self.origin, self.token, Ok(bytes));
@@ -85,7 +85,7 @@ impl<T> RemoteReply<T> {
         }
     }
 
-    pub(crate) fn dropped(self: Box<Self>) {
+    pub(crate) fn dropped(self) {
         self.exchange
             .answer(self.origin, self.token, Err(AskError::Dropped));
     }

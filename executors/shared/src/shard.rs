@@ -439,7 +439,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             let shard = match location {
                 Location::Shard(n) => n as usize,
                 Location::Node(node) => {
-                    self.to_node(node, envelope);
+                    self.queue_for_node(node, envelope);
                     continue;
                 }
                 _ => usize::MAX,
@@ -496,7 +496,7 @@ impl<K: Key, M: Message> Shard<K, M> {
 
     /// Queues mail for a receiver on another node, for this turn's batch to that node.
     #[cold]
-    fn to_node(&mut self, node: NodeId, envelope: Envelope<K, M>) {
+    fn queue_for_node(&mut self, node: NodeId, envelope: Envelope<K, M>) {
         let (id, msg) = match envelope {
             Envelope::Deliver(Recipient::Id(id), msg) => (id, msg),
             // Handles and timers are local to a shard: they never name another node.
