@@ -210,10 +210,13 @@ fn offer_remote<K: Key, M: Message>(
     let mut batch = vec![(id, msg)];
     match transport.deliver(node, &mut batch) {
         Ok(()) => Ok(()),
-        Err(_) => match batch.pop() {
+        Err(reason) => match batch.pop() {
             Some((id, msg)) => Err((
                 Envelope::Admit(Recipient::Id(id), msg),
-                SendErrorKind::Unreachable,
+                match reason {
+                    hermes_core::DeadLetterReason::Full => SendErrorKind::Full,
+                    _ => SendErrorKind::Unreachable,
+                },
             )),
             // Taken after all: it went out.
             None => Ok(()),
@@ -348,7 +351,12 @@ where
                 result => return result.map_err(|(envelope, kind)| refused(envelope, kind)),
             };
             let Some(inbox) = self.inner.core.inbox(location) else {
-                return Err(refused(envelope, SendErrorKind::Stale));
+                // Another node's queue is full: nothing to await here; the caller retries.
+                let kind = match location {
+                    Location::Node(_) => SendErrorKind::Full,
+                    _ => SendErrorKind::Stale,
+                };
+                return Err(refused(envelope, kind));
             };
             // Listen, then look again: room that came in between is not missed.
             let listener = inbox.room.listen();
@@ -387,7 +395,11 @@ where
                 result => return result.map_err(|(envelope, kind)| unwrap(envelope, kind)),
             };
             let Some(inbox) = self.inner.core.inbox(location) else {
-                return Err(unwrap(envelope, SendErrorKind::Stale));
+                let kind = match location {
+                    Location::Node(_) => SendErrorKind::Full,
+                    _ => SendErrorKind::Stale,
+                };
+                return Err(unwrap(envelope, kind));
             };
             let listener = inbox.room.listen();
             envelope = match self.offer(location, Some(hash), envelope) {
@@ -471,6 +483,15 @@ where
                 result => return result,
             };
             let Some(inbox) = self.inner.core.inbox(location) else {
+                if let Location::Node(_) = location {
+                    // The transport's queue to another node is full: it has no event to wait
+                    // on, so back off briefly, as long as this thread may wait at all.
+                    if in_shard() || deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err((envelope, SendErrorKind::Full));
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
                 return Err((envelope, SendErrorKind::Stale));
             };
             let listener = inbox.room.listen();
