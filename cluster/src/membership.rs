@@ -67,6 +67,8 @@ struct GateState {
     since: Instant,
     /// Each node's latest release, by view hash.
     released: HashMap<NodeId, u64>,
+    /// No view change seen yet: this node has only just started.
+    first: bool,
 }
 
 impl Gate {
@@ -80,6 +82,7 @@ impl Gate {
                 current: view,
                 since: Instant::now(),
                 released: HashMap::new(),
+                first: true,
             }),
             changed: Condvar::new(),
         }
@@ -92,12 +95,24 @@ impl Gate {
     /// The membership changed from `previous` to `current`.
     pub(crate) fn view_changed(&self, previous: Arc<Vec<NodeId>>, current: Arc<Vec<NodeId>>) {
         let mut state = self.lock();
-        state.previous = previous;
+        state.previous = if std::mem::take(&mut state.first) {
+            // Just started: before this node joined, the others owned everything, so they
+            // are the previous owners to wait for (not this node's view of itself alone).
+            let others: Vec<NodeId> = current.iter().copied().filter(|&n| n != self.me).collect();
+            Arc::new(others)
+        } else {
+            previous
+        };
         state.hash = view_hash(&current);
         state.current = current;
         state.since = Instant::now();
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// This node's first look at the membership is done: later changes are ordinary ones.
+    pub(crate) fn settle(&self) {
+        self.lock().first = false;
     }
 
     /// `node` released what it lost in view `view`.
@@ -160,5 +175,65 @@ impl<K: Key, M: Message, F: Factory<K, M>> Factory<K, M> for Gated<F> {
 
     fn kinds(&self) -> Option<KindTable<K>> {
         self.inner.kinds()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: NodeId = NodeId(1);
+    const B: NodeId = NodeId(2);
+    const C: NodeId = NodeId(3);
+
+    /// A hash that `members` gives to `node`.
+    fn owned_by(node: NodeId, members: &[NodeId]) -> u64 {
+        (0..).find(|h| owner(*h, members) == Some(node)).unwrap()
+    }
+
+    #[test]
+    fn a_joining_node_waits_for_the_previous_owner_to_release() {
+        let gate = Arc::new(Gate::new(A, Duration::from_secs(5), Arc::new(vec![A])));
+        let all = Arc::new(vec![A, B, C]);
+        gate.view_changed(Arc::new(vec![A]), Arc::clone(&all));
+        gate.settle();
+        // Was B's (of B and C), is A's now: wait for B.
+        let hash = (0..)
+            .find(|h| owner(*h, &[B, C]) == Some(B) && owner(*h, &all) == Some(A))
+            .unwrap();
+        let releaser = {
+            let gate = Arc::clone(&gate);
+            let view = view_hash(&all);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                gate.released(C, view); // not the one A waits for
+                std::thread::sleep(Duration::from_millis(50));
+                gate.released(B, view);
+            })
+        };
+        let start = Instant::now();
+        assert!(!gate.wait(hash), "released in time");
+        assert!(start.elapsed() >= Duration::from_millis(90));
+        releaser.join().unwrap();
+    }
+
+    #[test]
+    fn no_wait_for_a_gone_owner_and_a_timeout_otherwise() {
+        let gate = Gate::new(A, Duration::from_millis(50), Arc::new(vec![A]));
+        gate.settle();
+        // C left: its IDs are A's or B's now, and nobody waits for C.
+        gate.view_changed(Arc::new(vec![A, B, C]), Arc::new(vec![A, B]));
+        assert!(!gate.wait(owned_by(C, &[A, B, C])));
+        // A's own IDs never wait.
+        assert!(!gate.wait(owned_by(A, &[A, B, C])));
+        // Joining while B never releases: the wait times out.
+        let joining = Gate::new(A, Duration::from_millis(50), Arc::new(vec![A]));
+        joining.view_changed(Arc::new(vec![A]), Arc::new(vec![A, B]));
+        let hash = (0..)
+            .find(|h| owner(*h, &[B]) == Some(B) && owner(*h, &[A, B]) == Some(A))
+            .unwrap();
+        let start = Instant::now();
+        assert!(joining.wait(hash), "times out without B's release");
+        assert!(start.elapsed() >= Duration::from_millis(45));
     }
 }

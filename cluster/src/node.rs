@@ -254,6 +254,7 @@ impl Cluster {
         };
         // The first beat (and view) before start returns: the node is a member from here on.
         runtime.block_on(heartbeat.beat());
+        heartbeat.gate.settle();
         tasks.push(runtime.spawn(heartbeat.run()));
         Ok(Node {
             hermes,
