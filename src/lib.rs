@@ -150,6 +150,15 @@ pub mod sim {
     pub use hermes_sim::Sim;
 }
 
+/// Hermes across machines (feature `cluster`): nodes on NATS with the same [`Hermes`] handle,
+/// placement by rendezvous hashing over the membership, hand-off when nodes join and leave, and
+/// durable state on JetStream key-value with compare-and-set; see [`hermes_cluster`].
+#[cfg(feature = "cluster")]
+pub mod cluster {
+    #[doc(inline)]
+    pub use hermes_cluster::*;
+}
+
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -437,11 +437,15 @@ impl<A: App> fmt::Debug for Kinds<A> {
 ///
 /// Each ID type must be `Clone + Eq + Hash + Debug + Send + 'static`; each message type
 /// `Send + 'static` and belong to exactly one kind. See [`Kinds`](crate::Kinds) for an example.
+///
+/// Attributes written after the types' names go on both enums: a cluster needs IDs and
+/// messages that serialize, `pub app Bank(BankId, BankMsg) #[derive(Serialize, Deserialize)] {
+/// .. }` (each kind's ID and message types must then serialize too).
 #[macro_export]
 macro_rules! app {
     (
         $(#[$meta:meta])*
-        $vis:vis app $app:ident($id:ident, $msg:ident) {
+        $vis:vis app $app:ident($id:ident, $msg:ident) $(#[$sum_meta:meta])* {
             $($variant:ident($kind_id:ty => $kind_msg:ty)),+ $(,)?
         }
     ) => {
@@ -451,6 +455,7 @@ macro_rules! app {
 
         #[doc = concat!("The ID of a receiver of [`", stringify!($app), "`]: one variant per kind.")]
         #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        $(#[$sum_meta])*
         $vis enum $id {
             $(
                 #[doc = concat!("A receiver of kind ", stringify!($variant), ".")]
@@ -459,6 +464,7 @@ macro_rules! app {
         }
 
         #[doc = concat!("A message for a receiver of [`", stringify!($app), "`]: one variant per kind.")]
+        $(#[$sum_meta])*
         $vis enum $msg {
             $(
                 #[doc = concat!("A message for kind ", stringify!($variant), ".")]

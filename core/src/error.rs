@@ -15,13 +15,18 @@ pub enum SendError<M> {
     Full(M),
     /// The handle's receiver is gone; send by ID instead.
     Stale(M),
+    /// The receiver lives on another node of a cluster that cannot be reached now.
+    Unreachable(M),
 }
 
 impl<M> SendError<M> {
     /// The message that was not sent.
     pub fn into_inner(self) -> M {
         match self {
-            SendError::Closed(m) | SendError::Full(m) | SendError::Stale(m) => m,
+            SendError::Closed(m)
+            | SendError::Full(m)
+            | SendError::Stale(m)
+            | SendError::Unreachable(m) => m,
         }
     }
 
@@ -31,6 +36,7 @@ impl<M> SendError<M> {
             SendError::Closed(m) => SendError::Closed(f(m)),
             SendError::Full(m) => SendError::Full(f(m)),
             SendError::Stale(m) => SendError::Stale(f(m)),
+            SendError::Unreachable(m) => SendError::Unreachable(f(m)),
         }
     }
 
@@ -40,6 +46,7 @@ impl<M> SendError<M> {
             SendError::Closed(_) => SendErrorKind::Closed,
             SendError::Full(_) => SendErrorKind::Full,
             SendError::Stale(_) => SendErrorKind::Stale,
+            SendError::Unreachable(_) => SendErrorKind::Unreachable,
         }
     }
 }
@@ -54,6 +61,8 @@ pub enum SendErrorKind {
     Full,
     /// See [`SendError::Stale`].
     Stale,
+    /// See [`SendError::Unreachable`].
+    Unreachable,
 }
 
 impl fmt::Display for SendErrorKind {
@@ -64,6 +73,10 @@ impl fmt::Display for SendErrorKind {
                 "the receiver's mailbox is full: retry later or raise mailbox_capacity"
             }
             SendErrorKind::Stale => "the handle is stale: its receiver is gone; send by ID",
+            SendErrorKind::Unreachable => {
+                "the receiver lives on another node that cannot be reached now: retry once \
+                 the cluster is healthy"
+            }
         })
     }
 }
@@ -120,6 +133,9 @@ pub enum DeadLetterReason {
     /// The router was closing and had delivered its
     /// [drain limit](crate::Config::drain_limit) of messages.
     DrainLimit,
+    /// The recipient lives on another node of a cluster that could not be reached: no
+    /// transport, the node left the cluster, or the transport refused the message.
+    Unreachable,
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -134,6 +150,11 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::DrainLimit => f.write_str(
                 "hermes was closing and had delivered its drain limit of messages \
                  (Config::drain_limit): receivers that keep messaging each other stop there",
+            ),
+            DeadLetterReason::Unreachable => f.write_str(
+                "the recipient lives on another node that could not be reached (no transport, \
+                 the node left the cluster, or its queue was full): check the cluster's \
+                 membership and the NATS connection",
             ),
         }
     }

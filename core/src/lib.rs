@@ -117,7 +117,7 @@ pub use error::{CommandError, DeadLetter, DeadLetterReason, SendError, SendError
 pub use factory::{Activation, Factory, FactoryError, SharedFactory, share};
 pub use hermes_reply::{AskError, Asked, Reply};
 pub use job::{Done, Job, panic_message};
-pub use placement::{Location, Placement, Sharded, id_hash};
+pub use placement::{Location, NodeId, Placement, Sharded, id_hash};
 pub use receiver::{Deactivation, Receiver};
 #[cfg(feature = "fault-injection")]
 pub use router::Fault;

@@ -1,7 +1,7 @@
 //! Placement: where an ID lives. Every part of Hermes that needs to know (a router deciding
 //! whether a message is its own, the handle choosing a shard, the simulator) asks one
-//! [`Placement`]; nothing else hashes IDs. A location is a shard today; the seam is there for a
-//! node of a cluster.
+//! [`Placement`]; nothing else hashes IDs. A location is a shard of this process, or another
+//! node of a cluster (`hermes-cluster`), whose transport takes the message there.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -13,7 +13,16 @@ use foldhash::fast::FixedState;
 pub enum Location {
     /// Shard (router) `n` of this process.
     Shard(u32),
+    /// Another node of a cluster: the executor hands the message to its transport (see
+    /// `hermes_executor::Remote`); without one, the message is a dead letter
+    /// ([`Unreachable`](crate::DeadLetterReason::Unreachable)).
+    Node(NodeId),
 }
+
+/// A node of a cluster, as placement names it: a number every node agrees on (the cluster
+/// derives it from the node's name). Nodes are not shards: a router never owns a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
 
 /// Answers "where does this ID live". Shared by every router, handle and simulator of one
 /// application, so they all agree.

@@ -65,4 +65,7 @@ pub enum Deactivation {
     /// The instance panicked while handling a message; its state may be half-updated, so do not
     /// persist it. The next message for its ID activates a fresh instance through the factory.
     Panicked,
+    /// The ID now belongs to another node of a cluster (a node joined or left): save the
+    /// state, so that the new owner loads it. Messages that arrive meanwhile are forwarded.
+    Moved,
 }

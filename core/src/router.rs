@@ -221,6 +221,9 @@ pub struct Router<K, M> {
     /// The effects of the run being finished: recorded here in place by an inline run, swapped
     /// in from a checked-in job.
     effects: Effects<K, M>,
+    /// Since [`release_moved`](Router::release_moved): receivers going idle are checked for
+    /// having moved to another node. False on a single process, so that check costs nothing.
+    releasing: bool,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
 }
@@ -420,6 +423,7 @@ impl<K, M> Router<K, M> {
             idle_timeouts: hashbrown::HashMap::new(),
             spare_effects: Vec::new(),
             effects: Effects::default(),
+            releasing: false,
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
@@ -636,6 +640,61 @@ impl<K: Key, M: Message> Router<K, M> {
         self.route_inside(to, msg);
     }
 
+    /// Placement changed (a node joined or left the cluster): every live receiver whose ID
+    /// placement now puts on another node ([`Location::Node`]) is deactivated with
+    /// [`Deactivation::Moved`] once it is not running and its mailbox is empty (its
+    /// `deactivated` hook saves its state). Messages for it that arrive meanwhile are still
+    /// delivered here while it is live, and forwarded to the new node
+    /// ([`poll_outbound`](Router::poll_outbound)) once it is gone. Returns how many receivers
+    /// are on their way out; [`moved_live`](Router::moved_live) says when none is left.
+    pub fn release_moved(&mut self) -> usize {
+        if self.placement.is_none() {
+            return 0;
+        }
+        self.releasing = true;
+        let idle: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.state == State::Idle && self.on_other_node(&s.id))
+            .map(|(k, _)| k)
+            .collect();
+        for &key in &idle {
+            self.begin_deactivation(key, Deactivation::Moved);
+        }
+        self.moved_live()
+    }
+
+    /// How many live receivers (in any state) have IDs that placement puts on another node:
+    /// zero once a [`release_moved`](Router::release_moved) is complete. Looks at every live
+    /// receiver.
+    pub fn moved_live(&mut self) -> usize {
+        if self.placement.is_none() {
+            return 0;
+        }
+        let moved = self
+            .slots
+            .iter()
+            .filter(|(_, s)| self.on_other_node(&s.id))
+            .count();
+        if moved == 0 {
+            self.releasing = false;
+        }
+        moved
+    }
+
+    /// True if placement puts `id` on another node.
+    fn on_other_node(&self, id: &K) -> bool {
+        self.placed_on_node(id).is_some()
+    }
+
+    /// The node placement puts `id` on, if it is another node.
+    fn placed_on_node(&self, id: &K) -> Option<Location> {
+        match self.placement.as_ref()?.locate(id) {
+            location @ Location::Node(_) => Some(location),
+            Location::Shard(_) => None,
+        }
+    }
+
     /// Where `id` lives, if not here.
     fn elsewhere(&self, id: &K) -> Option<Location> {
         let location = self.placement.as_ref()?.locate(id);
@@ -822,6 +881,7 @@ impl<K: Key, M: Message> Router<K, M> {
             SendErrorKind::Closed => DeadLetterReason::Closed,
             SendErrorKind::Full => DeadLetterReason::Full,
             SendErrorKind::Stale => DeadLetterReason::Stale,
+            SendErrorKind::Unreachable => DeadLetterReason::Unreachable,
         };
         self.dead_letter(r.to, Some(r.msg), reason);
     }
@@ -988,6 +1048,9 @@ impl<K: Key, M: Message> Router<K, M> {
     fn become_idle(&mut self, key: usize, now: Instant) {
         if self.closing {
             return self.begin_deactivation(key, Deactivation::Closing);
+        }
+        if self.releasing && self.on_other_node(&self.slots[key].id) {
+            return self.begin_deactivation(key, Deactivation::Moved);
         }
         // Waiting for work it started: idle, but its idle time starts when the work is back.
         let waiting = self.waiting(key);
@@ -1418,6 +1481,17 @@ impl<K: Key, M: Message> Router<K, M> {
         let slot = &mut self.slots[key];
         if self.mailboxes.is_empty(slot.mailbox) {
             self.remove(key);
+        } else if let Some(location) = self.placed_on_node(&self.slots[key].id) {
+            // Messages arrived during a hand-off: they follow the ID to its new node, in order.
+            let mut mailbox = std::mem::take(&mut self.slots[key].mailbox);
+            let id = self.slots[key].id.clone();
+            for msg in mailbox.drain(..) {
+                self.stats.messages_forwarded += 1;
+                self.outbound
+                    .push_back((location, Outbound::Message(Recipient::Id(id.clone()), msg)));
+            }
+            self.spare_batch(mailbox);
+            self.remove(key);
         } else {
             // Messages arrived during deactivation: activate a fresh instance.
             slot.set_idle_armed(false);
@@ -1810,6 +1884,7 @@ impl<K, M> Rejected<K, M> {
             SendErrorKind::Closed => SendError::Closed(self.msg),
             SendErrorKind::Full => SendError::Full(self.msg),
             SendErrorKind::Stale => SendError::Stale(self.msg),
+            SendErrorKind::Unreachable => SendError::Unreachable(self.msg),
         }
     }
 }

@@ -24,6 +24,8 @@
 mod reply;
 mod signal;
 mod spin;
+#[cfg(feature = "serde")]
+pub mod wire;
 
 pub use reply::{AskError, Asked, Expiry, Reply};
 pub use signal::Signal;

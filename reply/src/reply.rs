@@ -29,6 +29,8 @@ pub enum AskError {
     WouldDeadlock,
     /// The receiver, or its shard, is at capacity: the request was not sent.
     Full,
+    /// The receiver lives on another node of a cluster that could not be reached.
+    Unreachable,
 }
 
 impl fmt::Display for AskError {
@@ -52,13 +54,17 @@ impl fmt::Display for AskError {
                 "the receiver or its shard is at capacity, so the request was not sent: retry \
                  later, or raise the mailbox or inbox capacity"
             }
+            AskError::Unreachable => {
+                "the receiver lives on another node that could not be reached (it left the \
+                 cluster, or the connection to NATS is down): retry once the cluster is healthy"
+            }
         })
     }
 }
 
 impl std::error::Error for AskError {}
 
-type Slot<T> = Signal<Result<T, AskError>>;
+pub(crate) type Slot<T> = Signal<Result<T, AskError>>;
 
 /// The answering side of a request: put it in a message, answer with [`send`](Reply::send).
 ///
@@ -70,7 +76,13 @@ type Slot<T> = Signal<Result<T, AskError>>;
 /// assert_eq!(asked.wait(), Ok(42));
 /// ```
 pub struct Reply<T> {
-    slot: Option<Arc<Slot<T>>>,
+    pub(crate) slot: Option<Arc<Slot<T>>>,
+    /// Set when this reply was serialized into a message bound for another process: the
+    /// answer will come back from there, so dropping this one says nothing.
+    pub(crate) forwarded: std::sync::atomic::AtomicBool,
+    /// A reply that came from another process: answering sends the answer back there.
+    #[cfg(feature = "serde")]
+    pub(crate) remote: Option<Box<crate::wire::RemoteReply<T>>>,
 }
 
 /// The asking side of a request: a `Future` of the answer, or wait for it with
@@ -87,6 +99,9 @@ impl<T> Reply<T> {
         (
             Reply {
                 slot: Some(Arc::clone(&slot)),
+                forwarded: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(feature = "serde")]
+                remote: None,
             },
             Asked { slot },
         )
@@ -96,6 +111,10 @@ impl<T> Reply<T> {
     /// its [`Asked`], or its deadline passed first: then the asker got
     /// [`AskError::Timeout`] and this answer is not taken).
     pub fn send(mut self, value: T) -> Result<(), T> {
+        #[cfg(feature = "serde")]
+        if let Some(remote) = self.remote.take() {
+            return (*remote).answer(value);
+        }
         let Some(slot) = self.slot.take() else {
             return Err(value);
         };
@@ -110,6 +129,11 @@ impl<T> Reply<T> {
 
     /// True while the asker is still waiting (it has not timed out or dropped its `Asked`).
     pub fn is_wanted(&self) -> bool {
+        #[cfg(feature = "serde")]
+        if self.remote.is_some() {
+            // The asker is on another node: it decides when the answer comes too late.
+            return true;
+        }
         self.slot.as_ref().is_some_and(Self::wanted)
     }
 
@@ -120,6 +144,17 @@ impl<T> Reply<T> {
 
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
+        #[cfg(feature = "serde")]
+        if let Some(remote) = self.remote.take() {
+            if !*self.forwarded.get_mut() {
+                (*remote).dropped();
+            }
+            return;
+        }
+        if *self.forwarded.get_mut() {
+            // Serialized into a message for another process: the answer comes from there.
+            return;
+        }
         if let Some(slot) = self.slot.take() {
             // Already answered or expired: nothing to say.
             let _ = slot.set(Err(AskError::Dropped));

@@ -145,6 +145,13 @@ pub enum StoreError {
     /// [`shutdown`](crate::GroupCommit::shutdown) was called from a completion callback, on the
     /// commit thread, where it would wait for itself.
     InCallback,
+    /// A write expected the key at the revision this process last read or wrote, and found
+    /// another: someone else wrote it since (in a cluster, another node that owns the
+    /// receiver now). The write was not applied.
+    Conflict {
+        /// The key.
+        key: Vec<u8>,
+    },
 }
 
 impl StoreError {
@@ -157,6 +164,16 @@ impl StoreError {
             expected,
             reason: reason.into(),
         }
+    }
+
+    /// A failure of a store implemented outside this crate (such as the cluster's JetStream
+    /// key-value store): `op` on `key` failed because of `source`.
+    pub fn other(
+        op: Operation,
+        key: Option<&[u8]>,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Self::backend(op, key, source)
     }
 
     /// Backend failure from any error or message.
@@ -182,6 +199,7 @@ impl StoreError {
             | StoreError::UnsupportedFormat { key, .. }
             | StoreError::SchemaMismatch { key, .. }
             | StoreError::Migration { key, .. } => key.as_deref(),
+            StoreError::Conflict { key } => Some(key),
             _ => None,
         }
     }
@@ -370,6 +388,13 @@ impl fmt::Display for StoreError {
                 "GroupCommit::flush/shutdown called from a completion callback, which runs on the \
                  commit thread and would wait for itself; send a message from the callback and \
                  flush elsewhere",
+            ),
+            StoreError::Conflict { key } => write!(
+                f,
+                "{} was written by someone else since this process read it (a revision \
+                 conflict; in a cluster, another node owns the receiver now): the write was not \
+                 applied; deactivate the receiver and let its owner handle its messages",
+                String::from_utf8_lossy(key)
             ),
         }
     }

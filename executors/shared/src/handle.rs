@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hermes_core::{
-    Addr, App, Factory, Kind, Location, Recipient, Router, SendError, SendErrorKind, Stats, TimerId,
+    Addr, App, Factory, Kind, Location, NodeId, Recipient, Router, SendError, SendErrorKind, Stats,
+    TimerId,
 };
 
 use event_listener::Listener;
@@ -130,6 +131,7 @@ pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
         stats: (0..shards).map(|_| Mutex::default()).collect(),
         finish: Arc::new(Finish::new(shards)),
         runtime: Arc::new(runtime),
+        remote: options.remote.take(),
     });
     let kinds = factory.kinds();
     let factory = hermes_core::share(factory);
@@ -173,7 +175,7 @@ fn refused<K, M, T: Kind<A>, A: App<Id = K, Msg = M>>(
     let msg = match envelope {
         Envelope::Admit(_, msg) | Envelope::Deliver(_, msg) => msg,
         Envelope::Schedule(scheduled) => scheduled.msg,
-        Envelope::Cancel(_) | Envelope::Complete(..) | Envelope::Close => {
+        Envelope::Cancel(_) | Envelope::Complete(..) | Envelope::Close | Envelope::Release(_) => {
             unreachable!("the handle offers only messages")
         }
     };
@@ -185,7 +187,40 @@ fn refused<K, M, T: Kind<A>, A: App<Id = K, Msg = M>>(
     match kind {
         SendErrorKind::Full => SendError::Full(msg),
         SendErrorKind::Stale => SendError::Stale(msg),
+        SendErrorKind::Unreachable => SendError::Unreachable(msg),
         _ => SendError::Closed(msg),
+    }
+}
+
+/// Hands a message from the handle to the transport for `node`.
+#[cold]
+fn offer_remote<K: Key, M: Message>(
+    core: &Core<K, M>,
+    node: NodeId,
+    envelope: Envelope<K, M>,
+) -> Offer<K, M> {
+    let Some(transport) = &core.remote else {
+        return Err((envelope, SendErrorKind::Unreachable));
+    };
+    let (id, msg) = match envelope {
+        Envelope::Admit(Recipient::Id(id), msg) => (id, msg),
+        // Handles and timers are local to a shard: they never name another node.
+        other => return Err((other, SendErrorKind::Stale)),
+    };
+    let mut batch = vec![(id, msg)];
+    match transport.deliver(node, &mut batch) {
+        Ok(()) => Ok(()),
+        Err(reason) => match batch.pop() {
+            Some((id, msg)) => Err((
+                Envelope::Admit(Recipient::Id(id), msg),
+                match reason {
+                    hermes_core::DeadLetterReason::Full => SendErrorKind::Full,
+                    _ => SendErrorKind::Unreachable,
+                },
+            )),
+            // Taken after all: it went out.
+            None => Ok(()),
+        },
     }
 }
 
@@ -193,6 +228,7 @@ fn refused<K, M, T: Kind<A>, A: App<Id = K, Msg = M>>(
 fn ask_error(kind: SendErrorKind) -> AskError {
     match kind {
         SendErrorKind::Full => AskError::Full,
+        SendErrorKind::Unreachable => AskError::Unreachable,
         _ => AskError::Closed,
     }
 }
@@ -244,6 +280,7 @@ impl<K, M, T: Kind<A>, A: App<Id = K, Msg = M>> Sorted<K, M, T, A> {
             .collect();
         Err(match self.kind {
             SendErrorKind::Full => SendError::Full(refused),
+            SendErrorKind::Unreachable => SendError::Unreachable(refused),
             _ => SendError::Closed(refused),
         })
     }
@@ -314,7 +351,12 @@ where
                 result => return result.map_err(|(envelope, kind)| refused(envelope, kind)),
             };
             let Some(inbox) = self.inner.core.inbox(location) else {
-                return Err(refused(envelope, SendErrorKind::Stale));
+                // Another node's queue is full: nothing to await here; the caller retries.
+                let kind = match location {
+                    Location::Node(_) => SendErrorKind::Full,
+                    _ => SendErrorKind::Stale,
+                };
+                return Err(refused(envelope, kind));
             };
             // Listen, then look again: room that came in between is not missed.
             let listener = inbox.room.listen();
@@ -324,6 +366,67 @@ where
             };
             listener.await;
         }
+    }
+
+    /// Delivers a message that came from another node of a cluster (for transports): routed
+    /// as [`send_async`](Hermes::send_async) routes, by the application's ID and message
+    /// types, awaiting room while the receiver or its shard is full. If placement puts `id`
+    /// on another node after all (the sender's view of the cluster was older), it is passed
+    /// on to the transport again.
+    pub async fn deliver_async(&self, id: K, msg: M) -> Result<(), SendError<M>> {
+        let location = self.inner.core.placement.locate(&id);
+        let hash = hermes_core::id_hash(&id);
+        let mut envelope = Envelope::Admit(Recipient::Id(id), msg);
+        let unwrap = |envelope: Envelope<K, M>, kind: SendErrorKind| {
+            let msg = match envelope {
+                Envelope::Admit(_, msg) => msg,
+                _ => unreachable!("only a message is offered here"),
+            };
+            match kind {
+                SendErrorKind::Full => SendError::Full(msg),
+                SendErrorKind::Stale => SendError::Stale(msg),
+                SendErrorKind::Unreachable => SendError::Unreachable(msg),
+                _ => SendError::Closed(msg),
+            }
+        };
+        loop {
+            envelope = match self.offer(location, Some(hash), envelope) {
+                Err((envelope, SendErrorKind::Full)) => envelope,
+                result => return result.map_err(|(envelope, kind)| unwrap(envelope, kind)),
+            };
+            let Some(inbox) = self.inner.core.inbox(location) else {
+                let kind = match location {
+                    Location::Node(_) => SendErrorKind::Full,
+                    _ => SendErrorKind::Stale,
+                };
+                return Err(unwrap(envelope, kind));
+            };
+            let listener = inbox.room.listen();
+            envelope = match self.offer(location, Some(hash), envelope) {
+                Err((envelope, SendErrorKind::Full)) => envelope,
+                result => return result.map_err(|(envelope, kind)| unwrap(envelope, kind)),
+            };
+            listener.await;
+        }
+    }
+
+    /// Placement changed (a node joined or left the cluster): every shard deactivates its
+    /// receivers whose IDs now belong to another node (their `deactivated` hooks run with
+    /// [`Deactivation::Moved`](hermes_core::Deactivation::Moved), saving their state), and
+    /// forwards messages for them to the new node. The [`Released`] resolves when no shard has
+    /// such a receiver live any more (or the shards have closed).
+    pub fn release_moved(&self) -> Released {
+        let core = &self.inner.core;
+        let release = crate::remote::Release::new(core.inboxes.len());
+        for inbox in core.inboxes.iter() {
+            if let Err((Envelope::Release(release), _)) =
+                inbox.push(Envelope::Release(Arc::clone(&release)), Limit::Control)
+            {
+                // That shard has finished: nothing is live there.
+                release.arrive();
+            }
+        }
+        Released { release }
     }
 
     /// The shard of `id`, its hash, and the envelope that takes the message there.
@@ -349,6 +452,9 @@ where
         let core = &self.inner.core;
         if !core.accepting.load(Ordering::Acquire) {
             return Err((envelope, SendErrorKind::Closed));
+        }
+        if let Location::Node(node) = location {
+            return offer_remote(core, node, envelope);
         }
         let Some(inbox) = core.inbox(location) else {
             // The placement put the ID on no shard of ours.
@@ -377,6 +483,15 @@ where
                 result => return result,
             };
             let Some(inbox) = self.inner.core.inbox(location) else {
+                if let Location::Node(_) = location {
+                    // The transport's queue to another node is full: it has no event to wait
+                    // on, so back off briefly, as long as this thread may wait at all.
+                    if in_shard() || deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err((envelope, SendErrorKind::Full));
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
                 return Err((envelope, SendErrorKind::Stale));
             };
             let listener = inbox.room.listen();
@@ -503,6 +618,7 @@ where
             kind: SendErrorKind::Closed,
             app: PhantomData,
         };
+        let mut remote: Vec<(NodeId, Vec<(K, M)>)> = Vec::new();
         for (id, msg) in messages {
             let id = T::into_app_id(id);
             match core.placement.locate(&id) {
@@ -511,8 +627,22 @@ where
                     let envelope = Envelope::Admit(Recipient::Id(id), msg.into_app_msg());
                     sorted.batches[n as usize].push(envelope);
                 }
+                Location::Node(node) => match remote.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, batch)) => batch.push((id, msg.into_app_msg())),
+                    None => remote.push((node, vec![(id, msg.into_app_msg())])),
+                },
                 // Placed on no shard of ours: refused like a closed one, in order.
                 _ => sorted.refused.push((id, msg.into_app_msg())),
+            }
+        }
+        for (node, mut batch) in remote {
+            let sent = match &core.remote {
+                Some(transport) => transport.deliver(node, &mut batch),
+                None => Err(hermes_core::DeadLetterReason::Unreachable),
+            };
+            if sent.is_err() {
+                sorted.kind = SendErrorKind::Unreachable;
+                sorted.refused.extend(batch);
             }
         }
         Ok(sorted)
@@ -573,7 +703,14 @@ where
     ) -> Result<TimerId, SendError<T>> {
         let core = &self.inner.core;
         let id = T::into_app_id(id);
-        let location = core.placement.locate(&id);
+        let location = match core.placement.locate(&id) {
+            // A timer for a receiver on another node is held here and sent there when due.
+            Location::Node(_) => {
+                let shards = core.inboxes.len() as u32;
+                Location::Shard(hermes_core::Sharded::new(shards).shard_of(&id))
+            }
+            location => location,
+        };
         let Location::Shard(shard) = location else {
             return Err(SendError::Stale(msg));
         };
@@ -752,6 +889,38 @@ impl<K, M, A> fmt::Debug for Hermes<K, M, A> {
             .field("shards", &self.shard_count())
             .field("accepting", &self.is_accepting())
             .finish()
+    }
+}
+
+/// The end of a hand-off ([`Hermes::release_moved`]): resolves once no shard has a receiver
+/// live whose ID placement puts on another node.
+#[must_use = "Released does nothing unless awaited or waited on"]
+pub struct Released {
+    release: Arc<crate::remote::Release>,
+}
+
+impl Released {
+    /// Blocks until the hand-off is done or `timeout` passes; true if it is done.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        self.release
+            .done
+            .wait(deadline, |s| s.as_ref().copied())
+            .is_some()
+    }
+}
+
+impl Future for Released {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.release.done.poll(cx, |s| s.as_ref().copied())
+    }
+}
+
+impl fmt::Debug for Released {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Released").finish_non_exhaustive()
     }
 }
 

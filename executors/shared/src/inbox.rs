@@ -51,6 +51,8 @@ pub(crate) enum Envelope<K, M> {
     Complete(TaskId, M),
     /// Start closing.
     Close,
+    /// Placement changed: release the receivers that moved to another node, then arrive.
+    Release(std::sync::Arc<crate::remote::Release>),
 }
 
 /// A timer scheduled from outside.

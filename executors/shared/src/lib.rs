@@ -64,16 +64,18 @@
 mod handle;
 mod inbox;
 mod options;
+mod remote;
 mod shard;
 
 pub use handle::{
-    Finished, Hermes, Launched, Refused, Runtime, Shards, Spawned, WouldDeadlock, launch,
+    Finished, Hermes, Launched, Refused, Released, Runtime, Shards, Spawned, WouldDeadlock, launch,
 };
 pub use hermes_reply::{AskError, Asked, Reply};
 pub use inbox::Wake;
 #[cfg(feature = "fault-injection")]
 pub use options::ShardFault;
 pub use options::{Options, StartError};
+pub use remote::Remote;
 pub use shard::{Shard, Turn, hosts_shards};
 
 pub use hermes_core::{Key, Message};

@@ -66,6 +66,7 @@ pub struct Options<K, M> {
     pub(crate) budget: Budget,
     pub(crate) fault: Option<ShardFault>,
     pub(crate) inbox_capacity: usize,
+    pub(crate) remote: Option<Arc<dyn crate::Remote<K, M>>>,
 }
 
 impl<K, M> Options<K, M> {
@@ -82,7 +83,17 @@ impl<K, M> Options<K, M> {
             budget: Budget::default(),
             fault: None,
             inbox_capacity: 65_536,
+            remote: None,
         }
+    }
+
+    /// Hands messages for receivers on other nodes of a cluster to `remote`, the cluster's
+    /// transport (see [`Remote`](crate::Remote)); set by `hermes-cluster`. Without it a
+    /// placement that answers [`Location::Node`](hermes_core::Location::Node) makes dead
+    /// letters ([`Unreachable`](hermes_core::DeadLetterReason::Unreachable)).
+    pub fn remote(mut self, remote: Arc<dyn crate::Remote<K, M>>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// How many messages from outside each shard's inbox holds before senders wait (default
@@ -182,6 +193,7 @@ impl<K, M> fmt::Debug for Options<K, M> {
             .field("placement", &self.placement.is_some())
             .field("budget", &self.budget)
             .field("inbox_capacity", &self.inbox_capacity)
+            .field("remote", &self.remote.is_some())
             .finish()
     }
 }

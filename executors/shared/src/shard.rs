@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hermes_core::{
-    Clock, Command, DeadLetter, DeadLetterReason, Location, Outbound, Placement, Pressure,
+    Clock, Command, DeadLetter, DeadLetterReason, Location, NodeId, Outbound, Placement, Pressure,
     Recipient, Router, SharedFactory, Stats, SystemClock, panic_message,
 };
 
 use crate::inbox::{self, Envelope, Inbox, Limit, Refusal, Scheduled};
 use crate::options::{Budget, DeadLetterSink, ShardFault};
+use crate::remote::Release;
 use crate::{Key, Message};
 use hermes_reply::{Signal, poll_briefly};
 
@@ -47,6 +48,8 @@ pub(crate) struct Core<K, M> {
     pub(crate) finish: Arc<Finish>,
     /// Runs the tasks receivers start.
     pub(crate) runtime: Arc<dyn crate::Runtime>,
+    /// Takes messages for other nodes of a cluster; `None` on a single process.
+    pub(crate) remote: Option<Arc<dyn crate::Remote<K, M>>>,
 }
 
 impl<K, M> Core<K, M> {
@@ -54,7 +57,6 @@ impl<K, M> Core<K, M> {
     pub(crate) fn inbox(&self, location: Location) -> Option<&Inbox<K, M>> {
         match location {
             Location::Shard(n) => self.inboxes.get(n as usize),
-            #[allow(unreachable_patterns)] // `Location` is non-exhaustive: nodes come later
             _ => None,
         }
     }
@@ -155,6 +157,10 @@ pub struct Shard<K: Key, M: Message> {
     conversing: bool,
     /// A command polled when the turn's budget ran out.
     carry: Option<Command>,
+    /// Mail for receivers on other nodes, per node, handed to the transport once per turn.
+    remote_out: Vec<(NodeId, Vec<(K, M)>)>,
+    /// Hand-offs waiting for this shard's receivers that moved to another node to be gone.
+    releases: Vec<Arc<Release>>,
     /// Dead letters this shard made itself (the router counts its own).
     dead_letters: u64,
     exited: bool,
@@ -198,6 +204,8 @@ impl<K: Key, M: Message> Shard<K, M> {
             incoming: VecDeque::new(),
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
             conversing: false,
+            remote_out: Vec::new(),
+            releases: Vec::new(),
             carry: None,
             dead_letters: 0,
             exited: false,
@@ -367,6 +375,10 @@ impl<K: Key, M: Message> Shard<K, M> {
             }
             Envelope::Complete(task, msg) => self.router.complete(task, msg, now),
             Envelope::Close => self.router.close(),
+            Envelope::Release(release) => {
+                self.router.release_moved();
+                self.releases.push(release);
+            }
         }
     }
 
@@ -426,7 +438,10 @@ impl<K: Key, M: Message> Shard<K, M> {
             };
             let shard = match location {
                 Location::Shard(n) => n as usize,
-                #[allow(unreachable_patterns)] // `Location` is non-exhaustive: nodes come later
+                Location::Node(node) => {
+                    self.queue_for_node(node, envelope);
+                    continue;
+                }
                 _ => usize::MAX,
             };
             match self.outgoing.get_mut(shard) {
@@ -457,6 +472,14 @@ impl<K: Key, M: Message> Shard<K, M> {
             }
             self.outgoing[shard] = out;
         }
+        if !self.remote_out.is_empty() {
+            self.flush_remote();
+        }
+        if !self.releases.is_empty() && self.router.moved_live() == 0 {
+            for release in self.releases.drain(..) {
+                release.arrive();
+            }
+        }
         while let Some(letter) = self.router.poll_dead_letter() {
             self.sink(letter);
         }
@@ -469,6 +492,44 @@ impl<K: Key, M: Message> Shard<K, M> {
             }
         }
         self.core.publish(self.index, self.stats());
+    }
+
+    /// Queues mail for a receiver on another node, for this turn's batch to that node.
+    #[cold]
+    fn queue_for_node(&mut self, node: NodeId, envelope: Envelope<K, M>) {
+        let (id, msg) = match envelope {
+            Envelope::Deliver(Recipient::Id(id), msg) => (id, msg),
+            // Handles and timers are local to a shard: they never name another node.
+            other => return self.bounce(other, DeadLetterReason::Stale),
+        };
+        match self.remote_out.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, batch)) => batch.push((id, msg)),
+            None => self.remote_out.push((node, vec![(id, msg)])),
+        }
+    }
+
+    /// Hands this turn's mail for other nodes to the transport, one batch per node.
+    #[cold]
+    fn flush_remote(&mut self) {
+        self.conversing = true;
+        let mut batches = std::mem::take(&mut self.remote_out);
+        for (node, batch) in &mut batches {
+            let result = match &self.core.remote {
+                Some(remote) => remote.deliver(*node, batch),
+                None => Err(DeadLetterReason::Unreachable),
+            };
+            if let Err(reason) = result {
+                for (id, msg) in batch.drain(..) {
+                    self.dead_letter(DeadLetter {
+                        recipient: Recipient::Id(id),
+                        message: Some(msg),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        batches.clear();
+        self.remote_out = batches;
     }
 
     /// This shard's stats, counting the dead letters it made outside the router.
@@ -484,6 +545,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             Envelope::Admit(to, msg) | Envelope::Deliver(to, msg) => (to, msg),
             Envelope::Schedule(scheduled) => (Recipient::Id(scheduled.to), scheduled.msg),
             Envelope::Complete(task, msg) => (Recipient::Addr(task.owner()), msg),
+            Envelope::Release(release) => return release.arrive(),
             Envelope::Cancel(_) | Envelope::Close => return,
         };
         self.dead_letter(DeadLetter {
@@ -517,6 +579,10 @@ impl<K: Key, M: Message> Shard<K, M> {
         }
         self.inbox().accepted(accepted);
         self.flush();
+        // Closed: nothing of this shard is live anywhere any more.
+        for release in self.releases.drain(..) {
+            release.arrive();
+        }
         self.exited = true;
     }
 }

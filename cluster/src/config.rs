@@ -1,0 +1,137 @@
+//! How a node joins a cluster.
+
+use std::time::Duration;
+
+use crate::ClusterError;
+
+/// How a node joins a cluster: the NATS server, the cluster's name, the node's name, and the
+/// timings of membership.
+///
+/// ```
+/// use std::time::Duration;
+/// use hermes_cluster::ClusterConfig;
+///
+/// let config = ClusterConfig::new("nats://127.0.0.1:4222", "bank", "a")
+///     .heartbeat(Duration::from_millis(250))
+///     .liveness_timeout(Duration::from_secs(2));
+/// assert_eq!(config.node_name(), "a");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub(crate) nats_url: String,
+    pub(crate) cluster: String,
+    pub(crate) node: String,
+    pub(crate) heartbeat: Duration,
+    pub(crate) liveness: Duration,
+    pub(crate) handoff_timeout: Duration,
+    pub(crate) member: bool,
+    pub(crate) outbound_capacity: usize,
+    pub(crate) shards: usize,
+    pub(crate) store_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// A member node named `node` of the cluster `cluster`, on the NATS server at `nats_url`
+    /// (with JetStream). Names are letters, digits, `-` and `_`.
+    pub fn new(
+        nats_url: impl Into<String>,
+        cluster: impl Into<String>,
+        node: impl Into<String>,
+    ) -> Self {
+        ClusterConfig {
+            nats_url: nats_url.into(),
+            cluster: cluster.into(),
+            node: node.into(),
+            heartbeat: Duration::from_millis(500),
+            liveness: Duration::from_secs(3),
+            handoff_timeout: Duration::from_secs(2),
+            member: true,
+            outbound_capacity: 65_536,
+            shards: std::thread::available_parallelism().map_or(1, usize::from),
+            store_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// How often the node announces itself (default 500 ms), and looks at the membership.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long after its last heartbeat a node is removed from the membership, and its IDs
+    /// move to the others (default 3 s; at least two heartbeats). Shorter fails over faster;
+    /// too short removes nodes that are only slow (they then lose their receivers, whose
+    /// stale saves fail: safe, but churn).
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.liveness = timeout;
+        self
+    }
+
+    /// How long a node that gained IDs from a live node waits for that node to release them
+    /// (deactivate them and save their state) before it activates them anyway (default 2 s).
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.handoff_timeout = timeout;
+        self
+    }
+
+    /// A client node: it sends, asks and gets answers, but owns no IDs and does not appear in
+    /// the membership (a load generator, a gateway, a test driver).
+    pub fn client(mut self) -> Self {
+        self.member = false;
+        self
+    }
+
+    /// How many frames for other nodes may wait to be published (default 65,536); past it,
+    /// messages to other nodes are dead letters (`Full`).
+    pub fn outbound_capacity(mut self, capacity: usize) -> Self {
+        self.outbound_capacity = capacity.max(1);
+        self
+    }
+
+    /// How many local shards run this node's receivers (default: one per core).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
+    /// How long one JetStream key-value operation of the [`KvStore`](crate::KvStore) may
+    /// take before it fails (default 5 s).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// The cluster's name.
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ClusterError> {
+        for (what, name) in [("cluster", &self.cluster), ("node", &self.node)] {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(ClusterError::Config(format!(
+                    "the {what} name {name:?} must be 1 to 64 letters, digits, '-' or '_' (it \
+                     names NATS subjects and a JetStream bucket)"
+                )));
+            }
+        }
+        if self.liveness < self.heartbeat * 2 {
+            return Err(ClusterError::Config(format!(
+                "the liveness timeout ({:?}) must be at least two heartbeats ({:?} each): \
+                 otherwise healthy nodes are removed",
+                self.liveness, self.heartbeat
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,468 @@
+//! A node: the NATS connection, the buckets, the local Hermes, and the tasks that tie them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hermes_core::{Config, DeadLetter, Factory, Key, Location, Message, NodeId, Placement};
+use hermes_executor::{Hermes, Options};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+
+use crate::membership::{self, Announce, Gate, Gated, Released, member_key};
+use crate::placement::{ClusterPlacement, node_id};
+use crate::transport::{self, Transport};
+use crate::{ClusterConfig, ClusterError, KvStore};
+
+/// A connection to a cluster, before its node starts: connect, get the cluster's
+/// [`KvStore`] for the factory, then [`start`](Cluster::start) the node.
+///
+/// ```no_run
+/// use hermes_cluster::{Cluster, ClusterConfig};
+/// use hermes_core::{Activation, Config, Context};
+///
+/// let cluster = Cluster::connect(ClusterConfig::new("nats://127.0.0.1:4222", "demo", "a"))?;
+/// let node = cluster.start(Config::default(), |_id: &u64| {
+///     Activation::ready(|_ctx: &mut Context<'_, u64, String>, msg: String| println!("{msg}"))
+/// })?;
+/// node.hermes().send(7, "hello from wherever 7 lives".to_string())?;
+/// node.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Cluster {
+    config: ClusterConfig,
+    me: NodeId,
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    members: jetstream::kv::Store,
+    store: Arc<KvStore>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("cluster", &self.config.cluster)
+            .field("node", &self.config.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects to the NATS server of `config` and opens (creating them if needed) the
+    /// cluster's JetStream key-value buckets: `hermes_{cluster}_members` (heartbeats, entries
+    /// expiring after the liveness timeout) and `hermes_{cluster}_state` (receivers' state).
+    /// Blocks; call it outside any async runtime.
+    pub fn connect(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("hermes-nats-{}", config.node))
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Connect(format!("could not start the I/O runtime: {e}")))?;
+        let me = node_id(&config.node);
+        let (client, members, state) = runtime.block_on(async {
+            let client = async_nats::ConnectOptions::new()
+                .name(format!("hermes-{}-{}", config.cluster, config.node))
+                .connection_timeout(Duration::from_secs(5))
+                .connect(&config.nats_url)
+                .await
+                .map_err(|e| {
+                    ClusterError::Connect(format!(
+                        "could not connect to NATS at {} ({e}): is nats-server running there?",
+                        config.nats_url
+                    ))
+                })?;
+            let js = jetstream::new(client.clone());
+            let members = js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: format!("hermes_{}_members", config.cluster),
+                    history: 1,
+                    max_age: config.liveness,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| jetstream_error("the membership bucket", e))?;
+            let state = js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: format!("hermes_{}_state", config.cluster),
+                    history: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| jetstream_error("the state bucket", e))?;
+            Ok::<_, ClusterError>((client, members, state))
+        })?;
+        let store = Arc::new(KvStore::new(
+            state,
+            runtime.handle().clone(),
+            config.store_timeout,
+        ));
+        Ok(Cluster {
+            config,
+            me,
+            runtime,
+            client,
+            members,
+            store,
+        })
+    }
+
+    /// The cluster's durable state: give it to the factory, so that receivers load their
+    /// state on whichever node activates them.
+    pub fn store(&self) -> Arc<KvStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// This node's number.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// Starts this node with router `config` and `factory`; see [`start_with`](Cluster::start_with).
+    pub fn start<K, M, F>(
+        self,
+        config: Config,
+        factory: F,
+    ) -> Result<Node<K, M, F::App>, ClusterError>
+    where
+        K: Key + Serialize + DeserializeOwned,
+        M: Message + Serialize + DeserializeOwned,
+        F: Factory<K, M>,
+    {
+        self.start_with(config, None, factory)
+    }
+
+    /// Starts this node: its shards (on the thread pool executor), its subscription, its
+    /// heartbeats; it joins the membership once it can take messages. `dead_letters` sees
+    /// every message that could not be delivered, on a shard or in the transport.
+    pub fn start_with<K, M, F>(
+        self,
+        config: Config,
+        dead_letters: Option<DeadLetterSink<K, M>>,
+        factory: F,
+    ) -> Result<Node<K, M, F::App>, ClusterError>
+    where
+        K: Key + Serialize + DeserializeOwned,
+        M: Message + Serialize + DeserializeOwned,
+        F: Factory<K, M>,
+    {
+        let Cluster {
+            config: cc,
+            me,
+            runtime,
+            client,
+            members,
+            store: _,
+        } = self;
+        let placement = Arc::new(ClusterPlacement::new(me, cc.member, cc.shards as u32));
+        let (transport, outbound) = Transport::<K, M, F::App>::new(
+            me,
+            &cc.cluster,
+            cc.outbound_capacity,
+            Arc::clone(&placement),
+            dead_letters.clone(),
+        );
+        let gate = Arc::new(Gate::new(me, cc.handoff_timeout, placement.view()));
+        let mut options = Options::new(config)
+            .shards(cc.shards)
+            .name(format!("hermes-{}", cc.node))
+            .placement(Shared(Arc::clone(&placement)))
+            .remote(transport.clone());
+        if let Some(sink) = dead_letters {
+            options = options.on_dead_letter(move |letter| sink(letter));
+        }
+        let gated = Gated {
+            inner: factory,
+            gate: Arc::clone(&gate),
+            placement: Arc::clone(&placement),
+        };
+        let hermes = hermes_pool::start_with(options, gated).map_err(ClusterError::Start)?;
+        transport.attach(hermes.clone());
+
+        let released_subject = format!("hermes.{}.released", cc.cluster);
+        let mut tasks = Vec::new();
+        let setup = runtime.block_on(async {
+            let own = client
+                .subscribe(transport::subject(&cc.cluster, me))
+                .await
+                .map_err(|e| ClusterError::Connect(format!("could not subscribe: {e}")))?;
+            let releases = client
+                .subscribe(released_subject.clone())
+                .await
+                .map_err(|e| ClusterError::Connect(format!("could not subscribe: {e}")))?;
+            // Everything this node publishes goes through one task, in order.
+            client
+                .flush()
+                .await
+                .map_err(|e| ClusterError::Connect(format!("could not flush: {e}")))?;
+            Ok::<_, ClusterError>((own, releases))
+        });
+        let (own, releases) = match setup {
+            Ok(subscriptions) => subscriptions,
+            Err(e) => {
+                transport.detach();
+                let _ = hermes.shutdown();
+                return Err(e);
+            }
+        };
+        tasks.push(runtime.spawn(transport::publish(client.clone(), outbound)));
+        tasks.push(runtime.spawn(transport::subscribe(own, Arc::clone(&transport))));
+        {
+            let gate = Arc::clone(&gate);
+            tasks.push(runtime.spawn(async move {
+                let mut releases = releases;
+                while let Some(message) = releases.next().await {
+                    match postcard::from_bytes::<Released>(&message.payload) {
+                        Ok(r) => gate.released(NodeId(r.node), r.view),
+                        Err(e) => {
+                            tracing::warn!(%e, "ignoring a release notice that does not decode")
+                        }
+                    }
+                }
+            }));
+        }
+        {
+            let answers = Arc::clone(&transport.answers);
+            tasks.push(runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    answers.expire(Duration::from_secs(600));
+                }
+            }));
+        }
+        let announce = Announce {
+            name: cc.node.clone(),
+            id: me.0,
+        };
+        let heartbeat = Heartbeat {
+            me,
+            member: cc.member,
+            every: cc.heartbeat,
+            kv: members.clone(),
+            announce: Bytes::from(postcard::to_allocvec(&announce).unwrap_or_default()),
+            placement: Arc::clone(&placement),
+            gate,
+            hermes: hermes.clone(),
+            client: client.clone(),
+            released_subject,
+            release_timeout: cc.handoff_timeout.max(Duration::from_secs(1)) * 5,
+        };
+        // The first beat (and view) before start returns: the node is a member from here on.
+        runtime.block_on(heartbeat.beat());
+        heartbeat.gate.settle();
+        tasks.push(runtime.spawn(heartbeat.run()));
+        Ok(Node {
+            hermes,
+            me,
+            name: cc.node,
+            member: cc.member,
+            placement,
+            transport,
+            members,
+            runtime: Some(runtime),
+            tasks,
+        })
+    }
+}
+
+fn jetstream_error(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::JetStream(format!(
+        "could not open {what} ({e}): run nats-server with JetStream enabled (nats-server -js)"
+    ))
+}
+
+/// The placement behind an `Arc`, as `Options::placement` takes it.
+struct Shared(Arc<ClusterPlacement>);
+
+impl<K: std::hash::Hash> Placement<K> for Shared {
+    fn locate(&self, id: &K) -> Location {
+        self.0.locate(id)
+    }
+}
+
+/// The membership task's state.
+struct Heartbeat<K, M, A> {
+    me: NodeId,
+    member: bool,
+    every: Duration,
+    kv: jetstream::kv::Store,
+    announce: Bytes,
+    placement: Arc<ClusterPlacement>,
+    gate: Arc<Gate>,
+    hermes: Hermes<K, M, A>,
+    client: async_nats::Client,
+    released_subject: String,
+    release_timeout: Duration,
+}
+
+impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A> {
+    async fn run(self) {
+        loop {
+            tokio::time::sleep(self.every).await;
+            self.beat().await;
+        }
+    }
+
+    /// Announces this node, reads the membership, and hands off what moved.
+    async fn beat(&self) {
+        if self.member
+            && let Err(e) = self
+                .kv
+                .put(member_key(self.me), self.announce.clone())
+                .await
+        {
+            tracing::warn!(%e, "heartbeat failed: is the NATS server up?");
+        }
+        let nodes = match membership::members(&self.kv).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(%e, "could not read the membership");
+                return;
+            }
+        };
+        let previous = self.placement.view();
+        if !self.placement.set_view(nodes) {
+            return;
+        }
+        let current = self.placement.view();
+        tracing::info!(node = self.me.0, ?previous, ?current, "membership changed");
+        self.gate.view_changed(previous, Arc::clone(&current));
+        let released = self.hermes.release_moved();
+        let (client, subject, timeout, me) = (
+            self.client.clone(),
+            self.released_subject.clone(),
+            self.release_timeout,
+            self.me,
+        );
+        let view = membership::view_hash(&current);
+        tokio::spawn(async move {
+            if tokio::time::timeout(timeout, released).await.is_err() {
+                tracing::warn!("receivers that moved to another node are slow to deactivate");
+            }
+            let notice = Released { node: me.0, view };
+            if let Ok(bytes) = postcard::to_allocvec(&notice) {
+                let _ = client.publish(subject, Bytes::from(bytes)).await;
+            }
+        });
+    }
+}
+
+/// A running node of a cluster: the [`Hermes`] handle (the same API as on one machine), and
+/// the cluster around it.
+pub struct Node<K, M, A> {
+    hermes: Hermes<K, M, A>,
+    me: NodeId,
+    name: String,
+    member: bool,
+    placement: Arc<ClusterPlacement>,
+    transport: Arc<Transport<K, M, A>>,
+    members: jetstream::kv::Store,
+    runtime: Option<tokio::runtime::Runtime>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<K, M, A> Node<K, M, A>
+where
+    K: Key + Serialize + DeserializeOwned,
+    M: Message + Serialize + DeserializeOwned,
+    A: hermes_core::App<Id = K, Msg = M>,
+{
+    /// The handle: send, ask, schedule, wherever the receiver lives.
+    pub fn hermes(&self) -> &Hermes<K, M, A> {
+        &self.hermes
+    }
+
+    /// This node's number.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The members of the cluster as this node sees them now, sorted.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.placement.view().to_vec()
+    }
+
+    /// Where `id` lives now, as this node sees it.
+    pub fn locate(&self, id: &K) -> Location {
+        self.placement.locate(id)
+    }
+
+    /// Frames this node sent and received, frames it dropped as undecodable, and messages it
+    /// passed on to another node.
+    pub fn transport_counts(&self) -> (u64, u64, u64, u64) {
+        let c = &self.transport.counters;
+        (
+            c.frames_out.load(Ordering::Relaxed),
+            c.frames_in.load(Ordering::Relaxed),
+            c.bad_frames.load(Ordering::Relaxed),
+            c.forwarded.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Leaves the cluster: shuts the local Hermes down (every receiver is deactivated, saving
+    /// its state), removes this node from the membership (the others take its IDs at once,
+    /// not after the liveness timeout), and closes the connection. Blocks; call it outside
+    /// any async runtime.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        // The heartbeat first, so it does not announce this node again.
+        if let Some(heartbeat) = self.tasks.pop() {
+            heartbeat.abort();
+        }
+        let _ = self.hermes.shutdown();
+        if self.member {
+            let members = self.members.clone();
+            let key = member_key(self.me);
+            let _ = runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(2), members.purge(key)).await
+            });
+        }
+        self.transport.detach();
+        // Let the publisher send what is queued (answers, forwarded mail), then stop.
+        runtime.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+impl<K, M, A> Drop for Node<K, M, A> {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            for task in self.tasks.drain(..) {
+                task.abort();
+            }
+            drop(self.transport.detach());
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl<K, M, A> std::fmt::Debug for Node<K, M, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("id", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Used in signatures: what a dead-letter sink is.
+pub type DeadLetterSink<K, M> = Arc<dyn Fn(DeadLetter<K, M>) + Send + Sync>;

@@ -1,0 +1,280 @@
+//! Durable state on a JetStream key-value bucket, with compare-and-set on revisions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hermes_store::{Batch, Entries, Op, Operation, Store, StoreError};
+use tokio::runtime::Handle;
+
+/// A [`Store`] on a JetStream key-value bucket (`hermes_{cluster}_state`): every node of the
+/// cluster sees the same state, so a receiver's state follows it to whichever node owns it.
+///
+/// Writes are compare-and-set: the store remembers, per key, the revision this process last
+/// read or wrote, and a put or delete expects the bucket to still be at that revision. If
+/// another node wrote the key since (it owns the receiver now, and this node is a stale owner,
+/// say on the wrong side of a partition), the write fails with [`StoreError::Conflict`] and is
+/// not applied: the receiver should deactivate ([`Context::stop`](hermes_core::Context::stop)).
+/// A key this process never read is written unconditionally: load before you save (as
+/// [`Durable`](hermes_store::Durable) does).
+///
+/// Every call blocks its thread for one or more round trips to the NATS server (at most the
+/// configured store timeout each): call it from shards and plain threads, not from inside an
+/// async runtime's tasks. [`write_batch`](Store::write_batch) is not atomic across keys (the
+/// bucket has no transactions): its operations are applied in order and the first failure
+/// stops it.
+///
+/// Keys are arbitrary bytes; in the bucket, keys made of letters, digits and `-_/=` are stored
+/// as `r.KEY`, others hex-encoded as `h.HEX` (the empty key as `e`).
+pub struct KvStore {
+    kv: kv::Store,
+    runtime: Handle,
+    timeout: Duration,
+    revisions: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bucket key for a store key.
+fn encode_key(key: &[u8]) -> String {
+    if key.is_empty() {
+        return "e".to_owned();
+    }
+    let plain = !key.is_empty()
+        && key
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'='));
+    if plain {
+        // Checked above: ASCII.
+        format!("r.{}", String::from_utf8_lossy(key))
+    } else {
+        let mut s = String::with_capacity(2 + key.len() * 2);
+        s.push_str("h.");
+        for b in key {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+/// The store key of a bucket key; `None` for keys this store did not write.
+fn decode_key(key: &str) -> Option<Vec<u8>> {
+    if key == "e" {
+        return Some(Vec::new());
+    }
+    if let Some(raw) = key.strip_prefix("r.") {
+        return Some(raw.as_bytes().to_vec());
+    }
+    let hex = key.strip_prefix("h.")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl KvStore {
+    pub(crate) fn new(kv: kv::Store, runtime: Handle, timeout: Duration) -> Self {
+        KvStore {
+            kv,
+            runtime,
+            timeout,
+            revisions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs `f` on the cluster's runtime and waits for it, at most the store timeout.
+    fn run<T: Send + 'static>(
+        &self,
+        op: Operation,
+        key: Option<&[u8]>,
+        f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let timeout = self.timeout;
+        self.runtime.spawn(async move {
+            let result = match tokio::time::timeout(timeout, f).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::other(
+                    op,
+                    None,
+                    "the JetStream key-value operation timed out: is the NATS server up, with \
+                     JetStream enabled?",
+                )),
+            };
+            let _ = tx.send(result);
+        });
+        match rx.recv() {
+            Ok(result) => result.map_err(|e| match key {
+                Some(key) => e.with_key(key),
+                None => e,
+            }),
+            Err(_) => Err(StoreError::other(
+                op,
+                key,
+                "the cluster's runtime stopped: the node is shutting down",
+            )),
+        }
+    }
+
+    fn revision(&self, key: &[u8]) -> Option<u64> {
+        self.revisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+    }
+
+    fn remember(&self, key: &[u8], revision: u64) {
+        self.revisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_vec(), revision);
+    }
+
+    /// The revision this process last saw `key` at (0: absent), if it has seen it.
+    pub fn known_revision(&self, key: &[u8]) -> Option<u64> {
+        self.revision(key)
+    }
+}
+
+impl Store for KvStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let kv = self.kv.clone();
+        let name = encode_key(key);
+        let entry = self.run(Operation::Get, Some(key), async move {
+            kv.entry(name)
+                .await
+                .map_err(|e| StoreError::other(Operation::Get, None, e))
+        })?;
+        match entry {
+            None => {
+                self.remember(key, 0);
+                Ok(None)
+            }
+            Some(entry) => {
+                self.remember(key, entry.revision);
+                match entry.operation {
+                    kv::Operation::Put => Ok(Some(entry.value.to_vec())),
+                    _ => Ok(None),
+                }
+            }
+        }
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let kv = self.kv.clone();
+        let name = encode_key(key);
+        let value = Bytes::copy_from_slice(value);
+        let expected = self.revision(key);
+        let owned = key.to_vec();
+        let revision = self.run(Operation::Put, Some(key), async move {
+            match expected {
+                Some(revision) => kv.update(name, value, revision).await.map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        StoreError::Conflict { key: owned }
+                    } else {
+                        StoreError::other(Operation::Put, None, e)
+                    }
+                }),
+                None => kv
+                    .put(name, value)
+                    .await
+                    .map_err(|e| StoreError::other(Operation::Put, None, e)),
+            }
+        })?;
+        self.remember(key, revision);
+        Ok(())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
+        let kv = self.kv.clone();
+        let name = encode_key(key);
+        let expected = self.revision(key);
+        let owned = key.to_vec();
+        self.run(Operation::Delete, Some(key), async move {
+            kv.delete_expect_revision(name, expected.filter(|&r| r > 0))
+                .await
+                .map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        StoreError::Conflict { key: owned }
+                    } else {
+                        StoreError::other(Operation::Delete, None, e)
+                    }
+                })
+        })?;
+        // The delete marker's revision is not returned: read before the next conditional write.
+        self.revisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        Ok(())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+        let kv = self.kv.clone();
+        let names = self.run(Operation::Scan, None, async move {
+            let mut keys = kv
+                .keys()
+                .await
+                .map_err(|e| StoreError::other(Operation::Scan, None, e))?;
+            let mut names = Vec::new();
+            while let Some(key) = keys.next().await {
+                names.push(key.map_err(|e| StoreError::other(Operation::Scan, None, e))?);
+            }
+            Ok(names)
+        })?;
+        let mut keys: Vec<Vec<u8>> = names
+            .iter()
+            .filter_map(|name| decode_key(name))
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        keys.sort();
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = self.get(&key)? {
+                entries.push((key, value));
+            }
+        }
+        Ok(entries)
+    }
+
+    fn write_batch(&self, batch: Batch) -> Result<(), StoreError> {
+        for op in batch.into_ops() {
+            match op {
+                Op::Put { key, value } => self.put(&key, &value)?,
+                Op::Delete { key } => self.delete(&key)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for key in [&b"account/7"[..], b"a.b", b"", &[0, 255, 7], b"x y"] {
+            let name = encode_key(key);
+            assert!(!name.ends_with('.'));
+            assert_eq!(decode_key(&name).as_deref(), Some(key), "{name}");
+        }
+        assert_eq!(encode_key(b"account/7"), "r.account/7");
+        assert_eq!(decode_key("h.zz"), None);
+        assert_eq!(decode_key("other"), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! The transport: frames to other nodes' subjects, frames from this node's subject, and the
+//! answers of asks that crossed nodes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hermes_core::{
+    App, DeadLetter, DeadLetterReason, Key, Location, Message, NodeId, Placement, Recipient,
+    SendError,
+};
+use hermes_executor::{Hermes, Remote};
+use hermes_reply::AskError;
+use hermes_reply::wire::{Deliver, Exchange, with_exchange};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::placement::ClusterPlacement;
+use crate::wire::{self, Frame, Item};
+
+/// The user's dead-letter sink, shared by the shards and the transport.
+pub(crate) type Sink<K, M> = crate::DeadLetterSink<K, M>;
+
+/// The subject of node `node` in cluster `cluster`.
+pub(crate) fn subject(cluster: &str, node: NodeId) -> String {
+    format!("hermes.{cluster}.node.{:016x}", node.0)
+}
+
+/// Counters of the transport, for tests and monitoring.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) bad_frames: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+}
+
+/// Asks whose request left this node, by token, and answers going back.
+pub(crate) struct Answers {
+    me: NodeId,
+    cluster: String,
+    out: mpsc::Sender<(String, Bytes)>,
+    parked: Mutex<HashMap<u64, (Instant, Deliver)>>,
+    next: AtomicU64,
+}
+
+impl Answers {
+    /// Answers every parked ask older than `age` with `Timeout` (its asker has long given up).
+    pub(crate) fn expire(&self, age: Duration) {
+        let now = Instant::now();
+        let old: Vec<Deliver> = {
+            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+            let tokens: Vec<u64> = parked
+                .iter()
+                .filter(|(_, (at, _))| now.duration_since(*at) > age)
+                .map(|(t, _)| *t)
+                .collect();
+            tokens
+                .into_iter()
+                .filter_map(|t| parked.remove(&t).map(|(_, d)| d))
+                .collect()
+        };
+        for deliver in old {
+            deliver(Err(AskError::Timeout));
+        }
+    }
+
+    fn take(&self, token: u64) -> Option<Deliver> {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&token)
+            .map(|(_, d)| d)
+    }
+}
+
+impl Exchange for Answers {
+    fn park(&self, deliver: Deliver) -> (u64, u64) {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token, (Instant::now(), deliver));
+        (self.me.0, token)
+    }
+
+    fn answer(&self, origin: u64, token: u64, answer: Result<Vec<u8>, AskError>) {
+        if origin == self.me.0 {
+            if let Some(deliver) = self.take(token) {
+                deliver(answer);
+            }
+            return;
+        }
+        let item: Item<(), ()> = Item::Answer {
+            token,
+            answer: answer.map_err(wire::error_code),
+        };
+        let Ok(item) = postcard::to_allocvec(&item) else {
+            return;
+        };
+        let frame = Frame {
+            version: wire::VERSION,
+            from: self.me.0,
+            items: vec![item],
+        };
+        match postcard::to_allocvec(&frame) {
+            Ok(bytes) => {
+                let to = subject(&self.cluster, NodeId(origin));
+                if self.out.try_send((to, Bytes::from(bytes))).is_err() {
+                    tracing::warn!(origin, "outbound queue full: an ask's answer was dropped");
+                }
+            }
+            Err(e) => tracing::warn!(%e, "could not encode an answer"),
+        }
+    }
+}
+
+/// Carries messages between this node and the others.
+pub(crate) struct Transport<K, M, A> {
+    me: NodeId,
+    cluster: String,
+    pub(crate) answers: Arc<Answers>,
+    exchange: Arc<dyn Exchange>,
+    out: mpsc::Sender<(String, Bytes)>,
+    placement: Arc<ClusterPlacement>,
+    /// The local Hermes, once started; taken at shutdown (it holds this transport).
+    hermes: Mutex<Option<Hermes<K, M, A>>>,
+    sink: Option<Sink<K, M>>,
+    pub(crate) counters: Counters,
+}
+
+impl<K, M, A> Transport<K, M, A>
+where
+    K: Key + Serialize + DeserializeOwned,
+    M: Message + Serialize + DeserializeOwned,
+    A: App<Id = K, Msg = M>,
+{
+    pub(crate) fn new(
+        me: NodeId,
+        cluster: &str,
+        capacity: usize,
+        placement: Arc<ClusterPlacement>,
+        sink: Option<Sink<K, M>>,
+    ) -> (Arc<Self>, mpsc::Receiver<(String, Bytes)>) {
+        let (out, rx) = mpsc::channel(capacity);
+        let answers = Arc::new(Answers {
+            me,
+            cluster: cluster.to_owned(),
+            out: out.clone(),
+            parked: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        });
+        let exchange: Arc<dyn Exchange> = answers.clone();
+        let transport = Arc::new(Transport {
+            me,
+            cluster: cluster.to_owned(),
+            answers,
+            exchange,
+            out,
+            placement,
+            hermes: Mutex::new(None),
+            sink,
+            counters: Counters::default(),
+        });
+        (transport, rx)
+    }
+
+    fn hermes(&self) -> Option<Hermes<K, M, A>> {
+        self.hermes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn dead_letter(&self, id: K, msg: Option<M>, reason: DeadLetterReason) {
+        tracing::debug!(?id, %reason, "dead letter in the cluster transport");
+        if let Some(sink) = &self.sink {
+            sink(DeadLetter {
+                recipient: Recipient::Id(id),
+                message: msg,
+                reason,
+            });
+        }
+    }
+
+    /// Encodes `(id, msg, hops)` items into one frame for `node` and queues it. On `Err`, the
+    /// items are left in `batch`.
+    fn send(
+        &self,
+        node: NodeId,
+        batch: &mut Vec<(K, M)>,
+        hops: u8,
+    ) -> Result<(), DeadLetterReason> {
+        if node == self.me || !self.placement.view().contains(&node) {
+            return Err(DeadLetterReason::Unreachable);
+        }
+        let mut items = Vec::with_capacity(batch.len());
+        let mut failed = Vec::new();
+        with_exchange(&self.exchange, || {
+            for (i, (to, msg)) in batch.iter().enumerate() {
+                let item = ItemRef::Message { to, msg, hops };
+                match postcard::to_allocvec(&item) {
+                    Ok(bytes) => items.push(bytes),
+                    Err(e) => {
+                        tracing::warn!(%e, id = ?to, "a message to another node does not serialize");
+                        failed.push(i);
+                    }
+                }
+            }
+        });
+        let frame = Frame {
+            version: wire::VERSION,
+            from: self.me.0,
+            items,
+        };
+        let bytes = postcard::to_allocvec(&frame).map_err(|_| DeadLetterReason::Unreachable)?;
+        let queued = self
+            .out
+            .try_send((subject(&self.cluster, node), Bytes::from(bytes)));
+        match queued {
+            Ok(()) => {
+                self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+                for (i, (to, msg)) in batch.drain(..).enumerate() {
+                    if failed.contains(&i) {
+                        self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable);
+                    }
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(DeadLetterReason::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeadLetterReason::Unreachable),
+        }
+    }
+
+    /// Handles one frame that came to this node's subject.
+    pub(crate) async fn receive(&self, payload: &[u8]) {
+        let frame: Frame = match postcard::from_bytes(payload) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%e, bytes = payload.len(), "dropped a frame that does not decode");
+                return;
+            }
+        };
+        if frame.version != wire::VERSION {
+            self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                version = frame.version,
+                from = frame.from,
+                "dropped a frame of another wire version: run one version of Hermes per cluster"
+            );
+            return;
+        }
+        self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        for bytes in &frame.items {
+            let item: Result<Item<K, M>, _> =
+                with_exchange(&self.exchange, || postcard::from_bytes(bytes));
+            match item {
+                Ok(Item::Message { to, msg, hops }) => self.arrive(to, msg, hops).await,
+                Ok(Item::Answer { token, answer }) => {
+                    if let Some(deliver) = self.answers.take(token) {
+                        deliver(answer.map_err(wire::ask_error));
+                    }
+                }
+                Err(e) => {
+                    self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%e, from = frame.from, "dropped an item that does not decode");
+                }
+            }
+        }
+    }
+
+    /// A message for `to` arrived: deliver it here, or pass it on to its owner.
+    async fn arrive(&self, to: K, msg: M, hops: u8) {
+        let Some(hermes) = self.hermes() else {
+            return self.dead_letter(to, Some(msg), DeadLetterReason::Closed);
+        };
+        match self.placement.locate(&to) {
+            Location::Node(node) => {
+                // Our view says another node owns it (the sender's view was older or newer).
+                if hops >= wire::MAX_HOPS {
+                    return self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable);
+                }
+                self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                let mut batch = vec![(to, msg)];
+                if let Err(reason) = self.send(node, &mut batch, hops + 1) {
+                    for (to, msg) in batch {
+                        self.dead_letter(to, Some(msg), reason.clone());
+                    }
+                }
+            }
+            _ => {
+                let id = to.clone();
+                if let Err(e) = hermes.deliver_async(to, msg).await {
+                    let reason = match &e {
+                        SendError::Full(_) => DeadLetterReason::Full,
+                        SendError::Unreachable(_) => DeadLetterReason::Unreachable,
+                        _ => DeadLetterReason::Closed,
+                    };
+                    self.dead_letter(id, Some(e.into_inner()), reason);
+                }
+            }
+        }
+    }
+}
+
+impl<K, M, A> Transport<K, M, A> {
+    pub(crate) fn attach(&self, hermes: Hermes<K, M, A>) {
+        *self.hermes.lock().unwrap_or_else(PoisonError::into_inner) = Some(hermes);
+    }
+
+    pub(crate) fn detach(&self) -> Option<Hermes<K, M, A>> {
+        self.hermes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// [`Item::Message`] by reference, to encode without moving the message.
+#[derive(Serialize)]
+enum ItemRef<'a, K, M> {
+    Message { to: &'a K, msg: &'a M, hops: u8 },
+}
+
+impl<K, M, A> Remote<K, M> for Transport<K, M, A>
+where
+    K: Key + Serialize + DeserializeOwned,
+    M: Message + Serialize + DeserializeOwned,
+    A: App<Id = K, Msg = M>,
+{
+    fn deliver(&self, node: NodeId, batch: &mut Vec<(K, M)>) -> Result<(), DeadLetterReason> {
+        self.send(node, batch, 0)
+    }
+}
+
+/// Publishes queued frames, in order, until the queue closes.
+pub(crate) async fn publish(client: async_nats::Client, mut rx: mpsc::Receiver<(String, Bytes)>) {
+    while let Some((subject, bytes)) = rx.recv().await {
+        if let Err(e) = client.publish(subject, bytes).await {
+            tracing::warn!(%e, "could not publish a frame to NATS");
+        }
+    }
+    let _ = client.flush().await;
+}
+
+/// Receives this node's frames until the subscription ends.
+pub(crate) async fn subscribe<K, M, A>(
+    mut subscriber: async_nats::Subscriber,
+    transport: Arc<Transport<K, M, A>>,
+) where
+    K: Key + Serialize + DeserializeOwned,
+    M: Message + Serialize + DeserializeOwned,
+    A: App<Id = K, Msg = M>,
+{
+    while let Some(message) = subscriber.next().await {
+        transport.receive(&message.payload).await;
+    }
+}
