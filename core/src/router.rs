@@ -1478,22 +1478,24 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.drained() {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
         }
-        let slot = &mut self.slots[key];
-        if self.mailboxes.is_empty(slot.mailbox) {
+        let n = self.slots[key].mailbox;
+        if self.mailboxes.is_empty(n) {
             self.remove(key);
         } else if let Some(location) = self.placed_on_node(&self.slots[key].id) {
             // Messages arrived during a hand-off: they follow the ID to its new node, in order.
-            let mut mailbox = std::mem::take(&mut self.slots[key].mailbox);
+            let mut mailbox = std::mem::take(self.mailboxes.get_mut(n));
             let id = self.slots[key].id.clone();
             for msg in mailbox.drain(..) {
                 self.stats.messages_forwarded += 1;
                 self.outbound
                     .push_back((location, Outbound::Message(Recipient::Id(id.clone()), msg)));
             }
-            self.spare_batch(mailbox);
+            // The emptied buffer stays with the mailbox.
+            *self.mailboxes.get_mut(n) = mailbox;
             self.remove(key);
         } else {
             // Messages arrived during deactivation: activate a fresh instance.
+            let slot = &mut self.slots[key];
             slot.set_idle_armed(false);
             if slot.own_timeout() {
                 slot.set_own_timeout(false);
