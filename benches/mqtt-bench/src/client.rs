@@ -18,6 +18,10 @@ use tokio::net::{TcpSocket, TcpStream};
 /// The largest packet accepted from a broker.
 pub const MAX_PACKET: usize = 1 << 20;
 
+/// Connections numbered from here on connect from addresses of their own (see
+/// [`Target::spread_sources`]).
+pub const SPREAD_FROM: u64 = 16_000;
+
 /// How much is read at most in one go.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -28,7 +32,9 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Connect from many loopback addresses (127.x.y.z) when the broker is on loopback: each
     /// source address has its own ephemeral ports, so tens of thousands of connections (and
-    /// the TIME_WAIT of earlier runs) never exhaust them.
+    /// the TIME_WAIT of earlier runs) never exhaust them. Connections numbered below
+    /// [`SPREAD_FROM`] use the default source all the same: binding costs a little on every
+    /// connect, and the default source has ports enough for them.
     pub spread_sources: bool,
     /// Differs between runs, so that one run's source addresses and client identifiers are
     /// not the last run's.
@@ -43,7 +49,7 @@ impl Target {
         let IpAddr::V4(ip) = self.addr.ip() else {
             return None;
         };
-        if !self.spread_sources || !ip.is_loopback() {
+        if !self.spread_sources || !ip.is_loopback() || index < SPREAD_FROM {
             return None;
         }
         let k = self.salt.wrapping_mul(7919).wrapping_add(index);

@@ -182,7 +182,8 @@ pub struct PubState {
     pub sent: AtomicU64,
     /// QoS 1/2 messages acknowledged (PUBACK, PUBCOMP).
     pub acked: AtomicU64,
-    /// Times it could not send because a window was full.
+    /// Times it could not send because a window was full (not counting a paced publisher
+    /// waiting for its next message).
     pub window_waits: AtomicU64,
 }
 
@@ -389,7 +390,7 @@ impl Publisher {
         let allowed = self.allowance();
         if allowed == 0 {
             let limited = self.spec.limit.is_some_and(|l| self.sent >= l);
-            if !limited {
+            if !limited && !self.spec.paced {
                 self.st.window_waits.fetch_add(1, Ordering::Relaxed);
             }
             return Ok(false);

@@ -203,6 +203,36 @@ fn flow_report(ctx: &Ctx, qos: QoS, outcome: &Outcome, mut report: Report) -> Re
     report
 }
 
+/// CPU time of the generator and the broker over a span of a scenario.
+struct CpuMeter {
+    broker_pid: Option<u32>,
+    generator: Option<f64>,
+    broker: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(broker_pid: Option<u32>) -> Self {
+        Self {
+            broker_pid,
+            generator: crate::procfs::cpu_s(None),
+            broker: broker_pid.and_then(|p| crate::procfs::cpu_s(Some(p))),
+        }
+    }
+
+    /// Sets `generator_cpu_pct` and `broker_cpu_pct`: % of one core over `elapsed` seconds.
+    fn report(&self, report: &mut Report, elapsed: f64) {
+        let pct = |before: Option<f64>, now: Option<f64>| {
+            Some(((now? - before?) / elapsed.max(1e-9) * 100.0).round())
+        };
+        let generator = pct(self.generator, crate::procfs::cpu_s(None));
+        report.set("generator_cpu_pct", json!(generator));
+        let broker = self.broker_pid.and_then(|p| crate::procfs::cpu_s(Some(p)));
+        if let Some(broker) = pct(self.broker, broker) {
+            report.set("broker_cpu_pct", json!(broker));
+        }
+    }
+}
+
 /// `pairs`: N publishers, each to its own subscriber on its own topic.
 #[derive(Debug, Clone, Args)]
 pub struct PairsArgs {
@@ -506,6 +536,7 @@ pub async fn conns(common: &Common, args: &ConnsArgs) -> Result<Report, String> 
     report.set("concurrency", json!(common.connect_concurrency));
     let rss_before = common.broker_pid.and_then(rss_kb);
     let limiter = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
+    let cpu = CpuMeter::start(common.broker_pid);
     let start = Instant::now();
     let mut set = JoinSet::new();
     for i in 0..args.conns {
@@ -537,6 +568,7 @@ pub async fn conns(common: &Common, args: &ConnsArgs) -> Result<Report, String> 
         "connects_per_s",
         json!((connected as f64 / elapsed).round()),
     );
+    cpu.report(&mut report, elapsed);
     tokio::time::sleep(secs(args.settle)).await;
     // Connections the broker closed while idle.
     let mut closed = 0;
