@@ -19,11 +19,12 @@
 //! Tasks: work a receiver spawns is ready at once or waits on a gate the plan answers or drops;
 //! an ask's request carries a reply the asked receiver answers, keeps for later or drops. The
 //! driver takes tasks from the routers (`poll_task`), polls their futures in any order, late or
-//! never, gives outcomes back (`complete`, late ones after their task was aborted too), and moves
-//! time past asks' deadlines. The checker predicts what every poll yields (the answer, `Timeout`,
-//! `Dropped`, `None` once aborted, or pending, and then that the waker was woken before it is
-//! ready), where every outcome goes (the instance that started the work, or a `Stale` dead
-//! letter), that a receiver waiting for its tasks is not deactivated for idleness, and that every
+//! never, gives outcomes back (`complete`, late ones after their task was aborted too, and now
+//! and then to the wrong router, which must refuse them), and moves time past asks' deadlines.
+//! The checker predicts what every poll yields (the answer, `Timeout`, `Dropped`, `None` once
+//! aborted, or pending, and then that the waker was woken before it is ready), where every
+//! outcome goes (the instance that started the work, ahead of the messages waiting for it, or a
+//! `Stale` dead letter, never a next instance), that a receiver waiting for its tasks is not deactivated for idleness, and that every
 //! future is dropped exactly when it must be: with the handler that panicked, with the
 //! `deactivated` hook that started it, or with its instance when that is deactivated.
 //!
@@ -153,6 +154,15 @@ pub struct Summary {
     pub late_outcomes: u64,
     /// Outcomes delivered to the instance that started the work.
     pub outcomes: u64,
+    /// Outcomes queued ahead of other messages already waiting for their receiver.
+    pub outcomes_ahead: u64,
+    /// Outcomes given back while their task was still registered, but never handled: their
+    /// instance was deactivated first (the outcome came while its deactivation was under way,
+    /// or was still queued when it stopped or panicked). `Stale` dead letters.
+    pub stale_outcomes: u64,
+    /// Outcomes given to the router that did not start the task (a driver mistake the router
+    /// refuses: `Stale` dead letters).
+    pub stray_outcomes: u64,
     /// Tasks found ready after a pending poll, their waker woken (by the answer, the gate, the
     /// router's expiry or abort).
     pub wakeups: u64,
@@ -201,6 +211,9 @@ impl AddAssign for Summary {
         self.aborted += o.aborted;
         self.late_outcomes += o.late_outcomes;
         self.outcomes += o.outcomes;
+        self.outcomes_ahead += o.outcomes_ahead;
+        self.stale_outcomes += o.stale_outcomes;
+        self.stray_outcomes += o.stray_outcomes;
         self.wakeups += o.wakeups;
         self.spared += o.spared;
         self.kind_idle_restored += o.kind_idle_restored;

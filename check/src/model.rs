@@ -20,8 +20,8 @@
 //!
 //! Tasks: a run's tasks are registered when it ends, in the order the receiver started them,
 //! before its sends are routed, and handed out in that order. An ask's deadline is a router
-//! timer: at it, a task still registered is expired (its future then answers `Timeout`); closing
-//! drops the deadlines of the tasks registered so far. `complete` routes the outcome to the
+//! timer: at it, a task still registered is expired (its future then answers `Timeout`, unless
+//! its reply was answered or dropped first: the world tells which came first); closing drops the deadlines of the tasks registered so far. `complete` routes the outcome to the
 //! task's instance by handle, as if sent from it, or makes it a `Stale` dead letter if the task
 //! is no longer registered. A receiver with tasks registered goes idle without an idle deadline;
 //! when its last task is completed, the outcome makes it run again, and its idle time counts
@@ -68,6 +68,9 @@ pub(crate) struct SlotM {
     pub(crate) addr: Option<Addr>,
     pub(crate) state: MState,
     pub(crate) mailbox: VecDeque<Seq>,
+    /// How many messages at the front of `mailbox` are task outcomes, for the instance in the
+    /// slot only.
+    pub(crate) outcomes: usize,
     pub(crate) inst: Option<Inst>,
     pub(crate) idle_since: Duration,
 }
@@ -102,7 +105,8 @@ pub(crate) struct TaskM {
     pub(crate) addr: Addr,
     /// An ask's deadline, from the world's start ([`NEVER`]: none, or dropped at close).
     pub(crate) deadline: Duration,
-    /// The router expired it at its deadline: its future answers `Timeout` if not finished.
+    /// The router expired it at its deadline: its future answers `Timeout` if its reply was
+    /// still open then.
     pub(crate) expired: bool,
 }
 
@@ -208,6 +212,11 @@ pub(crate) struct Expect {
     pub(crate) expired: Vec<Seq>,
     /// Idle receivers past their idle timeout, kept live because they wait for tasks.
     pub(crate) spared: usize,
+    /// Outcomes given back in time but too late for their instance: while its deactivation was
+    /// under way, or queued when it stopped or panicked. `Stale` dead letters.
+    pub(crate) stale_outcomes: usize,
+    /// Outcomes queued ahead of other messages waiting in the mailbox.
+    pub(crate) outcomes_ahead: usize,
     /// Slots reactivated after an instance that set its own idle timeout, in a kind with its
     /// own: the next instance starts from the kind's again.
     pub(crate) restored: usize,
@@ -237,8 +246,15 @@ pub(crate) struct MJob {
 
 #[derive(Clone, Debug)]
 pub(crate) enum MWork {
-    Run { batch: Vec<Seq>, fresh: bool },
-    Deactivate { why: Deactivation },
+    /// The first `outcomes` of `batch` are task outcomes.
+    Run {
+        batch: Vec<Seq>,
+        fresh: bool,
+        outcomes: usize,
+    },
+    Deactivate {
+        why: Deactivation,
+    },
 }
 
 impl MJob {
@@ -520,6 +536,7 @@ impl Model {
                         addr: None,
                         state: MState::Activating,
                         mailbox: VecDeque::from([seq]),
+                        outcomes: 0,
                         inst: None,
                         idle_since: Duration::ZERO,
                     });
@@ -668,6 +685,7 @@ impl Model {
     /// Reports every message queued for slot `i` as a dead letter, in order.
     fn fail_mailbox(&mut self, i: usize, reason: Reason) {
         let id = self.slots[i].id;
+        self.slots[i].outcomes = 0;
         for seq in std::mem::take(&mut self.slots[i].mailbox) {
             self.dead(Recipient::Id(id), seq, reason);
         }
@@ -756,9 +774,12 @@ impl Model {
                 slot.state = MState::Running;
                 let n = slot.mailbox.len().min(batch);
                 let fresh = std::mem::take(&mut inst.fresh);
+                let outcomes = slot.outcomes.min(n);
+                slot.outcomes -= outcomes;
                 MWork::Run {
                     batch: slot.mailbox.drain(..n).collect(),
                     fresh,
+                    outcomes,
                 }
             }
             MState::Deactivating { why, .. } => {
@@ -780,7 +801,9 @@ impl Model {
     pub(crate) fn check_in(&mut self, job: &MJob, out: &Outcome, now: Duration) -> Result<(), ()> {
         let i = self.slot_by_addr(job.addr).ok_or(())?;
         match &job.work {
-            MWork::Run { batch, .. } => {
+            MWork::Run {
+                batch, outcomes, ..
+            } => {
                 if self.slots[i].state != MState::Running {
                     return Err(());
                 }
@@ -789,10 +812,19 @@ impl Model {
                     End::Panicked(_) => out.delivered.len() + 1,
                     _ => out.delivered.len(),
                 };
+                // What the job left goes back to the front: its outcomes first (they came
+                // before those queued meanwhile), its other messages behind every outcome.
+                let ahead = outcomes.saturating_sub(consumed);
+                let (its_outcomes, its_others) = batch[consumed..].split_at(ahead);
                 let slot = &mut self.slots[i];
-                for &seq in batch[consumed..].iter().rev() {
+                let queued: Vec<Seq> = slot.mailbox.drain(..slot.outcomes).collect();
+                for &seq in its_others.iter().rev() {
                     slot.mailbox.push_front(seq);
                 }
+                for &seq in its_outcomes.iter().chain(&queued).rev() {
+                    slot.mailbox.push_front(seq);
+                }
+                slot.outcomes += ahead;
                 self.counters.delivered += out.delivered.len() as u64;
                 if let Some(inst) = slot.inst.as_mut() {
                     inst.version = out.version;
@@ -844,6 +876,14 @@ impl Model {
                 self.counters.deactivations += 1;
                 if out.hook_panicked {
                     self.counters.panics += 1;
+                }
+                // The outcomes still queued were for this instance only.
+                let slot = &mut self.slots[i];
+                let stale: Vec<Seq> = slot.mailbox.drain(..slot.outcomes).collect();
+                slot.outcomes = 0;
+                self.expect.stale_outcomes += stale.len();
+                for seq in stale {
+                    self.dead(Recipient::Addr(job.addr), seq, Reason::Stale);
                 }
                 if self.drained() {
                     self.fail_mailbox(i, Reason::DrainLimit);
@@ -903,19 +943,39 @@ impl Model {
         self.tasks_out.pop_front()
     }
 
-    /// Gives back the outcome (message `seq`) of task `task`, started by the receiver at
-    /// `owner`.
-    pub(crate) fn complete(&mut self, task: Seq, owner: Addr, seq: Seq, now: Duration) {
-        let Some(t) = self.tasks.remove(&task) else {
+    /// Gives back the outcome (message `seq`) of task `task`, started by the instance at
+    /// `owner`: queued at the front of its mailbox, behind the outcomes already there, if the
+    /// task is this router's and still registered and the instance is not being deactivated;
+    /// otherwise a dead letter.
+    pub(crate) fn complete(&mut self, task: Seq, owner: Addr, seq: Seq) {
+        let registered =
+            owner.router() == self.number && self.tasks.get(&task).is_some_and(|t| t.addr == owner);
+        let i = self.slot_by_addr(owner);
+        if !registered {
+            return self.dead(Recipient::Addr(owner), seq, Reason::Stale);
+        }
+        self.tasks.remove(&task);
+        let taking = |i: &usize| {
+            !matches!(
+                self.slots[*i].state,
+                MState::Activating | MState::Deactivating { .. }
+            )
+        };
+        let Some(i) = i.filter(taking) else {
+            self.expect.stale_outcomes += 1;
             return self.dead(Recipient::Addr(owner), seq, Reason::Stale);
         };
-        let last = !self.waiting(Some(t.addr));
-        self.route_inside(Recipient::Addr(t.addr), seq);
-        if last
-            && let Some(i) = self.slot_by_addr(t.addr)
-            && self.slots[i].state == MState::Idle
-        {
-            self.become_idle(i, now);
+        if self.drained() {
+            return self.dead(Recipient::Addr(owner), seq, Reason::DrainLimit);
+        }
+        let slot = &mut self.slots[i];
+        self.expect.outcomes_ahead += usize::from(slot.mailbox.len() > slot.outcomes);
+        slot.mailbox.insert(slot.outcomes, seq);
+        slot.outcomes += 1;
+        self.counters.routed += 1;
+        if slot.state == MState::Idle {
+            slot.state = MState::Scheduled;
+            self.command(Kind::Run, i);
         }
     }
 
@@ -1103,7 +1163,7 @@ pub(crate) fn interpret(job: &MJob, events: &[Event], base: Instant) -> Checked<
     };
     let mut segments = segments(events)?.into_iter();
     match &job.work {
-        MWork::Run { batch, fresh } => {
+        MWork::Run { batch, fresh, .. } => {
             if *fresh {
                 match segments.next() {
                     Some((Event::Activated { inst }, effects)) if *inst == job.inst => {

@@ -427,8 +427,10 @@ pub(crate) enum Op {
     TakeTask { router: u8 },
     /// Polls the future of a task taken and not finished, any of them.
     PollTask { which: u8 },
-    /// Gives a finished task's outcome back to its router (`Router::complete`), any of them.
-    Complete { which: u8 },
+    /// Gives a finished task's outcome back to its router (`Router::complete`), any of them; or,
+    /// if `stray` and there are two routers, to the other router, a driver mistake it must
+    /// refuse (the outcome is then lost, and its task stays in flight until its instance goes).
+    Complete { which: u8, stray: bool },
     /// Answers (or drops) the gate of spawned work, any of them.
     Resolve { which: u8, answer: bool },
 }
@@ -484,7 +486,10 @@ impl<'a> Arbitrary<'a> for Op {
             213..=216 => Op::Misuse { handle: a, kind: b },
             220..=230 => Op::TakeTask { router: a },
             231..=242 => Op::PollTask { which: a },
-            243..=249 => Op::Complete { which: a },
+            243..=249 => Op::Complete {
+                which: a,
+                stray: b < 12,
+            },
             250..=255 => Op::Resolve {
                 which: a,
                 answer: !b.is_multiple_of(4),

@@ -4,8 +4,8 @@
 //! The driver also runs the tasks receivers start, as an executor's runtime would: it takes them
 //! from the routers, polls their futures (any of them, in any order, late or never), gives their
 //! outcomes back, and answers or drops the gates of spawned work. What each poll yields is
-//! predicted: the answer, `Timeout` once the router expired an ask, `None` once it aborted the
-//! task, or pending (and then a later ready poll requires the task's waker to have been woken).
+//! predicted: the answer, `Timeout` once the router expired an ask whose reply was still open
+//! (an answer or a drop that came first wins the race), `None` once it aborted the task, or pending (and then a later ready poll requires the task's waker to have been woken).
 //! Every future dropped unfinished, and every reply dropped unanswered, is checked against when
 //! it should be dropped.
 
@@ -30,17 +30,6 @@ use crate::script::{
 };
 use crate::violation::{Broken, Checked, Invariant, broken, ensure};
 use crate::{Summary, Tweak};
-
-/// OPEN router bug (`check/tests/regressions.rs`, the two `an_outcome_..._reaches_only_its_instance`
-/// tests): an outcome given back while the task is still registered is queued in its slot's
-/// mailbox by handle, and a handle outlives the instance. If that instance is deactivated
-/// before handling it (it stopped or panicked with the outcome queued, or the outcome came while
-/// its `Deactivate` was out), the queued outcome activates the next instance in the slot and
-/// reaches it, though the task docs say an outcome reaches only the instance that started the
-/// work (a `Stale` dead letter otherwise). The model follows the router; the world tolerates
-/// exactly this while it is true: an outcome may reach a later instance of its slot once its
-/// own instance was deactivated.
-const OUTCOME_QUEUED_AT_DEACTIVATION_REACHES_NEXT: bool = true;
 
 /// Sends and timers all scripted receivers together may create in one run.
 const BUDGET: u32 = 300;
@@ -83,9 +72,8 @@ struct Entry {
     /// A timer's message: its deadline ([`model::NEVER`]: never due).
     deadline: Option<Duration>,
     status: Status,
-    /// A task's outcome: the instance it must reach, and whether it may reach the next
-    /// instance instead (see [`OUTCOME_DURING_DEACTIVATION_REACHES_NEXT`]).
-    owner: Option<(u32, bool)>,
+    /// A task's outcome: the instance it must reach, if any.
+    owner: Option<u32>,
 }
 
 /// What became of a task's future.
@@ -133,6 +121,9 @@ struct TaskRec {
     aborted: bool,
     /// The waker of its last poll, if that poll was pending.
     waker: Option<Arc<Woken>>,
+    /// An ask the router expired while its reply was open: it answers `Timeout` (a reply
+    /// answered or dropped first wins the race, and the expiry does nothing).
+    timed_out: bool,
 }
 
 /// An ask's reply: whose it is, what became of it, and which instance keeps it.
@@ -437,9 +428,9 @@ impl World {
                 0 => Ok(()),
                 n => self.poll_task(usize::from(which) % n),
             },
-            Op::Complete { which } => match self.finished.len() {
+            Op::Complete { which, stray } => match self.finished.len() {
                 0 => Ok(()),
-                n => self.complete(usize::from(which) % n),
+                n => self.complete(usize::from(which) % n, stray),
             },
             Op::Resolve { which, answer } => match self.gates.len() {
                 0 => Ok(()),
@@ -861,15 +852,17 @@ impl World {
                     Event::Answered { req, ok } => {
                         let task = self.open_reply(req, Fate::Answered(ok))?;
                         let asker = &self.tasks[&task];
+                        // Its asker waits unless its future is gone or its deadline won.
                         ensure!(
-                            ok == (asker.future == Fut::Alive),
+                            ok == (asker.future == Fut::Alive && !asker.timed_out),
                             Model,
                             "{:?} answered #{req} and its asker (task #{task} of {:?}) was \
-                             {}waiting; its future is {:?}",
+                             {}waiting; its future is {:?}{}",
                             job.id,
                             asker.owner,
                             if ok { "" } else { "not " },
-                            asker.future
+                            asker.future,
+                            if asker.timed_out { ", timed out" } else { "" }
                         );
                     }
                     Event::Kept { req } => {
@@ -924,6 +917,7 @@ impl World {
                 gate: Fate::Open,
                 aborted: false,
                 waker: None,
+                timed_out: false,
             },
         );
     }
@@ -980,13 +974,9 @@ impl World {
                  {deadline:?}"
             );
         }
-        if let Some((owner, may_reach_next)) = entry.owner {
-            let owner_gone = self
-                .instances
-                .get(&owner)
-                .is_some_and(|rec| rec.deactivations > 0);
+        if let Some(owner) = entry.owner {
             ensure!(
-                inst == owner || may_reach_next && owner_gone,
+                inst == owner,
                 StaleHandles,
                 "the outcome #{seq} of a task instance {owner} of {id:?} started reached \
                  instance {inst}"
@@ -1132,16 +1122,8 @@ impl World {
         let fate = match rec.work {
             Work::Ready => return Poll::Ready(Some(Answer::Value(task))),
             Work::Gate => (rec.gate, task),
-            Work::Ask { req, .. } => {
-                let expired = self.models[rec.router]
-                    .tasks
-                    .get(&task)
-                    .is_some_and(|t| t.expired);
-                if expired {
-                    return Poll::Ready(Some(Answer::Timeout));
-                }
-                (self.replies[&req].fate, req)
-            }
+            Work::Ask { .. } if rec.timed_out => return Poll::Ready(Some(Answer::Timeout)),
+            Work::Ask { req, .. } => (self.replies[&req].fate, req),
         };
         match fate {
             (Fate::Open, _) => Poll::Pending,
@@ -1217,11 +1199,13 @@ impl World {
         Ok(())
     }
 
-    /// Gives the `k`-th finished outcome back to its router.
-    fn complete(&mut self, k: usize) -> Checked {
+    /// Gives the `k`-th finished outcome back to its router, or, if `stray` and there are two,
+    /// to the other one, which must refuse it.
+    fn complete(&mut self, k: usize, stray: bool) -> Checked {
         let (task, id, msg) = self.finished.remove(k);
         let rec = &self.tasks[&task];
-        let r = rec.router;
+        let stray = stray && self.routers.len() > 1;
+        let r = if stray { 1 - rec.router } else { rec.router };
         let seq = msg.seq;
         self.summary.messages += 1;
         self.ledger.insert(
@@ -1231,13 +1215,15 @@ impl World {
                 to: Recipient::Addr(rec.addr),
                 deadline: None,
                 status: Status::Pending,
-                owner: Some((rec.inst, OUTCOME_QUEUED_AT_DEACTIVATION_REACHES_NEXT)),
+                owner: Some(rec.inst),
             },
         );
-        self.summary.late_outcomes += u64::from(!self.models[r].tasks.contains_key(&task));
+        self.summary.late_outcomes +=
+            u64::from(!stray && !self.models[r].tasks.contains_key(&task));
+        self.summary.stray_outcomes += u64::from(stray);
         let now = self.at();
         self.routers[r].complete(id, msg, now);
-        self.models[r].complete(task, rec.addr, seq, self.now);
+        self.models[r].complete(task, rec.addr, seq);
         self.observe(r)
     }
 
@@ -1277,7 +1263,7 @@ impl World {
             return Ok(true);
         }
         if !self.finished.is_empty() {
-            self.complete(0)?;
+            self.complete(0, false)?;
             return Ok(true);
         }
         Ok(false)
@@ -1465,6 +1451,17 @@ impl World {
             }
         }
         self.summary.expired += expect.expired.len() as u64;
+        self.summary.stale_outcomes += expect.stale_outcomes as u64;
+        self.summary.outcomes_ahead += expect.outcomes_ahead as u64;
+        // An expiry ends an ask only if its reply is still open (replies dropped in this call
+        // are seen below, after it: only `handle_timeout` expires asks, and it drops no reply).
+        for task in &expect.expired {
+            if let Some(rec) = self.tasks.get_mut(task)
+                && let Work::Ask { req, .. } = rec.work
+            {
+                rec.timed_out = self.replies.get(&req).is_some_and(|r| r.fate == Fate::Open);
+            }
+        }
         self.summary.kind_idle_restored += expect.restored as u64;
         let mut expected_dead = std::mem::take(&mut self.unpolled[r]);
         expected_dead.extend(expect.dead);

@@ -170,6 +170,15 @@ fn assert_exercises_everything(t: &Summary) {
         ("tasks aborted with their instance", t.aborted),
         ("outcomes given back too late (stale)", t.late_outcomes),
         ("outcomes delivered", t.outcomes),
+        (
+            "outcomes queued ahead of waiting messages",
+            t.outcomes_ahead,
+        ),
+        (
+            "outcomes stale because their instance was deactivated first",
+            t.stale_outcomes,
+        ),
+        ("outcomes given to the wrong router", t.stray_outcomes),
         ("tasks woken after a pending poll", t.wakeups),
         ("receivers kept live, waiting for their tasks", t.spared),
     ];

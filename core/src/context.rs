@@ -100,7 +100,8 @@ where
     }
 
     /// Deactivates this receiver after the current message. Messages still queued activate a
-    /// fresh instance afterwards.
+    /// fresh instance afterwards, but not the outcomes of this instance's work: those are
+    /// `Stale` dead letters (see [`spawn`](Context::spawn)).
     pub fn stop(&mut self) {
         self.effects.stop = true;
     }
@@ -110,9 +111,12 @@ where
     /// meanwhile, one at a time as always. The future runs on the executor's runtime (tokio's,
     /// smol's, the pool's own), or under the simulator's seeded scheduler.
     ///
-    /// The outcome goes to this instance only: if it is deactivated first (stopped, panicked,
-    /// closing), the future is dropped unfinished and its outcome never delivered. While work
-    /// is in flight the receiver is not deactivated for idleness. Like every effect, nothing
+    /// The outcome goes to this instance only, and is handled next: it is queued ahead of the
+    /// messages waiting for this receiver, behind outcomes that came back before it. If this
+    /// instance is deactivated first (stopped, panicked, closing), the future is dropped
+    /// unfinished, and an outcome that came back too late, or was still queued, becomes a
+    /// [`Stale`](crate::DeadLetterReason::Stale) dead letter: it never reaches a next instance.
+    /// While work is in flight the receiver is not deactivated for idleness. Like every effect, nothing
     /// starts if the handler panics. The future is dropped where it is: a guard meant to say so
     /// belongs outside an `async` block (created inside, it exists only once the future is
     /// first polled, and a future dropped before that leaves no trace).
@@ -137,7 +141,8 @@ where
     /// [`AskError::Dropped`] if the request is dropped unanswered (the receiver did not answer,
     /// or the request became a dead letter that was dropped; a dead-letter sink that keeps
     /// letters, as the simulator's does, keeps the request, and the ask then times out). As
-    /// with [`spawn`](Context::spawn), the answer reaches this instance only.
+    /// with [`spawn`](Context::spawn), the answer reaches this instance only, and is handled
+    /// next.
     ///
     /// A [`Reply`] is answered at once, while this handler's own sends go out when the run
     /// ends: an asker may see the answer before messages the answerer sent just before it.

@@ -25,8 +25,13 @@ pub struct Job<K, M> {
 }
 
 pub(crate) enum Work<M> {
-    /// Handle `batch` in order, after running the `activated` hook if `fresh`.
-    Run { batch: VecDeque<M>, fresh: bool },
+    /// Handle `batch` in order, after running the `activated` hook if `fresh`. Its first
+    /// `outcomes` messages are task outcomes (they come first in a mailbox).
+    Run {
+        batch: VecDeque<M>,
+        fresh: bool,
+        outcomes: usize,
+    },
     /// Run the `deactivated` hook.
     Deactivate(Deactivation),
 }
@@ -43,6 +48,14 @@ pub(crate) enum Ending {
     ActivationPanicked(Arc<str>),
 }
 
+impl Ending {
+    /// How many messages a run that handled `handled` took off the front of its batch: the one
+    /// a handler panicked on too.
+    pub(crate) fn consumed(&self, handled: u64) -> usize {
+        handled as usize + usize::from(matches!(self, Ending::Panicked(_)))
+    }
+}
+
 /// A job that ran: the receiver, unhandled messages and the effects, for
 /// [`Router::check_in`](crate::Router::check_in).
 pub struct Done<K, M> {
@@ -50,6 +63,8 @@ pub struct Done<K, M> {
     pub(crate) receiver: Box<dyn Receiver<K, M>>,
     /// Messages of the batch not handled (after stop or a panic), in order.
     pub(crate) rest: VecDeque<M>,
+    /// How many of `rest`, at its front, are task outcomes.
+    pub(crate) outcomes: usize,
     pub(crate) handled: u64,
     pub(crate) ending: Ending,
     pub(crate) deactivation: bool,
@@ -102,24 +117,30 @@ impl<K: Key, M: Message> Job<K, M> {
             timer_seq: &mut timer_seq,
             kind: std::marker::PhantomData,
         };
-        let (rest, handled, ending, deactivation) = match work {
-            Work::Run { mut batch, fresh } => {
+        let (rest, outcomes, handled, ending, deactivation) = match work {
+            Work::Run {
+                mut batch,
+                fresh,
+                outcomes,
+            } => {
                 let (handled, ending) =
                     run_batch(&mut receiver, &mut ctx, fresh, || batch.pop_front());
-                (batch, handled, ending, false)
+                let outcomes = outcomes.saturating_sub(ending.consumed(handled));
+                (batch, outcomes, handled, ending, false)
             }
             Work::Deactivate(why) => {
                 let ending = match run_deactivated(&mut *receiver, &mut ctx, why) {
                     Ok(()) => Ending::Finished,
                     Err(panic) => Ending::Panicked(panic),
                 };
-                (VecDeque::new(), 0, ending, true)
+                (VecDeque::new(), 0, 0, ending, true)
             }
         };
         Done {
             addr,
             receiver,
             rest,
+            outcomes,
             handled,
             ending,
             deactivation,

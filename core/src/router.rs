@@ -201,6 +201,10 @@ pub struct Router<K, M> {
     tasks: hashbrown::HashMap<u64, InFlight<M>>,
     /// The numbers of each slot's tasks in flight (slots with none are absent).
     in_flight: hashbrown::HashMap<usize, Vec<u64>>,
+    /// How many messages at the front of each slot's mailbox are task outcomes (slots with none
+    /// are absent): outcomes are queued there, ahead of ordinary messages, and are for the
+    /// instance that started the work only ([`complete`](Router::complete)).
+    outcomes: hashbrown::HashMap<usize, usize>,
     /// The number of the next task.
     task_seq: u64,
     /// Tasks for the driver to run.
@@ -251,6 +255,28 @@ pub enum Pressure<K> {
     Relieved(K),
 }
 
+/// Takes up to `n` outcomes off the count of those at the front of slot `key`'s mailbox (in
+/// `outcomes`, the router's side table), as a run takes `n` messages off its front; how many it
+/// took.
+#[inline]
+fn take_outcomes(outcomes: &mut hashbrown::HashMap<usize, usize>, key: usize, n: usize) -> usize {
+    if outcomes.is_empty() || n == 0 {
+        return 0;
+    }
+    match outcomes.get_mut(&key) {
+        None => 0,
+        Some(ahead) if *ahead > n => {
+            *ahead -= n;
+            n
+        }
+        Some(ahead) => {
+            let taken = *ahead;
+            outcomes.remove(&key);
+            taken
+        }
+    }
+}
+
 /// A message the router did not take.
 struct Rejected<K, M> {
     to: Recipient<K>,
@@ -296,6 +322,7 @@ impl<K, M> Router<K, M> {
             pressure: None,
             tasks: hashbrown::HashMap::new(),
             in_flight: hashbrown::HashMap::new(),
+            outcomes: hashbrown::HashMap::new(),
             task_seq: 0,
             tasks_out: VecDeque::new(),
             spare_batches: Vec::new(),
@@ -580,21 +607,36 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.closing && matches!(slot.state, State::Deactivating(_)) {
             return Err(Rejected::new(to, msg, SendErrorKind::Closed));
         }
-        let kind = slot.kind;
-        let queued = slot.mailbox.len();
+        let (kind, queued) = (slot.kind, slot.mailbox.len());
         let capacity = self.capacity(kind);
         if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
             return Err(Rejected::new(to, msg, SendErrorKind::Full));
         }
+        self.enqueue(key, msg, false, capacity);
+        Ok(())
+    }
+
+    /// Queues `msg` for the receiver at `key`: at the back, or, for a task's `outcome`, behind
+    /// the outcomes at the front. Tells the driver if the mailbox reached `capacity`, and
+    /// schedules an idle receiver.
+    #[inline]
+    fn enqueue(&mut self, key: usize, msg: M, outcome: bool, capacity: Option<usize>) {
         let slot = &mut self.slots[key];
         if slot.mailbox.capacity() == 0
             && let Some(buffer) = self.spare_batches.pop()
         {
             slot.mailbox = buffer;
         }
-        slot.mailbox.push_back(msg);
+        if outcome {
+            let ahead = self.outcomes.entry(key).or_insert(0);
+            slot.mailbox.insert(*ahead, msg);
+            *ahead += 1;
+        } else {
+            slot.mailbox.push_back(msg);
+        }
+        let queued = slot.mailbox.len();
         let idle = slot.state == State::Idle;
-        if capacity.is_some_and(|cap| queued + 1 >= cap) {
+        if capacity.is_some_and(|cap| queued >= cap) {
             self.fill(key);
         }
         self.stats.messages_routed += 1;
@@ -602,7 +644,6 @@ impl<K: Key, M: Message> Router<K, M> {
             self.set_state(key, State::Scheduled);
             self.commands.push_back(Command::Run(self.addr_of(key)));
         }
-        Ok(())
     }
 
     /// Accepts a message from outside that the driver already admitted with flow control of
@@ -772,6 +813,9 @@ impl<K: Key, M: Message> Router<K, M> {
         if let Ok(entry) = self.index.find_entry(hash, |&k| k as usize == key) {
             entry.remove();
         }
+        if !self.outcomes.is_empty() {
+            self.outcomes.remove(&key);
+        }
         let slot = self.slots.remove(key);
         debug_assert!(slot.mailbox.is_empty());
         self.spare_batch(slot.mailbox);
@@ -909,6 +953,9 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.slots[key].mailbox.is_empty() {
             return;
         }
+        if !self.outcomes.is_empty() {
+            self.outcomes.remove(&key);
+        }
         let mut mailbox = std::mem::take(&mut self.slots[key].mailbox);
         let id = self.slots[key].id.clone();
         for msg in mailbox.drain(..) {
@@ -916,6 +963,63 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         self.spare_batch(mailbox);
         self.relieve(key);
+    }
+
+    /// The instance at `key` (handle `addr`) is gone: the outcomes at the front of its mailbox,
+    /// for that instance only, become `Stale` dead letters, in order.
+    fn fail_outcomes(&mut self, key: usize, addr: Addr) {
+        if self.outcomes.is_empty() {
+            return;
+        }
+        let Some(ahead) = self.outcomes.remove(&key) else {
+            return;
+        };
+        for _ in 0..ahead {
+            let msg = self.slots[key].mailbox.pop_front();
+            self.dead_letter(Recipient::Addr(addr), msg, DeadLetterReason::Stale);
+        }
+        self.relieve_if_room(key);
+    }
+
+    /// Tells the driver a full mailbox has room again, once it is down to half its capacity.
+    fn relieve_if_room(&mut self, key: usize) {
+        let slot = &self.slots[key];
+        if slot.full() && slot.mailbox.len() <= self.capacity(slot.kind).unwrap_or(0) / 2 {
+            self.relieve(key);
+        }
+    }
+
+    /// Puts the messages a checked-out run did not handle back at the front of the mailbox of
+    /// `key`, in order. The first `ahead` of them are outcomes: they stay first (they came
+    /// before any queued meanwhile), and the others go behind every outcome.
+    #[inline]
+    fn put_back(&mut self, key: usize, mut rest: VecDeque<M>, ahead: usize) {
+        let queued = if self.outcomes.is_empty() {
+            0
+        } else {
+            self.outcomes.get(&key).copied().unwrap_or(0)
+        };
+        let mailbox = &mut self.slots[key].mailbox;
+        if queued == 0 || rest.len() == ahead {
+            if mailbox.is_empty() {
+                std::mem::swap(mailbox, &mut rest);
+            } else {
+                while let Some(msg) = rest.pop_back() {
+                    mailbox.push_front(msg);
+                }
+            }
+        } else {
+            // Its outcomes, the outcomes queued meanwhile, its other messages, the mailbox's.
+            let others = rest.split_off(ahead);
+            rest.extend(mailbox.drain(..queued));
+            rest.extend(others);
+            rest.append(mailbox);
+            std::mem::swap(mailbox, &mut rest);
+        }
+        self.spare_batch(rest);
+        if ahead > 0 {
+            self.outcomes.insert(key, queued + ahead);
+        }
     }
 
     /// Counts deliveries against a closing router's drain limit; on reaching it, stops
@@ -1015,7 +1119,13 @@ impl<K: Key, M: Message> Router<K, M> {
                     batch
                 };
                 let fresh = slot.take_fresh();
-                Work::Run { batch, fresh }
+                // The outcomes at the front of the mailbox go first, in the batch.
+                let outcomes = take_outcomes(&mut self.outcomes, key, n);
+                Work::Run {
+                    batch,
+                    fresh,
+                    outcomes,
+                }
             }
             State::Deactivating(why) if slot.receiver.is_some() => Work::Deactivate(why),
             _ => return Err(CommandError::WrongState(addr)),
@@ -1053,7 +1163,8 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         let Done {
             receiver,
-            mut rest,
+            rest,
+            outcomes,
             handled,
             ending,
             deactivation,
@@ -1061,15 +1172,7 @@ impl<K: Key, M: Message> Router<K, M> {
             timer_seq,
             ..
         } = done;
-        // Messages the job did not handle go back to the front, in order.
-        if slot.mailbox.is_empty() {
-            std::mem::swap(&mut slot.mailbox, &mut rest);
-        } else {
-            while let Some(msg) = rest.pop_back() {
-                slot.mailbox.push_front(msg);
-            }
-        }
-        self.spare_batch(rest);
+        self.put_back(key, rest, outcomes);
         self.advance_timer_seq(timer_seq);
         // The job's effects become the ones being finished; the buffers they replace are spare.
         std::mem::swap(&mut self.effects, &mut effects);
@@ -1109,12 +1212,7 @@ impl<K: Key, M: Message> Router<K, M> {
             }
         }
         self.stats.messages_delivered += handled;
-        if self.slots[key].full() {
-            let cap = self.capacity(self.slots[key].kind).unwrap_or(0);
-            if self.slots[key].mailbox.len() <= cap / 2 {
-                self.relieve(key);
-            }
-        }
+        self.relieve_if_room(key);
         self.start_tasks(key, addr);
         self.apply();
         if self.closing && handled > 0 {
@@ -1179,6 +1277,7 @@ impl<K: Key, M: Message> Router<K, M> {
         if panicked {
             self.stats.panics += 1;
         }
+        self.fail_outcomes(key, addr);
         // An idle-timeout override lasts as long as the instance, and so does an idle check
         // armed for it: the next instance arms its own.
         if self.drained() {
@@ -1242,37 +1341,54 @@ impl<K: Key, M: Message> Router<K, M> {
         }
     }
 
-    /// Gives back the outcome of a task ([`poll_task`](Router::poll_task)): the message goes to
-    /// the receiver that started it, as from that receiver. If that instance is gone (its task
-    /// was aborted), the message is a dead letter ([`Stale`](DeadLetterReason::Stale)).
+    /// Gives back the outcome of a task ([`poll_task`](Router::poll_task)): the message for the
+    /// instance that started the work, and only it (see [`Task`]).
+    ///
+    /// It is queued at the front of that instance's mailbox, behind the outcomes already
+    /// queued there and ahead of every other message, so it is handled next; a full mailbox
+    /// does not refuse it. It becomes a [`Stale`](DeadLetterReason::Stale) dead letter if the
+    /// instance is being deactivated or gone (its task was aborted), if `task` is another
+    /// router's (this router's tasks are left as they are), and later if the instance is
+    /// deactivated before handling it; a [`DrainLimit`](DeadLetterReason::DrainLimit) one once a
+    /// closing router stopped draining. (`now`, when it came back, is not needed: an outcome
+    /// never leaves its receiver idle.)
     pub fn complete(&mut self, task: TaskId, msg: M, now: Instant) {
-        let Some(InFlight { owner: addr, .. }) = self.tasks.remove(&task.seq) else {
-            return self.dead_letter(
-                Recipient::Addr(task.owner),
-                Some(msg),
-                DeadLetterReason::Stale,
-            );
-        };
-        let key = addr.index as usize;
-        let last = match self.in_flight.get_mut(&key) {
-            Some(seqs) => {
-                seqs.retain(|&s| s != task.seq);
-                seqs.is_empty()
+        let owner = task.owner;
+        let ours = owner.router == self.number
+            && self.tasks.get(&task.seq).is_some_and(|t| t.owner == owner);
+        if !ours {
+            return self.dead_letter(Recipient::Addr(owner), Some(msg), DeadLetterReason::Stale);
+        }
+        self.tasks.remove(&task.seq);
+        let key = owner.index as usize;
+        if let Some(seqs) = self.in_flight.get_mut(&key) {
+            seqs.retain(|&s| s != task.seq);
+            if seqs.is_empty() {
+                self.in_flight.remove(&key);
             }
-            None => true,
-        };
-        if last {
-            self.in_flight.remove(&key);
         }
-        self.route_inside(Recipient::Addr(addr), msg);
-        // A receiver that waited for this (idle, with no idle deadline) and got nothing to run
-        // (the outcome was refused) starts counting its idle time now.
-        if last
-            && self.slots.get(key).is_some_and(|s| s.state == State::Idle)
-            && self.live(addr).is_some()
-        {
-            self.become_idle(key, now);
+        // A task in flight has a live instance (deactivation aborts its tasks), which no
+        // longer takes outcomes once its `Deactivate` is out.
+        let live = self.live(owner).map(|key| self.slots[key].state);
+        if matches!(
+            live,
+            None | Some(State::Activating | State::Deactivating(_))
+        ) {
+            return self.dead_letter(Recipient::Addr(owner), Some(msg), DeadLetterReason::Stale);
         }
+        if self.drained() {
+            return self.dead_letter(
+                Recipient::Addr(owner),
+                Some(msg),
+                DeadLetterReason::DrainLimit,
+            );
+        }
+        // Queued, it makes the instance run, whose idle time then counts from the end of that
+        // run. (Refused, it would leave an idle receiver to count its idle time from `now`, but
+        // a receiver refuses outcomes only while deactivating, or closing: never idle then.)
+        let _ = now;
+        let capacity = self.capacity(self.slots[key].kind);
+        self.enqueue(key, msg, true, capacity);
     }
 
     /// Applies what a receiver asked for, in order.
@@ -1373,6 +1489,7 @@ impl<K: Key, M: Message> Router<K, M> {
             mailbox.pop_front()
         };
         let (handled, ending) = run_batch(&mut receiver, &mut ctx, fresh, next);
+        take_outcomes(&mut self.outcomes, key, ending.consumed(handled));
         // Idle time counts from the end of the run, not from when the driver last looked.
         let now = clock.now();
         self.finish_run(key, addr, receiver, handled, ending, now);

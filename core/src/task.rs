@@ -5,13 +5,7 @@
 //! [`Context::ask`]; the router hands it out as a [`Task`] ([`Router::poll_task`]); the driver
 //! runs it on whatever runtime it has and gives the message back with [`Router::complete`].
 //!
-//! - The outcome reaches the instance that started the work, and only it: if that instance is
-//!   deactivated first (stopped, panicked, closing), its tasks are aborted (a [`Task`] then
-//!   finishes with `None` when next polled) and an outcome that still arrives is a dead letter
-//!   ([`Stale`](crate::DeadLetterReason::Stale)).
-//! - A receiver waiting for work is not deactivated for idleness: its idle time starts when its
-//!   last task has come back.
-//! - Closing aborts every task, so work in flight never holds up a shutdown.
+//! What becomes of an outcome is on [`Task`].
 //!
 //! [`Context::spawn`]: crate::Context::spawn
 //! [`Context::ask`]: crate::Context::ask
@@ -33,7 +27,7 @@ use crate::Addr;
 /// A boxed future of a message, as receivers record them.
 pub(crate) type BoxFuture<M> = Pin<Box<dyn Future<Output = M> + Send>>;
 
-/// Identifies a task: the receiver it belongs to, and a number unique on its router.
+/// Identifies a task: the receiver instance it belongs to, and a number unique on its router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId {
     pub(crate) owner: Addr,
@@ -41,7 +35,8 @@ pub struct TaskId {
 }
 
 impl TaskId {
-    /// The receiver the task's outcome goes to.
+    /// The receiver instance the task's outcome goes to; its [`router`](Addr::router) is the
+    /// router to give the outcome back to.
     pub fn owner(self) -> Addr {
         self.owner
     }
@@ -136,9 +131,27 @@ impl<M> Shared<M> {
     }
 }
 
-/// Work a receiver started, for the driver to run (see the [module docs](self)): a `Future`
-/// whose output is the message for [`Router::complete`](crate::Router::complete), or `None` if
-/// the task was aborted (its receiver is gone; drop it).
+/// Work a receiver started ([`Context::spawn`](crate::Context::spawn),
+/// [`Context::ask`](crate::Context::ask)), for the driver to run: a `Future` whose output is the
+/// message for [`Router::complete`](crate::Router::complete), or `None` if the task was aborted
+/// (its receiver is gone; drop it).
+///
+/// - The outcome reaches the instance that started the work, and only it, and it is handled
+///   next: [`Router::complete`](crate::Router::complete) queues it at the front of that
+///   instance's mailbox, behind the outcomes given back before it (outcomes keep the order they
+///   came back in) and ahead of every other message not yet taken by a run. A full mailbox does
+///   not refuse it.
+/// - If that instance is deactivated first (stopped, panicked, closing), its tasks are aborted
+///   (a task then finishes with `None` when next polled). An outcome that arrives after that, or
+///   while the instance's deactivation is under way, or that is still queued when it stops or
+///   panics, is a dead letter ([`Stale`](crate::DeadLetterReason::Stale)): it never activates or
+///   reaches a next instance of the ID. Messages sent by ID go to the next instance as always
+///   ([`Context::stop`](crate::Context::stop)).
+/// - A [`TaskId`] is for its own router ([`TaskId::owner`] names it): another router refuses
+///   the outcome as a `Stale` dead letter and leaves its own tasks as they are.
+/// - A receiver waiting for work is not deactivated for idleness: its idle time starts when it
+///   has handled the outcome of its last task.
+/// - Closing aborts every task, so work in flight never holds up a shutdown.
 ///
 /// ```
 /// # use std::time::Instant;

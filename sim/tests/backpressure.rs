@@ -48,7 +48,10 @@ fn a_burst_past_a_mailbox_is_full_dead_letters_under_every_seed() {
             .count();
         let seen = seen.lock().unwrap().clone();
         assert_eq!(full + seen.len(), 25, "seed {seed}");
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "seed {seed}: in order");
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "seed {seed}: in order"
+        );
         let same_shard = shards == 1;
         if same_shard {
             assert_eq!(full, 15, "seed {seed}");

@@ -67,6 +67,27 @@ pub struct Config {
     /// Default: 1.5, as the specification says [MQTT-3.1.2-24]. 1 to 100.
     #[serde(deserialize_with = "keep_alive_grace")]
     pub keep_alive_grace: f64,
+    /// How long a new connection may take to send its CONNECT before it is closed
+    /// [MQTT-3.1.0-1]: a duration such as `"10s"`. Default: 10 seconds. At least 1 ms.
+    #[serde(deserialize_with = "connect_timeout")]
+    pub connect_timeout: Duration,
+    /// How many QoS 0 messages may wait to be written to one slow client; past that, new
+    /// ones for it are dropped (and counted). QoS 1 and 2 messages are bounded by
+    /// `max_inflight` and `max_queued` instead. Default: 1000. At least 1.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_qos0_backlog: usize,
+    /// How many subscriptions one session may hold; a SUBSCRIBE for more is refused filter
+    /// by filter with return code 0x80 [MQTT-3.9.3]. Default: 10000. At least 1.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_subscriptions: usize,
+    /// Whether a client may connect without a user name. Default: true. With `false`, a
+    /// CONNECT without one is refused with CONNACK 0x05 (not authorized).
+    pub allow_anonymous: bool,
+    /// User names and their passwords, as a TOML table `[users]`: a CONNECT with a user name
+    /// must carry its password, or it is refused with CONNACK 0x04 (bad user name or
+    /// password). Default: none, and then every user name is accepted. The passwords are in
+    /// plain text: keep the file readable only by the broker's user.
+    pub users: std::collections::BTreeMap<String, String>,
     /// The most detailed log messages written. Default: `"info"`.
     pub log_level: LogLevel,
 }
@@ -79,6 +100,12 @@ impl Config {
         SessionExpiry::After(Duration::from_secs(2 * 60 * 60));
     /// The default of [`Config::keep_alive_grace`]: 1.5 [MQTT-3.1.2-24].
     pub const DEFAULT_KEEP_ALIVE_GRACE: f64 = 1.5;
+    /// The default of [`Config::connect_timeout`]: 10 seconds.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default of [`Config::max_qos0_backlog`]: 1000 messages.
+    pub const DEFAULT_MAX_QOS0_BACKLOG: usize = 1000;
+    /// The default of [`Config::max_subscriptions`]: 10000 per session.
+    pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
 
     /// The configuration in `toml`.
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
@@ -100,6 +127,31 @@ impl Config {
         Limits {
             max_inflight: self.max_inflight,
             max_queued: self.max_queued,
+        }
+    }
+
+    /// Whether a CONNECT with `login` may connect: `Err` with the CONNACK return code that
+    /// refuses it (0x05 without a user name when `allow_anonymous` is false, 0x04 for a user
+    /// name that `users` does not have with this password).
+    pub fn authenticate(
+        &self,
+        login: Option<&crate::packet::Login>,
+    ) -> Result<(), crate::packet::ConnectReturnCode> {
+        use crate::packet::ConnectReturnCode;
+        let Some(login) = login else {
+            return if self.allow_anonymous {
+                Ok(())
+            } else {
+                Err(ConnectReturnCode::NotAuthorized)
+            };
+        };
+        if self.users.is_empty() {
+            return Ok(());
+        }
+        let known = self.users.get(login.username.as_str());
+        match (known, &login.password) {
+            (Some(expected), Some(given)) if expected.as_bytes() == &given[..] => Ok(()),
+            _ => Err(ConnectReturnCode::BadUserNameOrPassword),
         }
     }
 
@@ -127,6 +179,11 @@ impl Default for Config {
             max_queued: Limits::DEFAULT_MAX_QUEUED,
             session_expiry: Self::DEFAULT_SESSION_EXPIRY,
             keep_alive_grace: Self::DEFAULT_KEEP_ALIVE_GRACE,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            max_qos0_backlog: Self::DEFAULT_MAX_QOS0_BACKLOG,
+            max_subscriptions: Self::DEFAULT_MAX_SUBSCRIPTIONS,
+            allow_anonymous: true,
+            users: std::collections::BTreeMap::new(),
             log_level: LogLevel::Info,
         }
     }
@@ -167,6 +224,24 @@ fn keep_alive_grace<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         )));
     }
     Ok(factor)
+}
+
+fn connect_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let timeout = parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)?;
+    if timeout.is_zero() {
+        return Err(D::Error::custom(
+            "0 would close every connection at once: give a duration such as \"10s\"",
+        ));
+    }
+    Ok(timeout)
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(D::Error::custom("0 is out of range: give at least 1"));
+    }
+    Ok(n)
 }
 
 /// How long a persistent session is kept while its client is away [4.1].

@@ -1,6 +1,9 @@
 //! hermes-mqtt: an MQTT 3.1.1 broker built on Hermes receivers.
 //!
-//! This library is its protocol layer: pure, sans-IO pieces that the broker's receivers use,
+//! [`Broker::start`] runs it (the `hermes-mqtt` binary is a command line over it); the
+//! crate's README explains how it is built, its backpressure and what survives a crash.
+//!
+//! The rest of this library is its protocol layer: pure, sans-IO pieces that the broker's receivers use,
 //! following the OASIS MQTT Version 3.1.1 specification. Doc comments cite its normative
 //! statements as [MQTT-x.y.z-n] and its sections as [x.y.z].
 //!
@@ -38,6 +41,7 @@
 //! assert_eq!(decode(&mut wire, 64 * 1024), Ok(Some(subscribe)));
 //! ```
 
+mod broker;
 pub mod codec;
 pub mod config;
 pub mod message;
@@ -50,10 +54,12 @@ pub mod topic;
 pub mod will;
 
 mod persist;
+mod server;
 
 #[cfg(any(test, feature = "arbitrary"))]
 mod arbitrary;
 
+pub use broker::{Broker, BrokerStats, ShutdownError, ShutdownReport, StartError};
 pub use config::Config;
 pub use message::Message;
 pub use packet::{
@@ -66,3 +72,8 @@ pub use string::MqttString;
 pub use subscriptions::Subscriptions;
 pub use topic::{TopicFilter, TopicName};
 pub use will::LastWill;
+
+/// The README's code blocks, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

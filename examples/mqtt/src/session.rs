@@ -298,6 +298,13 @@ impl DeliveryState {
     pub fn incoming(&self) -> impl ExactSizeIterator<Item = PacketId> {
         self.incoming.iter().copied()
     }
+
+    /// When the client went away, in milliseconds since the Unix epoch; `None` while it was
+    /// connected (or, in stored state, if the broker stopped while it was).
+    #[must_use]
+    pub fn offline_since_ms(&self) -> Option<u64> {
+        self.offline_since_ms
+    }
 }
 
 /// The queue of messages waiting to be sent, first in, first out. Each message has a sequence
@@ -595,6 +602,19 @@ impl Session {
         AfterDisconnect::Keep
     }
 
+    /// A persistent session restored from storage whose client was still connected when the
+    /// broker stopped (a crash keeps no time of leaving): counts it as away since `since`,
+    /// for its expiry. Does nothing while connected or if the time is already known.
+    pub fn offline_from(&mut self, since: SystemTime) {
+        if self.connection.is_some() || self.state.delivery.offline_since_ms.is_some() {
+            return;
+        }
+        let since = since.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
+        self.state.delivery.offline_since_ms = Some(ms);
+        self.delivery_changed = true;
+    }
+
     /// The session is discarded: a persistent one whose client stayed away past its expiry
     /// [4.1]. Gives its subscriptions up through [`Output::Unsubscribe`] and clears its state;
     /// drop it (and its stored state) then.
@@ -709,15 +729,33 @@ impl Session {
     /// QoS asked for. Pushes an [`Output::Subscribe`] for each, then the SUBACK with a return
     /// code for each, in order [MQTT-3.8.4-1], [MQTT-3.8.4-5], [MQTT-3.9.3-1].
     pub fn on_subscribe(&mut self, subscribe: &Subscribe, out: &mut Vec<Output>) {
+        self.on_subscribe_limited(subscribe, usize::MAX, out);
+    }
+
+    /// [`on_subscribe`](Self::on_subscribe), holding at most `max_subscriptions`: a filter
+    /// that would be one more is refused with return code 0x80 [MQTT-3.9.3-1] (the others
+    /// of the same SUBSCRIBE are still granted, and replacing a filter the session has is
+    /// always granted).
+    pub fn on_subscribe_limited(
+        &mut self,
+        subscribe: &Subscribe,
+        max_subscriptions: usize,
+        out: &mut Vec<Output>,
+    ) {
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
         for (filter, qos) in &subscribe.filters {
+            let subscriptions = &self.state.subscriptions;
+            if subscriptions.len() >= max_subscriptions && !subscriptions.contains_key(filter) {
+                return_codes.push(SubscribeReturnCode::Failure);
+                continue;
+            }
             // Its own buffer: a decoded filter keeps its whole packet's buffer alive.
             let filter = filter.to_compact();
             self.state.subscriptions.insert(filter.clone(), *qos);
             out.push(Output::Subscribe { filter, qos: *qos });
             return_codes.push(SubscribeReturnCode::Granted(*qos));
+            self.subscriptions_changed = true;
         }
-        self.subscriptions_changed = true;
         out.push(Output::Send(Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             return_codes,

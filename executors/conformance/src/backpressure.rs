@@ -70,12 +70,14 @@ pub fn try_send_is_refused_at_capacity_and_nothing_admitted_is_lost<H: Harness>(
 
 /// A fast producer that `send`s to a slow receiver with a bounded mailbox is slowed to its
 /// rate: at no point are more messages in flight than the inbox and the mailbox hold, and
-/// nothing is lost. The same with `send_async`.
+/// nothing is lost. The same with `send_async`, and with batches of `send_all_async` (where a
+/// batch is admitted whole once the inbox is below capacity: one more batch in flight).
 pub fn a_fast_producer_waits_for_a_slow_receiver<H: Harness>(h: &H) {
     const INBOX: u64 = 64;
     const MAILBOX: u64 = 16;
     const MESSAGES: u64 = 2_000;
-    for use_async in [false, true] {
+    const BATCH: u64 = 50;
+    for mode in ["send", "send_async", "send_all_async"] {
         let received = Arc::new(AtomicU64::new(0));
         let r = received.clone();
         let config = Config::default().mailbox_capacity(MAILBOX as usize);
@@ -93,21 +95,28 @@ pub fn a_fast_producer_waits_for_a_slow_receiver<H: Harness>(h: &H) {
             })
         });
         let mut most_in_flight = 0;
-        for n in 0..MESSAGES {
-            if use_async {
-                futures_lite::future::block_on(hermes.send_async(7, n)).unwrap();
-            } else {
-                hermes.send(7, n).unwrap();
+        let mut n = 0;
+        while n < MESSAGES {
+            match mode {
+                "send" => hermes.send(7, n).unwrap(),
+                "send_async" => futures_lite::future::block_on(hermes.send_async(7, n)).unwrap(),
+                _ => {
+                    let batch = (n..n + BATCH).map(|m| (7, m));
+                    futures_lite::future::block_on(hermes.send_all_async(batch)).unwrap();
+                    n += BATCH - 1;
+                }
             }
-            let in_flight = n + 1 - received.load(Ordering::SeqCst);
+            n += 1;
+            let in_flight = n - received.load(Ordering::SeqCst);
             most_in_flight = most_in_flight.max(in_flight);
         }
         // The inbox's capacity, the mailbox's (half of which must drain before it is
-        // relieved), and one batch in the receiver's hands.
-        let bound = INBOX + MAILBOX + 64 + 1;
+        // relieved), one batch in the receiver's hands, and for `send_all` a batch admitted
+        // whole into the inbox just below its capacity plus the one being counted.
+        let bound = INBOX + MAILBOX + 64 + 2 * BATCH;
         assert!(
             most_in_flight <= bound,
-            "{most_in_flight} messages in flight (async: {use_async}), more than {bound}"
+            "{most_in_flight} messages in flight ({mode}), more than {bound}"
         );
         let stats = hermes.shutdown().unwrap();
         assert_eq!(received.load(Ordering::SeqCst), MESSAGES);

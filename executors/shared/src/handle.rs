@@ -197,6 +197,58 @@ fn ask_error(kind: SendErrorKind) -> AskError {
     }
 }
 
+/// Pushes a `send_all` batch unless its shard's inbox, or one of its receivers, is full.
+fn push_unless_full<K, M>(
+    inbox: &Inbox<K, M>,
+    batch: &mut Vec<Envelope<K, M>>,
+    hashes: &[u64],
+) -> Result<(), Refusal> {
+    if inbox.any_full(hashes) {
+        return Err(Refusal::Full);
+    }
+    inbox.push_all(batch, Limit::Outside)
+}
+
+/// A `send_all`'s messages sorted by shard (with their receivers' `id_hash`es), and those
+/// refused so far.
+struct Sorted<K, M, T, A> {
+    batches: Vec<Vec<Envelope<K, M>>>,
+    hashes: Vec<Vec<u64>>,
+    refused: Vec<(K, M)>,
+    kind: SendErrorKind,
+    app: PhantomData<fn() -> (T, A)>,
+}
+
+impl<K, M, T: Kind<A>, A: App<Id = K, Msg = M>> Sorted<K, M, T, A> {
+    /// A shard refused `batch`.
+    fn refuse(&mut self, kind: SendErrorKind, batch: &mut Vec<Envelope<K, M>>) {
+        self.kind = kind;
+        self.refused
+            .extend(batch.drain(..).filter_map(|envelope| match envelope {
+                Envelope::Admit(Recipient::Id(id), msg) => Some((id, msg)),
+                _ => None,
+            }));
+    }
+
+    /// Ok if nothing was refused; otherwise the refused pairs, in order, as the kind's.
+    fn result(self) -> Result<(), Refused<T, A>> {
+        if self.refused.is_empty() {
+            return Ok(());
+        }
+        let refused = self
+            .refused
+            .into_iter()
+            .filter_map(|(id, msg)| {
+                Some((T::from_app_id(&id)?.clone(), T::from_app_msg(msg).ok()?))
+            })
+            .collect();
+        Err(match self.kind {
+            SendErrorKind::Full => SendError::Full(refused),
+            _ => SendError::Closed(refused),
+        })
+    }
+}
+
 impl From<Refusal> for SendErrorKind {
     fn from(refusal: Refusal) -> Self {
         match refusal {
@@ -358,8 +410,8 @@ where
     /// kept, receivers activated as needed, waiting while a shard's inbox is full), but hands
     /// them over with one push per shard rather than one per message: for a thread that has
     /// many messages at once (a socket reader with a buffer full of requests, a fan-out). A
-    /// batch is admitted whole once its shard's inbox is below capacity; receivers' mailbox
-    /// capacities are not checked.
+    /// batch is admitted whole once its shard's inbox is below capacity and none of its
+    /// receivers is full.
     ///
     /// Refused while shutting down, or (where this thread must not block) while a shard is
     /// full: then the pairs that were not sent come back, in order.
@@ -389,50 +441,81 @@ where
         &self,
         messages: impl IntoIterator<Item = (T::Id, T)>,
     ) -> Result<(), Refused<T, A>> {
+        let mut sorted = self.sort::<T>(messages)?;
+        for shard in 0..sorted.batches.len() {
+            let mut batch = std::mem::take(&mut sorted.batches[shard]);
+            if !batch.is_empty()
+                && let Err(refusal) = self.push_batch(shard, &mut batch, &sorted.hashes[shard])
+            {
+                sorted.refuse(refusal, &mut batch);
+            }
+        }
+        sorted.result()
+    }
+
+    /// [`send_all`](Hermes::send_all), awaiting room (where `send_all` blocks): for a task
+    /// with many messages at once, such as a socket reader fanning a message out.
+    pub async fn send_all_async<T: Kind<A>>(
+        &self,
+        messages: impl IntoIterator<Item = (T::Id, T)>,
+    ) -> Result<(), Refused<T, A>> {
+        let mut sorted = self.sort::<T>(messages)?;
+        for shard in 0..sorted.batches.len() {
+            let mut batch = std::mem::take(&mut sorted.batches[shard]);
+            if batch.is_empty() {
+                continue;
+            }
+            let inbox = &self.inner.core.inboxes[shard];
+            let hashes = &sorted.hashes[shard];
+            let pushed = loop {
+                match push_unless_full(inbox, &mut batch, hashes) {
+                    Err(Refusal::Full) => {}
+                    result => break result,
+                }
+                // Listen, then look again: room that came in between is not missed.
+                let listener = inbox.room.listen();
+                match push_unless_full(inbox, &mut batch, hashes) {
+                    Err(Refusal::Full) => {}
+                    result => break result,
+                }
+                listener.await;
+            };
+            if let Err(refusal) = pushed {
+                sorted.refuse(refusal.into(), &mut batch);
+            }
+        }
+        sorted.result()
+    }
+
+    /// Sorts messages into one batch per shard; refused at once while shutting down.
+    fn sort<T: Kind<A>>(
+        &self,
+        messages: impl IntoIterator<Item = (T::Id, T)>,
+    ) -> Result<Sorted<K, M, T, A>, Refused<T, A>> {
         let core = &self.inner.core;
         if !core.accepting.load(Ordering::Acquire) {
             return Err(SendError::Closed(messages.into_iter().collect()));
         }
-        let mut batches: Vec<Vec<Envelope<K, M>>> =
-            core.inboxes.iter().map(|_| Vec::new()).collect();
-        let mut refused = Vec::new();
+        let mut sorted = Sorted {
+            batches: core.inboxes.iter().map(|_| Vec::new()).collect(),
+            hashes: core.inboxes.iter().map(|_| Vec::new()).collect(),
+            refused: Vec::new(),
+            kind: SendErrorKind::Closed,
+            app: PhantomData,
+        };
         for (id, msg) in messages {
             let id = T::into_app_id(id);
             match core.placement.locate(&id) {
-                Location::Shard(n) if (n as usize) < batches.len() => {
+                Location::Shard(n) if (n as usize) < sorted.batches.len() => {
+                    sorted.hashes[n as usize].push(hermes_core::id_hash(&id));
                     let envelope = Envelope::Admit(Recipient::Id(id), msg.into_app_msg());
-                    batches[n as usize].push(envelope);
+                    sorted.batches[n as usize].push(envelope);
                 }
                 // Placed on no shard of ours: refused like a closed one, in order.
-                _ => refused.push((id, msg.into_app_msg())),
+                _ => sorted.refused.push((id, msg.into_app_msg())),
             }
         }
-        let mut kind = SendErrorKind::Closed;
-        for (shard, mut batch) in batches.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
-            if let Err(refusal) = self.push_batch(shard, &mut batch) {
-                kind = refusal;
-                refused.extend(batch.into_iter().filter_map(|envelope| match envelope {
-                    Envelope::Admit(Recipient::Id(id), msg) => Some((id, msg)),
-                    _ => None,
-                }));
-            }
-        }
-        if refused.is_empty() {
-            return Ok(());
-        }
-        let refused = refused
-            .into_iter()
-            .filter_map(|(id, msg)| {
-                Some((T::from_app_id(&id)?.clone(), T::from_app_msg(msg).ok()?))
-            })
-            .collect();
-        Err(match kind {
-            SendErrorKind::Full => SendError::Full(refused),
-            _ => SendError::Closed(refused),
-        })
+        Ok(sorted)
     }
 
     /// Pushes a batch to shard `shard`, waiting for its inbox to be below capacity where this
@@ -441,15 +524,16 @@ where
         &self,
         shard: usize,
         batch: &mut Vec<Envelope<K, M>>,
+        hashes: &[u64],
     ) -> Result<(), SendErrorKind> {
         let inbox = &self.inner.core.inboxes[shard];
         loop {
-            match inbox.push_all(batch, Limit::Outside) {
+            match push_unless_full(inbox, batch, hashes) {
                 Err(Refusal::Full) => {}
                 result => return result.map_err(SendErrorKind::from),
             }
             let listener = inbox.room.listen();
-            match inbox.push_all(batch, Limit::Outside) {
+            match push_unless_full(inbox, batch, hashes) {
                 Err(Refusal::Full) => {}
                 result => return result.map_err(SendErrorKind::from),
             }

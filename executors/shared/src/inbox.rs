@@ -206,6 +206,15 @@ impl<K, M> Inbox<K, M> {
                     .contains(&id_hash))
     }
 
+    /// True if any of the receivers with these hashes is full (see
+    /// [`is_full_for`](Inbox::is_full_for)), under one lock.
+    pub(crate) fn any_full(&self, id_hashes: &[u64]) -> bool {
+        self.full_count.load(Ordering::Acquire) > 0 && {
+            let full = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+            id_hashes.iter().any(|hash| full.contains(hash))
+        }
+    }
+
     /// The shard's router says the receiver with `id_hash` is full (`true`) or has room.
     pub(crate) fn set_full(&self, id_hash: u64, full: bool) {
         let mut set = self.full.lock().unwrap_or_else(PoisonError::into_inner);

@@ -29,6 +29,9 @@ fn defaults() {
     );
     assert_eq!(c.keep_alive_grace, 1.5);
     assert_eq!(c.log_level, LogLevel::Info);
+    assert_eq!(c.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.max_qos0_backlog, 1000);
+    assert_eq!(c.max_subscriptions, 10_000);
     assert_eq!(c.session_limits(), Limits::default());
 }
 
@@ -47,7 +50,14 @@ fn every_key() {
         max_queued = 0
         session_expiry = "never"
         keep_alive_grace = 2
+        connect_timeout = "1m"
+        max_qos0_backlog = 5
+        max_subscriptions = 3
+        allow_anonymous = false
         log_level = "trace"
+
+        [users]
+        alice = "secret"
         "#,
     )
     .unwrap();
@@ -60,7 +70,20 @@ fn every_key() {
     assert_eq!(c.max_queued, 0);
     assert_eq!(c.session_expiry, SessionExpiry::Never);
     assert_eq!(c.keep_alive_grace, 2.0);
+    assert_eq!(c.connect_timeout, Duration::from_secs(60));
+    assert_eq!(c.max_qos0_backlog, 5);
+    assert_eq!(c.max_subscriptions, 3);
+    assert!(!c.allow_anonymous);
+    assert_eq!(c.users.get("alice").map(String::as_str), Some("secret"));
     assert_eq!(c.log_level, LogLevel::Trace);
+    for bad in [
+        "connect_timeout = \"0s\"",
+        "max_qos0_backlog = 0",
+        "max_subscriptions = 0",
+    ] {
+        let key = bad.split(' ').next().unwrap();
+        assert!(error(bad).contains(&format!("`{key}`")), "{bad}");
+    }
 }
 
 /// Both the key and what to do are in the message.

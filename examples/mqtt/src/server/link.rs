@@ -1,0 +1,266 @@
+//! A connection's link: how a session (or the connection's own reader) writes to the client
+//! and closes the connection, from any thread, without waiting.
+//!
+//! The link is the sending end of an unbounded channel to the connection's writer task, with
+//! counters that bound it: QoS 0 PUBLISHes are dropped (and counted) past
+//! [`Config::max_qos0_backlog`](crate::Config::max_qos0_backlog) waiting to be written, and a
+//! client that lets more than [`MAX_BACKLOG`] packets of any kind pile up (it sends but never
+//! reads) is disconnected. QoS 1 and 2 PUBLISHes are bounded by the session's in-flight window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::packet::{Packet, PublishQos};
+use crate::will::CloseReason;
+
+/// Identifies one network connection, unique for the broker's lifetime.
+pub(crate) type ConnId = u64;
+
+/// Most packets of any kind that may wait for one connection's writer before the connection
+/// is closed as a client that does not read.
+pub(crate) const MAX_BACKLOG: usize = 100_000;
+
+/// What the writer task gets.
+#[derive(Debug)]
+// Nearly every item is a packet: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Out {
+    /// A packet to write.
+    Packet(Packet),
+    /// Write what came before, then close the connection.
+    Close,
+}
+
+/// What the link's ends share.
+#[derive(Debug)]
+struct Shared {
+    /// QoS 0 PUBLISHes waiting for the writer.
+    qos0: AtomicUsize,
+    /// Everything waiting for the writer.
+    total: AtomicUsize,
+    /// The connection is closing: no more writes.
+    closed: AtomicBool,
+    /// The session has written the CONNACK: the reader may answer PINGREQ itself.
+    accepted: AtomicBool,
+    /// Packets the reader handed to the session whose effects are not all out yet: while
+    /// there are any, the reader hands QoS 0 PUBLISHes to the session too, behind them.
+    unsettled: AtomicU64,
+    /// Why it was closed by the server, as `reason_code`.
+    reason: AtomicU8,
+    /// Wakes the reader when the connection is closed by the server.
+    closing: Notify,
+}
+
+/// The writing end of a connection; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    conn: ConnId,
+    tx: mpsc::UnboundedSender<Out>,
+    shared: Arc<Shared>,
+    max_qos0: usize,
+}
+
+/// The writer task's end of a link.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    rx: mpsc::UnboundedReceiver<Out>,
+    shared: Arc<Shared>,
+}
+
+/// What a write through a link came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Queued for the writer.
+    Queued,
+    /// A QoS 0 PUBLISH dropped: the client is behind.
+    Dropped,
+    /// The connection is closed (or just was, for a client that does not read).
+    Closed,
+}
+
+impl Link {
+    /// A new link for connection `conn`, and the writer's end.
+    pub(crate) fn new(conn: ConnId, max_qos0: usize) -> (Link, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            qos0: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            accepted: AtomicBool::new(false),
+            unsettled: AtomicU64::new(0),
+            reason: AtomicU8::new(0),
+            closing: Notify::new(),
+        });
+        let link = Link {
+            conn,
+            tx,
+            shared: Arc::clone(&shared),
+            max_qos0: max_qos0.max(1),
+        };
+        (link, Outbox { rx, shared })
+    }
+
+    /// The connection's ID.
+    pub(crate) fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Queues `packet` for the client. A QoS 0 PUBLISH is dropped while the client has
+    /// `max_qos0_backlog` of them waiting.
+    pub(crate) fn send(&self, packet: Packet) -> Written {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Written::Closed;
+        }
+        let qos0 = matches!(&packet, Packet::Publish(p) if p.qos == PublishQos::AtMostOnce);
+        if qos0 {
+            if shared.qos0.load(Ordering::Relaxed) >= self.max_qos0 {
+                return Written::Dropped;
+            }
+            shared.qos0.fetch_add(1, Ordering::Relaxed);
+        }
+        if shared.total.fetch_add(1, Ordering::Relaxed) >= MAX_BACKLOG {
+            tracing::warn!(
+                conn = self.conn,
+                "closing a connection whose client reads nothing: {MAX_BACKLOG} packets wait for it"
+            );
+            self.close(CloseReason::ServerClosed);
+            return Written::Closed;
+        }
+        let connack = matches!(packet, Packet::ConnAck(_));
+        match self.tx.send(Out::Packet(packet)) {
+            Ok(()) => {
+                if connack {
+                    shared.accepted.store(true, Ordering::Release);
+                }
+                Written::Queued
+            }
+            Err(_) => Written::Closed,
+        }
+    }
+
+    /// The reader hands the session a packet whose effects (on the subscription index, the
+    /// retained shards, the subscribers) a later QoS 0 PUBLISH must not overtake.
+    pub(crate) fn unsettle(&self) {
+        self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The session has carried out one such packet, its sends included.
+    pub(crate) fn settle(&self) {
+        let _ = self
+            .shared
+            .unsettled
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Whether every packet handed to the session has been carried out: a QoS 0 PUBLISH
+    /// may then take the direct path without overtaking any.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.shared.unsettled.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether a CONNACK was written: until then nothing else may be [MQTT-3.2.0-1].
+    pub(crate) fn is_accepted(&self) -> bool {
+        self.shared.accepted.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection for `reason` after what was queued so far is written. The first
+    /// reason given is kept.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let shared = &self.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        shared.reason.store(reason_code(reason), Ordering::Release);
+        let _ = self.tx.send(Out::Close);
+        shared.closing.notify_waiters();
+        shared.closing.notify_one();
+    }
+
+    /// Whether the connection was closed (by the server or by the writer failing).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Why the server closed the connection, once it did.
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        if !self.is_closed() {
+            return None;
+        }
+        reason_from_code(self.shared.reason.load(Ordering::Acquire))
+    }
+
+    /// Resolves once the connection is closed by the server (or the writer failed).
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.shared.closing.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Outbox {
+    /// The next item, waiting for one; `None` once every link is dropped.
+    pub(crate) async fn recv(&mut self) -> Option<Out> {
+        let out = self.rx.recv().await;
+        self.taken(out.as_ref());
+        out
+    }
+
+    /// The next item if there is one now.
+    pub(crate) fn try_recv(&mut self) -> Option<Out> {
+        let out = self.rx.try_recv().ok();
+        self.taken(out.as_ref());
+        out
+    }
+
+    fn taken(&self, out: Option<&Out>) {
+        if let Some(Out::Packet(packet)) = out {
+            let shared = &self.shared;
+            shared.total.fetch_sub(1, Ordering::Relaxed);
+            if matches!(packet, Packet::Publish(p) if p.qos == PublishQos::AtMostOnce) {
+                shared.qos0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The writer could not write: the connection is closed (a network error).
+    pub(crate) fn failed(&self) {
+        let shared = &self.shared;
+        if !shared.closed.swap(true, Ordering::AcqRel) {
+            shared
+                .reason
+                .store(reason_code(CloseReason::NetworkError), Ordering::Release);
+        }
+        shared.closing.notify_waiters();
+        shared.closing.notify_one();
+    }
+}
+
+fn reason_code(reason: CloseReason) -> u8 {
+    match reason {
+        CloseReason::Disconnect => 1,
+        CloseReason::NetworkError => 2,
+        CloseReason::KeepAliveTimeout => 3,
+        CloseReason::ProtocolError => 4,
+        CloseReason::TakenOver => 5,
+        CloseReason::ServerClosed => 6,
+    }
+}
+
+fn reason_from_code(code: u8) -> Option<CloseReason> {
+    Some(match code {
+        1 => CloseReason::Disconnect,
+        2 => CloseReason::NetworkError,
+        3 => CloseReason::KeepAliveTimeout,
+        4 => CloseReason::ProtocolError,
+        5 => CloseReason::TakenOver,
+        6 => CloseReason::ServerClosed,
+        _ => return None,
+    })
+}

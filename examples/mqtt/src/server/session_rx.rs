@@ -1,0 +1,501 @@
+//! Kind `Session`: one receiver per client ID, driving the sans-IO [`Session`].
+//!
+//! A virtual actor: its factory loads a stored persistent session (synchronously: redb reads
+//! are fast), so any message for an offline persistent session, such as a message to queue,
+//! activates it from disk. After each message it stores what changed
+//! ([`Session::take_changes`]) through group commit, without waiting for the commit.
+//!
+//! While a connection is attached the receiver is never deactivated for idleness. A clean
+//! session stops when its connection ends. An offline persistent session is deactivated after
+//! a minute without messages (it is in the store), or never when the broker keeps nothing on
+//! disk; its expiry is a timer ([`SessionMsg::ExpiryCheck`]), which activates it from disk if
+//! need be.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use hermes::{Activation, Context, Deactivation, Receiver, TimerId};
+
+use super::link::{ConnId, Link, Written};
+use super::{BrokerApp, ClientId, Counters, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg, Shared};
+use crate::config::SessionExpiry;
+use crate::message::Message;
+use crate::packet::{Connect, Packet, QoS};
+use crate::session::{AfterDisconnect, Connection, Delivered, Output, Session, SessionState};
+use crate::subscriptions::Matches;
+use crate::topic::TopicFilter;
+use crate::will::{CloseReason, LastWill};
+
+/// How long a session waits for a retained shard's answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Ctx<'a> = Context<'a, ClientId, SessionMsg, BrokerApp>;
+
+/// The factory of kind `Session`.
+pub(crate) fn factory(
+    shared: Arc<Shared>,
+) -> impl Fn(&ClientId) -> Activation<ClientId, SessionMsg, BrokerApp> + Send + Sync + 'static {
+    move |id: &ClientId| {
+        let state = match &shared.storage {
+            Some(storage) => match storage.load_session(&id.0) {
+                Ok(state) => state,
+                Err(error) => {
+                    tracing::error!(client_id = %id, %error, "cannot load a stored session");
+                    return Activation::failed(error);
+                }
+            },
+            None => None,
+        };
+        Activation::ready(SessionRx::new(id.clone(), state, Arc::clone(&shared)))
+    }
+}
+
+/// A session receiver.
+struct SessionRx {
+    id: ClientId,
+    session: Session,
+    shared: Arc<Shared>,
+    /// The attached connection.
+    link: Option<Link>,
+    connection: Option<Connection>,
+    /// The attached connection's will.
+    will: LastWill,
+    /// Whether the session is in the store.
+    stored: bool,
+    /// Expired: its stored state is to be deleted, and the receiver stopped.
+    ended: bool,
+    /// Retained PUBLISHes from the client that the retained shards have not applied yet:
+    /// packets for the client wait behind them (so that a PUBACK means the message is
+    /// retained), in order.
+    holds: u32,
+    held: VecDeque<Packet>,
+    /// The packet being handled asked a retained shard to store a message.
+    asked_store: bool,
+    expiry_timer: Option<TimerId>,
+    /// Connections that ended whose retained will is being stored: they are closed (and a
+    /// clean session stopped) once it is.
+    closing: u32,
+    out: Vec<Output>,
+    matches: Matches<ClientId>,
+    dropped_logged: u64,
+}
+
+impl SessionRx {
+    fn new(id: ClientId, state: Option<SessionState>, shared: Arc<Shared>) -> SessionRx {
+        let stored = state.is_some();
+        let session = match state {
+            Some(state) => {
+                let mut session = Session::restore(state, shared.limits);
+                session.offline_from(shared.started_at);
+                session
+            }
+            None => Session::new(shared.limits),
+        };
+        SessionRx {
+            id,
+            session,
+            shared,
+            link: None,
+            connection: None,
+            will: LastWill::default(),
+            stored,
+            ended: false,
+            holds: 0,
+            held: VecDeque::new(),
+            asked_store: false,
+            expiry_timer: None,
+            closing: 0,
+            out: Vec::new(),
+            matches: Matches::new(),
+            dropped_logged: 0,
+        }
+    }
+
+    fn conn(&self) -> Option<ConnId> {
+        self.link.as_ref().map(Link::conn)
+    }
+
+    fn attach(&mut self, ctx: &mut Ctx<'_>, link: Link, connect: &Connect) {
+        if let Some(old) = self.link.take() {
+            tracing::debug!(client_id = %self.id, old = old.conn(), new = link.conn(), "session taken over [MQTT-3.1.4-2]");
+            if let Some(will) = self.will.on_close(CloseReason::TakenOver) {
+                self.publish_will(ctx, will, None);
+            }
+            old.close(CloseReason::TakenOver);
+        }
+        self.holds = 0;
+        self.held.clear();
+        if let Some(timer) = self.expiry_timer.take() {
+            ctx.cancel(timer);
+        }
+        self.will = LastWill::from_connect(connect);
+        self.link = Some(link);
+        self.connection = Some(self.session.connect(connect.clean_session, &mut self.out));
+        ctx.set_idle_timeout(NEVER);
+    }
+
+    fn packet(&mut self, packet: Packet) {
+        let out = &mut self.out;
+        match packet {
+            Packet::Publish(publish) => self.session.on_publish(publish, out),
+            Packet::PubAck(id) => {
+                self.session.on_puback(id, out);
+            }
+            Packet::PubRec(id) => {
+                self.session.on_pubrec(id, out);
+            }
+            Packet::PubRel(id) => self.session.on_pubrel(id, out),
+            Packet::PubComp(id) => {
+                self.session.on_pubcomp(id, out);
+            }
+            Packet::Subscribe(subscribe) => {
+                let max = self.shared.config.max_subscriptions;
+                self.session.on_subscribe_limited(&subscribe, max, out);
+            }
+            Packet::Unsubscribe(unsubscribe) => self.session.on_unsubscribe(&unsubscribe, out),
+            Packet::PingReq => out.push(Output::Send(Packet::PingResp)),
+            // The connection's reader handles the rest itself.
+            other => {
+                tracing::debug!(client_id = %self.id, packet = %other.packet_type(), "ignoring a packet the reader should have handled");
+            }
+        }
+    }
+
+    fn deliver(&mut self, message: Message, qos: QoS, retained: bool) {
+        let delivered = if retained {
+            self.session.deliver_retained(message, qos, &mut self.out)
+        } else {
+            self.session.deliver(message, qos, &mut self.out)
+        };
+        let dropped = match delivered {
+            Delivered::Queued { dropped_oldest } => dropped_oldest as u64,
+            Delivered::Dropped => 1,
+            Delivered::Sent | Delivered::Discarded => 0,
+        };
+        if dropped > 0 {
+            Counters::add(&self.shared.counters.queue_drops, dropped);
+            let total = self.session.dropped();
+            if self.dropped_logged == 0 || total >= self.dropped_logged.saturating_mul(2) {
+                self.dropped_logged = total;
+                tracing::warn!(
+                    client_id = %self.id,
+                    dropped = total,
+                    max_queued = self.shared.config.max_queued,
+                    "session queue full: dropping its oldest messages (raise max_queued, or \
+                     have the client read faster)"
+                );
+            }
+        }
+    }
+
+    fn detach(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: CloseReason) {
+        if self.conn() != Some(conn) {
+            return; // a connection taken over, already detached
+        }
+        let link = self.link.take();
+        tracing::debug!(client_id = %self.id, conn, ?reason, "connection ended");
+        let mut link = link.map(|link| (link, reason));
+        if let Some(will) = self.will.on_close(reason) {
+            link = self.publish_will(ctx, will, link);
+        }
+        if let Some((link, reason)) = link {
+            link.close(reason);
+        }
+        self.holds = 0;
+        self.held.clear();
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let after = self
+            .session
+            .disconnected(connection, SystemTime::now(), &mut self.out);
+        // HERMES: expiry is a timer, not the idle timeout: idle time restarts with every
+        // message (each message queued for an offline session would push its expiry back),
+        // an override of 2^32 - 2 ms or more means never, and an instance deactivated to save
+        // memory has no idle timer at all.
+        if after == AfterDisconnect::Keep
+            && let SessionExpiry::After(expiry) = self.shared.config.session_expiry
+            && !expiry.is_zero()
+        {
+            self.expiry_timer = Some(ctx.schedule(expiry, SessionMsg::ExpiryCheck));
+        }
+    }
+
+    /// Whether this session, offline and persistent, is past its expiry.
+    fn expired(&self) -> bool {
+        if self.link.is_some() || !self.session.is_persistent() {
+            return false;
+        }
+        let SessionExpiry::After(expiry) = self.shared.config.session_expiry else {
+            return false;
+        };
+        match self.session.expires_at(expiry) {
+            // A timer may fire a little early by the wall clock.
+            Some(at) => at <= SystemTime::now() + Duration::from_millis(50),
+            None => false,
+        }
+    }
+
+    fn expire(&mut self, ctx: &mut Ctx<'_>) {
+        tracing::debug!(client_id = %self.id, "session expired");
+        Counters::add(&self.shared.counters.expired_sessions, 1);
+        self.session.expire(&mut self.out);
+        self.ended = true;
+        ctx.stop();
+    }
+
+    /// Carries out the session's outputs, in order.
+    fn outputs(&mut self, ctx: &mut Ctx<'_>) {
+        let mut out = std::mem::take(&mut self.out);
+        for output in out.drain(..) {
+            match output {
+                Output::Send(packet) => self.write(packet),
+                Output::Publish(message) => self.publish(ctx, message),
+                Output::Subscribe { filter, qos } => {
+                    self.shared
+                        .index
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .subscribe(&filter, self.id.clone(), qos);
+                    self.ask_retained(ctx, filter, qos);
+                }
+                Output::Unsubscribe(filter) => {
+                    self.shared
+                        .index
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .unsubscribe(&filter, &self.id);
+                }
+            }
+        }
+        self.out = out;
+    }
+
+    fn write(&mut self, packet: Packet) {
+        if self.holds > 0 {
+            self.held.push_back(packet);
+            return;
+        }
+        if let Some(link) = &self.link
+            && link.send(packet) == Written::Dropped
+        {
+            Counters::add(&self.shared.counters.qos0_drops, 1);
+        }
+    }
+
+    /// A message from the client (QoS 1 or 2; the reader routes QoS 0 itself): retained if it
+    /// says so, and routed to the subscribers.
+    fn publish(&mut self, ctx: &mut Ctx<'_>, message: Message) {
+        Counters::add(&self.shared.counters.published, 1);
+        if message.retain {
+            // HERMES: a handler's sends go out when its run ends (after up to a batch of
+            // messages), but its writes to the socket go out at once, so a PUBACK would reach
+            // the client before the retained shard even has the message. Asking, and holding
+            // the client's packets until the answer, restores the order.
+            let shard = self.shared.retained_shard(message.topic.as_bytes());
+            let conn = self.conn().unwrap_or(0);
+            self.holds = self.holds.saturating_add(1);
+            self.asked_store = true;
+            ctx.ask(
+                shard,
+                |reply| RetainedMsg::Store(message.clone(), reply),
+                ASK_TIMEOUT,
+                move |_answer| SessionMsg::Stored { conn },
+            );
+        }
+        self.route(ctx, message);
+    }
+
+    /// A will: published like a client's message. A retained one is stored before `closing`
+    /// (the connection that ended, with why) is closed: that is given back to close now
+    /// unless the will is retained.
+    fn publish_will(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        message: Message,
+        closing: Option<(Link, CloseReason)>,
+    ) -> Option<(Link, CloseReason)> {
+        tracing::debug!(client_id = %self.id, topic = %message.topic.as_str(), "publishing the will");
+        Counters::add(&self.shared.counters.published, 1);
+        let mut closing = closing;
+        if message.retain {
+            let shard = self.shared.retained_shard(message.topic.as_bytes());
+            match closing.take() {
+                Some((link, _)) => {
+                    self.closing = self.closing.saturating_add(1);
+                    ctx.ask(
+                        shard,
+                        |reply| RetainedMsg::Store(message.clone(), reply),
+                        ASK_TIMEOUT,
+                        move |_answer| SessionMsg::WillStored { link },
+                    );
+                }
+                None => ctx.send(shard, RetainedMsg::Publish(message.clone())),
+            }
+        }
+        self.route(ctx, message);
+        closing
+    }
+
+    /// Sends `message` to every session subscribed to its topic, once each, at the maximum QoS
+    /// of its matching subscriptions [MQTT-3.3.5-1].
+    fn route(&mut self, ctx: &mut Ctx<'_>, message: Message) {
+        self.shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .matches(&message.topic, &mut self.matches);
+        for (client, qos) in self.matches.iter() {
+            let msg = SessionMsg::Deliver {
+                message: message.clone(),
+                qos,
+            };
+            // HERMES: a full mailbox makes this a dead letter (counted by the broker's sink),
+            // and the sender cannot learn it: a QoS 1 or 2 message is then lost for that
+            // subscriber, where the session would rather keep it and retry.
+            ctx.send(client.clone(), msg);
+        }
+    }
+
+    /// Asks the retained shards that may hold messages for `filter` for them [MQTT-3.3.1-6].
+    fn ask_retained(&mut self, ctx: &mut Ctx<'_>, filter: TopicFilter, qos: QoS) {
+        let shards = self.shared.retained_shards;
+        let only = (!filter.has_wildcards()).then(|| self.shared.retained_shard(filter.as_bytes()));
+        let all = (0..shards).map(super::RetainedShard);
+        for shard in only.into_iter().chain(all.filter(|_| only.is_none())) {
+            let filter = filter.clone();
+            ctx.ask(
+                shard,
+                move |reply| RetainedMsg::Matching(filter, reply),
+                ASK_TIMEOUT,
+                move |answer| SessionMsg::Retained { qos, answer },
+            );
+        }
+    }
+
+    /// Stores what changed.
+    fn persist(&mut self) {
+        let changes = self.session.take_changes();
+        let Some(storage) = &self.shared.storage else {
+            return;
+        };
+        let keep = self.session.is_persistent() && !self.ended;
+        if keep {
+            if !changes.is_empty() || !self.stored {
+                storage.save_session(&self.id.0, &self.session, &changes);
+                self.stored = true;
+            }
+        } else if self.stored {
+            storage.delete_session(&self.id.0, changes.queue_removed.clone());
+            self.stored = false;
+        }
+    }
+
+    /// After each message: how long to stay live.
+    fn settle(&mut self, ctx: &mut Ctx<'_>) {
+        if self.link.is_some() || self.ended || self.closing > 0 {
+            return;
+        }
+        if !self.session.is_persistent() {
+            // A clean session whose connection ended, or a message for a session that does
+            // not exist (any more): nothing to keep.
+            ctx.stop();
+            return;
+        }
+        if self.shared.storage.is_some() {
+            ctx.set_idle_timeout(OFFLINE_IDLE);
+        } else {
+            ctx.set_idle_timeout(NEVER);
+        }
+    }
+}
+
+impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
+    fn receive(&mut self, ctx: &mut Ctx<'_>, msg: SessionMsg) {
+        match msg {
+            SessionMsg::Attach { link, connect } => self.attach(ctx, link, &connect),
+            SessionMsg::Packet { conn, packet } => {
+                if self.conn() == Some(conn) {
+                    let counted = matches!(
+                        packet,
+                        Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+                    );
+                    self.asked_store = false;
+                    self.packet(packet);
+                    self.outputs(ctx);
+                    // A retained PUBLISH settles when its shard has it (`Stored`); the rest
+                    // once this run's sends are out, which a message to itself comes after.
+                    if counted && !self.asked_store {
+                        ctx.send(self.id.clone(), SessionMsg::Settled { conn });
+                    }
+                }
+            }
+            SessionMsg::Settled { conn } => {
+                if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
+                    link.settle();
+                }
+            }
+            SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
+            SessionMsg::Detach { conn, reason } => self.detach(ctx, conn, reason),
+            SessionMsg::Retained { qos, answer } => match answer {
+                Ok(messages) => {
+                    for message in messages {
+                        self.deliver(message, qos, true);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(client_id = %self.id, %error, "no answer from a retained shard: a new subscription may miss retained messages");
+                }
+            },
+            SessionMsg::Stored { conn } => {
+                if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
+                    link.settle();
+                }
+                if self.conn() == Some(conn) && self.holds > 0 {
+                    self.holds -= 1;
+                    if self.holds == 0 {
+                        let held = std::mem::take(&mut self.held);
+                        for packet in held {
+                            self.write(packet);
+                        }
+                    }
+                }
+            }
+            SessionMsg::WillStored { link } => {
+                self.closing = self.closing.saturating_sub(1);
+                link.close(CloseReason::ServerClosed);
+            }
+            SessionMsg::ExpiryCheck => {
+                if self.expired() {
+                    self.expire(ctx);
+                }
+            }
+        }
+        // A session restored from disk may have expired while nobody asked.
+        if !self.ended && self.expired() {
+            self.expire(ctx);
+        }
+        self.outputs(ctx);
+        self.persist();
+        self.settle(ctx);
+    }
+
+    fn deactivated(&mut self, _ctx: &mut Ctx<'_>, why: Deactivation) {
+        if why == Deactivation::Panicked && !self.session.is_persistent() {
+            // A clean session ends with its instance: its subscriptions leave the index.
+            let filters: Vec<_> = self.session.subscriptions().keys().cloned().collect();
+            self.shared
+                .index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove_subscriber(&self.id, &filters);
+        }
+        if let Some(link) = self.link.take() {
+            // Still attached: the broker is closing, or this instance panicked. The client
+            // must connect again (to a fresh instance, loaded from the store).
+            tracing::debug!(client_id = %self.id, ?why, "closing the connection of a deactivated session");
+            link.close(CloseReason::ServerClosed);
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Persistence [4.1]: what a persistent session holds (subscriptions, queued messages, QoS 1
+//! and 2 in flight both ways) and the retained messages survive a restart on the same data
+//! directory: a graceful one (`Broker::shutdown`, in process) and a crash (the `hermes-mqtt`
+//! binary killed with SIGKILL).
+//!
+//! The broker commits its state in groups, every 2 ms, without waiting for the commit before it
+//! acknowledges: a crash loses at most the last commit interval, 2 ms and one fsync'ed
+//! transaction (README, "Persistence"). The crash tests wait [`COMMIT_WAIT`], far longer,
+//! before killing.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hermes_mqtt::config::SessionExpiry;
+use hermes_mqtt::{Packet, QoS};
+use support::*;
+
+/// How long after the last change before a crash, for the group commit (2 ms) to have run.
+const COMMIT_WAIT: Duration = Duration::from_millis(500);
+
+// --- Graceful restarts, in process -------------------------------------------------------------
+
+/// Stops `broker` gracefully and starts another on the same data directory.
+async fn restart(broker: TestBroker, dir: &Path) -> TestBroker {
+    broker.shutdown().await;
+    TestBroker::persistent(dir, |_| {}).await
+}
+
+#[tokio::test]
+async fn subscriptions_and_queued_messages_survive_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let (id, t) = (unique("sess"), unique("sess/t"));
+    let (mut sub, present) = broker.connect_persistent(&id).await;
+    assert!(!present);
+    sub.subscribe_one(&t, QoS::ExactlyOnce).await;
+    sub.subscribe_one(&format!("{t}/+/x"), QoS::AtLeastOnce)
+        .await;
+    sub.disconnect().await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"1", QoS::AtLeastOnce, false).await;
+    publisher.publish(&t, b"2", QoS::ExactlyOnce, false).await;
+    publisher
+        .publish(&format!("{t}/a/x"), b"3", QoS::ExactlyOnce, false)
+        .await;
+
+    let broker = restart(broker, dir.path()).await;
+    let (mut sub, present) = broker.connect_persistent(&id).await;
+    assert!(present, "the session did not survive the restart");
+    let got = sub.recv_messages(3).await;
+    assert_eq!(payloads(&got), ["1", "2", "3"]);
+    let qos: Vec<QoS> = got.iter().map(|p| p.qos.qos()).collect();
+    assert_eq!(qos, [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce]);
+    // The subscriptions came back too.
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&format!("{t}/b/x"), b"4", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&sub.recv_message().await.payload[..], b"4");
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn retained_messages_survive_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let r = unique("retained");
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&format!("{r}/a"), b"a1", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish(&format!("{r}/a"), b"a2", QoS::ExactlyOnce, true)
+        .await;
+    publisher
+        .publish(&format!("{r}/b"), b"b", QoS::AtMostOnce, true)
+        .await;
+    publisher
+        .publish(&format!("{r}/c"), b"c", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish(&format!("{r}/c"), b"", QoS::AtLeastOnce, true)
+        .await;
+    publisher.disconnect().await;
+
+    let broker = restart(broker, dir.path()).await;
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&format!("{r}/#"), QoS::ExactlyOnce).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = sub.recv_message().await;
+        assert!(p.retain);
+        got.push((p.topic.to_string(), p.payload.to_vec(), p.qos.qos()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (format!("{r}/a"), b"a2".to_vec(), QoS::ExactlyOnce),
+            (format!("{r}/b"), b"b".to_vec(), QoS::AtMostOnce),
+        ],
+        "the latest of each topic, with its QoS; the cleared one stays cleared"
+    );
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_are_redelivered_after_a_graceful_restart_mqtt_4_4_0_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let (id, t) = (unique("inflight"), unique("inflight/t"));
+    let (mut sub, _) = broker.connect_persistent(&id).await;
+    sub.subscribe_one(&t, QoS::ExactlyOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"q1", QoS::AtLeastOnce, false).await;
+    publisher.publish(&t, b"q2", QoS::ExactlyOnce, false).await;
+    publisher
+        .publish(&t, b"released", QoS::ExactlyOnce, false)
+        .await;
+    let q1 = sub.recv_publish().await;
+    let q2 = sub.recv_publish().await;
+    let released = sub.recv_publish().await;
+    let released_id = released.qos.packet_id().unwrap();
+    sub.send(Packet::PubRec(released_id)).await;
+    assert_eq!(sub.recv().await, Packet::PubRel(released_id));
+    // None completed: q1 and q2 unacknowledged, the third at its PUBREL.
+    sub.drop_connection();
+
+    let broker = restart(broker, dir.path()).await;
+    let (mut sub, present) = broker.connect_persistent(&id).await;
+    assert!(present);
+    for original in [&q1, &q2] {
+        let again = sub.recv_publish().await;
+        assert_eq!(again.payload, original.payload);
+        assert_eq!(again.qos.packet_id(), original.qos.packet_id());
+        assert!(again.qos.dup(), "DUP 1 on redelivery: {again:?}");
+        sub.ack(&again).await;
+    }
+    assert_eq!(sub.recv().await, Packet::PubRel(released_id));
+    sub.send(Packet::PubComp(released_id)).await;
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn an_unreleased_incoming_qos_2_message_survives_a_graceful_restart_mqtt_4_3_3_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let (id, t) = (unique("incoming"), unique("incoming/t"));
+    let sub_id = unique("sub");
+    let (mut sub, _) = broker.connect_persistent(&sub_id).await;
+    sub.subscribe_one(&t, QoS::ExactlyOnce).await;
+    sub.disconnect().await;
+    let (mut publisher, _) = broker.connect_persistent(&id).await;
+    publisher.publish_unreleased(&t, b"once", 11, false).await;
+    publisher.drop_connection();
+
+    let broker = restart(broker, dir.path()).await;
+    let (mut publisher, present) = broker.connect_persistent(&id).await;
+    assert!(present);
+    publisher.publish_unreleased(&t, b"once", 11, true).await;
+    publisher.release(11).await;
+    publisher
+        .publish(&t, b"marker", QoS::AtLeastOnce, false)
+        .await;
+    let (mut sub, _) = broker.connect_persistent(&sub_id).await;
+    let got = sub.recv_messages(2).await;
+    assert_eq!(
+        payloads(&got),
+        ["once", "marker"],
+        "delivered twice, or lost"
+    );
+}
+
+#[tokio::test]
+async fn clean_sessions_are_not_kept_across_a_restart_mqtt_3_1_2_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let (id, t) = (unique("clean"), unique("clean/t"));
+    let mut sub = broker.connect(&id).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    // Still connected at shutdown.
+    let broker = restart(broker, dir.path()).await;
+    sub.expect_closed_after_publishes().await;
+    let (mut sub, present) = broker.connect_persistent(&id).await;
+    assert!(!present);
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::AtLeastOnce, false).await;
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_session_connected_at_shutdown_survives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let (id, t) = (unique("connected"), unique("connected/t"));
+    let (mut sub, _) = broker.connect_persistent(&id).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let broker = restart(broker, dir.path()).await;
+    sub.expect_closed_after_publishes().await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&t, b"while away", QoS::AtLeastOnce, false)
+        .await;
+    let (mut sub, present) = broker.connect_persistent(&id).await;
+    assert!(present);
+    assert_eq!(&sub.recv_message().await.payload[..], b"while away");
+}
+
+#[tokio::test]
+async fn a_session_that_expired_while_the_broker_was_stopped_is_gone() {
+    const EXPIRY: Duration = Duration::from_millis(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let expiring = |c: &mut hermes_mqtt::Config| c.session_expiry = SessionExpiry::After(EXPIRY);
+    let broker = TestBroker::persistent(dir.path(), expiring).await;
+    let (id, t) = (unique("expired"), unique("expired/t"));
+    let kept = unique("kept");
+    let (mut sub, _) = broker.connect_persistent(&id).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    broker.shutdown().await;
+    tokio::time::sleep(EXPIRY + EXPIRY / 2).await;
+    let broker = TestBroker::persistent(dir.path(), expiring).await;
+    // A session of a client away for less than the expiry, for contrast.
+    let (raw, _) = broker.connect_persistent(&kept).await;
+    raw.disconnect().await;
+    let (_sub, present) = broker.connect_persistent(&id).await;
+    assert!(
+        !present,
+        "the session outlived its expiry across the restart"
+    );
+    let (_raw, present) = broker.connect_persistent(&kept).await;
+    assert!(present);
+}
+
+// --- Crashes: the binary, killed ---------------------------------------------------------------
+
+/// The `hermes-mqtt` binary, run on a data directory; killed (SIGKILL) when dropped.
+struct BrokerProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl BrokerProcess {
+    /// Starts the binary on `dir`, listening on an ephemeral port, and reads the port from its
+    /// "listening on" log line.
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hermes-mqtt"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "info",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the hermes-mqtt binary starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        // Reads the log to its end, so the broker never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = listening_address(&line) {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no \"listening on\" line from hermes-mqtt: {:?}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("the killed broker is reaped");
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("hermes-mqtt log: {:#?}", self.log.lock().unwrap());
+        }
+    }
+}
+
+/// The address in "hermes-mqtt listening on 127.0.0.1:PORT; ...".
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listening on ").nth(1)?;
+    let end = rest.find([';', ',', ' ']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+#[tokio::test]
+async fn sessions_queued_messages_and_retained_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path());
+    let (id, t) = (unique("crash"), unique("crash/t"));
+    let retained = unique("crash/retained");
+    let (mut sub, _) = TestBroker::at(broker.addr).connect_persistent(&id).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = TestBroker::at(broker.addr).connect(&unique("client")).await;
+    for i in 1..=3 {
+        publisher
+            .publish(&t, format!("{i}").as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    publisher
+        .publish(&retained, b"r", QoS::AtLeastOnce, true)
+        .await;
+    tokio::time::sleep(COMMIT_WAIT).await;
+    broker.kill();
+
+    let broker = BrokerProcess::start(dir.path());
+    let (mut sub, present) = TestBroker::at(broker.addr).connect_persistent(&id).await;
+    assert!(present, "the session did not survive SIGKILL");
+    let got = sub.recv_messages(3).await;
+    assert_eq!(payloads(&got), ["1", "2", "3"]);
+    let mut late = TestBroker::at(broker.addr).connect(&unique("client")).await;
+    late.subscribe_one(&retained, QoS::AtLeastOnce).await;
+    let got = late.recv_message().await;
+    assert_eq!((&got.payload[..], got.retain), (&b"r"[..], true));
+    // The subscription is still there.
+    let mut publisher = TestBroker::at(broker.addr).connect(&unique("client")).await;
+    publisher.publish(&t, b"4", QoS::AtLeastOnce, false).await;
+    assert_eq!(&sub.recv_message().await.payload[..], b"4");
+}
+
+#[tokio::test]
+async fn inflight_messages_survive_sigkill_mqtt_4_4_0_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path());
+    let (id, t) = (unique("crash-inflight"), unique("crash-inflight/t"));
+    let (mut sub, _) = TestBroker::at(broker.addr).connect_persistent(&id).await;
+    sub.subscribe_one(&t, QoS::ExactlyOnce).await;
+    let mut publisher = TestBroker::at(broker.addr).connect(&unique("client")).await;
+    publisher
+        .publish(&t, b"unacked", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish(&t, b"released", QoS::ExactlyOnce, false)
+        .await;
+    let unacked = sub.recv_publish().await;
+    let released = sub.recv_publish().await;
+    let released_id = released.qos.packet_id().unwrap();
+    sub.send(Packet::PubRec(released_id)).await;
+    assert_eq!(sub.recv().await, Packet::PubRel(released_id));
+    tokio::time::sleep(COMMIT_WAIT).await;
+    broker.kill();
+    drop(sub);
+
+    let broker = BrokerProcess::start(dir.path());
+    let (mut sub, present) = TestBroker::at(broker.addr).connect_persistent(&id).await;
+    assert!(present);
+    let again = sub.recv_publish().await;
+    assert_eq!(again.payload, unacked.payload);
+    assert!(again.qos.dup());
+    sub.ack(&again).await;
+    assert_eq!(sub.recv().await, Packet::PubRel(released_id));
+    sub.send(Packet::PubComp(released_id)).await;
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_cleared_retained_message_stays_cleared_after_sigkill_mqtt_3_3_1_10() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path());
+    let t = unique("crash-clear/t");
+    let mut publisher = TestBroker::at(broker.addr).connect(&unique("client")).await;
+    publisher.publish(&t, b"old", QoS::AtLeastOnce, true).await;
+    publisher.publish(&t, b"", QoS::AtLeastOnce, true).await;
+    tokio::time::sleep(COMMIT_WAIT).await;
+    broker.kill();
+
+    let broker = BrokerProcess::start(dir.path());
+    let mut late = TestBroker::at(broker.addr).connect(&unique("client")).await;
+    late.subscribe_one(&t, QoS::AtLeastOnce).await;
+    late.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_retained_will_published_at_shutdown_survives_the_restart_mqtt_3_1_2_8() {
+    // A graceful shutdown closes every connection, which is not a DISCONNECT: the wills are
+    // published, and a retained one is stored before the broker stops (README, "Persistence").
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let t = unique("shutdown-will/t");
+    let mut connect = connect_packet(&unique("will"));
+    connect.will = Some(will(&t, "broker went down", QoS::AtLeastOnce, true));
+    let mut client = broker.connect_with(connect).await;
+    let broker = restart(broker, dir.path()).await;
+    client.expect_closed_after_publishes().await;
+    let mut late = broker.connect(&unique("late")).await;
+    late.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let got = late.recv_message().await;
+    assert_eq!(
+        (&got.payload[..], got.retain),
+        (&b"broker went down"[..], true)
+    );
+}
