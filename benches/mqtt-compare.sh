@@ -29,6 +29,8 @@
 #   BROKER_CPU=1 GEN_CPU=0 the CPUs (taskset) of the broker and of the generator
 #   NICE=-10               their niceness, so that other work on the machine disturbs less
 #                          (0 to leave it; negative needs root)
+#   HERMES_CONFIG=FILE     a hermes-mqtt configuration file (e.g. max_inflight = 100, the
+#                          window rumqttd's sample configuration has); default: its defaults
 #   PORT_BASE=21880        Mosquitto on +1, rumqttd on +2, hermes-mqtt on +3
 #   OUT=target/mqtt-compare/DATE
 set -euo pipefail
@@ -58,6 +60,7 @@ BROKER_CPU=${BROKER_CPU:-1}
 GEN_CPU=${GEN_CPU:-0}
 NICE=${NICE:--10}
 PORT_BASE=${PORT_BASE:-21880}
+HERMES_CONFIG=${HERMES_CONFIG:-}
 OUT=${OUT:-$ROOT/target/mqtt-compare/$(date +%Y%m%d-%H%M%S)}
 
 mkdir -p "$OUT"
@@ -200,6 +203,7 @@ EOF
             ;;
         hermes)
             cmd=("$HERMES" --listen "127.0.0.1:$port" --log-level warn)
+            if [ -n "$HERMES_CONFIG" ]; then cmd+=(--config "$HERMES_CONFIG"); fi
             if [ "$mode" = disk ]; then cmd+=(--data-dir "$data"); else cmd+=(--memory); fi
             ;;
     esac
@@ -317,6 +321,7 @@ run_scenario() { # BROKER KEY ROUND
     echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, $(free -g | awk '/^Mem:/ {print $2}') GiB"
     echo "versions: $(mosquitto -h 2>/dev/null | head -n 1 || true); rumqttd $(rumqttd -V 2>/dev/null || true); hermes-mqtt $(git rev-parse --short HEAD)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "hermes-mqtt configuration: ${HERMES_CONFIG:-its defaults}${HERMES_CONFIG:+ ($(tr '\n' ' ' <"$HERMES_CONFIG"))}"
     echo "settings: RUNS=$RUNS DURATION=$DURATION WARMUP=$WARMUP PAIRS=$PAIRS WINDOW=$WINDOW FANOUT_SUBS=$FANOUT_SUBS FANIN_PUBS=$FANIN_PUBS LAT_RATE=$LAT_RATE LAT_QOS=$LAT_QOS LAT_PAIRS=$LAT_PAIRS LAT_DURATION=$LAT_DURATION CONNS=$CONNS RECONNECT_SESSIONS=$RECONNECT_SESSIONS RECONNECT_QUEUED=$RECONNECT_QUEUED SESSIONS_CLIENTS=$SESSIONS_CLIENTS SESSIONS_RATE=$SESSIONS_RATE SESSIONS_DURATION=$SESSIONS_DURATION BROKER_CPU=$BROKER_CPU GEN_CPU=$GEN_CPU NICE=$NICE"
 } | tee "$OUT/machine.txt" >&2
 
@@ -367,8 +372,20 @@ ROWS = [
 def runs(key, broker):
     return [r for r in results if r.get("key") == key and r.get("broker") == broker]
 
+# A run that failed a check still measured something (a loss at the end of a run leaves its
+# rate valid), unless it never got going: those numbers are left out.
+NOT_MEASURED = ("nothing delivered", "printed no result", "timed out", "failed to set up",
+                "not drained", "did not answer")
+
+def measured(r):
+    return not any(m in f for f in r.get("failures", []) for m in NOT_MEASURED)
+
+def value(r, field):
+    v = r.get(field)
+    return v if isinstance(v, (int, float)) and measured(r) else None
+
 def median(key, field, broker):
-    vals = [r[field] for r in runs(key, broker) if isinstance(r.get(field), (int, float))]
+    vals = [v for v in (value(r, field) for r in runs(key, broker)) if v is not None]
     return statistics.median(vals) if vals else None
 
 def fmt(v):
@@ -380,8 +397,7 @@ def fmt(v):
 
 def cell(key, field, broker):
     rs = runs(key, broker)
-    v = median(key, field, broker)
-    text = fmt(v)
+    text = fmt(median(key, field, broker))
     failed = [r for r in rs if not r.get("ok", False)]
     if rs and failed:
         text += f" ({len(failed)}/{len(rs)} failed checks)"
@@ -391,6 +407,18 @@ def ratio(h, p, higher):
     if h is None or p is None or h == 0 or p == 0:
         return None
     return h / p if higher else p / h
+
+def round_ratio(key, field, peer, higher):
+    """The median over rounds of the ratio within each round: brokers of one round ran
+    minutes apart, rounds may not have (other work on the machine comes and goes)."""
+    by_round = {}
+    for r in runs(key, "hermes"):
+        by_round.setdefault(r.get("round"), {})["hermes"] = value(r, field)
+    for r in runs(key, peer):
+        by_round.setdefault(r.get("round"), {})["peer"] = value(r, field)
+    rs = [ratio(v.get("hermes"), v.get("peer"), higher) for v in by_round.values()]
+    rs = [x for x in rs if x is not None]
+    return statistics.median(rs) if rs else None
 
 header = ["", *[names[b] for b in brokers]]
 if "hermes" in brokers:
@@ -403,7 +431,7 @@ for key, field, label, higher, target in ROWS:
     row = [label] + [cell(key, field, b) for b in brokers]
     if "hermes" in brokers:
         h = median(key, field, "hermes")
-        rs = {p: ratio(h, median(key, field, p), higher) for p in peers}
+        rs = {p: round_ratio(key, field, p, higher) for p in peers}
         row += [f"{rs[p]:.2f}x" if rs[p] is not None else "n/a" for p in peers]
         known = [v for v in rs.values() if v is not None]
         if target == "tput":
@@ -420,8 +448,22 @@ for key, field, label, higher, target in ROWS:
     print("| " + " | ".join(row) + " |")
 
 print()
-print("Ratios: above 1 means hermes-mqtt is better (faster, smaller or sooner). Medians of "
-      f"{max((r.get('round', 0) for r in results), default=0)} rounds.")
+rounds = max((r.get("round", 0) for r in results), default=0)
+print(f"Medians of {rounds} rounds. Ratios: the median of the ratios within each round; above 1 "
+      "means hermes-mqtt is better (faster, smaller or sooner). A run that failed a check "
+      "counts unless it measured nothing.")
+cpu = []
+for b in brokers:
+    vals = [r["broker_cpu_pct"] for r in results if r.get("broker") == b
+            and r.get("key") in ("pairs0", "pairs1", "pairs2", "fanout", "fanin")
+            and isinstance(r.get("broker_cpu_pct"), (int, float))]
+    if vals:
+        cpu.append(f"{names[b]} {statistics.median(vals):.0f}%")
+if cpu:
+    print()
+    print("Broker CPU while measuring throughput (median, % of its one core; under 100% the "
+          "broker waited, for the generator, for its own windows or for other work on the "
+          "machine): " + ", ".join(cpu) + ".")
 failed = [r for r in results if not r.get("ok", False)]
 if failed:
     print()

@@ -176,6 +176,8 @@ pub struct PubState {
     pub topics: u64,
     /// Its subscribers' progress.
     pub links: Vec<Link>,
+    /// It waits for its subscribers (an end-to-end window): they wake it when they progress.
+    pub windowed: bool,
     /// Messages the pacer allowed.
     pub allowed: AtomicU64,
     /// Messages written.
@@ -188,11 +190,12 @@ pub struct PubState {
 }
 
 impl PubState {
-    /// A publisher to `topics` topics, with these subscribers.
-    pub fn new(topics: u64, links: Vec<Link>) -> Self {
+    /// A publisher to `topics` topics, with these subscribers; `windowed` if it waits for them.
+    pub fn new(topics: u64, links: Vec<Link>, windowed: bool) -> Self {
         Self {
             topics,
             links,
+            windowed,
             ..Self::default()
         }
     }
@@ -815,7 +818,9 @@ impl Subscriber {
                     .link
                     .delivered
                     .store(self.trackers[slot].unique, Ordering::Release);
-                source.publisher.notify.notify_one();
+                if source.publisher.windowed {
+                    source.publisher.notify.notify_one();
+                }
             }
         }
         if self.unique > self.reported {

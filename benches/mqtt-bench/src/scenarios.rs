@@ -322,7 +322,7 @@ fn pairs_plan(
     for i in 0..pairs {
         let name = format!("mb/{salt}/pairs/{i}");
         let l = link(0);
-        let st = Arc::new(PubState::new(1, vec![l.clone()]));
+        let st = Arc::new(PubState::new(1, vec![l.clone()], rate.is_none()));
         let client_id = format!("mb-{salt}-p{i}");
         let spec = flow.publisher(
             i as u32,
@@ -364,7 +364,7 @@ pub async fn fanout(common: &Common, args: &FanoutArgs) -> Result<Report, String
     let salt = common.salt();
     let qos = args.flow.qos();
     let links: Vec<Link> = (0..args.subscribers).map(|_| link(0)).collect();
-    let st = Arc::new(PubState::new(1, links.clone()));
+    let st = Arc::new(PubState::new(1, links.clone(), true));
     let client_id = format!("mb-{salt}-fan-pub");
     let publisher = args
         .flow
@@ -415,7 +415,7 @@ pub async fn fanin(common: &Common, args: &FaninArgs) -> Result<Report, String> 
     let mut sources = Vec::new();
     for j in 0..args.publishers {
         let l = link(0);
-        let st = Arc::new(PubState::new(1, vec![l.clone()]));
+        let st = Arc::new(PubState::new(1, vec![l.clone()], true));
         let client_id = format!("mb-{salt}-in-p{j}");
         let name = topic(format!("mb/{salt}/in/{j}"))?;
         let spec = args
@@ -755,7 +755,7 @@ pub async fn reconnect(common: &Common, args: &ReconnectArgs) -> Result<Report, 
             .map(topic)
             .collect::<Result<Vec<_>, _>>()?;
         let count = topics.len() as u64;
-        let st = Arc::new(PubState::new(count, Vec::new()));
+        let st = Arc::new(PubState::new(count, Vec::new(), false));
         publishers.push((
             PubSpec {
                 id: j as u32,
@@ -966,7 +966,7 @@ pub async fn sessions(common: &Common, args: &SessionsArgs) -> Result<Report, St
             .map(name)
             .map(topic)
             .collect::<Result<Vec<_>, _>>()?;
-        let st = Arc::new(PubState::new(topics.len() as u64, links));
+        let st = Arc::new(PubState::new(topics.len() as u64, links, false));
         publishers.push((
             PubSpec {
                 id: j as u32,
