@@ -31,6 +31,10 @@
 #                          (0 to leave it; negative needs root)
 #   HERMES_CONFIG=FILE     a hermes-mqtt configuration file (e.g. max_inflight = 100, the
 #                          window rumqttd's sample configuration has); default: its defaults
+#   QUIET_BUSY=30 QUIET_WAIT=90
+#                          before each run, wait (at most QUIET_WAIT s) until the machine
+#                          was at most QUIET_BUSY % busy over a second (both CPUs, before
+#                          the broker starts): other work on a shared machine comes and goes
 #   PORT_BASE=21880        Mosquitto on +1, rumqttd on +2, hermes-mqtt on +3
 #   OUT=target/mqtt-compare/DATE
 set -euo pipefail
@@ -61,6 +65,8 @@ GEN_CPU=${GEN_CPU:-0}
 NICE=${NICE:--10}
 PORT_BASE=${PORT_BASE:-21880}
 HERMES_CONFIG=${HERMES_CONFIG:-}
+QUIET_BUSY=${QUIET_BUSY:-30}
+QUIET_WAIT=${QUIET_WAIT:-90}
 OUT=${OUT:-$ROOT/target/mqtt-compare/$(date +%Y%m%d-%H%M%S)}
 
 mkdir -p "$OUT"
@@ -143,6 +149,33 @@ for b in $BROKERS; do
         exit 2
     fi
 done
+
+# --- Other work on the machine -----------------------------------------------------------------
+busy_pct() { # % of all CPUs' time busy over one second
+    local a b
+    a=$(head -n 1 /proc/stat)
+    sleep 1
+    b=$(head -n 1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x); split(b, y); total = 0
+        for (i = 2; i <= n; i++) total += y[i] - x[i]
+        idle = (y[5] - x[5]) + (y[6] - x[6])
+        busy = 0
+        if (total > 0) busy = 100 * (total - idle) / total
+        printf "%.0f", busy
+    }'
+}
+BUSY=0
+wait_quiet() { # sets BUSY: how busy the machine was just before the run
+    local waited=0
+    BUSY=$(busy_pct)
+    while [ "$BUSY" -gt "$QUIET_BUSY" ] && [ "$waited" -lt "$QUIET_WAIT" ]; do
+        sleep 4
+        waited=$((waited + 5))
+        BUSY=$(busy_pct)
+    done
+    if [ "$waited" -gt 0 ]; then log "  waited ${waited} s for a quieter machine (busy $BUSY%)"; fi
+}
 
 # --- Brokers -------------------------------------------------------------------------------
 # start_broker NAME MODE: MODE is "memory" (nothing on disk) or "disk" (sessions persisted in
@@ -243,7 +276,7 @@ bench() {
         line="{\"broker\":\"$name\",\"ok\":false,\"failures\":[\"mqtt-bench printed no result\"]}"
     fi
     line=${line%\}}
-    echo "$line,\"key\":\"$key\",\"round\":$round,\"loadavg\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RESULTS"
+    echo "$line,\"key\":\"$key\",\"round\":$round,\"busy_before_pct\":$BUSY,\"loadavg\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RESULTS"
     local ok
     ok=$(grep -o '"ok":[a-z]*' <<<"$line" | head -n 1)
     log "  $name $key round $round: ${ok#\"ok\":}"
@@ -334,6 +367,7 @@ for r in $(seq "$RUNS"); do
         for i in $(seq 0 $((n - 1))); do
             b=${BROKER_LIST[$(((i + r - 1) % n))]}
             log "round $r/$RUNS: $key on $b"
+            wait_quiet
             run_scenario "$b" "$key" "$r" || log "  $b $key round $r: could not run"
         done
     done
