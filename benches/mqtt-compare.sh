@@ -31,10 +31,11 @@
 #                          (0 to leave it; negative needs root)
 #   HERMES_CONFIG=FILE     a hermes-mqtt configuration file (e.g. max_inflight = 100, the
 #                          window rumqttd's sample configuration has); default: its defaults
-#   QUIET_BUSY=30 QUIET_WAIT=90
-#                          before each run, wait (at most QUIET_WAIT s) until the machine
-#                          was at most QUIET_BUSY % busy over a second (both CPUs, before
-#                          the broker starts): other work on a shared machine comes and goes
+#   QUIET_BUSY=30 QUIET_WAIT=90 QUIET_TOTAL=600
+#                          before each run, wait (at most QUIET_WAIT s, QUIET_TOTAL s in
+#                          all) until the machine was at most QUIET_BUSY % busy over a
+#                          second (both CPUs, before the broker starts): other work on a
+#                          shared machine comes and goes
 #   PORT_BASE=21880        Mosquitto on +1, rumqttd on +2, hermes-mqtt on +3
 #   OUT=target/mqtt-compare/DATE
 set -euo pipefail
@@ -67,6 +68,7 @@ PORT_BASE=${PORT_BASE:-21880}
 HERMES_CONFIG=${HERMES_CONFIG:-}
 QUIET_BUSY=${QUIET_BUSY:-30}
 QUIET_WAIT=${QUIET_WAIT:-90}
+QUIET_TOTAL=${QUIET_TOTAL:-600}
 OUT=${OUT:-$ROOT/target/mqtt-compare/$(date +%Y%m%d-%H%M%S)}
 
 mkdir -p "$OUT"
@@ -166,12 +168,15 @@ busy_pct() { # % of all CPUs' time busy over one second
     }'
 }
 BUSY=0
+WAITED_TOTAL=0
 wait_quiet() { # sets BUSY: how busy the machine was just before the run
     local waited=0
     BUSY=$(busy_pct)
-    while [ "$BUSY" -gt "$QUIET_BUSY" ] && [ "$waited" -lt "$QUIET_WAIT" ]; do
+    while [ "$BUSY" -gt "$QUIET_BUSY" ] && [ "$waited" -lt "$QUIET_WAIT" ] &&
+        [ "$WAITED_TOTAL" -lt "$QUIET_TOTAL" ]; do
         sleep 4
         waited=$((waited + 5))
+        WAITED_TOTAL=$((WAITED_TOTAL + 5))
         BUSY=$(busy_pct)
     done
     if [ "$waited" -gt 0 ]; then log "  waited ${waited} s for a quieter machine (busy $BUSY%)"; fi
@@ -372,7 +377,7 @@ for r in $(seq "$RUNS"); do
         done
     done
 done
-echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); took $(($(date +%s) - START)) s" |
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); took $(($(date +%s) - START)) s, of which ${WAITED_TOTAL} s waiting for a quieter machine" |
     tee -a "$OUT/machine.txt" >&2
 
 python3 - "$RESULTS" "$BROKERS" <<'PY' | tee "$OUT/table.md"
