@@ -503,6 +503,17 @@ if cpu:
     print("Broker CPU while measuring throughput (median, % of its one core; under 100% the "
           "broker waited, for the generator, for its own windows or for other work on the "
           "machine): " + ", ".join(cpu) + ".")
+busy = [r["busy_before_pct"] for r in results if isinstance(r.get("busy_before_pct"), (int, float))]
+loads = [float(r["loadavg"].split()[0]) for r in results if r.get("loadavg")]
+if busy or loads:
+    print()
+    text = "Other work on the machine:"
+    if busy:
+        text += (f" busy {statistics.median(busy):.0f}% (median; max {max(busy):.0f}%) in the "
+                 "second before each run;")
+    if loads:
+        text += f" 1-minute load average {min(loads):.1f} to {max(loads):.1f} after the runs."
+    print(text)
 failed = [r for r in results if not r.get("ok", False)]
 if failed:
     print()
