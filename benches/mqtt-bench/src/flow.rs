@@ -522,11 +522,6 @@ impl Publisher {
                 r = phase.changed(), if !stopping => Event::Phase(r.is_ok()),
                 () = tokio::time::sleep_until(until), if stopping => Event::Deadline,
             };
-            tracing::trace!(
-                sent = self.sent,
-                inflight = self.inflight.count,
-                "publisher event"
-            );
             match event {
                 Event::Read(r) | Event::Write(r) => r?,
                 Event::Wake => {}
@@ -874,7 +869,6 @@ impl Subscriber {
                             self.handle(ctx, conn, packet, now)?;
                         }
                         self.progress(ctx, now);
-                        tracing::trace!(unique = self.unique, "subscriber read");
                     }
                     conn.try_flush()?;
                 }
