@@ -412,9 +412,10 @@ def runs(key, broker):
     return [r for r in results if r.get("key") == key and r.get("broker") == broker]
 
 # A run that failed a check still measured something (a loss at the end of a run leaves its
-# rate valid), unless it never got going: those numbers are left out.
+# rate valid), unless it never got going, or did not keep the rate its latencies are for:
+# those numbers are left out.
 NOT_MEASURED = ("nothing delivered", "printed no result", "timed out", "failed to set up",
-                "not drained", "did not answer")
+                "not drained", "did not answer", "msg/s of the")
 
 def measured(r):
     return not any(m in f for f in r.get("failures", []) for m in NOT_MEASURED)
@@ -490,7 +491,7 @@ print()
 rounds = max((r.get("round", 0) for r in results), default=0)
 print(f"Medians of {rounds} rounds. Ratios: the median of the ratios within each round; above 1 "
       "means hermes-mqtt is better (faster, smaller or sooner). A run that failed a check "
-      "counts unless it measured nothing.")
+      "counts unless it measured nothing or missed the rate it was asked for.")
 cpu = []
 for b in brokers:
     vals = [r["broker_cpu_pct"] for r in results if r.get("broker") == b
