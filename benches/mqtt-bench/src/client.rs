@@ -276,3 +276,91 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A "broker" that reads the CONNECT and answers `reply`, then waits.
+    async fn broker_answering(reply: &'static [u8]) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = [0; 256];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(reply).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        Target {
+            addr,
+            spread_sources: true,
+            salt: 1,
+            keep_alive: 60,
+        }
+    }
+
+    async fn open(reply: &'static [u8]) -> Result<ConnAck, ClientError> {
+        let target = broker_answering(reply).await;
+        let connect = target.connect_packet("t", true)?;
+        Conn::open(&target, 0, &connect, Duration::from_secs(5))
+            .await
+            .map(|(_, ack)| ack)
+    }
+
+    #[tokio::test]
+    async fn accepted() {
+        let ack = open(&[0x20, 0x02, 0x01, 0x00]).await.expect("accepted");
+        assert!(ack.session_present);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(
+            open(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).await,
+            Err(ClientError::Decode(_))
+        ));
+        // A CONNACK whose remaining length is wrong.
+        assert!(matches!(
+            open(&[0x20, 0x05, 0, 0, 0, 0, 0]).await,
+            Err(ClientError::Decode(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_closed_and_out_of_order() {
+        assert!(matches!(
+            open(&[0x20, 0x02, 0x00, 0x05]).await,
+            Err(ClientError::Refused(ConnectReturnCode::NotAuthorized))
+        ));
+        assert!(matches!(open(&[]).await, Err(ClientError::Closed)));
+        assert!(matches!(
+            open(&[0xD0, 0x00]).await,
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn source_addresses() {
+        let target = Target {
+            addr: "127.0.0.1:1883".parse().expect("address"),
+            spread_sources: true,
+            salt: 7,
+            keep_alive: 60,
+        };
+        assert_eq!(target.source(0), None);
+        let ip = target.source(SPREAD_FROM).expect("spread");
+        assert!(ip.is_loopback());
+        assert_ne!(target.source(SPREAD_FROM + 1), Some(ip));
+        let remote = Target {
+            addr: "192.0.2.1:1883".parse().expect("address"),
+            ..target
+        };
+        assert_eq!(remote.source(SPREAD_FROM), None);
+    }
+}
