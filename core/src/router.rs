@@ -871,7 +871,7 @@ impl<K: Key, M: Message> Router<K, M> {
             return self.begin_deactivation(key, Deactivation::Closing);
         }
         // Waiting for work it started: idle, but its idle time starts when the work is back.
-        let waiting = self.in_flight.contains_key(&key);
+        let waiting = self.waiting(key);
         let timeout = self.idle_timeout_of(key);
         if timeout.is_zero() && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
@@ -982,9 +982,17 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     /// Tells the driver a full mailbox has room again, once it is down to half its capacity.
+    #[inline]
     fn relieve_if_room(&mut self, key: usize) {
+        if self.slots[key].full() {
+            self.relieve_if_drained(key);
+        }
+    }
+
+    #[cold]
+    fn relieve_if_drained(&mut self, key: usize) {
         let slot = &self.slots[key];
-        if slot.full() && slot.mailbox.len() <= self.capacity(slot.kind).unwrap_or(0) / 2 {
+        if slot.mailbox.len() <= self.capacity(slot.kind).unwrap_or(0) / 2 {
             self.relieve(key);
         }
     }
@@ -1329,8 +1337,18 @@ impl<K: Key, M: Message> Router<K, M> {
         self.effects.tasks = tasks;
     }
 
+    /// True if the receiver at `key` waits for tasks it started (no hashing when none is in
+    /// flight anywhere: the common case).
+    #[inline]
+    fn waiting(&self, key: usize) -> bool {
+        !self.in_flight.is_empty() && self.in_flight.contains_key(&key)
+    }
+
     /// Aborts every task of the instance at `key`, which is being deactivated.
     fn abort_tasks(&mut self, key: usize) {
+        if self.in_flight.is_empty() {
+            return;
+        }
         let Some(seqs) = self.in_flight.remove(&key) else {
             return;
         };
@@ -1568,7 +1586,7 @@ impl<K: Key, M: Message> Router<K, M> {
         slot.set_idle_armed(false);
         // Not idle: re-armed when it next becomes idle. On the idle list (a later instance on
         // the default timeout): the list keeps its deadline.
-        if slot.state != State::Idle || slot.listed() || self.in_flight.contains_key(&key) {
+        if slot.state != State::Idle || slot.listed() || self.waiting(key) {
             return;
         }
         let timeout = self.idle_timeout_of(key);

@@ -11,14 +11,23 @@ use hermes::{DeadLetter, DeadLetterReason, Kinds, Options, Settings};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::acl::{AclError, AclFile};
+use crate::auth::{AuthError, PasswordFile};
 use crate::config::{Config, SessionExpiry};
 use crate::packet::{ConnAck, ConnectReturnCode, Packet};
 use crate::retained::RetainedStore;
+use crate::server::auth::Authenticator;
+use crate::server::listen::{self, Bound};
 use crate::server::storage::Storage;
 use crate::server::{
-    BrokerApp, BrokerId, BrokerMsg, ClientId, Counters, Handle, SessionMsg, Shared, conn,
-    retained_rx, retained_shard_of, session_rx,
+    BrokerApp, BrokerId, BrokerMsg, ClientId, Counters, Handle, SessionMsg, Shared, retained_rx,
+    retained_shard_of, session_rx, stats,
 };
+
+pub use crate::server::listen::TlsError;
+
+/// How often the noisy events (garbage, failed handshakes...) are summed up in the log.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 use crate::subscriptions::Subscriptions;
 use crate::will::CloseReason;
 
@@ -45,8 +54,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// `#[tokio::test]`); a multi-thread runtime uses every core.
 pub struct Broker {
     addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     hermes: Handle,
+    /// The accept loops, the metrics listener, the `$SYS` and summary tasks.
     accepting: Vec<JoinHandle<()>>,
 }
 
@@ -115,6 +126,32 @@ pub enum StartError {
     /// The store could not be opened or read.
     #[error("cannot load the broker's state: {0}")]
     Store(#[source] StoreError),
+    /// A TLS listener's certificate or key cannot be used.
+    #[error("listener {addr}: {source}")]
+    Tls {
+        /// The listener's address.
+        addr: SocketAddr,
+        /// What is wrong with its files.
+        #[source]
+        source: TlsError,
+    },
+    /// The password file cannot be used.
+    #[error("{0}")]
+    Passwords(#[source] AuthError),
+    /// The ACL file cannot be used.
+    #[error("{0}")]
+    Acl(#[source] AclError),
+    /// The metrics address cannot be listened on.
+    #[error(
+        "cannot serve metrics on {addr}: {source} (choose another metrics_address, or remove it)"
+    )]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a shutdown did not end cleanly. The broker is stopped either way.
@@ -147,6 +184,34 @@ pub struct BrokerStats {
     pub dead_letters: u64,
     /// Persistent sessions discarded after `session_expiry` without their client.
     pub expired_sessions: u64,
+    /// Clients connected now (CONNECT accepted).
+    pub clients_connected: u64,
+    /// Bytes read from clients, and written to them.
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    pub bytes_sent: u64,
+    /// MQTT packets read from clients.
+    pub packets_received: u64,
+    /// MQTT packets written to clients.
+    pub packets_sent: u64,
+    /// Connections closed at once for `max_connections`.
+    pub refused_max_connections: u64,
+    /// CONNECTs refused with CONNACK 0x04 or 0x05.
+    pub refused_auth: u64,
+    /// PUBLISHes dropped by the ACL (or for a `$SYS` topic), acknowledged all the same.
+    pub denied_publishes: u64,
+    /// SUBSCRIBE filters refused by the ACL (return code 0x80).
+    pub denied_subscriptions: u64,
+    /// Connections closed for a protocol error (garbage, malformed packets).
+    pub protocol_errors: u64,
+    /// Connections closed for a failed or late TLS or WebSocket handshake.
+    pub handshake_failures: u64,
+    /// Times a connection's reader waited for `max_publish_rate`.
+    pub publish_throttled: u64,
+    /// Persistent sessions whose client is away.
+    pub offline_sessions: u64,
+    /// Retained messages held.
+    pub retained: u64,
 }
 
 /// What a graceful shutdown did.
@@ -174,18 +239,44 @@ impl Broker {
         } else {
             Some(open_storage(&config.data_dir)?)
         };
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for &addr in &config.listeners {
-            let listener = TcpListener::bind(addr)
+        let (auth, acl) = load_access(&config).await?;
+        // Every certificate first: a bad file is reported before any port is taken.
+        let mut acceptors = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let addr = listener.address;
+            acceptors.push(match (&listener.cert, &listener.key) {
+                (Some(cert), Some(key)) if listener.kind.is_tls() => Some(
+                    listen::tls_acceptor(cert, key)
+                        .map_err(|source| StartError::Tls { addr, source })?,
+                ),
+                _ => None,
+            });
+        }
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for (listener, tls) in config.listeners.iter().zip(acceptors) {
+            let addr = listener.address;
+            let tcp = TcpListener::bind(addr)
                 .await
                 .map_err(|e| listen_error(addr, e))?;
-            listeners.push(listener);
+            bound.push(Bound {
+                addr: tcp.local_addr().unwrap_or(addr),
+                listener: tcp,
+                config: listener.clone(),
+                tls,
+            });
         }
-        let addrs = listeners
-            .iter()
-            .zip(&config.listeners)
-            .map(|(l, &addr)| l.local_addr().unwrap_or(addr))
-            .collect::<Vec<_>>();
+        let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
+        let metrics = match config.metrics_address {
+            Some(addr) => Some(
+                stats::bind_metrics(addr)
+                    .await
+                    .map_err(|source| StartError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
 
         let shards = std::thread::available_parallelism().map_or(1, usize::from);
         let retained_shards = u16::try_from(shards).unwrap_or(u16::MAX).max(1);
@@ -195,7 +286,7 @@ impl Broker {
         let mut preloaded: Vec<Option<RetainedStore>> = (0..retained_shards)
             .map(|_| Some(RetainedStore::new()))
             .collect();
-        let mut sessions_loaded = 0;
+        let mut sessions_loaded: usize = 0;
         if let Some(storage) = &storage {
             for stored in storage.scan_sessions().map_err(StartError::Store)? {
                 let since = stored
@@ -240,7 +331,18 @@ impl Broker {
             index,
             retained_shards,
             preloaded,
+            auth,
+            acl,
         ));
+        let counters = &shared.counters;
+        Counters::gauge(
+            &counters.retained,
+            i64::try_from(retained).unwrap_or(i64::MAX),
+        );
+        Counters::gauge(
+            &counters.offline_sessions,
+            i64::try_from(sessions_loaded).unwrap_or(i64::MAX),
+        );
         let kinds = Kinds::<BrokerApp>::new()
             .kind_with(
                 Settings::default().mailbox_capacity(SESSION_MAILBOX),
@@ -262,26 +364,50 @@ impl Broker {
                 tracing::warn!(error = %error.kind(), "cannot schedule a stored session's expiry");
             }
         }
-        let accepting = listeners
+        // "ADDR (URL)": the address first, as scripts read it.
+        let urls: Vec<String> = bound
+            .iter()
+            .map(|b| format!("{} ({})", b.addr, b.config.url(b.addr)))
+            .collect();
+        let mut accepting: Vec<JoinHandle<()>> = bound
             .into_iter()
-            .map(|listener| {
+            .map(|bound| {
                 let shared = Arc::clone(&shared);
                 let hermes = hermes.clone();
-                runtime.spawn(accept_loop(listener, shared, hermes))
+                runtime.spawn(listen::accept_loop(bound, shared, hermes))
             })
             .collect();
+        if let Some(listener) = metrics {
+            accepting.push(runtime.spawn(stats::metrics_loop(
+                listener,
+                Arc::clone(&shared),
+                hermes.clone(),
+            )));
+        }
+        let sys_interval = shared.config.sys_interval;
+        if !sys_interval.is_zero() {
+            accepting.push(runtime.spawn(stats::sys_loop(
+                Arc::clone(&shared),
+                hermes.clone(),
+                sys_interval,
+            )));
+        }
+        accepting.push(runtime.spawn(stats::summary_loop(Arc::clone(&shared), SUMMARY_INTERVAL)));
         let data = match &shared.storage {
             Some(storage) => storage.path().display().to_string(),
             None => "memory only (nothing survives a restart)".to_owned(),
         };
-        let listening: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let metrics = metrics_addr
+            .map(|addr| format!("; metrics at http://{addr}/metrics"))
+            .unwrap_or_default();
         tracing::info!(
-            "hermes-mqtt listening on {}; data in {data} ({sessions_loaded} persistent sessions, \
-             {retained} retained messages loaded)",
-            listening.join(", ")
+            "hermes-mqtt listening on {}{metrics}; data in {data} ({sessions_loaded} persistent \
+             sessions, {retained} retained messages loaded)",
+            urls.join(", ")
         );
         Ok(Broker {
             addrs,
+            metrics_addr,
             shared,
             hermes,
             accepting,
@@ -294,10 +420,24 @@ impl Broker {
         self.addrs.clone()
     }
 
+    /// The address of the Prometheus metrics listener (`metrics_address`), with the port
+    /// chosen for port 0.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The Prometheus text exposition of the broker's metrics, as `GET /metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        stats::prometheus(&self.shared, &self.hermes.stats())
+    }
+
     /// The broker's counters so far.
     pub fn stats(&self) -> BrokerStats {
         let c = &self.shared.counters;
         let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        let gauge = |n: &std::sync::atomic::AtomicI64| {
+            u64::try_from(n.load(Ordering::Relaxed)).unwrap_or(0)
+        };
         BrokerStats {
             connections: get(&c.connections),
             published: get(&c.published),
@@ -306,7 +446,31 @@ impl Broker {
             mailbox_drops: get(&c.full_drops),
             dead_letters: get(&c.dead_letters),
             expired_sessions: get(&c.expired_sessions),
+            clients_connected: gauge(&c.clients_connected),
+            bytes_received: get(&c.bytes_received),
+            bytes_sent: get(&c.bytes_sent),
+            packets_received: get(&c.packets_received),
+            packets_sent: get(&c.packets_sent),
+            refused_max_connections: get(&c.refused_limit),
+            refused_auth: get(&c.refused_auth),
+            denied_publishes: get(&c.denied_publish),
+            denied_subscriptions: get(&c.denied_subscribe),
+            protocol_errors: get(&c.protocol_errors),
+            handshake_failures: get(&c.handshake_failures),
+            publish_throttled: get(&c.publish_throttled),
+            offline_sessions: gauge(&c.offline_sessions),
+            retained: gauge(&c.retained),
         }
+    }
+
+    /// Reads the password file and the ACL file again (SIGHUP in the binary): new connections
+    /// are checked against them; connected clients keep the rules they connected with. On an
+    /// error (a file that cannot be read or has a bad line) nothing changes.
+    pub async fn reload(&self) -> Result<(), StartError> {
+        let (auth, acl) = load_access(&self.shared.config).await?;
+        self.shared.replace_access(auth, acl);
+        tracing::info!("password and ACL files reloaded");
+        Ok(())
     }
 
     /// Shuts the broker down gracefully: stops accepting connections, closes every connection
@@ -345,6 +509,33 @@ impl Broker {
     }
 }
 
+/// Reads the password file and the ACL file, and builds the authenticator (whose stand-in
+/// hash is computed on a blocking thread).
+async fn load_access(config: &Config) -> Result<(Authenticator, Option<AclFile>), StartError> {
+    let passwords = match &config.password_file {
+        Some(path) => Some(PasswordFile::load(path).map_err(StartError::Passwords)?),
+        None => None,
+    };
+    let acl = match &config.acl_file {
+        Some(path) => Some(AclFile::load(path).map_err(StartError::Acl)?),
+        None => None,
+    };
+    if !config.allow_anonymous && passwords.is_none() {
+        tracing::warn!(
+            "allow_anonymous is false and there is no password_file: every client will be \
+             refused (CONNACK 0x05); add users with `hermes-mqtt passwd FILE USER`"
+        );
+    }
+    let params = config.hash_params();
+    let allow_anonymous = config.allow_anonymous;
+    let auth =
+        tokio::task::spawn_blocking(move || Authenticator::new(allow_anonymous, passwords, params))
+            .await
+            .map_err(|e| StartError::Passwords(AuthError::Hash(e.to_string())))?
+            .map_err(StartError::Passwords)?;
+    Ok((auth, acl))
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         for task in &self.accepting {
@@ -379,28 +570,6 @@ fn listen_error(addr: SocketAddr, source: std::io::Error) -> StartError {
     match source.kind() {
         std::io::ErrorKind::AddrInUse => StartError::AddrInUse { addr },
         _ => StartError::Listen { addr, source },
-    }
-}
-
-/// Accepts connections on `listener` until the broker shuts down.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, hermes: Handle) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors, say: wait for some to be freed.
-                tracing::warn!(%error, "cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some((link, outbox)) = shared.register() else {
-            return;
-        };
-        tracing::debug!(conn = link.conn(), %peer, "accepted");
-        let shared = Arc::clone(&shared);
-        let hermes = hermes.clone();
-        tokio::spawn(conn::serve(stream, peer, link, outbox, shared, hermes));
     }
 }
 

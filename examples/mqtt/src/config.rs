@@ -10,9 +10,15 @@
 //! use hermes_mqtt::config::{Config, SessionExpiry};
 //!
 //! let config = Config::from_toml(r#"
-//!     listeners = ["0.0.0.0:1883", "[::]:1883"]
 //!     max_inflight = 10
 //!     session_expiry = "1d"
+//!
+//!     [[listeners]]
+//!     address = "0.0.0.0:1883"
+//!
+//!     [[listeners]]
+//!     address = "0.0.0.0:8080"
+//!     kind = "ws"
 //! "#).unwrap();
 //! assert_eq!(config.listeners.len(), 2);
 //! assert_eq!(config.session_expiry, SessionExpiry::After(Duration::from_secs(86_400)));
@@ -39,10 +45,12 @@ use crate::session::Limits;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The addresses to accept MQTT connections on (TCP). Default: `["127.0.0.1:1883"]`, this
-    /// machine only; `"0.0.0.0:1883"` takes connections from anywhere. At least one.
+    /// Where clients connect: a list of listeners, each a TCP, TLS, WebSocket or WebSocket
+    /// over TLS one with its own settings ([`ListenerConfig`]). In TOML, `[[listeners]]`
+    /// tables, or plain `"address:port"` strings for TCP listeners. Default: one TCP listener
+    /// on `127.0.0.1:1883`, this machine only. At least one.
     #[serde(deserialize_with = "listeners")]
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     /// Where sessions and retained messages are stored. Default: `./hermes-data`.
     pub data_dir: PathBuf,
     /// Keep everything in memory, store nothing: sessions and retained messages do not survive
@@ -67,8 +75,9 @@ pub struct Config {
     /// Default: 1.5, as the specification says [MQTT-3.1.2-24]. 1 to 100.
     #[serde(deserialize_with = "keep_alive_grace")]
     pub keep_alive_grace: f64,
-    /// How long a new connection may take to send its CONNECT before it is closed
-    /// [MQTT-3.1.0-1]: a duration such as `"10s"`. Default: 10 seconds. At least 1 ms.
+    /// How long a new connection may take to finish its TLS and WebSocket handshakes and send
+    /// its CONNECT before it is closed [MQTT-3.1.0-1]: a duration such as `"10s"`. Default: 10
+    /// seconds. At least 1 ms.
     #[serde(deserialize_with = "connect_timeout")]
     pub connect_timeout: Duration,
     /// How many QoS 0 messages may wait to be written to one slow client; past that, new
@@ -80,14 +89,57 @@ pub struct Config {
     /// by filter with return code 0x80 [MQTT-3.9.3]. Default: 10000. At least 1.
     #[serde(deserialize_with = "at_least_one")]
     pub max_subscriptions: usize,
-    /// Whether a client may connect without a user name. Default: true. With `false`, a
-    /// CONNECT without one is refused with CONNACK 0x05 (not authorized).
+    /// How many connections the broker holds at once, over all listeners (handshakes
+    /// included); one more is accepted and closed at once, and counted. Each listener may have
+    /// a lower limit of its own ([`ListenerConfig::max_connections`]). Default: 100000. 0 means
+    /// no limit.
+    pub max_connections: usize,
+    /// How many PUBLISH packets per second one connection may send; past that (and its
+    /// `publish_burst`), the broker stops reading the connection until it may send again
+    /// (TCP flow control then slows the client down; nothing is dropped). Default: 0, no limit.
+    pub max_publish_rate: u32,
+    /// How many PUBLISH packets a connection may send at once above `max_publish_rate` (the
+    /// token bucket's size). Default: 0, which means one second's worth (`max_publish_rate`).
+    pub publish_burst: u32,
+    /// TCP keepalive probes on idle connections, so that the connections of vanished clients
+    /// that set no MQTT keep alive (0) are found and closed: the idle time before the first
+    /// probe, such as `"1m"`, or `"off"`. Default: `"1m"` (a dead peer is found about 2.5
+    /// minutes later).
+    #[serde(deserialize_with = "tcp_keepalive")]
+    pub tcp_keepalive: Option<Duration>,
+    /// Whether a client may connect without a user name. Default: true, so that the broker
+    /// works with no configuration at all; set it to false, with a `password_file`, for
+    /// anything reachable from other machines. With `false`, a CONNECT without a user name is
+    /// refused with CONNACK 0x05 (not authorized).
     pub allow_anonymous: bool,
-    /// User names and their passwords, as a TOML table `[users]`: a CONNECT with a user name
-    /// must carry its password, or it is refused with CONNACK 0x04 (bad user name or
-    /// password). Default: none, and then every user name is accepted. The passwords are in
-    /// plain text: keep the file readable only by the broker's user.
-    pub users: std::collections::BTreeMap<String, String>,
+    /// A password file (`user:argon2-hash` lines, managed with `hermes-mqtt passwd FILE
+    /// USER`): a CONNECT with a user name must carry that user's password, or it is refused
+    /// with CONNACK 0x04. Default: none; then a user name proves nothing, so it is accepted
+    /// only where anonymous clients are (and refused with 0x05 otherwise).
+    pub password_file: Option<PathBuf>,
+    /// An access control list file ([`crate::acl`]): who may publish and subscribe to what.
+    /// Default: none, everyone may do everything.
+    pub acl_file: Option<PathBuf>,
+    /// The argon2id memory cost, in KiB, of the hashes that `hermes-mqtt passwd` writes.
+    /// Default: 19456 (19 MiB, OWASP's recommendation). At least 8.
+    #[serde(deserialize_with = "argon2_memory")]
+    pub argon2_memory_kib: u32,
+    /// The argon2id time cost (passes) of the hashes that `hermes-mqtt passwd` writes.
+    /// Default: 2. At least 1.
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub argon2_iterations: u32,
+    /// The argon2id parallelism (lanes) of the hashes that `hermes-mqtt passwd` writes.
+    /// Default: 1. 1 to 255.
+    #[serde(deserialize_with = "argon2_parallelism")]
+    pub argon2_parallelism: u32,
+    /// How often the broker publishes its `$SYS/broker/...` topics (as Mosquitto names them):
+    /// a duration such as `"10s"`, or `"0s"` to publish none. Default: `"10s"`.
+    #[serde(deserialize_with = "duration")]
+    pub sys_interval: Duration,
+    /// An address (IP and port) to serve Prometheus metrics on, at `GET /metrics` over plain
+    /// HTTP, such as `"127.0.0.1:9883"`. Default: none, no metrics listener.
+    #[serde(deserialize_with = "optional_address")]
+    pub metrics_address: Option<SocketAddr>,
     /// The most detailed log messages written. Default: `"info"`.
     pub log_level: LogLevel,
 }
@@ -106,6 +158,12 @@ impl Config {
     pub const DEFAULT_MAX_QOS0_BACKLOG: usize = 1000;
     /// The default of [`Config::max_subscriptions`]: 10000 per session.
     pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+    /// The default of [`Config::max_connections`]: 100000.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+    /// The default of [`Config::tcp_keepalive`]: the first probe after a minute idle.
+    pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+    /// The default of [`Config::sys_interval`]: 10 seconds, as Mosquitto's.
+    pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 
     /// The configuration in `toml`.
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
@@ -130,29 +188,29 @@ impl Config {
         }
     }
 
-    /// Whether a CONNECT with `login` may connect: `Err` with the CONNACK return code that
-    /// refuses it (0x05 without a user name when `allow_anonymous` is false, 0x04 for a user
-    /// name that `users` does not have with this password).
-    pub fn authenticate(
-        &self,
-        login: Option<&crate::packet::Login>,
-    ) -> Result<(), crate::packet::ConnectReturnCode> {
-        use crate::packet::ConnectReturnCode;
-        let Some(login) = login else {
-            return if self.allow_anonymous {
-                Ok(())
-            } else {
-                Err(ConnectReturnCode::NotAuthorized)
-            };
+    /// The argon2id parameters for new password hashes.
+    #[must_use]
+    pub fn hash_params(&self) -> crate::auth::HashParams {
+        crate::auth::HashParams {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    /// The token bucket of `max_publish_rate` and `publish_burst`: PUBLISH packets per
+    /// second, and how many at once; `None` without a rate.
+    #[must_use]
+    pub fn publish_rate(&self) -> Option<(u32, u32)> {
+        if self.max_publish_rate == 0 {
+            return None;
+        }
+        let burst = if self.publish_burst == 0 {
+            self.max_publish_rate
+        } else {
+            self.publish_burst
         };
-        if self.users.is_empty() {
-            return Ok(());
-        }
-        let known = self.users.get(login.username.as_str());
-        match (known, &login.password) {
-            (Some(expected), Some(given)) if expected.as_bytes() == &given[..] => Ok(()),
-            _ => Err(ConnectReturnCode::BadUserNameOrPassword),
-        }
+        Some((self.max_publish_rate, burst))
     }
 
     /// How long a connection whose CONNECT asked for a keep alive of `keep_alive` seconds may
@@ -171,7 +229,10 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listeners: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listeners: vec![ListenerConfig::tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                1883,
+            )))],
             data_dir: PathBuf::from("./hermes-data"),
             memory: false,
             max_packet_size: Self::DEFAULT_MAX_PACKET_SIZE,
@@ -182,28 +243,89 @@ impl Default for Config {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             max_qos0_backlog: Self::DEFAULT_MAX_QOS0_BACKLOG,
             max_subscriptions: Self::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_publish_rate: 0,
+            publish_burst: 0,
+            tcp_keepalive: Some(Self::DEFAULT_TCP_KEEPALIVE),
             allow_anonymous: true,
-            users: std::collections::BTreeMap::new(),
+            password_file: None,
+            acl_file: None,
+            argon2_memory_kib: crate::auth::HashParams::DEFAULT.memory_kib,
+            argon2_iterations: crate::auth::HashParams::DEFAULT.iterations,
+            argon2_parallelism: crate::auth::HashParams::DEFAULT.parallelism,
+            sys_interval: Self::DEFAULT_SYS_INTERVAL,
+            metrics_address: None,
             log_level: LogLevel::Info,
         }
     }
 }
 
-fn listeners<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    let listeners = Vec::<String>::deserialize(d)?;
+fn listeners<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListenerConfig>, D::Error> {
+    let listeners = Vec::<ListenerConfig>::deserialize(d)?;
     if listeners.is_empty() {
         return Err(D::Error::custom(
-            "no address: give at least one, such as \"127.0.0.1:1883\"",
+            "no listener: give at least one, such as [[listeners]] address = \"127.0.0.1:1883\"",
         ));
     }
-    let address = |s: &String| {
-        s.parse().map_err(|_| {
-            D::Error::custom(format_args!(
-                "{s:?} is not an IP address and port, such as \"127.0.0.1:1883\" or \"[::1]:1883\""
-            ))
-        })
-    };
-    listeners.iter().map(address).collect()
+    Ok(listeners)
+}
+
+fn tcp_keepalive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim() == "off" {
+        return Ok(None);
+    }
+    let idle = parse_duration(&s).map_err(D::Error::custom)?;
+    if idle < Duration::from_secs(1) {
+        return Err(D::Error::custom(
+            "give at least \"1s\" (the kernel counts whole seconds), or \"off\"",
+        ));
+    }
+    Ok(Some(idle))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
+}
+
+fn optional_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_address(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP address and port, such as \"127.0.0.1:1883\" or \"[::1]:1883\"")
+    })
+}
+
+fn argon2_memory<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let kib = u32::deserialize(d)?;
+    if kib < 8 {
+        return Err(D::Error::custom(format_args!(
+            "{kib} is out of range: argon2 needs at least 8 KiB (19456 is the recommended cost)"
+        )));
+    }
+    Ok(kib)
+}
+
+fn argon2_parallelism<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let lanes = u32::deserialize(d)?;
+    if !(1..=255).contains(&lanes) {
+        return Err(D::Error::custom(format_args!(
+            "{lanes} is out of range: give 1 to 255 lanes"
+        )));
+    }
+    Ok(lanes)
+}
+
+fn at_least_one_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 {
+        return Err(D::Error::custom("0 is out of range: give at least 1"));
+    }
+    Ok(n)
 }
 
 fn max_packet_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -402,6 +524,39 @@ impl fmt::Display for LogLevel {
     }
 }
 
+/// A line of a text file (the password file, the ACL file) that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}line {line}: {message}", file_prefix(file.as_deref()))]
+pub struct LineError {
+    /// The file, when read from one.
+    pub file: Option<PathBuf>,
+    /// The line, from 1.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl LineError {
+    /// Line `line` is wrong for `message`.
+    #[must_use]
+    pub fn new(line: usize, message: String) -> Self {
+        Self {
+            file: None,
+            line,
+            message,
+        }
+    }
+
+    /// The same error, in `path`.
+    #[must_use]
+    pub fn in_file(self, path: &Path) -> Self {
+        Self {
+            file: Some(path.to_owned()),
+            ..self
+        }
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -470,9 +625,13 @@ impl ConfigError {
         let lines = toml.get(..line_end).unwrap_or(toml).lines().rev();
         match lines.take(line).find_map(key_of_line) {
             Some(key) => Self::Key {
+                message: if key == "users" && message.contains("unknown field") {
+                    USERS_REMOVED.to_owned()
+                } else {
+                    message
+                },
                 key: key.to_owned(),
                 line,
-                message,
                 file: None,
             },
             None => Self::Syntax {
@@ -491,12 +650,284 @@ impl ConfigError {
     }
 }
 
-/// The key that `line` assigns, if it is a `key = value` line.
+/// What replaced the plain-text `users` table.
+const USERS_REMOVED: &str = "`users` (plain-text passwords in the configuration) is no longer \
+     supported: put each user in a password file with `hermes-mqtt passwd FILE USER` (it asks \
+     for the password and stores a salted argon2 hash), set `password_file = \"FILE\"`, and \
+     remove the [users] table";
+
+/// The key that `line` assigns, if it is a `key = value` line, or the table that a `[key]`
+/// or `[[key]]` header starts.
 fn key_of_line(line: &str) -> Option<&str> {
+    let header = line.trim().trim_start_matches('[').trim_end_matches(']');
+    if line.trim().starts_with('[') {
+        let header = header.trim();
+        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        return (!header.is_empty() && header.chars().all(bare)).then_some(header);
+    }
     let (key, _) = line.split_once('=')?;
     let key = key.trim();
     let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     (!key.is_empty() && key.chars().all(bare)).then_some(key)
+}
+
+/// How clients reach a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over plain TCP (port 1883 by convention).
+    Tcp,
+    /// MQTT over TLS (port 8883 by convention); needs `cert` and `key`.
+    Tls,
+    /// MQTT over WebSocket (binary frames, subprotocol `mqtt`), as browser clients such as
+    /// MQTT.js connect: `ws://host:8080/mqtt`.
+    Ws,
+    /// MQTT over WebSocket over TLS: `wss://host:8081/mqtt`; needs `cert` and `key`.
+    Wss,
+}
+
+impl ListenerKind {
+    /// The kind's name, as in the configuration.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        }
+    }
+
+    /// Whether the kind needs a certificate and key.
+    #[must_use]
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Wss)
+    }
+
+    /// Whether the kind speaks WebSocket.
+    #[must_use]
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
+    }
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One listener: an address, how clients speak to it, and its own limits. In TOML, a
+/// `[[listeners]]` table:
+///
+/// ```toml
+/// [[listeners]]
+/// address = "0.0.0.0:8883"     # required
+/// kind = "tls"                 # "tcp" (the default), "tls", "ws" or "wss"
+/// cert = "/etc/hermes-mqtt/fullchain.pem"  # tls and wss: the PEM certificate chain
+/// key = "/etc/hermes-mqtt/key.pem"         # tls and wss: the PEM private key
+/// path = "/mqtt"               # ws and wss: the HTTP path (the default)
+/// max_connections = 1000       # this listener's own limit (default 0: only the global one)
+/// ```
+///
+/// A plain string, `"0.0.0.0:1883"`, is a TCP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// The IP address and port to listen on; port 0 picks a free one.
+    pub address: SocketAddr,
+    /// How clients speak to it.
+    pub kind: ListenerKind,
+    /// For `tls` and `wss`: the PEM file of the certificate chain, the server's certificate
+    /// first. Relative paths are from the broker's working directory.
+    pub cert: Option<PathBuf>,
+    /// For `tls` and `wss`: the PEM file of the private key (PKCS #8, PKCS #1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// For `ws` and `wss`: the HTTP path clients connect to; other paths are answered 404.
+    /// Default: `/mqtt`.
+    pub path: String,
+    /// How many connections this listener holds at once; one more is accepted and closed at
+    /// once. Default: 0, only the broker's `max_connections`.
+    pub max_connections: usize,
+}
+
+impl ListenerConfig {
+    /// The default WebSocket path.
+    pub const DEFAULT_PATH: &'static str = "/mqtt";
+
+    /// A plain TCP listener on `address`.
+    #[must_use]
+    pub fn tcp(address: SocketAddr) -> Self {
+        Self {
+            address,
+            kind: ListenerKind::Tcp,
+            cert: None,
+            key: None,
+            path: Self::DEFAULT_PATH.to_owned(),
+            max_connections: 0,
+        }
+    }
+
+    /// A TLS listener on `address` with the PEM certificate chain `cert` and key `key`.
+    #[must_use]
+    pub fn tls(address: SocketAddr, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: ListenerKind::Tls,
+            cert: Some(cert.into()),
+            key: Some(key.into()),
+            ..Self::tcp(address)
+        }
+    }
+
+    /// A WebSocket listener on `address`, at path `/mqtt`.
+    #[must_use]
+    pub fn ws(address: SocketAddr) -> Self {
+        Self {
+            kind: ListenerKind::Ws,
+            ..Self::tcp(address)
+        }
+    }
+
+    /// A WebSocket over TLS listener on `address`, at path `/mqtt`.
+    #[must_use]
+    pub fn wss(address: SocketAddr, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: ListenerKind::Wss,
+            ..Self::tls(address, cert, key)
+        }
+    }
+
+    /// This listener with its own connection limit.
+    #[must_use]
+    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// This listener with another WebSocket path.
+    #[must_use]
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// Checks that the fields fit together: a certificate and key for the TLS kinds only, a
+    /// path starting with `/` for the WebSocket kinds.
+    pub fn validate(&self) -> Result<(), String> {
+        let kind = self.kind;
+        if kind.is_tls() {
+            for (name, value) in [("cert", &self.cert), ("key", &self.key)] {
+                if value.is_none() {
+                    return Err(format!(
+                        "a {kind:?} listener needs `{name}`, the path of a PEM file",
+                        kind = kind.as_str()
+                    ));
+                }
+            }
+        } else if self.cert.is_some() || self.key.is_some() {
+            return Err(format!(
+                "`cert` and `key` are for \"tls\" and \"wss\" listeners, not {:?}: set `kind`, \
+                 or remove them",
+                kind.as_str()
+            ));
+        }
+        if !self.path.starts_with('/') {
+            return Err(format!(
+                "`path` {:?} must start with '/', such as \"/mqtt\"",
+                self.path
+            ));
+        }
+        Ok(())
+    }
+
+    /// The URL scheme of the kind and this address, for logs: `mqtt://`, `mqtts://`, `ws://`
+    /// or `wss://`.
+    #[must_use]
+    pub fn url(&self, address: SocketAddr) -> String {
+        match self.kind {
+            ListenerKind::Tcp => format!("mqtt://{address}"),
+            ListenerKind::Tls => format!("mqtts://{address}"),
+            ListenerKind::Ws => format!("ws://{address}{}", self.path),
+            ListenerKind::Wss => format!("wss://{address}{}", self.path),
+        }
+    }
+}
+
+impl FromStr for ListenerConfig {
+    type Err = String;
+
+    /// An address, `"127.0.0.1:1883"`: a TCP listener.
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_address(s).map(Self::tcp)
+    }
+}
+
+impl From<SocketAddr> for ListenerConfig {
+    fn from(address: SocketAddr) -> Self {
+        Self::tcp(address)
+    }
+}
+
+/// A `[[listeners]]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerTable {
+    address: String,
+    #[serde(default)]
+    kind: Option<ListenerKind>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    max_connections: usize,
+}
+
+impl<'de> Deserialize<'de> for ListenerConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ListenerConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a listener table (address, kind, ...) or an address string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ListenerConfig, E> {
+                s.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ListenerConfig, A::Error> {
+                let table =
+                    ListenerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let address = parse_address(&table.address).map_err(A::Error::custom)?;
+                let path_given = table.path.is_some();
+                let listener = ListenerConfig {
+                    address,
+                    kind: table.kind.unwrap_or(ListenerKind::Tcp),
+                    cert: table.cert,
+                    key: table.key,
+                    path: table
+                        .path
+                        .unwrap_or_else(|| ListenerConfig::DEFAULT_PATH.to_owned()),
+                    max_connections: table.max_connections,
+                };
+                if path_given && !listener.kind.is_websocket() {
+                    return Err(A::Error::custom(
+                        "`path` is for \"ws\" and \"wss\" listeners: set `kind`, or remove it",
+                    ));
+                }
+                listener.validate().map_err(A::Error::custom)?;
+                Ok(listener)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[cfg(test)]

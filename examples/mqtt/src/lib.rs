@@ -22,7 +22,9 @@
 //!   in-flight window, queue, redelivery, and its [`SessionState`] to persist.
 //! - [`retained`]: the [`RetainedStore`] of retained messages, matched by topic filter.
 //! - [`will`]: a connection's will ([`LastWill`]) and when it is published.
-//! - [`config`]: the broker's [`Config`], from TOML.
+//! - [`config`]: the broker's [`Config`], from TOML, and its [`ListenerConfig`]s.
+//! - [`auth`]: the password file and its argon2id hashes.
+//! - [`acl`]: the access control list file: who may publish and subscribe to what.
 //!
 //! Payloads and strings are [`bytes::Bytes`]: a decoded packet shares the buffer it was read
 //! into, and a message sent to many subscribers is shared, not copied.
@@ -41,6 +43,8 @@
 //! assert_eq!(decode(&mut wire, 64 * 1024), Ok(Some(subscribe)));
 //! ```
 
+pub mod acl;
+pub mod auth;
 mod broker;
 pub mod codec;
 pub mod config;
@@ -60,7 +64,7 @@ mod server;
 mod arbitrary;
 
 pub use broker::{Broker, BrokerStats, ShutdownError, ShutdownReport, StartError};
-pub use config::Config;
+pub use config::{Config, ListenerConfig, ListenerKind};
 pub use message::Message;
 pub use packet::{
     ConnAck, Connect, ConnectReturnCode, Login, Packet, PacketId, PacketType, ProtocolVersion,

@@ -2,25 +2,78 @@
 //!
 //! `hermes-mqtt` alone listens on 127.0.0.1:1883 and keeps its data in `./hermes-data`. Flags
 //! override the configuration file's keys. SIGINT (Ctrl-C) and SIGTERM shut it down
-//! gracefully.
+//! gracefully (exit 0); a second signal during the shutdown exits at once (exit 130). SIGHUP
+//! reloads the password and ACL files.
+//! `hermes-mqtt passwd FILE USER` manages a password file.
 
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use hermes_mqtt::auth::{PasswordFile, hash_password};
 use hermes_mqtt::config::LogLevel;
-use hermes_mqtt::{Broker, Config};
+use hermes_mqtt::{Broker, Config, ListenerConfig};
 use tracing_subscriber::EnvFilter;
+
+/// The exit code of a second signal during the shutdown: 128 + SIGINT, as shells do.
+const EXIT_SECOND_SIGNAL: i32 = 130;
 
 /// An MQTT 3.1.1 broker built on Hermes receivers, with durable sessions.
 #[derive(Debug, Parser)]
-#[command(name = "hermes-mqtt", version, about)]
+#[command(
+    name = "hermes-mqtt",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
-    /// An address to accept MQTT connections on, such as 0.0.0.0:1883 (repeat for several).
-    /// Default: 127.0.0.1:1883.
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Run,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Adds a user to a password file (created if need be) or changes their password, which
+    /// is read from the terminal (asked twice, not echoed) or from the first line of standard
+    /// input; `--delete` removes the user instead.
+    Passwd(Passwd),
+}
+
+#[derive(Debug, Args)]
+struct Passwd {
+    /// The password file (`password_file` in the configuration).
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// Remove the user instead.
+    #[arg(long, short = 'D')]
+    delete: bool,
+    /// A configuration file whose argon2_memory_kib, argon2_iterations and
+    /// argon2_parallelism set the hash's cost. Default: the defaults of those keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Running the broker.
+#[derive(Debug, Args)]
+struct Run {
+    /// A TCP address to accept MQTT connections on, such as 0.0.0.0:1883 (repeat for several);
+    /// replaces the configuration's listeners. Default: 127.0.0.1:1883.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// The password file (overrides `password_file`).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// The ACL file (overrides `acl_file`).
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (overrides `metrics_address`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<SocketAddr>,
     /// Where sessions and retained messages are stored. Default: ./hermes-data.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -53,6 +106,78 @@ fn parse_level(s: &str) -> Result<LogLevel, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Passwd(passwd)) => self::passwd(&passwd),
+        None => run(&cli.run),
+    }
+}
+
+/// `hermes-mqtt passwd`.
+fn passwd(args: &Passwd) -> ExitCode {
+    match passwd_inner(args) {
+        Ok(message) => {
+            eprintln!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("hermes-mqtt passwd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd_inner(args: &Passwd) -> Result<String, String> {
+    let params = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?.hash_params(),
+        None => Config::default().hash_params(),
+    };
+    let mut file = if args.file.exists() {
+        PasswordFile::load(&args.file).map_err(|e| e.to_string())?
+    } else {
+        PasswordFile::default()
+    };
+    let path = args.file.display();
+    if args.delete {
+        if !file.remove(&args.user) {
+            return Err(format!("{:?} is not in {path}", args.user));
+        }
+        file.save(&args.file).map_err(|e| e.to_string())?;
+        return Ok(format!("removed {:?} from {path}", args.user));
+    }
+    let password = read_password()?;
+    let hash = hash_password(password.as_bytes(), params).map_err(|e| e.to_string())?;
+    file.set(&args.user, hash).map_err(|e| e.to_string())?;
+    file.save(&args.file).map_err(|e| e.to_string())?;
+    Ok(format!("set the password of {:?} in {path}", args.user))
+}
+
+/// The new password: asked twice on a terminal, else the first line of standard input.
+fn read_password() -> Result<String, String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        let again = rpassword::prompt_password("Password again: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        if first != again {
+            return Err("the passwords differ: nothing changed".to_owned());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        return Err("the password is empty: nothing changed".to_owned());
+    }
+    Ok(password)
+}
+
+/// Runs the broker until a signal.
+fn run(cli: &Run) -> ExitCode {
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
@@ -64,7 +189,21 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     if !cli.listen.is_empty() {
-        config.listeners = cli.listen.clone();
+        config.listeners = cli
+            .listen
+            .iter()
+            .copied()
+            .map(ListenerConfig::tcp)
+            .collect();
+    }
+    if let Some(file) = &cli.password_file {
+        config.password_file = Some(file.clone());
+    }
+    if let Some(file) = &cli.acl_file {
+        config.acl_file = Some(file.clone());
+    }
+    if let Some(addr) = cli.metrics_address {
+        config.metrics_address = Some(addr);
     }
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
@@ -72,7 +211,7 @@ fn main() -> ExitCode {
     if cli.memory {
         config.memory = true;
     }
-    init_logs(&cli, &config);
+    init_logs(cli, &config);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -93,8 +232,15 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        wait_for_shutdown(&broker).await;
+        tracing::info!("shutting down (a second SIGINT or SIGTERM exits at once)");
+        tokio::spawn(async {
+            shutdown_signal().await;
+            eprintln!(
+                "hermes-mqtt: second signal: exiting at once, without storing the last changes"
+            );
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        });
         match broker.shutdown().await {
             Ok(_) => ExitCode::SUCCESS,
             Err(error) => {
@@ -107,7 +253,7 @@ fn main() -> ExitCode {
 
 /// Logs to standard error: `--log-level`, else the configuration file's `log_level` if it
 /// has one that is not the default, else `RUST_LOG`, else info.
-fn init_logs(cli: &Cli, config: &Config) {
+fn init_logs(cli: &Run, config: &Config) {
     let filter = match (cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => EnvFilter::new(level.as_str()),
         (None, Ok(env)) if config.log_level == LogLevel::Info => {
@@ -119,6 +265,30 @@ fn init_logs(cli: &Cli, config: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Waits for SIGINT or SIGTERM; meanwhile, SIGHUP reloads the password and ACL files.
+async fn wait_for_shutdown(broker: &Broker) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    _ = hup.recv() => {
+                        if let Err(error) = broker.reload().await {
+                            tracing::error!("SIGHUP: {error}; the files in use are kept");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = broker;
+    shutdown_signal().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -742,8 +742,26 @@ impl Session {
         max_subscriptions: usize,
         out: &mut Vec<Output>,
     ) {
+        self.on_subscribe_checked(subscribe, max_subscriptions, |_| true, out);
+    }
+
+    /// [`on_subscribe_limited`](Self::on_subscribe_limited), granting only the filters for
+    /// which `allowed` holds (an access control list, say): the others are refused with
+    /// return code 0x80 [MQTT-3.9.3-1], and a subscription the session had to such a filter
+    /// is left as it was.
+    pub fn on_subscribe_checked(
+        &mut self,
+        subscribe: &Subscribe,
+        max_subscriptions: usize,
+        mut allowed: impl FnMut(&TopicFilter) -> bool,
+        out: &mut Vec<Output>,
+    ) {
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
         for (filter, qos) in &subscribe.filters {
+            if !allowed(filter) {
+                return_codes.push(SubscribeReturnCode::Failure);
+                continue;
+            }
             let subscriptions = &self.state.subscriptions;
             if subscriptions.len() >= max_subscriptions && !subscriptions.contains_key(filter) {
                 return_codes.push(SubscribeReturnCode::Failure);
@@ -760,6 +778,17 @@ impl Session {
             packet_id: subscribe.packet_id,
             return_codes,
         })));
+    }
+
+    /// Removes the subscriptions to `filters` that the session has, without an UNSUBACK (the
+    /// broker's decision, not the client's): pushes an [`Output::Unsubscribe`] for each.
+    pub fn drop_subscriptions(&mut self, filters: &[TopicFilter], out: &mut Vec<Output>) {
+        for filter in filters {
+            if self.state.subscriptions.remove(filter).is_some() {
+                self.subscriptions_changed = true;
+                out.push(Output::Unsubscribe(filter.clone()));
+            }
+        }
     }
 
     /// An UNSUBSCRIBE from the client: each filter the session has, compared character by

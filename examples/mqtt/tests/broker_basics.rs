@@ -584,7 +584,7 @@ async fn offline_sessions_expire() {
 async fn start_errors_name_the_problem() {
     let (broker, addr) = memory_broker().await;
     let busy = Config {
-        listeners: vec![addr],
+        listeners: vec![addr.into()],
         ..memory_config()
     };
     let error = Broker::start(busy).await.unwrap_err();
@@ -677,13 +677,23 @@ async fn subscription_limit_and_connect_timeout() {
     broker.shutdown().await.unwrap();
 }
 
-/// With `users` and `allow_anonymous = false`: CONNACK 0x05 without a user name, 0x04 for a
-/// wrong password or an unknown user, 0x00 with the right one.
+/// With a password file and `allow_anonymous = false`: CONNACK 0x05 without a user name,
+/// 0x04 for a wrong password or an unknown user, 0x00 with the right one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_return_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut passwords = hermes_mqtt::auth::PasswordFile::default();
+    let cheap = hermes_mqtt::auth::HashParams {
+        memory_kib: 8,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let hash = hermes_mqtt::auth::hash_password(b"secret", cheap).unwrap();
+    passwords.set("alice", hash).unwrap();
+    passwords.save(&dir.path().join("passwd")).unwrap();
     let config = Config {
         allow_anonymous: false,
-        users: [("alice".to_owned(), "secret".to_owned())].into(),
+        password_file: Some(dir.path().join("passwd")),
         ..memory_config()
     };
     let broker = Broker::start(config).await.unwrap();

@@ -2,7 +2,8 @@
 //! connection without one, the Session Present flag, client identifiers and takeover.
 //!
 //! Return code 3 (server unavailable) is not tested: nothing in the configuration makes the
-//! broker refuse that way. Codes 4 and 5 come from its `users` and `allow_anonymous` keys.
+//! broker refuse that way. Codes 4 and 5 come from its `password_file` and `allow_anonymous`
+//! keys.
 
 mod support;
 
@@ -409,10 +410,14 @@ fn login(username: &str, password: Option<&str>) -> hermes_mqtt::Connect {
     connect
 }
 
-/// A broker with user "alice" (password "wonderland") and `allow_anonymous`.
+/// A broker with user "alice" (password "wonderland") in its password file, and
+/// `allow_anonymous`.
 async fn with_users(test: &str, allow_anonymous: bool) -> Option<TestBroker> {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = support::password_file(dir.path(), &[("alice", "wonderland")]);
+    // The broker reads the file when it starts.
     TestBroker::configured(test, |c| {
-        c.users.insert("alice".into(), "wonderland".into());
+        c.password_file = Some(passwords);
         c.allow_anonymous = allow_anonymous;
     })
     .await

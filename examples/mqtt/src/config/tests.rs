@@ -16,8 +16,18 @@ fn defaults() {
     let c = Config::default();
     assert_eq!(
         c.listeners,
-        ["127.0.0.1:1883".parse::<SocketAddr>().unwrap()]
+        [ListenerConfig::tcp("127.0.0.1:1883".parse().unwrap())]
     );
+    assert_eq!(c.max_connections, 100_000);
+    assert_eq!(c.max_publish_rate, 0);
+    assert_eq!(c.publish_rate(), None);
+    assert_eq!(c.tcp_keepalive, Some(Duration::from_secs(60)));
+    assert!(c.allow_anonymous);
+    assert_eq!(c.password_file, None);
+    assert_eq!(c.acl_file, None);
+    assert_eq!(c.hash_params(), crate::auth::HashParams::DEFAULT);
+    assert_eq!(c.sys_interval, Duration::from_secs(10));
+    assert_eq!(c.metrics_address, None);
     assert_eq!(c.data_dir, Path::new("./hermes-data"));
     assert!(!c.memory);
     assert_eq!(c.max_packet_size, 1_048_576);
@@ -53,16 +63,45 @@ fn every_key() {
         connect_timeout = "1m"
         max_qos0_backlog = 5
         max_subscriptions = 3
+        max_connections = 7
+        max_publish_rate = 100
+        publish_burst = 10
+        tcp_keepalive = "off"
         allow_anonymous = false
+        password_file = "/etc/hermes-mqtt/passwd"
+        acl_file = "/etc/hermes-mqtt/acl"
+        argon2_memory_kib = 8
+        argon2_iterations = 1
+        argon2_parallelism = 1
+        sys_interval = "0s"
+        metrics_address = "127.0.0.1:9883"
         log_level = "trace"
-
-        [users]
-        alice = "secret"
         "#,
     )
     .unwrap();
     assert_eq!(c.listeners.len(), 2);
-    assert_eq!(c.listeners[1].port(), 11883);
+    assert_eq!(c.listeners[1].address.port(), 11883);
+    assert_eq!(c.max_connections, 7);
+    assert_eq!(c.publish_rate(), Some((100, 10)));
+    assert_eq!(c.tcp_keepalive, None);
+    assert_eq!(
+        c.password_file.as_deref(),
+        Some(Path::new("/etc/hermes-mqtt/passwd"))
+    );
+    assert_eq!(
+        c.acl_file.as_deref(),
+        Some(Path::new("/etc/hermes-mqtt/acl"))
+    );
+    assert_eq!(
+        c.hash_params(),
+        crate::auth::HashParams {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1
+        }
+    );
+    assert_eq!(c.sys_interval, Duration::ZERO);
+    assert_eq!(c.metrics_address, Some("127.0.0.1:9883".parse().unwrap()));
     assert_eq!(c.data_dir, Path::new("/var/lib/hermes"));
     assert!(c.memory);
     assert_eq!(c.max_packet_size, MAX_PACKET_SIZE);
@@ -74,7 +113,6 @@ fn every_key() {
     assert_eq!(c.max_qos0_backlog, 5);
     assert_eq!(c.max_subscriptions, 3);
     assert!(!c.allow_anonymous);
-    assert_eq!(c.users.get("alice").map(String::as_str), Some("secret"));
     assert_eq!(c.log_level, LogLevel::Trace);
     for bad in [
         "connect_timeout = \"0s\"",
@@ -121,6 +159,17 @@ fn bad_values_are_errors_naming_the_key() {
         ("log_level = \"verbose\"", "log_level", "`trace`"),
         ("listeners = []", "listeners", "at least one"),
         ("listeners = \"127.0.0.1:1883\"", "listeners", "sequence"),
+        ("argon2_memory_kib = 4", "argon2_memory_kib", "at least 8"),
+        ("argon2_iterations = 0", "argon2_iterations", "at least 1"),
+        ("argon2_parallelism = 256", "argon2_parallelism", "1 to 255"),
+        ("sys_interval = \"often\"", "sys_interval", "not a duration"),
+        ("tcp_keepalive = \"10ms\"", "tcp_keepalive", "1s"),
+        (
+            "metrics_address = \"localhost\"",
+            "metrics_address",
+            "IP address",
+        ),
+        ("max_connections = -1", "max_connections", "-1"),
         (
             "listeners = [\n  \"127.0.0.1:1883\",\n  \"localhost:1883\",\n]",
             "listeners",
@@ -132,8 +181,8 @@ fn bad_values_are_errors_naming_the_key() {
         assert!(e.contains(what), "{toml}: {e}");
     }
     let e = error("memory = true\nlisteners = [\n  \"nowhere\",\n]");
-    // The line where the array starts.
-    assert!(e.contains("line 2, `listeners`: \"nowhere\""), "{e}");
+    // The line of the bad element.
+    assert!(e.contains("line 3, `listeners`: \"nowhere\""), "{e}");
 }
 
 #[test]
@@ -236,4 +285,144 @@ fn log_levels() {
         assert_eq!(c.log_level, level);
         assert_eq!(level.to_string(), s);
     }
+}
+
+#[test]
+fn listener_tables() {
+    let c = Config::from_toml(
+        r#"
+        [[listeners]]
+        address = "0.0.0.0:1883"
+
+        [[listeners]]
+        address = "0.0.0.0:8883"
+        kind = "tls"
+        cert = "cert.pem"
+        key = "key.pem"
+        max_connections = 10
+
+        [[listeners]]
+        address = "[::]:8080"
+        kind = "ws"
+
+        [[listeners]]
+        address = "0.0.0.0:8081"
+        kind = "wss"
+        cert = "cert.pem"
+        key = "key.pem"
+        path = "/ws"
+        "#,
+    )
+    .unwrap();
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert_eq!(
+        c.listeners,
+        [
+            ListenerConfig::tcp(addr("0.0.0.0:1883")),
+            ListenerConfig::tls(addr("0.0.0.0:8883"), "cert.pem", "key.pem")
+                .with_max_connections(10),
+            ListenerConfig::ws(addr("[::]:8080")),
+            ListenerConfig::wss(addr("0.0.0.0:8081"), "cert.pem", "key.pem").with_path("/ws"),
+        ]
+    );
+    // Strings, as before tables: TCP listeners.
+    let c = Config::from_toml(r#"listeners = ["127.0.0.1:1883", "[::1]:1884"]"#).unwrap();
+    assert!(c.listeners.iter().all(|l| l.kind == ListenerKind::Tcp));
+    assert_eq!(
+        c.listeners[0].url(c.listeners[0].address),
+        "mqtt://127.0.0.1:1883"
+    );
+}
+
+#[test]
+fn bad_listeners_name_the_key() {
+    for (toml, key, what) in [
+        ("[[listeners]]\nkind = \"tls\"\n", "listeners", "address"),
+        (
+            "[[listeners]]\naddress = \"0.0.0.0:8883\"\nkind = \"tls\"\n",
+            "listeners",
+            "needs `cert`",
+        ),
+        (
+            "[[listeners]]\naddress = \"0.0.0.0:8883\"\nkind = \"wss\"\ncert = \"c.pem\"\n",
+            "listeners",
+            "needs `key`",
+        ),
+        (
+            "[[listeners]]\naddress = \"0.0.0.0:1883\"\ncert = \"c.pem\"\n",
+            "listeners",
+            "for \"tls\" and \"wss\"",
+        ),
+        (
+            "[[listeners]]\naddress = \"0.0.0.0:1883\"\npath = \"/mqtt\"\n",
+            "listeners",
+            "`path`",
+        ),
+        (
+            "[[listeners]]\naddress = \"0.0.0.0:8080\"\nkind = \"ws\"\npath = \"mqtt\"\n",
+            "listeners",
+            "start with '/'",
+        ),
+        (
+            "[[listeners]]\naddress = \"0.0.0.0:1883\"\nkind = \"quic\"\n",
+            "kind",
+            "quic",
+        ),
+        (
+            "[[listeners]]\naddress = \"0.0.0.0:1883\"\nport = 1883\n",
+            "port",
+            "unknown field",
+        ),
+        (
+            "[[listeners]]\naddress = \"localhost:1883\"\n",
+            "listeners",
+            "not an IP address",
+        ),
+    ] {
+        let e = error(toml);
+        assert!(e.contains(&format!("`{key}`")), "{toml}: {e}");
+        assert!(e.contains(what), "{toml}: {e}");
+    }
+}
+
+#[test]
+fn users_in_the_configuration_say_how_to_migrate() {
+    let e = error("allow_anonymous = false\n\n[users]\nalice = \"secret\"\n");
+    assert!(e.contains("`users`"), "{e}");
+    assert!(e.contains("hermes-mqtt passwd FILE USER"), "{e}");
+    assert!(e.contains("password_file"), "{e}");
+}
+
+#[test]
+fn the_example_file_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hermes-mqtt.toml");
+    let c = Config::load(&path).unwrap();
+    let kinds: Vec<_> = c.listeners.iter().map(|l| l.kind).collect();
+    assert_eq!(kinds, [ListenerKind::Tcp, ListenerKind::Ws]);
+    // Every key it sets is the default.
+    let defaults = Config {
+        listeners: c.listeners.clone(),
+        ..Config::default()
+    };
+    assert_eq!(c, defaults);
+    // Its commented TLS listeners are valid once uncommented.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("# [[listeners]]").unwrap();
+    let (head, tail) = text.split_at(start);
+    let tail: Vec<&str> = tail
+        .lines()
+        .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+        .collect();
+    let uncommented = format!("{head}{}", tail.join("\n"));
+    let c = Config::from_toml(&uncommented).unwrap();
+    let kinds: Vec<_> = c.listeners.iter().map(|l| l.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ListenerKind::Tcp,
+            ListenerKind::Ws,
+            ListenerKind::Tls,
+            ListenerKind::Wss
+        ]
+    );
 }

@@ -1,4 +1,5 @@
-//! The tokio edge: per TCP connection, a reader task (this one) and a writer task.
+//! The tokio edge: per connection (TCP, TLS, WebSocket: any byte stream), a reader task
+//! (this one) and a writer task.
 //!
 //! The reader decodes packets (bounded by `max_packet_size`), insists on CONNECT first and
 //! within `connect_timeout` [MQTT-3.1.0-1], validates it (answering a refusal's CONNACK
@@ -18,17 +19,18 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::link::{Link, Out, Outbox};
-use super::{ClientId, Counters, Handle, RetainedMsg, SessionMsg, Shared};
+use super::listen::Place;
+use super::stats::{Counters, Local};
+use super::{ClientId, Handle, RetainedMsg, SessionMsg, Shared, may_publish, route_direct};
+use crate::acl::ClientAcl;
 use crate::codec::{self, DecodeError};
 use crate::message::Message;
 use crate::packet::{
@@ -49,19 +51,30 @@ const SHARED_PAYLOAD: usize = 1024;
 const BATCH_PACKETS: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Serves one accepted connection until it ends.
-pub(crate) async fn serve(
-    stream: TcpStream,
+/// Serves one accepted connection, its handshakes done, until it ends: `read` and `write` are
+/// its two directions; its CONNECT must be in by `connect_by`. `places` are its places under
+/// the connection limits, given back when it ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve<R, W>(
+    read: R,
+    write: W,
     peer: SocketAddr,
+    connect_by: Instant,
     link: Link,
     outbox: Outbox,
     shared: Arc<Shared>,
     hermes: Handle,
-) {
+    places: (Place, Place),
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let conn = link.conn();
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let mut writer = tokio::spawn(write_loop(write, outbox));
+    let mut writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
+    let bucket = shared
+        .config
+        .publish_rate()
+        .map(|(rate, burst)| Bucket::new(rate, burst));
     let mut reader = Reader {
         read,
         buf: BytesMut::with_capacity(4096),
@@ -71,9 +84,18 @@ pub(crate) async fn serve(
         matches: Matches::new(),
         targets: Vec::new(),
         keep_alive: None,
+        acl: None,
+        bucket,
+        local: Local::default(),
+        refused: false,
     };
-    let (client, reason) = reader.run(peer).await;
+    let (client, reason) = reader.run(peer, connect_by).await;
+    reader.local.flush_received(&shared.counters);
+    if reason == CloseReason::ProtocolError && !reader.refused {
+        Counters::add(&shared.counters.protocol_errors, 1);
+    }
     if let Some(client) = client {
+        Counters::gauge(&shared.counters.clients_connected, -1);
         tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
         let detach = SessionMsg::Detach { conn, reason };
         if reader.hermes.send_async(client, detach).await.is_ok() {
@@ -97,11 +119,42 @@ pub(crate) async fn serve(
         writer.abort();
     }
     shared.unregister(conn);
+    drop(places);
+}
+
+/// A token bucket: `max_publish_rate` PUBLISH packets a second, `publish_burst` at once.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token: how long to wait first, if the bucket is empty (it goes into debt, so
+    /// each PUBLISH past the rate waits its share).
+    fn take(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
 }
 
 /// What a connection's reader keeps.
-struct Reader {
-    read: OwnedReadHalf,
+struct Reader<R> {
+    read: R,
     buf: BytesMut,
     link: Link,
     shared: Arc<Shared>,
@@ -110,6 +163,14 @@ struct Reader {
     targets: Vec<(ClientId, QoS)>,
     /// How long the client may send nothing, once connected [MQTT-3.1.2-24].
     keep_alive: Option<Duration>,
+    /// What the client may do, with an ACL file.
+    acl: Option<Arc<ClientAcl>>,
+    /// `max_publish_rate`.
+    bucket: Option<Bucket>,
+    /// Counts not yet added to the shared counters.
+    local: Local,
+    /// A CONNECT was refused with a CONNACK (not a protocol error).
+    refused: bool,
 }
 
 /// Why reading stopped before the connection was accepted, or after.
@@ -122,13 +183,11 @@ enum Next {
     Malformed(DecodeError),
 }
 
-impl Reader {
+impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
-    async fn run(&mut self, peer: SocketAddr) -> Ended {
+    async fn run(&mut self, peer: SocketAddr, connect_by: Instant) -> Ended {
         let conn = self.link.conn();
-        // A timeout too long to represent is none.
-        let connect_by = Instant::now().checked_add(self.shared.config.connect_timeout);
-        let connect = match self.next(connect_by).await {
+        let connect = match self.next(Some(connect_by)).await {
             Next::Packet(Packet::Connect(connect)) => connect,
             Next::Packet(other) => {
                 tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
@@ -157,7 +216,7 @@ impl Reader {
 
     /// A CONNECT whose protocol level the decoder does not know: CONNACK 0x01 for an MQTT
     /// protocol name [MQTT-3.1.2-2], a plain close otherwise [MQTT-3.1.2-1].
-    fn unsupported(&self, peer: SocketAddr, name: &[u8], level: u8) -> Ended {
+    fn unsupported(&mut self, peer: SocketAddr, name: &[u8], level: u8) -> Ended {
         let mqtt = [ProtocolVersion::V311, ProtocolVersion::V31]
             .iter()
             .any(|v| v.name().as_bytes() == name);
@@ -169,7 +228,8 @@ impl Reader {
     }
 
     /// Answers a refused CONNECT; the connection is then closed [MQTT-3.2.2-5].
-    fn refuse(&self, code: ConnectReturnCode) {
+    fn refuse(&mut self, code: ConnectReturnCode) {
+        self.refused = true;
         let connack = ConnAck {
             session_present: false, // [MQTT-3.2.2-4]
             code,
@@ -208,10 +268,28 @@ impl Reader {
             connect.client_id = MqttString::try_from(assigned)
                 .unwrap_or_else(|_| MqttString::from_static("hermes-assigned"));
         }
-        if let Err(code) = self.shared.config.authenticate(connect.login.as_ref()) {
-            tracing::info!(conn, %peer, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
-            self.refuse(code);
-            return refused(code);
+        let auth = self.shared.auth();
+        let user = match auth.check(connect.login.as_ref()).await {
+            Ok(user) => user,
+            Err(code) => {
+                Counters::add(&self.shared.counters.refused_auth, 1);
+                tracing::debug!(conn, %peer, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
+                self.refuse(code);
+                return refused(code);
+            }
+        };
+        let acl = self
+            .shared
+            .acl()
+            .map(|acl| Arc::new(acl.for_client(user.as_deref(), connect.client_id.as_str())));
+        if let Some(will) = &connect.will
+            && !may_publish(acl.as_deref(), &will.topic)
+        {
+            // Its will could never be published: not authorized.
+            Counters::add(&self.shared.counters.refused_auth, 1);
+            tracing::debug!(conn, %peer, client_id = %connect.client_id.as_str(), topic = %will.topic.as_str(), "CONNECT refused: the ACL denies its will topic");
+            self.refuse(ConnectReturnCode::NotAuthorized);
+            return refused(ConnectReturnCode::NotAuthorized);
         }
         let client = ClientId(Arc::from(connect.client_id.as_str()));
         let keep_alive = self.shared.config.keep_alive_timeout(connect.keep_alive);
@@ -219,6 +297,7 @@ impl Reader {
         let attach = SessionMsg::Attach {
             link: self.link.clone(),
             connect: Box::new(connect),
+            acl: acl.clone(),
         };
         if self
             .hermes
@@ -229,7 +308,9 @@ impl Reader {
             self.refuse(ConnectReturnCode::ServerUnavailable);
             return refused(ConnectReturnCode::ServerUnavailable);
         }
+        self.shared.counters.client_connected();
         self.keep_alive = keep_alive;
+        self.acl = acl;
         Ok(client)
     }
 
@@ -247,6 +328,20 @@ impl Reader {
                 }
             };
             tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
+            if let Packet::Publish(publish) = &packet {
+                if !self.throttle().await {
+                    return CloseReason::ServerClosed;
+                }
+                // A denied QoS 0 PUBLISH is dropped here; a QoS 1 or 2 one goes to the
+                // session, which acknowledges it without publishing it.
+                if publish.qos == PublishQos::AtMostOnce
+                    && !may_publish(self.acl.as_deref(), &publish.topic)
+                {
+                    Counters::add(&self.shared.counters.denied_publish, 1);
+                    tracing::debug!(conn, client_id = %client, topic = %publish.topic.as_str(), "PUBLISH denied: dropped");
+                    continue;
+                }
+            }
             let to_session = match packet {
                 // The direct path, unless something the client sent before is still being
                 // carried out by its session (a SUBSCRIBE, a retained PUBLISH...): then
@@ -299,11 +394,25 @@ impl Reader {
         }
     }
 
+    /// Waits, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
+    /// meanwhile, so TCP flow control slows the client down. False if the broker closed the
+    /// connection meanwhile.
+    async fn throttle(&mut self) -> bool {
+        let Some(wait) = self.bucket.as_mut().and_then(Bucket::take) else {
+            return true;
+        };
+        Counters::add(&self.shared.counters.publish_throttled, 1);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = self.link.closed() => false,
+        }
+    }
+
     /// A QoS 0 PUBLISH: to the retained shard if it says so, and to every subscriber's
     /// session. False once the broker is closing.
     async fn route_qos0(&mut self, publish: Publish) -> bool {
         let message = Message::from(publish);
-        Counters::add(&self.shared.counters.published, 1);
+        self.local.published += 1;
         if message.retain {
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let retain = RetainedMsg::Publish(message.clone());
@@ -311,31 +420,14 @@ impl Reader {
                 return false;
             }
         }
-        self.shared
-            .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .matches(&message.topic, &mut self.matches);
-        self.targets.extend(
-            self.matches
-                .iter()
-                .map(|(client, qos)| (client.clone(), qos)),
-        );
-        // HERMES: one send_async per subscriber; the handle's send_all groups a fan-out per
-        // shard but blocks the thread, and has no async form.
-        let mut targets = std::mem::take(&mut self.targets);
-        let mut open = true;
-        for (client, qos) in targets.drain(..) {
-            let deliver = SessionMsg::Deliver {
-                message: message.clone(),
-                qos,
-            };
-            if open && self.hermes.send_async(client, deliver).await.is_err() {
-                open = false;
-            }
-        }
-        self.targets = targets;
-        open
+        route_direct(
+            &self.shared,
+            &self.hermes,
+            message,
+            &mut self.matches,
+            &mut self.targets,
+        )
+        .await
     }
 
     /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
@@ -344,10 +436,18 @@ impl Reader {
         let max = self.shared.config.max_packet_size;
         loop {
             match codec::decode(&mut self.buf, max) {
-                Ok(Some(packet)) => return Next::Packet(packet),
+                Ok(Some(packet)) => {
+                    self.local.packets += 1;
+                    if matches!(packet, Packet::Publish(_)) {
+                        self.local.publishes += 1;
+                    }
+                    return Next::Packet(packet);
+                }
                 Ok(None) => {}
                 Err(error) => return Next::Malformed(error),
             }
+            // Before waiting for the socket: what this read brought is counted.
+            self.local.flush_received(&self.shared.counters);
             let read = self.read.read_buf(&mut self.buf);
             let closed = self.link.closed();
             let timeout = async {
@@ -359,7 +459,7 @@ impl Reader {
             tokio::select! {
                 result = read => match result {
                     Ok(0) => return Next::Ended(CloseReason::NetworkError),
-                    Ok(_) => {}
+                    Ok(n) => self.local.bytes += n as u64,
                     Err(error) => {
                         tracing::debug!(conn = self.link.conn(), %error, "read failed");
                         return Next::Ended(CloseReason::NetworkError);
@@ -381,9 +481,10 @@ fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
 }
 
 /// The writer task: encodes and writes what the link brings, in batches.
-async fn write_loop(mut write: OwnedWriteHalf, mut outbox: Outbox) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox, shared: Arc<Shared>) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut local = Local::default();
     while let Some(first) = outbox.recv().await {
         let mut closing = false;
         let mut next = Some(first);
@@ -394,6 +495,9 @@ async fn write_loop(mut write: OwnedWriteHalf, mut outbox: Outbox) {
                 Out::Packet(packet) => {
                     bytes += encode(&packet, &mut buf, &mut chunks);
                     packets += 1;
+                    if matches!(packet, Packet::Publish(_)) {
+                        local.publishes += 1;
+                    }
                 }
                 Out::Close => {
                     closing = true;
@@ -408,11 +512,20 @@ async fn write_loop(mut write: OwnedWriteHalf, mut outbox: Outbox) {
         if !buf.is_empty() {
             chunks.push_back(buf.split().freeze());
         }
-        if let Err(error) = write_all(&mut write, &mut chunks).await {
+        let written: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let result = match write_all(&mut write, &mut chunks).await {
+            Ok(()) => write.flush().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
             tracing::debug!(%error, "write failed; closing the connection");
+            local.flush_sent(&shared.counters);
             outbox.failed();
             return;
         }
+        local.bytes += written;
+        local.packets += packets as u64;
+        local.flush_sent(&shared.counters);
         if closing {
             break;
         }
@@ -445,8 +558,8 @@ fn encode(packet: &Packet, buf: &mut BytesMut, chunks: &mut VecDeque<Bytes>) -> 
 }
 
 /// Writes every chunk, with vectored writes of up to 64 chunks.
-async fn write_all(
-    write: &mut OwnedWriteHalf,
+async fn write_all<W: AsyncWrite + Unpin>(
+    write: &mut W,
     chunks: &mut VecDeque<Bytes>,
 ) -> std::io::Result<()> {
     while !chunks.is_empty() {

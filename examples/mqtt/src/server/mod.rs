@@ -5,34 +5,46 @@
 //!   [`Session`](crate::Session): a virtual actor, activated from the store by any message.
 //! - [`retained_rx`]: kind `Retained`, N receivers each owning the retained messages of the
 //!   topics that hash to it.
-//! - [`conn`]: per TCP connection, a reader task and a writer task.
+//! - [`listen`]: the listeners (TCP, TLS, WebSocket, WebSocket over TLS), their limits and
+//!   handshakes; [`ws`]: MQTT over WebSocket as a byte stream.
+//! - [`conn`]: per connection, a reader task and a writer task.
+//! - [`auth`]: passwords at CONNECT; [`stats`]: counters, `$SYS` topics, `/metrics`.
 //! - the subscription index, [`Shared::index`], read by every publisher and written by
 //!   sessions.
 
+pub(crate) mod auth;
 pub(crate) mod conn;
 pub(crate) mod link;
+pub(crate) mod listen;
 pub(crate) mod retained_rx;
 pub(crate) mod session_rx;
+pub(crate) mod stats;
 pub(crate) mod storage;
+pub(crate) mod ws;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hermes::Reply;
 
+use crate::acl::{AclFile, ClientAcl};
 use crate::config::Config;
 use crate::message::Message;
 use crate::packet::{Connect, Packet, QoS};
 use crate::retained::RetainedStore;
 use crate::session::Limits;
-use crate::subscriptions::Subscriptions;
-use crate::topic::TopicFilter;
+use crate::subscriptions::{Matches, Subscriptions};
+use crate::topic::{TopicFilter, TopicName};
 use crate::will::CloseReason;
 
+pub(crate) use stats::Counters;
+
+use auth::Authenticator;
 use link::{ConnId, Link, Outbox};
+use listen::ConnLimit;
 use storage::Storage;
 
 /// A client identifier: the ID of a session receiver.
@@ -64,6 +76,8 @@ pub(crate) enum SessionMsg {
         link: Link,
         /// Its CONNECT.
         connect: Box<Connect>,
+        /// What its client may do, with an ACL file.
+        acl: Option<Arc<ClientAcl>>,
     },
     /// A packet from connection `conn` (ignored unless it is the attached one).
     Packet { conn: ConnId, packet: Packet },
@@ -111,24 +125,6 @@ hermes::app! {
 /// The typed Hermes handle of the broker.
 pub(crate) type Handle = hermes::Hermes<BrokerId, BrokerMsg, BrokerApp>;
 
-/// What the broker counts; see [`BrokerStats`](crate::BrokerStats).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) connections: AtomicU64,
-    pub(crate) published: AtomicU64,
-    pub(crate) queue_drops: AtomicU64,
-    pub(crate) qos0_drops: AtomicU64,
-    pub(crate) full_drops: AtomicU64,
-    pub(crate) dead_letters: AtomicU64,
-    pub(crate) expired_sessions: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// What every receiver and connection task shares.
 pub(crate) struct Shared {
     pub(crate) config: Config,
@@ -144,6 +140,16 @@ pub(crate) struct Shared {
     /// When this broker started: a stored session whose client was connected when the last
     /// one stopped counts as away since then.
     pub(crate) started_at: SystemTime,
+    /// The same, for the uptime.
+    pub(crate) started: Instant,
+    /// `allow_anonymous` and the password file; replaced by a reload.
+    auth: RwLock<Arc<Authenticator>>,
+    /// The ACL file, if any; replaced by a reload.
+    acl: RwLock<Option<Arc<AclFile>>>,
+    /// `max_connections`, over all listeners.
+    pub(crate) conn_limit: Arc<ConnLimit>,
+    /// Accept errors are logged at most once a minute.
+    pub(crate) accept_error_log: RateLimited,
     /// Live connections, to close them at shutdown.
     conns: Mutex<HashMap<ConnId, Link>>,
     conns_changed: tokio::sync::Notify,
@@ -162,14 +168,22 @@ const CLOSE_GRACE_MAX: Duration = Duration::from_secs(3600);
 pub(crate) const NEVER: Duration = Duration::MAX;
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: Config,
         storage: Option<Storage>,
         index: Subscriptions<ClientId>,
         retained_shards: u16,
         preloaded: Vec<Option<RetainedStore>>,
+        auth: Authenticator,
+        acl: Option<AclFile>,
     ) -> Shared {
         Shared {
+            conn_limit: ConnLimit::new(config.max_connections),
+            auth: RwLock::new(Arc::new(auth)),
+            acl: RwLock::new(acl.map(Arc::new)),
+            started: Instant::now(),
+            accept_error_log: RateLimited::new(Duration::from_secs(60)),
             limits: config.session_limits(),
             config,
             index: RwLock::new(index),
@@ -188,6 +202,30 @@ impl Shared {
     /// The retained shard of a topic (or of a filter without wildcards, which is its topic).
     pub(crate) fn retained_shard(&self, topic: &[u8]) -> RetainedShard {
         RetainedShard(retained_shard_of(topic, self.retained_shards))
+    }
+
+    /// The authenticator of new connections.
+    pub(crate) fn auth(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.auth.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The ACL file of new connections.
+    pub(crate) fn acl(&self) -> Option<Arc<AclFile>> {
+        self.acl
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the password file and ACL file for new connections.
+    pub(crate) fn replace_access(&self, auth: Authenticator, acl: Option<AclFile>) {
+        *self.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
+        *self.acl.write().unwrap_or_else(PoisonError::into_inner) = acl.map(Arc::new);
+    }
+
+    /// Whether the broker is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Registers a new connection: its link, and the writer's end; `None` once the broker is
@@ -254,4 +292,107 @@ pub(crate) fn retained_shard_of(topic: &[u8], shards: u16) -> u16 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     u16::try_from(hash % u64::from(shards.max(1))).unwrap_or(0)
+}
+
+/// Whether a client with `acl` may publish to `topic`: never to `$SYS` topics (the broker's
+/// own), and with an ACL file only where it grants.
+pub(crate) fn may_publish(acl: Option<&ClientAcl>, topic: &TopicName) -> bool {
+    let bytes = topic.as_bytes();
+    if bytes == b"$SYS" || bytes.starts_with(b"$SYS/") {
+        return false;
+    }
+    acl.is_none_or(|acl| acl.can_publish(topic))
+}
+
+/// Sends `message` to every session subscribed to its topic, straight from the edge (a
+/// reader's QoS 0 PUBLISH, a `$SYS` topic), waiting while a mailbox is full. False once the
+/// broker is closing.
+pub(crate) async fn route_direct(
+    shared: &Shared,
+    hermes: &Handle,
+    message: Message,
+    matches: &mut Matches<ClientId>,
+    targets: &mut Vec<(ClientId, QoS)>,
+) -> bool {
+    shared
+        .index
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .matches(&message.topic, matches);
+    targets.extend(matches.iter().map(|(client, qos)| (client.clone(), qos)));
+    // One send_async per subscriber, as before this path moved here; Hermes's
+    // send_all_async would batch them per shard (not measured yet).
+    let mut open = true;
+    for (client, qos) in targets.drain(..) {
+        let deliver = SessionMsg::Deliver {
+            message: message.clone(),
+            qos,
+        };
+        if open && hermes.send_async(client, deliver).await.is_err() {
+            open = false;
+        }
+    }
+    open
+}
+
+/// Lets something happen at most once per period (a log line, say).
+#[derive(Debug)]
+pub(crate) struct RateLimited {
+    start: Instant,
+    period: Duration,
+    /// Milliseconds since `start` of the last time allowed, plus one (0: never).
+    last: AtomicU64,
+}
+
+impl RateLimited {
+    pub(crate) fn new(period: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            period,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether it may happen now.
+    pub(crate) fn allow(&self) -> bool {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let period = u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_add(1).saturating_sub(last) < period {
+            return false;
+        }
+        self.last
+            .compare_exchange(
+                last,
+                now.saturating_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_allows_once_per_period() {
+        let limit = RateLimited::new(Duration::from_millis(200));
+        assert!(limit.allow());
+        assert!(!limit.allow());
+        assert!(!limit.allow());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(limit.allow());
+        assert!(!limit.allow());
+    }
+
+    #[test]
+    fn sys_topics_may_not_be_published_by_clients() {
+        let topic = |s: &str| TopicName::try_from(s).unwrap();
+        assert!(!may_publish(None, &topic("$SYS")));
+        assert!(!may_publish(None, &topic("$SYS/broker/version")));
+        assert!(may_publish(None, &topic("$SYSTEM/x")));
+        assert!(may_publish(None, &topic("a/$SYS")));
+    }
 }

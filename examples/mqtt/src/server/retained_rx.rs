@@ -64,6 +64,12 @@ impl RetainedRx {
     /// Applies a PUBLISH with RETAIN 1 [MQTT-3.3.1-5], [MQTT-3.3.1-10], and stores the change.
     fn apply(&mut self, message: &Message) {
         let change = self.store.on_publish(message);
+        let retained = &self.shared.counters.retained;
+        match change {
+            RetainChange::Stored { replaced: false } => super::Counters::gauge(retained, 1),
+            RetainChange::Cleared { removed: true } => super::Counters::gauge(retained, -1),
+            _ => {}
+        }
         let Some(storage) = &self.shared.storage else {
             return;
         };

@@ -18,7 +18,11 @@ use std::time::{Duration, SystemTime};
 use hermes::{Activation, Context, Deactivation, Receiver, TimerId};
 
 use super::link::{ConnId, Link, Written};
-use super::{BrokerApp, ClientId, Counters, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg, Shared};
+use super::{
+    BrokerApp, ClientId, Counters, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg, Shared,
+    may_publish,
+};
+use crate::acl::ClientAcl;
 use crate::config::SessionExpiry;
 use crate::message::Message;
 use crate::packet::{Connect, Packet, QoS};
@@ -79,6 +83,10 @@ struct SessionRx {
     out: Vec<Output>,
     matches: Matches<ClientId>,
     dropped_logged: u64,
+    /// What the attached connection's client may do, with an ACL file.
+    acl: Option<Arc<ClientAcl>>,
+    /// Counted in the `offline_sessions` gauge: persistent, with its client away.
+    counted_offline: bool,
 }
 
 impl SessionRx {
@@ -109,6 +117,22 @@ impl SessionRx {
             out: Vec::new(),
             matches: Matches::new(),
             dropped_logged: 0,
+            acl: None,
+            // A stored session is counted as offline from the start (its client connecting
+            // is what changes that).
+            counted_offline: stored,
+        }
+    }
+
+    /// Keeps the `offline_sessions` gauge: persistent sessions whose client is away.
+    fn count_offline(&mut self) {
+        let offline = self.link.is_none() && self.session.is_persistent() && !self.ended;
+        if offline != self.counted_offline {
+            self.counted_offline = offline;
+            Counters::gauge(
+                &self.shared.counters.offline_sessions,
+                if offline { 1 } else { -1 },
+            );
         }
     }
 
@@ -116,7 +140,13 @@ impl SessionRx {
         self.link.as_ref().map(Link::conn)
     }
 
-    fn attach(&mut self, ctx: &mut Ctx<'_>, link: Link, connect: &Connect) {
+    fn attach(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        link: Link,
+        connect: &Connect,
+        acl: Option<Arc<ClientAcl>>,
+    ) {
         if let Some(old) = self.link.take() {
             tracing::debug!(client_id = %self.id, old = old.conn(), new = link.conn(), "session taken over [MQTT-3.1.4-2]");
             if let Some(will) = self.will.on_close(CloseReason::TakenOver) {
@@ -132,13 +162,46 @@ impl SessionRx {
         self.will = LastWill::from_connect(connect);
         self.link = Some(link);
         self.connection = Some(self.session.connect(connect.clean_session, &mut self.out));
+        // A persistent session's subscriptions may have been made by another user: those
+        // this one may not make are dropped before anything is delivered to it.
+        if let Some(acl) = &acl {
+            let denied: Vec<TopicFilter> = self
+                .session
+                .subscriptions()
+                .keys()
+                .filter(|filter| !acl.can_subscribe(filter))
+                .cloned()
+                .collect();
+            if !denied.is_empty() {
+                tracing::debug!(client_id = %self.id, dropped = denied.len(), "subscriptions the ACL denies this user dropped");
+                self.session.drop_subscriptions(&denied, &mut self.out);
+            }
+        }
+        self.acl = acl;
         ctx.set_idle_timeout(NEVER);
     }
 
     fn packet(&mut self, packet: Packet) {
         let out = &mut self.out;
         match packet {
-            Packet::Publish(publish) => self.session.on_publish(publish, out),
+            Packet::Publish(publish) => {
+                let allowed = may_publish(self.acl.as_deref(), &publish.topic);
+                let before = out.len();
+                self.session.on_publish(publish, out);
+                if !allowed {
+                    // Acknowledged as usual (the client is not stuck), never published.
+                    let mut i = before;
+                    while i < out.len() {
+                        if matches!(out.get(i), Some(Output::Publish(_))) {
+                            out.remove(i);
+                            Counters::add(&self.shared.counters.denied_publish, 1);
+                            tracing::debug!(client_id = %self.id, "PUBLISH denied: acknowledged, dropped");
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
             Packet::PubAck(id) => {
                 self.session.on_puback(id, out);
             }
@@ -151,7 +214,21 @@ impl SessionRx {
             }
             Packet::Subscribe(subscribe) => {
                 let max = self.shared.config.max_subscriptions;
-                self.session.on_subscribe_limited(&subscribe, max, out);
+                match &self.acl {
+                    None => self.session.on_subscribe_limited(&subscribe, max, out),
+                    Some(acl) => {
+                        let allowed = |filter: &TopicFilter| {
+                            let ok = acl.can_subscribe(filter);
+                            if !ok {
+                                Counters::add(&self.shared.counters.denied_subscribe, 1);
+                                tracing::debug!(client_id = %self.id, filter = %filter.as_str(), "SUBSCRIBE denied: 0x80");
+                            }
+                            ok
+                        };
+                        self.session
+                            .on_subscribe_checked(&subscribe, max, allowed, out);
+                    }
+                }
             }
             Packet::Unsubscribe(unsubscribe) => self.session.on_unsubscribe(&unsubscribe, out),
             Packet::PingReq => out.push(Output::Send(Packet::PingResp)),
@@ -414,7 +491,7 @@ impl SessionRx {
 impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     fn receive(&mut self, ctx: &mut Ctx<'_>, msg: SessionMsg) {
         match msg {
-            SessionMsg::Attach { link, connect } => self.attach(ctx, link, &connect),
+            SessionMsg::Attach { link, connect, acl } => self.attach(ctx, link, &connect, acl),
             SessionMsg::Packet { conn, packet } => {
                 if self.conn() == Some(conn) {
                     let counted = matches!(
@@ -478,6 +555,7 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         }
         self.outputs(ctx);
         self.persist();
+        self.count_offline();
         self.settle(ctx);
     }
 
@@ -490,6 +568,10 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove_subscriber(&self.id, &filters);
+        }
+        if self.counted_offline && !self.session.is_persistent() {
+            self.counted_offline = false;
+            Counters::gauge(&self.shared.counters.offline_sessions, -1);
         }
         if let Some(link) = self.link.take() {
             // Still attached: the broker is closing, or this instance panicked. The client

@@ -75,13 +75,37 @@ pub fn external() -> Option<SocketAddr> {
     )
 }
 
-/// A configuration for tests: one listener on an ephemeral port, in memory.
+/// A configuration for tests: one listener on an ephemeral port, in memory, cheap password
+/// hashes.
 pub fn test_config() -> hermes_mqtt::Config {
     let mut config = hermes_mqtt::Config::default();
-    config.listeners = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    config.listeners = vec![SocketAddr::from(([127, 0, 0, 1], 0)).into()];
     config.memory = true;
     config.log_level = hermes_mqtt::config::LogLevel::Warn;
+    config.argon2_memory_kib = CHEAP_HASH.memory_kib;
+    config.argon2_iterations = CHEAP_HASH.iterations;
+    config.argon2_parallelism = CHEAP_HASH.parallelism;
     config
+}
+
+/// argon2 parameters that cost next to nothing, for tests (never for real passwords).
+pub const CHEAP_HASH: hermes_mqtt::auth::HashParams = hermes_mqtt::auth::HashParams {
+    memory_kib: 8,
+    iterations: 1,
+    parallelism: 1,
+};
+
+/// Writes a password file with `users` (name, password), hashed with [`CHEAP_HASH`], as
+/// `passwd` in `dir`; returns its path.
+pub fn password_file(dir: &Path, users: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut file = hermes_mqtt::auth::PasswordFile::default();
+    for (user, password) in users {
+        let hash = hermes_mqtt::auth::hash_password(password.as_bytes(), CHEAP_HASH).unwrap();
+        file.set(user, hash).unwrap();
+    }
+    let path = dir.join("passwd");
+    file.save(&path).unwrap();
+    path
 }
 
 /// A broker for one test.
@@ -142,6 +166,21 @@ impl TestBroker {
             broker: Some(broker),
             addr,
         }
+    }
+
+    /// Shuts the broker down gracefully and returns its final counters.
+    pub async fn shutdown_stats(mut self) -> hermes_mqtt::BrokerStats {
+        let broker = self.broker.take().expect("an in-process broker");
+        timeout(TIMEOUT, broker.shutdown())
+            .await
+            .expect("the broker did not shut down within the timeout")
+            .expect("the broker did not shut down cleanly")
+            .stats
+    }
+
+    /// The in-process broker, if the tests do not run against an external one.
+    pub fn broker(&self) -> Option<&hermes_mqtt::Broker> {
+        self.broker.as_ref()
     }
 
     /// The address to connect to.
@@ -951,3 +990,5 @@ impl Client {
         }
     }
 }
+
+pub mod streams;

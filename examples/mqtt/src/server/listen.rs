@@ -1,0 +1,318 @@
+//! The listeners: binding each configured one (TLS certificates loaded first, so a bad file is
+//! a startup error naming it), accepting within the connection limits, and the TLS and
+//! WebSocket handshakes, each connection in a task of its own, before the connection's
+//! reader and writer take over ([`conn::serve`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use super::link::{Link, Outbox};
+use super::stats::Counters;
+use super::{Handle, Shared, conn, ws};
+use crate::config::{ListenerConfig, ListenerKind};
+
+/// A TLS certificate or key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The file cannot be read, or holds no PEM item of the kind.
+    #[error(
+        "the TLS {what} file {}: {message} (give a PEM file: the certificate chain for `cert`, \
+         the server's certificate first, and its private key for `key`)",
+        path.display()
+    )]
+    File {
+        /// "certificate" or "key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the pair.
+    #[error(
+        "the TLS certificate {} and key {} do not make a server identity: {message} (check \
+         that the key is the certificate's)",
+        cert.display(),
+        key.display()
+    )]
+    Pair {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        message: String,
+    },
+}
+
+/// Builds the TLS acceptor of a listener from its PEM files.
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let file_error = |what, path: &Path, message: String| TlsError::File {
+        what,
+        path: path.to_owned(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_error("certificate", cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error("certificate", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_error(
+            "certificate",
+            cert,
+            "no CERTIFICATE in it".to_owned(),
+        ));
+    }
+    let private_key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("key", key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pair_error = |message: String| TlsError::Pair {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| pair_error(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map_err(|e| pair_error(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How many connections a listener (or the broker) holds, and its limit (0: none).
+#[derive(Debug, Default)]
+pub(crate) struct ConnLimit {
+    active: AtomicUsize,
+    max: usize,
+}
+
+impl ConnLimit {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            active: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes a place, if there is one; the place is given back when the guard drops.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Place> {
+        let taken = self.active.fetch_add(1, Ordering::AcqRel);
+        if self.max != 0 && taken >= self.max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Place(Arc::clone(self)))
+    }
+
+    /// Connections held now.
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+/// A connection's place under a limit.
+#[derive(Debug)]
+pub(crate) struct Place(Arc<ConnLimit>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A bound listener, ready to accept.
+pub(crate) struct Bound {
+    pub(crate) listener: TcpListener,
+    pub(crate) config: ListenerConfig,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) addr: SocketAddr,
+}
+
+/// What one accepted connection needs for its handshakes.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    tls: Option<TlsAcceptor>,
+    path: Arc<str>,
+    places: (Place, Place),
+}
+
+/// Accepts connections on `bound` until the broker shuts down.
+pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handle) {
+    let limit = ConnLimit::new(bound.config.max_connections);
+    let path: Arc<str> = Arc::from(bound.config.path.as_str());
+    let kind = bound.config.kind;
+    loop {
+        let (stream, peer) = match bound.listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, say: wait for some to be freed. Logged at most
+                // once a minute (the summary counts them).
+                Counters::add(&shared.counters.accept_errors, 1);
+                if shared.accept_error_log.allow() {
+                    tracing::warn!(%error, listener = %bound.addr, "cannot accept a connection (raise the file descriptor limit, or lower max_connections)");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let global = shared.conn_limit.try_take();
+        let own = limit.try_take();
+        let (Some(global), Some(own)) = (global, own) else {
+            Counters::add(&shared.counters.refused_limit, 1);
+            tracing::debug!(%peer, listener = %bound.addr, "over max_connections: closed");
+            drop(stream);
+            continue;
+        };
+        let Some((link, outbox)) = shared.register() else {
+            return;
+        };
+        tracing::debug!(conn = link.conn(), %peer, listener = %bound.addr, kind = %kind, "accepted");
+        let accepted = Accepted {
+            stream,
+            peer,
+            kind,
+            tls: bound.tls.clone(),
+            path: Arc::clone(&path),
+            places: (global, own),
+        };
+        let shared = Arc::clone(&shared);
+        let hermes = hermes.clone();
+        tokio::spawn(handshake(accepted, link, outbox, shared, hermes));
+    }
+}
+
+/// Why a handshake did not finish.
+enum Failed {
+    Timeout,
+    Closed,
+    Error(String),
+}
+
+/// Runs the connection's TLS and WebSocket handshakes (within `connect_timeout`, like its
+/// CONNECT), then serves it.
+async fn handshake(
+    accepted: Accepted,
+    link: Link,
+    outbox: Outbox,
+    shared: Arc<Shared>,
+    hermes: Handle,
+) {
+    let Accepted {
+        stream,
+        peer,
+        kind,
+        tls,
+        path,
+        places,
+    } = accepted;
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(shared.config.connect_timeout)
+        .unwrap_or(now + Duration::from_secs(3600));
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = shared.config.tcp_keepalive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    }
+    let max_message = shared.config.max_packet_size.saturating_add(64 * 1024);
+    let conn = link.conn();
+    // Each step is bounded by the deadline, and ends at once when the broker closes.
+    macro_rules! step {
+        ($future:expr) => {{
+            let result = tokio::select! {
+                result = tokio::time::timeout_at(deadline, $future) => match result {
+                    Ok(Ok(done)) => Ok(done),
+                    Ok(Err(error)) => Err(Failed::Error(error.to_string())),
+                    Err(_) => Err(Failed::Timeout),
+                },
+                () = link.closed() => Err(Failed::Closed),
+            };
+            match result {
+                Ok(done) => done,
+                Err(failed) => {
+                    handshake_failed(&shared, conn, peer, kind, &failed);
+                    drop(outbox);
+                    shared.unregister(conn);
+                    return;
+                }
+            }
+        }};
+    }
+    match (kind, tls) {
+        (ListenerKind::Tcp, _) => {
+            let (read, write) = stream.into_split();
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
+        }
+        (ListenerKind::Ws, _) => {
+            let io = step!(ws::accept(stream, &path, max_message));
+            let (read, write) = tokio::io::split(io);
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
+        }
+        (ListenerKind::Tls, Some(acceptor)) => {
+            let stream = step!(acceptor.accept(stream));
+            let (read, write) = tokio::io::split(stream);
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
+        }
+        (ListenerKind::Wss, Some(acceptor)) => {
+            let stream = step!(acceptor.accept(stream));
+            let io = step!(ws::accept(stream, &path, max_message));
+            let (read, write) = tokio::io::split(io);
+            conn::serve(
+                read, write, peer, deadline, link, outbox, shared, hermes, places,
+            )
+            .await;
+        }
+        (ListenerKind::Tls | ListenerKind::Wss, None) => {
+            // Bound listeners of these kinds always have an acceptor.
+            tracing::error!(conn, "a TLS listener without its certificate; closing");
+            drop(outbox);
+            shared.unregister(conn);
+        }
+    }
+}
+
+fn handshake_failed(
+    shared: &Shared,
+    conn: u64,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    failed: &Failed,
+) {
+    match failed {
+        Failed::Closed => {
+            tracing::debug!(conn, %peer, "broker closing: handshake abandoned");
+        }
+        Failed::Timeout => {
+            Counters::add(&shared.counters.handshake_failures, 1);
+            tracing::debug!(conn, %peer, %kind, "no handshake within connect_timeout; closed");
+        }
+        Failed::Error(error) => {
+            Counters::add(&shared.counters.handshake_failures, 1);
+            tracing::debug!(conn, %peer, %kind, %error, "handshake failed; closed");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Limits against abuse: the publish rate (backpressure, not a disconnect), CONNECT and
+//! handshakes within `connect_timeout` however slowly the bytes come (slowloris), and garbage
+//! closed at once and counted.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hermes_mqtt::{ListenerConfig, Packet, QoS};
+use support::streams::TestCerts;
+use support::*;
+
+/// Past `max_publish_rate` (and its burst) the broker stops reading the client until it may
+/// publish again: every message arrives, later, and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_rate_slows_a_client_down_without_dropping() {
+    let Some(broker) = TestBroker::configured("rate", |c| {
+        c.max_publish_rate = 20;
+        c.publish_burst = 5;
+    })
+    .await
+    else {
+        return;
+    };
+    let t = unique("rate/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&t, QoS::AtMostOnce).await;
+    let mut flood = broker.connect(&unique("flood")).await;
+    let mut bytes = Vec::new();
+    for i in 0..25u8 {
+        bytes.extend(wire(publish_packet(
+            &t,
+            &[i],
+            QoS::AtMostOnce,
+            0,
+            false,
+            false,
+        )));
+    }
+    bytes.extend(wire(Packet::PingReq));
+    let started = Instant::now();
+    flood.send_bytes(&bytes).await;
+    // The PINGRESP comes after the 25 PUBLISHes are read: 20 past the burst of 5, at 20 a
+    // second, take about a second.
+    let pong = flood.recv().await;
+    assert_eq!(pong, Packet::PingResp);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
+    let got = sub.recv_messages(25).await;
+    assert_eq!(payloads(&got).len(), 25, "nothing dropped");
+    flood.expect_alive().await;
+    let stats = broker.shutdown_stats().await;
+    assert!(stats.publish_throttled >= 15, "{stats:?}");
+}
+
+/// A CONNECT dribbled byte by byte is closed at `connect_timeout`, however steadily the bytes
+/// come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_connect_is_closed_at_the_timeout() {
+    let Some(broker) = TestBroker::configured("slowloris", |c| {
+        c.connect_timeout = Duration::from_millis(400);
+    })
+    .await
+    else {
+        return;
+    };
+    let bytes = wire(connect_packet(&unique("slow")));
+    let mut raw = broker.raw().await;
+    let started = Instant::now();
+    for byte in &bytes[..bytes.len() - 1] {
+        raw.send_bytes_lossy(std::slice::from_ref(byte)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    raw.expect_closed().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A TLS listener's handshake counts against `connect_timeout` too: a client that opens the
+/// socket and says nothing is closed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_client_is_closed_at_the_timeout() {
+    let certs = TestCerts::new();
+    let mut config = test_config();
+    config.connect_timeout = Duration::from_millis(300);
+    config.listeners = vec![ListenerConfig::tls(
+        "127.0.0.1:0".parse().unwrap(),
+        &certs.cert,
+        &certs.key,
+    )];
+    let broker = hermes_mqtt::Broker::start(config).await.unwrap();
+    let mut silent = Raw::open(broker.local_addrs()[0]).await;
+    let started = Instant::now();
+    silent.expect_closed().await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let stats = broker.shutdown().await.unwrap().stats;
+    assert_eq!(stats.handshake_failures, 1);
+}
+
+/// Garbage is closed at once, each connection counted (and logged at debug only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_closed_quickly_and_counted() {
+    let Some(broker) = TestBroker::configured("garbage", |_| {}).await else {
+        return;
+    };
+    let started = Instant::now();
+    for i in 0..50u8 {
+        let mut raw = broker.raw().await;
+        raw.send_bytes_lossy(&[0xff, i, b'G', b'E', b'T', b' ', b'/'])
+            .await;
+        raw.expect_closed().await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A connected client that sends garbage too.
+    let mut client = broker.connect(&unique("c")).await;
+    client.send_bytes_lossy(&[0x00, 0x00]).await;
+    client.expect_closed().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = broker.shutdown_stats().await;
+    assert_eq!(stats.protocol_errors, 51, "{stats:?}");
+}
