@@ -474,15 +474,16 @@ for key, field, label, higher, target in ROWS:
         rs = {p: round_ratio(key, field, p, higher) for p in peers}
         row += [f"{rs[p]:.2f}x" if rs[p] is not None else "n/a" for p in peers]
         known = [v for v in rs.values() if v is not None]
+        verdict = lambda ok, known: ("yes" if ok else "no") if known else "n/a"
         if target == "tput":
-            row += [">= 1.5x the better peer", "yes" if known and min(known) >= 1.5 else "no"]
+            row += [">= 1.5x the better peer", verdict(known and min(known) >= 1.5, known)]
         elif target == "lat":
-            row += ["<= the better peer", "yes" if known and min(known) >= 1.0 else "no"]
+            row += ["<= the better peer", verdict(known and min(known) >= 1.0, known)]
         elif target == "bytes":
-            row += ["<= 2048", "yes" if h is not None and h <= 2048 else "no"]
+            row += ["<= 2048", verdict(h is not None and h <= 2048, h is not None)]
         elif target == "connect":
             m = rs.get("mosquitto")
-            row += [">= Mosquitto", "yes" if m is not None and m >= 1.0 else "no"]
+            row += [">= Mosquitto", verdict(m is not None and m >= 1.0, m is not None)]
         else:
             row += ["", ""]
     print("| " + " | ".join(row) + " |")
