@@ -315,9 +315,8 @@ impl<K: Key, M: Message> Shard<K, M> {
     /// shard counts as awake, so senders do not ring its bell. Only after a turn: an idle shard
     /// sleeps.
     fn mail_soon(&self, deadline: Option<Instant>) -> bool {
-        let inbox = self.inbox();
-        inbox.unpark();
-        poll_briefly(deadline, || inbox.is_pending()) || !inbox.park()
+        self.inbox()
+            .watch(|pending| poll_briefly(deadline, pending))
     }
 
     /// Runs the shard as a task until it exits: awaits `yield_now()` between busy turns, so
