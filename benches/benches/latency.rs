@@ -384,12 +384,14 @@ fn main() {
         "{} rounds of {:?} per subject, load {} msgs/s, {} probes/s",
         rounds, settings.duration, settings.load_per_sec, settings.probes_per_sec
     );
-    let mut totals: Vec<(Subject, Histogram<u64>, Vec<f64>)> = subjects
+    // Per subject: all rounds' round trips, and each round's p50, p99 and p99.9.
+    let mut totals: Vec<(Subject, Histogram<u64>, Vec<[f64; 3]>)> = subjects
         .iter()
         .map(|&s| (s, histogram(), Vec::new()))
         .collect();
+    let quantiles = |h: &Histogram<u64>| [0.5, 0.99, 0.999].map(|q| h.value_at_quantile(q) as f64);
     for round in 0..rounds {
-        for (subject, total, loads) in &mut totals {
+        for (subject, total, per_round) in &mut totals {
             let outcome = run(*subject, &settings);
             let h = &outcome.histogram;
             println!(
@@ -403,14 +405,16 @@ fn main() {
                 outcome.load_per_sec,
             );
             total.add(h).expect("same bounds");
-            loads.push(outcome.load_per_sec);
+            if !h.is_empty() {
+                per_round.push(quantiles(h));
+            }
         }
     }
     println!(
-        "\n| subject | round trips | p50 | p99 | p99.9 | max | actix / this (p50, p99, p99.9) |"
+        "\nAll rounds' round trips together (a bad round's stalls dominate the tail):\n\n\
+         | subject | round trips | p50 | p99 | p99.9 | max | actix / this (p50, p99, p99.9) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---|");
-    let quantiles = |h: &Histogram<u64>| [0.5, 0.99, 0.999].map(|q| h.value_at_quantile(q) as f64);
     for (subject, total, _) in &totals {
         let actix = totals
             .iter()
@@ -436,6 +440,48 @@ fn main() {
             us(total.value_at_quantile(0.99)),
             us(total.value_at_quantile(0.999)),
             us(total.max()),
+            ratio
+        );
+    }
+    // The median over rounds of each round's quantile: robust to one round that a busy
+    // machine stalled.
+    let medians: Vec<(Subject, [f64; 3])> = totals
+        .iter()
+        .filter(|(.., per_round)| !per_round.is_empty())
+        .map(|(subject, _, per_round)| {
+            let median = |i: usize| {
+                let mut v: Vec<f64> = per_round.iter().map(|q| q[i]).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            (*subject, [median(0), median(1), median(2)])
+        })
+        .collect();
+    println!(
+        "\nMedian over the {rounds} rounds of each round's quantile:\n\n\
+         | subject | p50 | p99 | p99.9 | actix / this (p50, p99, p99.9) |"
+    );
+    println!("|---|---:|---:|---:|---|");
+    for (subject, q) in &medians {
+        let actix = medians
+            .iter()
+            .find(|(s, _)| s.0 == System::Actix && s.1 == subject.1)
+            .map(|(_, q)| *q);
+        let ratio = match actix {
+            Some(a) if subject.0 != System::Actix => format!(
+                "{:.1}x, {:.1}x, {:.1}x",
+                a[0] / q[0],
+                a[1] / q[1],
+                a[2] / q[2]
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {} |",
+            subject.name(),
+            q[0] / 1000.0,
+            q[1] / 1000.0,
+            q[2] / 1000.0,
             ratio
         );
     }
