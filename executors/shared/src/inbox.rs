@@ -26,14 +26,14 @@ use std::time::Instant;
 
 // The wake protocol is model-checked with loom (the `loom_model` tests at the end), which needs
 // its own atomics and mutexes: `RUSTFLAGS="--cfg hermes_loom" cargo test -p hermes-executor
-// --lib --release loom_model`. Normal builds use std's.
-#[cfg(hermes_loom)]
+// --lib --release loom_model`. Every other build (the library itself even with that cfg) uses std's.
+#[cfg(all(test, hermes_loom))]
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-#[cfg(hermes_loom)]
+#[cfg(all(test, hermes_loom))]
 use loom::sync::{Mutex, MutexGuard};
-#[cfg(not(hermes_loom))]
+#[cfg(not(all(test, hermes_loom)))]
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-#[cfg(not(hermes_loom))]
+#[cfg(not(all(test, hermes_loom)))]
 use std::sync::{Mutex, MutexGuard};
 
 use event_listener::Event;
