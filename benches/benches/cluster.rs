@@ -196,7 +196,9 @@ fn main() {
             ),
             _ => "baseline".to_string(),
         };
-        let us = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.0} µs", d.as_secs_f64() * 1e6));
+        let us = |d: Option<Duration>| {
+            d.map_or("-".into(), |d| format!("{:.0} µs", d.as_secs_f64() * 1e6))
+        };
         println!(
             "| {} | {:.0} | {} | {} | {} |",
             row.what,

@@ -9,6 +9,8 @@
 //!   peers have no batch send, so its ratio is against their `tell_outside`).
 //! - `tell_local`: one receiver sends 2M messages to another (same shard for Hermes) [2M msgs].
 //! - `ping_pong`: two receivers bounce a message (different shards for Hermes with 2) [round trips].
+//! - `ping_pong_same`: the same with the two receivers on the same shard (Hermes only; with 2
+//!   shards the second shard idles; its ratio is against the peers' `ping_pong`).
 //! - `ask`: a thread outside asks one receiver, one request at a time [round trips].
 //! - `churn`: 200k IDs each activated, handed one message and stopped (peers: spawn an actor,
 //!   send it one message, it stops itself; the spawning loop runs inside the peer's runtime)
@@ -18,7 +20,8 @@
 //! Only the work is timed: starting the system, activating or spawning the receivers a workload
 //! needs beforehand, and shutting down are not. Each case runs once untimed, then `RUNS` (5)
 //! times; at the end a summary table (medians, with ratios against the best of
-//! actix/kameo/ractor) is printed in Markdown for benches/README.md.
+//! actix/kameo/ractor) and a scaling table (each Hermes executor's 2-shard rate over its 1-shard
+//! rate) are printed in Markdown for benches/README.md.
 //!
 //! A plain bench binary rather than criterion: some cases take seconds per iteration (peer
 //! churn), and criterion's minimum of 10 samples would make the whole run far too long.
@@ -62,17 +65,19 @@ enum Workload {
     TellBatched,
     TellLocal,
     PingPong,
+    PingPongSame,
     Ask,
     Churn,
     FanOut,
 }
 
 impl Workload {
-    const ALL: [Workload; 7] = [
+    const ALL: [Workload; 8] = [
         Workload::TellOutside,
         Workload::TellBatched,
         Workload::TellLocal,
         Workload::PingPong,
+        Workload::PingPongSame,
         Workload::Ask,
         Workload::Churn,
         Workload::FanOut,
@@ -84,6 +89,7 @@ impl Workload {
             Workload::TellBatched => "tell_batched",
             Workload::TellLocal => "tell_local",
             Workload::PingPong => "ping_pong",
+            Workload::PingPongSame => "ping_pong_same",
             Workload::Ask => "ask",
             Workload::Churn => "churn",
             Workload::FanOut => "fan_out",
@@ -94,7 +100,7 @@ impl Workload {
     fn elements(self) -> u64 {
         match self {
             Workload::TellOutside | Workload::TellBatched | Workload::TellLocal => TELL,
-            Workload::PingPong => ROUND_TRIPS,
+            Workload::PingPong | Workload::PingPongSame => ROUND_TRIPS,
             Workload::Ask => ASKS,
             Workload::Churn => CHURN,
             Workload::FanOut => FAN_RECEIVERS * FAN_MESSAGES,
@@ -138,10 +144,11 @@ impl Subject {
         }
     }
 
-    /// Peers have no batch send: `tell_batched` is Hermes only (compared with the peers'
-    /// `tell_outside`).
+    /// Peers have no batch send and no shards: `tell_batched` and `ping_pong_same` are Hermes
+    /// only (compared with the peers' `tell_outside` and `ping_pong`).
     fn runs(self, w: Workload) -> bool {
-        matches!(self, Subject::Hermes(..)) || w != Workload::TellBatched
+        matches!(self, Subject::Hermes(..))
+            || !matches!(w, Workload::TellBatched | Workload::PingPongSame)
     }
 
     fn is_peer(self) -> bool {
@@ -221,8 +228,8 @@ fn hermes(exec: Exec, shards: usize, w: Workload) -> Duration {
                 wait(asked);
             })
         }
-        Workload::PingPong => {
-            let (a, b) = two_ids(shards, false);
+        Workload::PingPong | Workload::PingPongSame => {
+            let (a, b) = two_ids(shards, w == Workload::PingPongSame);
             let r = exec.start(shards, unbounded(), Wiring::default());
             r.activate([a, b].into_iter());
             timed(r, stop, |r| {
@@ -280,7 +287,7 @@ fn actix(w: Workload) -> Duration {
     let host = ActixHost::start();
     let stop = drop::<ActixHost>;
     match w {
-        Workload::TellBatched => unreachable!("peers have no batch send"),
+        Workload::TellBatched | Workload::PingPongSame => unreachable!("Hermes only"),
         Workload::TellOutside => {
             let a = host.spawn(1, Wiring::default()).remove(0);
             timed(host, stop, |_| {
@@ -347,7 +354,7 @@ fn kameo(threads: usize, w: Workload) -> Duration {
     let rt = subjects::tokio_runtime(threads);
     let stop = drop::<tokio::runtime::Runtime>;
     match w {
-        Workload::TellBatched => unreachable!("peers have no batch send"),
+        Workload::TellBatched | Workload::PingPongSame => unreachable!("Hermes only"),
         Workload::TellOutside => {
             let a = rt.block_on(async { spawn(Wiring::default()) });
             timed(rt, stop, |rt| {
@@ -437,7 +444,7 @@ fn ractor(threads: usize, w: Workload) -> Duration {
     let rt = subjects::tokio_runtime(threads);
     let stop = drop::<tokio::runtime::Runtime>;
     match w {
-        Workload::TellBatched => unreachable!("peers have no batch send"),
+        Workload::TellBatched | Workload::PingPongSame => unreachable!("Hermes only"),
         Workload::TellOutside => {
             let a = rt.block_on(spawn(Wiring::default()));
             timed(rt, stop, |rt| {
@@ -522,7 +529,7 @@ fn mpsc(threads: usize, w: Workload) -> Duration {
     let rt = subjects::tokio_runtime(threads);
     let stop = drop::<tokio::runtime::Runtime>;
     match w {
-        Workload::TellBatched => unreachable!("a channel has no batch send"),
+        Workload::TellBatched | Workload::PingPongSame => unreachable!("Hermes only"),
         Workload::TellOutside => {
             let a = rt.block_on(async { spawn(Wiring::default()) });
             timed(rt, stop, |rt| {
@@ -639,6 +646,7 @@ fn summary(samples: Samples) {
     let best_peer = |w: Workload| {
         let w = match w {
             Workload::TellBatched => Workload::TellOutside,
+            Workload::PingPongSame => Workload::PingPong,
             w => w,
         };
         per_op
@@ -684,6 +692,47 @@ fn summary(samples: Samples) {
         .map(|&w| best_peer(w).map_or("-".into(), |t| cell(w, t)))
         .collect();
     println!("| best peer | {} |", best.join(" | "));
+    scaling(&per_op, &workloads);
+}
+
+/// Prints, per Hermes executor and workload, the 2-shard rate over the 1-shard rate (both
+/// medians of this run): what the second shard (and core) buys.
+fn scaling(per_op: &BTreeMap<(Workload, Subject), f64>, workloads: &[Workload]) {
+    let rows: Vec<String> = [Exec::Pool, Exec::Tokio, Exec::Smol]
+        .into_iter()
+        .filter_map(|exec| {
+            let cells: Vec<String> = workloads
+                .iter()
+                .map(|&w| {
+                    let one = per_op.get(&(w, Subject::Hermes(exec, 1)));
+                    let two = per_op.get(&(w, Subject::Hermes(exec, 2)));
+                    match (one, two) {
+                        (Some(one), Some(two)) => format!("{:.2}x", one / two),
+                        _ => "-".into(),
+                    }
+                })
+                .collect();
+            cells
+                .iter()
+                .any(|c| c != "-")
+                .then(|| format!("| {} | {} |", exec.name(), cells.join(" | ")))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\n| 2 shards / 1 shard | {} |",
+        workloads
+            .iter()
+            .map(|w| w.name())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(workloads.len()));
+    for row in rows {
+        println!("{row}");
+    }
 }
 
 fn main() {

@@ -203,12 +203,19 @@ fn mpsc_subject() -> Row {
 }
 
 fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let mut rows = Vec::new();
     let subjects: [(&'static str, &dyn Fn() -> Row); 4] = [
-        ("hermes pool, send", &|| hermes_subject("hermes pool, send", "pool", false)),
-        ("hermes tokio, send", &|| hermes_subject("hermes tokio, send", "tokio", false)),
+        ("hermes pool, send", &|| {
+            hermes_subject("hermes pool, send", "pool", false)
+        }),
+        ("hermes tokio, send", &|| {
+            hermes_subject("hermes tokio, send", "tokio", false)
+        }),
         ("hermes tokio, send_async", &|| {
             hermes_subject("hermes tokio, send_async", "tokio", true)
         }),

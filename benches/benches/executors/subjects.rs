@@ -227,12 +227,12 @@ impl Exec {
     }
 
     /// Starts Hermes on this executor with `shards` shards (and as many threads) and `factory`.
-    pub fn launch(
+    pub fn launch<M: hermes_executor::Message>(
         self,
         shards: usize,
         config: Config,
-        factory: impl Factory<u64, Msg, App = (u64, Msg)>,
-    ) -> Running {
+        factory: impl Factory<u64, M, App = (u64, M)>,
+    ) -> Running<M> {
         let options = Options::new(config).shards(shards).name("bench");
         match self {
             Exec::Pool => Running {
@@ -272,9 +272,9 @@ impl Exec {
 }
 
 /// A running Hermes and what hosts its shards.
-pub struct Running {
+pub struct Running<M = Msg> {
     /// The handle.
-    pub hermes: Hermes<u64, Msg>,
+    pub hermes: Hermes<u64, M>,
     host: Host,
 }
 
@@ -287,7 +287,7 @@ enum Host {
     },
 }
 
-impl Running {
+impl<M: hermes_executor::Message> Running<M> {
     /// Shuts Hermes down, then its runtime.
     pub fn stop(self) {
         self.hermes.shutdown().unwrap();
@@ -303,7 +303,9 @@ impl Running {
             }
         }
     }
+}
 
+impl Running {
     /// Activates receivers `ids` (a `Tell(0)` each) and waits until every one has run.
     pub fn activate(&self, ids: impl Iterator<Item = u64> + Clone) {
         for id in ids.clone() {

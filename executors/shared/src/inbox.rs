@@ -21,9 +21,20 @@
 //! without holding up the rest, and the `room` event that waiting senders listen on.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::PoisonError;
 use std::time::Instant;
+
+// The wake protocol is model-checked with loom (the `loom_model` tests at the end), which needs
+// its own atomics and mutexes: `RUSTFLAGS="--cfg hermes_loom" cargo test -p hermes-executor
+// --lib --release loom_model`. Every other build (the library itself even with that cfg) uses std's.
+#[cfg(all(test, hermes_loom))]
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(all(test, hermes_loom))]
+use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(all(test, hermes_loom)))]
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(not(all(test, hermes_loom)))]
+use std::sync::{Mutex, MutexGuard};
 
 use event_listener::Event;
 use hermes_core::{Recipient, TaskId, TimerId};
@@ -238,7 +249,16 @@ impl<K, M> Inbox<K, M> {
             self.pending.store(true, Ordering::Release);
         }
         drop(state);
-        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+        // A compare-exchange, not a swap: the same effect (only a set flag is cleared, by one
+        // pusher), and no store when the flag is already clear. (loom 0.7 mis-orders a swap's
+        // store against the shard's later store of the flag, tokio-rs/loom#282, and reported a
+        // lost wake-up here that the memory model rules out.)
+        if self.parked.load(Ordering::Relaxed)
+            && self
+                .parked
+                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
             self.waker.wake();
         }
     }
@@ -275,9 +295,13 @@ impl<K, M> Inbox<K, M> {
         false
     }
 
-    /// The shard stays awake after all (it is polling): pushes need not wake it.
-    pub(crate) fn unpark(&self) {
+    /// The shard watches its inbox before it sleeps (it was parked by [`park`](Inbox::park)):
+    /// it counts as awake meanwhile, so pushes need not wake it. `poll` is given a check of
+    /// whether something is queued and says whether something came. True if mail came, false
+    /// if the shard is parked again (the next push wakes it) and should wait for the wake.
+    pub(crate) fn watch(&self, poll: impl FnOnce(&mut dyn FnMut() -> bool) -> bool) -> bool {
         self.parked.store(false, Ordering::Relaxed);
+        poll(&mut || self.is_pending()) || !self.park()
     }
 
     /// Refuses every later push and returns what is still queued. Wakes every sender waiting
@@ -289,5 +313,177 @@ impl<K, M> Inbox<K, M> {
         drop(state);
         self.room.notify(usize::MAX);
         left
+    }
+}
+
+/// Model-checked tests of the wake protocol (the `parked` and `pending` flags, the shard's
+/// watch-then-park, the pushers' wake): loom runs every interleaving of a shard and its pushers
+/// (up to a preemption bound) and fails on a deadlock, which is what a lost wake-up is (the
+/// shard waits for a bell that no push will ring while mail sits in the inbox). Only with
+/// `--cfg hermes_loom` (see the imports above).
+#[cfg(all(test, hermes_loom))]
+mod loom_model {
+    use super::*;
+    use hermes_core::Recipient;
+    use loom::sync::{Arc, Condvar};
+
+    /// The executor's bell, as the [`Wake`] contract asks: a permit, so a wake that comes
+    /// before the wait is kept (the pool's one-slot channel).
+    #[derive(Default)]
+    struct Permit {
+        set: Mutex<bool>,
+        rung: Condvar,
+    }
+
+    impl Permit {
+        fn wait(&self) {
+            let mut set = self.set.lock().unwrap();
+            while !*set {
+                set = self.rung.wait(set).unwrap();
+            }
+            *set = false;
+        }
+    }
+
+    struct Bell(Arc<Permit>);
+
+    impl Wake for Bell {
+        fn wake(&self) {
+            *self.0.set.lock().unwrap() = true;
+            self.0.rung.notify_one();
+        }
+    }
+
+    fn envelope(n: u64) -> Envelope<u64, u64> {
+        Envelope::Deliver(Recipient::Id(n), n)
+    }
+
+    /// The shard's side, as `Shard::turn` and `Shard::run_blocking` do it: take what is queued;
+    /// with nothing left, `park`; parked, watch the inbox first if `watching` (a shard that was
+    /// conversing), then wait for the bell. Returns once `expected` items have been taken; a
+    /// lost wake-up leaves it waiting forever, which loom reports.
+    fn shard(inbox: &Inbox<u64, u64>, bell: &Permit, expected: usize, watching: bool) {
+        let mut taken = Vec::new();
+        let mut seen = 0;
+        loop {
+            inbox.take(&mut taken);
+            seen += taken.len();
+            inbox.accepted(taken.len());
+            taken.clear();
+            if seen == expected {
+                return;
+            }
+            // `turn`: `more || !park()` is `Busy`.
+            if !inbox.park() {
+                continue;
+            }
+            // `run_blocking`: `Park`, after `mail_soon` when conversing. The watch polls twice
+            // (loom needs a bound on spinning).
+            if watching
+                && inbox.watch(|pending| {
+                    pending() || {
+                        loom::thread::yield_now();
+                        pending()
+                    }
+                })
+            {
+                continue;
+            }
+            bell.wait();
+        }
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
+    /// Starts an inbox whose bell is `Permit`.
+    fn inbox() -> (Arc<Inbox<u64, u64>>, Arc<Permit>) {
+        let permit = Arc::new(Permit::default());
+        let inbox = Inbox::new(Box::new(Bell(Arc::clone(&permit))), 1024);
+        (Arc::new(inbox), permit)
+    }
+
+    #[test]
+    fn loom_model_no_lost_wakeup_one_pusher() {
+        model(|| {
+            let (inbox, bell) = inbox();
+            let pusher = {
+                let inbox = Arc::clone(&inbox);
+                loom::thread::spawn(move || {
+                    for n in 0..2 {
+                        assert!(inbox.push(envelope(n), Limit::Inside).is_ok());
+                    }
+                })
+            };
+            shard(&inbox, &bell, 2, false);
+            pusher.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_model_no_lost_wakeup_watching_shard() {
+        model(|| {
+            let (inbox, bell) = inbox();
+            let pusher = {
+                let inbox = Arc::clone(&inbox);
+                loom::thread::spawn(move || {
+                    for n in 0..2 {
+                        assert!(inbox.push(envelope(n), Limit::Inside).is_ok());
+                    }
+                })
+            };
+            shard(&inbox, &bell, 2, true);
+            pusher.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_model_no_lost_wakeup_two_pushers() {
+        model(|| {
+            let (inbox, bell) = inbox();
+            let single = {
+                let inbox = Arc::clone(&inbox);
+                loom::thread::spawn(move || {
+                    assert!(inbox.push(envelope(0), Limit::Outside).is_ok());
+                })
+            };
+            let batch = {
+                let inbox = Arc::clone(&inbox);
+                loom::thread::spawn(move || {
+                    let mut items = vec![envelope(1), envelope(2)];
+                    assert!(inbox.push_all(&mut items, Limit::Inside).is_ok());
+                    assert!(items.is_empty());
+                })
+            };
+            shard(&inbox, &bell, 3, true);
+            single.join().unwrap();
+            batch.join().unwrap();
+        });
+    }
+
+    /// The model can fail: a shard that skips the `parked` flag (waits without telling
+    /// pushers) loses the wake-up, and loom finds the deadlock.
+    #[test]
+    #[should_panic]
+    fn loom_model_finds_a_lost_wakeup() {
+        model(|| {
+            let (inbox, bell) = inbox();
+            let pusher = {
+                let inbox = Arc::clone(&inbox);
+                loom::thread::spawn(move || {
+                    assert!(inbox.push(envelope(0), Limit::Inside).is_ok());
+                })
+            };
+            let mut taken = Vec::new();
+            inbox.take(&mut taken);
+            if taken.is_empty() {
+                // Broken on purpose: waits without `park`, so no push rings the bell.
+                bell.wait();
+            }
+            pusher.join().unwrap();
+        });
     }
 }

@@ -245,7 +245,6 @@ impl<K: Key, M: Message> Shard<K, M> {
             return Turn::Exit;
         }
         let _in_shard = InShard::enter();
-        let now = clock.now();
         if self.incoming.is_empty() {
             let mut buffer = Vec::from(std::mem::take(&mut self.incoming));
             self.inbox().take(&mut buffer);
@@ -261,7 +260,8 @@ impl<K: Key, M: Message> Shard<K, M> {
             let Some(envelope) = self.incoming.pop_front() else {
                 break;
             };
-            self.accept(envelope, now);
+            // The clock is read only for what needs the time (a task's outcome), not per turn.
+            self.accept(envelope, clock);
             accepted += 1;
         }
         if accepted > 0 {
@@ -315,9 +315,8 @@ impl<K: Key, M: Message> Shard<K, M> {
     /// shard counts as awake, so senders do not ring its bell. Only after a turn: an idle shard
     /// sleeps.
     fn mail_soon(&self, deadline: Option<Instant>) -> bool {
-        let inbox = self.inbox();
-        inbox.unpark();
-        poll_briefly(deadline, || inbox.is_pending()) || !inbox.park()
+        self.inbox()
+            .watch(|pending| poll_briefly(deadline, pending))
     }
 
     /// Runs the shard as a task until it exits: awaits `yield_now()` between busy turns, so
@@ -345,7 +344,7 @@ impl<K: Key, M: Message> Shard<K, M> {
         &self.core.inboxes[self.index as usize]
     }
 
-    fn accept(&mut self, envelope: Envelope<K, M>, now: Instant) {
+    fn accept(&mut self, envelope: Envelope<K, M>, clock: &impl Clock) {
         match envelope {
             // Whatever reached the inbox was accepted by the handle (or sent by a receiver):
             // route it as from inside, so it still reaches live receivers while closing. What
@@ -373,7 +372,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             Envelope::Cancel(id) => {
                 self.router.cancel(id);
             }
-            Envelope::Complete(task, msg) => self.router.complete(task, msg, now),
+            Envelope::Complete(task, msg) => self.router.complete(task, msg, clock.now()),
             Envelope::Close => self.router.close(),
             Envelope::Release(release) => {
                 self.router.release_moved();
@@ -574,7 +573,7 @@ impl<K: Key, M: Message> Shard<K, M> {
         let left = self.inbox().close();
         let mut accepted = 0;
         for envelope in std::mem::take(&mut self.incoming).into_iter().chain(left) {
-            self.accept(envelope, now);
+            self.accept(envelope, &now);
             accepted += 1;
         }
         self.inbox().accepted(accepted);
