@@ -496,3 +496,21 @@ impl From<Connect> for Packet {
         Packet::Connect(Box::new(connect))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every packet through the broker's queues is the size of the largest variant: the rare
+    /// CONNECT is boxed so that this is a PUBLISH's size, not a CONNECT's.
+    #[test]
+    fn a_packet_is_the_size_of_a_publish_not_of_a_connect() {
+        let packet = std::mem::size_of::<Packet>();
+        let publish = std::mem::size_of::<Publish>();
+        assert!(
+            packet <= publish + 8,
+            "Packet is {packet} bytes, Publish {publish}"
+        );
+        assert!(std::mem::size_of::<Connect>() > 2 * packet);
+    }
+}
