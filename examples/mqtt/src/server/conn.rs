@@ -3,11 +3,13 @@
 //!
 //! The reader decodes packets (bounded by `max_packet_size`), insists on CONNECT first and
 //! within `connect_timeout` [MQTT-3.1.0-1], validates it (answering a refusal's CONNACK
-//! itself), and then forwards the client's packets to its session with `send_async`, which
-//! waits while the session's mailbox or its shard's inbox is full: the reader stops reading
-//! the socket until the session catches up. It routes QoS 0 PUBLISHes itself, straight to the
-//! subscribers' sessions (no hop through its own), also with `send_async`: a reader whose
-//! subscribers are behind stops reading too. It enforces keep alive [MQTT-3.1.2-24], answers
+//! itself), and then forwards the client's packets to its session with `send_async` (or
+//! `send_all_async` for what one read brought), which waits while the session's mailbox or
+//! its shard's inbox is full: the reader stops reading the socket until the session catches
+//! up. It routes QoS 0 PUBLISHes itself, straight to the subscribers' sessions (no hop
+//! through its own), grouped per subscriber (`route_direct`): a reader whose subscribers
+//! are behind stops reading too. What one read brought is gathered and sent on together
+//! before the socket is read again. It enforces keep alive [MQTT-3.1.2-24], answers
 //! PINGREQ, and closes the connection on any protocol error [MQTT-4.8.0-1]; whatever ends the
 //! connection, it tells the session with `Detach` and why, so the session publishes the will
 //! unless the client sent DISCONNECT.
