@@ -29,8 +29,12 @@
 #   BROKER_CPU=1 GEN_CPU=0 the CPUs (taskset) of the broker and of the generator
 #   NICE=-10               their niceness, so that other work on the machine disturbs less
 #                          (0 to leave it; negative needs root)
-#   HERMES_CONFIG=FILE     a hermes-mqtt configuration file (e.g. max_inflight = 100, the
-#                          window rumqttd's sample configuration has); default: its defaults
+#   HERMES_CONFIG=FILE     a hermes-mqtt configuration file (e.g. max_inflight = 20,
+#                          Mosquitto's window); default: its defaults
+#   HERMES_BASE=BIN        another hermes-mqtt binary (say, built from an earlier commit) to
+#                          run as one more broker, "hermes-base", interleaved with the others
+#                          (add it to BROKERS): the table then has "hermes vs hermes-base", a
+#                          before/after within the same run; the targets ignore it
 #   QUIET_BUSY=30 QUIET_WAIT=90 QUIET_TOTAL=600
 #                          before each run, wait (at most QUIET_WAIT s, QUIET_TOTAL s in
 #                          all) until the machine was at most QUIET_BUSY % busy over a
@@ -143,6 +147,7 @@ port_of() {
         mosquitto) echo $((PORT_BASE + 1)) ;;
         rumqttd) echo $((PORT_BASE + 2)) ;;
         hermes) echo $((PORT_BASE + 3)) ;;
+        hermes-base) echo $((PORT_BASE + 4)) ;;
     esac
 }
 for b in $BROKERS; do
@@ -239,8 +244,10 @@ next_connection_delay_ms = 1
 EOF
             cmd=(rumqttd -q -c "$TMP/rumqttd.toml")
             ;;
-        hermes)
-            cmd=("$HERMES" --listen "127.0.0.1:$port" --log-level warn)
+        hermes | hermes-base)
+            local bin=$HERMES
+            if [ "$name" = hermes-base ]; then bin=${HERMES_BASE:?HERMES_BASE=BIN for hermes-base}; fi
+            cmd=("$bin" --listen "127.0.0.1:$port" --log-level warn)
             if [ -n "$HERMES_CONFIG" ]; then cmd+=(--config "$HERMES_CONFIG"); fi
             if [ "$mode" = disk ]; then cmd+=(--data-dir "$data"); else cmd+=(--memory); fi
             ;;
@@ -360,6 +367,7 @@ run_scenario() { # BROKER KEY ROUND
     echo "versions: $(mosquitto -h 2>/dev/null | head -n 1 || true); rumqttd $(rumqttd -V 2>/dev/null || true); hermes-mqtt $(git rev-parse --short HEAD)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "hermes-mqtt configuration: ${HERMES_CONFIG:-its defaults}${HERMES_CONFIG:+ ($(tr '\n' ' ' <"$HERMES_CONFIG"))}"
+    if [[ " $BROKERS " == *" hermes-base "* ]]; then echo "hermes-base: ${HERMES_BASE:-unset}"; fi
     echo "settings: RUNS=$RUNS DURATION=$DURATION WARMUP=$WARMUP PAIRS=$PAIRS WINDOW=$WINDOW FANOUT_SUBS=$FANOUT_SUBS FANIN_PUBS=$FANIN_PUBS LAT_RATE=$LAT_RATE LAT_QOS=$LAT_QOS LAT_PAIRS=$LAT_PAIRS LAT_DURATION=$LAT_DURATION CONNS=$CONNS RECONNECT_SESSIONS=$RECONNECT_SESSIONS RECONNECT_QUEUED=$RECONNECT_QUEUED SESSIONS_CLIENTS=$SESSIONS_CLIENTS SESSIONS_RATE=$SESSIONS_RATE SESSIONS_DURATION=$SESSIONS_DURATION BROKER_CPU=$BROKER_CPU GEN_CPU=$GEN_CPU NICE=$NICE"
 } | tee "$OUT/machine.txt" >&2
 
@@ -385,8 +393,11 @@ import json, statistics, sys
 
 results = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 brokers = sys.argv[2].split()
-names = {"mosquitto": "Mosquitto", "rumqttd": "rumqttd", "hermes": "hermes-mqtt"}
-peers = [b for b in ("mosquitto", "rumqttd") if b in brokers]
+names = {"mosquitto": "Mosquitto", "rumqttd": "rumqttd", "hermes": "hermes-mqtt",
+         "hermes-base": "hermes-base"}
+peers = [b for b in ("mosquitto", "rumqttd", "hermes-base") if b in brokers]
+# The issue's targets are against the other brokers, not against an earlier hermes-mqtt.
+TARGET_PEERS = ("mosquitto", "rumqttd")
 
 # (key, field, label, higher is better, target)
 ROWS = [
@@ -473,7 +484,7 @@ for key, field, label, higher, target in ROWS:
         h = median(key, field, "hermes")
         rs = {p: round_ratio(key, field, p, higher) for p in peers}
         row += [f"{rs[p]:.2f}x" if rs[p] is not None else "n/a" for p in peers]
-        known = [v for v in rs.values() if v is not None]
+        known = [v for p, v in rs.items() if v is not None and p in TARGET_PEERS]
         verdict = lambda ok, known: ("yes" if ok else "no") if known else "n/a"
         if target == "tput":
             row += [">= 1.5x the better peer", verdict(known and min(known) >= 1.5, known)]

@@ -165,7 +165,7 @@ impl Conn {
             wbuf: BytesMut::new(),
             chunk: 2048,
         };
-        conn.queue(&Packet::Connect(connect.clone()))?;
+        conn.queue(&Packet::Connect(Box::new(connect.clone())))?;
         conn.flush().await?;
         match conn.recv().await? {
             Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => Ok((conn, ack)),

@@ -211,7 +211,7 @@ impl<'a> Arbitrary<'a> for Unsubscribe {
 impl<'a> Arbitrary<'a> for Packet {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         Ok(match u.int_in_range(0..=13)? {
-            0 => Packet::Connect(Connect::arbitrary(u)?),
+            0 => Packet::Connect(Box::new(Connect::arbitrary(u)?)),
             1 => Packet::ConnAck(ConnAck::arbitrary(u)?),
             2 => Packet::Publish(Publish::arbitrary(u)?),
             3 => Packet::PubAck(packet_id(u)?),

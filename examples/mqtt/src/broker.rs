@@ -307,7 +307,7 @@ impl Broker {
                         .map_err(StartError::Store)?;
                     continue;
                 }
-                let client = ClientId(Arc::from(stored.client_id.as_str()));
+                let client = ClientId::new(stored.client_id.as_str());
                 for (filter, qos) in &stored.subscriptions {
                     index.subscribe(filter, client.clone(), *qos);
                 }
@@ -590,7 +590,7 @@ fn dead_letter(shared: &Shared, letter: DeadLetter<BrokerId, BrokerMsg>) {
             }));
             link.close(CloseReason::ServerClosed);
         }
-        Some(BrokerMsg::Session(SessionMsg::Deliver { .. }))
+        Some(BrokerMsg::Session(SessionMsg::Deliver { .. } | SessionMsg::DeliverMany(_)))
             if letter.reason == DeadLetterReason::Full =>
         {
             tracing::debug!(recipient = ?letter.recipient, "session mailbox full: message dropped");

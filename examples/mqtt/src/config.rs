@@ -62,7 +62,8 @@ pub struct Config {
     #[serde(deserialize_with = "max_packet_size")]
     pub max_packet_size: usize,
     /// How many outgoing QoS 1 and 2 messages a session may have unacknowledged at once.
-    /// Default: 20. 1 to 65535.
+    /// Default: 100 (rumqttd's sample configuration; Mosquitto's is 20). Each one in flight
+    /// is a shared message, not a copy. 1 to 65535.
     pub max_inflight: NonZeroU16,
     /// How many QoS 1 and 2 messages a session may queue, for the in-flight window or for its
     /// client to come back; when full, the oldest is dropped. Default: 1000. 0 queues nothing.

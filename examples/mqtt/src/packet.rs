@@ -116,8 +116,10 @@ impl fmt::Display for PacketType {
 /// fourteen, and a broker's `match` should say what it does with each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    /// Client request to connect [3.1].
-    Connect(Connect),
+    /// Client request to connect [3.1]. Boxed: it is by far the largest packet and comes once
+    /// per connection, and every packet moved through the broker's queues is the size of the
+    /// largest variant.
+    Connect(Box<Connect>),
     /// Connect acknowledgment [3.2].
     ConnAck(ConnAck),
     /// Publish message [3.3].
@@ -487,4 +489,28 @@ macro_rules! packet_from {
     )*};
 }
 
-packet_from!(Connect, ConnAck, Publish, Subscribe, SubAck, Unsubscribe);
+packet_from!(ConnAck, Publish, Subscribe, SubAck, Unsubscribe);
+
+impl From<Connect> for Packet {
+    fn from(connect: Connect) -> Packet {
+        Packet::Connect(Box::new(connect))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every packet through the broker's queues is the size of the largest variant: the rare
+    /// CONNECT is boxed so that this is a PUBLISH's size, not a CONNECT's.
+    #[test]
+    fn a_packet_is_the_size_of_a_publish_not_of_a_connect() {
+        let packet = std::mem::size_of::<Packet>();
+        let publish = std::mem::size_of::<Publish>();
+        assert!(
+            packet <= publish + 8,
+            "Packet is {packet} bytes, Publish {publish}"
+        );
+        assert!(std::mem::size_of::<Connect>() > 2 * packet);
+    }
+}

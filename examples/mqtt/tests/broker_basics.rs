@@ -62,7 +62,7 @@ impl Raw {
     /// Connects with `connect`; returns the CONNACK.
     async fn connect_with(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
         let mut raw = Raw::open(addr).await;
-        raw.send(Packet::Connect(connect)).await;
+        raw.send(Packet::Connect(Box::new(connect))).await;
         match raw.recv().await {
             Some(Packet::ConnAck(ack)) => (raw, ack),
             other => panic!("expected CONNACK, got {other:?}"),
@@ -503,8 +503,8 @@ async fn connect_rules() {
     assert_eq!(ack.code, ConnectReturnCode::Accepted);
     raw.send(Packet::PingReq).await;
     assert_eq!(raw.recv().await, Some(Packet::PingResp));
-    raw.send(Packet::Connect(Connect::new(MqttString::from_static(
-        "again",
+    raw.send(Packet::Connect(Box::new(Connect::new(
+        MqttString::from_static("again"),
     ))))
     .await;
     assert!(raw.closed().await);

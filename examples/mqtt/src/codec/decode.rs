@@ -137,7 +137,7 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     body.advance(header_len);
     let mut body = Reader { body, packet_type };
     let packet = match packet_type {
-        PacketType::Connect => Packet::Connect(body.connect()?),
+        PacketType::Connect => Packet::Connect(Box::new(body.connect()?)),
         PacketType::ConnAck => Packet::ConnAck(body.connack()?),
         PacketType::Publish => Packet::Publish(body.publish(first)?),
         PacketType::PubAck => Packet::PubAck(body.packet_id()?),

@@ -31,7 +31,7 @@ fn defaults() {
     assert_eq!(c.data_dir, Path::new("./hermes-data"));
     assert!(!c.memory);
     assert_eq!(c.max_packet_size, 1_048_576);
-    assert_eq!(c.max_inflight.get(), 20);
+    assert_eq!(c.max_inflight.get(), 100);
     assert_eq!(c.max_queued, 1000);
     assert_eq!(
         c.session_expiry,

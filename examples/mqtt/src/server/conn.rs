@@ -3,11 +3,13 @@
 //!
 //! The reader decodes packets (bounded by `max_packet_size`), insists on CONNECT first and
 //! within `connect_timeout` [MQTT-3.1.0-1], validates it (answering a refusal's CONNACK
-//! itself), and then forwards the client's packets to its session with `send_async`, which
-//! waits while the session's mailbox or its shard's inbox is full: the reader stops reading
-//! the socket until the session catches up. It routes QoS 0 PUBLISHes itself, straight to the
-//! subscribers' sessions (no hop through its own), also with `send_async`: a reader whose
-//! subscribers are behind stops reading too. It enforces keep alive [MQTT-3.1.2-24], answers
+//! itself), and then forwards the client's packets to its session with `send_async` (or
+//! `send_all_async` for what one read brought), which waits while the session's mailbox or
+//! its shard's inbox is full: the reader stops reading the socket until the session catches
+//! up. It routes QoS 0 PUBLISHes itself, straight to the subscribers' sessions (no hop
+//! through its own), grouped per subscriber (`route_direct`): a reader whose subscribers
+//! are behind stops reading too. What one read brought is gathered and sent on together
+//! before the socket is read again. It enforces keep alive [MQTT-3.1.2-24], answers
 //! PINGREQ, and closes the connection on any protocol error [MQTT-4.8.0-1]; whatever ends the
 //! connection, it tells the session with `Detach` and why, so the session publishes the will
 //! unless the client sent DISCONNECT.
@@ -29,15 +31,14 @@ use tokio::time::Instant;
 use super::link::{Link, Out, Outbox};
 use super::listen::Place;
 use super::stats::{Counters, Local};
-use super::{ClientId, Handle, RetainedMsg, SessionMsg, Shared, may_publish, route_direct};
+use super::{ClientId, Fanout, Handle, RetainedMsg, SessionMsg, Shared, may_publish, route_direct};
 use crate::acl::ClientAcl;
 use crate::codec::{self, DecodeError};
 use crate::message::Message;
 use crate::packet::{
-    ConnAck, Connect, ConnectReturnCode, Packet, ProtocolVersion, Publish, PublishQos, QoS,
+    ConnAck, Connect, ConnectReturnCode, Packet, ProtocolVersion, Publish, PublishQos,
 };
 use crate::string::MqttString;
-use crate::subscriptions::Matches;
 use crate::will::CloseReason;
 
 /// How long a connection that ended waits for its session to publish the will and close it.
@@ -47,6 +48,8 @@ const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Payloads from this size on are written from their shared buffer, not copied into the
 /// write buffer.
 const SHARED_PAYLOAD: usize = 1024;
+/// Most packets a reader gathers from what it read before sending them on together.
+const BATCH_GATHER: usize = 64;
 /// Most packets, and bytes, one vectored write takes.
 const BATCH_PACKETS: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
@@ -81,8 +84,9 @@ pub(crate) async fn serve<R, W>(
         link: link.clone(),
         shared: Arc::clone(&shared),
         hermes,
-        matches: Matches::new(),
-        targets: Vec::new(),
+        fanout: Fanout::default(),
+        direct: Vec::new(),
+        to_session: Vec::new(),
         keep_alive: None,
         acl: None,
         bucket,
@@ -159,8 +163,12 @@ struct Reader<R> {
     link: Link,
     shared: Arc<Shared>,
     hermes: Handle,
-    matches: Matches<ClientId>,
-    targets: Vec<(ClientId, QoS)>,
+    fanout: Fanout,
+    /// QoS 0 messages decoded from what was read, for the direct path: routed together once
+    /// nothing more is decoded (or [`BATCH_GATHER`] are), before the socket is read again.
+    direct: Vec<Message>,
+    /// Packets for the session, gathered the same way and sent together.
+    to_session: Vec<SessionMsg>,
     /// How long the client may send nothing, once connected [MQTT-3.1.2-24].
     keep_alive: Option<Duration>,
     /// What the client may do, with an ACL file.
@@ -238,7 +246,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// Validates a CONNECT and attaches the connection to its session.
-    async fn accept(&mut self, peer: SocketAddr, mut connect: Connect) -> Result<ClientId, Ended> {
+    async fn accept(
+        &mut self,
+        peer: SocketAddr,
+        mut connect: Box<Connect>,
+    ) -> Result<ClientId, Ended> {
         let conn = self.link.conn();
         let refused = |code| Err((None, refused_reason(code)));
         let Some(version) = connect.protocol_version() else {
@@ -291,12 +303,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             self.refuse(ConnectReturnCode::NotAuthorized);
             return refused(ConnectReturnCode::NotAuthorized);
         }
-        let client = ClientId(Arc::from(connect.client_id.as_str()));
+        let client = ClientId::new(connect.client_id.as_str());
         let keep_alive = self.shared.config.keep_alive_timeout(connect.keep_alive);
         tracing::debug!(conn, %peer, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
         let attach = SessionMsg::Attach {
             link: self.link.clone(),
-            connect: Box::new(connect),
+            connect,
             acl: acl.clone(),
         };
         if self
@@ -314,12 +326,55 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(client)
     }
 
-    /// Forwards the client's packets to its session until the connection ends.
+    /// Forwards the client's packets to its session until the connection ends; what was
+    /// gathered before it ended goes out first.
     async fn packets(&mut self, client: &ClientId) -> CloseReason {
+        let reason = self.gather(client).await;
+        if !self.flush(client).await {
+            return CloseReason::ServerClosed;
+        }
+        reason
+    }
+
+    /// Sends what was gathered: the QoS 0 messages to their subscribers, or the packets to
+    /// the session (only one of the two has any). False once the broker is closing.
+    async fn flush(&mut self, client: &ClientId) -> bool {
+        if !self.direct.is_empty() {
+            // Taken, not cleared: an idle connection keeps no buffer of a past burst.
+            let mut direct = std::mem::take(&mut self.direct);
+            return route_direct(&self.shared, &self.hermes, &mut direct, &mut self.fanout).await;
+        }
+        match self.to_session.len() {
+            0 => true,
+            1 => match self.to_session.pop() {
+                Some(msg) => self.hermes.send_async(client.clone(), msg).await.is_ok(),
+                None => true,
+            },
+            _ => {
+                let batch = std::mem::take(&mut self.to_session);
+                let batch = batch.into_iter().map(|msg| (client.clone(), msg));
+                self.hermes.send_all_async(batch).await.is_ok()
+            }
+        }
+    }
+
+    /// Reads the client's packets until the connection ends, gathering what goes to the
+    /// sessions: whatever one read brought is sent together (one Hermes message per
+    /// subscriber, one inbox lock per shard), before the socket is read again.
+    async fn gather(&mut self, client: &ClientId) -> CloseReason {
         let conn = self.link.conn();
         loop {
-            let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
-            let packet = match self.next(deadline).await {
+            let packet = match self.buffered() {
+                Some(next) => next,
+                None => {
+                    if !self.flush(client).await {
+                        return CloseReason::ServerClosed;
+                    }
+                    let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
+                    self.next(deadline).await
+                }
+            };
+            let packet = match packet {
                 Next::Packet(packet) => packet,
                 Next::Ended(reason) => return reason,
                 Next::Malformed(error) => {
@@ -329,7 +384,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             };
             tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
             if let Packet::Publish(publish) = &packet {
-                if !self.throttle().await {
+                if !self.throttle(client).await {
                     return CloseReason::ServerClosed;
                 }
                 // A denied QoS 0 PUBLISH is dropped here; a QoS 1 or 2 one goes to the
@@ -349,7 +404,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Packet::Publish(publish)
                     if publish.qos == PublishQos::AtMostOnce && self.link.is_settled() =>
                 {
-                    if !self.route_qos0(publish).await {
+                    if !self.to_session.is_empty() && !self.flush(client).await {
+                        return CloseReason::ServerClosed;
+                    }
+                    if !self.gather_qos0(client, publish).await {
                         return CloseReason::ServerClosed;
                     }
                     continue;
@@ -384,11 +442,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             ) {
                 self.link.unsettle();
             }
-            let msg = SessionMsg::Packet {
+            if !self.direct.is_empty() && !self.flush(client).await {
+                return CloseReason::ServerClosed;
+            }
+            self.to_session.push(SessionMsg::Packet {
                 conn,
                 packet: to_session,
-            };
-            if self.hermes.send_async(client.clone(), msg).await.is_err() {
+            });
+            if self.to_session.len() >= BATCH_GATHER && !self.flush(client).await {
                 return CloseReason::ServerClosed;
             }
         }
@@ -397,54 +458,62 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Waits, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
     /// meanwhile, so TCP flow control slows the client down. False if the broker closed the
     /// connection meanwhile.
-    async fn throttle(&mut self) -> bool {
+    async fn throttle(&mut self, client: &ClientId) -> bool {
         let Some(wait) = self.bucket.as_mut().and_then(Bucket::take) else {
             return true;
         };
         Counters::add(&self.shared.counters.publish_throttled, 1);
+        // What was gathered does not wait with this one.
+        if !self.flush(client).await {
+            return false;
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => true,
             () = self.link.closed() => false,
         }
     }
 
-    /// A QoS 0 PUBLISH: to the retained shard if it says so, and to every subscriber's
-    /// session. False once the broker is closing.
-    async fn route_qos0(&mut self, publish: Publish) -> bool {
+    /// A QoS 0 PUBLISH: to the retained shard at once if it says so, and gathered for every
+    /// subscriber's session. False once the broker is closing.
+    async fn gather_qos0(&mut self, client: &ClientId, publish: Publish) -> bool {
         let message = Message::from(publish);
         self.local.published += 1;
         if message.retain {
+            // The messages gathered before it are routed before it is retained.
+            if !self.flush(client).await {
+                return false;
+            }
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let retain = RetainedMsg::Publish(message.clone());
             if self.hermes.send_async(shard, retain).await.is_err() {
                 return false;
             }
         }
-        route_direct(
-            &self.shared,
-            &self.hermes,
-            message,
-            &mut self.matches,
-            &mut self.targets,
-        )
-        .await
+        self.direct.push(message);
+        self.direct.len() < BATCH_GATHER || self.flush(client).await
+    }
+
+    /// The next packet decoded from what was read, if a whole one is there.
+    fn buffered(&mut self) -> Option<Next> {
+        match codec::decode(&mut self.buf, self.shared.config.max_packet_size) {
+            Ok(Some(packet)) => {
+                self.local.packets += 1;
+                if matches!(packet, Packet::Publish(_)) {
+                    self.local.publishes += 1;
+                }
+                Some(Next::Packet(packet))
+            }
+            Ok(None) => None,
+            Err(error) => Some(Next::Malformed(error)),
+        }
     }
 
     /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
     /// it with `KeepAliveTimeout`), or until the server closes the connection.
     async fn next(&mut self, deadline: Option<Instant>) -> Next {
-        let max = self.shared.config.max_packet_size;
         loop {
-            match codec::decode(&mut self.buf, max) {
-                Ok(Some(packet)) => {
-                    self.local.packets += 1;
-                    if matches!(packet, Packet::Publish(_)) {
-                        self.local.publishes += 1;
-                    }
-                    return Next::Packet(packet);
-                }
-                Ok(None) => {}
-                Err(error) => return Next::Malformed(error),
+            if let Some(next) = self.buffered() {
+                return next;
             }
             // Before waiting for the socket: what this read brought is counted.
             self.local.flush_received(&self.shared.counters);

@@ -149,10 +149,17 @@ impl Link {
 
     /// The session has carried out one such packet, its sends included.
     pub(crate) fn settle(&self) {
+        self.settle_n(1);
+    }
+
+    /// The session has carried out `n` such packets, their sends included.
+    pub(crate) fn settle_n(&self, n: u64) {
         let _ = self
             .shared
             .unsettled
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
     }
 
     /// Whether every packet handed to the session has been carried out: a QoS 0 PUBLISH

@@ -24,6 +24,7 @@ pub(crate) mod ws;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -48,18 +49,58 @@ use listen::ConnLimit;
 use storage::Storage;
 
 /// A client identifier: the ID of a session receiver.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub(crate) struct ClientId(pub(crate) Arc<str>);
+///
+/// Its hash is computed once, when it is made: Hermes hashes a receiver's ID for every
+/// message to it (on the way in and in the shard), and a client identifier can be 65535 bytes
+/// long. Equal identifiers are usually clones of one `Arc`, compared by address first.
+#[derive(Clone)]
+pub(crate) struct ClientId {
+    name: Arc<str>,
+    hash: u64,
+}
+
+impl ClientId {
+    pub(crate) fn new(name: &str) -> ClientId {
+        // Deterministic (fixed keys): the same identifier hashes the same in every process.
+        let hash =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(name);
+        ClientId {
+            name: Arc::from(name),
+            hash,
+        }
+    }
+
+    /// The identifier, shared.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+impl PartialEq for ClientId {
+    fn eq(&self, other: &ClientId) -> bool {
+        Arc::ptr_eq(&self.name, &other.name)
+            || (self.hash == other.hash && *self.name == *other.name)
+    }
+}
+
+impl Eq for ClientId {}
+
+impl std::hash::Hash for ClientId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Equal identifiers have equal hashes: `hash` is a function of `name`.
+        state.write_u64(self.hash);
+    }
+}
 
 impl fmt::Debug for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.name, f)
     }
 }
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 
@@ -84,6 +125,8 @@ pub(crate) enum SessionMsg {
     /// A published message matching this session's subscriptions, whose maximum granted QoS
     /// is `qos`.
     Deliver { message: Message, qos: QoS },
+    /// Several, in order, as [`Deliver`](SessionMsg::Deliver) each.
+    DeliverMany(Vec<(Message, QoS)>),
     /// Connection `conn` ended for `reason`.
     Detach { conn: ConnId, reason: CloseReason },
     /// A retained shard's answer for a subscription granted `qos`.
@@ -304,35 +347,91 @@ pub(crate) fn may_publish(acl: Option<&ClientAcl>, topic: &TopicName) -> bool {
     acl.is_none_or(|acl| acl.can_publish(topic))
 }
 
-/// Sends `message` to every session subscribed to its topic, straight from the edge (a
-/// reader's QoS 0 PUBLISH, a `$SYS` topic), waiting while a mailbox is full. False once the
-/// broker is closing.
+/// Sends `messages`, in order, to every session subscribed to their topics, straight from the
+/// edge (a reader's QoS 0 PUBLISHes, a `$SYS` topic), waiting while a mailbox is full; empties
+/// `messages`. False once the broker is closing.
+///
+/// One Hermes message per subscriber, not per delivery: a subscriber that several of the
+/// messages match gets them together in one [`SessionMsg::DeliverMany`], in order, so that its
+/// session takes them in one run and its connection's writer writes them in one system call.
+/// All of them go out with one [`send_all_async`](hermes::Hermes::send_all_async): one lock
+/// per shard, not one per delivery.
 pub(crate) async fn route_direct(
     shared: &Shared,
     hermes: &Handle,
-    message: Message,
-    matches: &mut Matches<ClientId>,
-    targets: &mut Vec<(ClientId, QoS)>,
+    messages: &mut Vec<Message>,
+    fanout: &mut Fanout,
 ) -> bool {
-    shared
-        .index
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .matches(&message.topic, matches);
-    targets.extend(matches.iter().map(|(client, qos)| (client.clone(), qos)));
-    // One send_async per subscriber, as before this path moved here; Hermes's
-    // send_all_async would batch them per shard (not measured yet).
-    let mut open = true;
-    for (client, qos) in targets.drain(..) {
-        let deliver = SessionMsg::Deliver {
-            message: message.clone(),
-            qos,
+    fanout.group(
+        &shared.index.read().unwrap_or_else(PoisonError::into_inner),
+        messages,
+    );
+    messages.clear();
+    let groups = fanout.groups.drain(..).map(|(client, mut delivered)| {
+        let msg = match (delivered.pop(), delivered.is_empty()) {
+            (Some((message, qos)), true) => SessionMsg::Deliver { message, qos },
+            (last, _) => {
+                delivered.extend(last);
+                SessionMsg::DeliverMany(delivered)
+            }
         };
-        if open && hermes.send_async(client, deliver).await.is_err() {
-            open = false;
+        (client, msg)
+    });
+    hermes.send_all_async(groups).await.is_ok()
+}
+
+/// What [`route_direct`] keeps between calls: the messages of each subscriber.
+#[derive(Default)]
+pub(crate) struct Fanout {
+    matches: Matches<ClientId>,
+    /// Each subscriber, in the order first matched, with its messages in order.
+    groups: Vec<(ClientId, Vec<(Message, QoS)>)>,
+    /// Where each subscriber is in `groups`, when the messages' topics differ.
+    index: hashbrown::HashMap<ClientId, usize>,
+}
+
+impl Fanout {
+    /// Groups `messages` by subscriber: each message once per matching session, at the
+    /// maximum QoS of its matching subscriptions [MQTT-3.3.5-1].
+    fn group(&mut self, index: &Subscriptions<ClientId>, messages: &[Message]) {
+        let Some(first) = messages.first() else {
+            return;
+        };
+        index.matches(&first.topic, &mut self.matches);
+        self.groups.extend(self.matches.iter().map(|(client, qos)| {
+            let mut delivered = Vec::with_capacity(messages.len());
+            delivered.push((first.clone(), qos));
+            (client.clone(), delivered)
+        }));
+        let first_matches = self.groups.len();
+        for message in &messages[1..] {
+            if message.topic == first.topic && self.index.is_empty() {
+                // The same topic, the same index: the same subscribers, in order.
+                for (_, delivered) in &mut self.groups[..first_matches] {
+                    let qos = delivered[0].1;
+                    delivered.push((message.clone(), qos));
+                }
+                continue;
+            }
+            if self.index.is_empty() {
+                for (i, (client, _)) in self.groups.iter().enumerate() {
+                    self.index.insert(client.clone(), i);
+                }
+            }
+            index.matches(&message.topic, &mut self.matches);
+            for (client, qos) in self.matches.iter() {
+                match self.index.get(client) {
+                    Some(&i) => self.groups[i].1.push((message.clone(), qos)),
+                    None => {
+                        self.index.insert(client.clone(), self.groups.len());
+                        self.groups
+                            .push((client.clone(), vec![(message.clone(), qos)]));
+                    }
+                }
+            }
         }
+        self.index.clear();
     }
-    open
 }
 
 /// Lets something happen at most once per period (a log line, say).
@@ -375,6 +474,124 @@ impl RateLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_equal_by_name_and_hash_alike() {
+        use std::hash::BuildHasher;
+        let a = ClientId::new("client-a");
+        let also_a = ClientId::new("client-a");
+        let b = ClientId::new("client-b");
+        assert!(!Arc::ptr_eq(&a.name, &also_a.name));
+        assert_eq!(a, also_a);
+        assert_eq!(a, a.clone());
+        assert_ne!(a, b);
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(state.hash_one(&a), state.hash_one(&also_a));
+        assert_ne!(state.hash_one(&a), state.hash_one(&b));
+        assert_eq!(&**a.name(), "client-a");
+        assert_eq!(format!("{a} {a:?}"), "client-a \"client-a\"");
+    }
+
+    fn message(topic: &str, payload: &str) -> Message {
+        Message {
+            topic: TopicName::try_from(topic).unwrap(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        }
+    }
+
+    /// A subscriber and what it got: (topic, payload, QoS) in order.
+    type Got = (String, Vec<(String, String, QoS)>);
+
+    /// What each subscriber gets, in order, sorted by client.
+    fn grouped(
+        fanout: &mut Fanout,
+        index: &Subscriptions<ClientId>,
+        messages: &[Message],
+    ) -> Vec<Got> {
+        fanout.group(index, messages);
+        let mut groups: Vec<_> = fanout
+            .groups
+            .drain(..)
+            .map(|(client, delivered)| {
+                let delivered = delivered
+                    .into_iter()
+                    .map(|(m, qos)| {
+                        let payload = String::from_utf8(m.payload.to_vec()).unwrap();
+                        (m.topic.as_str().to_owned(), payload, qos)
+                    })
+                    .collect();
+                (client.to_string(), delivered)
+            })
+            .collect();
+        groups.sort();
+        groups
+    }
+
+    /// Messages gathered from one read go to each subscriber together, in order, each once at
+    /// the maximum QoS of the subscriber's matching filters, whatever their topics.
+    #[test]
+    fn fanout_groups_each_subscribers_messages_in_order() {
+        let mut index = Subscriptions::new();
+        let filter = |f: &str| TopicFilter::try_from(f).unwrap();
+        let (a, b, c) = (ClientId::new("a"), ClientId::new("b"), ClientId::new("c"));
+        index.subscribe(&filter("t/+"), a.clone(), QoS::AtMostOnce);
+        index.subscribe(&filter("t/1"), a.clone(), QoS::AtLeastOnce);
+        index.subscribe(&filter("t/1"), b.clone(), QoS::ExactlyOnce);
+        index.subscribe(&filter("u"), c.clone(), QoS::AtMostOnce);
+        let mut fanout = Fanout::default();
+        let s = |t: &str, p: &str, q| (t.to_owned(), p.to_owned(), q);
+        let (q0, q1, q2) = (QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce);
+
+        // One topic: the fast path.
+        let same = [
+            message("t/1", "1"),
+            message("t/1", "2"),
+            message("t/1", "3"),
+        ];
+        assert_eq!(
+            grouped(&mut fanout, &index, &same),
+            [
+                (
+                    "a".into(),
+                    vec![s("t/1", "1", q1), s("t/1", "2", q1), s("t/1", "3", q1)]
+                ),
+                (
+                    "b".into(),
+                    vec![s("t/1", "1", q2), s("t/1", "2", q2), s("t/1", "3", q2)]
+                ),
+            ]
+        );
+        // Topics that differ, a subscriber first matched late, a topic nobody wants.
+        let mixed = [
+            message("t/2", "1"),
+            message("t/1", "2"),
+            message("x", "3"),
+            message("u", "4"),
+            message("t/2", "5"),
+            message("t/1", "6"),
+        ];
+        assert_eq!(
+            grouped(&mut fanout, &index, &mixed),
+            [
+                (
+                    "a".into(),
+                    vec![
+                        s("t/2", "1", q0),
+                        s("t/1", "2", q1),
+                        s("t/2", "5", q0),
+                        s("t/1", "6", q1)
+                    ]
+                ),
+                ("b".into(), vec![s("t/1", "2", q2), s("t/1", "6", q2)]),
+                ("c".into(), vec![s("u", "4", q0)]),
+            ]
+        );
+        // Nothing left over for the next call.
+        assert!(grouped(&mut fanout, &index, &[]).is_empty());
+        assert!(fanout.index.is_empty());
+    }
 
     #[test]
     fn rate_limited_allows_once_per_period() {

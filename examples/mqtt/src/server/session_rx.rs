@@ -42,7 +42,7 @@ pub(crate) fn factory(
 ) -> impl Fn(&ClientId) -> Activation<ClientId, SessionMsg, BrokerApp> + Send + Sync + 'static {
     move |id: &ClientId| {
         let state = match &shared.storage {
-            Some(storage) => match storage.load_session(&id.0) {
+            Some(storage) => match storage.load_session(id.name()) {
                 Ok(state) => state,
                 Err(error) => {
                     tracing::error!(client_id = %id, %error, "cannot load a stored session");
@@ -87,6 +87,9 @@ struct SessionRx {
     acl: Option<Arc<ClientAcl>>,
     /// Counted in the `offline_sessions` gauge: persistent, with its client away.
     counted_offline: bool,
+    /// Packets of a connection carried out whose `Settled` is on its way: one message to
+    /// itself settles all those carried out before it arrives, not one message per packet.
+    settling: Option<(ConnId, u64)>,
 }
 
 impl SessionRx {
@@ -121,6 +124,7 @@ impl SessionRx {
             // A stored session is counted as offline from the start (its client connecting
             // is what changes that).
             counted_offline: stored,
+            settling: None,
         }
     }
 
@@ -460,12 +464,25 @@ impl SessionRx {
         let keep = self.session.is_persistent() && !self.ended;
         if keep {
             if !changes.is_empty() || !self.stored {
-                storage.save_session(&self.id.0, &self.session, &changes);
+                storage.save_session(self.id.name(), &self.session, &changes);
                 self.stored = true;
             }
         } else if self.stored {
-            storage.delete_session(&self.id.0, changes.queue_removed.clone());
+            storage.delete_session(self.id.name(), changes.queue_removed.clone());
             self.stored = false;
+        }
+    }
+
+    /// A packet of connection `conn` that its reader counted as unsettled is carried out: it
+    /// settles when a message to itself, sent now or already on its way, comes back (after
+    /// this run's sends are out).
+    fn settle_later(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        match &mut self.settling {
+            Some((settling, n)) if *settling == conn => *n += 1,
+            _ => {
+                self.settling = Some((conn, 1));
+                ctx.send(self.id.clone(), SessionMsg::Settled { conn });
+            }
         }
     }
 
@@ -504,16 +521,26 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     // A retained PUBLISH settles when its shard has it (`Stored`); the rest
                     // once this run's sends are out, which a message to itself comes after.
                     if counted && !self.asked_store {
-                        ctx.send(self.id.clone(), SessionMsg::Settled { conn });
+                        self.settle_later(ctx, conn);
                     }
                 }
             }
             SessionMsg::Settled { conn } => {
-                if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
-                    link.settle();
+                if let Some((settling, n)) = self.settling
+                    && settling == conn
+                {
+                    self.settling = None;
+                    if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
+                        link.settle_n(n);
+                    }
                 }
             }
             SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
+            SessionMsg::DeliverMany(messages) => {
+                for (message, qos) in messages {
+                    self.deliver(message, qos, false);
+                }
+            }
             SessionMsg::Detach { conn, reason } => self.detach(ctx, conn, reason),
             SessionMsg::Retained { qos, answer } => match answer {
                 Ok(messages) => {

@@ -16,10 +16,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Handle, Shared, route_direct};
+use super::{Fanout, Handle, Shared, route_direct};
 use crate::message::Message;
 use crate::packet::QoS;
-use crate::subscriptions::Matches;
 use crate::topic::TopicName;
 
 /// The broker's counters and gauges.
@@ -307,8 +306,8 @@ pub(crate) async fn sys_loop(shared: Arc<Shared>, hermes: Handle, interval: Dura
     let mut loads = Loads::default();
     let mut last = Snapshot::take(&shared);
     let mut last_at = Instant::now();
-    let mut matches = Matches::new();
-    let mut targets = Vec::new();
+    let mut fanout = Fanout::default();
+    let mut messages = Vec::new();
     loop {
         ticker.tick().await;
         if shared.is_closing() {
@@ -323,15 +322,15 @@ pub(crate) async fn sys_loop(shared: Arc<Shared>, hermes: Handle, interval: Dura
             let Ok(topic) = TopicName::try_from(format!("$SYS/broker/{topic}")) else {
                 continue;
             };
-            let message = Message {
+            messages.push(Message {
                 topic,
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
                 retain: false,
-            };
-            if !route_direct(&shared, &hermes, message, &mut matches, &mut targets).await {
-                return;
-            }
+            });
+        }
+        if !route_direct(&shared, &hermes, &mut messages, &mut fanout).await {
+            return;
         }
     }
 }
