@@ -102,7 +102,8 @@ fn passwd_adds_changes_and_deletes_users() {
     assert!(!ok && err.contains("user name"), "{err}");
 }
 
-/// A broker process, its log read to the end.
+/// A broker process, its log read to the end; killed when dropped, so that no test leaves a
+/// broker running behind it.
 struct Process {
     child: Child,
     addr: SocketAddr,
@@ -165,6 +166,15 @@ impl Process {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
