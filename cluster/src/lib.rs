@@ -60,6 +60,8 @@ mod config;
 mod membership;
 mod node;
 mod placement;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod store;
 mod transport;
 mod wire;

@@ -50,16 +50,23 @@ pub(crate) async fn members(kv: &kv::Store) -> Result<Vec<NodeId>, String> {
     Ok(nodes)
 }
 
-/// Holds back activations of IDs this node gained from a live node until that node says it
-/// released them (or the hand-off timeout passes).
-pub(crate) struct Gate {
-    me: NodeId,
-    timeout: Duration,
-    state: Mutex<GateState>,
-    changed: Condvar,
+/// Whether an ID gained in a hand-off may be activated now: the decision of the hand-off gate,
+/// the same in a node on NATS and in the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GateCheck {
+    /// Its previous owner is this node, gone, or has released it.
+    Open,
+    /// Its previous owner has not released it, and the hand-off timeout has passed.
+    TimedOut,
+    /// Wait for the previous owner's release, at most until this instant.
+    Wait(Instant),
 }
 
-struct GateState {
+/// The hand-off gate's state, without I/O or clocks (the caller says what time it is).
+#[derive(Debug)]
+pub(crate) struct GateState {
+    me: NodeId,
+    timeout: Duration,
     /// The view before the latest change.
     previous: Arc<Vec<NodeId>>,
     current: Arc<Vec<NodeId>>,
@@ -71,19 +78,108 @@ struct GateState {
     first: bool,
 }
 
-impl Gate {
-    pub(crate) fn new(me: NodeId, timeout: Duration, view: Arc<Vec<NodeId>>) -> Self {
-        Gate {
+impl GateState {
+    pub(crate) fn new(me: NodeId, timeout: Duration, view: Arc<Vec<NodeId>>, now: Instant) -> Self {
+        GateState {
             me,
             timeout,
-            state: Mutex::new(GateState {
-                previous: Arc::clone(&view),
-                hash: view_hash(&view),
-                current: view,
-                since: Instant::now(),
-                released: HashMap::new(),
-                first: true,
-            }),
+            previous: Arc::clone(&view),
+            hash: view_hash(&view),
+            current: view,
+            since: now,
+            released: HashMap::new(),
+            first: true,
+        }
+    }
+
+    /// The membership changed from `previous` to `current` at `now`.
+    pub(crate) fn view_changed(
+        &mut self,
+        previous: Arc<Vec<NodeId>>,
+        current: Arc<Vec<NodeId>>,
+        now: Instant,
+    ) {
+        self.previous = if std::mem::take(&mut self.first) {
+            // Just started: before this node joined, the others owned everything, so they
+            // are the previous owners to wait for (not this node's view of itself alone).
+            let others: Vec<NodeId> = current.iter().copied().filter(|&n| n != self.me).collect();
+            Arc::new(others)
+        } else {
+            previous
+        };
+        self.hash = view_hash(&current);
+        self.current = current;
+        self.since = now;
+    }
+
+    /// This node's first look at the membership is done: later changes are ordinary ones.
+    pub(crate) fn settle(&mut self) {
+        self.first = false;
+    }
+
+    /// `node` released what it lost in view `view`.
+    pub(crate) fn released(&mut self, node: NodeId, view: u64) {
+        self.released.insert(node, view);
+    }
+
+    /// May the ID with hash `hash` be activated here at `now`?
+    pub(crate) fn check(&self, hash: u64, now: Instant) -> GateCheck {
+        let blocking = match owner(hash, &self.previous) {
+            Some(p) if p != self.me && self.current.contains(&p) => {
+                self.released.get(&p) != Some(&self.hash)
+            }
+            _ => false,
+        };
+        if !blocking {
+            return GateCheck::Open;
+        }
+        let deadline = self.since + self.timeout;
+        if now >= deadline {
+            GateCheck::TimedOut
+        } else {
+            GateCheck::Wait(deadline)
+        }
+    }
+}
+
+/// What a node does when it reads the membership: the new view goes to the placement and the
+/// gate. `Some(view hash)` if the view changed: the driver then calls `Hermes::release_moved`
+/// and, once that is done (or it gives up waiting), announces [`Released`] with this hash.
+/// The NATS node and the simulator both call this.
+pub(crate) fn apply_view(
+    placement: &ClusterPlacement,
+    gate: &Gate,
+    nodes: Vec<NodeId>,
+    now: Instant,
+) -> Option<u64> {
+    let previous = placement.view();
+    if !placement.set_view(nodes) {
+        return None;
+    }
+    let current = placement.view();
+    tracing::info!(
+        node = placement.me().0,
+        ?previous,
+        ?current,
+        "membership changed"
+    );
+    let view = view_hash(&current);
+    gate.view_changed(previous, current, now);
+    Some(view)
+}
+
+/// Holds back activations of IDs this node gained from a live node until that node says it
+/// released them (or the hand-off timeout passes): [`GateState`] behind a lock, and a condition
+/// variable for the threads that wait.
+pub(crate) struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+impl Gate {
+    pub(crate) fn new(me: NodeId, timeout: Duration, view: Arc<Vec<NodeId>>, now: Instant) -> Self {
+        Gate {
+            state: Mutex::new(GateState::new(me, timeout, view, now)),
             changed: Condvar::new(),
         }
     }
@@ -92,83 +188,102 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The membership changed from `previous` to `current`.
-    pub(crate) fn view_changed(&self, previous: Arc<Vec<NodeId>>, current: Arc<Vec<NodeId>>) {
-        let mut state = self.lock();
-        state.previous = if std::mem::take(&mut state.first) {
-            // Just started: before this node joined, the others owned everything, so they
-            // are the previous owners to wait for (not this node's view of itself alone).
-            let others: Vec<NodeId> = current.iter().copied().filter(|&n| n != self.me).collect();
-            Arc::new(others)
-        } else {
-            previous
-        };
-        state.hash = view_hash(&current);
-        state.current = current;
-        state.since = Instant::now();
-        drop(state);
+    /// The membership changed from `previous` to `current` at `now`.
+    pub(crate) fn view_changed(
+        &self,
+        previous: Arc<Vec<NodeId>>,
+        current: Arc<Vec<NodeId>>,
+        now: Instant,
+    ) {
+        self.lock().view_changed(previous, current, now);
         self.changed.notify_all();
     }
 
     /// This node's first look at the membership is done: later changes are ordinary ones.
     pub(crate) fn settle(&self) {
-        self.lock().first = false;
+        self.lock().settle();
     }
 
     /// `node` released what it lost in view `view`.
     pub(crate) fn released(&self, node: NodeId, view: u64) {
-        self.lock().released.insert(node, view);
+        self.lock().released(node, view);
         self.changed.notify_all();
     }
 
-    /// Waits until the ID with hash `hash` may be activated here: its previous owner is this
-    /// node, gone, or has released it, or the hand-off timeout has passed. True if it had to
-    /// give up waiting (the timeout passed).
+    /// May the ID with hash `hash` be activated at `now`?
+    pub(crate) fn check(&self, hash: u64, now: Instant) -> GateCheck {
+        self.lock().check(hash, now)
+    }
+
+    /// Waits (blocking this thread, on the real clock) until the ID with hash `hash` may be
+    /// activated here: its previous owner is this node, gone, or has released it, or the
+    /// hand-off timeout has passed. True if it had to give up waiting (the timeout passed).
     pub(crate) fn wait(&self, hash: u64) -> bool {
         let mut state = self.lock();
         loop {
-            let previous = owner(hash, &state.previous);
-            let blocking = match previous {
-                Some(p) if p != self.me && state.current.contains(&p) => {
-                    state.released.get(&p) != Some(&state.hash)
+            let now = Instant::now();
+            match state.check(hash, now) {
+                GateCheck::Open => return false,
+                GateCheck::TimedOut => {
+                    gave_up(state.timeout);
+                    return true;
                 }
-                _ => false,
-            };
-            if !blocking {
-                return false;
+                GateCheck::Wait(until) => {
+                    state = self
+                        .changed
+                        .wait_timeout(state, until - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
             }
-            let waited = state.since.elapsed();
-            if waited >= self.timeout {
-                tracing::warn!(
-                    timeout = ?self.timeout,
-                    "the previous owner did not release an ID in time: activating it anyway \
-                     (its saves are compare-and-set, so a stale owner cannot overwrite it)"
-                );
-                return true;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, self.timeout - waited)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
         }
     }
 }
 
-/// The application's factory behind the hand-off gate.
-pub(crate) struct Gated<F> {
-    pub(crate) inner: F,
-    pub(crate) gate: Arc<Gate>,
-    pub(crate) placement: Arc<ClusterPlacement>,
+/// Logs that a hand-off gate gave up waiting.
+pub(crate) fn gave_up(timeout: Duration) {
+    tracing::warn!(
+        ?timeout,
+        "the previous owner did not release an ID in time: activating it anyway \
+         (its saves are compare-and-set, so a stale owner cannot overwrite it)"
+    );
 }
 
-impl<K: Key, M: Message, F: Factory<K, M>> Factory<K, M> for Gated<F> {
+/// How a factory behind the gate waits: on a real thread ([`Gate`]), or in the simulator,
+/// where the waiting shard hands control back to the scheduler.
+pub(crate) trait Hold: Send + Sync + 'static {
+    /// Returns once the ID with hash `hash` may be activated; true if the wait timed out.
+    fn hold(&self, hash: u64) -> bool;
+}
+
+impl Hold for Gate {
+    fn hold(&self, hash: u64) -> bool {
+        self.wait(hash)
+    }
+}
+
+/// The application's factory behind the hand-off gate.
+pub(crate) struct Gated<F, H: ?Sized = dyn Hold> {
+    pub(crate) inner: F,
+    pub(crate) gate: Arc<H>,
+    pub(crate) placement: Arc<ClusterPlacement>,
+    /// The planted bug of the simulator's tests: activate without waiting for the previous
+    /// owner (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) skip_gate: bool,
+}
+
+impl<K: Key, M: Message, F: Factory<K, M>, H: Hold + ?Sized> Factory<K, M> for Gated<F, H> {
     type App = F::App;
 
     fn create(&self, id: &K) -> Activation<K, M> {
         let hash = id_hash(id);
-        if self.placement.owner_of(hash) == Some(self.placement.me()) {
-            self.gate.wait(hash);
+        #[cfg(feature = "fault-injection")]
+        let skip = self.skip_gate;
+        #[cfg(not(feature = "fault-injection"))]
+        let skip = false;
+        if !skip && self.placement.owner_of(hash) == Some(self.placement.me()) {
+            self.gate.hold(hash);
         }
         self.inner.create(id)
     }
@@ -193,9 +308,14 @@ mod tests {
 
     #[test]
     fn a_joining_node_waits_for_the_previous_owner_to_release() {
-        let gate = Arc::new(Gate::new(A, Duration::from_secs(5), Arc::new(vec![A])));
+        let gate = Arc::new(Gate::new(
+            A,
+            Duration::from_secs(5),
+            Arc::new(vec![A]),
+            Instant::now(),
+        ));
         let all = Arc::new(vec![A, B, C]);
-        gate.view_changed(Arc::new(vec![A]), Arc::clone(&all));
+        gate.view_changed(Arc::new(vec![A]), Arc::clone(&all), Instant::now());
         gate.settle();
         // Was B's (of B and C), is A's now: wait for B.
         let hash = (0..)
@@ -219,16 +339,30 @@ mod tests {
 
     #[test]
     fn no_wait_for_a_gone_owner_and_a_timeout_otherwise() {
-        let gate = Gate::new(A, Duration::from_millis(50), Arc::new(vec![A]));
+        let gate = Gate::new(
+            A,
+            Duration::from_millis(50),
+            Arc::new(vec![A]),
+            Instant::now(),
+        );
         gate.settle();
         // C left: its IDs are A's or B's now, and nobody waits for C.
-        gate.view_changed(Arc::new(vec![A, B, C]), Arc::new(vec![A, B]));
+        gate.view_changed(
+            Arc::new(vec![A, B, C]),
+            Arc::new(vec![A, B]),
+            Instant::now(),
+        );
         assert!(!gate.wait(owned_by(C, &[A, B, C])));
         // A's own IDs never wait.
         assert!(!gate.wait(owned_by(A, &[A, B, C])));
         // Joining while B never releases: the wait times out.
-        let joining = Gate::new(A, Duration::from_millis(50), Arc::new(vec![A]));
-        joining.view_changed(Arc::new(vec![A]), Arc::new(vec![A, B]));
+        let joining = Gate::new(
+            A,
+            Duration::from_millis(50),
+            Arc::new(vec![A]),
+            Instant::now(),
+        );
+        joining.view_changed(Arc::new(vec![A]), Arc::new(vec![A, B]), Instant::now());
         let hash = (0..)
             .find(|h| owner(*h, &[B]) == Some(B) && owner(*h, &[A, B]) == Some(A))
             .unwrap();
