@@ -1,7 +1,7 @@
 //! Membership: heartbeats in a JetStream key-value bucket whose entries expire, the view every
 //! node computes from it, and the hand-off barrier between an old owner and a new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ pub(crate) async fn members(kv: &kv::Store) -> Result<Vec<NodeId>, String> {
     Ok(nodes)
 }
 
+/// How many of a node's latest releases a gate remembers.
+const RELEASES_KEPT: usize = 16;
+
 /// Whether an ID gained in a hand-off may be activated now: the decision of the hand-off gate,
 /// the same in a node on NATS and in the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +75,9 @@ pub(crate) struct GateState {
     current: Arc<Vec<NodeId>>,
     hash: u64,
     since: Instant,
-    /// Each node's latest release, by view hash.
-    released: HashMap<NodeId, u64>,
+    /// Each node's latest releases, by view hash (a few: a node may announce a newer view
+    /// before this one sees it, and the older release still counts for the older view).
+    released: HashMap<NodeId, VecDeque<u64>>,
     /// No view change seen yet: this node has only just started.
     first: bool,
 }
@@ -119,15 +123,22 @@ impl GateState {
 
     /// `node` released what it lost in view `view`.
     pub(crate) fn released(&mut self, node: NodeId, view: u64) {
-        self.released.insert(node, view);
+        let views = self.released.entry(node).or_default();
+        if !views.contains(&view) {
+            if views.len() == RELEASES_KEPT {
+                views.pop_front();
+            }
+            views.push_back(view);
+        }
     }
 
     /// May the ID with hash `hash` be activated here at `now`?
     pub(crate) fn check(&self, hash: u64, now: Instant) -> GateCheck {
         let blocking = match owner(hash, &self.previous) {
-            Some(p) if p != self.me && self.current.contains(&p) => {
-                self.released.get(&p) != Some(&self.hash)
-            }
+            Some(p) if p != self.me && self.current.contains(&p) => !self
+                .released
+                .get(&p)
+                .is_some_and(|views| views.contains(&self.hash)),
             _ => false,
         };
         if !blocking {
@@ -335,6 +346,30 @@ mod tests {
         assert!(!gate.wait(hash), "released in time");
         assert!(start.elapsed() >= Duration::from_millis(90));
         releaser.join().unwrap();
+    }
+
+    /// Found by the cluster simulator (seed 189): a node's release of a newer view, arriving
+    /// before this node saw that view, overwrote its release of the view this node is in, so
+    /// activations here waited for the hand-off timeout although the old owner had released.
+    #[test]
+    fn an_older_release_still_counts_after_a_newer_one() {
+        let now = Instant::now();
+        let mut gate = GateState::new(C, Duration::from_secs(2), Arc::new(vec![C]), now);
+        let three = Arc::new(vec![A, B, C]);
+        gate.view_changed(Arc::new(vec![C]), Arc::clone(&three), now);
+        gate.settle();
+        let hash = (0..)
+            .find(|h| owner(*h, &[A, B]) == Some(A) && owner(*h, &three) == Some(C))
+            .unwrap();
+        assert_eq!(
+            gate.check(hash, now),
+            GateCheck::Wait(now + Duration::from_secs(2))
+        );
+        gate.released(A, view_hash(&three));
+        assert_eq!(gate.check(hash, now), GateCheck::Open);
+        // A moves on to a view with a fourth node before this node sees it.
+        gate.released(A, view_hash(&[A, B, C, NodeId(4)]));
+        assert_eq!(gate.check(hash, now), GateCheck::Open);
     }
 
     #[test]

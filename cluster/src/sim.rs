@@ -132,6 +132,9 @@ pub struct ClusterSim<K: Key, M: Message, F: Factory<K, M>> {
     tracker: Arc<Mutex<Tracker<K>>>,
     dead: Arc<Mutex<Vec<(String, DeadLetter<K, M>)>>>,
     trace: Vec<String>,
+    /// Activations that waited at the hand-off gate, and waits that timed out.
+    gate_waits: u64,
+    gate_timeouts: Arc<std::sync::atomic::AtomicU64>,
     #[cfg(feature = "fault-injection")]
     bug: Option<PlantedBug>,
 }
@@ -205,6 +208,8 @@ struct Baton {
 /// the gate may be open; the decision is the same [`Gate::check`].
 struct SimHold {
     gate: Arc<Gate>,
+    /// Waits that ended by the hand-off timeout, in this cluster.
+    timeouts: Arc<std::sync::atomic::AtomicU64>,
     clock: SimClock,
     baton: Arc<Baton>,
     timeout: Duration,
@@ -217,6 +222,7 @@ impl Hold for SimHold {
                 GateCheck::Open => return false,
                 GateCheck::TimedOut => {
                     membership::gave_up(self.timeout);
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 GateCheck::Wait(_) => {}
@@ -573,6 +579,8 @@ where
             members: BTreeMap::new(),
             dead: Arc::new(Mutex::new(Vec::new())),
             trace: Vec::new(),
+            gate_waits: 0,
+            gate_timeouts: Arc::default(),
             #[cfg(feature = "fault-injection")]
             bug: None,
         }
@@ -651,6 +659,7 @@ where
         });
         let hold = SimHold {
             gate: Arc::clone(&gate),
+            timeouts: Arc::clone(&self.gate_timeouts),
             clock: self.clock.clone(),
             baton: Arc::clone(&baton),
             timeout: self.options.handoff_timeout,
@@ -843,6 +852,12 @@ where
             .clone()
     }
 
+    /// Activations that waited at the hand-off gate so far, and how many of those waits ended
+    /// by the hand-off timeout rather than the previous owner's release.
+    pub fn gate_waits(&self) -> (u64, u64) {
+        (self.gate_waits, self.gate_timeouts.load(Ordering::Relaxed))
+    }
+
     /// Activations so far, on all nodes.
     pub fn activations(&self) -> u64 {
         self.tracker
@@ -1014,7 +1029,14 @@ where
         }
         match node.reports.recv() {
             Ok(Report::Quiet(deadline)) => node.state = NodeState::Idle(deadline),
-            Ok(Report::Blocked(hash)) => node.state = NodeState::Blocked(hash),
+            Ok(Report::Blocked(hash)) => {
+                let first = !matches!(node.state, NodeState::Blocked(_));
+                node.state = NodeState::Blocked(hash);
+                if first {
+                    self.gate_waits += 1;
+                    self.log(format_args!("gate {name} waits for {hash:016x}"));
+                }
+            }
             Ok(Report::Stopped) | Err(_) => self.node_died(name),
         }
     }
