@@ -47,7 +47,7 @@ use hermes_store::{Operation, StoreError};
 use crate::KvStore;
 use crate::membership::{self, Gate, GateCheck, Gated, Hold};
 use crate::placement::{ClusterPlacement, node_id};
-use crate::store::Bucket;
+use crate::store::{Bucket, Entry};
 use crate::transport::{Arrival, arrival, reachable};
 
 /// The timings and shape of a simulated cluster.
@@ -113,6 +113,9 @@ pub enum PlantedBug {
     SkipHandoffGate,
 }
 
+/// Dead letters with the node they happened on, shared with the node threads.
+type DeadLetters<K, M> = Arc<Mutex<Vec<(String, DeadLetter<K, M>)>>>;
+
 type MakeFactory<F> = Arc<dyn Fn(&NodeEnv) -> F + Send + Sync>;
 
 /// A simulated cluster of nodes running one application. See the [module docs](self).
@@ -130,7 +133,7 @@ pub struct ClusterSim<K: Key, M: Message, F: Factory<K, M>> {
     /// The membership bucket: each member's last heartbeat.
     members: BTreeMap<NodeId, Duration>,
     tracker: Arc<Mutex<Tracker<K>>>,
-    dead: Arc<Mutex<Vec<(String, DeadLetter<K, M>)>>>,
+    dead: DeadLetters<K, M>,
     trace: Vec<String>,
     /// Activations that waited at the hand-off gate, and waits that timed out.
     gate_waits: u64,
@@ -371,7 +374,7 @@ impl SimBucket {
 }
 
 impl Bucket for SimBucket {
-    fn entry(&self, key: &[u8]) -> Result<Option<(Option<Vec<u8>>, u64)>, StoreError> {
+    fn entry(&self, key: &[u8]) -> Result<Entry, StoreError> {
         Ok(self
             .state(Operation::Get, Some(key))?
             .entries
@@ -1210,7 +1213,7 @@ impl<K: Key, M: Message, F: Factory<K, M>> std::fmt::Debug for ClusterSim<K, M, 
 fn node_thread<K: Key, M: Message, A: App<Id = K, Msg = M>>(
     mut sim: Sim<K, M, A>,
     baton: Arc<Baton>,
-    dead: Arc<Mutex<Vec<(String, DeadLetter<K, M>)>>>,
+    dead: DeadLetters<K, M>,
     name: String,
 ) {
     let collect = |sim: &mut Sim<K, M, A>| {

@@ -41,6 +41,10 @@ impl std::fmt::Debug for KvStore {
     }
 }
 
+/// A key's latest entry in a bucket: `None` if it was never written, else its value (`None`
+/// if the latest operation deleted it) and revision.
+pub(crate) type Entry = Option<(Option<Vec<u8>>, u64)>;
+
 /// What [`KvStore`] needs of a key-value bucket with revisions: JetStream's
 /// ([`JetStreamBucket`]), or the simulator's (`sim::SimBucket`). Keys are the store's raw keys;
 /// the bucket names them as it needs. The compare-and-set logic (which revision a write
@@ -48,7 +52,7 @@ impl std::fmt::Debug for KvStore {
 pub(crate) trait Bucket: Send + Sync + 'static {
     /// The latest entry of `key`: `None` if it was never written, else its value (`None` if
     /// the latest operation deleted it) and revision.
-    fn entry(&self, key: &[u8]) -> Result<Option<(Option<Vec<u8>>, u64)>, StoreError>;
+    fn entry(&self, key: &[u8]) -> Result<Entry, StoreError>;
     /// Writes `value` unconditionally; the new revision.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError>;
     /// Writes `value` if the key is still at revision `expected` (0: absent), else
@@ -153,7 +157,7 @@ impl JetStreamBucket {
 }
 
 impl Bucket for JetStreamBucket {
-    fn entry(&self, key: &[u8]) -> Result<Option<(Option<Vec<u8>>, u64)>, StoreError> {
+    fn entry(&self, key: &[u8]) -> Result<Entry, StoreError> {
         let kv = self.kv.clone();
         let name = encode_key(key);
         let entry = self.run(Operation::Get, Some(key), async move {

@@ -81,10 +81,10 @@ impl Receiver<u64, Msg> for Account {
     }
 }
 
-fn bank(
-    book: Arc<Mutex<Book>>,
-) -> impl Fn(&NodeEnv) -> Box<dyn Fn(&u64) -> Activation<u64, Msg> + Send + Sync> + Send + Sync + 'static
-{
+/// A node's factory of accounts.
+type AccountFactory = Box<dyn Fn(&u64) -> Activation<u64, Msg> + Send + Sync>;
+
+fn bank(book: Arc<Mutex<Book>>) -> impl Fn(&NodeEnv) -> AccountFactory + Send + Sync + 'static {
     move |env: &NodeEnv| {
         let store = Arc::clone(&env.store);
         let book = Arc::clone(&book);
