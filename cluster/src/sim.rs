@@ -111,6 +111,9 @@ pub enum PlantedBug {
     /// The hand-off gate is skipped: a node activates an ID it gained from a live node without
     /// waiting for that node to deactivate it and save its state.
     SkipHandoffGate,
+    /// [`KvStore`] writes ignore revisions: a stale owner's save overwrites the new owner's
+    /// instead of failing with `Conflict`.
+    UnconditionalSave,
 }
 
 /// Dead letters with the node they happened on, shared with the node threads.
@@ -155,6 +158,8 @@ struct SimNode<K, M, A> {
     state: NodeState,
     /// Something arrived for it since it last ran.
     dirty: bool,
+    /// Paused (a long stop of the process): it neither runs nor heartbeats.
+    paused: bool,
     next_beat: Duration,
     /// Hand-offs whose release is not announced yet: the shards' signal, the view, and when
     /// the node gives up waiting and announces anyway.
@@ -637,10 +642,16 @@ where
             alive: AtomicBool::new(true),
             connected: AtomicBool::new(true),
         });
-        let store = Arc::new(KvStore::new(SimBucket {
+        #[allow(unused_mut)]
+        let mut store = KvStore::new(SimBucket {
             state: Arc::clone(&self.bucket),
             link: Arc::clone(&link),
-        }));
+        });
+        #[cfg(feature = "fault-injection")]
+        {
+            store.unconditional = self.bug == Some(PlantedBug::UnconditionalSave);
+        }
+        let store = Arc::new(store);
         let env = NodeEnv {
             name: name.to_owned(),
             id,
@@ -719,6 +730,7 @@ where
             link,
             state: NodeState::Idle(None),
             dirty: true,
+            paused: false,
             next_beat: self.clock.elapsed() + beat_phase,
             releasing: Vec::new(),
         };
@@ -789,6 +801,30 @@ where
                 .unwrap_or_else(PoisonError::into_inner)
                 .healthy = false;
             self.log(format_args!("partition {name}"));
+        }
+    }
+
+    /// Pauses node `name` (a process stopped by a long garbage collection, a debugger, an
+    /// overloaded machine): it neither runs nor heartbeats, but stays connected; messages for
+    /// it wait. Past the liveness timeout the others take its IDs, and when it resumes it is a
+    /// stale owner until it notices. From now on the cluster is not healthy.
+    pub fn pause(&mut self, name: &str) {
+        if let Some(node) = self.nodes.get_mut(name) {
+            node.paused = true;
+            self.tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .healthy = false;
+            self.log(format_args!("pause {name}"));
+        }
+    }
+
+    /// Resumes a paused node.
+    pub fn resume(&mut self, name: &str) {
+        if let Some(node) = self.nodes.get_mut(name) {
+            node.paused = false;
+            node.dirty = true;
+            self.log(format_args!("resume {name}"));
         }
     }
 
@@ -923,7 +959,7 @@ where
         let due: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.next_beat <= now)
+            .filter(|(_, n)| n.next_beat <= now && !n.paused)
             .map(|(name, _)| name.clone())
             .collect();
         for name in due {
@@ -937,6 +973,7 @@ where
         let mut names: Vec<String> = self
             .nodes
             .iter()
+            .filter(|(_, n)| !n.paused)
             .filter(|(_, n)| match n.state {
                 NodeState::Idle(deadline) => n.dirty || deadline.is_some_and(|d| d <= now),
                 NodeState::Blocked(hash) => {
@@ -952,7 +989,7 @@ where
         }
         // Hand-offs whose release is done: announce them.
         let mut announce = Vec::new();
-        for node in self.nodes.values_mut() {
+        for node in self.nodes.values_mut().filter(|n| !n.paused) {
             let mut cx = TaskContext::from_waker(Waker::noop());
             node.releasing.retain_mut(|(done, view, give_up)| {
                 let ready = Pin::new(&mut *done).poll(&mut cx).is_ready();
@@ -988,7 +1025,7 @@ where
                 next = Some(at);
             }
         };
-        for node in self.nodes.values() {
+        for node in self.nodes.values().filter(|n| !n.paused) {
             earliest(node.next_beat);
             if let NodeState::Idle(Some(deadline)) = node.state {
                 earliest(deadline);

@@ -33,6 +33,10 @@ use tokio::runtime::Handle;
 pub struct KvStore {
     bucket: Box<dyn Bucket>,
     revisions: Mutex<HashMap<Vec<u8>, u64>>,
+    /// The planted bug of the simulator's tests: writes ignore revisions (feature
+    /// `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) unconditional: bool,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -240,6 +244,8 @@ impl KvStore {
         KvStore {
             bucket: Box::new(bucket),
             revisions: Mutex::new(HashMap::new()),
+            #[cfg(feature = "fault-injection")]
+            unconditional: false,
         }
     }
 
@@ -279,7 +285,11 @@ impl Store for KvStore {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let revision = match self.revision(key) {
+        #[cfg(feature = "fault-injection")]
+        let expected = self.revision(key).filter(|_| !self.unconditional);
+        #[cfg(not(feature = "fault-injection"))]
+        let expected = self.revision(key);
+        let revision = match expected {
             Some(expected) => self.bucket.update(key, value, expected)?,
             None => self.bucket.put(key, value)?,
         };

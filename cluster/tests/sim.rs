@@ -111,6 +111,8 @@ enum Fault {
     Partition,
     /// A node leaves gracefully and rejoins.
     LeaveRejoin,
+    /// A node's process stops (a long pause) and goes on later, a stale owner.
+    Pause,
 }
 
 /// What one run saw.
@@ -132,7 +134,29 @@ struct Outcome {
 }
 
 const ACCOUNTS: u64 = 40;
-const DEPOSITS: u64 = 300;
+const DEPOSITS: u64 = 400;
+
+type Bank = ClusterSim<u64, Msg, AccountFactory>;
+
+fn inject(sim: &mut Bank, fault: Fault) {
+    match fault {
+        Fault::Join => sim.start("d"),
+        Fault::CrashRestart => sim.crash("c"),
+        Fault::Partition => sim.partition("c"),
+        Fault::LeaveRejoin => sim.leave("b"),
+        Fault::Pause => sim.pause("c"),
+    }
+}
+
+fn heal(sim: &mut Bank, fault: Fault) {
+    match fault {
+        Fault::Join => {}
+        Fault::CrashRestart => sim.start("c"),
+        Fault::Partition => sim.heal("c"),
+        Fault::LeaveRejoin => sim.start("b"),
+        Fault::Pause => sim.resume("c"),
+    }
+}
 
 fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
     let book = Arc::new(Mutex::new(Book::default()));
@@ -146,14 +170,18 @@ fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
         Fault::CrashRestart,
         Fault::Partition,
         Fault::LeaveRejoin,
-    ][rng.usize(..4)];
+        Fault::Pause,
+    ][rng.usize(..5)];
     for name in ["a", "b", "c"] {
         sim.start(name);
         sim.run_for(Duration::from_millis(rng.u64(0..300)));
     }
     sim.run_for(Duration::from_secs(2));
     let fault_at = rng.u64(DEPOSITS / 5..DEPOSITS / 2);
-    let recover_at = fault_at + rng.u64(DEPOSITS / 4..DEPOSITS / 2);
+    // How long the fault lasts: up to twice the liveness timeout, so that the others notice
+    // it in some seeds and not in others.
+    let lasts = Duration::from_millis(rng.u64(500..6_000));
+    let mut recover_at = None;
     let mut refused_at_send = HashSet::new();
     let mut dead = HashSet::new();
     // Deposits sent while the membership was stable, by the time they were sent; and the times
@@ -161,24 +189,17 @@ fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
     let mut stable = Vec::new();
     let mut changes = Vec::new();
     for op in 0..DEPOSITS {
-        if op == fault_at || op == recover_at {
+        let recover = recover_at.is_some_and(|at| sim.elapsed() >= at);
+        if op == fault_at || recover {
             changes.push(sim.elapsed());
         }
         if op == fault_at {
-            match fault {
-                Fault::Join => sim.start("d"),
-                Fault::CrashRestart => sim.crash("c"),
-                Fault::Partition => sim.partition("c"),
-                Fault::LeaveRejoin => sim.leave("b"),
-            }
+            recover_at = Some(sim.elapsed() + lasts);
+            inject(&mut sim, fault);
         }
-        if op == recover_at {
-            match fault {
-                Fault::Join => {}
-                Fault::CrashRestart => sim.start("c"),
-                Fault::Partition => sim.heal("c"),
-                Fault::LeaveRejoin => sim.start("b"),
-            }
+        if recover {
+            recover_at = None;
+            heal(&mut sim, fault);
         }
         let running = sim.running();
         let mut ids: Vec<_> = running.iter().map(|n| hermes_cluster::node_id(n)).collect();
@@ -192,6 +213,10 @@ fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
             refused_at_send.insert(op);
         }
         sim.run_for(Duration::from_millis(rng.u64(1..40)));
+    }
+    if recover_at.is_some() {
+        changes.push(sim.elapsed());
+        heal(&mut sim, fault);
     }
     sim.run_for(Duration::from_secs(10));
     for (_, letter) in sim.take_dead_letters() {
@@ -298,7 +323,7 @@ fn the_cluster_keeps_its_rules_under_many_seeds() {
     }
     // Every kind of fault ran, and the hand-off gate held activations back (and was opened by
     // releases, not by its timeout, in joins without faults).
-    assert_eq!(faults.len(), 4, "{faults:?}");
+    assert_eq!(faults.len(), 5, "{faults:?}");
     assert!(waits > 0, "no activation waited at the gate");
     assert_eq!(
         timeouts, 0,
@@ -336,6 +361,37 @@ fn the_planted_hand_off_bug_is_caught_and_the_real_gate_passes_the_same_seeds() 
     let (seed, what) = first.expect("the simulator did not catch the planted bug");
     eprintln!(
         "the planted bug: caught by {} of {} seeds, first at seed {seed}: {what}",
+        caught.len(),
+        seeds().count()
+    );
+}
+
+#[test]
+fn a_planted_unconditional_save_is_caught_and_compare_and_set_passes_the_same_seeds() {
+    let mut caught = Vec::new();
+    let mut conflicts = 0;
+    for seed in seeds() {
+        let real = run(seed, None);
+        check(seed, &real);
+        conflicts += real.conflicts;
+        let buggy = run(seed, Some(PlantedBug::UnconditionalSave));
+        if !buggy.lost_acked.is_empty() {
+            caught.push((seed, buggy.fault, buggy.lost_acked));
+        }
+    }
+    // Stale owners did try to save (after partitions and pauses), and compare-and-set refused
+    // them; without it, their saves overwrite acknowledged deposits.
+    assert!(
+        conflicts > 0,
+        "no stale owner ever saved: compare-and-set was not exercised"
+    );
+    let (seed, fault, lost) = caught
+        .first()
+        .expect("the simulator did not catch the unconditional save");
+    eprintln!(
+        "unconditional saves: caught by {} of {} seeds, first at seed {seed} ({fault:?}): \
+         acknowledged deposits {lost:?} overwritten; {conflicts} stale saves refused with \
+         compare-and-set",
         caught.len(),
         seeds().count()
     );
