@@ -20,10 +20,48 @@
 //! hand-off gate blocks its shard, as on a real node, while the others go on, and the run
 //! stays deterministic.
 //!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use hermes_cluster::sim::{ClusterSim, NodeEnv, SimOptions};
+//! use hermes_core::{Activation, Context};
+//!
+//! let handled = Arc::new(AtomicU64::new(0));
+//! let counter = Arc::clone(&handled);
+//! let mut sim = ClusterSim::new(7, SimOptions::default(), move |_env: &NodeEnv| {
+//!     let counter = Arc::clone(&counter);
+//!     move |_id: &u64| {
+//!         let counter = Arc::clone(&counter);
+//!         Activation::ready(move |_: &mut Context<'_, u64, u32>, _msg: u32| {
+//!             counter.fetch_add(1, Ordering::Relaxed);
+//!         })
+//!     }
+//! });
+//! for node in ["a", "b", "c"] {
+//!     sim.start(node);
+//! }
+//! sim.run_for(Duration::from_secs(2)); // every node sees the three
+//! for id in 0..30 {
+//!     sim.send("a", id, 1).unwrap(); // through a's handle, to wherever `id` lives
+//! }
+//! sim.run_for(Duration::from_secs(1));
+//! assert_eq!(handled.load(Ordering::Relaxed), 30);
+//! sim.crash("c");
+//! sim.run_for(Duration::from_secs(5)); // the others notice, and take c's IDs
+//! assert_eq!(sim.view("a").unwrap().len(), 2);
+//! for id in 0..30 {
+//!     sim.send("b", id, 1).unwrap();
+//! }
+//! sim.run_for(Duration::from_secs(1));
+//! assert_eq!(handled.load(Ordering::Relaxed), 60);
+//! assert!(sim.violations().is_empty());
+//! ```
+//!
 //! Checks built in: an ID is never active (activated by the factory and not yet deactivated)
-//! on two nodes at once while the cluster is healthy, i.e. before the first partition
-//! ([`ClusterSim::violations`]). Applications check the rest (no acknowledged save lost, every
-//! message delivered or dead-lettered) with their own bookkeeping: see `tests/sim.rs`.
+//! on two nodes at once while the cluster is healthy, i.e. before the first partition or
+//! pause ([`ClusterSim::violations`]). Applications check the rest (no acknowledged save lost,
+//! every message delivered or dead-lettered) with their own bookkeeping: see `tests/sim.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -46,7 +84,8 @@ use hermes_store::{Operation, StoreError};
 
 use crate::KvStore;
 use crate::membership::{self, Gate, GateCheck, Gated, Hold};
-use crate::placement::{ClusterPlacement, node_id};
+use crate::node_id;
+use crate::placement::ClusterPlacement;
 use crate::store::{Bucket, Entry};
 use crate::transport::{Arrival, arrival, reachable};
 
@@ -87,7 +126,7 @@ impl Default for SimOptions {
 pub struct NodeEnv {
     /// The node's name.
     pub name: String,
-    /// The node's number ([`node_id`](crate::node_id) of its name).
+    /// The node's number ([`node_id`] of its name).
     pub id: NodeId,
     /// The cluster's state, as this node's process sees it.
     pub store: Arc<KvStore>,
