@@ -483,10 +483,15 @@ struct Tracker<K> {
     healthy: bool,
     violations: Vec<Violation>,
     activations: u64,
+    /// Nodes crashing: what their dropped shards still do is not activity of the cluster.
+    crashing: Vec<NodeId>,
 }
 
 impl<K: Key> Tracker<K> {
     fn activated(&mut self, id: &K, node: NodeId) {
+        if self.crashing.contains(&node) {
+            return;
+        }
         self.activations += 1;
         let nodes = self.active.entry(id.clone()).or_default();
         if self.healthy && !nodes.is_empty() {
@@ -617,6 +622,7 @@ where
                 healthy: true,
                 violations: Vec::new(),
                 activations: 0,
+                crashing: Vec::new(),
             })),
             clock,
             nodes: BTreeMap::new(),
@@ -801,9 +807,11 @@ where
         let Some(node) = self.nodes.get_mut(name) else {
             return;
         };
-        let crash = matches!(how, Command::Crash);
-        if crash {
+        if matches!(how, Command::Crash) {
             node.link.alive.store(false, Ordering::Relaxed);
+            let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            tracker.forget_node(node.id);
+            tracker.crashing.push(node.id);
         }
         if node.commands.send(how).is_ok() {
             loop {
@@ -823,10 +831,9 @@ where
         {
             std::panic::resume_unwind(panic);
         }
-        self.tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .forget_node(node.id);
+        let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        tracker.forget_node(node.id);
+        tracker.crashing.retain(|&n| n != node.id);
     }
 
     /// Cuts node `name` off from the NATS server: it cannot heartbeat, read the membership,

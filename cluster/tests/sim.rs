@@ -329,7 +329,7 @@ fn the_cluster_keeps_its_rules_under_many_seeds() {
         timeouts, 0,
         "gate waits that timed out in a healthy cluster"
     );
-    eprintln!("{faults:?}; {waits} activations waited at the hand-off gate");
+    eprintln!("{faults:?}; nodes waited at the hand-off gate {waits} times");
 }
 
 #[test]
