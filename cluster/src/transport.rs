@@ -62,10 +62,7 @@ pub(crate) fn arrival<K: std::hash::Hash>(
     hops: u8,
 ) -> Arrival {
     match placement.locate(to) {
-        Location::Node(node) if hops >= wire::MAX_HOPS => {
-            let _ = node;
-            Arrival::TooManyHops
-        }
+        Location::Node(_) if hops >= wire::MAX_HOPS => Arrival::TooManyHops,
         Location::Node(node) => Arrival::Forward(node, hops + 1),
         _ => Arrival::Here,
     }
@@ -395,5 +392,39 @@ pub(crate) async fn subscribe<K, M, A>(
 {
     while let Some(message) = subscriber.next().await {
         transport.receive(&message.payload).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_are_delivered_passed_on_or_given_up() {
+        let (me, other) = (NodeId(1), NodeId(2));
+        let placement = ClusterPlacement::new(me, true, 2);
+        placement.set_view(vec![me, other]);
+        let mine = (0u64..)
+            .find(|i| placement.locate(i) != Location::Node(other))
+            .unwrap();
+        let theirs = (0u64..)
+            .find(|i| placement.locate(i) == Location::Node(other))
+            .unwrap();
+        assert_eq!(arrival(&placement, &mine, 0), Arrival::Here);
+        assert_eq!(arrival(&placement, &mine, wire::MAX_HOPS), Arrival::Here);
+        assert_eq!(arrival(&placement, &theirs, 0), Arrival::Forward(other, 1));
+        assert_eq!(
+            arrival(&placement, &theirs, wire::MAX_HOPS),
+            Arrival::TooManyHops
+        );
+        assert_eq!(reachable(&placement, other), Ok(()));
+        assert_eq!(
+            reachable(&placement, me),
+            Err(DeadLetterReason::Unreachable)
+        );
+        assert_eq!(
+            reachable(&placement, NodeId(3)),
+            Err(DeadLetterReason::Unreachable)
+        );
     }
 }

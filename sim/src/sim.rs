@@ -101,6 +101,21 @@ impl<K: 'static> Placement<K> for SharedPlacement<K> {
 /// The virtual clock of a simulation, to share between the simulations of the nodes of a
 /// simulated cluster ([`Sim::with_clock`]), so that they all see the same time. Only its
 /// owner moves it ([`SimClock::advance_to`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use hermes_core::{Activation, Config, Context};
+/// use hermes_sim::{Sim, SimClock};
+///
+/// let node = |_: &u32| Activation::ready(|_: &mut Context<'_, u32, ()>, _: ()| {});
+/// let clock = SimClock::new();
+/// let a = Sim::new(1, Config::default(), node).with_clock(clock.clone());
+/// let b = Sim::new(2, Config::default(), node).with_clock(clock.clone());
+/// clock.advance_to(Duration::from_secs(5));
+/// assert_eq!((a.elapsed(), b.elapsed()), (clock.elapsed(), clock.elapsed()));
+/// clock.advance_to(Duration::from_secs(1)); // never backwards
+/// assert_eq!(a.now(), clock.at(Duration::from_secs(5)));
+/// ```
 #[derive(Clone, Debug)]
 pub struct SimClock(Arc<VirtualClock>);
 
