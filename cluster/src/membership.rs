@@ -53,6 +53,9 @@ pub(crate) async fn members(kv: &kv::Store) -> Result<Vec<NodeId>, String> {
 /// How many of a node's latest releases a gate remembers.
 const RELEASES_KEPT: usize = 16;
 
+/// How many views with unfinished hand-offs a gate keeps.
+const PREVIOUS_KEPT: usize = 8;
+
 /// Whether an ID gained in a hand-off may be activated now: the decision of the hand-off gate,
 /// the same in a node on NATS and in the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +73,10 @@ pub(crate) enum GateCheck {
 pub(crate) struct GateState {
     me: NodeId,
     timeout: Duration,
-    /// The view before the latest change.
-    previous: Arc<Vec<NodeId>>,
+    /// The views before the latest changes whose hand-offs to this node may not be finished:
+    /// the view before the latest change, and older ones while their live owners have not all
+    /// released (a view can change again before the previous owners have released).
+    previous: Vec<Arc<Vec<NodeId>>>,
     current: Arc<Vec<NodeId>>,
     hash: u64,
     since: Instant,
@@ -87,7 +92,7 @@ impl GateState {
         GateState {
             me,
             timeout,
-            previous: Arc::clone(&view),
+            previous: vec![Arc::clone(&view)],
             hash: view_hash(&view),
             current: view,
             since: now,
@@ -103,14 +108,38 @@ impl GateState {
         current: Arc<Vec<NodeId>>,
         now: Instant,
     ) {
-        self.previous = if std::mem::take(&mut self.first) {
+        let previous = if std::mem::take(&mut self.first) {
             // Just started: before this node joined, the others owned everything, so they
             // are the previous owners to wait for (not this node's view of itself alone).
             let others: Vec<NodeId> = current.iter().copied().filter(|&n| n != self.me).collect();
+            self.previous.clear();
             Arc::new(others)
         } else {
             previous
         };
+        if now >= self.since + self.timeout {
+            // Every wait for the older views has given up by now.
+            self.previous.clear();
+        } else {
+            // Older views whose live owners all released the view this node was in are done;
+            // the others still hold back what they owned (found by the cluster simulator: a
+            // node that rejoined saw a third node join before the old owners released to it,
+            // took its own previous view for the one to wait on, and activated IDs that their
+            // old owner still ran).
+            let (me, hash, old) = (self.me, self.hash, Arc::clone(&self.current));
+            let released = &self.released;
+            self.previous.retain(|view| {
+                !view.iter().all(|&p| {
+                    p == me
+                        || !old.contains(&p)
+                        || released.get(&p).is_some_and(|views| views.contains(&hash))
+                })
+            });
+            if self.previous.len() >= PREVIOUS_KEPT {
+                self.previous.remove(0);
+            }
+        }
+        self.previous.push(previous);
         self.hash = view_hash(&current);
         self.current = current;
         self.since = now;
@@ -134,13 +163,13 @@ impl GateState {
 
     /// May the ID with hash `hash` be activated here at `now`?
     pub(crate) fn check(&self, hash: u64, now: Instant) -> GateCheck {
-        let blocking = match owner(hash, &self.previous) {
+        let blocking = self.previous.iter().any(|view| match owner(hash, view) {
             Some(p) if p != self.me && self.current.contains(&p) => !self
                 .released
                 .get(&p)
                 .is_some_and(|views| views.contains(&self.hash)),
             _ => false,
-        };
+        });
         if !blocking {
             return GateCheck::Open;
         }
@@ -370,6 +399,41 @@ mod tests {
         // A moves on to a view with a fourth node before this node sees it.
         gate.released(A, view_hash(&[A, B, C, NodeId(4)]));
         assert_eq!(gate.check(hash, now), GateCheck::Open);
+    }
+
+    /// Found by the cluster simulator (three faults, seed 37): B rejoins (view A, B, C; it
+    /// waits for A and C), and D joins before C has seen B. B's next view change must not take
+    /// its own view A, B, C (where it owned the ID) as the one to wait on: C still runs the ID,
+    /// and B waits for C's release of the new view.
+    #[test]
+    fn a_second_change_before_the_release_keeps_waiting_for_the_old_owner() {
+        let now = Instant::now();
+        let d = NodeId(4);
+        let mut gate = GateState::new(B, Duration::from_secs(2), Arc::new(vec![B]), now);
+        let three = Arc::new(vec![A, B, C]);
+        gate.view_changed(Arc::new(vec![B]), Arc::clone(&three), now);
+        gate.settle();
+        let four = Arc::new(vec![A, B, C, d]);
+        let hash = (0..)
+            .find(|h| {
+                owner(*h, &[A, C]) == Some(C)
+                    && owner(*h, &three) == Some(B)
+                    && owner(*h, &four) == Some(B)
+            })
+            .unwrap();
+        let later = now + Duration::from_millis(200);
+        gate.view_changed(Arc::clone(&three), Arc::clone(&four), later);
+        assert!(matches!(gate.check(hash, later), GateCheck::Wait(_)));
+        gate.released(A, view_hash(&four));
+        gate.released(d, view_hash(&four));
+        assert!(matches!(gate.check(hash, later), GateCheck::Wait(_)));
+        gate.released(C, view_hash(&four));
+        assert_eq!(gate.check(hash, later), GateCheck::Open);
+        // Once everybody released, the next change forgets the old views.
+        gate.view_changed(Arc::clone(&four), Arc::clone(&three), later);
+        gate.released(A, view_hash(&three));
+        gate.released(C, view_hash(&three));
+        assert_eq!(gate.previous.len(), 1);
     }
 
     #[test]

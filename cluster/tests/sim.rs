@@ -119,6 +119,8 @@ enum Fault {
 #[derive(Debug)]
 struct Outcome {
     fault: Fault,
+    /// Every fault of the run, in order (the first is `fault`).
+    faults: Vec<Fault>,
     violations: Vec<Violation>,
     /// Acknowledged deposits missing from their account's saved state.
     lost_acked: Vec<u64>,
@@ -138,40 +140,47 @@ const DEPOSITS: u64 = 400;
 
 type Bank = ClusterSim<u64, Msg, AccountFactory>;
 
-fn inject(sim: &mut Bank, fault: Fault) {
+fn inject(sim: &mut Bank, fault: Fault, node: &str) {
     match fault {
-        Fault::Join => sim.start("d"),
-        Fault::CrashRestart => sim.crash("c"),
-        Fault::Partition => sim.partition("c"),
-        Fault::LeaveRejoin => sim.leave("b"),
-        Fault::Pause => sim.pause("c"),
+        Fault::Join => sim.start(node),
+        Fault::CrashRestart => sim.crash(node),
+        Fault::Partition => sim.partition(node),
+        Fault::LeaveRejoin => sim.leave(node),
+        Fault::Pause => sim.pause(node),
     }
 }
 
-fn heal(sim: &mut Bank, fault: Fault) {
+fn heal(sim: &mut Bank, fault: Fault, node: &str) {
     match fault {
         Fault::Join => {}
-        Fault::CrashRestart => sim.start("c"),
-        Fault::Partition => sim.heal("c"),
-        Fault::LeaveRejoin => sim.start("b"),
-        Fault::Pause => sim.resume("c"),
+        Fault::CrashRestart | Fault::LeaveRejoin => sim.start(node),
+        Fault::Partition => sim.heal(node),
+        Fault::Pause => sim.resume(node),
     }
 }
 
+const FAULTS: [Fault; 5] = [
+    Fault::Join,
+    Fault::CrashRestart,
+    Fault::Partition,
+    Fault::LeaveRejoin,
+    Fault::Pause,
+];
+
+/// One run with one fault.
 fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
+    run_with(seed, bug, 1)
+}
+
+/// One run with `faults` faults one after the other (each recovers before the next).
+fn run_with(seed: u64, bug: Option<PlantedBug>, faults: usize) -> Outcome {
     let book = Arc::new(Mutex::new(Book::default()));
     let mut sim = ClusterSim::new(seed, SimOptions::default(), bank(Arc::clone(&book)));
     if let Some(bug) = bug {
         sim = sim.with_bug(bug);
     }
     let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(31).wrapping_add(7));
-    let fault = [
-        Fault::Join,
-        Fault::CrashRestart,
-        Fault::Partition,
-        Fault::LeaveRejoin,
-        Fault::Pause,
-    ][rng.usize(..5)];
+    let fault = FAULTS[rng.usize(..5)];
     for name in ["a", "b", "c"] {
         sim.start(name);
         sim.run_for(Duration::from_millis(rng.u64(0..300)));
@@ -181,32 +190,57 @@ fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
     // How long the fault lasts: up to twice the liveness timeout, so that the others notice
     // it in some seeds and not in others.
     let lasts = Duration::from_millis(rng.u64(500..6_000));
-    let mut recover_at = None;
+    // The plan: the first fault on the usual node, the others on random ones.
+    let first_node = match fault {
+        Fault::Join => "d",
+        Fault::LeaveRejoin => "b",
+        _ => "c",
+    };
+    let mut plan = std::collections::VecDeque::from([(fault, first_node.to_owned(), lasts)]);
+    for i in 1..faults {
+        let kind = FAULTS[rng.usize(..5)];
+        let node = match kind {
+            Fault::Join => format!("j{i}"),
+            _ => ["a", "b", "c"][rng.usize(..3)].to_owned(),
+        };
+        plan.push_back((kind, node, Duration::from_millis(rng.u64(500..6_000))));
+    }
+    let kinds: Vec<Fault> = plan.iter().map(|(f, _, _)| *f).collect();
+    let mut next_fault = Some(fault_at);
+    let mut active: Option<(Fault, String, Duration)> = None;
     let mut refused_at_send = HashSet::new();
     let mut dead = HashSet::new();
-    // Deposits sent while the membership was stable, by the time they were sent; and the times
-    // of faults and recoveries.
+    // Deposits sent while the membership was stable, by the time they were sent; and each
+    // fault's kind, start and end.
     let mut stable = Vec::new();
-    let mut changes = Vec::new();
+    let mut sent = Vec::new();
+    let mut windows: Vec<(Fault, Duration, Duration)> = Vec::new();
     for op in 0..DEPOSITS {
-        let recover = recover_at.is_some_and(|at| sim.elapsed() >= at);
-        if op == fault_at || recover {
-            changes.push(sim.elapsed());
+        if let Some((kind, node, at)) = &active
+            && sim.elapsed() >= *at
+        {
+            heal(&mut sim, *kind, node);
+            if let Some(w) = windows.last_mut() {
+                w.2 = sim.elapsed();
+            }
+            active = None;
+            next_fault = (!plan.is_empty()).then(|| op + rng.u64(10..60));
         }
-        if op == fault_at {
-            recover_at = Some(sim.elapsed() + lasts);
-            inject(&mut sim, fault);
-        }
-        if recover {
-            recover_at = None;
-            heal(&mut sim, fault);
+        if next_fault == Some(op)
+            && let Some((kind, node, lasts)) = plan.pop_front()
+        {
+            inject(&mut sim, kind, &node);
+            windows.push((kind, sim.elapsed(), Duration::MAX));
+            active = Some((kind, node, sim.elapsed() + lasts));
+            next_fault = None;
         }
         let running = sim.running();
         let mut ids: Vec<_> = running.iter().map(|n| hermes_cluster::node_id(n)).collect();
         ids.sort_unstable();
         if running.iter().all(|n| sim.view(n).as_ref() == Some(&ids)) {
-            stable.push((op, sim.elapsed()));
+            stable.push(op);
         }
+        sent.push(sim.elapsed());
         let via = &running[rng.usize(..running.len())];
         let account = rng.u64(..ACCOUNTS);
         if sim.send(via, account, Msg::Deposit { op }).is_err() {
@@ -214,9 +248,11 @@ fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
         }
         sim.run_for(Duration::from_millis(rng.u64(1..40)));
     }
-    if recover_at.is_some() {
-        changes.push(sim.elapsed());
-        heal(&mut sim, fault);
+    if let Some((kind, node, _)) = &active {
+        heal(&mut sim, *kind, node);
+        if let Some(w) = windows.last_mut() {
+            w.2 = sim.elapsed();
+        }
     }
     sim.run_for(Duration::from_secs(10));
     for (_, letter) in sim.take_dead_letters() {
@@ -243,18 +279,21 @@ fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
         .filter(|op| !saved.contains(op))
         .collect();
     lost_acked.sort_unstable();
-    // With a join, no node goes away: every deposit must be accounted for. Otherwise a
+    // With joins only, no node goes away: every deposit must be accounted for. Otherwise a
     // deposit sent while every node saw the same membership, outside the time from a second
-    // before the fault to a second after the recovery, must be: a node that leaves, dies or is
+    // before a fault to a second after its recovery, must be: a node that leaves, dies or is
     // cut off loses the messages in flight to it (at most once, documented).
     let settle = Duration::from_secs(1);
-    let mut unaccounted: Vec<u64> = stable
-        .iter()
-        .filter(|(_, at)| {
-            fault == Fault::Join || *at + settle < changes[0] || *at > changes[1] + settle
+    let joins_only = kinds.iter().all(|&k| k == Fault::Join);
+    let stable: HashSet<u64> = stable.into_iter().collect();
+    let mut unaccounted: Vec<u64> = (0..DEPOSITS)
+        .filter(|op| joins_only || stable.contains(op))
+        .filter(|&op| {
+            let at = sent[op as usize];
+            windows.iter().all(|&(kind, start, end)| {
+                kind == Fault::Join || at + settle < start || at > end.saturating_add(settle)
+            })
         })
-        .map(|(op, _)| *op)
-        .chain((0..DEPOSITS).filter(|_| fault == Fault::Join))
         .filter(|op| {
             !book.acked.contains_key(op)
                 && !book.refused.contains(op)
@@ -263,9 +302,9 @@ fn run(seed: u64, bug: Option<PlantedBug>) -> Outcome {
         })
         .collect();
     unaccounted.sort_unstable();
-    unaccounted.dedup();
     Outcome {
         fault,
+        faults: kinds,
         violations: sim.violations(),
         lost_acked,
         unaccounted,
@@ -397,6 +436,18 @@ fn a_planted_unconditional_save_is_caught_and_compare_and_set_passes_the_same_se
     );
 }
 
+#[test]
+fn several_faults_one_after_the_other() {
+    let mut kinds = HashSet::new();
+    for seed in seeds() {
+        let outcome = run_with(seed, None, 3);
+        check(seed, &outcome);
+        assert!(outcome.faults.len() == 3, "{:?}", outcome.faults);
+        kinds.extend(outcome.faults.iter().map(|f| format!("{f:?}")));
+    }
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
+}
+
 /// Replays one seed, `HERMES_SIM_SEED` (default 0), printing its trace.
 #[test]
 fn replay_one_seed() {
@@ -404,13 +455,17 @@ fn replay_one_seed() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let outcome = run(seed, None);
+    let faults = std::env::var("HERMES_SIM_FAULTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let outcome = run_with(seed, None, faults);
     for line in &outcome.trace {
         eprintln!("{line}");
     }
     eprintln!(
         "seed {seed}: {:?}, {} activations, {} deposits saved, {} stale saves refused",
-        outcome.fault,
+        outcome.faults,
         outcome.activations,
         outcome
             .stored
