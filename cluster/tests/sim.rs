@@ -2,8 +2,9 @@
 //! message delays, crashes, partitions and joins, under many seeds; and a planted hand-off
 //! bug that the same seeds catch.
 //!
-//! Replay a failing seed: `HERMES_SIM_SEED=1234 cargo test -p hermes-cluster --test sim
-//! replay_one_seed -- --nocapture` (add `RUST_LOG`-style tracing if wanted).
+//! More seeds: `HERMES_SIM_SEEDS=1000` (default 40). Replay a failing seed, printing its trace:
+//! `HERMES_SIM_SEED=1234 cargo test -p hermes-cluster --test sim replay_one_seed --
+//! --nocapture`, with `HERMES_SIM_FAULTS=3` for a seed of `several_faults_one_after_the_other`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
