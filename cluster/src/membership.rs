@@ -163,13 +163,24 @@ impl GateState {
 
     /// May the ID with hash `hash` be activated here at `now`?
     pub(crate) fn check(&self, hash: u64, now: Instant) -> GateCheck {
-        let blocking = self.previous.iter().any(|view| match owner(hash, view) {
-            Some(p) if p != self.me && self.current.contains(&p) => !self
-                .released
-                .get(&p)
-                .is_some_and(|views| views.contains(&self.hash)),
-            _ => false,
+        // Gained from a live node: by one of the views whose hand-off may not be finished, a
+        // node that is still a member owned it.
+        let gained = self.previous.iter().any(|view| {
+            matches!(owner(hash, view), Some(p) if p != self.me && self.current.contains(&p))
         });
+        // Then wait until every other member has released the current view, not only that
+        // owner: another node may still run the ID, if an earlier hand-off had not finished
+        // when this view came (found by the cluster simulator: a node joined while a rejoining
+        // node still waited for the ID's holder, took the rejoining node for the previous
+        // owner, and activated the ID while the holder ran it).
+        let blocking = gained
+            && self.current.iter().any(|&n| {
+                n != self.me
+                    && !self
+                        .released
+                        .get(&n)
+                        .is_some_and(|views| views.contains(&self.hash))
+            });
         if !blocking {
             return GateCheck::Open;
         }
@@ -366,7 +377,7 @@ mod tests {
             let view = view_hash(&all);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                gate.released(C, view); // not the one A waits for
+                gate.released(C, view); // the previous owner is B: A waits for all the others
                 std::thread::sleep(Duration::from_millis(50));
                 gate.released(B, view);
             })
@@ -395,6 +406,7 @@ mod tests {
             GateCheck::Wait(now + Duration::from_secs(2))
         );
         gate.released(A, view_hash(&three));
+        gate.released(B, view_hash(&three));
         assert_eq!(gate.check(hash, now), GateCheck::Open);
         // A moves on to a view with a fourth node before this node sees it.
         gate.released(A, view_hash(&[A, B, C, NodeId(4)]));
@@ -434,6 +446,36 @@ mod tests {
         gate.released(A, view_hash(&three));
         gate.released(C, view_hash(&three));
         assert_eq!(gate.previous.len(), 1);
+    }
+
+    /// Found by the cluster simulator (three faults, seed 1084): B rejoined and waits for A,
+    /// which still runs an ID of A's old view (A has not seen B yet); J joins and, counting B
+    /// as the ID's previous owner, must not activate it on B's release alone: it waits for
+    /// every member's release of its view, A's too.
+    #[test]
+    fn a_joining_node_waits_for_every_member_not_only_the_previous_owner() {
+        let now = Instant::now();
+        let j = NodeId(9);
+        let all = Arc::new(vec![A, B, C, j]);
+        let mut gate = GateState::new(j, Duration::from_secs(2), Arc::new(vec![j]), now);
+        gate.view_changed(Arc::new(vec![j]), Arc::clone(&all), now);
+        gate.settle();
+        let hash = (0..)
+            .find(|h| {
+                owner(*h, &[A, C]) == Some(A)
+                    && owner(*h, &[A, B, C]) == Some(B)
+                    && owner(*h, &all) == Some(j)
+            })
+            .unwrap();
+        let view = view_hash(&all);
+        gate.released(B, view);
+        gate.released(C, view);
+        assert!(
+            matches!(gate.check(hash, now), GateCheck::Wait(_)),
+            "A still runs it"
+        );
+        gate.released(A, view);
+        assert_eq!(gate.check(hash, now), GateCheck::Open);
     }
 
     #[test]

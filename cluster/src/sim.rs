@@ -672,7 +672,7 @@ where
     ///
     /// # Panics
     ///
-    /// If a node of that name is running.
+    /// If a node of that name is running, or its thread cannot start.
     pub fn start(&mut self, name: &str) {
         assert!(
             !self.nodes.contains_key(name),
@@ -1060,14 +1060,16 @@ where
         if did {
             return true;
         }
-        // Nothing now: the next thing to do.
+        // Nothing now: the next thing to do (what was due now has been done; a deadline that
+        // is due but found nothing to do does not hold the clock).
         let mut next = self
             .net
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .next_at();
+            .next_at()
+            .filter(|&at| at > now);
         let mut earliest = |at: Duration| {
-            if next.is_none_or(|n| at < n) {
+            if at > now && next.is_none_or(|n| at < n) {
                 next = Some(at);
             }
         };
@@ -1087,12 +1089,7 @@ where
         }
         match next {
             Some(at) if at <= end => {
-                self.clock
-                    .advance_to(at.max(now + Duration::from_nanos(1)).min(end.max(now)));
-                if at <= now {
-                    // Due now but nothing ran (cannot happen); avoid spinning.
-                    self.clock.advance_to(now + Duration::from_nanos(1));
-                }
+                self.clock.advance_to(at);
                 true
             }
             _ => false,
