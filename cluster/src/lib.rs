@@ -47,8 +47,8 @@
 //!   heartbeating drops out; one that leaves gracefully deletes its entry.
 //! - **Hand-off.** On a membership change, every node deactivates the receivers it lost
 //!   (their `deactivated` hooks save their state) and announces it; a node that gained an ID
-//!   from a live node waits for that announcement (or the hand-off timeout) before activating
-//!   it. Messages that reach the old owner meanwhile are forwarded.
+//!   from a live node waits for every other member's announcement (or the hand-off timeout)
+//!   before activating it. Messages that reach the old owner meanwhile are forwarded.
 //! - **State.** [`KvStore`], a [`Store`](hermes_store::Store) on a JetStream key-value bucket,
 //!   with compare-and-set on revisions: a stale owner's save fails
 //!   ([`StoreError::Conflict`](hermes_store::StoreError::Conflict)) instead of overwriting the

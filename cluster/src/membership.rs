@@ -60,11 +60,12 @@ const PREVIOUS_KEPT: usize = 8;
 /// the same in a node on NATS and in the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GateCheck {
-    /// Its previous owner is this node, gone, or has released it.
+    /// Its previous owners are this node or gone, or every other member has released the
+    /// current view.
     Open,
-    /// Its previous owner has not released it, and the hand-off timeout has passed.
+    /// Not every member has released, and the hand-off timeout has passed.
     TimedOut,
-    /// Wait for the previous owner's release, at most until this instant.
+    /// Wait for the members' releases, at most until this instant.
     Wait(Instant),
 }
 
@@ -267,8 +268,7 @@ impl Gate {
     }
 
     /// Waits (blocking this thread, on the real clock) until the ID with hash `hash` may be
-    /// activated here: its previous owner is this node, gone, or has released it, or the
-    /// hand-off timeout has passed. True if it had to give up waiting (the timeout passed).
+    /// activated here ([`GateCheck::Open`]), or the hand-off timeout has passed. True if it had to give up waiting (the timeout passed).
     pub(crate) fn wait(&self, hash: u64) -> bool {
         let mut state = self.lock();
         loop {
