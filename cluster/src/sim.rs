@@ -197,6 +197,8 @@ struct SimNode<K, M, A> {
     state: NodeState,
     /// Something arrived for it since it last ran.
     dirty: bool,
+    /// Leaving: shutting down, which may wait at the hand-off gate.
+    leaving: bool,
     /// Paused (a long stop of the process): it neither runs nor heartbeats.
     paused: bool,
     next_beat: Duration,
@@ -248,6 +250,8 @@ struct Baton {
     commands: Mutex<mpsc::Receiver<Command>>,
     reports: mpsc::Sender<Report>,
     stopping: AtomicBool,
+    /// Told to leave while its shard waited at the gate: it leaves once the run is done.
+    leaving: AtomicBool,
 }
 
 /// The hand-off gate's wait in a simulated node: instead of blocking on a condition variable
@@ -287,7 +291,10 @@ impl Hold for SimHold {
                 .recv();
             match command {
                 Ok(Command::Resume | Command::Run) => {}
-                Ok(Command::Crash | Command::Leave) | Err(_) => {
+                // Shutting down waits for the gate as a running node does (on NATS,
+                // `Hermes::shutdown` waits for the shard that waits at the gate).
+                Ok(Command::Leave) => self.baton.leaving.store(true, Ordering::Relaxed),
+                Ok(Command::Crash) | Err(_) => {
                     self.baton.stopping.store(true, Ordering::Relaxed);
                     return true;
                 }
@@ -715,6 +722,7 @@ where
             commands: Mutex::new(command_rx),
             reports: report_tx,
             stopping: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
         });
         let hold = SimHold {
             gate: Arc::clone(&gate),
@@ -775,6 +783,7 @@ where
             link,
             state: NodeState::Idle(None),
             dirty: true,
+            leaving: false,
             paused: false,
             next_beat: self.clock.elapsed() + beat_phase,
             releasing: Vec::new(),
@@ -796,11 +805,49 @@ where
     }
 
     /// Node `name` leaves gracefully: it deactivates (saves) every receiver, then removes its
-    /// membership entry (the others take over at once).
+    /// membership entry (the others take over at once). Shutting down may wait at the hand-off
+    /// gate (a message for an ID it gained, drained at shutdown): the cluster runs meanwhile,
+    /// and this returns once the node has left.
     pub fn leave(&mut self, name: &str) {
-        self.stop(name, Command::Leave);
-        self.members.remove(&node_id(name));
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        node.leaving = true;
         self.log(format_args!("leave {name}"));
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        if node.commands.send(Command::Leave).is_err() {
+            self.node_died(name);
+            return;
+        }
+        let report = node.reports.recv();
+        self.handle_report(name, report);
+        while self.nodes.contains_key(name) {
+            let end = self.elapsed() + Duration::from_secs(3600);
+            if !self.step(end) {
+                break;
+            }
+        }
+    }
+
+    /// A leaving node has shut down: it leaves the membership.
+    fn left(&mut self, name: &str) {
+        let Some(mut node) = self.nodes.remove(name) else {
+            return;
+        };
+        node.link.alive.store(false, Ordering::Relaxed);
+        if let Some(thread) = node.thread.take()
+            && let Err(panic) = thread.join()
+        {
+            std::panic::resume_unwind(panic);
+        }
+        self.tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget_node(node.id);
+        self.members.remove(&node.id);
+        self.log(format_args!("left {name}"));
     }
 
     fn stop(&mut self, name: &str, how: Command) {
@@ -1110,7 +1157,16 @@ where
             self.node_died(name);
             return;
         }
-        match node.reports.recv() {
+        let report = node.reports.recv();
+        self.handle_report(name, report);
+    }
+
+    /// What node `name` said when it handed the baton back.
+    fn handle_report(&mut self, name: &str, report: Result<Report, mpsc::RecvError>) {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        match report {
             Ok(Report::Quiet(deadline)) => node.state = NodeState::Idle(deadline),
             Ok(Report::Blocked(hash)) => {
                 let first = !matches!(node.state, NodeState::Blocked(_));
@@ -1120,6 +1176,7 @@ where
                     self.log(format_args!("gate {name} waits for {hash:016x}"));
                 }
             }
+            Ok(Report::Stopped) if node.leaving => self.left(name),
             Ok(Report::Stopped) | Err(_) => self.node_died(name),
         }
     }
@@ -1314,6 +1371,11 @@ fn node_thread<K: Key, M: Message, A: App<Id = K, Msg = M>>(
                 sim.run_until_quiet();
                 collect(&mut sim);
                 if baton.stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                if baton.leaving.load(Ordering::Relaxed) {
+                    sim.close();
+                    collect(&mut sim);
                     break;
                 }
                 if baton
