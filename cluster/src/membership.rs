@@ -268,10 +268,14 @@ impl Gate {
     }
 
     /// Waits (blocking this thread, on the real clock) until the ID with hash `hash` may be
-    /// activated here ([`GateCheck::Open`]), or the hand-off timeout has passed. True if it had to give up waiting (the timeout passed).
-    pub(crate) fn wait(&self, hash: u64) -> bool {
+    /// activated here ([`GateCheck::Open`]), the hand-off timeout has passed, or the ID is no
+    /// longer this node's (`mine`: the view changed meanwhile). True if it had to give up waiting (the timeout passed).
+    pub(crate) fn wait(&self, hash: u64, mine: &dyn Fn() -> bool) -> bool {
         let mut state = self.lock();
         loop {
+            if !mine() {
+                return false;
+            }
             let now = Instant::now();
             match state.check(hash, now) {
                 GateCheck::Open => return false,
@@ -303,15 +307,32 @@ pub(crate) fn gave_up(timeout: Duration) {
 /// How a factory behind the gate waits: on a real thread ([`Gate`]), or in the simulator,
 /// where the waiting shard hands control back to the scheduler.
 pub(crate) trait Hold: Send + Sync + 'static {
-    /// Returns once the ID with hash `hash` may be activated; true if the wait timed out.
-    fn hold(&self, hash: u64) -> bool;
+    /// Returns once the ID with hash `hash` may be activated, or once `mine` says it no
+    /// longer belongs to this node; true if the wait timed out.
+    fn hold(&self, hash: u64, mine: &dyn Fn() -> bool) -> bool;
 }
 
 impl Hold for Gate {
-    fn hold(&self, hash: u64) -> bool {
-        self.wait(hash)
+    fn hold(&self, hash: u64, mine: &dyn Fn() -> bool) -> bool {
+        self.wait(hash, mine)
     }
 }
+
+/// Why an activation failed: the ID moved to another node while it waited at the hand-off
+/// gate (the membership changed meanwhile).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MovedWhileWaiting;
+
+impl std::fmt::Display for MovedWhileWaiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the ID moved to another node while its activation waited for the hand-off; \
+             resend the message",
+        )
+    }
+}
+
+impl std::error::Error for MovedWhileWaiting {}
 
 /// The application's factory behind the hand-off gate.
 pub(crate) struct Gated<F, H: ?Sized = dyn Hold> {
@@ -333,8 +354,19 @@ impl<K: Key, M: Message, F: Factory<K, M>, H: Hold + ?Sized> Factory<K, M> for G
         let skip = self.skip_gate;
         #[cfg(not(feature = "fault-injection"))]
         let skip = false;
-        if !skip && self.placement.owner_of(hash) == Some(self.placement.me()) {
-            self.gate.hold(hash);
+        let mine = || self.placement.owner_of(hash) == Some(self.placement.me());
+        if !skip && mine() {
+            self.gate.hold(hash, &mine);
+            if !mine() {
+                // The view changed while it waited, and the ID is another node's now: activating
+                // it here would run it twice (found by the cluster simulator, three faults, seed
+                // 8545). Its queued messages are dead letters with this reason.
+                tracing::debug!(
+                    ?id,
+                    "an ID moved away while its activation waited at the gate"
+                );
+                return Activation::failed(MovedWhileWaiting);
+            }
         }
         self.inner.create(id)
     }
@@ -383,7 +415,7 @@ mod tests {
             })
         };
         let start = Instant::now();
-        assert!(!gate.wait(hash), "released in time");
+        assert!(!gate.wait(hash, &|| true), "released in time");
         assert!(start.elapsed() >= Duration::from_millis(90));
         releaser.join().unwrap();
     }
@@ -478,6 +510,36 @@ mod tests {
         assert_eq!(gate.check(hash, now), GateCheck::Open);
     }
 
+    /// Found by the cluster simulator (three faults, seed 8545): the view changed while an
+    /// activation waited at the gate, and the ID became another node's; it must not be
+    /// activated here once the wait ends.
+    #[test]
+    fn an_id_that_moved_away_during_the_wait_is_not_activated() {
+        struct MovesAway(Arc<ClusterPlacement>);
+        impl Hold for MovesAway {
+            fn hold(&self, _hash: u64, mine: &dyn Fn() -> bool) -> bool {
+                assert!(mine());
+                self.0.set_view(vec![A, B]);
+                assert!(!mine());
+                false
+            }
+        }
+        let placement = Arc::new(ClusterPlacement::new(A, true, 1));
+        let id = (0u64..)
+            .find(|i| owner(id_hash(i), &[A, B]) == Some(B))
+            .unwrap();
+        let gated: Gated<_, MovesAway> = Gated {
+            inner: |_: &u64| {
+                Activation::ready(|_: &mut hermes_core::Context<'_, u64, ()>, _: ()| {})
+            },
+            gate: Arc::new(MovesAway(Arc::clone(&placement))),
+            placement,
+            #[cfg(feature = "fault-injection")]
+            skip_gate: false,
+        };
+        assert!(matches!(gated.create(&id), Activation::Failed(_)));
+    }
+
     #[test]
     fn no_wait_for_a_gone_owner_and_a_timeout_otherwise() {
         let gate = Gate::new(
@@ -493,9 +555,9 @@ mod tests {
             Arc::new(vec![A, B]),
             Instant::now(),
         );
-        assert!(!gate.wait(owned_by(C, &[A, B, C])));
+        assert!(!gate.wait(owned_by(C, &[A, B, C]), &|| true));
         // A's own IDs never wait.
-        assert!(!gate.wait(owned_by(A, &[A, B, C])));
+        assert!(!gate.wait(owned_by(A, &[A, B, C]), &|| true));
         // Joining while B never releases: the wait times out.
         let joining = Gate::new(
             A,
@@ -508,7 +570,10 @@ mod tests {
             .find(|h| owner(*h, &[B]) == Some(B) && owner(*h, &[A, B]) == Some(A))
             .unwrap();
         let start = Instant::now();
-        assert!(joining.wait(hash), "times out without B's release");
+        assert!(
+            joining.wait(hash, &|| true),
+            "times out without B's release"
+        );
         assert!(start.elapsed() >= Duration::from_millis(45));
     }
 }

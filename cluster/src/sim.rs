@@ -267,8 +267,11 @@ struct SimHold {
 }
 
 impl Hold for SimHold {
-    fn hold(&self, hash: u64) -> bool {
+    fn hold(&self, hash: u64, mine: &dyn Fn() -> bool) -> bool {
         loop {
+            if !mine() {
+                return false;
+            }
             match self.gate.check(hash, self.clock.now()) {
                 GateCheck::Open => return false,
                 GateCheck::TimedOut => {
@@ -1071,6 +1074,7 @@ where
                 NodeState::Idle(deadline) => n.dirty || deadline.is_some_and(|d| d <= now),
                 NodeState::Blocked(hash) => {
                     !matches!(n.gate.check(hash, self.clock.now()), GateCheck::Wait(_))
+                        || n.placement.owner_of(hash) != Some(n.id)
                 }
             })
             .map(|(name, _)| name.clone())
