@@ -489,7 +489,7 @@ impl Bucket for SimBucket {
 struct Tracker<K> {
     clock: SimClock,
     active: HashMap<K, Vec<NodeId>>,
-    /// No partition so far: an ID must never be active on two nodes.
+    /// No partition or pause so far: an ID must never be active on two nodes.
     healthy: bool,
     violations: Vec<Violation>,
     activations: u64,
