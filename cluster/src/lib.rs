@@ -47,11 +47,16 @@
 //!   heartbeating drops out; one that leaves gracefully deletes its entry.
 //! - **Hand-off.** On a membership change, every node deactivates the receivers it lost
 //!   (their `deactivated` hooks save their state) and announces it; a node that gained an ID
-//!   from a live node waits for that announcement (or the hand-off timeout) before activating
-//!   it. Messages that reach the old owner meanwhile are forwarded.
+//!   from a live node waits for every other member's announcement (or the hand-off timeout)
+//!   before activating it. Messages that reach the old owner meanwhile are forwarded.
 //! - **State.** [`KvStore`], a [`Store`](hermes_store::Store) on a JetStream key-value bucket,
-//!   with compare-and-set on revisions: a stale owner's save fails ([`StoreError::Conflict`]
-//!   (hermes_store::StoreError::Conflict)) instead of overwriting the new owner's.
+//!   with compare-and-set on revisions: a stale owner's save fails
+//!   ([`StoreError::Conflict`](hermes_store::StoreError::Conflict)) instead of overwriting the
+//!   new owner's.
+//! - **Simulation.** With feature `sim`, `sim::ClusterSim` runs several nodes with their
+//!   real shards and the cluster's real decisions (placement, hand-off gate, forwarding,
+//!   compare-and-set) over a simulated NATS, membership and state bucket, with message delays,
+//!   crashes, partitions and pauses, all from one seed: a failing run replays.
 //!
 //! Tests start a real `nats-server` (Debian package `nats-server`) and are skipped, with a
 //! message, where it is not installed, unless `HERMES_REQUIRE_NATS=1` (set by CI).
@@ -60,6 +65,8 @@ mod config;
 mod membership;
 mod node;
 mod placement;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod store;
 mod transport;
 mod wire;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::membership::{self, Announce, Gate, Gated, Released, member_key};
 use crate::placement::{ClusterPlacement, node_id};
+use crate::store::JetStreamBucket;
 use crate::transport::{self, Transport};
 use crate::{ClusterConfig, ClusterError, KvStore};
 
@@ -97,11 +98,11 @@ impl Cluster {
                 .map_err(|e| jetstream_error("the state bucket", e))?;
             Ok::<_, ClusterError>((client, members, state))
         })?;
-        let store = Arc::new(KvStore::new(
+        let store = Arc::new(KvStore::new(JetStreamBucket::new(
             state,
             runtime.handle().clone(),
             config.store_timeout,
-        ));
+        )));
         Ok(Cluster {
             config,
             me,
@@ -167,7 +168,12 @@ impl Cluster {
             Arc::clone(&placement),
             dead_letters.clone(),
         );
-        let gate = Arc::new(Gate::new(me, cc.handoff_timeout, placement.view()));
+        let gate = Arc::new(Gate::new(
+            me,
+            cc.handoff_timeout,
+            placement.view(),
+            std::time::Instant::now(),
+        ));
         let mut options = Options::new(config)
             .shards(cc.shards)
             .name(format!("hermes-{}", cc.node))
@@ -176,10 +182,12 @@ impl Cluster {
         if let Some(sink) = dead_letters {
             options = options.on_dead_letter(move |letter| sink(letter));
         }
-        let gated = Gated {
+        let gated: Gated<F> = Gated {
             inner: factory,
-            gate: Arc::clone(&gate),
+            gate: Arc::clone(&gate) as Arc<dyn crate::membership::Hold>,
             placement: Arc::clone(&placement),
+            #[cfg(feature = "fault-injection")]
+            skip_gate: false,
         };
         let hermes = hermes_pool::start_with(options, gated).map_err(ClusterError::Start)?;
         transport.attach(hermes.clone());
@@ -325,13 +333,14 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
                 return;
             }
         };
-        let previous = self.placement.view();
-        if !self.placement.set_view(nodes) {
+        let Some(view) = membership::apply_view(
+            &self.placement,
+            &self.gate,
+            nodes,
+            std::time::Instant::now(),
+        ) else {
             return;
-        }
-        let current = self.placement.view();
-        tracing::info!(node = self.me.0, ?previous, ?current, "membership changed");
-        self.gate.view_changed(previous, Arc::clone(&current));
+        };
         let released = self.hermes.release_moved();
         let (client, subject, timeout, me) = (
             self.client.clone(),
@@ -339,7 +348,6 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
             self.release_timeout,
             self.me,
         );
-        let view = membership::view_hash(&current);
         tokio::spawn(async move {
             if tokio::time::timeout(timeout, released).await.is_err() {
                 tracing::warn!("receivers that moved to another node are slow to deactivate");

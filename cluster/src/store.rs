@@ -31,18 +31,42 @@ use tokio::runtime::Handle;
 /// Keys are arbitrary bytes; in the bucket, keys made of letters, digits and `-_/=` are stored
 /// as `r.KEY`, others hex-encoded as `h.HEX` (the empty key as `e`).
 pub struct KvStore {
-    kv: kv::Store,
-    runtime: Handle,
-    timeout: Duration,
+    bucket: Box<dyn Bucket>,
     revisions: Mutex<HashMap<Vec<u8>, u64>>,
+    /// The planted bug of the simulator's tests: writes ignore revisions (feature
+    /// `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) unconditional: bool,
 }
 
 impl std::fmt::Debug for KvStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvStore")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+        f.debug_struct("KvStore").finish_non_exhaustive()
     }
+}
+
+/// A key's latest entry in a bucket: `None` if it was never written, else its value (`None`
+/// if the latest operation deleted it) and revision.
+pub(crate) type Entry = Option<(Option<Vec<u8>>, u64)>;
+
+/// What [`KvStore`] needs of a key-value bucket with revisions: JetStream's
+/// ([`JetStreamBucket`]), or the simulator's (`sim::SimBucket`). Keys are the store's raw keys;
+/// the bucket names them as it needs. The compare-and-set logic (which revision a write
+/// expects) is [`KvStore`]'s, the same over either.
+pub(crate) trait Bucket: Send + Sync + 'static {
+    /// The latest entry of `key`: `None` if it was never written, else its value (`None` if
+    /// the latest operation deleted it) and revision.
+    fn entry(&self, key: &[u8]) -> Result<Entry, StoreError>;
+    /// Writes `value` unconditionally; the new revision.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError>;
+    /// Writes `value` if the key is still at revision `expected` (0: absent), else
+    /// [`StoreError::Conflict`]; the new revision.
+    fn update(&self, key: &[u8], value: &[u8], expected: u64) -> Result<u64, StoreError>;
+    /// Deletes `key`, if `expected` is given only if it is still at that revision (else
+    /// [`StoreError::Conflict`]).
+    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<(), StoreError>;
+    /// Every key with a value (deleted ones may be listed too).
+    fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
 /// A bucket key for a store key.
@@ -85,13 +109,19 @@ fn decode_key(key: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-impl KvStore {
+/// The JetStream key-value bucket `hermes_{cluster}_state`, driven from blocking callers.
+pub(crate) struct JetStreamBucket {
+    kv: kv::Store,
+    runtime: Handle,
+    timeout: Duration,
+}
+
+impl JetStreamBucket {
     pub(crate) fn new(kv: kv::Store, runtime: Handle, timeout: Duration) -> Self {
-        KvStore {
+        JetStreamBucket {
             kv,
             runtime,
             timeout,
-            revisions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -128,6 +158,96 @@ impl KvStore {
             )),
         }
     }
+}
+
+impl Bucket for JetStreamBucket {
+    fn entry(&self, key: &[u8]) -> Result<Entry, StoreError> {
+        let kv = self.kv.clone();
+        let name = encode_key(key);
+        let entry = self.run(Operation::Get, Some(key), async move {
+            kv.entry(name)
+                .await
+                .map_err(|e| StoreError::other(Operation::Get, None, e))
+        })?;
+        Ok(entry.map(|entry| {
+            let value = match entry.operation {
+                kv::Operation::Put => Some(entry.value.to_vec()),
+                _ => None,
+            };
+            (value, entry.revision)
+        }))
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+        let kv = self.kv.clone();
+        let name = encode_key(key);
+        let value = Bytes::copy_from_slice(value);
+        self.run(Operation::Put, Some(key), async move {
+            kv.put(name, value)
+                .await
+                .map_err(|e| StoreError::other(Operation::Put, None, e))
+        })
+    }
+
+    fn update(&self, key: &[u8], value: &[u8], expected: u64) -> Result<u64, StoreError> {
+        let kv = self.kv.clone();
+        let name = encode_key(key);
+        let value = Bytes::copy_from_slice(value);
+        let owned = key.to_vec();
+        self.run(Operation::Put, Some(key), async move {
+            kv.update(name, value, expected).await.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    StoreError::Conflict { key: owned }
+                } else {
+                    StoreError::other(Operation::Put, None, e)
+                }
+            })
+        })
+    }
+
+    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<(), StoreError> {
+        let kv = self.kv.clone();
+        let name = encode_key(key);
+        let owned = key.to_vec();
+        self.run(Operation::Delete, Some(key), async move {
+            kv.delete_expect_revision(name, expected)
+                .await
+                .map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        StoreError::Conflict { key: owned }
+                    } else {
+                        StoreError::other(Operation::Delete, None, e)
+                    }
+                })
+        })
+    }
+
+    fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let kv = self.kv.clone();
+        let names = self.run(Operation::Scan, None, async move {
+            let mut keys = kv
+                .keys()
+                .await
+                .map_err(|e| StoreError::other(Operation::Scan, None, e))?;
+            let mut names = Vec::new();
+            while let Some(key) = keys.next().await {
+                names.push(key.map_err(|e| StoreError::other(Operation::Scan, None, e))?);
+            }
+            Ok(names)
+        })?;
+        Ok(names.iter().filter_map(|name| decode_key(name)).collect())
+    }
+}
+
+impl KvStore {
+    pub(crate) fn new(bucket: impl Bucket) -> Self {
+        KvStore {
+            bucket: Box::new(bucket),
+            revisions: Mutex::new(HashMap::new()),
+            #[cfg(feature = "fault-injection")]
+            unconditional: false,
+        }
+    }
 
     fn revision(&self, key: &[u8]) -> Option<u64> {
         self.revisions
@@ -152,69 +272,34 @@ impl KvStore {
 
 impl Store for KvStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let kv = self.kv.clone();
-        let name = encode_key(key);
-        let entry = self.run(Operation::Get, Some(key), async move {
-            kv.entry(name)
-                .await
-                .map_err(|e| StoreError::other(Operation::Get, None, e))
-        })?;
-        match entry {
+        match self.bucket.entry(key)? {
             None => {
                 self.remember(key, 0);
                 Ok(None)
             }
-            Some(entry) => {
-                self.remember(key, entry.revision);
-                match entry.operation {
-                    kv::Operation::Put => Ok(Some(entry.value.to_vec())),
-                    _ => Ok(None),
-                }
+            Some((value, revision)) => {
+                self.remember(key, revision);
+                Ok(value)
             }
         }
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let kv = self.kv.clone();
-        let name = encode_key(key);
-        let value = Bytes::copy_from_slice(value);
+        #[cfg(feature = "fault-injection")]
+        let expected = self.revision(key).filter(|_| !self.unconditional);
+        #[cfg(not(feature = "fault-injection"))]
         let expected = self.revision(key);
-        let owned = key.to_vec();
-        let revision = self.run(Operation::Put, Some(key), async move {
-            match expected {
-                Some(revision) => kv.update(name, value, revision).await.map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        StoreError::Conflict { key: owned }
-                    } else {
-                        StoreError::other(Operation::Put, None, e)
-                    }
-                }),
-                None => kv
-                    .put(name, value)
-                    .await
-                    .map_err(|e| StoreError::other(Operation::Put, None, e)),
-            }
-        })?;
+        let revision = match expected {
+            Some(expected) => self.bucket.update(key, value, expected)?,
+            None => self.bucket.put(key, value)?,
+        };
         self.remember(key, revision);
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
-        let kv = self.kv.clone();
-        let name = encode_key(key);
-        let expected = self.revision(key);
-        let owned = key.to_vec();
-        self.run(Operation::Delete, Some(key), async move {
-            kv.delete_expect_revision(name, expected.filter(|&r| r > 0))
-                .await
-                .map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        StoreError::Conflict { key: owned }
-                    } else {
-                        StoreError::other(Operation::Delete, None, e)
-                    }
-                })
-        })?;
+        let expected = self.revision(key).filter(|&r| r > 0);
+        self.bucket.delete(key, expected)?;
         // The delete marker's revision is not returned: read before the next conditional write.
         self.revisions
             .lock()
@@ -224,24 +309,14 @@ impl Store for KvStore {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
-        let kv = self.kv.clone();
-        let names = self.run(Operation::Scan, None, async move {
-            let mut keys = kv
-                .keys()
-                .await
-                .map_err(|e| StoreError::other(Operation::Scan, None, e))?;
-            let mut names = Vec::new();
-            while let Some(key) = keys.next().await {
-                names.push(key.map_err(|e| StoreError::other(Operation::Scan, None, e))?);
-            }
-            Ok(names)
-        })?;
-        let mut keys: Vec<Vec<u8>> = names
-            .iter()
-            .filter_map(|name| decode_key(name))
+        let mut keys: Vec<Vec<u8>> = self
+            .bucket
+            .keys()?
+            .into_iter()
             .filter(|key| key.starts_with(prefix))
             .collect();
         keys.sort();
+        keys.dedup();
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(value) = self.get(&key)? {

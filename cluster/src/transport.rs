@@ -30,6 +30,44 @@ pub(crate) fn subject(cluster: &str, node: NodeId) -> String {
     format!("hermes.{cluster}.node.{:016x}", node.0)
 }
 
+/// Whether this node may send to `node` now: a member other than itself, by its view.
+/// Otherwise the messages are dead letters ([`DeadLetterReason::Unreachable`]).
+pub(crate) fn reachable(
+    placement: &ClusterPlacement,
+    node: NodeId,
+) -> Result<(), DeadLetterReason> {
+    if node == placement.me() || !placement.view().contains(&node) {
+        return Err(DeadLetterReason::Unreachable);
+    }
+    Ok(())
+}
+
+/// What a node does with a message for `to` that arrived from another node after `hops` hops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// Deliver it here (to the local shard placement names).
+    Here,
+    /// By this node's view another node owns it (the sender's view was older or newer): pass
+    /// it on, with this hop count.
+    Forward(NodeId, u8),
+    /// Passed on too often (views disagree for too long): a dead letter (`Unreachable`).
+    TooManyHops,
+}
+
+/// Where a message for `to` that arrived after `hops` hops goes: the transport on NATS and
+/// the simulator both decide with this.
+pub(crate) fn arrival<K: std::hash::Hash>(
+    placement: &ClusterPlacement,
+    to: &K,
+    hops: u8,
+) -> Arrival {
+    match placement.locate(to) {
+        Location::Node(_) if hops >= wire::MAX_HOPS => Arrival::TooManyHops,
+        Location::Node(node) => Arrival::Forward(node, hops + 1),
+        _ => Arrival::Here,
+    }
+}
+
 /// Counters of the transport, for tests and monitoring.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -195,9 +233,7 @@ where
         batch: &mut Vec<(K, M)>,
         hops: u8,
     ) -> Result<(), DeadLetterReason> {
-        if node == self.me || !self.placement.view().contains(&node) {
-            return Err(DeadLetterReason::Unreachable);
-        }
+        reachable(&self.placement, node)?;
         let mut items = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();
         with_exchange(&self.exchange, || {
@@ -279,21 +315,18 @@ where
         let Some(hermes) = self.hermes() else {
             return self.dead_letter(to, Some(msg), DeadLetterReason::Closed);
         };
-        match self.placement.locate(&to) {
-            Location::Node(node) => {
-                // Our view says another node owns it (the sender's view was older or newer).
-                if hops >= wire::MAX_HOPS {
-                    return self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable);
-                }
+        match arrival(&self.placement, &to, hops) {
+            Arrival::TooManyHops => self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable),
+            Arrival::Forward(node, hops) => {
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 let mut batch = vec![(to, msg)];
-                if let Err(reason) = self.send(node, &mut batch, hops + 1) {
+                if let Err(reason) = self.send(node, &mut batch, hops) {
                     for (to, msg) in batch {
                         self.dead_letter(to, Some(msg), reason.clone());
                     }
                 }
             }
-            _ => {
+            Arrival::Here => {
                 let id = to.clone();
                 if let Err(e) = hermes.deliver_async(to, msg).await {
                     let reason = match &e {
@@ -359,5 +392,39 @@ pub(crate) async fn subscribe<K, M, A>(
 {
     while let Some(message) = subscriber.next().await {
         transport.receive(&message.payload).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_are_delivered_passed_on_or_given_up() {
+        let (me, other) = (NodeId(1), NodeId(2));
+        let placement = ClusterPlacement::new(me, true, 2);
+        placement.set_view(vec![me, other]);
+        let mine = (0u64..)
+            .find(|i| placement.locate(i) != Location::Node(other))
+            .unwrap();
+        let theirs = (0u64..)
+            .find(|i| placement.locate(i) == Location::Node(other))
+            .unwrap();
+        assert_eq!(arrival(&placement, &mine, 0), Arrival::Here);
+        assert_eq!(arrival(&placement, &mine, wire::MAX_HOPS), Arrival::Here);
+        assert_eq!(arrival(&placement, &theirs, 0), Arrival::Forward(other, 1));
+        assert_eq!(
+            arrival(&placement, &theirs, wire::MAX_HOPS),
+            Arrival::TooManyHops
+        );
+        assert_eq!(reachable(&placement, other), Ok(()));
+        assert_eq!(
+            reachable(&placement, me),
+            Err(DeadLetterReason::Unreachable)
+        );
+        assert_eq!(
+            reachable(&placement, NodeId(3)),
+            Err(DeadLetterReason::Unreachable)
+        );
     }
 }

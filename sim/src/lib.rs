@@ -52,4 +52,4 @@
 mod sim;
 
 pub use hermes_executor::{AskError, Reply};
-pub use sim::Sim;
+pub use sim::{Sim, SimClock};

@@ -10,11 +10,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hermes_core::{
-    Activation, App, Clock, Config, DeadLetter, Factory, Key, Kind, KindTable, Message, SendError,
-    Stats, TimerId,
+    Activation, App, Clock, Config, DeadLetter, Factory, Key, Kind, KindTable, Location, Message,
+    Placement, SendError, Stats, TimerId,
 };
 use hermes_executor::{
-    AskError, Hermes, Options, Reply, Runtime, Shard, Spawned, Turn, Wake, WouldDeadlock, launch,
+    AskError, Hermes, Options, Remote, Reply, Runtime, Shard, Spawned, Turn, Wake, WouldDeadlock,
+    launch,
 };
 
 /// Scheduling steps without a quiet moment before the simulation declares a livelock.
@@ -58,6 +59,8 @@ pub struct Sim<K: Key, M: Message, A: App<Id = K, Msg = M> = (K, M)> {
     fault: Fault,
     /// Each shard's inbox capacity, if not the executors' default.
     inbox_capacity: Option<usize>,
+    /// Where IDs live and where mail for other nodes goes, for a node of a simulated cluster.
+    cluster: Option<Node<K, M>>,
     clock: Arc<VirtualClock>,
     hermes: Hermes<K, M, A>,
     shards: Vec<SimShard<K, M>>,
@@ -69,6 +72,90 @@ pub struct Sim<K: Key, M: Message, A: App<Id = K, Msg = M> = (K, M)> {
     max_steps: u64,
     /// Scheduling steps taken so far.
     steps: u64,
+}
+
+/// A node of a simulated cluster: its placement and its transport.
+struct Node<K, M> {
+    placement: Arc<dyn Placement<K>>,
+    remote: Arc<dyn Remote<K, M>>,
+}
+
+impl<K, M> Clone for Node<K, M> {
+    fn clone(&self) -> Self {
+        Node {
+            placement: Arc::clone(&self.placement),
+            remote: Arc::clone(&self.remote),
+        }
+    }
+}
+
+/// A placement behind an `Arc`, as `Options::placement` takes it.
+struct SharedPlacement<K>(Arc<dyn Placement<K>>);
+
+impl<K: 'static> Placement<K> for SharedPlacement<K> {
+    fn locate(&self, id: &K) -> Location {
+        self.0.locate(id)
+    }
+}
+
+/// The virtual clock of a simulation, to share between the simulations of the nodes of a
+/// simulated cluster ([`Sim::with_clock`]), so that they all see the same time. Only its
+/// owner moves it ([`SimClock::advance_to`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use hermes_core::{Activation, Config, Context};
+/// use hermes_sim::{Sim, SimClock};
+///
+/// let node = |_: &u32| Activation::ready(|_: &mut Context<'_, u32, ()>, _: ()| {});
+/// let clock = SimClock::new();
+/// let a = Sim::new(1, Config::default(), node).with_clock(clock.clone());
+/// let b = Sim::new(2, Config::default(), node).with_clock(clock.clone());
+/// clock.advance_to(Duration::from_secs(5));
+/// assert_eq!((a.elapsed(), b.elapsed()), (clock.elapsed(), clock.elapsed()));
+/// clock.advance_to(Duration::from_secs(1)); // never backwards
+/// assert_eq!(a.now(), clock.at(Duration::from_secs(5)));
+/// ```
+#[derive(Clone, Debug)]
+pub struct SimClock(Arc<VirtualClock>);
+
+impl SimClock {
+    /// A clock at zero.
+    pub fn new() -> Self {
+        SimClock(Arc::new(VirtualClock {
+            epoch: Instant::now(),
+            elapsed: AtomicU64::new(0),
+        }))
+    }
+
+    /// Simulated time since the clock started.
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+
+    /// The simulated instant: what receivers see as `Context::now`.
+    pub fn now(&self) -> Instant {
+        self.0.now()
+    }
+
+    /// The instant `elapsed` after the clock's start.
+    pub fn at(&self, elapsed: Duration) -> Instant {
+        self.0.epoch + elapsed
+    }
+
+    /// Moves the clock to `elapsed` since its start; never backwards (an earlier time is
+    /// ignored).
+    pub fn advance_to(&self, elapsed: Duration) {
+        if elapsed > self.0.elapsed() {
+            self.0.set(elapsed);
+        }
+    }
+}
+
+impl Default for SimClock {
+    fn default() -> Self {
+        SimClock::new()
+    }
 }
 
 /// One thing the scheduler may do next.
@@ -212,7 +299,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         let fault = Fault::default();
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let (hermes, shards) = Self::launch(
-            &mut rng, &config, &factory, &clock, &sunk, &tasks, 1, fault, None,
+            &mut rng, &config, &factory, &clock, &sunk, &tasks, 1, fault, None, None,
         );
         Sim {
             seed,
@@ -221,6 +308,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
             factory,
             fault,
             inbox_capacity: None,
+            cluster: None,
             clock,
             hermes,
             shards,
@@ -243,6 +331,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         shards: u32,
         fault: Fault,
         inbox_capacity: Option<usize>,
+        cluster: Option<Node<K, M>>,
     ) -> (Hermes<K, M, A>, Vec<SimShard<K, M>>) {
         let sink = Arc::clone(sunk);
         let mut options = Options::new(config.clone())
@@ -261,6 +350,11 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         options = fault.inject(options);
         if let Some(capacity) = inbox_capacity {
             options = options.inbox_capacity(capacity);
+        }
+        if let Some(node) = cluster {
+            options = options
+                .placement(SharedPlacement(node.placement))
+                .remote(node.remote);
         }
         let runtime = SimRuntime(Arc::clone(clock), Arc::clone(tasks));
         let (hermes, shards) = launch(options, factory.clone(), runtime, || {
@@ -294,6 +388,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
             shards,
             self.fault,
             self.inbox_capacity,
+            self.cluster.clone(),
         );
         // The old shards are dropped (closing inline, with nothing in them) before the new run.
         self.shards = list;
@@ -327,6 +422,30 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
     /// `Options::inbox_capacity`). Call it before sending anything.
     pub fn with_inbox_capacity(mut self, capacity: usize) -> Self {
         self.inbox_capacity = Some(capacity);
+        let shards = self.shards.len() as u32;
+        self.relaunch(shards);
+        self
+    }
+
+    /// Runs this simulation as one node of a simulated cluster: `placement` says where every
+    /// ID lives (a local shard, which must be below the simulation's shard count, or another
+    /// node), and `remote` takes the mail for other nodes, as a cluster's transport does. Call
+    /// it before [`with_shards`](Sim::with_shards) and before sending anything.
+    pub fn with_node(
+        mut self,
+        placement: Arc<dyn Placement<K>>,
+        remote: Arc<dyn Remote<K, M>>,
+    ) -> Self {
+        self.cluster = Some(Node { placement, remote });
+        let shards = self.shards.len() as u32;
+        self.relaunch(shards);
+        self
+    }
+
+    /// Runs on `clock`, shared with other simulations (the nodes of a simulated cluster);
+    /// only its owner moves it. Call it before sending anything.
+    pub fn with_clock(mut self, clock: SimClock) -> Self {
+        self.clock = clock.0;
         let shards = self.shards.len() as u32;
         self.relaunch(shards);
         self
@@ -491,8 +610,9 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         }
     }
 
-    /// The earliest deadline of a parked shard, as simulated time since the start.
-    fn next_deadline(&self) -> Option<Duration> {
+    /// The earliest deadline of a parked shard (a timer, an idle timeout), as simulated time
+    /// since the start: when there is next something to do if nothing arrives before.
+    pub fn next_deadline(&self) -> Option<Duration> {
         self.shards
             .iter()
             .filter_map(|s| match s.last {
