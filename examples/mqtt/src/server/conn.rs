@@ -18,18 +18,23 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::link::{Link, Out, Outbox};
 use super::listen::Place;
 use super::stats::{Counters, Local};
-use super::{ClientId, Handle, RetainedMsg, SessionMsg, Shared, may_publish, route_direct};
+use super::{
+    ClientId, Handle, RetainedMsg, SessionMsg, Shared, Waiting, deliver_now, may_publish, send_wait,
+};
 use crate::acl::ClientAcl;
 use crate::codec::{self, DecodeError};
 use crate::message::Message;
@@ -47,6 +52,8 @@ const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Payloads from this size on are written from their shared buffer, not copied into the
 /// write buffer.
 const SHARED_PAYLOAD: usize = 1024;
+/// Most bytes one read takes.
+const READ_CHUNK: usize = 8 * 1024;
 /// Most packets, and bytes, one vectored write takes.
 const BATCH_PACKETS: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
@@ -77,7 +84,7 @@ pub(crate) async fn serve<R, W>(
         .map(|(rate, burst)| Bucket::new(rate, burst));
     let mut reader = Reader {
         read,
-        buf: BytesMut::with_capacity(4096),
+        buf: BytesMut::new(),
         link: link.clone(),
         shared: Arc::clone(&shared),
         hermes,
@@ -98,7 +105,7 @@ pub(crate) async fn serve<R, W>(
         Counters::gauge(&shared.counters.clients_connected, -1);
         tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
         let detach = SessionMsg::Detach { conn, reason };
-        if reader.hermes.send_async(client, detach).await.is_ok() {
+        if send_wait(&reader.hermes, client, detach).await.is_ok() {
             // The session closes it once the will is out (a retained one stored).
             let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
         } else {
@@ -176,6 +183,16 @@ struct Reader<R> {
 /// Why reading stopped before the connection was accepted, or after.
 type Ended = (Option<ClientId>, CloseReason);
 
+/// What to do after handling a packet.
+enum Step {
+    /// Read the next one.
+    Next,
+    /// End the connection.
+    End(CloseReason),
+    /// Wait for room in a mailbox first.
+    Wait(Waiting),
+}
+
 /// The next packet, or why there is none.
 enum Next {
     Packet(Packet),
@@ -206,7 +223,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 return (None, CloseReason::ProtocolError);
             }
         };
-        let client = match self.accept(peer, connect).await {
+        // Once per connection, and larger than the rest: boxed, so that the task is not as
+        // large as this for the connection's whole life.
+        let client = match Box::pin(self.accept(peer, connect)).await {
             Ok(client) => client,
             Err(ended) => return ended,
         };
@@ -299,9 +318,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             connect: Box::new(connect),
             acl: acl.clone(),
         };
-        if self
-            .hermes
-            .send_async(client.clone(), attach)
+        if send_wait(&self.hermes, client.clone(), attach)
             .await
             .is_err()
         {
@@ -315,93 +332,131 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// Forwards the client's packets to its session until the connection ends.
+    ///
+    /// Each packet is handled without waiting ([`handle`](Self::handle)) unless a mailbox is
+    /// full: only then is there a future to await, boxed. The connection's task, which is as
+    /// large as the largest future it awaits, is then little more than its wait for the next
+    /// packet.
     async fn packets(&mut self, client: &ClientId) -> CloseReason {
-        let conn = self.link.conn();
         loop {
             let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
-            let packet = match self.next(deadline).await {
-                Next::Packet(packet) => packet,
+            let throttled = match self.next(deadline).await {
+                Next::Packet(packet) => match self.throttle_wait(&packet) {
+                    None => Ok(self.handle(client, packet)),
+                    Some(wait) => Err((wait, Box::new(packet))),
+                },
                 Next::Ended(reason) => return reason,
                 Next::Malformed(error) => {
-                    tracing::debug!(conn, client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
+                    tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
                     return CloseReason::ProtocolError;
                 }
             };
-            tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
-            if let Packet::Publish(publish) = &packet {
-                if !self.throttle().await {
-                    return CloseReason::ServerClosed;
-                }
-                // A denied QoS 0 PUBLISH is dropped here; a QoS 1 or 2 one goes to the
-                // session, which acknowledges it without publishing it.
-                if publish.qos == PublishQos::AtMostOnce
-                    && !may_publish(self.acl.as_deref(), &publish.topic)
-                {
-                    Counters::add(&self.shared.counters.denied_publish, 1);
-                    tracing::debug!(conn, client_id = %client, topic = %publish.topic.as_str(), "PUBLISH denied: dropped");
-                    continue;
-                }
-            }
-            let to_session = match packet {
-                // The direct path, unless something the client sent before is still being
-                // carried out by its session (a SUBSCRIBE, a retained PUBLISH...): then
-                // behind it, through the session, so that its effects come first.
-                Packet::Publish(publish)
-                    if publish.qos == PublishQos::AtMostOnce && self.link.is_settled() =>
-                {
-                    if !self.route_qos0(publish).await {
+            let step = match throttled {
+                Ok(step) => step,
+                Err((wait, packet)) => {
+                    if !Box::pin(self.throttle(wait)).await {
                         return CloseReason::ServerClosed;
                     }
-                    continue;
+                    self.handle(client, *packet)
                 }
-                // Before the session has written CONNACK, it answers (after the CONNACK
-                // [MQTT-3.2.0-1]); after, no hop is needed.
-                Packet::PingReq if self.link.is_accepted() => {
-                    self.link.send(Packet::PingResp);
-                    continue;
-                }
-                Packet::Disconnect => return CloseReason::Disconnect,
-                Packet::Connect(_) => {
-                    tracing::debug!(conn, client_id = %client, "second CONNECT; closing [MQTT-3.1.0-2]");
-                    return CloseReason::ProtocolError;
-                }
-                Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                    tracing::debug!(conn, client_id = %client, packet = %packet.packet_type(), "a server's packet from a client; closing");
-                    return CloseReason::ProtocolError;
-                }
-                packet @ (Packet::Publish(_)
-                | Packet::PingReq
-                | Packet::PubAck(_)
-                | Packet::PubRec(_)
-                | Packet::PubRel(_)
-                | Packet::PubComp(_)
-                | Packet::Subscribe(_)
-                | Packet::Unsubscribe(_)) => packet,
             };
-            if matches!(
-                to_session,
-                Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
-            ) {
-                self.link.unsettle();
-            }
-            let msg = SessionMsg::Packet {
-                conn,
-                packet: to_session,
-            };
-            if self.hermes.send_async(client.clone(), msg).await.is_err() {
-                return CloseReason::ServerClosed;
+            match step {
+                Step::Next => {}
+                Step::End(reason) => return reason,
+                Step::Wait(waiting) => {
+                    if !waiting.await {
+                        return CloseReason::ServerClosed;
+                    }
+                }
             }
         }
     }
 
-    /// Waits, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
+    /// Handles one packet from the client, without waiting: what to do next.
+    fn handle(&mut self, client: &ClientId, packet: Packet) -> Step {
+        let conn = self.link.conn();
+        tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
+        // A denied QoS 0 PUBLISH is dropped here; a QoS 1 or 2 one goes to the session, which
+        // acknowledges it without publishing it.
+        if let Packet::Publish(publish) = &packet
+            && publish.qos == PublishQos::AtMostOnce
+            && !may_publish(self.acl.as_deref(), &publish.topic)
+        {
+            Counters::add(&self.shared.counters.denied_publish, 1);
+            tracing::debug!(conn, client_id = %client, topic = %publish.topic.as_str(), "PUBLISH denied: dropped");
+            return Step::Next;
+        }
+        let to_session = match packet {
+            // The direct path, unless something the client sent before is still being
+            // carried out by its session (a SUBSCRIBE, a retained PUBLISH...): then behind
+            // it, through the session, so that its effects come first.
+            Packet::Publish(publish)
+                if publish.qos == PublishQos::AtMostOnce && self.link.is_settled() =>
+            {
+                return self.route_qos0(publish);
+            }
+            // Before the session has written CONNACK, it answers (after the CONNACK
+            // [MQTT-3.2.0-1]); after, no hop is needed.
+            Packet::PingReq if self.link.is_accepted() => {
+                self.link.send(Packet::PingResp);
+                return Step::Next;
+            }
+            Packet::Disconnect => return Step::End(CloseReason::Disconnect),
+            Packet::Connect(_) => {
+                tracing::debug!(conn, client_id = %client, "second CONNECT; closing [MQTT-3.1.0-2]");
+                return Step::End(CloseReason::ProtocolError);
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                tracing::debug!(conn, client_id = %client, packet = %packet.packet_type(), "a server's packet from a client; closing");
+                return Step::End(CloseReason::ProtocolError);
+            }
+            packet @ (Packet::Publish(_)
+            | Packet::PingReq
+            | Packet::PubAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)) => packet,
+        };
+        if matches!(
+            to_session,
+            Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+        ) {
+            self.link.unsettle();
+        }
+        let msg = SessionMsg::Packet {
+            conn,
+            packet: to_session,
+        };
+        match self.hermes.try_send(client.clone(), msg) {
+            Ok(()) => Step::Next,
+            Err(hermes::SendError::Full(msg)) => {
+                let hermes = self.hermes.clone();
+                let client = client.clone();
+                Step::Wait(Box::pin(async move {
+                    hermes.send_async(client, msg).await.is_ok()
+                }))
+            }
+            Err(_) => Step::End(CloseReason::ServerClosed),
+        }
+    }
+
+    /// Takes a token for a PUBLISH under `max_publish_rate`: how long to wait first, if the
+    /// bucket is empty.
+    fn throttle_wait(&mut self, packet: &Packet) -> Option<Duration> {
+        if !matches!(packet, Packet::Publish(_)) {
+            return None;
+        }
+        let wait = self.bucket.as_mut().and_then(Bucket::take)?;
+        Counters::add(&self.shared.counters.publish_throttled, 1);
+        Some(wait)
+    }
+
+    /// Waits `wait`, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
     /// meanwhile, so TCP flow control slows the client down. False if the broker closed the
     /// connection meanwhile.
-    async fn throttle(&mut self) -> bool {
-        let Some(wait) = self.bucket.as_mut().and_then(Bucket::take) else {
-            return true;
-        };
-        Counters::add(&self.shared.counters.publish_throttled, 1);
+    async fn throttle(&mut self, wait: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(wait) => true,
             () = self.link.closed() => false,
@@ -409,25 +464,55 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// A QoS 0 PUBLISH: to the retained shard if it says so, and to every subscriber's
-    /// session. False once the broker is closing.
-    async fn route_qos0(&mut self, publish: Publish) -> bool {
+    /// session, as far as their mailboxes have room now; the rest waits ([`Step::Wait`]).
+    fn route_qos0(&mut self, publish: Publish) -> Step {
         let message = Message::from(publish);
         self.local.published += 1;
+        let mut waiting: Option<Waiting> = None;
         if message.retain {
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let retain = RetainedMsg::Publish(message.clone());
-            if self.hermes.send_async(shard, retain).await.is_err() {
-                return false;
+            match self.hermes.try_send(shard, retain) {
+                Ok(()) => {}
+                Err(hermes::SendError::Full(retain)) => {
+                    let hermes = self.hermes.clone();
+                    waiting = Some(Box::pin(async move {
+                        hermes.send_async(shard, retain).await.is_ok()
+                    }));
+                }
+                Err(_) => return Step::End(CloseReason::ServerClosed),
             }
         }
-        route_direct(
-            &self.shared,
-            &self.hermes,
-            message,
-            &mut self.matches,
-            &mut self.targets,
-        )
-        .await
+        self.shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .matches(&message.topic, &mut self.matches);
+        self.targets.extend(
+            self.matches
+                .iter()
+                .map(|(client, qos)| (client.clone(), qos)),
+        );
+        if let Some(retained) = waiting {
+            // Behind the retained shard: the subscribers wait too, in order.
+            let hermes = self.hermes.clone();
+            let mut targets = std::mem::take(&mut self.targets);
+            return Step::Wait(Box::pin(async move {
+                if !retained.await {
+                    return false;
+                }
+                match deliver_now(&hermes, &message, &mut targets) {
+                    Ok(None) => true,
+                    Ok(Some(rest)) => rest.await,
+                    Err(()) => false,
+                }
+            }));
+        }
+        match deliver_now(&self.hermes, &message, &mut self.targets) {
+            Ok(None) => Step::Next,
+            Ok(Some(rest)) => Step::Wait(rest),
+            Err(()) => Step::End(CloseReason::ServerClosed),
+        }
     }
 
     /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
@@ -448,7 +533,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             // Before waiting for the socket: what this read brought is counted.
             self.local.flush_received(&self.shared.counters);
-            let read = self.read.read_buf(&mut self.buf);
+            let read = read_some(&mut self.read, &mut self.buf);
             let closed = self.link.closed();
             let timeout = async {
                 match deadline {
@@ -475,40 +560,54 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
+/// Reads what the socket has into `buf`: how many bytes (0 at the end of the stream). An
+/// empty `buf` is first released and the bytes read into a buffer on the stack, only while
+/// the read is polled, then copied into a `buf` of their size: a connection waiting for its
+/// next packet holds no read buffer. A partial packet is read on into `buf` itself.
+async fn read_some<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        // Its memory may be shared with the packets split off it: let them own it.
+        *buf = BytesMut::new();
+        std::future::poll_fn(|cx| {
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut into = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *read).poll_read(cx, &mut into))?;
+            buf.extend_from_slice(into.filled());
+            Poll::Ready(Ok(into.filled().len()))
+        })
+        .await
+    } else {
+        buf.reserve(READ_CHUNK);
+        read.read_buf(buf).await
+    }
+}
+
 /// The close reason of a refused CONNECT (it has no will to publish anyway).
 fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
     CloseReason::ProtocolError
 }
 
-/// The writer task: encodes and writes what the link brings, in batches.
+/// The writer task: encodes and writes what the link brings, in batches. Its buffers are
+/// allocated while there is something to write and released when it waits: an idle
+/// connection keeps none.
 async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox, shared: Arc<Shared>) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buf = BytesMut::new();
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut local = Local::default();
-    while let Some(first) = outbox.recv().await {
-        let mut closing = false;
-        let mut next = Some(first);
-        let mut packets = 0;
-        let mut bytes = 0;
-        while let Some(out) = next.take() {
-            match out {
-                Out::Packet(packet) => {
-                    bytes += encode(&packet, &mut buf, &mut chunks);
-                    packets += 1;
-                    if matches!(packet, Packet::Publish(_)) {
-                        local.publishes += 1;
-                    }
-                }
-                Out::Close => {
-                    closing = true;
-                    break;
-                }
-            }
-            if packets >= BATCH_PACKETS || bytes >= BATCH_BYTES {
+    loop {
+        if !outbox.pending() {
+            buf = BytesMut::new();
+            chunks = VecDeque::new();
+            if !outbox.ready().await {
                 break;
             }
-            next = outbox.try_recv();
         }
+        // Packets are taken and encoded outside this future (`batch`): none is held across
+        // an await, so the task stays small.
+        let Batch { packets, closing } = batch(&mut outbox, &mut buf, &mut chunks, &mut local);
         if !buf.is_empty() {
             chunks.push_back(buf.split().freeze());
         }
@@ -531,6 +630,48 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox, sha
         }
     }
     let _ = write.shutdown().await;
+}
+
+/// What one batch of the writer took.
+struct Batch {
+    packets: usize,
+    /// It ended with the link's `Close`.
+    closing: bool,
+}
+
+/// Takes what the outbox has, up to a batch, and encodes it.
+fn batch(
+    outbox: &mut Outbox,
+    buf: &mut BytesMut,
+    chunks: &mut VecDeque<Bytes>,
+    local: &mut Local,
+) -> Batch {
+    let mut packets = 0;
+    let mut bytes = 0;
+    while let Some(out) = outbox.try_recv() {
+        match out {
+            Out::Packet(packet) => {
+                bytes += encode(&packet, buf, chunks);
+                packets += 1;
+                if matches!(packet, Packet::Publish(_)) {
+                    local.publishes += 1;
+                }
+            }
+            Out::Close => {
+                return Batch {
+                    packets,
+                    closing: true,
+                };
+            }
+        }
+        if packets >= BATCH_PACKETS || bytes >= BATCH_BYTES {
+            break;
+        }
+    }
+    Batch {
+        packets,
+        closing: false,
+    }
 }
 
 /// Encodes `packet`: small ones into `buf`, a large PUBLISH as its header (into `buf`) and

@@ -1,16 +1,18 @@
 //! A connection's link: how a session (or the connection's own reader) writes to the client
 //! and closes the connection, from any thread, without waiting.
 //!
-//! The link is the sending end of an unbounded channel to the connection's writer task, with
+//! The link is the sending end of a queue to the connection's writer task (a deque under a
+//! mutex that holds no memory while it is empty: an idle connection costs no queue), with
 //! counters that bound it: QoS 0 PUBLISHes are dropped (and counted) past
 //! [`Config::max_qos0_backlog`](crate::Config::max_qos0_backlog) waiting to be written, and a
 //! client that lets more than [`MAX_BACKLOG`] packets of any kind pile up (it sends but never
 //! reads) is disconnected. QoS 1 and 2 PUBLISHes are bounded by the session's in-flight window.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::packet::{Packet, PublishQos};
 use crate::will::CloseReason;
@@ -36,6 +38,13 @@ pub(crate) enum Out {
 /// What the link's ends share.
 #[derive(Debug)]
 struct Shared {
+    /// What waits for the writer, in order. Empty, it holds no allocation once the writer has
+    /// gone idle (see [`Outbox::recv`]).
+    queue: Mutex<VecDeque<Out>>,
+    /// Wakes the writer when something is queued (or the last link is dropped).
+    ready: Notify,
+    /// Live links: the writer ends when none is left.
+    links: AtomicUsize,
     /// QoS 0 PUBLISHes waiting for the writer.
     qos0: AtomicUsize,
     /// Everything waiting for the writer.
@@ -54,10 +63,9 @@ struct Shared {
 }
 
 /// The writing end of a connection; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Link {
     conn: ConnId,
-    tx: mpsc::UnboundedSender<Out>,
     shared: Arc<Shared>,
     max_qos0: usize,
 }
@@ -65,8 +73,10 @@ pub(crate) struct Link {
 /// The writer task's end of a link.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    rx: mpsc::UnboundedReceiver<Out>,
     shared: Arc<Shared>,
+    /// Taken from the queue in one go, not yet handed out: the writer swaps this (empty) with
+    /// the queue, so that a busy connection's two deques are reused without allocating.
+    taken: VecDeque<Out>,
 }
 
 /// What a write through a link came to.
@@ -83,8 +93,10 @@ pub(crate) enum Written {
 impl Link {
     /// A new link for connection `conn`, and the writer's end.
     pub(crate) fn new(conn: ConnId, max_qos0: usize) -> (Link, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            links: AtomicUsize::new(1),
             qos0: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -95,11 +107,14 @@ impl Link {
         });
         let link = Link {
             conn,
-            tx,
             shared: Arc::clone(&shared),
             max_qos0: max_qos0.max(1),
         };
-        (link, Outbox { rx, shared })
+        let outbox = Outbox {
+            shared,
+            taken: VecDeque::new(),
+        };
+        (link, outbox)
     }
 
     /// The connection's ID.
@@ -130,15 +145,21 @@ impl Link {
             return Written::Closed;
         }
         let connack = matches!(packet, Packet::ConnAck(_));
-        match self.tx.send(Out::Packet(packet)) {
-            Ok(()) => {
-                if connack {
-                    shared.accepted.store(true, Ordering::Release);
-                }
-                Written::Queued
-            }
-            Err(_) => Written::Closed,
+        self.push(Out::Packet(packet));
+        if connack {
+            shared.accepted.store(true, Ordering::Release);
         }
+        Written::Queued
+    }
+
+    /// Queues `out` and wakes the writer.
+    fn push(&self, out: Out) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(out);
+        self.shared.ready.notify_one();
     }
 
     /// The reader hands the session a packet whose effects (on the subscription index, the
@@ -174,7 +195,7 @@ impl Link {
             return;
         }
         shared.reason.store(reason_code(reason), Ordering::Release);
-        let _ = self.tx.send(Out::Close);
+        self.push(Out::Close);
         shared.closing.notify_waiters();
         shared.closing.notify_one();
     }
@@ -204,17 +225,76 @@ impl Link {
     }
 }
 
+impl Clone for Link {
+    fn clone(&self) -> Self {
+        self.shared.links.fetch_add(1, Ordering::Relaxed);
+        Self {
+            conn: self.conn,
+            shared: Arc::clone(&self.shared),
+            max_qos0: self.max_qos0,
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The writer ends once no link is left (`recv` returns `None`): wake it to see.
+        if self.shared.links.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
 impl Outbox {
-    /// The next item, waiting for one; `None` once every link is dropped.
-    pub(crate) async fn recv(&mut self) -> Option<Out> {
-        let out = self.rx.recv().await;
-        self.taken(out.as_ref());
-        out
+    /// Waits until an item can be taken ([`try_recv`](Self::try_recv)): false once every
+    /// link is dropped and nothing is left. Before waiting, the queue's memory is released:
+    /// an idle connection keeps none.
+    pub(crate) async fn ready(&mut self) -> bool {
+        loop {
+            if self.pending() {
+                return true;
+            }
+            // Read before looking at the queue: a link's last push comes before its drop.
+            let no_links = self.shared.links.load(Ordering::Acquire) == 0;
+            {
+                let mut queue = self
+                    .shared
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !queue.is_empty() {
+                    return true;
+                }
+                *queue = VecDeque::new();
+            }
+            self.taken = VecDeque::new();
+            // No link is left: nothing can be queued any more.
+            if no_links {
+                return false;
+            }
+            // A permit stored by a push (or a link's drop) since the last wait makes this
+            // return at once, so nothing queued meanwhile is missed.
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// Whether an item can be taken now.
+    pub(crate) fn pending(&mut self) -> bool {
+        if self.taken.is_empty() {
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            std::mem::swap(&mut *queue, &mut self.taken);
+        }
+        !self.taken.is_empty()
     }
 
     /// The next item if there is one now.
     pub(crate) fn try_recv(&mut self) -> Option<Out> {
-        let out = self.rx.try_recv().ok();
+        self.pending();
+        let out = self.taken.pop_front();
         self.taken(out.as_ref());
         out
     }

@@ -328,11 +328,82 @@ pub(crate) async fn route_direct(
             message: message.clone(),
             qos,
         };
-        if open && hermes.send_async(client, deliver).await.is_err() {
+        if open && send_wait(hermes, client, deliver).await.is_err() {
             open = false;
         }
     }
     open
+}
+
+/// Sends `msg` to `id` as [`send_async`](hermes::Hermes::send_async) does (waiting while
+/// the receiver's mailbox or its shard's inbox is full), with a future of a pointer's size:
+/// the message is offered at once, and only when there is no room is a future that waits
+/// allocated. A connection's task is as large as the largest future it ever awaits, and it
+/// awaits this for each packet: inline, `send_async`'s future (the message, its envelope)
+/// would be most of an idle connection's memory. `Err` once the broker is closing.
+pub(crate) fn send_wait<'a, T>(
+    hermes: &'a Handle,
+    id: T::Id,
+    msg: T,
+) -> impl Future<Output = Result<(), ()>> + Send + 'a
+where
+    T: hermes::Kind<BrokerApp> + Send + 'a,
+    T::Id: Clone + Send + 'a,
+{
+    use futures_util::future::Either;
+    match hermes.try_send(id.clone(), msg) {
+        Ok(()) => Either::Left(std::future::ready(Ok(()))),
+        Err(hermes::SendError::Full(msg)) => Either::Right(Box::pin(async move {
+            hermes.send_async(id, msg).await.map_err(|_| ())
+        })),
+        Err(_) => Either::Left(std::future::ready(Err(()))),
+    }
+}
+
+/// What is left to send when a mailbox was full: a future that sends it, waiting for room;
+/// false once the broker is closing.
+pub(crate) type Waiting = std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Sends `message` (from the edge: a reader's QoS 0 PUBLISH) to each of `targets` now, in
+/// order, as long as their mailboxes have room; from the first that has none on, the rest is
+/// returned as a future that waits for room ([`Waiting`]), so that nothing is reordered and
+/// the caller's future stays small. `Err` once the broker is closing.
+pub(crate) fn deliver_now(
+    hermes: &Handle,
+    message: &Message,
+    targets: &mut Vec<(ClientId, QoS)>,
+) -> Result<Option<Waiting>, ()> {
+    let mut rest = targets.drain(..);
+    while let Some((client, qos)) = rest.next() {
+        let deliver = SessionMsg::Deliver {
+            message: message.clone(),
+            qos,
+        };
+        match hermes.try_send(client.clone(), deliver) {
+            Ok(()) => {}
+            Err(hermes::SendError::Full(deliver)) => {
+                let mut left: Vec<(ClientId, SessionMsg)> = vec![(client, deliver)];
+                left.extend(rest.map(|(client, qos)| {
+                    let deliver = SessionMsg::Deliver {
+                        message: message.clone(),
+                        qos,
+                    };
+                    (client, deliver)
+                }));
+                let hermes = hermes.clone();
+                return Ok(Some(Box::pin(async move {
+                    for (client, deliver) in left {
+                        if hermes.send_async(client, deliver).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                })));
+            }
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(None)
 }
 
 /// Lets something happen at most once per period (a log line, say).

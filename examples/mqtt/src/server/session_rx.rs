@@ -36,6 +36,11 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Ctx<'a> = Context<'a, ClientId, SessionMsg, BrokerApp>;
 
+thread_local! {
+    /// The outputs' vector, lent to the session handling a message on this thread.
+    static OUT: std::cell::Cell<Vec<Output>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// The factory of kind `Session`.
 pub(crate) fn factory(
     shared: Arc<Shared>,
@@ -490,6 +495,9 @@ impl SessionRx {
 
 impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     fn receive(&mut self, ctx: &mut Ctx<'_>, msg: SessionMsg) {
+        // The outputs' vector is the thread's, lent for this message (given back below): a
+        // session between messages keeps none.
+        self.out = OUT.take();
         match msg {
             SessionMsg::Attach { link, connect, acl } => self.attach(ctx, link, &connect, acl),
             SessionMsg::Packet { conn, packet } => {
@@ -557,6 +565,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         self.persist();
         self.count_offline();
         self.settle(ctx);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        OUT.set(out);
     }
 
     fn deactivated(&mut self, _ctx: &mut Ctx<'_>, why: Deactivation) {
