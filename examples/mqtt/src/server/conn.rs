@@ -21,7 +21,7 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ use super::link::{Link, Out, Outbox};
 use super::listen::Place;
 use super::stats::{Counters, Local};
 use super::{
-    ClientId, Handle, RetainedMsg, SessionMsg, Shared, Waiting, deliver_now, may_publish, send_wait,
+    ClientId, Handle, RetainedMsg, SessionMsg, Shared, Waiting, deliver_now, may_publish,
+    send_wait, with_subscribers,
 };
 use crate::acl::ClientAcl;
 use crate::codec::{self, DecodeError};
@@ -42,7 +43,6 @@ use crate::packet::{
     ConnAck, Connect, ConnectReturnCode, Packet, ProtocolVersion, Publish, PublishQos, QoS,
 };
 use crate::string::MqttString;
-use crate::subscriptions::Matches;
 use crate::will::CloseReason;
 
 /// How long a connection that ended waits for its session to publish the will and close it.
@@ -61,8 +61,12 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// Serves one accepted connection, its handshakes done, until it ends: `read` and `write` are
 /// its two directions; its CONNECT must be in by `connect_by`. `places` are its places under
 /// the connection limits, given back when it ends.
+///
+/// The writer task is spawned and the reader built here, outside the future, which only
+/// captures them: an async fn would keep its arguments and the values moved out of them
+/// side by side, for the connection's whole life.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve<R, W>(
+pub(crate) fn serve<R, W>(
     read: R,
     write: W,
     peer: SocketAddr,
@@ -72,11 +76,11 @@ pub(crate) async fn serve<R, W>(
     shared: Arc<Shared>,
     hermes: Handle,
     places: (Place, Place),
-) where
+) -> impl Future<Output = ()> + Send
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = link.conn();
     let mut writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
     let bucket = shared
         .config
@@ -85,48 +89,54 @@ pub(crate) async fn serve<R, W>(
     let mut reader = Reader {
         read,
         buf: BytesMut::new(),
-        link: link.clone(),
-        shared: Arc::clone(&shared),
+        link,
+        shared,
         hermes,
-        matches: Matches::new(),
-        targets: Vec::new(),
         keep_alive: None,
         acl: None,
         bucket,
         local: Local::default(),
         refused: false,
     };
-    let (client, reason) = reader.run(peer, connect_by).await;
-    reader.local.flush_received(&shared.counters);
-    if reason == CloseReason::ProtocolError && !reader.refused {
-        Counters::add(&shared.counters.protocol_errors, 1);
-    }
-    if let Some(client) = client {
-        Counters::gauge(&shared.counters.clients_connected, -1);
-        tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
-        let detach = SessionMsg::Detach { conn, reason };
-        if send_wait(&reader.hermes, client, detach).await.is_ok() {
-            // The session closes it once the will is out (a retained one stored).
-            let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
-        } else {
-            tracing::debug!(
-                conn,
-                "broker closed: the session was not told the connection ended"
-            );
+    async move {
+        let (client, reason) = reader.run(peer, connect_by).await;
+        let shared = &reader.shared;
+        let link = &reader.link;
+        let conn = link.conn();
+        reader.local.flush_received(&shared.counters);
+        if reason == CloseReason::ProtocolError && !reader.refused {
+            Counters::add(&shared.counters.protocol_errors, 1);
         }
-    } else {
-        tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
+        if let Some(client) = client {
+            Counters::gauge(&shared.counters.clients_connected, -1);
+            tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
+            let detach = SessionMsg::Detach { conn, reason };
+            if send_wait(&reader.hermes, client, detach).await.is_ok() {
+                // The session closes it once the will is out (a retained one stored).
+                let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
+            } else {
+                tracing::debug!(
+                    conn,
+                    "broker closed: the session was not told the connection ended"
+                );
+            }
+        } else {
+            tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
+        }
+        link.close(reason);
+        let link = link.clone();
+        let shared = Arc::clone(shared);
+        drop(reader);
+        if tokio::time::timeout(WRITER_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        shared.unregister(conn);
+        drop(link);
+        drop(places);
     }
-    link.close(reason);
-    drop(reader);
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
-    shared.unregister(conn);
-    drop(places);
 }
 
 /// A token bucket: `max_publish_rate` PUBLISH packets a second, `publish_burst` at once.
@@ -166,8 +176,6 @@ struct Reader<R> {
     link: Link,
     shared: Arc<Shared>,
     hermes: Handle,
-    matches: Matches<ClientId>,
-    targets: Vec<(ClientId, QoS)>,
     /// How long the client may send nothing, once connected [MQTT-3.1.2-24].
     keep_alive: Option<Duration>,
     /// What the client may do, with an ACL file.
@@ -483,32 +491,31 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Err(_) => return Step::End(CloseReason::ServerClosed),
             }
         }
-        self.shared
-            .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .matches(&message.topic, &mut self.matches);
-        self.targets.extend(
-            self.matches
-                .iter()
-                .map(|(client, qos)| (client.clone(), qos)),
-        );
         if let Some(retained) = waiting {
             // Behind the retained shard: the subscribers wait too, in order.
             let hermes = self.hermes.clone();
-            let mut targets = std::mem::take(&mut self.targets);
+            let targets: Vec<(ClientId, QoS)> =
+                with_subscribers(&self.shared, &message.topic, |m| {
+                    m.iter()
+                        .map(|(client, qos)| (client.clone(), qos))
+                        .collect()
+                });
             return Step::Wait(Box::pin(async move {
                 if !retained.await {
                     return false;
                 }
-                match deliver_now(&hermes, &message, &mut targets) {
+                let targets = targets.iter().map(|(client, qos)| (client, *qos));
+                match deliver_now(&hermes, &message, targets) {
                     Ok(None) => true,
                     Ok(Some(rest)) => rest.await,
                     Err(()) => false,
                 }
             }));
         }
-        match deliver_now(&self.hermes, &message, &mut self.targets) {
+        let sent = with_subscribers(&self.shared, &message.topic, |m| {
+            deliver_now(&self.hermes, &message, m.iter())
+        });
+        match sent {
             Ok(None) => Step::Next,
             Ok(Some(rest)) => Step::Wait(rest),
             Err(()) => Step::End(CloseReason::ServerClosed),

@@ -200,14 +200,15 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handl
     }
 }
 
-/// Serves a plain TCP connection.
-async fn serve_tcp(
+/// Serves a plain TCP connection: the future of its task (a plain function that returns it,
+/// so that the future does not keep this function's arguments as well as the reader's).
+fn serve_tcp(
     accepted: Accepted,
     link: Link,
     outbox: Outbox,
     shared: Arc<Shared>,
     hermes: Handle,
-) {
+) -> impl Future<Output = ()> + Send {
     let Accepted {
         stream,
         peer,
@@ -219,7 +220,6 @@ async fn serve_tcp(
     conn::serve(
         read, write, peer, deadline, link, outbox, shared, hermes, places,
     )
-    .await;
 }
 
 /// Sets an accepted socket's options; returns when its CONNECT is due (`connect_timeout`).

@@ -22,6 +22,7 @@ pub(crate) mod stats;
 pub(crate) mod storage;
 pub(crate) mod ws;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -364,32 +365,51 @@ where
 /// false once the broker is closing.
 pub(crate) type Waiting = std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
 
+thread_local! {
+    /// The matches of one topic, for whoever routes a message on this thread: a scratch
+    /// buffer, so that connections and sessions keep none.
+    static MATCHES: Cell<Matches<ClientId>> = Cell::default();
+}
+
+/// Calls `f` with the subscribers of `topic` (each once, at the maximum QoS of its matching
+/// subscriptions), matched into the thread's scratch buffer; the index is not locked while
+/// `f` runs.
+pub(crate) fn with_subscribers<T>(
+    shared: &Shared,
+    topic: &TopicName,
+    f: impl FnOnce(&Matches<ClientId>) -> T,
+) -> T {
+    let mut matches = MATCHES.take();
+    shared
+        .index
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .matches(topic, &mut matches);
+    let result = f(&matches);
+    MATCHES.set(matches);
+    result
+}
+
 /// Sends `message` (from the edge: a reader's QoS 0 PUBLISH) to each of `targets` now, in
 /// order, as long as their mailboxes have room; from the first that has none on, the rest is
 /// returned as a future that waits for room ([`Waiting`]), so that nothing is reordered and
 /// the caller's future stays small. `Err` once the broker is closing.
-pub(crate) fn deliver_now(
+pub(crate) fn deliver_now<'a>(
     hermes: &Handle,
     message: &Message,
-    targets: &mut Vec<(ClientId, QoS)>,
+    targets: impl IntoIterator<Item = (&'a ClientId, QoS)>,
 ) -> Result<Option<Waiting>, ()> {
-    let mut rest = targets.drain(..);
-    while let Some((client, qos)) = rest.next() {
-        let deliver = SessionMsg::Deliver {
-            message: message.clone(),
-            qos,
-        };
-        match hermes.try_send(client.clone(), deliver) {
+    let deliver = |qos| SessionMsg::Deliver {
+        message: message.clone(),
+        qos,
+    };
+    let mut targets = targets.into_iter();
+    while let Some((client, qos)) = targets.next() {
+        match hermes.try_send(client.clone(), deliver(qos)) {
             Ok(()) => {}
-            Err(hermes::SendError::Full(deliver)) => {
-                let mut left: Vec<(ClientId, SessionMsg)> = vec![(client, deliver)];
-                left.extend(rest.map(|(client, qos)| {
-                    let deliver = SessionMsg::Deliver {
-                        message: message.clone(),
-                        qos,
-                    };
-                    (client, deliver)
-                }));
+            Err(hermes::SendError::Full(first)) => {
+                let mut left: Vec<(ClientId, SessionMsg)> = vec![(client.clone(), first)];
+                left.extend(targets.map(|(client, qos)| (client.clone(), deliver(qos))));
                 let hermes = hermes.clone();
                 return Ok(Some(Box::pin(async move {
                     for (client, deliver) in left {
