@@ -29,6 +29,8 @@
 #   BROKER_CPU=1 GEN_CPU=0 the CPUs (taskset) of the broker and of the generator
 #   NICE=-10               their niceness, so that other work on the machine disturbs less
 #                          (0 to leave it; negative needs root)
+#   HERMES_BIN=FILE        a hermes-mqtt binary to run instead of building this tree's (an
+#                          earlier build, for a before/after comparison)
 #   HERMES_CONFIG=FILE     a hermes-mqtt configuration file (e.g. max_inflight = 100, the
 #                          window rumqttd's sample configuration has); default: its defaults
 #   QUIET_BUSY=30 QUIET_WAIT=90 QUIET_TOTAL=600
@@ -129,12 +131,12 @@ if [[ " $BROKERS " == *" rumqttd "* ]] && ! command -v rumqttd >/dev/null; then
     export PATH=$HOME/.cargo/bin:$PATH
 fi
 log "building hermes-mqtt and mqtt-bench (release)"
-if [[ " $BROKERS " == *" hermes "* ]]; then
+if [[ " $BROKERS " == *" hermes "* ]] && [ -z "${HERMES_BIN:-}" ]; then
     cargo build --release -q -p hermes-mqtt
 fi
 cargo build --release -q --manifest-path benches/mqtt-bench/Cargo.toml
 BENCH=$ROOT/benches/mqtt-bench/target/release/mqtt-bench
-HERMES=$ROOT/target/release/hermes-mqtt
+HERMES=${HERMES_BIN:-$ROOT/target/release/hermes-mqtt}
 # The main workspace may build elsewhere (CARGO_TARGET_DIR).
 [ -x "$HERMES" ] || HERMES=${CARGO_TARGET_DIR:-$ROOT/target}/release/hermes-mqtt
 
@@ -357,7 +359,7 @@ run_scenario() { # BROKER KEY ROUND
 
 {
     echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, $(free -g | awk '/^Mem:/ {print $2}') GiB"
-    echo "versions: $(mosquitto -h 2>/dev/null | head -n 1 || true); rumqttd $(rumqttd -V 2>/dev/null || true); hermes-mqtt $(git rev-parse --short HEAD)"
+    echo "versions: $(mosquitto -h 2>/dev/null | head -n 1 || true); rumqttd $(rumqttd -V 2>/dev/null || true); hermes-mqtt ${HERMES_BIN:-$(git rev-parse --short HEAD)}"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "hermes-mqtt configuration: ${HERMES_CONFIG:-its defaults}${HERMES_CONFIG:+ ($(tr '\n' ' ' <"$HERMES_CONFIG"))}"
     echo "settings: RUNS=$RUNS DURATION=$DURATION WARMUP=$WARMUP PAIRS=$PAIRS WINDOW=$WINDOW FANOUT_SUBS=$FANOUT_SUBS FANIN_PUBS=$FANIN_PUBS LAT_RATE=$LAT_RATE LAT_QOS=$LAT_QOS LAT_PAIRS=$LAT_PAIRS LAT_DURATION=$LAT_DURATION CONNS=$CONNS RECONNECT_SESSIONS=$RECONNECT_SESSIONS RECONNECT_QUEUED=$RECONNECT_QUEUED SESSIONS_CLIENTS=$SESSIONS_CLIENTS SESSIONS_RATE=$SESSIONS_RATE SESSIONS_DURATION=$SESSIONS_DURATION BROKER_CPU=$BROKER_CPU GEN_CPU=$GEN_CPU NICE=$NICE"
