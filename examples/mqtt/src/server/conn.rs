@@ -735,3 +735,49 @@ async fn write_all<W: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A connection waiting for its next packet holds no read buffer: what a read brings
+    /// into an empty buffer takes only its size, and a partial packet is read on in place.
+    #[tokio::test]
+    async fn reads_allocate_only_what_they_bring() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut buf = BytesMut::new();
+        client.write_all(&[0x30, 0x0a, 0x00]).await.unwrap();
+        assert_eq!(read_some(&mut server, &mut buf).await.unwrap(), 3);
+        assert_eq!(&buf[..], &[0x30, 0x0a, 0x00]);
+        assert!(buf.capacity() < 64, "capacity {}", buf.capacity());
+        // The rest of the packet is appended to what is pending.
+        client.write_all(&[0x03, b'a', b'/', b'b']).await.unwrap();
+        assert_eq!(read_some(&mut server, &mut buf).await.unwrap(), 4);
+        assert_eq!(&buf[..], &[0x30, 0x0a, 0x00, 0x03, b'a', b'/', b'b']);
+        // A buffer emptied by decoding is released before the next read.
+        buf.clear();
+        client.write_all(&[0xc0, 0x00]).await.unwrap();
+        assert_eq!(read_some(&mut server, &mut buf).await.unwrap(), 2);
+        assert!(buf.capacity() < 64, "capacity {}", buf.capacity());
+        // A large write is read at most a chunk at a time.
+        let big = vec![7u8; 3 * READ_CHUNK];
+        client.write_all(&big).await.unwrap();
+        buf.clear();
+        let n = read_some(&mut server, &mut buf).await.unwrap();
+        assert!((1..=READ_CHUNK).contains(&n), "{n}");
+        assert_eq!(buf.len(), n);
+        // The end of the stream reads 0.
+        drop(client);
+        let mut total = n;
+        loop {
+            buf.clear();
+            match read_some(&mut server, &mut buf).await.unwrap() {
+                0 => break,
+                n => total += n,
+            }
+        }
+        assert_eq!(total, big.len());
+    }
+}

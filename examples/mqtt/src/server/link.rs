@@ -344,3 +344,86 @@ fn reason_from_code(code: u8) -> Option<CloseReason> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ack(n: u16) -> Packet {
+        Packet::PubAck(NonZeroU16::new(n).unwrap())
+    }
+
+    fn acked(out: Option<Out>) -> u16 {
+        match out {
+            Some(Out::Packet(Packet::PubAck(id))) => id.get(),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+
+    /// What is queued comes out in order, and once the writer has waited for more the queue
+    /// holds no memory (an idle connection keeps none).
+    #[tokio::test]
+    async fn queue_keeps_order_and_releases_its_memory_when_idle() {
+        let (link, mut outbox) = Link::new(1, 10);
+        for n in 1..=40 {
+            assert_eq!(link.send(ack(n)), Written::Queued);
+        }
+        for n in 1..=40 {
+            assert!(outbox.ready().await);
+            assert_eq!(acked(outbox.try_recv()), n);
+        }
+        assert!(outbox.try_recv().is_none());
+        assert_eq!(link.shared.total.load(Ordering::Relaxed), 0);
+        // Waiting releases both deques; a send wakes the writer.
+        let sender = link.clone();
+        let waiter = tokio::spawn(async move {
+            let ready = outbox.ready().await;
+            (ready, outbox)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        {
+            let queue = link.shared.queue.lock().unwrap();
+            assert!(queue.is_empty());
+            assert_eq!(queue.capacity(), 0, "an idle queue holds no memory");
+        }
+        assert_eq!(sender.send(ack(41)), Written::Queued);
+        let (ready, mut outbox) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the writer is woken")
+            .unwrap();
+        assert!(ready);
+        assert_eq!(acked(outbox.try_recv()), 41);
+        // The writer took the queue's deque, and left its own released one in its place.
+        assert_eq!(link.shared.queue.lock().unwrap().capacity(), 0);
+    }
+
+    /// The writer ends once every link is gone, after what they queued.
+    #[tokio::test]
+    async fn writer_ends_when_every_link_is_dropped() {
+        let (link, mut outbox) = Link::new(1, 10);
+        let other = link.clone();
+        assert_eq!(other.send(ack(1)), Written::Queued);
+        drop(other);
+        drop(link);
+        assert!(outbox.ready().await, "what was queued is still written");
+        assert_eq!(acked(outbox.try_recv()), 1);
+        let ended = tokio::time::timeout(Duration::from_secs(5), outbox.ready()).await;
+        assert_eq!(ended, Ok(false));
+    }
+
+    /// Close comes after what was queued before it, and nothing queues after it.
+    #[tokio::test]
+    async fn close_is_queued_last() {
+        let (link, mut outbox) = Link::new(1, 10);
+        assert_eq!(link.send(ack(1)), Written::Queued);
+        link.close(CloseReason::ServerClosed);
+        assert_eq!(link.send(ack(2)), Written::Closed);
+        assert_eq!(acked(outbox.try_recv()), 1);
+        assert!(matches!(outbox.try_recv(), Some(Out::Close)));
+        assert!(outbox.try_recv().is_none());
+        assert_eq!(link.close_reason(), Some(CloseReason::ServerClosed));
+    }
+}
