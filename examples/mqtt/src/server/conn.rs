@@ -103,7 +103,7 @@ where
         refused: false,
     };
     async move {
-        let (client, reason) = reader.run(peer, connect_by).await;
+        let (client, reason) = reader.run(&peer, connect_by).await;
         let shared = &reader.shared;
         let link = &reader.link;
         let conn = link.conn();
@@ -214,35 +214,44 @@ enum Next {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
-    async fn run(&mut self, peer: SocketAddr, connect_by: Instant) -> Ended {
-        let conn = self.link.conn();
-        let connect = match self.next(Some(connect_by)).await {
-            Next::Packet(Packet::Connect(connect)) => connect,
-            Next::Packet(other) => {
-                tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
-                return (None, CloseReason::ProtocolError);
-            }
-            Next::Ended(CloseReason::KeepAliveTimeout) => {
-                tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
-                return (None, CloseReason::ProtocolError);
-            }
-            Next::Ended(reason) => return (None, reason),
-            Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
-                return self.unsupported(peer, name.as_bytes(), level);
-            }
-            Next::Malformed(error) => {
-                tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
-                return (None, CloseReason::ProtocolError);
-            }
-        };
-        // Once per connection, and larger than the rest: boxed, so that the task is not as
-        // large as this for the connection's whole life.
-        let client = match Box::pin(self.accept(peer, connect)).await {
-            Ok(client) => client,
-            Err(ended) => return ended,
-        };
-        let ended = self.packets(&client).await;
-        (Some(client), ended)
+    fn run<'a>(
+        &'a mut self,
+        peer: &'a SocketAddr,
+        connect_by: Instant,
+    ) -> impl Future<Output = Ended> + 'a {
+        // Plain functions returning their futures, here and below: an async fn keeps its
+        // arguments and their moved copies side by side, in the connection's task.
+        let peer = *peer;
+        async move {
+            let conn = self.link.conn();
+            let connect = match self.next(Some(connect_by)).await {
+                Next::Packet(Packet::Connect(connect)) => connect,
+                Next::Packet(other) => {
+                    tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+                    return (None, CloseReason::ProtocolError);
+                }
+                Next::Ended(CloseReason::KeepAliveTimeout) => {
+                    tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
+                    return (None, CloseReason::ProtocolError);
+                }
+                Next::Ended(reason) => return (None, reason),
+                Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
+                    return self.unsupported(peer, name.as_bytes(), level);
+                }
+                Next::Malformed(error) => {
+                    tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
+                    return (None, CloseReason::ProtocolError);
+                }
+            };
+            // Once per connection, and larger than the rest: boxed, so that the task is not as
+            // large as this for the connection's whole life.
+            let client = match Box::pin(self.accept(peer, connect)).await {
+                Ok(client) => client,
+                Err(ended) => return ended,
+            };
+            let ended = self.packets(&client).await;
+            (Some(client), ended)
+        }
     }
 
     /// A CONNECT whose protocol level the decoder does not know: CONNACK 0x01 for an MQTT
@@ -349,35 +358,37 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// full: only then is there a future to await, boxed. The connection's task, which is as
     /// large as the largest future it awaits, is then little more than its wait for the next
     /// packet.
-    async fn packets(&mut self, client: &ClientId) -> CloseReason {
-        loop {
-            let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
-            let throttled = match self.next(deadline).await {
-                Next::Packet(packet) => match self.throttle_wait(&packet) {
-                    None => Ok(self.handle(client, packet)),
-                    Some(wait) => Err((wait, Box::new(packet))),
-                },
-                Next::Ended(reason) => return reason,
-                Next::Malformed(error) => {
-                    tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
-                    return CloseReason::ProtocolError;
-                }
-            };
-            let step = match throttled {
-                Ok(step) => step,
-                Err((wait, packet)) => {
-                    if !Box::pin(self.throttle(wait)).await {
-                        return CloseReason::ServerClosed;
+    fn packets<'a>(&'a mut self, client: &'a ClientId) -> impl Future<Output = CloseReason> + 'a {
+        async move {
+            loop {
+                let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
+                let throttled = match self.next(deadline).await {
+                    Next::Packet(packet) => match self.throttle_wait(&packet) {
+                        None => Ok(self.handle(client, packet)),
+                        Some(wait) => Err((wait, Box::new(packet))),
+                    },
+                    Next::Ended(reason) => return reason,
+                    Next::Malformed(error) => {
+                        tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
+                        return CloseReason::ProtocolError;
                     }
-                    self.handle(client, *packet)
-                }
-            };
-            match step {
-                Step::Next => {}
-                Step::End(reason) => return reason,
-                Step::Wait(waiting) => {
-                    if !waiting.await {
-                        return CloseReason::ServerClosed;
+                };
+                let step = match throttled {
+                    Ok(step) => step,
+                    Err((wait, packet)) => {
+                        if !Box::pin(self.throttle(wait)).await {
+                            return CloseReason::ServerClosed;
+                        }
+                        self.handle(client, *packet)
+                    }
+                };
+                match step {
+                    Step::Next => {}
+                    Step::End(reason) => return reason,
+                    Step::Wait(waiting) => {
+                        if !waiting.await {
+                            return CloseReason::ServerClosed;
+                        }
                     }
                 }
             }
@@ -528,44 +539,46 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
     /// it with `KeepAliveTimeout`), or until the server closes the connection.
-    async fn next(&mut self, deadline: Option<Instant>) -> Next {
-        let max = self.shared.config.max_packet_size;
-        loop {
-            match codec::decode(&mut self.buf, max) {
-                Ok(Some(packet)) => {
-                    self.local.packets += 1;
-                    if matches!(packet, Packet::Publish(_)) {
-                        self.local.publishes += 1;
+    fn next(&mut self, deadline: Option<Instant>) -> impl Future<Output = Next> + '_ {
+        async move {
+            let max = self.shared.config.max_packet_size;
+            loop {
+                match codec::decode(&mut self.buf, max) {
+                    Ok(Some(packet)) => {
+                        self.local.packets += 1;
+                        if matches!(packet, Packet::Publish(_)) {
+                            self.local.publishes += 1;
+                        }
+                        return Next::Packet(packet);
                     }
-                    return Next::Packet(packet);
+                    Ok(None) => {}
+                    Err(error) => return Next::Malformed(error),
                 }
-                Ok(None) => {}
-                Err(error) => return Next::Malformed(error),
-            }
-            // Before waiting for the socket: what this read brought is counted.
-            self.local.flush_received(&self.shared.counters);
-            let read = read_some(&mut self.read, &mut self.buf);
-            let closed = self.link.closed();
-            let timeout = async {
-                match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                result = read => match result {
-                    Ok(0) => return Next::Ended(CloseReason::NetworkError),
-                    Ok(n) => self.local.bytes += n as u64,
-                    Err(error) => {
-                        tracing::debug!(conn = self.link.conn(), %error, "read failed");
-                        return Next::Ended(CloseReason::NetworkError);
+                // Before waiting for the socket: what this read brought is counted.
+                self.local.flush_received(&self.shared.counters);
+                let read = read_some(&mut self.read, &mut self.buf);
+                let closed = self.link.closed();
+                let timeout = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
                     }
-                },
-                () = closed => {
-                    let reason = self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
-                    return Next::Ended(reason);
+                };
+                tokio::select! {
+                    result = read => match result {
+                        Ok(0) => return Next::Ended(CloseReason::NetworkError),
+                        Ok(n) => self.local.bytes += n as u64,
+                        Err(error) => {
+                            tracing::debug!(conn = self.link.conn(), %error, "read failed");
+                            return Next::Ended(CloseReason::NetworkError);
+                        }
+                    },
+                    () = closed => {
+                        let reason = self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
+                        return Next::Ended(reason);
+                    }
+                    () = timeout => return Next::Ended(CloseReason::KeepAliveTimeout),
                 }
-                () = timeout => return Next::Ended(CloseReason::KeepAliveTimeout),
             }
         }
     }
@@ -604,43 +617,51 @@ fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
 /// The writer task: encodes and writes what the link brings, in batches. Its buffers are
 /// allocated while there is something to write and released when it waits: an idle
 /// connection keeps none.
-async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox, shared: Arc<Shared>) {
-    let mut buf = BytesMut::new();
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
-    let mut local = Local::default();
-    loop {
-        if !outbox.pending() {
-            buf = BytesMut::new();
-            chunks = VecDeque::new();
-            if !outbox.ready().await {
+fn write_loop<W: AsyncWrite + Unpin + Send>(
+    mut write: W,
+    mut outbox: Outbox,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send {
+    // A plain function returning the future: an async fn would keep its arguments and
+    // their moved copies side by side (the task is then a size class larger).
+    async move {
+        let mut buf = BytesMut::new();
+        let mut chunks: VecDeque<Bytes> = VecDeque::new();
+        let mut local = Local::default();
+        loop {
+            if !outbox.pending() {
+                buf = BytesMut::new();
+                chunks = VecDeque::new();
+                if !outbox.ready().await {
+                    break;
+                }
+            }
+            // Packets are taken and encoded outside this future (`batch`): none is held across
+            // an await, so the task stays small.
+            let Batch { packets, closing } = batch(&mut outbox, &mut buf, &mut chunks, &mut local);
+            if !buf.is_empty() {
+                chunks.push_back(buf.split().freeze());
+            }
+            let written: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            let result = match write_all(&mut write, &mut chunks).await {
+                Ok(()) => write.flush().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "write failed; closing the connection");
+                local.flush_sent(&shared.counters);
+                outbox.failed();
+                return;
+            }
+            local.bytes += written;
+            local.packets += packets as u64;
+            local.flush_sent(&shared.counters);
+            if closing {
                 break;
             }
         }
-        // Packets are taken and encoded outside this future (`batch`): none is held across
-        // an await, so the task stays small.
-        let Batch { packets, closing } = batch(&mut outbox, &mut buf, &mut chunks, &mut local);
-        if !buf.is_empty() {
-            chunks.push_back(buf.split().freeze());
-        }
-        let written: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let result = match write_all(&mut write, &mut chunks).await {
-            Ok(()) => write.flush().await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
-            tracing::debug!(%error, "write failed; closing the connection");
-            local.flush_sent(&shared.counters);
-            outbox.failed();
-            return;
-        }
-        local.bytes += written;
-        local.packets += packets as u64;
-        local.flush_sent(&shared.counters);
-        if closing {
-            break;
-        }
+        let _ = write.shutdown().await;
     }
-    let _ = write.shutdown().await;
 }
 
 /// What one batch of the writer took.
