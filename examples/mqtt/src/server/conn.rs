@@ -358,6 +358,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// full: only then is there a future to await, boxed. The connection's task, which is as
     /// large as the largest future it awaits, is then little more than its wait for the next
     /// packet.
+    // Not an async fn: see `run`.
+    #[allow(clippy::manual_async_fn)]
     fn packets<'a>(&'a mut self, client: &'a ClientId) -> impl Future<Output = CloseReason> + 'a {
         async move {
             loop {
@@ -539,6 +541,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
     /// it with `KeepAliveTimeout`), or until the server closes the connection.
+    // Not an async fn: see `run`.
+    #[allow(clippy::manual_async_fn)]
     fn next(&mut self, deadline: Option<Instant>) -> impl Future<Output = Next> + '_ {
         async move {
             let max = self.shared.config.max_packet_size;
@@ -617,6 +621,8 @@ fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
 /// The writer task: encodes and writes what the link brings, in batches. Its buffers are
 /// allocated while there is something to write and released when it waits: an idle
 /// connection keeps none.
+// Not an async fn: see the comment inside.
+#[allow(clippy::manual_async_fn)]
 fn write_loop<W: AsyncWrite + Unpin + Send>(
     mut write: W,
     mut outbox: Outbox,
