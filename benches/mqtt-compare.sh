@@ -29,6 +29,8 @@
 #   BROKER_CPU=1 GEN_CPU=0 the CPUs (taskset) of the broker and of the generator
 #   NICE=-10               their niceness, so that other work on the machine disturbs less
 #                          (0 to leave it; negative needs root)
+#   HERMES_BIN=FILE        a hermes-mqtt binary to run instead of building this tree's (an
+#                          earlier build, for a before/after comparison)
 #   HERMES_CONFIG=FILE     a hermes-mqtt configuration file (e.g. max_inflight = 20,
 #                          Mosquitto's window); default: its defaults
 #   HERMES_BASE=BIN        another hermes-mqtt binary (say, built from an earlier commit) to
@@ -133,12 +135,12 @@ if [[ " $BROKERS " == *" rumqttd "* ]] && ! command -v rumqttd >/dev/null; then
     export PATH=$HOME/.cargo/bin:$PATH
 fi
 log "building hermes-mqtt and mqtt-bench (release)"
-if [[ " $BROKERS " == *" hermes "* ]]; then
+if [[ " $BROKERS " == *" hermes "* ]] && [ -z "${HERMES_BIN:-}" ]; then
     cargo build --release -q -p hermes-mqtt
 fi
 cargo build --release -q --manifest-path benches/mqtt-bench/Cargo.toml
 BENCH=$ROOT/benches/mqtt-bench/target/release/mqtt-bench
-HERMES=$ROOT/target/release/hermes-mqtt
+HERMES=${HERMES_BIN:-$ROOT/target/release/hermes-mqtt}
 # The main workspace may build elsewhere (CARGO_TARGET_DIR).
 [ -x "$HERMES" ] || HERMES=${CARGO_TARGET_DIR:-$ROOT/target}/release/hermes-mqtt
 
@@ -364,7 +366,7 @@ run_scenario() { # BROKER KEY ROUND
 
 {
     echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, $(free -g | awk '/^Mem:/ {print $2}') GiB"
-    echo "versions: $(mosquitto -h 2>/dev/null | head -n 1 || true); rumqttd $(rumqttd -V 2>/dev/null || true); hermes-mqtt $(git rev-parse --short HEAD)"
+    echo "versions: $(mosquitto -h 2>/dev/null | head -n 1 || true); rumqttd $(rumqttd -V 2>/dev/null || true); hermes-mqtt ${HERMES_BIN:-$(git rev-parse --short HEAD)}"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "hermes-mqtt configuration: ${HERMES_CONFIG:-its defaults}${HERMES_CONFIG:+ ($(tr '\n' ' ' <"$HERMES_CONFIG"))}"
     if [[ " $BROKERS " == *" hermes-base "* ]]; then echo "hermes-base: ${HERMES_BASE:-unset}"; fi

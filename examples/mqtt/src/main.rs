@@ -225,6 +225,9 @@ fn run(cli: &Run) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Listening for the signals before the broker starts: one sent as soon as it
+        // listens (by a test, a service manager) shuts it down rather than killing it.
+        let mut signals = Signals::new();
         let broker = match Broker::start(config).await {
             Ok(broker) => broker,
             Err(error) => {
@@ -232,10 +235,10 @@ fn run(cli: &Run) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_shutdown(&broker).await;
+        wait_for_shutdown(&broker, &mut signals).await;
         tracing::info!("shutting down (a second SIGINT or SIGTERM exits at once)");
-        tokio::spawn(async {
-            shutdown_signal().await;
+        tokio::spawn(async move {
+            signals.shutdown().await;
             eprintln!(
                 "hermes-mqtt: second signal: exiting at once, without storing the last changes"
             );
@@ -268,48 +271,111 @@ fn init_logs(cli: &Run, config: &Config) {
 }
 
 /// Waits for SIGINT or SIGTERM; meanwhile, SIGHUP reloads the password and ACL files.
-async fn wait_for_shutdown(broker: &Broker) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            let shutdown = shutdown_signal();
-            tokio::pin!(shutdown);
-            loop {
-                tokio::select! {
-                    () = &mut shutdown => return,
-                    _ = hup.recv() => {
-                        if let Err(error) = broker.reload().await {
-                            tracing::error!("SIGHUP: {error}; the files in use are kept");
-                        }
-                    }
+async fn wait_for_shutdown(broker: &Broker, signals: &mut Signals) {
+    loop {
+        tokio::select! {
+            () = signals.stop.wait() => return,
+            () = signals.hup.wait() => {
+                if let Err(error) = broker.reload().await {
+                    tracing::error!("SIGHUP: {error}; the files in use are kept");
                 }
             }
         }
     }
-    let _ = broker;
-    shutdown_signal().await;
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// The signals the broker answers, listened for from before it starts.
+struct Signals {
+    /// SIGINT and SIGTERM.
+    stop: Stop,
+    /// SIGHUP.
+    hup: Hup,
+}
+
+/// SIGINT and SIGTERM.
+struct Stop {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+/// SIGHUP.
+struct Hup {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                stop: Stop {
+                    term: signal(SignalKind::terminate()).ok(),
+                    int: signal(SignalKind::interrupt()).ok(),
+                },
+                hup: Hup {
+                    hup: signal(SignalKind::hangup()).ok(),
+                },
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        }
+        #[cfg(not(unix))]
+        {
+            Self {
+                stop: Stop {},
+                hup: Hup {},
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on SIGINT or SIGTERM.
+    async fn shutdown(&mut self) {
+        self.stop.wait().await;
+    }
+}
+
+impl Stop {
+    /// Resolves on SIGINT or SIGTERM.
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        if signal.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                () = next(self.term.as_mut()) => {}
+                () = next(self.int.as_mut()) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+impl Hup {
+    /// Resolves on SIGHUP; never where there is none.
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        if let Some(hup) = self.hup.as_mut()
+            && hup.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
     }
 }

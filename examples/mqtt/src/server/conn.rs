@@ -3,35 +3,44 @@
 //!
 //! The reader decodes packets (bounded by `max_packet_size`), insists on CONNECT first and
 //! within `connect_timeout` [MQTT-3.1.0-1], validates it (answering a refusal's CONNACK
-//! itself), and then forwards the client's packets to its session with `send_async` (or
-//! `send_all_async` for what one read brought), which waits while the session's mailbox or
-//! its shard's inbox is full: the reader stops reading the socket until the session catches
-//! up. It routes QoS 0 PUBLISHes itself, straight to the subscribers' sessions (no hop
-//! through its own), grouped per subscriber (`route_direct`): a reader whose subscribers
-//! are behind stops reading too. What one read brought is gathered and sent on together
-//! before the socket is read again. It enforces keep alive [MQTT-3.1.2-24], answers
+//! itself), and then forwards the client's packets to its session: what one read brought is
+//! gathered and sent together before the socket is read again (offered at once, and only
+//! while the session's mailbox or its shard's inbox is full awaited): the reader stops
+//! reading the socket until the session catches up. It routes QoS 0 PUBLISHes itself,
+//! straight to the subscribers' sessions (no hop through its own), grouped per subscriber
+//! ([`fan_out`]): a reader whose subscribers are behind stops reading too. It enforces keep
+//! alive [MQTT-3.1.2-24], answers
 //! PINGREQ, and closes the connection on any protocol error [MQTT-4.8.0-1]; whatever ends the
 //! connection, it tells the session with `Detach` and why, so the session publishes the will
 //! unless the client sent DISCONNECT.
 //!
-//! The writer takes packets from the link's channel, encodes them and writes them in batches
+//! The writer takes packets from the link's queue, encodes them and writes them in batches
 //! with one vectored write: a large PUBLISH payload is written from the shared buffer, not
 //! copied per subscriber.
+//!
+//! An idle connection keeps little (about 3 KB with its session, see BENCHMARKS.md): no read
+//! buffer while no packet is partly read, no write buffer or queue while nothing is to be
+//! written, and task futures that hold no message while they wait.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::link::{Link, Out, Outbox};
 use super::listen::Place;
 use super::stats::{Counters, Local};
-use super::{ClientId, Fanout, Handle, RetainedMsg, SessionMsg, Shared, may_publish, route_direct};
+use super::{
+    ClientId, Handle, RetainedMsg, SessionMsg, Shared, Waiting, fan_out, may_publish, send_wait,
+};
 use crate::acl::ClientAcl;
 use crate::codec::{self, DecodeError};
 use crate::message::Message;
@@ -48,6 +57,8 @@ const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Payloads from this size on are written from their shared buffer, not copied into the
 /// write buffer.
 const SHARED_PAYLOAD: usize = 1024;
+/// Most bytes one read takes.
+const READ_CHUNK: usize = 8 * 1024;
 /// Most packets a reader gathers from what it read before sending them on together.
 const BATCH_GATHER: usize = 64;
 /// Most packets, and bytes, one vectored write takes.
@@ -57,8 +68,12 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// Serves one accepted connection, its handshakes done, until it ends: `read` and `write` are
 /// its two directions; its CONNECT must be in by `connect_by`. `places` are its places under
 /// the connection limits, given back when it ends.
+///
+/// The writer task is spawned and the reader built here, outside the future, which only
+/// captures them: an async fn would keep its arguments and the values moved out of them
+/// side by side, for the connection's whole life.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve<R, W>(
+pub(crate) fn serve<R, W>(
     read: R,
     write: W,
     peer: SocketAddr,
@@ -68,11 +83,11 @@ pub(crate) async fn serve<R, W>(
     shared: Arc<Shared>,
     hermes: Handle,
     places: (Place, Place),
-) where
+) -> impl Future<Output = ()> + Send
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = link.conn();
     let mut writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
     let bucket = shared
         .config
@@ -80,11 +95,10 @@ pub(crate) async fn serve<R, W>(
         .map(|(rate, burst)| Bucket::new(rate, burst));
     let mut reader = Reader {
         read,
-        buf: BytesMut::with_capacity(4096),
-        link: link.clone(),
-        shared: Arc::clone(&shared),
+        buf: BytesMut::new(),
+        link,
+        shared,
         hermes,
-        fanout: Fanout::default(),
         direct: Vec::new(),
         to_session: Vec::new(),
         keep_alive: None,
@@ -93,37 +107,45 @@ pub(crate) async fn serve<R, W>(
         local: Local::default(),
         refused: false,
     };
-    let (client, reason) = reader.run(peer, connect_by).await;
-    reader.local.flush_received(&shared.counters);
-    if reason == CloseReason::ProtocolError && !reader.refused {
-        Counters::add(&shared.counters.protocol_errors, 1);
-    }
-    if let Some(client) = client {
-        Counters::gauge(&shared.counters.clients_connected, -1);
-        tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
-        let detach = SessionMsg::Detach { conn, reason };
-        if reader.hermes.send_async(client, detach).await.is_ok() {
-            // The session closes it once the will is out (a retained one stored).
-            let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
-        } else {
-            tracing::debug!(
-                conn,
-                "broker closed: the session was not told the connection ended"
-            );
+    async move {
+        let (client, reason) = reader.run(&peer, connect_by).await;
+        let shared = &reader.shared;
+        let link = &reader.link;
+        let conn = link.conn();
+        reader.local.flush_received(&shared.counters);
+        if reason == CloseReason::ProtocolError && !reader.refused {
+            Counters::add(&shared.counters.protocol_errors, 1);
         }
-    } else {
-        tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
+        if let Some(client) = client {
+            Counters::gauge(&shared.counters.clients_connected, -1);
+            tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
+            let detach = SessionMsg::Detach { conn, reason };
+            if send_wait(&reader.hermes, client, detach).await.is_ok() {
+                // The session closes it once the will is out (a retained one stored).
+                let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
+            } else {
+                tracing::debug!(
+                    conn,
+                    "broker closed: the session was not told the connection ended"
+                );
+            }
+        } else {
+            tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
+        }
+        link.close(reason);
+        let link = link.clone();
+        let shared = Arc::clone(shared);
+        drop(reader);
+        if tokio::time::timeout(WRITER_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        shared.unregister(conn);
+        drop(link);
+        drop(places);
     }
-    link.close(reason);
-    drop(reader);
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
-    shared.unregister(conn);
-    drop(places);
 }
 
 /// A token bucket: `max_publish_rate` PUBLISH packets a second, `publish_burst` at once.
@@ -163,11 +185,11 @@ struct Reader<R> {
     link: Link,
     shared: Arc<Shared>,
     hermes: Handle,
-    fanout: Fanout,
     /// QoS 0 messages decoded from what was read, for the direct path: routed together once
     /// nothing more is decoded (or [`BATCH_GATHER`] are), before the socket is read again.
     direct: Vec<Message>,
-    /// Packets for the session, gathered the same way and sent together.
+    /// Packets for the session, gathered the same way and sent together. At most one of
+    /// `direct` and `to_session` holds anything: the other is flushed first, in order.
     to_session: Vec<SessionMsg>,
     /// How long the client may send nothing, once connected [MQTT-3.1.2-24].
     keep_alive: Option<Duration>,
@@ -184,6 +206,25 @@ struct Reader<R> {
 /// Why reading stopped before the connection was accepted, or after.
 type Ended = (Option<ClientId>, CloseReason);
 
+/// What to do after handling a packet.
+enum Step {
+    /// Read the next one.
+    Next,
+    /// End the connection.
+    End(CloseReason),
+    /// Wait for room in a mailbox first.
+    Wait(Waiting),
+}
+
+/// Carries out a [`Step`]: `None` to go on, or why the connection ends.
+async fn proceed(step: Step) -> Option<CloseReason> {
+    match step {
+        Step::Next => None,
+        Step::End(reason) => Some(reason),
+        Step::Wait(waiting) => (!waiting.await).then_some(CloseReason::ServerClosed),
+    }
+}
+
 /// The next packet, or why there is none.
 enum Next {
     Packet(Packet),
@@ -193,33 +234,44 @@ enum Next {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
-    async fn run(&mut self, peer: SocketAddr, connect_by: Instant) -> Ended {
-        let conn = self.link.conn();
-        let connect = match self.next(Some(connect_by)).await {
-            Next::Packet(Packet::Connect(connect)) => connect,
-            Next::Packet(other) => {
-                tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
-                return (None, CloseReason::ProtocolError);
-            }
-            Next::Ended(CloseReason::KeepAliveTimeout) => {
-                tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
-                return (None, CloseReason::ProtocolError);
-            }
-            Next::Ended(reason) => return (None, reason),
-            Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
-                return self.unsupported(peer, name.as_bytes(), level);
-            }
-            Next::Malformed(error) => {
-                tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
-                return (None, CloseReason::ProtocolError);
-            }
-        };
-        let client = match self.accept(peer, connect).await {
-            Ok(client) => client,
-            Err(ended) => return ended,
-        };
-        let ended = self.packets(&client).await;
-        (Some(client), ended)
+    fn run<'a>(
+        &'a mut self,
+        peer: &'a SocketAddr,
+        connect_by: Instant,
+    ) -> impl Future<Output = Ended> + 'a {
+        // Plain functions returning their futures, here and below: an async fn keeps its
+        // arguments and their moved copies side by side, in the connection's task.
+        let peer = *peer;
+        async move {
+            let conn = self.link.conn();
+            let connect = match self.next(Some(connect_by)).await {
+                Next::Packet(Packet::Connect(connect)) => connect,
+                Next::Packet(other) => {
+                    tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+                    return (None, CloseReason::ProtocolError);
+                }
+                Next::Ended(CloseReason::KeepAliveTimeout) => {
+                    tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
+                    return (None, CloseReason::ProtocolError);
+                }
+                Next::Ended(reason) => return (None, reason),
+                Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
+                    return self.unsupported(peer, name.as_bytes(), level);
+                }
+                Next::Malformed(error) => {
+                    tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
+                    return (None, CloseReason::ProtocolError);
+                }
+            };
+            // Once per connection, and larger than the rest: boxed, so that the task is not as
+            // large as this for the connection's whole life.
+            let client = match Box::pin(self.accept(peer, connect)).await {
+                Ok(client) => client,
+                Err(ended) => return ended,
+            };
+            let ended = self.packets(&client).await;
+            (Some(client), ended)
+        }
     }
 
     /// A CONNECT whose protocol level the decoder does not know: CONNACK 0x01 for an MQTT
@@ -311,9 +363,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             connect,
             acl: acl.clone(),
         };
-        if self
-            .hermes
-            .send_async(client.clone(), attach)
+        if send_wait(&self.hermes, client.clone(), attach)
             .await
             .is_err()
         {
@@ -328,169 +378,257 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Forwards the client's packets to its session until the connection ends; what was
     /// gathered before it ended goes out first.
-    async fn packets(&mut self, client: &ClientId) -> CloseReason {
-        let reason = self.gather(client).await;
-        if !self.flush(client).await {
-            return CloseReason::ServerClosed;
+    ///
+    /// Each packet is handled without waiting ([`handle`](Self::handle)) and gathered; what
+    /// one read brought goes out together before the socket is read again
+    /// ([`flush`](Self::flush)). Only a send that finds a mailbox full leaves a future to
+    /// await, boxed: the connection's task, which is as large as the largest future it
+    /// awaits, is then little more than its wait for the next packet.
+    // Not an async fn: see `run`.
+    #[allow(clippy::manual_async_fn)]
+    fn packets<'a>(&'a mut self, client: &'a ClientId) -> impl Future<Output = CloseReason> + 'a {
+        async move {
+            let reason = self.gather(client).await;
+            proceed(self.flush(client)).await.unwrap_or(reason)
         }
-        reason
+    }
+
+    /// Reads and handles the client's packets until the connection ends: why it ended.
+    // Not an async fn: see `run`.
+    #[allow(clippy::manual_async_fn)]
+    fn gather<'a>(&'a mut self, client: &'a ClientId) -> impl Future<Output = CloseReason> + 'a {
+        async move {
+            loop {
+                let next = match self.buffered() {
+                    Some(next) => next,
+                    None => {
+                        // Before the socket is read again, what was gathered goes out.
+                        if let Some(reason) = proceed(self.flush(client)).await {
+                            return reason;
+                        }
+                        let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
+                        self.next(deadline).await
+                    }
+                };
+                let throttled = match next {
+                    Next::Packet(packet) => match self.throttle_wait(&packet) {
+                        None => Ok(self.handle(client, packet)),
+                        Some(wait) => Err((wait, Box::new(packet))),
+                    },
+                    Next::Ended(reason) => return reason,
+                    Next::Malformed(error) => {
+                        tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
+                        return CloseReason::ProtocolError;
+                    }
+                };
+                let step = match throttled {
+                    Ok(step) => step,
+                    Err((wait, packet)) => {
+                        // What was gathered does not wait with this one.
+                        if let Some(reason) = proceed(self.flush(client)).await {
+                            return reason;
+                        }
+                        if !Box::pin(self.throttle(wait)).await {
+                            return CloseReason::ServerClosed;
+                        }
+                        self.handle(client, *packet)
+                    }
+                };
+                if let Some(reason) = proceed(step).await {
+                    return reason;
+                }
+            }
+        }
     }
 
     /// Sends what was gathered: the QoS 0 messages to their subscribers, or the packets to
-    /// the session (only one of the two has any). False once the broker is closing.
-    async fn flush(&mut self, client: &ClientId) -> bool {
-        if !self.direct.is_empty() {
+    /// the session (only one of the two has any). A single message is offered at once; a
+    /// batch goes out with one [`send_all_async`](hermes::Hermes::send_all_async) (one lock
+    /// per shard), boxed.
+    fn flush(&mut self, client: &ClientId) -> Step {
+        self.flush_after(client, Step::Next)
+    }
+
+    /// [`flush`](Self::flush), once `before` is done: while it still waits, nothing is offered
+    /// ahead of it.
+    fn flush_after(&mut self, client: &ClientId, before: Step) -> Step {
+        let batch = if !self.direct.is_empty() {
+            let batch = fan_out(&self.shared, &mut self.direct);
+            if self.direct.capacity() > BATCH_GATHER {
+                self.direct = Vec::new();
+            }
+            batch
+        } else if !self.to_session.is_empty() {
             // Taken, not cleared: an idle connection keeps no buffer of a past burst.
-            let mut direct = std::mem::take(&mut self.direct);
-            return route_direct(&self.shared, &self.hermes, &mut direct, &mut self.fanout).await;
-        }
-        match self.to_session.len() {
-            0 => true,
-            1 => match self.to_session.pop() {
-                Some(msg) => self.hermes.send_async(client.clone(), msg).await.is_ok(),
-                None => true,
-            },
-            _ => {
-                let batch = std::mem::take(&mut self.to_session);
-                let batch = batch.into_iter().map(|msg| (client.clone(), msg));
-                self.hermes.send_all_async(batch).await.is_ok()
+            std::mem::take(&mut self.to_session)
+                .into_iter()
+                .map(|msg| (client.clone(), msg))
+                .collect()
+        } else {
+            return before;
+        };
+        match before {
+            Step::Next => self.send_batch(batch),
+            Step::Wait(before) => {
+                let hermes = self.hermes.clone();
+                Step::Wait(Box::pin(async move {
+                    before.await && hermes.send_all_async(batch).await.is_ok()
+                }))
             }
+            end @ Step::End(_) => end,
         }
     }
 
-    /// Reads the client's packets until the connection ends, gathering what goes to the
-    /// sessions: whatever one read brought is sent together (one Hermes message per
-    /// subscriber, one inbox lock per shard), before the socket is read again.
-    async fn gather(&mut self, client: &ClientId) -> CloseReason {
+    /// Sends `batch`, in order: offered at once when it is one message, else (or when its
+    /// mailbox is full) a boxed wait.
+    fn send_batch(&self, mut batch: Vec<(ClientId, SessionMsg)>) -> Step {
+        if batch.len() <= 1 {
+            let Some((client, msg)) = batch.pop() else {
+                return Step::Next;
+            };
+            return match self.hermes.try_send(client.clone(), msg) {
+                Ok(()) => Step::Next,
+                Err(hermes::SendError::Full(msg)) => {
+                    let hermes = self.hermes.clone();
+                    Step::Wait(Box::pin(async move {
+                        hermes.send_async(client, msg).await.is_ok()
+                    }))
+                }
+                Err(_) => Step::End(CloseReason::ServerClosed),
+            };
+        }
+        let hermes = self.hermes.clone();
+        Step::Wait(Box::pin(async move {
+            hermes.send_all_async(batch).await.is_ok()
+        }))
+    }
+
+    /// Handles one packet from the client, without waiting: what to do next.
+    fn handle(&mut self, client: &ClientId, packet: Packet) -> Step {
         let conn = self.link.conn();
-        loop {
-            let packet = match self.buffered() {
-                Some(next) => next,
-                None => {
-                    if !self.flush(client).await {
-                        return CloseReason::ServerClosed;
-                    }
-                    let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
-                    self.next(deadline).await
-                }
-            };
-            let packet = match packet {
-                Next::Packet(packet) => packet,
-                Next::Ended(reason) => return reason,
-                Next::Malformed(error) => {
-                    tracing::debug!(conn, client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
-                    return CloseReason::ProtocolError;
-                }
-            };
-            tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
-            if let Packet::Publish(publish) = &packet {
-                if !self.throttle(client).await {
-                    return CloseReason::ServerClosed;
-                }
-                // A denied QoS 0 PUBLISH is dropped here; a QoS 1 or 2 one goes to the
-                // session, which acknowledges it without publishing it.
-                if publish.qos == PublishQos::AtMostOnce
-                    && !may_publish(self.acl.as_deref(), &publish.topic)
-                {
-                    Counters::add(&self.shared.counters.denied_publish, 1);
-                    tracing::debug!(conn, client_id = %client, topic = %publish.topic.as_str(), "PUBLISH denied: dropped");
-                    continue;
-                }
-            }
-            let to_session = match packet {
-                // The direct path, unless something the client sent before is still being
-                // carried out by its session (a SUBSCRIBE, a retained PUBLISH...): then
-                // behind it, through the session, so that its effects come first.
-                Packet::Publish(publish)
-                    if publish.qos == PublishQos::AtMostOnce && self.link.is_settled() =>
-                {
-                    if !self.to_session.is_empty() && !self.flush(client).await {
-                        return CloseReason::ServerClosed;
-                    }
-                    if !self.gather_qos0(client, publish).await {
-                        return CloseReason::ServerClosed;
-                    }
-                    continue;
-                }
-                // Before the session has written CONNACK, it answers (after the CONNACK
-                // [MQTT-3.2.0-1]); after, no hop is needed.
-                Packet::PingReq if self.link.is_accepted() => {
-                    self.link.send(Packet::PingResp);
-                    continue;
-                }
-                Packet::Disconnect => return CloseReason::Disconnect,
-                Packet::Connect(_) => {
-                    tracing::debug!(conn, client_id = %client, "second CONNECT; closing [MQTT-3.1.0-2]");
-                    return CloseReason::ProtocolError;
-                }
-                Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                    tracing::debug!(conn, client_id = %client, packet = %packet.packet_type(), "a server's packet from a client; closing");
-                    return CloseReason::ProtocolError;
-                }
-                packet @ (Packet::Publish(_)
-                | Packet::PingReq
-                | Packet::PubAck(_)
-                | Packet::PubRec(_)
-                | Packet::PubRel(_)
-                | Packet::PubComp(_)
-                | Packet::Subscribe(_)
-                | Packet::Unsubscribe(_)) => packet,
-            };
-            if matches!(
-                to_session,
-                Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
-            ) {
-                self.link.unsettle();
-            }
-            if !self.direct.is_empty() && !self.flush(client).await {
-                return CloseReason::ServerClosed;
-            }
-            self.to_session.push(SessionMsg::Packet {
-                conn,
-                packet: to_session,
-            });
-            if self.to_session.len() >= BATCH_GATHER && !self.flush(client).await {
-                return CloseReason::ServerClosed;
-            }
+        tracing::trace!(conn, client_id = %client, packet = %packet.packet_type(), "received");
+        // A denied QoS 0 PUBLISH is dropped here; a QoS 1 or 2 one goes to the session, which
+        // acknowledges it without publishing it.
+        if let Packet::Publish(publish) = &packet
+            && publish.qos == PublishQos::AtMostOnce
+            && !may_publish(self.acl.as_deref(), &publish.topic)
+        {
+            Counters::add(&self.shared.counters.denied_publish, 1);
+            tracing::debug!(conn, client_id = %client, topic = %publish.topic.as_str(), "PUBLISH denied: dropped");
+            return Step::Next;
         }
+        let to_session = match packet {
+            // The direct path, unless something the client sent before is still being
+            // carried out by its session (a SUBSCRIBE, a retained PUBLISH...): then behind
+            // it, through the session, so that its effects come first.
+            Packet::Publish(publish)
+                if publish.qos == PublishQos::AtMostOnce && self.link.is_settled() =>
+            {
+                return self.gather_qos0(client, publish);
+            }
+            // Before the session has written CONNACK, it answers (after the CONNACK
+            // [MQTT-3.2.0-1]); after, no hop is needed.
+            Packet::PingReq if self.link.is_accepted() => {
+                self.link.send(Packet::PingResp);
+                return Step::Next;
+            }
+            Packet::Disconnect => return Step::End(CloseReason::Disconnect),
+            Packet::Connect(_) => {
+                tracing::debug!(conn, client_id = %client, "second CONNECT; closing [MQTT-3.1.0-2]");
+                return Step::End(CloseReason::ProtocolError);
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                tracing::debug!(conn, client_id = %client, packet = %packet.packet_type(), "a server's packet from a client; closing");
+                return Step::End(CloseReason::ProtocolError);
+            }
+            packet @ (Packet::Publish(_)
+            | Packet::PingReq
+            | Packet::PubAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)) => packet,
+        };
+        if matches!(
+            to_session,
+            Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+        ) {
+            self.link.unsettle();
+        }
+        // The QoS 0 messages gathered before it go first.
+        let before = if self.direct.is_empty() {
+            Step::Next
+        } else {
+            self.flush(client)
+        };
+        self.to_session.push(SessionMsg::Packet {
+            conn,
+            packet: to_session,
+        });
+        if self.to_session.len() < BATCH_GATHER {
+            return before;
+        }
+        self.flush_after(client, before)
     }
 
-    /// Waits, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
+    /// Takes a token for a PUBLISH under `max_publish_rate`: how long to wait first, if the
+    /// bucket is empty.
+    fn throttle_wait(&mut self, packet: &Packet) -> Option<Duration> {
+        if !matches!(packet, Packet::Publish(_)) {
+            return None;
+        }
+        let wait = self.bucket.as_mut().and_then(Bucket::take)?;
+        Counters::add(&self.shared.counters.publish_throttled, 1);
+        Some(wait)
+    }
+
+    /// Waits `wait`, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
     /// meanwhile, so TCP flow control slows the client down. False if the broker closed the
     /// connection meanwhile.
-    async fn throttle(&mut self, client: &ClientId) -> bool {
-        let Some(wait) = self.bucket.as_mut().and_then(Bucket::take) else {
-            return true;
-        };
-        Counters::add(&self.shared.counters.publish_throttled, 1);
-        // What was gathered does not wait with this one.
-        if !self.flush(client).await {
-            return false;
-        }
+    async fn throttle(&mut self, wait: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(wait) => true,
             () = self.link.closed() => false,
         }
     }
 
-    /// A QoS 0 PUBLISH: to the retained shard at once if it says so, and gathered for every
-    /// subscriber's session. False once the broker is closing.
-    async fn gather_qos0(&mut self, client: &ClientId, publish: Publish) -> bool {
+    /// A QoS 0 PUBLISH: to the retained shard if it says so (what was gathered before it
+    /// first), and gathered for every subscriber's session.
+    fn gather_qos0(&mut self, client: &ClientId, publish: Publish) -> Step {
         let message = Message::from(publish);
         self.local.published += 1;
+        // The packets for the session gathered before it go first.
+        let mut step = if self.to_session.is_empty() {
+            Step::Next
+        } else {
+            self.flush(client)
+        };
         if message.retain {
             // The messages gathered before it are routed before it is retained.
-            if !self.flush(client).await {
-                return false;
-            }
+            let before = self.flush_after(client, step);
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let retain = RetainedMsg::Publish(message.clone());
-            if self.hermes.send_async(shard, retain).await.is_err() {
-                return false;
-            }
+            let hermes = self.hermes.clone();
+            step = match before {
+                Step::Next => match self.hermes.try_send(shard, retain) {
+                    Ok(()) => Step::Next,
+                    Err(hermes::SendError::Full(retain)) => Step::Wait(Box::pin(async move {
+                        hermes.send_async(shard, retain).await.is_ok()
+                    })),
+                    Err(_) => return Step::End(CloseReason::ServerClosed),
+                },
+                Step::Wait(before) => Step::Wait(Box::pin(async move {
+                    before.await && hermes.send_async(shard, retain).await.is_ok()
+                })),
+                end @ Step::End(_) => return end,
+            };
         }
         self.direct.push(message);
-        self.direct.len() < BATCH_GATHER || self.flush(client).await
+        if self.direct.len() < BATCH_GATHER {
+            return step;
+        }
+        self.flush_after(client, step)
     }
 
     /// The next packet decoded from what was read, if a whole one is there.
@@ -510,37 +648,66 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
     /// it with `KeepAliveTimeout`), or until the server closes the connection.
-    async fn next(&mut self, deadline: Option<Instant>) -> Next {
-        loop {
-            if let Some(next) = self.buffered() {
-                return next;
-            }
-            // Before waiting for the socket: what this read brought is counted.
-            self.local.flush_received(&self.shared.counters);
-            let read = self.read.read_buf(&mut self.buf);
-            let closed = self.link.closed();
-            let timeout = async {
-                match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
+    // Not an async fn: see `run`.
+    #[allow(clippy::manual_async_fn)]
+    fn next(&mut self, deadline: Option<Instant>) -> impl Future<Output = Next> + '_ {
+        async move {
+            loop {
+                if let Some(next) = self.buffered() {
+                    return next;
                 }
-            };
-            tokio::select! {
-                result = read => match result {
-                    Ok(0) => return Next::Ended(CloseReason::NetworkError),
-                    Ok(n) => self.local.bytes += n as u64,
-                    Err(error) => {
-                        tracing::debug!(conn = self.link.conn(), %error, "read failed");
-                        return Next::Ended(CloseReason::NetworkError);
+                // Before waiting for the socket: what this read brought is counted.
+                self.local.flush_received(&self.shared.counters);
+                let read = read_some(&mut self.read, &mut self.buf);
+                let closed = self.link.closed();
+                let timeout = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
                     }
-                },
-                () = closed => {
-                    let reason = self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
-                    return Next::Ended(reason);
+                };
+                tokio::select! {
+                    result = read => match result {
+                        Ok(0) => return Next::Ended(CloseReason::NetworkError),
+                        Ok(n) => self.local.bytes += n as u64,
+                        Err(error) => {
+                            tracing::debug!(conn = self.link.conn(), %error, "read failed");
+                            return Next::Ended(CloseReason::NetworkError);
+                        }
+                    },
+                    () = closed => {
+                        let reason = self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
+                        return Next::Ended(reason);
+                    }
+                    () = timeout => return Next::Ended(CloseReason::KeepAliveTimeout),
                 }
-                () = timeout => return Next::Ended(CloseReason::KeepAliveTimeout),
             }
         }
+    }
+}
+
+/// Reads what the socket has into `buf`: how many bytes (0 at the end of the stream). An
+/// empty `buf` is first released and the bytes read into a buffer on the stack, only while
+/// the read is polled, then copied into a `buf` of their size: a connection waiting for its
+/// next packet holds no read buffer. A partial packet is read on into `buf` itself.
+async fn read_some<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        // Its memory may be shared with the packets split off it: let them own it.
+        *buf = BytesMut::new();
+        std::future::poll_fn(|cx| {
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut into = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *read).poll_read(cx, &mut into))?;
+            buf.extend_from_slice(into.filled());
+            Poll::Ready(Ok(into.filled().len()))
+        })
+        .await
+    } else {
+        buf.reserve(READ_CHUNK);
+        read.read_buf(buf).await
     }
 }
 
@@ -549,57 +716,98 @@ fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
     CloseReason::ProtocolError
 }
 
-/// The writer task: encodes and writes what the link brings, in batches.
-async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox, shared: Arc<Shared>) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
-    let mut local = Local::default();
-    while let Some(first) = outbox.recv().await {
-        let mut closing = false;
-        let mut next = Some(first);
-        let mut packets = 0;
-        let mut bytes = 0;
-        while let Some(out) = next.take() {
-            match out {
-                Out::Packet(packet) => {
-                    bytes += encode(&packet, &mut buf, &mut chunks);
-                    packets += 1;
-                    if matches!(packet, Packet::Publish(_)) {
-                        local.publishes += 1;
-                    }
-                }
-                Out::Close => {
-                    closing = true;
+/// The writer task: encodes and writes what the link brings, in batches. Its buffers are
+/// allocated while there is something to write and released when it waits: an idle
+/// connection keeps none.
+// Not an async fn: see the comment inside.
+#[allow(clippy::manual_async_fn)]
+fn write_loop<W: AsyncWrite + Unpin + Send>(
+    mut write: W,
+    mut outbox: Outbox,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send {
+    // A plain function returning the future: an async fn would keep its arguments and
+    // their moved copies side by side (the task is then a size class larger).
+    async move {
+        let mut buf = BytesMut::new();
+        let mut chunks: VecDeque<Bytes> = VecDeque::new();
+        let mut local = Local::default();
+        loop {
+            if !outbox.pending() {
+                buf = BytesMut::new();
+                chunks = VecDeque::new();
+                if !outbox.ready().await {
                     break;
                 }
             }
-            if packets >= BATCH_PACKETS || bytes >= BATCH_BYTES {
+            // Packets are taken and encoded outside this future (`batch`): none is held across
+            // an await, so the task stays small.
+            let Batch { packets, closing } = batch(&mut outbox, &mut buf, &mut chunks, &mut local);
+            if !buf.is_empty() {
+                chunks.push_back(buf.split().freeze());
+            }
+            let written: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            let result = match write_all(&mut write, &mut chunks).await {
+                Ok(()) => write.flush().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "write failed; closing the connection");
+                local.flush_sent(&shared.counters);
+                outbox.failed();
+                return;
+            }
+            local.bytes += written;
+            local.packets += packets as u64;
+            local.flush_sent(&shared.counters);
+            if closing {
                 break;
             }
-            next = outbox.try_recv();
         }
-        if !buf.is_empty() {
-            chunks.push_back(buf.split().freeze());
+        let _ = write.shutdown().await;
+    }
+}
+
+/// What one batch of the writer took.
+struct Batch {
+    packets: usize,
+    /// It ended with the link's `Close`.
+    closing: bool,
+}
+
+/// Takes what the outbox has, up to a batch, and encodes it.
+fn batch(
+    outbox: &mut Outbox,
+    buf: &mut BytesMut,
+    chunks: &mut VecDeque<Bytes>,
+    local: &mut Local,
+) -> Batch {
+    let mut packets = 0;
+    let mut bytes = 0;
+    while let Some(out) = outbox.try_recv() {
+        match out {
+            Out::Packet(packet) => {
+                bytes += encode(&packet, buf, chunks);
+                packets += 1;
+                if matches!(packet, Packet::Publish(_)) {
+                    local.publishes += 1;
+                }
+            }
+            Out::Close => {
+                return Batch {
+                    packets,
+                    closing: true,
+                };
+            }
         }
-        let written: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let result = match write_all(&mut write, &mut chunks).await {
-            Ok(()) => write.flush().await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
-            tracing::debug!(%error, "write failed; closing the connection");
-            local.flush_sent(&shared.counters);
-            outbox.failed();
-            return;
-        }
-        local.bytes += written;
-        local.packets += packets as u64;
-        local.flush_sent(&shared.counters);
-        if closing {
+        if packets >= BATCH_PACKETS || bytes >= BATCH_BYTES {
             break;
         }
     }
-    let _ = write.shutdown().await;
+    Batch {
+        packets,
+        closing: false,
+    }
 }
 
 /// Encodes `packet`: small ones into `buf`, a large PUBLISH as its header (into `buf`) and
@@ -655,4 +863,50 @@ async fn write_all<W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A connection waiting for its next packet holds no read buffer: what a read brings
+    /// into an empty buffer takes only its size, and a partial packet is read on in place.
+    #[tokio::test]
+    async fn reads_allocate_only_what_they_bring() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let mut buf = BytesMut::new();
+        client.write_all(&[0x30, 0x0a, 0x00]).await.unwrap();
+        assert_eq!(read_some(&mut server, &mut buf).await.unwrap(), 3);
+        assert_eq!(&buf[..], &[0x30, 0x0a, 0x00]);
+        assert!(buf.capacity() < 64, "capacity {}", buf.capacity());
+        // The rest of the packet is appended to what is pending.
+        client.write_all(&[0x03, b'a', b'/', b'b']).await.unwrap();
+        assert_eq!(read_some(&mut server, &mut buf).await.unwrap(), 4);
+        assert_eq!(&buf[..], &[0x30, 0x0a, 0x00, 0x03, b'a', b'/', b'b']);
+        // A buffer emptied by decoding is released before the next read.
+        buf.clear();
+        client.write_all(&[0xc0, 0x00]).await.unwrap();
+        assert_eq!(read_some(&mut server, &mut buf).await.unwrap(), 2);
+        assert!(buf.capacity() < 64, "capacity {}", buf.capacity());
+        // A large write is read at most a chunk at a time.
+        let big = vec![7u8; 3 * READ_CHUNK];
+        client.write_all(&big).await.unwrap();
+        buf.clear();
+        let n = read_some(&mut server, &mut buf).await.unwrap();
+        assert!((1..=READ_CHUNK).contains(&n), "{n}");
+        assert_eq!(buf.len(), n);
+        // The end of the stream reads 0.
+        drop(client);
+        let mut total = n;
+        loop {
+            buf.clear();
+            match read_some(&mut server, &mut buf).await.unwrap() {
+                0 => break,
+                n => total += n,
+            }
+        }
+        assert_eq!(total, big.len());
+    }
 }

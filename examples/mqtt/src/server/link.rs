@@ -1,16 +1,18 @@
 //! A connection's link: how a session (or the connection's own reader) writes to the client
 //! and closes the connection, from any thread, without waiting.
 //!
-//! The link is the sending end of an unbounded channel to the connection's writer task, with
+//! The link is the sending end of a queue to the connection's writer task (a deque under a
+//! mutex that holds no memory while it is empty: an idle connection costs no queue), with
 //! counters that bound it: QoS 0 PUBLISHes are dropped (and counted) past
 //! [`Config::max_qos0_backlog`](crate::Config::max_qos0_backlog) waiting to be written, and a
 //! client that lets more than [`MAX_BACKLOG`] packets of any kind pile up (it sends but never
 //! reads) is disconnected. QoS 1 and 2 PUBLISHes are bounded by the session's in-flight window.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::packet::{Packet, PublishQos};
 use crate::will::CloseReason;
@@ -36,6 +38,13 @@ pub(crate) enum Out {
 /// What the link's ends share.
 #[derive(Debug)]
 struct Shared {
+    /// What waits for the writer, in order. Empty, it holds no allocation once the writer has
+    /// gone idle (see [`Outbox::recv`]).
+    queue: Mutex<VecDeque<Out>>,
+    /// Wakes the writer when something is queued (or the last link is dropped).
+    ready: Notify,
+    /// Live links: the writer ends when none is left.
+    links: AtomicUsize,
     /// QoS 0 PUBLISHes waiting for the writer.
     qos0: AtomicUsize,
     /// Everything waiting for the writer.
@@ -54,10 +63,9 @@ struct Shared {
 }
 
 /// The writing end of a connection; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Link {
     conn: ConnId,
-    tx: mpsc::UnboundedSender<Out>,
     shared: Arc<Shared>,
     max_qos0: usize,
 }
@@ -65,8 +73,10 @@ pub(crate) struct Link {
 /// The writer task's end of a link.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    rx: mpsc::UnboundedReceiver<Out>,
     shared: Arc<Shared>,
+    /// Taken from the queue in one go, not yet handed out: the writer swaps this (empty) with
+    /// the queue, so that a busy connection's two deques are reused without allocating.
+    taken: VecDeque<Out>,
 }
 
 /// What a write through a link came to.
@@ -83,8 +93,10 @@ pub(crate) enum Written {
 impl Link {
     /// A new link for connection `conn`, and the writer's end.
     pub(crate) fn new(conn: ConnId, max_qos0: usize) -> (Link, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            links: AtomicUsize::new(1),
             qos0: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -95,11 +107,14 @@ impl Link {
         });
         let link = Link {
             conn,
-            tx,
             shared: Arc::clone(&shared),
             max_qos0: max_qos0.max(1),
         };
-        (link, Outbox { rx, shared })
+        let outbox = Outbox {
+            shared,
+            taken: VecDeque::new(),
+        };
+        (link, outbox)
     }
 
     /// The connection's ID.
@@ -130,15 +145,21 @@ impl Link {
             return Written::Closed;
         }
         let connack = matches!(packet, Packet::ConnAck(_));
-        match self.tx.send(Out::Packet(packet)) {
-            Ok(()) => {
-                if connack {
-                    shared.accepted.store(true, Ordering::Release);
-                }
-                Written::Queued
-            }
-            Err(_) => Written::Closed,
+        self.push(Out::Packet(packet));
+        if connack {
+            shared.accepted.store(true, Ordering::Release);
         }
+        Written::Queued
+    }
+
+    /// Queues `out` and wakes the writer.
+    fn push(&self, out: Out) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(out);
+        self.shared.ready.notify_one();
     }
 
     /// The reader hands the session a packet whose effects (on the subscription index, the
@@ -181,7 +202,7 @@ impl Link {
             return;
         }
         shared.reason.store(reason_code(reason), Ordering::Release);
-        let _ = self.tx.send(Out::Close);
+        self.push(Out::Close);
         shared.closing.notify_waiters();
         shared.closing.notify_one();
     }
@@ -211,17 +232,76 @@ impl Link {
     }
 }
 
+impl Clone for Link {
+    fn clone(&self) -> Self {
+        self.shared.links.fetch_add(1, Ordering::Relaxed);
+        Self {
+            conn: self.conn,
+            shared: Arc::clone(&self.shared),
+            max_qos0: self.max_qos0,
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The writer ends once no link is left (`recv` returns `None`): wake it to see.
+        if self.shared.links.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
 impl Outbox {
-    /// The next item, waiting for one; `None` once every link is dropped.
-    pub(crate) async fn recv(&mut self) -> Option<Out> {
-        let out = self.rx.recv().await;
-        self.taken(out.as_ref());
-        out
+    /// Waits until an item can be taken ([`try_recv`](Self::try_recv)): false once every
+    /// link is dropped and nothing is left. Before waiting, the queue's memory is released:
+    /// an idle connection keeps none.
+    pub(crate) async fn ready(&mut self) -> bool {
+        loop {
+            if self.pending() {
+                return true;
+            }
+            // Read before looking at the queue: a link's last push comes before its drop.
+            let no_links = self.shared.links.load(Ordering::Acquire) == 0;
+            {
+                let mut queue = self
+                    .shared
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !queue.is_empty() {
+                    return true;
+                }
+                *queue = VecDeque::new();
+            }
+            self.taken = VecDeque::new();
+            // No link is left: nothing can be queued any more.
+            if no_links {
+                return false;
+            }
+            // A permit stored by a push (or a link's drop) since the last wait makes this
+            // return at once, so nothing queued meanwhile is missed.
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// Whether an item can be taken now.
+    pub(crate) fn pending(&mut self) -> bool {
+        if self.taken.is_empty() {
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            std::mem::swap(&mut *queue, &mut self.taken);
+        }
+        !self.taken.is_empty()
     }
 
     /// The next item if there is one now.
     pub(crate) fn try_recv(&mut self) -> Option<Out> {
-        let out = self.rx.try_recv().ok();
+        self.pending();
+        let out = self.taken.pop_front();
         self.taken(out.as_ref());
         out
     }
@@ -270,4 +350,87 @@ fn reason_from_code(code: u8) -> Option<CloseReason> {
         6 => CloseReason::ServerClosed,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ack(n: u16) -> Packet {
+        Packet::PubAck(NonZeroU16::new(n).unwrap())
+    }
+
+    fn acked(out: Option<Out>) -> u16 {
+        match out {
+            Some(Out::Packet(Packet::PubAck(id))) => id.get(),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+
+    /// What is queued comes out in order, and once the writer has waited for more the queue
+    /// holds no memory (an idle connection keeps none).
+    #[tokio::test]
+    async fn queue_keeps_order_and_releases_its_memory_when_idle() {
+        let (link, mut outbox) = Link::new(1, 10);
+        for n in 1..=40 {
+            assert_eq!(link.send(ack(n)), Written::Queued);
+        }
+        for n in 1..=40 {
+            assert!(outbox.ready().await);
+            assert_eq!(acked(outbox.try_recv()), n);
+        }
+        assert!(outbox.try_recv().is_none());
+        assert_eq!(link.shared.total.load(Ordering::Relaxed), 0);
+        // Waiting releases both deques; a send wakes the writer.
+        let sender = link.clone();
+        let waiter = tokio::spawn(async move {
+            let ready = outbox.ready().await;
+            (ready, outbox)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        {
+            let queue = link.shared.queue.lock().unwrap();
+            assert!(queue.is_empty());
+            assert_eq!(queue.capacity(), 0, "an idle queue holds no memory");
+        }
+        assert_eq!(sender.send(ack(41)), Written::Queued);
+        let (ready, mut outbox) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the writer is woken")
+            .unwrap();
+        assert!(ready);
+        assert_eq!(acked(outbox.try_recv()), 41);
+        // The writer took the queue's deque, and left its own released one in its place.
+        assert_eq!(link.shared.queue.lock().unwrap().capacity(), 0);
+    }
+
+    /// The writer ends once every link is gone, after what they queued.
+    #[tokio::test]
+    async fn writer_ends_when_every_link_is_dropped() {
+        let (link, mut outbox) = Link::new(1, 10);
+        let other = link.clone();
+        assert_eq!(other.send(ack(1)), Written::Queued);
+        drop(other);
+        drop(link);
+        assert!(outbox.ready().await, "what was queued is still written");
+        assert_eq!(acked(outbox.try_recv()), 1);
+        let ended = tokio::time::timeout(Duration::from_secs(5), outbox.ready()).await;
+        assert_eq!(ended, Ok(false));
+    }
+
+    /// Close comes after what was queued before it, and nothing queues after it.
+    #[tokio::test]
+    async fn close_is_queued_last() {
+        let (link, mut outbox) = Link::new(1, 10);
+        assert_eq!(link.send(ack(1)), Written::Queued);
+        link.close(CloseReason::ServerClosed);
+        assert_eq!(link.send(ack(2)), Written::Closed);
+        assert_eq!(acked(outbox.try_recv()), 1);
+        assert!(matches!(outbox.try_recv(), Some(Out::Close)));
+        assert!(outbox.try_recv().is_none());
+        assert_eq!(link.close_reason(), Some(CloseReason::ServerClosed));
+    }
 }

@@ -190,8 +190,52 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handl
         };
         let shared = Arc::clone(&shared);
         let hermes = hermes.clone();
-        tokio::spawn(handshake(accepted, link, outbox, shared, hermes));
+        // A plain TCP connection has no handshake: its task is only as large as its reader
+        // (the handshakes' futures are larger, and a task is as large as its future).
+        if kind == ListenerKind::Tcp {
+            tokio::spawn(serve_tcp(accepted, link, outbox, shared, hermes));
+        } else {
+            tokio::spawn(handshake(accepted, link, outbox, shared, hermes));
+        }
     }
+}
+
+/// Serves a plain TCP connection: the future of its task (a plain function that returns it,
+/// so that the future does not keep this function's arguments as well as the reader's).
+fn serve_tcp(
+    accepted: Accepted,
+    link: Link,
+    outbox: Outbox,
+    shared: Arc<Shared>,
+    hermes: Handle,
+) -> impl Future<Output = ()> + Send {
+    let Accepted {
+        stream,
+        peer,
+        places,
+        ..
+    } = accepted;
+    let deadline = socket_options(&stream, &shared);
+    let (read, write) = stream.into_split();
+    conn::serve(
+        read, write, peer, deadline, link, outbox, shared, hermes, places,
+    )
+}
+
+/// Sets an accepted socket's options; returns when its CONNECT is due (`connect_timeout`).
+fn socket_options(stream: &TcpStream, shared: &Shared) -> Instant {
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(shared.config.connect_timeout)
+        .unwrap_or(now + Duration::from_secs(3600));
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = shared.config.tcp_keepalive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    }
+    deadline
 }
 
 /// Why a handshake did not finish.
@@ -218,17 +262,7 @@ async fn handshake(
         path,
         places,
     } = accepted;
-    let now = Instant::now();
-    let deadline = now
-        .checked_add(shared.config.connect_timeout)
-        .unwrap_or(now + Duration::from_secs(3600));
-    let _ = stream.set_nodelay(true);
-    if let Some(idle) = shared.config.tcp_keepalive {
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(Duration::from_secs(10));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    }
+    let deadline = socket_options(&stream, &shared);
     let max_message = shared.config.max_packet_size.saturating_add(64 * 1024);
     let conn = link.conn();
     // Each step is bounded by the deadline, and ends at once when the broker closes.
@@ -255,6 +289,7 @@ async fn handshake(
     }
     match (kind, tls) {
         (ListenerKind::Tcp, _) => {
+            // Served by `serve_tcp`, spawned instead of this; as it would be.
             let (read, write) = stream.into_split();
             conn::serve(
                 read, write, peer, deadline, link, outbox, shared, hermes, places,

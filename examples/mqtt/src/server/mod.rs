@@ -22,6 +22,7 @@ pub(crate) mod stats;
 pub(crate) mod storage;
 pub(crate) mod ws;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -348,39 +349,57 @@ pub(crate) fn may_publish(acl: Option<&ClientAcl>, topic: &TopicName) -> bool {
 }
 
 /// Sends `messages`, in order, to every session subscribed to their topics, straight from the
-/// edge (a reader's QoS 0 PUBLISHes, a `$SYS` topic), waiting while a mailbox is full; empties
-/// `messages`. False once the broker is closing.
-///
-/// One Hermes message per subscriber, not per delivery: a subscriber that several of the
-/// messages match gets them together in one [`SessionMsg::DeliverMany`], in order, so that its
-/// session takes them in one run and its connection's writer writes them in one system call.
-/// All of them go out with one [`send_all_async`](hermes::Hermes::send_all_async): one lock
-/// per shard, not one per delivery.
+/// edge (a `$SYS` topic), waiting while a mailbox is full; empties `messages`. False once the
+/// broker is closing. See [`fan_out`].
 pub(crate) async fn route_direct(
     shared: &Shared,
     hermes: &Handle,
     messages: &mut Vec<Message>,
-    fanout: &mut Fanout,
 ) -> bool {
+    let groups = fan_out(shared, messages);
+    hermes.send_all_async(groups).await.is_ok()
+}
+
+thread_local! {
+    /// The grouping of [`fan_out`], for whoever routes on this thread: a scratch buffer, so
+    /// that connections keep none.
+    static FANOUT: Cell<Fanout> = Cell::default();
+}
+
+/// What to send so that `messages` reach, in order, every session subscribed to their topics
+/// (a reader's QoS 0 PUBLISHes gathered from one read, a `$SYS` topic); empties `messages`.
+///
+/// One Hermes message per subscriber, not per delivery: a subscriber that several of the
+/// messages match gets them together in one [`SessionMsg::DeliverMany`], in order, so that its
+/// session takes them in one run and its connection's writer writes them in one system call.
+/// Sent with one [`send_all_async`](hermes::Hermes::send_all_async), they take one lock per
+/// shard, not one per delivery.
+pub(crate) fn fan_out(shared: &Shared, messages: &mut Vec<Message>) -> Vec<(ClientId, SessionMsg)> {
+    let mut fanout = FANOUT.take();
     fanout.group(
         &shared.index.read().unwrap_or_else(PoisonError::into_inner),
         messages,
     );
     messages.clear();
-    let groups = fanout.groups.drain(..).map(|(client, mut delivered)| {
-        let msg = match (delivered.pop(), delivered.is_empty()) {
-            (Some((message, qos)), true) => SessionMsg::Deliver { message, qos },
-            (last, _) => {
-                delivered.extend(last);
-                SessionMsg::DeliverMany(delivered)
-            }
-        };
-        (client, msg)
-    });
-    hermes.send_all_async(groups).await.is_ok()
+    let groups = fanout
+        .groups
+        .drain(..)
+        .map(|(client, mut delivered)| {
+            let msg = match (delivered.pop(), delivered.is_empty()) {
+                (Some((message, qos)), true) => SessionMsg::Deliver { message, qos },
+                (last, _) => {
+                    delivered.extend(last);
+                    SessionMsg::DeliverMany(delivered)
+                }
+            };
+            (client, msg)
+        })
+        .collect();
+    FANOUT.set(fanout);
+    groups
 }
 
-/// What [`route_direct`] keeps between calls: the messages of each subscriber.
+/// What [`fan_out`] keeps between calls: the messages of each subscriber.
 #[derive(Default)]
 pub(crate) struct Fanout {
     matches: Matches<ClientId>,
@@ -432,6 +451,60 @@ impl Fanout {
         }
         self.index.clear();
     }
+}
+
+/// Sends `msg` to `id` as [`send_async`](hermes::Hermes::send_async) does (waiting while
+/// the receiver's mailbox or its shard's inbox is full), with a future of a pointer's size:
+/// the message is offered at once, and only when there is no room is a future that waits
+/// allocated. A connection's task is as large as the largest future it ever awaits, and it
+/// awaits this for each packet: inline, `send_async`'s future (the message, its envelope)
+/// would be most of an idle connection's memory. `Err` once the broker is closing.
+pub(crate) fn send_wait<'a, T>(
+    hermes: &'a Handle,
+    id: T::Id,
+    msg: T,
+) -> impl Future<Output = Result<(), ()>> + Send + 'a
+where
+    T: hermes::Kind<BrokerApp> + Send + 'a,
+    T::Id: Clone + Send + 'a,
+{
+    use futures_util::future::Either;
+    match hermes.try_send(id.clone(), msg) {
+        Ok(()) => Either::Left(std::future::ready(Ok(()))),
+        Err(hermes::SendError::Full(msg)) => Either::Right(Box::pin(async move {
+            hermes.send_async(id, msg).await.map_err(|_| ())
+        })),
+        Err(_) => Either::Left(std::future::ready(Err(()))),
+    }
+}
+
+/// What is left to send when a mailbox was full: a future that sends it, waiting for room;
+/// false once the broker is closing.
+pub(crate) type Waiting = std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
+
+thread_local! {
+    /// The matches of one topic, for whoever routes a message on this thread: a scratch
+    /// buffer, so that connections and sessions keep none.
+    static MATCHES: Cell<Matches<ClientId>> = Cell::default();
+}
+
+/// Calls `f` with the subscribers of `topic` (each once, at the maximum QoS of its matching
+/// subscriptions), matched into the thread's scratch buffer; the index is not locked while
+/// `f` runs.
+pub(crate) fn with_subscribers<T>(
+    shared: &Shared,
+    topic: &TopicName,
+    f: impl FnOnce(&Matches<ClientId>) -> T,
+) -> T {
+    let mut matches = MATCHES.take();
+    shared
+        .index
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .matches(topic, &mut matches);
+    let result = f(&matches);
+    MATCHES.set(matches);
+    result
 }
 
 /// Lets something happen at most once per period (a log line, say).

@@ -27,7 +27,6 @@ use crate::config::SessionExpiry;
 use crate::message::Message;
 use crate::packet::{Connect, Packet, QoS};
 use crate::session::{AfterDisconnect, Connection, Delivered, Output, Session, SessionState};
-use crate::subscriptions::Matches;
 use crate::topic::TopicFilter;
 use crate::will::{CloseReason, LastWill};
 
@@ -35,6 +34,11 @@ use crate::will::{CloseReason, LastWill};
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Ctx<'a> = Context<'a, ClientId, SessionMsg, BrokerApp>;
+
+thread_local! {
+    /// The outputs' vector, lent to the session handling a message on this thread.
+    static OUT: std::cell::Cell<Vec<Output>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// The factory of kind `Session`.
 pub(crate) fn factory(
@@ -81,7 +85,6 @@ struct SessionRx {
     /// clean session stopped) once it is.
     closing: u32,
     out: Vec<Output>,
-    matches: Matches<ClientId>,
     dropped_logged: u64,
     /// What the attached connection's client may do, with an ACL file.
     acl: Option<Arc<ClientAcl>>,
@@ -118,7 +121,6 @@ impl SessionRx {
             expiry_timer: None,
             closing: 0,
             out: Vec::new(),
-            matches: Matches::new(),
             dropped_logged: 0,
             acl: None,
             // A stored session is counted as offline from the start (its client connecting
@@ -422,21 +424,19 @@ impl SessionRx {
     /// Sends `message` to every session subscribed to its topic, once each, at the maximum QoS
     /// of its matching subscriptions [MQTT-3.3.5-1].
     fn route(&mut self, ctx: &mut Ctx<'_>, message: Message) {
-        self.shared
-            .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .matches(&message.topic, &mut self.matches);
-        for (client, qos) in self.matches.iter() {
-            let msg = SessionMsg::Deliver {
-                message: message.clone(),
-                qos,
-            };
-            // HERMES: a full mailbox makes this a dead letter (counted by the broker's sink),
-            // and the sender cannot learn it: a QoS 1 or 2 message is then lost for that
-            // subscriber, where the session would rather keep it and retry.
-            ctx.send(client.clone(), msg);
-        }
+        // The matches are the thread's (a session keeps none).
+        super::with_subscribers(&self.shared, &message.topic, |matches| {
+            for (client, qos) in matches.iter() {
+                let msg = SessionMsg::Deliver {
+                    message: message.clone(),
+                    qos,
+                };
+                // HERMES: a full mailbox makes this a dead letter (counted by the broker's
+                // sink), and the sender cannot learn it: a QoS 1 or 2 message is then lost for
+                // that subscriber, where the session would rather keep it and retry.
+                ctx.send(client.clone(), msg);
+            }
+        });
     }
 
     /// Asks the retained shards that may hold messages for `filter` for them [MQTT-3.3.1-6].
@@ -507,6 +507,9 @@ impl SessionRx {
 
 impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     fn receive(&mut self, ctx: &mut Ctx<'_>, msg: SessionMsg) {
+        // The outputs' vector is the thread's, lent for this message (given back below): a
+        // session between messages keeps none.
+        self.out = OUT.take();
         match msg {
             SessionMsg::Attach { link, connect, acl } => self.attach(ctx, link, &connect, acl),
             SessionMsg::Packet { conn, packet } => {
@@ -584,6 +587,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         self.persist();
         self.count_offline();
         self.settle(ctx);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        OUT.set(out);
     }
 
     fn deactivated(&mut self, _ctx: &mut Ctx<'_>, why: Deactivation) {

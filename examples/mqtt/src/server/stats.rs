@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Fanout, Handle, Shared, route_direct};
+use super::{Handle, Shared, route_direct};
 use crate::message::Message;
 use crate::packet::QoS;
 use crate::topic::TopicName;
@@ -306,7 +306,6 @@ pub(crate) async fn sys_loop(shared: Arc<Shared>, hermes: Handle, interval: Dura
     let mut loads = Loads::default();
     let mut last = Snapshot::take(&shared);
     let mut last_at = Instant::now();
-    let mut fanout = Fanout::default();
     let mut messages = Vec::new();
     loop {
         ticker.tick().await;
@@ -329,7 +328,7 @@ pub(crate) async fn sys_loop(shared: Arc<Shared>, hermes: Handle, interval: Dura
                 retain: false,
             });
         }
-        if !route_direct(&shared, &hermes, &mut messages, &mut fanout).await {
+        if !route_direct(&shared, &hermes, &mut messages).await {
             return;
         }
     }
