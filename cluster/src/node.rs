@@ -269,6 +269,7 @@ impl Cluster {
             me,
             name: cc.node,
             member: cc.member,
+            heartbeat: cc.heartbeat,
             placement,
             transport,
             members,
@@ -367,6 +368,9 @@ pub struct Node<K, M, A> {
     me: NodeId,
     name: String,
     member: bool,
+    /// How often members read the membership: how long the others may still send here after
+    /// this node left.
+    heartbeat: Duration,
     placement: Arc<ClusterPlacement>,
     transport: Arc<Transport<K, M, A>>,
     members: jetstream::kv::Store,
@@ -419,8 +423,9 @@ where
 
     /// Leaves the cluster: shuts the local Hermes down (every receiver is deactivated, saving
     /// its state), removes this node from the membership (the others take its IDs at once,
-    /// not after the liveness timeout), and closes the connection. Blocks; call it outside
-    /// any async runtime.
+    /// not after the liveness timeout), passes on to their new owners the messages the others
+    /// still send here before they notice (it waits two heartbeats for them), and closes the
+    /// connection. Blocks; call it outside any async runtime.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -433,6 +438,10 @@ where
         if let Some(heartbeat) = self.tasks.pop() {
             heartbeat.abort();
         }
+        if self.member {
+            // What comes for its IDs while they are deactivated is held for their next owner.
+            self.transport.hold();
+        }
         let _ = self.hermes.shutdown();
         if self.member {
             let members = self.members.clone();
@@ -441,7 +450,16 @@ where
                 tokio::time::timeout(Duration::from_secs(2), members.purge(key)).await
             });
         }
+        // The others learn that this node left at their next heartbeat; until then their
+        // mail for its IDs still comes here. It is held, and passed on to the new owners once
+        // they know (two heartbeats), instead of falling on a subject nobody reads.
+        let leaving = self.member && self.transport.leave();
         self.transport.detach();
+        if leaving {
+            let wait = self.heartbeat.saturating_mul(2);
+            runtime.block_on(async { tokio::time::sleep(wait).await });
+        }
+        self.transport.pass_on();
         // Let the publisher send what is queued (answers, forwarded mail), then stop.
         runtime.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
         for task in self.tasks.drain(..) {

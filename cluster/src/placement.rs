@@ -80,6 +80,18 @@ impl ClusterPlacement {
         true
     }
 
+    /// This node left the cluster: the view without it, so that what still arrives here is
+    /// passed on to the new owners. False (and nothing changed) if no other member is known.
+    pub(crate) fn leave(&self) -> bool {
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        let others: Vec<NodeId> = view.iter().copied().filter(|&n| n != self.me).collect();
+        if others.is_empty() {
+            return false;
+        }
+        *view = Arc::new(others);
+        true
+    }
+
     /// The owner of `hash` in `members` (the current view if `None`).
     pub(crate) fn owner_of(&self, hash: u64) -> Option<NodeId> {
         owner(
@@ -114,6 +126,22 @@ impl<K: Hash> Placement<K> for ClusterPlacement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that left owns nothing by its own view: every ID is another member's.
+    #[test]
+    fn a_node_that_left_places_every_id_on_the_others() {
+        let p = ClusterPlacement::new(NodeId(1), true, 2);
+        assert!(!p.leave(), "alone, there is nobody to pass mail on to");
+        p.set_view(vec![NodeId(2), NodeId(3)]);
+        assert!(p.leave());
+        assert_eq!(*p.view(), [NodeId(2), NodeId(3)]);
+        for i in 0..1000u32 {
+            match p.locate(&i) {
+                Location::Node(n) => assert!(n == NodeId(2) || n == NodeId(3)),
+                other => panic!("{i} placed here after leaving: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn rendezvous_moves_only_what_it_must() {

@@ -167,6 +167,10 @@ pub(crate) struct Transport<K, M, A> {
     placement: Arc<ClusterPlacement>,
     /// The local Hermes, once started; taken at shutdown (it holds this transport).
     hermes: Mutex<Option<Hermes<K, M, A>>>,
+    /// While this node leaves: the messages that still came to it for other nodes, held until
+    /// the others know it left ([`pass_on`](Transport::pass_on)), so that they are not bounced
+    /// back by a node whose view still names this one.
+    held: Mutex<Option<Vec<(K, M, u8)>>>,
     sink: Option<Sink<K, M>>,
     pub(crate) counters: Counters,
 }
@@ -201,6 +205,7 @@ where
             out,
             placement,
             hermes: Mutex::new(None),
+            held: Mutex::new(None),
             sink,
             counters: Counters::default(),
         });
@@ -310,23 +315,23 @@ where
         }
     }
 
-    /// A message for `to` arrived: deliver it here, or pass it on to its owner.
+    /// A message for `to` arrived: deliver it here, or pass it on to its owner (held while
+    /// this node leaves).
     async fn arrive(&self, to: K, msg: M, hops: u8) {
-        let Some(hermes) = self.hermes() else {
-            return self.dead_letter(to, Some(msg), DeadLetterReason::Closed);
-        };
         match arrival(&self.placement, &to, hops) {
             Arrival::TooManyHops => self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable),
-            Arrival::Forward(node, hops) => {
-                self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                let mut batch = vec![(to, msg)];
-                if let Err(reason) = self.send(node, &mut batch, hops) {
-                    for (to, msg) in batch {
-                        self.dead_letter(to, Some(msg), reason.clone());
-                    }
+            Arrival::Forward(node, next) => {
+                if let Some((to, msg)) = self.held(to, msg, hops) {
+                    self.forward(node, to, msg, next);
                 }
             }
             Arrival::Here => {
+                let Some(hermes) = self.hermes() else {
+                    if let Some((to, msg)) = self.held(to, msg, hops) {
+                        self.dead_letter(to, Some(msg), DeadLetterReason::Closed);
+                    }
+                    return;
+                };
                 let id = to.clone();
                 if let Err(e) = hermes.deliver_async(to, msg).await {
                     let reason = match &e {
@@ -334,7 +339,81 @@ where
                         SendError::Unreachable(_) => DeadLetterReason::Unreachable,
                         _ => DeadLetterReason::Closed,
                     };
-                    self.dead_letter(id, Some(e.into_inner()), reason);
+                    let msg = e.into_inner();
+                    // Closing because this node leaves: its next owner takes it.
+                    let left = match reason {
+                        DeadLetterReason::Closed => self.held(id, msg, hops),
+                        _ => Some((id, msg)),
+                    };
+                    if let Some((id, msg)) = left {
+                        self.dead_letter(id, Some(msg), reason);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<K, M, A> Transport<K, M, A>
+where
+    K: Key + Serialize + DeserializeOwned,
+    M: Message + Serialize + DeserializeOwned,
+    A: App<Id = K, Msg = M>,
+{
+    /// Passes one message on to `node`, its owner by this node's view; a dead letter if it
+    /// cannot be sent.
+    fn forward(&self, node: NodeId, to: K, msg: M, hops: u8) {
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        let mut batch = vec![(to, msg)];
+        if let Err(reason) = self.send(node, &mut batch, hops) {
+            for (to, msg) in batch {
+                self.dead_letter(to, Some(msg), reason.clone());
+            }
+        }
+    }
+
+    /// This node starts leaving: from now on, the messages the others send it that its closing
+    /// Hermes no longer takes, or that are another node's, are held, to be passed on to their
+    /// new owners once the others know it left ([`pass_on`](Self::pass_on)).
+    pub(crate) fn hold(&self) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(Vec::new());
+    }
+
+    /// Holds `(to, msg)` if this node is leaving; gives it back otherwise.
+    fn held(&self, to: K, msg: M, hops: u8) -> Option<(K, M)> {
+        match self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            Some(held) => {
+                held.push((to, msg, hops));
+                None
+            }
+            None => Some((to, msg)),
+        }
+    }
+
+    /// This node left (its receivers deactivated, its membership entry gone): it places every
+    /// ID on the others. False if no other member is known.
+    pub(crate) fn leave(&self) -> bool {
+        self.placement.leave()
+    }
+
+    /// Passes what was held while leaving on to the new owners, in the order it came.
+    pub(crate) fn pass_on(&self) {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        for (to, msg, hops) in held.into_iter().flatten() {
+            match arrival(&self.placement, &to, hops) {
+                Arrival::Forward(node, next) => self.forward(node, to, msg, next),
+                Arrival::Here => self.dead_letter(to, Some(msg), DeadLetterReason::Closed),
+                Arrival::TooManyHops => {
+                    self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable)
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Two and three nodes in one process on a real nats-server: sends, asks, timers and dead
 //! letters across nodes, hand-off when a node joins and leaves, and compare-and-set saves.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,64 @@ fn sends_and_asks_cross_nodes() {
     }
     a.shutdown();
     b.shutdown();
+}
+
+/// A node that leaves passes on what the others still send it, while its receivers are
+/// deactivated and until the others know it left: every message sent to its IDs meanwhile is
+/// counted by their new owner, none lost, none counted twice.
+#[test]
+fn a_leaving_node_passes_on_what_still_comes_to_it() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let saves = Arc::new(AtomicU64::new(0));
+    let a = start(&url, "c-leave", "a", dead.clone(), saves.clone());
+    let b = start(&url, "c-leave", "b", dead.clone(), saves.clone());
+    wait_members(&[&a, &b], 2);
+    let on_b: Vec<u64> = (0..1000u64)
+        .filter(|id| matches!(a.locate(id), Location::Node(_)))
+        .take(20)
+        .collect();
+    assert_eq!(on_b.len(), 20);
+
+    let stop = AtomicBool::new(false);
+    let sent = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for &id in &on_b {
+                    sent += u64::from(a.hermes().send(id, Msg::Add(1)).is_ok());
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        b.shutdown();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap()
+    });
+    wait_members(&[&a], 1);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted: u64 = on_b.iter().map(|&id| get(&a, id).unwrap().0).sum();
+        let reported = dead.lock().unwrap().clone();
+        assert!(counted <= sent, "sent {sent}, counted {counted}: some counted twice");
+        if counted == sent {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sent {sent}, counted {counted}, dead letters {reported:?}: {} lost silently",
+            sent - counted - reported.len() as u64
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.shutdown();
 }
 
 #[test]
