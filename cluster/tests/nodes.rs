@@ -240,7 +240,10 @@ fn a_leaving_node_passes_on_what_still_comes_to_it() {
     loop {
         let counted: u64 = on_b.iter().map(|&id| get(&a, id).unwrap().0).sum();
         let reported = dead.lock().unwrap().clone();
-        assert!(counted <= sent, "sent {sent}, counted {counted}: some counted twice");
+        assert!(
+            counted <= sent,
+            "sent {sent}, counted {counted}: some counted twice"
+        );
         if counted == sent {
             break;
         }
