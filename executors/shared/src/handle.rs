@@ -344,11 +344,23 @@ where
     /// a producer that awaits each send is slowed to the rate its receiver keeps up with. See
     /// [`try_send`](Hermes::try_send).
     pub async fn send_async<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
-        let (location, hash, mut envelope) = Self::admit(&self.inner.core, id, msg);
+        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer_async(location, hash, envelope)
+            .await
+            .map_err(|(envelope, kind)| refused(envelope, kind))
+    }
+
+    /// Offers `envelope`, awaiting room while its receiver or its shard is full.
+    async fn offer_async(
+        &self,
+        location: Location,
+        hash: u64,
+        mut envelope: Envelope<K, M>,
+    ) -> Offer<K, M> {
         loop {
             envelope = match self.offer(location, Some(hash), envelope) {
                 Err((envelope, SendErrorKind::Full)) => envelope,
-                result => return result.map_err(|(envelope, kind)| refused(envelope, kind)),
+                result => return result,
             };
             let Some(inbox) = self.inner.core.inbox(location) else {
                 // Another node's queue is full: nothing to await here; the caller retries.
@@ -356,13 +368,13 @@ where
                     Location::Node(_) => SendErrorKind::Full,
                     _ => SendErrorKind::Stale,
                 };
-                return Err(refused(envelope, kind));
+                return Err((envelope, kind));
             };
             // Listen, then look again: room that came in between is not missed.
             let listener = inbox.room.listen();
             envelope = match self.offer(location, Some(hash), envelope) {
                 Err((envelope, SendErrorKind::Full)) => envelope,
-                result => return result.map_err(|(envelope, kind)| refused(envelope, kind)),
+                result => return result,
             };
             listener.await;
         }
@@ -376,38 +388,21 @@ where
     pub async fn deliver_async(&self, id: K, msg: M) -> Result<(), SendError<M>> {
         let location = self.inner.core.placement.locate(&id);
         let hash = hermes_core::id_hash(&id);
-        let mut envelope = Envelope::Admit(Recipient::Id(id), msg);
-        let unwrap = |envelope: Envelope<K, M>, kind: SendErrorKind| {
-            let msg = match envelope {
-                Envelope::Admit(_, msg) => msg,
-                _ => unreachable!("only a message is offered here"),
-            };
-            match kind {
-                SendErrorKind::Full => SendError::Full(msg),
-                SendErrorKind::Stale => SendError::Stale(msg),
-                SendErrorKind::Unreachable => SendError::Unreachable(msg),
-                _ => SendError::Closed(msg),
-            }
-        };
-        loop {
-            envelope = match self.offer(location, Some(hash), envelope) {
-                Err((envelope, SendErrorKind::Full)) => envelope,
-                result => return result.map_err(|(envelope, kind)| unwrap(envelope, kind)),
-            };
-            let Some(inbox) = self.inner.core.inbox(location) else {
-                let kind = match location {
-                    Location::Node(_) => SendErrorKind::Full,
-                    _ => SendErrorKind::Stale,
+        let envelope = Envelope::Admit(Recipient::Id(id), msg);
+        self.offer_async(location, hash, envelope)
+            .await
+            .map_err(|(envelope, kind)| {
+                let msg = match envelope {
+                    Envelope::Admit(_, msg) => msg,
+                    _ => unreachable!("only a message is offered here"),
                 };
-                return Err(unwrap(envelope, kind));
-            };
-            let listener = inbox.room.listen();
-            envelope = match self.offer(location, Some(hash), envelope) {
-                Err((envelope, SendErrorKind::Full)) => envelope,
-                result => return result.map_err(|(envelope, kind)| unwrap(envelope, kind)),
-            };
-            listener.await;
-        }
+                match kind {
+                    SendErrorKind::Full => SendError::Full(msg),
+                    SendErrorKind::Stale => SendError::Stale(msg),
+                    SendErrorKind::Unreachable => SendError::Unreachable(msg),
+                    _ => SendError::Closed(msg),
+                }
+            })
     }
 
     /// Placement changed (a node joined or left the cluster): every shard deactivates its

@@ -452,14 +452,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// [`flush`](Self::flush), once `before` is done: while it still waits, nothing is offered
     /// ahead of it.
     fn flush_after(&mut self, client: &ClientId, before: Step) -> Step {
+        // Taken, not cleared: an idle connection keeps no buffer of a past burst.
         let batch = if !self.direct.is_empty() {
-            let batch = fan_out(&self.shared, &mut self.direct);
-            if self.direct.capacity() > BATCH_GATHER {
-                self.direct = Vec::new();
-            }
-            batch
+            fan_out(&self.shared, &mut std::mem::take(&mut self.direct))
         } else if !self.to_session.is_empty() {
-            // Taken, not cleared: an idle connection keeps no buffer of a past burst.
             std::mem::take(&mut self.to_session)
                 .into_iter()
                 .map(|msg| (client.clone(), msg))
