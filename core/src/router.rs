@@ -185,6 +185,15 @@ pub struct Router<K, M> {
     hasher: DefaultHashBuilder,
     timers: Timers<K, M>,
     commands: VecDeque<Command>,
+    /// The `Run` of the first idle receiver that the sends of a run woke, polled before
+    /// `commands` (see [`Router::NEXT_RUNS`]).
+    next: Option<Command>,
+    /// How many runs in a row put the `Run` of a receiver they woke in `next` while other
+    /// commands waited ([`Router::NEXT_RUNS`] at most).
+    next_streak: u32,
+    /// True while the effects of a receiver's run are being applied and none of its sends has
+    /// woken a receiver yet: the first one woken runs next.
+    waking_next: bool,
     dead_letters: VecDeque<DeadLetter<K, M>>,
     closing: bool,
     /// Deliveries left before a closing router stops draining.
@@ -305,8 +314,9 @@ enum From {
 /// Where a message goes in a mailbox.
 #[derive(Clone, Copy)]
 enum Place {
-    /// At the back; refused if the mailbox is full, unless the driver `admitted` it.
-    Back { admitted: bool },
+    /// At the back; refused if the mailbox is full, unless the driver admitted it
+    /// ([`From::Admitted`]).
+    Back { from: From },
     /// A task's outcome: behind the outcomes at the front, never refused.
     Outcome,
 }
@@ -377,6 +387,17 @@ struct Rejected<K, M> {
 }
 
 impl<K, M> Router<K, M> {
+    /// How many `Run`s in a row may jump the command queue. When the sends of a receiver's run
+    /// wake an idle receiver on the same router (the first one, if they wake several), that
+    /// receiver's `Run` is what [`poll_command`](Router::poll_command) gives next, ahead of the
+    /// commands queued before it, as an actor runtime runs the actor it just woke (tokio's LIFO
+    /// slot): a reply between two receivers does not wait behind every command queued
+    /// meanwhile. A pair that keeps messaging each other would then keep the others waiting
+    /// forever, so once this many such `Run`s in a row went ahead of waiting commands, the next
+    /// one queues at the back, and the count starts again. Nothing else changes: each receiver
+    /// still runs one run at a time, on its messages in order.
+    pub const NEXT_RUNS: u32 = 3;
+
     /// A router that owns every ID.
     pub fn new(config: Config) -> Self {
         Self::build(config, 0, None)
@@ -406,6 +427,9 @@ impl<K, M> Router<K, M> {
             hasher: DefaultHashBuilder::default(),
             timers: Timers::default(),
             commands: VecDeque::new(),
+            next: None,
+            next_streak: 0,
+            waking_next: false,
             dead_letters: VecDeque::new(),
             closing: false,
             ticks: Ticks::default(),
@@ -483,9 +507,15 @@ impl<K, M> Router<K, M> {
         }
     }
 
-    /// The next command for the driver, in the order they arose.
+    /// The next command for the driver: in the order they arose, except that the `Run` of a
+    /// receiver woken by a send of the run that just ended usually comes first (see
+    /// [`NEXT_RUNS`](Router::NEXT_RUNS)).
     #[must_use = "every command must be handled once"]
+    #[inline]
     pub fn poll_command(&mut self) -> Option<Command> {
+        if self.next.is_some() {
+            return self.next.take();
+        }
         self.commands.pop_front()
     }
 
@@ -763,9 +793,7 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.closing && matches!(self.slots[key].state, State::Deactivating(_)) {
             return Err((msg, SendErrorKind::Closed));
         }
-        let place = Place::Back {
-            admitted: from == From::Admitted,
-        };
+        let place = Place::Back { from };
         self.enqueue(key, msg, place)
             .map_err(|msg| (msg, SendErrorKind::Full))
     }
@@ -790,9 +818,9 @@ impl<K: Key, M: Message> Router<K, M> {
             None
         };
         match place {
-            Place::Back { admitted } => {
+            Place::Back { from } => {
                 // (An empty mailbox is never full: capacities are at least 1.)
-                if !admitted && capacity.is_some_and(|cap| queued >= cap) {
+                if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
                     return Err(msg);
                 }
                 mailbox.push_back(msg);
@@ -809,14 +837,18 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         self.stats.messages_routed += 1;
         if idle {
-            self.wake(key);
+            // Only a receiver's send may wake a receiver to run next (the test is free on
+            // the other paths, where `place` is a constant).
+            let inside = matches!(place, Place::Back { from: From::Inside });
+            self.wake(key, inside);
         }
         Ok(())
     }
 
-    /// Schedules the idle receiver at `key`, which has just been given a message: `Run`.
+    /// Schedules the idle receiver at `key`, which has just been given a message (`inside`: by
+    /// a receiver or a timer): `Run`.
     #[inline(always)]
-    fn wake(&mut self, key: usize) {
+    fn wake(&mut self, key: usize, inside: bool) {
         let slot = &mut self.slots[key];
         slot.state = State::Scheduled;
         self.stats.idle -= 1;
@@ -825,7 +857,35 @@ impl<K: Key, M: Message> Router<K, M> {
             let (prev, next) = IdleList::take_off(slot);
             self.idle.join(&mut self.slots, prev, next);
         }
-        self.commands.push_back(Command::Run(self.addr_of(key)));
+        let run = Command::Run(self.addr_of(key));
+        if inside && self.waking_next && self.jumps_queue() {
+            self.next = Some(run);
+        } else {
+            self.commands.push_back(run);
+        }
+    }
+
+    /// Whether the `Run` of the first receiver that the run being finished woke goes in the
+    /// "next" place, ahead of the queue, while what it was sent is fresh: yes, unless the place
+    /// is taken, or runs did that `NEXT_RUNS` times in a row while other commands waited (then
+    /// the count starts again).
+    #[inline]
+    fn jumps_queue(&mut self) -> bool {
+        self.waking_next = false;
+        if self.next.is_some() {
+            return false;
+        }
+        if self.commands.is_empty() {
+            // Nothing waits behind it.
+            self.next_streak = 0;
+            true
+        } else if self.next_streak < Self::NEXT_RUNS {
+            self.next_streak += 1;
+            true
+        } else {
+            self.next_streak = 0;
+            false
+        }
     }
 
     /// Accepts a message from outside that the driver already admitted with flow control of
@@ -1442,7 +1502,9 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         self.relieve_if_room(key);
         self.start_tasks(key, addr);
+        self.waking_next = true;
         self.apply();
+        self.waking_next = false;
         if self.closing && handled > 0 {
             self.count_drained(handled);
         }
@@ -1619,51 +1681,61 @@ impl<K: Key, M: Message> Router<K, M> {
         }
     }
 
-    /// [`apply`](Router::apply) when there is something to apply.
+    /// [`apply`](Router::apply) when there is something to apply: the sends, then the timer
+    /// operations, each list taken out of `self.effects` (routing never records effects) and
+    /// put back emptied, to keep its buffer.
     fn apply_recorded(&mut self) {
-        if !self.effects.sends.is_empty() || !self.effects.timers.is_empty() {
-            let mut effects = std::mem::take(&mut self.effects);
-            self.apply_sends_and_timers(&mut effects);
-            self.effects = effects;
+        if !self.effects.sends.is_empty() {
+            let mut sends = std::mem::take(&mut self.effects.sends);
+            if sends.len() == 1 && !self.fault(Fault::DropOnCheckIn) {
+                // The common case: one send, popped (a drain costs more to set up and drop).
+                if let Some((to, msg)) = sends.pop() {
+                    self.route_inside(to, msg);
+                }
+            } else {
+                let mut drained = sends.drain(..);
+                if self.fault(Fault::DropOnCheckIn) {
+                    drained.next();
+                }
+                for (to, msg) in drained {
+                    self.route_inside(to, msg);
+                }
+            }
+            self.effects.sends = sends;
+        }
+        if !self.effects.timers.is_empty() {
+            let mut timers = std::mem::take(&mut self.effects.timers);
+            for op in timers.drain(..) {
+                self.apply_timer(op);
+            }
+            self.effects.timers = timers;
         }
         self.effects.clear();
     }
 
-    fn apply_sends_and_timers(&mut self, effects: &mut Effects<K, M>) {
-        let mut sends = std::mem::take(&mut effects.sends);
-        let mut drained = sends.drain(..);
-        if self.fault(Fault::DropOnCheckIn) {
-            drained.next();
-        }
-        for (to, msg) in drained {
-            self.route_inside(to, msg);
-        }
-        effects.sends = sends;
-        let mut timers = std::mem::take(&mut effects.timers);
-        for op in timers.drain(..) {
-            match op {
-                TimerOp::Schedule {
-                    id,
-                    to,
-                    deadline,
-                    msg,
-                } => {
-                    if self.closing {
-                        self.dead_letter(Recipient::Id(to), Some(msg), DeadLetterReason::Closed);
-                    } else {
-                        self.timers.schedule(id, deadline, to, msg);
-                    }
-                }
-                TimerOp::Cancel(id) if id.router() != self.number && self.placement.is_some() => {
-                    let location = Location::Shard(id.router());
-                    self.outbound.push_back((location, Outbound::Cancel(id)));
-                }
-                TimerOp::Cancel(id) => {
-                    self.timers.cancel(id);
+    /// Applies one timer operation of a run's effects.
+    fn apply_timer(&mut self, op: TimerOp<K, M>) {
+        match op {
+            TimerOp::Schedule {
+                id,
+                to,
+                deadline,
+                msg,
+            } => {
+                if self.closing {
+                    self.dead_letter(Recipient::Id(to), Some(msg), DeadLetterReason::Closed);
+                } else {
+                    self.timers.schedule(id, deadline, to, msg);
                 }
             }
+            TimerOp::Cancel(id) if id.router() != self.number && self.placement.is_some() => {
+                let location = Location::Shard(id.router());
+                self.outbound.push_back((location, Outbound::Cancel(id)));
+            }
+            TimerOp::Cancel(id) => {
+                self.timers.cancel(id);
+            }
         }
-        effects.timers = timers;
     }
 
     /// Handles a `Run` or `Deactivate` inline, reading the time from `clock` (an `Instant` for a
