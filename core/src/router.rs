@@ -191,6 +191,12 @@ pub struct Router<K, M> {
     /// How many runs in a row put the `Run` of a receiver they woke in `next` while other
     /// commands waited ([`Router::NEXT_RUNS`] at most).
     next_streak: u32,
+    /// Idle time is deferred ([`Router::defer_idle_time`]).
+    defer_idle: bool,
+    /// Slots whose receivers went idle while idle time was deferred, for `stamp_idle`: every
+    /// slot with the `UNSTAMPED` flag, once (and slots since freed or woken, which the flag
+    /// tells apart).
+    unstamped: Vec<u32>,
     /// True while the effects of a receiver's run are being applied and none of its sends has
     /// woken a receiver yet: the first one woken runs next.
     waking_next: bool,
@@ -429,6 +435,8 @@ impl<K, M> Router<K, M> {
             commands: VecDeque::new(),
             next: None,
             next_streak: 0,
+            defer_idle: false,
+            unstamped: Vec::new(),
             waking_next: false,
             dead_letters: VecDeque::new(),
             closing: false,
@@ -1104,8 +1112,10 @@ impl<K: Key, M: Message> Router<K, M> {
         idle_timeout(ms, &self.config)
     }
 
-    /// The receiver at `key`, whose run just finished, has nothing queued.
-    fn become_idle(&mut self, key: usize, now: Instant) {
+    /// The receiver at `key`, whose run just finished, has nothing queued. `now`: when the run
+    /// ended; `None` while idle time is deferred (its idle time then starts at the next
+    /// [`stamp_idle`](Router::stamp_idle)).
+    fn become_idle(&mut self, key: usize, now: Option<Instant>) {
         if self.closing {
             return self.begin_deactivation(key, Deactivation::Closing);
         }
@@ -1132,6 +1142,15 @@ impl<K: Key, M: Message> Router<K, M> {
         if waiting {
             return;
         }
+        let Some(now) = now else {
+            // Once per turn: a receiver woken and idle again before the stamp is listed
+            // already (its flag stays until the stamp).
+            if !slot.unstamped() {
+                slot.set_unstamped(true);
+                self.unstamped.push(key as u32);
+            }
+            return;
+        };
         let since = self.ticks.at(now);
         match timeout_ms {
             DEFAULT_IDLE => {
@@ -1142,6 +1161,39 @@ impl<K: Key, M: Message> Router<K, M> {
                 slot.idle_since = since;
                 if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
                     slot.set_idle_armed(true);
+                    let addr = self.addr_of(key);
+                    self.timers.arm_idle(crate::deadline(now, timeout), addr);
+                }
+            }
+        }
+    }
+
+    /// Starts the idle time, at `now`, of the idle receiver at `key` whose run ended while idle
+    /// time was deferred: as [`become_idle`](Router::become_idle) would have at the end of
+    /// that run. Skips a receiver woken since (it is not idle, or a later run gave it its time).
+    fn stamp(&mut self, key: usize, now: Instant) {
+        let waiting = self.waiting(key);
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if !slot.unstamped() {
+            return;
+        }
+        slot.set_unstamped(false);
+        if slot.state != State::Idle || slot.listed() || waiting {
+            return;
+        }
+        let since = self.ticks.at(now);
+        match idle_ms_of(slot, key, &self.idle_timeouts, &self.limits) {
+            DEFAULT_IDLE => {
+                let prev = self.idle.append(slot, key, since);
+                IdleList::link(&mut self.slots, prev, key);
+            }
+            timeout_ms => {
+                slot.idle_since = since;
+                if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
+                    slot.set_idle_armed(true);
+                    let timeout = idle_timeout(timeout_ms, &self.config);
                     let addr = self.addr_of(key);
                     self.timers.arm_idle(crate::deadline(now, timeout), addr);
                 }
@@ -1417,7 +1469,7 @@ impl<K: Key, M: Message> Router<K, M> {
             let panicked = matches!(ending, Ending::Panicked(_));
             self.finish_deactivation(key, addr, receiver, panicked);
         } else {
-            self.finish_run(key, addr, receiver, handled, ending, now);
+            self.finish_run(key, addr, receiver, handled, ending, Some(now));
         }
         Ok(())
     }
@@ -1431,7 +1483,7 @@ impl<K: Key, M: Message> Router<K, M> {
         receiver: Box<dyn Receiver<K, M>>,
         handled: u64,
         ending: Ending,
-        now: Instant,
+        now: Option<Instant>,
     ) {
         self.stats.messages_delivered += handled;
         if self.effects.is_empty() && !self.closing {
@@ -1791,8 +1843,9 @@ impl<K: Key, M: Message> Router<K, M> {
         // effects, applied afterwards).
         let (handled, ending) = run_batch(&mut receiver, &mut ctx, fresh, mailbox, batch_size);
         take_outcomes(&mut self.outcomes, key, ending.consumed(handled));
-        // Idle time counts from the end of the run, not from when the driver last looked.
-        let now = clock.now();
+        // Idle time counts from the end of the run, not from when the driver last looked (or,
+        // deferred, from the next `stamp_idle`, later still).
+        let now = (!self.defer_idle).then(|| clock.now());
         self.finish_run(key, addr, receiver, handled, ending, now);
         Ok(())
     }
@@ -1830,6 +1883,36 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     // ---- time ---------------------------------------------------------------------------------
+
+    /// Defers idle time, for a driver that runs many receivers between two reads of its clock:
+    /// from now on, a receiver whose run ends with nothing queued takes the start of its idle
+    /// time from the next [`stamp_idle`](Router::stamp_idle), not from a clock read when its run
+    /// ends. That saves a clock read per run, and only ever starts idle time later than the run
+    /// ended (a receiver is never deactivated sooner than its idle timeout allows). The driver
+    /// must call `stamp_idle` after the runs of each turn, before it waits on
+    /// [`poll_timeout`](Router::poll_timeout): until then those receivers have no idle deadline.
+    /// The executors' shards do; the inline [`Driver`](crate::Driver) does not need to.
+    pub fn defer_idle_time(&mut self) {
+        self.defer_idle = true;
+    }
+
+    /// True if receivers went idle since the last [`stamp_idle`](Router::stamp_idle) while
+    /// idle time was deferred.
+    #[inline]
+    pub fn has_unstamped(&self) -> bool {
+        !self.unstamped.is_empty()
+    }
+
+    /// Starts, at `now`, the idle time of the receivers that went idle since the last call
+    /// while idle time was deferred ([`defer_idle_time`](Router::defer_idle_time)). Pass a time
+    /// read after their runs ended.
+    pub fn stamp_idle(&mut self, now: Instant) {
+        // (Stamping queues nothing here.)
+        for i in 0..self.unstamped.len() {
+            self.stamp(self.unstamped[i] as usize, now);
+        }
+        self.unstamped.clear();
+    }
 
     /// Fires every timer due at `now` in deadline order (ties in scheduling order) and
     /// deactivates receivers idle past their timeout.
@@ -1893,8 +1976,9 @@ impl<K: Key, M: Message> Router<K, M> {
         let slot = &mut self.slots[key];
         slot.set_idle_armed(false);
         // Not idle: re-armed when it next becomes idle. On the idle list (a later instance on
-        // the default timeout): the list keeps its deadline.
-        if slot.state != State::Idle || slot.listed() || self.waiting(key) {
+        // the default timeout): the list keeps its deadline. Idle time not started yet: armed
+        // when it is (`stamp_idle`).
+        if slot.state != State::Idle || slot.listed() || slot.unstamped() || self.waiting(key) {
             return;
         }
         let timeout = self.idle_timeout_of(key);
