@@ -1737,21 +1737,20 @@ impl<K: Key, M: Message> Router<K, M> {
     /// operations, each list taken out of `self.effects` (routing never records effects) and
     /// put back emptied, to keep its buffer.
     fn apply_recorded(&mut self) {
-        if !self.effects.sends.is_empty() {
+        if self.effects.sends.len() == 1 && !self.fault(Fault::DropOnCheckIn) {
+            // The common case: one send, popped in place (a drain costs more to set up and
+            // drop, and routing records no effects).
+            if let Some((to, msg)) = self.effects.sends.pop() {
+                self.route_inside(to, msg);
+            }
+        } else if !self.effects.sends.is_empty() {
             let mut sends = std::mem::take(&mut self.effects.sends);
-            if sends.len() == 1 && !self.fault(Fault::DropOnCheckIn) {
-                // The common case: one send, popped (a drain costs more to set up and drop).
-                if let Some((to, msg)) = sends.pop() {
-                    self.route_inside(to, msg);
-                }
-            } else {
-                let mut drained = sends.drain(..);
-                if self.fault(Fault::DropOnCheckIn) {
-                    drained.next();
-                }
-                for (to, msg) in drained {
-                    self.route_inside(to, msg);
-                }
+            let mut drained = sends.drain(..);
+            if self.fault(Fault::DropOnCheckIn) {
+                drained.next();
+            }
+            for (to, msg) in drained {
+                self.route_inside(to, msg);
             }
             self.effects.sends = sends;
         }
