@@ -1449,6 +1449,8 @@ impl<K: Key, M: Message> Router<K, M> {
         if !expected || slot.receiver.is_some() {
             return Err(CommandError::NotCheckedOut(addr));
         }
+        // (Putting the rest back does not change it.)
+        let full = slot.full();
         let Done {
             receiver,
             rest,
@@ -1469,13 +1471,15 @@ impl<K: Key, M: Message> Router<K, M> {
             let panicked = matches!(ending, Ending::Panicked(_));
             self.finish_deactivation(key, addr, receiver, panicked);
         } else {
-            self.finish_run(key, addr, receiver, handled, ending, Some(now));
+            self.finish_run(key, addr, receiver, handled, ending, Some(now), full);
         }
         Ok(())
     }
 
     /// The end of a run, inline or checked in: applies its effects (in `self.effects`) and moves
-    /// the receiver on in its lifecycle.
+    /// the receiver on in its lifecycle. `full`: the slot's mailbox was reported full (read by
+    /// the caller, which had the slot in hand).
+    #[allow(clippy::too_many_arguments)]
     fn finish_run(
         &mut self,
         key: usize,
@@ -1484,13 +1488,16 @@ impl<K: Key, M: Message> Router<K, M> {
         handled: u64,
         ending: Ending,
         now: Option<Instant>,
+        full: bool,
     ) {
         self.stats.messages_delivered += handled;
         if self.effects.is_empty() && !self.closing {
             // The common case, with nothing to apply: what `apply_effects` does then.
-            self.relieve_if_room(key);
+            if full {
+                self.relieve_if_drained(key);
+            }
         } else {
-            self.apply_effects(key, addr, handled);
+            self.apply_effects(key, addr, handled, full);
         }
         let injected = self.fault(Fault::DeactivateNonEmpty);
         let slot = &mut self.slots[key];
@@ -1536,7 +1543,7 @@ impl<K: Key, M: Message> Router<K, M> {
     /// against a closing router's drain limit. Out of line: most runs have nothing to apply, and
     /// `finish_run` stays small without it.
     #[inline(never)]
-    fn apply_effects(&mut self, key: usize, addr: Addr, handled: u64) {
+    fn apply_effects(&mut self, key: usize, addr: Addr, handled: u64, full: bool) {
         if let Some(timeout) = self.effects.idle_timeout.take() {
             let slot = &mut self.slots[key];
             let ms = idle_ms(timeout);
@@ -1552,7 +1559,9 @@ impl<K: Key, M: Message> Router<K, M> {
                 slot.set_idle_armed(false);
             }
         }
-        self.relieve_if_room(key);
+        if full {
+            self.relieve_if_drained(key);
+        }
         self.start_tasks(key, addr);
         self.waking_next = true;
         self.apply();
@@ -1808,7 +1817,7 @@ impl<K: Key, M: Message> Router<K, M> {
         let clock: &dyn Clock = &clock;
         if let Some(why) = why {
             let mut ctx = Context {
-                id: &self.slots[key].id,
+                id: &slot.id,
                 addr,
                 clock,
                 effects: &mut self.effects,
@@ -1821,10 +1830,11 @@ impl<K: Key, M: Message> Router<K, M> {
             return Ok(());
         }
         // Scheduled -> Running, on the slot at hand (`set_state` would look it up again).
-        let slot = &mut self.slots[key];
         slot.state = State::Running;
         self.stats.scheduled -= 1;
         self.stats.running += 1;
+        // (Nothing changes it before the run's end reads it.)
+        let full = slot.full();
         let batch_size = self.limits.get(slot.kind).batch_size;
         let fresh = slot.take_fresh();
         // A scheduled receiver has its mailbox open.
@@ -1845,7 +1855,7 @@ impl<K: Key, M: Message> Router<K, M> {
         // Idle time counts from the end of the run, not from when the driver last looked (or,
         // deferred, from the next `stamp_idle`, later still).
         let now = (!self.defer_idle).then(|| clock.now());
-        self.finish_run(key, addr, receiver, handled, ending, now);
+        self.finish_run(key, addr, receiver, handled, ending, now, full);
         Ok(())
     }
 
