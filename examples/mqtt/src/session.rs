@@ -433,6 +433,10 @@ pub struct Session {
     stored_queue: Range<u64>,
     dropped: u64,
     discarded: u64,
+    /// How many packet identifiers from `next_packet_id` on are known to be free, in a row
+    /// (none of them in flight): each send takes the next one without looking at the window.
+    /// Not stored: 0 after a restore, so the first send looks.
+    free_ids: u16,
 }
 
 impl Session {
@@ -464,6 +468,7 @@ impl Session {
             stored_queue,
             dropped: 0,
             discarded: 0,
+            free_ids: 0,
         }
     }
 
@@ -639,6 +644,7 @@ impl Session {
         self.subscriptions_changed |= !subscriptions.is_empty();
         out.extend(subscriptions.into_keys().map(Output::Unsubscribe));
         self.state.delivery = DeliveryState::default();
+        self.free_ids = 0;
         self.delivery_changed = true;
         self.state.queue.clear();
         self.present = false;
@@ -899,18 +905,46 @@ impl Session {
     }
 
     /// A packet identifier that no outgoing message in flight has [MQTT-2.3.1-4], never 0,
-    /// taken in turn from 1 to 65535 and round again. `O(max_inflight)` per identifier tried;
-    /// one is tried unless a message has stayed in flight for 65535 others.
+    /// taken in turn from 1 to 65535 and round again, skipping those in flight.
+    ///
+    /// `O(1)` amortized: one look at the window finds how many identifiers from the next one
+    /// on are free in a row (up to the nearest one in flight, the oldest message in flight
+    /// in the usual case: about 65535 minus the window), and the sends that follow take them
+    /// without looking again. Only this function puts identifiers in flight, and it takes
+    /// them from that run, so the run stays free; acknowledgements only free more.
     fn free_packet_id(&mut self) -> Option<PacketId> {
+        if self.free_ids == 0 {
+            self.free_ids = self.find_free_ids();
+        }
+        self.free_ids = self.free_ids.checked_sub(1)?;
+        let delivery = &mut self.state.delivery;
+        let id = delivery.next_packet_id;
+        delivery.next_packet_id = next_id(id);
+        Some(id)
+    }
+
+    /// Moves `next_packet_id` past identifiers in flight, and returns how many from there on
+    /// are free in a row: up to the nearest one in flight, all 65535 if none is; 0 if every
+    /// identifier is in flight. `O(max_inflight)` per identifier skipped; one is skipped only
+    /// where a message has stayed in flight for 65535 others.
+    fn find_free_ids(&mut self) -> u16 {
         let delivery = &mut self.state.delivery;
         for _ in 0..u16::MAX {
-            let id = delivery.next_packet_id;
-            delivery.next_packet_id = id.checked_add(1).unwrap_or(PacketId::MIN);
-            if !delivery.inflight.iter().any(|f| f.packet_id == id) {
-                return Some(id);
+            let next = u32::from(delivery.next_packet_id.get());
+            // How far each identifier in flight is ahead of `next`, round 65535 (0: it is
+            // `next` itself).
+            let nearest = delivery
+                .inflight
+                .iter()
+                .map(|f| (u32::from(f.packet_id.get()) + 65_535 - next) % 65_535)
+                .min();
+            match nearest {
+                None => return u16::MAX,
+                Some(0) => delivery.next_packet_id = next_id(delivery.next_packet_id),
+                Some(free) => return u16::try_from(free).unwrap_or(u16::MAX),
             }
         }
-        None
+        0
     }
 
     /// What changed in [`state`](Self::state) since the last call (or since the session was
@@ -925,6 +959,11 @@ impl Session {
             queue_added: ordered(stored.end.max(now.start), now.end),
         }
     }
+}
+
+/// The packet identifier after `id`: 1 after 65535.
+fn next_id(id: PacketId) -> PacketId {
+    id.checked_add(1).unwrap_or(PacketId::MIN)
 }
 
 /// `start..end`, or the empty `start..start` if `end` is before `start`.
