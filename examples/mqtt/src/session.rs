@@ -835,6 +835,19 @@ impl Session {
         self.send_or_queue(message.retained_for(granted), out)
     }
 
+    /// A message for this session that [`deliver`](Self::deliver) would send at QoS 0 (its
+    /// QoS or the granted one is 0), which the caller writes in a form of its own (encoded
+    /// once for all its subscribers, say): [`Delivered::Sent`] while a client is connected,
+    /// and the caller writes it then; otherwise [`Delivered::Discarded`], counted, as
+    /// `deliver` would.
+    pub fn deliver_qos0(&mut self) -> Delivered {
+        if self.connection.is_none() {
+            self.discarded += 1;
+            return Delivered::Discarded;
+        }
+        Delivered::Sent
+    }
+
     fn send_or_queue(&mut self, message: Message, out: &mut Vec<Output>) -> Delivered {
         let connected = self.connection.is_some();
         if !connected && (message.qos == QoS::AtMostOnce || self.clean) {

@@ -14,9 +14,9 @@
 //! connection, it tells the session with `Detach` and why, so the session publishes the will
 //! unless the client sent DISCONNECT.
 //!
-//! The writer takes packets from the link's queue, encodes them and writes them in batches
-//! with one vectored write: a large PUBLISH payload is written from the shared buffer, not
-//! copied per subscriber.
+//! The writer takes everything its link's buffer holds (packets encoded by their senders, see
+//! [`link`](super::link)) in one swap and writes it with one vectored write: a large PUBLISH
+//! payload is written from the shared buffer, not copied per subscriber.
 //!
 //! An idle connection keeps little (about 3 KB with its session, see BENCHMARKS.md): no read
 //! buffer while no packet is partly read, no write buffer or queue while nothing is to be
@@ -35,7 +35,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use super::link::{Link, Out, Outbox};
+use super::link::{Link, Outbox, Queued};
 use super::listen::Place;
 use super::stats::{Counters, Local};
 use super::{
@@ -54,16 +54,12 @@ use crate::will::CloseReason;
 const WILL_GRACE: Duration = Duration::from_secs(12);
 /// How long a closing connection's writer may take to write what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
-/// Payloads from this size on are written from their shared buffer, not copied into the
-/// write buffer.
-const SHARED_PAYLOAD: usize = 1024;
 /// Most bytes one read takes.
 const READ_CHUNK: usize = 8 * 1024;
 /// Most packets a reader gathers from what it read before sending them on together.
 const BATCH_GATHER: usize = 64;
-/// Most packets, and bytes, one vectored write takes.
-const BATCH_PACKETS: usize = 512;
-const BATCH_BYTES: usize = 256 * 1024;
+/// Most pieces one vectored write takes.
+const MAX_SLICES: usize = 64;
 
 /// Serves one accepted connection, its handshakes done, until it ends: `read` and `write` are
 /// its two directions; its CONNECT must be in by `connect_by`. `places` are its places under
@@ -712,8 +708,8 @@ fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
     CloseReason::ProtocolError
 }
 
-/// The writer task: encodes and writes what the link brings, in batches. Its buffers are
-/// allocated while there is something to write and released when it waits: an idle
+/// The writer task: writes what the link's senders encoded, everything queued at once. Its
+/// buffers are kept while there is something to write and released when it waits: an idle
 /// connection keeps none.
 // Not an async fn: see the comment inside.
 #[allow(clippy::manual_async_fn)]
@@ -725,25 +721,19 @@ fn write_loop<W: AsyncWrite + Unpin + Send>(
     // A plain function returning the future: an async fn would keep its arguments and
     // their moved copies side by side (the task is then a size class larger).
     async move {
-        let mut buf = BytesMut::new();
-        let mut chunks: VecDeque<Bytes> = VecDeque::new();
+        let mut taken = Queued::default();
         let mut local = Local::default();
         loop {
-            if !outbox.pending() {
-                buf = BytesMut::new();
-                chunks = VecDeque::new();
+            if !outbox.take(&mut taken) {
+                // Nothing queued: release the buffers, and wait.
+                taken = Queued::default();
                 if !outbox.ready().await {
                     break;
                 }
+                continue;
             }
-            // Packets are taken and encoded outside this future (`batch`): none is held across
-            // an await, so the task stays small.
-            let Batch { packets, closing } = batch(&mut outbox, &mut buf, &mut chunks, &mut local);
-            if !buf.is_empty() {
-                chunks.push_back(buf.split().freeze());
-            }
-            let written: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            let result = match write_all(&mut write, &mut chunks).await {
+            let written = taken.len() as u64;
+            let result = match write_all(&mut write, &mut taken.chunks, &taken.tail).await {
                 Ok(()) => write.flush().await,
                 Err(error) => Err(error),
             };
@@ -754,99 +744,49 @@ fn write_loop<W: AsyncWrite + Unpin + Send>(
                 return;
             }
             local.bytes += written;
-            local.packets += packets as u64;
+            local.packets += taken.packets as u64;
+            local.publishes += taken.publishes as u64;
             local.flush_sent(&shared.counters);
-            if closing {
+            if taken.close {
                 break;
             }
+            // Kept for the next swap: a busy connection reuses its two buffers.
+            taken.clear();
         }
         let _ = write.shutdown().await;
     }
 }
 
-/// What one batch of the writer took.
-struct Batch {
-    packets: usize,
-    /// It ended with the link's `Close`.
-    closing: bool,
-}
-
-/// Takes what the outbox has, up to a batch, and encodes it.
-fn batch(
-    outbox: &mut Outbox,
-    buf: &mut BytesMut,
-    chunks: &mut VecDeque<Bytes>,
-    local: &mut Local,
-) -> Batch {
-    let mut packets = 0;
-    let mut bytes = 0;
-    while let Some(out) = outbox.try_recv() {
-        match out {
-            Out::Packet(packet) => {
-                bytes += encode(&packet, buf, chunks);
-                packets += 1;
-                if matches!(packet, Packet::Publish(_)) {
-                    local.publishes += 1;
-                }
-            }
-            Out::Close => {
-                return Batch {
-                    packets,
-                    closing: true,
-                };
-            }
-        }
-        if packets >= BATCH_PACKETS || bytes >= BATCH_BYTES {
-            break;
-        }
-    }
-    Batch {
-        packets,
-        closing: false,
-    }
-}
-
-/// Encodes `packet`: small ones into `buf`, a large PUBLISH as its header (into `buf`) and
-/// its payload (shared, into `chunks`). Returns about how many bytes it adds.
-fn encode(packet: &Packet, buf: &mut BytesMut, chunks: &mut VecDeque<Bytes>) -> usize {
-    let result = match packet {
-        Packet::Publish(publish) if publish.payload.len() >= SHARED_PAYLOAD => {
-            codec::encode_publish_header(publish, buf).map(|()| {
-                chunks.push_back(buf.split().freeze());
-                chunks.push_back(publish.payload.clone());
-            })
-        }
-        packet => codec::encode(packet, buf),
-    };
-    match result {
-        Ok(()) => match packet {
-            Packet::Publish(publish) => publish.payload.len() + publish.topic.as_bytes().len() + 8,
-            _ => 8,
-        },
-        Err(error) => {
-            tracing::warn!(%error, packet = %packet.packet_type(), "cannot encode a packet for a client; skipped");
-            0
-        }
-    }
-}
-
-/// Writes every chunk, with vectored writes of up to 64 chunks.
+/// Writes every chunk, then `tail`, with vectored writes of up to [`MAX_SLICES`] pieces.
 async fn write_all<W: AsyncWrite + Unpin>(
     write: &mut W,
     chunks: &mut VecDeque<Bytes>,
+    tail: &[u8],
 ) -> std::io::Result<()> {
-    while !chunks.is_empty() {
-        let written = {
-            let slices: Vec<IoSlice<'_>> =
-                chunks.iter().take(64).map(|c| IoSlice::new(c)).collect();
-            write.write_vectored(&slices).await?
-        };
+    let mut tail_at = 0;
+    while !chunks.is_empty() || tail_at < tail.len() {
+        // The slices are made on the stack of each poll: the task's future keeps none.
+        let written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for chunk in chunks.iter().take(MAX_SLICES) {
+                slices[n] = IoSlice::new(chunk);
+                n += 1;
+            }
+            if n < MAX_SLICES && tail_at < tail.len() {
+                slices[n] = IoSlice::new(&tail[tail_at..]);
+                n += 1;
+            }
+            Pin::new(&mut *write).poll_write_vectored(cx, &slices[..n])
+        })
+        .await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         let mut left = written;
         while left > 0 {
             let Some(front) = chunks.front_mut() else {
+                tail_at += left;
                 break;
             };
             if front.len() <= left {

@@ -450,6 +450,32 @@ fn qos0_is_sent_at_once_when_connected() {
     assert_eq!(take(&mut out), ["PUBLISH t m1 q1 #1", "PUBLISH t m3 q0"]);
 }
 
+/// A QoS 0 delivery written by the caller is sent exactly when `deliver` would send it, and
+/// discarded (and counted) when it would discard it.
+#[test]
+fn qos0_written_by_the_caller_is_sent_or_discarded_as_deliver_would() {
+    let (mut s, c, mut out) = connected(false, limits(1, 10));
+    let _ = s.deliver(msg("t", "m1", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    out.clear();
+    // Connected, the window full: QoS 0 goes out anyway.
+    assert_eq!(s.deliver_qos0(), Delivered::Sent);
+    assert_eq!(
+        s.deliver(msg("t", "m", QoS::AtMostOnce), QoS::AtLeastOnce, &mut out),
+        Delivered::Sent
+    );
+    assert!(out.iter().all(|o| matches!(o, Output::Send(_))));
+    out.clear();
+    assert_eq!(s.discarded(), 0);
+    let _ = s.disconnected(c, t0(), &mut out);
+    assert_eq!(s.deliver_qos0(), Delivered::Discarded);
+    assert_eq!(
+        s.deliver(msg("t", "m", QoS::AtMostOnce), QoS::AtLeastOnce, &mut out),
+        Delivered::Discarded
+    );
+    assert_eq!(s.discarded(), 2);
+    assert!(out.is_empty());
+}
+
 /// A full queue drops its oldest message, and counts it; what is kept keeps its order.
 #[test]
 fn full_queue_drops_the_oldest_and_counts() {
