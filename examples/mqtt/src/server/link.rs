@@ -50,8 +50,8 @@ pub(crate) struct Frame {
     /// The packet, or with a payload of [`SHARED_PAYLOAD`] bytes or more, all of it but its
     /// payload.
     head: Bytes,
-    /// A large payload, written from the publisher's buffer; empty otherwise.
-    payload: Bytes,
+    /// A large payload, written from the publisher's buffer.
+    payload: Option<Bytes>,
 }
 
 impl Frame {
@@ -79,13 +79,13 @@ impl Frame {
             codec::encode_publish_header(&publish, &mut head).ok()?;
             Some(Frame {
                 head: head.freeze(),
-                payload: publish.payload,
+                payload: Some(publish.payload),
             })
         } else {
             codec::encode(&Packet::Publish(publish), &mut head).ok()?;
             Some(Frame {
                 head: head.freeze(),
-                payload: Bytes::new(),
+                payload: None,
             })
         }
     }
@@ -165,8 +165,8 @@ impl Queued {
             Out::Packet(packet) => codec::encode(packet, &mut self.tail),
             Out::Frame(frame) => {
                 self.tail.extend_from_slice(&frame.head);
-                if !frame.payload.is_empty() {
-                    self.shared_payload(frame.payload.clone());
+                if let Some(payload) = &frame.payload {
+                    self.shared_payload(payload.clone());
                 }
                 Ok(())
             }
@@ -632,9 +632,10 @@ mod tests {
         let large = message("t/2", &[7u8; SHARED_PAYLOAD + 10], false);
         let (small_frame, large_frame) =
             (Frame::qos0(&small).unwrap(), Frame::qos0(&large).unwrap());
-        assert!(small_frame.payload.is_empty(), "a small one is one piece");
+        assert!(small_frame.payload.is_none(), "a small one is one piece");
         assert_eq!(
-            large_frame.payload, large.payload,
+            large_frame.payload.as_ref(),
+            Some(&large.payload),
             "a large payload is shared"
         );
         let mut outs = vec![

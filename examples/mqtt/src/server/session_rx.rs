@@ -269,7 +269,9 @@ impl SessionRx {
             Delivery::Message(message, qos) => self.deliver(message, qos, false),
             Delivery::Frame(frame) => {
                 // What the deliveries before it output goes first.
-                self.outputs(ctx);
+                if !self.out.is_empty() {
+                    self.outputs(ctx);
+                }
                 if self.session.deliver_qos0() == Delivered::Sent {
                     self.write_out(Out::Frame(frame));
                 }
