@@ -685,11 +685,9 @@ impl Session {
     /// in the window, which the next queued message takes. Returns whether such a message was
     /// in flight; a PUBACK for anything else is ignored.
     pub fn on_puback(&mut self, id: PacketId, out: &mut Vec<Output>) -> bool {
-        let acked = |f: &InFlight| {
-            f.packet_id == id
-                && matches!(&f.stage, Stage::Unacknowledged(m) if m.qos == QoS::AtLeastOnce)
-        };
-        self.complete(acked, out)
+        let acked =
+            |stage: &Stage| matches!(stage, Stage::Unacknowledged(m) if m.qos == QoS::AtLeastOnce);
+        self.complete(id, acked, out)
     }
 
     /// A PUBREC from the client: the outgoing QoS 2 message `id` was received. Pushes PUBREL
@@ -697,8 +695,9 @@ impl Session {
     /// is never sent again. A PUBREC for an identifier not in flight is answered PUBREL too,
     /// so that the client can finish. Returns whether `id` was in flight as a QoS 2 message.
     pub fn on_pubrec(&mut self, id: PacketId, out: &mut Vec<Output>) -> bool {
+        let found = self.inflight_index(id);
         let inflight = &mut self.state.delivery.inflight;
-        let Some(f) = inflight.iter_mut().find(|f| f.packet_id == id) else {
+        let Some(f) = found.and_then(|i| inflight.get_mut(i)) else {
             out.push(Output::Send(Packet::PubRel(id)));
             return false;
         };
@@ -718,15 +717,24 @@ impl Session {
     /// place in the window, which the next queued message takes. Returns whether `id` was in
     /// the PUBREL stage; a PUBCOMP for anything else is ignored.
     pub fn on_pubcomp(&mut self, id: PacketId, out: &mut Vec<Output>) -> bool {
-        self.complete(|f| f.packet_id == id && f.stage == Stage::Released, out)
+        self.complete(id, |stage| *stage == Stage::Released, out)
     }
 
-    /// Removes the first message in flight for which `done` holds, and refills the window.
-    fn complete(&mut self, done: impl Fn(&InFlight) -> bool, out: &mut Vec<Output>) -> bool {
-        let inflight = &mut self.state.delivery.inflight;
-        let Some(index) = inflight.iter().position(done) else {
+    /// Removes the message in flight with packet identifier `id` if `done` holds for its
+    /// stage, and refills the window.
+    fn complete(
+        &mut self,
+        id: PacketId,
+        done: impl Fn(&Stage) -> bool,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(index) = self.inflight_index(id) else {
             return false;
         };
+        let inflight = &mut self.state.delivery.inflight;
+        if !inflight.get(index).is_some_and(|f| done(&f.stage)) {
+            return false;
+        }
         inflight.remove(index);
         self.delivery_changed = true;
         self.fill_window(out);
@@ -898,6 +906,22 @@ impl Session {
                 return;
             }
         }
+    }
+
+    /// Where the message in flight with packet identifier `id` is in the window. `O(1)` while
+    /// the identifiers in flight follow each other without gaps (identifiers are taken in
+    /// turn, and acknowledged mostly in order): it is then as far from the first as its
+    /// identifier is from the first's. Otherwise (acknowledgements out of order, skipped
+    /// identifiers), a scan.
+    fn inflight_index(&self, id: PacketId) -> Option<usize> {
+        let inflight = &self.state.delivery.inflight;
+        let first = u32::from(inflight.front()?.packet_id.get());
+        let guess = (u32::from(id.get()) + 65_535 - first) % 65_535;
+        let guess = usize::try_from(guess).unwrap_or(usize::MAX);
+        if inflight.get(guess).is_some_and(|f| f.packet_id == id) {
+            return Some(guess);
+        }
+        inflight.iter().position(|f| f.packet_id == id)
     }
 
     /// Sends a QoS 1 or 2 `message` with a free packet identifier, and puts it in flight; gives
