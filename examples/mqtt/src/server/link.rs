@@ -91,6 +91,56 @@ impl Frame {
     }
 }
 
+/// Several QoS 0 PUBLISHes, one after the other, encoded once (RETAIN 0) for all the
+/// subscribers they go to: each of them writes the same bytes, from the same buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct Frames {
+    /// The packets.
+    bytes: Bytes,
+    /// Where each packet ends in `bytes`.
+    ends: Arc<[usize]>,
+}
+
+impl Frames {
+    /// `messages`, all published at QoS 0, as forwarded at QoS 0 with RETAIN 0; `None` if
+    /// one is not QoS 0 or cannot be encoded.
+    pub(crate) fn qos0(messages: &[Message]) -> Option<Frames> {
+        let mut bytes = BytesMut::new();
+        let mut ends = Vec::with_capacity(messages.len());
+        for message in messages {
+            if message.qos != QoS::AtMostOnce {
+                return None;
+            }
+            let publish = Publish {
+                qos: PublishQos::AtMostOnce,
+                retain: false,
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+            };
+            codec::encode(&Packet::Publish(publish), &mut bytes).ok()?;
+            ends.push(bytes.len());
+        }
+        Some(Frames {
+            bytes: bytes.freeze(),
+            ends: ends.into(),
+        })
+    }
+
+    /// How many packets.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The first `n` packets' bytes.
+    fn first(&self, n: usize) -> Bytes {
+        match n.checked_sub(1).and_then(|last| self.ends.get(last)) {
+            Some(&end) => self.bytes.slice(..end),
+            None if n == 0 => Bytes::new(),
+            None => self.bytes.clone(),
+        }
+    }
+}
+
 /// What a session (or the reader) writes to the client.
 #[derive(Debug)]
 pub(crate) enum Out {
@@ -98,19 +148,19 @@ pub(crate) enum Out {
     Packet(Packet),
     /// A QoS 0 PUBLISH encoded already.
     Frame(Frame),
+    /// QoS 0 PUBLISHes encoded already.
+    Frames(Frames),
 }
 
 impl Out {
-    fn is_qos0_publish(&self) -> bool {
+    /// How many packets, and among them PUBLISHes, and QoS 0 PUBLISHes.
+    fn count(&self) -> (usize, usize, usize) {
         match self {
-            Out::Packet(Packet::Publish(p)) => p.qos == PublishQos::AtMostOnce,
-            Out::Packet(_) => false,
-            Out::Frame(_) => true,
+            Out::Packet(Packet::Publish(p)) => (1, 1, usize::from(p.qos == PublishQos::AtMostOnce)),
+            Out::Packet(_) => (1, 0, 0),
+            Out::Frame(_) => (1, 1, 1),
+            Out::Frames(frames) => (frames.len(), frames.len(), frames.len()),
         }
-    }
-
-    fn is_publish(&self) -> bool {
-        matches!(self, Out::Packet(Packet::Publish(_)) | Out::Frame(_))
     }
 }
 
@@ -170,13 +220,26 @@ impl Queued {
                 }
                 Ok(())
             }
+            Out::Frames(frames) => {
+                self.bytes(frames.bytes.clone());
+                Ok(())
+            }
         };
         if let Err(error) = result {
             let packet = match out {
                 Out::Packet(packet) => packet.packet_type(),
-                Out::Frame(_) => crate::packet::PacketType::Publish,
+                Out::Frame(_) | Out::Frames(_) => crate::packet::PacketType::Publish,
             };
             tracing::warn!(%error, %packet, "cannot encode a packet for a client; skipped");
+        }
+    }
+
+    /// Appends encoded bytes: shared if there are many, else copied.
+    fn bytes(&mut self, bytes: Bytes) {
+        if bytes.len() >= SHARED_PAYLOAD {
+            self.shared_payload(bytes);
+        } else {
+            self.tail.extend_from_slice(&bytes);
         }
     }
 
@@ -276,8 +339,12 @@ impl Link {
             return Written::Closed;
         }
         let out = Out::Packet(packet);
-        let written = self.push(&mut self.lock(), &out);
+        let mut dropped = 0;
+        let written = self.push(&mut self.lock(), out, &mut dropped);
         self.pushed(written, 1);
+        if dropped > 0 {
+            return Written::Dropped;
+        }
         written
     }
 
@@ -295,10 +362,10 @@ impl Link {
         let (mut dropped, mut queued, mut closed) = (0, 0, false);
         {
             let mut queue = self.lock();
-            for out in outs.iter() {
-                match self.push(&mut queue, out) {
+            for out in outs.drain(..) {
+                match self.push(&mut queue, out, &mut dropped) {
                     Written::Queued => queued += 1,
-                    Written::Dropped => dropped += 1,
+                    Written::Dropped => {}
                     Written::Closed => {
                         closed = true;
                         break;
@@ -318,17 +385,30 @@ impl Link {
         (dropped, closed)
     }
 
-    /// Encodes `out` into `queue`, within the bounds; the caller wakes the writer after
-    /// unlocking ([`pushed`](Self::pushed)).
-    fn push(&self, queue: &mut Queued, out: &Out) -> Written {
+    /// Encodes `out` into `queue`, within the bounds, adding the QoS 0 PUBLISHes dropped
+    /// to `dropped`; the caller wakes the writer after unlocking ([`pushed`](Self::pushed)).
+    fn push(&self, queue: &mut Queued, out: Out, dropped: &mut u64) -> Written {
         // Under the lock: a close (which sets it under the lock) is seen here even once the
         // writer has taken the queue with its `close`.
         if self.shared.closed.load(Ordering::Acquire) {
             return Written::Closed;
         }
-        let qos0 = out.is_qos0_publish();
-        if qos0 && queue.qos0 >= self.max_qos0 {
-            return Written::Dropped;
+        let (mut packets, mut publishes, mut qos0) = out.count();
+        let room = self.max_qos0.saturating_sub(queue.qos0);
+        let mut out = out;
+        if qos0 > room {
+            // The oldest waiting are kept: what does not fit is dropped.
+            *dropped += (qos0 - room) as u64;
+            match out {
+                Out::Frames(frames) if room > 0 => {
+                    out = Out::Frames(Frames {
+                        bytes: frames.first(room),
+                        ends: Arc::from(&frames.ends[..room]),
+                    });
+                    (packets, publishes, qos0) = (room, room, room);
+                }
+                _ => return Written::Dropped,
+            }
         }
         if queue.packets >= MAX_BACKLOG {
             tracing::warn!(
@@ -338,10 +418,10 @@ impl Link {
             self.close_locked(queue, CloseReason::ServerClosed);
             return Written::Closed;
         }
-        queue.encode(out);
-        queue.packets += 1;
-        queue.qos0 += usize::from(qos0);
-        queue.publishes += usize::from(out.is_publish());
+        queue.encode(&out);
+        queue.packets += packets;
+        queue.qos0 += qos0;
+        queue.publishes += publishes;
         if matches!(out, Out::Packet(Packet::ConnAck(_))) {
             self.shared.accepted.store(true, Ordering::Release);
         }
@@ -669,6 +749,45 @@ mod tests {
         let frame = Frame::qos0(&small).unwrap();
         let mut outs: Vec<_> = (0..4).map(|_| Out::Frame(frame.clone())).collect();
         assert_eq!(link.send_all(&mut outs), (1, false));
+        assert_eq!(drain(&mut outbox).0.len(), 3);
+    }
+
+    /// Messages encoded together for many subscribers come out whole, in order, after what
+    /// was queued before them; past the QoS 0 bound the oldest are kept and the rest dropped.
+    #[tokio::test]
+    async fn frames_keep_order_and_the_qos0_bound() {
+        let (link, mut outbox) = Link::new(1, 5);
+        let messages: Vec<Message> = (0..4)
+            .map(|n| message("t/1", format!("m{n}").as_bytes(), n == 1))
+            .collect();
+        let frames = Frames::qos0(&messages).unwrap();
+        assert_eq!(frames.len(), 4);
+        let forwarded: Vec<Packet> = messages
+            .iter()
+            .map(|m| Packet::Publish(m.clone().forwarded(QoS::AtMostOnce).to_publish_qos0()))
+            .collect();
+        let mut outs = vec![Out::Packet(ack(1)), Out::Frames(frames.clone())];
+        assert_eq!(link.send_all(&mut outs), (0, false));
+        let mut expected = vec![ack(1)];
+        expected.extend(forwarded.iter().cloned());
+        assert_eq!(drain(&mut outbox).0, expected);
+        // A fifth and sixth waiting QoS 0 PUBLISH are over the bound of 5: two of the second
+        // four are dropped, the first two kept.
+        let mut outs = vec![Out::Frames(frames.clone()), Out::Frames(frames.clone())];
+        assert_eq!(link.send_all(&mut outs), (3, false));
+        let mut expected = forwarded.clone();
+        expected.push(forwarded[0].clone());
+        assert_eq!(drain(&mut outbox).0, expected);
+        // A QoS 1 message among them: not encoded ahead (its QoS is the subscription's).
+        let mut with_qos1 = messages.clone();
+        with_qos1[2].qos = QoS::AtLeastOnce;
+        assert!(Frames::qos0(&with_qos1).is_none());
+        // Many, or large ones, are written from the shared buffer.
+        let large: Vec<Message> = (0..3)
+            .map(|_| message("t/2", &[9u8; SHARED_PAYLOAD], false))
+            .collect();
+        let mut outs = vec![Out::Frames(Frames::qos0(&large).unwrap())];
+        assert_eq!(link.send_all(&mut outs), (0, false));
         assert_eq!(drain(&mut outbox).0.len(), 3);
     }
 

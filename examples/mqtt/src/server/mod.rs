@@ -45,7 +45,7 @@ use crate::will::CloseReason;
 pub(crate) use stats::Counters;
 
 use auth::Authenticator;
-use link::{ConnId, Frame, Link, Outbox};
+use link::{ConnId, Frame, Frames, Link, Outbox};
 use listen::ConnLimit;
 use storage::Storage;
 
@@ -128,6 +128,9 @@ pub(crate) enum SessionMsg {
     Deliver { message: Message, qos: QoS },
     /// Several, in order, as [`Deliver`](SessionMsg::Deliver) each.
     DeliverMany(Vec<Delivery>),
+    /// QoS 0 messages, in order, encoded once for all their subscribers: written as they are
+    /// where the session would send them at QoS 0.
+    DeliverFrames(Frames),
     /// Connection `conn` ended for `reason`.
     Detach { conn: ConnId, reason: CloseReason },
     /// A retained shard's answer for a subscription granted `qos`.
@@ -385,13 +388,27 @@ thread_local! {
 /// session takes them in one run and its connection's writer writes them in one system call.
 /// Sent with one [`send_all_async`](hermes::Hermes::send_all_async), they take one lock per
 /// shard, not one per delivery. A QoS 0 message that goes to more than one subscriber is
-/// encoded once ([`Delivery::Frame`]): each subscriber's session copies its bytes.
+/// encoded once ([`Delivery::Frame`]): each subscriber's session copies its bytes. QoS 0
+/// messages all on one topic (a publisher's burst) are encoded once together
+/// ([`SessionMsg::DeliverFrames`]): every subscriber gets the same buffer, which its writer
+/// writes as it is.
 pub(crate) fn fan_out(shared: &Shared, messages: &mut Vec<Message>) -> Vec<(ClientId, SessionMsg)> {
     let mut fanout = FANOUT.take();
-    fanout.group(
-        &shared.index.read().unwrap_or_else(PoisonError::into_inner),
-        messages,
-    );
+    let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
+    if let Some(frames) = fanout.same_topic_qos0(&index, messages) {
+        fanout.first_matched = false;
+        drop(index);
+        messages.clear();
+        let groups = fanout
+            .matches
+            .iter()
+            .map(|(client, _)| (client.clone(), SessionMsg::DeliverFrames(frames.clone())))
+            .collect();
+        FANOUT.set(fanout);
+        return groups;
+    }
+    fanout.group(&index, messages);
+    drop(index);
     messages.clear();
     let groups = fanout
         .groups
@@ -421,16 +438,42 @@ pub(crate) struct Fanout {
     groups: Vec<(ClientId, Vec<Delivery>)>,
     /// Where each subscriber is in `groups`, when the messages' topics differ.
     index: hashbrown::HashMap<ClientId, usize>,
+    /// `matches` holds the first message's subscribers already.
+    first_matched: bool,
 }
 
 impl Fanout {
+    /// `messages` encoded together if they are all QoS 0 on one topic, and more than one
+    /// subscriber has them (left in `matches`, each at QoS 0 whatever its subscription's).
+    fn same_topic_qos0(
+        &mut self,
+        index: &Subscriptions<ClientId>,
+        messages: &[Message],
+    ) -> Option<Frames> {
+        let first = messages.first()?;
+        let same = messages
+            .iter()
+            .all(|m| m.qos == QoS::AtMostOnce && m.topic == first.topic);
+        if !same {
+            return None;
+        }
+        index.matches(&first.topic, &mut self.matches);
+        self.first_matched = true;
+        if self.matches.len() < 2 {
+            return None;
+        }
+        Frames::qos0(messages)
+    }
+
     /// Groups `messages` by subscriber: each message once per matching session, at the
     /// maximum QoS of its matching subscriptions [MQTT-3.3.5-1].
     fn group(&mut self, index: &Subscriptions<ClientId>, messages: &[Message]) {
         let Some(first) = messages.first() else {
             return;
         };
-        index.matches(&first.topic, &mut self.matches);
+        if !std::mem::take(&mut self.first_matched) {
+            index.matches(&first.topic, &mut self.matches);
+        }
         let shared = self.matches.len() > 1;
         let frame = shared.then(|| Frame::qos0_of(first)).flatten();
         self.groups.extend(self.matches.iter().map(|(client, qos)| {
@@ -745,6 +788,60 @@ mod tests {
         // Nothing left over for the next call.
         assert!(grouped(&mut fanout, &index, &[]).is_empty());
         assert!(fanout.index.is_empty());
+    }
+
+    /// QoS 0 messages all on one topic, for more than one subscriber, are encoded once
+    /// together for all of them; anything else is grouped per subscriber as before, the
+    /// subscribers matched once.
+    #[test]
+    fn fanout_encodes_a_burst_on_one_topic_once() {
+        let mut index = Subscriptions::new();
+        let filter = |f: &str| TopicFilter::try_from(f).unwrap();
+        let (a, b) = (ClientId::new("a"), ClientId::new("b"));
+        index.subscribe(&filter("t/+"), a.clone(), QoS::AtLeastOnce);
+        index.subscribe(&filter("t/1"), b.clone(), QoS::AtMostOnce);
+        let mut fanout = Fanout::default();
+        let burst = [
+            message("t/1", "1"),
+            message("t/1", "2"),
+            message("t/1", "3"),
+        ];
+        let frames = fanout
+            .same_topic_qos0(&index, &burst)
+            .expect("encoded once");
+        assert_eq!(frames.len(), 3);
+        let mut clients: Vec<_> = fanout.matches.iter().map(|(c, _)| c.to_string()).collect();
+        clients.sort();
+        assert_eq!(clients, ["a", "b"]);
+        fanout.first_matched = false;
+        // A QoS 1 message among them, or another topic: per subscriber.
+        let qos1 = [
+            message("t/1", "1"),
+            Message {
+                qos: QoS::AtLeastOnce,
+                ..message("t/1", "2")
+            },
+        ];
+        assert!(fanout.same_topic_qos0(&index, &qos1).is_none());
+        assert_eq!(grouped(&mut fanout, &index, &qos1).len(), 2);
+        let two_topics = [message("t/1", "1"), message("t/2", "2")];
+        assert!(fanout.same_topic_qos0(&index, &two_topics).is_none());
+        assert_eq!(grouped(&mut fanout, &index, &two_topics).len(), 2);
+        // One subscriber: not encoded ahead; its matches are reused, not looked up again.
+        let one = [message("t/2", "1"), message("t/2", "2")];
+        assert!(fanout.same_topic_qos0(&index, &one).is_none());
+        assert!(fanout.first_matched);
+        assert_eq!(
+            grouped(&mut fanout, &index, &one),
+            [(
+                "a".into(),
+                vec![
+                    ("t/2".into(), "1".into(), Some(QoS::AtLeastOnce)),
+                    ("t/2".into(), "2".into(), Some(QoS::AtLeastOnce))
+                ]
+            )]
+        );
+        assert!(!fanout.first_matched);
     }
 
     #[test]

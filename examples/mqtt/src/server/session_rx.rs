@@ -590,6 +590,14 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                 }
             }
             SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
+            SessionMsg::DeliverFrames(frames) => {
+                // As many deliveries, each sent (connected) or discarded (counted) alike.
+                let sent = (0..frames.len())
+                    .fold(false, |_, _| self.session.deliver_qos0() == Delivered::Sent);
+                if sent {
+                    self.write_out(Out::Frames(frames));
+                }
+            }
             SessionMsg::DeliverMany(deliveries) => {
                 for delivery in deliveries {
                     self.delivery(ctx, delivery);
