@@ -6,8 +6,9 @@
 //! one session run, under one lock and with one wake-up of the writer: [`Link::send_all`]),
 //! and the writer takes everything queued in one swap and writes it with one vectored write.
 //! A QoS 0 PUBLISH fanned out to many subscribers comes encoded once ([`Frame`]) and is
-//! copied into each subscriber's buffer; a large payload is not copied at all, but written
-//! from the publisher's buffer. Empty, the buffer holds no memory once the writer has gone
+//! copied into each subscriber's buffer, a burst of them on one topic as one buffer
+//! ([`Frames`]) that each subscriber's writer writes as it is; a large payload is not copied
+//! at all, but written from the publisher's buffer. Empty, the buffer holds no memory once the writer has gone
 //! idle: an idle connection costs no queue.
 //!
 //! Bounds, counted in packets under the same lock: QoS 0 PUBLISHes are dropped (and counted)
