@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use hermes::{Activation, Context, Deactivation, Receiver, TimerId};
 
-use super::link::{ConnId, Link, Written};
+use super::link::{ConnId, Link, Out};
 use super::{
-    BrokerApp, ClientId, Counters, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg, Shared,
+    BrokerApp, ClientId, Counters, Delivery, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg, Shared,
     may_publish,
 };
 use crate::acl::ClientAcl;
@@ -38,6 +38,9 @@ type Ctx<'a> = Context<'a, ClientId, SessionMsg, BrokerApp>;
 thread_local! {
     /// The outputs' vector, lent to the session handling a message on this thread.
     static OUT: std::cell::Cell<Vec<Output>> = const { std::cell::Cell::new(Vec::new()) };
+    /// What the session handling a message on this thread writes to its client, lent the
+    /// same way: queued on the connection's link together when the message is handled.
+    static WRITES: std::cell::Cell<Vec<Out>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The factory of kind `Session`.
@@ -77,7 +80,7 @@ struct SessionRx {
     /// packets for the client wait behind them (so that a PUBACK means the message is
     /// retained), in order.
     holds: u32,
-    held: VecDeque<Packet>,
+    held: VecDeque<Out>,
     /// The packet being handled asked a retained shard to store a message.
     asked_store: bool,
     expiry_timer: Option<TimerId>,
@@ -85,6 +88,9 @@ struct SessionRx {
     /// clean session stopped) once it is.
     closing: u32,
     out: Vec<Output>,
+    /// What this message's handling writes to the client, in order: queued on the link in
+    /// one go ([`flush_writes`](Self::flush_writes)).
+    writes: Vec<Out>,
     dropped_logged: u64,
     /// What the attached connection's client may do, with an ACL file.
     acl: Option<Arc<ClientAcl>>,
@@ -121,6 +127,7 @@ impl SessionRx {
             expiry_timer: None,
             closing: 0,
             out: Vec::new(),
+            writes: Vec::new(),
             dropped_logged: 0,
             acl: None,
             // A stored session is counted as offline from the start (its client connecting
@@ -153,6 +160,7 @@ impl SessionRx {
         connect: &Connect,
         acl: Option<Arc<ClientAcl>>,
     ) {
+        self.flush_writes();
         if let Some(old) = self.link.take() {
             tracing::debug!(client_id = %self.id, old = old.conn(), new = link.conn(), "session taken over [MQTT-3.1.4-2]");
             if let Some(will) = self.will.on_close(CloseReason::TakenOver) {
@@ -251,6 +259,27 @@ impl SessionRx {
         } else {
             self.session.deliver(message, qos, &mut self.out)
         };
+        self.count_dropped(delivered);
+    }
+
+    /// A delivery of a fan-out: a QoS 0 PUBLISH encoded once for all its subscribers is
+    /// written as it is (where [`Session::deliver`] would send it), the rest delivered.
+    fn delivery(&mut self, ctx: &mut Ctx<'_>, delivery: Delivery) {
+        match delivery {
+            Delivery::Message(message, qos) => self.deliver(message, qos, false),
+            Delivery::Frame(frame) => {
+                // What the deliveries before it output goes first.
+                if !self.out.is_empty() {
+                    self.outputs(ctx);
+                }
+                if self.session.deliver_qos0() == Delivered::Sent {
+                    self.write_out(Out::Frame(frame));
+                }
+            }
+        }
+    }
+
+    fn count_dropped(&mut self, delivered: Delivered) {
         let dropped = match delivered {
             Delivered::Queued { dropped_oldest } => dropped_oldest as u64,
             Delivered::Dropped => 1,
@@ -276,6 +305,7 @@ impl SessionRx {
         if self.conn() != Some(conn) {
             return; // a connection taken over, already detached
         }
+        self.flush_writes();
         let link = self.link.take();
         tracing::debug!(client_id = %self.id, conn, ?reason, "connection ended");
         let mut link = link.map(|link| (link, reason));
@@ -356,14 +386,34 @@ impl SessionRx {
     }
 
     fn write(&mut self, packet: Packet) {
+        self.write_out(Out::Packet(packet));
+    }
+
+    /// Writes `out` to the client: held while a retained PUBLISH is being stored, else
+    /// queued with the rest of this message's writes.
+    fn write_out(&mut self, out: Out) {
         if self.holds > 0 {
-            self.held.push_back(packet);
+            self.held.push_back(out);
             return;
         }
-        if let Some(link) = &self.link
-            && link.send(packet) == Written::Dropped
-        {
-            Counters::add(&self.shared.counters.qos0_drops, 1);
+        self.writes_push(out);
+    }
+
+    fn writes_push(&mut self, out: Out) {
+        if self.link.is_some() {
+            self.writes.push(out);
+        }
+    }
+
+    /// Queues this message's writes on the link, in one go.
+    fn flush_writes(&mut self) {
+        let Some(link) = &self.link else {
+            self.writes.clear();
+            return;
+        };
+        let (dropped, _closed) = link.send_all(&mut self.writes);
+        if dropped > 0 {
+            Counters::add(&self.shared.counters.qos0_drops, dropped);
         }
     }
 
@@ -508,8 +558,9 @@ impl SessionRx {
 impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     fn receive(&mut self, ctx: &mut Ctx<'_>, msg: SessionMsg) {
         // The outputs' vector is the thread's, lent for this message (given back below): a
-        // session between messages keeps none.
+        // session between messages keeps none. The writes' vector likewise.
         self.out = OUT.take();
+        self.writes = WRITES.take();
         match msg {
             SessionMsg::Attach { link, connect, acl } => self.attach(ctx, link, &connect, acl),
             SessionMsg::Packet { conn, packet } => {
@@ -539,9 +590,17 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                 }
             }
             SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
-            SessionMsg::DeliverMany(messages) => {
-                for (message, qos) in messages {
-                    self.deliver(message, qos, false);
+            SessionMsg::DeliverFrames(frames) => {
+                // As many deliveries, each sent (connected) or discarded (counted) alike.
+                let sent = (0..frames.len())
+                    .fold(false, |_, _| self.session.deliver_qos0() == Delivered::Sent);
+                if sent {
+                    self.write_out(Out::Frames(frames));
+                }
+            }
+            SessionMsg::DeliverMany(deliveries) => {
+                for delivery in deliveries {
+                    self.delivery(ctx, delivery);
                 }
             }
             SessionMsg::Detach { conn, reason } => self.detach(ctx, conn, reason),
@@ -563,8 +622,8 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     self.holds -= 1;
                     if self.holds == 0 {
                         let held = std::mem::take(&mut self.held);
-                        for packet in held {
-                            self.write(packet);
+                        for out in held {
+                            self.write_out(out);
                         }
                     }
                 }
@@ -585,11 +644,15 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         }
         self.outputs(ctx);
         self.persist();
+        // What it writes goes out after what it stores (for exactly-once across a crash,
+        // see the session's docs), all in one go.
+        self.flush_writes();
         self.count_offline();
         self.settle(ctx);
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         OUT.set(out);
+        WRITES.set(std::mem::take(&mut self.writes));
     }
 
     fn deactivated(&mut self, _ctx: &mut Ctx<'_>, why: Deactivation) {
