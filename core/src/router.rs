@@ -1151,7 +1151,15 @@ impl<K: Key, M: Message> Router<K, M> {
             }
             return;
         };
+        self.start_idle_time(key, timeout_ms, timeout, now);
+    }
+
+    /// Starts the idle time of the idle receiver at `key` at `now`: its place at the tail of
+    /// the idle list (the default timeout), or its own idle timer (`timeout_ms`, `timeout`).
+    #[inline(always)]
+    fn start_idle_time(&mut self, key: usize, timeout_ms: u32, timeout: Duration, now: Instant) {
         let since = self.ticks.at(now);
+        let slot = &mut self.slots[key];
         match timeout_ms {
             DEFAULT_IDLE => {
                 let prev = self.idle.append(slot, key, since);
@@ -1183,22 +1191,9 @@ impl<K: Key, M: Message> Router<K, M> {
         if slot.state != State::Idle || slot.listed() || waiting {
             return;
         }
-        let since = self.ticks.at(now);
-        match idle_ms_of(slot, key, &self.idle_timeouts, &self.limits) {
-            DEFAULT_IDLE => {
-                let prev = self.idle.append(slot, key, since);
-                IdleList::link(&mut self.slots, prev, key);
-            }
-            timeout_ms => {
-                slot.idle_since = since;
-                if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
-                    slot.set_idle_armed(true);
-                    let timeout = idle_timeout(timeout_ms, &self.config);
-                    let addr = self.addr_of(key);
-                    self.timers.arm_idle(crate::deadline(now, timeout), addr);
-                }
-            }
-        }
+        let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
+        let timeout = idle_timeout(timeout_ms, &self.config);
+        self.start_idle_time(key, timeout_ms, timeout, now);
     }
 
     fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
