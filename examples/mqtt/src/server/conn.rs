@@ -358,10 +358,19 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let client = ClientId::new(connect.client_id.as_str());
         let keep_alive = self.shared.config.keep_alive_timeout(connect.keep_alive);
         tracing::debug!(conn, %peer, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
+        // A clean session's CONNACK is known here (accepted, no session present
+        // [MQTT-3.2.2-1]): the reader writes it, without a round trip through the session.
+        // Until the session has attached, the client's QoS 0 PUBLISHes go through it
+        // (`unsettle`), behind its reset of the subscriptions a session of that ID had.
+        let acked = connect.clean_session;
+        if acked {
+            self.link.unsettle();
+        }
         let attach = SessionMsg::Attach {
             link: self.link.clone(),
             connect,
             acl: acl.clone(),
+            acked,
         };
         if send_wait(&self.hermes, client.clone(), attach)
             .await
@@ -369,6 +378,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         {
             self.refuse(ConnectReturnCode::ServerUnavailable);
             return refused(ConnectReturnCode::ServerUnavailable);
+        }
+        if acked {
+            self.link.send(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Accepted,
+            }));
         }
         self.shared.counters.client_connected();
         self.keep_alive = keep_alive;
@@ -522,9 +537,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             {
                 return self.gather_qos0(client, publish);
             }
-            // Before the session has written CONNACK, it answers (after the CONNACK
-            // [MQTT-3.2.0-1]); after, no hop is needed.
-            Packet::PingReq if self.link.is_accepted() => {
+            // Before the CONNACK is written, or while the session still carries out what
+            // came before (its answers go first), the session answers (after them
+            // [MQTT-3.2.0-1]); else no hop is needed.
+            Packet::PingReq if self.link.is_accepted() && self.link.is_settled() => {
                 self.link.send(Packet::PingResp);
                 return Step::Next;
             }
@@ -644,10 +660,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
     /// it with `KeepAliveTimeout`), or until the server closes the connection.
+    ///
+    /// The deadline is no timer of the connection's own: it is left on the link, and the
+    /// broker's keep-alive sweep ([`keep_alive_sweep`](super::listen::keep_alive_sweep))
+    /// wakes the reader once it has passed (at most a sweep period late, never early: the
+    /// reader looks at the clock itself).
     // Not an async fn: see `run`.
     #[allow(clippy::manual_async_fn)]
     fn next(&mut self, deadline: Option<Instant>) -> impl Future<Output = Next> + '_ {
         async move {
+            self.link
+                .set_due(deadline.map_or(0, |deadline| self.shared.stamp(deadline)));
             loop {
                 if let Some(next) = self.buffered() {
                     return next;
@@ -655,13 +678,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 // Before waiting for the socket: what this read brought is counted.
                 self.local.flush_received(&self.shared.counters);
                 let read = read_some(&mut self.read, &mut self.buf);
-                let closed = self.link.closed();
-                let timeout = async {
-                    match deadline {
-                        Some(deadline) => tokio::time::sleep_until(deadline).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let woken = self.link.closed_or_nudged();
                 tokio::select! {
                     result = read => match result {
                         Ok(0) => return Next::Ended(CloseReason::NetworkError),
@@ -671,11 +688,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                             return Next::Ended(CloseReason::NetworkError);
                         }
                     },
-                    () = closed => {
-                        let reason = self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
-                        return Next::Ended(reason);
+                    () = woken => {
+                        if self.link.is_closed() {
+                            let reason =
+                                self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
+                            return Next::Ended(reason);
+                        }
+                        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                            return Next::Ended(CloseReason::KeepAliveTimeout);
+                        }
                     }
-                    () = timeout => return Next::Ended(CloseReason::KeepAliveTimeout),
                 }
             }
         }

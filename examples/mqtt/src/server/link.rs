@@ -58,8 +58,12 @@ struct Shared {
     unsettled: AtomicU64,
     /// Why it was closed by the server, as `reason_code`.
     reason: AtomicU8,
-    /// Wakes the reader when the connection is closed by the server.
+    /// Wakes the reader when the connection is closed by the server (or nudged by the
+    /// keep-alive sweep).
     closing: Notify,
+    /// When the reader's wait for the client's next packet ends, in the broker's milliseconds
+    /// ([`Shared::stamp`](super::Shared::stamp)); 0: never. Read by the keep-alive sweep.
+    due: AtomicU64,
 }
 
 /// The writing end of a connection; cheap to clone.
@@ -104,6 +108,7 @@ impl Link {
             unsettled: AtomicU64::new(0),
             reason: AtomicU8::new(0),
             closing: Notify::new(),
+            due: AtomicU64::new(0),
         });
         let link = Link {
             conn,
@@ -229,6 +234,35 @@ impl Link {
             }
             notified.await;
         }
+    }
+}
+
+impl Link {
+    /// Sets when the reader's wait for the next packet ends (0: never), for the keep-alive
+    /// sweep.
+    pub(crate) fn set_due(&self, due: u64) {
+        self.shared.due.store(due, Ordering::Relaxed);
+    }
+
+    /// When the reader's wait for the next packet ends (0: never).
+    pub(crate) fn due(&self) -> u64 {
+        self.shared.due.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the reader if it waits (the keep-alive sweep, once its wait is overdue): it
+    /// looks at the clock itself.
+    pub(crate) fn nudge(&self) {
+        self.shared.closing.notify_waiters();
+    }
+
+    /// Resolves once the connection is closed by the server, or at a [`nudge`](Self::nudge)
+    /// (or, rarely, for no reason: the caller looks at what changed).
+    pub(crate) async fn closed_or_nudged(&self) {
+        let notified = self.shared.closing.notified();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -149,6 +149,33 @@ struct Accepted {
     places: (Place, Place),
 }
 
+/// The longest period of the keep-alive sweep ([`keep_alive_sweep`]): a silent connection is
+/// closed at most this long after its 1.5 keep alives [MQTT-3.1.2-24].
+const SWEEP_PERIOD: Duration = Duration::from_millis(500);
+
+/// The sweep's period: [`SWEEP_PERIOD`], or less with a short `connect_timeout` (half of it,
+/// at least 10 ms).
+pub(crate) fn sweep_period(connect_timeout: Duration) -> Duration {
+    (connect_timeout / 2).clamp(Duration::from_millis(10), SWEEP_PERIOD)
+}
+
+/// The keep-alive sweep: every [`sweep_period`], wakes the readers whose wait for a packet is
+/// overdue (keep alive, or the CONNECT's `connect_timeout`), each of which closes its
+/// connection (publishing the will, after a keep alive). One task for the broker instead of
+/// a timer in every connection: an idle connection keeps no timer (about 110 bytes), and a
+/// connection that keeps sending costs a clock read per read, not a timer reset.
+pub(crate) async fn keep_alive_sweep(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(sweep_period(shared.config.connect_timeout));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let nudged = shared.nudge_overdue(shared.stamp(Instant::now()));
+        if nudged > 0 {
+            tracing::trace!(nudged, "keep-alive sweep: overdue readers woken");
+        }
+    }
+}
+
 /// Accepts connections on `bound` until the broker shuts down.
 pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handle) {
     let limit = ConnLimit::new(bound.config.max_connections);

@@ -152,6 +152,7 @@ impl SessionRx {
         link: Link,
         connect: &Connect,
         acl: Option<Arc<ClientAcl>>,
+        acked: bool,
     ) {
         if let Some(old) = self.link.take() {
             tracing::debug!(client_id = %self.id, old = old.conn(), new = link.conn(), "session taken over [MQTT-3.1.4-2]");
@@ -168,6 +169,14 @@ impl SessionRx {
         self.will = LastWill::from_connect(connect);
         self.link = Some(link);
         self.connection = Some(self.session.connect(connect.clean_session, &mut self.out));
+        if acked {
+            // The reader wrote it (a clean session's: accepted, no session present).
+            if let Some(i) =
+                (self.out.iter()).position(|out| matches!(out, Output::Send(Packet::ConnAck(_))))
+            {
+                self.out.remove(i);
+            }
+        }
         // A persistent session's subscriptions may have been made by another user: those
         // this one may not make are dropped before anything is delivered to it.
         if let Some(acl) = &acl {
@@ -511,7 +520,22 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         // session between messages keeps none.
         self.out = OUT.take();
         match msg {
-            SessionMsg::Attach { link, connect, acl } => self.attach(ctx, link, &connect, acl),
+            SessionMsg::Attach {
+                link,
+                connect,
+                acl,
+                acked,
+            } => {
+                self.attach(ctx, link, &connect, acl, acked);
+                if acked {
+                    // What the client sends next may go the direct way: the subscriptions
+                    // a reset dropped have left the index (`outputs` writes it at once).
+                    self.outputs(ctx);
+                    if let Some(link) = &self.link {
+                        link.settle();
+                    }
+                }
+            }
             SessionMsg::Packet { conn, packet } => {
                 if self.conn() == Some(conn) {
                     let counted = matches!(
