@@ -92,7 +92,7 @@ where
     let bucket = shared
         .config
         .publish_rate()
-        .map(|(rate, burst)| Bucket::new(rate, burst));
+        .map(|(rate, burst)| Box::new(Bucket::new(rate, burst)));
     let mut reader = Reader {
         read,
         buf: BytesMut::new(),
@@ -107,8 +107,10 @@ where
         local: Local::default(),
         refused: false,
     };
+    // The CONNECT's deadline is on the link, for the keep-alive sweep: the future keeps none.
+    reader.link.set_due(reader.shared.stamp(connect_by));
     async move {
-        let (client, reason) = reader.run(&peer, connect_by).await;
+        let (client, reason) = reader.run(&peer).await;
         let shared = &reader.shared;
         let link = &reader.link;
         let conn = link.conn();
@@ -195,8 +197,8 @@ struct Reader<R> {
     keep_alive: Option<Duration>,
     /// What the client may do, with an ACL file.
     acl: Option<Arc<ClientAcl>>,
-    /// `max_publish_rate`.
-    bucket: Option<Bucket>,
+    /// `max_publish_rate` (boxed: most brokers set none, and every connection keeps this).
+    bucket: Option<Box<Bucket>>,
     /// Counts not yet added to the shared counters.
     local: Local,
     /// A CONNECT was refused with a CONNACK (not a protocol error).
@@ -214,6 +216,14 @@ enum Step {
     End(CloseReason),
     /// Wait for room in a mailbox first.
     Wait(Waiting),
+}
+
+/// Why [`Reader::take`] did not handle a packet.
+enum Stop {
+    /// The connection ends.
+    Ended(CloseReason),
+    /// A PUBLISH waits this long first (`max_publish_rate`).
+    Throttle(Duration, Box<Packet>),
 }
 
 /// Carries out a [`Step`]: `None` to go on, or why the connection ends.
@@ -234,17 +244,15 @@ enum Next {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
-    fn run<'a>(
-        &'a mut self,
-        peer: &'a SocketAddr,
-        connect_by: Instant,
-    ) -> impl Future<Output = Ended> + 'a {
+    #[allow(clippy::manual_async_fn)]
+    fn run<'a>(&'a mut self, peer: &'a SocketAddr) -> impl Future<Output = Ended> + 'a {
         // Plain functions returning their futures, here and below: an async fn keeps its
-        // arguments and their moved copies side by side, in the connection's task.
-        let peer = *peer;
+        // arguments and their moved copies side by side, in the connection's task. `peer` is
+        // borrowed, not copied: the task keeps it once.
         async move {
             let conn = self.link.conn();
-            let connect = match self.next(Some(connect_by)).await {
+            let peer = *peer;
+            let connect = match self.next().await {
                 Next::Packet(Packet::Connect(connect)) => connect,
                 Next::Packet(other) => {
                     tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
@@ -414,39 +422,30 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     fn gather<'a>(&'a mut self, client: &'a ClientId) -> impl Future<Output = CloseReason> + 'a {
         async move {
             loop {
-                let next = match self.buffered() {
-                    Some(next) => next,
-                    None => {
-                        // Before the socket is read again, what was gathered goes out.
-                        if let Some(reason) = proceed(self.flush(client)).await {
-                            return reason;
-                        }
-                        let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
-                        self.next(deadline).await
+                // `if let`, not `match`: no `Option<Next>` is kept across the awaits below.
+                let next = if let Some(next) = self.buffered() {
+                    next
+                } else {
+                    // Before the socket is read again, what was gathered goes out.
+                    if let Some(reason) = proceed(self.flush(client)).await {
+                        return reason;
                     }
+                    let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
+                    self.link
+                        .set_due(deadline.map_or(0, |deadline| self.shared.stamp(deadline)));
+                    self.next().await
                 };
-                let throttled = match next {
-                    Next::Packet(packet) => match self.throttle_wait(&packet) {
-                        None => Ok(self.handle(client, packet)),
-                        Some(wait) => Err((wait, Box::new(packet))),
-                    },
-                    Next::Ended(reason) => return reason,
-                    Next::Malformed(error) => {
-                        tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
-                        return CloseReason::ProtocolError;
-                    }
-                };
-                let step = match throttled {
+                // Taken by a plain function: nothing of it is kept across the awaits below.
+                let step = match self.take(client, next) {
                     Ok(step) => step,
-                    Err((wait, packet)) => {
-                        // What was gathered does not wait with this one.
-                        if let Some(reason) = proceed(self.flush(client)).await {
-                            return reason;
+                    Err(Stop::Ended(reason)) => return reason,
+                    // Boxed: the wait and what it keeps would else take room in every
+                    // connection's task, most brokers never throttling.
+                    Err(Stop::Throttle(wait, packet)) => {
+                        match Box::pin(self.throttled(client, wait, *packet)).await {
+                            Ok(step) => step,
+                            Err(reason) => return reason,
                         }
-                        if !Box::pin(self.throttle(wait)).await {
-                            return CloseReason::ServerClosed;
-                        }
-                        self.handle(client, *packet)
                     }
                 };
                 if let Some(reason) = proceed(step).await {
@@ -584,25 +583,51 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.flush_after(client, before)
     }
 
+    /// Handles what [`next`](Self::next) brought, if it can at once.
+    fn take(&mut self, client: &ClientId, next: Next) -> Result<Step, Stop> {
+        let packet = match next {
+            Next::Packet(packet) => packet,
+            Next::Ended(reason) => return Err(Stop::Ended(reason)),
+            Next::Malformed(error) => {
+                tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
+                return Err(Stop::Ended(CloseReason::ProtocolError));
+            }
+        };
+        match self.throttle_wait(&packet) {
+            None => Ok(self.handle(client, packet)),
+            Some(wait) => Err(Stop::Throttle(wait, Box::new(packet))),
+        }
+    }
+
     /// Takes a token for a PUBLISH under `max_publish_rate`: how long to wait first, if the
     /// bucket is empty.
     fn throttle_wait(&mut self, packet: &Packet) -> Option<Duration> {
         if !matches!(packet, Packet::Publish(_)) {
             return None;
         }
-        let wait = self.bucket.as_mut().and_then(Bucket::take)?;
+        let wait = self.bucket.as_mut().and_then(|bucket| bucket.take())?;
         Counters::add(&self.shared.counters.publish_throttled, 1);
         Some(wait)
     }
 
-    /// Waits `wait`, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
-    /// meanwhile, so TCP flow control slows the client down. False if the broker closed the
-    /// connection meanwhile.
-    async fn throttle(&mut self, wait: Duration) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(wait) => true,
-            () = self.link.closed() => false,
+    /// Waits `wait`, before handling a PUBLISH, for `max_publish_rate` (what was gathered
+    /// goes out first, not waiting with it): the socket is not read meanwhile, so TCP flow
+    /// control slows the client down. Then handles it; `Err` if the connection ended
+    /// meanwhile.
+    async fn throttled(
+        &mut self,
+        client: &ClientId,
+        wait: Duration,
+        packet: Packet,
+    ) -> Result<Step, CloseReason> {
+        if let Some(reason) = proceed(self.flush(client)).await {
+            return Err(reason);
         }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.link.closed() => return Err(CloseReason::ServerClosed),
+        }
+        Ok(self.handle(client, packet))
     }
 
     /// A QoS 0 PUBLISH: to the retained shard if it says so (what was gathered before it
@@ -658,19 +683,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
-    /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
-    /// it with `KeepAliveTimeout`), or until the server closes the connection.
+    /// The next packet: decoded from what was read, or read for, until the deadline set on
+    /// the link ([`Link::set_due`]: the CONNECT's, or the keep alive's), which ends it with
+    /// `KeepAliveTimeout`, or until the server closes the connection.
     ///
-    /// The deadline is no timer of the connection's own: it is left on the link, and the
-    /// broker's keep-alive sweep ([`keep_alive_sweep`](super::listen::keep_alive_sweep))
-    /// wakes the reader once it has passed (at most a sweep period late, never early: the
-    /// reader looks at the clock itself).
+    /// The deadline is no timer of the connection's own: the broker's keep-alive sweep
+    /// ([`keep_alive_sweep`](super::listen::keep_alive_sweep)) wakes the reader once it has
+    /// passed (at most a sweep period late, never early: the reader looks at the clock
+    /// itself).
     // Not an async fn: see `run`.
     #[allow(clippy::manual_async_fn)]
-    fn next(&mut self, deadline: Option<Instant>) -> impl Future<Output = Next> + '_ {
+    fn next(&mut self) -> impl Future<Output = Next> + '_ {
         async move {
-            self.link
-                .set_due(deadline.map_or(0, |deadline| self.shared.stamp(deadline)));
             loop {
                 if let Some(next) = self.buffered() {
                     return next;
@@ -694,13 +718,22 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                                 self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
                             return Next::Ended(reason);
                         }
-                        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        if self.overdue() {
                             return Next::Ended(CloseReason::KeepAliveTimeout);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+impl<R> Reader<R> {
+    /// Whether the deadline on the link has passed (by a millisecond at least: a stamp is a
+    /// whole one).
+    fn overdue(&self) -> bool {
+        let due = self.link.due();
+        due != 0 && self.shared.stamp(Instant::now()) > due
     }
 }
 

@@ -319,7 +319,7 @@ impl Shared {
     }
 
     /// The keep-alive sweep's pass: wakes the reader of every connection whose wait for a
-    /// packet (keep alive [MQTT-3.1.2-24], or its CONNECT) was due by `now` (a
+    /// packet (keep alive [MQTT-3.1.2-24], or its CONNECT) was due before `now` (a
     /// [`stamp`](Self::stamp)), so that it closes; returns how many. One pass over the live
     /// connections instead of a timer in each.
     pub(crate) fn nudge_overdue(&self, now: u64) -> usize {
@@ -327,7 +327,7 @@ impl Shared {
         let mut nudged = 0;
         for link in conns.values() {
             let due = link.due();
-            if due != 0 && due <= now {
+            if due != 0 && due < now {
                 link.nudge();
                 nudged += 1;
             }
