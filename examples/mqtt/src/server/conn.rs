@@ -88,7 +88,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
+    let writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
     let bucket = shared
         .config
         .publish_rate()
@@ -111,43 +111,59 @@ where
     reader.link.set_due(reader.shared.stamp(connect_by));
     async move {
         let (client, reason) = reader.run(&peer).await;
-        let shared = &reader.shared;
-        let link = &reader.link;
-        let conn = link.conn();
-        reader.local.flush_received(&shared.counters);
-        if reason == CloseReason::ProtocolError && !reader.refused {
-            Counters::add(&shared.counters.protocol_errors, 1);
-        }
-        if let Some(client) = client {
-            Counters::gauge(&shared.counters.clients_connected, -1);
-            tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
-            let detach = SessionMsg::Detach { conn, reason };
-            if send_wait(&reader.hermes, client, detach).await.is_ok() {
-                // The session closes it once the will is out (a retained one stored).
-                let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
-            } else {
-                tracing::debug!(
-                    conn,
-                    "broker closed: the session was not told the connection ended"
-                );
-            }
-        } else {
-            tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
-        }
-        link.close(reason);
-        let link = link.clone();
-        let shared = Arc::clone(shared);
-        drop(reader);
-        if tokio::time::timeout(WRITER_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
-        shared.unregister(conn);
-        drop(link);
-        drop(places);
+        // Once per connection: boxed, so that what it keeps takes no room beside the reader's
+        // wait for the connection's whole life.
+        Box::pin(finish(reader, peer, client, reason, writer, places)).await;
     }
+}
+
+/// Ends a connection whose reader stopped for `reason`: tells its session (which publishes the
+/// will unless the client sent DISCONNECT) and waits for it to close the connection, then for
+/// the writer to write what is left.
+async fn finish<R>(
+    mut reader: Reader<R>,
+    peer: SocketAddr,
+    client: Option<ClientId>,
+    reason: CloseReason,
+    mut writer: tokio::task::JoinHandle<()>,
+    places: (Place, Place),
+) {
+    let shared = &reader.shared;
+    let link = &reader.link;
+    let conn = link.conn();
+    reader.local.flush_received(&shared.counters);
+    if reason == CloseReason::ProtocolError && !reader.refused {
+        Counters::add(&shared.counters.protocol_errors, 1);
+    }
+    if let Some(client) = client {
+        Counters::gauge(&shared.counters.clients_connected, -1);
+        tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
+        let detach = SessionMsg::Detach { conn, reason };
+        if send_wait(&reader.hermes, client, detach).await.is_ok() {
+            // The session closes it once the will is out (a retained one stored).
+            let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
+        } else {
+            tracing::debug!(
+                conn,
+                "broker closed: the session was not told the connection ended"
+            );
+        }
+    } else {
+        tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
+    }
+    link.close(reason);
+    let link = link.clone();
+    let shared = Arc::clone(shared);
+    drop(reader);
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    shared.unregister(conn);
+    drop(link);
+    drop(places);
 }
 
 /// A token bucket: `max_publish_rate` PUBLISH packets a second, `publish_burst` at once.
@@ -250,35 +266,45 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         // arguments and their moved copies side by side, in the connection's task. `peer` is
         // borrowed, not copied: the task keeps it once.
         async move {
-            let conn = self.link.conn();
-            let peer = *peer;
-            let connect = match self.next().await {
-                Next::Packet(Packet::Connect(connect)) => connect,
-                Next::Packet(other) => {
-                    tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
-                    return (None, CloseReason::ProtocolError);
-                }
-                Next::Ended(CloseReason::KeepAliveTimeout) => {
-                    tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
-                    return (None, CloseReason::ProtocolError);
-                }
-                Next::Ended(reason) => return (None, reason),
-                Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
-                    return self.unsupported(peer, name.as_bytes(), level);
-                }
-                Next::Malformed(error) => {
-                    tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
-                    return (None, CloseReason::ProtocolError);
-                }
+            // Taken by a plain function: nothing of it is kept across the awaits below (the
+            // task would keep it).
+            let next = self.next().await;
+            let connect = match self.first(peer, next) {
+                Ok(connect) => connect,
+                Err(ended) => return ended,
             };
             // Once per connection, and larger than the rest: boxed, so that the task is not as
             // large as this for the connection's whole life.
-            let client = match Box::pin(self.accept(peer, connect)).await {
+            let client = match Box::pin(self.accept(*peer, connect)).await {
                 Ok(client) => client,
                 Err(ended) => return ended,
             };
             let ended = self.packets(&client).await;
             (Some(client), ended)
+        }
+    }
+
+    /// The first packet, which must be a CONNECT [MQTT-3.1.0-1].
+    fn first(&mut self, peer: &SocketAddr, next: Next) -> Result<Box<Connect>, Ended> {
+        let conn = self.link.conn();
+        match next {
+            Next::Packet(Packet::Connect(connect)) => Ok(connect),
+            Next::Packet(other) => {
+                tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+                Err((None, CloseReason::ProtocolError))
+            }
+            Next::Ended(CloseReason::KeepAliveTimeout) => {
+                tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
+                Err((None, CloseReason::ProtocolError))
+            }
+            Next::Ended(reason) => Err((None, reason)),
+            Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
+                Err(self.unsupported(*peer, name.as_bytes(), level))
+            }
+            Next::Malformed(error) => {
+                tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
+                Err((None, CloseReason::ProtocolError))
+            }
         }
     }
 
