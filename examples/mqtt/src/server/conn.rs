@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
@@ -67,7 +66,8 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 /// Serves one accepted connection, its handshakes done, until it ends: `read` and `write` are
 /// its two directions; its CONNECT must be in by `connect_by`. `places` are its places under
-/// the connection limits, given back when it ends.
+/// the connection limits, given back when it ends. Its logs name it by its connection
+/// number (the listener's "accepted" line has its peer's address: the task keeps none).
 ///
 /// The writer task is spawned and the reader built here, outside the future, which only
 /// captures them: an async fn would keep its arguments and the values moved out of them
@@ -76,7 +76,6 @@ const BATCH_BYTES: usize = 256 * 1024;
 pub(crate) fn serve<R, W>(
     read: R,
     write: W,
-    peer: SocketAddr,
     connect_by: Instant,
     link: Link,
     outbox: Outbox,
@@ -99,21 +98,20 @@ where
         link,
         shared,
         hermes,
-        direct: Vec::new(),
-        to_session: Vec::new(),
-        keep_alive: None,
+        gathered: Gathered::Nothing,
+        keep_alive: 0,
         acl: None,
         bucket,
-        local: Local::default(),
+        local: ReadCounts::default(),
         refused: false,
     };
     // The CONNECT's deadline is on the link, for the keep-alive sweep: the future keeps none.
     reader.link.set_due(reader.shared.stamp(connect_by));
     async move {
-        let (client, reason) = reader.run(&peer).await;
+        let (client, reason) = reader.run().await;
         // Once per connection: boxed, so that what it keeps takes no room beside the reader's
         // wait for the connection's whole life.
-        Box::pin(finish(reader, peer, client, reason, writer, places)).await;
+        Box::pin(finish(reader, client, reason, writer, places)).await;
     }
 }
 
@@ -122,7 +120,6 @@ where
 /// the writer to write what is left.
 async fn finish<R>(
     mut reader: Reader<R>,
-    peer: SocketAddr,
     client: Option<ClientId>,
     reason: CloseReason,
     mut writer: tokio::task::JoinHandle<()>,
@@ -137,7 +134,7 @@ async fn finish<R>(
     }
     if let Some(client) = client {
         Counters::gauge(&shared.counters.clients_connected, -1);
-        tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
+        tracing::debug!(conn, client_id = %client, ?reason, "connection closed");
         let detach = SessionMsg::Detach { conn, reason };
         if send_wait(&reader.hermes, client, detach).await.is_ok() {
             // The session closes it once the will is out (a retained one stored).
@@ -149,7 +146,7 @@ async fn finish<R>(
             );
         }
     } else {
-        tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
+        tracing::debug!(conn, ?reason, "connection closed before it was accepted");
     }
     link.close(reason);
     let link = link.clone();
@@ -164,6 +161,77 @@ async fn finish<R>(
     shared.unregister(conn);
     drop(link);
     drop(places);
+}
+
+/// What a reader read since it last added it to the shared counters (before each wait for
+/// the socket: at most a read's worth, so 32 bits each).
+#[derive(Default)]
+struct ReadCounts {
+    bytes: u32,
+    packets: u32,
+    publishes: u32,
+    /// Messages published into the broker (QoS 0 ones the reader routes itself).
+    published: u32,
+}
+
+impl ReadCounts {
+    /// Adds them to the shared counters.
+    fn flush_received(&mut self, c: &Counters) {
+        if self.bytes | self.packets | self.published == 0 {
+            return;
+        }
+        for (counter, n) in [
+            (&c.bytes_received, self.bytes),
+            (&c.packets_received, self.packets),
+            (&c.publish_received, self.publishes),
+            (&c.published, self.published),
+        ] {
+            if n != 0 {
+                Counters::add(counter, u64::from(n));
+            }
+        }
+        *self = ReadCounts::default();
+    }
+}
+
+/// What a reader gathered: QoS 0 messages for the direct path, or packets for the session.
+/// Never both: what was gathered of the one goes out before the other is gathered, in order.
+enum Gathered {
+    Nothing,
+    Direct(Vec<Message>),
+    Session(Vec<SessionMsg>),
+}
+
+impl Gathered {
+    /// Gathers a message for the direct path (after any there; the caller flushed the
+    /// session's packets): how many there are.
+    fn push_direct(&mut self, message: Message) -> usize {
+        match self {
+            Gathered::Direct(messages) => {
+                messages.push(message);
+                messages.len()
+            }
+            other => {
+                *other = Gathered::Direct(vec![message]);
+                1
+            }
+        }
+    }
+
+    /// Gathers a packet for the session (after any there; the caller flushed the QoS 0
+    /// messages): how many there are.
+    fn push_session(&mut self, msg: SessionMsg) -> usize {
+        match self {
+            Gathered::Session(packets) => {
+                packets.push(msg);
+                packets.len()
+            }
+            other => {
+                *other = Gathered::Session(vec![msg]);
+                1
+            }
+        }
+    }
 }
 
 /// A token bucket: `max_publish_rate` PUBLISH packets a second, `publish_burst` at once.
@@ -203,20 +271,18 @@ struct Reader<R> {
     link: Link,
     shared: Arc<Shared>,
     hermes: Handle,
-    /// QoS 0 messages decoded from what was read, for the direct path: routed together once
-    /// nothing more is decoded (or [`BATCH_GATHER`] are), before the socket is read again.
-    direct: Vec<Message>,
-    /// Packets for the session, gathered the same way and sent together. At most one of
-    /// `direct` and `to_session` holds anything: the other is flushed first, in order.
-    to_session: Vec<SessionMsg>,
-    /// How long the client may send nothing, once connected [MQTT-3.1.2-24].
-    keep_alive: Option<Duration>,
+    /// What was decoded from what was read, gathered to go out together once nothing more
+    /// is decoded (or [`BATCH_GATHER`] are), before the socket is read again.
+    gathered: Gathered,
+    /// The client's keep alive, once connected (0: none): it may send nothing for
+    /// `keep_alive_grace` times as long [MQTT-3.1.2-24].
+    keep_alive: u16,
     /// What the client may do, with an ACL file.
     acl: Option<Arc<ClientAcl>>,
     /// `max_publish_rate` (boxed: most brokers set none, and every connection keeps this).
     bucket: Option<Box<Bucket>>,
     /// Counts not yet added to the shared counters.
-    local: Local,
+    local: ReadCounts,
     /// A CONNECT was refused with a CONNACK (not a protocol error).
     refused: bool,
 }
@@ -261,21 +327,20 @@ enum Next {
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
     #[allow(clippy::manual_async_fn)]
-    fn run<'a>(&'a mut self, peer: &'a SocketAddr) -> impl Future<Output = Ended> + 'a {
+    fn run(&mut self) -> impl Future<Output = Ended> + '_ {
         // Plain functions returning their futures, here and below: an async fn keeps its
-        // arguments and their moved copies side by side, in the connection's task. `peer` is
-        // borrowed, not copied: the task keeps it once.
+        // arguments and their moved copies side by side, in the connection's task.
         async move {
             // Taken by a plain function: nothing of it is kept across the awaits below (the
             // task would keep it).
             let next = self.next().await;
-            let connect = match self.first(peer, next) {
+            let connect = match self.first(next) {
                 Ok(connect) => connect,
                 Err(ended) => return ended,
             };
             // Once per connection, and larger than the rest: boxed, so that the task is not as
             // large as this for the connection's whole life.
-            let client = match Box::pin(self.accept(*peer, connect)).await {
+            let client = match Box::pin(self.accept(connect)).await {
                 Ok(client) => client,
                 Err(ended) => return ended,
             };
@@ -285,24 +350,24 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// The first packet, which must be a CONNECT [MQTT-3.1.0-1].
-    fn first(&mut self, peer: &SocketAddr, next: Next) -> Result<Box<Connect>, Ended> {
+    fn first(&mut self, next: Next) -> Result<Box<Connect>, Ended> {
         let conn = self.link.conn();
         match next {
             Next::Packet(Packet::Connect(connect)) => Ok(connect),
             Next::Packet(other) => {
-                tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+                tracing::debug!(conn, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
                 Err((None, CloseReason::ProtocolError))
             }
             Next::Ended(CloseReason::KeepAliveTimeout) => {
-                tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
+                tracing::debug!(conn, "no CONNECT within connect_timeout");
                 Err((None, CloseReason::ProtocolError))
             }
             Next::Ended(reason) => Err((None, reason)),
             Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
-                Err(self.unsupported(*peer, name.as_bytes(), level))
+                Err(self.unsupported(name.as_bytes(), level))
             }
             Next::Malformed(error) => {
-                tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
+                tracing::debug!(conn, %error, "malformed CONNECT; closing");
                 Err((None, CloseReason::ProtocolError))
             }
         }
@@ -310,11 +375,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// A CONNECT whose protocol level the decoder does not know: CONNACK 0x01 for an MQTT
     /// protocol name [MQTT-3.1.2-2], a plain close otherwise [MQTT-3.1.2-1].
-    fn unsupported(&mut self, peer: SocketAddr, name: &[u8], level: u8) -> Ended {
+    fn unsupported(&mut self, name: &[u8], level: u8) -> Ended {
         let mqtt = [ProtocolVersion::V311, ProtocolVersion::V31]
             .iter()
             .any(|v| v.name().as_bytes() == name);
-        tracing::debug!(conn = self.link.conn(), %peer, level, "unsupported protocol level");
+        tracing::debug!(conn = self.link.conn(), level, "unsupported protocol level");
         if mqtt {
             self.refuse(ConnectReturnCode::UnacceptableProtocolVersion);
         }
@@ -332,16 +397,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// Validates a CONNECT and attaches the connection to its session.
-    async fn accept(
-        &mut self,
-        peer: SocketAddr,
-        mut connect: Box<Connect>,
-    ) -> Result<ClientId, Ended> {
+    async fn accept(&mut self, mut connect: Box<Connect>) -> Result<ClientId, Ended> {
         let conn = self.link.conn();
         let refused = |code| Err((None, refused_reason(code)));
         let Some(version) = connect.protocol_version() else {
             let name = connect.protocol_name.as_bytes().to_vec();
-            return Err(self.unsupported(peer, &name, connect.protocol_level));
+            return Err(self.unsupported(&name, connect.protocol_level));
         };
         let id_len = connect.client_id.len();
         if version == ProtocolVersion::V31 && !(1..=23).contains(&id_len) {
@@ -371,7 +432,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             Ok(user) => user,
             Err(code) => {
                 Counters::add(&self.shared.counters.refused_auth, 1);
-                tracing::debug!(conn, %peer, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
+                tracing::debug!(conn, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
                 self.refuse(code);
                 return refused(code);
             }
@@ -385,13 +446,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         {
             // Its will could never be published: not authorized.
             Counters::add(&self.shared.counters.refused_auth, 1);
-            tracing::debug!(conn, %peer, client_id = %connect.client_id.as_str(), topic = %will.topic.as_str(), "CONNECT refused: the ACL denies its will topic");
+            tracing::debug!(conn, client_id = %connect.client_id.as_str(), topic = %will.topic.as_str(), "CONNECT refused: the ACL denies its will topic");
             self.refuse(ConnectReturnCode::NotAuthorized);
             return refused(ConnectReturnCode::NotAuthorized);
         }
         let client = ClientId::new(connect.client_id.as_str());
-        let keep_alive = self.shared.config.keep_alive_timeout(connect.keep_alive);
-        tracing::debug!(conn, %peer, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
+        let keep_alive = connect.keep_alive;
+        tracing::debug!(conn, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
         // A clean session's CONNACK is known here (accepted, no session present
         // [MQTT-3.2.2-1]): the reader writes it, without a round trip through the session.
         // Until the session has attached, the client's QoS 0 PUBLISHes go through it
@@ -456,7 +517,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     if let Some(reason) = proceed(self.flush(client)).await {
                         return reason;
                     }
-                    let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
+                    let timeout = self.shared.config.keep_alive_timeout(self.keep_alive);
+                    let deadline = timeout.and_then(|k| Instant::now().checked_add(k));
                     self.link
                         .set_due(deadline.map_or(0, |deadline| self.shared.stamp(deadline)));
                     self.next().await
@@ -493,15 +555,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// ahead of it.
     fn flush_after(&mut self, client: &ClientId, before: Step) -> Step {
         // Taken, not cleared: an idle connection keeps no buffer of a past burst.
-        let batch = if !self.direct.is_empty() {
-            fan_out(&self.shared, &mut std::mem::take(&mut self.direct))
-        } else if !self.to_session.is_empty() {
-            std::mem::take(&mut self.to_session)
+        let batch = match std::mem::replace(&mut self.gathered, Gathered::Nothing) {
+            Gathered::Direct(mut messages) if !messages.is_empty() => {
+                fan_out(&self.shared, &mut messages)
+            }
+            Gathered::Session(packets) if !packets.is_empty() => packets
                 .into_iter()
                 .map(|msg| (client.clone(), msg))
-                .collect()
-        } else {
-            return before;
+                .collect(),
+            Gathered::Nothing | Gathered::Direct(_) | Gathered::Session(_) => return before,
         };
         match before {
             Step::Next => self.send_batch(batch),
@@ -594,16 +656,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             self.link.unsettle();
         }
         // The QoS 0 messages gathered before it go first.
-        let before = if self.direct.is_empty() {
-            Step::Next
-        } else {
+        let before = if matches!(self.gathered, Gathered::Direct(_)) {
             self.flush(client)
+        } else {
+            Step::Next
         };
-        self.to_session.push(SessionMsg::Packet {
+        let gathered = self.gathered.push_session(SessionMsg::Packet {
             conn,
             packet: to_session,
         });
-        if self.to_session.len() < BATCH_GATHER {
+        if gathered < BATCH_GATHER {
             return before;
         }
         self.flush_after(client, before)
@@ -660,12 +722,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// first), and gathered for every subscriber's session.
     fn gather_qos0(&mut self, client: &ClientId, publish: Publish) -> Step {
         let message = Message::from(publish);
-        self.local.published += 1;
+        self.local.published = self.local.published.saturating_add(1);
         // The packets for the session gathered before it go first.
-        let mut step = if self.to_session.is_empty() {
-            Step::Next
-        } else {
+        let mut step = if matches!(self.gathered, Gathered::Session(_)) {
             self.flush(client)
+        } else {
+            Step::Next
         };
         if message.retain {
             // The messages gathered before it are routed before it is retained.
@@ -687,8 +749,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 end @ Step::End(_) => return end,
             };
         }
-        self.direct.push(message);
-        if self.direct.len() < BATCH_GATHER {
+        if self.gathered.push_direct(message) < BATCH_GATHER {
             return step;
         }
         self.flush_after(client, step)
@@ -698,9 +759,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     fn buffered(&mut self) -> Option<Next> {
         match codec::decode(&mut self.buf, self.shared.config.max_packet_size) {
             Ok(Some(packet)) => {
-                self.local.packets += 1;
+                self.local.packets = self.local.packets.saturating_add(1);
                 if matches!(packet, Packet::Publish(_)) {
-                    self.local.publishes += 1;
+                    self.local.publishes = self.local.publishes.saturating_add(1);
                 }
                 Some(Next::Packet(packet))
             }
@@ -728,11 +789,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 // Before waiting for the socket: what this read brought is counted.
                 self.local.flush_received(&self.shared.counters);
                 let read = read_some(&mut self.read, &mut self.buf);
-                let woken = self.link.closed_or_nudged();
+                let woken = self.link.nudged();
+                if self.link.is_closed() {
+                    let reason = self
+                        .link
+                        .close_reason()
+                        .unwrap_or(CloseReason::ServerClosed);
+                    return Next::Ended(reason);
+                }
                 tokio::select! {
                     result = read => match result {
                         Ok(0) => return Next::Ended(CloseReason::NetworkError),
-                        Ok(n) => self.local.bytes += n as u64,
+                        Ok(n) => {
+                            let n = u32::try_from(n).unwrap_or(u32::MAX);
+                            self.local.bytes = self.local.bytes.saturating_add(n);
+                        }
                         Err(error) => {
                             tracing::debug!(conn = self.link.conn(), %error, "read failed");
                             return Next::Ended(CloseReason::NetworkError);

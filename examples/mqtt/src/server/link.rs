@@ -255,14 +255,11 @@ impl Link {
         self.shared.closing.notify_waiters();
     }
 
-    /// Resolves once the connection is closed by the server, or at a [`nudge`](Self::nudge)
-    /// (or, rarely, for no reason: the caller looks at what changed).
-    pub(crate) async fn closed_or_nudged(&self) {
-        let notified = self.shared.closing.notified();
-        if self.is_closed() {
-            return;
-        }
-        notified.await;
+    /// Resolves at a [`nudge`](Self::nudge), or once the connection is closed by the server
+    /// after this call (or, rarely, for no reason: the caller looks at what changed, and at
+    /// [`is_closed`](Self::is_closed) after making this).
+    pub(crate) fn nudged(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.closing.notified()
     }
 }
 

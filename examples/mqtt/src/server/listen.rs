@@ -242,16 +242,13 @@ fn serve_tcp(
 ) -> impl Future<Output = ()> + Send {
     let Accepted {
         stream,
-        peer,
         places,
         inherited,
         ..
     } = accepted;
     let deadline = socket_options(&stream, &shared, inherited);
     let (read, write) = stream.into_split();
-    conn::serve(
-        read, write, peer, deadline, link, outbox, shared, hermes, places,
-    )
+    conn::serve(read, write, deadline, link, outbox, shared, hermes, places)
 }
 
 /// Sets an accepted socket's options, unless it has the listener's (`inherited`); returns
@@ -346,35 +343,23 @@ async fn handshake(
         (ListenerKind::Tcp, _) => {
             // Served by `serve_tcp`, spawned instead of this; as it would be.
             let (read, write) = stream.into_split();
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Ws, _) => {
             let io = step!(ws::accept(stream, &path, max_message));
             let (read, write) = tokio::io::split(io);
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Tls, Some(acceptor)) => {
             let stream = step!(acceptor.accept(stream));
             let (read, write) = tokio::io::split(stream);
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Wss, Some(acceptor)) => {
             let stream = step!(acceptor.accept(stream));
             let io = step!(ws::accept(stream, &path, max_message));
             let (read, write) = tokio::io::split(io);
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Tls | ListenerKind::Wss, None) => {
             // Bound listeners of these kinds always have an acceptor.
