@@ -36,7 +36,8 @@ pub struct Plan {
     /// only now and then (on `handle_timeout`), and the overflow is dropped and counted.
     pub(crate) dead_letter_capacity: Option<usize>,
     /// Outside timers are numbered by the world and scheduled with `Router::schedule_as` (as the
-    /// executors do), not numbered by the router with `Router::schedule`.
+    /// executors do), not numbered by the router with `Router::schedule`. The routers then also
+    /// defer idle time (`Router::defer_idle_time`), as the executors' shards do.
     pub(crate) numbered_timers: bool,
     /// The settings of each kind (see [`kinds`](crate::kinds)), or `None`: the routers have no
     /// kinds.

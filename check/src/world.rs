@@ -257,6 +257,11 @@ impl World {
                 Router::placed(config.clone(), number, Arc::new(placement))
             };
             router.use_kinds(plan.kinds.as_deref().map(kinds::table));
+            if plan.numbered_timers {
+                // As the executors' shards do too; stamped right after each inline run (below),
+                // at the run's own time, so the model is the same.
+                router.defer_idle_time();
+            }
             if let Some(tweak) = tweak {
                 tweak(&mut router);
             }
@@ -633,6 +638,9 @@ impl World {
                         let now = self.at();
                         let refused = |_: &Id| Activation::Refused;
                         let result = self.routers[r].handle(command, &refused, now);
+                        if self.routers[r].has_unstamped() {
+                            self.routers[r].stamp_idle(now);
+                        }
                         ensure!(
                             result.is_ok(),
                             Model,

@@ -24,12 +24,20 @@
 //! [`Router::handle`] is the one place where a command becomes work: the executors' shards, the
 //! [`Driver`], the simulator and the invariant checker all call it.
 //!
+//! Commands come out in the order they arose, with one exception: the `Run` of an idle receiver
+//! woken by a send of a receiver's run on the same router comes next, ahead of the commands
+//! queued before it (a reply does not wait behind a backlog), at most
+//! [`Router::NEXT_RUNS`] times in a row while other commands wait.
+//!
 //! # Time
 //!
 //! The router never reads a clock: time is an argument. Calls that only bookkeep take an
 //! [`Instant`](std::time::Instant); calls that run receivers take a [`Clock`], read when a
 //! handler asks for the time or schedules a timer and when a run ends, so a delay counts from
-//! when the handler asked for it and idle time from when the receiver went idle. Pass an
+//! when the handler asked for it and idle time from when the receiver went idle. A driver that
+//! runs many receivers per turn may defer that last read ([`Router::defer_idle_time`]) and
+//! stamp the receivers that went idle once per turn ([`Router::stamp_idle`]): their idle time
+//! then starts a little later than their run ended, never sooner. Pass an
 //! `Instant` for a clock that stands still, [`SystemClock`] for the real one. Every `Duration`
 //! is valid: a deadline past the end of representable time means never ([`deadline`]).
 //!

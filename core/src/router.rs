@@ -185,6 +185,21 @@ pub struct Router<K, M> {
     hasher: DefaultHashBuilder,
     timers: Timers<K, M>,
     commands: VecDeque<Command>,
+    /// The `Run` of the first idle receiver that the sends of a run woke, polled before
+    /// `commands` (see [`Router::NEXT_RUNS`]).
+    next: Option<Command>,
+    /// How many runs in a row put the `Run` of a receiver they woke in `next` while other
+    /// commands waited ([`Router::NEXT_RUNS`] at most).
+    next_streak: u32,
+    /// Idle time is deferred ([`Router::defer_idle_time`]).
+    defer_idle: bool,
+    /// Slots whose receivers went idle while idle time was deferred, for `stamp_idle`: every
+    /// slot with the `UNSTAMPED` flag, once (and slots since freed or woken, which the flag
+    /// tells apart).
+    unstamped: Vec<u32>,
+    /// True while the effects of a receiver's run are being applied and none of its sends has
+    /// woken a receiver yet: the first one woken runs next.
+    waking_next: bool,
     dead_letters: VecDeque<DeadLetter<K, M>>,
     closing: bool,
     /// Deliveries left before a closing router stops draining.
@@ -305,8 +320,9 @@ enum From {
 /// Where a message goes in a mailbox.
 #[derive(Clone, Copy)]
 enum Place {
-    /// At the back; refused if the mailbox is full, unless the driver `admitted` it.
-    Back { admitted: bool },
+    /// At the back; refused if the mailbox is full, unless the driver admitted it
+    /// ([`From::Admitted`]).
+    Back { from: From },
     /// A task's outcome: behind the outcomes at the front, never refused.
     Outcome,
 }
@@ -377,6 +393,17 @@ struct Rejected<K, M> {
 }
 
 impl<K, M> Router<K, M> {
+    /// How many `Run`s in a row may jump the command queue. When the sends of a receiver's run
+    /// wake an idle receiver on the same router (the first one, if they wake several), that
+    /// receiver's `Run` is what [`poll_command`](Router::poll_command) gives next, ahead of the
+    /// commands queued before it, as an actor runtime runs the actor it just woke (tokio's LIFO
+    /// slot): a reply between two receivers does not wait behind every command queued
+    /// meanwhile. A pair that keeps messaging each other would then keep the others waiting
+    /// forever, so once this many such `Run`s in a row went ahead of waiting commands, the next
+    /// one queues at the back, and the count starts again. Nothing else changes: each receiver
+    /// still runs one run at a time, on its messages in order.
+    pub const NEXT_RUNS: u32 = 3;
+
     /// A router that owns every ID.
     pub fn new(config: Config) -> Self {
         Self::build(config, 0, None)
@@ -406,6 +433,11 @@ impl<K, M> Router<K, M> {
             hasher: DefaultHashBuilder::default(),
             timers: Timers::default(),
             commands: VecDeque::new(),
+            next: None,
+            next_streak: 0,
+            defer_idle: false,
+            unstamped: Vec::new(),
+            waking_next: false,
             dead_letters: VecDeque::new(),
             closing: false,
             ticks: Ticks::default(),
@@ -483,9 +515,15 @@ impl<K, M> Router<K, M> {
         }
     }
 
-    /// The next command for the driver, in the order they arose.
+    /// The next command for the driver: in the order they arose, except that the `Run` of a
+    /// receiver woken by a send of the run that just ended usually comes first (see
+    /// [`NEXT_RUNS`](Router::NEXT_RUNS)).
     #[must_use = "every command must be handled once"]
+    #[inline]
     pub fn poll_command(&mut self) -> Option<Command> {
+        if self.next.is_some() {
+            return self.next.take();
+        }
         self.commands.pop_front()
     }
 
@@ -763,9 +801,7 @@ impl<K: Key, M: Message> Router<K, M> {
         if self.closing && matches!(self.slots[key].state, State::Deactivating(_)) {
             return Err((msg, SendErrorKind::Closed));
         }
-        let place = Place::Back {
-            admitted: from == From::Admitted,
-        };
+        let place = Place::Back { from };
         self.enqueue(key, msg, place)
             .map_err(|msg| (msg, SendErrorKind::Full))
     }
@@ -790,9 +826,9 @@ impl<K: Key, M: Message> Router<K, M> {
             None
         };
         match place {
-            Place::Back { admitted } => {
+            Place::Back { from } => {
                 // (An empty mailbox is never full: capacities are at least 1.)
-                if !admitted && capacity.is_some_and(|cap| queued >= cap) {
+                if from != From::Admitted && capacity.is_some_and(|cap| queued >= cap) {
                     return Err(msg);
                 }
                 mailbox.push_back(msg);
@@ -809,14 +845,18 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         self.stats.messages_routed += 1;
         if idle {
-            self.wake(key);
+            // Only a receiver's send may wake a receiver to run next (the test is free on
+            // the other paths, where `place` is a constant).
+            let inside = matches!(place, Place::Back { from: From::Inside });
+            self.wake(key, inside);
         }
         Ok(())
     }
 
-    /// Schedules the idle receiver at `key`, which has just been given a message: `Run`.
+    /// Schedules the idle receiver at `key`, which has just been given a message (`inside`: by
+    /// a receiver or a timer): `Run`.
     #[inline(always)]
-    fn wake(&mut self, key: usize) {
+    fn wake(&mut self, key: usize, inside: bool) {
         let slot = &mut self.slots[key];
         slot.state = State::Scheduled;
         self.stats.idle -= 1;
@@ -825,7 +865,35 @@ impl<K: Key, M: Message> Router<K, M> {
             let (prev, next) = IdleList::take_off(slot);
             self.idle.join(&mut self.slots, prev, next);
         }
-        self.commands.push_back(Command::Run(self.addr_of(key)));
+        let run = Command::Run(self.addr_of(key));
+        if inside && self.waking_next && self.jumps_queue() {
+            self.next = Some(run);
+        } else {
+            self.commands.push_back(run);
+        }
+    }
+
+    /// Whether the `Run` of the first receiver that the run being finished woke goes in the
+    /// "next" place, ahead of the queue, while what it was sent is fresh: yes, unless the place
+    /// is taken, or runs did that `NEXT_RUNS` times in a row while other commands waited (then
+    /// the count starts again).
+    #[inline]
+    fn jumps_queue(&mut self) -> bool {
+        self.waking_next = false;
+        if self.next.is_some() {
+            return false;
+        }
+        if self.commands.is_empty() {
+            // Nothing waits behind it.
+            self.next_streak = 0;
+            true
+        } else if self.next_streak < Self::NEXT_RUNS {
+            self.next_streak += 1;
+            true
+        } else {
+            self.next_streak = 0;
+            false
+        }
     }
 
     /// Accepts a message from outside that the driver already admitted with flow control of
@@ -1044,8 +1112,10 @@ impl<K: Key, M: Message> Router<K, M> {
         idle_timeout(ms, &self.config)
     }
 
-    /// The receiver at `key`, whose run just finished, has nothing queued.
-    fn become_idle(&mut self, key: usize, now: Instant) {
+    /// The receiver at `key`, whose run just finished, has nothing queued. `now`: when the run
+    /// ended; `None` while idle time is deferred (its idle time then starts at the next
+    /// [`stamp_idle`](Router::stamp_idle)).
+    fn become_idle(&mut self, key: usize, now: Option<Instant>) {
         if self.closing {
             return self.begin_deactivation(key, Deactivation::Closing);
         }
@@ -1072,6 +1142,15 @@ impl<K: Key, M: Message> Router<K, M> {
         if waiting {
             return;
         }
+        let Some(now) = now else {
+            // Once per turn: a receiver woken and idle again before the stamp is listed
+            // already (its flag stays until the stamp).
+            if !slot.unstamped() {
+                slot.set_unstamped(true);
+                self.unstamped.push(key as u32);
+            }
+            return;
+        };
         let since = self.ticks.at(now);
         match timeout_ms {
             DEFAULT_IDLE => {
@@ -1082,6 +1161,39 @@ impl<K: Key, M: Message> Router<K, M> {
                 slot.idle_since = since;
                 if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
                     slot.set_idle_armed(true);
+                    let addr = self.addr_of(key);
+                    self.timers.arm_idle(crate::deadline(now, timeout), addr);
+                }
+            }
+        }
+    }
+
+    /// Starts the idle time, at `now`, of the idle receiver at `key` whose run ended while idle
+    /// time was deferred: as [`become_idle`](Router::become_idle) would have at the end of
+    /// that run. Skips a receiver woken since (it is not idle, or a later run gave it its time).
+    fn stamp(&mut self, key: usize, now: Instant) {
+        let waiting = self.waiting(key);
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if !slot.unstamped() {
+            return;
+        }
+        slot.set_unstamped(false);
+        if slot.state != State::Idle || slot.listed() || waiting {
+            return;
+        }
+        let since = self.ticks.at(now);
+        match idle_ms_of(slot, key, &self.idle_timeouts, &self.limits) {
+            DEFAULT_IDLE => {
+                let prev = self.idle.append(slot, key, since);
+                IdleList::link(&mut self.slots, prev, key);
+            }
+            timeout_ms => {
+                slot.idle_since = since;
+                if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
+                    slot.set_idle_armed(true);
+                    let timeout = idle_timeout(timeout_ms, &self.config);
                     let addr = self.addr_of(key);
                     self.timers.arm_idle(crate::deadline(now, timeout), addr);
                 }
@@ -1337,6 +1449,8 @@ impl<K: Key, M: Message> Router<K, M> {
         if !expected || slot.receiver.is_some() {
             return Err(CommandError::NotCheckedOut(addr));
         }
+        // (Putting the rest back does not change it.)
+        let full = slot.full();
         let Done {
             receiver,
             rest,
@@ -1357,13 +1471,15 @@ impl<K: Key, M: Message> Router<K, M> {
             let panicked = matches!(ending, Ending::Panicked(_));
             self.finish_deactivation(key, addr, receiver, panicked);
         } else {
-            self.finish_run(key, addr, receiver, handled, ending, now);
+            self.finish_run(key, addr, receiver, handled, ending, Some(now), full);
         }
         Ok(())
     }
 
     /// The end of a run, inline or checked in: applies its effects (in `self.effects`) and moves
-    /// the receiver on in its lifecycle.
+    /// the receiver on in its lifecycle. `full`: the slot's mailbox was reported full (read by
+    /// the caller, which had the slot in hand).
+    #[allow(clippy::too_many_arguments)]
     fn finish_run(
         &mut self,
         key: usize,
@@ -1371,14 +1487,17 @@ impl<K: Key, M: Message> Router<K, M> {
         receiver: Box<dyn Receiver<K, M>>,
         handled: u64,
         ending: Ending,
-        now: Instant,
+        now: Option<Instant>,
+        full: bool,
     ) {
         self.stats.messages_delivered += handled;
         if self.effects.is_empty() && !self.closing {
             // The common case, with nothing to apply: what `apply_effects` does then.
-            self.relieve_if_room(key);
+            if full {
+                self.relieve_if_drained(key);
+            }
         } else {
-            self.apply_effects(key, addr, handled);
+            self.apply_effects(key, addr, handled, full);
         }
         let injected = self.fault(Fault::DeactivateNonEmpty);
         let slot = &mut self.slots[key];
@@ -1424,7 +1543,7 @@ impl<K: Key, M: Message> Router<K, M> {
     /// against a closing router's drain limit. Out of line: most runs have nothing to apply, and
     /// `finish_run` stays small without it.
     #[inline(never)]
-    fn apply_effects(&mut self, key: usize, addr: Addr, handled: u64) {
+    fn apply_effects(&mut self, key: usize, addr: Addr, handled: u64, full: bool) {
         if let Some(timeout) = self.effects.idle_timeout.take() {
             let slot = &mut self.slots[key];
             let ms = idle_ms(timeout);
@@ -1440,9 +1559,13 @@ impl<K: Key, M: Message> Router<K, M> {
                 slot.set_idle_armed(false);
             }
         }
-        self.relieve_if_room(key);
+        if full {
+            self.relieve_if_drained(key);
+        }
         self.start_tasks(key, addr);
+        self.waking_next = true;
         self.apply();
+        self.waking_next = false;
         if self.closing && handled > 0 {
             self.count_drained(handled);
         }
@@ -1619,51 +1742,60 @@ impl<K: Key, M: Message> Router<K, M> {
         }
     }
 
-    /// [`apply`](Router::apply) when there is something to apply.
+    /// [`apply`](Router::apply) when there is something to apply: the sends, then the timer
+    /// operations, each list taken out of `self.effects` (routing never records effects) and
+    /// put back emptied, to keep its buffer.
     fn apply_recorded(&mut self) {
-        if !self.effects.sends.is_empty() || !self.effects.timers.is_empty() {
-            let mut effects = std::mem::take(&mut self.effects);
-            self.apply_sends_and_timers(&mut effects);
-            self.effects = effects;
+        if self.effects.sends.len() == 1 && !self.fault(Fault::DropOnCheckIn) {
+            // The common case: one send, popped in place (a drain costs more to set up and
+            // drop, and routing records no effects).
+            if let Some((to, msg)) = self.effects.sends.pop() {
+                self.route_inside(to, msg);
+            }
+        } else if !self.effects.sends.is_empty() {
+            let mut sends = std::mem::take(&mut self.effects.sends);
+            let mut drained = sends.drain(..);
+            if self.fault(Fault::DropOnCheckIn) {
+                drained.next();
+            }
+            for (to, msg) in drained {
+                self.route_inside(to, msg);
+            }
+            self.effects.sends = sends;
+        }
+        if !self.effects.timers.is_empty() {
+            let mut timers = std::mem::take(&mut self.effects.timers);
+            for op in timers.drain(..) {
+                self.apply_timer(op);
+            }
+            self.effects.timers = timers;
         }
         self.effects.clear();
     }
 
-    fn apply_sends_and_timers(&mut self, effects: &mut Effects<K, M>) {
-        let mut sends = std::mem::take(&mut effects.sends);
-        let mut drained = sends.drain(..);
-        if self.fault(Fault::DropOnCheckIn) {
-            drained.next();
-        }
-        for (to, msg) in drained {
-            self.route_inside(to, msg);
-        }
-        effects.sends = sends;
-        let mut timers = std::mem::take(&mut effects.timers);
-        for op in timers.drain(..) {
-            match op {
-                TimerOp::Schedule {
-                    id,
-                    to,
-                    deadline,
-                    msg,
-                } => {
-                    if self.closing {
-                        self.dead_letter(Recipient::Id(to), Some(msg), DeadLetterReason::Closed);
-                    } else {
-                        self.timers.schedule(id, deadline, to, msg);
-                    }
-                }
-                TimerOp::Cancel(id) if id.router() != self.number && self.placement.is_some() => {
-                    let location = Location::Shard(id.router());
-                    self.outbound.push_back((location, Outbound::Cancel(id)));
-                }
-                TimerOp::Cancel(id) => {
-                    self.timers.cancel(id);
+    /// Applies one timer operation of a run's effects.
+    fn apply_timer(&mut self, op: TimerOp<K, M>) {
+        match op {
+            TimerOp::Schedule {
+                id,
+                to,
+                deadline,
+                msg,
+            } => {
+                if self.closing {
+                    self.dead_letter(Recipient::Id(to), Some(msg), DeadLetterReason::Closed);
+                } else {
+                    self.timers.schedule(id, deadline, to, msg);
                 }
             }
+            TimerOp::Cancel(id) if id.router() != self.number && self.placement.is_some() => {
+                let location = Location::Shard(id.router());
+                self.outbound.push_back((location, Outbound::Cancel(id)));
+            }
+            TimerOp::Cancel(id) => {
+                self.timers.cancel(id);
+            }
         }
-        effects.timers = timers;
     }
 
     /// Handles a `Run` or `Deactivate` inline, reading the time from `clock` (an `Instant` for a
@@ -1685,7 +1817,7 @@ impl<K: Key, M: Message> Router<K, M> {
         let clock: &dyn Clock = &clock;
         if let Some(why) = why {
             let mut ctx = Context {
-                id: &self.slots[key].id,
+                id: &slot.id,
                 addr,
                 clock,
                 effects: &mut self.effects,
@@ -1698,10 +1830,11 @@ impl<K: Key, M: Message> Router<K, M> {
             return Ok(());
         }
         // Scheduled -> Running, on the slot at hand (`set_state` would look it up again).
-        let slot = &mut self.slots[key];
         slot.state = State::Running;
         self.stats.scheduled -= 1;
         self.stats.running += 1;
+        // (Nothing changes it before the run's end reads it.)
+        let full = slot.full();
         let batch_size = self.limits.get(slot.kind).batch_size;
         let fresh = slot.take_fresh();
         // A scheduled receiver has its mailbox open.
@@ -1719,9 +1852,10 @@ impl<K: Key, M: Message> Router<K, M> {
         // effects, applied afterwards).
         let (handled, ending) = run_batch(&mut receiver, &mut ctx, fresh, mailbox, batch_size);
         take_outcomes(&mut self.outcomes, key, ending.consumed(handled));
-        // Idle time counts from the end of the run, not from when the driver last looked.
-        let now = clock.now();
-        self.finish_run(key, addr, receiver, handled, ending, now);
+        // Idle time counts from the end of the run, not from when the driver last looked (or,
+        // deferred, from the next `stamp_idle`, later still).
+        let now = (!self.defer_idle).then(|| clock.now());
+        self.finish_run(key, addr, receiver, handled, ending, now, full);
         Ok(())
     }
 
@@ -1758,6 +1892,36 @@ impl<K: Key, M: Message> Router<K, M> {
     }
 
     // ---- time ---------------------------------------------------------------------------------
+
+    /// Defers idle time, for a driver that runs many receivers between two reads of its clock:
+    /// from now on, a receiver whose run ends with nothing queued takes the start of its idle
+    /// time from the next [`stamp_idle`](Router::stamp_idle), not from a clock read when its run
+    /// ends. That saves a clock read per run, and only ever starts idle time later than the run
+    /// ended (a receiver is never deactivated sooner than its idle timeout allows). The driver
+    /// must call `stamp_idle` after the runs of each turn, before it waits on
+    /// [`poll_timeout`](Router::poll_timeout): until then those receivers have no idle deadline.
+    /// The executors' shards do; the inline [`Driver`](crate::Driver) does not need to.
+    pub fn defer_idle_time(&mut self) {
+        self.defer_idle = true;
+    }
+
+    /// True if receivers went idle since the last [`stamp_idle`](Router::stamp_idle) while
+    /// idle time was deferred.
+    #[inline]
+    pub fn has_unstamped(&self) -> bool {
+        !self.unstamped.is_empty()
+    }
+
+    /// Starts, at `now`, the idle time of the receivers that went idle since the last call
+    /// while idle time was deferred ([`defer_idle_time`](Router::defer_idle_time)). Pass a time
+    /// read after their runs ended.
+    pub fn stamp_idle(&mut self, now: Instant) {
+        // (Stamping queues nothing here.)
+        for i in 0..self.unstamped.len() {
+            self.stamp(self.unstamped[i] as usize, now);
+        }
+        self.unstamped.clear();
+    }
 
     /// Fires every timer due at `now` in deadline order (ties in scheduling order) and
     /// deactivates receivers idle past their timeout.
@@ -1821,8 +1985,9 @@ impl<K: Key, M: Message> Router<K, M> {
         let slot = &mut self.slots[key];
         slot.set_idle_armed(false);
         // Not idle: re-armed when it next becomes idle. On the idle list (a later instance on
-        // the default timeout): the list keeps its deadline.
-        if slot.state != State::Idle || slot.listed() || self.waiting(key) {
+        // the default timeout): the list keeps its deadline. Idle time not started yet: armed
+        // when it is (`stamp_idle`).
+        if slot.state != State::Idle || slot.listed() || slot.unstamped() || self.waiting(key) {
             return;
         }
         let timeout = self.idle_timeout_of(key);

@@ -44,7 +44,7 @@ pub(crate) struct Slot<K, M> {
     pub(crate) idle_prev: u32,
     pub(crate) idle_next: u32,
     pub(crate) state: State,
-    /// `LISTED`, `IDLE_ARMED`, `FRESH`, `FULL` and `OWN_TIMEOUT`, in one byte.
+    /// `LISTED`, `IDLE_ARMED`, `FRESH`, `FULL`, `OWN_TIMEOUT` and `UNSTAMPED`, in one byte.
     flags: u8,
     /// Its kind, in an application with several (see `KindTable`); 0 otherwise.
     pub(crate) kind: u8,
@@ -60,6 +60,9 @@ const FRESH: u8 = 4;
 const FULL: u8 = 8;
 /// This instance set an idle timeout of its own (in the router's `idle_timeouts`).
 const OWN_TIMEOUT: u8 = 16;
+/// Idle, its idle time deferred to the router's next `stamp_idle` (in the router's
+/// `unstamped`).
+const UNSTAMPED: u8 = 32;
 
 impl<K, M> Slot<K, M> {
     /// An activating slot of `kind` whose mailbox (number `mailbox`) holds its first message.
@@ -129,6 +132,17 @@ impl<K, M> Slot<K, M> {
     #[inline]
     pub(crate) fn set_own_timeout(&mut self, on: bool) {
         self.set(OWN_TIMEOUT, on);
+    }
+
+    /// Went idle while idle time was deferred, and not stamped yet.
+    #[inline]
+    pub(crate) fn unstamped(&self) -> bool {
+        self.flags & UNSTAMPED != 0
+    }
+
+    #[inline]
+    pub(crate) fn set_unstamped(&mut self, on: bool) {
+        self.set(UNSTAMPED, on);
     }
 
     #[inline]

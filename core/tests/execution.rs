@@ -286,3 +286,60 @@ fn the_same_receiver_behaves_the_same_in_a_router() {
     );
     assert_eq!(s.timers_pending, 1, "7's one-minute Stop timer is pending");
 }
+
+/// The handles of receivers `ids`, activated and idle.
+fn idle_receivers(h: &mut Harness, ids: &[Id]) -> Vec<hermes_core::Addr> {
+    for &id in ids {
+        h.put(id, note(0));
+    }
+    h.settle();
+    ids.iter().map(|id| h.router.addr(id).unwrap()).collect()
+}
+
+#[test]
+fn a_receiver_woken_by_a_run_runs_next() {
+    let mut h = Harness::new(Config::default());
+    let a = idle_receivers(&mut h, &[1, 2, 3, 4]);
+    // 1 wakes 2, then 3; 4 was queued before either.
+    h.put(1, Msg::All(vec![send(2, note(1)), send(3, note(2))]));
+    h.put(4, note(3));
+    let mut order = Vec::new();
+    while let Some(command) = h.poll() {
+        order.push(command);
+        h.router.run(command.addr(), h.now).unwrap();
+    }
+    // The first receiver a run wakes goes ahead of what was queued; the others queue.
+    assert_eq!(
+        order,
+        [a[0], a[1], a[3], a[2]].map(Command::Run),
+        "1, then 2 (woken by 1), then 4 (queued before), then 3 (woken by 1 too)"
+    );
+    assert_eq!(h.received().len(), 4 + 4);
+}
+
+#[test]
+fn runs_next_at_most_next_runs_times_in_a_row_while_others_wait() {
+    let mut h = Harness::new(Config::default());
+    let a = idle_receivers(&mut h, &[1, 2, 3]);
+    // Ping-pong between 1 and 2, ten hops; 3 queued behind its start.
+    let mut ping = note(99);
+    for hop in 0..10 {
+        ping = send(if hop % 2 == 0 { 1 } else { 2 }, ping);
+    }
+    h.put(1, ping);
+    h.put(3, note(1));
+    let mut order = Vec::new();
+    while let Some(command) = h.poll() {
+        order.push(command.addr());
+        h.router.run(command.addr(), h.now).unwrap();
+    }
+    let next = Router::<Id, Msg>::NEXT_RUNS as usize;
+    let three = order.iter().position(|&x| x == a[2]).unwrap();
+    assert_eq!(
+        three,
+        1 + next,
+        "3 waited for the pair's first run and {next} runs next"
+    );
+    assert!(order[..three].iter().all(|&x| x == a[0] || x == a[1]));
+    assert_eq!(order.len(), 12, "eleven runs of the pair, one of 3");
+}

@@ -548,3 +548,70 @@ fn commands_are_handled_once_and_wrong_calls_are_typed_errors() {
             .contains("act only on the router's commands")
     );
 }
+
+#[test]
+fn deferred_idle_time_starts_at_the_stamp_not_sooner() {
+    // Receiver 1 on the router's 10 ms, receiver 2 on its own 20 ms (an armed idle check).
+    let mut h = Harness::new(Config::default().idle_timeout(ms(10)));
+    h.router.defer_idle_time();
+    h.put(1, note(1));
+    h.put(2, Msg::SetIdle(ms(20)));
+    h.settle();
+    assert_eq!(h.stats().idle, 2);
+    assert!(h.router.has_unstamped());
+    assert_eq!(
+        h.router.poll_timeout(),
+        None,
+        "no idle time before the stamp"
+    );
+    h.advance_to(ms(30));
+    assert_eq!(h.stats().live, 2, "never deactivated while unstamped");
+    h.router.stamp_idle(h.at(ms(30)));
+    assert!(!h.router.has_unstamped());
+    assert_eq!(h.router.poll_timeout(), Some(h.at(ms(40))));
+    h.advance_to(ms(40) - std::time::Duration::from_nanos(1));
+    assert_eq!(h.stats().live, 2);
+    h.advance_to(ms(40));
+    assert_eq!(h.router.addr(&1), None, "the router's 10 ms from the stamp");
+    assert!(h.router.addr(&2).is_some());
+    h.advance_to(ms(50) - std::time::Duration::from_nanos(1));
+    assert!(h.router.addr(&2).is_some());
+    h.advance_to(ms(50));
+    assert_eq!(h.stats().live, 0, "its own 20 ms from the stamp");
+    assert_eq!(h.stats().deactivations, 2);
+}
+
+#[test]
+fn deferred_idle_time_of_a_receiver_woken_before_the_stamp_is_stamped_once() {
+    let mut h = Harness::new(Config::default().idle_timeout(ms(10)));
+    h.router.defer_idle_time();
+    for n in 0..3 {
+        h.put(1, note(n));
+        h.settle();
+    }
+    // Idle three times, stamped once: one idle deadline.
+    h.router.stamp_idle(h.now);
+    assert_eq!(h.router.poll_timeout(), Some(h.at(ms(10))));
+    // Woken and left running at the stamp: no idle time until it is idle again.
+    h.put(1, note(3));
+    let a = h.expect_run();
+    h.router.stamp_idle(h.now);
+    assert_eq!(h.router.poll_timeout(), None);
+    h.advance_to(ms(5));
+    h.router.run(a, h.now).unwrap();
+    h.router.stamp_idle(h.at(ms(6)));
+    assert_eq!(h.router.poll_timeout(), Some(h.at(ms(16))));
+    h.events();
+    h.advance_to(ms(16));
+    assert_eq!(
+        h.events(),
+        vec![deactivated(1, 1, Deactivation::IdleTimeout)]
+    );
+    // Closing deactivates an unstamped receiver; its stamp comes to nothing.
+    h.put(2, note(1));
+    h.settle();
+    h.close();
+    h.router.stamp_idle(h.now);
+    assert!(h.router.is_closed());
+    assert_eq!(h.stats().deactivations, 2);
+}

@@ -591,9 +591,9 @@ fn dead_letter(shared: &Shared, letter: DeadLetter<BrokerId, BrokerMsg>) {
             }));
             link.close(CloseReason::ServerClosed);
         }
-        Some(BrokerMsg::Session(SessionMsg::Deliver { .. } | SessionMsg::DeliverMany(_)))
-            if letter.reason == DeadLetterReason::Full =>
-        {
+        Some(BrokerMsg::Session(
+            SessionMsg::Deliver { .. } | SessionMsg::DeliverMany(_) | SessionMsg::DeliverFrames(_),
+        )) if letter.reason == DeadLetterReason::Full => {
             tracing::debug!(recipient = ?letter.recipient, "session mailbox full: message dropped");
         }
         _ => tracing::debug!(recipient = ?letter.recipient, reason = ?letter.reason, "dead letter"),

@@ -433,6 +433,10 @@ pub struct Session {
     stored_queue: Range<u64>,
     dropped: u64,
     discarded: u64,
+    /// How many packet identifiers from `next_packet_id` on are known to be free, in a row
+    /// (none of them in flight): each send takes the next one without looking at the window.
+    /// Not stored: 0 after a restore, so the first send looks.
+    free_ids: u16,
 }
 
 impl Session {
@@ -464,6 +468,7 @@ impl Session {
             stored_queue,
             dropped: 0,
             discarded: 0,
+            free_ids: 0,
         }
     }
 
@@ -645,6 +650,7 @@ impl Session {
         self.subscriptions_changed |= !subscriptions.is_empty();
         out.extend(subscriptions.into_keys().map(Output::Unsubscribe));
         self.state.delivery = DeliveryState::default();
+        self.free_ids = 0;
         self.delivery_changed = true;
         self.state.queue.clear();
         self.present = false;
@@ -685,11 +691,9 @@ impl Session {
     /// in the window, which the next queued message takes. Returns whether such a message was
     /// in flight; a PUBACK for anything else is ignored.
     pub fn on_puback(&mut self, id: PacketId, out: &mut Vec<Output>) -> bool {
-        let acked = |f: &InFlight| {
-            f.packet_id == id
-                && matches!(&f.stage, Stage::Unacknowledged(m) if m.qos == QoS::AtLeastOnce)
-        };
-        self.complete(acked, out)
+        let acked =
+            |stage: &Stage| matches!(stage, Stage::Unacknowledged(m) if m.qos == QoS::AtLeastOnce);
+        self.complete(id, acked, out)
     }
 
     /// A PUBREC from the client: the outgoing QoS 2 message `id` was received. Pushes PUBREL
@@ -697,8 +701,9 @@ impl Session {
     /// is never sent again. A PUBREC for an identifier not in flight is answered PUBREL too,
     /// so that the client can finish. Returns whether `id` was in flight as a QoS 2 message.
     pub fn on_pubrec(&mut self, id: PacketId, out: &mut Vec<Output>) -> bool {
+        let found = self.inflight_index(id);
         let inflight = &mut self.state.delivery.inflight;
-        let Some(f) = inflight.iter_mut().find(|f| f.packet_id == id) else {
+        let Some(f) = found.and_then(|i| inflight.get_mut(i)) else {
             out.push(Output::Send(Packet::PubRel(id)));
             return false;
         };
@@ -718,15 +723,24 @@ impl Session {
     /// place in the window, which the next queued message takes. Returns whether `id` was in
     /// the PUBREL stage; a PUBCOMP for anything else is ignored.
     pub fn on_pubcomp(&mut self, id: PacketId, out: &mut Vec<Output>) -> bool {
-        self.complete(|f| f.packet_id == id && f.stage == Stage::Released, out)
+        self.complete(id, |stage| *stage == Stage::Released, out)
     }
 
-    /// Removes the first message in flight for which `done` holds, and refills the window.
-    fn complete(&mut self, done: impl Fn(&InFlight) -> bool, out: &mut Vec<Output>) -> bool {
-        let inflight = &mut self.state.delivery.inflight;
-        let Some(index) = inflight.iter().position(done) else {
+    /// Removes the message in flight with packet identifier `id` if `done` holds for its
+    /// stage, and refills the window.
+    fn complete(
+        &mut self,
+        id: PacketId,
+        done: impl Fn(&Stage) -> bool,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(index) = self.inflight_index(id) else {
             return false;
         };
+        let inflight = &mut self.state.delivery.inflight;
+        if !inflight.get(index).is_some_and(|f| done(&f.stage)) {
+            return false;
+        }
         inflight.remove(index);
         self.delivery_changed = true;
         self.fill_window(out);
@@ -835,6 +849,19 @@ impl Session {
         self.send_or_queue(message.retained_for(granted), out)
     }
 
+    /// A message for this session that [`deliver`](Self::deliver) would send at QoS 0 (its
+    /// QoS or the granted one is 0), which the caller writes in a form of its own (encoded
+    /// once for all its subscribers, say): [`Delivered::Sent`] while a client is connected,
+    /// and the caller writes it then; otherwise [`Delivered::Discarded`], counted, as
+    /// `deliver` would.
+    pub fn deliver_qos0(&mut self) -> Delivered {
+        if self.connection.is_none() {
+            self.discarded += 1;
+            return Delivered::Discarded;
+        }
+        Delivered::Sent
+    }
+
     fn send_or_queue(&mut self, message: Message, out: &mut Vec<Output>) -> Delivered {
         let connected = self.connection.is_some();
         if !connected && (message.qos == QoS::AtMostOnce || self.clean) {
@@ -887,6 +914,22 @@ impl Session {
         }
     }
 
+    /// Where the message in flight with packet identifier `id` is in the window. `O(1)` while
+    /// the identifiers in flight follow each other without gaps (identifiers are taken in
+    /// turn, and acknowledged mostly in order): it is then as far from the first as its
+    /// identifier is from the first's. Otherwise (acknowledgements out of order, skipped
+    /// identifiers), a scan.
+    fn inflight_index(&self, id: PacketId) -> Option<usize> {
+        let inflight = &self.state.delivery.inflight;
+        let first = u32::from(inflight.front()?.packet_id.get());
+        let guess = (u32::from(id.get()) + 65_535 - first) % 65_535;
+        let guess = usize::try_from(guess).unwrap_or(usize::MAX);
+        if inflight.get(guess).is_some_and(|f| f.packet_id == id) {
+            return Some(guess);
+        }
+        inflight.iter().position(|f| f.packet_id == id)
+    }
+
     /// Sends a QoS 1 or 2 `message` with a free packet identifier, and puts it in flight; gives
     /// it back if no identifier is free.
     fn send_new(&mut self, message: Message, out: &mut Vec<Output>) -> Result<(), Message> {
@@ -905,18 +948,46 @@ impl Session {
     }
 
     /// A packet identifier that no outgoing message in flight has [MQTT-2.3.1-4], never 0,
-    /// taken in turn from 1 to 65535 and round again. `O(max_inflight)` per identifier tried;
-    /// one is tried unless a message has stayed in flight for 65535 others.
+    /// taken in turn from 1 to 65535 and round again, skipping those in flight.
+    ///
+    /// `O(1)` amortized: one look at the window finds how many identifiers from the next one
+    /// on are free in a row (up to the nearest one in flight, the oldest message in flight
+    /// in the usual case: about 65535 minus the window), and the sends that follow take them
+    /// without looking again. Only this function puts identifiers in flight, and it takes
+    /// them from that run, so the run stays free; acknowledgements only free more.
     fn free_packet_id(&mut self) -> Option<PacketId> {
+        if self.free_ids == 0 {
+            self.free_ids = self.find_free_ids();
+        }
+        self.free_ids = self.free_ids.checked_sub(1)?;
+        let delivery = &mut self.state.delivery;
+        let id = delivery.next_packet_id;
+        delivery.next_packet_id = next_id(id);
+        Some(id)
+    }
+
+    /// Moves `next_packet_id` past identifiers in flight, and returns how many from there on
+    /// are free in a row: up to the nearest one in flight, all 65535 if none is; 0 if every
+    /// identifier is in flight. `O(max_inflight)` per identifier skipped; one is skipped only
+    /// where a message has stayed in flight for 65535 others.
+    fn find_free_ids(&mut self) -> u16 {
         let delivery = &mut self.state.delivery;
         for _ in 0..u16::MAX {
-            let id = delivery.next_packet_id;
-            delivery.next_packet_id = id.checked_add(1).unwrap_or(PacketId::MIN);
-            if !delivery.inflight.iter().any(|f| f.packet_id == id) {
-                return Some(id);
+            let next = u32::from(delivery.next_packet_id.get());
+            // How far each identifier in flight is ahead of `next`, round 65535 (0: it is
+            // `next` itself).
+            let nearest = delivery
+                .inflight
+                .iter()
+                .map(|f| (u32::from(f.packet_id.get()) + 65_535 - next) % 65_535)
+                .min();
+            match nearest {
+                None => return u16::MAX,
+                Some(0) => delivery.next_packet_id = next_id(delivery.next_packet_id),
+                Some(free) => return u16::try_from(free).unwrap_or(u16::MAX),
             }
         }
-        None
+        0
     }
 
     /// What changed in [`state`](Self::state) since the last call (or since the session was
@@ -931,6 +1002,11 @@ impl Session {
             queue_added: ordered(stored.end.max(now.start), now.end),
         }
     }
+}
+
+/// The packet identifier after `id`: 1 after 65535.
+fn next_id(id: PacketId) -> PacketId {
+    id.checked_add(1).unwrap_or(PacketId::MIN)
 }
 
 /// `start..end`, or the empty `start..start` if `end` is before `start`.

@@ -903,6 +903,68 @@ async fn many_publishers_to_many_subscribers_keep_each_publishers_order_mqtt_4_6
     }
 }
 
+/// A burst of QoS 0 PUBLISHes in one write (gathered from one read, and encoded once for all
+/// the subscribers) reaches every subscriber whole and in order, at QoS 0 and with RETAIN 0
+/// [MQTT-3.3.1-9], whatever QoS each subscribed with; a QoS 1 PUBLISH in the middle of a
+/// burst keeps its place for each [MQTT-4.6.0-6] and its subscribers' QoS [MQTT-3.8.4-6].
+#[tokio::test]
+async fn a_burst_of_qos0_reaches_every_subscriber_in_order_mqtt_3_3_1_9() {
+    const MESSAGES: usize = 60;
+    let broker = TestBroker::start().await;
+    let t = unique("burst/t");
+    let wildcard = format!("{}/+", t.rsplit_once('/').unwrap().0);
+    let mut subs = Vec::new();
+    for (f, qos) in [
+        (t.as_str(), QoS::AtMostOnce),
+        (wildcard.as_str(), QoS::AtLeastOnce),
+        (t.as_str(), QoS::ExactlyOnce),
+    ] {
+        let mut sub = broker.connect(&unique("sub")).await;
+        sub.subscribe_one(f, qos).await;
+        subs.push((sub, qos));
+    }
+    let mut publisher = broker.connect(&unique("pub")).await;
+    let burst = |from: usize, qos1_at: Option<usize>| {
+        let mut bytes = Vec::new();
+        for i in from..from + MESSAGES {
+            let payload = format!("m{i}");
+            let qos = if Some(i) == qos1_at {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let retain = i % 7 == 3;
+            bytes.extend(wire(publish_packet(
+                &t,
+                payload.as_bytes(),
+                qos,
+                1,
+                false,
+                retain,
+            )));
+        }
+        bytes
+    };
+    publisher.send_bytes(&burst(0, None)).await;
+    publisher
+        .send_bytes(&burst(MESSAGES, Some(MESSAGES + 10)))
+        .await;
+    for (sub, granted) in &mut subs {
+        for i in 0..2 * MESSAGES {
+            let p = sub.recv_message().await;
+            assert_eq!(p.payload, format!("m{i}").as_bytes(), "in order");
+            assert!(!p.retain, "RETAIN 0 for an established subscription");
+            let expected = if i == MESSAGES + 10 {
+                QoS::AtLeastOnce.min(*granted)
+            } else {
+                QoS::AtMostOnce
+            };
+            assert_eq!(p.qos.qos(), expected);
+        }
+        sub.expect_silence(QUIET / 3).await;
+    }
+}
+
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_does_not_hold_up_the_others() {
     let broker = TestBroker::start().await;

@@ -194,6 +194,9 @@ impl<K: Key, M: Message> Shard<K, M> {
     ) -> Self {
         let mut router = router;
         router.report_pressure();
+        // One clock read per turn for the idle time of the receivers it ran (`turn`), instead of
+        // one per run.
+        router.defer_idle_time();
         let shards = core.inboxes.len();
         Shard {
             index,
@@ -274,6 +277,10 @@ impl<K: Key, M: Message> Shard<K, M> {
             self.router.handle_timeout(now);
         }
         more |= self.run_commands(clock);
+        if self.router.has_unstamped() {
+            // After the runs: their receivers' idle time starts no sooner than they ended.
+            self.router.stamp_idle(clock.now());
+        }
         self.flush();
         if self.router.is_closed() {
             self.exit(now);

@@ -16,9 +16,9 @@
 //! connection, it tells the session with `Detach` and why, so the session publishes the will
 //! unless the client sent DISCONNECT.
 //!
-//! The writer takes packets from the link's queue, encodes them and writes them in batches
-//! with one vectored write: a large PUBLISH payload is written from the shared buffer, not
-//! copied per subscriber.
+//! The writer takes everything its link's buffer holds (packets encoded by their senders, see
+//! [`link`](super::link)) in one swap and writes it with one vectored write: a large PUBLISH
+//! payload is written from the shared buffer, not copied per subscriber.
 //!
 //! An idle connection keeps little (about 2.3 KB with its session, see BENCHMARKS.md): no read
 //! buffer while no packet is partly read, no write buffer or queue while nothing is to be
@@ -38,7 +38,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use super::link::{Link, Out, Outbox};
+use super::link::{Link, Outbox, Queued};
 use super::listen::Place;
 use super::stats::{Counters, Local};
 use super::{
@@ -57,16 +57,12 @@ use crate::will::CloseReason;
 const WILL_GRACE: Duration = Duration::from_secs(12);
 /// How long a closing connection's writer may take to write what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
-/// Payloads from this size on are written from their shared buffer, not copied into the
-/// write buffer.
-const SHARED_PAYLOAD: usize = 1024;
 /// Most bytes one read takes.
 const READ_CHUNK: usize = 8 * 1024;
 /// Most packets a reader gathers from what it read before sending them on together.
 const BATCH_GATHER: usize = 64;
-/// Most packets, and bytes, one vectored write takes.
-const BATCH_PACKETS: usize = 512;
-const BATCH_BYTES: usize = 256 * 1024;
+/// Most pieces one vectored write takes.
+const MAX_SLICES: usize = 64;
 
 /// Serves one accepted connection, its handshakes done, until it ends: `read` and `write` are
 /// its two directions; its CONNECT must be in by `connect_by`. `places` are its places under
@@ -868,9 +864,13 @@ fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
     CloseReason::ProtocolError
 }
 
-/// The writer task: encodes and writes what the link brings, in batches. Its buffers are
-/// allocated while there is something to write and released when it waits: an idle
-/// connection keeps none.
+/// The writer task: writes what the link's senders encoded, everything queued at once.
+///
+/// While it waits for something to write, its future holds only the socket's writing half
+/// and the link's end: the buffers, and the writing itself, are in a future of their own
+/// ([`write_batches`]), boxed for as long as there is something to write. A task is as
+/// large as the largest future it awaits, for its whole life; an idle connection's writer
+/// is then a size class smaller.
 // Not an async fn: see the comment inside.
 #[allow(clippy::manual_async_fn)]
 fn write_loop<W: AsyncWrite + Unpin + Send>(
@@ -881,128 +881,92 @@ fn write_loop<W: AsyncWrite + Unpin + Send>(
     // A plain function returning the future: an async fn would keep its arguments and
     // their moved copies side by side (the task is then a size class larger).
     async move {
-        let mut buf = BytesMut::new();
-        let mut chunks: VecDeque<Bytes> = VecDeque::new();
-        let mut local = Local::default();
-        loop {
-            if !outbox.pending() {
-                buf = BytesMut::new();
-                chunks = VecDeque::new();
-                if !outbox.ready().await {
-                    break;
-                }
-            }
-            // Packets are taken and encoded outside this future (`batch`): none is held across
-            // an await, so the task stays small.
-            let Batch { packets, closing } = batch(&mut outbox, &mut buf, &mut chunks, &mut local);
-            if !buf.is_empty() {
-                chunks.push_back(buf.split().freeze());
-            }
-            let written: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            let result = match write_all(&mut write, &mut chunks).await {
-                Ok(()) => write.flush().await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, "write failed; closing the connection");
-                local.flush_sent(&shared.counters);
-                outbox.failed();
-                return;
-            }
-            local.bytes += written;
-            local.packets += packets as u64;
-            local.flush_sent(&shared.counters);
-            if closing {
-                break;
+        while outbox.ready().await {
+            match Box::pin(write_batches(&mut write, &mut outbox, &shared)).await {
+                Busy::Idle => {}
+                Busy::Closing => break,
+                Busy::Failed => return,
             }
         }
         let _ = write.shutdown().await;
     }
 }
 
-/// What one batch of the writer took.
-struct Batch {
-    packets: usize,
-    /// It ended with the link's `Close`.
-    closing: bool,
+/// How a busy writer's batches ended.
+enum Busy {
+    /// Everything queued was written.
+    Idle,
+    /// Everything queued was written, and the link asked to close the connection.
+    Closing,
+    /// A write failed: the connection is closed.
+    Failed,
 }
 
-/// Takes what the outbox has, up to a batch, and encodes it.
-fn batch(
+/// Writes what the link's senders queued until nothing is left: each batch taken whole, in
+/// one swap, and written with vectored writes. Its buffers are kept from batch to batch and
+/// released when nothing is left.
+async fn write_batches<W: AsyncWrite + Unpin>(
+    write: &mut W,
     outbox: &mut Outbox,
-    buf: &mut BytesMut,
-    chunks: &mut VecDeque<Bytes>,
-    local: &mut Local,
-) -> Batch {
-    let mut packets = 0;
-    let mut bytes = 0;
-    while let Some(out) = outbox.try_recv() {
-        match out {
-            Out::Packet(packet) => {
-                bytes += encode(&packet, buf, chunks);
-                packets += 1;
-                if matches!(packet, Packet::Publish(_)) {
-                    local.publishes += 1;
-                }
-            }
-            Out::Close => {
-                return Batch {
-                    packets,
-                    closing: true,
-                };
-            }
+    shared: &Shared,
+) -> Busy {
+    let mut taken = Queued::default();
+    let mut local = Local::default();
+    while outbox.take(&mut taken) {
+        let written = taken.len() as u64;
+        let result = match write_all(write, &mut taken.chunks, &taken.tail).await {
+            Ok(()) => write.flush().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "write failed; closing the connection");
+            local.flush_sent(&shared.counters);
+            outbox.failed();
+            return Busy::Failed;
         }
-        if packets >= BATCH_PACKETS || bytes >= BATCH_BYTES {
-            break;
+        local.bytes += written;
+        local.packets += taken.packets as u64;
+        local.publishes += taken.publishes as u64;
+        local.flush_sent(&shared.counters);
+        if taken.close {
+            return Busy::Closing;
         }
+        // Kept for the next swap: a busy connection reuses its two buffers.
+        taken.clear();
     }
-    Batch {
-        packets,
-        closing: false,
-    }
+    Busy::Idle
 }
 
-/// Encodes `packet`: small ones into `buf`, a large PUBLISH as its header (into `buf`) and
-/// its payload (shared, into `chunks`). Returns about how many bytes it adds.
-fn encode(packet: &Packet, buf: &mut BytesMut, chunks: &mut VecDeque<Bytes>) -> usize {
-    let result = match packet {
-        Packet::Publish(publish) if publish.payload.len() >= SHARED_PAYLOAD => {
-            codec::encode_publish_header(publish, buf).map(|()| {
-                chunks.push_back(buf.split().freeze());
-                chunks.push_back(publish.payload.clone());
-            })
-        }
-        packet => codec::encode(packet, buf),
-    };
-    match result {
-        Ok(()) => match packet {
-            Packet::Publish(publish) => publish.payload.len() + publish.topic.as_bytes().len() + 8,
-            _ => 8,
-        },
-        Err(error) => {
-            tracing::warn!(%error, packet = %packet.packet_type(), "cannot encode a packet for a client; skipped");
-            0
-        }
-    }
-}
-
-/// Writes every chunk, with vectored writes of up to 64 chunks.
+/// Writes every chunk, then `tail`, with vectored writes of up to [`MAX_SLICES`] pieces.
 async fn write_all<W: AsyncWrite + Unpin>(
     write: &mut W,
     chunks: &mut VecDeque<Bytes>,
+    tail: &[u8],
 ) -> std::io::Result<()> {
-    while !chunks.is_empty() {
-        let written = {
-            let slices: Vec<IoSlice<'_>> =
-                chunks.iter().take(64).map(|c| IoSlice::new(c)).collect();
-            write.write_vectored(&slices).await?
-        };
+    let mut tail_at = 0;
+    while !chunks.is_empty() || tail_at < tail.len() {
+        // The slices are made on the stack of each poll: the task's future keeps none.
+        let written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for chunk in chunks.iter().take(MAX_SLICES) {
+                slices[n] = IoSlice::new(chunk);
+                n += 1;
+            }
+            if n < MAX_SLICES && tail_at < tail.len() {
+                slices[n] = IoSlice::new(&tail[tail_at..]);
+                n += 1;
+            }
+            Pin::new(&mut *write).poll_write_vectored(cx, &slices[..n])
+        })
+        .await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         let mut left = written;
         while left > 0 {
             let Some(front) = chunks.front_mut() else {
+                tail_at += left;
                 break;
             };
             if front.len() <= left {
@@ -1022,6 +986,22 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
+
+    /// The size of what `f` returns.
+    fn size_of_return<R>(_f: impl FnOnce() -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle connection's writer task is small: its future keeps the socket's half and the
+    /// link's end, not the buffers or the state of a write (304 bytes when it did).
+    #[test]
+    #[allow(unreachable_code)]
+    fn an_idle_writer_keeps_little() {
+        let size = size_of_return(|| {
+            write_loop::<tokio::net::tcp::OwnedWriteHalf>(todo!(), todo!(), todo!())
+        });
+        assert!(size <= 128, "the writer's future: {size} bytes");
+    }
 
     /// A connection waiting for its next packet holds no read buffer: what a read brings
     /// into an empty buffer takes only its size, and a partial packet is read on in place.

@@ -45,7 +45,7 @@ use crate::will::CloseReason;
 pub(crate) use stats::Counters;
 
 use auth::Authenticator;
-use link::{ConnId, Link, Outbox};
+use link::{ConnId, Frame, Frames, Link, Outbox};
 use listen::ConnLimit;
 use storage::Storage;
 
@@ -130,7 +130,10 @@ pub(crate) enum SessionMsg {
     /// is `qos`.
     Deliver { message: Message, qos: QoS },
     /// Several, in order, as [`Deliver`](SessionMsg::Deliver) each.
-    DeliverMany(Vec<(Message, QoS)>),
+    DeliverMany(Vec<Delivery>),
+    /// QoS 0 messages, in order, encoded once for all their subscribers: written as they are
+    /// where the session would send them at QoS 0.
+    DeliverFrames(Frames),
     /// Connection `conn` ended for `reason`.
     Detach { conn: ConnId, reason: CloseReason },
     /// A retained shard's answer for a subscription granted `qos`.
@@ -149,6 +152,17 @@ pub(crate) enum SessionMsg {
     Settled { conn: ConnId },
     /// Time to see whether this session, if its client is away, has expired.
     ExpiryCheck,
+}
+
+/// One delivery of a [`SessionMsg::DeliverMany`].
+#[derive(Debug, Clone)]
+pub(crate) enum Delivery {
+    /// A published message matching the session's subscriptions, whose maximum granted QoS
+    /// is the second.
+    Message(Message, QoS),
+    /// A QoS 0 message encoded once for all its subscribers: written as it is where the
+    /// session would send the message at QoS 0.
+    Frame(Frame),
 }
 
 /// A message for a retained shard.
@@ -402,20 +416,37 @@ thread_local! {
 /// messages match gets them together in one [`SessionMsg::DeliverMany`], in order, so that its
 /// session takes them in one run and its connection's writer writes them in one system call.
 /// Sent with one [`send_all_async`](hermes::Hermes::send_all_async), they take one lock per
-/// shard, not one per delivery.
+/// shard, not one per delivery. A QoS 0 message that goes to more than one subscriber is
+/// encoded once ([`Delivery::Frame`]): each subscriber's session copies its bytes. QoS 0
+/// messages all on one topic (a publisher's burst) are encoded once together
+/// ([`SessionMsg::DeliverFrames`]): every subscriber gets the same buffer, which its writer
+/// writes as it is.
 pub(crate) fn fan_out(shared: &Shared, messages: &mut Vec<Message>) -> Vec<(ClientId, SessionMsg)> {
     let mut fanout = FANOUT.take();
-    fanout.group(
-        &shared.index.read().unwrap_or_else(PoisonError::into_inner),
-        messages,
-    );
+    let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
+    if let Some(frames) = fanout.same_topic_qos0(&index, messages) {
+        fanout.first_matched = false;
+        drop(index);
+        messages.clear();
+        let groups = fanout
+            .matches
+            .iter()
+            .map(|(client, _)| (client.clone(), SessionMsg::DeliverFrames(frames.clone())))
+            .collect();
+        FANOUT.set(fanout);
+        return groups;
+    }
+    fanout.group(&index, messages);
+    drop(index);
     messages.clear();
     let groups = fanout
         .groups
         .drain(..)
         .map(|(client, mut delivered)| {
             let msg = match (delivered.pop(), delivered.is_empty()) {
-                (Some((message, qos)), true) => SessionMsg::Deliver { message, qos },
+                (Some(Delivery::Message(message, qos)), true) => {
+                    SessionMsg::Deliver { message, qos }
+                }
                 (last, _) => {
                     delivered.extend(last);
                     SessionMsg::DeliverMany(delivered)
@@ -433,31 +464,61 @@ pub(crate) fn fan_out(shared: &Shared, messages: &mut Vec<Message>) -> Vec<(Clie
 pub(crate) struct Fanout {
     matches: Matches<ClientId>,
     /// Each subscriber, in the order first matched, with its messages in order.
-    groups: Vec<(ClientId, Vec<(Message, QoS)>)>,
+    groups: Vec<(ClientId, Vec<Delivery>)>,
     /// Where each subscriber is in `groups`, when the messages' topics differ.
     index: hashbrown::HashMap<ClientId, usize>,
+    /// `matches` holds the first message's subscribers already.
+    first_matched: bool,
 }
 
 impl Fanout {
+    /// `messages` encoded together if they are all QoS 0 on one topic, and more than one
+    /// subscriber has them (left in `matches`, each at QoS 0 whatever its subscription's).
+    fn same_topic_qos0(
+        &mut self,
+        index: &Subscriptions<ClientId>,
+        messages: &[Message],
+    ) -> Option<Frames> {
+        let first = messages.first()?;
+        let same = messages
+            .iter()
+            .all(|m| m.qos == QoS::AtMostOnce && m.topic == first.topic);
+        if !same {
+            return None;
+        }
+        index.matches(&first.topic, &mut self.matches);
+        self.first_matched = true;
+        if self.matches.len() < 2 {
+            return None;
+        }
+        Frames::qos0(messages)
+    }
+
     /// Groups `messages` by subscriber: each message once per matching session, at the
     /// maximum QoS of its matching subscriptions [MQTT-3.3.5-1].
     fn group(&mut self, index: &Subscriptions<ClientId>, messages: &[Message]) {
         let Some(first) = messages.first() else {
             return;
         };
-        index.matches(&first.topic, &mut self.matches);
+        if !std::mem::take(&mut self.first_matched) {
+            index.matches(&first.topic, &mut self.matches);
+        }
+        let shared = self.matches.len() > 1;
+        let frame = shared.then(|| Frame::qos0_of(first)).flatten();
         self.groups.extend(self.matches.iter().map(|(client, qos)| {
             let mut delivered = Vec::with_capacity(messages.len());
-            delivered.push((first.clone(), qos));
+            delivered.push(delivery(first, qos, frame.as_ref()));
             (client.clone(), delivered)
         }));
         let first_matches = self.groups.len();
         for message in &messages[1..] {
             if message.topic == first.topic && self.index.is_empty() {
                 // The same topic, the same index: the same subscribers, in order.
-                for (_, delivered) in &mut self.groups[..first_matches] {
-                    let qos = delivered[0].1;
-                    delivered.push((message.clone(), qos));
+                let frame = shared.then(|| Frame::qos0_of(message)).flatten();
+                // `matches` still holds the first topic's, in the order of the groups.
+                let groups = self.groups[..first_matches].iter_mut();
+                for ((_, delivered), (_, qos)) in groups.zip(self.matches.iter()) {
+                    delivered.push(delivery(message, qos, frame.as_ref()));
                 }
                 continue;
             }
@@ -467,18 +528,29 @@ impl Fanout {
                 }
             }
             index.matches(&message.topic, &mut self.matches);
+            let frame = (self.matches.len() > 1)
+                .then(|| Frame::qos0_of(message))
+                .flatten();
             for (client, qos) in self.matches.iter() {
+                let delivery = delivery(message, qos, frame.as_ref());
                 match self.index.get(client) {
-                    Some(&i) => self.groups[i].1.push((message.clone(), qos)),
+                    Some(&i) => self.groups[i].1.push(delivery),
                     None => {
                         self.index.insert(client.clone(), self.groups.len());
-                        self.groups
-                            .push((client.clone(), vec![(message.clone(), qos)]));
+                        self.groups.push((client.clone(), vec![delivery]));
                     }
                 }
             }
         }
         self.index.clear();
+    }
+}
+
+/// `message` for a subscriber granted `qos`: its `frame`, if it has one.
+fn delivery(message: &Message, qos: QoS, frame: Option<&Frame>) -> Delivery {
+    match frame {
+        Some(frame) => Delivery::Frame(frame.clone()),
+        None => Delivery::Message(message.clone(), qos),
     }
 }
 
@@ -603,8 +675,30 @@ mod tests {
         }
     }
 
-    /// A subscriber and what it got: (topic, payload, QoS) in order.
-    type Got = (String, Vec<(String, String, QoS)>);
+    /// The message a frame carries, decoded: a QoS 0 PUBLISH with RETAIN 0.
+    fn frame_message(frame: &Frame) -> Message {
+        let mut wire = bytes::BytesMut::new();
+        let mut queued = link::Queued::default();
+        let (link, mut outbox) = Link::new(1, 10);
+        let mut outs = vec![link::Out::Frame(frame.clone())];
+        assert_eq!(link.send_all(&mut outs), (0, false));
+        assert!(outbox.take(&mut queued));
+        for chunk in &queued.chunks {
+            wire.extend_from_slice(chunk);
+        }
+        wire.extend_from_slice(&queued.tail);
+        let Ok(Some(Packet::Publish(publish))) = crate::codec::decode(&mut wire, usize::MAX) else {
+            panic!("a frame is a PUBLISH");
+        };
+        assert!(wire.is_empty());
+        assert_eq!(publish.qos, crate::packet::PublishQos::AtMostOnce);
+        assert!(!publish.retain, "RETAIN 0 [MQTT-3.3.1-9]");
+        Message::from(publish)
+    }
+
+    /// A subscriber and what it got: (topic, payload, QoS granted) in order; `None` for a
+    /// QoS 0 message encoded once for all its subscribers.
+    type Got = (String, Vec<(String, String, Option<QoS>)>);
 
     /// What each subscriber gets, in order, sorted by client.
     fn grouped(
@@ -619,7 +713,11 @@ mod tests {
             .map(|(client, delivered)| {
                 let delivered = delivered
                     .into_iter()
-                    .map(|(m, qos)| {
+                    .map(|delivery| {
+                        let (m, qos) = match delivery {
+                            Delivery::Message(m, qos) => (m, Some(qos)),
+                            Delivery::Frame(frame) => (frame_message(&frame), None),
+                        };
                         let payload = String::from_utf8(m.payload.to_vec()).unwrap();
                         (m.topic.as_str().to_owned(), payload, qos)
                     })
@@ -632,7 +730,9 @@ mod tests {
     }
 
     /// Messages gathered from one read go to each subscriber together, in order, each once at
-    /// the maximum QoS of the subscriber's matching filters, whatever their topics.
+    /// the maximum QoS of the subscriber's matching filters, whatever their topics; a QoS 0
+    /// message for more than one subscriber is encoded once, as a PUBLISH at QoS 0 with
+    /// RETAIN 0, whatever it was published with.
     #[test]
     fn fanout_groups_each_subscribers_messages_in_order() {
         let mut index = Subscriptions::new();
@@ -643,36 +743,60 @@ mod tests {
         index.subscribe(&filter("t/1"), b.clone(), QoS::ExactlyOnce);
         index.subscribe(&filter("u"), c.clone(), QoS::AtMostOnce);
         let mut fanout = Fanout::default();
-        let s = |t: &str, p: &str, q| (t.to_owned(), p.to_owned(), q);
+        let s = |t: &str, p: &str, q| (t.to_owned(), p.to_owned(), Some(q));
+        let f = |t: &str, p: &str| (t.to_owned(), p.to_owned(), None);
         let (q0, q1, q2) = (QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce);
+        let with_qos = |m: Message, qos| Message { qos, ..m };
+        let retained = |m: Message| Message { retain: true, ..m };
 
-        // One topic: the fast path.
+        // One topic: the fast path; QoS 0 encoded once for both, QoS 1 at each one's QoS.
         let same = [
             message("t/1", "1"),
-            message("t/1", "2"),
-            message("t/1", "3"),
+            retained(message("t/1", "2")),
+            with_qos(message("t/1", "3"), q1),
+            message("t/1", "4"),
         ];
         assert_eq!(
             grouped(&mut fanout, &index, &same),
             [
                 (
                     "a".into(),
-                    vec![s("t/1", "1", q1), s("t/1", "2", q1), s("t/1", "3", q1)]
+                    vec![
+                        f("t/1", "1"),
+                        f("t/1", "2"),
+                        s("t/1", "3", q1),
+                        f("t/1", "4")
+                    ]
                 ),
                 (
                     "b".into(),
-                    vec![s("t/1", "1", q2), s("t/1", "2", q2), s("t/1", "3", q2)]
+                    vec![
+                        f("t/1", "1"),
+                        f("t/1", "2"),
+                        s("t/1", "3", q2),
+                        f("t/1", "4")
+                    ]
                 ),
             ]
         );
-        // Topics that differ, a subscriber first matched late, a topic nobody wants.
+        // The same with a QoS 1 message first.
+        let same = [with_qos(message("t/1", "1"), q1), message("t/1", "2")];
+        assert_eq!(
+            grouped(&mut fanout, &index, &same),
+            [
+                ("a".into(), vec![s("t/1", "1", q1), f("t/1", "2")]),
+                ("b".into(), vec![s("t/1", "1", q2), f("t/1", "2")]),
+            ]
+        );
+        // Topics that differ, a subscriber first matched late, a topic nobody wants; a
+        // message for one subscriber is not encoded ahead.
         let mixed = [
             message("t/2", "1"),
             message("t/1", "2"),
             message("x", "3"),
             message("u", "4"),
             message("t/2", "5"),
-            message("t/1", "6"),
+            with_qos(message("t/1", "6"), q2),
         ];
         assert_eq!(
             grouped(&mut fanout, &index, &mixed),
@@ -681,18 +805,72 @@ mod tests {
                     "a".into(),
                     vec![
                         s("t/2", "1", q0),
-                        s("t/1", "2", q1),
+                        f("t/1", "2"),
                         s("t/2", "5", q0),
                         s("t/1", "6", q1)
                     ]
                 ),
-                ("b".into(), vec![s("t/1", "2", q2), s("t/1", "6", q2)]),
+                ("b".into(), vec![f("t/1", "2"), s("t/1", "6", q2)]),
                 ("c".into(), vec![s("u", "4", q0)]),
             ]
         );
         // Nothing left over for the next call.
         assert!(grouped(&mut fanout, &index, &[]).is_empty());
         assert!(fanout.index.is_empty());
+    }
+
+    /// QoS 0 messages all on one topic, for more than one subscriber, are encoded once
+    /// together for all of them; anything else is grouped per subscriber as before, the
+    /// subscribers matched once.
+    #[test]
+    fn fanout_encodes_a_burst_on_one_topic_once() {
+        let mut index = Subscriptions::new();
+        let filter = |f: &str| TopicFilter::try_from(f).unwrap();
+        let (a, b) = (ClientId::new("a"), ClientId::new("b"));
+        index.subscribe(&filter("t/+"), a.clone(), QoS::AtLeastOnce);
+        index.subscribe(&filter("t/1"), b.clone(), QoS::AtMostOnce);
+        let mut fanout = Fanout::default();
+        let burst = [
+            message("t/1", "1"),
+            message("t/1", "2"),
+            message("t/1", "3"),
+        ];
+        let frames = fanout
+            .same_topic_qos0(&index, &burst)
+            .expect("encoded once");
+        assert_eq!(frames.len(), 3);
+        let mut clients: Vec<_> = fanout.matches.iter().map(|(c, _)| c.to_string()).collect();
+        clients.sort();
+        assert_eq!(clients, ["a", "b"]);
+        fanout.first_matched = false;
+        // A QoS 1 message among them, or another topic: per subscriber.
+        let qos1 = [
+            message("t/1", "1"),
+            Message {
+                qos: QoS::AtLeastOnce,
+                ..message("t/1", "2")
+            },
+        ];
+        assert!(fanout.same_topic_qos0(&index, &qos1).is_none());
+        assert_eq!(grouped(&mut fanout, &index, &qos1).len(), 2);
+        let two_topics = [message("t/1", "1"), message("t/2", "2")];
+        assert!(fanout.same_topic_qos0(&index, &two_topics).is_none());
+        assert_eq!(grouped(&mut fanout, &index, &two_topics).len(), 2);
+        // One subscriber: not encoded ahead; its matches are reused, not looked up again.
+        let one = [message("t/2", "1"), message("t/2", "2")];
+        assert!(fanout.same_topic_qos0(&index, &one).is_none());
+        assert!(fanout.first_matched);
+        assert_eq!(
+            grouped(&mut fanout, &index, &one),
+            [(
+                "a".into(),
+                vec![
+                    ("t/2".into(), "1".into(), Some(QoS::AtLeastOnce)),
+                    ("t/2".into(), "2".into(), Some(QoS::AtLeastOnce))
+                ]
+            )]
+        );
+        assert!(!fanout.first_matched);
     }
 
     #[test]

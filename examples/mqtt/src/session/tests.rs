@@ -357,6 +357,65 @@ fn packet_ids_skip_zero_and_ids_in_flight_mqtt_2_3_1_1_and_4() {
     );
 }
 
+/// Packet identifiers are taken in turn, skipping those in flight, as a scan of the window
+/// for each would take them, over several rounds of 65535 [MQTT-2.3.1-1], [MQTT-2.3.1-4]:
+/// messages that stay in flight for more than a round (QoS 1 never acknowledged, QoS 2
+/// waiting for PUBCOMP), acknowledgements out of order, a reconnection, a restore.
+#[test]
+fn packet_ids_in_turn_skip_ids_in_flight_over_many_rounds() {
+    let mut rng = Lcg(7);
+    let mut s = Session::new(limits(8, 0));
+    let mut out = Vec::new();
+    let mut c = s.connect(false, &mut out);
+    out.clear();
+    // What a scan of the window gives: the next identifier in turn that is not in flight.
+    let mut expected_next: u16 = 1;
+    let mut skipped = 0;
+    for step in 0..400_000u32 {
+        let inflight: Vec<InFlight> = s.state().delivery.inflight().cloned().collect();
+        if inflight.len() < 8 {
+            let qos = if rng.below(2) == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            let _ = s.deliver(msg("t", "m", qos), qos, &mut out);
+            let Some(Output::Send(Packet::Publish(p))) = out.pop() else {
+                panic!("step {step}: nothing sent");
+            };
+            let mut want = expected_next;
+            while inflight.iter().any(|f| f.packet_id().get() == want) {
+                want = if want == u16::MAX { 1 } else { want + 1 };
+                skipped += 1;
+            }
+            assert_eq!(p.qos.packet_id(), Some(id(want)), "step {step}");
+            expected_next = if want == u16::MAX { 1 } else { want + 1 };
+        } else {
+            // Acknowledge one, not the oldest two: they stay in flight for rounds.
+            let f = &inflight[2 + rng.below(inflight.len() - 2)];
+            match f.stage() {
+                Stage::Unacknowledged(m) if m.qos == QoS::AtLeastOnce => {
+                    assert!(s.on_puback(f.packet_id(), &mut out));
+                }
+                Stage::Unacknowledged(_) => assert!(s.on_pubrec(f.packet_id(), &mut out)),
+                Stage::Released => assert!(s.on_pubcomp(f.packet_id(), &mut out)),
+            }
+            out.clear();
+        }
+        if step == 200_000 {
+            // Away and back, and through the store: the identifiers in flight stay taken.
+            let _ = s.disconnected(c, t0(), &mut out);
+            s = Session::restore(s.state().clone(), limits(8, 0));
+            c = s.connect(false, &mut out);
+            out.clear();
+        }
+    }
+    assert!(
+        skipped >= 4,
+        "identifiers in flight were met and skipped: {skipped}"
+    );
+}
+
 /// The in-flight window: at most `max_inflight` unacknowledged; the rest waits, first in
 /// first out, and goes out as acknowledgements free the window, in order [MQTT-4.6.0-6].
 #[test]
@@ -389,6 +448,32 @@ fn qos0_is_sent_at_once_when_connected() {
     let sent = s.deliver(msg("t", "m3", QoS::AtMostOnce), QoS::AtLeastOnce, &mut out);
     assert_eq!(sent, Delivered::Sent);
     assert_eq!(take(&mut out), ["PUBLISH t m1 q1 #1", "PUBLISH t m3 q0"]);
+}
+
+/// A QoS 0 delivery written by the caller is sent exactly when `deliver` would send it, and
+/// discarded (and counted) when it would discard it.
+#[test]
+fn qos0_written_by_the_caller_is_sent_or_discarded_as_deliver_would() {
+    let (mut s, c, mut out) = connected(false, limits(1, 10));
+    let _ = s.deliver(msg("t", "m1", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    out.clear();
+    // Connected, the window full: QoS 0 goes out anyway.
+    assert_eq!(s.deliver_qos0(), Delivered::Sent);
+    assert_eq!(
+        s.deliver(msg("t", "m", QoS::AtMostOnce), QoS::AtLeastOnce, &mut out),
+        Delivered::Sent
+    );
+    assert!(out.iter().all(|o| matches!(o, Output::Send(_))));
+    out.clear();
+    assert_eq!(s.discarded(), 0);
+    let _ = s.disconnected(c, t0(), &mut out);
+    assert_eq!(s.deliver_qos0(), Delivered::Discarded);
+    assert_eq!(
+        s.deliver(msg("t", "m", QoS::AtMostOnce), QoS::AtLeastOnce, &mut out),
+        Delivered::Discarded
+    );
+    assert_eq!(s.discarded(), 2);
+    assert!(out.is_empty());
 }
 
 /// A full queue drops its oldest message, and counts it; what is kept keeps its order.
