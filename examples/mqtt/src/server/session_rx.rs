@@ -90,9 +90,9 @@ struct SessionRx {
     counted_offline: bool,
     /// Packets of a connection carried out whose `Settled` is on its way: one message to
     /// itself settles all those carried out before it arrives, not one message per packet.
-    /// The connection, and how many (0: none on its way; 32 bits: between two of its own
-    /// messages).
-    settling: (ConnId, u32),
+    /// How many, of the attached connection (0: none on its way; reset when a connection
+    /// attaches, so that a `Settled` of an earlier one settles nothing).
+    settling: u32,
 }
 
 /// The parts of a session receiver that most sessions never use.
@@ -148,7 +148,7 @@ impl SessionRx {
             // A stored session is counted as offline from the start (its client connecting
             // is what changes that).
             counted_offline: stored,
-            settling: (0, 0),
+            settling: 0,
         }
     }
 
@@ -198,6 +198,7 @@ impl SessionRx {
             old.close(CloseReason::TakenOver);
         }
         self.release_held();
+        self.settling = 0;
         if let Some(timer) = self.rare.as_mut().and_then(|rare| rare.expiry_timer.take()) {
             ctx.cancel(timer);
         }
@@ -566,12 +567,11 @@ impl SessionRx {
     /// settles when a message to itself, sent now or already on its way, comes back (after
     /// this run's sends are out).
     fn settle_later(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        match &mut self.settling {
-            (settling, n) if *n > 0 && *settling == conn => *n = n.saturating_add(1),
-            _ => {
-                self.settling = (conn, 1);
-                ctx.send(self.id.clone(), SessionMsg::Settled { conn });
-            }
+        if self.settling > 0 {
+            self.settling = self.settling.saturating_add(1);
+        } else {
+            self.settling = 1;
+            ctx.send(self.id.clone(), SessionMsg::Settled { conn });
         }
     }
 
@@ -634,12 +634,12 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                 }
             }
             SessionMsg::Settled { conn } => {
-                let (settling, n) = self.settling;
-                if n > 0 && settling == conn {
-                    self.settling = (0, 0);
-                    if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
-                        link.settle_n(u64::from(n));
-                    }
+                // Only the attached connection's: an earlier one's came after a reset.
+                if self.settling > 0
+                    && let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn)
+                {
+                    link.settle_n(u64::from(self.settling));
+                    self.settling = 0;
                 }
             }
             SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
@@ -742,12 +742,12 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
 mod tests {
     /// A session receiver is allocated (boxed by Hermes) for every connected client: what few
     /// sessions use (held packets, the will, the expiry timer) is behind pointers, and the
-    /// connection's token is the session's, so that it fits glibc's 384-byte chunk (it was
+    /// connection's token is the session's, so that it fits glibc's 368-byte chunk (it was
     /// 520 bytes, a 528-byte chunk).
     #[test]
     fn a_session_receiver_stays_small() {
         let size = std::mem::size_of::<super::SessionRx>();
-        assert!(size + 8 <= 384, "SessionRx is {size} bytes");
+        assert!(size + 8 <= 368, "SessionRx is {size} bytes");
         assert_eq!(std::mem::size_of::<crate::will::LastWill>(), 8);
     }
 }
