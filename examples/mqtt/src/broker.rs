@@ -393,6 +393,7 @@ impl Broker {
             )));
         }
         accepting.push(runtime.spawn(stats::summary_loop(Arc::clone(&shared), SUMMARY_INTERVAL)));
+        accepting.push(runtime.spawn(listen::keep_alive_sweep(Arc::clone(&shared))));
         let data = match &shared.storage {
             Some(storage) => storage.path().display().to_string(),
             None => "memory only (nothing survives a restart)".to_owned(),

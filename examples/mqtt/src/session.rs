@@ -490,6 +490,12 @@ impl Session {
         self.connection.is_some()
     }
 
+    /// The connected client's connection, as [`connect`](Self::connect) returned it.
+    #[must_use]
+    pub fn connection(&self) -> Option<Connection> {
+        self.connection
+    }
+
     /// Whether the session outlives its connection (the last CONNECT had CleanSession 0, or
     /// it was restored).
     #[must_use]

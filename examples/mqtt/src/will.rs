@@ -67,9 +67,11 @@ impl CloseReason {
     }
 }
 
-/// The will of one connection, if it has one, until it is published or deleted.
+/// The will of one connection, if it has one, until it is published or deleted. Boxed: most
+/// connections have none, and a session keeps this for its connection's whole life (a
+/// pointer, not the message's 72 bytes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastWill(Option<Message>);
+pub struct LastWill(Option<Box<Message>>);
 
 impl LastWill {
     /// The will of an accepted CONNECT [MQTT-3.1.2-8], with its QoS and retain flag
@@ -78,13 +80,13 @@ impl LastWill {
     #[must_use]
     pub fn from_connect(connect: &Connect) -> Self {
         let will = connect.will.as_ref();
-        Self(will.map(|will| Message::from(will.clone()).compact()))
+        Self(will.map(|will| Box::new(Message::from(will.clone()).compact())))
     }
 
     /// The will message, while there is one.
     #[must_use]
     pub fn message(&self) -> Option<&Message> {
-        self.0.as_ref()
+        self.0.as_deref()
     }
 
     /// The client sent DISCONNECT: the will is deleted without being published
@@ -99,7 +101,7 @@ impl LastWill {
     #[must_use]
     pub fn on_close(&mut self, reason: CloseReason) -> Option<Message> {
         let message = self.0.take()?;
-        reason.publishes_will().then_some(message)
+        reason.publishes_will().then_some(*message)
     }
 }
 

@@ -571,3 +571,37 @@ async fn a_clean_session_taking_over_a_clean_one_starts_empty_mqtt_3_1_2_6() {
     publisher.publish(&t, b"m", QoS::AtLeastOnce, false).await;
     second.expect_silence(QUIET).await;
 }
+
+/// A clean session's CONNACK is written at once by the connection (no session present
+/// [MQTT-3.2.2-1]); a QoS 0 PUBLISH sent right behind the CONNECT, in the same write, still
+/// comes after the reset of a persistent session of that ID: its old subscription delivers
+/// nothing [MQTT-3.1.2-6].
+#[tokio::test]
+async fn a_publish_right_behind_a_clean_connect_does_not_reach_the_discarded_session_mqtt_3_1_2_6()
+{
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("clean-publish"), unique("clean-publish/t"));
+    away(&broker, &id, &t, QoS::AtMostOnce).await;
+    let mut raw = broker.raw().await;
+    let mut bytes = wire(connect_packet(&id));
+    for n in 0..5u8 {
+        bytes.extend(wire(publish_packet(
+            &t,
+            &[n],
+            QoS::AtMostOnce,
+            0,
+            false,
+            false,
+        )));
+    }
+    raw.send_bytes(&bytes).await;
+    let connack = raw.connack().await;
+    assert!(!connack.session_present, "[MQTT-3.2.2-1]");
+    raw.expect_silence(QUIET).await;
+    raw.expect_alive().await;
+    // The session is the new, clean one: a fresh subscription delivers.
+    raw.subscribe_one(&t, QoS::AtMostOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::AtMostOnce, false).await;
+    assert_eq!(&raw.recv_message().await.payload[..], b"m");
+}

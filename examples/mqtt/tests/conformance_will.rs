@@ -361,3 +361,89 @@ async fn nothing_after_disconnect_is_processed_mqtt_3_14_4_2() {
     client.expect_closed().await;
     expect_no_will(&broker, &mut watcher, &t).await;
 }
+
+/// Keep alive is checked by one sweep over the connections, not a timer in each: of several
+/// connections with a keep alive of 1 s, the silent ones are closed (not before 1.5 s
+/// [MQTT-3.1.2-24], and not long after) with their wills published, and those that keep
+/// sending, for three times as long, are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_alive_sweep_closes_exactly_the_silent_connections_mqtt_3_1_2_24() {
+    let broker = TestBroker::start().await;
+    let t = unique("will/sweep");
+    let mut watcher = watcher(&broker, &t).await;
+    let mut silent = Vec::new();
+    let mut busy = Vec::new();
+    for i in 0..4 {
+        silent.push(
+            broker
+                .connect_with(with_will(
+                    &t,
+                    &format!("silent {i}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    1,
+                ))
+                .await,
+        );
+        busy.push(
+            broker
+                .connect_with(with_will(
+                    &t,
+                    &format!("busy {i}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    1,
+                ))
+                .await,
+        );
+    }
+    let start = Instant::now();
+    let other = unique("sweep/other");
+    // The busy ones send a packet every 200 ms (a PUBLISH or a PINGREQ) for 4.5 s.
+    let sending = tokio::spawn(async move {
+        for round in 0..22 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for raw in &mut busy {
+                if round % 2 == 0 {
+                    raw.send(publish_packet(
+                        &other,
+                        b"x",
+                        QoS::AtMostOnce,
+                        0,
+                        false,
+                        false,
+                    ))
+                    .await;
+                } else {
+                    raw.ping().await;
+                }
+            }
+        }
+        busy
+    });
+    for raw in &mut silent {
+        raw.expect_closed().await;
+        let closed = start.elapsed();
+        assert!(
+            closed >= Duration::from_millis(1450),
+            "closed after {closed:?}, before 1.5 times the keep alive of 1 s"
+        );
+        assert!(
+            closed <= Duration::from_millis(3000),
+            "closed after {closed:?}, long after 1.5 times the keep alive of 1 s"
+        );
+    }
+    let mut wills: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        let message = watcher.recv_message().await;
+        wills.push(String::from_utf8(message.payload.to_vec()).unwrap());
+    }
+    wills.sort();
+    assert_eq!(wills, ["silent 0", "silent 1", "silent 2", "silent 3"]);
+    let mut busy = sending.await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(4));
+    for raw in &mut busy {
+        raw.expect_alive().await;
+    }
+    watcher.expect_silence(QUIET).await;
+}

@@ -9,7 +9,9 @@
 //! reading the socket until the session catches up. It routes QoS 0 PUBLISHes itself,
 //! straight to the subscribers' sessions (no hop through its own), grouped per subscriber
 //! ([`fan_out`]): a reader whose subscribers are behind stops reading too. It enforces keep
-//! alive [MQTT-3.1.2-24], answers
+//! alive [MQTT-3.1.2-24] without a timer of its own (the broker's keep-alive sweep wakes it
+//! once its deadline, left on the link, has passed), writes a clean session's CONNACK itself
+//! (no round trip through the session), answers
 //! PINGREQ, and closes the connection on any protocol error [MQTT-4.8.0-1]; whatever ends the
 //! connection, it tells the session with `Detach` and why, so the session publishes the will
 //! unless the client sent DISCONNECT.
@@ -18,14 +20,15 @@
 //! [`link`](super::link)) in one swap and writes it with one vectored write: a large PUBLISH
 //! payload is written from the shared buffer, not copied per subscriber.
 //!
-//! An idle connection keeps little (about 3 KB with its session, see BENCHMARKS.md): no read
+//! An idle connection keeps little (about 2.3 KB with its session, see BENCHMARKS.md): no read
 //! buffer while no packet is partly read, no write buffer or queue while nothing is to be
-//! written, and task futures that hold no message while they wait.
+//! written, no timer, and task futures that hold no message while they wait (the reader's,
+//! 408 bytes, keeps only its wait for the socket: what runs once per connection, or rarely,
+//! is boxed).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
@@ -63,7 +66,8 @@ const MAX_SLICES: usize = 64;
 
 /// Serves one accepted connection, its handshakes done, until it ends: `read` and `write` are
 /// its two directions; its CONNECT must be in by `connect_by`. `places` are its places under
-/// the connection limits, given back when it ends.
+/// the connection limits, given back when it ends. Its logs name it by its connection
+/// number (the listener's "accepted" line has its peer's address: the task keeps none).
 ///
 /// The writer task is spawned and the reader built here, outside the future, which only
 /// captures them: an async fn would keep its arguments and the values moved out of them
@@ -72,7 +76,6 @@ const MAX_SLICES: usize = 64;
 pub(crate) fn serve<R, W>(
     read: R,
     write: W,
-    peer: SocketAddr,
     connect_by: Instant,
     link: Link,
     outbox: Outbox,
@@ -84,63 +87,150 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
+    let writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
     let bucket = shared
         .config
         .publish_rate()
-        .map(|(rate, burst)| Bucket::new(rate, burst));
+        .map(|(rate, burst)| Box::new(Bucket::new(rate, burst)));
     let mut reader = Reader {
         read,
         buf: BytesMut::new(),
         link,
         shared,
         hermes,
-        direct: Vec::new(),
-        to_session: Vec::new(),
-        keep_alive: None,
+        gathered: Gathered::Nothing,
+        keep_alive: 0,
         acl: None,
         bucket,
-        local: Local::default(),
+        local: ReadCounts::default(),
         refused: false,
     };
+    // The CONNECT's deadline is on the link, for the keep-alive sweep: the future keeps none.
+    reader.link.set_due(reader.shared.stamp(connect_by));
     async move {
-        let (client, reason) = reader.run(&peer, connect_by).await;
-        let shared = &reader.shared;
-        let link = &reader.link;
-        let conn = link.conn();
-        reader.local.flush_received(&shared.counters);
-        if reason == CloseReason::ProtocolError && !reader.refused {
-            Counters::add(&shared.counters.protocol_errors, 1);
-        }
-        if let Some(client) = client {
-            Counters::gauge(&shared.counters.clients_connected, -1);
-            tracing::debug!(conn, %peer, client_id = %client, ?reason, "connection closed");
-            let detach = SessionMsg::Detach { conn, reason };
-            if send_wait(&reader.hermes, client, detach).await.is_ok() {
-                // The session closes it once the will is out (a retained one stored).
-                let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
-            } else {
-                tracing::debug!(
-                    conn,
-                    "broker closed: the session was not told the connection ended"
-                );
-            }
+        let (client, reason) = reader.run().await;
+        // Once per connection: boxed, so that what it keeps takes no room beside the reader's
+        // wait for the connection's whole life.
+        Box::pin(finish(reader, client, reason, writer, places)).await;
+    }
+}
+
+/// Ends a connection whose reader stopped for `reason`: tells its session (which publishes the
+/// will unless the client sent DISCONNECT) and waits for it to close the connection, then for
+/// the writer to write what is left.
+async fn finish<R>(
+    mut reader: Reader<R>,
+    client: Option<ClientId>,
+    reason: CloseReason,
+    mut writer: tokio::task::JoinHandle<()>,
+    places: (Place, Place),
+) {
+    let shared = &reader.shared;
+    let link = &reader.link;
+    let conn = link.conn();
+    reader.local.flush_received(&shared.counters);
+    if reason == CloseReason::ProtocolError && !reader.refused {
+        Counters::add(&shared.counters.protocol_errors, 1);
+    }
+    if let Some(client) = client {
+        Counters::gauge(&shared.counters.clients_connected, -1);
+        tracing::debug!(conn, client_id = %client, ?reason, "connection closed");
+        let detach = SessionMsg::Detach { conn, reason };
+        if send_wait(&reader.hermes, client, detach).await.is_ok() {
+            // The session closes it once the will is out (a retained one stored).
+            let _ = tokio::time::timeout(WILL_GRACE, link.closed()).await;
         } else {
-            tracing::debug!(conn, %peer, ?reason, "connection closed before it was accepted");
+            tracing::debug!(
+                conn,
+                "broker closed: the session was not told the connection ended"
+            );
         }
-        link.close(reason);
-        let link = link.clone();
-        let shared = Arc::clone(shared);
-        drop(reader);
-        if tokio::time::timeout(WRITER_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
+    } else {
+        tracing::debug!(conn, ?reason, "connection closed before it was accepted");
+    }
+    link.close(reason);
+    let link = link.clone();
+    let shared = Arc::clone(shared);
+    drop(reader);
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    shared.unregister(conn);
+    drop(link);
+    drop(places);
+}
+
+/// What a reader read since it last added it to the shared counters (before each wait for
+/// the socket: at most a read's worth, so 32 bits each).
+#[derive(Default)]
+struct ReadCounts {
+    bytes: u32,
+    packets: u32,
+    publishes: u32,
+    /// Messages published into the broker (QoS 0 ones the reader routes itself).
+    published: u32,
+}
+
+impl ReadCounts {
+    /// Adds them to the shared counters.
+    fn flush_received(&mut self, c: &Counters) {
+        if self.bytes | self.packets | self.published == 0 {
+            return;
         }
-        shared.unregister(conn);
-        drop(link);
-        drop(places);
+        for (counter, n) in [
+            (&c.bytes_received, self.bytes),
+            (&c.packets_received, self.packets),
+            (&c.publish_received, self.publishes),
+            (&c.published, self.published),
+        ] {
+            if n != 0 {
+                Counters::add(counter, u64::from(n));
+            }
+        }
+        *self = ReadCounts::default();
+    }
+}
+
+/// What a reader gathered: QoS 0 messages for the direct path, or packets for the session.
+/// Never both: what was gathered of the one goes out before the other is gathered, in order.
+enum Gathered {
+    Nothing,
+    Direct(Vec<Message>),
+    Session(Vec<SessionMsg>),
+}
+
+impl Gathered {
+    /// Gathers a message for the direct path (after any there; the caller flushed the
+    /// session's packets): how many there are.
+    fn push_direct(&mut self, message: Message) -> usize {
+        match self {
+            Gathered::Direct(messages) => {
+                messages.push(message);
+                messages.len()
+            }
+            other => {
+                *other = Gathered::Direct(vec![message]);
+                1
+            }
+        }
+    }
+
+    /// Gathers a packet for the session (after any there; the caller flushed the QoS 0
+    /// messages): how many there are.
+    fn push_session(&mut self, msg: SessionMsg) -> usize {
+        match self {
+            Gathered::Session(packets) => {
+                packets.push(msg);
+                packets.len()
+            }
+            other => {
+                *other = Gathered::Session(vec![msg]);
+                1
+            }
+        }
     }
 }
 
@@ -181,20 +271,18 @@ struct Reader<R> {
     link: Link,
     shared: Arc<Shared>,
     hermes: Handle,
-    /// QoS 0 messages decoded from what was read, for the direct path: routed together once
-    /// nothing more is decoded (or [`BATCH_GATHER`] are), before the socket is read again.
-    direct: Vec<Message>,
-    /// Packets for the session, gathered the same way and sent together. At most one of
-    /// `direct` and `to_session` holds anything: the other is flushed first, in order.
-    to_session: Vec<SessionMsg>,
-    /// How long the client may send nothing, once connected [MQTT-3.1.2-24].
-    keep_alive: Option<Duration>,
+    /// What was decoded from what was read, gathered to go out together once nothing more
+    /// is decoded (or [`BATCH_GATHER`] are), before the socket is read again.
+    gathered: Gathered,
+    /// The client's keep alive, once connected (0: none): it may send nothing for
+    /// `keep_alive_grace` times as long [MQTT-3.1.2-24].
+    keep_alive: u16,
     /// What the client may do, with an ACL file.
     acl: Option<Arc<ClientAcl>>,
-    /// `max_publish_rate`.
-    bucket: Option<Bucket>,
+    /// `max_publish_rate` (boxed: most brokers set none, and every connection keeps this).
+    bucket: Option<Box<Bucket>>,
     /// Counts not yet added to the shared counters.
-    local: Local,
+    local: ReadCounts,
     /// A CONNECT was refused with a CONNACK (not a protocol error).
     refused: bool,
 }
@@ -210,6 +298,14 @@ enum Step {
     End(CloseReason),
     /// Wait for room in a mailbox first.
     Wait(Waiting),
+}
+
+/// Why [`Reader::take`] did not handle a packet.
+enum Stop {
+    /// The connection ends.
+    Ended(CloseReason),
+    /// A PUBLISH waits this long first (`max_publish_rate`).
+    Throttle(Duration, Box<Packet>),
 }
 
 /// Carries out a [`Step`]: `None` to go on, or why the connection ends.
@@ -230,38 +326,21 @@ enum Next {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the connection until it ends: the session it attached to, if any, and why.
-    fn run<'a>(
-        &'a mut self,
-        peer: &'a SocketAddr,
-        connect_by: Instant,
-    ) -> impl Future<Output = Ended> + 'a {
+    #[allow(clippy::manual_async_fn)]
+    fn run(&mut self) -> impl Future<Output = Ended> + '_ {
         // Plain functions returning their futures, here and below: an async fn keeps its
         // arguments and their moved copies side by side, in the connection's task.
-        let peer = *peer;
         async move {
-            let conn = self.link.conn();
-            let connect = match self.next(Some(connect_by)).await {
-                Next::Packet(Packet::Connect(connect)) => connect,
-                Next::Packet(other) => {
-                    tracing::debug!(conn, %peer, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
-                    return (None, CloseReason::ProtocolError);
-                }
-                Next::Ended(CloseReason::KeepAliveTimeout) => {
-                    tracing::debug!(conn, %peer, "no CONNECT within connect_timeout");
-                    return (None, CloseReason::ProtocolError);
-                }
-                Next::Ended(reason) => return (None, reason),
-                Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
-                    return self.unsupported(peer, name.as_bytes(), level);
-                }
-                Next::Malformed(error) => {
-                    tracing::debug!(conn, %peer, %error, "malformed CONNECT; closing");
-                    return (None, CloseReason::ProtocolError);
-                }
+            // Taken by a plain function: nothing of it is kept across the awaits below (the
+            // task would keep it).
+            let next = self.next().await;
+            let connect = match self.first(next) {
+                Ok(connect) => connect,
+                Err(ended) => return ended,
             };
             // Once per connection, and larger than the rest: boxed, so that the task is not as
             // large as this for the connection's whole life.
-            let client = match Box::pin(self.accept(peer, connect)).await {
+            let client = match Box::pin(self.accept(connect)).await {
                 Ok(client) => client,
                 Err(ended) => return ended,
             };
@@ -270,13 +349,37 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// The first packet, which must be a CONNECT [MQTT-3.1.0-1].
+    fn first(&mut self, next: Next) -> Result<Box<Connect>, Ended> {
+        let conn = self.link.conn();
+        match next {
+            Next::Packet(Packet::Connect(connect)) => Ok(connect),
+            Next::Packet(other) => {
+                tracing::debug!(conn, packet = %other.packet_type(), "first packet is not CONNECT [MQTT-3.1.0-1]");
+                Err((None, CloseReason::ProtocolError))
+            }
+            Next::Ended(CloseReason::KeepAliveTimeout) => {
+                tracing::debug!(conn, "no CONNECT within connect_timeout");
+                Err((None, CloseReason::ProtocolError))
+            }
+            Next::Ended(reason) => Err((None, reason)),
+            Next::Malformed(DecodeError::UnsupportedProtocolLevel { name, level }) => {
+                Err(self.unsupported(name.as_bytes(), level))
+            }
+            Next::Malformed(error) => {
+                tracing::debug!(conn, %error, "malformed CONNECT; closing");
+                Err((None, CloseReason::ProtocolError))
+            }
+        }
+    }
+
     /// A CONNECT whose protocol level the decoder does not know: CONNACK 0x01 for an MQTT
     /// protocol name [MQTT-3.1.2-2], a plain close otherwise [MQTT-3.1.2-1].
-    fn unsupported(&mut self, peer: SocketAddr, name: &[u8], level: u8) -> Ended {
+    fn unsupported(&mut self, name: &[u8], level: u8) -> Ended {
         let mqtt = [ProtocolVersion::V311, ProtocolVersion::V31]
             .iter()
             .any(|v| v.name().as_bytes() == name);
-        tracing::debug!(conn = self.link.conn(), %peer, level, "unsupported protocol level");
+        tracing::debug!(conn = self.link.conn(), level, "unsupported protocol level");
         if mqtt {
             self.refuse(ConnectReturnCode::UnacceptableProtocolVersion);
         }
@@ -294,16 +397,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// Validates a CONNECT and attaches the connection to its session.
-    async fn accept(
-        &mut self,
-        peer: SocketAddr,
-        mut connect: Box<Connect>,
-    ) -> Result<ClientId, Ended> {
+    async fn accept(&mut self, mut connect: Box<Connect>) -> Result<ClientId, Ended> {
         let conn = self.link.conn();
         let refused = |code| Err((None, refused_reason(code)));
         let Some(version) = connect.protocol_version() else {
             let name = connect.protocol_name.as_bytes().to_vec();
-            return Err(self.unsupported(peer, &name, connect.protocol_level));
+            return Err(self.unsupported(&name, connect.protocol_level));
         };
         let id_len = connect.client_id.len();
         if version == ProtocolVersion::V31 && !(1..=23).contains(&id_len) {
@@ -333,7 +432,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             Ok(user) => user,
             Err(code) => {
                 Counters::add(&self.shared.counters.refused_auth, 1);
-                tracing::debug!(conn, %peer, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
+                tracing::debug!(conn, client_id = %connect.client_id.as_str(), ?code, "CONNECT refused");
                 self.refuse(code);
                 return refused(code);
             }
@@ -347,17 +446,26 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         {
             // Its will could never be published: not authorized.
             Counters::add(&self.shared.counters.refused_auth, 1);
-            tracing::debug!(conn, %peer, client_id = %connect.client_id.as_str(), topic = %will.topic.as_str(), "CONNECT refused: the ACL denies its will topic");
+            tracing::debug!(conn, client_id = %connect.client_id.as_str(), topic = %will.topic.as_str(), "CONNECT refused: the ACL denies its will topic");
             self.refuse(ConnectReturnCode::NotAuthorized);
             return refused(ConnectReturnCode::NotAuthorized);
         }
         let client = ClientId::new(connect.client_id.as_str());
-        let keep_alive = self.shared.config.keep_alive_timeout(connect.keep_alive);
-        tracing::debug!(conn, %peer, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
+        let keep_alive = connect.keep_alive;
+        tracing::debug!(conn, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
+        // A clean session's CONNACK is known here (accepted, no session present
+        // [MQTT-3.2.2-1]): the reader writes it, without a round trip through the session.
+        // Until the session has attached, the client's QoS 0 PUBLISHes go through it
+        // (`unsettle`), behind its reset of the subscriptions a session of that ID had.
+        let acked = connect.clean_session;
+        if acked {
+            self.link.unsettle();
+        }
         let attach = SessionMsg::Attach {
             link: self.link.clone(),
             connect,
             acl: acl.clone(),
+            acked,
         };
         if send_wait(&self.hermes, client.clone(), attach)
             .await
@@ -365,6 +473,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         {
             self.refuse(ConnectReturnCode::ServerUnavailable);
             return refused(ConnectReturnCode::ServerUnavailable);
+        }
+        if acked {
+            self.link.send(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Accepted,
+            }));
         }
         self.shared.counters.client_connected();
         self.keep_alive = keep_alive;
@@ -395,39 +509,31 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     fn gather<'a>(&'a mut self, client: &'a ClientId) -> impl Future<Output = CloseReason> + 'a {
         async move {
             loop {
-                let next = match self.buffered() {
-                    Some(next) => next,
-                    None => {
-                        // Before the socket is read again, what was gathered goes out.
-                        if let Some(reason) = proceed(self.flush(client)).await {
-                            return reason;
-                        }
-                        let deadline = self.keep_alive.and_then(|k| Instant::now().checked_add(k));
-                        self.next(deadline).await
+                // `if let`, not `match`: no `Option<Next>` is kept across the awaits below.
+                let next = if let Some(next) = self.buffered() {
+                    next
+                } else {
+                    // Before the socket is read again, what was gathered goes out.
+                    if let Some(reason) = proceed(self.flush(client)).await {
+                        return reason;
                     }
+                    let timeout = self.shared.config.keep_alive_timeout(self.keep_alive);
+                    let deadline = timeout.and_then(|k| Instant::now().checked_add(k));
+                    self.link
+                        .set_due(deadline.map_or(0, |deadline| self.shared.stamp(deadline)));
+                    self.next().await
                 };
-                let throttled = match next {
-                    Next::Packet(packet) => match self.throttle_wait(&packet) {
-                        None => Ok(self.handle(client, packet)),
-                        Some(wait) => Err((wait, Box::new(packet))),
-                    },
-                    Next::Ended(reason) => return reason,
-                    Next::Malformed(error) => {
-                        tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
-                        return CloseReason::ProtocolError;
-                    }
-                };
-                let step = match throttled {
+                // Taken by a plain function: nothing of it is kept across the awaits below.
+                let step = match self.take(client, next) {
                     Ok(step) => step,
-                    Err((wait, packet)) => {
-                        // What was gathered does not wait with this one.
-                        if let Some(reason) = proceed(self.flush(client)).await {
-                            return reason;
+                    Err(Stop::Ended(reason)) => return reason,
+                    // Boxed: the wait and what it keeps would else take room in every
+                    // connection's task, most brokers never throttling.
+                    Err(Stop::Throttle(wait, packet)) => {
+                        match Box::pin(self.throttled(client, wait, *packet)).await {
+                            Ok(step) => step,
+                            Err(reason) => return reason,
                         }
-                        if !Box::pin(self.throttle(wait)).await {
-                            return CloseReason::ServerClosed;
-                        }
-                        self.handle(client, *packet)
                     }
                 };
                 if let Some(reason) = proceed(step).await {
@@ -449,15 +555,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// ahead of it.
     fn flush_after(&mut self, client: &ClientId, before: Step) -> Step {
         // Taken, not cleared: an idle connection keeps no buffer of a past burst.
-        let batch = if !self.direct.is_empty() {
-            fan_out(&self.shared, &mut std::mem::take(&mut self.direct))
-        } else if !self.to_session.is_empty() {
-            std::mem::take(&mut self.to_session)
+        let batch = match std::mem::replace(&mut self.gathered, Gathered::Nothing) {
+            Gathered::Direct(mut messages) if !messages.is_empty() => {
+                fan_out(&self.shared, &mut messages)
+            }
+            Gathered::Session(packets) if !packets.is_empty() => packets
                 .into_iter()
                 .map(|msg| (client.clone(), msg))
-                .collect()
-        } else {
-            return before;
+                .collect(),
+            Gathered::Nothing | Gathered::Direct(_) | Gathered::Session(_) => return before,
         };
         match before {
             Step::Next => self.send_batch(batch),
@@ -518,9 +624,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             {
                 return self.gather_qos0(client, publish);
             }
-            // Before the session has written CONNACK, it answers (after the CONNACK
-            // [MQTT-3.2.0-1]); after, no hop is needed.
-            Packet::PingReq if self.link.is_accepted() => {
+            // Before the CONNACK is written, or while the session still carries out what
+            // came before (its answers go first), the session answers (after them
+            // [MQTT-3.2.0-1]); else no hop is needed.
+            Packet::PingReq if self.link.is_accepted() && self.link.is_settled() => {
                 self.link.send(Packet::PingResp);
                 return Step::Next;
             }
@@ -549,19 +656,35 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             self.link.unsettle();
         }
         // The QoS 0 messages gathered before it go first.
-        let before = if self.direct.is_empty() {
-            Step::Next
-        } else {
+        let before = if matches!(self.gathered, Gathered::Direct(_)) {
             self.flush(client)
+        } else {
+            Step::Next
         };
-        self.to_session.push(SessionMsg::Packet {
+        let gathered = self.gathered.push_session(SessionMsg::Packet {
             conn,
             packet: to_session,
         });
-        if self.to_session.len() < BATCH_GATHER {
+        if gathered < BATCH_GATHER {
             return before;
         }
         self.flush_after(client, before)
+    }
+
+    /// Handles what [`next`](Self::next) brought, if it can at once.
+    fn take(&mut self, client: &ClientId, next: Next) -> Result<Step, Stop> {
+        let packet = match next {
+            Next::Packet(packet) => packet,
+            Next::Ended(reason) => return Err(Stop::Ended(reason)),
+            Next::Malformed(error) => {
+                tracing::debug!(conn = self.link.conn(), client_id = %client, %error, "malformed packet; closing [MQTT-4.8.0-1]");
+                return Err(Stop::Ended(CloseReason::ProtocolError));
+            }
+        };
+        match self.throttle_wait(&packet) {
+            None => Ok(self.handle(client, packet)),
+            Some(wait) => Err(Stop::Throttle(wait, Box::new(packet))),
+        }
     }
 
     /// Takes a token for a PUBLISH under `max_publish_rate`: how long to wait first, if the
@@ -570,31 +693,41 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if !matches!(packet, Packet::Publish(_)) {
             return None;
         }
-        let wait = self.bucket.as_mut().and_then(Bucket::take)?;
+        let wait = self.bucket.as_mut().and_then(|bucket| bucket.take())?;
         Counters::add(&self.shared.counters.publish_throttled, 1);
         Some(wait)
     }
 
-    /// Waits `wait`, before handling a PUBLISH, for `max_publish_rate`: the socket is not read
-    /// meanwhile, so TCP flow control slows the client down. False if the broker closed the
-    /// connection meanwhile.
-    async fn throttle(&mut self, wait: Duration) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(wait) => true,
-            () = self.link.closed() => false,
+    /// Waits `wait`, before handling a PUBLISH, for `max_publish_rate` (what was gathered
+    /// goes out first, not waiting with it): the socket is not read meanwhile, so TCP flow
+    /// control slows the client down. Then handles it; `Err` if the connection ended
+    /// meanwhile.
+    async fn throttled(
+        &mut self,
+        client: &ClientId,
+        wait: Duration,
+        packet: Packet,
+    ) -> Result<Step, CloseReason> {
+        if let Some(reason) = proceed(self.flush(client)).await {
+            return Err(reason);
         }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.link.closed() => return Err(CloseReason::ServerClosed),
+        }
+        Ok(self.handle(client, packet))
     }
 
     /// A QoS 0 PUBLISH: to the retained shard if it says so (what was gathered before it
     /// first), and gathered for every subscriber's session.
     fn gather_qos0(&mut self, client: &ClientId, publish: Publish) -> Step {
         let message = Message::from(publish);
-        self.local.published += 1;
+        self.local.published = self.local.published.saturating_add(1);
         // The packets for the session gathered before it go first.
-        let mut step = if self.to_session.is_empty() {
-            Step::Next
-        } else {
+        let mut step = if matches!(self.gathered, Gathered::Session(_)) {
             self.flush(client)
+        } else {
+            Step::Next
         };
         if message.retain {
             // The messages gathered before it are routed before it is retained.
@@ -616,8 +749,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 end @ Step::End(_) => return end,
             };
         }
-        self.direct.push(message);
-        if self.direct.len() < BATCH_GATHER {
+        if self.gathered.push_direct(message) < BATCH_GATHER {
             return step;
         }
         self.flush_after(client, step)
@@ -627,9 +759,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     fn buffered(&mut self) -> Option<Next> {
         match codec::decode(&mut self.buf, self.shared.config.max_packet_size) {
             Ok(Some(packet)) => {
-                self.local.packets += 1;
+                self.local.packets = self.local.packets.saturating_add(1);
                 if matches!(packet, Packet::Publish(_)) {
-                    self.local.publishes += 1;
+                    self.local.publishes = self.local.publishes.saturating_add(1);
                 }
                 Some(Next::Packet(packet))
             }
@@ -638,11 +770,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
-    /// The next packet: decoded from what was read, or read for, until `deadline` (which ends
-    /// it with `KeepAliveTimeout`), or until the server closes the connection.
+    /// The next packet: decoded from what was read, or read for, until the deadline set on
+    /// the link ([`Link::set_due`]: the CONNECT's, or the keep alive's), which ends it with
+    /// `KeepAliveTimeout`, or until the server closes the connection.
+    ///
+    /// The deadline is no timer of the connection's own: the broker's keep-alive sweep
+    /// ([`keep_alive_sweep`](super::listen::keep_alive_sweep)) wakes the reader once it has
+    /// passed (at most a sweep period late, never early: the reader looks at the clock
+    /// itself).
     // Not an async fn: see `run`.
     #[allow(clippy::manual_async_fn)]
-    fn next(&mut self, deadline: Option<Instant>) -> impl Future<Output = Next> + '_ {
+    fn next(&mut self) -> impl Future<Output = Next> + '_ {
         async move {
             loop {
                 if let Some(next) = self.buffered() {
@@ -651,30 +789,48 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 // Before waiting for the socket: what this read brought is counted.
                 self.local.flush_received(&self.shared.counters);
                 let read = read_some(&mut self.read, &mut self.buf);
-                let closed = self.link.closed();
-                let timeout = async {
-                    match deadline {
-                        Some(deadline) => tokio::time::sleep_until(deadline).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let woken = self.link.nudged();
+                if self.link.is_closed() {
+                    let reason = self
+                        .link
+                        .close_reason()
+                        .unwrap_or(CloseReason::ServerClosed);
+                    return Next::Ended(reason);
+                }
                 tokio::select! {
                     result = read => match result {
                         Ok(0) => return Next::Ended(CloseReason::NetworkError),
-                        Ok(n) => self.local.bytes += n as u64,
+                        Ok(n) => {
+                            let n = u32::try_from(n).unwrap_or(u32::MAX);
+                            self.local.bytes = self.local.bytes.saturating_add(n);
+                        }
                         Err(error) => {
                             tracing::debug!(conn = self.link.conn(), %error, "read failed");
                             return Next::Ended(CloseReason::NetworkError);
                         }
                     },
-                    () = closed => {
-                        let reason = self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
-                        return Next::Ended(reason);
+                    () = woken => {
+                        if self.link.is_closed() {
+                            let reason =
+                                self.link.close_reason().unwrap_or(CloseReason::ServerClosed);
+                            return Next::Ended(reason);
+                        }
+                        if self.overdue() {
+                            return Next::Ended(CloseReason::KeepAliveTimeout);
+                        }
                     }
-                    () = timeout => return Next::Ended(CloseReason::KeepAliveTimeout),
                 }
             }
         }
+    }
+}
+
+impl<R> Reader<R> {
+    /// Whether the deadline on the link has passed (by a millisecond at least: a stamp is a
+    /// whole one).
+    fn overdue(&self) -> bool {
+        let due = self.link.due();
+        due != 0 && self.shared.stamp(Instant::now()) > due
     }
 }
 

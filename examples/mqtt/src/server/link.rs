@@ -270,8 +270,12 @@ struct Shared {
     unsettled: AtomicU64,
     /// Why it was closed by the server, as `reason_code`.
     reason: AtomicU8,
-    /// Wakes the reader when the connection is closed by the server.
+    /// Wakes the reader when the connection is closed by the server (or nudged by the
+    /// keep-alive sweep).
     closing: Notify,
+    /// When the reader's wait for the client's next packet ends, in the broker's milliseconds
+    /// ([`Shared::stamp`](super::Shared::stamp)); 0: never. Read by the keep-alive sweep.
+    due: AtomicU64,
 }
 
 /// The writing end of a connection; cheap to clone.
@@ -311,6 +315,7 @@ impl Link {
             unsettled: AtomicU64::new(0),
             reason: AtomicU8::new(0),
             closing: Notify::new(),
+            due: AtomicU64::new(0),
         });
         let link = Link {
             conn,
@@ -515,6 +520,32 @@ impl Link {
             }
             notified.await;
         }
+    }
+}
+
+impl Link {
+    /// Sets when the reader's wait for the next packet ends (0: never), for the keep-alive
+    /// sweep.
+    pub(crate) fn set_due(&self, due: u64) {
+        self.shared.due.store(due, Ordering::Relaxed);
+    }
+
+    /// When the reader's wait for the next packet ends (0: never).
+    pub(crate) fn due(&self) -> u64 {
+        self.shared.due.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the reader if it waits (the keep-alive sweep, once its wait is overdue): it
+    /// looks at the clock itself.
+    pub(crate) fn nudge(&self) {
+        self.shared.closing.notify_waiters();
+    }
+
+    /// Resolves at a [`nudge`](Self::nudge), or once the connection is closed by the server
+    /// after this call (or, rarely, for no reason: the caller looks at what changed, and at
+    /// [`is_closed`](Self::is_closed) after making this).
+    pub(crate) fn nudged(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.closing.notified()
     }
 }
 

@@ -147,6 +147,35 @@ struct Accepted {
     tls: Option<TlsAcceptor>,
     path: Arc<str>,
     places: (Place, Place),
+    /// The socket has the listener's options: none to set.
+    inherited: bool,
+}
+
+/// The longest period of the keep-alive sweep ([`keep_alive_sweep`]): a silent connection is
+/// closed at most this long after its 1.5 keep alives [MQTT-3.1.2-24].
+const SWEEP_PERIOD: Duration = Duration::from_millis(500);
+
+/// The sweep's period: [`SWEEP_PERIOD`], or less with a short `connect_timeout` (half of it,
+/// at least 10 ms).
+pub(crate) fn sweep_period(connect_timeout: Duration) -> Duration {
+    (connect_timeout / 2).clamp(Duration::from_millis(10), SWEEP_PERIOD)
+}
+
+/// The keep-alive sweep: every [`sweep_period`], wakes the readers whose wait for a packet is
+/// overdue (keep alive, or the CONNECT's `connect_timeout`), each of which closes its
+/// connection (publishing the will, after a keep alive). One task for the broker instead of
+/// a timer in every connection: an idle connection keeps no timer (about 110 bytes), and a
+/// connection that keeps sending costs a clock read per read, not a timer reset.
+pub(crate) async fn keep_alive_sweep(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(sweep_period(shared.config.connect_timeout));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let nudged = shared.nudge_overdue(shared.stamp(Instant::now()));
+        if nudged > 0 {
+            tracing::trace!(nudged, "keep-alive sweep: overdue readers woken");
+        }
+    }
 }
 
 /// Accepts connections on `bound` until the broker shuts down.
@@ -154,6 +183,7 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handl
     let limit = ConnLimit::new(bound.config.max_connections);
     let path: Arc<str> = Arc::from(bound.config.path.as_str());
     let kind = bound.config.kind;
+    let inherited = listener_options(&bound.listener, shared.config.tcp_keepalive);
     loop {
         let (stream, peer) = match bound.listener.accept().await {
             Ok(accepted) => accepted,
@@ -187,6 +217,7 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handl
             tls: bound.tls.clone(),
             path: Arc::clone(&path),
             places: (global, own),
+            inherited,
         };
         let shared = Arc::clone(&shared);
         let hermes = hermes.clone();
@@ -211,31 +242,51 @@ fn serve_tcp(
 ) -> impl Future<Output = ()> + Send {
     let Accepted {
         stream,
-        peer,
         places,
+        inherited,
         ..
     } = accepted;
-    let deadline = socket_options(&stream, &shared);
+    let deadline = socket_options(&stream, &shared, inherited);
     let (read, write) = stream.into_split();
-    conn::serve(
-        read, write, peer, deadline, link, outbox, shared, hermes, places,
-    )
+    conn::serve(read, write, deadline, link, outbox, shared, hermes, places)
 }
 
-/// Sets an accepted socket's options; returns when its CONNECT is due (`connect_timeout`).
-fn socket_options(stream: &TcpStream, shared: &Shared) -> Instant {
+/// Sets an accepted socket's options, unless it has the listener's (`inherited`); returns
+/// when its CONNECT is due (`connect_timeout`).
+fn socket_options(stream: &TcpStream, shared: &Shared, inherited: bool) -> Instant {
     let now = Instant::now();
     let deadline = now
         .checked_add(shared.config.connect_timeout)
         .unwrap_or(now + Duration::from_secs(3600));
-    let _ = stream.set_nodelay(true);
-    if let Some(idle) = shared.config.tcp_keepalive {
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(Duration::from_secs(10));
-        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    if !inherited {
+        let socket = socket2::SockRef::from(stream);
+        let _ = socket.set_tcp_nodelay(true);
+        if let Some(idle) = shared.config.tcp_keepalive {
+            let _ = socket.set_tcp_keepalive(&keepalive(idle));
+        }
     }
     deadline
+}
+
+/// TCP keepalive probes after `idle` without traffic, then every 10 s.
+fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10))
+}
+
+/// Sets the accepted sockets' options (`TCP_NODELAY`, TCP keepalive) on the listening socket:
+/// on Linux an accepted socket has its listener's, so that accepting costs no system call per
+/// option (four per connection). Whether they are inherited so (Linux, and all set).
+fn listener_options(listener: &TcpListener, tcp_keepalive: Option<Duration>) -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    let socket = socket2::SockRef::from(listener);
+    let nodelay = socket.set_tcp_nodelay(true).is_ok();
+    let keepalive =
+        tcp_keepalive.is_none_or(|idle| socket.set_tcp_keepalive(&keepalive(idle)).is_ok());
+    nodelay && keepalive
 }
 
 /// Why a handshake did not finish.
@@ -261,8 +312,9 @@ async fn handshake(
         tls,
         path,
         places,
+        inherited,
     } = accepted;
-    let deadline = socket_options(&stream, &shared);
+    let deadline = socket_options(&stream, &shared, inherited);
     let max_message = shared.config.max_packet_size.saturating_add(64 * 1024);
     let conn = link.conn();
     // Each step is bounded by the deadline, and ends at once when the broker closes.
@@ -291,35 +343,23 @@ async fn handshake(
         (ListenerKind::Tcp, _) => {
             // Served by `serve_tcp`, spawned instead of this; as it would be.
             let (read, write) = stream.into_split();
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Ws, _) => {
             let io = step!(ws::accept(stream, &path, max_message));
             let (read, write) = tokio::io::split(io);
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Tls, Some(acceptor)) => {
             let stream = step!(acceptor.accept(stream));
             let (read, write) = tokio::io::split(stream);
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Wss, Some(acceptor)) => {
             let stream = step!(acceptor.accept(stream));
             let io = step!(ws::accept(stream, &path, max_message));
             let (read, write) = tokio::io::split(io);
-            conn::serve(
-                read, write, peer, deadline, link, outbox, shared, hermes, places,
-            )
-            .await;
+            conn::serve(read, write, deadline, link, outbox, shared, hermes, places).await;
         }
         (ListenerKind::Tls | ListenerKind::Wss, None) => {
             // Bound listeners of these kinds always have an acceptor.
@@ -348,6 +388,46 @@ fn handshake_failed(
         Failed::Error(error) => {
             Counters::add(&shared.counters.handshake_failures, 1);
             tracing::debug!(conn, %peer, %kind, %error, "handshake failed; closed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An accepted socket, and whether it has `TCP_NODELAY`, TCP keepalive, and the keepalive's
+    /// idle time and interval.
+    async fn accepted_options(listener: &TcpListener) -> (bool, bool, Duration, Duration) {
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        let options = (
+            socket.tcp_nodelay().unwrap(),
+            socket.keepalive().unwrap(),
+            socket.tcp_keepalive_time().unwrap(),
+            socket.tcp_keepalive_interval().unwrap(),
+        );
+        drop(client);
+        options
+    }
+
+    /// On Linux an accepted socket has the options set on its listener, so that accepting
+    /// sets none: the check that `listener_options`'s `true` is so.
+    #[tokio::test]
+    async fn accepted_sockets_have_the_listeners_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Without them first: the defaults differ from what is set below.
+        let (nodelay, keepalive, _, _) = accepted_options(&listener).await;
+        assert!(!nodelay && !keepalive);
+        let idle = Duration::from_secs(123);
+        let inherited = listener_options(&listener, Some(idle));
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let options = accepted_options(&listener).await;
+        // Where they are not inherited, `socket_options` sets them on each socket.
+        if inherited {
+            assert_eq!(options, (true, true, idle, Duration::from_secs(10)));
         }
     }
 }

@@ -120,6 +120,9 @@ pub(crate) enum SessionMsg {
         connect: Box<Connect>,
         /// What its client may do, with an ACL file.
         acl: Option<Arc<ClientAcl>>,
+        /// The reader wrote the CONNACK (a clean session's), and counted this message as
+        /// unsettled: the session writes none, and settles it once attached.
+        acked: bool,
     },
     /// A packet from connection `conn` (ignored unless it is the attached one).
     Packet { conn: ConnId, packet: Packet },
@@ -318,6 +321,32 @@ impl Shared {
             link.close(CloseReason::ServerClosed);
         }
         conns.len()
+    }
+
+    /// `at` in the broker's milliseconds (since it started, plus one: 0 is never), as the
+    /// keep-alive sweep compares them ([`Link::set_due`]).
+    pub(crate) fn stamp(&self, at: tokio::time::Instant) -> u64 {
+        let since = at.into_std().saturating_duration_since(self.started);
+        u64::try_from(since.as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// The keep-alive sweep's pass: wakes the reader of every connection whose wait for a
+    /// packet (keep alive [MQTT-3.1.2-24], or its CONNECT) was due before `now` (a
+    /// [`stamp`](Self::stamp)), so that it closes; returns how many. One pass over the live
+    /// connections instead of a timer in each.
+    pub(crate) fn nudge_overdue(&self, now: u64) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut nudged = 0;
+        for link in conns.values() {
+            let due = link.due();
+            if due != 0 && due < now {
+                link.nudge();
+                nudged += 1;
+            }
+        }
+        nudged
     }
 
     /// Waits until every connection task has ended, at most `timeout`; returns how many are

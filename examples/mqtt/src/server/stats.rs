@@ -100,14 +100,6 @@ pub(crate) struct Local {
 }
 
 impl Local {
-    /// Adds what was read to the shared counters.
-    pub(crate) fn flush_received(&mut self, c: &Counters) {
-        self.flush(
-            [&c.bytes_received, &c.packets_received, &c.publish_received],
-            &c.published,
-        );
-    }
-
     /// Adds what was written to the shared counters.
     pub(crate) fn flush_sent(&mut self, c: &Counters) {
         self.flush(
