@@ -454,12 +454,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let keep_alive = connect.keep_alive;
         tracing::debug!(conn, client_id = %client, clean = connect.clean_session, keep_alive = connect.keep_alive, "CONNECT");
         // A clean session's CONNACK is known here (accepted, no session present
-        // [MQTT-3.2.2-1]): the reader writes it, without a round trip through the session.
-        // Until the session has attached, the client's QoS 0 PUBLISHes go through it
-        // (`unsettle`), behind its reset of the subscriptions a session of that ID had.
+        // [MQTT-3.2.2-1]): the reader writes it, without a round trip through the session,
+        // and before the session is told, so that nothing the session writes once attached
+        // can go out first [MQTT-3.2.0-1]. Until the session has attached, the client's QoS 0
+        // PUBLISHes go through it (`unsettle`), behind its reset of the subscriptions a
+        // session of that ID had.
         let acked = connect.clean_session;
         if acked {
             self.link.unsettle();
+            self.link.send(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Accepted,
+            }));
         }
         let attach = SessionMsg::Attach {
             link: self.link.clone(),
@@ -471,14 +477,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             .await
             .is_err()
         {
+            // Hermes is closing. A CONNACK went out already: the connection just closes.
+            if acked {
+                return Err((None, CloseReason::ServerClosed));
+            }
             self.refuse(ConnectReturnCode::ServerUnavailable);
             return refused(ConnectReturnCode::ServerUnavailable);
-        }
-        if acked {
-            self.link.send(Packet::ConnAck(ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::Accepted,
-            }));
         }
         self.shared.counters.client_connected();
         self.keep_alive = keep_alive;
