@@ -79,23 +79,27 @@ impl Cluster {
                     ))
                 })?;
             let js = jetstream::new(client.clone());
-            let members = js
-                .create_key_value(jetstream::kv::Config {
+            let members = open_bucket(
+                &js,
+                jetstream::kv::Config {
                     bucket: format!("hermes_{}_members", config.cluster),
                     history: 1,
                     max_age: config.liveness,
                     ..Default::default()
-                })
-                .await
-                .map_err(|e| jetstream_error("the membership bucket", e))?;
-            let state = js
-                .create_key_value(jetstream::kv::Config {
+                },
+                "the membership bucket",
+            )
+            .await?;
+            let state = open_bucket(
+                &js,
+                jetstream::kv::Config {
                     bucket: format!("hermes_{}_state", config.cluster),
                     history: 1,
                     ..Default::default()
-                })
-                .await
-                .map_err(|e| jetstream_error("the state bucket", e))?;
+                },
+                "the state bucket",
+            )
+            .await?;
             Ok::<_, ClusterError>((client, members, state))
         })?;
         let store = Arc::new(KvStore::new(JetStreamBucket::new(
@@ -277,6 +281,30 @@ impl Cluster {
             tasks,
         })
     }
+}
+
+/// Creates the bucket, or opens it if another node created it first. Nodes that start
+/// together race to create it: the server may then refuse the loser's create ("subjects
+/// overlap with an existing stream") although the bucket it wants now exists, so a failed
+/// create looks for the bucket a few times before it counts as an error.
+async fn open_bucket(
+    js: &jetstream::Context,
+    config: jetstream::kv::Config,
+    what: &str,
+) -> Result<jetstream::kv::Store, ClusterError> {
+    let bucket = config.bucket.clone();
+    let created = match js.create_key_value(config).await {
+        Ok(store) => return Ok(store),
+        Err(e) => e,
+    };
+    for _ in 0..10 {
+        if let Ok(store) = js.get_key_value(bucket.as_str()).await {
+            tracing::debug!(%bucket, error = %created, "bucket created by another node meanwhile");
+            return Ok(store);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(jetstream_error(what, created))
 }
 
 fn jetstream_error(what: &str, e: impl std::fmt::Display) -> ClusterError {

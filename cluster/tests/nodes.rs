@@ -310,3 +310,32 @@ fn a_stale_owner_cannot_overwrite() {
     s1.delete(b"k").unwrap();
     assert_eq!(s2.get(b"k").unwrap(), None);
 }
+
+/// Nodes that start at the same moment race to create the cluster's buckets; the losers open
+/// the buckets the winner made. (The cluster example failed on this once: "subjects overlap
+/// with an existing stream" for a node that lost the race; this test, 8 nodes at once for 40
+/// rounds, failed in one run of two before the fix.)
+#[test]
+fn nodes_that_connect_at_once_all_open_the_buckets() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    for round in 0..40 {
+        let cluster = format!("race{round}");
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let connecting: Vec<_> = (0..8)
+            .map(|n| {
+                let (url, cluster, barrier) = (url.clone(), cluster.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Cluster::connect(config(&url, &cluster, &format!("n{n}"))).map(|c| c.id())
+                })
+            })
+            .collect();
+        for thread in connecting {
+            let connected = thread.join().expect("connecting thread");
+            assert!(connected.is_ok(), "round {round}: {:?}", connected.err());
+        }
+    }
+}
