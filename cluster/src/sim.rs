@@ -485,6 +485,11 @@ impl Bucket for SimBucket {
 
 // ---- where IDs are active -----------------------------------------------------------------------
 
+/// The tracker, locked (a panic elsewhere leaves its records as they were: still readable).
+fn track<K>(tracker: &Mutex<Tracker<K>>) -> std::sync::MutexGuard<'_, Tracker<K>> {
+    tracker.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Which nodes have which IDs active, and the rule it checks.
 struct Tracker<K> {
     clock: SimClock,
@@ -549,10 +554,7 @@ impl<K: Key, M: Message, F: Factory<K, M>> Factory<K, M> for Tracked<F, K> {
     fn create(&self, id: &K) -> Activation<K, M> {
         match self.inner.create(id) {
             Activation::Ready(receiver) => {
-                self.tracker
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .activated(id, self.node);
+                track(&self.tracker).activated(id, self.node);
                 Activation::ready(TrackedReceiver {
                     inner: receiver,
                     id: id.clone(),
@@ -587,10 +589,7 @@ impl<K: Key, M: Message> Receiver<K, M> for TrackedReceiver<K, M> {
 
     fn deactivated(&mut self, ctx: &mut Context<'_, K, M>, why: Deactivation) {
         self.inner.deactivated(ctx, why);
-        self.tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .deactivated(&self.id, self.node);
+        track(&self.tracker).deactivated(&self.id, self.node);
     }
 }
 
@@ -845,10 +844,7 @@ where
         {
             std::panic::resume_unwind(panic);
         }
-        self.tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .forget_node(node.id);
+        track(&self.tracker).forget_node(node.id);
         self.members.remove(&node.id);
         self.log(format_args!("left {name}"));
     }
@@ -859,7 +855,7 @@ where
         };
         if matches!(how, Command::Crash) {
             node.link.alive.store(false, Ordering::Relaxed);
-            let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut tracker = track(&self.tracker);
             tracker.forget_node(node.id);
             tracker.crashing.push(node.id);
         }
@@ -881,7 +877,7 @@ where
         {
             std::panic::resume_unwind(panic);
         }
-        let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tracker = track(&self.tracker);
         tracker.forget_node(node.id);
         tracker.crashing.retain(|&n| n != node.id);
     }
@@ -892,10 +888,7 @@ where
     pub fn partition(&mut self, name: &str) {
         if let Some(node) = self.nodes.get(name) {
             node.link.connected.store(false, Ordering::Relaxed);
-            self.tracker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .healthy = false;
+            track(&self.tracker).healthy = false;
             self.log(format_args!("partition {name}"));
         }
     }
@@ -907,10 +900,7 @@ where
     pub fn pause(&mut self, name: &str) {
         if let Some(node) = self.nodes.get_mut(name) {
             node.paused = true;
-            self.tracker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .healthy = false;
+            track(&self.tracker).healthy = false;
             self.log(format_args!("pause {name}"));
         }
     }
@@ -980,11 +970,7 @@ where
 
     /// Broken rules seen so far.
     pub fn violations(&self) -> Vec<Violation> {
-        self.tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .violations
-            .clone()
+        track(&self.tracker).violations.clone()
     }
 
     /// Activations that waited at the hand-off gate so far, and how many of those waits ended
@@ -995,10 +981,7 @@ where
 
     /// Activations so far, on all nodes.
     pub fn activations(&self) -> u64 {
-        self.tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .activations
+        track(&self.tracker).activations
     }
 
     /// Takes the dead letters so far (on shards and in the transport), with the node they
