@@ -90,6 +90,33 @@ async fn mqtt_3_1_connect_is_accepted() {
 }
 
 #[tokio::test]
+async fn mqtt_3_1_connack_has_no_session_present() {
+    // MQTT 3.1 has no Session Present flag: the CONNACK's first byte is reserved, 0, also
+    // when the client resumes a persistent session (which it does: its subscription is kept).
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("v31p"), unique("v31p/t"));
+    let mut connect = connect_packet(&id);
+    connect.protocol_name = MqttString::from_static("MQIsdp");
+    connect.protocol_level = 3;
+    connect.clean_session = false;
+    let (mut raw, connack) = broker.raw_connect(connect.clone()).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    raw.subscribe_one(&t, QoS::AtLeastOnce).await;
+    raw.disconnect().await;
+    let (mut raw, connack) = broker.raw_connect(connect).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert!(
+        !connack.session_present,
+        "Session Present sent to an MQTT 3.1 client"
+    );
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&t, b"kept", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&raw.recv_message().await.payload[..], b"kept");
+}
+
+#[tokio::test]
 async fn wrong_protocol_name_closes_without_connack_mqtt_3_1_2_1() {
     let broker = TestBroker::start().await;
     // The broker speaks no other protocol, so it closes, answering nothing.
