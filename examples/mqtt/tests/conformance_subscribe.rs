@@ -606,3 +606,57 @@ async fn suback_comes_before_the_retained_messages_it_makes() {
     let retained = sub.recv_publish().await;
     assert!(retained.retain);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_while_messages_flow_loses_none_mqtt_3_8_4_3() {
+    // A SUBSCRIBE that replaces a subscription must not lose messages: one publisher sends
+    // 400 QoS 1 messages without waiting while the subscriber subscribes to the same filter
+    // again and again; every message arrives once, in order [MQTT-4.6.0-6].
+    const MESSAGES: u16 = 400;
+    const RESUBSCRIBES: u16 = 40;
+    let broker = TestBroker::start().await;
+    let t = unique("resubscribe/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    let topic_name = t.clone();
+    let publishing = tokio::spawn(async move {
+        for i in 1..=MESSAGES {
+            let payload = i.to_string();
+            let publish = publish_packet(
+                &topic_name,
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                i,
+                false,
+                false,
+            );
+            publisher.send(publish).await;
+            tokio::task::yield_now().await;
+        }
+        publisher
+    });
+    let mut got = Vec::new();
+    let mut subscribes = 0;
+    while got.len() < usize::from(MESSAGES) {
+        if subscribes < RESUBSCRIBES {
+            subscribes += 1;
+            sub.send(subscribe_packet(
+                1000 + subscribes,
+                &[(&t, QoS::AtLeastOnce)],
+            ))
+            .await;
+        }
+        match sub.next(TIMEOUT).await {
+            Next::Packet(Packet::Publish(publish)) => {
+                sub.ack(&publish).await;
+                got.push(String::from_utf8_lossy(&publish.payload).into_owned());
+            }
+            Next::Packet(Packet::SubAck(_)) => {}
+            other => panic!("after {} messages: {other:?}", got.len()),
+        }
+    }
+    let want: Vec<String> = (1..=MESSAGES).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    publishing.await.expect("the publisher");
+}
