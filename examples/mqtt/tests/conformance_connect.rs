@@ -53,11 +53,17 @@ async fn unsupported_protocol_level_gets_return_code_1_then_close_mqtt_3_1_2_2()
 async fn unknown_protocol_levels_get_return_code_1_mqtt_3_1_2_2() {
     let broker = TestBroker::start().await;
     // Level 3 is MQTT 3.1, whose protocol name is "MQIsdp": "MQTT" at level 3 is not a version
-    // the broker speaks. Levels 6 and 255 are no version at all.
-    for level in [3, 6, 255] {
+    // the broker speaks, nor "MQIsdp" at 3.1.1's level 4. Levels 6 and 255 are no version at
+    // all.
+    for (name, level) in [
+        (&b"MQTT"[..], 3),
+        (b"MQTT", 6),
+        (b"MQTT", 255),
+        (b"MQIsdp", 4),
+    ] {
         let mut raw = broker.raw().await;
         let payload = field(unique("level").as_bytes());
-        raw.send_bytes(&connect_bytes(b"MQTT", level, 0x02, 60, &payload))
+        raw.send_bytes(&connect_bytes(name, level, 0x02, 60, &payload))
             .await;
         expect_refused(&mut raw, ConnectReturnCode::UnacceptableProtocolVersion).await;
     }
@@ -81,6 +87,33 @@ async fn mqtt_3_1_connect_is_accepted() {
         (got.topic.as_str(), &got.payload[..]),
         (t.as_str(), &b"hello"[..])
     );
+}
+
+#[tokio::test]
+async fn mqtt_3_1_connack_has_no_session_present() {
+    // MQTT 3.1 has no Session Present flag: the CONNACK's first byte is reserved, 0, also
+    // when the client resumes a persistent session (which it does: its subscription is kept).
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("v31p"), unique("v31p/t"));
+    let mut connect = connect_packet(&id);
+    connect.protocol_name = MqttString::from_static("MQIsdp");
+    connect.protocol_level = 3;
+    connect.clean_session = false;
+    let (mut raw, connack) = broker.raw_connect(connect.clone()).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    raw.subscribe_one(&t, QoS::AtLeastOnce).await;
+    raw.disconnect().await;
+    let (mut raw, connack) = broker.raw_connect(connect).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert!(
+        !connack.session_present,
+        "Session Present sent to an MQTT 3.1 client"
+    );
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&t, b"kept", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&raw.recv_message().await.payload[..], b"kept");
 }
 
 #[tokio::test]
@@ -594,4 +627,87 @@ async fn two_hundred_clients_connect_at_once() {
     for raw in &mut conns {
         assert_eq!(&raw.recv_publish().await.payload[..], b"all");
     }
+}
+
+#[tokio::test]
+async fn a_refused_connect_ignores_what_follows_it_mqtt_3_1_4_5() {
+    // A CONNECT refused with a CONNACK, and a PUBLISH in the same write: the PUBLISH is not
+    // processed.
+    let broker = TestBroker::start().await;
+    let t = unique("refused/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&t, QoS::AtMostOnce).await;
+    let mut raw = broker.raw().await;
+    // An empty client identifier with CleanSession 0 [MQTT-3.1.3-8].
+    let mut bytes = connect_bytes(b"MQTT", 4, 0, 60, &field(b""));
+    bytes.extend(publish_bytes(0, t.as_bytes(), None, b"after the refusal"));
+    raw.send_bytes_lossy(&bytes).await;
+    expect_refused(&mut raw, ConnectReturnCode::IdentifierRejected).await;
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn connect_fields_must_match_their_flags_mqtt_3_1_2_11_and_18_to_21() {
+    // A CONNECT whose flags announce a field its payload lacks, or whose payload has bytes no
+    // flag announces, is malformed: closed without a CONNACK [MQTT-3.1.4-1].
+    let broker = TestBroker::start().await;
+    let id = field(unique("fields").as_bytes());
+    let with = |rest: &[&[u8]]| {
+        let mut payload = id.clone();
+        for f in rest {
+            payload.extend(field(f));
+        }
+        payload
+    };
+    for (flags, payload) in [
+        (0b1000_0010, with(&[])), // user name flag, no user name [MQTT-3.1.2-19]
+        (0b1100_0010, with(&[b"user"])), // password flag, no password [MQTT-3.1.2-21]
+        (0b0000_0010, with(&[b"user"])), // a user name without its flag [MQTT-3.1.2-18]
+        (0b1000_0010, with(&[b"u", b"p"])), // a password without its flag [MQTT-3.1.2-20]
+        (0b0000_0010, with(&[b"will/t", b"m"])), // a will without its flag [MQTT-3.1.2-11]
+    ] {
+        broker
+            .closes_on_first(&connect_bytes(b"MQTT", 4, flags, 60, &payload))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn the_password_is_binary_data() {
+    // The password is binary data [3.1.3.5], not a string: bytes that are not UTF-8 are
+    // accepted (this broker has no password file, so any password is).
+    let broker = TestBroker::start().await;
+    let mut payload = field(unique("binary-pw").as_bytes());
+    payload.extend(field(b"user"));
+    payload.extend(field(&[0xFF, 0x00, 0xFE]));
+    let mut raw = broker.raw().await;
+    raw.send_bytes(&connect_bytes(b"MQTT", 4, 0b1100_0010, 60, &payload))
+        .await;
+    assert_eq!(raw.connack().await.code, ConnectReturnCode::Accepted);
+    raw.expect_alive().await;
+}
+
+#[tokio::test]
+async fn clients_with_empty_ids_get_distinct_sessions_mqtt_3_1_3_6() {
+    // Each gets an identifier of its own: the second does not take over the first.
+    let broker = TestBroker::start().await;
+    let t = unique("empty-ids/t");
+    let mut a = broker.connect("").await;
+    let mut b = broker.connect("").await;
+    a.subscribe_one(&t, QoS::AtMostOnce).await;
+    b.subscribe_one(&t, QoS::AtMostOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"both", QoS::AtMostOnce, false).await;
+    assert_eq!(&a.recv_message().await.payload[..], b"both");
+    assert_eq!(&b.recv_message().await.payload[..], b"both");
+}
+
+#[tokio::test]
+async fn client_ids_beyond_23_characters_are_accepted_mqtt_3_1_3_5() {
+    // The broker MUST allow 1 to 23 of [0-9a-zA-Z] and MAY allow more: it allows any
+    // identifier up to the 65535 bytes a string holds.
+    let broker = TestBroker::start().await;
+    let id = format!("{}/{}", unique("long"), "x".repeat(65_000));
+    let mut raw = broker.connect(&id).await;
+    raw.expect_alive().await;
 }

@@ -168,14 +168,17 @@ async fn invalid_strings_in_connect_close_mqtt_1_5_3() {
 }
 
 #[tokio::test]
-async fn a_will_topic_with_wildcards_closes_mqtt_3_1_2_9() {
+async fn a_will_topic_that_is_no_topic_name_closes_mqtt_3_1_2_9() {
     let broker = TestBroker::start().await;
-    let mut payload = field(unique("wild-will").as_bytes());
-    payload.extend(field(b"will/+"));
-    payload.extend(field(b"payload"));
-    broker
-        .closes_on_first(&connect_bytes(b"MQTT", 4, 0x06, 60, &payload))
-        .await;
+    // Wildcards [MQTT-4.7.1-1], or empty [MQTT-4.7.3-1].
+    for will_topic in [&b"will/+"[..], b"will/#", b""] {
+        let mut payload = field(unique("bad-will").as_bytes());
+        payload.extend(field(will_topic));
+        payload.extend(field(b"payload"));
+        broker
+            .closes_on_first(&connect_bytes(b"MQTT", 4, 0x06, 60, &payload))
+            .await;
+    }
 }
 
 #[tokio::test]
@@ -332,4 +335,28 @@ async fn packets_coalesced_in_one_write_are_all_processed() {
         delivered.push(p.payload[0]);
     }
     assert_eq!(delivered, [2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_leading_bom_is_kept_and_matched_as_is_mqtt_1_5_3_3() {
+    // U+FEFF at the start of a string is a character like any other, not a byte order mark
+    // to skip or strip [MQTT-1.5.3-3]: a topic with it is not the topic without it.
+    let broker = TestBroker::start().await;
+    let t = unique("bom");
+    let with_bom = format!("\u{FEFF}{t}");
+    let mut sub = broker.connect(&unique("bom-sub")).await;
+    sub.subscribe(&[(&with_bom, QoS::AtMostOnce), (&t, QoS::AtMostOnce)])
+        .await;
+    let mut publisher = broker.connect(&unique("bom-pub")).await;
+    publisher
+        .publish(&with_bom, b"with", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish(&t, b"without", QoS::AtLeastOnce, false)
+        .await;
+    let got = sub.recv_messages(2).await;
+    assert_eq!(payloads(&got), ["with", "without"]);
+    assert_eq!(got[0].topic.as_str(), with_bom, "the BOM was stripped");
+    assert_eq!(got[1].topic.as_str(), t);
+    sub.expect_silence(QUIET).await;
 }

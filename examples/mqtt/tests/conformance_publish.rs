@@ -1286,3 +1286,50 @@ async fn a_wildcard_subscription_gets_retained_messages_from_many_topics_mqtt_3_
     );
     sub.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn an_acknowledged_packet_id_is_free_for_a_new_message_mqtt_4_3_2_2_and_4_3_3_2() {
+    // Once the broker has sent PUBACK (QoS 1) or received PUBREL (QoS 2), a PUBLISH with the
+    // same identifier is a new message, delivered again.
+    let broker = TestBroker::start().await;
+    let t = unique("reuse/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&t, QoS::ExactlyOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    for payload in [b"q1 a", b"q1 b"] {
+        publisher
+            .send(publish_packet(
+                &t,
+                payload,
+                QoS::AtLeastOnce,
+                7,
+                false,
+                false,
+            ))
+            .await;
+        assert_eq!(publisher.recv().await, Packet::PubAck(pid(7)));
+    }
+    for payload in [b"q2 a", b"q2 b"] {
+        publisher.publish_unreleased(&t, payload, 9, false).await;
+        publisher.release(9).await;
+    }
+    // Order is kept per topic and QoS [MQTT-4.6.0-6], not across the two.
+    let mut got = payloads(&sub.recv_messages(4).await);
+    got.sort();
+    assert_eq!(got, ["q1 a", "q1 b", "q2 a", "q2 b"]);
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn retained_messages_outlive_the_session_that_set_them_mqtt_3_1_2_7() {
+    let broker = TestBroker::start().await;
+    let t = unique("retain-outlives/t");
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"kept", QoS::AtLeastOnce, true).await;
+    // Its clean session ends with the connection [MQTT-3.1.2-6]; the message stays.
+    publisher.disconnect().await;
+    let got = retained_for_new_subscriber(&broker, &t, QoS::AtLeastOnce)
+        .await
+        .expect("the retained message");
+    assert_eq!(&got.payload[..], b"kept");
+}

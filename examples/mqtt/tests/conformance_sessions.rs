@@ -605,3 +605,27 @@ async fn a_publish_right_behind_a_clean_connect_does_not_reach_the_discarded_ses
     publisher.publish(&t, b"m", QoS::AtMostOnce, false).await;
     assert_eq!(&raw.recv_message().await.payload[..], b"m");
 }
+
+#[tokio::test]
+async fn redelivered_messages_come_before_those_queued_while_away_mqtt_4_4_0_1() {
+    let broker = TestBroker::start().await;
+    let (id, t) = (unique("redeliver-first"), unique("redeliver-first/t"));
+    let (mut sub, _) = broker.connect_persistent(&id).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"1", QoS::AtLeastOnce, false).await;
+    let first = sub.recv_publish().await;
+    // Not acknowledged; the network fails; another message comes meanwhile.
+    sub.drop_connection();
+    publisher.publish(&t, b"2", QoS::AtLeastOnce, false).await;
+    let (mut sub, present) = broker.connect_persistent(&id).await;
+    assert!(present);
+    let again = sub.recv_publish().await;
+    assert_eq!((&again.payload[..], again.qos.dup()), (&b"1"[..], true));
+    assert_eq!(again.qos.packet_id(), first.qos.packet_id());
+    sub.ack(&again).await;
+    let queued = sub.recv_publish().await;
+    assert_eq!((&queued.payload[..], queued.qos.dup()), (&b"2"[..], false));
+    sub.ack(&queued).await;
+    sub.expect_silence(QUIET).await;
+}

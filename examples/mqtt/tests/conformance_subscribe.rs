@@ -241,6 +241,8 @@ async fn malformed_topic_filters_close_the_connection_mqtt_4_7_1_2_and_3() {
         b"a/+b",
         b"++",
         b"",
+        b"a/\xFF", // not UTF-8 [MQTT-3.8.3-1]
+        b"a/\0",   // U+0000 [MQTT-4.7.3-2]
     ] {
         let mut raw = broker.connect(&unique("badfilter")).await;
         raw.send_bytes(&subscribe_bytes(0x02, 1, &[(f, 1)])).await;
@@ -544,4 +546,117 @@ async fn retained_messages_on_dollar_topics_are_not_matched_by_leading_wildcards
     sub.subscribe_one(&format!("${r}/#"), QoS::AtLeastOnce)
         .await;
     assert_eq!(&sub.recv_message().await.payload[..], b"dollar");
+}
+
+#[tokio::test]
+async fn unsubscribe_with_packet_id_0_closes_the_connection_mqtt_2_3_1_1() {
+    let broker = TestBroker::start().await;
+    let mut body = vec![0, 0];
+    body.extend(field(b"a/b"));
+    broker.closes_after_connect_on(&frame(0xA2, &body)).await;
+}
+
+#[tokio::test]
+async fn unsubscribe_with_a_malformed_filter_closes_the_connection_mqtt_4_7_1_2() {
+    let broker = TestBroker::start().await;
+    // '#' not last, '+' not a whole level, empty, U+0000, not UTF-8 [MQTT-3.10.3-1].
+    for bad in [&b"a/#/b"[..], b"a+", b"", b"a/\0", b"a/\xFF"] {
+        let mut body = vec![0, 1];
+        body.extend(field(bad));
+        broker.closes_after_connect_on(&frame(0xA2, &body)).await;
+    }
+}
+
+#[tokio::test]
+async fn deliveries_in_flight_complete_after_unsubscribe_mqtt_3_10_4_3() {
+    let broker = TestBroker::start().await;
+    let t = unique("unsub-inflight");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe(&[(&t, QoS::ExactlyOnce)]).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"m", QoS::ExactlyOnce, false).await;
+    let got = sub.recv_message().await;
+    let id = got.qos.packet_id().expect("a QoS 2 delivery");
+    sub.unsubscribe(&[&t]).await;
+    // The QoS 2 flow started before the UNSUBSCRIBE goes on to its end.
+    sub.send(Packet::PubRec(id)).await;
+    assert_eq!(sub.recv().await, Packet::PubRel(id));
+    sub.send(Packet::PubComp(id)).await;
+    // And nothing new comes.
+    publisher
+        .publish(&t, b"after", QoS::AtLeastOnce, false)
+        .await;
+    sub.expect_alive().await;
+}
+
+#[tokio::test]
+async fn suback_comes_before_the_retained_messages_it_makes() {
+    // Not a MUST of 3.1.1, but clients that wait for the SUBACK before reading on rely on it.
+    let broker = TestBroker::start().await;
+    let t = unique("suback-first");
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher.publish(&t, b"r", QoS::AtLeastOnce, true).await;
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.send(subscribe_packet(5, &[(&t, QoS::AtLeastOnce)]))
+        .await;
+    match sub.recv().await {
+        Packet::SubAck(suback) => assert_eq!(suback.packet_id, pid(5)),
+        other => panic!("expected the SUBACK first, got {other:?}"),
+    }
+    let retained = sub.recv_publish().await;
+    assert!(retained.retain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_while_messages_flow_loses_none_mqtt_3_8_4_3() {
+    // A SUBSCRIBE that replaces a subscription must not lose messages: one publisher sends
+    // 400 QoS 1 messages without waiting while the subscriber subscribes to the same filter
+    // again and again; every message arrives once, in order [MQTT-4.6.0-6].
+    const MESSAGES: u16 = 400;
+    const RESUBSCRIBES: u16 = 40;
+    let broker = TestBroker::start().await;
+    let t = unique("resubscribe/t");
+    let mut sub = broker.connect(&unique("sub")).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    let topic_name = t.clone();
+    let publishing = tokio::spawn(async move {
+        for i in 1..=MESSAGES {
+            let payload = i.to_string();
+            let publish = publish_packet(
+                &topic_name,
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                i,
+                false,
+                false,
+            );
+            publisher.send(publish).await;
+            tokio::task::yield_now().await;
+        }
+        publisher
+    });
+    let mut got = Vec::new();
+    let mut subscribes = 0;
+    while got.len() < usize::from(MESSAGES) {
+        if subscribes < RESUBSCRIBES {
+            subscribes += 1;
+            sub.send(subscribe_packet(
+                1000 + subscribes,
+                &[(&t, QoS::AtLeastOnce)],
+            ))
+            .await;
+        }
+        match sub.next(TIMEOUT).await {
+            Next::Packet(Packet::Publish(publish)) => {
+                sub.ack(&publish).await;
+                got.push(String::from_utf8_lossy(&publish.payload).into_owned());
+            }
+            Next::Packet(Packet::SubAck(_)) => {}
+            other => panic!("after {} messages: {other:?}", got.len()),
+        }
+    }
+    let want: Vec<String> = (1..=MESSAGES).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    publishing.await.expect("the publisher");
 }

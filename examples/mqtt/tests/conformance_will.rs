@@ -447,3 +447,48 @@ async fn the_keep_alive_sweep_closes_exactly_the_silent_connections_mqtt_3_1_2_2
     }
     watcher.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn a_malformed_disconnect_closes_and_the_will_is_published_mqtt_3_14_1_1() {
+    // A DISCONNECT with a reserved flag set, or with a body, is malformed: the connection is
+    // closed as for any protocol error [MQTT-4.8.0-1], which is no DISCONNECT, so the will is
+    // published [MQTT-3.1.2-8].
+    let broker = TestBroker::start().await;
+    for (i, bytes) in [&[0xE1, 0x00][..], &[0xE0, 0x01, 0x00]]
+        .into_iter()
+        .enumerate()
+    {
+        let t = unique("will/bad-disconnect");
+        let mut watcher = watcher(&broker, &t).await;
+        let payload = format!("bad disconnect {i}");
+        let mut client = broker
+            .connect_with(with_will(&t, &payload, QoS::AtLeastOnce, false, 60))
+            .await;
+        client.send_bytes_lossy(bytes).await;
+        client.expect_closed().await;
+        assert_eq!(watcher.recv_message().await.payload, payload.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn the_will_message_is_binary_data() {
+    // The will message is binary data, not a string [3.1.3.3]: any bytes, U+0000 and invalid
+    // UTF-8 included, are published as they came.
+    let broker = TestBroker::start().await;
+    let t = unique("will/binary");
+    let mut watcher = watcher(&broker, &t).await;
+    let mut payload = field(unique("binary").as_bytes());
+    payload.extend(field(t.as_bytes()));
+    payload.extend(field(&[0xFF, 0x00, 0xC0]));
+    let mut client = broker.raw().await;
+    // Will flag, will QoS 1, clean session.
+    client
+        .send_bytes(&connect_bytes(b"MQTT", 4, 0b0000_1110, 60, &payload))
+        .await;
+    assert_eq!(client.connack().await.code, ConnectReturnCode::Accepted);
+    client.drop_connection();
+    assert_eq!(
+        &watcher.recv_message().await.payload[..],
+        &[0xFF, 0x00, 0xC0]
+    );
+}

@@ -130,7 +130,19 @@ async fn prometheus_metrics_on_their_own_listener() {
         hermes_mqtt::Publish { .. }
     ));
 
-    let answer = get(metrics, "/metrics").await;
+    // The writer counts a PUBLISH once its write has returned, which may be after the client
+    // read it: ask again until it is counted.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let answer = loop {
+        let answer = get(metrics, "/metrics").await;
+        let counted = answer
+            .split_once("\r\n\r\n")
+            .is_some_and(|(_, body)| metric(body, "publish_sent_total") >= 1);
+        if counted || tokio::time::Instant::now() >= deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");

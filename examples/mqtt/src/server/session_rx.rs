@@ -25,7 +25,7 @@ use super::{
 use crate::acl::ClientAcl;
 use crate::config::SessionExpiry;
 use crate::message::Message;
-use crate::packet::{Connect, Packet, QoS};
+use crate::packet::{Connect, Packet, ProtocolVersion, QoS};
 use crate::session::{AfterDisconnect, Delivered, Output, Session, SessionState};
 use crate::topic::TopicFilter;
 use crate::will::{CloseReason, LastWill};
@@ -206,12 +206,19 @@ impl SessionRx {
         self.link = Some(link);
         // The session keeps the connection's token (`Session::connection`).
         let _connection = self.session.connect(connect.clean_session, &mut self.out);
-        if acked {
-            // The reader wrote it (a clean session's: accepted, no session present).
-            if let Some(i) =
-                (self.out.iter()).position(|out| matches!(out, Output::Send(Packet::ConnAck(_))))
-            {
+        let connack = self
+            .out
+            .iter()
+            .position(|out| matches!(out, Output::Send(Packet::ConnAck(_))));
+        if let Some(i) = connack {
+            if acked {
+                // The reader wrote it (a clean session's: accepted, no session present).
                 self.out.remove(i);
+            } else if connect.protocol_version() == Some(ProtocolVersion::V31)
+                && let Some(Output::Send(Packet::ConnAck(ack))) = self.out.get_mut(i)
+            {
+                // MQTT 3.1 has no Session Present flag: that byte is reserved, 0.
+                ack.session_present = false;
             }
         }
         // A persistent session's subscriptions may have been made by another user: those
