@@ -12,10 +12,10 @@ use crate::{HANG_GUARD, Harness, eventually};
 
 /// A gate receivers wait at until the test opens it.
 #[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
+pub(crate) struct Gate(Arc<(Mutex<bool>, Condvar)>);
 
 impl Gate {
-    fn wait(&self) {
+    pub(crate) fn wait(&self) {
         let (open, changed) = &*self.0;
         let mut open = open.lock().unwrap();
         while !*open {
@@ -23,7 +23,7 @@ impl Gate {
         }
     }
 
-    fn open(&self) {
+    pub(crate) fn open(&self) {
         let (open, changed) = &*self.0;
         *open.lock().unwrap() = true;
         changed.notify_all();

@@ -21,6 +21,7 @@ use hermes_executor::{Hermes, Key, Message, Options};
 
 pub mod backpressure;
 pub mod kinds;
+pub mod lifecycle;
 mod regressions;
 pub mod suite;
 pub mod tasks;
@@ -93,7 +94,13 @@ macro_rules! conformance_tests {
             work_in_flight_is_dropped_with_its_receiver,
             asks_between_receivers_answer_or_time_out,
             try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
-            a_fast_producer_waits_for_a_slow_receiver
+            a_fast_producer_waits_for_a_slow_receiver,
+            hooks_run_in_order_with_each_reason,
+            messages_during_deactivation_activate_a_fresh_instance,
+            timers_outlive_become_and_deactivation,
+            a_panicking_handler_leaves_no_effects,
+            every_way_in_is_refused_after_shutdown,
+            blocking_forms_refuse_inside_a_receiver
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -19,6 +19,12 @@ pub use crate::backpressure::{
 pub use crate::kinds::{
     each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
 };
+pub use crate::lifecycle::{
+    a_panicking_handler_leaves_no_effects, blocking_forms_refuse_inside_a_receiver,
+    every_way_in_is_refused_after_shutdown, hooks_run_in_order_with_each_reason,
+    messages_during_deactivation_activate_a_fresh_instance,
+    timers_outlive_become_and_deactivation,
+};
 pub use crate::regressions::*;
 pub use crate::tasks::{
     asks_between_receivers_answer_or_time_out, spawned_work_comes_back_as_a_message,
