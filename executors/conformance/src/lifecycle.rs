@@ -321,13 +321,14 @@ pub fn a_panicking_handler_leaves_no_effects<H: Harness>(h: &H) {
 pub fn every_way_in_is_refused_after_shutdown<H: Harness>(h: &H) {
     let letters: Arc<Mutex<Vec<(u64, DeadLetterReason)>>> = Arc::default();
     let l = Arc::clone(&letters);
-    let options = Options::new(Config::default())
-        .shards(2)
-        .on_dead_letter(move |d: DeadLetter<u64, u64>| {
-            if let Some(m) = d.message {
-                l.lock().unwrap().push((m, d.reason));
-            }
-        });
+    let options =
+        Options::new(Config::default())
+            .shards(2)
+            .on_dead_letter(move |d: DeadLetter<u64, u64>| {
+                if let Some(m) = d.message {
+                    l.lock().unwrap().push((m, d.reason));
+                }
+            });
     let addr: Arc<OnceLock<Addr>> = Arc::default();
     let a = Arc::clone(&addr);
     let hermes = h.start(options, move |_: &u64| {
@@ -381,7 +382,10 @@ pub fn every_way_in_is_refused_after_shutdown<H: Harness>(h: &H) {
     letters.sort_by_key(|l| l.0);
     assert_eq!(
         letters,
-        [(77, DeadLetterReason::Closed), (78, DeadLetterReason::Closed)],
+        [
+            (77, DeadLetterReason::Closed),
+            (78, DeadLetterReason::Closed)
+        ],
         "the pending timers, with their messages"
     );
 }

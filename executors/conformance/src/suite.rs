@@ -22,8 +22,7 @@ pub use crate::kinds::{
 pub use crate::lifecycle::{
     a_panicking_handler_leaves_no_effects, blocking_forms_refuse_inside_a_receiver,
     every_way_in_is_refused_after_shutdown, hooks_run_in_order_with_each_reason,
-    messages_during_deactivation_activate_a_fresh_instance,
-    timers_outlive_become_and_deactivation,
+    messages_during_deactivation_activate_a_fresh_instance, timers_outlive_become_and_deactivation,
 };
 pub use crate::regressions::*;
 pub use crate::tasks::{

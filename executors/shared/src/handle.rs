@@ -749,15 +749,18 @@ where
     }
 
     /// Asks and blocks for the answer, at most `timeout`. From async code, `ask(..).await`
-    /// instead: this returns [`AskError::WouldDeadlock`] at once where blocking could stop the
-    /// shards (inside a receiver, on a thread of the async runtime that runs them).
+    /// instead: this returns [`AskError::WouldDeadlock`] at once, without sending the
+    /// request, where blocking could stop the shards (inside a receiver, on a thread of the
+    /// async runtime that runs them).
     pub fn ask_blocking<T: Kind<A>, R>(
         &self,
         id: T::Id,
         make: impl FnOnce(Reply<R>) -> T,
         timeout: Duration,
     ) -> Result<R, AskError> {
-        if in_shard() {
+        // Refuse before sending: a request that went out with the caller told it failed
+        // would be applied behind the caller's back (a withdrawal made twice on retry).
+        if in_shard() || self.inner.core.runtime.block(&mut || {}).is_err() {
             return Err(AskError::WouldDeadlock);
         }
         let (reply, asked) = Reply::new();

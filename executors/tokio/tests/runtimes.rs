@@ -33,12 +33,12 @@ async fn current_thread_runtime_awaits_and_refuses_to_block() {
         assert_eq!(hermes.ask(n, |r| Msg::Double(n, r)).await, Ok(n * 2));
     }
     assert_eq!(
-        hermes.ask_blocking(1, |r| Msg::Double(1, r), GUARD),
+        hermes.ask_blocking(1000, |r| Msg::Double(1000, r), GUARD),
         Err(AskError::WouldDeadlock),
         "blocking here would stop the runtime that runs the shards"
     );
     let stats = hermes.shutdown_async().await;
-    assert_eq!(stats.activations, 100);
+    assert_eq!(stats.activations, 100, "the refused ask sent nothing");
     assert_eq!(stats.deactivations, 100);
 }
 
