@@ -41,6 +41,8 @@
 //! To drive receivers from your own event loop instead, embed the sans-IO [`router::Router`]
 //! (or the inline [`router::Driver`]); see the [`router`] module.
 
+#![warn(missing_debug_implementations)]
+
 pub use hermes_core::{
     Activation, Addr, App, Deactivation, DeadLetter, DeadLetterReason, Factory, FactoryError, Key,
     Kind, Kinds, Location, Message, Placement, Receiver, Recipient, SendError, SendErrorKind,

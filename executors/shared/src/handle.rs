@@ -892,7 +892,7 @@ impl<K, M, A> fmt::Debug for Hermes<K, M, A> {
 
 /// The end of a hand-off ([`Hermes::release_moved`]): resolves once no shard has a receiver
 /// live whose ID placement puts on another node.
-#[must_use = "Released does nothing unless awaited or waited on"]
+#[must_use = "the hand-off has begun either way: await Released, or wait on it, to know when it is done"]
 pub struct Released {
     release: Arc<crate::remote::Release>,
 }
@@ -923,7 +923,7 @@ impl fmt::Debug for Released {
 }
 
 /// The end of a shutdown: a future of the final totals, or [`wait`](Finished::wait) for them.
-#[must_use = "Finished does nothing unless awaited or waited on"]
+#[must_use = "the shutdown has begun either way: await Finished, or wait on it, to know when it is done and get the final totals"]
 pub struct Finished {
     finish: Arc<Finish>,
 }

@@ -37,6 +37,8 @@
 //! }
 //! ```
 
+#![warn(missing_debug_implementations)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
