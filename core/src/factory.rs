@@ -8,6 +8,7 @@ use crate::{App, Key, KindTable, Message, Receiver};
 
 /// What a factory made of an ID. `A` is the application, `(K, M)` unless it has several
 /// [kinds](crate::Kinds).
+#[non_exhaustive]
 pub enum Activation<K, M, A = (K, M)> {
     /// The receiver for the ID.
     Ready(Box<dyn Receiver<K, M, A>>),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use hermes_core::{Activation, Config, Context, SendError};
-use hermes_executor::Options;
+use hermes_executor::{AskError, Options, Reply};
 
 use crate::{HANG_GUARD, Harness, eventually};
 
@@ -30,8 +30,9 @@ impl Gate {
     }
 }
 
-/// `try_send` says `Full` at once when the shard's inbox is at capacity; `send_timeout` waits
-/// and then says so; once there is room, everything admitted is delivered, in order.
+/// `try_send` says `Full` at once when the shard's inbox is at capacity, and so does
+/// `schedule`; `send_timeout` and `ask_blocking` wait and then say so; once there is room,
+/// everything admitted is delivered, in order.
 pub fn try_send_is_refused_at_capacity_and_nothing_admitted_is_lost<H: Harness>(h: &H) {
     let gate = Gate::default();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -56,6 +57,13 @@ pub fn try_send_is_refused_at_capacity_and_nothing_admitted_is_lost<H: Harness>(
     assert!(matches!(refused, Err(SendError::Full(5))), "{refused:?}");
     let waited = hermes.send_timeout(1, 6, Duration::from_millis(20));
     assert!(matches!(waited, Err(SendError::Full(6))), "{waited:?}");
+    let scheduled = hermes.schedule(1, Duration::ZERO, 8);
+    assert!(
+        matches!(scheduled, Err(SendError::Full(8))),
+        "{scheduled:?}"
+    );
+    let asked = hermes.ask_blocking(1, |_: Reply<u64>| 9, Duration::from_millis(20));
+    assert_eq!(asked, Err(AskError::Full), "the request was not sent");
     gate.open();
     // Now it waits for room, and goes through.
     hermes.send_timeout(1, 7, HANG_GUARD).unwrap();

@@ -75,12 +75,17 @@ impl std::error::Error for WouldDeadlock {}
 ///
 /// Every executor returns this same type. It is cheap to clone (an `Arc`); all clones address
 /// the same receivers. Dropping the last clone shuts Hermes down (and waits for it when this
-/// thread may block). Sends are routed to the shard that owns the ID, by a hash of it.
+/// thread may block); a clone kept by a receiver or the factory keeps Hermes running, so call
+/// [`shutdown`](Hermes::shutdown) then. Sends are routed to the shard that owns the ID, by a
+/// hash of it.
 ///
-/// A send is checked here only for shutdown ([`SendError::Closed`]); everything else (a full
-/// mailbox, a stale handle, a factory that refuses the ID) is decided on the shard, and the
-/// message becomes a dead letter there (see [`Options::on_dead_letter`]). Shards are chosen by
-/// the one [`Placement`](hermes_core::Placement) that the routers use too.
+/// A send is refused here only when Hermes is shutting down ([`SendError::Closed`]) or the
+/// receiver or its shard is at capacity ([`SendError::Full`] from
+/// [`try_send`](Hermes::try_send); [`send`](Hermes::send) waits for room instead); the message
+/// comes back in the error. Everything else (a stale handle, a factory that refuses the ID or
+/// fails, a handler that panics) is decided on the shard, and the message becomes a dead
+/// letter there (see [`Options::on_dead_letter`]). Shards are chosen by the one
+/// [`Placement`](hermes_core::Placement) that the routers use too.
 ///
 /// `K` and `M` are the router's ID and message types; `A` is the application, `(K, M)` for one
 /// kind of receiver, or the marker of an [`app!`](hermes_core::app) with several, whose sends
