@@ -100,7 +100,9 @@ macro_rules! conformance_tests {
             timers_outlive_become_and_deactivation,
             a_panicking_handler_leaves_no_effects,
             every_way_in_is_refused_after_shutdown,
-            blocking_forms_refuse_inside_a_receiver
+            blocking_forms_refuse_inside_a_receiver,
+            a_late_answer_to_a_timed_out_ask_is_given_back,
+            sends_while_closing_to_receivers_not_live_are_closed_dead_letters
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

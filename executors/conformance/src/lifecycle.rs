@@ -437,3 +437,70 @@ pub fn blocking_forms_refuse_inside_a_receiver<H: Harness>(h: &H) {
     // The handle inside the factory keeps Hermes alive; shutdown ends it anyway.
     assert_eq!(hermes.shutdown().map(|s| s.panics), Ok(0));
 }
+
+enum Late {
+    Hold(Reply<u64>),
+    /// Answers every held request with 7; reports which answers were given back.
+    Release(Reply<Vec<u64>>),
+}
+
+/// An answer that comes after `ask_blocking` timed out is not taken: `Reply::send` gives it
+/// back to the receiver, so the asker was told `Timeout` and nobody got the value.
+pub fn a_late_answer_to_a_timed_out_ask_is_given_back<H: Harness>(h: &H) {
+    let hermes = h.start(Options::new(Config::default()).shards(2), |_: &u64| {
+        let mut held = Vec::new();
+        Activation::ready(move |_: &mut Context<'_, u64, Late>, msg| match msg {
+            Late::Hold(reply) => held.push(reply),
+            Late::Release(report) => {
+                let back = held.drain(..).filter_map(|r| r.send(7).err()).collect();
+                let _ = report.send(back);
+            }
+        })
+    });
+    assert_eq!(
+        hermes.ask_blocking(1, Late::Hold, Duration::from_millis(20)),
+        Err(AskError::Timeout)
+    );
+    assert_eq!(
+        hermes.ask_blocking(1, Late::Release, HANG_GUARD),
+        Ok(vec![7])
+    );
+    hermes.shutdown().unwrap();
+}
+
+/// Sends during shutdown to a receiver that is not live are `Closed` dead letters, with their
+/// message: here, a `deactivated` hook that reports to an ID never activated.
+pub fn sends_while_closing_to_receivers_not_live_are_closed_dead_letters<H: Harness>(h: &H) {
+    struct Reporter;
+    impl Receiver<u64, u64> for Reporter {
+        fn receive(&mut self, _: &mut Context<'_, u64, u64>, _: u64) {}
+        fn deactivated(&mut self, ctx: &mut Context<'_, u64, u64>, why: Deactivation) {
+            if why == Deactivation::Closing {
+                let report = 1000 + *ctx.id();
+                ctx.send(report, report);
+            }
+        }
+    }
+    let letters: Arc<Mutex<Vec<(u64, DeadLetterReason)>>> = Arc::default();
+    let l = Arc::clone(&letters);
+    let options =
+        Options::new(Config::default())
+            .shards(2)
+            .on_dead_letter(move |d: DeadLetter<u64, u64>| {
+                if let Some(m) = d.message {
+                    l.lock().unwrap().push((m, d.reason));
+                }
+            });
+    let hermes = h.start(options, |_: &u64| Activation::ready(Reporter));
+    for id in 0..4 {
+        hermes.send(id, 0).unwrap();
+    }
+    let stats = hermes.shutdown().unwrap();
+    let mut letters = letters.lock().unwrap().clone();
+    letters.sort_by_key(|l| l.0);
+    let expected: Vec<_> = (1000..1004)
+        .map(|m| (m, DeadLetterReason::Closed))
+        .collect();
+    assert_eq!(letters, expected);
+    assert_eq!((stats.activations, stats.dead_letters), (4, 4));
+}

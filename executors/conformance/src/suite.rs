@@ -20,9 +20,11 @@ pub use crate::kinds::{
     each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
 };
 pub use crate::lifecycle::{
-    a_panicking_handler_leaves_no_effects, blocking_forms_refuse_inside_a_receiver,
-    every_way_in_is_refused_after_shutdown, hooks_run_in_order_with_each_reason,
-    messages_during_deactivation_activate_a_fresh_instance, timers_outlive_become_and_deactivation,
+    a_late_answer_to_a_timed_out_ask_is_given_back, a_panicking_handler_leaves_no_effects,
+    blocking_forms_refuse_inside_a_receiver, every_way_in_is_refused_after_shutdown,
+    hooks_run_in_order_with_each_reason, messages_during_deactivation_activate_a_fresh_instance,
+    sends_while_closing_to_receivers_not_live_are_closed_dead_letters,
+    timers_outlive_become_and_deactivation,
 };
 pub use crate::regressions::*;
 pub use crate::tasks::{
