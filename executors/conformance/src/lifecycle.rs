@@ -316,10 +316,20 @@ pub fn a_panicking_handler_leaves_no_effects<H: Harness>(h: &H) {
     );
 }
 
-/// After shutdown every way in is refused with `Closed` and the message given back; a timer
-/// still pending at shutdown is a `Closed` dead letter carrying its message.
-pub fn every_way_in_is_refused_after_shutdown<H: Harness>(h: &H) {
-    let letters: Arc<Mutex<Vec<(u64, DeadLetterReason)>>> = Arc::default();
+/// The dead letters that carry a message, kept by the options' sink, sorted by message.
+struct Letters(Arc<Mutex<Vec<(u64, DeadLetterReason)>>>);
+
+impl Letters {
+    fn sorted(&self) -> Vec<(u64, DeadLetterReason)> {
+        let mut letters = self.0.lock().unwrap().clone();
+        letters.sort_by_key(|l| l.0);
+        letters
+    }
+}
+
+/// Two shards, and a sink that keeps every dead letter that carries its message.
+fn keeping_dead_letters() -> (Options<u64, u64>, Letters) {
+    let letters: Arc<Mutex<Vec<_>>> = Arc::default();
     let l = Arc::clone(&letters);
     let options =
         Options::new(Config::default())
@@ -329,6 +339,13 @@ pub fn every_way_in_is_refused_after_shutdown<H: Harness>(h: &H) {
                     l.lock().unwrap().push((m, d.reason));
                 }
             });
+    (options, Letters(letters))
+}
+
+/// After shutdown every way in is refused with `Closed` and the message given back; a timer
+/// still pending at shutdown is a `Closed` dead letter carrying its message.
+pub fn every_way_in_is_refused_after_shutdown<H: Harness>(h: &H) {
+    let (options, letters) = keeping_dead_letters();
     let addr: Arc<OnceLock<Addr>> = Arc::default();
     let a = Arc::clone(&addr);
     let hermes = h.start(options, move |_: &u64| {
@@ -378,8 +395,7 @@ pub fn every_way_in_is_refused_after_shutdown<H: Harness>(h: &H) {
     });
     assert_eq!(futures_lite::future::block_on(asked), Err(AskError::Closed));
 
-    let mut letters = letters.lock().unwrap().clone();
-    letters.sort_by_key(|l| l.0);
+    let letters = letters.sorted();
     assert_eq!(
         letters,
         [
@@ -481,23 +497,13 @@ pub fn sends_while_closing_to_receivers_not_live_are_closed_dead_letters<H: Harn
             }
         }
     }
-    let letters: Arc<Mutex<Vec<(u64, DeadLetterReason)>>> = Arc::default();
-    let l = Arc::clone(&letters);
-    let options =
-        Options::new(Config::default())
-            .shards(2)
-            .on_dead_letter(move |d: DeadLetter<u64, u64>| {
-                if let Some(m) = d.message {
-                    l.lock().unwrap().push((m, d.reason));
-                }
-            });
+    let (options, letters) = keeping_dead_letters();
     let hermes = h.start(options, |_: &u64| Activation::ready(Reporter));
     for id in 0..4 {
         hermes.send(id, 0).unwrap();
     }
     let stats = hermes.shutdown().unwrap();
-    let mut letters = letters.lock().unwrap().clone();
-    letters.sort_by_key(|l| l.0);
+    let letters = letters.sorted();
     let expected: Vec<_> = (1000..1004)
         .map(|m| (m, DeadLetterReason::Closed))
         .collect();
