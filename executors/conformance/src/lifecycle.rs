@@ -456,20 +456,23 @@ pub fn blocking_forms_refuse_inside_a_receiver<H: Harness>(h: &H) {
 
 enum Late {
     Hold(Reply<u64>),
-    /// Answers every held request with 7; reports which answers were given back.
-    Release(Reply<Vec<u64>>),
+    /// Answers every held request with 7; reports how many it held and which answers were
+    /// given back.
+    Release(Reply<(usize, Vec<u64>)>),
 }
 
 /// An answer that comes after `ask_blocking` timed out is not taken: `Reply::send` gives it
-/// back to the receiver, so the asker was told `Timeout` and nobody got the value.
+/// back to the receiver, so the asker was told `Timeout` and nobody got the value. An async
+/// `ask` sends its request at once, before it is first polled.
 pub fn a_late_answer_to_a_timed_out_ask_is_given_back<H: Harness>(h: &H) {
     let hermes = h.start(Options::new(Config::default()).shards(2), |_: &u64| {
         let mut held = Vec::new();
         Activation::ready(move |_: &mut Context<'_, u64, Late>, msg| match msg {
             Late::Hold(reply) => held.push(reply),
             Late::Release(report) => {
+                let count = held.len();
                 let back = held.drain(..).filter_map(|r| r.send(7).err()).collect();
-                let _ = report.send(back);
+                let _ = report.send((count, back));
             }
         })
     });
@@ -477,10 +480,13 @@ pub fn a_late_answer_to_a_timed_out_ask_is_given_back<H: Harness>(h: &H) {
         hermes.ask_blocking(1, Late::Hold, Duration::from_millis(20)),
         Err(AskError::Timeout)
     );
+    let unpolled = hermes.ask(1, Late::Hold);
     assert_eq!(
         hermes.ask_blocking(1, Late::Release, HANG_GUARD),
-        Ok(vec![7])
+        Ok((2, vec![7])),
+        "the unpolled ask's request arrived; only the timed-out one's answer came back"
     );
+    assert_eq!(unpolled.wait_timeout(HANG_GUARD), Ok(7));
     hermes.shutdown().unwrap();
 }
 
