@@ -516,3 +516,64 @@ pub fn sends_while_closing_to_receivers_not_live_are_closed_dead_letters<H: Harn
     assert_eq!(letters, expected);
     assert_eq!((stats.activations, stats.dead_letters), (4, 4));
 }
+
+enum Flood {
+    /// Wait at the gate: holds up this receiver's shard.
+    Hold,
+    Note,
+    /// Send `Note`s to this ID through the handle, from inside the receiver; report which
+    /// were admitted.
+    SendTo(u64, Reply<Vec<bool>>),
+}
+
+/// Inside a receiver, `Hermes::send` to a full shard answers `Full` at once rather than
+/// waiting (which could deadlock the shards); what it admitted is delivered.
+pub fn send_inside_a_receiver_answers_full_instead_of_waiting<H: Harness>(h: &H) {
+    const CAPACITY: usize = 4;
+    type Handle = Arc<OnceLock<Hermes<u64, Flood>>>;
+    let (a, b) = crate::regressions::ids_on_two_shards();
+    let handle: Handle = Arc::default();
+    let gate = Gate::default();
+    let (held, notes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (hd, g, hl, n) = (
+        Arc::clone(&handle),
+        gate.clone(),
+        Arc::clone(&held),
+        Arc::clone(&notes),
+    );
+    let options = Options::new(Config::default())
+        .shards(2)
+        .inbox_capacity(CAPACITY);
+    let hermes = h.start(options, move |_: &u64| {
+        let (handle, gate, held, notes) =
+            (Arc::clone(&hd), g.clone(), Arc::clone(&hl), Arc::clone(&n));
+        Activation::ready(move |_: &mut Context<'_, u64, Flood>, msg| match msg {
+            Flood::Hold => {
+                held.fetch_add(1, Ordering::SeqCst);
+                gate.wait();
+            }
+            Flood::Note => drop(notes.fetch_add(1, Ordering::SeqCst)),
+            Flood::SendTo(to, report) => {
+                let hermes = handle.get().expect("the handle is set before any message");
+                let admitted = (0..3 * CAPACITY)
+                    .map(|_| hermes.send(to, Flood::Note).is_ok())
+                    .collect();
+                let _ = report.send(admitted);
+            }
+        })
+    });
+    let _ = handle.set(hermes.clone());
+    hermes.send(b, Flood::Hold).unwrap();
+    eventually("b's shard to be held", || held.load(Ordering::SeqCst) == 1);
+    let admitted = hermes
+        .ask_blocking(a, |r| Flood::SendTo(b, r), HANG_GUARD)
+        .expect("the sender answers while b's shard is held");
+    gate.open();
+    let expected: Vec<bool> = (0..3 * CAPACITY).map(|i| i < CAPACITY).collect();
+    assert_eq!(admitted, expected, "the inbox's capacity, then Full");
+    eventually("the admitted notes", || {
+        notes.load(Ordering::SeqCst) == CAPACITY as u64
+    });
+    hermes.shutdown().unwrap();
+    assert_eq!(notes.load(Ordering::SeqCst), CAPACITY as u64);
+}

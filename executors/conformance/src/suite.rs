@@ -23,6 +23,7 @@ pub use crate::lifecycle::{
     a_late_answer_to_a_timed_out_ask_is_given_back, a_panicking_handler_leaves_no_effects,
     blocking_forms_refuse_inside_a_receiver, every_way_in_is_refused_after_shutdown,
     hooks_run_in_order_with_each_reason, messages_during_deactivation_activate_a_fresh_instance,
+    send_inside_a_receiver_answers_full_instead_of_waiting,
     sends_while_closing_to_receivers_not_live_are_closed_dead_letters,
     timers_outlive_become_and_deactivation,
 };
