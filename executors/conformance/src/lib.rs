@@ -103,7 +103,8 @@ macro_rules! conformance_tests {
             blocking_forms_refuse_inside_a_receiver,
             a_late_answer_to_a_timed_out_ask_is_given_back,
             sends_while_closing_to_receivers_not_live_are_closed_dead_letters,
-            send_inside_a_receiver_answers_full_instead_of_waiting
+            send_inside_a_receiver_answers_full_instead_of_waiting,
+            context_asks_end_once_dropped_or_timed_out
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {
