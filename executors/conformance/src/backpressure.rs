@@ -131,3 +131,54 @@ pub fn a_fast_producer_waits_for_a_slow_receiver<H: Harness>(h: &H) {
         assert_eq!(stats.dead_letters, 0, "nothing lost");
     }
 }
+
+enum Held {
+    /// Wait at the gate (holds up the shard).
+    Wait,
+    /// Keep the reply, never answering.
+    Keep(Reply<u64>),
+}
+
+/// `ask_blocking` waits at most its timeout in all, for room and then for the answer: here
+/// the request waits for room most of the timeout, then is never answered.
+pub fn ask_blocking_waits_at_most_its_timeout_in_all<H: Harness>(h: &H) {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const ROOM_AFTER: Duration = Duration::from_millis(1500);
+    let gate = Gate::default();
+    let waiting = Arc::new(AtomicU64::new(0));
+    let (g, w) = (gate.clone(), Arc::clone(&waiting));
+    let options = Options::new(Config::default()).shards(1).inbox_capacity(1);
+    let hermes = h.start(options, move |_: &u64| {
+        let (gate, waiting) = (g.clone(), Arc::clone(&w));
+        let mut kept = Vec::new();
+        Activation::ready(move |_: &mut Context<'_, u64, Held>, msg| match msg {
+            Held::Wait => {
+                waiting.fetch_add(1, Ordering::SeqCst);
+                gate.wait();
+            }
+            Held::Keep(reply) => kept.push(reply),
+        })
+    });
+    hermes.send(1, Held::Wait).unwrap();
+    eventually("the shard to be held", || {
+        waiting.load(Ordering::SeqCst) == 1
+    });
+    hermes.try_send(2, Held::Wait).unwrap(); // the inbox is full now
+    let opener = std::thread::spawn({
+        let gate = gate.clone();
+        move || {
+            std::thread::sleep(ROOM_AFTER);
+            gate.open();
+        }
+    });
+    let start = std::time::Instant::now();
+    let asked = hermes.ask_blocking(3, Held::Keep, TIMEOUT);
+    let waited = start.elapsed();
+    opener.join().unwrap();
+    assert_eq!(asked, Err(AskError::Timeout));
+    assert!(
+        waited < TIMEOUT + (ROOM_AFTER / 3),
+        "waited {waited:?} for a timeout of {TIMEOUT:?}"
+    );
+    hermes.shutdown().unwrap();
+}

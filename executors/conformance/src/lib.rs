@@ -104,7 +104,8 @@ macro_rules! conformance_tests {
             a_late_answer_to_a_timed_out_ask_is_given_back,
             sends_while_closing_to_receivers_not_live_are_closed_dead_letters,
             send_inside_a_receiver_answers_full_instead_of_waiting,
-            context_asks_end_once_dropped_or_timed_out
+            context_asks_end_once_dropped_or_timed_out,
+            ask_blocking_waits_at_most_its_timeout_in_all
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

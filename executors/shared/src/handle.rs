@@ -768,15 +768,18 @@ where
         if in_shard() || self.inner.core.runtime.block(&mut || {}).is_err() {
             return Err(AskError::WouldDeadlock);
         }
+        let start = Instant::now();
         let (reply, asked) = Reply::new();
         if let Err(e) = self.send_timeout(id, make(reply), timeout) {
             return Err(ask_error(e.kind()));
         }
+        // One timeout for both waits: for room, then for the answer.
+        let left = timeout.saturating_sub(start.elapsed());
         let mut asked = Some(asked);
         let mut answer = Err(AskError::WouldDeadlock);
         let blocked = self.inner.core.runtime.block(&mut || {
             if let Some(asked) = asked.take() {
-                answer = asked.wait_timeout(timeout);
+                answer = asked.wait_timeout(left);
             }
         });
         blocked.map_err(|WouldDeadlock| AskError::WouldDeadlock)?;
