@@ -522,12 +522,12 @@ enum Flood {
     Hold,
     Note,
     /// Send `Note`s to this ID through the handle, from inside the receiver; report which
-    /// were admitted.
-    SendTo(u64, Reply<Vec<bool>>),
+    /// were admitted, and how many pairs a `send_all` of three more gave back as `Full`.
+    SendTo(u64, Reply<(Vec<bool>, usize)>),
 }
 
-/// Inside a receiver, `Hermes::send` to a full shard answers `Full` at once rather than
-/// waiting (which could deadlock the shards); what it admitted is delivered.
+/// Inside a receiver, `Hermes::send` (and `send_all`) to a full shard answers `Full` at once
+/// rather than waiting (which could deadlock the shards); what it admitted is delivered.
 pub fn send_inside_a_receiver_answers_full_instead_of_waiting<H: Harness>(h: &H) {
     const CAPACITY: usize = 4;
     type Handle = Arc<OnceLock<Hermes<u64, Flood>>>;
@@ -558,19 +558,25 @@ pub fn send_inside_a_receiver_answers_full_instead_of_waiting<H: Harness>(h: &H)
                 let admitted = (0..3 * CAPACITY)
                     .map(|_| hermes.send(to, Flood::Note).is_ok())
                     .collect();
-                let _ = report.send(admitted);
+                let batch = hermes.send_all((0..3).map(|_| (to, Flood::Note)));
+                let back = match batch {
+                    Err(SendError::Full(back)) => back.len(),
+                    _ => 0,
+                };
+                let _ = report.send((admitted, back));
             }
         })
     });
     let _ = handle.set(hermes.clone());
     hermes.send(b, Flood::Hold).unwrap();
     eventually("b's shard to be held", || held.load(Ordering::SeqCst) == 1);
-    let admitted = hermes
+    let (admitted, given_back) = hermes
         .ask_blocking(a, |r| Flood::SendTo(b, r), HANG_GUARD)
         .expect("the sender answers while b's shard is held");
     gate.open();
     let expected: Vec<bool> = (0..3 * CAPACITY).map(|i| i < CAPACITY).collect();
     assert_eq!(admitted, expected, "the inbox's capacity, then Full");
+    assert_eq!(given_back, 3, "send_all gives every pair back as Full");
     eventually("the admitted notes", || {
         notes.load(Ordering::SeqCst) == CAPACITY as u64
     });
