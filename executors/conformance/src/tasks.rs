@@ -260,7 +260,8 @@ enum Peer {
 pub fn context_asks_end_once_dropped_or_timed_out<H: Harness>(h: &H) {
     const ASKER: u64 = 1;
     const NOBODY: u64 = 99;
-    let answers: Arc<Mutex<Vec<(&'static str, Result<u64, AskError>)>>> = Arc::default();
+    type Answers = Arc<Mutex<Vec<(&'static str, Result<u64, AskError>)>>>;
+    let answers: Answers = Arc::default();
     let a = Arc::clone(&answers);
     let hermes = h.start(
         Options::new(Config::default()).shards(2),
