@@ -112,6 +112,13 @@ impl fmt::Display for FactoryError {
     }
 }
 
+/// Transparent: its message and its source are the wrapped error's.
+impl Error for FactoryError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
+    }
+}
+
 impl PartialEq for FactoryError {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
