@@ -30,6 +30,43 @@ impl Gate {
     }
 }
 
+/// A shard held up by a receiver waiting at a gate, and a count of the notes receivers got:
+/// for the tests that fill a held shard's inbox.
+#[derive(Clone, Default)]
+pub(crate) struct HeldShard {
+    gate: Gate,
+    waiting: Arc<AtomicU64>,
+    notes: Arc<AtomicU64>,
+}
+
+impl HeldShard {
+    /// In a handler: holds up this shard until [`release`](HeldShard::release).
+    pub(crate) fn hold(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.gate.wait();
+    }
+
+    /// Waits until a handler is in [`hold`](HeldShard::hold).
+    pub(crate) fn wait_until_held(&self) {
+        eventually("the shard to be held", || {
+            self.waiting.load(Ordering::SeqCst) == 1
+        });
+    }
+
+    pub(crate) fn release(&self) {
+        self.gate.open();
+    }
+
+    /// In a handler: counts a note.
+    pub(crate) fn note(&self) {
+        self.notes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn notes(&self) -> u64 {
+        self.notes.load(Ordering::SeqCst)
+    }
+}
+
 /// `try_send` says `Full` at once when the shard's inbox is at capacity, and so does
 /// `schedule`; `send_timeout` and `ask_blocking` wait and then say so; once there is room,
 /// everything admitted is delivered, in order.
@@ -181,4 +218,67 @@ pub fn ask_blocking_waits_at_most_its_timeout_in_all<H: Harness>(h: &H) {
         "waited {waited:?} for a timeout of {TIMEOUT:?}"
     );
     hermes.shutdown().unwrap();
+}
+
+enum Burst {
+    /// Wait at the gate (holds up the shard).
+    Wait,
+    Note,
+    /// Send this many `Note`s to this ID, from inside the receiver.
+    SendTo(u64, usize),
+}
+
+/// Mail between receivers never waits: to a shard whose inbox holds twice its capacity, it
+/// is a `Full` dead letter with its message; what was admitted is delivered. Nothing is lost
+/// without a dead letter. (A turn budget of one message makes each note its own batch: a
+/// shard's mail for another goes as one batch per turn, taken whole while below the limit.)
+pub fn mail_to_an_overfull_shard_is_full_dead_letters<H: Harness>(h: &H) {
+    const CAPACITY: usize = 4;
+    const BURST: usize = 5 * CAPACITY;
+    let (a, b) = crate::regressions::ids_on_two_shards();
+    let held = HeldShard::default();
+    let full = Arc::new(AtomicU64::new(0));
+    let f = Arc::clone(&full);
+    let options = Options::new(Config::default())
+        .shards(2)
+        .inbox_capacity(CAPACITY)
+        .turn_budget(1, 1)
+        .on_dead_letter(move |d: hermes_core::DeadLetter<u64, Burst>| {
+            if d.reason == hermes_core::DeadLetterReason::Full
+                && matches!(d.message, Some(Burst::Note))
+            {
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    let h2 = held.clone();
+    let hermes = h.start(options, move |_: &u64| {
+        let held = h2.clone();
+        Activation::ready(move |ctx: &mut Context<'_, u64, Burst>, msg| match msg {
+            Burst::Wait => held.hold(),
+            Burst::Note => held.note(),
+            Burst::SendTo(to, count) => {
+                for _ in 0..count {
+                    ctx.send(to, Burst::Note);
+                }
+            }
+        })
+    });
+    hermes.send(b, Burst::Wait).unwrap();
+    held.wait_until_held();
+    for _ in 0..BURST {
+        hermes.send(a, Burst::SendTo(b, 1)).unwrap();
+    }
+    let overflow = (BURST - 2 * CAPACITY) as u64;
+    eventually("the overflow's dead letters", || {
+        full.load(Ordering::SeqCst) == overflow
+    });
+    held.release();
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!(
+        held.notes(),
+        2 * CAPACITY as u64,
+        "twice the capacity admitted, and delivered"
+    );
+    assert_eq!(full.load(Ordering::SeqCst), overflow);
+    assert_eq!(stats.dead_letters, overflow);
 }

@@ -105,7 +105,8 @@ macro_rules! conformance_tests {
             sends_while_closing_to_receivers_not_live_are_closed_dead_letters,
             send_inside_a_receiver_answers_full_instead_of_waiting,
             context_asks_end_once_dropped_or_timed_out,
-            ask_blocking_waits_at_most_its_timeout_in_all
+            ask_blocking_waits_at_most_its_timeout_in_all,
+            mail_to_an_overfull_shard_is_full_dead_letters
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

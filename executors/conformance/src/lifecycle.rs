@@ -14,7 +14,7 @@ use hermes_core::{
 };
 use hermes_executor::{AskError, Hermes, Options, Reply};
 
-use crate::backpressure::Gate;
+use crate::backpressure::{Gate, HeldShard};
 use crate::{HANG_GUARD, Harness, eventually};
 
 /// One lifecycle event of one instance (instances numbered from 1 in activation order).
@@ -533,26 +533,16 @@ pub fn send_inside_a_receiver_answers_full_instead_of_waiting<H: Harness>(h: &H)
     type Handle = Arc<OnceLock<Hermes<u64, Flood>>>;
     let (a, b) = crate::regressions::ids_on_two_shards();
     let handle: Handle = Arc::default();
-    let gate = Gate::default();
-    let (held, notes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (hd, g, hl, n) = (
-        Arc::clone(&handle),
-        gate.clone(),
-        Arc::clone(&held),
-        Arc::clone(&notes),
-    );
+    let held = HeldShard::default();
+    let (hd, hl) = (Arc::clone(&handle), held.clone());
     let options = Options::new(Config::default())
         .shards(2)
         .inbox_capacity(CAPACITY);
     let hermes = h.start(options, move |_: &u64| {
-        let (handle, gate, held, notes) =
-            (Arc::clone(&hd), g.clone(), Arc::clone(&hl), Arc::clone(&n));
+        let (handle, held) = (Arc::clone(&hd), hl.clone());
         Activation::ready(move |_: &mut Context<'_, u64, Flood>, msg| match msg {
-            Flood::Hold => {
-                held.fetch_add(1, Ordering::SeqCst);
-                gate.wait();
-            }
-            Flood::Note => drop(notes.fetch_add(1, Ordering::SeqCst)),
+            Flood::Hold => held.hold(),
+            Flood::Note => held.note(),
             Flood::SendTo(to, report) => {
                 let hermes = handle.get().expect("the handle is set before any message");
                 let admitted = (0..3 * CAPACITY)
@@ -569,17 +559,18 @@ pub fn send_inside_a_receiver_answers_full_instead_of_waiting<H: Harness>(h: &H)
     });
     let _ = handle.set(hermes.clone());
     hermes.send(b, Flood::Hold).unwrap();
-    eventually("b's shard to be held", || held.load(Ordering::SeqCst) == 1);
+    held.wait_until_held();
     let (admitted, given_back) = hermes
         .ask_blocking(a, |r| Flood::SendTo(b, r), HANG_GUARD)
         .expect("the sender answers while b's shard is held");
-    gate.open();
+    held.release();
     let expected: Vec<bool> = (0..3 * CAPACITY).map(|i| i < CAPACITY).collect();
     assert_eq!(admitted, expected, "the inbox's capacity, then Full");
     assert_eq!(given_back, 3, "send_all gives every pair back as Full");
-    eventually("the admitted notes", || {
-        notes.load(Ordering::SeqCst) == CAPACITY as u64
-    });
     hermes.shutdown().unwrap();
-    assert_eq!(notes.load(Ordering::SeqCst), CAPACITY as u64);
+    assert_eq!(
+        held.notes(),
+        CAPACITY as u64,
+        "what was admitted is delivered"
+    );
 }

@@ -14,6 +14,7 @@ use hermes_executor::{AskError, Options, Reply};
 
 pub use crate::backpressure::{
     a_fast_producer_waits_for_a_slow_receiver, ask_blocking_waits_at_most_its_timeout_in_all,
+    mail_to_an_overfull_shard_is_full_dead_letters,
     try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
 };
 pub use crate::kinds::{
