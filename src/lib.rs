@@ -41,6 +41,8 @@
 //! To drive receivers from your own event loop instead, embed the sans-IO [`router::Router`]
 //! (or the inline [`router::Driver`]); see the [`router`] module.
 
+#![warn(missing_debug_implementations)]
+
 pub use hermes_core::{
     Activation, Addr, App, Deactivation, DeadLetter, DeadLetterReason, Factory, FactoryError, Key,
     Kind, Kinds, Location, Message, Placement, Receiver, Recipient, SendError, SendErrorKind,
@@ -51,8 +53,9 @@ pub use hermes_executor::{
     AskError, Asked, Finished, Hermes, Options, Reply, StartError, WouldDeadlock,
 };
 
-/// The sans-IO core, for embedding Hermes in your own event loop: the [`Router`] state machine,
-/// its commands and pollers, an inline [`Driver`], and the [`testkit`] for testing one receiver
+/// The sans-IO core, for embedding Hermes in your own event loop: the
+/// [`Router`](router::Router) state machine, its commands and pollers, an inline
+/// [`Driver`](router::Driver), and the [`testkit`](router::testkit) for testing one receiver
 /// alone. The router never reads a clock, spawns or does I/O; see [`hermes_core`] for its
 /// lifecycle, time model and invariants.
 pub mod router {

@@ -8,6 +8,7 @@ use crate::{App, Key, KindTable, Message, Receiver};
 
 /// What a factory made of an ID. `A` is the application, `(K, M)` unless it has several
 /// [kinds](crate::Kinds).
+#[non_exhaustive]
 pub enum Activation<K, M, A = (K, M)> {
     /// The receiver for the ID.
     Ready(Box<dyn Receiver<K, M, A>>),
@@ -108,6 +109,13 @@ impl fmt::Debug for FactoryError {
 impl fmt::Display for FactoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Transparent: its message and its source are the wrapped error's.
+impl Error for FactoryError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
     }
 }
 

@@ -95,6 +95,8 @@
 //! assert_eq!(driver.router().stats().live, 0);
 //! ```
 
+#![warn(missing_debug_implementations)]
+
 mod addr;
 mod app;
 mod clock;

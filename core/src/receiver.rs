@@ -22,19 +22,27 @@ use crate::{App, Context};
 /// `A` is the receiver's application: `(K, M)`, unless the application has several
 /// [kinds](crate::Kinds), as in `impl Receiver<AccountId, AccountMsg, Bank> for Account`.
 pub trait Receiver<K, M, A = (K, M)>: Send + 'static {
-    /// Handles one message. Effects (sends, timers, become, stop) go through `ctx`.
+    /// Handles one message. Effects (sends, timers, become, stop, spawned work, asks) go
+    /// through `ctx`, and happen only if it returns: if it panics, none of them happen, the
+    /// message becomes a [`Panicked`](crate::DeadLetterReason::Panicked) dead letter, the
+    /// instance is deactivated with [`Deactivation::Panicked`], and the next message for its ID
+    /// activates a fresh instance through the factory.
     fn receive(&mut self, ctx: &mut Context<'_, K, M, A>, msg: M)
     where
         A: App;
 
-    /// Runs once, after the factory created this receiver and before its first message.
+    /// Runs once, after the factory created this receiver and before its first message. If it
+    /// panics, the activation fails: the messages waiting for this ID become
+    /// [`FactoryFailed`](crate::DeadLetterReason::FactoryFailed) dead letters.
     fn activated(&mut self, _ctx: &mut Context<'_, K, M, A>)
     where
         A: App,
     {
     }
 
-    /// Runs once, when this instance is deactivated; save durable state here.
+    /// Runs once, when this instance is deactivated, after its last message; save durable
+    /// state here (unless `why` is [`Deactivation::Panicked`]). If it panics, the deactivation
+    /// completes all the same.
     fn deactivated(&mut self, _ctx: &mut Context<'_, K, M, A>, _why: Deactivation)
     where
         A: App,

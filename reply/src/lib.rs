@@ -21,6 +21,8 @@
 //! The two building blocks are public for the executors: [`Signal`], a value set once that
 //! threads wait for and futures poll, and [`poll_briefly`], a short wait without sleeping.
 
+#![warn(missing_debug_implementations)]
+
 mod reply;
 mod signal;
 mod spin;

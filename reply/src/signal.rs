@@ -43,6 +43,17 @@ struct State<T> {
     sleepers: usize,
 }
 
+impl<T> std::fmt::Debug for Signal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signal")
+            .field(
+                "is_set",
+                &self.is_set.load(std::sync::atomic::Ordering::Acquire),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T> Default for Signal<T> {
     fn default() -> Self {
         Signal {

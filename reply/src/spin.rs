@@ -16,7 +16,7 @@ const SPINS: u32 = 64;
 /// wait for gets the core), for at most this long.
 const WINDOW: Duration = Duration::from_micros(50);
 
-/// Polls `ready` without sleeping, for at most about [`WINDOW`] and not past `deadline`; true
+/// Polls `ready` without sleeping, for at most about 50 µs and not past `deadline`; true
 /// as soon as it is ready, false if it did not become ready in time.
 pub fn poll_briefly(deadline: Option<Instant>, mut ready: impl FnMut() -> bool) -> bool {
     for _ in 0..SPINS {

@@ -49,6 +49,8 @@
 //! [`Context::now`](hermes_core::Context::now), and use no threads, real clocks or unseeded
 //! randomness.
 
+#![warn(missing_debug_implementations)]
+
 mod sim;
 
 pub use hermes_executor::{AskError, Reply};

@@ -58,6 +58,20 @@ pub struct StateStore {
     versions: AtomicU64,
 }
 
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unacked = self
+            .unacked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("StateStore")
+            .field("commits", &self.commits)
+            .field("unacked", &unacked)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A write submitted and not yet acknowledged; `value: None` is a delete.
 struct Unacked {
     version: u64,
@@ -166,6 +180,16 @@ pub struct Durable<S> {
     codec: Codec<S>,
     states: Arc<StateStore>,
     dirty: bool,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Durable<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("value", &self.value)
+            .field("dirty", &self.dirty)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> Durable<S>

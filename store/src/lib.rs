@@ -62,6 +62,8 @@
 //!
 //! - `redb` (default): [`RedbStore`]. Without it the crate has no database dependency.
 
+#![warn(missing_debug_implementations)]
+
 mod durable;
 mod error;
 mod group;

@@ -6,16 +6,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use hermes_core::{Activation, Config, Context, SendError};
-use hermes_executor::Options;
+use hermes_executor::{AskError, Options, Reply};
 
 use crate::{HANG_GUARD, Harness, eventually};
 
 /// A gate receivers wait at until the test opens it.
 #[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
+pub(crate) struct Gate(Arc<(Mutex<bool>, Condvar)>);
 
 impl Gate {
-    fn wait(&self) {
+    pub(crate) fn wait(&self) {
         let (open, changed) = &*self.0;
         let mut open = open.lock().unwrap();
         while !*open {
@@ -23,15 +23,53 @@ impl Gate {
         }
     }
 
-    fn open(&self) {
+    pub(crate) fn open(&self) {
         let (open, changed) = &*self.0;
         *open.lock().unwrap() = true;
         changed.notify_all();
     }
 }
 
-/// `try_send` says `Full` at once when the shard's inbox is at capacity; `send_timeout` waits
-/// and then says so; once there is room, everything admitted is delivered, in order.
+/// A shard held up by a receiver waiting at a gate, and a count of the notes receivers got:
+/// for the tests that fill a held shard's inbox.
+#[derive(Clone, Default)]
+pub(crate) struct HeldShard {
+    gate: Gate,
+    waiting: Arc<AtomicU64>,
+    notes: Arc<AtomicU64>,
+}
+
+impl HeldShard {
+    /// In a handler: holds up this shard until [`release`](HeldShard::release).
+    pub(crate) fn hold(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.gate.wait();
+    }
+
+    /// Waits until a handler is in [`hold`](HeldShard::hold).
+    pub(crate) fn wait_until_held(&self) {
+        eventually("the shard to be held", || {
+            self.waiting.load(Ordering::SeqCst) == 1
+        });
+    }
+
+    pub(crate) fn release(&self) {
+        self.gate.open();
+    }
+
+    /// In a handler: counts a note.
+    pub(crate) fn note(&self) {
+        self.notes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn notes(&self) -> u64 {
+        self.notes.load(Ordering::SeqCst)
+    }
+}
+
+/// `try_send` says `Full` at once when the shard's inbox is at capacity, and so does
+/// `schedule`; `send_timeout` and `ask_blocking` wait and then say so; once there is room,
+/// everything admitted is delivered, in order.
 pub fn try_send_is_refused_at_capacity_and_nothing_admitted_is_lost<H: Harness>(h: &H) {
     let gate = Gate::default();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -56,6 +94,13 @@ pub fn try_send_is_refused_at_capacity_and_nothing_admitted_is_lost<H: Harness>(
     assert!(matches!(refused, Err(SendError::Full(5))), "{refused:?}");
     let waited = hermes.send_timeout(1, 6, Duration::from_millis(20));
     assert!(matches!(waited, Err(SendError::Full(6))), "{waited:?}");
+    let scheduled = hermes.schedule(1, Duration::ZERO, 8);
+    assert!(
+        matches!(scheduled, Err(SendError::Full(8))),
+        "{scheduled:?}"
+    );
+    let asked = hermes.ask_blocking(1, |_: Reply<u64>| 9, Duration::from_millis(20));
+    assert_eq!(asked, Err(AskError::Full), "the request was not sent");
     gate.open();
     // Now it waits for room, and goes through.
     hermes.send_timeout(1, 7, HANG_GUARD).unwrap();
@@ -122,4 +167,118 @@ pub fn a_fast_producer_waits_for_a_slow_receiver<H: Harness>(h: &H) {
         assert_eq!(received.load(Ordering::SeqCst), MESSAGES);
         assert_eq!(stats.dead_letters, 0, "nothing lost");
     }
+}
+
+enum Held {
+    /// Wait at the gate (holds up the shard).
+    Wait,
+    /// Keep the reply, never answering.
+    Keep(Reply<u64>),
+}
+
+/// `ask_blocking` waits at most its timeout in all, for room and then for the answer: here
+/// the request waits for room most of the timeout, then is never answered.
+pub fn ask_blocking_waits_at_most_its_timeout_in_all<H: Harness>(h: &H) {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const ROOM_AFTER: Duration = Duration::from_millis(1500);
+    let gate = Gate::default();
+    let waiting = Arc::new(AtomicU64::new(0));
+    let (g, w) = (gate.clone(), Arc::clone(&waiting));
+    let options = Options::new(Config::default()).shards(1).inbox_capacity(1);
+    let hermes = h.start(options, move |_: &u64| {
+        let (gate, waiting) = (g.clone(), Arc::clone(&w));
+        let mut kept = Vec::new();
+        Activation::ready(move |_: &mut Context<'_, u64, Held>, msg| match msg {
+            Held::Wait => {
+                waiting.fetch_add(1, Ordering::SeqCst);
+                gate.wait();
+            }
+            Held::Keep(reply) => kept.push(reply),
+        })
+    });
+    hermes.send(1, Held::Wait).unwrap();
+    eventually("the shard to be held", || {
+        waiting.load(Ordering::SeqCst) == 1
+    });
+    hermes.try_send(2, Held::Wait).unwrap(); // the inbox is full now
+    let opener = std::thread::spawn({
+        let gate = gate.clone();
+        move || {
+            std::thread::sleep(ROOM_AFTER);
+            gate.open();
+        }
+    });
+    let start = std::time::Instant::now();
+    let asked = hermes.ask_blocking(3, Held::Keep, TIMEOUT);
+    let waited = start.elapsed();
+    opener.join().unwrap();
+    assert_eq!(asked, Err(AskError::Timeout));
+    assert!(
+        waited < TIMEOUT + (ROOM_AFTER / 3),
+        "waited {waited:?} for a timeout of {TIMEOUT:?}"
+    );
+    hermes.shutdown().unwrap();
+}
+
+enum Burst {
+    /// Wait at the gate (holds up the shard).
+    Wait,
+    Note,
+    /// Send this many `Note`s to this ID, from inside the receiver.
+    SendTo(u64, usize),
+}
+
+/// Mail between receivers never waits: to a shard whose inbox holds twice its capacity, it
+/// is a `Full` dead letter with its message; what was admitted is delivered. Nothing is lost
+/// without a dead letter. (A turn budget of one message makes each note its own batch: a
+/// shard's mail for another goes as one batch per turn, taken whole while below the limit.)
+pub fn mail_to_an_overfull_shard_is_full_dead_letters<H: Harness>(h: &H) {
+    const CAPACITY: usize = 4;
+    const BURST: usize = 5 * CAPACITY;
+    let (a, b) = crate::regressions::ids_on_two_shards();
+    let held = HeldShard::default();
+    let full = Arc::new(AtomicU64::new(0));
+    let f = Arc::clone(&full);
+    let options = Options::new(Config::default())
+        .shards(2)
+        .inbox_capacity(CAPACITY)
+        .turn_budget(1, 1)
+        .on_dead_letter(move |d: hermes_core::DeadLetter<u64, Burst>| {
+            if d.reason == hermes_core::DeadLetterReason::Full
+                && matches!(d.message, Some(Burst::Note))
+            {
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    let h2 = held.clone();
+    let hermes = h.start(options, move |_: &u64| {
+        let held = h2.clone();
+        Activation::ready(move |ctx: &mut Context<'_, u64, Burst>, msg| match msg {
+            Burst::Wait => held.hold(),
+            Burst::Note => held.note(),
+            Burst::SendTo(to, count) => {
+                for _ in 0..count {
+                    ctx.send(to, Burst::Note);
+                }
+            }
+        })
+    });
+    hermes.send(b, Burst::Wait).unwrap();
+    held.wait_until_held();
+    for _ in 0..BURST {
+        hermes.send(a, Burst::SendTo(b, 1)).unwrap();
+    }
+    let overflow = (BURST - 2 * CAPACITY) as u64;
+    eventually("the overflow's dead letters", || {
+        full.load(Ordering::SeqCst) == overflow
+    });
+    held.release();
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!(
+        held.notes(),
+        2 * CAPACITY as u64,
+        "twice the capacity admitted, and delivered"
+    );
+    assert_eq!(full.load(Ordering::SeqCst), overflow);
+    assert_eq!(stats.dead_letters, overflow);
 }

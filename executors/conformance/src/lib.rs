@@ -21,6 +21,7 @@ use hermes_executor::{Hermes, Key, Message, Options};
 
 pub mod backpressure;
 pub mod kinds;
+pub mod lifecycle;
 mod regressions;
 pub mod suite;
 pub mod tasks;
@@ -93,7 +94,19 @@ macro_rules! conformance_tests {
             work_in_flight_is_dropped_with_its_receiver,
             asks_between_receivers_answer_or_time_out,
             try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
-            a_fast_producer_waits_for_a_slow_receiver
+            a_fast_producer_waits_for_a_slow_receiver,
+            hooks_run_in_order_with_each_reason,
+            messages_during_deactivation_activate_a_fresh_instance,
+            timers_outlive_become_and_deactivation,
+            a_panicking_handler_leaves_no_effects,
+            every_way_in_is_refused_after_shutdown,
+            blocking_forms_refuse_inside_a_receiver,
+            a_late_answer_to_a_timed_out_ask_is_given_back,
+            sends_while_closing_to_receivers_not_live_are_closed_dead_letters,
+            send_inside_a_receiver_answers_full_instead_of_waiting,
+            context_asks_end_once_dropped_or_timed_out,
+            ask_blocking_waits_at_most_its_timeout_in_all,
+            mail_to_an_overfull_shard_is_full_dead_letters
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

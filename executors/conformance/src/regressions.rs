@@ -13,7 +13,7 @@ use hermes_executor::{Hermes, Options, WouldDeadlock};
 use crate::{HANG_GUARD, Harness, eventually};
 
 /// Two IDs that the default placement puts on different shards of two.
-fn ids_on_two_shards() -> (u64, u64) {
+pub(crate) fn ids_on_two_shards() -> (u64, u64) {
     let placement = Sharded::new(2);
     let a = 0;
     let b = (1..)

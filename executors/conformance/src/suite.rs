@@ -13,16 +13,25 @@ use hermes_core::{
 use hermes_executor::{AskError, Options, Reply};
 
 pub use crate::backpressure::{
-    a_fast_producer_waits_for_a_slow_receiver,
+    a_fast_producer_waits_for_a_slow_receiver, ask_blocking_waits_at_most_its_timeout_in_all,
+    mail_to_an_overfull_shard_is_full_dead_letters,
     try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
 };
 pub use crate::kinds::{
     each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
 };
+pub use crate::lifecycle::{
+    a_late_answer_to_a_timed_out_ask_is_given_back, a_panicking_handler_leaves_no_effects,
+    blocking_forms_refuse_inside_a_receiver, every_way_in_is_refused_after_shutdown,
+    hooks_run_in_order_with_each_reason, messages_during_deactivation_activate_a_fresh_instance,
+    send_inside_a_receiver_answers_full_instead_of_waiting,
+    sends_while_closing_to_receivers_not_live_are_closed_dead_letters,
+    timers_outlive_become_and_deactivation,
+};
 pub use crate::regressions::*;
 pub use crate::tasks::{
-    asks_between_receivers_answer_or_time_out, spawned_work_comes_back_as_a_message,
-    work_in_flight_is_dropped_with_its_receiver,
+    asks_between_receivers_answer_or_time_out, context_asks_end_once_dropped_or_timed_out,
+    spawned_work_comes_back_as_a_message, work_in_flight_is_dropped_with_its_receiver,
 };
 use crate::{HANG_GUARD, Harness, eventually};
 

@@ -237,3 +237,80 @@ pub fn asks_between_receivers_answer_or_time_out<H: Harness>(h: &H) {
     silent.shutdown().unwrap();
     hermes.shutdown().unwrap();
 }
+
+/// What the asked side does with a request in [`context_asks_end_once_dropped_or_timed_out`].
+enum Peer {
+    /// Ask `to` with `Hold`, `Drop` or `Stop`, with this timeout; the answer comes back as
+    /// `Answer`.
+    Ask(u64, &'static str, Duration),
+    Answer(&'static str, Result<u64, AskError>),
+    /// Keep the reply.
+    Hold(Reply<u64>),
+    /// Drop the reply unanswered.
+    Drop(Reply<u64>),
+    /// Keep the reply and stop: the instance goes, and the reply with it.
+    Stop(Reply<u64>),
+    /// Answer every held reply with 9; report how many answers were given back.
+    Release(Reply<usize>),
+}
+
+/// `Context::ask` ends exactly once: `Dropped` when the asked receiver drops the reply, stops
+/// holding it, or has no receiver at all (the request is a dead letter); `Timeout` at the
+/// deadline, after which the asked side's `Reply::send` gives the answer back.
+pub fn context_asks_end_once_dropped_or_timed_out<H: Harness>(h: &H) {
+    const ASKER: u64 = 1;
+    const NOBODY: u64 = 99;
+    type Answers = Arc<Mutex<Vec<(&'static str, Result<u64, AskError>)>>>;
+    let answers: Answers = Arc::default();
+    let a = Arc::clone(&answers);
+    let hermes = h.start(
+        Options::new(Config::default()).shards(2),
+        move |&id: &u64| {
+            if id == NOBODY {
+                return Activation::Refused;
+            }
+            let answers = Arc::clone(&a);
+            let mut held = Vec::new();
+            Activation::ready(move |ctx: &mut Context<'_, u64, Peer>, msg| match msg {
+                Peer::Ask(to, what, timeout) => {
+                    let make = match what {
+                        "hold" => Peer::Hold,
+                        "drop" => Peer::Drop,
+                        _ => Peer::Stop,
+                    };
+                    ctx.ask(to, make, timeout, move |answer| Peer::Answer(what, answer));
+                }
+                Peer::Answer(what, answer) => answers.lock().unwrap().push((what, answer)),
+                Peer::Hold(reply) => held.push(reply),
+                Peer::Drop(reply) => drop(reply),
+                Peer::Stop(reply) => {
+                    held.push(reply);
+                    ctx.stop();
+                }
+                Peer::Release(report) => {
+                    let back = held.drain(..).filter_map(|r| r.send(9).err()).count();
+                    let _ = report.send(back);
+                }
+            })
+        },
+    );
+    let answers_now = || answers.lock().unwrap().clone();
+    for (to, what) in [(2, "drop"), (3, "stop"), (NOBODY, "nobody")] {
+        hermes.send(ASKER, Peer::Ask(to, what, HANG_GUARD)).unwrap();
+        eventually(what, || answers_now().len() == 1);
+        assert_eq!(answers_now(), [(what, Err(AskError::Dropped))]);
+        answers.lock().unwrap().clear();
+    }
+    let quick = Duration::from_millis(20);
+    hermes.send(ASKER, Peer::Ask(4, "hold", quick)).unwrap();
+    eventually("the timeout", || answers_now().len() == 1);
+    assert_eq!(answers_now(), [("hold", Err(AskError::Timeout))]);
+    assert_eq!(
+        hermes.ask_blocking(4, Peer::Release, HANG_GUARD),
+        Ok(1),
+        "the late answer was given back"
+    );
+    std::thread::sleep(quick);
+    assert_eq!(answers_now().len(), 1, "the ask ended once");
+    hermes.shutdown().unwrap();
+}

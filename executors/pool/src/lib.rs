@@ -37,6 +37,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_debug_implementations)]
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 

@@ -75,12 +75,17 @@ impl std::error::Error for WouldDeadlock {}
 ///
 /// Every executor returns this same type. It is cheap to clone (an `Arc`); all clones address
 /// the same receivers. Dropping the last clone shuts Hermes down (and waits for it when this
-/// thread may block). Sends are routed to the shard that owns the ID, by a hash of it.
+/// thread may block); a clone kept by a receiver or the factory keeps Hermes running, so call
+/// [`shutdown`](Hermes::shutdown) then. Sends are routed to the shard that owns the ID, by a
+/// hash of it.
 ///
-/// A send is checked here only for shutdown ([`SendError::Closed`]); everything else (a full
-/// mailbox, a stale handle, a factory that refuses the ID) is decided on the shard, and the
-/// message becomes a dead letter there (see [`Options::on_dead_letter`]). Shards are chosen by
-/// the one [`Placement`](hermes_core::Placement) that the routers use too.
+/// A send is refused here only when Hermes is shutting down ([`SendError::Closed`]) or the
+/// receiver or its shard is at capacity ([`SendError::Full`] from
+/// [`try_send`](Hermes::try_send); [`send`](Hermes::send) waits for room instead); the message
+/// comes back in the error. Everything else (a stale handle, a factory that refuses the ID or
+/// fails, a handler that panics) is decided on the shard, and the message becomes a dead
+/// letter there (see [`Options::on_dead_letter`]). Shards are chosen by the one
+/// [`Placement`](hermes_core::Placement) that the routers use too.
 ///
 /// `K` and `M` are the router's ID and message types; `A` is the application, `(K, M)` for one
 /// kind of receiver, or the marker of an [`app!`](hermes_core::app) with several, whose sends
@@ -749,26 +754,32 @@ where
     }
 
     /// Asks and blocks for the answer, at most `timeout`. From async code, `ask(..).await`
-    /// instead: this returns [`AskError::WouldDeadlock`] at once where blocking could stop the
-    /// shards (inside a receiver, on a thread of the async runtime that runs them).
+    /// instead: this returns [`AskError::WouldDeadlock`] at once, without sending the
+    /// request, where blocking could stop the shards (inside a receiver, on a thread of the
+    /// async runtime that runs them).
     pub fn ask_blocking<T: Kind<A>, R>(
         &self,
         id: T::Id,
         make: impl FnOnce(Reply<R>) -> T,
         timeout: Duration,
     ) -> Result<R, AskError> {
-        if in_shard() {
+        // Refuse before sending: a request that went out with the caller told it failed
+        // would be applied behind the caller's back (a withdrawal made twice on retry).
+        if in_shard() || self.inner.core.runtime.block(&mut || {}).is_err() {
             return Err(AskError::WouldDeadlock);
         }
+        let start = Instant::now();
         let (reply, asked) = Reply::new();
         if let Err(e) = self.send_timeout(id, make(reply), timeout) {
             return Err(ask_error(e.kind()));
         }
+        // One timeout for both waits: for room, then for the answer.
+        let left = timeout.saturating_sub(start.elapsed());
         let mut asked = Some(asked);
         let mut answer = Err(AskError::WouldDeadlock);
         let blocked = self.inner.core.runtime.block(&mut || {
             if let Some(asked) = asked.take() {
-                answer = asked.wait_timeout(timeout);
+                answer = asked.wait_timeout(left);
             }
         });
         blocked.map_err(|WouldDeadlock| AskError::WouldDeadlock)?;
@@ -889,7 +900,7 @@ impl<K, M, A> fmt::Debug for Hermes<K, M, A> {
 
 /// The end of a hand-off ([`Hermes::release_moved`]): resolves once no shard has a receiver
 /// live whose ID placement puts on another node.
-#[must_use = "Released does nothing unless awaited or waited on"]
+#[must_use = "the hand-off has begun either way: await Released, or wait on it, to know when it is done"]
 pub struct Released {
     release: Arc<crate::remote::Release>,
 }
@@ -920,7 +931,7 @@ impl fmt::Debug for Released {
 }
 
 /// The end of a shutdown: a future of the final totals, or [`wait`](Finished::wait) for them.
-#[must_use = "Finished does nothing unless awaited or waited on"]
+#[must_use = "the shutdown has begun either way: await Finished, or wait on it, to know when it is done and get the final totals"]
 pub struct Finished {
     finish: Arc<Finish>,
 }

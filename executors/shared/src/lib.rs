@@ -61,6 +61,8 @@
 //! assert_eq!(finished.wait().deactivations, 1);
 //! ```
 
+#![warn(missing_debug_implementations)]
+
 mod handle;
 mod inbox;
 mod options;

@@ -98,8 +98,9 @@ impl<K, M> Options<K, M> {
 
     /// How many messages from outside each shard's inbox holds before senders wait (default
     /// 65,536; at least 1): [`Hermes::send`](crate::Hermes::send) blocks, `send_async` awaits,
-    /// `try_send` returns `Full`. Messages from receivers on other shards may fill it to twice
-    /// that; past it they are dead letters (`Full`), as for a full mailbox.
+    /// `try_send` returns `Full`. Mail from receivers on other shards, which comes as one batch
+    /// per shard per turn, is taken whole while the inbox holds less than twice that; at twice
+    /// that, it is dead letters (`Full`), as for a full mailbox.
     pub fn inbox_capacity(mut self, capacity: usize) -> Self {
         self.inbox_capacity = capacity.max(1);
         self

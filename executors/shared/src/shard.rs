@@ -182,6 +182,15 @@ impl<K, M> Drop for Arrival<K, M> {
     }
 }
 
+impl<K: Key, M: Message> std::fmt::Debug for Shard<K, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("index", &self.index)
+            .field("stats", &self.router.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<K: Key, M: Message> Shard<K, M> {
     pub(crate) fn new(
         index: u32,

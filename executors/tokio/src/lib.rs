@@ -11,8 +11,8 @@
 //!
 //! From async code use [`Hermes::ask`] (`.await`) and [`Hermes::shutdown_async`]; the blocking
 //! forms work outside the runtime, and inside a multi-thread runtime via `block_in_place`, but
-//! refuse (or, for `shutdown`, panic) inside a current-thread runtime, where they would stop the
-//! very runtime that runs the shards.
+//! refuse with [`WouldDeadlock`] inside a current-thread runtime, where they would stop the very
+//! runtime that runs the shards (`shutdown` starts the shutdown before it refuses).
 //!
 //! ```
 //! use hermes_core::{Activation, Config, Context};
@@ -36,6 +36,8 @@
 //!     Ok(())
 //! }
 //! ```
+
+#![warn(missing_debug_implementations)]
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use hermes_core::{Activation, Config, Context};
-use hermes_executor::{AskError, Options, Reply, StartError};
+use hermes_executor::{AskError, Options, Reply, StartError, WouldDeadlock};
 
 enum Msg {
     Double(u64, Reply<u64>),
@@ -33,12 +33,18 @@ async fn current_thread_runtime_awaits_and_refuses_to_block() {
         assert_eq!(hermes.ask(n, |r| Msg::Double(n, r)).await, Ok(n * 2));
     }
     assert_eq!(
-        hermes.ask_blocking(1, |r| Msg::Double(1, r), GUARD),
+        hermes.ask_blocking(1000, |r| Msg::Double(1000, r), GUARD),
         Err(AskError::WouldDeadlock),
         "blocking here would stop the runtime that runs the shards"
     );
+    assert_eq!(
+        hermes.shutdown().map(drop),
+        Err(WouldDeadlock),
+        "shutdown cannot wait here: it starts the shutdown and says so"
+    );
+    assert!(!hermes.is_accepting());
     let stats = hermes.shutdown_async().await;
-    assert_eq!(stats.activations, 100);
+    assert_eq!(stats.activations, 100, "the refused ask sent nothing");
     assert_eq!(stats.deactivations, 100);
 }
 
