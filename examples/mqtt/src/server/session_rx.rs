@@ -585,14 +585,17 @@ impl SessionRx {
         }
     }
 
-    /// A packet of connection `conn` that its reader counted as unsettled is carried out: it
-    /// settles when a message to itself, sent now or already on its way, comes back (after
-    /// this run's sends are out).
-    fn settle_later(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+    /// `n` packets of connection `conn` that its reader counted as unsettled are carried
+    /// out: they settle when a message to itself, sent now or already on its way, comes back
+    /// (after this run's sends are out).
+    fn settle_later(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, n: u32) {
+        if n == 0 {
+            return;
+        }
         if self.settling > 0 {
-            self.settling = self.settling.saturating_add(1);
+            self.settling = self.settling.saturating_add(n);
         } else {
-            self.settling = 1;
+            self.settling = n;
             ctx.send(self.id.clone(), SessionMsg::Settled { conn });
         }
     }
@@ -644,6 +647,7 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
             }
             SessionMsg::Packets { conn, packets } => {
                 if self.conn() == Some(conn) {
+                    let mut settled = 0;
                     for packet in packets {
                         let counted = matches!(
                             packet,
@@ -656,9 +660,12 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                         // rest once this run's sends are out, which a message to itself comes
                         // after.
                         if counted && !self.asked_store {
-                            self.settle_later(ctx, conn);
+                            settled += 1;
                         }
                     }
+                    // What they published is sent before the message that settles them.
+                    self.route_published(ctx);
+                    self.settle_later(ctx, conn, settled);
                 }
             }
             SessionMsg::Settled { conn } => {
