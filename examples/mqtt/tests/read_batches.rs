@@ -2,47 +2,14 @@
 //! (`SessionMsg::Packets`), and what a session publishes while handling it is routed
 //! together, one message per subscriber. Nothing of that may show: the packets of one read
 //! are carried out in order [MQTT-4.6.0-2..4], their effects on the subscription index
-//! where they are among them, exactly once at QoS 2 across a restart mid-flow
-//! [MQTT-4.3.3-2], and a malformed packet after valid ones closes the connection only once
-//! those are handled [MQTT-4.8.0-1].
+//! where they are among them, and a malformed packet after valid ones closes the connection
+//! only once those are handled [MQTT-4.8.0-1]. Exactly once at QoS 2 across a restart in the
+//! middle of such reads [MQTT-4.3.3-2]: `persistence.rs`.
 
 mod support;
 
-use std::time::Duration;
-
 use hermes_mqtt::{Packet, PublishQos, QoS};
 use support::*;
-
-/// How long to wait for something that must not come.
-const QUIET: Duration = Duration::from_millis(300);
-
-/// The bytes of `packets`, one after the other: sent with one write, they arrive in one read
-/// (a few hundred bytes on loopback).
-fn together(packets: impl IntoIterator<Item = Packet>) -> Vec<u8> {
-    packets.into_iter().flat_map(wire).collect()
-}
-
-/// A PUBLISH packet.
-fn publish(t: &str, payload: &str, qos: QoS, id: u16, dup: bool) -> Packet {
-    Packet::Publish(publish_packet(t, payload.as_bytes(), qos, id, dup, false))
-}
-
-/// The next `n` packets other than PUBLISH, in order (the PUBLISHes are kept).
-async fn answers(raw: &mut Raw, n: usize) -> Vec<Packet> {
-    let mut got = Vec::with_capacity(n);
-    for _ in 0..n {
-        got.push(raw.recv_skipping_publishes().await);
-    }
-    got
-}
-
-/// Nothing more comes within [`QUIET`].
-async fn nothing_more(raw: &mut Raw, who: &str) {
-    match raw.next(QUIET).await {
-        Next::Nothing => {}
-        other => panic!("{who}: expected nothing more, got {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn the_packets_of_one_read_are_carried_out_in_order_mqtt_4_6_0_2() {
@@ -59,24 +26,24 @@ async fn the_packets_of_one_read_are_carried_out_in_order_mqtt_4_6_0_2() {
 
     publisher
         .send_bytes(&together([
-            publish(&t, "1", QoS::ExactlyOnce, 10, false),
-            publish(&t, "2", QoS::AtLeastOnce, 11, false),
+            publish_of(&t, "1", QoS::ExactlyOnce, 10, false),
+            publish_of(&t, "2", QoS::AtLeastOnce, 11, false),
             Packet::PubRel(pid(10)),
-            publish(&t, "3", QoS::ExactlyOnce, 12, false),
+            publish_of(&t, "3", QoS::ExactlyOnce, 12, false),
             // Sent again before its PUBREL: answered, not published again [MQTT-4.3.3-2].
-            publish(&t, "3", QoS::ExactlyOnce, 12, true),
+            publish_of(&t, "3", QoS::ExactlyOnce, 12, true),
             // Routed before the UNSUBSCRIBE after it: delivered to the publisher itself.
-            publish(&mine, "own", QoS::AtLeastOnce, 13, false),
+            publish_of(&mine, "own", QoS::AtLeastOnce, 13, false),
             Packet::Unsubscribe(unsubscribe_packet(14, &[&mine])),
-            publish(&mine, "after", QoS::AtLeastOnce, 15, false),
+            publish_of(&mine, "after", QoS::AtLeastOnce, 15, false),
             // Routed after the SUBSCRIBE before it: delivered.
             Packet::Subscribe(subscribe_packet(16, &[(&later, QoS::AtLeastOnce)])),
-            publish(&later, "new", QoS::AtLeastOnce, 17, false),
+            publish_of(&later, "new", QoS::AtLeastOnce, 17, false),
             Packet::PubRel(pid(12)),
             Packet::PingReq,
         ]))
         .await;
-    let got = answers(&mut publisher, 12).await;
+    let got = publisher.answers(12).await;
     let suback = Packet::SubAck(hermes_mqtt::SubAck {
         packet_id: pid(16),
         return_codes: vec![hermes_mqtt::SubscribeReturnCode::Granted(QoS::AtLeastOnce)],
@@ -101,11 +68,11 @@ async fn the_packets_of_one_read_are_carried_out_in_order_mqtt_4_6_0_2() {
     );
     let own = publisher.recv_messages(2).await;
     assert_eq!(payloads(&own), ["own", "new"]);
-    nothing_more(&mut publisher, "publisher").await;
+    publisher.expect_silence(QUIET).await;
 
     let delivered = sub.recv_messages(3).await;
     assert_eq!(payloads(&delivered), ["1", "2", "3"], "each once, in order");
-    nothing_more(&mut sub, "subscriber").await;
+    sub.expect_silence(QUIET).await;
 }
 
 #[tokio::test]
@@ -131,7 +98,7 @@ async fn a_subscribers_acknowledgements_of_one_read_are_answered_in_order_mqtt_4
     sub.send_bytes(&together([Packet::PubRec(ids[0]), Packet::PubRec(ids[1])]))
         .await;
     assert_eq!(
-        answers(&mut sub, 2).await,
+        sub.answers(2).await,
         [Packet::PubRel(ids[0]), Packet::PubRel(ids[1])]
     );
     sub.send_bytes(&together([
@@ -140,91 +107,12 @@ async fn a_subscribers_acknowledgements_of_one_read_are_answered_in_order_mqtt_4
         Packet::PubComp(ids[1]),
     ]))
     .await;
-    assert_eq!(answers(&mut sub, 1).await, [Packet::PubRel(ids[2])]);
+    assert_eq!(sub.answers(1).await, [Packet::PubRel(ids[2])]);
     sub.send(Packet::PubComp(ids[2])).await;
     // All three done: the next message gets the window, once.
     publisher.publish(&t, b"d", QoS::ExactlyOnce, false).await;
     assert_eq!(payloads(&sub.recv_messages(1).await), ["d"]);
-    nothing_more(&mut sub, "subscriber").await;
-}
-
-#[tokio::test]
-async fn qos_2_is_exactly_once_across_a_restart_mid_flow_mqtt_4_3_3_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
-    let (pub_id, sub_id, t) = (unique("pub"), unique("sub"), unique("batch/restart"));
-    let (mut sub, _) = broker.connect_persistent(&sub_id).await;
-    sub.subscribe_one(&t, QoS::ExactlyOnce).await;
-    let (mut publisher, _) = broker.connect_persistent(&pub_id).await;
-    publisher
-        .send_bytes(&together([
-            publish(&t, "1", QoS::ExactlyOnce, 1, false),
-            publish(&t, "2", QoS::ExactlyOnce, 2, false),
-            Packet::PubRel(pid(1)),
-        ]))
-        .await;
-    assert_eq!(
-        answers(&mut publisher, 3).await,
-        [
-            Packet::PubRec(pid(1)),
-            Packet::PubRec(pid(2)),
-            Packet::PubComp(pid(1))
-        ]
-    );
-    // The subscriber has both; it has received the first (PUBREC, PUBREL), not the second.
-    let first = sub.recv_publish().await;
-    let second = sub.recv_publish().await;
-    assert_eq!(payloads(&[first.clone(), second.clone()]), ["1", "2"]);
-    let (
-        PublishQos::ExactlyOnce { packet_id: id1, .. },
-        PublishQos::ExactlyOnce { packet_id: id2, .. },
-    ) = (first.qos, second.qos)
-    else {
-        panic!("expected QoS 2: {first:?}, {second:?}");
-    };
-    sub.send(Packet::PubRec(id1)).await;
-    assert_eq!(answers(&mut sub, 1).await, [Packet::PubRel(id1)]);
-
-    // Mid-flow both ways: the publisher's 2 unreleased, the subscriber's 1 released and 2
-    // unacknowledged.
-    broker.shutdown().await;
-    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
-
-    let (mut publisher, present) = broker.connect_persistent(&pub_id).await;
-    assert!(present);
-    publisher
-        .send_bytes(&together([
-            publish(&t, "2", QoS::ExactlyOnce, 2, true),
-            Packet::PubRel(pid(2)),
-            publish(&t, "marker", QoS::AtLeastOnce, 3, false),
-        ]))
-        .await;
-    assert_eq!(
-        answers(&mut publisher, 3).await,
-        [
-            Packet::PubRec(pid(2)),
-            Packet::PubComp(pid(2)),
-            Packet::PubAck(pid(3))
-        ]
-    );
-    let (mut sub, present) = broker.connect_persistent(&sub_id).await;
-    assert!(present);
-    // In the order first sent [MQTT-4.4.0-1]: 1's PUBREL, 2 again (DUP 1), then the marker.
-    assert_eq!(sub.recv().await, Packet::PubRel(id1));
-    let again = sub.recv_publish().await;
-    assert_eq!(payloads(std::slice::from_ref(&again)), ["2"]);
-    assert_eq!(
-        again.qos,
-        PublishQos::ExactlyOnce {
-            packet_id: id2,
-            dup: true
-        }
-    );
-    sub.send(Packet::PubComp(id1)).await;
-    sub.ack(&again).await;
-    let marker = sub.recv_messages(1).await;
-    assert_eq!(payloads(&marker), ["marker"], "1 or 2 delivered twice");
-    nothing_more(&mut sub, "subscriber").await;
+    sub.expect_silence(QUIET).await;
 }
 
 #[tokio::test]
@@ -235,15 +123,15 @@ async fn a_malformed_packet_after_valid_ones_in_one_read_closes_after_them_mqtt_
     sub.subscribe_one(&t, QoS::ExactlyOnce).await;
     let mut publisher = broker.connect(&unique("pub")).await;
     let mut bytes = together([
-        publish(&t, "1", QoS::AtLeastOnce, 1, false),
-        publish(&t, "2", QoS::ExactlyOnce, 2, false),
+        publish_of(&t, "1", QoS::AtLeastOnce, 1, false),
+        publish_of(&t, "2", QoS::ExactlyOnce, 2, false),
         Packet::PubRel(pid(2)),
     ]);
     // A PUBREL whose fixed header flags are not 0010 [MQTT-3.6.1-1].
     bytes.extend_from_slice(&frame(0x60, &[0x00, 0x03]));
     publisher.send_bytes_lossy(&bytes).await;
     assert_eq!(
-        answers(&mut publisher, 3).await,
+        publisher.answers(3).await,
         [
             Packet::PubAck(pid(1)),
             Packet::PubRec(pid(2)),
@@ -254,5 +142,5 @@ async fn a_malformed_packet_after_valid_ones_in_one_read_closes_after_them_mqtt_
     publisher.expect_closed().await;
     let delivered = sub.recv_messages(2).await;
     assert_eq!(payloads(&delivered), ["1", "2"]);
-    nothing_more(&mut sub, "subscriber").await;
+    sub.expect_silence(QUIET).await;
 }
