@@ -558,6 +558,35 @@ impl Session {
     /// given up through [`Output::Unsubscribe`]. If a client was connected, its connection is
     /// over [MQTT-3.1.4-2] (closing it is the caller's job), and its [`Connection`] is stale.
     pub fn connect(&mut self, clean: bool, out: &mut Vec<Output>) -> Connection {
+        let (connection, session_present) = self.open(clean, out);
+        out.push(Output::Send(Packet::ConnAck(ConnAck {
+            session_present,
+            code: ConnectReturnCode::Accepted,
+        })));
+        for inflight in &self.state.delivery.inflight {
+            let packet = match &inflight.stage {
+                Stage::Unacknowledged(message) => {
+                    Packet::Publish(message.to_publish(inflight.packet_id, true))
+                }
+                Stage::Released => Packet::PubRel(inflight.packet_id),
+            };
+            out.push(Output::Send(packet));
+        }
+        self.fill_window(out);
+        connection
+    }
+
+    /// [`connect`](Self::connect) with a clean session whose CONNACK the caller has written
+    /// already (a clean session's is known before it is told: accepted, Session Present 0
+    /// [MQTT-3.2.2-1]): the same, without the CONNACK. The previous state is discarded, its
+    /// subscriptions given up through [`Output::Unsubscribe`]; nothing is left to resend.
+    pub fn connect_clean_acked(&mut self, out: &mut Vec<Output>) -> Connection {
+        self.open(true, out).0
+    }
+
+    /// Ends the connection a client had, resets the state if `clean`, and starts a new
+    /// connection: it, and Session Present.
+    fn open(&mut self, clean: bool, out: &mut Vec<Output>) -> (Connection, bool) {
         if self.connection.is_some() {
             self.end_connection(out);
         }
@@ -575,21 +604,7 @@ impl Session {
         if self.state.delivery.offline_since_ms.take().is_some() {
             self.delivery_changed = true;
         }
-        out.push(Output::Send(Packet::ConnAck(ConnAck {
-            session_present,
-            code: ConnectReturnCode::Accepted,
-        })));
-        for inflight in &self.state.delivery.inflight {
-            let packet = match &inflight.stage {
-                Stage::Unacknowledged(message) => {
-                    Packet::Publish(message.to_publish(inflight.packet_id, true))
-                }
-                Stage::Released => Packet::PubRel(inflight.packet_id),
-            };
-            out.push(Output::Send(packet));
-        }
-        self.fill_window(out);
-        connection
+        (connection, session_present)
     }
 
     /// `connection` ended, at `now`, for any reason (DISCONNECT or not: the will is the

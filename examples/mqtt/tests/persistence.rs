@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hermes_mqtt::config::SessionExpiry;
-use hermes_mqtt::{Packet, QoS};
+use hermes_mqtt::{Packet, PacketId, PublishQos, QoS};
 use support::*;
 
 /// How long after the last change before a crash, for the group commit (2 ms) to have run.
@@ -425,4 +425,118 @@ async fn a_retained_will_published_at_shutdown_survives_the_restart_mqtt_3_1_2_8
         (&got.payload[..], got.retain),
         (&b"broker went down"[..], true)
     );
+}
+
+// --- QoS 2 in the middle of both flows, the packets of one read together --------------------
+
+/// Two persistent clients in the middle of QoS 2 flows, left so for a restart (the reads'
+/// packets going to their sessions as one message each).
+struct MidFlow {
+    pub_id: String,
+    sub_id: String,
+    topic: String,
+    /// The subscriber's identifiers: the first message received (PUBREL stage), the second
+    /// not yet acknowledged.
+    released: PacketId,
+    unacked: PacketId,
+}
+
+/// Publishes two QoS 2 messages and releases the first in one read; the subscriber receives
+/// the first (PUBREC, PUBREL) and not the second.
+async fn qos_2_mid_flow(broker: &TestBroker) -> MidFlow {
+    let (pub_id, sub_id, topic) = (unique("pub"), unique("sub"), unique("midflow/t"));
+    let (mut sub, _) = broker.connect_persistent(&sub_id).await;
+    sub.subscribe_one(&topic, QoS::ExactlyOnce).await;
+    let (mut publisher, _) = broker.connect_persistent(&pub_id).await;
+    publisher
+        .send_bytes(&together([
+            publish_of(&topic, "1", QoS::ExactlyOnce, 1, false),
+            publish_of(&topic, "2", QoS::ExactlyOnce, 2, false),
+            Packet::PubRel(pid(1)),
+        ]))
+        .await;
+    assert_eq!(
+        publisher.answers(3).await,
+        [
+            Packet::PubRec(pid(1)),
+            Packet::PubRec(pid(2)),
+            Packet::PubComp(pid(1))
+        ]
+    );
+    let first = sub.recv_publish().await;
+    let second = sub.recv_publish().await;
+    assert_eq!(payloads(&[first.clone(), second.clone()]), ["1", "2"]);
+    let (Some(released), Some(unacked)) = (first.qos.packet_id(), second.qos.packet_id()) else {
+        panic!("expected QoS 2: {first:?}, {second:?}");
+    };
+    sub.send(Packet::PubRec(released)).await;
+    assert_eq!(sub.answers(1).await, [Packet::PubRel(released)]);
+    MidFlow {
+        pub_id,
+        sub_id,
+        topic,
+        released,
+        unacked,
+    }
+}
+
+/// After the restart: the publisher's second message, sent again and released in one read,
+/// is not published again; the subscriber gets the first's PUBREL and the second again (DUP
+/// 1), in the order first sent [MQTT-4.4.0-1], then the marker: each message once.
+async fn qos_2_finished(broker: &TestBroker, flow: MidFlow) {
+    let t = &flow.topic;
+    let (mut publisher, present) = broker.connect_persistent(&flow.pub_id).await;
+    assert!(present);
+    publisher
+        .send_bytes(&together([
+            publish_of(t, "2", QoS::ExactlyOnce, 2, true),
+            Packet::PubRel(pid(2)),
+            publish_of(t, "marker", QoS::AtLeastOnce, 3, false),
+        ]))
+        .await;
+    assert_eq!(
+        publisher.answers(3).await,
+        [
+            Packet::PubRec(pid(2)),
+            Packet::PubComp(pid(2)),
+            Packet::PubAck(pid(3))
+        ]
+    );
+    let (mut sub, present) = broker.connect_persistent(&flow.sub_id).await;
+    assert!(present);
+    assert_eq!(sub.recv().await, Packet::PubRel(flow.released));
+    let again = sub.recv_publish().await;
+    assert_eq!(payloads(std::slice::from_ref(&again)), ["2"]);
+    assert_eq!(
+        again.qos,
+        PublishQos::ExactlyOnce {
+            packet_id: flow.unacked,
+            dup: true
+        }
+    );
+    sub.send(Packet::PubComp(flow.released)).await;
+    sub.ack(&again).await;
+    let marker = sub.recv_messages(1).await;
+    assert_eq!(payloads(&marker), ["marker"], "1 or 2 delivered twice");
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn qos_2_is_exactly_once_across_a_graceful_restart_mid_flow_mqtt_4_3_3_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let flow = qos_2_mid_flow(&broker).await;
+    let broker = restart(broker, dir.path()).await;
+    qos_2_finished(&broker, flow).await;
+}
+
+#[tokio::test]
+async fn qos_2_is_exactly_once_across_sigkill_mid_flow_mqtt_4_3_3_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path());
+    let flow = qos_2_mid_flow(&TestBroker::at(broker.addr)).await;
+    tokio::time::sleep(COMMIT_WAIT).await;
+    broker.kill();
+    let broker = BrokerProcess::start(dir.path());
+    qos_2_finished(&TestBroker::at(broker.addr), flow).await;
 }

@@ -4,7 +4,7 @@
 //! The reader decodes packets (bounded by `max_packet_size`), insists on CONNECT first and
 //! within `connect_timeout` [MQTT-3.1.0-1], validates it (answering a refusal's CONNACK
 //! itself), and then forwards the client's packets to its session: what one read brought is
-//! gathered and sent together before the socket is read again (offered at once, and only
+//! gathered and sent as one message before the socket is read again (offered at once, and only
 //! while the session's mailbox or its shard's inbox is full awaited): the reader stops
 //! reading the socket until the session catches up. It routes QoS 0 PUBLISHes itself,
 //! straight to the subscribers' sessions (no hop through its own), grouped per subscriber
@@ -194,12 +194,13 @@ impl ReadCounts {
     }
 }
 
-/// What a reader gathered: QoS 0 messages for the direct path, or packets for the session.
-/// Never both: what was gathered of the one goes out before the other is gathered, in order.
+/// What a reader gathered: QoS 0 messages for the direct path, or packets for the session
+/// (sent as one [`SessionMsg::Packets`]). Never both: what was gathered of the one goes out
+/// before the other is gathered, in order.
 enum Gathered {
     Nothing,
     Direct(Vec<Message>),
-    Session(Vec<SessionMsg>),
+    Session(Vec<Packet>),
 }
 
 impl Gathered {
@@ -220,14 +221,14 @@ impl Gathered {
 
     /// Gathers a packet for the session (after any there; the caller flushed the QoS 0
     /// messages): how many there are.
-    fn push_session(&mut self, msg: SessionMsg) -> usize {
+    fn push_session(&mut self, packet: Packet) -> usize {
         match self {
             Gathered::Session(packets) => {
-                packets.push(msg);
+                packets.push(packet);
                 packets.len()
             }
             other => {
-                *other = Gathered::Session(vec![msg]);
+                *other = Gathered::Session(vec![packet]);
                 1
             }
         }
@@ -548,9 +549,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// Sends what was gathered: the QoS 0 messages to their subscribers, or the packets to
-    /// the session (only one of the two has any). A single message is offered at once; a
-    /// batch goes out with one [`send_all_async`](hermes::Hermes::send_all_async) (one lock
-    /// per shard), boxed.
+    /// the session, all of them in one [`SessionMsg::Packets`] (only one of the two has any).
+    /// A single message is offered at once; a batch goes out with one
+    /// [`send_all_async`](hermes::Hermes::send_all_async) (one lock per shard), boxed.
     fn flush(&mut self, client: &ClientId) -> Step {
         self.flush_after(client, Step::Next)
     }
@@ -563,10 +564,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             Gathered::Direct(mut messages) if !messages.is_empty() => {
                 fan_out(&self.shared, &mut messages)
             }
-            Gathered::Session(packets) if !packets.is_empty() => packets
-                .into_iter()
-                .map(|msg| (client.clone(), msg))
-                .collect(),
+            Gathered::Session(packets) if !packets.is_empty() => {
+                let conn = self.link.conn();
+                vec![(client.clone(), SessionMsg::Packets { conn, packets })]
+            }
             Gathered::Nothing | Gathered::Direct(_) | Gathered::Session(_) => return before,
         };
         match before {
@@ -665,10 +666,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         } else {
             Step::Next
         };
-        let gathered = self.gathered.push_session(SessionMsg::Packet {
-            conn,
-            packet: to_session,
-        });
+        let gathered = self.gathered.push_session(to_session);
         if gathered < BATCH_GATHER {
             return before;
         }

@@ -124,8 +124,11 @@ pub(crate) enum SessionMsg {
         /// unsettled: the session writes none, and settles it once attached.
         acked: bool,
     },
-    /// A packet from connection `conn` (ignored unless it is the attached one).
-    Packet { conn: ConnId, packet: Packet },
+    /// The packets one read of connection `conn` brought, in order (ignored unless it is the
+    /// attached one): one message per read, not one per packet, so that a QoS 2 flow's
+    /// PUBLISH, PUBREL, PUBREC and PUBCOMP of one read cost one hop, one run of the session,
+    /// one store of what changed and one write.
+    Packets { conn: ConnId, packets: Vec<Packet> },
     /// A published message matching this session's subscriptions, whose maximum granted QoS
     /// is `qos`.
     Deliver { message: Message, qos: QoS },

@@ -41,6 +41,12 @@ thread_local! {
     /// What the session handling a message on this thread writes to its client, lent the
     /// same way: queued on the connection's link together when the message is handled.
     static WRITES: std::cell::Cell<Vec<Out>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The messages the session handling a message on this thread publishes, in order:
+    /// routed together, one Hermes message per subscriber
+    /// ([`route_published`](SessionRx::route_published)). Not lent to the session (it would
+    /// make every session a size class larger), and emptied when a message's handling starts
+    /// (what a handler that panicked left is not routed).
+    static PUBLISHED: std::cell::Cell<Vec<Message>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The factory of kind `Session`.
@@ -204,21 +210,19 @@ impl SessionRx {
         }
         self.will = LastWill::from_connect(connect);
         self.link = Some(link);
-        // The session keeps the connection's token (`Session::connection`).
-        let _connection = self.session.connect(connect.clean_session, &mut self.out);
-        let connack = self
-            .out
-            .iter()
-            .position(|out| matches!(out, Output::Send(Packet::ConnAck(_))));
-        if let Some(i) = connack {
-            if acked {
-                // The reader wrote it (a clean session's: accepted, no session present).
-                self.out.remove(i);
-            } else if connect.protocol_version() == Some(ProtocolVersion::V31)
-                && let Some(Output::Send(Packet::ConnAck(ack))) = self.out.get_mut(i)
-            {
-                // MQTT 3.1 has no Session Present flag: that byte is reserved, 0.
-                ack.session_present = false;
+        // The session keeps the connection's token (`Session::connection`). With `acked`,
+        // the reader wrote the CONNACK (a clean session's: accepted, no session present).
+        let _connection = if acked {
+            self.session.connect_clean_acked(&mut self.out)
+        } else {
+            self.session.connect(connect.clean_session, &mut self.out)
+        };
+        if connect.protocol_version() == Some(ProtocolVersion::V31) {
+            // MQTT 3.1 has no Session Present flag: that byte is reserved, 0.
+            for out in &mut self.out {
+                if let Output::Send(Packet::ConnAck(ack)) = out {
+                    ack.session_present = false;
+                }
             }
         }
         // A persistent session's subscriptions may have been made by another user: those
@@ -411,6 +415,8 @@ impl SessionRx {
                 Output::Send(packet) => self.write(packet),
                 Output::Publish(message) => self.publish(ctx, message),
                 Output::Subscribe { filter, qos } => {
+                    // What it published before goes to the subscribers before this change.
+                    self.route_published(ctx);
                     self.shared
                         .index
                         .write()
@@ -419,6 +425,7 @@ impl SessionRx {
                     self.ask_retained(ctx, filter, qos);
                 }
                 Output::Unsubscribe(filter) => {
+                    self.route_published(ctx);
                     self.shared
                         .index
                         .write()
@@ -483,7 +490,7 @@ impl SessionRx {
                 move |_answer| SessionMsg::Stored { conn },
             );
         }
-        self.route(ctx, message);
+        self.route(message);
     }
 
     /// A will: published like a client's message. A retained one is stored before `closing`
@@ -514,26 +521,42 @@ impl SessionRx {
                 None => ctx.send(shard, RetainedMsg::Publish(message.clone())),
             }
         }
-        self.route(ctx, message);
+        self.route(message);
         closing
     }
 
-    /// Sends `message` to every session subscribed to its topic, once each, at the maximum QoS
-    /// of its matching subscriptions [MQTT-3.3.5-1].
-    fn route(&mut self, ctx: &mut Ctx<'_>, message: Message) {
-        // The matches are the thread's (a session keeps none).
-        super::with_subscribers(&self.shared, &message.topic, |matches| {
-            for (client, qos) in matches.iter() {
-                let msg = SessionMsg::Deliver {
-                    message: message.clone(),
-                    qos,
-                };
-                // HERMES: a full mailbox makes this a dead letter (counted by the broker's
-                // sink), and the sender cannot learn it: a QoS 1 or 2 message is then lost for
-                // that subscriber, where the session would rather keep it and retry.
-                ctx.send(client.clone(), msg);
+    /// Routes `message` with the rest this message's handling publishes
+    /// ([`route_published`](Self::route_published)).
+    fn route(&mut self, message: Message) {
+        let mut published = PUBLISHED.take();
+        published.push(message);
+        PUBLISHED.set(published);
+    }
+
+    /// Sends what this message's handling published, in order, to every session subscribed
+    /// to their topics, once each, at the maximum QoS of its matching subscriptions
+    /// [MQTT-3.3.5-1]: one Hermes message per subscriber, not per delivery (the PUBLISHes of
+    /// one read of the connection are routed together). Called before the session changes
+    /// its subscriptions in the index, and once the message is handled.
+    fn route_published(&mut self, ctx: &mut Ctx<'_>) {
+        let mut published = PUBLISHED.take();
+        // HERMES: a full mailbox makes a send a dead letter (counted by the broker's sink),
+        // and the sender cannot learn it: a QoS 1 or 2 message is then lost for that
+        // subscriber, where the session would rather keep it and retry.
+        if published.len() > 1 {
+            for (client, msg) in super::fan_out(&self.shared, &mut published) {
+                ctx.send(client, msg);
             }
-        });
+        } else if let Some(message) = published.pop() {
+            // The matches are the thread's (a session keeps none).
+            super::with_subscribers(&self.shared, &message.topic, |matches| {
+                for (client, qos) in matches.iter() {
+                    let message = message.clone();
+                    ctx.send(client.clone(), SessionMsg::Deliver { message, qos });
+                }
+            });
+        }
+        PUBLISHED.set(published);
     }
 
     /// Asks the retained shards that may hold messages for `filter` for them [MQTT-3.3.1-6].
@@ -570,14 +593,17 @@ impl SessionRx {
         }
     }
 
-    /// A packet of connection `conn` that its reader counted as unsettled is carried out: it
-    /// settles when a message to itself, sent now or already on its way, comes back (after
-    /// this run's sends are out).
-    fn settle_later(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+    /// `n` packets of connection `conn` that its reader counted as unsettled are carried
+    /// out: they settle when a message to itself, sent now or already on its way, comes back
+    /// (after this run's sends are out).
+    fn settle_later(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, n: u32) {
+        if n == 0 {
+            return;
+        }
         if self.settling > 0 {
-            self.settling = self.settling.saturating_add(1);
+            self.settling = self.settling.saturating_add(n);
         } else {
-            self.settling = 1;
+            self.settling = n;
             ctx.send(self.id.clone(), SessionMsg::Settled { conn });
         }
     }
@@ -607,6 +633,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         // session between messages keeps none. The writes' vector likewise.
         self.out = OUT.take();
         self.writes = WRITES.take();
+        let mut published = PUBLISHED.take();
+        published.clear();
+        PUBLISHED.set(published);
         match msg {
             SessionMsg::Attach {
                 link,
@@ -624,20 +653,27 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     }
                 }
             }
-            SessionMsg::Packet { conn, packet } => {
+            SessionMsg::Packets { conn, packets } => {
                 if self.conn() == Some(conn) {
-                    let counted = matches!(
-                        packet,
-                        Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
-                    );
-                    self.asked_store = false;
-                    self.packet(packet);
-                    self.outputs(ctx);
-                    // A retained PUBLISH settles when its shard has it (`Stored`); the rest
-                    // once this run's sends are out, which a message to itself comes after.
-                    if counted && !self.asked_store {
-                        self.settle_later(ctx, conn);
+                    let mut settled = 0;
+                    for packet in packets {
+                        let counted = matches!(
+                            packet,
+                            Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+                        );
+                        self.asked_store = false;
+                        self.packet(packet);
+                        self.outputs(ctx);
+                        // A retained PUBLISH settles when its shard has it (`Stored`); the
+                        // rest once this run's sends are out, which a message to itself comes
+                        // after.
+                        if counted && !self.asked_store {
+                            settled += 1;
+                        }
                     }
+                    // What they published is sent before the message that settles them.
+                    self.route_published(ctx);
+                    self.settle_later(ctx, conn, settled);
                 }
             }
             SessionMsg::Settled { conn } => {
@@ -707,6 +743,7 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
             self.expire(ctx);
         }
         self.outputs(ctx);
+        self.route_published(ctx);
         self.persist();
         // What it writes goes out after what it stores (for exactly-once across a crash,
         // see the session's docs), all in one go.

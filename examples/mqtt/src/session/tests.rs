@@ -197,6 +197,46 @@ fn clean_connect_discards_previous_state_mqtt_3_1_2_6() {
     assert_eq!(take(&mut out), ["publish in/x m q2", "PUBREC 9"]);
 }
 
+/// A clean session whose CONNACK the edge wrote (accepted, Session Present 0
+/// [MQTT-3.2.2-1]) pushes none of its own: only the previous state's subscriptions given up
+/// [MQTT-3.1.2-6], and its connection is live like `connect`'s.
+#[test]
+fn a_clean_connect_acked_by_the_caller_pushes_no_connack_mqtt_3_2_0_1() {
+    let (mut s, c, mut out) = connected(false, Limits::default());
+    s.on_subscribe(&subscribe(1, &[("a/#", QoS::AtLeastOnce)]), &mut out);
+    let _ = s.deliver(
+        msg("a/1", "m", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        &mut out,
+    );
+    out.clear();
+    let _ = s.disconnected(c, t0(), &mut out);
+    let acked = s.connect_clean_acked(&mut out);
+    assert_eq!(
+        take(&mut out),
+        ["unsubscribe a/#"],
+        "no CONNACK, nothing resent"
+    );
+    assert_eq!(s.connection(), Some(acked));
+    assert!(s.is_connected() && !s.is_persistent());
+    assert_eq!(
+        s.state(),
+        &SessionState::default(),
+        "the state is discarded"
+    );
+    // Taken over while connected: the same, and the old connection is stale.
+    let again = s.connect_clean_acked(&mut out);
+    assert!(take(&mut out).is_empty());
+    assert_ne!(again, acked);
+    assert_eq!(
+        s.disconnected(acked, t0(), &mut out),
+        AfterDisconnect::Stale
+    );
+    // `connect` still answers for itself.
+    let _ = s.connect(true, &mut out);
+    assert_eq!(take(&mut out), ["CONNACK sp=0"]);
+}
+
 /// [MQTT-3.1.2-6]: a clean session ends with its connection: subscriptions given up, nothing
 /// kept for it afterwards.
 #[test]

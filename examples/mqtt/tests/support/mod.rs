@@ -318,6 +318,18 @@ pub fn publish_packet(
     }
 }
 
+/// A PUBLISH with RETAIN 0, as a [`Packet`]; `id` is ignored for QoS 0.
+pub fn publish_of(topic_name: &str, payload: &str, qos: QoS, id: u16, dup: bool) -> Packet {
+    Packet::Publish(publish_packet(
+        topic_name,
+        payload.as_bytes(),
+        qos,
+        id,
+        dup,
+        false,
+    ))
+}
+
 /// A SUBSCRIBE.
 pub fn subscribe_packet(id: u16, filters: &[(&str, QoS)]) -> Subscribe {
     Subscribe {
@@ -339,6 +351,12 @@ pub fn wire(packet: impl Into<Packet>) -> Vec<u8> {
     let mut buf = BytesMut::new();
     encode(&packet.into(), &mut buf).expect("encodable packet");
     buf.to_vec()
+}
+
+/// The bytes of `packets`, one after the other: sent with one write, a few hundred bytes on
+/// loopback arrive in one read of the broker's.
+pub fn together(packets: impl IntoIterator<Item = Packet>) -> Vec<u8> {
+    packets.into_iter().flat_map(wire).collect()
 }
 
 /// A packet by hand: the first byte, the remaining length (shortest form), the body. For
@@ -558,6 +576,16 @@ impl Raw {
                 self.send(Packet::PubComp(packet_id)).await;
             }
         }
+    }
+
+    /// The next `n` packets other than PUBLISH, in order (the PUBLISHes are kept for
+    /// [`Raw::recv`]).
+    pub async fn answers(&mut self, n: usize) -> Vec<Packet> {
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            got.push(self.recv_skipping_publishes().await);
+        }
+        got
     }
 
     /// The next packet that is not a PUBLISH; the PUBLISHes before it are kept for
