@@ -171,7 +171,15 @@ pub(crate) async fn keep_alive_sweep(shared: Arc<Shared>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let nudged = shared.nudge_overdue(shared.stamp(Instant::now()));
+        let now = shared.stamp(Instant::now());
+        let mut nudged = 0;
+        for shard in 0..shared.conn_shards() {
+            nudged += shared.nudge_overdue(shard, now);
+            // One map at a time, each lock held over a few hundred connections at most, with
+            // the thread given back between them: the pass blocks neither connects nor the
+            // tasks on this thread for the whole walk.
+            tokio::task::yield_now().await;
+        }
         if nudged > 0 {
             tracing::trace!(nudged, "keep-alive sweep: overdue readers woken");
         }
