@@ -468,7 +468,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let acked = connect.clean_session;
         if acked {
             self.link.unsettle();
-            self.link.send(Packet::ConnAck(ConnAck {
+            self.link.send_now(Packet::ConnAck(ConnAck {
                 session_present: false,
                 code: ConnectReturnCode::Accepted,
             }));
@@ -638,7 +638,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             // came before (its answers go first), the session answers (after them
             // [MQTT-3.2.0-1]); else no hop is needed.
             Packet::PingReq if self.link.is_accepted() && self.link.is_settled() => {
-                self.link.send(Packet::PingResp);
+                self.link.send_now(Packet::PingResp);
                 return Step::Next;
             }
             Packet::Disconnect => return Step::End(CloseReason::Disconnect),
@@ -883,15 +883,58 @@ struct Idle<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Writer for Idle<W> {
-    fn start(self: Box<Self>, outbox: Outbox) {
+    fn start(mut self: Box<Self>, outbox: Outbox, now: bool) {
+        let mut first = Queued::default();
+        // A close is left to the task: it shuts the writing half down after the rest.
+        if now && outbox.take(&mut first) && !first.close {
+            match self.write_now(&mut first) {
+                Ok(true) => match outbox.park(self) {
+                    None => return,
+                    Some(back) => (self, first) = (back, Queued::default()),
+                },
+                // The rest (in `first`) is the task's.
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "write failed; closing the connection");
+                    outbox.failed();
+                    return;
+                }
+            }
+        }
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(write_burst(self, outbox))),
+            Ok(runtime) => drop(runtime.spawn(write_burst(self, outbox, first))),
             // Only while the runtime is being torn down: the connection closes.
             Err(_) => {
                 tracing::debug!("no runtime to write on; closing the connection");
                 outbox.failed();
             }
         }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Idle<W> {
+    /// Writes `taken` as far as the socket takes it without waiting: true once all of it
+    /// is written and flushed; else what is left is in `taken`.
+    fn write_now(&mut self, taken: &mut Queued) -> std::io::Result<bool> {
+        let before = taken.len();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Dropped when it would wait: what it wrote is off `taken` already.
+        let done = std::pin::pin!(write_out(&mut self.write, taken)).poll(&mut cx);
+        let mut local = Local {
+            bytes: (before - taken.len()) as u64,
+            ..Local::default()
+        };
+        let done = match done {
+            Poll::Ready(Ok(())) => {
+                local.packets = taken.packets as u64;
+                local.publishes = taken.publishes as u64;
+                true
+            }
+            Poll::Ready(Err(error)) => return Err(error),
+            Poll::Pending => false,
+        };
+        local.flush_sent(&self.shared.counters);
+        Ok(done)
     }
 }
 
@@ -904,23 +947,27 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Writer for Idle<W> {
 fn write_burst<W: AsyncWrite + Unpin + Send + 'static>(
     idle: Box<Idle<W>>,
     outbox: Outbox,
+    first: Queued,
 ) -> impl Future<Output = ()> + Send {
     async move {
         tokio::select! {
             biased;
             () = outbox.abandoned() => outbox.gone(),
-            () = write_until_idle(idle, &outbox) => {}
+            () = write_until_idle(idle, &outbox, first) => {}
         }
     }
 }
 
-/// [`write_burst`]'s work: batches until the queue is empty (the writer parked) or closed.
+/// [`write_burst`]'s work: `first` (taken already, maybe partly written), then batches
+/// until the queue is empty (the writer parked) or closed.
 async fn write_until_idle<W: AsyncWrite + Unpin + Send + 'static>(
     mut idle: Box<Idle<W>>,
     outbox: &Outbox,
+    mut first: Queued,
 ) {
     loop {
-        match write_batches(&mut idle.write, outbox, &idle.shared).await {
+        let taken = std::mem::take(&mut first);
+        match write_batches(&mut idle.write, outbox, &idle.shared, taken).await {
             Busy::Idle => match outbox.park(idle) {
                 None => return,
                 // Queued after the last batch was taken: written by this task still.
@@ -946,23 +993,19 @@ enum Busy {
     Failed,
 }
 
-/// Writes what the link's senders queued until nothing is left: each batch taken whole, in
-/// one swap, and written with vectored writes. Its buffers are kept from batch to batch and
-/// released when nothing is left.
+/// Writes what the link's senders queued until nothing is left, from `taken` (a batch taken
+/// already, or empty): each batch taken whole, in one swap, and written with vectored
+/// writes. Its buffers are kept from batch to batch and released when nothing is left.
 async fn write_batches<W: AsyncWrite + Unpin>(
     write: &mut W,
     outbox: &Outbox,
     shared: &Shared,
+    mut taken: Queued,
 ) -> Busy {
-    let mut taken = Queued::default();
     let mut local = Local::default();
-    while outbox.take(&mut taken) {
+    while !taken.is_empty() || outbox.take(&mut taken) {
         let written = taken.len() as u64;
-        let result = match write_all(write, &mut taken.chunks, &taken.tail).await {
-            Ok(()) => write.flush().await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
+        if let Err(error) = write_out(write, &mut taken).await {
             tracing::debug!(%error, "write failed; closing the connection");
             local.flush_sent(&shared.counters);
             outbox.failed();
@@ -981,14 +1024,24 @@ async fn write_batches<W: AsyncWrite + Unpin>(
     Busy::Idle
 }
 
-/// Writes every chunk, then `tail`, with vectored writes of up to [`MAX_SLICES`] pieces.
+/// Writes and flushes `taken`; what is written is taken off it as it goes, so that a write
+/// dropped before its end leaves the rest there.
+async fn write_out<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    taken: &mut Queued,
+) -> std::io::Result<()> {
+    write_all(write, &mut taken.chunks, &mut taken.tail).await?;
+    write.flush().await
+}
+
+/// Writes every chunk, then `tail`, with vectored writes of up to [`MAX_SLICES`] pieces,
+/// taking what is written off them.
 async fn write_all<W: AsyncWrite + Unpin>(
     write: &mut W,
     chunks: &mut VecDeque<Bytes>,
-    tail: &[u8],
+    tail: &mut BytesMut,
 ) -> std::io::Result<()> {
-    let mut tail_at = 0;
-    while !chunks.is_empty() || tail_at < tail.len() {
+    while !chunks.is_empty() || !tail.is_empty() {
         // The slices are made on the stack of each poll: the task's future keeps none.
         let written = std::future::poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -997,8 +1050,8 @@ async fn write_all<W: AsyncWrite + Unpin>(
                 slices[n] = IoSlice::new(chunk);
                 n += 1;
             }
-            if n < MAX_SLICES && tail_at < tail.len() {
-                slices[n] = IoSlice::new(&tail[tail_at..]);
+            if n < MAX_SLICES && !tail.is_empty() {
+                slices[n] = IoSlice::new(tail);
                 n += 1;
             }
             Pin::new(&mut *write).poll_write_vectored(cx, &slices[..n])
@@ -1010,7 +1063,7 @@ async fn write_all<W: AsyncWrite + Unpin>(
         let mut left = written;
         while left > 0 {
             let Some(front) = chunks.front_mut() else {
-                tail_at += left;
+                tail.advance(left);
                 break;
             };
             if front.len() <= left {
@@ -1104,7 +1157,7 @@ mod tests {
         let size = std::mem::size_of::<Idle<Half>>();
         assert!(size <= 24, "the idle writer: {size} bytes");
         // The task's future, while there is something to write (then the buffers too).
-        let busy = size_of_return(|| write_burst::<Half>(todo!(), todo!()));
+        let busy = size_of_return(|| write_burst::<Half>(todo!(), todo!(), todo!()));
         eprintln!("idle writer: a {size}-byte box; busy writer task: a {busy}-byte future");
     }
 
@@ -1134,6 +1187,30 @@ mod tests {
         let mut outs: Vec<_> = (next..next + 10).map(|n| Out::Packet(ack(n))).collect();
         assert_eq!(link.send_all(&mut outs), (0, false));
         read_acks(&mut client, next, 10).await;
+        tasks_become(base).await;
+    }
+
+    /// The reader's own answers ([`Link::send_now`]) are written on its thread while the
+    /// writer is idle: no task; what the socket does not take is left to a task, and what
+    /// is queued after it comes after it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_readers_answers_are_written_at_once() {
+        let base = tasks();
+        let (link, mut client) = writer_link(64);
+        assert_eq!(link.send_now(ack(1)), Written::Queued);
+        assert_eq!(tasks(), base, "written at once: no task");
+        read_acks(&mut client, 1, 1).await;
+        // 64 bytes of pipe: 16 PUBACKs fill it, the 17th waits for a task.
+        for n in 2..=17 {
+            assert_eq!(link.send_now(ack(n)), Written::Queued);
+        }
+        assert_eq!(tasks(), base, "all taken by the socket at once");
+        assert_eq!(link.send_now(ack(18)), Written::Queued);
+        assert_eq!(tasks(), base + 1, "the rest is the task's");
+        for n in 19..=30 {
+            assert_eq!(link.send_now(ack(n)), Written::Queued);
+        }
+        read_acks(&mut client, 2, 29).await;
         tasks_become(base).await;
     }
 

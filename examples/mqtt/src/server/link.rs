@@ -188,7 +188,8 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
-    fn is_empty(&self) -> bool {
+    /// Whether nothing is in it: no packet, no close.
+    pub(crate) fn is_empty(&self) -> bool {
         self.packets == 0 && !self.close
     }
 
@@ -259,9 +260,12 @@ impl Queued {
 pub(crate) trait Writer: Send {
     /// Spawns the writer's task, which writes what `outbox` holds until it is empty, then
     /// gives this back ([`Outbox::park`]), or until the connection closes
-    /// ([`Outbox::gone`]). Called from within the tokio runtime (the broker's tasks and
-    /// Hermes' shards), never with the link locked.
-    fn start(self: Box<Self>, outbox: Outbox);
+    /// ([`Outbox::gone`]). With `now`, it first writes what it can at once, on the
+    /// caller's thread, and spawns a task only for what the socket did not take (the
+    /// connection's own reader answering: no hop for a CONNACK or a PINGRESP). Called from
+    /// within the tokio runtime (the broker's tasks and Hermes' shards), never with the
+    /// link locked.
+    fn start(self: Box<Self>, outbox: Outbox, now: bool);
 }
 
 /// Where a connection's writer is.
@@ -398,6 +402,11 @@ impl Link {
     /// Queues `packet` for the client. A QoS 0 PUBLISH is dropped while the client has
     /// `max_qos0_backlog` of them waiting.
     pub(crate) fn send(&self, packet: Packet) -> Written {
+        self.send_with(packet, false)
+    }
+
+    /// [`send`](Self::send), the writer started `now` or not ([`Writer::start`]).
+    fn send_with(&self, packet: Packet, now: bool) -> Written {
         if self.shared.closed.load(Ordering::Acquire) {
             return Written::Closed;
         }
@@ -408,11 +417,18 @@ impl Link {
             let written = self.push(&mut queue.queued, out, &mut dropped);
             (written, queue.wake())
         };
-        self.pushed(written, writer);
+        self.pushed(written, writer, now);
         if dropped > 0 {
             return Written::Dropped;
         }
         written
+    }
+
+    /// [`send`](Self::send) by the connection's reader, for its own answers (a CONNACK, a
+    /// PINGRESP): if the writer is idle, written at once on the reader's thread as far as
+    /// the socket takes it, without starting a task.
+    pub(crate) fn send_now(&self, packet: Packet) -> Written {
+        self.send_with(packet, true)
     }
 
     /// Queues everything in `outs`, in order, under one lock and with at most one start of
@@ -443,7 +459,7 @@ impl Link {
         } else {
             Written::Queued
         };
-        self.pushed(written, writer);
+        self.pushed(written, writer, false);
         (dropped, closed)
     }
 
@@ -492,11 +508,14 @@ impl Link {
 
     /// After unlocking: starts the writer if it was idle and something was queued
     /// ([`Queue::wake`]), and wakes the reader if the link was closed meanwhile.
-    fn pushed(&self, written: Written, writer: Option<Box<dyn Writer>>) {
+    fn pushed(&self, written: Written, writer: Option<Box<dyn Writer>>, now: bool) {
         if let Some(writer) = writer {
-            writer.start(Outbox {
-                shared: Arc::clone(&self.shared),
-            });
+            writer.start(
+                Outbox {
+                    shared: Arc::clone(&self.shared),
+                },
+                now,
+            );
         }
         if written == Written::Closed {
             self.shared.closing.notify_waiters();
@@ -547,7 +566,7 @@ impl Link {
             self.close_locked(&mut queue.queued, reason);
             queue.wake()
         };
-        self.pushed(Written::Closed, writer);
+        self.pushed(Written::Closed, writer, false);
     }
 
     /// [`close`](Self::close) with the queue locked; the caller wakes the writer and the
@@ -659,9 +678,12 @@ impl Outbox {
             queue.wake()
         };
         if let Some(writer) = writer {
-            writer.start(Outbox {
-                shared: Arc::clone(&self.shared),
-            });
+            writer.start(
+                Outbox {
+                    shared: Arc::clone(&self.shared),
+                },
+                false,
+            );
         }
     }
 
@@ -803,7 +825,7 @@ mod tests {
     struct Started(std::sync::mpsc::Sender<(Box<Started>, Outbox)>);
 
     impl Writer for Started {
-        fn start(self: Box<Self>, outbox: Outbox) {
+        fn start(self: Box<Self>, outbox: Outbox, _now: bool) {
             let sender = self.0.clone();
             sender.send((self, outbox)).unwrap();
         }
