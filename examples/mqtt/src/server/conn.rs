@@ -22,7 +22,7 @@
 //! while there is something to write ([`write_burst`]): idle, it is the socket's writing
 //! half kept on the link, started by the next sender.
 //!
-//! An idle connection keeps little (about 1.9 KB with its session, see BENCHMARKS.md): no read
+//! An idle connection keeps little (about 1.8 KB with its session, see BENCHMARKS.md): no read
 //! buffer while no packet is partly read, no writer task, write buffer or queue while nothing
 //! is to be written, no timer, and a reader task whose future holds no message while it
 //! waits (408 bytes, it keeps only its wait for the socket: what runs once per connection,
