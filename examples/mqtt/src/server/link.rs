@@ -300,22 +300,46 @@ struct Queue {
 }
 
 impl Queue {
-    /// The idle writer, marked busy, if something is queued: the caller starts it after
-    /// unlocking.
-    fn wake(&mut self) -> Option<Box<dyn Writer>> {
-        if self.queued.is_empty() || !matches!(self.writer, WriterState::Idle(_)) {
-            return None;
+    /// What the caller does for the writer after unlocking, if something is queued: start
+    /// it if idle (marked busy here), or wake its task (which may be lingering).
+    fn wake(&mut self) -> Wake {
+        if self.queued.is_empty() {
+            return Wake::Nothing;
         }
-        match std::mem::replace(&mut self.writer, WriterState::Busy) {
-            WriterState::Idle(writer) => Some(writer),
-            _ => None,
+        match self.writer {
+            WriterState::Busy => Wake::Task,
+            WriterState::Idle(_) => match std::mem::replace(&mut self.writer, WriterState::Busy) {
+                WriterState::Idle(writer) => Wake::Start(writer),
+                _ => Wake::Nothing,
+            },
+            WriterState::Unset | WriterState::Gone => Wake::Nothing,
         }
     }
+}
+
+/// What a sender does for the writer after queuing ([`Queue::wake`]).
+enum Wake {
+    /// Nothing: nothing queued, or no writer.
+    Nothing,
+    /// Start the idle writer.
+    Start(Box<dyn Writer>),
+    /// Wake the writer's task.
+    Task,
 }
 
 /// What the link's ends share.
 #[derive(Debug)]
 struct Shared {
+    /// Wakes the writer's task while it lingers: something was queued, or the keep-alive
+    /// sweep tells it to retire.
+    ready: Notify,
+    /// Something was queued since the keep-alive sweep last looked ([`Link::sweep_writer`]).
+    active: AtomicBool,
+    /// The writer's task is running (writing, or lingering for more).
+    running: AtomicBool,
+    /// The sweep found the task lingering with nothing queued for a whole period: it gives
+    /// the writing half back to the link and ends.
+    retire: AtomicBool,
     /// What waits for the writer, and the writer while idle.
     queue: Mutex<Queue>,
     /// The writer ended, or was told to ([`Link::abandon_writer`]).
@@ -372,6 +396,10 @@ impl Link {
                 queued: Queued::default(),
                 writer: WriterState::Unset,
             }),
+            ready: Notify::new(),
+            active: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            retire: AtomicBool::new(false),
             writer_changed: Notify::new(),
             abandoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -506,17 +534,10 @@ impl Link {
         Written::Queued
     }
 
-    /// After unlocking: starts the writer if it was idle and something was queued
+    /// After unlocking: starts or wakes the writer if something was queued
     /// ([`Queue::wake`]), and wakes the reader if the link was closed meanwhile.
-    fn pushed(&self, written: Written, writer: Option<Box<dyn Writer>>, now: bool) {
-        if let Some(writer) = writer {
-            writer.start(
-                Outbox {
-                    shared: Arc::clone(&self.shared),
-                },
-                now,
-            );
-        }
+    fn pushed(&self, written: Written, wake: Wake, now: bool) {
+        start(&self.shared, wake, now);
         if written == Written::Closed {
             self.shared.closing.notify_waiters();
             self.shared.closing.notify_one();
@@ -643,6 +664,17 @@ impl Link {
         }
     }
 
+    /// The keep-alive sweep's look at the writer (every sweep period): a task that had
+    /// nothing queued since the last look is told to retire, giving the writing half back
+    /// to the link once nothing is queued (an idle connection keeps no task).
+    pub(crate) fn sweep_writer(&self) {
+        let shared = &self.shared;
+        if !shared.active.swap(false, Ordering::Relaxed) && shared.running.load(Ordering::Acquire) {
+            shared.retire.store(true, Ordering::Release);
+            shared.ready.notify_one();
+        }
+    }
+
     /// Tells the writer to stop where it is (a client that does not read what is left at
     /// close): its task ends, dropping the socket's writing half.
     pub(crate) fn abandon_writer(&self) {
@@ -657,6 +689,24 @@ impl Link {
         drop(idle);
         self.shared.writer_changed.notify_waiters();
     }
+}
+
+/// Starts the writer (a `Start` from [`Queue::wake`]) or wakes its task, after unlocking.
+fn start(shared: &Arc<Shared>, wake: Wake, now: bool) {
+    match wake {
+        Wake::Nothing => return,
+        Wake::Task => shared.ready.notify_one(),
+        Wake::Start(writer) => {
+            shared.running.store(true, Ordering::Release);
+            writer.start(
+                Outbox {
+                    shared: Arc::clone(shared),
+                },
+                now,
+            );
+        }
+    }
+    shared.active.store(true, Ordering::Relaxed);
 }
 
 /// The link's queue, locked, also if a thread panicked while holding it (each change to it
@@ -677,14 +727,7 @@ impl Outbox {
             queue.writer = WriterState::Idle(writer);
             queue.wake()
         };
-        if let Some(writer) = writer {
-            writer.start(
-                Outbox {
-                    shared: Arc::clone(&self.shared),
-                },
-                false,
-            );
-        }
+        start(&self.shared, writer, false);
     }
 
     /// The writer has written everything queued: it goes idle, given back to the link, and
@@ -696,6 +739,8 @@ impl Outbox {
             return Some(writer);
         }
         queue.queued = Queued::default();
+        self.shared.retire.store(false, Ordering::Relaxed);
+        self.shared.running.store(false, Ordering::Release);
         queue.writer = if self.shared.abandoned.load(Ordering::Acquire) {
             WriterState::Gone
         } else {
@@ -708,6 +753,30 @@ impl Outbox {
     pub(crate) fn gone(&self) {
         self.lock().writer = WriterState::Gone;
         self.shared.writer_changed.notify_waiters();
+    }
+
+    /// After writing everything queued, waits for more: true once something is queued,
+    /// false once the keep-alive sweep retires the task (nothing queued for a whole sweep
+    /// period): it then gives the writing half back ([`park`](Self::park)). A busy
+    /// connection keeps its task; the queue's memory is released while it waits.
+    pub(crate) async fn linger(&self) -> bool {
+        loop {
+            // Made before looking: a wake-up after the look is kept as a permit.
+            let ready = self.shared.ready.notified();
+            {
+                let mut queue = self.lock();
+                if !queue.queued.is_empty() {
+                    return true;
+                }
+                if queue.queued.tail.capacity() != 0 || queue.queued.chunks.capacity() != 0 {
+                    queue.queued = Queued::default();
+                }
+            }
+            if self.shared.retire.swap(false, Ordering::AcqRel) {
+                return false;
+            }
+            ready.await;
+        }
     }
 
     /// Resolves once the connection's end abandons the writer ([`Link::abandon_writer`]).
