@@ -5,10 +5,11 @@
 //! drains: a sender encodes its packets into it under the link's lock (a batch of them, from
 //! one session run, under one lock: [`Link::send_all`]), and the writer takes everything
 //! queued in one swap and writes it with one vectored write. The writer is a task only while
-//! there is something to write: idle, it is the socket's writing half kept on the link
-//! ([`Writer`]), and the sender that queues into an empty queue starts it (spawns its task),
-//! which writes until the queue is empty and then puts it back. An idle connection has no
-//! writer task.
+//! the connection is busy: idle, it is the socket's writing half kept on the link
+//! ([`Writer`]); the sender that queues into it starts it (spawns its task), which writes,
+//! waits for more (woken by each send), and puts the half back once the keep-alive sweep
+//! finds nothing was queued for a whole period ([`Link::sweep_writer`]). An idle connection
+//! has no writer task.
 //! A QoS 0 PUBLISH fanned out to many subscribers comes encoded once ([`Frame`]) and is
 //! copied into each subscriber's buffer, a burst of them on one topic as one buffer
 //! ([`Frames`]) that each subscriber's writer writes as it is; a large payload is not copied

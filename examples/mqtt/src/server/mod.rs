@@ -354,7 +354,7 @@ impl Shared {
     }
 
     /// How many maps of live connections the keep-alive sweep walks, one at a time
-    /// ([`nudge_overdue`](Self::nudge_overdue)).
+    /// ([`sweep_shard`](Self::sweep_shard)).
     pub(crate) fn conn_shards(&self) -> usize {
         self.conns.len()
     }
@@ -365,7 +365,7 @@ impl Shared {
     /// how many; and retires the writer task of every connection that had nothing to write
     /// since the last pass ([`Link::sweep_writer`]). One pass over the live connections
     /// instead of a timer in each, holding one map's lock at a time.
-    pub(crate) fn nudge_overdue(&self, shard: usize, now: u64) -> usize {
+    pub(crate) fn sweep_shard(&self, shard: usize, now: u64) -> usize {
         let Some(conns) = self.conns.get(shard) else {
             return 0;
         };
