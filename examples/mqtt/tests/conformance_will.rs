@@ -492,3 +492,43 @@ async fn the_will_message_is_binary_data() {
         &[0xFF, 0x00, 0xC0]
     );
 }
+
+/// The keep-alive sweep walks the live connections a map at a time: among 70 connections
+/// (over every map), the silent ones are closed, each after its 1.5 keep alives, and the
+/// ones that keep sending stay connected and answered throughout.
+#[tokio::test]
+async fn the_sweep_closes_only_the_silent_connections_mqtt_3_1_2_24() {
+    let broker = TestBroker::start().await;
+    let mut silent = Vec::new();
+    let mut alive = Vec::new();
+    for n in 0..70 {
+        let mut connect = connect_packet(&unique("sweep"));
+        connect.keep_alive = 1;
+        let raw = broker.connect_with(connect).await;
+        if n % 7 == 0 {
+            silent.push(raw);
+        } else {
+            alive.push(raw);
+        }
+    }
+    let start = Instant::now();
+    // For 2.4 s, past the silent ones' 1.5 s: the others send a PINGREQ every 400 ms.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for raw in &mut alive {
+            raw.send(Packet::PingReq).await;
+            assert_eq!(raw.recv().await, Packet::PingResp);
+        }
+    }
+    for raw in &mut silent {
+        raw.expect_closed().await;
+    }
+    let closed = start.elapsed();
+    assert!(
+        closed <= Duration::from_millis(4000),
+        "the silent connections closed after {closed:?}, long after their 1.5 s"
+    );
+    for raw in &mut alive {
+        raw.expect_alive().await;
+    }
+}

@@ -18,13 +18,16 @@
 //!
 //! The writer takes everything its link's buffer holds (packets encoded by their senders, see
 //! [`link`](super::link)) in one swap and writes it with one vectored write: a large PUBLISH
-//! payload is written from the shared buffer, not copied per subscriber.
+//! payload is written from the shared buffer, not copied per subscriber. It is a task only
+//! while the connection is busy ([`write_burst`]: until nothing was queued for a keep-alive
+//! sweep period): idle, it is the socket's writing half kept on the link, started by the
+//! next sender.
 //!
-//! An idle connection keeps little (about 2.3 KB with its session, see BENCHMARKS.md): no read
-//! buffer while no packet is partly read, no write buffer or queue while nothing is to be
-//! written, no timer, and task futures that hold no message while they wait (the reader's,
-//! 408 bytes, keeps only its wait for the socket: what runs once per connection, or rarely,
-//! is boxed).
+//! An idle connection keeps little (about 1.8 KB with its session, see BENCHMARKS.md): no read
+//! buffer while no packet is partly read, no writer task, write buffer or queue while nothing
+//! is to be written, no timer, and a reader task whose future holds no message while it
+//! waits (408 bytes, it keeps only its wait for the socket: what runs once per connection,
+//! or rarely, is boxed).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -38,7 +41,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use super::link::{Link, Outbox, Queued};
+use super::link::{Link, Outbox, Queued, Writer};
 use super::listen::Place;
 use super::stats::{Counters, Local};
 use super::{
@@ -69,9 +72,9 @@ const MAX_SLICES: usize = 64;
 /// the connection limits, given back when it ends. Its logs name it by its connection
 /// number (the listener's "accepted" line has its peer's address: the task keeps none).
 ///
-/// The writer task is spawned and the reader built here, outside the future, which only
-/// captures them: an async fn would keep its arguments and the values moved out of them
-/// side by side, for the connection's whole life.
+/// The writer is given to the link (idle: no task until something is to be written) and the
+/// reader built here, outside the future, which only captures it: an async fn would keep its
+/// arguments and the values moved out of them side by side, for the connection's whole life.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn serve<R, W>(
     read: R,
@@ -87,7 +90,11 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let writer = tokio::spawn(write_loop(write, outbox, Arc::clone(&shared)));
+    outbox.install(Box::new(Idle {
+        write,
+        shared: Arc::clone(&shared),
+    }));
+    drop(outbox);
     let bucket = shared
         .config
         .publish_rate()
@@ -111,18 +118,18 @@ where
         let (client, reason) = reader.run().await;
         // Once per connection: boxed, so that what it keeps takes no room beside the reader's
         // wait for the connection's whole life.
-        Box::pin(finish(reader, client, reason, writer, places)).await;
+        Box::pin(finish(reader, client, reason, places)).await;
     }
 }
 
 /// Ends a connection whose reader stopped for `reason`: tells its session (which publishes the
 /// will unless the client sent DISCONNECT) and waits for it to close the connection, then for
-/// the writer to write what is left.
+/// the writer to write what is left (at most [`WRITER_GRACE`]: a client that reads nothing
+/// does not keep the connection).
 async fn finish<R>(
     mut reader: Reader<R>,
     client: Option<ClientId>,
     reason: CloseReason,
-    mut writer: tokio::task::JoinHandle<()>,
     places: (Place, Place),
 ) {
     let shared = &reader.shared;
@@ -152,11 +159,11 @@ async fn finish<R>(
     let link = link.clone();
     let shared = Arc::clone(shared);
     drop(reader);
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+    if tokio::time::timeout(WRITER_GRACE, link.writer_ended())
         .await
         .is_err()
     {
-        writer.abort();
+        link.abandon_writer();
     }
     shared.unregister(conn);
     drop(link);
@@ -463,7 +470,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let acked = connect.clean_session;
         if acked {
             self.link.unsettle();
-            self.link.send(Packet::ConnAck(ConnAck {
+            self.link.send_now(Packet::ConnAck(ConnAck {
                 session_present: false,
                 code: ConnectReturnCode::Accepted,
             }));
@@ -633,7 +640,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             // came before (its answers go first), the session answers (after them
             // [MQTT-3.2.0-1]); else no hop is needed.
             Packet::PingReq if self.link.is_accepted() && self.link.is_settled() => {
-                self.link.send(Packet::PingResp);
+                self.link.send_now(Packet::PingResp);
                 return Step::Next;
             }
             Packet::Disconnect => return Step::End(CloseReason::Disconnect),
@@ -866,31 +873,116 @@ fn refused_reason(_code: ConnectReturnCode) -> CloseReason {
     CloseReason::ProtocolError
 }
 
-/// The writer task: writes what the link's senders encoded, everything queued at once.
-///
-/// While it waits for something to write, its future holds only the socket's writing half
-/// and the link's end: the buffers, and the writing itself, are in a future of their own
-/// ([`write_batches`]), boxed for as long as there is something to write. A task is as
-/// large as the largest future it awaits, for its whole life; an idle connection's writer
-/// is then a size class smaller.
-// Not an async fn: see the comment inside.
-#[allow(clippy::manual_async_fn)]
-fn write_loop<W: AsyncWrite + Unpin + Send>(
-    mut write: W,
-    mut outbox: Outbox,
+/// A connection's writing half while nothing is to be written, kept on its link: the next
+/// write starts its task ([`write_burst`]). It is all an idle connection's writer costs (a
+/// box of 24 bytes for a TCP connection: no task).
+struct Idle<W> {
+    write: W,
     shared: Arc<Shared>,
-) -> impl Future<Output = ()> + Send {
-    // A plain function returning the future: an async fn would keep its arguments and
-    // their moved copies side by side (the task is then a size class larger).
-    async move {
-        while outbox.ready().await {
-            match Box::pin(write_batches(&mut write, &mut outbox, &shared)).await {
-                Busy::Idle => {}
-                Busy::Closing => break,
-                Busy::Failed => return,
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Writer for Idle<W> {
+    fn start(mut self: Box<Self>, outbox: Outbox, now: bool) {
+        let mut first = Queued::default();
+        // A close is left to the task: it shuts the writing half down after the rest.
+        if now && outbox.take(&mut first) && !first.close {
+            match self.write_now(&mut first) {
+                Ok(true) => match outbox.park(self) {
+                    None => return,
+                    Some(back) => (self, first) = (back, Queued::default()),
+                },
+                // The rest (in `first`) is the task's.
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "write failed; closing the connection");
+                    outbox.failed();
+                    return;
+                }
             }
         }
-        let _ = write.shutdown().await;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(write_burst(self, outbox, first))),
+            // Only while the runtime is being torn down: the connection closes.
+            Err(_) => {
+                tracing::debug!("no runtime to write on; closing the connection");
+                outbox.failed();
+            }
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Idle<W> {
+    /// Writes `taken` as far as the socket takes it without waiting: true once all of it
+    /// is written and flushed; else what is left is in `taken`.
+    fn write_now(&mut self, taken: &mut Queued) -> std::io::Result<bool> {
+        let before = taken.len();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Dropped when it would wait: what it wrote is off `taken` already.
+        let done = std::pin::pin!(write_out(&mut self.write, taken)).poll(&mut cx);
+        let mut local = Local {
+            bytes: (before - taken.len()) as u64,
+            ..Local::default()
+        };
+        let done = match done {
+            Poll::Ready(Ok(())) => {
+                local.packets = taken.packets as u64;
+                local.publishes = taken.publishes as u64;
+                true
+            }
+            Poll::Ready(Err(error)) => return Err(error),
+            Poll::Pending => false,
+        };
+        local.flush_sent(&self.shared.counters);
+        Ok(done)
+    }
+}
+
+/// The writer's task: writes what the link's senders encoded, everything queued at once,
+/// until nothing is left and nothing more came for a keep-alive sweep period
+/// ([`Outbox::linger`]); then gives the writing half back to the link and ends. After the
+/// close it shuts the writing half down. The connection's end may abandon it (a client that
+/// reads nothing of what is left at close): it then stops where it is.
+// Not an async fn: its arguments would be kept beside their moved copies.
+#[allow(clippy::manual_async_fn)]
+fn write_burst<W: AsyncWrite + Unpin + Send + 'static>(
+    idle: Box<Idle<W>>,
+    outbox: Outbox,
+    first: Queued,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        tokio::select! {
+            biased;
+            () = outbox.abandoned() => outbox.gone(),
+            () = write_until_idle(idle, &outbox, first) => {}
+        }
+    }
+}
+
+/// [`write_burst`]'s work: `first` (taken already, maybe partly written), then batches
+/// until the queue is empty (the writer parked) or closed.
+async fn write_until_idle<W: AsyncWrite + Unpin + Send + 'static>(
+    mut idle: Box<Idle<W>>,
+    outbox: &Outbox,
+    mut first: Queued,
+) {
+    loop {
+        let taken = std::mem::take(&mut first);
+        match write_batches(&mut idle.write, outbox, &idle.shared, taken).await {
+            // A busy connection keeps its task: it waits for more until the keep-alive
+            // sweep finds nothing was queued for a whole period.
+            Busy::Idle if outbox.linger().await => {}
+            Busy::Idle => match outbox.park(idle) {
+                None => return,
+                // Queued after the last batch was taken: written by this task still.
+                Some(back) => idle = back,
+            },
+            Busy::Closing => {
+                let _ = idle.write.shutdown().await;
+                outbox.gone();
+                return;
+            }
+            Busy::Failed => return,
+        }
     }
 }
 
@@ -904,23 +996,19 @@ enum Busy {
     Failed,
 }
 
-/// Writes what the link's senders queued until nothing is left: each batch taken whole, in
-/// one swap, and written with vectored writes. Its buffers are kept from batch to batch and
-/// released when nothing is left.
+/// Writes what the link's senders queued until nothing is left, from `taken` (a batch taken
+/// already, or empty): each batch taken whole, in one swap, and written with vectored
+/// writes. Its buffers are kept from batch to batch and released when nothing is left.
 async fn write_batches<W: AsyncWrite + Unpin>(
     write: &mut W,
-    outbox: &mut Outbox,
+    outbox: &Outbox,
     shared: &Shared,
+    mut taken: Queued,
 ) -> Busy {
-    let mut taken = Queued::default();
     let mut local = Local::default();
-    while outbox.take(&mut taken) {
+    while !taken.is_empty() || outbox.take(&mut taken) {
         let written = taken.len() as u64;
-        let result = match write_all(write, &mut taken.chunks, &taken.tail).await {
-            Ok(()) => write.flush().await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
+        if let Err(error) = write_out(write, &mut taken).await {
             tracing::debug!(%error, "write failed; closing the connection");
             local.flush_sent(&shared.counters);
             outbox.failed();
@@ -939,14 +1027,24 @@ async fn write_batches<W: AsyncWrite + Unpin>(
     Busy::Idle
 }
 
-/// Writes every chunk, then `tail`, with vectored writes of up to [`MAX_SLICES`] pieces.
+/// Writes and flushes `taken`; what is written is taken off it as it goes, so that a write
+/// dropped before its end leaves the rest there.
+async fn write_out<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    taken: &mut Queued,
+) -> std::io::Result<()> {
+    write_all(write, &mut taken.chunks, &mut taken.tail).await?;
+    write.flush().await
+}
+
+/// Writes every chunk, then `tail`, with vectored writes of up to [`MAX_SLICES`] pieces,
+/// taking what is written off them.
 async fn write_all<W: AsyncWrite + Unpin>(
     write: &mut W,
     chunks: &mut VecDeque<Bytes>,
-    tail: &[u8],
+    tail: &mut BytesMut,
 ) -> std::io::Result<()> {
-    let mut tail_at = 0;
-    while !chunks.is_empty() || tail_at < tail.len() {
+    while !chunks.is_empty() || !tail.is_empty() {
         // The slices are made on the stack of each poll: the task's future keeps none.
         let written = std::future::poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -955,8 +1053,8 @@ async fn write_all<W: AsyncWrite + Unpin>(
                 slices[n] = IoSlice::new(chunk);
                 n += 1;
             }
-            if n < MAX_SLICES && tail_at < tail.len() {
-                slices[n] = IoSlice::new(&tail[tail_at..]);
+            if n < MAX_SLICES && !tail.is_empty() {
+                slices[n] = IoSlice::new(tail);
                 n += 1;
             }
             Pin::new(&mut *write).poll_write_vectored(cx, &slices[..n])
@@ -968,7 +1066,7 @@ async fn write_all<W: AsyncWrite + Unpin>(
         let mut left = written;
         while left > 0 {
             let Some(front) = chunks.front_mut() else {
-                tail_at += left;
+                tail.advance(left);
                 break;
             };
             if front.len() <= left {
@@ -988,21 +1086,211 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
+    use crate::server::link::{Out, Written};
 
     /// The size of what `f` returns.
     fn size_of_return<R>(_f: impl FnOnce() -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
-    /// An idle connection's writer task is small: its future keeps the socket's half and the
-    /// link's end, not the buffers or the state of a write (304 bytes when it did).
+    /// The tokio tasks alive on this runtime.
+    fn tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    /// Waits (at most 5 s) until `tasks()` is `n`.
+    async fn tasks_become(n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tasks() != n {
+            assert!(
+                Instant::now() < deadline,
+                "{} tasks alive, not {n}",
+                tasks()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Two passes of the keep-alive sweep (the first sees the last writes, the second
+    /// nothing new): the writer's task, lingering until then, gives the writing half back
+    /// and ends.
+    async fn swept(link: &Link, base: usize) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(tasks(), base + 1, "a busy connection's writer lingers");
+        link.sweep_writer();
+        tokio::task::yield_now().await;
+        assert_eq!(tasks(), base + 1, "not retired by one pass after writes");
+        link.sweep_writer();
+        tasks_become(base).await;
+    }
+
+    /// A connection's link with its writer installed, writing into a duplex pipe whose
+    /// other end (the client's) is returned, `capacity` bytes of it buffered.
+    fn writer_link(capacity: usize) -> (Link, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let (link, outbox) = Link::new(1, 1_000);
+        outbox.install(Box::new(Idle {
+            write: server,
+            shared: Shared::for_tests(),
+        }));
+        (link, client)
+    }
+
+    /// The client reads `n` PUBACKs off `client`, in order from `first`.
+    async fn read_acks(client: &mut tokio::io::DuplexStream, first: u16, n: u16) {
+        let mut wire = BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < usize::from(n) {
+            match codec::decode(&mut wire, usize::MAX) {
+                Ok(Some(packet)) => got.push(packet),
+                Ok(None) => {
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut wire));
+                    assert!(
+                        read.await.expect("the writer writes").unwrap() > 0,
+                        "closed early"
+                    );
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        let expected: Vec<Packet> = (first..first + n).map(ack).collect();
+        assert_eq!(got, expected);
+    }
+
+    fn ack(n: u16) -> Packet {
+        Packet::PubAck(std::num::NonZeroU16::new(n).expect("from 1"))
+    }
+
+    /// An idle connection's writer is no task, only its socket's half on the link: a size
+    /// class of tokio's (256 bytes: 104 of header and the future) is a box of 24 bytes.
     #[test]
     #[allow(unreachable_code)]
-    fn an_idle_writer_keeps_little() {
-        let size = size_of_return(|| {
-            write_loop::<tokio::net::tcp::OwnedWriteHalf>(todo!(), todo!(), todo!())
-        });
-        assert!(size <= 128, "the writer's future: {size} bytes");
+    fn an_idle_writer_is_a_small_box() {
+        type Half = tokio::net::tcp::OwnedWriteHalf;
+        let size = std::mem::size_of::<Idle<Half>>();
+        assert!(size <= 24, "the idle writer: {size} bytes");
+        // The task's future, while there is something to write (then the buffers too).
+        let busy = size_of_return(|| write_burst::<Half>(todo!(), todo!(), todo!()));
+        eprintln!("idle writer: a {size}-byte box; busy writer task: a {busy}-byte future");
+    }
+
+    /// No writer task while nothing is to be written; a write starts one, which writes
+    /// what was queued, in order, and lingers until the keep-alive sweep retires it;
+    /// deliveries keep coming in order across those starts.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_connection_has_no_writer_task_and_gets_its_deliveries_in_order() {
+        let base = tasks();
+        let (link, mut client) = writer_link(64 * 1024);
+        assert_eq!(tasks(), base, "installed idle: no task");
+        let mut next = 1;
+        for burst in [1u16, 3, 50] {
+            for n in next..next + burst {
+                assert_eq!(link.send(ack(n)), Written::Queued);
+            }
+            assert_eq!(
+                tasks(),
+                base + 1,
+                "a write starts one writer task, not one per send"
+            );
+            read_acks(&mut client, next, burst).await;
+            swept(&link, base).await;
+            next += burst;
+        }
+        // A batch from a session run, too.
+        let mut outs: Vec<_> = (next..next + 10).map(|n| Out::Packet(ack(n))).collect();
+        assert_eq!(link.send_all(&mut outs), (0, false));
+        read_acks(&mut client, next, 10).await;
+        swept(&link, base).await;
+    }
+
+    /// The reader's own answers ([`Link::send_now`]) are written on its thread while the
+    /// writer is idle: no task; what the socket does not take is left to a task, and what
+    /// is queued after it comes after it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_readers_answers_are_written_at_once() {
+        let base = tasks();
+        let (link, mut client) = writer_link(64);
+        assert_eq!(link.send_now(ack(1)), Written::Queued);
+        assert_eq!(tasks(), base, "written at once: no task");
+        read_acks(&mut client, 1, 1).await;
+        // 64 bytes of pipe: 16 PUBACKs fill it, the 17th waits for a task.
+        for n in 2..=17 {
+            assert_eq!(link.send_now(ack(n)), Written::Queued);
+        }
+        assert_eq!(tasks(), base, "all taken by the socket at once");
+        assert_eq!(link.send_now(ack(18)), Written::Queued);
+        assert_eq!(tasks(), base + 1, "the rest is the task's");
+        for n in 19..=30 {
+            assert_eq!(link.send_now(ack(n)), Written::Queued);
+        }
+        read_acks(&mut client, 2, 29).await;
+        swept(&link, base).await;
+    }
+
+    /// A client that does not read: what is queued meanwhile piles up behind one writer
+    /// task (started once), which drains all of it, in order, when the client reads; the
+    /// sweep then retires it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_backlog_starts_one_writer_which_drains_it() {
+        let base = tasks();
+        // 64 bytes of pipe: the writer blocks after 16 PUBACKs.
+        let (link, mut client) = writer_link(64);
+        for n in 1..=2_000 {
+            assert_eq!(link.send(ack(n)), Written::Queued);
+            if n % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(tasks(), base + 1, "one writer for the whole backlog");
+        read_acks(&mut client, 1, 2_000).await;
+        swept(&link, base).await;
+        // And the next write starts it again.
+        assert_eq!(link.send(ack(2_001)), Written::Queued);
+        read_acks(&mut client, 2_001, 1).await;
+        swept(&link, base).await;
+    }
+
+    /// Close with a backlog: the rest is written, then the writing half is shut down (the
+    /// client reads the end of the stream) and the writer is gone; a client that reads
+    /// nothing at close has its writer abandoned, which ends its task.
+    #[tokio::test(flavor = "current_thread")]
+    async fn close_writes_the_backlog_then_ends_the_stream() {
+        let base = tasks();
+        let (link, mut client) = writer_link(64);
+        for n in 1..=500 {
+            link.send(ack(n));
+        }
+        link.close(CloseReason::ServerClosed);
+        assert_eq!(link.send(ack(501)), Written::Closed);
+        read_acks(&mut client, 1, 500).await;
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+        tokio::time::timeout(Duration::from_secs(5), link.writer_ended())
+            .await
+            .expect("the writer ends after the close");
+        tasks_become(base).await;
+
+        // The client reads nothing: the writer blocks until abandoned.
+        let (link, _client) = writer_link(64);
+        for n in 1..=500 {
+            link.send(ack(n));
+        }
+        link.close(CloseReason::ServerClosed);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), link.writer_ended())
+                .await
+                .is_err(),
+            "blocked on a client that reads nothing"
+        );
+        link.abandon_writer();
+        tokio::time::timeout(Duration::from_secs(5), link.writer_ended())
+            .await
+            .expect("an abandoned writer ends");
+        tasks_become(base).await;
     }
 
     /// A connection waiting for its next packet holds no read buffer: what a read brings

@@ -1,15 +1,20 @@
 //! A connection's link: how a session (or the connection's own reader) writes to the client
 //! and closes the connection, from any thread, without waiting.
 //!
-//! The link is the sending end of a buffer of encoded bytes that the connection's writer task
+//! The link is the sending end of a buffer of encoded bytes that the connection's writer
 //! drains: a sender encodes its packets into it under the link's lock (a batch of them, from
-//! one session run, under one lock and with one wake-up of the writer: [`Link::send_all`]),
-//! and the writer takes everything queued in one swap and writes it with one vectored write.
+//! one session run, under one lock: [`Link::send_all`]), and the writer takes everything
+//! queued in one swap and writes it with one vectored write. The writer is a task only while
+//! the connection is busy: idle, it is the socket's writing half kept on the link
+//! ([`Writer`]); the sender that queues into it starts it (spawns its task), which writes,
+//! waits for more (woken by each send), and puts the half back once the keep-alive sweep
+//! finds nothing was queued for a whole period ([`Link::sweep_writer`]). An idle connection
+//! has no writer task.
 //! A QoS 0 PUBLISH fanned out to many subscribers comes encoded once ([`Frame`]) and is
 //! copied into each subscriber's buffer, a burst of them on one topic as one buffer
 //! ([`Frames`]) that each subscriber's writer writes as it is; a large payload is not copied
-//! at all, but written from the publisher's buffer. Empty, the buffer holds no memory once the writer has gone
-//! idle: an idle connection costs no queue.
+//! at all, but written from the publisher's buffer. Empty, the buffer holds no memory once the
+//! writer has gone idle: an idle connection costs no queue.
 //!
 //! Bounds, counted in packets under the same lock: QoS 0 PUBLISHes are dropped (and counted)
 //! past [`Config::max_qos0_backlog`](crate::Config::max_qos0_backlog) waiting to be written,
@@ -18,7 +23,7 @@
 //! window.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -184,7 +189,8 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
-    fn is_empty(&self) -> bool {
+    /// Whether nothing is in it: no packet, no close.
+    pub(crate) fn is_empty(&self) -> bool {
         self.packets == 0 && !self.close
     }
 
@@ -251,16 +257,96 @@ impl Queued {
     }
 }
 
+/// A connection's writing half while nothing is to be written: what starts its writer.
+pub(crate) trait Writer: Send {
+    /// Spawns the writer's task, which writes what `outbox` holds until it is empty, then
+    /// gives this back ([`Outbox::park`]), or until the connection closes
+    /// ([`Outbox::gone`]). With `now`, it first writes what it can at once, on the
+    /// caller's thread, and spawns a task only for what the socket did not take (the
+    /// connection's own reader answering: no hop for a CONNACK or a PINGRESP). Called from
+    /// within the tokio runtime (the broker's tasks and Hermes' shards), never with the
+    /// link locked.
+    fn start(self: Box<Self>, outbox: Outbox, now: bool);
+}
+
+/// Where a connection's writer is.
+enum WriterState {
+    /// Not given to the link yet ([`Outbox::install`]).
+    Unset,
+    /// Idle: started by the next write.
+    Idle(Box<dyn Writer>),
+    /// Its task is writing.
+    Busy,
+    /// Ended: the connection closed (or the writer failed, or was abandoned).
+    Gone,
+}
+
+impl std::fmt::Debug for WriterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriterState::Unset => "Unset",
+            WriterState::Idle(_) => "Idle",
+            WriterState::Busy => "Busy",
+            WriterState::Gone => "Gone",
+        })
+    }
+}
+
+/// What waits for the writer, and the writer while it is idle.
+#[derive(Debug)]
+struct Queue {
+    /// Empty, it holds no allocation once the writer has gone idle ([`Outbox::park`]).
+    queued: Queued,
+    writer: WriterState,
+}
+
+impl Queue {
+    /// What the caller does for the writer after unlocking, if something is queued: start
+    /// it if idle (marked busy here), or wake its task (which may be lingering).
+    fn wake(&mut self) -> Wake {
+        if self.queued.is_empty() {
+            return Wake::Nothing;
+        }
+        match self.writer {
+            WriterState::Busy => Wake::Task,
+            WriterState::Idle(_) => match std::mem::replace(&mut self.writer, WriterState::Busy) {
+                WriterState::Idle(writer) => Wake::Start(writer),
+                _ => Wake::Nothing,
+            },
+            WriterState::Unset | WriterState::Gone => Wake::Nothing,
+        }
+    }
+}
+
+/// What a sender does for the writer after queuing ([`Queue::wake`]).
+enum Wake {
+    /// Nothing: nothing queued, or no writer.
+    Nothing,
+    /// Start the idle writer.
+    Start(Box<dyn Writer>),
+    /// Wake the writer's task.
+    Task,
+}
+
 /// What the link's ends share.
 #[derive(Debug)]
 struct Shared {
-    /// What waits for the writer. Empty, it holds no allocation once the writer has gone
-    /// idle (see [`Outbox::ready`]).
-    queue: Mutex<Queued>,
-    /// Wakes the writer when something is queued (or the last link is dropped).
+    /// Wakes the writer's task while it lingers: something was queued, or the keep-alive
+    /// sweep tells it to retire.
     ready: Notify,
-    /// Live links: the writer ends when none is left.
-    links: AtomicUsize,
+    /// Something was queued since the keep-alive sweep last looked ([`Link::sweep_writer`]).
+    active: AtomicBool,
+    /// The writer's task is running (writing, or lingering for more).
+    running: AtomicBool,
+    /// The sweep found the task lingering with nothing queued for a whole period: it gives
+    /// the writing half back to the link and ends.
+    retire: AtomicBool,
+    /// What waits for the writer, and the writer while idle.
+    queue: Mutex<Queue>,
+    /// The writer ended, or was told to ([`Link::abandon_writer`]).
+    writer_changed: Notify,
+    /// The connection's end gave up waiting for the writer: it stops where it is.
+    abandoned: AtomicBool,
     /// The connection is closing: no more writes.
     closed: AtomicBool,
     /// The session has written the CONNACK: the reader may answer PINGREQ itself.
@@ -279,14 +365,14 @@ struct Shared {
 }
 
 /// The writing end of a connection; cheap to clone.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Link {
     conn: ConnId,
     shared: Arc<Shared>,
     max_qos0: usize,
 }
 
-/// The writer task's end of a link.
+/// The writer's end of a link.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     shared: Arc<Shared>,
@@ -307,9 +393,16 @@ impl Link {
     /// A new link for connection `conn`, and the writer's end.
     pub(crate) fn new(conn: ConnId, max_qos0: usize) -> (Link, Outbox) {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queued::default()),
+            queue: Mutex::new(Queue {
+                queued: Queued::default(),
+                writer: WriterState::Unset,
+            }),
             ready: Notify::new(),
-            links: AtomicUsize::new(1),
+            active: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            retire: AtomicBool::new(false),
+            writer_changed: Notify::new(),
+            abandoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             accepted: AtomicBool::new(false),
             unsettled: AtomicU64::new(0),
@@ -331,31 +424,44 @@ impl Link {
         self.conn
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queued> {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.shared)
     }
 
     /// Queues `packet` for the client. A QoS 0 PUBLISH is dropped while the client has
     /// `max_qos0_backlog` of them waiting.
     pub(crate) fn send(&self, packet: Packet) -> Written {
+        self.send_with(packet, false)
+    }
+
+    /// [`send`](Self::send), the writer started `now` or not ([`Writer::start`]).
+    fn send_with(&self, packet: Packet, now: bool) -> Written {
         if self.shared.closed.load(Ordering::Acquire) {
             return Written::Closed;
         }
         let out = Out::Packet(packet);
         let mut dropped = 0;
-        let written = self.push(&mut self.lock(), out, &mut dropped);
-        self.pushed(written, 1);
+        let (written, writer) = {
+            let mut queue = self.lock();
+            let written = self.push(&mut queue.queued, out, &mut dropped);
+            (written, queue.wake())
+        };
+        self.pushed(written, writer, now);
         if dropped > 0 {
             return Written::Dropped;
         }
         written
     }
 
-    /// Queues everything in `outs`, in order, under one lock and with one wake-up of the
-    /// writer, as [`send`](Self::send) each; empties `outs`. Returns how many QoS 0
+    /// [`send`](Self::send) by the connection's reader, for its own answers (a CONNACK, a
+    /// PINGRESP): if the writer is idle, written at once on the reader's thread as far as
+    /// the socket takes it, without starting a task.
+    pub(crate) fn send_now(&self, packet: Packet) -> Written {
+        self.send_with(packet, true)
+    }
+
+    /// Queues everything in `outs`, in order, under one lock and with at most one start of
+    /// the writer, as [`send`](Self::send) each; empties `outs`. Returns how many QoS 0
     /// PUBLISHes were dropped, and whether the connection is closed.
     pub(crate) fn send_all(&self, outs: &mut Vec<Out>) -> (u64, bool) {
         if outs.is_empty() {
@@ -365,34 +471,29 @@ impl Link {
             outs.clear();
             return (0, true);
         }
-        let (mut dropped, mut queued, mut closed) = (0, 0, false);
-        {
+        let (mut dropped, mut closed) = (0, false);
+        let writer = {
             let mut queue = self.lock();
             for out in outs.drain(..) {
-                match self.push(&mut queue, out, &mut dropped) {
-                    Written::Queued => queued += 1,
-                    Written::Dropped => {}
-                    Written::Closed => {
-                        closed = true;
-                        break;
-                    }
+                if self.push(&mut queue.queued, out, &mut dropped) == Written::Closed {
+                    closed = true;
+                    break;
                 }
             }
-        }
+            queue.wake()
+        };
         outs.clear();
-        self.pushed(
-            if closed {
-                Written::Closed
-            } else {
-                Written::Queued
-            },
-            queued,
-        );
+        let written = if closed {
+            Written::Closed
+        } else {
+            Written::Queued
+        };
+        self.pushed(written, writer, false);
         (dropped, closed)
     }
 
     /// Encodes `out` into `queue`, within the bounds, adding the QoS 0 PUBLISHes dropped
-    /// to `dropped`; the caller wakes the writer after unlocking ([`pushed`](Self::pushed)).
+    /// to `dropped`; the caller starts the writer after unlocking ([`pushed`](Self::pushed)).
     fn push(&self, queue: &mut Queued, out: Out, dropped: &mut u64) -> Written {
         // Under the lock: a close (which sets it under the lock) is seen here even once the
         // writer has taken the queue with its `close`.
@@ -434,12 +535,10 @@ impl Link {
         Written::Queued
     }
 
-    /// After unlocking: wakes the writer for what was queued, and the reader if the link was
-    /// closed meanwhile.
-    fn pushed(&self, written: Written, queued: usize) {
-        if queued > 0 || written == Written::Closed {
-            self.shared.ready.notify_one();
-        }
+    /// After unlocking: starts or wakes the writer if something was queued
+    /// ([`Queue::wake`]), and wakes the reader if the link was closed meanwhile.
+    fn pushed(&self, written: Written, wake: Wake, now: bool) {
+        start(&self.shared, wake, now);
         if written == Written::Closed {
             self.shared.closing.notify_waiters();
             self.shared.closing.notify_one();
@@ -484,8 +583,12 @@ impl Link {
         if self.shared.closed.load(Ordering::Acquire) {
             return;
         }
-        self.close_locked(&mut self.lock(), reason);
-        self.pushed(Written::Closed, 0);
+        let writer = {
+            let mut queue = self.lock();
+            self.close_locked(&mut queue.queued, reason);
+            queue.wake()
+        };
+        self.pushed(Written::Closed, writer, false);
     }
 
     /// [`close`](Self::close) with the queue locked; the caller wakes the writer and the
@@ -549,73 +652,160 @@ impl Link {
     }
 }
 
-impl Clone for Link {
-    fn clone(&self) -> Self {
-        self.shared.links.fetch_add(1, Ordering::Relaxed);
-        Self {
-            conn: self.conn,
-            shared: Arc::clone(&self.shared),
-            max_qos0: self.max_qos0,
+impl Link {
+    /// Resolves once the writer has ended (the connection closed, the writer failed or was
+    /// abandoned), or at once if it never started.
+    pub(crate) async fn writer_ended(&self) {
+        loop {
+            let changed = self.shared.writer_changed.notified();
+            if matches!(self.lock().writer, WriterState::Gone | WriterState::Unset) {
+                return;
+            }
+            changed.await;
         }
+    }
+
+    /// The keep-alive sweep's look at the writer (every sweep period): a task that had
+    /// nothing queued since the last look is told to retire, giving the writing half back
+    /// to the link once nothing is queued (an idle connection keeps no task).
+    pub(crate) fn sweep_writer(&self) {
+        let shared = &self.shared;
+        if !shared.active.swap(false, Ordering::Relaxed) && shared.running.load(Ordering::Acquire) {
+            shared.retire.store(true, Ordering::Release);
+            shared.ready.notify_one();
+        }
+    }
+
+    /// Tells the writer to stop where it is (a client that does not read what is left at
+    /// close): its task ends, dropping the socket's writing half.
+    pub(crate) fn abandon_writer(&self) {
+        self.shared.abandoned.store(true, Ordering::Release);
+        let idle = {
+            let mut queue = self.lock();
+            match queue.writer {
+                WriterState::Busy => WriterState::Busy,
+                _ => std::mem::replace(&mut queue.writer, WriterState::Gone),
+            }
+        };
+        drop(idle);
+        self.shared.writer_changed.notify_waiters();
     }
 }
 
-impl Drop for Link {
-    fn drop(&mut self) {
-        // The writer ends once no link is left (`ready` returns false): wake it to see.
-        if self.shared.links.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.ready.notify_one();
+/// Starts the writer (a `Start` from [`Queue::wake`]) or wakes its task, after unlocking.
+fn start(shared: &Arc<Shared>, wake: Wake, now: bool) {
+    match wake {
+        Wake::Nothing => return,
+        Wake::Task => shared.ready.notify_one(),
+        Wake::Start(writer) => {
+            shared.running.store(true, Ordering::Release);
+            writer.start(
+                Outbox {
+                    shared: Arc::clone(shared),
+                },
+                now,
+            );
         }
     }
+    shared.active.store(true, Ordering::Relaxed);
+}
+
+/// The link's queue, locked, also if a thread panicked while holding it (each change to it
+/// is whole under the lock).
+fn lock(shared: &Shared) -> MutexGuard<'_, Queue> {
+    shared.queue.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Outbox {
-    fn lock(&self) -> MutexGuard<'_, Queued> {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.shared)
     }
 
-    /// Waits until something is queued ([`take`](Self::take)): false once every link is
-    /// dropped and nothing is left. Before waiting, the queue's memory is released: an idle
-    /// connection keeps none.
-    pub(crate) async fn ready(&mut self) -> bool {
+    /// Gives the link its writer, idle; started at once if something is queued already.
+    pub(crate) fn install(&self, writer: Box<dyn Writer>) {
+        let writer = {
+            let mut queue = self.lock();
+            queue.writer = WriterState::Idle(writer);
+            queue.wake()
+        };
+        start(&self.shared, writer, false);
+    }
+
+    /// The writer has written everything queued: it goes idle, given back to the link, and
+    /// the queue's memory is released (an idle connection keeps none); `Some` with it if
+    /// something was queued meanwhile, to write on.
+    pub(crate) fn park<W: Writer + 'static>(&self, writer: Box<W>) -> Option<Box<W>> {
+        let mut queue = self.lock();
+        if !queue.queued.is_empty() {
+            return Some(writer);
+        }
+        queue.queued = Queued::default();
+        self.shared.retire.store(false, Ordering::Relaxed);
+        self.shared.running.store(false, Ordering::Release);
+        queue.writer = if self.shared.abandoned.load(Ordering::Acquire) {
+            WriterState::Gone
+        } else {
+            WriterState::Idle(writer)
+        };
+        None
+    }
+
+    /// The writer's task ended for good (after the close, a failed write, or abandoned).
+    pub(crate) fn gone(&self) {
+        self.lock().writer = WriterState::Gone;
+        self.shared.writer_changed.notify_waiters();
+    }
+
+    /// After writing everything queued, waits for more: true once something is queued,
+    /// false once the keep-alive sweep retires the task (nothing queued for a whole sweep
+    /// period): it then gives the writing half back ([`park`](Self::park)). A busy
+    /// connection keeps its task; the queue's memory is released while it waits.
+    pub(crate) async fn linger(&self) -> bool {
         loop {
-            // Read before looking at the queue: a link's last push comes before its drop.
-            let no_links = self.shared.links.load(Ordering::Acquire) == 0;
+            // Made before looking: a wake-up after the look is kept as a permit.
+            let ready = self.shared.ready.notified();
             {
                 let mut queue = self.lock();
-                if !queue.is_empty() {
+                if !queue.queued.is_empty() {
                     return true;
                 }
-                *queue = Queued::default();
+                if queue.queued.tail.capacity() != 0 || queue.queued.chunks.capacity() != 0 {
+                    queue.queued = Queued::default();
+                }
             }
-            // No link is left: nothing can be queued any more.
-            if no_links {
+            if self.shared.retire.swap(false, Ordering::AcqRel) {
                 return false;
             }
-            // A permit stored by a push (or a link's drop) since the last wait makes this
-            // return at once, so nothing queued meanwhile is missed.
-            self.shared.ready.notified().await;
+            ready.await;
+        }
+    }
+
+    /// Resolves once the connection's end abandons the writer ([`Link::abandon_writer`]).
+    pub(crate) async fn abandoned(&self) {
+        loop {
+            let changed = self.shared.writer_changed.notified();
+            if self.shared.abandoned.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
         }
     }
 
     /// Takes everything queued into `into` (which must be empty: its buffers are given to
     /// the queue in exchange, so that a busy connection's two buffers are reused without
     /// allocating); false if nothing was.
-    pub(crate) fn take(&mut self, into: &mut Queued) -> bool {
+    pub(crate) fn take(&self, into: &mut Queued) -> bool {
         debug_assert!(into.is_empty() && into.tail.is_empty() && into.chunks.is_empty());
         let mut queue = self.lock();
-        if queue.is_empty() {
+        if queue.queued.is_empty() {
             return false;
         }
-        std::mem::swap(&mut *queue, into);
+        std::mem::swap(&mut queue.queued, into);
         true
     }
 
-    /// The writer could not write: the connection is closed (a network error), and what
-    /// was queued is dropped.
+    /// The writer could not write: the connection is closed (a network error), what was
+    /// queued is dropped, and the writer is gone.
     pub(crate) fn failed(&self) {
         let shared = &self.shared;
         if !shared.closed.swap(true, Ordering::AcqRel) {
@@ -625,9 +815,11 @@ impl Outbox {
         }
         {
             let mut queue = self.lock();
-            *queue = Queued::default();
-            queue.close = true;
+            queue.queued = Queued::default();
+            queue.queued.close = true;
+            queue.writer = WriterState::Gone;
         }
+        shared.writer_changed.notify_waiters();
         shared.closing.notify_waiters();
         shared.closing.notify_one();
     }
@@ -679,7 +871,7 @@ mod tests {
     }
 
     /// Everything taken, decoded, in order; whether it ended with a close.
-    fn drain(outbox: &mut Outbox) -> (Vec<Packet>, bool) {
+    fn drain(outbox: &Outbox) -> (Vec<Packet>, bool) {
         let mut taken = Queued::default();
         if !outbox.take(&mut taken) {
             return (Vec::new(), false);
@@ -699,39 +891,92 @@ mod tests {
         (packets, taken.close)
     }
 
-    /// What is queued comes out in order, and once the writer has waited for more the queue
-    /// holds no memory (an idle connection keeps none).
-    #[tokio::test]
-    async fn queue_keeps_order_and_releases_its_memory_when_idle() {
-        let (link, mut outbox) = Link::new(1, 10);
+    /// A writer that, when started, hands itself and the outbox to the test.
+    struct Started(std::sync::mpsc::Sender<(Box<Started>, Outbox)>);
+
+    impl Writer for Started {
+        fn start(self: Box<Self>, outbox: Outbox, _now: bool) {
+            let sender = self.0.clone();
+            sender.send((self, outbox)).unwrap();
+        }
+    }
+
+    /// A link with a test writer installed, and where its starts arrive.
+    fn with_writer() -> (Link, std::sync::mpsc::Receiver<(Box<Started>, Outbox)>) {
+        let (link, outbox) = Link::new(1, 10);
+        let (sender, starts) = std::sync::mpsc::channel();
+        outbox.install(Box::new(Started(sender)));
+        (link, starts)
+    }
+
+    /// What is queued comes out in order; the idle writer is started by the first write
+    /// only (not once per write), and once it has written everything and parked, the queue
+    /// holds no memory (an idle connection keeps none) and the next write starts it again.
+    #[test]
+    fn queue_keeps_order_starts_the_writer_once_and_releases_its_memory_when_idle() {
+        let (link, starts) = with_writer();
+        assert!(starts.try_recv().is_err(), "installed idle: not started");
         for n in 1..=40 {
             assert_eq!(link.send(ack(n)), Written::Queued);
         }
-        assert!(outbox.ready().await);
-        let (packets, close) = drain(&mut outbox);
+        let (writer, outbox) = starts
+            .try_recv()
+            .expect("the first write starts the writer");
+        assert!(starts.try_recv().is_err(), "started once, not per write");
+        let (packets, close) = drain(&outbox);
         assert_eq!(packets, (1..=40).map(ack).collect::<Vec<_>>());
         assert!(!close);
-        assert_eq!(drain(&mut outbox), (Vec::new(), false));
-        // Waiting releases the queue's buffer; a send wakes the writer.
-        let sender = link.clone();
-        let waiter = tokio::spawn(async move {
-            let ready = outbox.ready().await;
-            (ready, outbox)
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Written after the last take: the writer is handed back to write it.
+        assert_eq!(link.send(ack(41)), Written::Queued);
+        let writer = outbox.park(writer).expect("something was queued meanwhile");
+        assert_eq!(drain(&outbox).0, [ack(41)]);
+        assert!(outbox.park(writer).is_none(), "parked");
         {
-            let queue = link.shared.queue.lock().unwrap();
-            assert!(queue.is_empty());
-            assert_eq!(queue.tail.capacity(), 0, "an idle queue holds no memory");
-            assert_eq!(queue.chunks.capacity(), 0, "an idle queue holds no memory");
+            let queue = lock(&link.shared);
+            assert!(matches!(queue.writer, WriterState::Idle(_)));
+            assert_eq!(
+                queue.queued.tail.capacity(),
+                0,
+                "an idle queue holds no memory"
+            );
+            assert_eq!(
+                queue.queued.chunks.capacity(),
+                0,
+                "an idle queue holds no memory"
+            );
         }
-        assert_eq!(sender.send(ack(41)), Written::Queued);
-        let (ready, mut outbox) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        assert!(starts.try_recv().is_err());
+        assert_eq!(link.send(ack(42)), Written::Queued);
+        let (_writer, outbox) = starts.try_recv().expect("parked, the next write starts it");
+        assert_eq!(drain(&outbox).0, [ack(42)]);
+    }
+
+    /// A close starts the idle writer (to write what is left and end the stream); the
+    /// connection's end waits for it to be gone, or abandons it, which drops an idle one.
+    #[tokio::test]
+    async fn close_starts_the_writer_and_the_end_waits_for_it() {
+        let (link, starts) = with_writer();
+        link.close(CloseReason::ServerClosed);
+        let (writer, outbox) = starts.try_recv().expect("the close starts the writer");
+        assert_eq!(drain(&outbox), (Vec::new(), true));
+        let ended = tokio::time::timeout(Duration::from_millis(50), link.writer_ended()).await;
+        assert!(ended.is_err(), "busy: not ended");
+        drop(writer);
+        outbox.gone();
+        tokio::time::timeout(Duration::from_secs(5), link.writer_ended())
             .await
-            .expect("the writer is woken")
-            .unwrap();
-        assert!(ready);
-        assert_eq!(drain(&mut outbox).0, [ack(41)]);
+            .expect("gone: ended");
+        // Abandoned while idle: dropped, ended.
+        let (link, starts) = with_writer();
+        link.abandon_writer();
+        tokio::time::timeout(Duration::from_secs(5), link.writer_ended())
+            .await
+            .expect("abandoned: ended");
+        link.close(CloseReason::ServerClosed);
+        assert!(
+            starts.try_recv().is_err(),
+            "an abandoned writer is not started"
+        );
     }
 
     /// A batch from one session run (packets, frames shared by many subscribers, large
@@ -739,7 +984,7 @@ mod tests {
     /// bound applied to frames as to packets.
     #[tokio::test]
     async fn a_batch_keeps_order_and_the_qos0_bound() {
-        let (link, mut outbox) = Link::new(1, 3);
+        let (link, outbox) = Link::new(1, 3);
         let small = message("t/1", b"small", true);
         let large = message("t/2", &[7u8; SHARED_PAYLOAD + 10], false);
         let (small_frame, large_frame) =
@@ -761,8 +1006,7 @@ mod tests {
         ];
         assert_eq!(link.send_all(&mut outs), (1, false));
         assert!(outs.is_empty());
-        assert!(outbox.ready().await);
-        let (packets, _) = drain(&mut outbox);
+        let (packets, _) = drain(&outbox);
         // A frame is the message as forwarded at QoS 0: RETAIN 0 [MQTT-3.3.1-9].
         let forwarded =
             |m: &Message| Packet::Publish(m.clone().forwarded(QoS::AtMostOnce).to_publish_qos0());
@@ -781,14 +1025,14 @@ mod tests {
         let frame = Frame::qos0(&small).unwrap();
         let mut outs: Vec<_> = (0..4).map(|_| Out::Frame(frame.clone())).collect();
         assert_eq!(link.send_all(&mut outs), (1, false));
-        assert_eq!(drain(&mut outbox).0.len(), 3);
+        assert_eq!(drain(&outbox).0.len(), 3);
     }
 
     /// Messages encoded together for many subscribers come out whole, in order, after what
     /// was queued before them; past the QoS 0 bound the oldest are kept and the rest dropped.
     #[tokio::test]
     async fn frames_keep_order_and_the_qos0_bound() {
-        let (link, mut outbox) = Link::new(1, 5);
+        let (link, outbox) = Link::new(1, 5);
         let messages: Vec<Message> = (0..4)
             .map(|n| message("t/1", format!("m{n}").as_bytes(), n == 1))
             .collect();
@@ -802,14 +1046,14 @@ mod tests {
         assert_eq!(link.send_all(&mut outs), (0, false));
         let mut expected = vec![ack(1)];
         expected.extend(forwarded.iter().cloned());
-        assert_eq!(drain(&mut outbox).0, expected);
+        assert_eq!(drain(&outbox).0, expected);
         // A fifth and sixth waiting QoS 0 PUBLISH are over the bound of 5: two of the second
         // four are dropped, the first two kept.
         let mut outs = vec![Out::Frames(frames.clone()), Out::Frames(frames.clone())];
         assert_eq!(link.send_all(&mut outs), (3, false));
         let mut expected = forwarded.clone();
         expected.push(forwarded[0].clone());
-        assert_eq!(drain(&mut outbox).0, expected);
+        assert_eq!(drain(&outbox).0, expected);
         // A QoS 1 message among them: not encoded ahead (its QoS is the subscription's).
         let mut with_qos1 = messages.clone();
         with_qos1[2].qos = QoS::AtLeastOnce;
@@ -820,35 +1064,21 @@ mod tests {
             .collect();
         let mut outs = vec![Out::Frames(Frames::qos0(&large).unwrap())];
         assert_eq!(link.send_all(&mut outs), (0, false));
-        assert_eq!(drain(&mut outbox).0.len(), 3);
-    }
-
-    /// The writer ends once every link is gone, after what they queued.
-    #[tokio::test]
-    async fn writer_ends_when_every_link_is_dropped() {
-        let (link, mut outbox) = Link::new(1, 10);
-        let other = link.clone();
-        assert_eq!(other.send(ack(1)), Written::Queued);
-        drop(other);
-        drop(link);
-        assert!(outbox.ready().await, "what was queued is still written");
-        assert_eq!(drain(&mut outbox).0, [ack(1)]);
-        let ended = tokio::time::timeout(Duration::from_secs(5), outbox.ready()).await;
-        assert_eq!(ended, Ok(false));
+        assert_eq!(drain(&outbox).0.len(), 3);
     }
 
     /// Close comes after what was queued before it, and nothing queues after it, also once
     /// the writer has taken the close.
     #[tokio::test]
     async fn close_is_queued_last() {
-        let (link, mut outbox) = Link::new(1, 10);
+        let (link, outbox) = Link::new(1, 10);
         assert_eq!(link.send(ack(1)), Written::Queued);
         link.close(CloseReason::ServerClosed);
         assert_eq!(link.send(ack(2)), Written::Closed);
-        assert_eq!(drain(&mut outbox), (vec![ack(1)], true));
+        assert_eq!(drain(&outbox), (vec![ack(1)], true));
         assert_eq!(link.send(ack(3)), Written::Closed);
         assert_eq!(link.send_all(&mut vec![Out::Packet(ack(4))]), (0, true));
-        assert_eq!(drain(&mut outbox), (Vec::new(), false));
+        assert_eq!(drain(&outbox), (Vec::new(), false));
         assert_eq!(link.close_reason(), Some(CloseReason::ServerClosed));
     }
 }

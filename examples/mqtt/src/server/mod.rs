@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use hermes::Reply;
@@ -214,8 +214,11 @@ pub(crate) struct Shared {
     pub(crate) conn_limit: Arc<ConnLimit>,
     /// Accept errors are logged at most once a minute.
     pub(crate) accept_error_log: RateLimited,
-    /// Live connections, to close them at shutdown.
-    conns: Mutex<HashMap<ConnId, Link>>,
+    /// Live connections, to close them at shutdown and for the keep-alive sweep: in
+    /// [`CONN_SHARDS`] maps by connection number, each under its own lock, so that the sweep
+    /// (which walks them all) holds a lock over a few hundred at most, and connects and
+    /// closes on other shards do not wait for it.
+    conns: Box<[Mutex<HashMap<ConnId, Link>>]>,
     conns_changed: tokio::sync::Notify,
     closing: AtomicBool,
     next_conn: AtomicU64,
@@ -227,6 +230,9 @@ pub(crate) const OFFLINE_IDLE: Duration = Duration::from_secs(60);
 
 /// The longest wait for connections to close.
 const CLOSE_GRACE_MAX: Duration = Duration::from_secs(3600);
+
+/// How many maps the live connections are in ([`Shared::conns`]).
+const CONN_SHARDS: usize = 32;
 
 /// Never, as an idle timeout.
 pub(crate) const NEVER: Duration = Duration::MAX;
@@ -256,7 +262,7 @@ impl Shared {
             preloaded: Mutex::new(preloaded),
             counters: Counters::default(),
             started_at: SystemTime::now(),
-            conns: Mutex::default(),
+            conns: (0..CONN_SHARDS).map(|_| Mutex::default()).collect(),
             conns_changed: tokio::sync::Notify::new(),
             closing: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
@@ -292,14 +298,22 @@ impl Shared {
         self.closing.load(Ordering::Acquire)
     }
 
+    /// The map of live connections that `conn` is in, locked.
+    fn conns_of(&self, conn: ConnId) -> MutexGuard<'_, HashMap<ConnId, Link>> {
+        // Connection numbers are consecutive: consecutive connections are in different maps.
+        let shard = (conn % CONN_SHARDS as u64) as usize;
+        lock(&self.conns[shard])
+    }
+
     /// Registers a new connection: its link, and the writer's end; `None` once the broker is
     /// shutting down.
     pub(crate) fn register(&self) -> Option<(Link, Outbox)> {
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut conns = self.conns_of(conn);
+        // Under the map's lock: `close_all` sets it before walking the maps, each locked.
         if self.closing.load(Ordering::Acquire) {
             return None;
         }
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (link, outbox) = Link::new(conn, self.config.max_qos0_backlog);
         conns.insert(conn, link.clone());
         drop(conns);
@@ -309,21 +323,28 @@ impl Shared {
 
     /// A connection task ended.
     pub(crate) fn unregister(&self, conn: ConnId) {
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        conns.remove(&conn);
-        drop(conns);
+        self.conns_of(conn).remove(&conn);
         self.conns_changed.notify_waiters();
     }
 
     /// Stops accepting connections and closes every live one (their wills are published:
     /// the server closing a connection is not a DISCONNECT [MQTT-3.1.2-8]); returns how many.
     pub(crate) fn close_all(&self) -> usize {
-        let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         self.closing.store(true, Ordering::Release);
-        for link in conns.values() {
-            link.close(CloseReason::ServerClosed);
+        let mut closed = 0;
+        for shard in &self.conns {
+            let conns = lock(shard);
+            for link in conns.values() {
+                link.close(CloseReason::ServerClosed);
+            }
+            closed += conns.len();
         }
-        conns.len()
+        closed
+    }
+
+    /// How many connections are live.
+    fn live_connections(&self) -> usize {
+        self.conns.iter().map(|shard| lock(shard).len()).sum()
     }
 
     /// `at` in the broker's milliseconds (since it started, plus one: 0 is never), as the
@@ -335,14 +356,26 @@ impl Shared {
             .saturating_add(1)
     }
 
-    /// The keep-alive sweep's pass: wakes the reader of every connection whose wait for a
-    /// packet (keep alive [MQTT-3.1.2-24], or its CONNECT) was due before `now` (a
-    /// [`stamp`](Self::stamp)), so that it closes; returns how many. One pass over the live
-    /// connections instead of a timer in each.
-    pub(crate) fn nudge_overdue(&self, now: u64) -> usize {
-        let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+    /// How many maps of live connections the keep-alive sweep walks, one at a time
+    /// ([`sweep_shard`](Self::sweep_shard)).
+    pub(crate) fn conn_shards(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The keep-alive sweep's pass over map `shard` of the live connections: wakes the reader
+    /// of every connection whose wait for a packet (keep alive [MQTT-3.1.2-24], or its
+    /// CONNECT) was due before `now` (a [`stamp`](Self::stamp)), so that it closes; returns
+    /// how many; and retires the writer task of every connection that had nothing to write
+    /// since the last pass ([`Link::sweep_writer`]). One pass over the live connections
+    /// instead of a timer in each, holding one map's lock at a time.
+    pub(crate) fn sweep_shard(&self, shard: usize, now: u64) -> usize {
+        let Some(conns) = self.conns.get(shard) else {
+            return 0;
+        };
+        let conns = lock(conns);
         let mut nudged = 0;
         for link in conns.values() {
+            link.sweep_writer();
             let due = link.due();
             if due != 0 && due < now {
                 link.nudge();
@@ -359,11 +392,7 @@ impl Shared {
         let deadline = now.checked_add(timeout).unwrap_or(now + CLOSE_GRACE_MAX);
         loop {
             let notified = self.conns_changed.notified();
-            let left = self
-                .conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len();
+            let left = self.live_connections();
             if left == 0 {
                 return 0;
             }
@@ -372,6 +401,30 @@ impl Shared {
             }
         }
     }
+}
+
+#[cfg(test)]
+impl Shared {
+    /// A broker's shared state with the default configuration, no storage, no subscription.
+    pub(crate) fn for_tests() -> Arc<Shared> {
+        let auth = Authenticator::new(true, None, crate::auth::HashParams::DEFAULT)
+            .expect("no password file: nothing to hash");
+        Arc::new(Shared::new(
+            Config::default(),
+            None,
+            Subscriptions::new(),
+            1,
+            Vec::new(),
+            auth,
+            None,
+        ))
+    }
+}
+
+/// `mutex` locked, also if a thread panicked while holding it (what it guards stays whole:
+/// each change is one insert or remove).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// FNV-1a of `topic`, modulo `shards`: stable for a given build and input.
@@ -682,7 +735,7 @@ mod tests {
     fn frame_message(frame: &Frame) -> Message {
         let mut wire = bytes::BytesMut::new();
         let mut queued = link::Queued::default();
-        let (link, mut outbox) = Link::new(1, 10);
+        let (link, outbox) = Link::new(1, 10);
         let mut outs = vec![link::Out::Frame(frame.clone())];
         assert_eq!(link.send_all(&mut outs), (0, false));
         assert!(outbox.take(&mut queued));
