@@ -938,7 +938,7 @@ impl<W: AsyncWrite + Unpin> Idle<W> {
 }
 
 /// The writer's task: writes what the link's senders encoded, everything queued at once,
-/// until nothing is left and nothing more came for a keep-alive sweep period
+/// until nothing is left and nothing more came while it looked a few times
 /// ([`Outbox::linger`]); then gives the writing half back to the link and ends. After the
 /// close it shuts the writing half down. The connection's end may abandon it (a client that
 /// reads nothing of what is left at close): it then stops where it is.
@@ -968,8 +968,7 @@ async fn write_until_idle<W: AsyncWrite + Unpin + Send + 'static>(
     loop {
         let taken = std::mem::take(&mut first);
         match write_batches(&mut idle.write, outbox, &idle.shared, taken).await {
-            // A busy connection keeps its task: it waits for more until the keep-alive
-            // sweep finds nothing was queued for a whole period.
+            // A busy connection keeps its task: more was queued while it looked.
             Busy::Idle if outbox.linger().await => {}
             Busy::Idle => match outbox.park(idle) {
                 None => return,
@@ -1113,19 +1112,6 @@ mod tests {
         }
     }
 
-    /// Two passes of the keep-alive sweep (the first sees the last writes, the second
-    /// nothing new): the writer's task, lingering until then, gives the writing half back
-    /// and ends.
-    async fn swept(link: &Link, base: usize) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(tasks(), base + 1, "a busy connection's writer lingers");
-        link.sweep_writer();
-        tokio::task::yield_now().await;
-        assert_eq!(tasks(), base + 1, "not retired by one pass after writes");
-        link.sweep_writer();
-        tasks_become(base).await;
-    }
-
     /// A connection's link with its writer installed, writing into a duplex pipe whose
     /// other end (the client's) is returned, `capacity` bytes of it buffered.
     fn writer_link(capacity: usize) -> (Link, tokio::io::DuplexStream) {
@@ -1178,8 +1164,8 @@ mod tests {
     }
 
     /// No writer task while nothing is to be written; a write starts one, which writes
-    /// what was queued, in order, and lingers until the keep-alive sweep retires it;
-    /// deliveries keep coming in order across those starts.
+    /// what was queued, in order, and ends when nothing more comes; deliveries keep coming
+    /// in order across those starts.
     #[tokio::test(flavor = "current_thread")]
     async fn an_idle_connection_has_no_writer_task_and_gets_its_deliveries_in_order() {
         let base = tasks();
@@ -1196,14 +1182,14 @@ mod tests {
                 "a write starts one writer task, not one per send"
             );
             read_acks(&mut client, next, burst).await;
-            swept(&link, base).await;
+            tasks_become(base).await;
             next += burst;
         }
         // A batch from a session run, too.
         let mut outs: Vec<_> = (next..next + 10).map(|n| Out::Packet(ack(n))).collect();
         assert_eq!(link.send_all(&mut outs), (0, false));
         read_acks(&mut client, next, 10).await;
-        swept(&link, base).await;
+        tasks_become(base).await;
     }
 
     /// The reader's own answers ([`Link::send_now`]) are written on its thread while the
@@ -1227,12 +1213,12 @@ mod tests {
             assert_eq!(link.send_now(ack(n)), Written::Queued);
         }
         read_acks(&mut client, 2, 29).await;
-        swept(&link, base).await;
+        tasks_become(base).await;
     }
 
     /// A client that does not read: what is queued meanwhile piles up behind one writer
-    /// task (started once), which drains all of it, in order, when the client reads; the
-    /// sweep then retires it.
+    /// task (started once), which drains all of it, in order, when the client reads, and
+    /// then ends.
     #[tokio::test(flavor = "current_thread")]
     async fn a_backlog_starts_one_writer_which_drains_it() {
         let base = tasks();
@@ -1246,11 +1232,11 @@ mod tests {
         }
         assert_eq!(tasks(), base + 1, "one writer for the whole backlog");
         read_acks(&mut client, 1, 2_000).await;
-        swept(&link, base).await;
+        tasks_become(base).await;
         // And the next write starts it again.
         assert_eq!(link.send(ack(2_001)), Written::Queued);
         read_acks(&mut client, 2_001, 1).await;
-        swept(&link, base).await;
+        tasks_become(base).await;
     }
 
     /// Close with a backlog: the rest is written, then the writing half is shut down (the

@@ -365,8 +365,7 @@ impl Shared {
     /// The keep-alive sweep's pass over map `shard` of the live connections: wakes the reader
     /// of every connection whose wait for a packet (keep alive [MQTT-3.1.2-24], or its
     /// CONNECT) was due before `now` (a [`stamp`](Self::stamp)), so that it closes; returns
-    /// how many; and retires the writer task of every connection that had nothing to write
-    /// since the last pass ([`Link::sweep_writer`]). One pass over the live connections
+    /// how many. One pass over the live connections
     /// instead of a timer in each, holding one map's lock at a time.
     pub(crate) fn sweep_shard(&self, shard: usize, now: u64) -> usize {
         let Some(conns) = self.conns.get(shard) else {
@@ -375,7 +374,6 @@ impl Shared {
         let conns = lock(conns);
         let mut nudged = 0;
         for link in conns.values() {
-            link.sweep_writer();
             let due = link.due();
             if due != 0 && due < now {
                 link.nudge();
