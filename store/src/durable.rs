@@ -60,11 +60,7 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unacked = self
-            .unacked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let unacked = self.lock().len();
         f.debug_struct("StateStore")
             .field("commits", &self.commits)
             .field("unacked", &unacked)

@@ -19,9 +19,9 @@
 //! The writer takes everything its link's buffer holds (packets encoded by their senders, see
 //! [`link`](super::link)) in one swap and writes it with one vectored write: a large PUBLISH
 //! payload is written from the shared buffer, not copied per subscriber. It is a task only
-//! while the connection is busy ([`write_burst`]: until nothing was queued for a keep-alive
-//! sweep period): idle, it is the socket's writing half kept on the link, started by the
-//! next sender.
+//! while the connection is busy ([`write_burst`]: until nothing more came while it looked a
+//! few times): idle, it is the socket's writing half kept on the link, started by the next
+//! sender.
 //!
 //! An idle connection keeps little (about 1.8 KB with its session, see BENCHMARKS.md): no read
 //! buffer while no packet is partly read, no writer task, write buffer or queue while nothing

@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -310,30 +310,18 @@ struct Queue {
 }
 
 impl Queue {
-    /// What the caller does for the writer after unlocking, if something is queued: start
-    /// it if idle (marked busy here). A busy writer's task needs no wake-up: it looks at the
+    /// The idle writer, taken (marked busy) if something is queued: the caller starts it
+    /// after unlocking ([`start`]). A busy writer's task needs no wake-up: it looks at the
     /// queue, under this lock, before it parks ([`Outbox::park`]).
-    fn wake(&mut self) -> Wake {
-        if self.queued.is_empty() {
-            return Wake::Nothing;
+    fn wake(&mut self) -> Option<Box<dyn Writer>> {
+        if self.queued.is_empty() || !matches!(self.writer, WriterState::Idle(_)) {
+            return None;
         }
-        match self.writer {
-            WriterState::Busy => Wake::Nothing,
-            WriterState::Idle(_) => match std::mem::replace(&mut self.writer, WriterState::Busy) {
-                WriterState::Idle(writer) => Wake::Start(writer),
-                _ => Wake::Nothing,
-            },
-            WriterState::Unset | WriterState::Gone => Wake::Nothing,
+        match std::mem::replace(&mut self.writer, WriterState::Busy) {
+            WriterState::Idle(writer) => Some(writer),
+            _ => None,
         }
     }
-}
-
-/// What a sender does for the writer after queuing ([`Queue::wake`]).
-enum Wake {
-    /// Nothing: nothing queued, no writer, or its task is running.
-    Nothing,
-    /// Start the idle writer.
-    Start(Box<dyn Writer>),
 }
 
 /// What the link's ends share.
@@ -529,10 +517,10 @@ impl Link {
         Written::Queued
     }
 
-    /// After unlocking: starts or wakes the writer if something was queued
-    /// ([`Queue::wake`]), and wakes the reader if the link was closed meanwhile.
-    fn pushed(&self, written: Written, wake: Wake, now: bool) {
-        start(&self.shared, wake, now);
+    /// After unlocking: starts the writer if [`Queue::wake`] took it, and wakes the reader if
+    /// the link was closed meanwhile.
+    fn pushed(&self, written: Written, writer: Option<Box<dyn Writer>>, now: bool) {
+        start(&self.shared, writer, now);
         if written == Written::Closed {
             self.shared.closing.notify_waiters();
             self.shared.closing.notify_one();
@@ -675,9 +663,9 @@ impl Link {
     }
 }
 
-/// Starts the writer (a `Start` from [`Queue::wake`]), after unlocking.
-fn start(shared: &Arc<Shared>, wake: Wake, now: bool) {
-    if let Wake::Start(writer) = wake {
+/// Starts the writer that [`Queue::wake`] took, if it took one, after unlocking.
+fn start(shared: &Arc<Shared>, writer: Option<Box<dyn Writer>>, now: bool) {
+    if let Some(writer) = writer {
         writer.start(
             Outbox {
                 shared: Arc::clone(shared),
@@ -690,7 +678,7 @@ fn start(shared: &Arc<Shared>, wake: Wake, now: bool) {
 /// The link's queue, locked, also if a thread panicked while holding it (each change to it
 /// is whole under the lock).
 fn lock(shared: &Shared) -> MutexGuard<'_, Queue> {
-    shared.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    super::lock(&shared.queue)
 }
 
 impl Outbox {

@@ -163,9 +163,10 @@ pub(crate) fn sweep_period(connect_timeout: Duration) -> Duration {
 
 /// The keep-alive sweep: every [`sweep_period`], wakes the readers whose wait for a packet is
 /// overdue (keep alive, or the CONNECT's `connect_timeout`), each of which closes its
-/// connection (publishing the will, after a keep alive). One task for the broker instead of a timer in every connection: an idle connection keeps no timer
-/// (about 110 bytes) and no writer task, and a connection that keeps sending costs a clock
-/// read per read, not a timer reset.
+/// connection (publishing the will, after a keep alive). One task for the broker instead of
+/// a timer in every connection: an idle connection keeps no timer (about 110 bytes) and no
+/// writer task, and a connection that keeps sending costs a clock read per read, not a timer
+/// reset.
 pub(crate) async fn keep_alive_sweep(shared: Arc<Shared>) {
     let mut ticks = tokio::time::interval(sweep_period(shared.config.connect_timeout));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -365,8 +365,8 @@ impl Shared {
     /// The keep-alive sweep's pass over map `shard` of the live connections: wakes the reader
     /// of every connection whose wait for a packet (keep alive [MQTT-3.1.2-24], or its
     /// CONNECT) was due before `now` (a [`stamp`](Self::stamp)), so that it closes; returns
-    /// how many. One pass over the live connections
-    /// instead of a timer in each, holding one map's lock at a time.
+    /// how many. One pass over the live connections instead of a timer in each, holding one
+    /// map's lock at a time.
     pub(crate) fn sweep_shard(&self, shard: usize, now: u64) -> usize {
         let Some(conns) = self.conns.get(shard) else {
             return 0;
