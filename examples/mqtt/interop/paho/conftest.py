@@ -150,6 +150,44 @@ def acl_broker():
     finish(b)
 
 
+@pytest.fixture(scope="session")
+def tls_broker():
+    """A broker with TLS, WebSocket and WebSocket-over-TLS listeners besides TCP, and the CA
+    that signed its certificate (for localhost and 127.0.0.1), made with openssl."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="hermes-paho-tls-"))
+    ca, ca_key, key, csr, cert, ext = (
+        directory / n for n in ("ca.pem", "ca.key", "key.pem", "server.csr", "cert.pem", "ext")
+    )
+    run = lambda *args: subprocess.run(args, check=True, capture_output=True, timeout=60)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=hermes-mqtt paho CA", "-keyout", ca_key, "-out", ca)
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", key, "-out", csr)
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-days", "2", "-extfile", ext, "-out", cert)
+    ports = {kind: free_port() for kind in ("tls", "ws", "wss")}
+    listeners = "".join(
+        f'[[listeners]]\naddress = "127.0.0.1:{port}"\nkind = "{kind}"\n'
+        + (f'cert = "{cert}"\nkey = "{key}"\n' if kind != "ws" else "")
+        for kind, port in ports.items()
+    )
+    b = Broker(directory, memory=True)
+    # The TCP listener is given as a table too: a TOML file cannot mix the two forms.
+    b.config.write_text(
+        b.config.read_text().replace(
+            f'listeners = ["127.0.0.1:{b.port}"]\n', ""
+        )
+        + f'[[listeners]]\naddress = "127.0.0.1:{b.port}"\n'
+        + listeners
+    )
+    b.ports = ports
+    b.ca = ca
+    b.start()
+    yield b
+    finish(b)
+
+
 @pytest.fixture(autouse=True)
 def test_timeout():
     """Fails a test that runs over TEST_TIMEOUT seconds (SIGALRM raises in the main thread)."""
@@ -240,17 +278,18 @@ class Recorder(mqtt.Client):
             if not self.cond.wait_for(lambda: predicate(self), timeout):
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
-    def start(self, broker: Broker, keepalive: int = 60) -> tuple[int, int]:
+    def start(self, broker: Broker, keepalive: int = 60, port: int | None = None,
+              host: str = "127.0.0.1") -> tuple[int, int]:
         """Connects, starts the network thread and waits for the CONNACK: (flags, return code)."""
         count = len(self.connacks)
-        self.connect("127.0.0.1", broker.port, keepalive)
+        self.connect(host, port or broker.port, keepalive)
         self.loop_start()
         self.wait_for(lambda c: len(c.connacks) > count, what="CONNACK")
         return self.connacks[-1]
 
-    def open(self, broker: Broker, keepalive: int = 60) -> "Recorder":
+    def open(self, broker: Broker, keepalive: int = 60, **kw) -> "Recorder":
         """`start`, asserting that the connection was accepted."""
-        flags, rc = self.start(broker, keepalive)
+        flags, rc = self.start(broker, keepalive, **kw)
         assert rc == 0, f"CONNACK return code {rc}"
         return self
 
@@ -285,12 +324,14 @@ class Recorder(mqtt.Client):
         self.loop_stop()
 
     def drop(self) -> None:
-        """Ends the connection without DISCONNECT (as a crashed client does)."""
-        self.loop_stop()
+        """Ends the connection without DISCONNECT (as a crashed client does), then stops the
+        network thread (which, once asked to stop, only ends when the connection has)."""
         sock = self.socket()
         if sock is not None:
+            count = self.disconnects
             sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+            self.wait_for(lambda c: c.disconnects > count, what="the connection to end")
+        self.loop_stop()
 
 
 @pytest.fixture

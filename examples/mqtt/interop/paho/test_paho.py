@@ -551,3 +551,171 @@ def test_retained_survive_restart(own_broker, clients):
         ]
     )
     assert len(got) == 3
+
+
+class Forgetful(Recorder):
+    """A Paho client that ignores the acknowledgements named in `ignore` ("PUBREC",
+    "PUBCOMP", "PUBACK"), as if they were lost with the connection: after a reconnect Paho
+    resends what they would have completed (a PUBLISH with DUP 1, or the PUBREL)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.ignore: set[str] = set()
+        self.ignored = 0
+
+    def _skip(self, packet: str) -> bool:
+        if packet not in self.ignore:
+            return False
+        with self.cond:
+            self.ignored += 1
+            self.cond.notify_all()
+        return True
+
+    def _handle_pubrec(self):
+        return mqtt.MQTT_ERR_SUCCESS if self._skip("PUBREC") else super()._handle_pubrec()
+
+    def _handle_pubackcomp(self, cmd):
+        return mqtt.MQTT_ERR_SUCCESS if self._skip(cmd) else super()._handle_pubackcomp(cmd)
+
+
+@pytest.mark.parametrize("lost", ["PUBREC", "PUBCOMP"])
+def test_qos2_publisher_retry_delivers_once(broker, clients, lost):
+    """A QoS 2 publisher whose PUBREC (or PUBCOMP) was lost with its connection resends the
+    PUBLISH with DUP 1 (or the PUBREL) on its persistent session: the broker completes the
+    flow and the subscriber gets the message exactly once [MQTT-4.3.3-2], [MQTT-4.4.0-1]."""
+    topics, _ = names(unique("retry2"))
+    sub = clients(client_id("retry2sub")).open(broker)
+    assert sub.sub((topics[0], 2)) == [2]
+    pub = clients(client_id("retry2pub"), clean_session=False, cls=Forgetful)
+    pub.ignore = {lost}
+    pub.open(broker)
+    info = pub.publish(topics[0], b"exactly once", 2)
+    pub.wait_for(lambda c: c.ignored == 1, what=f"the {lost}")
+    pub.drop()
+    pub.ignore = set()
+    flags, rc = pub.start(broker)
+    assert (flags, rc) == (1, 0)
+    info.wait_for_publish(WAIT)
+    assert info.is_published(), "the flow completes after the reconnect"
+    sub.received(1)
+    barrier(sub, pub, topics[0])
+    assert payloads(sub.messages) == [b"exactly once"]
+
+
+def test_qos1_publisher_retry_delivers(broker, clients):
+    """A QoS 1 publisher whose PUBACK was lost resends with DUP 1 after reconnecting; the
+    broker acknowledges it again. At least once: one or two copies [MQTT-4.3.2-2]."""
+    topics, _ = names(unique("retry1"))
+    sub = clients(client_id("retry1sub")).open(broker)
+    assert sub.sub((topics[0], 1)) == [1]
+    pub = clients(client_id("retry1pub"), clean_session=False, cls=Forgetful)
+    pub.ignore = {"PUBACK"}
+    pub.open(broker)
+    info = pub.publish(topics[0], b"at least once", 1)
+    pub.wait_for(lambda c: c.ignored == 1, what="the PUBACK")
+    pub.drop()
+    pub.ignore = set()
+    assert pub.start(broker) == (1, 0)
+    info.wait_for_publish(WAIT)
+    assert info.is_published()
+    sub.received(1)
+    barrier(sub, pub, topics[0])
+    assert payloads(sub.messages) in ([b"at least once"], [b"at least once"] * 2)
+
+
+def test_session_takeover(broker, clients):
+    """A second connection with the same client ID takes the session over: the first is
+    closed [MQTT-3.1.4-2] (its will published: it did not DISCONNECT), the second has the
+    session's subscription (Session Present 1) and gets the messages."""
+    topics, _ = names(unique("takeover"))
+    cid = client_id("takeover")
+    watcher = clients(client_id("towatch")).open(broker)
+    assert watcher.sub((topics[1], 1)) == [1]
+    first = clients(cid, clean_session=False)
+    first.will_set(topics[1], b"taken over", qos=1)
+    first.open(broker)
+    assert first.sub((topics[0], 1)) == [1]
+    second = clients(cid, clean_session=False)
+    assert second.start(broker) == (1, 0)
+    first.wait_for(lambda c: c.disconnects >= 1, what="the first connection to be closed")
+    assert [m.payload for m in watcher.received(1)] == [b"taken over"]
+    p = clients(client_id("takepub")).open(broker)
+    p.pub(topics[0], b"to the second", 1)
+    assert [m.payload for m in second.received(1)] == [b"to the second"]
+    time.sleep(QUIET)
+    assert first.messages == []
+
+
+def test_resubscribe_replaces_and_retained_downgraded(broker, clients):
+    """Subscribing again to the same filter replaces the subscription's QoS [MQTT-3.8.4-3] and
+    resends the retained message [MQTT-3.3.1-6], which comes at the lower of its QoS and the
+    granted one [MQTT-3.8.4-6]; an UNSUBSCRIBE of a filter never subscribed still gets its
+    UNSUBACK [MQTT-3.10.4-5]."""
+    topics, _ = names(unique("resub"))
+    c = clients(client_id("resub")).open(broker)
+    c.pub(topics[0], b"retained at 2", 2, retain=True)
+    assert c.sub((topics[0], 1)) == [1]
+    (m,) = c.received(1)
+    assert (m.qos, m.retain) == (1, True)
+    assert c.sub((topics[0], 0)) == [0]
+    m = c.received(2)[1]
+    assert (m.payload, m.qos, m.retain) == (b"retained at 2", 0, True)
+    c.pub(topics[0], b"live", 2)
+    m = c.received(3)[2]
+    assert (m.payload, m.qos, m.retain) == (b"live", 0, False)  # one subscription, at QoS 0
+    c.unsub(f"{topics[0]}/never/subscribed")
+    c.pub(topics[0], b"", 0, retain=True)
+
+
+def test_mqtt31_client_id_over_23_refused(broker, clients):
+    """MQTT 3.1 limits client IDs to 1..23 characters: a longer one is refused with return
+    code 2 (identifier rejected), and the connection closed."""
+    c = clients("x" * 24, protocol=mqtt.MQTTv31)
+    assert c.start(broker) == (0, 2)
+    c.wait_for(lambda c: c.disconnects == 1, what="the broker to close the connection")
+
+
+def test_retained_will(broker, clients):
+    """A retained will at QoS 2 is published with RETAIN to current subscribers... as a live
+    message (RETAIN 0 [MQTT-3.3.1-9]), and kept for later ones (RETAIN 1) [MQTT-3.1.2-17]."""
+    topics, _ = names(unique("rwill"))
+    watcher = clients(client_id("rwwatch")).open(broker)
+    assert watcher.sub((topics[0], 2)) == [2]
+    dying = clients(client_id("rwdying"))
+    dying.will_set(topics[0], b"gone", qos=2, retain=True)
+    dying.open(broker)
+    dying.drop()
+    (m,) = watcher.received(1)
+    assert (m.payload, m.qos, m.retain) == (b"gone", 2, False)
+    later = clients(client_id("rwlater")).open(broker)
+    assert later.sub((topics[0], 2)) == [2]
+    (m,) = later.received(1)
+    assert (m.payload, m.qos, m.retain) == (b"gone", 2, True)
+    later.pub(topics[0], b"", 0, retain=True)
+
+
+@pytest.mark.parametrize("transport", ["tls", "ws", "wss"])
+def test_transports(tls_broker, clients, transport):
+    """Paho over TLS (checking the broker's certificate against the CA), WebSocket (subprotocol
+    "mqtt", path /mqtt) and WebSocket over TLS, to and from a plain TCP client; a QoS 2 round
+    trip and a 256 KiB payload each way."""
+    b = tls_broker
+    topics, _ = names(unique(f"transport-{transport}"))
+    c = clients(client_id(transport), transport="websockets" if "ws" in transport else "tcp")
+    if transport in ("tls", "wss"):
+        c.tls_set(ca_certs=str(b.ca))
+    if "ws" in transport:
+        c.ws_set_options(path="/mqtt")
+    c.open(b, port=b.ports[transport], host="localhost")
+    tcp = clients(client_id(f"{transport}tcp")).open(b)
+    assert c.sub((topics[0], 2)) == [2]
+    assert tcp.sub((topics[1], 2)) == [2]
+    big = bytes(i % 253 for i in range(256 * 1024))
+    tcp.pub(topics[0], b"to " + transport.encode(), 2)
+    tcp.pub(topics[0], big, 1)
+    c.pub(topics[1], b"from " + transport.encode(), 2)
+    c.pub(topics[1], big, 1)
+    got = c.received(2)
+    assert [(m.payload, m.qos) for m in got] == [(b"to " + transport.encode(), 2), (big, 1)]
+    got = tcp.received(2)
+    assert [(m.payload, m.qos) for m in got] == [(b"from " + transport.encode(), 2), (big, 1)]
