@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The Paho interoperability suite: hermes-mqtt against the Eclipse Paho Python client
 # (paho-mqtt 2.x), with pytest. Installs paho-mqtt and pytest from PyPI into a virtual
-# environment under target/ when they are missing there, builds the release broker, and runs
+# environment under target/ (or $CARGO_TARGET_DIR) when they are missing there, builds the release broker, and runs
 # every case (each starts the brokers it needs on free ports, with temporary data directories).
 # Usage: examples/mqtt/interop/paho/run.sh [pytest arguments, e.g. -k keepalive -v]
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
 
-VENV=$PWD/target/paho-venv
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+VENV=$TARGET/paho-venv
 PY=$VENV/bin/python
 have() { "$PY" -c 'import sys, pytest, paho.mqtt as m; sys.exit(int(m.__version__.split(".")[0]) < 2)' 2>/dev/null; }
 if ! have; then
@@ -17,7 +18,7 @@ if ! have; then
   have
 fi
 cargo build --release -p hermes-mqtt
-export HERMES_MQTT_BIN=$PWD/target/release/hermes-mqtt
+export HERMES_MQTT_BIN=$TARGET/release/hermes-mqtt
 cd examples/mqtt/interop/paho
 # Each wait in the suite has its own timeout; this one bounds the whole run.
 PYTHONDONTWRITEBYTECODE=1 timeout 600 "$PY" -m pytest -q -p no:cacheprovider "$@"
