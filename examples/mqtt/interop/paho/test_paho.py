@@ -719,3 +719,109 @@ def test_transports(tls_broker, clients, transport):
     assert [(m.payload, m.qos) for m in got] == [(b"to " + transport.encode(), 2), (big, 1)]
     got = tcp.received(2)
     assert [(m.payload, m.qos) for m in got] == [(b"from " + transport.encode(), 2), (big, 1)]
+
+
+def test_redelivery_order_across_window_and_queue(broker, clients):
+    """150 QoS 1 messages to a persistent session whose client takes them in and acknowledges
+    none: it gets the first max_inflight (100); after reconnecting it gets all 150 in the
+    order published [MQTT-4.6.0-1], [MQTT-4.6.0-6], those sent before with DUP 1
+    [MQTT-3.3.1-1], the rest with DUP 0 [MQTT-3.3.1-3]."""
+    topics, _ = names(unique("order"))
+    cid = client_id("order")
+    mute = clients(cid, clean_session=False, cls=Mute).open(broker)
+    assert mute.sub((topics[0], 1)) == [1]
+    p = clients(client_id("orderpub"))
+    p.max_inflight_messages_set(200)
+    p.open(broker)
+    infos = [p.publish(topics[0], f"{n}".encode(), 1) for n in range(150)]
+    for info in infos:
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+    mute.wait_for(lambda c: len(c.unacked) == 100, what="the first 100")
+    time.sleep(QUIET)
+    assert len(mute.unacked) == 100, "no more than max_inflight unacknowledged"
+    mute.drop()
+
+    back = clients(cid, clean_session=False)
+    assert back.start(broker) == (1, 0)
+    got = back.received(150)
+    time.sleep(QUIET)
+    assert [int(m.payload) for m in back.messages] == list(range(150))
+    assert [m.dup for m in got] == [True] * 100 + [False] * 50
+
+
+def test_queue_survives_graceful_restart_in_order(own_broker, clients):
+    """500 QoS 1 and 2 messages queued for an offline persistent session survive a graceful
+    restart, each at its QoS, in order per QoS [MQTT-4.6.0-6]."""
+    b = own_broker
+    topics, _ = names(unique("queue"))
+    cid = client_id("queue")
+    c = clients(cid, clean_session=False).open(b)
+    assert c.sub((topics[0], 2)) == [2]
+    c.close()
+    p = clients(client_id("queuepub"))
+    p.max_inflight_messages_set(100)
+    p.open(b)
+    infos = [p.publish(topics[0], f"{n}".encode(), 1 + n % 2) for n in range(500)]
+    for info in infos:
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+    p.close()
+    assert b.stop() == 0
+    b.start()
+    back = clients(cid, clean_session=False)
+    assert back.start(b) == (1, 0)
+    back.received(500)
+    time.sleep(QUIET)
+    got = [(int(m.payload), m.qos) for m in back.messages]
+    assert sorted(got) == [(n, 1 + n % 2) for n in range(500)]
+    # Order is kept per topic and QoS [MQTT-4.6.0-6]; QoS 1 and 2 messages may interleave.
+    for qos in (1, 2):
+        assert [n for n, q in got if q == qos] == [n for n in range(500) if 1 + n % 2 == qos]
+
+
+def test_empty_payload_and_topic_levels(broker, clients):
+    """An empty payload is a message like any other [MQTT-3.3.3-1]; topic levels as the
+    standard's examples have them (4.7.1): 'a/#' matches 'a' [MQTT-4.7.1-2], '+' matches an
+    empty level, '+' does not match '/x' but '+/+' and '/+' do, levels are case-sensitive
+    and a space is a character."""
+    root = unique("levels")
+    c = clients(client_id("levels")).open(broker)
+    filters = {
+        f"{root}/sport/#": [f"{root}/sport", f"{root}/sport/tennis/p1"],
+        f"{root}/a/+/c": [f"{root}/a//c"],
+        f"{root}/Case": [f"{root}/Case"],
+        f"{root}/with space/+": [f"{root}/with space/x"],
+    }
+    assert c.sub(*[(f, 1) for f in filters]) == [1] * len(filters)
+    for topic in [t for ts in filters.values() for t in ts] + [f"{root}/case", f"{root}/a/b/c/d"]:
+        c.pub(topic, b"", 1)
+    n = sum(len(ts) for ts in filters.values())
+    c.received(n)
+    barrier(c, c, f"{root}/Case")
+    got = [m for m in c.messages if not m.payload.startswith(b"barrier-")]
+    assert sorted(m.topic for m in got) == sorted(t for ts in filters.values() for t in ts)
+    assert all(m.payload == b"" for m in got)
+
+    # The standard's own example: "/finance" has an empty first level; '+' does not match
+    # it, '+/+' and '/+' do (three sessions: one copy each [MQTT-3.3.5-1]).
+    plus = {f: clients(client_id("plus")).open(broker) for f in ("+", "+/+", "/+")}
+    for f, sub in plus.items():
+        assert sub.sub((f, 1)) == [1]
+    pub = clients(client_id("pluspub")).open(broker)
+    pub.pub(f"/{root}", b"finance", 1)
+    for f in ("+/+", "/+"):
+        plus[f].received(1)
+    barrier(plus["+"], pub, root)  # a one-level topic that '+' matches
+    for f, sub in plus.items():
+        finance = [m.topic for m in sub.messages if m.payload == b"finance"]
+        assert finance == ([] if f == "+" else [f"/{root}"]), f
+
+
+def test_pingreq_keeps_an_idle_client(broker, clients):
+    """A client with keep alive 1 that sends only PINGREQ is answered PINGRESP
+    [MQTT-3.12.4-1] and stays connected well beyond 1.5 times its keep alive."""
+    c = clients(client_id("pinger")).open(broker, keepalive=1)
+    time.sleep(4)
+    assert c.is_connected() and c.disconnects == 0
+    assert sum("Received PINGRESP" in line for line in c.log_lines) >= 2
