@@ -327,6 +327,24 @@ def test_subscribe_failure(acl_broker, clients):
     assert [m.payload for m in c.received(1)] == [b"still connected"]
 
 
+def test_acl_denied_publish_and_will(acl_broker, clients):
+    """With the same ACL: a QoS 2 PUBLISH to a topic the client may not write completes its
+    flow (PUBREC, PUBCOMP: the README's choice) and reaches nobody; a will on such a topic
+    refuses the CONNECT with return code 5 (not authorized) [MQTT-3.2.2-5]."""
+    sub = clients(client_id("aclsub")).open(acl_broker)
+    assert sub.sub(("TopicA/#", 2)) == [2]
+    c = clients(client_id("aclpub")).open(acl_broker)
+    c.pub("elsewhere/x", b"denied", 2)
+    c.pub("TopicA/acl", b"allowed", 2)
+    sub.received(1)
+    time.sleep(QUIET)
+    assert [m.payload for m in sub.messages] == [b"allowed"]
+    w = clients(client_id("aclwill"))
+    w.will_set("elsewhere/will", b"x", 1)
+    assert w.start(acl_broker) == (0, 5)
+    w.wait_for(lambda c: c.disconnects == 1, what="the broker to close the connection")
+
+
 # ---- Beyond the Paho set ----
 
 
@@ -375,20 +393,25 @@ def test_large_payload(broker, clients, size):
 
 def test_payload_over_max_closes_only_that_connection(broker, clients):
     """A PUBLISH one byte over max_packet_size: the broker closes that connection (it may
-    close on a protocol error [MQTT-4.8.0-1]) and delivers nothing of it; its other clients
-    are unaffected."""
+    close on a protocol error [MQTT-4.8.0-1]), delivers nothing of it and publishes its
+    will; its other clients are unaffected."""
     root = unique("toolarge")
     topic = f"{root}/big"
     sub = clients(client_id("toolargesub")).open(broker)
     assert sub.sub((f"{root}/#", 1)) == [1]
     bystander = clients(client_id("bystander")).open(broker)
     size = MAX_PACKET_SIZE - 1 - 3 - 2 - len(topic.encode()) - 2 + 1
-    big = clients(client_id("toolargepub")).open(broker)
+    big = clients(client_id("toolargepub"))
+    big.will_set(f"{root}/will", b"closed by the broker", 1)
+    big.open(broker)
     big.publish(topic, bytes(size), 1)
     big.wait_for(lambda c: c.disconnects >= 1, what="the broker to close the connection")
+    # The server closed the connection: not a DISCONNECT, so the will is published
+    # [MQTT-3.1.2-8].
+    sub.wait_for(lambda c: any(m.payload == b"closed by the broker" for m in c.messages), what="the will")
     bystander.pub(f"{root}/small", b"still here", 1)
     barrier(sub, bystander, f"{root}/small")
-    assert payloads(sub.messages) == [b"still here"]
+    assert payloads(sub.messages) == [b"closed by the broker", b"still here"]
     assert sub.is_connected() and bystander.is_connected()
     assert sub.disconnects == 0 and bystander.disconnects == 0
 
@@ -825,3 +848,65 @@ def test_pingreq_keeps_an_idle_client(broker, clients):
     time.sleep(4)
     assert c.is_connected() and c.disconnects == 0
     assert sum("Received PINGRESP" in line for line in c.log_lines) >= 2
+
+
+def test_takeover_mid_flow_loses_nothing(broker, clients):
+    """300 QoS 1 messages flow to a persistent session; halfway, a new connection with the
+    same client ID takes it over [MQTT-3.1.4-2]: what the first connection did not
+    acknowledge is resent to the second [MQTT-4.4.0-1], so between them every message
+    arrives (at least once), and the second gets its part in order [MQTT-4.6.0-6]."""
+    topics, _ = names(unique("takeflow"))
+    cid = client_id("takeflow")
+    first = clients(cid, clean_session=False).open(broker)
+    assert first.sub((topics[0], 1)) == [1]
+    p = clients(client_id("takeflowpub"))
+    p.max_inflight_messages_set(300)
+    p.open(broker)
+    infos = []
+    for n in range(300):
+        infos.append(p.publish(topics[0], f"{n}".encode(), 1))
+        if n == 150:
+            first.received(20)
+            second = clients(cid, clean_session=False)
+            assert second.start(broker) == (1, 0)
+    for info in infos:
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+    wait_until(
+        lambda: {m.payload for m in first.messages + second.messages} >= {f"{n}".encode() for n in range(300)},
+        what="all 300 between the two connections",
+    )
+    later = [int(m.payload) for m in second.messages]
+    fresh = [n for i, n in enumerate(later) if not second.messages[i].dup]
+    assert fresh == sorted(fresh), "new messages to the second connection in order"
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_fan_out_burst_in_order(tls_broker, clients, qos):
+    """A burst of 400 messages on one topic to six subscribers (three over TCP, one each over
+    TLS, WebSocket and WebSocket over TLS): each gets every one, once and in order
+    [MQTT-4.6.0-6] (the backlog limit for QoS 0 is 1000: none is dropped)."""
+    b = tls_broker
+    topic = f"{unique('fanout')}/burst"
+    subs = [clients(client_id("fan")).open(b) for _ in range(3)]
+    for transport in ("tls", "ws", "wss"):
+        c = clients(client_id(f"fan{transport}"), transport="websockets" if "ws" in transport else "tcp")
+        if transport != "ws":
+            c.tls_set(ca_certs=str(b.ca))
+        if "ws" in transport:
+            c.ws_set_options(path="/mqtt")
+        subs.append(c.open(b, port=b.ports[transport], host="localhost"))
+    for s in subs:
+        assert s.sub((topic, 2)) == [2]
+    p = clients(client_id("fanpub"))
+    p.max_inflight_messages_set(400)
+    p.open(b)
+    infos = [p.publish(topic, f"{n}".encode(), qos) for n in range(400)]
+    for info in infos:
+        info.wait_for_publish(WAIT)
+    for s in subs:
+        s.received(400)
+    time.sleep(QUIET)
+    for s in subs:
+        assert [int(m.payload) for m in s.messages] == list(range(400))
+        assert {m.qos for m in s.messages} == {qos}
