@@ -30,6 +30,8 @@ WAIT = 10.0
 TEST_TIMEOUT = 90
 # The broker's max_packet_size in the suite (its default, written out).
 MAX_PACKET_SIZE = 1_048_576
+# The broker's max_inflight in the suite (its default, written out).
+MAX_INFLIGHT = 100
 
 
 def free_port() -> int:
@@ -53,6 +55,7 @@ class Broker:
             f"{store}\n"
             f'listeners = ["127.0.0.1:{self.port}"]\n'
             f"max_packet_size = {MAX_PACKET_SIZE}\n"
+            f"max_inflight = {MAX_INFLIGHT}\n"
             'sys_interval = "1s"\n'
             f"{extra}\n"
         )

@@ -12,14 +12,13 @@ topic names are kept under that root.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import MAX_PACKET_SIZE, WAIT, Recorder, unique, wait_until
+from conftest import MAX_INFLIGHT, MAX_PACKET_SIZE, WAIT, Recorder, unique, wait_until
 
 # The Paho suite's topics and filters.
 TOPICS = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
@@ -126,7 +125,7 @@ def test_offline_message_queueing(broker, clients, protocol):
     assert rc == 0
     # [MQTT-3.2.2-2] Session Present 1 for a resumed session; MQTT 3.1 reserves the byte (0).
     assert flags == (1 if protocol == mqtt.MQTTv311 else 0)
-    got = back.received(2)
+    back.received(2)
     barrier(back, p, topics[1])
     got = [m for m in back.messages if not m.payload.startswith(b"barrier-")]
     assert {(m.payload, m.qos) for m in got} >= {(b"qos 1", 1), (b"qos 2", 2)}
@@ -760,9 +759,9 @@ def test_redelivery_order_across_window_and_queue(broker, clients):
     for info in infos:
         info.wait_for_publish(WAIT)
         assert info.is_published()
-    mute.wait_for(lambda c: len(c.unacked) == 100, what="the first 100")
+    mute.wait_for(lambda c: len(c.unacked) == MAX_INFLIGHT, what="the first 100")
     time.sleep(QUIET)
-    assert len(mute.unacked) == 100, "no more than max_inflight unacknowledged"
+    assert len(mute.unacked) == MAX_INFLIGHT, "no more than max_inflight unacknowledged"
     mute.drop()
 
     back = clients(cid, clean_session=False)
@@ -770,7 +769,7 @@ def test_redelivery_order_across_window_and_queue(broker, clients):
     got = back.received(150)
     time.sleep(QUIET)
     assert [int(m.payload) for m in back.messages] == list(range(150))
-    assert [m.dup for m in got] == [True] * 100 + [False] * 50
+    assert [m.dup for m in got] == [True] * MAX_INFLIGHT + [False] * (150 - MAX_INFLIGHT)
 
 
 def test_queue_survives_graceful_restart_in_order(own_broker, clients):
