@@ -909,3 +909,64 @@ def test_fan_out_burst_in_order(tls_broker, clients, qos):
     for s in subs:
         assert [int(m.payload) for m in s.messages] == list(range(400))
         assert {m.qos for m in s.messages} == {qos}
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_pipelined_packets_keep_their_order(broker, clients, qos):
+    """Packets one client sends without waiting are carried out in order: a SUBSCRIBE then a
+    PUBLISH on its topic delivers the message; a retained PUBLISH then a SUBSCRIBE delivers
+    the retained message [MQTT-3.3.1-6]; an UNSUBSCRIBE then a PUBLISH delivers nothing
+    [MQTT-3.10.4-2]. 30 rounds each, nothing awaited in between."""
+    root = unique(f"pipe{qos}")
+    c = clients(client_id("pipe"))
+    c.max_inflight_messages_set(1000)
+    c.open(broker)
+    for n in range(30):
+        c.subscribe((f"{root}/s{n}", 2))
+        c.publish(f"{root}/s{n}", b"after subscribe", qos)
+        c.publish(f"{root}/r{n}", b"retained", qos, retain=True)
+        c.subscribe((f"{root}/r{n}", 2))
+        c.subscribe((f"{root}/u{n}", 2))
+        c.unsubscribe(f"{root}/u{n}")
+        c.publish(f"{root}/u{n}", b"after unsubscribe", qos)
+    c.wait_for(
+        lambda c: sum(m.payload != b"after unsubscribe" for m in c.messages) >= 60,
+        what="60 messages",
+    )
+    barrier(c, c, f"{root}/s0")
+    got = sorted((m.topic, m.payload) for m in c.messages if not m.payload.startswith(b"barrier-"))
+    want = sorted(
+        [(f"{root}/s{n}", b"after subscribe") for n in range(30)]
+        + [(f"{root}/r{n}", b"retained") for n in range(30)]
+    )
+    assert got == want
+    for n in range(30):
+        c.publish(f"{root}/r{n}", b"", 0, retain=True)
+
+
+def test_unusual_client_ids_across_restart(own_broker, clients):
+    """Client IDs beyond [0-9a-zA-Z] and 23 characters, which a server MAY accept
+    [MQTT-3.1.3-5] (this one does): UTF-8, '/', '+', '#', a space, one ID a prefix of
+    another, 500 characters. Each persistent session keeps its subscription and its queued
+    message across a graceful restart, and gets only its own."""
+    b = own_broker
+    root = unique("ids")
+    ids = ["ünïcødé/+#", "a b", "prefix", "prefix2", "p" * 500, "日本語のクライアント"]
+    for i, cid in enumerate(ids):
+        c = clients(cid, clean_session=False).open(b)
+        assert c.sub((f"{root}/{i}", 1)) == [1]
+        c.close()
+    p = clients(client_id("idspub")).open(b)
+    for i in range(len(ids)):
+        p.pub(f"{root}/{i}", f"for {i}".encode(), 1)
+    p.close()
+    assert b.stop() == 0
+    b.start()
+    back = []
+    for i, cid in enumerate(ids):
+        c = clients(cid, clean_session=False)
+        assert c.start(b) == (1, 0), cid
+        c.received(1)
+        back.append(c)
+    time.sleep(QUIET)
+    assert [[m.payload for m in c.messages] for c in back] == [[f"for {i}".encode()] for i in range(len(ids))]
