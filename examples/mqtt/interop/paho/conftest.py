@@ -2,7 +2,9 @@
 that record what they get.
 
 The broker binary is $HERMES_MQTT_BIN, or target/release/hermes-mqtt of this repository
-(run.sh builds it). Every broker runs with a temporary data directory and is stopped at the end
+(run.sh builds it). With HERMES_PAHO_ADDR=127.0.0.1:PORT the cases that need no broker of
+their own run against the broker there instead (another broker: a check of the suite itself;
+configure it as `Broker` configures hermes-mqtt); the others are skipped. Every broker runs with a temporary data directory and is stopped at the end
 of its fixture; every wait has a timeout, and a test that runs over TEST_TIMEOUT seconds fails
 with a traceback instead of hanging.
 """
@@ -123,9 +125,32 @@ def finish(broker: Broker) -> None:
     broker.dir.rmdir()
 
 
+class External:
+    """A broker this suite did not start (HERMES_PAHO_ADDR)."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def alive(self) -> bool:
+        return True
+
+
+EXTERNAL = os.environ.get("HERMES_PAHO_ADDR")
+
+
+def own_only():
+    if EXTERNAL:
+        pytest.skip("needs a broker the suite starts (HERMES_PAHO_ADDR is set)")
+
+
 @pytest.fixture(scope="session")
 def broker():
     """One broker for the cases that need no restart (each uses its own topics)."""
+    if EXTERNAL:
+        host, port = EXTERNAL.rsplit(":", 1)
+        assert host == "127.0.0.1", "the clients connect to 127.0.0.1"
+        yield External(int(port))
+        return
     b = make_broker()
     yield b
     assert b.alive(), f"the shared broker died: {b.log.read_text()}"
@@ -135,6 +160,7 @@ def broker():
 @pytest.fixture
 def own_broker():
     """A broker of the test's own, for the cases that stop or kill it."""
+    own_only()
     b = make_broker()
     yield b
     finish(b)
@@ -144,6 +170,7 @@ def own_broker():
 def acl_broker():
     """A broker whose ACL lets anonymous clients read and write everything under TopicA and
     test/, but subscribe to nothing under test/nosubscribe (the Paho suite's refused filter)."""
+    own_only()
     directory = pathlib.Path(tempfile.mkdtemp(prefix="hermes-paho-acl-"))
     acl = directory / "acl"
     acl.write_text("topic readwrite TopicA/#\ntopic readwrite test/#\ntopic deny test/nosubscribe\n")
@@ -157,6 +184,7 @@ def acl_broker():
 def tls_broker():
     """A broker with TLS, WebSocket and WebSocket-over-TLS listeners besides TCP, and the CA
     that signed its certificate (for localhost and 127.0.0.1), made with openssl."""
+    own_only()
     directory = pathlib.Path(tempfile.mkdtemp(prefix="hermes-paho-tls-"))
     ca, ca_key, key, csr, cert, ext = (
         directory / n for n in ("ca.pem", "ca.key", "key.pem", "server.csr", "cert.pem", "ext")
