@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 #[cfg(not(all(test, hermes_loom)))]
 use std::sync::{Mutex, MutexGuard};
 
+use crossbeam_utils::CachePadded;
 use event_listener::Event;
 use hermes_core::{Recipient, TaskId, TimerId};
 
@@ -100,14 +101,25 @@ pub(crate) enum Refusal {
 }
 
 pub(crate) struct Inbox<K, M> {
-    state: Mutex<State<K, M>>,
-    /// The shard is parked (or about to be): the next push wakes it.
-    parked: AtomicBool,
-    /// Items are queued (a hint for polling; the lock has the truth).
-    pending: AtomicBool,
+    // Each field that one side writes while the other side reads or writes it has a cache line
+    // of its own (`CachePadded`), and the struct ends on a line of its own, so that a shard's
+    // inbox shares no line with its neighbour's. On one line, every store the shard makes while
+    // it cycles between turns and watching (`parked`, `pending`, the lock) took the line from
+    // the sender in the middle of its push, and the two threads traded it several times per
+    // message (see benches/README.md, "The pool's cross-thread paths").
+    /// Senders push under this lock; the shard swaps the items out under it.
+    state: CachePadded<Mutex<State<K, M>>>,
+    /// Items pushed and not yet accepted by the shard (queued here or in the shard's hands):
+    /// added to per push, taken from once per turn.
+    queued: CachePadded<AtomicUsize>,
+    /// The shard is parked (or about to be): the next push wakes it. Written by the shard as
+    /// it parks and watches, read by every push.
+    parked: CachePadded<AtomicBool>,
+    /// Items are queued (a hint for polling; the lock has the truth). Set by the first push
+    /// after a take, watched by the shard.
+    pending: CachePadded<AtomicBool>,
+    /// The rest is written rarely: read-mostly, on a line of its own.
     waker: Box<dyn Wake>,
-    /// Items pushed and not yet accepted by the shard (queued here or in the shard's hands).
-    queued: AtomicUsize,
     /// How many items from outside the inbox takes.
     capacity: usize,
     /// Receivers whose mailbox is at capacity, by `id_hash`, as of the shard's last turn.
@@ -127,13 +139,13 @@ struct State<K, M> {
 impl<K, M> Inbox<K, M> {
     pub(crate) fn new(waker: Box<dyn Wake>, capacity: usize) -> Self {
         Inbox {
-            state: Mutex::new(State {
+            state: CachePadded::new(Mutex::new(State {
                 items: Vec::new(),
                 closed: false,
-            }),
-            parked: AtomicBool::new(false),
-            pending: AtomicBool::new(false),
-            queued: AtomicUsize::new(0),
+            })),
+            parked: CachePadded::new(AtomicBool::new(false)),
+            pending: CachePadded::new(AtomicBool::new(false)),
+            queued: CachePadded::new(AtomicUsize::new(0)),
             capacity,
             full: Mutex::new(HashSet::new()),
             full_count: AtomicUsize::new(0),
@@ -373,8 +385,9 @@ mod loom_model {
             if seen == expected {
                 return;
             }
-            // `turn`: `more || !park()` is `Busy`.
-            if !inbox.park() {
+            // `turn`: `more || is_pending() || !park()` is `Busy` (mail already flagged skips
+            // the park and its lock).
+            if inbox.is_pending() || !inbox.park() {
                 continue;
             }
             // `run_blocking`: `Park`, after `mail_soon` when conversing. The watch polls twice

@@ -295,7 +295,9 @@ impl<K: Key, M: Message> Shard<K, M> {
             self.exit(now);
             return Turn::Exit;
         }
-        if more || !self.inbox().park() {
+        // Mail already flagged means another turn: no need to take the inbox's lock to park
+        // and find it (the lock is the line a sender needs for its next push).
+        if more || self.inbox().is_pending() || !self.inbox().park() {
             return Turn::Busy;
         }
         // Idle: give back what a burst grew (the inbox does the same with its buffer).
