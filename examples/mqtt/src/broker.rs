@@ -21,7 +21,7 @@ use crate::server::listen::{self, Bound};
 use crate::server::storage::Storage;
 use crate::server::{
     BrokerApp, BrokerId, BrokerMsg, ClientId, Counters, Handle, SessionMsg, Shared, retained_rx,
-    retained_shard_of, session_rx, stats,
+    retained_shard_of, session_rx, spin, stats,
 };
 
 pub use crate::server::listen::TlsError;
@@ -394,6 +394,11 @@ impl Broker {
         }
         accepting.push(runtime.spawn(stats::summary_loop(Arc::clone(&shared), SUMMARY_INTERVAL)));
         accepting.push(runtime.spawn(listen::keep_alive_sweep(Arc::clone(&shared))));
+        accepting.push(runtime.spawn({
+            let shared = Arc::clone(&shared);
+            let spin = Arc::clone(&shared.spin);
+            async move { spin::run(spin, || shared.activity()).await }
+        }));
         let data = match &shared.storage {
             Some(storage) => storage.path().display().to_string(),
             None => "memory only (nothing survives a restart)".to_owned(),

@@ -27,6 +27,7 @@ fn defaults() {
     assert_eq!(c.acl_file, None);
     assert_eq!(c.hash_params(), crate::auth::HashParams::DEFAULT);
     assert_eq!(c.sys_interval, Duration::from_secs(10));
+    assert_eq!(c.idle_spin_us, Config::DEFAULT_IDLE_SPIN_US);
     assert_eq!(c.metrics_address, None);
     assert_eq!(c.data_dir, Path::new("./hermes-data"));
     assert!(!c.memory);
@@ -73,6 +74,7 @@ fn every_key() {
         argon2_memory_kib = 8
         argon2_iterations = 1
         argon2_parallelism = 1
+        idle_spin_us = 0
         sys_interval = "0s"
         metrics_address = "127.0.0.1:9883"
         log_level = "trace"
@@ -100,6 +102,7 @@ fn every_key() {
             parallelism: 1
         }
     );
+    assert_eq!(c.idle_spin_us, 0);
     assert_eq!(c.sys_interval, Duration::ZERO);
     assert_eq!(c.metrics_address, Some("127.0.0.1:9883".parse().unwrap()));
     assert_eq!(c.data_dir, Path::new("/var/lib/hermes"));

@@ -810,6 +810,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     result = read => match result {
                         Ok(0) => return Next::Ended(CloseReason::NetworkError),
                         Ok(n) => {
+                            self.shared.spin.poke();
                             let n = u32::try_from(n).unwrap_or(u32::MAX);
                             self.local.bytes = self.local.bytes.saturating_add(n);
                         }

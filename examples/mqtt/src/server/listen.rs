@@ -195,7 +195,10 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handl
     let inherited = listener_options(&bound.listener, shared.config.tcp_keepalive);
     loop {
         let (stream, peer) = match bound.listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                shared.spin.poke();
+                accepted
+            }
             Err(error) => {
                 // Out of file descriptors, say: wait for some to be freed. Logged at most
                 // once a minute (the summary counts them).

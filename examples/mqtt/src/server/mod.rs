@@ -18,6 +18,7 @@ pub(crate) mod link;
 pub(crate) mod listen;
 pub(crate) mod retained_rx;
 pub(crate) mod session_rx;
+pub(crate) mod spin;
 pub(crate) mod stats;
 pub(crate) mod storage;
 pub(crate) mod ws;
@@ -47,6 +48,7 @@ pub(crate) use stats::Counters;
 use auth::Authenticator;
 use link::{ConnId, Frame, Frames, Link, Outbox};
 use listen::ConnLimit;
+use spin::IdleSpin;
 use storage::Storage;
 
 /// A client identifier: the ID of a session receiver.
@@ -222,6 +224,8 @@ pub(crate) struct Shared {
     conns_changed: tokio::sync::Notify,
     closing: AtomicBool,
     next_conn: AtomicU64,
+    /// Keeps the runtime worker awake a moment after a read or an accept (`idle_spin_us`).
+    pub(crate) spin: Arc<IdleSpin>,
 }
 
 /// How long an offline persistent session stays in memory after its last message, when it is
@@ -248,6 +252,7 @@ impl Shared {
         auth: Authenticator,
         acl: Option<AclFile>,
     ) -> Shared {
+        let spin = IdleSpin::new(Duration::from_micros(u64::from(config.idle_spin_us)));
         Shared {
             conn_limit: ConnLimit::new(config.max_connections),
             auth: RwLock::new(Arc::new(auth)),
@@ -266,6 +271,7 @@ impl Shared {
             conns_changed: tokio::sync::Notify::new(),
             closing: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            spin: Arc::new(spin),
         }
     }
 
@@ -319,6 +325,15 @@ impl Shared {
         drop(conns);
         Counters::add(&self.counters.connections, 1);
         Some((link, outbox))
+    }
+
+    /// A count that every read and every accepted connection moves: what the spinner
+    /// ([`spin::run`]) watches for activity.
+    pub(crate) fn activity(&self) -> u64 {
+        self.counters
+            .bytes_received
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.next_conn.load(Ordering::Relaxed))
     }
 
     /// A connection task ended.
