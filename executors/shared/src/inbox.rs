@@ -21,6 +21,7 @@
 //! without holding up the rest, and the `room` event that waiting senders listen on.
 
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::PoisonError;
 use std::time::Instant;
 
@@ -219,27 +220,6 @@ impl<K, M> Inbox<K, M> {
         }
     }
 
-    /// True if a message from outside to the receiver with `id_hash` must wait: the inbox is
-    /// at capacity, or that receiver's mailbox is.
-    pub(crate) fn is_full_for(&self, id_hash: u64) -> bool {
-        self.queued.load(Ordering::Relaxed) >= self.capacity
-            || (self.full_count.load(Ordering::Acquire) > 0
-                && self
-                    .full
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains(&id_hash))
-    }
-
-    /// True if any of the receivers with these hashes is full (see
-    /// [`is_full_for`](Inbox::is_full_for)), under one lock.
-    pub(crate) fn any_full(&self, id_hashes: &[u64]) -> bool {
-        self.full_count.load(Ordering::Acquire) > 0 && {
-            let full = self.full.lock().unwrap_or_else(PoisonError::into_inner);
-            id_hashes.iter().any(|hash| full.contains(hash))
-        }
-    }
-
     /// The shard's router says the receiver with `id_hash` is full (`true`) or has room.
     pub(crate) fn set_full(&self, id_hash: u64, full: bool) {
         let mut set = self.full.lock().unwrap_or_else(PoisonError::into_inner);
@@ -325,6 +305,33 @@ impl<K, M> Inbox<K, M> {
         drop(state);
         self.room.notify(usize::MAX);
         left
+    }
+}
+
+impl<K: Hash, M> Inbox<K, M> {
+    /// True if a message from outside to the receiver with ID `id` must wait: the inbox is
+    /// at capacity, or that receiver's mailbox is. The ID is hashed only while some receiver
+    /// of this shard is full, so the common send hashes it for placement alone (if at all).
+    pub(crate) fn is_full_for(&self, id: &K) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+            || (self.full_count.load(Ordering::Acquire) > 0
+                && self
+                    .full
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&hermes_core::id_hash(id)))
+    }
+
+    /// True if any receiver (by ID) that `batch` is for is full (see
+    /// [`is_full_for`](Inbox::is_full_for)), under one lock; hashes only while one is.
+    pub(crate) fn any_full(&self, batch: &[Envelope<K, M>]) -> bool {
+        self.full_count.load(Ordering::Acquire) > 0 && {
+            let full = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+            batch.iter().any(|envelope| match envelope {
+                Envelope::Admit(Recipient::Id(id), _) => full.contains(&hermes_core::id_hash(id)),
+                _ => false,
+            })
+        }
     }
 }
 
