@@ -435,6 +435,7 @@ where
 
     /// Pushes `envelope` to the shard at `location` if it takes it now: not shutting down, an
     /// inbox of ours below capacity, and the receiver (for a message by ID) not full.
+    #[inline(always)]
     fn offer(&self, location: Location, envelope: Envelope<K, M>) -> Offer<K, M> {
         let core = &self.inner.core;
         if !core.accepting.load(Ordering::Acquire) {

@@ -170,6 +170,7 @@ impl<K, M> Inbox<K, M> {
     }
 
     /// Queues one item; gives it back if the shard has finished or the inbox is at `limit`.
+    #[inline(always)]
     pub(crate) fn push(
         &self,
         item: Envelope<K, M>,
