@@ -508,3 +508,32 @@ mod loom_model {
         });
     }
 }
+
+#[cfg(all(test, not(hermes_loom)))]
+mod tests {
+    use super::*;
+
+    struct NoBell;
+    impl Wake for NoBell {
+        fn wake(&self) {}
+    }
+
+    /// The full check hashes the ID the way the shard names a full receiver (`id_hash`): the
+    /// receiver it names is full, the others and a batch without it are not, and relieving it
+    /// clears it.
+    #[test]
+    fn a_full_receiver_is_found_by_its_id_and_only_it() {
+        let inbox: Inbox<u64, u64> = Inbox::new(Box::new(NoBell), 16);
+        let admit = |id: u64| Envelope::Admit(Recipient::Id(id), 0);
+        assert!(!inbox.is_full_for(&7));
+        assert!(!inbox.any_full(&[admit(7)]));
+        inbox.set_full(hermes_core::id_hash(&7u64), true);
+        assert!(inbox.is_full_for(&7));
+        assert!(!inbox.is_full_for(&8));
+        assert!(inbox.any_full(&[admit(8), admit(7)]));
+        assert!(!inbox.any_full(&[admit(8), Envelope::Close]));
+        inbox.set_full(hermes_core::id_hash(&7u64), false);
+        assert!(!inbox.is_full_for(&7));
+        assert!(!inbox.any_full(&[admit(7)]));
+    }
+}
