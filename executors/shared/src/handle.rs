@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -239,22 +240,19 @@ fn ask_error(kind: SendErrorKind) -> AskError {
 }
 
 /// Pushes a `send_all` batch unless its shard's inbox, or one of its receivers, is full.
-fn push_unless_full<K, M>(
+fn push_unless_full<K: Hash, M>(
     inbox: &Inbox<K, M>,
     batch: &mut Vec<Envelope<K, M>>,
-    hashes: &[u64],
 ) -> Result<(), Refusal> {
-    if inbox.any_full(hashes) {
+    if inbox.any_full(batch) {
         return Err(Refusal::Full);
     }
     inbox.push_all(batch, Limit::Outside)
 }
 
-/// A `send_all`'s messages sorted by shard (with their receivers' `id_hash`es), and those
-/// refused so far.
+/// A `send_all`'s messages sorted by shard, and those refused so far.
 struct Sorted<K, M, T, A> {
     batches: Vec<Vec<Envelope<K, M>>>,
-    hashes: Vec<Vec<u64>>,
     refused: Vec<(K, M)>,
     kind: SendErrorKind,
     app: PhantomData<fn() -> (T, A)>,
@@ -316,8 +314,8 @@ where
     /// mailbox filled up meanwhile, so memory stays bounded by the inbox's and the mailbox's
     /// capacities and nothing admitted is lost.
     pub fn try_send<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
-        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
-        self.offer(location, Some(hash), envelope)
+        let (location, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer(location, envelope)
             .map_err(|(envelope, kind)| refused(envelope, kind))
     }
 
@@ -327,8 +325,8 @@ where
     /// does not wait: it returns [`SendError::Full`] as `try_send` would. From async code,
     /// [`send_async`](Hermes::send_async).
     pub fn send<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
-        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
-        self.offer_blocking(location, Some(hash), envelope, None)
+        let (location, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer_blocking(location, envelope, None)
             .map_err(|(envelope, kind)| refused(envelope, kind))
     }
 
@@ -340,8 +338,8 @@ where
         timeout: Duration,
     ) -> Result<(), SendError<T>> {
         let deadline = Instant::now().checked_add(timeout);
-        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
-        self.offer_blocking(location, Some(hash), envelope, deadline)
+        let (location, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer_blocking(location, envelope, deadline)
             .map_err(|(envelope, kind)| refused(envelope, kind))
     }
 
@@ -349,21 +347,16 @@ where
     /// a producer that awaits each send is slowed to the rate its receiver keeps up with. See
     /// [`try_send`](Hermes::try_send).
     pub async fn send_async<T: Kind<A>>(&self, id: T::Id, msg: T) -> Result<(), SendError<T>> {
-        let (location, hash, envelope) = Self::admit(&self.inner.core, id, msg);
-        self.offer_async(location, hash, envelope)
+        let (location, envelope) = Self::admit(&self.inner.core, id, msg);
+        self.offer_async(location, envelope)
             .await
             .map_err(|(envelope, kind)| refused(envelope, kind))
     }
 
     /// Offers `envelope`, awaiting room while its receiver or its shard is full.
-    async fn offer_async(
-        &self,
-        location: Location,
-        hash: u64,
-        mut envelope: Envelope<K, M>,
-    ) -> Offer<K, M> {
+    async fn offer_async(&self, location: Location, mut envelope: Envelope<K, M>) -> Offer<K, M> {
         loop {
-            envelope = match self.offer(location, Some(hash), envelope) {
+            envelope = match self.offer(location, envelope) {
                 Err((envelope, SendErrorKind::Full)) => envelope,
                 result => return result,
             };
@@ -377,7 +370,7 @@ where
             };
             // Listen, then look again: room that came in between is not missed.
             let listener = inbox.room.listen();
-            envelope = match self.offer(location, Some(hash), envelope) {
+            envelope = match self.offer(location, envelope) {
                 Err((envelope, SendErrorKind::Full)) => envelope,
                 result => return result,
             };
@@ -392,9 +385,8 @@ where
     /// on to the transport again.
     pub async fn deliver_async(&self, id: K, msg: M) -> Result<(), SendError<M>> {
         let location = self.inner.core.placement.locate(&id);
-        let hash = hermes_core::id_hash(&id);
         let envelope = Envelope::Admit(Recipient::Id(id), msg);
-        self.offer_async(location, hash, envelope)
+        self.offer_async(location, envelope)
             .await
             .map_err(|(envelope, kind)| {
                 let msg = match envelope {
@@ -429,26 +421,22 @@ where
         Released { release }
     }
 
-    /// The shard of `id`, its hash, and the envelope that takes the message there.
-    fn admit<T: Kind<A>>(core: &Core<K, M>, id: T::Id, msg: T) -> (Location, u64, Envelope<K, M>) {
+    /// The shard of `id` and the envelope that takes the message there. The ID is hashed by
+    /// placement alone (not at all with one shard); the inbox hashes it again only while a
+    /// receiver of that shard is full.
+    fn admit<T: Kind<A>>(core: &Core<K, M>, id: T::Id, msg: T) -> (Location, Envelope<K, M>) {
         let id = T::into_app_id(id);
         let location = core.placement.locate(&id);
-        let hash = hermes_core::id_hash(&id);
         (
             location,
-            hash,
             Envelope::Admit(Recipient::Id(id), msg.into_app_msg()),
         )
     }
 
     /// Pushes `envelope` to the shard at `location` if it takes it now: not shutting down, an
-    /// inbox of ours below capacity, and the receiver (by `hash`, if given) not full.
-    fn offer(
-        &self,
-        location: Location,
-        hash: Option<u64>,
-        envelope: Envelope<K, M>,
-    ) -> Offer<K, M> {
+    /// inbox of ours below capacity, and the receiver (for a message by ID) not full.
+    #[inline(always)]
+    fn offer(&self, location: Location, envelope: Envelope<K, M>) -> Offer<K, M> {
         let core = &self.inner.core;
         if !core.accepting.load(Ordering::Acquire) {
             return Err((envelope, SendErrorKind::Closed));
@@ -460,7 +448,9 @@ where
             // The placement put the ID on no shard of ours.
             return Err((envelope, SendErrorKind::Stale));
         };
-        if hash.is_some_and(|hash| inbox.is_full_for(hash)) {
+        if let Envelope::Admit(Recipient::Id(id), _) = &envelope
+            && inbox.is_full_for(id)
+        {
             return Err((envelope, SendErrorKind::Full));
         }
         inbox
@@ -473,12 +463,11 @@ where
     fn offer_blocking(
         &self,
         location: Location,
-        hash: Option<u64>,
         mut envelope: Envelope<K, M>,
         deadline: Option<Instant>,
     ) -> Offer<K, M> {
         loop {
-            envelope = match self.offer(location, hash, envelope) {
+            envelope = match self.offer(location, envelope) {
                 Err((envelope, SendErrorKind::Full)) => envelope,
                 result => return result,
             };
@@ -495,7 +484,7 @@ where
                 return Err((envelope, SendErrorKind::Stale));
             };
             let listener = inbox.room.listen();
-            envelope = match self.offer(location, hash, envelope) {
+            envelope = match self.offer(location, envelope) {
                 Err((envelope, SendErrorKind::Full)) => envelope,
                 result => return result,
             };
@@ -560,7 +549,7 @@ where
         for shard in 0..sorted.batches.len() {
             let mut batch = std::mem::take(&mut sorted.batches[shard]);
             if !batch.is_empty()
-                && let Err(refusal) = self.push_batch(shard, &mut batch, &sorted.hashes[shard])
+                && let Err(refusal) = self.push_batch(shard, &mut batch)
             {
                 sorted.refuse(refusal, &mut batch);
             }
@@ -581,15 +570,14 @@ where
                 continue;
             }
             let inbox = &self.inner.core.inboxes[shard];
-            let hashes = &sorted.hashes[shard];
             let pushed = loop {
-                match push_unless_full(inbox, &mut batch, hashes) {
+                match push_unless_full(inbox, &mut batch) {
                     Err(Refusal::Full) => {}
                     result => break result,
                 }
                 // Listen, then look again: room that came in between is not missed.
                 let listener = inbox.room.listen();
-                match push_unless_full(inbox, &mut batch, hashes) {
+                match push_unless_full(inbox, &mut batch) {
                     Err(Refusal::Full) => {}
                     result => break result,
                 }
@@ -613,7 +601,6 @@ where
         }
         let mut sorted = Sorted {
             batches: core.inboxes.iter().map(|_| Vec::new()).collect(),
-            hashes: core.inboxes.iter().map(|_| Vec::new()).collect(),
             refused: Vec::new(),
             kind: SendErrorKind::Closed,
             app: PhantomData,
@@ -623,7 +610,6 @@ where
             let id = T::into_app_id(id);
             match core.placement.locate(&id) {
                 Location::Shard(n) if (n as usize) < sorted.batches.len() => {
-                    sorted.hashes[n as usize].push(hermes_core::id_hash(&id));
                     let envelope = Envelope::Admit(Recipient::Id(id), msg.into_app_msg());
                     sorted.batches[n as usize].push(envelope);
                 }
@@ -654,16 +640,15 @@ where
         &self,
         shard: usize,
         batch: &mut Vec<Envelope<K, M>>,
-        hashes: &[u64],
     ) -> Result<(), SendErrorKind> {
         let inbox = &self.inner.core.inboxes[shard];
         loop {
-            match push_unless_full(inbox, batch, hashes) {
+            match push_unless_full(inbox, batch) {
                 Err(Refusal::Full) => {}
                 result => return result.map_err(SendErrorKind::from),
             }
             let listener = inbox.room.listen();
-            match push_unless_full(inbox, batch, hashes) {
+            match push_unless_full(inbox, batch) {
                 Err(Refusal::Full) => {}
                 result => return result.map_err(SendErrorKind::from),
             }
@@ -687,7 +672,7 @@ where
     pub fn send_to<T: Kind<A>>(&self, addr: Addr, msg: T) -> Result<(), SendError<T>> {
         let location = Location::Shard(addr.router());
         let envelope = Envelope::Admit(Recipient::Addr(addr), msg.into_app_msg());
-        self.offer(location, None, envelope)
+        self.offer(location, envelope)
             .map_err(|(envelope, kind)| refused(envelope, kind))
     }
 
@@ -723,7 +708,7 @@ where
             deadline,
             msg: msg.into_app_msg(),
         }));
-        self.offer(location, None, envelope)
+        self.offer(location, envelope)
             .map(|()| timer)
             .map_err(|(envelope, kind)| refused(envelope, kind))
     }

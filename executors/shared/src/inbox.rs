@@ -21,6 +21,7 @@
 //! without holding up the rest, and the `room` event that waiting senders listen on.
 
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::PoisonError;
 use std::time::Instant;
 
@@ -169,6 +170,7 @@ impl<K, M> Inbox<K, M> {
     }
 
     /// Queues one item; gives it back if the shard has finished or the inbox is at `limit`.
+    #[inline(always)]
     pub(crate) fn push(
         &self,
         item: Envelope<K, M>,
@@ -216,27 +218,6 @@ impl<K, M> Inbox<K, M> {
             if before >= self.capacity && before - n < self.capacity {
                 self.room.notify(usize::MAX);
             }
-        }
-    }
-
-    /// True if a message from outside to the receiver with `id_hash` must wait: the inbox is
-    /// at capacity, or that receiver's mailbox is.
-    pub(crate) fn is_full_for(&self, id_hash: u64) -> bool {
-        self.queued.load(Ordering::Relaxed) >= self.capacity
-            || (self.full_count.load(Ordering::Acquire) > 0
-                && self
-                    .full
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains(&id_hash))
-    }
-
-    /// True if any of the receivers with these hashes is full (see
-    /// [`is_full_for`](Inbox::is_full_for)), under one lock.
-    pub(crate) fn any_full(&self, id_hashes: &[u64]) -> bool {
-        self.full_count.load(Ordering::Acquire) > 0 && {
-            let full = self.full.lock().unwrap_or_else(PoisonError::into_inner);
-            id_hashes.iter().any(|hash| full.contains(hash))
         }
     }
 
@@ -325,6 +306,33 @@ impl<K, M> Inbox<K, M> {
         drop(state);
         self.room.notify(usize::MAX);
         left
+    }
+}
+
+impl<K: Hash, M> Inbox<K, M> {
+    /// True if a message from outside to the receiver with ID `id` must wait: the inbox is
+    /// at capacity, or that receiver's mailbox is. The ID is hashed only while some receiver
+    /// of this shard is full, so the common send hashes it for placement alone (if at all).
+    pub(crate) fn is_full_for(&self, id: &K) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+            || (self.full_count.load(Ordering::Acquire) > 0
+                && self
+                    .full
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&hermes_core::id_hash(id)))
+    }
+
+    /// True if any receiver (by ID) that `batch` is for is full (see
+    /// [`is_full_for`](Inbox::is_full_for)), under one lock; hashes only while one is.
+    pub(crate) fn any_full(&self, batch: &[Envelope<K, M>]) -> bool {
+        self.full_count.load(Ordering::Acquire) > 0 && {
+            let full = self.full.lock().unwrap_or_else(PoisonError::into_inner);
+            batch.iter().any(|envelope| match envelope {
+                Envelope::Admit(Recipient::Id(id), _) => full.contains(&hermes_core::id_hash(id)),
+                _ => false,
+            })
+        }
     }
 }
 
@@ -498,5 +506,34 @@ mod loom_model {
             }
             pusher.join().unwrap();
         });
+    }
+}
+
+#[cfg(all(test, not(hermes_loom)))]
+mod tests {
+    use super::*;
+
+    struct NoBell;
+    impl Wake for NoBell {
+        fn wake(&self) {}
+    }
+
+    /// The full check hashes the ID the way the shard names a full receiver (`id_hash`): the
+    /// receiver it names is full, the others and a batch without it are not, and relieving it
+    /// clears it.
+    #[test]
+    fn a_full_receiver_is_found_by_its_id_and_only_it() {
+        let inbox: Inbox<u64, u64> = Inbox::new(Box::new(NoBell), 16);
+        let admit = |id: u64| Envelope::Admit(Recipient::Id(id), 0);
+        assert!(!inbox.is_full_for(&7));
+        assert!(!inbox.any_full(&[admit(7)]));
+        inbox.set_full(hermes_core::id_hash(&7u64), true);
+        assert!(inbox.is_full_for(&7));
+        assert!(!inbox.is_full_for(&8));
+        assert!(inbox.any_full(&[admit(8), admit(7)]));
+        assert!(!inbox.any_full(&[admit(8), Envelope::Close]));
+        inbox.set_full(hermes_core::id_hash(&7u64), false);
+        assert!(!inbox.is_full_for(&7));
+        assert!(!inbox.any_full(&[admit(7)]));
     }
 }
