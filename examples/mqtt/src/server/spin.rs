@@ -7,7 +7,7 @@
 //! BENCHMARKS.md that cost the load generator about 10 µs more CPU per connect against
 //! hermes-mqtt than against Mosquitto (which is busy enough never to sleep), 0.15 to 0.3
 //! rescheduling interrupts per connect against Mosquitto's 0.01, and a connect rate 15%
-//! lower (section "Connect rate: the broker's sleeps, not its work").
+//! lower (BENCHMARKS.md, section "Run K").
 //!
 //! So, after activity (a read, an accept), one task keeps the worker busy for up to
 //! `idle_spin_us` of quiet: it yields in a loop, and between two of its turns tokio
