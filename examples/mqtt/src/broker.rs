@@ -252,6 +252,8 @@ impl Broker {
                 _ => None,
             });
         }
+        // Before the first connection: a table grown while connections come blocks them all.
+        listen::reserve_fds(config.max_connections);
         let mut bound = Vec::with_capacity(config.listeners.len());
         for (listener, tls) in config.listeners.iter().zip(acceptors) {
             let addr = listener.address;
