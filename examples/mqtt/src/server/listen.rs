@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -301,6 +301,26 @@ fn listener_options(listener: &TcpListener, tcp_keepalive: Option<Duration>) -> 
     nodelay && keepalive
 }
 
+/// The listen backlog: connections the kernel completes before the broker accepts them (at
+/// most `net.core.somaxconn`). A burst of connects beyond it has SYNs dropped, each retried
+/// by the client a second later: with 256 connects in flight and tokio's default of 128 the
+/// connect rate fell from 27k/s to 8k/s (BENCHMARKS.md, run M). Mosquitto listens with 100.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener on `addr` (`SO_REUSEADDR`, as tokio's own bind) with
+/// [`LISTEN_BACKLOG`].
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The most file descriptors [`reserve_fds`] makes room for: a table of 64k entries is
 /// 512 KiB of kernel memory.
 const MAX_RESERVED_FDS: u64 = 1 << 16;
@@ -480,6 +500,39 @@ mod tests {
         );
         drop(client);
         options
+    }
+
+    /// Connections beyond tokio's default backlog (128) complete while none is accepted: a
+    /// burst of connects does not have its SYNs dropped.
+    #[tokio::test]
+    async fn the_backlog_holds_a_burst_of_connects() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if somaxconn.is_some_and(|max| max < 300) {
+            return; // The kernel caps any backlog below the burst.
+        }
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connecting = tokio::task::JoinSet::new();
+        for _ in 0..300 {
+            // Bounded, not timed: a dropped SYN is retried after 1 s, then 3 s, and the
+            // queue stays full while nothing is accepted.
+            connecting.spawn(tokio::time::timeout(
+                Duration::from_secs(5),
+                TcpStream::connect(addr),
+            ));
+        }
+        let mut clients = Vec::new();
+        while let Some(done) = connecting.join_next().await {
+            match done.unwrap() {
+                Ok(Ok(stream)) => clients.push(stream),
+                Ok(Err(error)) => panic!("connect failed: {error}"),
+                Err(_) => panic!("a connect was not completed: its SYN dropped"),
+            }
+        }
+        assert_eq!(clients.len(), 300);
+        drop(listener);
     }
 
     /// The table is sized for the connections, within the open-file limit, and nothing is
