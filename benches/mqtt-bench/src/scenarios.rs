@@ -208,6 +208,7 @@ struct CpuMeter {
     broker_pid: Option<u32>,
     generator: Option<f64>,
     broker: Option<f64>,
+    cpus: Vec<crate::procfs::CpuTicks>,
 }
 
 impl CpuMeter {
@@ -216,11 +217,32 @@ impl CpuMeter {
             broker_pid,
             generator: crate::procfs::cpu_s(None),
             broker: broker_pid.and_then(|p| crate::procfs::cpu_s(Some(p))),
+            cpus: crate::procfs::cpu_ticks(),
         }
     }
 
-    /// Sets `generator_cpu_pct` and `broker_cpu_pct`: % of one core over `elapsed` seconds.
+    /// Sets `generator_cpu_pct` and `broker_cpu_pct`: % of one core over `elapsed` seconds;
+    /// and `cpus`: for each CPU of the machine, the % of its time in tasks, in interrupts
+    /// (softirqs: the loopback's TCP work is done there, for the generator and the broker alike)
+    /// and idle.
     fn report(&self, report: &mut Report, elapsed: f64) {
+        let now = crate::procfs::cpu_ticks();
+        if now.len() == self.cpus.len() {
+            let cpus: Vec<_> = self
+                .cpus
+                .iter()
+                .zip(&now)
+                .map(|(before, after)| {
+                    let tasks = after.tasks.saturating_sub(before.tasks);
+                    let interrupts = after.interrupts.saturating_sub(before.interrupts);
+                    let idle = after.idle.saturating_sub(before.idle);
+                    let all = (tasks + interrupts + idle).max(1) as f64;
+                    let pct = |t: u64| (t as f64 / all * 100.0).round();
+                    json!({"tasks_pct": pct(tasks), "interrupts_pct": pct(interrupts), "idle_pct": pct(idle)})
+                })
+                .collect();
+            report.set("cpus", json!(cpus));
+        }
         let pct = |before: Option<f64>, now: Option<f64>| {
             Some(((now? - before?) / elapsed.max(1e-9) * 100.0).round())
         };
@@ -528,6 +550,15 @@ pub struct ConnsArgs {
     pub settle: f64,
 }
 
+/// A gap between two connects' ends at least this long is a stall (`stalls`, `stalled_ms`):
+/// at 20,000 connects a second one ends every 50 µs.
+const STALL: Duration = Duration::from_millis(1);
+
+/// Milliseconds, to the microsecond.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 pub async fn conns(common: &Common, args: &ConnsArgs) -> Result<Report, String> {
     let ctx = common.ctx()?;
     let salt = common.salt();
@@ -553,7 +584,17 @@ pub async fn conns(common: &Common, args: &ConnsArgs) -> Result<Report, String> 
         });
     }
     let mut open = Vec::with_capacity(args.conns);
+    // Stalls: the gaps between two connects' ends longer than STALL, when none finished.
+    let mut last = Instant::now();
+    let (mut longest, mut stalled, mut stalls) = (Duration::ZERO, Duration::ZERO, 0u32);
     while let Some(joined) = set.join_next().await {
+        let gap = last.elapsed();
+        last = Instant::now();
+        longest = longest.max(gap);
+        if gap >= STALL {
+            stalled += gap;
+            stalls += 1;
+        }
         match joined {
             Ok(Ok(conn)) => open.push(conn),
             Ok(Err(e)) => ctx.errors.push(format!("connection: {e}")),
@@ -569,6 +610,9 @@ pub async fn conns(common: &Common, args: &ConnsArgs) -> Result<Report, String> 
         json!((connected as f64 / elapsed).round()),
     );
     cpu.report(&mut report, elapsed);
+    report.set("longest_gap_ms", json!(ms(longest)));
+    report.set("stalls", json!(stalls));
+    report.set("stalled_ms", json!(ms(stalled)));
     tokio::time::sleep(secs(args.settle)).await;
     // Connections the broker closed while idle.
     let mut closed = 0;

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hermes::store::StoreError;
 use hermes::{DeadLetter, DeadLetterReason, Kinds, Options, Settings};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::acl::{AclError, AclFile};
@@ -252,12 +251,12 @@ impl Broker {
                 _ => None,
             });
         }
+        // Before the first connection: a table grown while connections come blocks them all.
+        listen::reserve_fds(config.max_connections);
         let mut bound = Vec::with_capacity(config.listeners.len());
         for (listener, tls) in config.listeners.iter().zip(acceptors) {
             let addr = listener.address;
-            let tcp = TcpListener::bind(addr)
-                .await
-                .map_err(|e| listen_error(addr, e))?;
+            let tcp = listen::bind(addr).map_err(|e| listen_error(addr, e))?;
             bound.push(Bound {
                 addr: tcp.local_addr().unwrap_or(addr),
                 listener: tcp,

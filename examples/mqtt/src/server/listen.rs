@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -301,6 +301,83 @@ fn listener_options(listener: &TcpListener, tcp_keepalive: Option<Duration>) -> 
     nodelay && keepalive
 }
 
+/// The listen backlog: connections the kernel completes before the broker accepts them (at
+/// most `net.core.somaxconn`). A burst of connects beyond it has SYNs dropped, each retried
+/// by the client a second later: with 256 connects in flight and tokio's default of 128 the
+/// connect rate fell from 27k/s to 8k/s (BENCHMARKS.md, run M). Mosquitto listens with 100.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener on `addr` (`SO_REUSEADDR`, as tokio's own bind) with
+/// [`LISTEN_BACKLOG`].
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The most file descriptors [`reserve_fds`] makes room for: a table of 64k entries is
+/// 512 KiB of kernel memory.
+const MAX_RESERVED_FDS: u64 = 1 << 16;
+
+/// Sizes the process's file descriptor table, once at start, for `max_connections`
+/// connections (0: no limit), within the open-file limit (`RLIMIT_NOFILE`) and
+/// [`MAX_RESERVED_FDS`]: the size it got (Linux's `FDSize`), or `None` where nothing was done.
+///
+/// Linux grows the table as descriptors are opened, doubling it; in a process of several
+/// threads each growth waits for an RCU grace period (`synchronize_rcu`, several
+/// milliseconds), inside the `accept4` that needed it, with the runtime's worker blocked.
+/// A fresh broker taking its first 10,000 connections grew it 9 times, stalling every
+/// connection in flight for 6 ms at a time (60 ms in a 0.36 s burst; BENCHMARKS.md, run M).
+/// Grown once here, by a descriptor taken at the top of the range and closed at once, the
+/// table never shrinks. A single-threaded broker (Mosquitto) grows it without the wait.
+#[cfg(target_os = "linux")]
+pub(crate) fn reserve_fds(max_connections: usize) -> Option<u64> {
+    use rustix::process::{Resource, getrlimit};
+    let limit = getrlimit(Resource::Nofile)
+        .current
+        .unwrap_or(MAX_RESERVED_FDS);
+    let wanted = match max_connections {
+        0 => MAX_RESERVED_FDS,
+        // Room for the listeners, the store, the logs.
+        n => (n as u64).saturating_add(64),
+    };
+    let top = limit.min(wanted).min(MAX_RESERVED_FDS).checked_sub(1)?;
+    let top = rustix::fd::RawFd::try_from(top).ok()?;
+    let stdin = std::io::stdin();
+    // F_DUPFD: the lowest free descriptor at `top` or above (none that is open is replaced),
+    // closed when dropped.
+    match rustix::io::fcntl_dupfd_cloexec(std::os::fd::AsFd::as_fd(&stdin), top) {
+        Ok(fd) => drop(fd),
+        Err(error) => {
+            tracing::debug!(%error, top, "cannot size the file descriptor table");
+            return None;
+        }
+    }
+    let size = fd_table_size();
+    tracing::debug!(top, size, "file descriptor table sized");
+    size
+}
+
+/// Elsewhere the table is left as it is.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn reserve_fds(_max_connections: usize) -> Option<u64> {
+    None
+}
+
+/// The size of this process's file descriptor table (`FDSize` in /proc/self/status).
+#[cfg(target_os = "linux")]
+fn fd_table_size() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("FDSize:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Why a handshake did not finish.
 enum Failed {
     Timeout,
@@ -423,6 +500,61 @@ mod tests {
         );
         drop(client);
         options
+    }
+
+    /// Connections beyond tokio's default backlog (128) complete while none is accepted: a
+    /// burst of connects does not have its SYNs dropped.
+    #[tokio::test]
+    async fn the_backlog_holds_a_burst_of_connects() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if somaxconn.is_some_and(|max| max < 300) {
+            return; // The kernel caps any backlog below the burst.
+        }
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connecting = tokio::task::JoinSet::new();
+        for _ in 0..300 {
+            // Bounded, not timed: a dropped SYN is retried after 1 s, then 3 s, and the
+            // queue stays full while nothing is accepted.
+            connecting.spawn(tokio::time::timeout(
+                Duration::from_secs(5),
+                TcpStream::connect(addr),
+            ));
+        }
+        let mut clients = Vec::new();
+        while let Some(done) = connecting.join_next().await {
+            match done.unwrap() {
+                Ok(Ok(stream)) => clients.push(stream),
+                Ok(Err(error)) => panic!("connect failed: {error}"),
+                Err(_) => panic!("a connect was not completed: its SYN dropped"),
+            }
+        }
+        assert_eq!(clients.len(), 300);
+        drop(listener);
+    }
+
+    /// The table is sized for the connections, within the open-file limit, and nothing is
+    /// left open.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reserve_fds_grows_the_table_and_leaves_nothing_open() {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let size = reserve_fds(3000).expect("sized");
+        assert!(size >= 3064.min(limit), "FDSize {size}");
+        assert_eq!(fd_table_size(), Some(size));
+        // The descriptor taken at the top (the other tests open far fewer) is closed.
+        let top = 3064.min(limit) - 1;
+        assert!(
+            std::fs::read_link(format!("/proc/self/fd/{top}")).is_err(),
+            "descriptor {top} left open"
+        );
+        // Never more than the open-file limit allows: asking for more is no error.
+        let size = reserve_fds(usize::MAX - 1).expect("sized");
+        assert!(size >= MAX_RESERVED_FDS.min(limit), "FDSize {size}");
     }
 
     /// On Linux an accepted socket has the options set on its listener, so that accepting
