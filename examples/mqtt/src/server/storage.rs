@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hermes::store::{
-    Batch, Codec, GroupCommit, GroupCommitConfig, RedbStore, Store, StoreError, SyncPolicy,
+    Batch, Codec, GroupCommit, GroupCommitConfig, RedbOptions, RedbStore, Store, StoreError,
+    SyncPolicy,
 };
 
 use crate::message::Message;
@@ -85,10 +86,13 @@ fn retained_key(topic: &TopicName) -> Vec<u8> {
 }
 
 impl Storage {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. Every page's checksum is verified first, so a
+    /// file damaged outside redb is refused with [`StoreError::Corrupt`] (redb would panic on
+    /// it, at startup or later on a read).
     pub(crate) fn open(dir: &Path) -> Result<Storage, StoreError> {
         let path = dir.join(FILE);
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path)?);
+        let options = RedbOptions::new().check_integrity_on_open(true);
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open_with(&path, &options)?);
         let config = GroupCommitConfig::new()
             .sync(SyncPolicy::EveryCommit)
             .thread_name("hermes-mqtt-commit");
