@@ -255,7 +255,8 @@ fn run(cli: &Run) -> ExitCode {
 }
 
 /// Logs to standard error: `--log-level`, else the configuration file's `log_level` if it
-/// has one that is not the default, else `RUST_LOG`, else info.
+/// has one that is not the default, else `RUST_LOG`, else info. Coloured only on a terminal
+/// (and then not with `NO_COLOR` set): a log file or journald gets plain text.
 fn init_logs(cli: &Run, config: &Config) {
     let filter = match (cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => EnvFilter::new(level.as_str()),
@@ -267,6 +268,10 @@ fn init_logs(cli: &Run, config: &Config) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
 }
 

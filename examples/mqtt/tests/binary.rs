@@ -414,3 +414,33 @@ async fn sighup_reloads_the_password_file() {
     broker.signal("TERM");
     assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
 }
+
+/// The log goes to standard error as plain text when that is not a terminal (a file, a pipe,
+/// journald): no ANSI colour codes in it, whatever `NO_COLOR` says.
+#[test]
+fn the_log_has_no_colour_codes_when_not_on_a_terminal() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--memory"])
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("listening on") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx.recv_timeout(PROCESS_TIMEOUT);
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the broker did not start");
+    assert!(!line.contains('\x1b'), "{line:?}");
+    assert!(line.contains(" INFO "), "{line:?}");
+}
