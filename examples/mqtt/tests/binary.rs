@@ -118,7 +118,7 @@ impl Process {
     fn start(args: &[&str]) -> Process {
         let mut child = Command::new(BIN)
             .args(args)
-            .env("NO_COLOR", "1")
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -131,13 +131,14 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged before the address is sent, so that the log has it once started.
+                lines.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let end = rest.find([' ', ',', ';']).unwrap_or(rest.len());
                     if let Ok(addr) = rest[..end].parse::<SocketAddr>() {
                         let _ = tx.send(addr);
                     }
                 }
-                lines.lock().unwrap().push(line);
             }
         });
         let Ok(addr) = rx.recv_timeout(PROCESS_TIMEOUT) else {
@@ -416,31 +417,10 @@ async fn sighup_reloads_the_password_file() {
 }
 
 /// The log goes to standard error as plain text when that is not a terminal (a file, a pipe,
-/// journald): no ANSI colour codes in it, whatever `NO_COLOR` says.
+/// journald): no ANSI colour codes in it ([`Process::start`] leaves `NO_COLOR` unset).
 #[test]
 fn the_log_has_no_colour_codes_when_not_on_a_terminal() {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--memory"])
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("listening on") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx.recv_timeout(PROCESS_TIMEOUT);
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = line.expect("the broker did not start");
-    assert!(!line.contains('\x1b'), "{line:?}");
-    assert!(line.contains(" INFO "), "{line:?}");
+    let broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
+    let log = broker.log();
+    assert!(log.contains(" INFO ") && !log.contains('\x1b'), "{log:?}");
 }
