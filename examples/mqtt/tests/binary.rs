@@ -226,14 +226,13 @@ async fn sigterm_stores_everything_and_exits_0() {
     assert!(present, "the persistent session was stored");
 }
 
-/// While a shutdown waits for a client that reads nothing, a second signal exits at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_exits_at_once() {
-    let mut broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
+/// A broker process with a client that reads none of the tens of megabytes sent to it: its
+/// writer is blocked, so a graceful shutdown waits for it (up to its grace period).
+async fn broker_with_a_stuck_client() -> (Process, Raw) {
+    let broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
     let t = unique("stuck/t");
     let mut stuck = TestBroker::at(broker.addr).connect(&unique("stuck")).await;
     stuck.subscribe_one(&t, QoS::AtMostOnce).await;
-    // Tens of megabytes for a client that reads none of them: its writer is blocked.
     let mut publisher = TestBroker::at(broker.addr).connect(&unique("p")).await;
     let payload = vec![7u8; 512 * 1024];
     for _ in 0..60 {
@@ -241,6 +240,13 @@ async fn a_second_signal_exits_at_once() {
             .publish(&t, &payload, QoS::AtMostOnce, false)
             .await;
     }
+    (broker, stuck)
+}
+
+/// While a shutdown waits for a client that reads nothing, a second signal exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let (mut broker, stuck) = broker_with_a_stuck_client().await;
     broker.signal("INT");
     // Later than 500 ms: a signal sooner than that counts as the first delivered twice.
     std::thread::sleep(Duration::from_millis(700));
@@ -261,18 +267,7 @@ async fn a_second_signal_exits_at_once() {
 /// everything stored), not a second signal; one sent later still exits at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_delivered_twice_at_once_is_one_shutdown() {
-    let mut broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
-    let t = unique("stuck/t");
-    let mut stuck = TestBroker::at(broker.addr).connect(&unique("stuck")).await;
-    stuck.subscribe_one(&t, QoS::AtMostOnce).await;
-    // A client that reads none of tens of megabytes keeps the shutdown waiting.
-    let mut publisher = TestBroker::at(broker.addr).connect(&unique("p")).await;
-    let payload = vec![7u8; 512 * 1024];
-    for _ in 0..60 {
-        publisher
-            .publish(&t, &payload, QoS::AtMostOnce, false)
-            .await;
-    }
+    let (mut broker, stuck) = broker_with_a_stuck_client().await;
     // The second one a little after the first, so that the broker has taken the first (two
     // signals pending at once are one to the runtime); well within the broker's 500 ms.
     let pid = broker.child.id().to_string();
