@@ -20,8 +20,10 @@
 //! ```
 //!
 //! Access is `read` (subscribe and receive), `write` (publish), `readwrite` (both; the default
-//! when the word is left out) or `deny` (neither, whatever else grants it). `#` at the start of
-//! a line is a comment. With an ACL file, what no line grants is denied.
+//! when the word is left out) or `deny` (neither, whatever else grants it). A filter with a
+//! space in it needs its access word (so that a misspelt one, `topic dney secret/#`, is an
+//! error rather than a grant). `#` at the start of a line is a comment. With an ACL file, what
+//! no line grants is denied.
 //!
 //! - A client's rules: the anonymous section if it has no user name, else its `user` section;
 //!   the `client` section of its identifier; and every `pattern` line (one with `%u` only for
@@ -224,6 +226,14 @@ fn parse_rule(rest: &str) -> Result<Rule, String> {
         "write" => (Access::Write, after.trim()),
         "readwrite" => (Access::ReadWrite, after.trim()),
         "deny" => (Access::Deny, after.trim()),
+        // Two words without an access word first: most likely a misspelt one (`topic dney
+        // secret/#` would otherwise grant readwrite on "dney secret/#" and deny nothing).
+        _ if !after.trim().is_empty() => {
+            return Err(format!(
+                "{first:?} is not an access: give read, write, readwrite or deny before the \
+                 filter (a filter with a space in it needs its access word first)"
+            ));
+        }
         _ => (Access::ReadWrite, rest),
     };
     if topic.is_empty() {
@@ -486,6 +496,15 @@ pattern deny secret/#
     }
 
     #[test]
+    fn a_filter_with_a_space_needs_its_access_word() {
+        let acl = AclFile::parse("topic read my topic/#\ntopic deny my topic/secret").unwrap();
+        let anonymous = acl.for_client(None, "c");
+        assert!(anonymous.can_read(&t("my topic/x")));
+        assert!(!anonymous.can_read(&t("my topic/secret")));
+        assert!(!anonymous.can_publish(&t("my topic/x")));
+    }
+
+    #[test]
     fn errors_name_the_line() {
         for (text, line, what) in [
             ("topic read", 1, "no topic filter"),
@@ -493,6 +512,16 @@ pattern deny secret/#
             ("topic read a/#/b", 1, "not a topic filter"),
             ("topic read a/%u", 1, "pattern"),
             ("allow everything", 1, "unknown word"),
+            (
+                "user a\ntopic dney secret/#",
+                2,
+                "\"dney\" is not an access",
+            ),
+            (
+                "pattern raed users/%u/#",
+                1,
+                "give read, write, readwrite or deny",
+            ),
         ] {
             let e = AclFile::parse(text).unwrap_err().to_string();
             assert!(e.contains(&format!("line {line}:")), "{text}: {e}");
