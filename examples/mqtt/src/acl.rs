@@ -22,8 +22,8 @@
 //! Access is `read` (subscribe and receive), `write` (publish), `readwrite` (both; the default
 //! when the word is left out) or `deny` (neither, whatever else grants it). A filter with a
 //! space in it needs its access word (so that a misspelt one, `topic dney secret/#`, is an
-//! error rather than a grant). `#` at the start of a line is a comment. With an ACL file, what
-//! no line grants is denied.
+//! error rather than a grant). A `#` at the start of a line or after a space or tab starts a
+//! comment (a filter's `#` follows `/`). With an ACL file, what no line grants is denied.
 //!
 //! - A client's rules: the anonymous section if it has no user name, else its `user` section;
 //!   the `client` section of its identifier; and every `pattern` line (one with `%u` only for
@@ -142,8 +142,8 @@ impl AclFile {
         let mut section = Section::Anonymous;
         for (i, line) in text.lines().enumerate() {
             let bad = |message: String| AclError::Line(LineError::new(i + 1, message));
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let line = without_comment(line.trim());
+            if line.is_empty() {
                 continue;
             }
             let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
@@ -217,6 +217,19 @@ impl AclFile {
         }
         acl
     }
+}
+
+/// `line` without its comment: from a `#` that starts the line or follows a space or tab to
+/// the end. Such a `#` is never part of a topic filter (`#` fills a whole level, after `/`).
+fn without_comment(line: &str) -> &str {
+    let mut previous = None;
+    for (i, c) in line.char_indices() {
+        if c == '#' && previous.is_none_or(char::is_whitespace) {
+            return line[..i].trim_end();
+        }
+        previous = Some(c);
+    }
+    line
 }
 
 fn parse_rule(rest: &str) -> Result<Rule, String> {
@@ -493,6 +506,41 @@ pattern deny secret/#
         assert!(!sneaky.can_subscribe(&f("users/alice/../bob/#")));
         let wild = acl.for_client(Some("#"), "c");
         assert!(!wild.can_subscribe(&f("users/#")));
+    }
+
+    /// The README's example has comments at the end of lines: they are comments, not part of
+    /// a user name or a filter.
+    #[test]
+    fn comments_at_the_end_of_lines() {
+        let acl = AclFile::parse(
+            "user alice   # the user name\ntopic read a/#\t# all of a\n\
+             pattern readwrite users/%u/# # every client\n   # indented\n",
+        );
+        let acl = acl.unwrap_or_else(|e| panic!("{e}"));
+        let alice = acl.for_client(Some("alice"), "c");
+        assert!(alice.can_subscribe(&f("a/#")));
+        assert!(!alice.can_publish(&t("a/x")));
+        assert!(alice.can_subscribe(&f("users/alice/#")));
+        assert!(!alice.can_subscribe(&f("users/#")));
+    }
+
+    /// The example in the README's "Authentication and authorization" loads, and means what
+    /// it says (before the fix, its end-of-line comments broke it).
+    #[test]
+    fn the_readme_example_loads() {
+        let readme = include_str!("../README.md");
+        let from = readme.find("**`acl_file`**").unwrap();
+        let block = readme[from..].split("```text").nth(1).unwrap();
+        let example = block.split("```").next().unwrap();
+        let acl = AclFile::parse(example).unwrap_or_else(|e| panic!("{e}"));
+        let alice = acl.for_client(Some("alice"), "phone");
+        assert!(alice.can_publish(&t("alice/x")));
+        assert!(alice.can_subscribe(&f("$SYS/#")));
+        assert!(alice.can_publish(&t("users/alice/x")));
+        assert!(!alice.can_subscribe(&f("secret/#")));
+        let sensor = acl.for_client(None, "sensor-17");
+        assert!(sensor.can_publish(&t("sensors/17/temp")));
+        assert!(sensor.can_subscribe(&f("public/#")));
     }
 
     #[test]
