@@ -116,8 +116,14 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut command = Command::new(BIN);
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// [`Process::start`] with a command of the caller's (a shell that `exec`s the broker).
+    fn spawn(mut command: Command) -> Process {
+        let mut child = command
             .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -290,6 +296,52 @@ async fn a_signal_delivered_twice_at_once_is_one_shutdown() {
         broker.log()
     );
     drop(stuck);
+}
+
+/// A store that cannot take the writes (the file may not grow: a full disk, as far as redb can
+/// tell): each failed write is logged, the broker goes on, and the graceful shutdown says that
+/// changes are not on disk and exits 1, not 0 as if everything had been stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_after_failed_writes_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut command = Command::new("bash");
+    // 300 KiB at most per file; SIGXFSZ ignored, so that a write past it fails with EFBIG.
+    command.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 300; exec \"$0\" \"$@\"",
+        BIN,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let mut broker = Process::spawn(command);
+    let mut client = TestBroker::at(broker.addr).connect(&unique("c")).await;
+    let payload = vec![b'x'; 60_000];
+    for i in 0..10 {
+        let t = format!("{}/{i}", unique("full"));
+        client.publish(&t, &payload, QoS::AtLeastOnce, true).await;
+    }
+    // Each PUBACK came after its shard took the message, not after the commit: wait for the
+    // failure to be logged before asking for the shutdown.
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    while !broker.log().contains("storing a retained message failed") {
+        assert!(Instant::now() < deadline, "no failure: {}", broker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.signal("TERM");
+    assert_eq!(
+        broker.exit_code(PROCESS_TIMEOUT),
+        Some(1),
+        "{}",
+        broker.log()
+    );
+    assert!(
+        broker.log().contains("could not be stored"),
+        "{}",
+        broker.log()
+    );
 }
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
