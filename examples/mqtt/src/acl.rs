@@ -142,14 +142,15 @@ impl AclFile {
         let mut section = Section::Anonymous;
         for (i, line) in text.lines().enumerate() {
             let bad = |message: String| AclError::Line(LineError::new(i + 1, message));
-            let line = without_comment(line.trim());
-            if line.is_empty() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
             let rest = rest.trim();
             match word {
                 "user" | "client" => {
+                    let rest = without_comment(rest, 0);
                     if rest.is_empty() {
                         return Err(bad(format!("`{word}` needs a name")));
                     }
@@ -219,17 +220,18 @@ impl AclFile {
     }
 }
 
-/// `line` without its comment: from a `#` that starts the line or follows a space or tab to
-/// the end. Such a `#` is never part of a topic filter (`#` fills a whole level, after `/`).
-fn without_comment(line: &str) -> &str {
+/// `text` without its comment: from a `#` at or after byte `from` that starts `text` or
+/// follows a space or tab, to the end. Past a filter's first character, such a `#` is never
+/// part of it (`#` fills a whole level: the filter `#`, or after `/`).
+fn without_comment(text: &str, from: usize) -> &str {
     let mut previous = None;
-    for (i, c) in line.char_indices() {
-        if c == '#' && previous.is_none_or(char::is_whitespace) {
-            return line[..i].trim_end();
+    for (i, c) in text.char_indices() {
+        if i >= from && c == '#' && previous.is_none_or(char::is_whitespace) {
+            return text[..i].trim_end();
         }
         previous = Some(c);
     }
-    line
+    text
 }
 
 fn parse_rule(rest: &str) -> Result<Rule, String> {
@@ -239,16 +241,22 @@ fn parse_rule(rest: &str) -> Result<Rule, String> {
         "write" => (Access::Write, after.trim()),
         "readwrite" => (Access::ReadWrite, after.trim()),
         "deny" => (Access::Deny, after.trim()),
-        // Two words without an access word first: most likely a misspelt one (`topic dney
-        // secret/#` would otherwise grant readwrite on "dney secret/#" and deny nothing).
-        _ if !after.trim().is_empty() => {
-            return Err(format!(
-                "{first:?} is not an access: give read, write, readwrite or deny before the \
-                 filter (a filter with a space in it needs its access word first)"
-            ));
+        _ => {
+            // Two words without an access word first: most likely a misspelt one (`topic
+            // dney secret/#` would otherwise grant readwrite on "dney secret/#" and deny
+            // nothing).
+            let topic = without_comment(rest, 1);
+            if topic.contains(char::is_whitespace) {
+                return Err(format!(
+                    "{first:?} is not an access: give read, write, readwrite or deny before \
+                     the filter (a filter with a space in it needs its access word first)"
+                ));
+            }
+            (Access::ReadWrite, topic)
         }
-        _ => (Access::ReadWrite, rest),
     };
+    // The filter itself may be `#`; a later `#` after a space starts a comment.
+    let topic = without_comment(topic, 1);
     if topic.is_empty() {
         return Err("the rule has no topic filter".to_owned());
     }
@@ -514,7 +522,9 @@ pattern deny secret/#
     fn comments_at_the_end_of_lines() {
         let acl = AclFile::parse(
             "user alice   # the user name\ntopic read a/#\t# all of a\n\
-             pattern readwrite users/%u/# # every client\n   # indented\n",
+             pattern readwrite users/%u/# # every client\n   # indented\n\
+             user root\ntopic read #\ntopic write # # everything\ntopic deny #  # all\n\
+             user other\ntopic b/+ # readwrite\nuser reader\ntopic read #\n",
         );
         let acl = acl.unwrap_or_else(|e| panic!("{e}"));
         let alice = acl.for_client(Some("alice"), "c");
@@ -522,6 +532,14 @@ pattern deny secret/#
         assert!(!alice.can_publish(&t("a/x")));
         assert!(alice.can_subscribe(&f("users/alice/#")));
         assert!(!alice.can_subscribe(&f("users/#")));
+        // A filter that is `#` is the filter, not a comment.
+        let root = acl.for_client(Some("root"), "c");
+        assert!(!root.can_publish(&t("x/y")), "deny #");
+        assert!(!root.can_subscribe(&f("#")));
+        let reader = acl.for_client(Some("reader"), "c");
+        assert!(reader.can_subscribe(&f("#")) && !reader.can_publish(&t("x")));
+        let other = acl.for_client(Some("other"), "c");
+        assert!(other.can_publish(&t("b/1")) && other.can_subscribe(&f("b/2")));
     }
 
     /// The example in the README's "Authentication and authorization" loads, and means what
