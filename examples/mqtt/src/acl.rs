@@ -23,7 +23,8 @@
 //! when the word is left out) or `deny` (neither, whatever else grants it). A filter with a
 //! space in it needs its access word (so that a misspelt one, `topic dney secret/#`, is an
 //! error rather than a grant). A `#` at the start of a line or after a space or tab starts a
-//! comment (a filter's `#` follows `/`). With an ACL file, what no line grants is denied.
+//! comment, but for the filter `#` itself (`topic read #`; any other `#` of a filter follows
+//! `/`). With an ACL file, what no line grants is denied.
 //!
 //! - A client's rules: the anonymous section if it has no user name, else its `user` section;
 //!   the `client` section of its identifier; and every `pattern` line (one with `%u` only for
