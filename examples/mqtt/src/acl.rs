@@ -20,8 +20,11 @@
 //! ```
 //!
 //! Access is `read` (subscribe and receive), `write` (publish), `readwrite` (both; the default
-//! when the word is left out) or `deny` (neither, whatever else grants it). `#` at the start of
-//! a line is a comment. With an ACL file, what no line grants is denied.
+//! when the word is left out) or `deny` (neither, whatever else grants it). A filter with a
+//! space in it needs its access word (so that a misspelt one, `topic dney secret/#`, is an
+//! error rather than a grant). A `#` at the start of a line or after a space or tab starts a
+//! comment, but for the filter `#` itself (`topic read #`; any other `#` of a filter follows
+//! `/`). With an ACL file, what no line grants is denied.
 //!
 //! - A client's rules: the anonymous section if it has no user name, else its `user` section;
 //!   the `client` section of its identifier; and every `pattern` line (one with `%u` only for
@@ -148,6 +151,7 @@ impl AclFile {
             let rest = rest.trim();
             match word {
                 "user" | "client" => {
+                    let rest = without_comment(rest, 0);
                     if rest.is_empty() {
                         return Err(bad(format!("`{word}` needs a name")));
                     }
@@ -217,6 +221,20 @@ impl AclFile {
     }
 }
 
+/// `text` without its comment: from a `#` at or after byte `from` that starts `text` or
+/// follows a space or tab, to the end. Past a filter's first character, such a `#` is never
+/// part of it (`#` fills a whole level: the filter `#`, or after `/`).
+fn without_comment(text: &str, from: usize) -> &str {
+    let mut previous = None;
+    for (i, c) in text.char_indices() {
+        if i >= from && c == '#' && previous.is_none_or(char::is_whitespace) {
+            return text[..i].trim_end();
+        }
+        previous = Some(c);
+    }
+    text
+}
+
 fn parse_rule(rest: &str) -> Result<Rule, String> {
     let (first, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
     let (access, topic) = match first {
@@ -224,8 +242,22 @@ fn parse_rule(rest: &str) -> Result<Rule, String> {
         "write" => (Access::Write, after.trim()),
         "readwrite" => (Access::ReadWrite, after.trim()),
         "deny" => (Access::Deny, after.trim()),
-        _ => (Access::ReadWrite, rest),
+        _ => {
+            // Two words without an access word first: most likely a misspelt one (`topic
+            // dney secret/#` would otherwise grant readwrite on "dney secret/#" and deny
+            // nothing).
+            let topic = without_comment(rest, 1);
+            if topic.contains(char::is_whitespace) {
+                return Err(format!(
+                    "{first:?} is not an access: give read, write, readwrite or deny before \
+                     the filter (a filter with a space in it needs its access word first)"
+                ));
+            }
+            (Access::ReadWrite, topic)
+        }
     };
+    // The filter itself may be `#`; a later `#` after a space starts a comment.
+    let topic = without_comment(topic, 1);
     if topic.is_empty() {
         return Err("the rule has no topic filter".to_owned());
     }
@@ -485,6 +517,60 @@ pattern deny secret/#
         assert!(!wild.can_subscribe(&f("users/#")));
     }
 
+    /// The README's example has comments at the end of lines: they are comments, not part of
+    /// a user name or a filter.
+    #[test]
+    fn comments_at_the_end_of_lines() {
+        let acl = AclFile::parse(
+            "user alice   # the user name\ntopic read a/#\t# all of a\n\
+             pattern readwrite users/%u/# # every client\n   # indented\n\
+             user root\ntopic read #\ntopic write # # everything\ntopic deny #  # all\n\
+             user other\ntopic b/+ # readwrite\nuser reader\ntopic read #\n",
+        );
+        let acl = acl.unwrap_or_else(|e| panic!("{e}"));
+        let alice = acl.for_client(Some("alice"), "c");
+        assert!(alice.can_subscribe(&f("a/#")));
+        assert!(!alice.can_publish(&t("a/x")));
+        assert!(alice.can_subscribe(&f("users/alice/#")));
+        assert!(!alice.can_subscribe(&f("users/#")));
+        // A filter that is `#` is the filter, not a comment.
+        let root = acl.for_client(Some("root"), "c");
+        assert!(!root.can_publish(&t("x/y")), "deny #");
+        assert!(!root.can_subscribe(&f("#")));
+        let reader = acl.for_client(Some("reader"), "c");
+        assert!(reader.can_subscribe(&f("#")) && !reader.can_publish(&t("x")));
+        let other = acl.for_client(Some("other"), "c");
+        assert!(other.can_publish(&t("b/1")) && other.can_subscribe(&f("b/2")));
+    }
+
+    /// The example in the README's "Authentication and authorization" loads, and means what
+    /// it says (before the fix, its end-of-line comments broke it).
+    #[test]
+    fn the_readme_example_loads() {
+        let readme = include_str!("../README.md");
+        let from = readme.find("**`acl_file`**").unwrap();
+        let block = readme[from..].split("```text").nth(1).unwrap();
+        let example = block.split("```").next().unwrap();
+        let acl = AclFile::parse(example).unwrap_or_else(|e| panic!("{e}"));
+        let alice = acl.for_client(Some("alice"), "phone");
+        assert!(alice.can_publish(&t("alice/x")));
+        assert!(alice.can_subscribe(&f("$SYS/#")));
+        assert!(alice.can_publish(&t("users/alice/x")));
+        assert!(!alice.can_subscribe(&f("secret/#")));
+        let sensor = acl.for_client(None, "sensor-17");
+        assert!(sensor.can_publish(&t("sensors/17/temp")));
+        assert!(sensor.can_subscribe(&f("public/#")));
+    }
+
+    #[test]
+    fn a_filter_with_a_space_needs_its_access_word() {
+        let acl = AclFile::parse("topic read my topic/#\ntopic deny my topic/secret").unwrap();
+        let anonymous = acl.for_client(None, "c");
+        assert!(anonymous.can_read(&t("my topic/x")));
+        assert!(!anonymous.can_read(&t("my topic/secret")));
+        assert!(!anonymous.can_publish(&t("my topic/x")));
+    }
+
     #[test]
     fn errors_name_the_line() {
         for (text, line, what) in [
@@ -493,6 +579,16 @@ pattern deny secret/#
             ("topic read a/#/b", 1, "not a topic filter"),
             ("topic read a/%u", 1, "pattern"),
             ("allow everything", 1, "unknown word"),
+            (
+                "user a\ntopic dney secret/#",
+                2,
+                "\"dney\" is not an access",
+            ),
+            (
+                "pattern raed users/%u/#",
+                1,
+                "give read, write, readwrite or deny",
+            ),
         ] {
             let e = AclFile::parse(text).unwrap_err().to_string();
             assert!(e.contains(&format!("line {line}:")), "{text}: {e}");

@@ -558,10 +558,15 @@ fn open_storage(dir: &std::path::Path) -> Result<Storage, StartError> {
     })?;
     Storage::open(dir).map_err(|error| match error {
         StoreError::AlreadyOpen { path } => StartError::DataDirInUse { path },
-        StoreError::Open { source, .. } => {
+        StoreError::Open { path, source } => {
             let kind = source
                 .downcast_ref::<std::io::Error>()
                 .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+            if kind == std::io::ErrorKind::InvalidData {
+                // The file is there but is not a store (redb's magic number): not a question
+                // of the directory's permissions.
+                return StartError::Store(StoreError::Open { path, source });
+            }
             StartError::DataDir {
                 path: dir.to_owned(),
                 source: std::io::Error::new(kind, source.to_string()),

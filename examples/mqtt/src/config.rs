@@ -277,6 +277,15 @@ fn listeners<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListenerConfig>, D::
             "no listener: give at least one, such as [[listeners]] address = \"127.0.0.1:1883\"",
         ));
     }
+    for (i, listener) in listeners.iter().enumerate() {
+        let port = listener.address.port();
+        if port != 0 && listeners[..i].iter().any(|l| l.address == listener.address) {
+            return Err(D::Error::custom(format_args!(
+                "{} is given twice: each listener needs an address of its own",
+                listener.address
+            )));
+        }
+    }
     Ok(listeners)
 }
 

@@ -2,8 +2,8 @@
 //!
 //! `hermes-mqtt` alone listens on 127.0.0.1:1883 and keeps its data in `./hermes-data`. Flags
 //! override the configuration file's keys. SIGINT (Ctrl-C) and SIGTERM shut it down
-//! gracefully (exit 0); a second signal during the shutdown exits at once (exit 130). SIGHUP
-//! reloads the password and ACL files.
+//! gracefully (exit 0); a second signal during the shutdown, half a second or more after the
+//! first, exits at once (exit 130). SIGHUP reloads the password and ACL files.
 //! `hermes-mqtt passwd FILE USER` manages a password file.
 
 use std::io::{BufRead, IsTerminal};
@@ -19,6 +19,10 @@ use tracing_subscriber::EnvFilter;
 
 /// The exit code of a second signal during the shutdown: 128 + SIGINT, as shells do.
 const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// A SIGINT or SIGTERM this soon after the one that started the shutdown counts as that one,
+/// delivered twice, rather than a second signal.
+const SAME_SIGNAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An MQTT 3.1.1 broker built on Hermes receivers, with durable sessions.
 #[derive(Debug, Parser)]
@@ -237,8 +241,14 @@ fn run(cli: &Run) -> ExitCode {
         };
         wait_for_shutdown(&broker, &mut signals).await;
         tracing::info!("shutting down (a second SIGINT or SIGTERM exits at once)");
+        let first = std::time::Instant::now();
         tokio::spawn(async move {
+            // A signal right after the first is the same request delivered twice (`timeout`
+            // signals the broker and then its process group), not an operator insisting.
             signals.shutdown().await;
+            while first.elapsed() < SAME_SIGNAL {
+                signals.shutdown().await;
+            }
             eprintln!(
                 "hermes-mqtt: second signal: exiting at once, without storing the last changes"
             );
@@ -255,7 +265,8 @@ fn run(cli: &Run) -> ExitCode {
 }
 
 /// Logs to standard error: `--log-level`, else the configuration file's `log_level` if it
-/// has one that is not the default, else `RUST_LOG`, else info.
+/// has one that is not the default, else `RUST_LOG`, else info. Coloured only on a terminal
+/// (and then not with `NO_COLOR` set): a log file or journald gets plain text.
 fn init_logs(cli: &Run, config: &Config) {
     let filter = match (cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => EnvFilter::new(level.as_str()),
@@ -267,6 +278,10 @@ fn init_logs(cli: &Run, config: &Config) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
 }
 

@@ -116,9 +116,15 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("NO_COLOR", "1")
+        let mut command = Command::new(BIN);
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// [`Process::start`] with a command of the caller's (a shell that `exec`s the broker).
+    fn spawn(mut command: Command) -> Process {
+        let mut child = command
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -131,13 +137,14 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged before the address is sent, so that the log has it once started.
+                lines.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let end = rest.find([' ', ',', ';']).unwrap_or(rest.len());
                     if let Ok(addr) = rest[..end].parse::<SocketAddr>() {
                         let _ = tx.send(addr);
                     }
                 }
-                lines.lock().unwrap().push(line);
             }
         });
         let Ok(addr) = rx.recv_timeout(PROCESS_TIMEOUT) else {
@@ -225,14 +232,13 @@ async fn sigterm_stores_everything_and_exits_0() {
     assert!(present, "the persistent session was stored");
 }
 
-/// While a shutdown waits for a client that reads nothing, a second signal exits at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_exits_at_once() {
-    let mut broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
+/// A broker process with a client that reads none of the tens of megabytes sent to it: its
+/// writer is blocked, so a graceful shutdown waits for it (up to its grace period).
+async fn broker_with_a_stuck_client() -> (Process, Raw) {
+    let broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
     let t = unique("stuck/t");
     let mut stuck = TestBroker::at(broker.addr).connect(&unique("stuck")).await;
     stuck.subscribe_one(&t, QoS::AtMostOnce).await;
-    // Tens of megabytes for a client that reads none of them: its writer is blocked.
     let mut publisher = TestBroker::at(broker.addr).connect(&unique("p")).await;
     let payload = vec![7u8; 512 * 1024];
     for _ in 0..60 {
@@ -240,8 +246,16 @@ async fn a_second_signal_exits_at_once() {
             .publish(&t, &payload, QoS::AtMostOnce, false)
             .await;
     }
+    (broker, stuck)
+}
+
+/// While a shutdown waits for a client that reads nothing, a second signal exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let (mut broker, stuck) = broker_with_a_stuck_client().await;
     broker.signal("INT");
-    std::thread::sleep(Duration::from_millis(300));
+    // Later than 500 ms: a signal sooner than that counts as the first delivered twice.
+    std::thread::sleep(Duration::from_millis(700));
     let started = Instant::now();
     broker.signal("TERM");
     let code = broker.exit_code(PROCESS_TIMEOUT);
@@ -252,6 +266,82 @@ async fn a_second_signal_exits_at_once() {
         started.elapsed()
     );
     drop(stuck);
+}
+
+/// `timeout 60 hermes-mqtt`, when the time is up, sends SIGTERM to the broker and then to its
+/// process group: the same request twice within microseconds. That is one shutdown (graceful,
+/// everything stored), not a second signal; one sent later still exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_delivered_twice_at_once_is_one_shutdown() {
+    let (mut broker, stuck) = broker_with_a_stuck_client().await;
+    // The second one a little after the first, so that the broker has taken the first (two
+    // signals pending at once are one to the runtime); well within the broker's 500 ms.
+    let pid = broker.child.id().to_string();
+    let status = Command::new("sh")
+        .args(["-c", "kill -TERM $0; sleep 0.02; kill -TERM $0", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "the duplicate signal ended the graceful shutdown: {}",
+        broker.log()
+    );
+    broker.signal("INT");
+    assert_eq!(
+        broker.exit_code(PROCESS_TIMEOUT),
+        Some(130),
+        "{}",
+        broker.log()
+    );
+    drop(stuck);
+}
+
+/// A store that cannot take the writes (the file may not grow: a full disk, as far as redb can
+/// tell): each failed write is logged, the broker goes on, and the graceful shutdown says that
+/// changes are not on disk and exits 1, not 0 as if everything had been stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_after_failed_writes_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut command = Command::new("bash");
+    // 300 KiB at most per file; SIGXFSZ ignored, so that a write past it fails with EFBIG.
+    command.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 300; exec \"$0\" \"$@\"",
+        BIN,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let mut broker = Process::spawn(command);
+    let mut client = TestBroker::at(broker.addr).connect(&unique("c")).await;
+    let payload = vec![b'x'; 60_000];
+    for i in 0..10 {
+        let t = format!("{}/{i}", unique("full"));
+        client.publish(&t, &payload, QoS::AtLeastOnce, true).await;
+    }
+    // Each PUBACK came after its shard took the message, not after the commit: wait for the
+    // failure to be logged before asking for the shutdown.
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    while !broker.log().contains("storing a retained message failed") {
+        assert!(Instant::now() < deadline, "no failure: {}", broker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.signal("TERM");
+    assert_eq!(
+        broker.exit_code(PROCESS_TIMEOUT),
+        Some(1),
+        "{}",
+        broker.log()
+    );
+    assert!(
+        broker.log().contains("could not be stored"),
+        "{}",
+        broker.log()
+    );
 }
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
@@ -413,4 +503,13 @@ async fn sighup_reloads_the_password_file() {
     }
     broker.signal("TERM");
     assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
+}
+
+/// The log goes to standard error as plain text when that is not a terminal (a file, a pipe,
+/// journald): no ANSI colour codes in it ([`Process::start`] leaves `NO_COLOR` unset).
+#[test]
+fn the_log_has_no_colour_codes_when_not_on_a_terminal() {
+    let broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
+    let log = broker.log();
+    assert!(log.contains(" INFO ") && !log.contains('\x1b'), "{log:?}");
 }

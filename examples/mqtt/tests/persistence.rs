@@ -213,6 +213,101 @@ async fn a_session_connected_at_shutdown_survives_it() {
     assert_eq!(&sub.recv_message().await.payload[..], b"while away");
 }
 
+// --- A damaged data directory ---------------------------------------------------------------
+
+/// The store file in a data directory (README, "Persistence").
+const STORE_FILE: &str = "hermes-mqtt.redb";
+
+/// Starts a broker on `dir` with [`test_config`] and returns what `Broker::start` gave, or
+/// `Err(panic message)` if it panicked (caught by the task, so the test can say which case).
+async fn start_on(
+    dir: &Path,
+) -> Result<Result<hermes_mqtt::Broker, hermes_mqtt::StartError>, String> {
+    let mut config = test_config();
+    config.memory = false;
+    config.data_dir = dir.to_owned();
+    tokio::spawn(hermes_mqtt::Broker::start(config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// An operator's data directory whose file was damaged on disk (a bad sector, a botched copy):
+/// the broker either finds the damage harmless (a free page) and starts, or refuses to start
+/// with an error naming the file; it never panics (exit 101 and a backtrace instead of the
+/// README's clear error and exit 1). Before the fix, redb hit `unreachable!` opening such a
+/// file.
+#[tokio::test]
+async fn a_damaged_store_file_is_refused_with_an_error_not_a_panic() {
+    const PAGE: usize = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let (mut sub, _) = broker.connect_persistent(&unique("damaged")).await;
+    sub.subscribe_one("damaged/t", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    for i in 0..20 {
+        let payload = format!("message {i}");
+        publisher
+            .publish(
+                &format!("damaged/{}", i % 4),
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                true,
+            )
+            .await;
+        publisher
+            .publish("damaged/t", payload.as_bytes(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    broker.shutdown().await;
+
+    let file = dir.path().join(STORE_FILE);
+    let original = std::fs::read(&file).unwrap();
+    let mut refused = 0;
+    for offset in (PAGE..original.len()).step_by(PAGE) {
+        let mut damaged = original.clone();
+        let end = (offset + 64).min(damaged.len());
+        for byte in &mut damaged[offset..end] {
+            *byte ^= 0xff;
+        }
+        std::fs::write(&file, &damaged).unwrap();
+        match start_on(dir.path()).await {
+            Err(panic) => panic!("a store damaged at byte {offset}: the broker panicked: {panic}"),
+            Ok(Ok(broker)) => {
+                broker.shutdown().await.unwrap();
+            }
+            Ok(Err(error)) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains(STORE_FILE) && message.contains("corrupt"),
+                    "damage at byte {offset}: {message}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no damaged page was noticed");
+    // The undamaged file still works.
+    std::fs::write(&file, &original).unwrap();
+    let broker = start_on(dir.path()).await.unwrap().unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+/// A data directory holding a file of that name that is not a store: the error says so (and
+/// what to do), instead of advising to make the directory writable.
+#[tokio::test]
+async fn a_store_file_that_is_no_store_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(STORE_FILE), vec![b'x'; 10_000]).unwrap();
+    let error = start_on(dir.path()).await.unwrap().unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(STORE_FILE) && message.contains("not a store file"),
+        "{message}"
+    );
+    assert!(!message.contains("writable"), "{message}");
+}
+
 #[tokio::test]
 async fn a_session_that_expired_while_the_broker_was_stopped_is_gone() {
     const EXPIRY: Duration = Duration::from_millis(1000);

@@ -335,6 +335,9 @@ fn listener_tables() {
         c.listeners[0].url(c.listeners[0].address),
         "mqtt://127.0.0.1:1883"
     );
+    // Port 0 (a free port each) may be given for several listeners.
+    let c = Config::from_toml(r#"listeners = ["127.0.0.1:0", "127.0.0.1:0"]"#).unwrap();
+    assert_eq!(c.listeners.len(), 2);
 }
 
 #[test]
@@ -370,6 +373,17 @@ fn bad_listeners_name_the_key() {
             "[[listeners]]\naddress = \"0.0.0.0:1883\"\nkind = \"quic\"\n",
             "kind",
             "quic",
+        ),
+        (
+            "listeners = [\"127.0.0.1:1883\", \"127.0.0.1:8883\", \"127.0.0.1:1883\"]\n",
+            "listeners",
+            "127.0.0.1:1883 is given twice",
+        ),
+        (
+            "[[listeners]]\naddress = \"[::]:8080\"\nkind = \"ws\"\n\
+             [[listeners]]\naddress = \"[::]:8080\"\nkind = \"wss\"\ncert = \"c\"\nkey = \"k\"\n",
+            "listeners",
+            "given twice",
         ),
         (
             "[[listeners]]\naddress = \"0.0.0.0:1883\"\nport = 1883\n",

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hermes::store::{
-    Batch, Codec, GroupCommit, GroupCommitConfig, RedbStore, Store, StoreError, SyncPolicy,
+    Batch, Codec, GroupCommit, GroupCommitConfig, RedbOptions, RedbStore, Store, StoreError,
+    SyncPolicy,
 };
 
 use crate::message::Message;
@@ -50,7 +51,27 @@ pub(crate) struct Storage {
     /// Submissions not yet acknowledged, per client ID: a session activated meanwhile must
     /// not read older state (group commit's reads see a write once it is acknowledged).
     pending: Arc<Mutex<HashMap<Arc<str>, u32>>>,
+    /// The first write that failed since the start (each is logged): the shutdown reports it,
+    /// since what it held is not on disk.
+    failed: Failed,
     path: PathBuf,
+}
+
+/// The first failed write, shared with the commit callbacks.
+#[derive(Clone, Default)]
+struct Failed(Arc<Mutex<Option<StoreError>>>);
+
+impl Failed {
+    fn record(&self, error: &StoreError) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| error.clone());
+    }
+
+    fn take(&self) -> Option<StoreError> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 impl std::fmt::Debug for Storage {
@@ -85,10 +106,13 @@ fn retained_key(topic: &TopicName) -> Vec<u8> {
 }
 
 impl Storage {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. Every page's checksum is verified first, so a
+    /// file damaged outside redb is refused with [`StoreError::Corrupt`] (redb would panic on
+    /// it, at startup or later on a read).
     pub(crate) fn open(dir: &Path) -> Result<Storage, StoreError> {
         let path = dir.join(FILE);
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path)?);
+        let options = RedbOptions::new().check_integrity_on_open(true);
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open_with(&path, &options)?);
         let config = GroupCommitConfig::new()
             .sync(SyncPolicy::EveryCommit)
             .thread_name("hermes-mqtt-commit");
@@ -101,6 +125,7 @@ impl Storage {
             store,
             commits,
             pending: Arc::default(),
+            failed: Failed::default(),
             path,
         })
     }
@@ -259,10 +284,12 @@ impl Storage {
         }
         *self.lock_pending().entry(Arc::clone(id)).or_insert(0) += 1;
         let pending = Arc::clone(&self.pending);
+        let failed = self.failed.clone();
         let id = Arc::clone(id);
         self.commits.submit(batch, move |result| {
             if let Err(error) = result {
                 tracing::error!(client_id = %id, %error, "storing a session failed");
+                failed.record(&error);
             }
             let mut map = pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(n) = map.get_mut(&id) {
@@ -298,10 +325,12 @@ impl Storage {
             }
         };
         let topic = message.topic.as_str().to_owned();
+        let failed = self.failed.clone();
         self.commits
             .put(retained_key(&message.topic), bytes, move |result| {
                 if let Err(error) = result {
                     tracing::error!(%topic, %error, "storing a retained message failed");
+                    failed.record(&error);
                 }
             });
     }
@@ -309,16 +338,21 @@ impl Storage {
     /// Deletes the retained message of `topic`.
     pub(crate) fn delete_retained(&self, topic: &TopicName) {
         let name = topic.as_str().to_owned();
+        let failed = self.failed.clone();
         self.commits.delete(retained_key(topic), move |result| {
             if let Err(error) = result {
                 tracing::error!(topic = %name, %error, "deleting a retained message failed");
+                failed.record(&error);
             }
         });
     }
 
-    /// Waits until everything submitted is committed, then stops the commit thread.
+    /// Waits until everything submitted is committed, then stops the commit thread. Fails
+    /// if that last commit did, or else if any write since the start did (the first error):
+    /// either way, the file lacks changes the broker acknowledged.
     pub(crate) fn shutdown(&self) -> Result<(), StoreError> {
-        self.commits.shutdown()
+        self.commits.shutdown()?;
+        self.failed.take().map_or(Ok(()), Err)
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
