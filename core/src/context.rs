@@ -103,7 +103,11 @@ where
         self.effects.timers.push(TimerOp::Cancel(timer));
     }
 
-    /// Replaces this receiver's handler from the next message on.
+    /// Replaces this receiver's handler from the next message on. The instance stays the
+    /// same: `next`'s [`activated`](Receiver::activated) hook does not run, and the old
+    /// handler is dropped without its [`deactivated`](Receiver::deactivated) hook; the hook
+    /// that runs when the instance is deactivated, once, is the handler's current then (so
+    /// state saved on deactivation must move to the new handler).
     pub fn become_(&mut self, next: impl Receiver<K, M, A>) {
         self.touch();
         self.effects.become_ = Some(M::adapt(Box::new(next)));

@@ -33,6 +33,7 @@ pub use crate::tasks::{
     asks_between_receivers_answer_or_time_out, context_asks_end_once_dropped_or_timed_out,
     spawned_work_comes_back_as_a_message, work_in_flight_is_dropped_with_its_receiver,
 };
+pub use crate::user::*;
 use crate::{HANG_GUARD, Harness, eventually};
 
 /// Options used by most tests: two shards, so that cross-shard paths are always exercised.
