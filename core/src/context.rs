@@ -124,7 +124,8 @@ where
     /// Starts `future` and gives its outcome back to this receiver as the message
     /// `map(outcome)`, without blocking the shard: the receiver handles other messages
     /// meanwhile, one at a time as always. The future runs on the executor's runtime (tokio's,
-    /// smol's, the pool's own), or under the simulator's seeded scheduler.
+    /// smol's, the pool's own), under the simulator's seeded scheduler, or inline in
+    /// [`Driver::run`](crate::Driver::run).
     ///
     /// The outcome goes to this instance only, and is handled next: it is queued ahead of the
     /// messages waiting for this receiver, behind outcomes that came back before it. If this
