@@ -63,7 +63,7 @@ impl Receiver<u64, Msg> for Remote {
                 ctx.ask(to, Msg::Hold, Duration::from_millis(ms), Msg::Asked);
             }
             Msg::Asked(outcome) => self.outcome = Some(outcome),
-            Msg::Outcome(reply) => drop(reply.send(self.outcome.clone())),
+            Msg::Outcome(reply) => drop(reply.send(self.outcome)),
         }
     }
 }

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use hermes_core::{
-    Activation, Config, Context, Deactivation, DeadLetterReason, Driver, Factory, Receiver,
-};
+use hermes_core::{Activation, Config, Context, Deactivation, DeadLetterReason, Driver, Receiver};
 use hermes_store::{
     Batch, Codec, Durable, Entries, GroupCommitConfig, MemoryStore, Operation, StateStore, Store,
     StoreError,
@@ -94,20 +92,19 @@ impl Receiver<String, Msg> for Counter {
     }
 }
 
-fn setup() -> (
-    Arc<Flaky>,
-    Arc<StateStore>,
-    Driver<String, Msg, impl Factory<String, Msg, App = (String, Msg)>>,
-) {
+/// A driver whose factory loads counters from a [`Flaky`] store.
+type TestDriver =
+    Driver<String, Msg, Box<dyn Fn(&String) -> Activation<String, Msg> + Send + Sync>>;
+
+fn setup() -> (Arc<Flaky>, Arc<StateStore>, TestDriver) {
     let flaky = Arc::new(Flaky::default());
     let states = StateStore::new(flaky.clone(), GroupCommitConfig::default()).unwrap();
     let s = Arc::clone(&states);
-    let driver = Driver::new(Config::default(), move |id: &String| {
-        match Durable::load(&s, COUNT, format!("count/{id}")) {
-            Ok(state) => Activation::ready(Counter(state)),
-            Err(e) => Activation::failed(e),
-        }
-    });
+    let factory = move |id: &String| match Durable::load(&s, COUNT, format!("count/{id}")) {
+        Ok(state) => Activation::ready(Counter(state)),
+        Err(e) => Activation::failed(e),
+    };
+    let driver = Driver::new(Config::default(), Box::new(factory) as Box<_>);
     (flaky, states, driver)
 }
 

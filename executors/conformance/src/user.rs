@@ -323,7 +323,8 @@ pub fn timers_scheduled_while_closing_are_closed_dead_letters<H: Harness>(h: &H)
 }
 
 /// An ask from outside ends, without waiting for its timeout, with `Dropped` when the receiver
-/// drops the `Reply`: deactivated for idleness while holding it, or panicking on the request.
+/// drops the `Reply`: deactivated for idleness while holding it, panicking on the request, or
+/// deactivated by a shutdown while holding it.
 pub fn asks_end_dropped_when_the_reply_dies_with_its_receiver<H: Harness>(h: &H) {
     let journal = Journal::default();
     let options = Options::new(Config::default().idle_timeout(Duration::from_millis(20))).shards(2);
@@ -340,6 +341,11 @@ pub fn asks_end_dropped_when_the_reply_dies_with_its_receiver<H: Harness>(h: &H)
         hermes.ask_blocking(2, Op::Boom, HANG_GUARD),
         Err(AskError::Dropped)
     );
+    // Held by a live receiver at shutdown: dropped with it when it is deactivated (`Closing`).
+    hermes.send(3, Op::IdleMs(u64::MAX)).unwrap();
+    let held = hermes.ask(3, Op::Hold);
     let stats = hermes.shutdown().unwrap();
+    assert_eq!(held.wait_timeout(HANG_GUARD), Err(AskError::Dropped));
+    assert_eq!(notes(&journal, 3), ["activated", "deactivated Closing"]);
     assert_eq!(stats.dead_letters, 1, "the request the handler panicked on");
 }
