@@ -63,8 +63,9 @@ where
         self.effects.sends.push((to, msg.into_app_msg()));
     }
 
-    /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, the message
-    /// becomes a dead letter.
+    /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, or is a
+    /// receiver's of another kind (handles are not typed by kind), the message becomes a
+    /// [`Stale`](crate::DeadLetterReason::Stale) dead letter.
     pub fn send_to(&mut self, to: Addr, msg: M) {
         self.touch();
         self.effects

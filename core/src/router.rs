@@ -773,6 +773,15 @@ impl<K: Key, M: Message> Router<K, M> {
         let Some(key) = self.live(addr) else {
             return Err(Rejected::new(to, msg, SendErrorKind::Stale));
         };
+        // A handle is not typed by kind: a message of another kind than its receiver's is
+        // refused here, as for a stale handle, rather than reaching (and panicking) it.
+        if let Some(kinds) = &self.kinds
+            && kinds
+                .message_kind(&msg)
+                .is_some_and(|kind| kind != usize::from(self.slots[key].kind))
+        {
+            return Err(Rejected::new(to, msg, SendErrorKind::Stale));
+        }
         self.deliver(key, msg, from)
             .map_err(|(msg, kind)| Rejected::new(to, msg, kind))
     }

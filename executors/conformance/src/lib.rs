@@ -114,7 +114,8 @@ macro_rules! conformance_tests {
             stop_in_the_activated_hook,
             a_later_instance_cancels_an_earlier_instances_timer,
             timers_scheduled_while_closing_are_closed_dead_letters,
-            asks_end_dropped_when_the_reply_dies_with_its_receiver
+            asks_end_dropped_when_the_reply_dies_with_its_receiver,
+            a_handle_of_another_kind_is_a_dead_letter_not_a_panic
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -18,7 +18,8 @@ pub use crate::backpressure::{
     try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
 };
 pub use crate::kinds::{
-    each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
+    a_handle_of_another_kind_is_a_dead_letter_not_a_panic, each_kind_has_its_own_mailbox_capacity,
+    kinds_send_ask_and_schedule_between_each_other,
 };
 pub use crate::lifecycle::{
     a_late_answer_to_a_timed_out_ask_is_given_back, a_panicking_handler_leaves_no_effects,

@@ -668,7 +668,8 @@ where
     }
 
     /// Sends `msg` by handle (see [`Addr`]) to a receiver of `T`'s kind, without waiting; a
-    /// stale handle makes it a dead letter.
+    /// stale handle, or one of a receiver of another kind (handles are not typed by kind),
+    /// makes it a [`Stale`](hermes_core::DeadLetterReason::Stale) dead letter.
     pub fn send_to<T: Kind<A>>(&self, addr: Addr, msg: T) -> Result<(), SendError<T>> {
         let location = Location::Shard(addr.router());
         let envelope = Envelope::Admit(Recipient::Addr(addr), msg.into_app_msg());
