@@ -96,16 +96,20 @@ pub trait App: 'static {
         "receiver"
     }
 
-    /// The kind of `msg`, `0..KINDS`: the kind whose receivers take it.
-    fn message_kind(_msg: &Self::Msg) -> usize {
-        0
+    /// The kind of `msg`, `0..KINDS` (the kind whose receivers take it), if the message says;
+    /// `None` (the default) if messages do not name their kind. A router refuses a message
+    /// sent by the handle of a receiver of another kind than the message's (a
+    /// [`Stale`](crate::DeadLetterReason::Stale) dead letter); with `None` it does not check.
+    /// [`app!`](crate::app) implements it.
+    fn message_kind(_msg: &Self::Msg) -> Option<usize> {
+        None
     }
 }
 
 /// The kind of `msg` if it is `A`'s message type: how a [`KindTable`], whose router knows
 /// only the application's types, asks `A`.
 fn message_kind_of<A: App>(msg: &dyn std::any::Any) -> Option<usize> {
-    msg.downcast_ref::<A::Msg>().map(A::message_kind)
+    msg.downcast_ref::<A::Msg>().and_then(A::message_kind)
 }
 
 impl<K: Key, M: Message> App for (K, M) {
@@ -296,7 +300,8 @@ impl Settings {
 /// ([`Factory::kinds`](crate::Factory::kinds)).
 pub struct KindTable<K> {
     pub(crate) kind_of: fn(&K) -> usize,
-    /// The kind of a message of the application (`None` for another type).
+    /// The kind of a message of the application (`None` for another type, or a message that
+    /// does not name its kind).
     pub(crate) message_kind: fn(&dyn std::any::Any) -> Option<usize>,
     pub(crate) names: Vec<&'static str>,
     pub(crate) settings: Vec<Settings>,
@@ -319,7 +324,8 @@ impl<K> KindTable<K> {
         (self.kind_of)(id)
     }
 
-    /// The kind of `msg`, if it is a message of this table's application.
+    /// The kind of `msg`, if it is a message of this table's application and names its kind
+    /// ([`App::message_kind`]).
     pub fn message_kind<M: 'static>(&self, msg: &M) -> Option<usize> {
         (self.message_kind)(msg)
     }
@@ -514,8 +520,8 @@ macro_rules! app {
                 [$(stringify!($variant)),+].get(kind).copied().unwrap_or("unknown")
             }
 
-            fn message_kind(msg: &$msg) -> usize {
-                $crate::__app_index!(msg, $msg; 0usize; $($variant)+)
+            fn message_kind(msg: &$msg) -> ::std::option::Option<usize> {
+                ::std::option::Option::Some($crate::__app_index!(msg, $msg; 0usize; $($variant)+))
             }
         }
 
