@@ -115,7 +115,9 @@ macro_rules! conformance_tests {
             a_later_instance_cancels_an_earlier_instances_timer,
             timers_scheduled_while_closing_are_closed_dead_letters,
             asks_end_dropped_when_the_reply_dies_with_its_receiver,
-            a_handle_of_another_kind_is_a_dead_letter_not_a_panic
+            a_handle_of_another_kind_is_a_dead_letter_not_a_panic,
+            a_panicking_dead_letter_sink_is_contained,
+            become_in_the_activated_hook
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -349,3 +349,74 @@ pub fn asks_end_dropped_when_the_reply_dies_with_its_receiver<H: Harness>(h: &H)
     assert_eq!(notes(&journal, 3), ["activated", "deactivated Closing"]);
     assert_eq!(stats.dead_letters, 1, "the request the handler panicked on");
 }
+
+/// A dead-letter sink that panics is caught: Hermes keeps routing, later dead letters still
+/// reach the sink, and shutdown finishes.
+pub fn a_panicking_dead_letter_sink_is_contained<H: Harness>(h: &H) {
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    let options =
+        Options::new(Config::default())
+            .shards(2)
+            .on_dead_letter(move |_: DeadLetter<u64, Op>| {
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                panic!("a dead-letter sink bug (a deliberate panic in a conformance test)");
+            });
+    let journal = Journal::default();
+    let factory = journaled(&journal, &[]);
+    let hermes = h.start(options, move |id: &u64| match id {
+        0..=9 => Activation::Refused,
+        _ => factory(id),
+    });
+    for id in 0..10 {
+        hermes.send(id, Op::Hit).unwrap();
+    }
+    eventually("ten dead letters", || {
+        seen.load(std::sync::atomic::Ordering::SeqCst) == 10
+    });
+    hermes.send(10, Op::Hit).unwrap();
+    assert_eq!(
+        hermes.ask_blocking(11, Op::Hold, Duration::from_millis(1)),
+        Err(AskError::Timeout)
+    );
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!((stats.dead_letters, stats.activations), (10, 2));
+    assert_eq!(
+        notes(&journal, 1),
+        ["activated", "hit", "deactivated Closing"]
+    );
+}
+
+/// `become_` in the `activated` hook: the first message already reaches the new handler.
+pub fn become_in_the_activated_hook<H: Harness>(h: &H) {
+    struct Starter(Journal);
+    impl Receiver<u64, Op> for Starter {
+        fn receive(&mut self, _: &mut Context<'_, u64, Op>, _: Op) {
+            self.0.lock().unwrap().push((1, "starter".into()));
+        }
+        fn activated(&mut self, ctx: &mut Context<'_, u64, Op>) {
+            let journal = Arc::clone(&self.0);
+            ctx.become_(Became {
+                instance: 1,
+                journal,
+            });
+        }
+    }
+    let journal = Journal::default();
+    let j = Arc::clone(&journal);
+    let hermes = h.start(Options::new(Config::default()).shards(1), move |_: &u64| {
+        Activation::ready(Starter(Arc::clone(&j)))
+    });
+    hermes.send(1, Op::Hit).unwrap();
+    hermes.send(1, Op::Stop).unwrap();
+    eventually("the stop", || hermes.stats().deactivations == 1);
+    assert_eq!(
+        notes(&journal, 1),
+        [
+            "after-become",
+            "after-become",
+            "became: deactivated Stopped"
+        ]
+    );
+    hermes.shutdown().unwrap();
+}
