@@ -274,7 +274,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// This kind's idle timeout (see [`Config::idle_timeout`](crate::Config::idle_timeout())).
+    /// This kind's idle timeout (see [`Config::idle_timeout`](crate::Config::idle_timeout())),
+    /// in whole milliseconds as [`Context::set_idle_timeout`](crate::Context::set_idle_timeout):
+    /// 2^32 − 2 ms (about 49.7 days) or more means never.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self
