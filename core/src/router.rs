@@ -101,7 +101,9 @@ impl Config {
 
     /// How many dead letters a router keeps until they are polled (default 4096). A driver
     /// that never polls them does not grow without bound: past this many, new dead letters are
-    /// counted in [`Stats::dead_letters_dropped`], logged, and dropped.
+    /// counted in [`Stats::dead_letters_dropped`], logged, and dropped. For routers you drive
+    /// yourself ([`Router`], [`Driver`](crate::Driver)): the executors and the simulator hand
+    /// every dead letter on as it comes, however many one step makes, and ignore this bound.
     pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
         self.dead_letter_capacity = capacity;
         self

@@ -117,7 +117,8 @@ macro_rules! conformance_tests {
             asks_end_dropped_when_the_reply_dies_with_its_receiver,
             a_handle_of_another_kind_is_a_dead_letter_not_a_panic,
             a_panicking_dead_letter_sink_is_contained,
-            become_in_the_activated_hook
+            become_in_the_activated_hook,
+            a_burst_of_dead_letters_all_reach_the_sink
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -420,3 +420,37 @@ pub fn become_in_the_activated_hook<H: Harness>(h: &H) {
     );
     hermes.shutdown().unwrap();
 }
+
+/// Every dead letter reaches the sink, however many come at once: ten thousand timers pending
+/// at shutdown are ten thousand `Closed` dead letters with their messages, past the router's
+/// `dead_letter_capacity` (which bounds letters a driver does not poll; the shards poll them).
+pub fn a_burst_of_dead_letters_all_reach_the_sink<H: Harness>(h: &H) {
+    const TIMERS: u64 = 10_000;
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s = Arc::clone(&seen);
+    let options =
+        Options::new(Config::default())
+            .shards(2)
+            .on_dead_letter(move |d: DeadLetter<u64, u64>| {
+                if d.reason == DeadLetterReason::Closed && d.message.is_some() {
+                    s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+    let hermes = h.start(options, |_: &u64| {
+        Activation::ready(|_: &mut Context<'_, u64, u64>, _: u64| {})
+    });
+    for n in 0..TIMERS {
+        hermes
+            .schedule(n % 7, Duration::from_secs(3600), n)
+            .unwrap();
+    }
+    eventually("the timers", || {
+        hermes.stats().timers_pending as u64 == TIMERS
+    });
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), TIMERS);
+    assert_eq!(
+        (stats.dead_letters, stats.dead_letters_dropped),
+        (TIMERS, 0)
+    );
+}

@@ -141,10 +141,14 @@ pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
     });
     let kinds = factory.kinds();
     let factory = hermes_core::share(factory);
+    // A shard hands dead letters on as they come, so its router needs no bound of its own on
+    // them; with one, a single step that makes many (a close with thousands of timers pending)
+    // dropped the overflow before the sink saw it.
+    let config = options.config.clone().dead_letter_capacity(usize::MAX);
     let shard_list = (0..shards as u32)
         .zip(parks)
         .map(|(index, park)| {
-            let mut router = Router::placed(options.config.clone(), index, Arc::clone(&placement));
+            let mut router = Router::placed(config.clone(), index, Arc::clone(&placement));
             router.use_kinds(kinds.clone());
             let shard = Shard::new(
                 index,
