@@ -270,3 +270,21 @@ fn timers_at_and_during_close_are_closed_dead_letters() {
         );
     }
 }
+
+/// However many dead letters one step makes, the simulator keeps them all: ten thousand timers
+/// pending at close are ten thousand `Closed` dead letters (as on the executors).
+#[test]
+fn a_burst_of_dead_letters_is_kept_whole() {
+    for seed in 0..5 {
+        let (mut sim, _, _) = sim(seed, Config::default());
+        for n in 0..10_000u32 {
+            sim.schedule(n % 7, s(3600), Msg::Tick).unwrap();
+        }
+        sim.run_until_quiet();
+        sim.close();
+        let letters = sim.take_dead_letters();
+        assert_eq!(letters.len(), 10_000, "seed {seed}");
+        assert!(letters.iter().all(|d| d.reason == DeadLetterReason::Closed));
+        assert_eq!(sim.stats().dead_letters_dropped, 0, "seed {seed}");
+    }
+}
