@@ -164,7 +164,13 @@ pub enum Outbound<K, M> {
 /// - [`poll_dead_letter`](Router::poll_dead_letter): undeliverable messages (bounded by
 ///   [`Config::dead_letter_capacity`]; a driver that never polls loses only the overflow,
 ///   counted);
+/// - [`poll_task`](Router::poll_task): work receivers started ([`Context::spawn`],
+///   [`Context::ask`]): run each [`Task`](crate::Task) and give its outcome back with
+///   [`complete`](Router::complete). Unpolled, those receivers wait for ever (never idle),
+///   and their asks never end, not even at their timeouts;
 /// - [`poll_timeout`](Router::poll_timeout): when to call `handle_timeout` next.
+///
+/// [`Driver`](crate::Driver) does all of this on the calling thread.
 ///
 /// Time only moves forward: pass the same or later instants from call to call.
 pub struct Router<K, M> {
