@@ -118,7 +118,8 @@ macro_rules! conformance_tests {
             a_handle_of_another_kind_is_a_dead_letter_not_a_panic,
             a_panicking_dead_letter_sink_is_contained,
             become_in_the_activated_hook,
-            a_burst_of_dead_letters_all_reach_the_sink
+            a_burst_of_dead_letters_all_reach_the_sink,
+            a_panicking_spawned_future_harms_no_other_work
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -454,3 +454,48 @@ pub fn a_burst_of_dead_letters_all_reach_the_sink<H: Harness>(h: &H) {
         (TIMERS, 0)
     );
 }
+
+enum Work {
+    /// Start a future that panics.
+    Bad,
+    /// Start a future that gives 7.
+    Good,
+    Done(u64),
+    Asked(Reply<Option<u64>>),
+}
+
+/// A future a receiver started that panics harms nobody else: the runtime that runs spawned
+/// work keeps running it, so other receivers' work (and asks) still come back. Its own
+/// receiver gets no outcome and waits for it: it is not deactivated for idleness, only by a
+/// stop or the shutdown.
+pub fn a_panicking_spawned_future_harms_no_other_work<H: Harness>(h: &H) {
+    let config = Config::default().idle_timeout(Duration::from_millis(20));
+    let hermes = h.start(Options::new(config).shards(2), |_: &u64| {
+        let mut done = None;
+        Activation::ready(move |ctx: &mut Context<'_, u64, Work>, msg| match msg {
+            Work::Bad => ctx.spawn(
+                async { panic!("a future's bug (a deliberate panic in a conformance test)") },
+                |()| Work::Done(0),
+            ),
+            Work::Good => ctx.spawn(async { 7 }, Work::Done),
+            Work::Done(n) => done = Some(n),
+            Work::Asked(reply) => drop(reply.send(done)),
+        })
+    });
+    hermes.send(1, Work::Bad).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    for id in 2..6 {
+        hermes.send(id, Work::Good).unwrap();
+        eventually("the good work", || {
+            hermes.ask_blocking(id, Work::Asked, HANG_GUARD) == Ok(Some(7))
+        });
+    }
+    eventually("the others idle out", || hermes.stats().live == 1);
+    assert_eq!(
+        hermes.ask_blocking(1, Work::Asked, HANG_GUARD),
+        Ok(None),
+        "still the first instance, waiting"
+    );
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!(stats.activations, 5);
+}
