@@ -137,8 +137,8 @@ where
     /// panics gives no outcome (the runtime drops it; other work goes on), so its receiver
     /// waits until it is deactivated otherwise: catch panics in the future if it may panic.
     /// Like every effect, nothing starts if the handler panics. The future is dropped where it
-    /// is: a guard meant to say so belongs outside an `async` block (created inside, it exists only once the future is
-    /// first polled, and a future dropped before that leaves no trace).
+    /// is: a guard meant to say so belongs outside an `async` block (created inside, it exists
+    /// only once the future is first polled, and a future dropped before that leaves no trace).
     pub fn spawn<T, F>(&mut self, future: F, map: impl FnOnce(T) -> M + Send + 'static)
     where
         F: Future<Output = T> + Send + 'static,
