@@ -92,3 +92,32 @@ fn the_driver_ends_asks_at_their_deadline_and_repolls_outside_work() {
     assert_eq!(driver.router().tasks_in_flight(), 0);
     assert!(format!("{driver:?}").contains("tasks: 0"), "{driver:?}");
 }
+
+/// A task that panics is dropped, as an executor's runtime drops it: `run` does not panic,
+/// and other work still comes back.
+#[test]
+fn a_panicking_task_does_not_stop_the_driver() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let mut driver = Driver::new(Config::default(), move |_: &u32| {
+        let s = s.clone();
+        Activation::ready(move |ctx: &mut Context<'_, u32, Msg>, msg| match msg {
+            Msg::Start if *ctx.id() == 1 => ctx.spawn(
+                async { panic!("a future's bug (a deliberate panic in a test)") },
+                |()| Msg::Loaded(0),
+            ),
+            Msg::Start => ctx.spawn(async { 42 }, Msg::Loaded),
+            Msg::Loaded(n) => s.lock().unwrap().push(n),
+            _ => {}
+        })
+    });
+    driver.send(1, Msg::Start).unwrap();
+    driver.send(2, Msg::Start).unwrap();
+    driver.run(Instant::now());
+    assert_eq!(*seen.lock().unwrap(), [42]);
+    assert_eq!(
+        driver.router().tasks_in_flight(),
+        1,
+        "ID 1 still waits for it"
+    );
+}
