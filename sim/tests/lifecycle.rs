@@ -288,3 +288,43 @@ fn a_burst_of_dead_letters_is_kept_whole() {
         assert_eq!(sim.stats().dead_letters_dropped, 0, "seed {seed}");
     }
 }
+
+/// A spawned future that panics is dropped, as on the executors: the simulation goes on, and
+/// other receivers' work comes back; its receiver waits for it (not idled out) until close.
+#[test]
+fn a_panicking_spawned_future_harms_no_other_work() {
+    #[derive(Debug)]
+    enum Work {
+        Bad,
+        Good,
+        Done(u64),
+    }
+    for seed in 0..20 {
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let d = Arc::clone(&done);
+        let config = Config::default().idle_timeout(s(1));
+        let mut sim = Sim::new(seed, config, move |_: &u32| {
+            let d = Arc::clone(&d);
+            Activation::ready(move |ctx: &mut Context<'_, u32, Work>, msg| match msg {
+                Work::Bad => ctx.spawn(
+                    async { panic!("a future's bug (a deliberate panic in a test)") },
+                    |()| Work::Done(0),
+                ),
+                Work::Good => ctx.spawn(async { 7 }, Work::Done),
+                Work::Done(n) => d.lock().unwrap().push((*ctx.id(), n)),
+            })
+        })
+        .with_shards(2);
+        sim.send(1, Work::Bad).unwrap();
+        for id in 2..5 {
+            sim.send(id, Work::Good).unwrap();
+        }
+        sim.run_for(s(10));
+        let mut done = done.lock().unwrap().clone();
+        done.sort_unstable();
+        assert_eq!(done, [(2, 7), (3, 7), (4, 7)], "seed {seed}");
+        assert_eq!(sim.stats().live, 1, "seed {seed}: ID 1 waits");
+        sim.close();
+        assert!(sim.is_closed());
+    }
+}
