@@ -8,6 +8,10 @@
 //! It shows, in about two seconds: activation on the first message, a heartbeat timer, become,
 //! a per-receiver idle timeout, idle deactivation, re-activation, and close.
 //!
+//! These receivers start no work of their own; a loop whose receivers call `Context::spawn` or
+//! `Context::ask` also polls `Router::poll_task`, runs each task and gives its outcome back with
+//! `Router::complete` (as `hermes::router::Driver::run` does).
+//!
 //! Run it with `cargo run --release --example custom_event_loop`.
 
 use std::sync::OnceLock;

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use crate::ClusterError;
 
+/// The longest timing a node keeps (2^32 − 1 ms, about 49.7 days): a longer one counts as
+/// this, so that deadlines computed from it (and multiples of it) stay representable.
+const LONGEST: Duration = Duration::from_millis(u32::MAX as u64);
+
 /// How a node joins a cluster: the NATS server, the cluster's name, the node's name, and the
 /// timings of membership.
 ///
@@ -52,9 +56,10 @@ impl ClusterConfig {
         }
     }
 
-    /// How often the node announces itself (default 500 ms), and looks at the membership.
+    /// How often the node announces itself (default 500 ms), and looks at the membership. At
+    /// least 10 ms; at most about 49.7 days, as every timing here (longer counts as that).
     pub fn heartbeat(mut self, every: Duration) -> Self {
-        self.heartbeat = every.max(Duration::from_millis(10));
+        self.heartbeat = every.clamp(Duration::from_millis(10), LONGEST);
         self
     }
 
@@ -63,14 +68,14 @@ impl ClusterConfig {
     /// too short removes nodes that are only slow (they then lose their receivers, whose
     /// stale saves fail: safe, but churn).
     pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
-        self.liveness = timeout;
+        self.liveness = timeout.min(LONGEST);
         self
     }
 
     /// How long a node that gained IDs from a live node waits for that node to release them
     /// (deactivate them and save their state) before it activates them anyway (default 2 s).
     pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
-        self.handoff_timeout = timeout;
+        self.handoff_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -97,7 +102,7 @@ impl ClusterConfig {
     /// How long one JetStream key-value operation of the [`KvStore`](crate::KvStore) may
     /// take before it fails (default 5 s).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = timeout;
+        self.store_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -133,5 +138,29 @@ impl ClusterConfig {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Any `Duration` is a valid timing: one too long to represent is kept as the longest,
+    /// and the checks and deadlines made from it do not overflow.
+    #[test]
+    fn every_duration_is_a_valid_timing() {
+        let config = ClusterConfig::new("nats://127.0.0.1:4222", "c", "a")
+            .heartbeat(Duration::MAX)
+            .liveness_timeout(Duration::MAX)
+            .handoff_timeout(Duration::MAX)
+            .store_timeout(Duration::MAX);
+        assert!(
+            config.validate().is_err(),
+            "the liveness is not two heartbeats"
+        );
+        let config = config.heartbeat(LONGEST / 2);
+        assert!(config.validate().is_ok());
+        let _ = std::time::Instant::now() + config.handoff_timeout.max(Duration::from_secs(1)) * 5;
+        let _ = std::time::Instant::now() + config.liveness + config.store_timeout;
     }
 }

@@ -61,6 +61,8 @@
 //! Tests start a real `nats-server` (Debian package `nats-server`) and are skipped, with a
 //! message, where it is not installed, unless `HERMES_REQUIRE_NATS=1` (set by CI).
 
+#![warn(missing_debug_implementations)]
+
 mod config;
 mod membership;
 mod node;

@@ -95,6 +95,21 @@ pub trait App: 'static {
     fn kind_name(_kind: usize) -> &'static str {
         "receiver"
     }
+
+    /// The kind of `msg`, `0..KINDS` (the kind whose receivers take it), if the message says;
+    /// `None` (the default) if messages do not name their kind. A router refuses a message
+    /// sent by the handle of a receiver of another kind than the message's (a
+    /// [`Stale`](crate::DeadLetterReason::Stale) dead letter); with `None` it does not check.
+    /// [`app!`](crate::app) implements it.
+    fn message_kind(_msg: &Self::Msg) -> Option<usize> {
+        None
+    }
+}
+
+/// The kind of `msg` if it is `A`'s message type: how a [`KindTable`], whose router knows
+/// only the application's types, asks `A`.
+fn message_kind_of<A: App>(msg: &dyn std::any::Any) -> Option<usize> {
+    msg.downcast_ref::<A::Msg>().and_then(A::message_kind)
 }
 
 impl<K: Key, M: Message> App for (K, M) {
@@ -205,7 +220,8 @@ impl<T: Kind<A>, A: App> Receiver<A::Id, A::Msg> for KindAdapter<T, A> {
     fn receive(&mut self, ctx: &mut Context<'_, A::Id, A::Msg>, msg: A::Msg) {
         let msg = match T::from_app_msg(msg) {
             Ok(msg) => msg,
-            // Only a handle typed by the raw application types can send this.
+            // Routers check a handle's kind against the message's (a `Stale` dead letter), so
+            // only a router without the application's kind table can get here.
             Err(_) => panic!(
                 "a message for another kind was sent to {:?}, of kind {}: a bug in the \
                  application's kinds",
@@ -258,7 +274,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// This kind's idle timeout (see [`Config::idle_timeout`](crate::Config::idle_timeout())).
+    /// This kind's idle timeout (see [`Config::idle_timeout`](crate::Config::idle_timeout())),
+    /// in whole milliseconds as [`Context::set_idle_timeout`](crate::Context::set_idle_timeout):
+    /// 2^32 − 2 ms (about 49.7 days) or more means never.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self
@@ -284,6 +302,9 @@ impl Settings {
 /// ([`Factory::kinds`](crate::Factory::kinds)).
 pub struct KindTable<K> {
     pub(crate) kind_of: fn(&K) -> usize,
+    /// The kind of a message of the application (`None` for another type, or a message that
+    /// does not name its kind).
+    pub(crate) message_kind: fn(&dyn std::any::Any) -> Option<usize>,
     pub(crate) names: Vec<&'static str>,
     pub(crate) settings: Vec<Settings>,
 }
@@ -292,6 +313,7 @@ impl<K> Clone for KindTable<K> {
     fn clone(&self) -> Self {
         KindTable {
             kind_of: self.kind_of,
+            message_kind: self.message_kind,
             names: self.names.clone(),
             settings: self.settings.clone(),
         }
@@ -302,6 +324,12 @@ impl<K> KindTable<K> {
     /// The kind of `id`.
     pub fn kind_of(&self, id: &K) -> usize {
         (self.kind_of)(id)
+    }
+
+    /// The kind of `msg`, if it is a message of this table's application and names its kind
+    /// ([`App::message_kind`]).
+    pub fn message_kind<M: 'static>(&self, msg: &M) -> Option<usize> {
+        (self.message_kind)(msg)
     }
 
     /// Kind `kind`'s settings.
@@ -405,6 +433,7 @@ impl<A: App> Factory<A::Id, A::Msg> for Kinds<A> {
     fn kinds(&self) -> Option<KindTable<A::Id>> {
         Some(KindTable {
             kind_of: A::kind_of,
+            message_kind: message_kind_of::<A>,
             names: (0..A::KINDS).map(A::kind_name).collect(),
             settings: self.settings.clone(),
         })
@@ -492,13 +521,17 @@ macro_rules! app {
             fn kind_name(kind: usize) -> &'static str {
                 [$(stringify!($variant)),+].get(kind).copied().unwrap_or("unknown")
             }
+
+            fn message_kind(msg: &$msg) -> ::std::option::Option<usize> {
+                ::std::option::Option::Some($crate::__app_index!(msg, $msg; 0usize; $($variant)+))
+            }
         }
 
         $crate::__app_kinds!($app, $id, $msg; 0usize; $($variant($kind_id => $kind_msg))+);
     };
 }
 
-/// Implementation detail of [`app!`]: the kind index of an application ID.
+/// Implementation detail of [`app!`]: the kind index of an application ID or message.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __app_index {

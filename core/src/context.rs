@@ -63,8 +63,9 @@ where
         self.effects.sends.push((to, msg.into_app_msg()));
     }
 
-    /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, the message
-    /// becomes a dead letter.
+    /// Sends `msg` by handle to a receiver of this kind. If the handle is stale, or is a
+    /// receiver's of another kind (handles are not typed by kind), the message becomes a
+    /// [`Stale`](crate::DeadLetterReason::Stale) dead letter.
     pub fn send_to(&mut self, to: Addr, msg: M) {
         self.touch();
         self.effects
@@ -103,7 +104,11 @@ where
         self.effects.timers.push(TimerOp::Cancel(timer));
     }
 
-    /// Replaces this receiver's handler from the next message on.
+    /// Replaces this receiver's handler from the next message on. The instance stays the
+    /// same: `next`'s [`activated`](Receiver::activated) hook does not run, and the old
+    /// handler is dropped without its [`deactivated`](Receiver::deactivated) hook; the hook
+    /// that runs when the instance is deactivated, once, is the handler's current then (so
+    /// state saved on deactivation must move to the new handler).
     pub fn become_(&mut self, next: impl Receiver<K, M, A>) {
         self.touch();
         self.effects.become_ = Some(M::adapt(Box::new(next)));
@@ -120,17 +125,20 @@ where
     /// Starts `future` and gives its outcome back to this receiver as the message
     /// `map(outcome)`, without blocking the shard: the receiver handles other messages
     /// meanwhile, one at a time as always. The future runs on the executor's runtime (tokio's,
-    /// smol's, the pool's own), or under the simulator's seeded scheduler.
+    /// smol's, the pool's own), under the simulator's seeded scheduler, or inline in
+    /// [`Driver::run`](crate::Driver::run).
     ///
     /// The outcome goes to this instance only, and is handled next: it is queued ahead of the
     /// messages waiting for this receiver, behind outcomes that came back before it. If this
     /// instance is deactivated first (stopped, panicked, closing), the future is dropped
     /// unfinished, and an outcome that came back too late, or was still queued, becomes a
     /// [`Stale`](crate::DeadLetterReason::Stale) dead letter: it never reaches a next instance.
-    /// While work is in flight the receiver is not deactivated for idleness. Like every effect, nothing
-    /// starts if the handler panics. The future is dropped where it is: a guard meant to say so
-    /// belongs outside an `async` block (created inside, it exists only once the future is
-    /// first polled, and a future dropped before that leaves no trace).
+    /// While work is in flight the receiver is not deactivated for idleness; a future that
+    /// panics gives no outcome (the runtime drops it; other work goes on), so its receiver
+    /// waits until it is deactivated otherwise: catch panics in the future if it may panic.
+    /// Like every effect, nothing starts if the handler panics. The future is dropped where it
+    /// is: a guard meant to say so belongs outside an `async` block (created inside, it exists
+    /// only once the future is first polled, and a future dropped before that leaves no trace).
     pub fn spawn<T, F>(&mut self, future: F, map: impl FnOnce(T) -> M + Send + 'static)
     where
         F: Future<Output = T> + Send + 'static,

@@ -1,15 +1,30 @@
 //! A single-threaded driver that handles every command inline: for custom event loops and tests.
 
 use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
 
-use crate::{Clock, Command, Config, DeadLetter, Factory, Key, Kind, Message, Router, SendError};
+use crate::{
+    Clock, Command, Config, DeadLetter, Factory, Key, Kind, Message, Router, SendError, Task,
+};
 
 /// A [`Router`] plus its factory, handling every command on the calling thread.
 ///
 /// Poll the dead letters now and then ([`poll_dead_letter`](Driver::poll_dead_letter)): the
 /// router keeps at most [`Config::dead_letter_capacity`] of them, and counts the ones it drops
 /// in [`Stats::dead_letters_dropped`](crate::Stats::dead_letters_dropped).
+///
+/// Work that receivers start ([`Context::spawn`](crate::Context::spawn),
+/// [`Context::ask`](crate::Context::ask)) runs inline too: [`run`](Driver::run) polls it on
+/// the calling thread and gives each outcome back to its receiver, so an ask between receivers
+/// is answered within the same `run`, and one that is not ends with `Timeout` on the first
+/// `run` at or after its deadline ([`poll_timeout`](Driver::poll_timeout) says when). The
+/// driver has no waker of its own: a future waiting on something outside Hermes (I/O, another
+/// thread) is polled again on the next `run`, so call `run` once that may have finished, or
+/// use an executor. A task that panics is dropped, as on an executor: other work goes on.
 ///
 /// ```
 /// use std::time::Instant;
@@ -28,6 +43,8 @@ use crate::{Clock, Command, Config, DeadLetter, Factory, Key, Kind, Message, Rou
 pub struct Driver<K, M, F> {
     router: Router<K, M>,
     factory: F,
+    /// Work receivers started that has not finished, in the order it was started.
+    tasks: Vec<Task<M>>,
 }
 
 impl<K, M, F> Driver<K, M, F>
@@ -40,7 +57,11 @@ where
     pub fn new(config: Config, factory: F) -> Self {
         let mut router = Router::new(config);
         router.use_kinds(factory.kinds());
-        Driver { router, factory }
+        Driver {
+            router,
+            factory,
+            tasks: Vec::new(),
+        }
     }
 
     /// The router, to read stats or poll dead letters.
@@ -60,7 +81,8 @@ where
     }
 
     /// Handles the next pending command, reading the time from `clock` (an `Instant` for a fixed
-    /// time), and returns it, or `None` if there is none.
+    /// time), and returns it, or `None` if there is none. Work receivers started is run by
+    /// [`run`](Driver::run), not here.
     pub fn step(&mut self, clock: impl Clock) -> Option<Command> {
         let command = self.router.poll_command()?;
         if let Err(e) = self.router.handle(command, &self.factory, &clock) {
@@ -70,15 +92,55 @@ where
         Some(command)
     }
 
-    /// Fires the timers due now, then handles commands until none is left, reading the time
-    /// from `clock` (an `Instant` for a fixed time). Returns how many commands were handled.
+    /// Fires the timers due now, then handles commands and polls the work receivers started
+    /// (giving back each outcome, which makes more commands) until neither has anything left,
+    /// reading the time from `clock` (an `Instant` for a fixed time). Returns how many
+    /// commands were handled.
     pub fn run(&mut self, clock: impl Clock) -> usize {
         self.router.handle_timeout(clock.now());
         let mut handled = 0;
-        while self.step(&clock).is_some() {
-            handled += 1;
+        loop {
+            while self.step(&clock).is_some() {
+                handled += 1;
+            }
+            if !self.poll_tasks(&clock) {
+                return handled;
+            }
         }
-        handled
+    }
+
+    /// Polls every unfinished task once, in the order they were started, and gives the
+    /// outcomes back to the router. True if any task finished (or was found aborted).
+    fn poll_tasks(&mut self, clock: &impl Clock) -> bool {
+        while let Some(task) = self.router.poll_task() {
+            self.tasks.push(task);
+        }
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        let mut finished = false;
+        let mut i = 0;
+        while i < self.tasks.len() {
+            let task = &mut self.tasks[i];
+            let polled = catch_unwind(AssertUnwindSafe(|| Pin::new(task).poll(&mut cx)));
+            let Ok(polled) = polled else {
+                // As an executor's runtime does: the task is dropped, other work goes on (its
+                // receiver gets no outcome; see `Context::spawn`).
+                tracing::error!(task = ?self.tasks[i].id(), "a task a receiver started panicked");
+                drop(self.tasks.remove(i));
+                finished = true;
+                continue;
+            };
+            match polled {
+                Poll::Ready(outcome) => {
+                    let task = self.tasks.remove(i);
+                    if let Some(msg) = outcome {
+                        self.router.complete(task.id(), msg, clock.now());
+                    }
+                    finished = true;
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        finished
     }
 
     /// Closes the router and runs until every receiver is deactivated.
@@ -105,6 +167,7 @@ impl<K, M, F> fmt::Debug for Driver<K, M, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
             .field("router", &self.router)
+            .field("tasks", &self.tasks.len())
             .finish_non_exhaustive()
     }
 }

@@ -13,7 +13,8 @@ pub enum SendError<M> {
     Closed(M),
     /// The receiver's bounded mailbox is full; retry later or raise `mailbox_capacity`.
     Full(M),
-    /// The handle's receiver is gone; send by ID instead.
+    /// The handle's receiver is gone, or is of another kind than the message; send by ID
+    /// instead.
     Stale(M),
     /// The receiver lives on another node of a cluster that cannot be reached now.
     Unreachable(M),
@@ -72,7 +73,10 @@ impl fmt::Display for SendErrorKind {
             SendErrorKind::Full => {
                 "the receiver's mailbox is full: retry later or raise mailbox_capacity"
             }
-            SendErrorKind::Stale => "the handle is stale: its receiver is gone; send by ID",
+            SendErrorKind::Stale => {
+                "the handle is stale: its receiver is gone (or is of another kind than the \
+                 message); send by ID"
+            }
             SendErrorKind::Unreachable => {
                 "the receiver lives on another node that cannot be reached now: retry once \
                  the cluster is healthy"
@@ -126,7 +130,8 @@ pub enum DeadLetterReason {
     Closed,
     /// The recipient's bounded mailbox was full.
     Full,
-    /// The handle was stale.
+    /// The handle was stale, or addressed a receiver of another kind than the message's (or
+    /// a task's outcome came back after its receiver instance was gone).
     Stale,
     /// The handler panicked on this message; the panic's message is kept.
     Panicked(Arc<str>),
@@ -145,7 +150,9 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::FactoryFailed(e) => write!(f, "activation failed: {e}"),
             DeadLetterReason::Closed => f.write_str("hermes was closing"),
             DeadLetterReason::Full => f.write_str("the recipient's mailbox was full"),
-            DeadLetterReason::Stale => f.write_str("the handle was stale"),
+            DeadLetterReason::Stale => f.write_str(
+                "the handle was stale (its receiver gone, or of another kind than the message)",
+            ),
             DeadLetterReason::Panicked(p) => write!(f, "the handler panicked: {p}"),
             DeadLetterReason::DrainLimit => f.write_str(
                 "hermes was closing and had delivered its drain limit of messages \

@@ -32,7 +32,8 @@ pub trait Receiver<K, M, A = (K, M)>: Send + 'static {
         A: App;
 
     /// Runs once, after the factory created this receiver and before its first message. If it
-    /// panics, the activation fails: the messages waiting for this ID become
+    /// panics, the activation fails: its effects do not happen, the instance is dropped without
+    /// its `deactivated` hook, and the messages waiting for this ID become
     /// [`FactoryFailed`](crate::DeadLetterReason::FactoryFailed) dead letters.
     fn activated(&mut self, _ctx: &mut Context<'_, K, M, A>)
     where
@@ -41,8 +42,8 @@ pub trait Receiver<K, M, A = (K, M)>: Send + 'static {
     }
 
     /// Runs once, when this instance is deactivated, after its last message; save durable
-    /// state here (unless `why` is [`Deactivation::Panicked`]). If it panics, the deactivation
-    /// completes all the same.
+    /// state here (unless `why` is [`Deactivation::Panicked`]). If it panics, its effects do not
+    /// happen, and the deactivation completes all the same.
     fn deactivated(&mut self, _ctx: &mut Context<'_, K, M, A>, _why: Deactivation)
     where
         A: App,

@@ -101,7 +101,9 @@ impl Config {
 
     /// How many dead letters a router keeps until they are polled (default 4096). A driver
     /// that never polls them does not grow without bound: past this many, new dead letters are
-    /// counted in [`Stats::dead_letters_dropped`], logged, and dropped.
+    /// counted in [`Stats::dead_letters_dropped`], logged, and dropped. For routers you drive
+    /// yourself ([`Router`], [`Driver`](crate::Driver)): the executors and the simulator hand
+    /// every dead letter on as it comes, however many one step makes, and ignore this bound.
     pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
         self.dead_letter_capacity = capacity;
         self
@@ -162,7 +164,13 @@ pub enum Outbound<K, M> {
 /// - [`poll_dead_letter`](Router::poll_dead_letter): undeliverable messages (bounded by
 ///   [`Config::dead_letter_capacity`]; a driver that never polls loses only the overflow,
 ///   counted);
+/// - [`poll_task`](Router::poll_task): work receivers started ([`Context::spawn`],
+///   [`Context::ask`]): run each [`Task`](crate::Task) and give its outcome back with
+///   [`complete`](Router::complete). Unpolled, those receivers wait for ever (never idle),
+///   and their asks never end, not even at their timeouts;
 /// - [`poll_timeout`](Router::poll_timeout): when to call `handle_timeout` next.
+///
+/// [`Driver`](crate::Driver) does all of this on the calling thread.
 ///
 /// Time only moves forward: pass the same or later instants from call to call.
 pub struct Router<K, M> {
@@ -773,6 +781,15 @@ impl<K: Key, M: Message> Router<K, M> {
         let Some(key) = self.live(addr) else {
             return Err(Rejected::new(to, msg, SendErrorKind::Stale));
         };
+        // A handle is not typed by kind: a message of another kind than its receiver's is
+        // refused here, as for a stale handle, rather than reaching (and panicking) it.
+        if let Some(kinds) = &self.kinds
+            && kinds
+                .message_kind(&msg)
+                .is_some_and(|kind| kind != usize::from(self.slots[key].kind))
+        {
+            return Err(Rejected::new(to, msg, SendErrorKind::Stale));
+        }
         self.deliver(key, msg, from)
             .map_err(|(msg, kind)| Rejected::new(to, msg, kind))
     }

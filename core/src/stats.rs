@@ -24,7 +24,9 @@ pub struct Stats {
     pub messages_forwarded: u64,
     /// Messages a handler returned from without panicking.
     pub messages_delivered: u64,
-    /// Receivers created by the factory.
+    /// Receivers created by the factory (not refusals or failures). One whose `activated` hook
+    /// panicked counts here and never in `deactivations`: it is dropped without its
+    /// `deactivated` hook, its messages `FactoryFailed` dead letters.
     pub activations: u64,
     /// Receiver instances deactivated (their hook ran).
     pub deactivations: u64,

@@ -4,6 +4,12 @@
 //! sends, timers, become and stop it produced: its dependents are whatever the test says they
 //! replied.
 //!
+//! Work a receiver starts ([`Context::spawn`], [`Context::ask`]) is not run by the probe, and
+//! its outcome never comes back by itself: an ask's request shows in [`Outcome::sent`], and a
+//! test plays the answer by delivering the message the receiver would get (its
+//! `Msg::Answer(Ok(..))` or `Err(AskError::Timeout)`) with [`Probe::deliver`]. To run that work
+//! for real, use the inline [`Driver`](crate::Driver) or the simulator.
+//!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use hermes_core::{Context, Recipient, testkit::Probe};

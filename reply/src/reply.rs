@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 use crate::signal::Signal;
 
 /// Why an ask got no answer.
+///
+/// With the feature `serde` (which `hermes-cluster` turns on) it is `Serialize` and
+/// `Deserialize`, so a message that carries an ask's outcome, as
+/// `Msg::Answer(Result<T, AskError>)` from `Context::ask` in `hermes-core`, can
+/// cross nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum AskError {
     /// Hermes is shutting down or shut down, so the request was not sent.

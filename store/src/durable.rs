@@ -226,12 +226,19 @@ where
         &mut self.value
     }
 
-    /// True if the state changed since it was loaded or last saved.
+    /// True if the state changed since it was loaded or last saved (a save counts once it is
+    /// submitted, whether or not it then commits).
     pub fn is_dirty(&self) -> bool {
         self.dirty
     }
 
     /// Saves the state in the next group commit; `ack` runs when it is durable or failed.
+    ///
+    /// The state counts as saved (no longer [dirty](Durable::is_dirty)) from this call on,
+    /// whatever the outcome: if `ack` gets an error, the store keeps the last committed state
+    /// (a later [`load`](Durable::load) finds that, not this one), and the state is saved
+    /// again only by another `save`, or by [`deactivated`](Durable::deactivated) after a
+    /// further change. To retry, have `ack` send the receiver a message that calls `save`.
     pub fn save(&mut self, ack: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
         self.dirty = false;
         self.states.save(&self.codec, &self.key, &self.value, ack);
@@ -244,7 +251,8 @@ where
     }
 
     /// For the receiver's `deactivated` hook: saves the state if it is dirty, unless the
-    /// receiver panicked (its state may be half-updated). A failed save is logged.
+    /// receiver panicked (its state may be half-updated). A failed save is logged and not
+    /// retried: the next activation loads the last state that was committed.
     pub fn deactivated(&mut self, why: Deactivation) {
         if why == Deactivation::Panicked {
             tracing::warn!(key = ?String::from_utf8_lossy(&self.key), "not saving state after a panic");

@@ -21,7 +21,9 @@ pub enum SyncPolicy {
     EveryCommit,
     /// Groups are committed with [`Durability::Deferred`] and the store is synced at most this
     /// long after a commit (and by [`GroupCommit::flush`] and shutdown). An acknowledged write
-    /// is visible to readers but a crash can lose up to this much of the latest history.
+    /// is visible to readers but a crash can lose up to this much of the latest history. A
+    /// duration too long to represent (such as `Duration::MAX`) syncs only on flush and
+    /// shutdown.
     Interval(Duration),
 }
 
@@ -56,7 +58,8 @@ impl GroupCommitConfig {
     /// How long the commit thread waits after the oldest pending write, collecting more,
     /// before it commits them. Longer means fewer, larger transactions and slower
     /// acknowledgments. Zero commits whatever is pending as soon as the thread is free (writes
-    /// still group up while a transaction is in progress).
+    /// still group up while a transaction is in progress). A duration too long to represent
+    /// (such as `Duration::MAX`) commits only when a batch fills up, on flush and on shutdown.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
@@ -186,8 +189,10 @@ impl Shared {
             Err(e) => {
                 tracing::error!(error = %e, "group commit: sync failed");
                 // Try again later in the background.
-                let retry = Instant::now() + retry_after(&self.config);
-                st.sync_due.get_or_insert(retry);
+                // (Not by the clock if the interval is too long to represent: flush retries.)
+                if let Some(retry) = Instant::now().checked_add(retry_after(&self.config)) {
+                    st.sync_due.get_or_insert(retry);
+                }
             }
         }
         result
@@ -510,10 +515,17 @@ fn run(shared: &Shared) {
             let urgent = st.closing
                 || st.queued_ops >= config.max_batch
                 || st.waiters.iter().any(|w| w.target > first_seq);
-            let deadline = oldest.at + config.interval;
-            if !urgent && now < deadline {
-                let until = st.sync_due.map_or(deadline, |due| due.min(deadline));
-                st = wait(&shared.work, st, until - now);
+            // `None`: an interval too long to represent, never by the clock.
+            let deadline = oldest.at.checked_add(config.interval);
+            if !urgent && deadline.is_none_or(|deadline| now < deadline) {
+                let until = match (deadline, st.sync_due) {
+                    (Some(deadline), Some(due)) => Some(deadline.min(due)),
+                    (deadline, due) => deadline.or(due),
+                };
+                st = match until {
+                    Some(until) => wait(&shared.work, st, until.saturating_duration_since(now)),
+                    None => shared.work.wait(st).unwrap_or_else(PoisonError::into_inner),
+                };
                 continue;
             }
             // Take whole submissions up to max_batch operations (at least one submission).
@@ -559,7 +571,9 @@ fn run(shared: &Shared) {
                         && written > 0
                     {
                         st.deferred_commits += 1;
-                        st.sync_due.get_or_insert(Instant::now() + every);
+                        if let Some(due) = Instant::now().checked_add(every) {
+                            st.sync_due.get_or_insert(due);
+                        }
                     }
                 }
                 Err(_) => st.stats.failed_commits += 1,

@@ -492,3 +492,31 @@ fn group_commit_on_redb_persists_across_reopen() {
         assert_eq!(rows.len(), 199, "{policy:?}");
     }
 }
+
+/// Any `Duration` is a valid interval: one too long to represent (`Duration::MAX`) means
+/// "never by the clock", for the commit interval and for `SyncPolicy::Interval`. Writes then
+/// commit when a batch fills up, on `flush` and on shutdown; the commit thread does not panic
+/// on the deadline's overflow.
+#[test]
+fn an_interval_too_long_to_represent_means_never_by_the_clock() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let config = GroupCommitConfig::new()
+        .interval(Duration::MAX)
+        .max_batch(2)
+        .sync(SyncPolicy::Interval(Duration::MAX));
+    let commits = GroupCommit::start(Arc::clone(&store), config).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for key in ["a", "b"] {
+        let tx = tx.clone();
+        commits.put(key, b"1".to_vec(), move |r| drop(tx.send(r)));
+    }
+    // A full batch commits at once.
+    for _ in 0..2 {
+        assert!(rx.recv_timeout(Duration::from_secs(60)).unwrap().is_ok());
+    }
+    commits.put("c", b"1".to_vec(), move |r| drop(tx.send(r)));
+    commits.flush().unwrap();
+    assert!(rx.try_recv().unwrap().is_ok());
+    commits.shutdown().unwrap();
+    assert_eq!(store.scan_prefix(b"").unwrap().len(), 3);
+}

@@ -26,6 +26,8 @@ pub enum AccountMsg {
     Audited,
     /// Answers how many times the ledger audited this account.
     Audits(Reply<u64>),
+    /// Answers this account's handle.
+    Whereabouts(Reply<hermes_core::Addr>),
 }
 
 /// The ledger: one per branch.
@@ -39,6 +41,8 @@ pub enum LedgerMsg {
     Deposited(AccountId, u64),
     /// Answers the total of deposits seen.
     Total(Reply<u64>),
+    /// Sends a ledger's message to this handle (a bug: it is an account's).
+    Misdirect(hermes_core::Addr),
 }
 
 hermes_core::app! {
@@ -70,6 +74,9 @@ impl Receiver<AccountId, AccountMsg, Bank> for Account {
             AccountMsg::Audited => self.audits += 1,
             AccountMsg::Audits(reply) => {
                 let _ = reply.send(self.audits);
+            }
+            AccountMsg::Whereabouts(reply) => {
+                let _ = reply.send(ctx.addr());
             }
         }
     }
@@ -111,6 +118,9 @@ fn bank(hooks: Arc<Mutex<Vec<(String, Deactivation)>>>, ledger_idle: Duration) -
                         }
                         LedgerMsg::Total(reply) => {
                             let _ = reply.send(total);
+                        }
+                        LedgerMsg::Misdirect(addr) => {
+                            ctx.send_to(addr, LedgerMsg::Deposited(AccountId(9), 2));
                         }
                     },
                 )
@@ -233,4 +243,66 @@ pub fn each_kind_has_its_own_mailbox_capacity<H: Harness>(h: &H) {
         "nothing from outside was refused"
     );
     assert_eq!(stats.messages_delivered, 1 + 10 + 30 + taken + 1);
+}
+
+/// A handle (`Addr`) is not typed by kind, so a message of one kind sent by the handle of a
+/// receiver of another kind compiles: it is a `Stale` dead letter with its message (as for a
+/// handle that no longer addresses a receiver of its kind), from outside
+/// (`Hermes::send_to`) and from a receiver (`Context::send_to`), and the receiver it addressed
+/// is unharmed: not panicked, its state kept.
+pub fn a_handle_of_another_kind_is_a_dead_letter_not_a_panic<H: Harness>(h: &H) {
+    let hooks = Arc::default();
+    let letters: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = Arc::clone(&letters);
+    let options = Options::new(Config::default()).shards(2).on_dead_letter(
+        move |d: hermes_core::DeadLetter<BankId, BankMsg>| {
+            l.lock()
+                .unwrap()
+                .push(format!("{:?} {:?}", d.reason, d.message));
+        },
+    );
+    let hermes = h.start(options, bank(Arc::clone(&hooks), HANG_GUARD));
+    // The account's handle, as a peer that replies often would keep it.
+    let account = hermes
+        .ask_blocking(AccountId(2), AccountMsg::Whereabouts, HANG_GUARD)
+        .unwrap();
+    hermes.send(AccountId(2), AccountMsg::Deposit(7)).unwrap();
+    // A ledger's message to the account's handle, from outside.
+    hermes
+        .send_to(account, LedgerMsg::Deposited(AccountId(9), 1))
+        .unwrap();
+    // And from a ledger, which got the account's handle in a message.
+    hermes
+        .send(LedgerId(0), LedgerMsg::Misdirect(account))
+        .unwrap();
+    let stale = || {
+        let letters = letters.lock().unwrap();
+        letters
+            .iter()
+            .filter(|l| l.starts_with("Stale"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    eventually("two dead letters", || stale().len() == 2);
+    assert_eq!(
+        stale(),
+        ["Stale Some(Ledger(..))", "Stale Some(Ledger(..))"]
+    );
+    assert_eq!(
+        hermes.ask_blocking(AccountId(2), AccountMsg::Balance, HANG_GUARD),
+        Ok(7),
+        "the account kept its state"
+    );
+    hermes.shutdown().unwrap();
+    // (The ledger's audit timer may still be pending at shutdown: a `Closed` dead letter.)
+    assert_eq!(stale().len(), 2);
+    assert!(
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, why)| *why == Deactivation::Closing),
+        "{:?}",
+        hooks.lock().unwrap()
+    );
 }

@@ -25,6 +25,7 @@ pub mod lifecycle;
 mod regressions;
 pub mod suite;
 pub mod tasks;
+pub mod user;
 
 /// How to run Hermes on the executor under test.
 pub trait Harness {
@@ -106,7 +107,19 @@ macro_rules! conformance_tests {
             send_inside_a_receiver_answers_full_instead_of_waiting,
             context_asks_end_once_dropped_or_timed_out,
             ask_blocking_waits_at_most_its_timeout_in_all,
-            mail_to_an_overfull_shard_is_full_dead_letters
+            mail_to_an_overfull_shard_is_full_dead_letters,
+            a_shorter_idle_timeout_applies_to_its_instance_only,
+            a_zero_idle_timeout_deactivates_when_the_mailbox_is_empty,
+            become_hands_the_deactivated_hook_to_the_new_handler,
+            stop_in_the_activated_hook,
+            a_later_instance_cancels_an_earlier_instances_timer,
+            timers_scheduled_while_closing_are_closed_dead_letters,
+            asks_end_dropped_when_the_reply_dies_with_its_receiver,
+            a_handle_of_another_kind_is_a_dead_letter_not_a_panic,
+            a_panicking_dead_letter_sink_is_contained,
+            become_in_the_activated_hook,
+            a_burst_of_dead_letters_all_reach_the_sink,
+            a_panicking_spawned_future_harms_no_other_work
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

@@ -18,7 +18,8 @@ pub use crate::backpressure::{
     try_send_is_refused_at_capacity_and_nothing_admitted_is_lost,
 };
 pub use crate::kinds::{
-    each_kind_has_its_own_mailbox_capacity, kinds_send_ask_and_schedule_between_each_other,
+    a_handle_of_another_kind_is_a_dead_letter_not_a_panic, each_kind_has_its_own_mailbox_capacity,
+    kinds_send_ask_and_schedule_between_each_other,
 };
 pub use crate::lifecycle::{
     a_late_answer_to_a_timed_out_ask_is_given_back, a_panicking_handler_leaves_no_effects,
@@ -33,6 +34,7 @@ pub use crate::tasks::{
     asks_between_receivers_answer_or_time_out, context_asks_end_once_dropped_or_timed_out,
     spawned_work_comes_back_as_a_message, work_in_flight_is_dropped_with_its_receiver,
 };
+pub use crate::user::*;
 use crate::{HANG_GUARD, Harness, eventually};
 
 /// Options used by most tests: two shards, so that cross-shard paths are always exercised.

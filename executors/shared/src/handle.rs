@@ -141,10 +141,14 @@ pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
     });
     let kinds = factory.kinds();
     let factory = hermes_core::share(factory);
+    // A shard hands dead letters on as they come, so its router needs no bound of its own on
+    // them; with one, a single step that makes many (a close with thousands of timers pending)
+    // dropped the overflow before the sink saw it.
+    let config = options.config.clone().dead_letter_capacity(usize::MAX);
     let shard_list = (0..shards as u32)
         .zip(parks)
         .map(|(index, park)| {
-            let mut router = Router::placed(options.config.clone(), index, Arc::clone(&placement));
+            let mut router = Router::placed(config.clone(), index, Arc::clone(&placement));
             router.use_kinds(kinds.clone());
             let shard = Shard::new(
                 index,
@@ -668,7 +672,8 @@ where
     }
 
     /// Sends `msg` by handle (see [`Addr`]) to a receiver of `T`'s kind, without waiting; a
-    /// stale handle makes it a dead letter.
+    /// stale handle, or one of a receiver of another kind (handles are not typed by kind),
+    /// makes it a [`Stale`](hermes_core::DeadLetterReason::Stale) dead letter.
     pub fn send_to<T: Kind<A>>(&self, addr: Addr, msg: T) -> Result<(), SendError<T>> {
         let location = Location::Shard(addr.router());
         let envelope = Envelope::Admit(Recipient::Addr(addr), msg.into_app_msg());

@@ -207,6 +207,9 @@ pub enum StartError {
     Spawn(std::io::Error),
     /// No async runtime to run the shards on.
     NoRuntime,
+    /// The async runtime has no timers (tokio's time driver is off), and the shards wait on
+    /// timers.
+    NoTimers,
 }
 
 impl fmt::Display for StartError {
@@ -221,6 +224,10 @@ impl fmt::Display for StartError {
                 "no async runtime here: start Hermes from inside the runtime, or pass its handle \
                  explicitly (start_on)",
             ),
+            StartError::NoTimers => f.write_str(
+                "the async runtime has no timers, which the shards wait on: build it with its \
+                 time driver (tokio: enable_time() or enable_all(), as #[tokio::main] does)",
+            ),
         }
     }
 }
@@ -229,7 +236,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Spawn(e) => Some(e),
-            StartError::NoRuntime => None,
+            StartError::NoRuntime | StartError::NoTimers => None,
         }
     }
 }

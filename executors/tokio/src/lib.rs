@@ -50,7 +50,8 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
 
 /// Starts Hermes on the current tokio runtime, with the router `config` and `factory`.
-/// [`StartError::NoRuntime`] outside a runtime: use [`start_on`] there.
+/// [`StartError::NoRuntime`] outside a runtime: use [`start_on`] there;
+/// [`StartError::NoTimers`] on a runtime without its time driver.
 pub fn start<K: Key, M: Message, F: Factory<K, M>>(
     config: Config,
     factory: F,
@@ -64,15 +65,24 @@ pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
     factory: F,
 ) -> Result<Hermes<K, M, F::App>, StartError> {
     let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+    if !has_timers(&handle) {
+        return Err(StartError::NoTimers);
+    }
     Ok(start_on(&handle, options, factory))
 }
 
 /// Starts Hermes with `options` on the runtime behind `handle`: one task per shard.
+///
+/// # Panics
+///
+/// If the runtime has no time driver (built without `enable_time()` or `enable_all()`), with
+/// [`StartError::NoTimers`]'s message: its shards could not wait for their timers.
 pub fn start_on<K: Key, M: Message, F: Factory<K, M>>(
     handle: &Handle,
     options: Options<K, M>,
     factory: F,
 ) -> Hermes<K, M, F::App> {
+    assert!(has_timers(handle), "{}", StartError::NoTimers);
     let (hermes, shards) = launch(options, factory, Tokio(handle.clone()), || {
         let bell = Arc::new(Notify::new());
         (Bell(Arc::clone(&bell)), bell)
@@ -82,6 +92,13 @@ pub fn start_on<K: Key, M: Message, F: Factory<K, M>>(
         drop(handle.spawn(run(shard, bell)));
     }
     hermes
+}
+
+/// True if the runtime behind `handle` has its time driver. tokio has no query for it, but
+/// makes a timer without it panic at once (tokio's panic message is printed, then caught).
+fn has_timers(handle: &Handle) -> bool {
+    let _entered = handle.enter();
+    std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).is_ok()
 }
 
 /// A shard task: awaits the bell or the next deadline when there is nothing to do.

@@ -122,3 +122,17 @@ fn current_thread_runtime_runs_every_hook_when_the_handle_is_dropped() {
         );
     }
 }
+
+/// A runtime without its time driver cannot run the shards (they wait on timers): starting
+/// on it says so, instead of shards that die on their first wait and a Hermes that never
+/// answers.
+#[test]
+fn a_runtime_without_timers_is_refused_with_what_to_do() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let error = hermes_tokio::start(Config::default(), doubler).unwrap_err();
+    assert!(error.to_string().contains("enable_time"), "{error}");
+}
