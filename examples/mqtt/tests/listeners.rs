@@ -99,6 +99,7 @@ async fn plain_mqtt_on_a_tls_port_is_closed_and_counted() {
         .await
         .expect("closed in time")
         .ok();
+    wait_for_handshake_failures(&broker, 1).await;
     assert_eq!(broker.stats().handshake_failures, 1);
     assert_eq!(broker.stats().clients_connected, 0);
     broker.shutdown().await.unwrap();
@@ -173,17 +174,7 @@ async fn websocket_refuses_other_paths_and_handshakes_without_mqtt() {
     assert!(status.contains("101"), "{status}");
     let status = http_status(ws, "GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(!status.contains("101"), "not an upgrade: {status}");
-    // Counted once the handshake's future has ended, which closes the socket first: the
-    // client may read the end of the stream before the count is added.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while broker.stats().handshake_failures < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} handshake failures counted",
-            broker.stats().handshake_failures
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_handshake_failures(&broker, 3).await;
     broker.shutdown().await.unwrap();
 }
 
@@ -325,4 +316,19 @@ async fn unusable_certificates_are_startup_errors_naming_the_file() {
 #[allow(dead_code)]
 fn granted(codes: &[SubscribeReturnCode]) -> bool {
     codes.iter().all(|c| *c != SubscribeReturnCode::Failure)
+}
+
+/// Waits (at most 5 s) until `broker` has counted `n` failed handshakes. A failure is counted
+/// once the handshake's future has ended, which closes the socket first: the client may read
+/// the end of the stream before the count is added.
+async fn wait_for_handshake_failures(broker: &Broker, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while broker.stats().handshake_failures < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} handshake failures counted, {n} expected",
+            broker.stats().handshake_failures
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
