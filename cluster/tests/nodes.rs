@@ -1,6 +1,9 @@
 //! Two and three nodes in one process on a real nats-server: sends, asks, timers and dead
 //! letters across nodes, hand-off when a node joins and leaves, and compare-and-set saves.
 
+mod support;
+use support::wait_members;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,17 +98,6 @@ fn start(
             },
         )
         .expect("starts")
-}
-
-fn wait_members(nodes: &[&TestNode], n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nodes.iter().any(|node| node.members().len() != n) {
-        assert!(
-            Instant::now() < deadline,
-            "membership did not settle on {n}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn get(node: &TestNode, id: u64) -> Result<(u64, String), AskError> {

@@ -4,6 +4,9 @@
 //! nodes gets its `Timeout` as a message; one sender's messages to a remote receiver arrive in
 //! order; a message that does not serialize is a dead letter on the sending node, message kept.
 
+mod support;
+use support::wait_members;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,17 +91,6 @@ fn start(url: &str, cluster: &str, name: &str, dead: Arc<Mutex<Vec<String>>>) ->
             |_: &u64| Activation::ready(Remote::default()),
         )
         .expect("starts")
-}
-
-fn wait_members(nodes: &[&TestNode], n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nodes.iter().any(|node| node.members().len() != n) {
-        assert!(
-            Instant::now() < deadline,
-            "membership did not settle on {n}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// IDs that `from` places on another node.
