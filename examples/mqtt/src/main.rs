@@ -10,10 +10,11 @@ use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 use hermes_mqtt::auth::{PasswordFile, hash_password};
-use hermes_mqtt::config::LogLevel;
+use hermes_mqtt::config::{LogLevel, check_listeners};
 use hermes_mqtt::{Broker, Config, ListenerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -65,10 +66,12 @@ struct Passwd {
 /// Running the broker.
 #[derive(Debug, Args)]
 struct Run {
-    /// A TCP address to accept MQTT connections on, such as 0.0.0.0:1883 (repeat for several);
-    /// replaces the configuration's listeners. Default: 127.0.0.1:1883.
-    #[arg(long = "listen", value_name = "ADDR")]
-    listen: Vec<SocketAddr>,
+    /// An IP address and port to accept MQTT connections on over TCP, such as 0.0.0.0:1883
+    /// or [::]:1883; repeat it for several (each address once). Replaces every listener of
+    /// the configuration file (TLS and WebSocket ones included). Default: the file's
+    /// listeners, else 127.0.0.1:1883.
+    #[arg(long = "listen", value_name = "ADDR", value_parser = ListenerConfig::from_str)]
+    listen: Vec<ListenerConfig>,
     /// The password file (overrides `password_file`).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -192,14 +195,20 @@ fn run(cli: &Run) -> ExitCode {
         },
         None => Config::default(),
     };
-    if !cli.listen.is_empty() {
-        config.listeners = cli
-            .listen
-            .iter()
-            .copied()
-            .map(ListenerConfig::tcp)
-            .collect();
-    }
+    let replaced = if cli.listen.is_empty() {
+        None
+    } else {
+        if let Err(error) = check_listeners(&cli.listen) {
+            eprintln!("hermes-mqtt: --listen: {error}");
+            return ExitCode::from(2);
+        }
+        let file = std::mem::replace(&mut config.listeners, cli.listen.clone());
+        let declared = file != Config::default().listeners;
+        cli.config
+            .as_ref()
+            .filter(|_| declared)
+            .map(|path| (path, file))
+    };
     if let Some(file) = &cli.password_file {
         config.password_file = Some(file.clone());
     }
@@ -216,6 +225,14 @@ fn run(cli: &Run) -> ExitCode {
         config.memory = true;
     }
     init_logs(cli, &config);
+    if let Some((path, file)) = replaced {
+        let urls: Vec<String> = file.iter().map(|l| l.url(l.address)).collect();
+        tracing::info!(
+            "--listen replaces the listeners of {} ({})",
+            path.display(),
+            urls.join(", ")
+        );
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -299,8 +299,9 @@ async fn a_signal_delivered_twice_at_once_is_one_shutdown() {
 }
 
 /// A store that cannot take the writes (the file may not grow: a full disk, as far as redb can
-/// tell): each failed write is logged, the broker goes on, and the graceful shutdown says that
-/// changes are not on disk and exits 1, not 0 as if everything had been stored.
+/// tell): the broker goes on; the first failed write is logged at once and the others are
+/// counted (`store_errors`) and summed up, not logged one by one; the graceful shutdown says
+/// that changes are not on disk and exits 1, not 0 as if everything had been stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_after_failed_writes_exits_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,17 +320,13 @@ async fn a_shutdown_after_failed_writes_exits_1() {
     let mut broker = Process::spawn(command);
     let mut client = TestBroker::at(broker.addr).connect(&unique("c")).await;
     let payload = vec![b'x'; 60_000];
-    for i in 0..10 {
-        let t = format!("{}/{i}", unique("full"));
-        client.publish(&t, &payload, QoS::AtLeastOnce, true).await;
+    let base = unique("full");
+    for i in 0..30 {
+        client
+            .publish(&format!("{base}/{i}"), &payload, QoS::AtLeastOnce, true)
+            .await;
     }
-    // Each PUBACK came after its shard took the message, not after the commit: wait for the
-    // failure to be logged before asking for the shutdown.
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    while !broker.log().contains("storing a retained message failed") {
-        assert!(Instant::now() < deadline, "no failure: {}", broker.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The shutdown commits (or fails to) every write submitted before it: no wait needed.
     broker.signal("TERM");
     assert_eq!(
         broker.exit_code(PROCESS_TIMEOUT),
@@ -337,11 +334,32 @@ async fn a_shutdown_after_failed_writes_exits_1() {
         "{}",
         broker.log()
     );
-    assert!(
-        broker.log().contains("could not be stored"),
-        "{}",
-        broker.log()
-    );
+    let log = broker.log();
+    assert!(log.contains("could not be stored"), "{log}");
+    // What the broker's own lines say failed adds up to the count, in a few lines.
+    let (mut lines, mut said) = (0, 0);
+    for line in log.lines().filter(|l| l.contains("ERROR hermes_mqtt::")) {
+        lines += 1;
+        let number = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+        if let Some((before, _)) = line.split_once(" more failed store write") {
+            said += number(before.rsplit(' ').next().unwrap());
+        } else {
+            assert!(line.contains("store errors are counted in"), "{line}");
+            said += 1;
+            if let Some((before, _)) = line.split_once(" more before it") {
+                said += number(before.rsplit(' ').next().unwrap());
+            }
+        }
+    }
+    let counted = log
+        .split("store_errors: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .map(|n| n.parse::<u64>().unwrap())
+        .unwrap_or_else(|| panic!("no store_errors in {log}"));
+    assert!(counted >= 20, "most of the 30 writes fail: {log}");
+    assert_eq!(said, counted, "{log}");
+    assert!(lines <= 3, "not one line per failed write: {log}");
 }
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
@@ -503,6 +521,115 @@ async fn sighup_reloads_the_password_file() {
     }
     broker.signal("TERM");
     assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
+    let log = broker.log();
+    assert!(log.contains("reloaded the password file"), "{log}");
+}
+
+/// SIGHUP without a password or ACL file says there was nothing to reload (not that files
+/// were reloaded), at info level, and the broker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_files_says_there_is_nothing_to_reload() {
+    let mut broker = Process::start(&["--listen", "127.0.0.1:0", "--memory"]);
+    broker.signal("HUP");
+    let deadline = Instant::now() + TIMEOUT;
+    while !broker.log().contains("nothing to reload") {
+        assert!(Instant::now() < deadline, "{}", broker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let client = TestBroker::at(broker.addr).connect(&unique("c")).await;
+    client.disconnect().await;
+    broker.signal("TERM");
+    assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
+    let log = broker.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("nothing to reload"))
+        .unwrap();
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(!log.contains("reloaded"), "{log}");
+}
+
+/// `--listen` given several times listens on each address; an address given twice, or one
+/// that is not an IP address and port, is a usage error (exit 2) that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_given_several_times_listens_on_each() {
+    let mut broker = Process::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--memory",
+    ]);
+    let line = broker
+        .log()
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap()
+        .to_owned();
+    let addrs: Vec<SocketAddr> = line
+        .split("mqtt://")
+        .skip(1)
+        .map(|rest| rest[..rest.find(')').unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 3, "{line}");
+    for &addr in &addrs {
+        let client = TestBroker::at(addr).connect(&unique("c")).await;
+        client.disconnect().await;
+    }
+    broker.signal("TERM");
+    assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
+
+    let (code, err) = run(&[
+        "--listen",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:1",
+        "--memory",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("127.0.0.1:1 is given twice"), "{err}");
+    let (code, err) = run(&["--listen", "localhost:1883", "--memory"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not an IP address and port"), "{err}");
+}
+
+/// The start line counts what was loaded in words that agree with the numbers: "1 persistent
+/// session, 1 retained message".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_line_says_1_session_not_1_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut broker = Process::start(&args);
+    let mqtt = TestBroker::at(broker.addr);
+    let (mut client, _) = mqtt.connect_persistent(&unique("p")).await;
+    client.subscribe_one(&unique("t"), QoS::AtLeastOnce).await;
+    client
+        .publish(&unique("r"), b"kept", QoS::AtLeastOnce, true)
+        .await;
+    client.disconnect().await;
+    broker.signal("TERM");
+    assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
+    assert!(
+        broker
+            .log()
+            .contains("(0 persistent sessions, 0 retained messages loaded)")
+    );
+    let mut broker = Process::start(&args);
+    broker.signal("TERM");
+    assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
+    let log = broker.log();
+    assert!(
+        log.contains("(1 persistent session, 1 retained message loaded)"),
+        "{log}"
+    );
 }
 
 /// The log goes to standard error as plain text when that is not a terminal (a file, a pipe,

@@ -21,6 +21,7 @@ pub(crate) mod session_rx;
 pub(crate) mod spin;
 pub(crate) mod stats;
 pub(crate) mod storage;
+pub(crate) mod throttle;
 pub(crate) mod ws;
 
 use std::cell::Cell;
@@ -50,6 +51,7 @@ use link::{ConnId, Frame, Frames, Link, Outbox};
 use listen::ConnLimit;
 use spin::IdleSpin;
 use storage::Storage;
+use throttle::Throttle;
 
 /// A client identifier: the ID of a session receiver.
 ///
@@ -216,6 +218,8 @@ pub(crate) struct Shared {
     pub(crate) conn_limit: Arc<ConnLimit>,
     /// Accept errors are logged at most once a minute.
     pub(crate) accept_error_log: RateLimited,
+    /// Retained messages refused for `max_retained` or `max_retained_bytes`.
+    pub(crate) retained_refused_log: Throttle,
     /// Live connections, to close them at shutdown and for the keep-alive sweep: in
     /// [`CONN_SHARDS`] maps by connection number, each under its own lock, so that the sweep
     /// (which walks them all) holds a lock over a few hundred at most, and connects and
@@ -259,6 +263,14 @@ impl Shared {
             acl: RwLock::new(acl.map(Arc::new)),
             started: Instant::now(),
             accept_error_log: RateLimited::new(Duration::from_secs(60)),
+            retained_refused_log: Throttle::new(
+                (
+                    "retained message refused for max_retained or max_retained_bytes",
+                    "retained messages refused for max_retained or max_retained_bytes",
+                ),
+                throttle::Level::Warn,
+                throttle::PERIOD,
+            ),
             limits: config.session_limits(),
             config,
             index: RwLock::new(index),
@@ -291,6 +303,18 @@ impl Shared {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Logs the counts of the throttled problems not logged yet, if due at `now` (or
+    /// `force`d: at the shutdown, after the last commit).
+    pub(crate) fn log_throttled(&self, now: Instant, force: bool) {
+        if let Some(storage) = &self.storage
+            && !force
+        {
+            // The shutdown's last summary comes from `Storage::shutdown`, after its commit.
+            storage.log_errors(now);
+        }
+        self.retained_refused_log.log_pending(now, force);
     }
 
     /// Replaces the password file and ACL file for new connections.
