@@ -25,13 +25,25 @@ const EXIT_SECOND_SIGNAL: i32 = 130;
 /// delivered twice, rather than a second signal.
 const SAME_SIGNAL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// What `--help` says after the flags: signals and exit codes.
+const AFTER_HELP: &str = "\
+Signals: SIGINT or SIGTERM shuts down gracefully (clients closed, everything stored); a second
+one, half a second or more later, exits at once without storing the last changes. SIGHUP
+reloads the password and ACL files (the configuration file and TLS certificates are read at
+startup only).
+
+Exit codes: 0 after a graceful shutdown; 1 when the broker cannot start (a busy port, a data
+directory or file it cannot use) or the last changes could not be stored; 2 for a bad flag or
+configuration file; 130 for a second signal.";
+
 /// An MQTT 3.1.1 broker built on Hermes receivers, with durable sessions.
 #[derive(Debug, Parser)]
 #[command(
     name = "hermes-mqtt",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -81,10 +93,12 @@ struct Run {
     /// Serve Prometheus metrics at http://ADDR/metrics (overrides `metrics_address`).
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<SocketAddr>,
-    /// Where sessions and retained messages are stored. Default: ./hermes-data.
+    /// Where sessions and retained messages are stored (overrides `data_dir`; not used with
+    /// --memory). Default: ./hermes-data.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Store nothing: sessions and retained messages do not survive a restart.
+    /// Store nothing: sessions and retained messages do not survive a restart (sets
+    /// `memory`).
     #[arg(long)]
     memory: bool,
     /// A TOML configuration file (see the README's "Configuration" table); flags override it.
@@ -224,7 +238,14 @@ fn run(cli: &Run) -> ExitCode {
     if cli.memory {
         config.memory = true;
     }
+    if let Err(error) = check(&config) {
+        eprintln!("hermes-mqtt: {error}");
+        return ExitCode::from(2);
+    }
     init_logs(cli, &config);
+    if config.memory && cli.data_dir.is_some() {
+        tracing::warn!("--data-dir is not used: with `memory` the broker stores nothing");
+    }
     if let Some((path, file)) = replaced {
         let urls: Vec<String> = file.iter().map(|l| l.url(l.address)).collect();
         tracing::info!(
@@ -279,6 +300,21 @@ fn run(cli: &Run) -> ExitCode {
             }
         }
     })
+}
+
+/// Checks what the flags and the file say together: the metrics listener is not at a
+/// listener's address.
+fn check(config: &Config) -> Result<(), String> {
+    let Some(metrics) = config.metrics_address else {
+        return Ok(());
+    };
+    if metrics.port() != 0 && config.listeners.iter().any(|l| l.address == metrics) {
+        return Err(format!(
+            "the metrics address {metrics} is also a listener's: give metrics_address \
+             (--metrics-address) a port of its own"
+        ));
+    }
+    Ok(())
 }
 
 /// Logs to standard error: `--log-level`, else the configuration file's `log_level` if it

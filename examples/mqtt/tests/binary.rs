@@ -408,6 +408,29 @@ fn configuration_errors_name_the_key_or_the_file() {
     let (code, err) = run(&["--config", &acl, "--memory", "--listen", "127.0.0.1:0"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent/acl"), "{err}");
+
+    // The metrics listener at a listener's address: said before anything is bound.
+    let metrics = write("metrics.toml", "metrics_address = \"127.0.0.1:1\"\n");
+    let (code, err) = run(&["--config", &metrics, "--memory", "--listen", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is also a listener's"), "{err}");
+}
+
+/// `--help` tells an operator the signals and exit codes.
+#[test]
+fn help_says_the_signals_and_exit_codes() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "SIGTERM",
+        "SIGHUP",
+        "Exit codes",
+        "130",
+        "repeat it for several",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
 }
 
 /// Flags override the file: `--listen` replaces its listeners.
