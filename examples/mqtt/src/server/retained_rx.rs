@@ -101,7 +101,7 @@ impl RetainedRx {
     /// A retained message over `limit`: not retained (it was routed to the subscribers
     /// already, and is acknowledged all the same), counted and logged. A topic whose message
     /// it was to replace loses that one: an old value is not kept as if it were the latest.
-    fn refuse(&mut self, message: &Message, old: Option<usize>, limit: &'static str) {
+    fn refuse(&mut self, message: &Message, old: Option<usize>, limit: Limit) {
         let shared = &self.shared;
         Counters::add(&shared.counters.retained_refused, 1);
         let topic = message.topic.as_str();
@@ -110,12 +110,13 @@ impl RetainedRx {
         } else {
             ""
         };
-        let detail = || format!("{topic}: {limit}");
+        let (name, value) = limit.key(&shared.config);
+        let detail = || format!("{topic}: {name}");
         if let Some(unlogged) = shared.retained_refused_log.note(Instant::now(), detail) {
             tracing::warn!(
-                "not retaining a message on {topic}: {limit} reached (delivered to subscribers \
-                 all the same{replaced}){}; counted in retained_refused_total, logged at most \
-                 once per {} s",
+                "not retaining a message on {topic}: {name} ({value}) reached (delivered to \
+                 subscribers all the same{replaced}){}; counted in \
+                 hermes_mqtt_retained_refused_total, logged at most once per {} s",
                 throttle::unlogged(unlogged),
                 throttle::PERIOD.as_secs()
             );
@@ -125,6 +126,25 @@ impl RetainedRx {
             if let Some(storage) = &shared.storage {
                 storage.delete_retained(&message.topic);
             }
+        }
+    }
+}
+
+/// The retained messages' limit a message would go over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// `max_retained`.
+    Count,
+    /// `max_retained_bytes`.
+    Bytes,
+}
+
+impl Limit {
+    /// The configuration key, and its value.
+    fn key(self, config: &Config) -> (&'static str, usize) {
+        match self {
+            Limit::Count => ("max_retained", config.max_retained),
+            Limit::Bytes => ("max_retained_bytes", config.max_retained_bytes),
         }
     }
 }
@@ -139,17 +159,17 @@ fn reserve(
     config: &Config,
     old: Option<usize>,
     new: usize,
-) -> Result<(), &'static str> {
+) -> Result<(), Limit> {
     let int = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let added = i64::from(old.is_none());
     let grown = int(new) - int(old.unwrap_or(0));
     let count = counters.retained.fetch_add(added, Ordering::Relaxed) + added;
     let bytes = counters.retained_bytes.fetch_add(grown, Ordering::Relaxed) + grown;
     let over = if added > 0 && config.max_retained != 0 && count > int(config.max_retained) {
-        Some("max_retained")
+        Some(Limit::Count)
     } else if grown > 0 && config.max_retained_bytes != 0 && bytes > int(config.max_retained_bytes)
     {
-        Some("max_retained_bytes")
+        Some(Limit::Bytes)
     } else {
         None
     };
@@ -185,5 +205,58 @@ impl Receiver<RetainedShard, RetainedMsg, BrokerApp> for RetainedRx {
                 let _ = reply.send(messages);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges(c: &Counters) -> (i64, i64) {
+        (
+            c.retained.load(Ordering::Relaxed),
+            c.retained_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn reserve_keeps_the_gauges_within_the_limits() {
+        let config = Config {
+            max_retained: 2,
+            max_retained_bytes: 10,
+            ..Config::default()
+        };
+        let c = Counters::default();
+        assert_eq!(reserve(&c, &config, None, 4), Ok(()));
+        assert_eq!(reserve(&c, &config, None, 4), Ok(()));
+        assert_eq!(gauges(&c), (2, 8));
+        // A third topic: over the count; nothing changes.
+        assert_eq!(reserve(&c, &config, None, 1), Err(Limit::Count));
+        assert_eq!(gauges(&c), (2, 8));
+        // A replacement is not a new message; growing it past the bytes is refused.
+        assert_eq!(reserve(&c, &config, Some(4), 6), Ok(()));
+        assert_eq!(gauges(&c), (2, 10));
+        assert_eq!(reserve(&c, &config, Some(6), 7), Err(Limit::Bytes));
+        assert_eq!(gauges(&c), (2, 10));
+        // Shrinking always fits; releasing makes room.
+        assert_eq!(reserve(&c, &config, Some(6), 1), Ok(()));
+        release(&c, 4);
+        assert_eq!(gauges(&c), (1, 1));
+        assert_eq!(reserve(&c, &config, None, 9), Ok(()));
+        assert_eq!(gauges(&c), (2, 10));
+    }
+
+    #[test]
+    fn zero_is_no_limit() {
+        let config = Config {
+            max_retained: 0,
+            max_retained_bytes: 0,
+            ..Config::default()
+        };
+        let c = Counters::default();
+        for _ in 0..1000 {
+            assert_eq!(reserve(&c, &config, None, 1 << 20), Ok(()));
+        }
+        assert_eq!(gauges(&c), (1000, 1000 << 20));
     }
 }
