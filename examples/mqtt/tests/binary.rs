@@ -189,6 +189,7 @@ impl Drop for Process {
     }
 }
 
+/// SIGTERM stores everything and exits 0; the next start loads it and says how much.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stores_everything_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,6 +224,14 @@ async fn sigterm_stores_everything_and_exits_0() {
     );
 
     let broker = Process::start(&args);
+    // In words that agree with the numbers, not "1 persistent sessions".
+    assert!(
+        broker
+            .log()
+            .contains("(1 persistent session, 1 retained message loaded)"),
+        "{}",
+        broker.log()
+    );
     let mut again = TestBroker::at(broker.addr).connect(&unique("c")).await;
     again.subscribe_one(&t, QoS::AtLeastOnce).await;
     assert_eq!(&again.recv_publish().await.payload[..], b"kept");
@@ -616,43 +625,6 @@ async fn listen_given_several_times_listens_on_each() {
     let (code, err) = run(&["--listen", "localhost:1883", "--memory"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("not an IP address and port"), "{err}");
-}
-
-/// The start line counts what was loaded in words that agree with the numbers: "1 persistent
-/// session, 1 retained message".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_start_line_says_1_session_not_1_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let mut broker = Process::start(&args);
-    let mqtt = TestBroker::at(broker.addr);
-    let (mut client, _) = mqtt.connect_persistent(&unique("p")).await;
-    client.subscribe_one(&unique("t"), QoS::AtLeastOnce).await;
-    client
-        .publish(&unique("r"), b"kept", QoS::AtLeastOnce, true)
-        .await;
-    client.disconnect().await;
-    broker.signal("TERM");
-    assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
-    assert!(
-        broker
-            .log()
-            .contains("(0 persistent sessions, 0 retained messages loaded)")
-    );
-    let mut broker = Process::start(&args);
-    broker.signal("TERM");
-    assert_eq!(broker.exit_code(PROCESS_TIMEOUT), Some(0));
-    let log = broker.log();
-    assert!(
-        log.contains("(1 persistent session, 1 retained message loaded)"),
-        "{log}"
-    );
 }
 
 /// The log goes to standard error as plain text when that is not a terminal (a file, a pipe,
