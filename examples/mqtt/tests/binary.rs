@@ -353,7 +353,7 @@ async fn a_shutdown_after_failed_writes_exits_1() {
         if let Some((before, _)) = line.split_once(" more failed store write") {
             said += number(before.rsplit(' ').next().unwrap());
         } else {
-            assert!(line.contains("store errors are counted in"), "{line}");
+            assert!(line.contains("Store errors are counted in"), "{line}");
             said += 1;
             if let Some((before, _)) = line.split_once(" more before it") {
                 said += number(before.rsplit(' ').next().unwrap());

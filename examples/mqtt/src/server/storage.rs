@@ -93,8 +93,10 @@ impl Errors {
         let detail = || format!("{what} {subject} failed: {error}");
         if let Some(unlogged) = self.log.note(Instant::now(), detail) {
             tracing::error!(
-                "{what} {subject} failed: {error}{} (store errors are counted in hermes_mqtt_\
-                 store_errors_total and logged at most once per {} s)",
+                "{what} {subject} failed: {error}{}. After a failed write the store may refuse \
+                 every later one until the broker restarts: free space, then restart it. Store \
+                 errors are counted in hermes_mqtt_store_errors_total and logged at most once \
+                 per {} s",
                 throttle::unlogged(unlogged),
                 throttle::PERIOD.as_secs()
             );
