@@ -494,6 +494,7 @@ impl Broker {
     /// Reads the password file and the ACL file again (SIGHUP in the binary): new connections
     /// are checked against them; connected clients keep the rules they connected with. On an
     /// error (a file that cannot be read or has a bad line) nothing changes.
+    ///
     /// Without either file configured there is nothing to read: that is logged, and nothing
     /// changes. The configuration file and TLS certificates are read at startup only.
     pub async fn reload(&self) -> Result<(), StartError> {

@@ -3,7 +3,8 @@
 //! `hermes-mqtt` alone listens on 127.0.0.1:1883 and keeps its data in `./hermes-data`. Flags
 //! override the configuration file's keys. SIGINT (Ctrl-C) and SIGTERM shut it down
 //! gracefully (exit 0); a second signal during the shutdown, half a second or more after the
-//! first, exits at once (exit 130). SIGHUP reloads the password and ACL files.
+//! first, exits at once (exit 130). SIGHUP reloads the password and ACL files (and says so,
+//! or that there is nothing to reload). `--help` ends with the signals and exit codes.
 //! `hermes-mqtt passwd FILE USER` manages a password file.
 
 use std::io::{BufRead, IsTerminal};
