@@ -3,6 +3,8 @@
 //! occurrence is logged at once, the next ones are counted, and at most one line per period
 //! says how many there were and shows the last one.
 //!
+//! Accept errors use it too, for their once-a-minute line (the summary loop counts them).
+//!
 //! [`Throttle::note`] and [`Throttle::pending`] take the time as an argument (sans-IO, tested
 //! with made-up instants); `stats::throttle_loop` calls [`Throttle::log_pending`] once per
 //! period, and the shutdown once more at the end, so that no count is left unsaid.
