@@ -180,7 +180,8 @@ pub struct BrokerStats {
     pub qos0_drops: u64,
     /// Messages between receivers dropped because a session's mailbox was full.
     pub mailbox_drops: u64,
-    /// Messages Hermes could not deliver (including the mailbox drops).
+    /// Messages Hermes could not deliver (including the mailbox drops); not the offline
+    /// sessions' expiry timers that the shutdown drops (they are set again at the next start).
     pub dead_letters: u64,
     /// Persistent sessions discarded after `session_expiry` without their client.
     pub expired_sessions: u64,
@@ -650,6 +651,14 @@ fn listen_error(addr: SocketAddr, source: std::io::Error) -> StartError {
 /// Hermes's dead letters: counted; an Attach that could not be delivered (the session could
 /// not be loaded) is answered CONNACK 0x03 [3.2.2.3].
 fn dead_letter(shared: &Shared, letter: DeadLetter<BrokerId, BrokerMsg>) {
+    if let (Some(BrokerMsg::Session(SessionMsg::ExpiryCheck)), DeadLetterReason::Closed) =
+        (&letter.message, &letter.reason)
+    {
+        // Hermes drops its pending timers when it closes: an offline session's expiry, set
+        // again from the store at the next start. Nothing is lost, so nothing is counted.
+        tracing::trace!(recipient = ?letter.recipient, "expiry timer dropped at shutdown");
+        return;
+    }
     let counters = &shared.counters;
     Counters::add(&counters.dead_letters, 1);
     if letter.reason == DeadLetterReason::Full {
