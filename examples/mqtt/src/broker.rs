@@ -14,6 +14,7 @@ use crate::acl::{AclError, AclFile};
 use crate::auth::{AuthError, PasswordFile};
 use crate::config::{Config, SessionExpiry};
 use crate::packet::{ConnAck, ConnectReturnCode, Packet};
+use crate::plural_of;
 use crate::retained::RetainedStore;
 use crate::server::auth::Authenticator;
 use crate::server::listen::{self, Bound};
@@ -179,7 +180,8 @@ pub struct BrokerStats {
     pub qos0_drops: u64,
     /// Messages between receivers dropped because a session's mailbox was full.
     pub mailbox_drops: u64,
-    /// Messages Hermes could not deliver (including the mailbox drops).
+    /// Messages Hermes could not deliver (including the mailbox drops); not the offline
+    /// sessions' expiry timers that the shutdown drops (they are set again at the next start).
     pub dead_letters: u64,
     /// Persistent sessions discarded after `session_expiry` without their client.
     pub expired_sessions: u64,
@@ -211,6 +213,13 @@ pub struct BrokerStats {
     pub offline_sessions: u64,
     /// Retained messages held.
     pub retained: u64,
+    /// The sum of the retained messages' payload sizes, in bytes.
+    pub retained_bytes: u64,
+    /// Retained messages not stored because `max_retained` or `max_retained_bytes` was
+    /// reached (they were delivered to subscribers and acknowledged all the same).
+    pub retained_refused: u64,
+    /// Writes to the store that failed (a full disk, say): what they held is not on disk.
+    pub store_errors: u64,
 }
 
 /// What a graceful shutdown did.
@@ -323,6 +332,12 @@ impl Broker {
             }
         }
         let retained: usize = preloaded.iter().flatten().map(RetainedStore::len).sum();
+        let retained_bytes: usize = preloaded
+            .iter()
+            .flatten()
+            .map(RetainedStore::payload_bytes)
+            .sum();
+        warn_over_retained_limits(&config, retained, retained_bytes);
 
         let shared = Arc::new(Shared::new(
             config,
@@ -337,6 +352,10 @@ impl Broker {
         Counters::gauge(
             &counters.retained,
             i64::try_from(retained).unwrap_or(i64::MAX),
+        );
+        Counters::gauge(
+            &counters.retained_bytes,
+            i64::try_from(retained_bytes).unwrap_or(i64::MAX),
         );
         Counters::gauge(
             &counters.offline_sessions,
@@ -393,6 +412,7 @@ impl Broker {
         }
         accepting.push(runtime.spawn(stats::summary_loop(Arc::clone(&shared), SUMMARY_INTERVAL)));
         accepting.push(runtime.spawn(listen::keep_alive_sweep(Arc::clone(&shared))));
+        accepting.push(runtime.spawn(stats::throttle_loop(Arc::clone(&shared))));
         accepting.push(runtime.spawn({
             let shared = Arc::clone(&shared);
             let spin = Arc::clone(&shared.spin);
@@ -406,9 +426,10 @@ impl Broker {
             .map(|addr| format!("; metrics at http://{addr}/metrics"))
             .unwrap_or_default();
         tracing::info!(
-            "hermes-mqtt listening on {}{metrics}; data in {data} ({sessions_loaded} persistent \
-             sessions, {retained} retained messages loaded)",
-            urls.join(", ")
+            "hermes-mqtt listening on {}{metrics}; data in {data} ({}, {} loaded)",
+            urls.join(", "),
+            plural_of(sessions_loaded, "persistent session", "persistent sessions"),
+            plural_of(retained, "retained message", "retained messages"),
         );
         Ok(Broker {
             addrs,
@@ -465,16 +486,42 @@ impl Broker {
             publish_throttled: get(&c.publish_throttled),
             offline_sessions: gauge(&c.offline_sessions),
             retained: gauge(&c.retained),
+            retained_bytes: gauge(&c.retained_bytes),
+            retained_refused: get(&c.retained_refused),
+            store_errors: self.shared.storage.as_ref().map_or(0, Storage::errors),
         }
     }
 
     /// Reads the password file and the ACL file again (SIGHUP in the binary): new connections
     /// are checked against them; connected clients keep the rules they connected with. On an
     /// error (a file that cannot be read or has a bad line) nothing changes.
+    ///
+    /// Without either file configured there is nothing to read: that is logged, and nothing
+    /// changes. The configuration file and TLS certificates are read at startup only.
     pub async fn reload(&self) -> Result<(), StartError> {
-        let (auth, acl) = load_access(&self.shared.config).await?;
+        let config = &self.shared.config;
+        let files: Vec<String> = [
+            ("the password file", &config.password_file),
+            ("the ACL file", &config.acl_file),
+        ]
+        .into_iter()
+        .filter_map(|(what, path)| Some(format!("{what} {}", path.as_ref()?.display())))
+        .collect();
+        if files.is_empty() {
+            tracing::info!(
+                "reload: nothing to reload, as no password_file or acl_file is configured (the \
+                 configuration file and TLS certificates are read at startup only: restart the \
+                 broker to change them)"
+            );
+            return Ok(());
+        }
+        let (auth, acl) = load_access(config).await?;
         self.shared.replace_access(auth, acl);
-        tracing::info!("password and ACL files reloaded");
+        tracing::info!(
+            "reloaded {}: new connections are checked against them (the configuration file \
+             and TLS certificates are read at startup only)",
+            files.join(" and ")
+        );
         Ok(())
     }
 
@@ -502,6 +549,7 @@ impl Broker {
         })
         .await
         .unwrap_or(Ok(()));
+        self.shared.log_throttled(std::time::Instant::now(), true);
         let stats = self.stats();
         tracing::info!(connections_closed, ?stats, "hermes-mqtt stopped");
         stored.map_err(ShutdownError::Store)?;
@@ -511,6 +559,23 @@ impl Broker {
             stats,
             hermes,
         })
+    }
+}
+
+/// Warns when the store holds more retained messages than `max_retained` or
+/// `max_retained_bytes` allow (the limits were lowered): all are kept, and new topics are
+/// refused until enough are cleared.
+fn warn_over_retained_limits(config: &Config, count: usize, bytes: usize) {
+    let over = |limit: usize, held: usize| limit != 0 && held > limit;
+    if over(config.max_retained, count) || over(config.max_retained_bytes, bytes) {
+        tracing::warn!(
+            "the store holds {} ({bytes} bytes of payload), over max_retained ({}) or \
+             max_retained_bytes ({}): all are kept, and retained messages on new topics are \
+             not retained until enough are cleared",
+            plural_of(count, "retained message", "retained messages"),
+            config.max_retained,
+            config.max_retained_bytes
+        );
     }
 }
 
@@ -586,6 +651,14 @@ fn listen_error(addr: SocketAddr, source: std::io::Error) -> StartError {
 /// Hermes's dead letters: counted; an Attach that could not be delivered (the session could
 /// not be loaded) is answered CONNACK 0x03 [3.2.2.3].
 fn dead_letter(shared: &Shared, letter: DeadLetter<BrokerId, BrokerMsg>) {
+    if let (Some(BrokerMsg::Session(SessionMsg::ExpiryCheck)), DeadLetterReason::Closed) =
+        (&letter.message, &letter.reason)
+    {
+        // Hermes drops its pending timers when it closes: an offline session's expiry, set
+        // again from the store at the next start. Nothing is lost, so nothing is counted.
+        tracing::trace!(recipient = ?letter.recipient, "expiry timer dropped at shutdown");
+        return;
+    }
     let counters = &shared.counters;
     Counters::add(&counters.dead_letters, 1);
     if letter.reason == DeadLetterReason::Full {

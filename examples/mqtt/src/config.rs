@@ -90,6 +90,17 @@ pub struct Config {
     /// by filter with return code 0x80 [MQTT-3.9.3]. Default: 10000. At least 1.
     #[serde(deserialize_with = "at_least_one")]
     pub max_subscriptions: usize,
+    /// How many retained messages the broker keeps, over all topics. When it has that many, a
+    /// retained PUBLISH on a topic without one is delivered to subscribers and acknowledged,
+    /// but not retained (counted, and logged at most once per 10 s); replacing or clearing a
+    /// topic's retained message still works. Default: 1000000. 0 means no limit.
+    pub max_retained: usize,
+    /// How many bytes of payload the retained messages may hold in all. A retained PUBLISH
+    /// that would take them past it is not retained, as with `max_retained`; if it was to
+    /// replace a topic's retained message with a larger one, that topic's old message is
+    /// removed (never kept as if it were current). Default: 1 GiB (1073741824). 0 means no
+    /// limit.
+    pub max_retained_bytes: usize,
     /// How many connections the broker holds at once, over all listeners (handshakes
     /// included); one more is accepted and closed at once, and counted. Each listener may have
     /// a lower limit of its own ([`ListenerConfig::max_connections`]). Default: 100000. 0 means
@@ -165,6 +176,10 @@ impl Config {
     pub const DEFAULT_MAX_QOS0_BACKLOG: usize = 1000;
     /// The default of [`Config::max_subscriptions`]: 10000 per session.
     pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+    /// The default of [`Config::max_retained`]: 1000000 messages.
+    pub const DEFAULT_MAX_RETAINED: usize = 1_000_000;
+    /// The default of [`Config::max_retained_bytes`]: 1 GiB.
+    pub const DEFAULT_MAX_RETAINED_BYTES: usize = 1 << 30;
     /// The default of [`Config::max_connections`]: 100000.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
     /// The default of [`Config::tcp_keepalive`]: the first probe after a minute idle.
@@ -252,6 +267,8 @@ impl Default for Config {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             max_qos0_backlog: Self::DEFAULT_MAX_QOS0_BACKLOG,
             max_subscriptions: Self::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_retained: Self::DEFAULT_MAX_RETAINED,
+            max_retained_bytes: Self::DEFAULT_MAX_RETAINED_BYTES,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             max_publish_rate: 0,
             publish_burst: 0,
@@ -272,21 +289,29 @@ impl Default for Config {
 
 fn listeners<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListenerConfig>, D::Error> {
     let listeners = Vec::<ListenerConfig>::deserialize(d)?;
+    check_listeners(&listeners).map_err(D::Error::custom)?;
+    Ok(listeners)
+}
+
+/// Checks a list of listeners as the `listeners` key (or `--listen` given several times) must
+/// be: at least one, each at an address of its own (port 0, a free port each, aside).
+pub fn check_listeners(listeners: &[ListenerConfig]) -> Result<(), String> {
     if listeners.is_empty() {
-        return Err(D::Error::custom(
-            "no listener: give at least one, such as [[listeners]] address = \"127.0.0.1:1883\"",
-        ));
+        return Err(
+            "no listener: give at least one, such as [[listeners]] address = \"127.0.0.1:1883\""
+                .to_owned(),
+        );
     }
     for (i, listener) in listeners.iter().enumerate() {
         let port = listener.address.port();
         if port != 0 && listeners[..i].iter().any(|l| l.address == listener.address) {
-            return Err(D::Error::custom(format_args!(
+            return Err(format!(
                 "{} is given twice: each listener needs an address of its own",
                 listener.address
-            )));
+            ));
         }
     }
-    Ok(listeners)
+    Ok(())
 }
 
 fn tcp_keepalive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -77,6 +77,28 @@ pub use subscriptions::Subscriptions;
 pub use topic::{TopicFilter, TopicName};
 pub use will::LastWill;
 
+/// `n` and the noun that goes with it, for logs and messages: "1 session", "2 sessions",
+/// "0 sessions".
+pub(crate) fn plural(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// [`plural`] of a `usize`.
+pub(crate) fn plural_of(n: usize, one: &str, many: &str) -> String {
+    plural(u64::try_from(n).unwrap_or(u64::MAX), one, many)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plurals() {
+        assert_eq!(super::plural(1u64, "session", "sessions"), "1 session");
+        assert_eq!(super::plural(0u64, "session", "sessions"), "0 sessions");
+        assert_eq!(super::plural_of(2, "byte", "bytes"), "2 bytes");
+    }
+}
+
 /// The README's code blocks, compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

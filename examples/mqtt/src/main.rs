@@ -3,17 +3,19 @@
 //! `hermes-mqtt` alone listens on 127.0.0.1:1883 and keeps its data in `./hermes-data`. Flags
 //! override the configuration file's keys. SIGINT (Ctrl-C) and SIGTERM shut it down
 //! gracefully (exit 0); a second signal during the shutdown, half a second or more after the
-//! first, exits at once (exit 130). SIGHUP reloads the password and ACL files.
+//! first, exits at once (exit 130). SIGHUP reloads the password and ACL files (and says so,
+//! or that there is nothing to reload). `--help` ends with the signals and exit codes.
 //! `hermes-mqtt passwd FILE USER` manages a password file.
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 use hermes_mqtt::auth::{PasswordFile, hash_password};
-use hermes_mqtt::config::LogLevel;
+use hermes_mqtt::config::{LogLevel, check_listeners};
 use hermes_mqtt::{Broker, Config, ListenerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -24,13 +26,25 @@ const EXIT_SECOND_SIGNAL: i32 = 130;
 /// delivered twice, rather than a second signal.
 const SAME_SIGNAL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// What `--help` says after the flags: signals and exit codes.
+const AFTER_HELP: &str = "\
+Signals: SIGINT or SIGTERM shuts down gracefully (clients closed, everything stored); a second
+one, half a second or more later, exits at once without storing the last changes. SIGHUP
+reloads the password and ACL files (the configuration file and TLS certificates are read at
+startup only).
+
+Exit codes: 0 after a graceful shutdown; 1 when the broker cannot start (a busy port, a data
+directory or file it cannot use) or the last changes could not be stored; 2 for a bad flag or
+configuration file; 130 for a second signal.";
+
 /// An MQTT 3.1.1 broker built on Hermes receivers, with durable sessions.
 #[derive(Debug, Parser)]
 #[command(
     name = "hermes-mqtt",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,10 +79,12 @@ struct Passwd {
 /// Running the broker.
 #[derive(Debug, Args)]
 struct Run {
-    /// A TCP address to accept MQTT connections on, such as 0.0.0.0:1883 (repeat for several);
-    /// replaces the configuration's listeners. Default: 127.0.0.1:1883.
-    #[arg(long = "listen", value_name = "ADDR")]
-    listen: Vec<SocketAddr>,
+    /// An IP address and port to accept MQTT connections on over TCP, such as 0.0.0.0:1883
+    /// or [::]:1883; repeat it for several (each address once). Replaces every listener of
+    /// the configuration file (TLS and WebSocket ones included). Default: the file's
+    /// listeners, else 127.0.0.1:1883.
+    #[arg(long = "listen", value_name = "ADDR", value_parser = ListenerConfig::from_str)]
+    listen: Vec<ListenerConfig>,
     /// The password file (overrides `password_file`).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -78,10 +94,12 @@ struct Run {
     /// Serve Prometheus metrics at http://ADDR/metrics (overrides `metrics_address`).
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<SocketAddr>,
-    /// Where sessions and retained messages are stored. Default: ./hermes-data.
+    /// Where sessions and retained messages are stored (overrides `data_dir`; not used with
+    /// --memory). Default: ./hermes-data.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Store nothing: sessions and retained messages do not survive a restart.
+    /// Store nothing: sessions and retained messages do not survive a restart (sets
+    /// `memory`).
     #[arg(long)]
     memory: bool,
     /// A TOML configuration file (see the README's "Configuration" table); flags override it.
@@ -192,14 +210,20 @@ fn run(cli: &Run) -> ExitCode {
         },
         None => Config::default(),
     };
-    if !cli.listen.is_empty() {
-        config.listeners = cli
-            .listen
-            .iter()
-            .copied()
-            .map(ListenerConfig::tcp)
-            .collect();
-    }
+    let replaced = if cli.listen.is_empty() {
+        None
+    } else {
+        if let Err(error) = check_listeners(&cli.listen) {
+            eprintln!("hermes-mqtt: --listen: {error}");
+            return ExitCode::from(2);
+        }
+        let file = std::mem::replace(&mut config.listeners, cli.listen.clone());
+        let declared = file != Config::default().listeners;
+        cli.config
+            .as_ref()
+            .filter(|_| declared)
+            .map(|path| (path, file))
+    };
     if let Some(file) = &cli.password_file {
         config.password_file = Some(file.clone());
     }
@@ -215,7 +239,22 @@ fn run(cli: &Run) -> ExitCode {
     if cli.memory {
         config.memory = true;
     }
+    if let Err(error) = check(&config) {
+        eprintln!("hermes-mqtt: {error}");
+        return ExitCode::from(2);
+    }
     init_logs(cli, &config);
+    if config.memory && cli.data_dir.is_some() {
+        tracing::warn!("--data-dir is not used: with `memory` the broker stores nothing");
+    }
+    if let Some((path, file)) = replaced {
+        let urls: Vec<String> = file.iter().map(|l| l.url(l.address)).collect();
+        tracing::info!(
+            "--listen replaces the listeners of {} ({})",
+            path.display(),
+            urls.join(", ")
+        );
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -262,6 +301,21 @@ fn run(cli: &Run) -> ExitCode {
             }
         }
     })
+}
+
+/// Checks what the flags and the file say together: the metrics listener is not at a
+/// listener's address.
+fn check(config: &Config) -> Result<(), String> {
+    let Some(metrics) = config.metrics_address else {
+        return Ok(());
+    };
+    if metrics.port() != 0 && config.listeners.iter().any(|l| l.address == metrics) {
+        return Err(format!(
+            "the metrics address {metrics} is also a listener's: give metrics_address \
+             (--metrics-address) a port of its own"
+        ));
+    }
+    Ok(())
 }
 
 /// Logs to standard error: `--log-level`, else the configuration file's `log_level` if it

@@ -129,3 +129,152 @@ async fn garbage_is_closed_quickly_and_counted() {
     let stats = broker.shutdown_stats().await;
     assert_eq!(stats.protocol_errors, 51, "{stats:?}");
 }
+
+/// The retained messages a new subscriber to `filter` gets, by topic, within [`QUIET`].
+async fn retained_for(broker: &TestBroker, filter: &str) -> Vec<(String, Vec<u8>)> {
+    let mut sub = broker.connect(&unique("late")).await;
+    sub.subscribe_one(filter, QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    while let Next::Packet(Packet::Publish(p)) = sub.next(QUIET).await {
+        assert!(p.retain);
+        sub.ack(&p).await;
+        got.push((p.topic.as_str().to_owned(), p.payload.to_vec()));
+    }
+    got.sort();
+    got
+}
+
+/// `max_retained`: past it a retained PUBLISH on a new topic is delivered to the subscribers
+/// and acknowledged, but not retained, and counted; replacing and clearing a topic's retained
+/// message still work, and clearing one makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_retained_refuses_new_topics_but_delivers_them() {
+    let Some(broker) = TestBroker::configured("max_retained", |c| c.max_retained = 2).await else {
+        return;
+    };
+    let base = unique("cap");
+    let t = |n: u32| format!("{base}/{n}");
+    let mut live = broker.connect(&unique("live")).await;
+    live.subscribe_one(&format!("{base}/#"), QoS::AtLeastOnce)
+        .await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    for n in 1..=3 {
+        // Acknowledged: PUBACK (publish asserts it).
+        publisher
+            .publish(&t(n), b"v1", QoS::AtLeastOnce, true)
+            .await;
+        let got = live.recv_message().await;
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            (t(n).as_str(), &b"v1"[..])
+        );
+    }
+    let expect = |pairs: &[(u32, &[u8])]| -> Vec<(String, Vec<u8>)> {
+        pairs.iter().map(|(n, p)| (t(*n), p.to_vec())).collect()
+    };
+    let filter = format!("{base}/#");
+    assert_eq!(
+        retained_for(&broker, &filter).await,
+        expect(&[(1, b"v1"), (2, b"v1")])
+    );
+    // Replacing one is not a new one.
+    publisher
+        .publish(&t(2), b"v2", QoS::AtLeastOnce, true)
+        .await;
+    assert_eq!(
+        retained_for(&broker, &filter).await,
+        expect(&[(1, b"v1"), (2, b"v2")])
+    );
+    // Clearing one makes room for another.
+    publisher.publish(&t(1), b"", QoS::AtLeastOnce, true).await;
+    publisher
+        .publish(&t(3), b"v3", QoS::AtLeastOnce, true)
+        .await;
+    assert_eq!(
+        retained_for(&broker, &filter).await,
+        expect(&[(2, b"v2"), (3, b"v3")])
+    );
+    let stats = broker.shutdown_stats().await;
+    assert_eq!(
+        (stats.retained, stats.retained_refused),
+        (2, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.retained_bytes, 4);
+}
+
+/// `max_retained_bytes`: a retained message that would take the payloads past it is not
+/// retained; one that was to grow a topic's message past it removes that topic's old message
+/// rather than keep it as if it were the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_retained_bytes_bounds_the_payloads() {
+    let Some(broker) =
+        TestBroker::configured("max_retained_bytes", |c| c.max_retained_bytes = 10).await
+    else {
+        return;
+    };
+    let base = unique("bytes");
+    let (a, b) = (format!("{base}/a"), format!("{base}/b"));
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&a, b"123456", QoS::AtLeastOnce, true)
+        .await;
+    publisher
+        .publish(&b, b"12345", QoS::AtLeastOnce, true)
+        .await; // 11 > 10: refused
+    let filter = format!("{base}/#");
+    assert_eq!(
+        retained_for(&broker, &filter).await,
+        [(a.clone(), b"123456".to_vec())]
+    );
+    publisher
+        .publish(&a, b"1234567890", QoS::AtLeastOnce, true)
+        .await; // 10: fits
+    publisher
+        .publish(&a, b"12345678901", QoS::AtLeastOnce, true)
+        .await; // 11: refused
+    assert_eq!(retained_for(&broker, &filter).await, []);
+    publisher
+        .publish(&b, b"12345", QoS::AtLeastOnce, true)
+        .await; // room again
+    assert_eq!(
+        retained_for(&broker, &filter).await,
+        [(b.clone(), b"12345".to_vec())]
+    );
+    let stats = broker.shutdown_stats().await;
+    assert_eq!(
+        (stats.retained, stats.retained_bytes, stats.retained_refused),
+        (1, 5, 2),
+        "{stats:?}"
+    );
+}
+
+/// The limits hold across a restart: the gauges start from what the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retained_limits_count_what_the_store_held() {
+    if external().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = unique("kept");
+    let broker = TestBroker::persistent(dir.path(), |c| c.max_retained = 1).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&format!("{base}/1"), b"x", QoS::AtLeastOnce, true)
+        .await;
+    drop(publisher);
+    broker.shutdown().await;
+    let broker = TestBroker::persistent(dir.path(), |c| c.max_retained = 1).await;
+    let mut publisher = broker.connect(&unique("pub")).await;
+    publisher
+        .publish(&format!("{base}/2"), b"y", QoS::AtLeastOnce, true)
+        .await;
+    let got = retained_for(&broker, &format!("{base}/#")).await;
+    assert_eq!(got, [(format!("{base}/1"), b"x".to_vec())]);
+    let stats = broker.shutdown_stats().await;
+    assert_eq!(
+        (stats.retained, stats.retained_refused),
+        (1, 1),
+        "{stats:?}"
+    );
+}

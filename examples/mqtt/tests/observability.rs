@@ -204,3 +204,19 @@ async fn traffic_is_counted() {
     );
     assert_eq!(stats.clients_connected, 0);
 }
+
+/// A shutdown with persistent sessions whose clients are away counts no dead letters: their
+/// expiry timers, which Hermes drops when it closes, are set again at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_offline_sessions_counts_no_dead_letters() {
+    let Some(broker) = TestBroker::configured("dead letters", |_| {}).await else {
+        return;
+    };
+    for _ in 0..3 {
+        let (mut client, _) = broker.connect_persistent(&unique("away")).await;
+        client.subscribe_one(&unique("t"), QoS::AtLeastOnce).await;
+        client.disconnect().await;
+    }
+    let stats = broker.shutdown_stats().await;
+    assert_eq!(stats.dead_letters, 0, "{stats:?}");
+}

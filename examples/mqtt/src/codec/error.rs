@@ -60,7 +60,7 @@ pub enum DecodeError {
         packet_type: PacketType,
     },
     /// Bytes left after the last field: lengths that do not add up.
-    #[error("{packet_type} has {count} bytes after its last field")]
+    #[error("{packet_type} has {} after its last field", crate::plural_of(*count, "byte", "bytes"))]
     TrailingBytes {
         /// The packet's type.
         packet_type: PacketType,

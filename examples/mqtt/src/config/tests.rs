@@ -19,6 +19,8 @@ fn defaults() {
         [ListenerConfig::tcp("127.0.0.1:1883".parse().unwrap())]
     );
     assert_eq!(c.max_connections, 100_000);
+    assert_eq!(c.max_retained, 1_000_000);
+    assert_eq!(c.max_retained_bytes, 1 << 30);
     assert_eq!(c.max_publish_rate, 0);
     assert_eq!(c.publish_rate(), None);
     assert_eq!(c.tcp_keepalive, Some(Duration::from_secs(60)));
@@ -65,6 +67,8 @@ fn every_key() {
         max_qos0_backlog = 5
         max_subscriptions = 3
         max_connections = 7
+        max_retained = 0
+        max_retained_bytes = 1000
         max_publish_rate = 100
         publish_burst = 10
         tcp_keepalive = "off"
@@ -84,6 +88,7 @@ fn every_key() {
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.listeners[1].address.port(), 11883);
     assert_eq!(c.max_connections, 7);
+    assert_eq!((c.max_retained, c.max_retained_bytes), (0, 1000));
     assert_eq!(c.publish_rate(), Some((100, 10)));
     assert_eq!(c.tcp_keepalive, None);
     assert_eq!(

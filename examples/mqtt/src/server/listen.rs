@@ -203,7 +203,11 @@ pub(crate) async fn accept_loop(bound: Bound, shared: Arc<Shared>, hermes: Handl
                 // Out of file descriptors, say: wait for some to be freed. Logged at most
                 // once a minute (the summary counts them).
                 Counters::add(&shared.counters.accept_errors, 1);
-                if shared.accept_error_log.allow() {
+                if shared
+                    .accept_error_log
+                    .note(std::time::Instant::now(), String::new)
+                    .is_some()
+                {
                     tracing::warn!(%error, listener = %bound.addr, "cannot accept a connection (raise the file descriptor limit, or lower max_connections)");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

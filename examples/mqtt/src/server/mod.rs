@@ -21,6 +21,7 @@ pub(crate) mod session_rx;
 pub(crate) mod spin;
 pub(crate) mod stats;
 pub(crate) mod storage;
+pub(crate) mod throttle;
 pub(crate) mod ws;
 
 use std::cell::Cell;
@@ -50,6 +51,7 @@ use link::{ConnId, Frame, Frames, Link, Outbox};
 use listen::ConnLimit;
 use spin::IdleSpin;
 use storage::Storage;
+use throttle::Throttle;
 
 /// A client identifier: the ID of a session receiver.
 ///
@@ -214,8 +216,10 @@ pub(crate) struct Shared {
     acl: RwLock<Option<Arc<AclFile>>>,
     /// `max_connections`, over all listeners.
     pub(crate) conn_limit: Arc<ConnLimit>,
-    /// Accept errors are logged at most once a minute.
-    pub(crate) accept_error_log: RateLimited,
+    /// Accept errors are logged at most once a minute (`stats::summary_loop` counts them).
+    pub(crate) accept_error_log: Throttle,
+    /// Retained messages refused for `max_retained` or `max_retained_bytes`.
+    pub(crate) retained_refused_log: Throttle,
     /// Live connections, to close them at shutdown and for the keep-alive sweep: in
     /// [`CONN_SHARDS`] maps by connection number, each under its own lock, so that the sweep
     /// (which walks them all) holds a lock over a few hundred at most, and connects and
@@ -258,7 +262,19 @@ impl Shared {
             auth: RwLock::new(Arc::new(auth)),
             acl: RwLock::new(acl.map(Arc::new)),
             started: Instant::now(),
-            accept_error_log: RateLimited::new(Duration::from_secs(60)),
+            accept_error_log: Throttle::new(
+                ("accept error", "accept errors"),
+                throttle::Level::Warn,
+                Duration::from_secs(60),
+            ),
+            retained_refused_log: Throttle::new(
+                (
+                    "retained message refused for max_retained or max_retained_bytes",
+                    "retained messages refused for max_retained or max_retained_bytes",
+                ),
+                throttle::Level::Warn,
+                throttle::PERIOD,
+            ),
             limits: config.session_limits(),
             config,
             index: RwLock::new(index),
@@ -291,6 +307,18 @@ impl Shared {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Logs the counts of the throttled problems not logged yet, if due at `now` (or
+    /// `force`d: at the shutdown, after the last commit).
+    pub(crate) fn log_throttled(&self, now: Instant, force: bool) {
+        if let Some(storage) = &self.storage
+            && !force
+        {
+            // The shutdown's last summary comes from `Storage::shutdown`, after its commit.
+            storage.log_errors(now);
+        }
+        self.retained_refused_log.log_pending(now, force);
     }
 
     /// Replaces the password file and ACL file for new connections.
@@ -677,43 +705,6 @@ pub(crate) fn with_subscribers<T>(
     result
 }
 
-/// Lets something happen at most once per period (a log line, say).
-#[derive(Debug)]
-pub(crate) struct RateLimited {
-    start: Instant,
-    period: Duration,
-    /// Milliseconds since `start` of the last time allowed, plus one (0: never).
-    last: AtomicU64,
-}
-
-impl RateLimited {
-    pub(crate) fn new(period: Duration) -> Self {
-        Self {
-            start: Instant::now(),
-            period,
-            last: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether it may happen now.
-    pub(crate) fn allow(&self) -> bool {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let period = u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX);
-        let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_add(1).saturating_sub(last) < period {
-            return false;
-        }
-        self.last
-            .compare_exchange(
-                last,
-                now.saturating_add(1),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -940,17 +931,6 @@ mod tests {
             )]
         );
         assert!(!fanout.first_matched);
-    }
-
-    #[test]
-    fn rate_limited_allows_once_per_period() {
-        let limit = RateLimited::new(Duration::from_millis(200));
-        assert!(limit.allow());
-        assert!(!limit.allow());
-        assert!(!limit.allow());
-        std::thread::sleep(Duration::from_millis(250));
-        assert!(limit.allow());
-        assert!(!limit.allow());
     }
 
     #[test]

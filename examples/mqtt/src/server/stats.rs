@@ -16,6 +16,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::storage::Storage;
+use super::throttle;
 use super::{Handle, Shared, route_direct};
 use crate::message::Message;
 use crate::packet::QoS;
@@ -61,8 +63,12 @@ pub(crate) struct Counters {
     pub(crate) clients_maximum: AtomicI64,
     /// Persistent sessions whose client is away.
     pub(crate) offline_sessions: AtomicI64,
-    /// Retained messages held.
+    /// Retained messages held, and the sum of their payloads' sizes: what `max_retained` and
+    /// `max_retained_bytes` bound.
     pub(crate) retained: AtomicI64,
+    pub(crate) retained_bytes: AtomicI64,
+    /// Retained messages not stored for those limits.
+    pub(crate) retained_refused: AtomicU64,
 }
 
 impl Counters {
@@ -334,23 +340,46 @@ pub(crate) async fn summary_loop(shared: Arc<Shared>, every: Duration) {
     let counters = [
         (
             &c.protocol_errors,
-            "connections closed for protocol errors (garbage, malformed packets, no CONNECT first)",
+            (
+                "connection closed for a protocol error",
+                "connections closed for protocol errors",
+            ),
+            " (garbage, malformed packets, no CONNECT first)",
         ),
         (
             &c.handshake_failures,
-            "connections closed for a failed or late TLS or WebSocket handshake",
+            (
+                "connection closed for a failed or late TLS or WebSocket handshake",
+                "connections closed for a failed or late TLS or WebSocket handshake",
+            ),
+            "",
         ),
         (
             &c.refused_limit,
-            "connections closed at once over max_connections",
+            (
+                "connection closed at once over max_connections",
+                "connections closed at once over max_connections",
+            ),
+            "",
         ),
-        (&c.refused_auth, "CONNECTs refused for their credentials"),
+        (
+            &c.refused_auth,
+            (
+                "CONNECT refused for its credentials",
+                "CONNECTs refused for their credentials",
+            ),
+            "",
+        ),
         (
             &c.accept_errors,
-            "errors accepting connections (out of file descriptors?)",
+            (
+                "error accepting connections",
+                "errors accepting connections",
+            ),
+            " (out of file descriptors?)",
         ),
     ];
-    let mut seen = counters.map(|(counter, _)| get(counter));
+    let mut seen = counters.map(|(counter, ..)| get(counter));
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
@@ -358,17 +387,28 @@ pub(crate) async fn summary_loop(shared: Arc<Shared>, every: Duration) {
         if shared.is_closing() {
             return;
         }
-        for ((counter, what), seen) in counters.iter().zip(seen.iter_mut()) {
+        for ((counter, (one, many), why), seen) in counters.iter().zip(seen.iter_mut()) {
             let now = get(counter);
             if now > *seen {
                 tracing::info!(
-                    "{} {what} in the last {}s (details at debug level)",
-                    now - *seen,
+                    "{}{why} in the last {} s (details at debug level)",
+                    crate::plural(now - *seen, one, many),
                     every.as_secs()
                 );
                 *seen = now;
             }
         }
+    }
+}
+
+/// Logs, once per [`throttle::PERIOD`], how many of the throttled problems (store errors,
+/// refused retained messages) happened without a line of their own.
+pub(crate) async fn throttle_loop(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(throttle::PERIOD);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        shared.log_throttled(Instant::now(), false);
     }
 }
 
@@ -419,6 +459,12 @@ pub(crate) fn prometheus(shared: &Shared, hermes: &hermes::Stats) -> String {
         s.retained,
     );
     metric(
+        "retained_bytes",
+        "gauge",
+        "The sum of the retained messages' payload sizes, in bytes.",
+        gauge(&c.retained_bytes),
+    );
+    metric(
         "connections_open",
         "gauge",
         "Connections open now (handshakes included).",
@@ -430,7 +476,7 @@ pub(crate) fn prometheus(shared: &Shared, hermes: &hermes::Stats) -> String {
         "Connections accepted.",
         s.connections,
     );
-    let counters: [(&str, &str, &AtomicU64); 17] = [
+    let counters: [(&str, &str, &AtomicU64); 18] = [
         (
             "bytes_received_total",
             "Bytes read from clients.",
@@ -516,6 +562,11 @@ pub(crate) fn prometheus(shared: &Shared, hermes: &hermes::Stats) -> String {
             "Connections closed for a failed TLS or WebSocket handshake.",
             &c.handshake_failures,
         ),
+        (
+            "retained_refused_total",
+            "Retained messages not stored for max_retained or max_retained_bytes (still delivered).",
+            &c.retained_refused,
+        ),
     ];
     for (name, help, counter) in counters {
         metric(name, "counter", help, get(counter));
@@ -525,6 +576,12 @@ pub(crate) fn prometheus(shared: &Shared, hermes: &hermes::Stats) -> String {
         "counter",
         "Times a connection waited for max_publish_rate.",
         get(&c.publish_throttled),
+    );
+    metric(
+        "store_errors_total",
+        "counter",
+        "Writes to the store that failed (a full disk, say): what they held is not on disk.",
+        shared.storage.as_ref().map_or(0, Storage::errors),
     );
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     metric(

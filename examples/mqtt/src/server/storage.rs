@@ -16,13 +16,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use hermes::store::{
     Batch, Codec, GroupCommit, GroupCommitConfig, RedbOptions, RedbStore, Store, StoreError,
     SyncPolicy,
 };
 
+use super::throttle::{self, Throttle};
 use crate::message::Message;
 use crate::packet::QoS;
 use crate::session::{Changes, DeliveryState, QueueState, Session, SessionState};
@@ -51,26 +54,60 @@ pub(crate) struct Storage {
     /// Submissions not yet acknowledged, per client ID: a session activated meanwhile must
     /// not read older state (group commit's reads see a write once it is acknowledged).
     pending: Arc<Mutex<HashMap<Arc<str>, u32>>>,
-    /// The first write that failed since the start (each is logged): the shutdown reports it,
-    /// since what it held is not on disk.
-    failed: Failed,
+    /// The writes that failed since the start: counted, logged without flooding the log, and
+    /// the first kept for the shutdown to report (what they held is not on disk).
+    errors: Arc<Errors>,
     path: PathBuf,
 }
 
-/// The first failed write, shared with the commit callbacks.
-#[derive(Clone, Default)]
-struct Failed(Arc<Mutex<Option<StoreError>>>);
+/// The failed writes, shared with the commit callbacks. A store that fails once (a full
+/// disk) usually fails every write after, many a second: the first is logged at once, the
+/// rest once per [`throttle::PERIOD`] as a count.
+#[derive(Debug)]
+struct Errors {
+    first: Mutex<Option<StoreError>>,
+    count: AtomicU64,
+    log: Throttle,
+}
 
-impl Failed {
-    fn record(&self, error: &StoreError) {
-        self.0
+impl Errors {
+    fn new() -> Self {
+        Self {
+            first: Mutex::new(None),
+            count: AtomicU64::new(0),
+            log: Throttle::new(
+                ("failed store write", "failed store writes"),
+                throttle::Level::Error,
+                throttle::PERIOD,
+            ),
+        }
+    }
+
+    /// A write failed: `what` it was, and of which session or topic (`subject`).
+    fn record(&self, what: &str, subject: &str, error: &StoreError) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.first
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(|| error.clone());
+        let detail = || format!("{what} {subject} failed: {error}");
+        if let Some(unlogged) = self.log.note(Instant::now(), detail) {
+            tracing::error!(
+                "{what} {subject} failed: {error}{}. After a failed write the store may refuse \
+                 every later one until the broker restarts: free space, then restart it. Store \
+                 errors are counted in hermes_mqtt_store_errors_total and logged at most once \
+                 per {} s",
+                throttle::unlogged(unlogged),
+                throttle::PERIOD.as_secs()
+            );
+        }
     }
 
-    fn take(&self) -> Option<StoreError> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    fn take_first(&self) -> Option<StoreError> {
+        self.first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -125,7 +162,7 @@ impl Storage {
             store,
             commits,
             pending: Arc::default(),
-            failed: Failed::default(),
+            errors: Arc::new(Errors::new()),
             path,
         })
     }
@@ -284,12 +321,11 @@ impl Storage {
         }
         *self.lock_pending().entry(Arc::clone(id)).or_insert(0) += 1;
         let pending = Arc::clone(&self.pending);
-        let failed = self.failed.clone();
+        let errors = Arc::clone(&self.errors);
         let id = Arc::clone(id);
         self.commits.submit(batch, move |result| {
             if let Err(error) = result {
-                tracing::error!(client_id = %id, %error, "storing a session failed");
-                failed.record(&error);
+                errors.record("storing the session of", &id, &error);
             }
             let mut map = pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(n) = map.get_mut(&id) {
@@ -325,12 +361,11 @@ impl Storage {
             }
         };
         let topic = message.topic.as_str().to_owned();
-        let failed = self.failed.clone();
+        let errors = Arc::clone(&self.errors);
         self.commits
             .put(retained_key(&message.topic), bytes, move |result| {
                 if let Err(error) = result {
-                    tracing::error!(%topic, %error, "storing a retained message failed");
-                    failed.record(&error);
+                    errors.record("storing the retained message of", &topic, &error);
                 }
             });
     }
@@ -338,11 +373,10 @@ impl Storage {
     /// Deletes the retained message of `topic`.
     pub(crate) fn delete_retained(&self, topic: &TopicName) {
         let name = topic.as_str().to_owned();
-        let failed = self.failed.clone();
+        let errors = Arc::clone(&self.errors);
         self.commits.delete(retained_key(topic), move |result| {
             if let Err(error) = result {
-                tracing::error!(topic = %name, %error, "deleting a retained message failed");
-                failed.record(&error);
+                errors.record("deleting the retained message of", &name, &error);
             }
         });
     }
@@ -351,8 +385,20 @@ impl Storage {
     /// if that last commit did, or else if any write since the start did (the first error):
     /// either way, the file lacks changes the broker acknowledged.
     pub(crate) fn shutdown(&self) -> Result<(), StoreError> {
-        self.commits.shutdown()?;
-        self.failed.take().map_or(Ok(()), Err)
+        let last = self.commits.shutdown();
+        self.errors.log.log_pending(Instant::now(), true);
+        last?;
+        self.errors.take_first().map_or(Ok(()), Err)
+    }
+
+    /// How many writes have failed since the start.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.count.load(Ordering::Relaxed)
+    }
+
+    /// Logs how many writes failed without a line of their own, if that is due at `now`.
+    pub(crate) fn log_errors(&self, now: Instant) {
+        self.errors.log.log_pending(now, false);
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
