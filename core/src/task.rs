@@ -3,20 +3,23 @@
 //!
 //! The router never runs futures. A receiver records one with [`Context::spawn`] or
 //! [`Context::ask`]; the router hands it out as a [`Task`] ([`Router::poll_task`]); the driver
-//! runs it on whatever runtime it has and gives the message back with [`Router::complete`].
+//! runs it on whatever runtime it has and gives the message back with [`Router::complete`]
+//! (or, if it ended without one, says so with [`Router::abandon`]).
 //!
-//! What becomes of an outcome is on [`Task`].
+//! What becomes of an outcome, and of a future that panics, is on [`Task`].
 //!
 //! [`Context::spawn`]: crate::Context::spawn
 //! [`Context::ask`]: crate::Context::ask
 //! [`Router::poll_task`]: crate::Router::poll_task
 //! [`Router::complete`]: crate::Router::complete
+//! [`Router::abandon`]: crate::Router::abandon
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
 
@@ -108,6 +111,8 @@ pub(crate) struct TaskOp<M> {
 pub(crate) struct Shared<M> {
     flags: Arc<Flags>,
     future: Mutex<Option<BoxFuture<M>>>,
+    /// What the future panicked with, once it did (caught where it was polled).
+    panic: OnceLock<Arc<str>>,
 }
 
 impl<M> Shared<M> {
@@ -115,7 +120,13 @@ impl<M> Shared<M> {
         Arc::new(Shared {
             flags,
             future: Mutex::new(Some(future)),
+            panic: OnceLock::new(),
         })
+    }
+
+    /// What the future panicked with, if it did.
+    pub(crate) fn panic(&self) -> Option<&Arc<str>> {
+        self.panic.get()
     }
 
     /// The receiver is gone: drops the future (waiting for a poll in progress to finish), and
@@ -133,9 +144,16 @@ impl<M> Shared<M> {
 
 /// Work a receiver started ([`Context::spawn`](crate::Context::spawn),
 /// [`Context::ask`](crate::Context::ask)), for the driver to run: a `Future` whose output is the
-/// message for [`Router::complete`](crate::Router::complete), or `None` if the task was aborted
-/// (its receiver is gone; drop it).
+/// message for [`Router::complete`](crate::Router::complete), or `None` if the task ended
+/// without one: it was aborted (its receiver is gone), or its future panicked. Give a `None`
+/// back with [`Router::abandon`](crate::Router::abandon) (for an aborted task it does nothing).
 ///
+/// - A panic in the future is caught here, where it is polled, whatever runs it: the future is
+///   dropped, the task ends with `None`, and [`Router::abandon`](crate::Router::abandon) logs
+///   the panic with the receiver's ID and counts it in [`Stats::panics`](crate::Stats::panics).
+///   The receiver is not told (there is no outcome to map into its message): it stops waiting
+///   for that work, so it can go idle and be deactivated as usual. A receiver that must know
+///   catches panics inside its future and maps them into its own message.
 /// - The outcome reaches the instance that started the work, and only it, and it is handled
 ///   next: [`Router::complete`](crate::Router::complete) queues it at the front of that
 ///   instance's mailbox, behind the outcomes given back before it (outcomes keep the order they
@@ -209,12 +227,18 @@ impl<M> Future for Task<M> {
         let Some(future) = slot.as_mut() else {
             return Poll::Ready(None);
         };
-        match future.as_mut().poll(cx) {
-            Poll::Ready(msg) => {
+        match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(msg)) => {
                 *slot = None;
                 Poll::Ready((!shared.flags.is(ABORTED)).then_some(msg))
             }
-            Poll::Pending => Poll::Pending,
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => {
+                // Never polled again: dropped now, and the task ends without an outcome.
+                *slot = None;
+                let _ = shared.panic.set(crate::panic_message(payload));
+                Poll::Ready(None)
+            }
         }
     }
 }

@@ -596,22 +596,16 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         }
     }
 
-    /// Polls task `t` once; it stays if it is not finished. A task that panics is dropped, as
-    /// the executors' runtimes drop it: other work goes on.
+    /// Polls task `t` once; it stays if it is not finished. A panic in a receiver's future is
+    /// caught inside it, as on the executors (the same shard code wraps it): the task ends
+    /// without an outcome, and its receiver stops waiting for it.
     fn poll_task(&mut self, t: usize) {
         // Out of the list while it runs: polling may start more tasks.
         let mut task = self.lock_tasks().remove(t);
         task.woken.0.store(false, Ordering::Relaxed);
         let waker = Waker::from(Arc::clone(&task.woken));
         let mut cx = Context::from_waker(&waker);
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            task.future.as_mut().poll(&mut cx)
-        }));
-        let Ok(polled) = polled else {
-            tracing::error!(seed = self.seed, "a task a receiver started panicked");
-            return;
-        };
-        if polled.is_pending() {
+        if task.future.as_mut().poll(&mut cx).is_pending() {
             let mut tasks = self.lock_tasks();
             let at = t.min(tasks.len());
             tasks.insert(at, task);

@@ -185,9 +185,11 @@ fn refused<K, M, T: Kind<A>, A: App<Id = K, Msg = M>>(
     let msg = match envelope {
         Envelope::Admit(_, msg) | Envelope::Deliver(_, msg) => msg,
         Envelope::Schedule(scheduled) => scheduled.msg,
-        Envelope::Cancel(_) | Envelope::Complete(..) | Envelope::Close | Envelope::Release(_) => {
-            unreachable!("the handle offers only messages")
-        }
+        Envelope::Cancel(_)
+        | Envelope::Complete(..)
+        | Envelope::Abandon(_)
+        | Envelope::Close
+        | Envelope::Release(_) => unreachable!("the handle offers only messages"),
     };
     let msg = match T::from_app_msg(msg) {
         Ok(msg) => msg,
