@@ -121,9 +121,10 @@ fn idle_ms(timeout: Duration) -> u32 {
     timeout.as_millis().min(u128::from(NEVER_IDLE)) as u32
 }
 
-/// A deliberate bug, for proving that an invariant checker catches it.
+/// A deliberate bug, for proving that an invariant checker catches it. More may be added.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// Check-in drops the first message a receiver sent.
     DropOnCheckIn,
