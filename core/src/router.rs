@@ -225,7 +225,7 @@ pub struct Router<K, M> {
     stats: Stats,
     /// Mailboxes that reached or left their capacity, for a driver that asked for them.
     pressure: Option<VecDeque<Pressure<K>>>,
-    /// Tasks receivers started, by number, not yet completed or aborted.
+    /// Tasks receivers started, by number, not yet completed, abandoned or aborted.
     tasks: hashbrown::HashMap<u64, InFlight<M>>,
     /// The numbers of each slot's tasks in flight (slots with none are absent).
     in_flight: hashbrown::HashMap<usize, Vec<u64>>,
@@ -306,7 +306,7 @@ impl KindLimits {
     }
 }
 
-/// A task handed out and not yet completed or aborted.
+/// A task handed out and not yet completed, abandoned or aborted.
 struct InFlight<M> {
     /// The instance its outcome goes to.
     owner: Addr,
@@ -572,7 +572,7 @@ impl<K, M> Router<K, M> {
         self.pressure.as_mut()?.pop_front()
     }
 
-    /// Tasks started and not yet completed or aborted.
+    /// Tasks started and not yet completed, abandoned or aborted.
     pub fn tasks_in_flight(&self) -> usize {
         self.tasks.len()
     }
