@@ -150,7 +150,7 @@ pub mod store {
 #[cfg(feature = "sim")]
 pub mod sim {
     #[doc(inline)]
-    pub use hermes_sim::Sim;
+    pub use hermes_sim::{Sim, SimClock};
 }
 
 /// Hermes across machines (feature `cluster`): nodes on NATS with the same [`Hermes`] handle,
