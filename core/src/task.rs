@@ -18,7 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
@@ -107,7 +107,8 @@ pub(crate) struct TaskOp<M> {
 
 /// A task as the router and the runtime share it: its flags, and its future, which the router
 /// takes out and drops when it aborts the task, so that work in flight is dropped with its
-/// receiver, on the spot, whatever the runtime does.
+/// receiver, on the spot, whatever the runtime does (a future being polled then is dropped by
+/// its poller as that poll returns).
 pub(crate) struct Shared<M> {
     flags: Arc<Flags>,
     future: Mutex<Option<BoxFuture<M>>>,
@@ -129,10 +130,25 @@ impl<M> Shared<M> {
         self.panic.get()
     }
 
-    /// The receiver is gone: drops the future (waiting for a poll in progress to finish), and
-    /// makes the task end without an outcome.
+    /// The receiver is gone: makes the task end without an outcome, and drops the future now,
+    /// or, if it is being polled, leaves that to its poller, as soon as the poll returns: the
+    /// router never waits for a poll (which may be blocked on Hermes itself: a future calling
+    /// `Hermes::shutdown`).
     pub(crate) fn abort(&self) {
         self.flags.abort();
+        // Pairs with the fence in `Task::poll`: either the poller, after its poll, sees the
+        // flag, or this sees the future unlocked.
+        fence(Ordering::SeqCst);
+        let future = match self.future.try_lock() {
+            Ok(mut slot) => slot.take(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        drop(future);
+    }
+
+    /// Drops the future, if it is still here (the task was aborted while it was polled).
+    fn drop_future(&self) {
         let future = self
             .future
             .lock()
@@ -220,26 +236,37 @@ impl<M> Future for Task<M> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<M>> {
         let shared = &self.shared;
         if shared.flags.is(ABORTED) {
+            shared.drop_future();
             return Poll::Ready(None);
         }
         shared.flags.register(cx.waker());
-        let mut slot = shared.future.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(future) = slot.as_mut() else {
-            return Poll::Ready(None);
+        let polled = {
+            let mut slot = shared.future.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(future) = slot.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                Ok(Poll::Ready(msg)) => {
+                    *slot = None;
+                    Poll::Ready(Some(msg))
+                }
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(payload) => {
+                    // Never polled again: dropped now, and the task ends without an outcome.
+                    *slot = None;
+                    let _ = shared.panic.set(crate::panic_message(payload));
+                    Poll::Ready(None)
+                }
+            }
         };
-        match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(Poll::Ready(msg)) => {
-                *slot = None;
-                Poll::Ready((!shared.flags.is(ABORTED)).then_some(msg))
-            }
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => {
-                // Never polled again: dropped now, and the task ends without an outcome.
-                *slot = None;
-                let _ = shared.panic.set(crate::panic_message(payload));
-                Poll::Ready(None)
-            }
+        // Aborted during the poll, the router left the future to this poller (see
+        // `Shared::abort`, whose fence this pairs with).
+        fence(Ordering::SeqCst);
+        if shared.flags.is(ABORTED) {
+            shared.drop_future();
+            return Poll::Ready(None);
         }
+        polled
     }
 }
 
