@@ -42,21 +42,9 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// How durable a write must be when it returns. More levels may be added: a match needs a `_`
-/// arm, and treating a level it does not know as [`Immediate`](Durability::Immediate) is safe.
-///
-/// ```
-/// # use hermes_store::Durability;
-/// fn fsyncs(durability: Durability) -> bool {
-///     match durability {
-///         Durability::Deferred => false,
-///         _ => true,
-///     }
-/// }
-/// assert!(fsyncs(Durability::Immediate));
-/// ```
+/// How durable a write must be when it returns. Exhaustive on purpose: every [`Store`]
+/// handles each level, and a new one is a breaking change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
 pub enum Durability {
     /// On disk (fsync'ed) before the write returns: survives a process or machine crash.
     #[default]
