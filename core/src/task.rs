@@ -184,7 +184,8 @@ impl<M> Shared<M> {
 /// - A [`TaskId`] is for its own router ([`TaskId::owner`] names it): another router refuses
 ///   the outcome as a `Stale` dead letter and leaves its own tasks as they are.
 /// - A receiver waiting for work is not deactivated for idleness: its idle time starts when it
-///   has handled the outcome of its last task.
+///   has handled the outcome of its last task (or when its last task was given back without
+///   one, [`Router::abandon`](crate::Router::abandon)).
 /// - Closing aborts every task, so work in flight never holds up a shutdown.
 ///
 /// ```
