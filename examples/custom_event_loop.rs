@@ -10,7 +10,8 @@
 //!
 //! These receivers start no work of their own; a loop whose receivers call `Context::spawn` or
 //! `Context::ask` also polls `Router::poll_task`, runs each task and gives its outcome back with
-//! `Router::complete` (as `hermes::router::Driver::run` does).
+//! `Router::complete`, or a task that ended without one with `Router::abandon` (as
+//! `hermes::router::Driver::run` does).
 //!
 //! Run it with `cargo run --release --example custom_event_loop`.
 

@@ -79,7 +79,9 @@ pub mod executor {
 /// One thread per shard. A shard thread runs its shard's turns back to back while there is
 /// work, watches its inbox for a few tens of microseconds when there is none, then sleeps until
 /// a message arrives or its next timer is due: an idle pool uses no CPU. Receivers run on their
-/// shard's thread; one that blocks holds up its shard. [`Hermes::shutdown`] joins the threads.
+/// shard's thread; one that blocks holds up its shard. The futures receivers start run on one
+/// more thread, where the blocking forms refuse with [`WouldDeadlock`] (await `ask` and
+/// `shutdown_async` there). [`Hermes::shutdown`] joins the threads.
 #[cfg(feature = "pool")]
 pub mod pool {
     #[doc(inline)]
@@ -150,7 +152,7 @@ pub mod store {
 #[cfg(feature = "sim")]
 pub mod sim {
     #[doc(inline)]
-    pub use hermes_sim::Sim;
+    pub use hermes_sim::{Sim, SimClock};
 }
 
 /// Hermes across machines (feature `cluster`): nodes on NATS with the same [`Hermes`] handle,

@@ -168,9 +168,10 @@ impl Grouping {
             "every save acknowledged once"
         );
         assert_eq!(stats.failed_commits, 0);
-        let fsyncs = match self.sync {
-            SyncPolicy::EveryCommit => stats.commits,
-            SyncPolicy::Interval(_) => stats.syncs,
+        let fsyncs = if self.sync == SyncPolicy::EveryCommit {
+            stats.commits
+        } else {
+            stats.syncs
         };
         (stats.commits, fsyncs)
     }

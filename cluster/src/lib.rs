@@ -83,6 +83,9 @@ pub use store::KvStore;
 use std::fmt;
 
 /// Why a node could not join its cluster.
+///
+/// The message includes the cause's, so [`source`](std::error::Error::source) is `None`: an
+/// error reporter that prints the chain shows the cause once.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ClusterError {
@@ -92,7 +95,7 @@ pub enum ClusterError {
     Connect(String),
     /// JetStream (the key-value buckets) is not available.
     JetStream(String),
-    /// The local Hermes could not start.
+    /// The local Hermes could not start (the message includes its error's).
     Start(hermes_executor::StartError),
 }
 
@@ -107,11 +110,24 @@ impl fmt::Display for ClusterError {
     }
 }
 
-impl std::error::Error for ClusterError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ClusterError::Start(e) => Some(e),
-            _ => None,
-        }
+/// No source: the message includes the cause's (see [`ClusterError`]).
+impl std::error::Error for ClusterError {}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::ClusterError;
+
+    #[test]
+    fn a_start_error_shows_its_cause_once() {
+        let cause = std::io::Error::other("out of threads (a test's cause)");
+        let e = ClusterError::Start(hermes_executor::StartError::Spawn(cause));
+        let shown = e.to_string();
+        assert_eq!(shown.matches("a test's cause").count(), 1, "{shown}");
+        assert!(
+            e.source().is_none(),
+            "a chain reporter would print the cause twice"
+        );
     }
 }

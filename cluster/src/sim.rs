@@ -340,10 +340,11 @@ impl<K, M> Network<K, M> {
     fn publish(&mut self, from: NodeId, subject: Option<NodeId>, packet: Packet<K, M>) {
         let now = self.clock.elapsed();
         let (lo, hi) = self.delay;
-        let span = hi.saturating_sub(lo).as_nanos() as u64;
-        let delay = lo + Duration::from_nanos(if span == 0 { 0 } else { self.rng.u64(..=span) });
+        let span = u64::try_from(hi.saturating_sub(lo).as_nanos()).unwrap_or(u64::MAX);
+        let jitter = if span == 0 { 0 } else { self.rng.u64(..=span) };
+        let delay = lo.saturating_add(Duration::from_nanos(jitter));
         let last = self.last.entry((from, subject)).or_default();
-        let at = (now + delay).max(*last);
+        let at = now.saturating_add(delay).max(*last);
         *last = at;
         self.seq += 1;
         self.flight.push(InFlight {
@@ -770,10 +771,10 @@ where
         let hermes = handle_rx
             .recv()
             .expect("the simulated node starts (see its panic above)");
-        let beat_phase = Duration::from_nanos(
-            self.rng
-                .u64(..=self.options.heartbeat.as_nanos().max(1) as u64),
-        );
+        let beat_phase =
+            Duration::from_nanos(self.rng.u64(
+                ..=u64::try_from(self.options.heartbeat.as_nanos().max(1)).unwrap_or(u64::MAX),
+            ));
         let node = SimNode {
             id,
             commands: command_tx,
@@ -787,7 +788,7 @@ where
             dirty: true,
             leaving: false,
             paused: false,
-            next_beat: self.clock.elapsed() + beat_phase,
+            next_beat: self.clock.elapsed().saturating_add(beat_phase),
             releasing: Vec::new(),
         };
         self.nodes.insert(name.to_owned(), node);
@@ -826,7 +827,7 @@ where
         let report = node.reports.recv();
         self.handle_report(name, report);
         while self.nodes.contains_key(name) {
-            let end = self.elapsed() + Duration::from_secs(3600);
+            let end = self.end(Duration::from_secs(3600));
             if !self.step(end) {
                 break;
             }
@@ -947,7 +948,7 @@ where
     pub fn wait<T>(&mut self, within: Duration, future: impl Future<Output = T>) -> Option<T> {
         let mut future = std::pin::pin!(future);
         let mut cx = TaskContext::from_waker(Waker::noop());
-        let end = self.elapsed() + within;
+        let end = self.end(within);
         loop {
             if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
                 return Some(v);
@@ -1011,11 +1012,17 @@ where
         &self.trace
     }
 
-    /// Runs the cluster for `duration` of simulated time.
+    /// Runs the cluster for `duration` of simulated time (up to [`SimClock::MAX`]: a longer
+    /// duration stops the clock there).
     pub fn run_for(&mut self, duration: Duration) {
-        let end = self.elapsed() + duration;
+        let end = self.end(duration);
         while self.step(end) {}
         self.clock.advance_to(end);
+    }
+
+    /// The simulated time `within` from now, clamped to [`SimClock::MAX`].
+    fn end(&self, within: Duration) -> Duration {
+        self.elapsed().saturating_add(within).min(SimClock::MAX)
     }
 
     /// One round at the current instant, or moves the clock to the next thing to do (not past
@@ -1043,7 +1050,7 @@ where
             .collect();
         for name in due {
             if let Some(node) = self.nodes.get_mut(&name) {
-                node.next_beat = now + self.options.heartbeat;
+                node.next_beat = now.saturating_add(self.options.heartbeat);
             }
             self.beat(&name);
             did = true;
@@ -1194,7 +1201,8 @@ where
         }
         self.members.insert(node.id, now);
         let liveness = self.options.liveness;
-        self.members.retain(|_, last| *last + liveness > now);
+        self.members
+            .retain(|_, last| last.saturating_add(liveness) > now);
         let nodes: Vec<NodeId> = self.members.keys().copied().collect();
         let Some(node) = self.nodes.get_mut(name) else {
             return;
@@ -1205,7 +1213,12 @@ where
             return;
         };
         let released = node.hermes.release_moved();
-        let give_up = now + self.options.handoff_timeout.max(Duration::from_secs(1)) * 5;
+        let give_up = now.saturating_add(
+            self.options
+                .handoff_timeout
+                .max(Duration::from_secs(1))
+                .saturating_mul(5),
+        );
         node.releasing.push((released, view, give_up));
         node.dirty = true;
         let mut line = format!("view {name} {view:016x}:");

@@ -5,7 +5,7 @@
 //! order; a message that does not serialize is a dead letter on the sending node, message kept.
 
 mod support;
-use support::wait_members;
+use support::{HEARTBEAT, LIVENESS, wait_members};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,8 +73,8 @@ impl Receiver<u64, Msg> for Remote {
 
 fn start(url: &str, cluster: &str, name: &str, dead: Arc<Mutex<Vec<String>>>) -> TestNode {
     let config = ClusterConfig::new(url, cluster, name)
-        .heartbeat(Duration::from_millis(100))
-        .liveness_timeout(Duration::from_millis(1000))
+        .heartbeat(HEARTBEAT)
+        .liveness_timeout(LIVENESS)
         .shards(2);
     Cluster::connect(config)
         .expect("connects")

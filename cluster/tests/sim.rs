@@ -477,3 +477,20 @@ fn replay_one_seed() {
     );
     check(seed, &outcome);
 }
+
+/// Any duration is a valid one: waits and runs saturate at the clock's reach
+/// (`SimClock::MAX`) instead of overflowing.
+#[test]
+fn waits_and_runs_of_duration_max_do_not_overflow() {
+    let book = Arc::new(Mutex::new(Book::default()));
+    let mut sim = ClusterSim::new(1, SimOptions::default(), bank(book));
+    sim.start("a");
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.wait(Duration::MAX, std::future::ready(5)), Some(5));
+    sim.leave("a");
+    // Nothing left to do at any time: the clock goes to its reach and stops there.
+    sim.run_for(Duration::MAX);
+    assert_eq!(sim.elapsed(), hermes_sim::SimClock::MAX);
+    sim.run_for(Duration::MAX);
+    assert_eq!(sim.elapsed(), hermes_sim::SimClock::MAX);
+}

@@ -133,10 +133,12 @@ where
     /// instance is deactivated first (stopped, panicked, closing), the future is dropped
     /// unfinished, and an outcome that came back too late, or was still queued, becomes a
     /// [`Stale`](crate::DeadLetterReason::Stale) dead letter: it never reaches a next instance.
-    /// While work is in flight the receiver is not deactivated for idleness; a future that
-    /// panics gives no outcome (the runtime drops it; other work goes on), so its receiver
-    /// waits until it is deactivated otherwise: catch panics in the future if it may panic.
-    /// Like every effect, nothing starts if the handler panics. The future is dropped where it
+    /// While work is in flight the receiver is not deactivated for idleness. A future that
+    /// panics gives no outcome and is not retried: the panic is caught where the future is
+    /// polled, logged with this receiver's ID and counted in
+    /// [`Stats::panics`](crate::Stats::panics), other work goes on, and the receiver stops
+    /// waiting for it (it can go idle) without being told; catch panics inside the future to
+    /// turn them into a message. Like every effect, nothing starts if the handler panics. The future is dropped where it
     /// is: a guard meant to say so belongs outside an `async` block (created inside, it exists
     /// only once the future is first polled, and a future dropped before that leaves no trace).
     pub fn spawn<T, F>(&mut self, future: F, map: impl FnOnce(T) -> M + Send + 'static)
@@ -162,7 +164,7 @@ where
     /// or the request became a dead letter that was dropped; a dead-letter sink that keeps
     /// letters, as the simulator's does, keeps the request, and the ask then times out). As
     /// with [`spawn`](Context::spawn), the answer reaches this instance only, and is handled
-    /// next.
+    /// next; if `map` panics, the answer is lost as a panicking spawned future's outcome is.
     ///
     /// A [`Reply`] is answered at once, while this handler's own sends go out when the run
     /// ends: an asker may see the answer before messages the answerer sent just before it.

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
@@ -24,7 +23,8 @@ use crate::{
 /// `run` at or after its deadline ([`poll_timeout`](Driver::poll_timeout) says when). The
 /// driver has no waker of its own: a future waiting on something outside Hermes (I/O, another
 /// thread) is polled again on the next `run`, so call `run` once that may have finished, or
-/// use an executor. A task that panics is dropped, as on an executor: other work goes on.
+/// use an executor. A task whose future panics ends without an outcome, as on an executor
+/// (see [`Task`]): other work goes on, and its receiver stops waiting for it.
 ///
 /// ```
 /// use std::time::Instant;
@@ -119,25 +119,16 @@ where
         let mut finished = false;
         let mut i = 0;
         while i < self.tasks.len() {
-            let task = &mut self.tasks[i];
-            let polled = catch_unwind(AssertUnwindSafe(|| Pin::new(task).poll(&mut cx)));
-            let Ok(polled) = polled else {
-                // As an executor's runtime does: the task is dropped, other work goes on (its
-                // receiver gets no outcome; see `Context::spawn`).
-                tracing::error!(task = ?self.tasks[i].id(), "a task a receiver started panicked");
-                drop(self.tasks.remove(i));
-                finished = true;
-                continue;
-            };
-            match polled {
-                Poll::Ready(outcome) => {
-                    let task = self.tasks.remove(i);
-                    if let Some(msg) = outcome {
-                        self.router.complete(task.id(), msg, clock.now());
-                    }
-                    finished = true;
+            // A panic in the task's future is caught inside `Task::poll`.
+            if let Poll::Ready(outcome) = Pin::new(&mut self.tasks[i]).poll(&mut cx) {
+                let id = self.tasks.remove(i).id();
+                match outcome {
+                    Some(msg) => self.router.complete(id, msg, clock.now()),
+                    None => self.router.abandon(id, clock.now()),
                 }
-                Poll::Pending => i += 1,
+                finished = true;
+            } else {
+                i += 1;
             }
         }
         finished

@@ -121,9 +121,10 @@ fn idle_ms(timeout: Duration) -> u32 {
     timeout.as_millis().min(u128::from(NEVER_IDLE)) as u32
 }
 
-/// A deliberate bug, for proving that an invariant checker catches it.
+/// A deliberate bug, for proving that an invariant checker catches it. More may be added.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// Check-in drops the first message a receiver sent.
     DropOnCheckIn,
@@ -166,7 +167,8 @@ pub enum Outbound<K, M> {
 ///   counted);
 /// - [`poll_task`](Router::poll_task): work receivers started ([`Context::spawn`],
 ///   [`Context::ask`]): run each [`Task`](crate::Task) and give its outcome back with
-///   [`complete`](Router::complete). Unpolled, those receivers wait for ever (never idle),
+///   [`complete`](Router::complete), or its `None` with [`abandon`](Router::abandon) (a
+///   future that panicked). Unpolled, those receivers wait for ever (never idle),
 ///   and their asks never end, not even at their timeouts;
 /// - [`poll_timeout`](Router::poll_timeout): when to call `handle_timeout` next.
 ///
@@ -223,7 +225,7 @@ pub struct Router<K, M> {
     stats: Stats,
     /// Mailboxes that reached or left their capacity, for a driver that asked for them.
     pressure: Option<VecDeque<Pressure<K>>>,
-    /// Tasks receivers started, by number, not yet completed or aborted.
+    /// Tasks receivers started, by number, not yet completed, abandoned or aborted.
     tasks: hashbrown::HashMap<u64, InFlight<M>>,
     /// The numbers of each slot's tasks in flight (slots with none are absent).
     in_flight: hashbrown::HashMap<usize, Vec<u64>>,
@@ -304,7 +306,7 @@ impl KindLimits {
     }
 }
 
-/// A task handed out and not yet completed or aborted.
+/// A task handed out and not yet completed, abandoned or aborted.
 struct InFlight<M> {
     /// The instance its outcome goes to.
     owner: Addr,
@@ -548,7 +550,8 @@ impl<K, M> Router<K, M> {
     }
 
     /// The next task a receiver started, for the driver to run; give its outcome back with
-    /// [`complete`](Router::complete). See [`Task`].
+    /// [`complete`](Router::complete), or its `None` with [`abandon`](Router::abandon). See
+    /// [`Task`].
     #[must_use = "a task's receiver waits for its outcome"]
     pub fn poll_task(&mut self) -> Option<Task<M>> {
         self.tasks_out.pop_front()
@@ -569,7 +572,7 @@ impl<K, M> Router<K, M> {
         self.pressure.as_mut()?.pop_front()
     }
 
-    /// Tasks started and not yet completed or aborted.
+    /// Tasks started and not yet completed, abandoned or aborted.
     pub fn tasks_in_flight(&self) -> usize {
         self.tasks.len()
     }
@@ -1708,18 +1711,8 @@ impl<K: Key, M: Message> Router<K, M> {
     /// never leaves its receiver idle.)
     pub fn complete(&mut self, task: TaskId, msg: M, now: Instant) {
         let owner = task.owner;
-        let ours = owner.router == self.number
-            && self.tasks.get(&task.seq).is_some_and(|t| t.owner == owner);
-        if !ours {
+        if self.finish_task(task).is_none() {
             return self.dead_letter(Recipient::Addr(owner), Some(msg), DeadLetterReason::Stale);
-        }
-        self.tasks.remove(&task.seq);
-        let key = owner.index as usize;
-        if let Some(seqs) = self.in_flight.get_mut(&key) {
-            seqs.retain(|&s| s != task.seq);
-            if seqs.is_empty() {
-                self.in_flight.remove(&key);
-            }
         }
         // A task in flight has a live instance (deactivation aborts its tasks), which no
         // longer takes outcomes once its `Deactivate` is out.
@@ -1741,9 +1734,68 @@ impl<K: Key, M: Message> Router<K, M> {
         // run. (Refused, it would leave an idle receiver to count its idle time from `now`, but
         // a receiver refuses outcomes only while deactivating, or closing: never idle then.)
         let _ = now;
-        if self.enqueue(key, msg, Place::Outcome).is_err() {
+        if self
+            .enqueue(owner.index as usize, msg, Place::Outcome)
+            .is_err()
+        {
             unreachable!("an outcome is never refused");
         }
+    }
+
+    /// Says that a task ([`poll_task`](Router::poll_task)) ended without an outcome: its
+    /// [`Task`] yielded `None`, or the driver dropped it unfinished. Its receiver stops waiting
+    /// for it, so it can go idle (its idle time starts at `now` if that was its last task) and
+    /// be deactivated as usual; the receiver is not told. A future that panicked is logged with
+    /// the receiver's ID and counted in [`Stats::panics`]. A task already aborted (its receiver
+    /// is gone), already completed, or another router's, is ignored.
+    pub fn abandon(&mut self, task: TaskId, now: Instant) {
+        let Some(ended) = self.finish_task(task) else {
+            return;
+        };
+        // Unfinished (a driver dropped it): its future goes now, as on an abort.
+        ended.shared.abort();
+        let Some(key) = self.live(task.owner) else {
+            return;
+        };
+        if let Some(panic) = ended.shared.panic() {
+            self.stats.panics += 1;
+            let id = &self.slots[key].id;
+            tracing::error!(
+                ?id,
+                ?task,
+                %panic,
+                "a future the receiver started panicked: it ends without an outcome"
+            );
+        }
+        // Its last task gone, an idle receiver's idle time starts now.
+        let slot = &self.slots[key];
+        if slot.state == State::Idle && !slot.listed() && !slot.unstamped() && !self.waiting(key) {
+            let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
+            let timeout = idle_timeout(timeout_ms, &self.config);
+            if timeout.is_zero() {
+                self.begin_deactivation(key, Deactivation::IdleTimeout);
+            } else {
+                self.start_idle_time(key, timeout_ms, timeout, now);
+            }
+        }
+    }
+
+    /// Forgets `task`, which ended, if it is this router's and still in flight (its instance is
+    /// then live: deactivation aborts, and forgets, its tasks).
+    fn finish_task(&mut self, task: TaskId) -> Option<InFlight<M>> {
+        let owner = task.owner;
+        if owner.router != self.number || self.tasks.get(&task.seq)?.owner != owner {
+            return None;
+        }
+        let ended = self.tasks.remove(&task.seq)?;
+        let key = owner.index as usize;
+        if let Some(seqs) = self.in_flight.get_mut(&key) {
+            seqs.retain(|&s| s != task.seq);
+            if seqs.is_empty() {
+                self.in_flight.remove(&key);
+            }
+        }
+        Some(ended)
     }
 
     /// Applies the effects being finished (`self.effects`), in order, and clears them.

@@ -35,7 +35,8 @@ pub struct Stats {
     /// Dead letters dropped because nobody polled them (see
     /// [`Config::dead_letter_capacity`](crate::Config::dead_letter_capacity)).
     pub dead_letters_dropped: u64,
-    /// Panics caught: in handlers, lifecycle hooks and factories.
+    /// Panics caught: in handlers, lifecycle hooks and factories, and in futures receivers
+    /// started (counted when the driver gives the task back, see [`Task`](crate::Task)).
     pub panics: u64,
     /// User timers scheduled and not yet fired or cancelled.
     pub timers_pending: usize,

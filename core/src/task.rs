@@ -3,20 +3,23 @@
 //!
 //! The router never runs futures. A receiver records one with [`Context::spawn`] or
 //! [`Context::ask`]; the router hands it out as a [`Task`] ([`Router::poll_task`]); the driver
-//! runs it on whatever runtime it has and gives the message back with [`Router::complete`].
+//! runs it on whatever runtime it has and gives the message back with [`Router::complete`]
+//! (or, if it ended without one, says so with [`Router::abandon`]).
 //!
-//! What becomes of an outcome is on [`Task`].
+//! What becomes of an outcome, and of a future that panics, is on [`Task`].
 //!
 //! [`Context::spawn`]: crate::Context::spawn
 //! [`Context::ask`]: crate::Context::ask
 //! [`Router::poll_task`]: crate::Router::poll_task
 //! [`Router::complete`]: crate::Router::complete
+//! [`Router::abandon`]: crate::Router::abandon
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU8, Ordering, fence};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Instant;
 
@@ -104,10 +107,13 @@ pub(crate) struct TaskOp<M> {
 
 /// A task as the router and the runtime share it: its flags, and its future, which the router
 /// takes out and drops when it aborts the task, so that work in flight is dropped with its
-/// receiver, on the spot, whatever the runtime does.
+/// receiver, on the spot, whatever the runtime does (a future being polled then is dropped by
+/// its poller as that poll returns).
 pub(crate) struct Shared<M> {
     flags: Arc<Flags>,
     future: Mutex<Option<BoxFuture<M>>>,
+    /// What the future panicked with, once it did (caught where it was polled).
+    panic: OnceLock<Arc<str>>,
 }
 
 impl<M> Shared<M> {
@@ -115,13 +121,34 @@ impl<M> Shared<M> {
         Arc::new(Shared {
             flags,
             future: Mutex::new(Some(future)),
+            panic: OnceLock::new(),
         })
     }
 
-    /// The receiver is gone: drops the future (waiting for a poll in progress to finish), and
-    /// makes the task end without an outcome.
+    /// What the future panicked with, if it did.
+    pub(crate) fn panic(&self) -> Option<&Arc<str>> {
+        self.panic.get()
+    }
+
+    /// The receiver is gone: makes the task end without an outcome, and drops the future now,
+    /// or, if it is being polled, leaves that to its poller, as soon as the poll returns: the
+    /// router never waits for a poll (which may be blocked on Hermes itself: a future calling
+    /// `Hermes::shutdown`).
     pub(crate) fn abort(&self) {
         self.flags.abort();
+        // Pairs with the fence in `Task::poll`: either the poller, after its poll, sees the
+        // flag, or this sees the future unlocked.
+        fence(Ordering::SeqCst);
+        let future = match self.future.try_lock() {
+            Ok(mut slot) => slot.take(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        drop(future);
+    }
+
+    /// Drops the future, if it is still here (the task was aborted while it was polled).
+    fn drop_future(&self) {
         let future = self
             .future
             .lock()
@@ -133,9 +160,16 @@ impl<M> Shared<M> {
 
 /// Work a receiver started ([`Context::spawn`](crate::Context::spawn),
 /// [`Context::ask`](crate::Context::ask)), for the driver to run: a `Future` whose output is the
-/// message for [`Router::complete`](crate::Router::complete), or `None` if the task was aborted
-/// (its receiver is gone; drop it).
+/// message for [`Router::complete`](crate::Router::complete), or `None` if the task ended
+/// without one: it was aborted (its receiver is gone), or its future panicked. Give a `None`
+/// back with [`Router::abandon`](crate::Router::abandon) (for an aborted task it does nothing).
 ///
+/// - A panic in the future is caught here, where it is polled, whatever runs it: the future is
+///   dropped, the task ends with `None`, and [`Router::abandon`](crate::Router::abandon) logs
+///   the panic with the receiver's ID and counts it in [`Stats::panics`](crate::Stats::panics).
+///   The receiver is not told (there is no outcome to map into its message): it stops waiting
+///   for that work, so it can go idle and be deactivated as usual. A receiver that must know
+///   catches panics inside its future and maps them into its own message.
 /// - The outcome reaches the instance that started the work, and only it, and it is handled
 ///   next: [`Router::complete`](crate::Router::complete) queues it at the front of that
 ///   instance's mailbox, behind the outcomes given back before it (outcomes keep the order they
@@ -150,7 +184,8 @@ impl<M> Shared<M> {
 /// - A [`TaskId`] is for its own router ([`TaskId::owner`] names it): another router refuses
 ///   the outcome as a `Stale` dead letter and leaves its own tasks as they are.
 /// - A receiver waiting for work is not deactivated for idleness: its idle time starts when it
-///   has handled the outcome of its last task.
+///   has handled the outcome of its last task (or when its last task was given back without
+///   one, [`Router::abandon`](crate::Router::abandon)).
 /// - Closing aborts every task, so work in flight never holds up a shutdown.
 ///
 /// ```
@@ -202,20 +237,37 @@ impl<M> Future for Task<M> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<M>> {
         let shared = &self.shared;
         if shared.flags.is(ABORTED) {
+            shared.drop_future();
             return Poll::Ready(None);
         }
         shared.flags.register(cx.waker());
-        let mut slot = shared.future.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(future) = slot.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match future.as_mut().poll(cx) {
-            Poll::Ready(msg) => {
-                *slot = None;
-                Poll::Ready((!shared.flags.is(ABORTED)).then_some(msg))
+        let polled = {
+            let mut slot = shared.future.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(future) = slot.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                Ok(Poll::Ready(msg)) => {
+                    *slot = None;
+                    Poll::Ready(Some(msg))
+                }
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(payload) => {
+                    // Never polled again: dropped now, and the task ends without an outcome.
+                    *slot = None;
+                    let _ = shared.panic.set(crate::panic_message(payload));
+                    Poll::Ready(None)
+                }
             }
-            Poll::Pending => Poll::Pending,
+        };
+        // Aborted during the poll, the router left the future to this poller (see
+        // `Shared::abort`, whose fence this pairs with).
+        fence(Ordering::SeqCst);
+        if shared.flags.is(ABORTED) {
+            shared.drop_future();
+            return Poll::Ready(None);
         }
+        polled
     }
 }
 

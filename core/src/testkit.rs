@@ -94,9 +94,15 @@ impl<K: Key, M: Kind<A, Id = K>, A: App> Probe<K, M, A> {
         }
     }
 
-    /// Moves the probe's clock forward.
+    /// Moves the probe's clock forward; a step too long for an `Instant` (such as
+    /// `Duration::MAX`) moves it as far as an `Instant` goes.
     pub fn advance(&mut self, by: Duration) {
-        self.now += by;
+        let mut step = by;
+        // Halving ends: a zero step always fits.
+        while self.now.checked_add(step).is_none() {
+            step /= 2;
+        }
+        self.now += step;
     }
 
     /// Runs the `activated` hook.

@@ -263,6 +263,28 @@ fn probe_runs_one_receiver_alone_and_shows_its_effects() {
     assert!(probe.deactivate(Deactivation::Panicked).sent.is_empty());
 }
 
+/// Any step is a valid one: `advance(Duration::MAX)` moves the probe's clock as far as an
+/// `Instant` goes (it used to overflow), and timers then count from there.
+#[test]
+fn probe_advance_saturates() {
+    let t0 = Instant::now();
+    let timer = |ctx: &mut Context<'_, Id, Duration>, after: Duration| {
+        let _ = ctx.now(); // the clock a receiver sees
+        ctx.schedule(after, Duration::ZERO);
+    };
+    let mut probe = Probe::new(7, timer, t0);
+    probe.advance(Duration::MAX);
+    probe.advance(Duration::MAX);
+    let out = probe.deliver(Duration::from_secs(1));
+    assert!(
+        [Duration::from_secs(1), Duration::MAX].contains(&out.scheduled[0].after),
+        "a second later, or never if that is past what an Instant holds: {:?}",
+        out.scheduled[0].after
+    );
+    let out = probe.deliver(Duration::MAX);
+    assert_eq!(out.scheduled[0].after, Duration::MAX, "never");
+}
+
 #[test]
 fn the_same_receiver_behaves_the_same_in_a_router() {
     let factory = |id: &Id| {

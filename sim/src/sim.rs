@@ -120,6 +120,10 @@ impl<K: 'static> Placement<K> for SharedPlacement<K> {
 pub struct SimClock(Arc<VirtualClock>);
 
 impl SimClock {
+    /// The furthest a clock goes: about 584 years of simulated time (`u64::MAX` nanoseconds).
+    /// Later times are clamped to it, so no simulated time overflows.
+    pub const MAX: Duration = Duration::from_nanos(u64::MAX);
+
     /// A clock at zero.
     pub fn new() -> Self {
         SimClock(Arc::new(VirtualClock {
@@ -138,13 +142,13 @@ impl SimClock {
         self.0.now()
     }
 
-    /// The instant `elapsed` after the clock's start.
+    /// The instant `elapsed` after the clock's start (at most [`SimClock::MAX`] after it).
     pub fn at(&self, elapsed: Duration) -> Instant {
-        self.0.epoch + elapsed
+        self.0.epoch + elapsed.min(SimClock::MAX)
     }
 
-    /// Moves the clock to `elapsed` since its start; never backwards (an earlier time is
-    /// ignored).
+    /// Moves the clock to `elapsed` since its start (at most [`SimClock::MAX`]); never
+    /// backwards (an earlier time is ignored).
     pub fn advance_to(&self, elapsed: Duration) {
         if elapsed > self.0.elapsed() {
             self.0.set(elapsed);
@@ -596,22 +600,16 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
         }
     }
 
-    /// Polls task `t` once; it stays if it is not finished. A task that panics is dropped, as
-    /// the executors' runtimes drop it: other work goes on.
+    /// Polls task `t` once; it stays if it is not finished. A panic in a receiver's future is
+    /// caught inside it, as on the executors (the same shard code wraps it): the task ends
+    /// without an outcome, and its receiver stops waiting for it.
     fn poll_task(&mut self, t: usize) {
         // Out of the list while it runs: polling may start more tasks.
         let mut task = self.lock_tasks().remove(t);
         task.woken.0.store(false, Ordering::Relaxed);
         let waker = Waker::from(Arc::clone(&task.woken));
         let mut cx = Context::from_waker(&waker);
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            task.future.as_mut().poll(&mut cx)
-        }));
-        let Ok(polled) = polled else {
-            tracing::error!(seed = self.seed, "a task a receiver started panicked");
-            return;
-        };
-        if polled.is_pending() {
+        if task.future.as_mut().poll(&mut cx).is_pending() {
             let mut tasks = self.lock_tasks();
             let at = t.min(tasks.len());
             tasks.insert(at, task);
@@ -634,7 +632,7 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
     /// Runs until `done` says so, letting up to `within` of simulated time pass; the last
     /// answer of `done` (`None` if it never said so).
     fn run_until<T>(&mut self, within: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
-        let end = self.elapsed() + within;
+        let end = self.end(within);
         let mut steps = 0u64;
         loop {
             if let Some(v) = done() {
@@ -678,16 +676,23 @@ impl<K: Key, M: Message, A: App<Id = K, Msg = M>> Sim<K, M, A> {
     }
 
     /// Runs for `duration` of simulated time: everything runs, and the clock jumps from one
-    /// deadline to the next, ending exactly `duration` later.
+    /// deadline to the next, ending exactly `duration` later. Time past [`SimClock::MAX`] is
+    /// not reached: `run_for(Duration::MAX)` runs every timer due before it (a periodic one as
+    /// many times as fit) and stops the clock there.
     ///
     /// # Panics
     ///
     /// As [`run_until_quiet`](Sim::run_until_quiet).
     pub fn run_for(&mut self, duration: Duration) {
-        let end = self.elapsed() + duration;
+        let end = self.end(duration);
         self.run_until(duration, || None::<()>);
         self.clock.set(end);
         self.run_until_quiet();
+    }
+
+    /// The simulated time `within` from now, clamped to [`SimClock::MAX`].
+    fn end(&self, within: Duration) -> Duration {
+        self.elapsed().saturating_add(within).min(SimClock::MAX)
     }
 
     /// Shuts the application down as `Hermes::shutdown` does, and runs until every shard has

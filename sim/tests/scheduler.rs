@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hermes_core::{Activation, Config, Context, Deactivation, DeadLetterReason, Receiver};
-use hermes_sim::{AskError, Reply, Sim};
+use hermes_sim::{AskError, Reply, Sim, SimClock};
 
 type Log = Arc<Mutex<Vec<(u32, u32)>>>;
 
@@ -292,4 +292,31 @@ fn a_livelock_is_reported_with_its_seed() {
     .with_max_steps(10_000);
     sim.send(0, ()).unwrap();
     sim.run_until_quiet();
+}
+
+/// Any duration is a valid one: `run_for(Duration::MAX)` (and waits that long) saturate at
+/// the clock's reach instead of overflowing. Timers due before it fire, idle receivers are
+/// deactivated, a timer past it never fires (and does not keep the run going), and the
+/// simulation still closes.
+#[test]
+fn run_for_duration_max_runs_to_the_clocks_reach() {
+    let log = Log::default();
+    let mut sim = logging_sim(3, &log);
+    sim.schedule(1, Duration::from_secs(3600), 7).unwrap();
+    let past_reach = SimClock::MAX + Duration::from_secs(3600 * 24 * 365);
+    sim.schedule(2, past_reach, 8).unwrap();
+    sim.run_for(Duration::MAX);
+    assert_eq!(sim.elapsed(), SimClock::MAX);
+    assert_eq!(*log.lock().unwrap(), [(1, 7)], "the hour's timer only");
+    assert_eq!(sim.stats().live, 0, "idled out");
+    // At the end of time, more time changes nothing and overflows nothing.
+    sim.run_for(Duration::MAX);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.elapsed(), SimClock::MAX);
+    let never = std::future::pending::<()>();
+    assert_eq!(sim.wait(Duration::MAX, never), None);
+    let clock = SimClock::new();
+    assert_eq!(clock.at(Duration::MAX), clock.at(SimClock::MAX));
+    sim.close();
+    assert!(sim.is_closed());
 }

@@ -50,6 +50,10 @@ impl fmt::Display for Operation {
 ///
 /// `StoreError` is `Clone` (underlying errors are shared in an [`Arc`]) so that
 /// [`GroupCommit`](crate::GroupCommit) can hand the same failure to every caller in a group.
+///
+/// A message includes its underlying error's, so [`source`](StdError::source) is `None`: an
+/// error reporter that prints the chain shows it once. The underlying error is the variant's
+/// `source` field.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -400,16 +404,8 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl StdError for StoreError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            StoreError::Open { source, .. }
-            | StoreError::Backend { source, .. }
-            | StoreError::Encode { source, .. } => Some(&**source),
-            _ => None,
-        }
-    }
-}
+/// No source: the message includes the underlying error's (see [`StoreError`]).
+impl StdError for StoreError {}
 
 #[cfg(test)]
 mod tests {
@@ -440,7 +436,8 @@ mod tests {
         let m = e.to_string();
         assert!(m.contains("put of key \"k2\" failed: disk full"), "{m}");
         assert!(m.contains("nothing was written"), "{m}");
-        assert!(e.source().is_some());
+        assert_eq!(m.matches("disk full").count(), 1, "{m}");
+        assert!(e.source().is_none(), "a chain reporter would show it twice");
     }
 
     #[test]

@@ -12,8 +12,19 @@ use crate::{Batch, Durability, Op, Operation, Store, StoreError};
 /// of the transaction that carried the write.
 pub type Ack = Box<dyn FnOnce(Result<(), StoreError>) + Send + 'static>;
 
-/// When written data is forced to disk.
+/// When written data is forced to disk. More policies may be added, so a match needs a `_` arm:
+///
+/// ```compile_fail
+/// # use hermes_store::SyncPolicy;
+/// fn fsyncs(policy: SyncPolicy) -> &'static str {
+///     match policy {
+///         SyncPolicy::EveryCommit => "every commit",
+///         SyncPolicy::Interval(_) => "now and then",
+///     } // error[E0004]: non-exhaustive patterns: `_` not covered
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum SyncPolicy {
     /// Every group is committed with [`Durability::Immediate`]: an acknowledged write is on
     /// disk and survives a crash. One fsync per group.

@@ -42,7 +42,8 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// How durable a write must be when it returns.
+/// How durable a write must be when it returns. Exhaustive on purpose: every [`Store`]
+/// handles each level, and a new one is a breaking change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Durability {
     /// On disk (fsync'ed) before the write returns: survives a process or machine crash.

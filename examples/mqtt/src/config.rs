@@ -715,9 +715,10 @@ fn key_of_line(line: &str) -> Option<&str> {
     (!key.is_empty() && key.chars().all(bare)).then_some(key)
 }
 
-/// How clients reach a listener.
+/// How clients reach a listener. More transports may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum ListenerKind {
     /// MQTT over plain TCP (port 1883 by convention).
     Tcp,

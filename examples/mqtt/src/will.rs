@@ -41,8 +41,9 @@ use serde::{Deserialize, Serialize};
 use crate::message::Message;
 use crate::packet::Connect;
 
-/// Why a connection closed.
+/// Why a connection closed. More reasons may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// The client sent DISCONNECT [3.14]: the one case that does not publish the will.
     Disconnect,

@@ -119,7 +119,8 @@ macro_rules! conformance_tests {
             a_panicking_dead_letter_sink_is_contained,
             become_in_the_activated_hook,
             a_burst_of_dead_letters_all_reach_the_sink,
-            a_panicking_spawned_future_harms_no_other_work
+            a_panicking_spawned_future_ends_without_an_outcome,
+            a_spawned_future_that_blocks_on_shutdown_does_not_hang
         );
     };
     (@tests $harness:expr; $($test:ident),* $(,)?) => {

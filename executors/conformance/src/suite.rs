@@ -31,6 +31,7 @@ pub use crate::lifecycle::{
 };
 pub use crate::regressions::*;
 pub use crate::tasks::{
+    a_spawned_future_that_blocks_on_shutdown_does_not_hang,
     asks_between_receivers_answer_or_time_out, context_asks_end_once_dropped_or_timed_out,
     spawned_work_comes_back_as_a_message, work_in_flight_is_dropped_with_its_receiver,
 };

@@ -314,3 +314,41 @@ pub fn context_asks_end_once_dropped_or_timed_out<H: Harness>(h: &H) {
     assert_eq!(answers_now().len(), 1, "the ask ended once");
     hermes.shutdown().unwrap();
 }
+
+/// A future a receiver started that calls the blocking `Hermes::shutdown` neither hangs nor
+/// stops the shards: where blocking would stop the tasks or the shards (the pool's task
+/// thread, a thread of the async runtime that runs the shards) it is refused with
+/// `WouldDeadlock` after starting the shutdown; elsewhere it waits, and the shutdown, which
+/// aborts that very task, does not wait for the poll in progress.
+pub fn a_spawned_future_that_blocks_on_shutdown_does_not_hang<H: Harness>(h: &H) {
+    type Slot = Arc<Mutex<Option<hermes_executor::Hermes<u64, u64>>>>;
+    let handle: Slot = Arc::default();
+    let returned: Arc<Mutex<Option<Result<u64, hermes_executor::WouldDeadlock>>>> = Arc::default();
+    let (slot, seen) = (Arc::clone(&handle), Arc::clone(&returned));
+    let hermes = h.start(Options::new(Config::default()).shards(2), move |_: &u64| {
+        let (slot, seen) = (Arc::clone(&slot), Arc::clone(&seen));
+        Activation::ready(move |ctx: &mut Context<'_, u64, u64>, _: u64| {
+            let hermes = slot.lock().unwrap().clone();
+            let seen = Arc::clone(&seen);
+            ctx.spawn(
+                async move {
+                    if let Some(hermes) = hermes {
+                        let stats = hermes.shutdown().map(|s| s.deactivations);
+                        *seen.lock().unwrap() = Some(stats);
+                    }
+                },
+                |()| 0,
+            );
+        })
+    });
+    *handle.lock().unwrap() = Some(hermes.clone());
+    hermes.send(1, 0).unwrap();
+    eventually("the future's shutdown to return", || {
+        returned.lock().unwrap().is_some()
+    });
+    let got = returned.lock().unwrap().take().unwrap();
+    assert!(matches!(got, Ok(1) | Err(_)), "{got:?}");
+    handle.lock().unwrap().take();
+    let stats = hermes.shutdown().unwrap();
+    assert_eq!((stats.activations, stats.deactivations), (1, 1));
+}

@@ -10,7 +10,9 @@
 //! `NAME-tasks`: an [`async_executor::Executor`] driven with [async-io]'s reactor, so futures
 //! may use async-io's timers and sockets (and anything runtime-independent); futures that need
 //! tokio's reactor belong on the tokio executor. The thread starts with the pool and is joined
-//! at shutdown; tasks still running then are dropped.
+//! at shutdown; tasks still running then are dropped. A future must not block that thread:
+//! the blocking forms (`ask_blocking`, `shutdown`, ...) refuse there with `WouldDeadlock`, as
+//! they do inside a receiver; await `ask` and `shutdown_async` instead.
 //!
 //! [async-io]: https://docs.rs/async-io
 //!
@@ -45,7 +47,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use hermes_core::{Config, Factory};
 use hermes_executor::{
-    Hermes, Key, Message, Options, Runtime, Shard, Spawned, StartError, Wake, launch,
+    Hermes, Key, Message, Options, Runtime, Shard, Spawned, StartError, Wake, WouldDeadlock, launch,
 };
 
 /// Starts Hermes on one thread per core, with the router `config` and `factory`.
@@ -121,6 +123,7 @@ impl Threads {
         let task_thread = std::thread::Builder::new()
             .name(format!("{name}-tasks"))
             .spawn(move || {
+                ON_TASK_THREAD.with(|on| on.set(true));
                 // Runs tasks until `stop` closes; tasks still pending are dropped with it.
                 let _ = async_io::block_on(executor.run(stopped.recv()));
             })
@@ -142,9 +145,24 @@ impl Threads {
     }
 }
 
+thread_local! {
+    /// True on the task thread.
+    static ON_TASK_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Runtime for Threads {
     fn spawn(&self, task: Spawned) {
         self.0.tasks.spawn(task).detach();
+    }
+
+    /// Refused on the task thread, where a blocked future stops every other task (and a
+    /// shutdown would wait for itself: it joins that thread), and on a shard thread.
+    fn block(&self, wait: &mut dyn FnMut()) -> Result<(), WouldDeadlock> {
+        if ON_TASK_THREAD.with(std::cell::Cell::get) || hermes_executor::hosts_shards() {
+            return Err(WouldDeadlock);
+        }
+        wait();
+        Ok(())
     }
 
     fn join(&self) {

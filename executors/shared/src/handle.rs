@@ -185,9 +185,11 @@ fn refused<K, M, T: Kind<A>, A: App<Id = K, Msg = M>>(
     let msg = match envelope {
         Envelope::Admit(_, msg) | Envelope::Deliver(_, msg) => msg,
         Envelope::Schedule(scheduled) => scheduled.msg,
-        Envelope::Cancel(_) | Envelope::Complete(..) | Envelope::Close | Envelope::Release(_) => {
-            unreachable!("the handle offers only messages")
-        }
+        Envelope::Cancel(_)
+        | Envelope::Complete(..)
+        | Envelope::Abandon(_)
+        | Envelope::Close
+        | Envelope::Release(_) => unreachable!("the handle offers only messages"),
     };
     let msg = match T::from_app_msg(msg) {
         Ok(msg) => msg,
@@ -804,9 +806,10 @@ impl<K, M, A> Hermes<K, M, A> {
     /// Hermes owned (receivers, the factory, the dead-letter sink), and returns the final
     /// totals. Later calls return the same totals at once.
     ///
-    /// Where it cannot wait (inside a receiver, or on a thread of the async runtime that runs
-    /// the shards), it starts the shutdown and returns [`WouldDeadlock`] at once: the shards
-    /// finish on their own; await [`shutdown_async`](Hermes::shutdown_async) to know when.
+    /// Where it cannot wait (inside a receiver, on a thread of the async runtime that runs the
+    /// shards, or on the pool's thread for the futures receivers start), it starts the shutdown
+    /// and returns [`WouldDeadlock`] at once: the shards finish on their own; await
+    /// [`shutdown_async`](Hermes::shutdown_async) to know when.
     pub fn shutdown(&self) -> Result<Stats, WouldDeadlock> {
         let finished = self.shutdown_async();
         if in_shard() {

@@ -62,6 +62,9 @@ pub(crate) enum Envelope<K, M> {
     Cancel(TimerId),
     /// The outcome of a task a receiver here started.
     Complete(TaskId, M),
+    /// A task a receiver here started ended without an outcome (aborted, or its future
+    /// panicked).
+    Abandon(TaskId),
     /// Start closing.
     Close,
     /// Placement changed: release the receivers that moved to another node, then arrive.

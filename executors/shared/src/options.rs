@@ -200,10 +200,13 @@ impl<K, M> fmt::Debug for Options<K, M> {
 }
 
 /// Why Hermes could not start.
+///
+/// The message includes the cause's, so [`source`](std::error::Error::source) is `None`: an
+/// error reporter that prints the chain shows the cause once.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StartError {
-    /// A shard thread could not be spawned.
+    /// A shard thread could not be spawned (the message includes the I/O error's).
     Spawn(std::io::Error),
     /// No async runtime to run the shards on.
     NoRuntime,
@@ -232,11 +235,24 @@ impl fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StartError::Spawn(e) => Some(e),
-            StartError::NoRuntime | StartError::NoTimers => None,
-        }
+/// No source: the message includes the cause's (see [`StartError`]).
+impl std::error::Error for StartError {}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::StartError;
+
+    #[test]
+    fn a_spawn_error_shows_its_cause_once() {
+        let e = StartError::Spawn(std::io::Error::other("out of threads (a test's cause)"));
+        let shown = e.to_string();
+        assert_eq!(shown.matches("a test's cause").count(), 1, "{shown}");
+        assert!(shown.contains("lower the shard count"), "{shown}");
+        assert!(
+            e.source().is_none(),
+            "a chain reporter would print the cause twice"
+        );
     }
 }

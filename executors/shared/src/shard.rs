@@ -391,6 +391,7 @@ impl<K: Key, M: Message> Shard<K, M> {
                 self.router.cancel(id);
             }
             Envelope::Complete(task, msg) => self.router.complete(task, msg, clock.now()),
+            Envelope::Abandon(task) => self.router.abandon(task, clock.now()),
             Envelope::Close => self.router.close(),
             Envelope::Release(release) => {
                 self.router.release_moved();
@@ -400,7 +401,8 @@ impl<K: Key, M: Message> Shard<K, M> {
     }
 
     /// Hands the tasks receivers started to the runtime, each wired to bring its outcome back
-    /// to this shard's inbox.
+    /// to this shard's inbox, or to say it has none (a panic in its future is caught inside
+    /// the task, under every runtime and the simulator alike).
     fn spawn_tasks(&mut self) {
         while let Some(task) = self.router.poll_task() {
             // Weak: a task left in a runtime after shutdown keeps nothing of Hermes alive.
@@ -408,11 +410,13 @@ impl<K: Key, M: Message> Shard<K, M> {
             let index = self.index as usize;
             let id = task.id();
             self.core.runtime.spawn(Box::pin(async move {
-                if let Some(msg) = task.await
-                    && let Some(core) = core.upgrade()
-                {
+                let envelope = match task.await {
+                    Some(msg) => Envelope::Complete(id, msg),
+                    None => Envelope::Abandon(id),
+                };
+                if let Some(core) = core.upgrade() {
                     // Refused only once this shard has finished: then the receiver is gone.
-                    let _ = core.inboxes[index].push(Envelope::Complete(id, msg), Limit::Control);
+                    let _ = core.inboxes[index].push(envelope, Limit::Control);
                 }
             }));
         }
@@ -563,7 +567,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             Envelope::Schedule(scheduled) => (Recipient::Id(scheduled.to), scheduled.msg),
             Envelope::Complete(task, msg) => (Recipient::Addr(task.owner()), msg),
             Envelope::Release(release) => return release.arrive(),
-            Envelope::Cancel(_) | Envelope::Close => return,
+            Envelope::Cancel(_) | Envelope::Abandon(_) | Envelope::Close => return,
         };
         self.dead_letter(DeadLetter {
             recipient,
