@@ -509,6 +509,9 @@ fn run(shared: &Shared) {
         SyncPolicy::Interval(_) => Durability::Deferred,
     };
     tracing::debug!(?config, "group commit thread started");
+    // Failed commits in a row: only the first of a run is an ERROR line (every write's
+    // acknowledgement carries its error, for the caller to report as it sees fit).
+    let mut failing: u64 = 0;
     let mut st = shared.lock();
     loop {
         let now = Instant::now();
@@ -554,9 +557,21 @@ fn run(shared: &Shared) {
             drop(st);
 
             let (written, result) = commit(shared.store.as_ref(), &mut group, durability);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, writes = group.len(), "group commit failed");
+            match &result {
+                Err(e) if failing == 0 => tracing::error!(
+                    error = %e,
+                    writes = group.len(),
+                    "group commit failed; later failures are logged at debug level until a \
+                     commit succeeds (each write is acknowledged with the error)"
+                ),
+                Err(e) => tracing::debug!(error = %e, writes = group.len(), "group commit failed"),
+                Ok(()) if failing > 0 => tracing::warn!(
+                    failed_commits = failing,
+                    "group commit succeeded again after failed commits"
+                ),
+                Ok(()) => {}
             }
+            failing = if result.is_ok() { 0 } else { failing + 1 };
             let count = group.len() as u64;
             for entry in group {
                 let ack = entry.ack;
