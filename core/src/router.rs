@@ -1508,6 +1508,11 @@ impl<K: Key, M: Message> Router<K, M> {
             if full {
                 self.relieve_if_drained(key);
             }
+        } else if !full && !self.closing && self.effects.is_one_send() {
+            // The next most common: one send and nothing else, from a receiver whose mailbox
+            // was not full, on an open router. What `apply_effects` does then, without its
+            // calls and its clearing of every list: the send is popped, so nothing is left.
+            self.apply_one_send();
         } else {
             self.apply_effects(key, addr, handled, full);
         }
@@ -1583,6 +1588,25 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         if self.drained() {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
+        }
+    }
+
+    /// Applies the effects of a run that recorded one send and nothing else, on an open router
+    /// (`effects.is_one_send()`): routes it as `apply_effects` would (a receiver it wakes may
+    /// run next), and leaves the effects empty.
+    #[inline(always)]
+    fn apply_one_send(&mut self) {
+        debug_assert!(!self.closing && self.effects.is_one_send());
+        if self.fault(Fault::DropOnCheckIn) {
+            self.effects.sends.clear();
+            return;
+        }
+        if let Some((to, msg)) = self.effects.sends.pop() {
+            self.waking_next = true;
+            if let Err(r) = self.route(to, msg, From::Inside) {
+                self.refused(r);
+            }
+            self.waking_next = false;
         }
     }
 
