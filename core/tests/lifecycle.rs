@@ -615,3 +615,50 @@ fn deferred_idle_time_of_a_receiver_woken_before_the_stamp_is_stamped_once() {
     assert!(h.router.is_closed());
     assert_eq!(h.stats().deactivations, 2);
 }
+
+#[test]
+fn deferred_idle_receivers_before_their_stamp_take_mail_and_close() {
+    // Idle before the stamp, a receiver still has its (empty) mailbox: mail from outside and
+    // from a receiver wakes it, in order, and closing deactivates it once, inline or checked
+    // out, with nothing lost.
+    for check_out in [false, true] {
+        let mut h = Harness::new(Config::default());
+        h.router.defer_idle_time();
+        h.put(1, note(0));
+        h.settle();
+        assert_eq!(h.stats().idle, 1);
+        assert!(h.router.has_unstamped());
+        h.put(1, note(1));
+        h.put(1, note(2));
+        h.settle();
+        h.put(2, send(1, note(3)));
+        h.settle();
+        assert_eq!(
+            h.received(),
+            vec![
+                (1, note(0)),
+                (1, note(1)),
+                (1, note(2)),
+                (2, send(1, note(3))),
+                (1, note(3))
+            ]
+        );
+        assert_eq!(h.stats().idle, 2);
+        assert!(h.router.has_unstamped());
+        if check_out {
+            h.router.close();
+            for _ in 0..2 {
+                let addr = h.expect_deactivate();
+                let job = h.router.check_out(addr).unwrap();
+                h.finish(job);
+            }
+        } else {
+            h.close();
+        }
+        h.router.stamp_idle(h.now);
+        assert!(h.router.is_closed(), "check_out: {check_out}");
+        let stats = h.stats();
+        assert_eq!((stats.deactivations, stats.dead_letters), (2, 0));
+        assert_eq!(stats.messages_delivered, 5);
+    }
+}
