@@ -1145,8 +1145,11 @@ impl<K: Key, M: Message> Router<K, M> {
         // All on the slot at hand: one look-up of it, and one of the idle list's tail.
         let slot = &mut self.slots[key];
         let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
-        let timeout = idle_timeout(timeout_ms, &self.config);
-        if timeout.is_zero() && !waiting {
+        let zero = match timeout_ms {
+            DEFAULT_IDLE => self.config.idle_timeout.is_zero(),
+            ms => ms == 0,
+        };
+        if zero && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
         // Running -> Idle.
@@ -1169,14 +1172,14 @@ impl<K: Key, M: Message> Router<K, M> {
         self.mailboxes.close(slot.mailbox);
         slot.mailbox = NO_MAILBOX;
         if let (Some(now), false) = (now, waiting) {
-            self.start_idle_time(key, timeout_ms, timeout, now);
+            self.start_idle_time(key, timeout_ms, now);
         }
     }
 
     /// Starts the idle time of the idle receiver at `key` at `now`: its place at the tail of
-    /// the idle list (the default timeout), or its own idle timer (`timeout_ms`, `timeout`).
+    /// the idle list (the default timeout), or its own idle timer (`timeout_ms`).
     #[inline(always)]
-    fn start_idle_time(&mut self, key: usize, timeout_ms: u32, timeout: Duration, now: Instant) {
+    fn start_idle_time(&mut self, key: usize, timeout_ms: u32, now: Instant) {
         let since = self.ticks.at(now);
         let slot = &mut self.slots[key];
         match timeout_ms {
@@ -1189,6 +1192,7 @@ impl<K: Key, M: Message> Router<K, M> {
                 if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
                     slot.set_idle_armed(true);
                     let addr = self.addr_of(key);
+                    let timeout = idle_timeout(timeout_ms, &self.config);
                     self.timers.arm_idle(crate::deadline(now, timeout), addr);
                 }
             }
@@ -1219,8 +1223,7 @@ impl<K: Key, M: Message> Router<K, M> {
             return;
         }
         let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
-        let timeout = idle_timeout(timeout_ms, &self.config);
-        self.start_idle_time(key, timeout_ms, timeout, now);
+        self.start_idle_time(key, timeout_ms, now);
     }
 
     fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
