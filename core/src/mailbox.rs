@@ -3,8 +3,7 @@
 //! A slot names its mailbox by number (4 bytes) instead of holding a `VecDeque` (32 bytes):
 //! most receivers are idle, and an idle receiver holds no mailbox, so the bytes every slot
 //! carries stay few. A mailbox is opened with a receiver's first message and closed when the
-//! receiver goes idle (on a router that defers idle time, at the stamp after the turn, so a
-//! receiver that a reply wakes in the same turn keeps it) or away. A closed mailbox keeps its buffer for the next one opened (the
+//! receiver goes idle or away. A closed mailbox keeps its buffer for the next one opened (the
 //! last closed is the first reopened), so a receiver that wakes for a message usually finds a
 //! buffer ready: opening and closing are a push and a pop on a list of free numbers.
 
@@ -26,7 +25,7 @@ const SPARE_BUFFER_CAPACITY: usize = 64;
 pub(crate) struct Mailboxes<M> {
     boxes: Vec<VecDeque<M>>,
     /// Closed mailboxes, the last closed at the end.
-    pub(crate) free: Vec<u32>,
+    free: Vec<u32>,
     /// How many messages the buffers closed mailboxes keep can hold, in all.
     kept: usize,
     /// Buffers for batches checked out of a mailbox (`Router::check_out`).

@@ -235,8 +235,7 @@ pub struct Router<K, M> {
     task_seq: u64,
     /// Tasks for the driver to run.
     tasks_out: VecDeque<Task<M>>,
-    /// The mailboxes of receivers with messages (idle ones hold none, once their idle time
-    /// started), and spare buffers.
+    /// The mailboxes of receivers with messages (idle ones hold none), and spare buffers.
     mailboxes: Mailboxes<M>,
     /// Idle timeouts, in milliseconds, that instances set themselves (`Context::set_idle_timeout`),
     /// by slot; slots with none are absent (the timeout is their kind's).
@@ -1157,23 +1156,22 @@ impl<K: Key, M: Message> Router<K, M> {
         slot.state = State::Idle;
         self.stats.running -= 1;
         self.stats.idle += 1;
-        if now.is_none() && !waiting {
-            // Idle time deferred: the stamp closes its (empty) mailbox too, so a receiver woken
-            // again in the same turn (as a reply wakes it) keeps its mailbox open. Once per
-            // turn: a receiver woken and idle again before the stamp is listed already (its
-            // flag stays until the stamp).
+        // An idle receiver holds no mailbox.
+        self.mailboxes.close(slot.mailbox);
+        slot.mailbox = NO_MAILBOX;
+        if waiting {
+            return;
+        }
+        let Some(now) = now else {
+            // Once per turn: a receiver woken and idle again before the stamp is listed
+            // already (its flag stays until the stamp).
             if !slot.unstamped() {
                 slot.set_unstamped(true);
                 self.unstamped.push(key as u32);
             }
             return;
-        }
-        // An idle receiver holds no mailbox.
-        self.mailboxes.close(slot.mailbox);
-        slot.mailbox = NO_MAILBOX;
-        if let (Some(now), false) = (now, waiting) {
-            self.start_idle_time(key, timeout_ms, now);
-        }
+        };
+        self.start_idle_time(key, timeout_ms, now);
     }
 
     /// Starts the idle time of the idle receiver at `key` at `now`: its place at the tail of
@@ -1211,15 +1209,7 @@ impl<K: Key, M: Message> Router<K, M> {
             return;
         }
         slot.set_unstamped(false);
-        if slot.state != State::Idle {
-            return;
-        }
-        // Idle since its run ended this turn, with its mailbox open (empty) until now.
-        if slot.mailbox != NO_MAILBOX {
-            self.mailboxes.close(slot.mailbox);
-            slot.mailbox = NO_MAILBOX;
-        }
-        if slot.listed() || waiting {
+        if slot.state != State::Idle || slot.listed() || waiting {
             return;
         }
         let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
@@ -1954,10 +1944,8 @@ impl<K: Key, M: Message> Router<K, M> {
     /// ends. That saves a clock read per run, and only ever starts idle time later than the run
     /// ended (a receiver is never deactivated sooner than its idle timeout allows). The driver
     /// must call `stamp_idle` after the runs of each turn, before it waits on
-    /// [`poll_timeout`](Router::poll_timeout): until then those receivers have no idle deadline,
-    /// and keep their (empty) mailbox buffers, which a receiver woken again in the same turn
-    /// (as a reply wakes it) then reuses. The executors' shards do; the inline
-    /// [`Driver`](crate::Driver) does not need to.
+    /// [`poll_timeout`](Router::poll_timeout): until then those receivers have no idle deadline.
+    /// The executors' shards do; the inline [`Driver`](crate::Driver) does not need to.
     pub fn defer_idle_time(&mut self) {
         self.defer_idle = true;
     }
@@ -2136,59 +2124,3 @@ impl std::fmt::Display for ActivationPanic {
 }
 
 impl std::error::Error for ActivationPanic {}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use super::*;
-
-    /// A receiver that replies to a message from another receiver, as in ping-pong.
-    fn ping_pong(ctx: &mut Context<'_, u64, u64>, left: u64) {
-        if left > 0 {
-            let other = if *ctx.id() == 1 { 2 } else { 1 };
-            ctx.send(other, left - 1);
-        }
-    }
-
-    #[test]
-    fn deferred_idle_receivers_keep_their_mailbox_until_the_stamp() {
-        let factory = |_: &u64| Activation::ready(ping_pong);
-        let now = Instant::now();
-        let mut router = Router::<u64, u64>::new(Config::default());
-        router.defer_idle_time();
-        let drive = |router: &mut Router<u64, u64>| {
-            while let Some(command) = router.poll_command() {
-                router.handle(command, &factory, now).unwrap();
-            }
-        };
-        router.send(1, 0).unwrap();
-        router.send(2, 0).unwrap();
-        drive(&mut router);
-        router.stamp_idle(now);
-        let mailbox =
-            |router: &Router<u64, u64>, id: u64| router.slots[router.lookup(&id).unwrap()].mailbox;
-        assert_eq!(mailbox(&router, 1), NO_MAILBOX, "stamped idle: no mailbox");
-        // Ten hops in one turn: each reply finds its receiver idle with its mailbox still
-        // open, so no mailbox is opened after the first two.
-        router.send(1, 10).unwrap();
-        let opened = router.mailboxes.free.len();
-        drive(&mut router);
-        assert_eq!(router.stats().messages_delivered, 2 + 11);
-        assert_eq!(router.mailboxes.free.len(), opened - 1);
-        let (one, two) = (mailbox(&router, 1), mailbox(&router, 2));
-        assert!(
-            one != NO_MAILBOX && two != NO_MAILBOX,
-            "idle, not yet stamped"
-        );
-        assert_eq!(router.stats().idle, 2);
-        // The stamp closes both: an idle receiver holds none once its idle time started.
-        router.stamp_idle(now);
-        assert_eq!(
-            (mailbox(&router, 1), mailbox(&router, 2)),
-            (NO_MAILBOX, NO_MAILBOX)
-        );
-        assert_eq!(router.mailboxes.free.len(), opened + 1);
-        assert!(router.poll_timeout().is_some());
-    }
-}

@@ -38,9 +38,7 @@ pub(crate) struct Slot<K, M> {
     /// Nanoseconds since the router's epoch when the receiver last became idle.
     pub(crate) idle_since: u64,
     /// Its mailbox in the router's `Mailboxes`, or `NO_MAILBOX`. Open from its first message
-    /// until it goes idle or away: an idle receiver holds none (while idle time is deferred,
-    /// from the router's next `stamp_idle` on, so that a receiver woken again in the same turn
-    /// keeps its mailbox).
+    /// until it goes idle or away: an idle receiver holds none.
     pub(crate) mailbox: u32,
     /// Neighbours in the router's list of idle receivers on the default timeout (if `listed`).
     pub(crate) idle_prev: u32,
