@@ -1606,13 +1606,7 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         if let Some((to, msg)) = self.effects.sends.pop() {
             self.waking_next = true;
-            // By ID (the common case) without the call to `route`, which would move the
-            // message once more.
-            let routed = match to {
-                Recipient::Id(id) => self.route_id(id, msg, From::Inside),
-                to => self.route(to, msg, From::Inside),
-            };
-            if let Err(r) = routed {
+            if let Err(r) = self.route(to, msg, From::Inside) {
                 self.refused(r);
             }
             self.waking_next = false;
