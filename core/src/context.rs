@@ -281,6 +281,17 @@ impl<K, M> Effects<K, M> {
             && self.idle_timeout.is_none()
     }
 
+    /// One send recorded, and nothing else.
+    #[inline]
+    pub(crate) fn is_one_send(&self) -> bool {
+        self.sends.len() == 1
+            && self.timers.is_empty()
+            && self.tasks.is_empty()
+            && self.become_.is_none()
+            && !self.stop
+            && self.idle_timeout.is_none()
+    }
+
     /// Forgets everything recorded since `mark`.
     pub(crate) fn rollback(&mut self, mark: Mark) {
         self.sends.truncate(mark.sends);

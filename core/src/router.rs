@@ -1147,8 +1147,11 @@ impl<K: Key, M: Message> Router<K, M> {
         // All on the slot at hand: one look-up of it, and one of the idle list's tail.
         let slot = &mut self.slots[key];
         let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
-        let timeout = idle_timeout(timeout_ms, &self.config);
-        if timeout.is_zero() && !waiting {
+        let zero = match timeout_ms {
+            DEFAULT_IDLE => self.config.idle_timeout.is_zero(),
+            ms => ms == 0,
+        };
+        if zero && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
         // Running -> Idle.
@@ -1171,13 +1174,13 @@ impl<K: Key, M: Message> Router<K, M> {
             }
             return;
         };
-        self.start_idle_time(key, timeout_ms, timeout, now);
+        self.start_idle_time(key, timeout_ms, now);
     }
 
     /// Starts the idle time of the idle receiver at `key` at `now`: its place at the tail of
-    /// the idle list (the default timeout), or its own idle timer (`timeout_ms`, `timeout`).
+    /// the idle list (the default timeout), or its own idle timer (`timeout_ms`).
     #[inline(always)]
-    fn start_idle_time(&mut self, key: usize, timeout_ms: u32, timeout: Duration, now: Instant) {
+    fn start_idle_time(&mut self, key: usize, timeout_ms: u32, now: Instant) {
         let since = self.ticks.at(now);
         let slot = &mut self.slots[key];
         match timeout_ms {
@@ -1190,6 +1193,7 @@ impl<K: Key, M: Message> Router<K, M> {
                 if !slot.idle_armed() && timeout_ms != NEVER_IDLE {
                     slot.set_idle_armed(true);
                     let addr = self.addr_of(key);
+                    let timeout = idle_timeout(timeout_ms, &self.config);
                     self.timers.arm_idle(crate::deadline(now, timeout), addr);
                 }
             }
@@ -1212,8 +1216,7 @@ impl<K: Key, M: Message> Router<K, M> {
             return;
         }
         let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
-        let timeout = idle_timeout(timeout_ms, &self.config);
-        self.start_idle_time(key, timeout_ms, timeout, now);
+        self.start_idle_time(key, timeout_ms, now);
     }
 
     fn begin_deactivation(&mut self, key: usize, why: Deactivation) {
@@ -1511,6 +1514,11 @@ impl<K: Key, M: Message> Router<K, M> {
             if full {
                 self.relieve_if_drained(key);
             }
+        } else if !full && !self.closing && self.effects.is_one_send() {
+            // The next most common: one send and nothing else, from a receiver whose mailbox
+            // was not full, on an open router. What `apply_effects` does then, without its
+            // calls and its clearing of every list: the send is popped, so nothing is left.
+            self.apply_one_send();
         } else {
             self.apply_effects(key, addr, handled, full);
         }
@@ -1586,6 +1594,25 @@ impl<K: Key, M: Message> Router<K, M> {
         }
         if self.drained() {
             self.fail_mailbox(key, DeadLetterReason::DrainLimit);
+        }
+    }
+
+    /// Applies the effects of a run that recorded one send and nothing else, on an open router
+    /// (`effects.is_one_send()`): routes it as `apply_effects` would (a receiver it wakes may
+    /// run next), and leaves the effects empty.
+    #[inline(always)]
+    fn apply_one_send(&mut self) {
+        debug_assert!(!self.closing && self.effects.is_one_send());
+        if self.fault(Fault::DropOnCheckIn) {
+            self.effects.sends.clear();
+            return;
+        }
+        if let Some((to, msg)) = self.effects.sends.pop() {
+            self.waking_next = true;
+            if let Err(r) = self.route(to, msg, From::Inside) {
+                self.refused(r);
+            }
+            self.waking_next = false;
         }
     }
 
