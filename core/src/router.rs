@@ -1802,7 +1802,7 @@ impl<K: Key, M: Message> Router<K, M> {
             if timeout.is_zero() {
                 self.begin_deactivation(key, Deactivation::IdleTimeout);
             } else {
-                self.start_idle_time(key, timeout_ms, timeout, now);
+                self.start_idle_time(key, timeout_ms, now);
             }
         }
     }
