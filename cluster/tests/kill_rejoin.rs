@@ -190,11 +190,15 @@ impl Drop for Proc {
 type Client = Node<u64, Account, Bank>;
 
 fn wait_members(client: &Client, n: usize, within: Duration) {
-    wait_until(
-        &format!("the membership to reach {n} nodes"),
-        within,
-        || client.members().len() == n,
-    );
+    let deadline = Instant::now() + within;
+    while client.members().len() != n {
+        assert!(
+            Instant::now() < deadline,
+            "waited {within:?} for the membership to reach {n} nodes (it has {:?})",
+            client.members()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Asks until a definite answer (requests are idempotent), for at most a minute.
