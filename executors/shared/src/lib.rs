@@ -63,12 +63,14 @@
 
 #![warn(missing_debug_implementations)]
 
+mod crew;
 mod handle;
 mod inbox;
 mod options;
 mod remote;
 mod shard;
 
+pub use crew::{Crew, Crewed};
 pub use handle::{
     Finished, Hermes, Launched, Refused, Released, Runtime, Shards, Spawned, WouldDeadlock, launch,
 };

@@ -337,6 +337,13 @@ impl<K: Key, M: Message> Shard<K, M> {
             .watch(|pending| poll_briefly(deadline, pending))
     }
 
+    /// True if the shard took mail or sent some to another shard since this was last asked
+    /// (or it last parked on [`run_blocking`](Shard::run_blocking)): an answer may be on its
+    /// way, worth watching for before sleeping.
+    pub(crate) fn take_conversing(&mut self) -> bool {
+        std::mem::take(&mut self.conversing)
+    }
+
     /// Runs the shard as a task until it exits: awaits `yield_now()` between busy turns, so
     /// other tasks get a turn too, and otherwise `park(deadline)`, which resolves when the
     /// shard's [`Wake`](crate::Wake) fires or the deadline (if any) passes.
