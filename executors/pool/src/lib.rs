@@ -12,8 +12,8 @@
 //!
 //! Receivers run on any of the pool's threads (`NAME-0`, `NAME-1`, ...), one shard on one
 //! thread at a time, so a receiver never runs concurrently with itself or with any receiver of
-//! its shard; one that blocks holds up its shard (and the shards its thread owes a turn, until
-//! its turn ends).
+//! its shard. One that blocks holds up its shard and, while it runs on another shard's thread,
+//! that thread's own shard.
 //!
 //! Work receivers start (`Context::spawn`, `Context::ask`) runs on one more thread,
 //! `NAME-tasks`: an [`async_executor::Executor`] driven with [async-io]'s reactor, so futures

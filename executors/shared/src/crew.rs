@@ -17,7 +17,9 @@
 //!   park check finds it) or by ringing the home bell (the home thread then locks the slot,
 //!   waiting for whoever holds it, and turns). A guest that finds the slot held rings: the
 //!   holder may be past its park check and about to let go.
-//! - A thread pays its owed list after every turn: by ringing if its home shard is still busy,
+//! - A thread pays its owed list after every turn (mail between shards is pushed at the end of
+//!   a turn anyway; a handle's send inside a receiver waits for the turn's end to be run):
+//!   by ringing if its home shard is still busy,
 //!   by turning the shards as a guest (one turn each) if its home shard parked, and by ringing
 //!   whatever is left if it stops (its home shard exited, or it panicked).
 //! - A guest hands a shard back to its home thread (rings) if the turn leaves it busy, if it
@@ -41,24 +43,56 @@ use hermes_core::{Factory, SystemClock};
 use hermes_reply::poll_briefly;
 
 use crate::handle::{Hermes, Runtime, launch};
+use crate::shard::{Core, mail_soon};
 use crate::{Key, Message, Options, Shard, Turn, Wake};
+
+/// How a thread whose home shard parked waits briefly for an answer before it sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Not at all: the shard took and sent nothing since it last parked (a timer tick).
+    No,
+    /// On the shard's inbox, which counts as awake meanwhile, so that pushes ring nothing: the
+    /// shard took mail (from outside: an asker, a sender) but sent none to other shards.
+    Inbox,
+    /// On the bell, the shard staying parked: it sent mail to other shards, so the answer will
+    /// likely come from a thread of the crew, which then owes the shard a turn and may run it
+    /// itself (watching the inbox would keep the conversation on two threads).
+    Bell,
+}
 
 /// What a crew runs: a shard (or, in the models, a stand-in).
 pub(crate) trait Unit: Send {
+    /// What [`watch_inbox`](Unit::watch_inbox) watches, kept outside the slot's lock.
+    type Inbox: Send + Sync;
     /// One turn, as [`Shard::turn`].
     fn turn(&mut self) -> Turn;
-    /// True if the unit took or sent mail since this was last asked (an answer may be on its
-    /// way, worth watching for before sleeping).
-    fn conversing(&mut self) -> bool;
+    /// How to watch before sleeping, from what the unit took and sent since this was last
+    /// asked.
+    fn watch(&mut self) -> Watch;
+    /// The unit's inbox, for [`watch_inbox`](Unit::watch_inbox).
+    fn inbox(&self) -> Self::Inbox;
+    /// Watches the inbox briefly, as [`Shard::run_blocking`] does: true if mail came, false if
+    /// the unit is parked again.
+    fn watch_inbox(inbox: &Self::Inbox, deadline: Option<Instant>) -> bool;
 }
 
 impl<K: Key, M: Message> Unit for Shard<K, M> {
+    type Inbox = (Arc<Core<K, M>>, usize);
+
     fn turn(&mut self) -> Turn {
         Shard::turn(self, &SystemClock)
     }
 
-    fn conversing(&mut self) -> bool {
-        self.take_conversing()
+    fn watch(&mut self) -> Watch {
+        self.take_watch()
+    }
+
+    fn inbox(&self) -> Self::Inbox {
+        (self.core(), self.index() as usize)
+    }
+
+    fn watch_inbox((core, index): &Self::Inbox, deadline: Option<Instant>) -> bool {
+        mail_soon(&core.inboxes[*index], deadline)
     }
 }
 
@@ -227,9 +261,11 @@ struct Held<U> {
 }
 
 /// The crew's shared state, generic so that the loom models run it with stand-in units.
-pub(crate) struct Slots<U> {
+pub(crate) struct Slots<U: Unit> {
     crew: usize,
     slots: Box<[Mutex<Held<U>>]>,
+    /// Each shard's inbox, for its home thread's watch.
+    inboxes: Box<[U::Inbox]>,
     /// Each shard's bell, which rings its home thread (not [`Deferred`]).
     bells: Box<[Arc<dyn Wake>]>,
     /// A deliberate bug for the models.
@@ -241,6 +277,7 @@ impl<U: Unit> Slots<U> {
     fn new(crew: usize, units: Vec<U>, bells: Vec<Arc<dyn Wake>>) -> Self {
         Slots {
             crew,
+            inboxes: units.iter().map(Unit::inbox).collect(),
             slots: units
                 .into_iter()
                 .map(|unit| {
@@ -265,32 +302,37 @@ impl<U: Unit> Slots<U> {
     ) {
         assert!(home < self.slots.len(), "shard {home} is not in this crew");
         let _member = Member::enter(self, home);
-        while let Some((deadline, conversing)) = self.turn_home(home) {
+        while let Some((deadline, watch)) = self.turn_home(home) {
             if self.pay_owed(home, deadline) {
                 continue;
             }
-            if !(conversing && poll_briefly(deadline, &mut rung)) {
+            let mail = match watch {
+                Watch::No => false,
+                Watch::Inbox => U::watch_inbox(&self.inboxes[home], deadline),
+                Watch::Bell => poll_briefly(deadline, &mut rung),
+            };
+            if !mail {
                 park(deadline);
             }
         }
     }
 
-    /// Turns the home shard until it parks (its deadline and whether it conversed) or exits
-    /// (`None`); after each busy turn, rings what the turn woke.
-    fn turn_home(&self, home: usize) -> Option<(Option<Instant>, bool)> {
+    /// Turns the home shard until it parks (its deadline and how to watch) or exits (`None`);
+    /// after each busy turn, rings what the turn woke.
+    fn turn_home(&self, home: usize) -> Option<(Option<Instant>, Watch)> {
         let mut held = self.lock(home);
         loop {
             let unit = held.unit.as_mut()?;
             match unit.turn() {
                 Turn::Busy => self.ring_owed(home),
                 Turn::Park(deadline) => {
-                    let conversing = unit.conversing();
+                    let watch = unit.watch();
                     held.home_deadline = deadline;
                     // Loom does not switch threads at an unlock: let it, so that a push between
                     // the park check and the unlock (which finds the slot held) is explored.
                     #[cfg(all(test, hermes_loom))]
                     loom::thread::yield_now();
-                    return Some((deadline, conversing));
+                    return Some((deadline, watch));
                 }
                 Turn::Exit => {
                     held.unit = None;
@@ -334,7 +376,10 @@ impl<U: Unit> Slots<U> {
         let Some(unit) = held.unit.as_mut() else {
             return;
         };
-        let hand_back = match unit.turn() {
+        let turn = unit.turn();
+        // What a guest's turn took and sent is no guide to how the home thread should watch.
+        let _ = unit.watch();
+        let hand_back = match turn {
             Turn::Busy => true,
             Turn::Park(deadline) => match (deadline, held.home_deadline) {
                 (Some(at), Some(home)) => at < home,
@@ -455,8 +500,8 @@ impl<U: Unit> Drop for Member<'_, U> {
 /// interleaving (up to a preemption bound). A shard left with mail and no thread to run it is a
 /// deadlock (both threads wait on their bells), which loom reports. Only with `--cfg
 /// hermes_loom`, run as the inbox's models are. The threads do not watch their bells before
-/// sleeping (`conversing` is false): a watch that sees the ring only takes it earlier than the
-/// wait would.
+/// sleeping on their bells (a watch that sees the ring only takes it earlier than the wait
+/// would); one model has them watch their inboxes.
 #[cfg(all(test, hermes_loom))]
 mod loom_model {
     use super::*;
@@ -485,10 +530,14 @@ mod loom_model {
         last: u64,
         /// Turns that report `Busy` before any parks (the home thread then rings what it owes).
         busy_turns: u32,
+        /// How its home thread watches after it parks.
+        watch: Watch,
         done: bool,
     }
 
     impl Unit for Ball {
+        type Inbox = Mailbox;
+
         fn turn(&mut self) -> Turn {
             if self.done {
                 return Turn::Exit;
@@ -521,14 +570,30 @@ mod loom_model {
             }
         }
 
-        fn conversing(&mut self) -> bool {
-            false
+        fn watch(&mut self) -> Watch {
+            self.watch
+        }
+
+        fn inbox(&self) -> Mailbox {
+            Arc::clone(&self.inbox)
+        }
+
+        /// As the inbox's models do: two polls (loom needs a bound on spinning).
+        fn watch_inbox(inbox: &Mailbox, _: Option<Instant>) -> bool {
+            inbox.watch(|pending| {
+                pending() || {
+                    loom::thread::yield_now();
+                    pending()
+                }
+            })
         }
     }
 
-    /// Two balls in a crew, `last` hops, shard 0 busy for `busy_turns` turns first; the first
-    /// ball is served from outside (by this thread) after the crew's threads start.
-    fn bounce(last: u64, busy_turns: u32, bug: Option<Bug>) {
+    /// Two balls in a crew, `last` hops, shard 0 busy for `busy_turns` turns first, the home
+    /// threads watching as `watch` says; the first ball is served from outside (by this
+    /// thread) after the crew's threads start. (A watch of the bell is a wait that ends
+    /// sooner: the models' bells are not polled, `rung` is always false.)
+    fn bounce(last: u64, busy_turns: u32, watch: Watch, bug: Option<Bug>) {
         model(move || {
             let crew = next_crew();
             let permits = [Arc::new(Permit::default()), Arc::new(Permit::default())];
@@ -552,6 +617,7 @@ mod loom_model {
                     other: Arc::clone(&inboxes[1 - shard]),
                     last,
                     busy_turns: if shard == 0 { busy_turns } else { 0 },
+                    watch,
                     done: false,
                 })
                 .collect();
@@ -577,13 +643,20 @@ mod loom_model {
     /// home thread or by the other as a guest.
     #[test]
     fn loom_model_crew_runs_every_shard_with_mail() {
-        bounce(3, 0, None);
+        bounce(3, 0, Watch::No, None);
+    }
+
+    /// The same with home threads that watch their inbox (counting as awake) before they
+    /// sleep, while the other thread may run their shard as a guest.
+    #[test]
+    fn loom_model_crew_with_threads_watching_their_inbox() {
+        bounce(2, 0, Watch::Inbox, None);
     }
 
     /// The same while the first shard stays busy for a turn: what it owes is rung at once.
     #[test]
     fn loom_model_crew_busy_home_rings_what_it_owes() {
-        bounce(2, 1, None);
+        bounce(2, 1, Watch::No, None);
     }
 
     /// The model can fail: a guest that finds a shard held by another thread and drops the
@@ -592,7 +665,7 @@ mod loom_model {
     #[test]
     #[should_panic(expected = "deadlock")]
     fn loom_model_crew_finds_a_token_dropped_when_held() {
-        bounce(2, 0, Some(Bug::DropWhenHeld));
+        bounce(2, 0, Watch::No, Some(Bug::DropWhenHeld));
     }
 
     /// The model can fail: a busy home thread that forgets what it owes leaves the other shard
@@ -600,6 +673,6 @@ mod loom_model {
     #[test]
     #[should_panic(expected = "deadlock")]
     fn loom_model_crew_finds_a_forgotten_wake() {
-        bounce(2, 1, Some(Bug::ForgetOwed));
+        bounce(2, 1, Watch::No, Some(Bug::ForgetOwed));
     }
 }
