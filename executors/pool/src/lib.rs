@@ -75,14 +75,25 @@ pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
         let (tx, rx) = crossbeam_channel::bounded(1);
         (Bell(tx), rx)
     });
+    let shards = bells.len();
     for (home, bell) in bells.into_iter().enumerate() {
-        let crew = crew.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-{home}"))
-            .spawn(move || run(&crew, home, &bell))
-            // Dropping `hermes` shuts down the shards already running; the rest never start.
-            .map_err(StartError::Spawn)?;
-        threads.push(thread);
+            .spawn({
+                let crew = crew.clone();
+                move || run(&crew, home, &bell)
+            });
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                // The shards without a thread close here; dropping `hermes` then shuts down
+                // the ones already running.
+                for homeless in home..shards {
+                    crew.abandon(homeless);
+                }
+                return Err(StartError::Spawn(e));
+            }
+        }
     }
     Ok(hermes)
 }

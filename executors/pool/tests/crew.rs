@@ -1,10 +1,11 @@
 //! The pool's crew: a thread whose home shard has nothing left turns the shards it sent mail to.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hermes_core::{Activation, Config, Context, Sharded};
-use hermes_executor::{Options, Reply};
+use hermes_core::{Activation, Config, Context, Deactivation, Receiver, Sharded};
+use hermes_executor::{Crew, Options, Reply, Runtime, Spawned, Wake};
 
 enum Msg {
     /// Bounce to `to`, `left` more times; each of the last two receivers arms a timer that
@@ -109,4 +110,89 @@ fn a_conversation_across_shards_moves_to_one_thread_and_its_timers_still_fire() 
         "receivers ran off the pool's threads"
     );
     hermes.shutdown().unwrap();
+}
+
+/// Counts the messages it took and its deactivations.
+struct Counted(Arc<(AtomicU64, AtomicU64)>);
+
+impl Receiver<u64, u64> for Counted {
+    fn receive(&mut self, _: &mut Context<'_, u64, u64>, _: u64) {
+        self.0.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn deactivated(&mut self, _: &mut Context<'_, u64, u64>, _: Deactivation) {
+        self.0.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+struct NoTasks;
+
+impl Runtime for NoTasks {
+    fn spawn(&self, _: Spawned) {
+        unreachable!("no receiver here starts work");
+    }
+}
+
+/// A shard whose thread never started (`Crew::abandon`, as the pool does when a spawn fails)
+/// closes on the abandoning thread: its queued message becomes a dead letter (mail for a
+/// receiver not live while closing), later sends to it are refused, and shutdown finishes
+/// though no thread ever ran that shard.
+#[test]
+fn an_abandoned_shard_closes_and_shutdown_finishes() {
+    let counts: Arc<(AtomicU64, AtomicU64)> = Arc::default();
+    let factory = {
+        let counts = Arc::clone(&counts);
+        move |_: &u64| Activation::ready(Counted(Arc::clone(&counts)))
+    };
+    let options = Options::new(Config::default()).shards(2);
+    let (hermes, crew, mut bells) = Crew::launch(options, factory, NoTasks, || {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        (Bell(tx), rx)
+    });
+    let (a, b) = ids_on_two_shards();
+    let placement = Sharded::new(2);
+    let home = placement.shard_of(&a) as usize;
+    let homeless = placement.shard_of(&b) as usize;
+    let bell = bells.swap_remove(home);
+    let thread = std::thread::spawn({
+        let crew = crew.clone();
+        move || {
+            crew.run(
+                home,
+                |deadline| {
+                    let _ = match deadline {
+                        Some(deadline) => bell.recv_deadline(deadline).map_err(drop),
+                        None => bell.recv().map_err(drop),
+                    };
+                },
+                || bell.try_recv().is_ok(),
+            )
+        }
+    });
+    hermes.send(a, 1).unwrap();
+    hermes.send(b, 2).unwrap();
+    crew.abandon(homeless);
+    assert!(hermes.send(b, 3).is_err(), "the abandoned shard still takes mail");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(hermes.shutdown());
+    });
+    let stats = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("shutdown finished")
+        .expect("shutdown from a plain thread");
+    assert_eq!(stats.deactivations, 1);
+    assert_eq!(stats.dead_letters, 1);
+    assert_eq!(counts.0.load(Ordering::SeqCst), 1);
+    assert_eq!(counts.1.load(Ordering::SeqCst), 1);
+    thread.join().unwrap();
+}
+
+/// The pool's bell, for the crew started by hand above.
+struct Bell(crossbeam_channel::Sender<()>);
+
+impl Wake for Bell {
+    fn wake(&self) {
+        let _ = self.0.try_send(());
+    }
 }

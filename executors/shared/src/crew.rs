@@ -205,6 +205,17 @@ impl<K: Key, M: Message> Crew<K, M> {
     pub fn run(&self, home: usize, park: impl FnMut(Option<Instant>), rung: impl FnMut() -> bool) {
         self.slots.run(home, park, rung);
     }
+
+    /// For a shard whose thread could not be started: closes it on this thread (its queued
+    /// messages drain and every live receiver's `deactivated` hook runs), so that shutdown
+    /// does not wait for it. Call it before dropping the handle. Does nothing to a shard that
+    /// has already exited or to an index out of range.
+    pub fn abandon(&self, home: usize) {
+        if home < self.slots.slots.len() {
+            let unit = self.slots.lock(home).unit.take();
+            drop(unit);
+        }
+    }
 }
 
 /// Gives each crew a number of its own, so that a thread defers only wakes of its own crew.
