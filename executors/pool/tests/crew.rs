@@ -172,7 +172,10 @@ fn an_abandoned_shard_closes_and_shutdown_finishes() {
     hermes.send(a, 1).unwrap();
     hermes.send(b, 2).unwrap();
     crew.abandon(homeless);
-    assert!(hermes.send(b, 3).is_err(), "the abandoned shard still takes mail");
+    assert!(
+        hermes.send(b, 3).is_err(),
+        "the abandoned shard still takes mail"
+    );
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(hermes.shutdown());

@@ -39,6 +39,7 @@ use std::sync::TryLockError;
 #[cfg(not(all(test, hermes_loom)))]
 use std::sync::{Mutex, MutexGuard};
 
+use crossbeam_utils::CachePadded;
 use hermes_core::{Factory, SystemClock};
 use hermes_reply::poll_briefly;
 
@@ -274,7 +275,9 @@ struct Held<U> {
 /// The crew's shared state, generic so that the loom models run it with stand-in units.
 pub(crate) struct Slots<U: Unit> {
     crew: usize,
-    slots: Box<[Mutex<Held<U>>]>,
+    /// Each on cache lines of its own: a shard's state is written by the thread turning it,
+    /// which is not its neighbour's.
+    slots: Box<[CachePadded<Mutex<Held<U>>>]>,
     /// Each shard's inbox, for its home thread's watch.
     inboxes: Box<[U::Inbox]>,
     /// Each shard's bell, which rings its home thread (not [`Deferred`]).
@@ -292,10 +295,10 @@ impl<U: Unit> Slots<U> {
             slots: units
                 .into_iter()
                 .map(|unit| {
-                    Mutex::new(Held {
+                    CachePadded::new(Mutex::new(Held {
                         unit: Some(unit),
                         home_deadline: None,
-                    })
+                    }))
                 })
                 .collect(),
             bells: bells.into(),
