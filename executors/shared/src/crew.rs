@@ -1,7 +1,8 @@
 //! Shards that any thread of a crew may run, one thread at a time: the pool executor's threads.
 //!
 //! Each shard sits in a slot behind a mutex and has a *home* thread, which turns it while it
-//! is busy, watches its bell briefly when it parks, then sleeps on the bell. A thread that
+//! is busy, watches briefly for mail when it parks (see [`Watch`]), then sleeps on the shard's
+//! bell. A thread that
 //! wakes a parked shard of its own crew (a receiver's mail to another shard, pushed at the end
 //! of a turn) does not ring that shard's bell: it owes the shard a turn. When its own shard has
 //! nothing left, it pays what it owes by turning those shards itself, if no thread holds them,
@@ -18,10 +19,10 @@
 //!   waiting for whoever holds it, and turns). A guest that finds the slot held rings: the
 //!   holder may be past its park check and about to let go.
 //! - A thread pays its owed list after every turn (mail between shards is pushed at the end of
-//!   a turn anyway; a handle's send inside a receiver waits for the turn's end to be run):
-//!   by ringing if its home shard is still busy,
-//!   by turning the shards as a guest (one turn each) if its home shard parked, and by ringing
-//!   whatever is left if it stops (its home shard exited, or it panicked).
+//!   a turn anyway; a handle's send inside a receiver waits for the turn's end to be run): by
+//!   ringing if its home shard is still busy, by turning the shards as a guest (one turn each)
+//!   if its home shard parked, and by ringing whatever is left if it stops (its home shard
+//!   exited, or it panicked).
 //! - A guest hands a shard back to its home thread (rings) if the turn leaves it busy, if it
 //!   parks with an earlier deadline than the one its home thread sleeps until (a timer set
 //!   during the guest's turn), and when it exits (so the home thread ends too).
