@@ -76,12 +76,15 @@ pub mod executor {
 
 /// The hand-rolled thread pool (feature `pool`, on by default).
 ///
-/// One thread per shard. A shard thread runs its shard's turns back to back while there is
-/// work, watches its inbox for a few tens of microseconds when there is none, then sleeps until
-/// a message arrives or its next timer is due: an idle pool uses no CPU. Receivers run on their
-/// shard's thread; one that blocks holds up its shard. The futures receivers start run on one
-/// more thread, where the blocking forms refuse with [`WouldDeadlock`] (await `ask` and
-/// `shutdown_async` there). [`Hermes::shutdown`] joins the threads.
+/// One thread per shard. A thread runs its home shard's turns back to back while there is
+/// work; when there is none, it turns the shards its last turn sent mail to (if no other thread
+/// is running them) instead of waking their threads, so two receivers on different shards that
+/// talk to each other run on one thread. Then it watches its wake-up channel for a few tens of
+/// microseconds, and sleeps until a message arrives or its next timer is due: an idle pool uses
+/// no CPU. Receivers run on any of the pool's threads, one shard on one thread at a time; one
+/// that blocks holds up its shard. The futures receivers start run on one more thread, where
+/// the blocking forms refuse with [`WouldDeadlock`] (await `ask` and `shutdown_async` there).
+/// [`Hermes::shutdown`] joins the threads.
 #[cfg(feature = "pool")]
 pub mod pool {
     #[doc(inline)]

@@ -1,10 +1,19 @@
 //! The default Hermes executor: a hand-rolled thread pool with one thread per shard.
 //!
-//! Each shard thread runs its shard's turns back to back while there is work, and with none
-//! watches its inbox for a few tens of microseconds (a reply on its way then costs no sleep and
-//! wake-up), then blocks on a wake-up channel until a message arrives or its next timer is due:
-//! an idle pool uses no CPU. Receivers run on their shard's thread; one that blocks holds up
-//! its shard.
+//! Each thread has a home shard ([`Crew`]). It runs its home shard's turns back to back while
+//! there is work. When the home shard has none, the thread turns the shards that its last turn
+//! sent mail to, if no other thread is running them, instead of waking their threads: two
+//! receivers on different shards that talk to each other then run on one thread, without a
+//! hand-off between cores per message. With nothing left, it watches its wake-up channel for a
+//! few tens of microseconds (an answer on its way then costs no sleep and wake-up), then blocks
+//! on it until a message arrives or its next timer is due: an idle pool uses no CPU. While its
+//! home shard is busy, a thread wakes the other shards' threads instead, so that independent
+//! work keeps every thread busy.
+//!
+//! Receivers run on any of the pool's threads (`NAME-0`, `NAME-1`, ...), one shard on one
+//! thread at a time, so a receiver never runs concurrently with itself or with any receiver of
+//! its shard. One that blocks holds up its shard and, while it runs on another shard's thread,
+//! that thread's own shard.
 //!
 //! Work receivers start (`Context::spawn`, `Context::ask`) runs on one more thread,
 //! `NAME-tasks`: an [`async_executor::Executor`] driven with [async-io]'s reactor, so futures
@@ -47,7 +56,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use hermes_core::{Config, Factory};
 use hermes_executor::{
-    Hermes, Key, Message, Options, Runtime, Shard, Spawned, StartError, Wake, WouldDeadlock, launch,
+    Crew, Hermes, Key, Message, Options, Runtime, Spawned, StartError, Wake, WouldDeadlock,
 };
 
 /// Starts Hermes on one thread per core, with the router `config` and `factory`.
@@ -59,37 +68,53 @@ pub fn start<K: Key, M: Message, F: Factory<K, M>>(
 }
 
 /// Starts Hermes with `options` (shard count, thread names, dead-letter sink): one thread per
-/// shard, named `NAME-0`, `NAME-1`, ...
+/// shard, named `NAME-0`, `NAME-1`, ..., thread `NAME-i` at home on shard `i`.
 pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
     options: Options<K, M>,
     factory: F,
 ) -> Result<Hermes<K, M, F::App>, StartError> {
     let name = options.thread_name().to_owned();
     let threads = Threads::start(&name)?;
-    let (hermes, shards) = launch(options, factory, threads.clone(), || {
+    let (hermes, crew, bells) = Crew::launch(options, factory, threads.clone(), || {
         let (tx, rx) = crossbeam_channel::bounded(1);
         (Bell(tx), rx)
     });
-    for (shard, bell) in shards {
+    let shards = bells.len();
+    for (home, bell) in bells.into_iter().enumerate() {
         let thread = std::thread::Builder::new()
-            .name(format!("{name}-{}", shard.index()))
-            .spawn(move || run(shard, &bell))
-            // Dropping `hermes` shuts down the shards already running; the rest never start.
-            .map_err(StartError::Spawn)?;
-        threads.push(thread);
+            .name(format!("{name}-{home}"))
+            .spawn({
+                let crew = crew.clone();
+                move || run(&crew, home, &bell)
+            });
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                // The shards without a thread close here; dropping `hermes` then shuts down
+                // the ones already running.
+                for homeless in home..shards {
+                    crew.abandon(homeless);
+                }
+                return Err(StartError::Spawn(e));
+            }
+        }
     }
     Ok(hermes)
 }
 
-/// A shard thread: sleeps on the bell until woken or the deadline (after watching its inbox
-/// briefly, see [`Shard::run_blocking`]).
-fn run<K: Key, M: Message>(shard: Shard<K, M>, bell: &Receiver<()>) {
-    shard.run_blocking(|deadline| {
-        let _ = match deadline {
-            Some(deadline) => bell.recv_deadline(deadline).map_err(drop),
-            None => bell.recv().map_err(drop),
-        };
-    });
+/// A pool thread, at home on shard `home`: sleeps on its bell until woken or the deadline
+/// (after watching it briefly, see [`Crew::run`]).
+fn run<K: Key, M: Message>(crew: &Crew<K, M>, home: usize, bell: &Receiver<()>) {
+    crew.run(
+        home,
+        |deadline| {
+            let _ = match deadline {
+                Some(deadline) => bell.recv_deadline(deadline).map_err(drop),
+                None => bell.recv().map_err(drop),
+            };
+        },
+        || bell.try_recv().is_ok(),
+    );
 }
 
 /// Wakes a shard thread: a one-slot channel keeps the wake if the thread is not waiting yet.

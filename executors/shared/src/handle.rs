@@ -116,7 +116,9 @@ pub type Refused<T, A> = SendError<Vec<(<T as Kind<A>>::Id, T)>>;
 /// `bell` is called once per shard and returns the two ends of that shard's wake-up primitive:
 /// a [`Wake`] the handle and the other shards ring, and whatever the shard's loop waits on
 /// (returned next to the shard). Run every shard with [`Shard::run_blocking`] or
-/// [`Shard::run_async`] (or a loop of [`Shard::turn`]), waiting on its bell when parked.
+/// [`Shard::run_async`] (or a loop of [`Shard::turn`]), waiting on its bell when parked; or
+/// start with [`Crew::launch`](crate::Crew::launch) instead, for threads that may run each
+/// other's shards.
 pub fn launch<K: Key, M: Message, F: Factory<K, M>, W: Wake, P>(
     mut options: Options<K, M>,
     factory: F,

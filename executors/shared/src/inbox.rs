@@ -345,7 +345,7 @@ impl<K: Hash, M> Inbox<K, M> {
 /// shard waits for a bell that no push will ring while mail sits in the inbox). Only with
 /// `--cfg hermes_loom` (see the imports above).
 #[cfg(all(test, hermes_loom))]
-mod loom_model {
+pub(crate) mod loom_model {
     use super::*;
     use hermes_core::Recipient;
     use loom::sync::{Arc, Condvar};
@@ -353,13 +353,13 @@ mod loom_model {
     /// The executor's bell, as the [`Wake`] contract asks: a permit, so a wake that comes
     /// before the wait is kept (the pool's one-slot channel).
     #[derive(Default)]
-    struct Permit {
+    pub(crate) struct Permit {
         set: Mutex<bool>,
         rung: Condvar,
     }
 
     impl Permit {
-        fn wait(&self) {
+        pub(crate) fn wait(&self) {
             let mut set = self.set.lock().unwrap();
             while !*set {
                 set = self.rung.wait(set).unwrap();
@@ -368,7 +368,9 @@ mod loom_model {
         }
     }
 
-    struct Bell(Arc<Permit>);
+    /// Rings a `Permit`. Shared through std's `Arc`: loom's would be dropped by a model's
+    /// threads as loom unwinds them after a deadlock, outside its execution, and abort.
+    pub(crate) struct Bell(pub(crate) std::sync::Arc<Permit>);
 
     impl Wake for Bell {
         fn wake(&self) {
@@ -417,16 +419,16 @@ mod loom_model {
         }
     }
 
-    fn model(f: impl Fn() + Sync + Send + 'static) {
+    pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
         builder.check(f);
     }
 
     /// Starts an inbox whose bell is `Permit`.
-    fn inbox() -> (Arc<Inbox<u64, u64>>, Arc<Permit>) {
-        let permit = Arc::new(Permit::default());
-        let inbox = Inbox::new(Box::new(Bell(Arc::clone(&permit))), 1024);
+    fn inbox() -> (Arc<Inbox<u64, u64>>, std::sync::Arc<Permit>) {
+        let permit = std::sync::Arc::new(Permit::default());
+        let inbox = Inbox::new(Box::new(Bell(std::sync::Arc::clone(&permit))), 1024);
         (Arc::new(inbox), permit)
     }
 

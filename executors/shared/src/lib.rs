@@ -7,7 +7,8 @@
 //! - For executor authors: [`launch`] splits Hermes into [`Shard`]s; an executor runs each in a
 //!   loop of [`Shard::turn`], parking when told ([`Turn::Park`]) until its [`Wake`] fires or the
 //!   deadline passes. That loop is all an executor adds: the routing, sharding, cross-shard
-//!   batching, timers, dead letters and close are here.
+//!   batching, timers, dead letters and close are here. [`Crew`] is that loop for a pool of
+//!   threads that may run each other's shards (the pool executor's).
 //!
 //! # How it runs
 //!
@@ -63,12 +64,14 @@
 
 #![warn(missing_debug_implementations)]
 
+mod crew;
 mod handle;
 mod inbox;
 mod options;
 mod remote;
 mod shard;
 
+pub use crew::{Crew, Crewed};
 pub use handle::{
     Finished, Hermes, Launched, Refused, Released, Runtime, Shards, Spawned, WouldDeadlock, launch,
 };

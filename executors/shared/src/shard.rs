@@ -16,6 +16,7 @@ use hermes_core::{
     Recipient, Router, SharedFactory, Stats, SystemClock, panic_message,
 };
 
+use crate::crew::Watch;
 use crate::inbox::{self, Envelope, Inbox, Limit, Refusal, Scheduled};
 use crate::options::{Budget, DeadLetterSink, ShardFault};
 use crate::remote::Release;
@@ -116,6 +117,11 @@ pub(crate) fn in_shard() -> bool {
     IN_SHARD.with(Cell::get)
 }
 
+/// Watches `inbox` for a short while (see [`Shard::mail_soon`]).
+pub(crate) fn mail_soon<K, M>(inbox: &Inbox<K, M>, deadline: Option<Instant>) -> bool {
+    inbox.watch(|pending| poll_briefly(deadline, pending))
+}
+
 /// Marks the current thread as running a shard while it lives.
 struct InShard(bool);
 
@@ -155,6 +161,9 @@ pub struct Shard<K: Key, M: Message> {
     /// Since it last parked, the shard took mail or sent some to another shard: an answer may
     /// be on its way, worth watching for before sleeping (a timer tick alone is not).
     conversing: bool,
+    /// Since it was last asked ([`Unit::watch`](crate::crew::Unit::watch)), the shard sent mail
+    /// to another shard of this process.
+    sent_inside: bool,
     /// A command polled when the turn's budget ran out.
     carry: Option<Command>,
     /// Mail for receivers on other nodes, per node, handed to the transport once per turn.
@@ -216,6 +225,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             incoming: VecDeque::new(),
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
             conversing: false,
+            sent_inside: false,
             remote_out: Vec::new(),
             releases: Vec::new(),
             carry: None,
@@ -234,6 +244,11 @@ impl<K: Key, M: Message> Shard<K, M> {
     /// This shard's number, `0..shards`.
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// The state this shard shares with the others and the handle.
+    pub(crate) fn core(&self) -> Arc<Core<K, M>> {
+        Arc::clone(&self.core)
     }
 
     /// True if the deliberate bug `fault` is switched on; always false without the
@@ -333,8 +348,20 @@ impl<K: Key, M: Message> Shard<K, M> {
     /// shard counts as awake, so senders do not ring its bell. Only after a turn: an idle shard
     /// sleeps.
     fn mail_soon(&self, deadline: Option<Instant>) -> bool {
-        self.inbox()
-            .watch(|pending| poll_briefly(deadline, pending))
+        mail_soon(self.inbox(), deadline)
+    }
+
+    /// What the shard took and sent since this was last asked, and so how its thread should
+    /// watch for an answer before sleeping (see [`Watch`]).
+    pub(crate) fn take_watch(&mut self) -> Watch {
+        let conversing = std::mem::take(&mut self.conversing);
+        if std::mem::take(&mut self.sent_inside) {
+            Watch::Bell
+        } else if conversing {
+            Watch::Inbox
+        } else {
+            Watch::No
+        }
     }
 
     /// Runs the shard as a task until it exits: awaits `yield_now()` between busy turns, so
@@ -477,6 +504,7 @@ impl<K: Key, M: Message> Shard<K, M> {
             }
             let mut out = std::mem::take(&mut self.outgoing[shard]);
             self.conversing = true;
+            self.sent_inside = true;
             if self.fault(ShardFault::LoseOutgoing) {
                 out.clear();
             } else if let Err(refusal) = self.core.inboxes[shard].push_all(&mut out, Limit::Inside)
