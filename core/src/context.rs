@@ -138,8 +138,8 @@ where
     /// polled, logged with this receiver's ID and counted in
     /// [`Stats::panics`](crate::Stats::panics), other work goes on, and the receiver stops
     /// waiting for it (it can go idle) without being told; catch panics inside the future to
-    /// turn them into a message. Like every effect, nothing starts if the handler panics. The future is dropped where it
-    /// is: a guard meant to say so belongs outside an `async` block (created inside, it exists
+    /// turn them into a message. Like every effect, nothing starts if the handler panics. The
+    /// future is dropped where it is: a guard meant to say so belongs outside an `async` block (created inside, it exists
     /// only once the future is first polled, and a future dropped before that leaves no trace).
     pub fn spawn<T, F>(&mut self, future: F, map: impl FnOnce(T) -> M + Send + 'static)
     where
@@ -273,19 +273,19 @@ impl<K, M> Effects<K, M> {
     /// Nothing recorded: nothing to apply.
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.sends.is_empty()
-            && self.timers.is_empty()
-            && self.tasks.is_empty()
-            && self.become_.is_none()
-            && !self.stop
-            && self.idle_timeout.is_none()
+        self.sends.is_empty() && self.only_sends()
     }
 
     /// One send recorded, and nothing else.
     #[inline]
     pub(crate) fn is_one_send(&self) -> bool {
-        self.sends.len() == 1
-            && self.timers.is_empty()
+        self.sends.len() == 1 && self.only_sends()
+    }
+
+    /// Nothing recorded but sends.
+    #[inline(always)]
+    fn only_sends(&self) -> bool {
+        self.timers.is_empty()
             && self.tasks.is_empty()
             && self.become_.is_none()
             && !self.stop

@@ -363,6 +363,15 @@ fn idle_ms_of<K, M>(
     }
 }
 
+/// True if idle timeout `ms` (as [`idle_timeout`] reads it) is zero: deactivate at once.
+#[inline(always)]
+fn idle_is_zero(ms: u32, config: &Config) -> bool {
+    match ms {
+        DEFAULT_IDLE => config.idle_timeout.is_zero(),
+        ms => ms == 0,
+    }
+}
+
 /// The idle timeout `ms` (from `idle_ms_of`) stands for, under `config`.
 #[inline]
 fn idle_timeout(ms: u32, config: &Config) -> Duration {
@@ -1147,11 +1156,7 @@ impl<K: Key, M: Message> Router<K, M> {
         // All on the slot at hand: one look-up of it, and one of the idle list's tail.
         let slot = &mut self.slots[key];
         let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
-        let zero = match timeout_ms {
-            DEFAULT_IDLE => self.config.idle_timeout.is_zero(),
-            ms => ms == 0,
-        };
-        if zero && !waiting {
+        if idle_is_zero(timeout_ms, &self.config) && !waiting {
             return self.begin_deactivation(key, Deactivation::IdleTimeout);
         }
         // Running -> Idle.
@@ -1798,8 +1803,7 @@ impl<K: Key, M: Message> Router<K, M> {
         let slot = &self.slots[key];
         if slot.state == State::Idle && !slot.listed() && !slot.unstamped() && !self.waiting(key) {
             let timeout_ms = idle_ms_of(slot, key, &self.idle_timeouts, &self.limits);
-            let timeout = idle_timeout(timeout_ms, &self.config);
-            if timeout.is_zero() {
+            if idle_is_zero(timeout_ms, &self.config) {
                 self.begin_deactivation(key, Deactivation::IdleTimeout);
             } else {
                 self.start_idle_time(key, timeout_ms, now);

@@ -2,49 +2,15 @@
 //! commits (each write's acknowledgement carries the error), not one per commit, and a WARN
 //! line when commits succeed again. Its own test binary: it installs a global subscriber.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod support;
+use support::Probe;
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use hermes_store::{
-    Batch, Entries, GroupCommit, GroupCommitConfig, MemoryStore, Operation, Store, StoreError,
-};
+use hermes_store::{GroupCommit, GroupCommitConfig};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-
-/// A store whose transactions fail while `fail` is set.
-#[derive(Default)]
-struct Flaky {
-    inner: MemoryStore,
-    fail: AtomicBool,
-}
-
-impl Store for Flaky {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key)
-    }
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(key, value)
-    }
-    fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.inner.delete(key)
-    }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
-        self.inner.scan_prefix(prefix)
-    }
-    fn write_batch(&self, batch: Batch) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Backend {
-                op: Operation::WriteBatch,
-                key: None,
-                source: Arc::new(std::io::Error::other("simulated full disk")),
-            });
-        }
-        self.inner.write_batch(batch)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
 
 /// Records the level of every event from hermes-store.
 #[derive(Clone, Default)]
@@ -72,7 +38,7 @@ fn a_run_of_failed_commits_logs_one_error_and_recovery_one_warning() {
     let levels = Levels::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(levels.clone()))
         .unwrap();
-    let store = Arc::new(Flaky::default());
+    let store = Probe::new();
     let gc = GroupCommit::start(store.clone(), GroupCommitConfig::new()).unwrap();
 
     store.fail.store(true, Ordering::SeqCst);

@@ -1,9 +1,9 @@
 //! Group commit: coalescing, acknowledgment after the write, errors to every caller, flush,
 //! shutdown and drop, sync policies.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,85 +12,11 @@ use hermes_store::{
     StoreError, SyncPolicy,
 };
 
+mod support;
+use support::Probe;
+
 const LONG: Duration = Duration::from_secs(3600);
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A store that records every transaction and can be made slow, blocked or failing.
-#[derive(Default)]
-struct Probe {
-    inner: MemoryStore,
-    /// (number of ops, durability) of every `write_batch` call.
-    batches: Mutex<Vec<(usize, Durability)>>,
-    syncs: AtomicUsize,
-    fail: AtomicBool,
-    delay: Mutex<Duration>,
-    /// While true, `write_batch` blocks.
-    gate_closed: Mutex<bool>,
-    gate: Condvar,
-    /// Set while a `write_batch` is inside the inner store.
-    writing: AtomicBool,
-}
-
-impl Probe {
-    fn new() -> Arc<Self> {
-        Arc::new(Probe::default())
-    }
-    fn batches(&self) -> Vec<(usize, Durability)> {
-        self.batches.lock().unwrap().clone()
-    }
-    fn close_gate(&self) {
-        *self.gate_closed.lock().unwrap() = true;
-    }
-    fn open_gate(&self) {
-        *self.gate_closed.lock().unwrap() = false;
-        self.gate.notify_all();
-    }
-}
-
-impl Store for Probe {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(key)
-    }
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(key, value)
-    }
-    fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.inner.delete(key)
-    }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
-        self.inner.scan_prefix(prefix)
-    }
-    fn write_batch(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut closed = self.gate_closed.lock().unwrap();
-        while *closed {
-            closed = self.gate.wait(closed).unwrap();
-        }
-        drop(closed);
-        self.batches
-            .lock()
-            .unwrap()
-            .push((batch.len(), batch.durability()));
-        let delay = *self.delay.lock().unwrap();
-        if !delay.is_zero() {
-            thread::sleep(delay);
-        }
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Backend {
-                op: Operation::WriteBatch,
-                key: None,
-                source: Arc::new(std::io::Error::other("simulated disk failure")),
-            });
-        }
-        self.writing.store(true, Ordering::SeqCst);
-        let result = self.inner.write_batch(batch);
-        self.writing.store(false, Ordering::SeqCst);
-        result
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
 
 fn start(probe: &Arc<Probe>, config: GroupCommitConfig) -> GroupCommit {
     let store: Arc<dyn Store> = probe.clone();

@@ -117,7 +117,10 @@ pub(crate) fn in_shard() -> bool {
     IN_SHARD.with(Cell::get)
 }
 
-/// Watches `inbox` for a short while (see [`Shard::mail_soon`]).
+/// After a turn that found nothing to do, watches the shard's `inbox` without sleeping for a
+/// short while (see [`poll_briefly`]): true if mail came, false if the shard is parked again
+/// and its thread should sleep (until a wake or the deadline). While watching, the shard counts
+/// as awake, so senders do not ring its bell. Only after a turn: an idle shard sleeps.
 pub(crate) fn mail_soon<K, M>(inbox: &Inbox<K, M>, deadline: Option<Instant>) -> bool {
     inbox.watch(|pending| poll_briefly(deadline, pending))
 }
@@ -333,22 +336,13 @@ impl<K: Key, M: Message> Shard<K, M> {
                 Turn::Busy => {}
                 Turn::Park(deadline) => {
                     let conversing = std::mem::take(&mut self.conversing);
-                    if !(conversing && self.mail_soon(deadline)) {
+                    if !(conversing && mail_soon(self.inbox(), deadline)) {
                         park(deadline);
                     }
                 }
                 Turn::Exit => return,
             }
         }
-    }
-
-    /// After a turn that found nothing to do, watches the inbox without sleeping for a short
-    /// while (see [`poll_briefly`]): true if mail came, false if the shard is parked
-    /// again and its thread should sleep (until a wake or the deadline). While watching, the
-    /// shard counts as awake, so senders do not ring its bell. Only after a turn: an idle shard
-    /// sleeps.
-    fn mail_soon(&self, deadline: Option<Instant>) -> bool {
-        mail_soon(self.inbox(), deadline)
     }
 
     /// What the shard took and sent since this was last asked, and so how its thread should

@@ -54,6 +54,14 @@ struct State {
     last: String,
 }
 
+impl State {
+    /// True if a line may be logged at `now`: none yet, or the last one a `period` ago.
+    fn due(&self, now: Instant, period: Duration) -> bool {
+        self.logged_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= period)
+    }
+}
+
 impl Throttle {
     pub(crate) fn new(what: (&'static str, &'static str), level: Level, period: Duration) -> Self {
         Self {
@@ -69,10 +77,7 @@ impl Throttle {
     /// next summary (`detail` describes it there).
     pub(crate) fn note(&self, now: Instant, detail: impl FnOnce() -> String) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = state
-            .logged_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.period);
-        if due {
+        if state.due(now, self.period) {
             state.logged_at = Some(now);
             state.last.clear();
             return Some(std::mem::take(&mut state.unlogged));
@@ -86,10 +91,7 @@ impl Throttle {
     /// `now` (a period after the last line) or `force`d.
     pub(crate) fn pending(&self, now: Instant, force: bool) -> Option<(u64, String)> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = state
-            .logged_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.period);
-        if state.unlogged == 0 || !(due || force) {
+        if state.unlogged == 0 || !(force || state.due(now, self.period)) {
             return None;
         }
         state.logged_at = Some(now);
