@@ -36,8 +36,16 @@ pub(crate) fn view_hash(members: &[NodeId]) -> u64 {
     id_hash(&members.iter().map(|n| n.0).collect::<Vec<_>>())
 }
 
-/// The nodes in the bucket now (keys present; expired ones are gone).
-pub(crate) async fn members(kv: &kv::Store) -> Result<Vec<NodeId>, String> {
+/// The nodes in the bucket now (keys present; expired and deleted ones are gone). `known` are
+/// the members of the current view.
+///
+/// Listing the keys finds new nodes, but it is no proof that a known node left: the listing
+/// (a consumer of the last message per key) can end before a key that another node rewrote
+/// while it ran, so on a quiet machine a live member went missing from a few views a minute
+/// and its IDs moved back and forth. A known node the listing missed is looked up by its own
+/// key (the last message on its subject, read in one request), and stays while its latest
+/// entry is a heartbeat.
+pub(crate) async fn members(kv: &kv::Store, known: &[NodeId]) -> Result<Vec<NodeId>, String> {
     let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
     while let Some(key) = keys.next().await {
@@ -45,6 +53,19 @@ pub(crate) async fn members(kv: &kv::Store) -> Result<Vec<NodeId>, String> {
         match u64::from_str_radix(&key, 16) {
             Ok(id) => nodes.push(NodeId(id)),
             Err(_) => tracing::warn!(key, "ignoring a membership entry that names no node"),
+        }
+    }
+    for &node in known {
+        if nodes.contains(&node) {
+            continue;
+        }
+        let entry = kv
+            .entry(member_key(node))
+            .await
+            .map_err(|e| e.to_string())?;
+        if entry.is_some_and(|entry| entry.operation == kv::Operation::Put) {
+            tracing::debug!(node = node.0, "the key listing missed a live member");
+            nodes.push(node);
         }
     }
     Ok(nodes)

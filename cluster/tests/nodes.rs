@@ -325,3 +325,29 @@ fn nodes_that_connect_at_once_all_open_the_buckets() {
         }
     }
 }
+
+/// Two live nodes keep each other in their views: no member drops out between heartbeats
+/// (the key listing alone missed a live member every few seconds, which moved its IDs back
+/// and forth on a quiet machine).
+#[test]
+fn live_members_stay_in_every_view() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let (dead, saves) = (Arc::default(), Arc::default());
+    let a = start(&url, "steady", "a", Arc::clone(&dead), Arc::clone(&saves));
+    let b = start(&url, "steady", "b", dead, saves);
+    wait_members(&[&a, &b], 2);
+    // Forty heartbeats of each node, every view read about four times a heartbeat.
+    let until = Instant::now() + HEARTBEAT * 40;
+    while Instant::now() < until {
+        for node in [&a, &b] {
+            let members = node.members();
+            assert_eq!(members.len(), 2, "{} saw {members:?}", node.name());
+        }
+        std::thread::sleep(HEARTBEAT / 4);
+    }
+    a.shutdown();
+    b.shutdown();
+}
