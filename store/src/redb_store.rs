@@ -1,6 +1,7 @@
 //! [`RedbStore`]: a [`Store`] in one file, on the embedded database `redb`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{
     Database, DatabaseError, ReadableDatabase, StorageError, TableDefinition, TableError,
@@ -51,11 +52,19 @@ impl RedbOptions {
 /// [`Durability`]. After a crash, reopening finds the state of the last durable commit (redb
 /// repairs its allocator on the next open, which can take a while on a large file).
 ///
+/// An I/O error (a full disk, say) fails the operation that met it, and redb then refuses every
+/// later one until the file is reopened: the store reopens it itself, at the next operation, so
+/// once the cause is gone (space freed) the same store works again, with everything committed
+/// before the error. While the cause lasts, each operation fails with the error of the reopen.
+///
 /// One file can be opened by one `RedbStore` at a time (redb locks it): share the store between
 /// receivers and threads as an `Arc<dyn Store>`.
 pub struct RedbStore {
-    db: Database,
+    /// The open database; `None` after an I/O error closed it and it could not be reopened
+    /// yet (the next operation tries again).
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    options: RedbOptions,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -79,21 +88,13 @@ impl RedbStore {
     /// [`open`](Self::open) with options.
     pub fn open_with(path: impl AsRef<Path>, options: &RedbOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let mut builder = Database::builder();
-        if let Some(bytes) = options.cache_size {
-            builder.set_cache_size(bytes);
-        }
-        builder.set_check_integrity_on_open(options.check_integrity_on_open);
-        let db = builder.create(&path).map_err(|e| open_error(&path, e))?;
-        let store = RedbStore { db, path };
-        // Create the table up front so that readers never meet a missing table.
-        let txn = store.begin(Operation::Put, None, Durability::Immediate)?;
-        txn.open_table(TABLE)
-            .map_err(|e| store.error(Operation::Put, None, e))?;
-        txn.commit()
-            .map_err(|e| store.error(Operation::Put, None, e))?;
-        tracing::debug!(path = %store.path.display(), "opened redb store");
-        Ok(store)
+        let db = open_database(&path, options)?;
+        tracing::debug!(path = %path.display(), "opened redb store");
+        Ok(RedbStore {
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
+            options: options.clone(),
+        })
     }
 
     /// The file this store was opened from.
@@ -102,35 +103,54 @@ impl RedbStore {
     }
 
     /// The underlying redb database, for statistics or maintenance (compaction). Entries live in
-    /// the table `"hermes"` with `&[u8]` keys and values.
-    pub fn database(&self) -> &Database {
-        &self.db
+    /// the table `"hermes"` with `&[u8]` keys and values. Reopens the file first if an I/O error
+    /// closed it (and fails as [`open`](Self::open) does if that fails).
+    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.current()
     }
 
-    fn error(&self, op: Operation, key: Option<&[u8]>, e: impl Into<redb::Error>) -> StoreError {
-        match e.into() {
-            redb::Error::Corrupted(detail) => StoreError::Corrupt {
-                path: Some(self.path.clone()),
-                detail,
-            },
-            other => StoreError::backend(op, key, other),
+    /// The open database, reopened if an I/O error closed it.
+    fn current(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = &*self.db.read().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(Arc::clone(db));
         }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = &*slot {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(open_database(&self.path, &self.options)?);
+        tracing::warn!(path = %self.path.display(), "reopened the store after an I/O error");
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
     }
 
-    fn begin(
+    /// Closes `failed`, which redb refuses to use after an I/O error, so that the next
+    /// [`current`](Self::current) reopens the file (once no operation holds it any more).
+    fn close(&self, failed: Arc<Database>) {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed)) {
+            *slot = None;
+        }
+        drop(failed);
+    }
+
+    /// Runs `f` on the database; if redb refuses because an earlier I/O error closed it,
+    /// reopens the file and runs `f` once more (a refused operation did nothing).
+    fn with<T>(
         &self,
         op: Operation,
         key: Option<&[u8]>,
-        durability: Durability,
-    ) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.error(op, key, e))?;
-        let level = match durability {
-            Durability::Immediate => redb::Durability::Immediate,
-            Durability::Deferred => redb::Durability::None,
+        f: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let db = self.current()?;
+        let result = match f(&db) {
+            Err(redb::Error::PreviousIo) => {
+                self.close(db);
+                f(&*self.current()?)
+            }
+            result => result,
         };
-        txn.set_durability(level)
-            .map_err(|e| self.error(op, key, e))?;
-        Ok(txn)
+        result.map_err(|e| store_error(&self.path, op, key, e))
     }
 
     /// Runs `apply` on the table in one write transaction and commits it. On any error the
@@ -140,29 +160,74 @@ impl RedbStore {
         op: Operation,
         key: Option<&[u8]>,
         durability: Durability,
-        apply: impl FnOnce(&mut WriteTable<'_>) -> Result<(), StorageError>,
+        apply: impl Fn(&mut WriteTable<'_>) -> Result<(), StorageError>,
     ) -> Result<(), StoreError> {
-        let txn = self.begin(op, key, durability)?;
-        {
-            let mut table = txn.open_table(TABLE).map_err(|e| self.error(op, key, e))?;
-            apply(&mut table).map_err(|e| self.error(op, key, e))?;
-        }
-        txn.commit().map_err(|e| self.error(op, key, e))
+        self.with(op, key, |db| {
+            let txn = begin(db, durability)?;
+            {
+                let mut table = txn.open_table(TABLE)?;
+                apply(&mut table)?;
+            }
+            Ok(txn.commit()?)
+        })
     }
 
-    fn read_table(
+    /// Runs `read` on the table in a read transaction; `empty` if the table is missing.
+    fn read<T>(
         &self,
         op: Operation,
         key: Option<&[u8]>,
-    ) -> Result<Option<ReadTable>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(op, key, e))?;
-        match txn.open_table(TABLE) {
-            Ok(table) => Ok(Some(table)),
-            // Only possible if someone deleted the table behind our back: treat as empty.
-            Err(TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(self.error(op, key, e)),
-        }
+        empty: impl Fn() -> T,
+        read: impl Fn(&ReadTable) -> Result<T, StorageError>,
+    ) -> Result<T, StoreError> {
+        self.with(op, key, |db| {
+            let txn = db.begin_read()?;
+            match txn.open_table(TABLE) {
+                Ok(table) => Ok(read(&table)?),
+                // Only possible if someone deleted the table behind our back: treat as empty.
+                Err(TableError::TableDoesNotExist(_)) => Ok(empty()),
+                Err(e) => Err(e.into()),
+            }
+        })
     }
+}
+
+/// Opens (or creates) the file and its table, so that readers never meet a missing table.
+fn open_database(path: &Path, options: &RedbOptions) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    if let Some(bytes) = options.cache_size {
+        builder.set_cache_size(bytes);
+    }
+    builder.set_check_integrity_on_open(options.check_integrity_on_open);
+    let db = builder.create(path).map_err(|e| open_error(path, e))?;
+    let create = || -> Result<(), redb::Error> {
+        let txn = begin(&db, Durability::Immediate)?;
+        txn.open_table(TABLE)?;
+        Ok(txn.commit()?)
+    };
+    create().map_err(|e| store_error(path, Operation::Put, None, e))?;
+    Ok(db)
+}
+
+/// The [`StoreError`] for a redb error met doing `op` on the file at `path`.
+fn store_error(path: &Path, op: Operation, key: Option<&[u8]>, e: redb::Error) -> StoreError {
+    match e {
+        redb::Error::Corrupted(detail) => StoreError::Corrupt {
+            path: Some(path.to_path_buf()),
+            detail,
+        },
+        other => StoreError::backend(op, key, other),
+    }
+}
+
+/// A write transaction with `durability`.
+fn begin(db: &Database, durability: Durability) -> Result<WriteTransaction, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(match durability {
+        Durability::Immediate => redb::Durability::Immediate,
+        Durability::Deferred => redb::Durability::None,
+    })?;
+    Ok(txn)
 }
 
 fn open_error(path: &Path, e: DatabaseError) -> StoreError {
@@ -188,13 +253,12 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
 
 impl Store for RedbStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(table) = self.read_table(Operation::Get, Some(key))? else {
-            return Ok(None);
-        };
-        let found = table
-            .get(key)
-            .map_err(|e| self.error(Operation::Get, Some(key), e))?;
-        Ok(found.map(|guard| guard.value().to_vec()))
+        self.read(
+            Operation::Get,
+            Some(key),
+            || None,
+            |table| Ok(table.get(key)?.map(|guard| guard.value().to_vec())),
+        )
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -210,20 +274,18 @@ impl Store for RedbStore {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
-        let Some(table) = self.read_table(Operation::Scan, None)? else {
-            return Ok(Vec::new());
-        };
-        let scan_err = |e| self.error(Operation::Scan, None, e);
-        let mut out = Vec::new();
-        for entry in table.range(prefix..).map_err(scan_err)? {
-            let (k, v) = entry.map_err(scan_err)?;
-            let k = k.value();
-            if !k.starts_with(prefix) {
-                break;
+        self.read(Operation::Scan, None, Vec::new, |table| {
+            let mut out = Vec::new();
+            for entry in table.range(prefix..)? {
+                let (k, v) = entry?;
+                let k = k.value();
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.push((k.to_vec(), v.value().to_vec()));
             }
-            out.push((k.to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn write_batch(&self, batch: Batch) -> Result<(), StoreError> {
@@ -246,8 +308,8 @@ impl Store for RedbStore {
     /// Commits an empty transaction with immediate durability, which makes every earlier
     /// (deferred) commit durable too.
     fn sync(&self) -> Result<(), StoreError> {
-        let txn = self.begin(Operation::Sync, None, Durability::Immediate)?;
-        txn.commit()
-            .map_err(|e| self.error(Operation::Sync, None, e))
+        self.with(Operation::Sync, None, |db| {
+            Ok(begin(db, Durability::Immediate)?.commit()?)
+        })
     }
 }

@@ -93,9 +93,9 @@ impl Errors {
         let detail = || format!("{what} {subject} failed: {error}");
         if let Some(unlogged) = self.log.note(Instant::now(), detail) {
             tracing::error!(
-                "{what} {subject} failed: {error}{}. After a failed write the store may refuse \
-                 every later one until the broker restarts: free space, then restart it. Store \
-                 errors are counted in hermes_mqtt_store_errors_total and logged at most once \
+                "{what} {subject} failed: {error}{}. Free space (or fix what the error names): \
+                 the store reopens its file and writes again by itself; what failed meanwhile \
+                 is not retried. Store errors are counted in hermes_mqtt_store_errors_total and logged at most once \
                  per {} s",
                 throttle::unlogged(unlogged),
                 throttle::PERIOD.as_secs()
