@@ -299,9 +299,13 @@ impl<K: Key, M: Message> Shard<K, M> {
             self.inbox().accepted(accepted);
         }
         let mut more = !self.incoming.is_empty();
-        let now = clock.now();
-        if self.router.poll_timeout().is_some_and(|at| at <= now) {
-            self.router.handle_timeout(now);
+        // The clock is read only if something is due some time: a shard whose receivers are
+        // all busy or have just taken mail (a conversation between shards) has no deadline.
+        if let Some(at) = self.router.poll_timeout() {
+            let now = clock.now();
+            if at <= now {
+                self.router.handle_timeout(now);
+            }
         }
         more |= self.run_commands(clock);
         if self.router.has_unstamped() {
@@ -310,7 +314,7 @@ impl<K: Key, M: Message> Shard<K, M> {
         }
         self.flush();
         if self.router.is_closed() {
-            self.exit(now);
+            self.exit(clock.now());
             return Turn::Exit;
         }
         // Mail already flagged means another turn: no need to take the inbox's lock to park
