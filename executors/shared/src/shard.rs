@@ -524,12 +524,12 @@ impl<K: Key, M: Message> Shard<K, M> {
             if self.outgoing[shard].is_empty() {
                 continue;
             }
-            let mut out = std::mem::take(&mut self.outgoing[shard]);
             self.conversing = true;
             self.sent_inside = true;
             if self.fault(ShardFault::LoseOutgoing) {
-                out.clear();
-            } else if let Err(refusal) = self.core.inboxes[shard].push_all(&mut out, Limit::Inside)
+                self.outgoing[shard].clear();
+            } else if let Err(refusal) =
+                self.core.inboxes[shard].push_all(&mut self.outgoing[shard], Limit::Inside)
             {
                 // That shard has closed (nothing there is live to take them), or its inbox is
                 // full (as for a full mailbox, mail between receivers is then a dead letter).
@@ -537,11 +537,12 @@ impl<K: Key, M: Message> Shard<K, M> {
                     Refusal::Closed => DeadLetterReason::Closed,
                     Refusal::Full => DeadLetterReason::Full,
                 };
+                let mut out = std::mem::take(&mut self.outgoing[shard]);
                 for envelope in out.drain(..) {
                     self.bounce(envelope, reason.clone());
                 }
+                self.outgoing[shard] = out;
             }
-            self.outgoing[shard] = out;
         }
         if !self.remote_out.is_empty() {
             self.flush_remote();
