@@ -1,9 +1,9 @@
 //! The cost of a message sent from outside, per executor, for profilers: a thread outside
-//! Hermes sends `N` messages to one receiver (`tell`, the executors bench's `tell_outside`) or
-//! `N` rounds to 10,000 receivers (`fan`, its `fan_out`), after starting Hermes and activating
-//! the receivers, then shuts down. Run it with `N` and with `0` under the same profiler: the
-//! difference divided by the messages sent is the per-message cost, free of start-up and
-//! shutdown.
+//! Hermes sends `N` messages to one receiver (`tell`, the executors bench's `tell_outside`;
+//! `batch`, with `send_all` in batches of 1000, its `tell_batched`) or `N` rounds to 10,000
+//! receivers (`fan`, its `fan_out`), after starting Hermes and activating the receivers, then
+//! shuts down. Run it with `N` and with `0` under the same profiler: the difference divided by
+//! the messages sent is the per-message cost, free of start-up and shutdown.
 //!
 //! ```sh
 //! cargo build --profile bench --manifest-path benches/Cargo.toml --example tell
@@ -29,7 +29,7 @@ const FAN_RECEIVERS: u64 = 10_000;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [exec, shards, workload, n] = args.as_slice() else {
-        eprintln!("usage: tell pool|tokio|smol SHARDS tell|fan N");
+        eprintln!("usage: tell pool|tokio|smol SHARDS tell|batch|fan N");
         std::process::exit(2);
     };
     let exec = match exec.as_str() {
@@ -61,6 +61,20 @@ fn once(exec: Exec, shards: usize, workload: &str, n: u64, config: Config) {
             let start = Instant::now();
             for i in 0..n {
                 r.hermes.send(0, Msg::Tell(i)).expect("open");
+            }
+            wait(r.hermes.ask(0, Msg::Sync));
+            let elapsed = start.elapsed();
+            r.stop();
+            (n, elapsed)
+        }
+        "batch" => {
+            // The bench's `tell_batched`: `send_all` in batches of 1000.
+            let r = exec.start(shards, config, Wiring::default());
+            r.activate([0].into_iter());
+            let start = Instant::now();
+            for first in (0..n).step_by(1000) {
+                let batch = (first..(first + 1000).min(n)).map(|i| (0, Msg::Tell(i)));
+                r.hermes.send_all(batch).expect("open");
             }
             wait(r.hermes.ask(0, Msg::Sync));
             let elapsed = start.elapsed();

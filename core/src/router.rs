@@ -599,11 +599,16 @@ impl<K, M> Router<K, M> {
     /// none, or never.
     fn list_deadline(&self) -> Option<Instant> {
         let head = self.slots.get(self.idle.head as usize)?;
-        let since = self
-            .ticks
-            .epoch()?
-            .checked_add(Duration::from_nanos(head.idle_since))?;
-        crate::deadline(since, self.config.idle_timeout)
+        let epoch = self.ticks.epoch()?;
+        // Summed in ticks, one `Instant` sum instead of two (a shard asks at every park); the
+        // same instant, exactly, while the sum is short of the ticks' limit.
+        match head.idle_since.checked_add(self.idle_timeout_ns) {
+            Some(due) if due < u64::MAX => epoch.checked_add(Duration::from_nanos(due)),
+            _ => {
+                let since = epoch.checked_add(Duration::from_nanos(head.idle_since))?;
+                crate::deadline(since, self.config.idle_timeout)
+            }
+        }
     }
 
     /// Cancels a timer held by this router; true if it was pending (it will never fire).

@@ -336,24 +336,36 @@ impl<U: Unit> Slots<U> {
     /// after each busy turn, rings what the turn woke.
     fn turn_home(&self, home: usize) -> Option<(Option<Instant>, Watch)> {
         let mut held = self.lock(home);
-        // Turned from this thread's stack while busy (the slot stays locked, so no guest can
-        // want it): in its heap slot, the pool's `tell_batched` ran 24 % slower with the same
-        // instructions (benches/README.md, "Cross-shard ping-pong on one core").
-        let mut unit = held.unit.take()?;
-        loop {
-            match unit.turn() {
-                Turn::Busy => self.ring_owed(home),
-                Turn::Park(deadline) => {
-                    let watch = unit.watch();
-                    held.unit = Some(unit);
-                    held.home_deadline = deadline;
-                    // Loom does not switch threads at an unlock: let it, so that a push between
-                    // the park check and the unlock (which finds the slot held) is explored.
-                    #[cfg(all(test, hermes_loom))]
-                    loom::thread::yield_now();
-                    return Some((deadline, watch));
-                }
-                Turn::Exit => return None,
+        // The first turn in its slot: a turn that parks (every turn of a conversation between
+        // shards) moves nothing. Moving the shard out and back cost a hop about 240
+        // instructions of `memcpy` (benches/README.md, "The shard's turn, cut").
+        let mut turn = held.unit.as_mut()?.turn();
+        if turn == Turn::Busy {
+            // Busy: turned from this thread's stack until it parks (the slot stays locked, so
+            // no guest can want it). In its heap slot, the pool's `tell_batched` ran 24 %
+            // slower with the same instructions (benches/README.md, "Cross-shard ping-pong on
+            // one core").
+            let mut unit = held.unit.take()?;
+            while turn == Turn::Busy {
+                self.ring_owed(home);
+                turn = unit.turn();
+            }
+            held.unit = Some(unit);
+        }
+        match turn {
+            Turn::Park(deadline) => {
+                let watch = held.unit.as_mut()?.watch();
+                held.home_deadline = deadline;
+                // Loom does not switch threads at an unlock: let it, so that a push between
+                // the park check and the unlock (which finds the slot held) is explored.
+                #[cfg(all(test, hermes_loom))]
+                loom::thread::yield_now();
+                Some((deadline, watch))
+            }
+            // `Exit` (the loop above leaves no `Busy`): the shard is dropped under the lock.
+            _ => {
+                held.unit = None;
+                None
             }
         }
     }
