@@ -36,7 +36,9 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// A member node named `node` of the cluster `cluster`, on the NATS server at `nats_url`
-    /// (with JetStream). Names are letters, digits, `-` and `_`.
+    /// (with JetStream). Names are letters, digits, `-` and `_`; a node's name is unique in
+    /// its cluster ([`Cluster::connect`](crate::Cluster::connect) refuses the name of a running
+    /// node).
     pub fn new(
         nats_url: impl Into<String>,
         cluster: impl Into<String>,
@@ -66,7 +68,8 @@ impl ClusterConfig {
     /// How long after its last heartbeat a node is removed from the membership, and its IDs
     /// move to the others (default 3 s; at least two heartbeats). Shorter fails over faster;
     /// too short removes nodes that are only slow (they then lose their receivers, whose
-    /// stale saves fail: safe, but churn).
+    /// stale saves fail: safe, but churn). The membership bucket keeps the timeout of the node
+    /// that created it; a node whose heartbeat it would expire is refused at connect.
     pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
         self.liveness = timeout.min(LONGEST);
         self

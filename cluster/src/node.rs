@@ -66,7 +66,7 @@ impl Cluster {
             .build()
             .map_err(|e| ClusterError::Connect(format!("could not start the I/O runtime: {e}")))?;
         let me = node_id(&config.node);
-        let (client, members, state) = runtime.block_on(async {
+        let (client, members, state, js) = runtime.block_on(async {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("hermes-{}-{}", config.cluster, config.node))
                 .connection_timeout(Duration::from_secs(5))
@@ -100,10 +100,15 @@ impl Cluster {
                 "the state bucket",
             )
             .await?;
-            Ok::<_, ClusterError>((client, members, state))
+            if config.member {
+                let expiry = check_timings(&members, &config).await?;
+                check_name_free(&members, me, &config, expiry).await?;
+            }
+            Ok::<_, ClusterError>((client, members, state, js))
         })?;
         let store = Arc::new(KvStore::new(JetStreamBucket::new(
             state,
+            js,
             runtime.handle().clone(),
             config.store_timeout,
         )));
@@ -305,6 +310,105 @@ async fn open_bucket(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(jetstream_error(what, created))
+}
+
+/// The membership bucket's entries expire after the liveness timeout of the node that created
+/// it (a bucket's `max_age` stays as created): a node whose heartbeats are further apart than
+/// half of it would drop out of the membership between its beats, and is refused. One whose
+/// liveness timeout merely differs is told which one applies. The bucket's expiry.
+async fn check_timings(
+    members: &jetstream::kv::Store,
+    config: &ClusterConfig,
+) -> Result<Duration, ClusterError> {
+    let status = members
+        .status()
+        .await
+        .map_err(|e| jetstream_error("the membership bucket's settings", e))?;
+    let expiry = status.max_age();
+    if expiry.is_zero() || expiry >= config.heartbeat * 2 {
+        if expiry != config.liveness {
+            tracing::warn!(
+                bucket = status.bucket(),
+                ?expiry,
+                configured = ?config.liveness,
+                "the membership bucket keeps the liveness timeout it was created with: give \
+                 every node the same timings"
+            );
+        }
+        return Ok(expiry);
+    }
+    Err(ClusterError::Config(format!(
+        "the membership bucket {} expires entries after {expiry:?} (the liveness timeout of \
+         the node that created it), less than two of this node's heartbeats ({:?} each): give \
+         every node of cluster {:?} the same heartbeat and liveness timeout, or, to change \
+         them, stop every node and delete the bucket (nats kv del {})",
+        status.bucket(),
+        config.heartbeat,
+        config.cluster,
+        status.bucket(),
+    )))
+}
+
+/// Refuses to start a second live node under a name already in use: both would take every
+/// message sent to that node's IDs. A member entry under this node's key that is renewed while
+/// this waits belongs to a running node; one that expires (or is gone) was left by this node's
+/// own previous run, killed before the liveness timeout removed it, and this waits for it to
+/// expire so that the others see the restart as a change of membership.
+async fn check_name_free(
+    members: &jetstream::kv::Store,
+    me: NodeId,
+    config: &ClusterConfig,
+    expiry: Duration,
+) -> Result<(), ClusterError> {
+    let subject = format!("{}{}", members.prefix, member_key(me));
+    // The revision of the entry if it is a heartbeat (not a delete or purge marker). Read
+    // through the stream's API, not the bucket's direct get: right after the bucket is
+    // created, the direct get can go unanswered until the request times out (8 nodes
+    // connecting at once, tests/nodes.rs, failed 1 run in 5 so).
+    let live = || async {
+        use jetstream::stream::LastRawMessageErrorKind as Kind;
+        match members
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => {
+                let marker = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                Ok((!marker).then_some(message.sequence))
+            }
+            Err(e) if e.kind() == Kind::NoMessageFound => Ok(None),
+            Err(e) => Err(jetstream_error("this node's membership entry", e)),
+        }
+    };
+    let Some(first) = live().await? else {
+        return Ok(());
+    };
+    tracing::info!(
+        node = config.node,
+        "this node's name has a fresh membership entry: waiting to see whether another node \
+         renews it (a node with the same name) or it expires (this node's previous run)"
+    );
+    let poll = (config.heartbeat / 2).min(Duration::from_millis(100));
+    // The entry expires within the bucket's expiry; a live node renews it sooner.
+    let deadline = tokio::time::Instant::now() + expiry.max(config.liveness) + config.heartbeat;
+    loop {
+        tokio::time::sleep(poll).await;
+        match live().await? {
+            None => return Ok(()),
+            Some(revision) if revision != first => {
+                return Err(ClusterError::Config(format!(
+                    "a node named {:?} is already running in cluster {:?} (it renews its \
+                     membership entry): give every node its own name, or stop that one first",
+                    config.node, config.cluster
+                )));
+            }
+            Some(_) if tokio::time::Instant::now() >= deadline => return Ok(()),
+            Some(_) => {}
+        }
+    }
 }
 
 fn jetstream_error(what: &str, e: impl std::fmt::Display) -> ClusterError {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, context::PublishErrorKind, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hermes_store::{Batch, Entries, Op, Operation, Store, StoreError};
@@ -15,7 +15,8 @@ use tokio::runtime::Handle;
 /// cluster sees the same state, so a receiver's state follows it to whichever node owns it.
 ///
 /// Writes are compare-and-set: the store remembers, per key, the revision this process last
-/// read or wrote, and a put or delete expects the bucket to still be at that revision. If
+/// read or wrote (a delete's too), and a put or delete expects the bucket to still be at that
+/// revision (one read as absent: still absent). If
 /// another node wrote the key since (it owns the receiver now, and this node is a stale owner,
 /// say on the wrong side of a partition), the write fails with [`StoreError::Conflict`] and is
 /// not applied: the receiver should deactivate ([`Context::stop`](hermes_core::Context::stop)).
@@ -62,9 +63,9 @@ pub(crate) trait Bucket: Send + Sync + 'static {
     /// Writes `value` if the key is still at revision `expected` (0: absent), else
     /// [`StoreError::Conflict`]; the new revision.
     fn update(&self, key: &[u8], value: &[u8], expected: u64) -> Result<u64, StoreError>;
-    /// Deletes `key`, if `expected` is given only if it is still at that revision (else
-    /// [`StoreError::Conflict`]).
-    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<(), StoreError>;
+    /// Deletes `key` (writes a delete marker), if `expected` is given only if it is still at
+    /// that revision (0: absent; else [`StoreError::Conflict`]); the marker's revision.
+    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<u64, StoreError>;
     /// Every key with a value (deleted ones may be listed too).
     fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError>;
 }
@@ -112,14 +113,22 @@ fn decode_key(key: &str) -> Option<Vec<u8>> {
 /// The JetStream key-value bucket `hermes_{cluster}_state`, driven from blocking callers.
 pub(crate) struct JetStreamBucket {
     kv: kv::Store,
+    /// The bucket's JetStream, for the deletes `kv::Store` does not return the revision of.
+    js: jetstream::Context,
     runtime: Handle,
     timeout: Duration,
 }
 
 impl JetStreamBucket {
-    pub(crate) fn new(kv: kv::Store, runtime: Handle, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        kv: kv::Store,
+        js: jetstream::Context,
+        runtime: Handle,
+        timeout: Duration,
+    ) -> Self {
         JetStreamBucket {
             kv,
+            js,
             runtime,
             timeout,
         }
@@ -205,20 +214,37 @@ impl Bucket for JetStreamBucket {
         })
     }
 
-    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<(), StoreError> {
-        let kv = self.kv.clone();
-        let name = encode_key(key);
+    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<u64, StoreError> {
+        // `kv::Store::delete_expect_revision` does not return the marker's revision, which the
+        // next conditional write expects: the same publish, keeping its acknowledgement.
+        let subject = format!(
+            "{}{}",
+            self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix),
+            encode_key(key)
+        );
+        let js = self.js.clone();
         let owned = key.to_vec();
         self.run(Operation::Delete, Some(key), async move {
-            kv.delete_expect_revision(name, expected)
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("KV-Operation", "DEL");
+            if let Some(expected) = expected {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    expected.to_string().as_str(),
+                );
+            }
+            let other = |e| StoreError::other(Operation::Delete, None, e);
+            let ack = js
+                .publish_with_headers(subject, headers, Bytes::new())
                 .await
-                .map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        StoreError::Conflict { key: owned }
-                    } else {
-                        StoreError::other(Operation::Delete, None, e)
-                    }
-                })
+                .map_err(other)?;
+            match ack.await {
+                Ok(ack) => Ok(ack.sequence),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    Err(StoreError::Conflict { key: owned })
+                }
+                Err(e) => Err(other(e)),
+            }
         })
     }
 
@@ -298,13 +324,12 @@ impl Store for KvStore {
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
-        let expected = self.revision(key).filter(|&r| r > 0);
-        self.bucket.delete(key, expected)?;
-        // The delete marker's revision is not returned: read before the next conditional write.
-        self.revisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        // Conditional as a put: a key read as absent (revision 0) must still be absent, and
+        // the marker's revision is what the next write expects (forgetting it made the next
+        // put unconditional: a stale owner's put after its delete overwrote the new owner's
+        // state).
+        let revision = self.bucket.delete(key, self.revision(key))?;
+        self.remember(key, revision);
         Ok(())
     }
 

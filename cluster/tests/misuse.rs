@@ -1,0 +1,292 @@
+//! What a user gets wrong, and what the server does to them: a wrong URL, a server without
+//! JetStream, two nodes with one name, nodes whose timings disagree with the membership bucket,
+//! a stale owner's deletes, a state too large for the server, and a NATS server that restarts
+//! under the nodes. Each must end in a typed error that says what to do, or in the documented
+//! behaviour, never in silent loss or duplication.
+
+mod support;
+use support::{HEARTBEAT, LIVENESS, SETTLE, wait_members, wait_until};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hermes_cluster::testing::NatsServer;
+use hermes_cluster::{Cluster, ClusterConfig, ClusterError, Node};
+use hermes_core::{Activation, AskError, Config, Context, DeadLetter, Location, Receiver, Reply};
+use hermes_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Debug)]
+enum Msg {
+    Add(u64),
+    Get(Reply<u64>),
+}
+
+type TestNode = Node<u64, Msg, (u64, Msg)>;
+
+/// Every message any receiver took, by (node name, ID): how many times each was applied.
+type Seen = Arc<Mutex<HashMap<(String, u64), u64>>>;
+
+struct Counter {
+    node: String,
+    total: u64,
+    seen: Seen,
+}
+
+impl Receiver<u64, Msg> for Counter {
+    fn receive(&mut self, ctx: &mut Context<'_, u64, Msg>, msg: Msg) {
+        match msg {
+            Msg::Add(n) => {
+                self.total += n;
+                *self
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .entry((self.node.clone(), *ctx.id()))
+                    .or_default() += 1;
+            }
+            Msg::Get(reply) => drop(reply.send(self.total)),
+        }
+    }
+}
+
+fn config(url: &str, cluster: &str, name: &str) -> ClusterConfig {
+    ClusterConfig::new(url, cluster, name)
+        .heartbeat(HEARTBEAT)
+        .liveness_timeout(LIVENESS)
+        .shards(2)
+}
+
+fn start(config: ClusterConfig, seen: &Seen) -> Result<TestNode, ClusterError> {
+    let node = config.node_name().to_owned();
+    let seen = Arc::clone(seen);
+    Cluster::connect(config)?.start_with(
+        Config::default(),
+        Some(Arc::new(|letter: DeadLetter<u64, Msg>| {
+            eprintln!("dead letter: {:?}", letter.reason)
+        })),
+        move |_: &u64| {
+            Activation::ready(Counter {
+                node: node.clone(),
+                total: 0,
+                seen: Arc::clone(&seen),
+            })
+        },
+    )
+}
+
+fn get(node: &TestNode, id: u64) -> Result<u64, AskError> {
+    node.hermes()
+        .ask_blocking(id, Msg::Get, Duration::from_secs(5))
+}
+
+#[test]
+fn a_wrong_url_or_a_server_without_jetstream_is_a_typed_error_that_says_what_to_do() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    // Nothing listens on the server's port once it is stopped.
+    let mut stopped = nats;
+    let url = stopped.url();
+    stopped.stop();
+    match Cluster::connect(config(&url, "wrong", "a")) {
+        Err(ClusterError::Connect(m)) => assert!(m.contains("nats-server"), "{m}"),
+        other => panic!("a wrong URL: {other:?}"),
+    }
+    drop(stopped);
+
+    let Some(plain) = NatsServer::start_without_jetstream() else {
+        return;
+    };
+    match Cluster::connect(config(&plain.url(), "nojs", "a")) {
+        Err(ClusterError::JetStream(m)) => assert!(m.contains("-js"), "{m}"),
+        other => panic!("a server without JetStream: {other:?}"),
+    }
+}
+
+/// Two processes given the same node name would both subscribe to that node's subject and
+/// both own its IDs: every message to them applied twice. The second is refused instead.
+#[test]
+fn a_second_node_with_a_taken_name_is_refused() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let seen = Seen::default();
+    let a = start(config(&url, "dup", "a"), &seen).expect("the first a starts");
+    let b = start(config(&url, "dup", "b"), &seen).expect("b starts");
+    wait_members(&[&a, &b], 2);
+    match Cluster::connect(config(&url, "dup", "a")) {
+        Err(ClusterError::Config(m)) => {
+            assert!(m.contains("\"a\"") && m.contains("name"), "{m}")
+        }
+        other => panic!("a second node named a: {other:?}"),
+    }
+    // The name is free again once its node left; a restart after a crash waits out the
+    // entry (tests/kill_rejoin.rs restarts a killed node by the same name).
+    a.shutdown();
+    let a = start(config(&url, "dup", "a"), &seen).expect("a restarts once it left");
+    wait_members(&[&a, &b], 2);
+    a.shutdown();
+    b.shutdown();
+}
+
+/// The membership bucket's entries expire after the liveness timeout of the node that created
+/// it: a node configured with heartbeats slower than that would drop out between its beats.
+#[test]
+fn a_node_whose_heartbeat_the_bucket_would_expire_is_refused() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let seen = Seen::default();
+    let a = start(
+        ClusterConfig::new(&url, "timing", "a")
+            .heartbeat(Duration::from_millis(100))
+            .liveness_timeout(Duration::from_millis(500))
+            .shards(1),
+        &seen,
+    )
+    .expect("a starts");
+    let slow = ClusterConfig::new(&url, "timing", "b")
+        .heartbeat(Duration::from_millis(400))
+        .liveness_timeout(Duration::from_secs(5))
+        .shards(1);
+    match Cluster::connect(slow) {
+        Err(ClusterError::Config(m)) => assert!(m.contains("liveness"), "{m}"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a node whose heartbeats the bucket expires between beats connected"),
+    }
+    a.shutdown();
+}
+
+/// A stale owner that read a key as absent, or deleted it, must not delete or overwrite what
+/// the new owner wrote since: its delete and its next put are conflicts.
+#[test]
+fn a_stale_owners_deletes_are_compare_and_set_too() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let stale = Cluster::connect(config(&url, "cas", "a")).expect("a connects");
+    let owner = Cluster::connect(config(&url, "cas", "b")).expect("b connects");
+    let (stale, owner) = (stale.store(), owner.store());
+
+    // Read as absent by the stale owner; written by the new one; deleted by the stale one.
+    assert_eq!(stale.get(b"k1").unwrap(), None);
+    assert_eq!(owner.get(b"k1").unwrap(), None);
+    owner.put(b"k1", b"new").unwrap();
+    assert!(
+        matches!(stale.delete(b"k1"), Err(StoreError::Conflict { .. })),
+        "a stale delete of a key read as absent went through"
+    );
+    assert_eq!(owner.get(b"k1").unwrap().as_deref(), Some(&b"new"[..]));
+
+    // Deleted by the stale owner; then written by the new one; then written by the stale one.
+    assert_eq!(stale.get(b"k2").unwrap(), None);
+    stale.put(b"k2", b"old").unwrap();
+    stale.delete(b"k2").unwrap();
+    assert_eq!(owner.get(b"k2").unwrap(), None);
+    owner.put(b"k2", b"new").unwrap();
+    assert!(
+        matches!(stale.put(b"k2", b"stale"), Err(StoreError::Conflict { .. })),
+        "a stale owner's put after its own delete overwrote the new owner's state"
+    );
+    assert_eq!(owner.get(b"k2").unwrap().as_deref(), Some(&b"new"[..]));
+
+    // The owner itself goes on after its own deletes: delete, put, delete, put.
+    owner.delete(b"k2").unwrap();
+    owner.put(b"k2", b"again").unwrap();
+    owner.delete(b"k2").unwrap();
+    owner.delete(b"k2").unwrap();
+    owner.put(b"k2", b"last").unwrap();
+    assert_eq!(stale.get(b"k2").unwrap().as_deref(), Some(&b"last"[..]));
+}
+
+/// A value larger than the server takes is an error, not a hang; the store goes on.
+#[test]
+fn a_state_too_large_for_the_server_is_an_error() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let cluster = Cluster::connect(config(&nats.url(), "big", "a")).expect("connects");
+    let store = cluster.store();
+    assert_eq!(store.get(b"big").unwrap(), None);
+    let big = vec![7u8; 2 << 20];
+    let e = store
+        .put(b"big", &big)
+        .expect_err("2 MiB is over the server's payload limit");
+    eprintln!("{e}");
+    store.put(b"big", b"small").unwrap();
+    assert_eq!(store.get(b"big").unwrap().as_deref(), Some(&b"small"[..]));
+}
+
+/// The NATS server restarts (same port, same store directory) under two running nodes: their
+/// store calls fail while it is down (typed errors, within the store timeout), and once it is
+/// back they reconnect, keep their membership, take messages across nodes again, and find
+/// the state saved before.
+#[test]
+fn nodes_carry_on_after_the_nats_server_restarts() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let seen = Seen::default();
+    let connect = |name: &str| {
+        Cluster::connect(config(&url, "restart", name).store_timeout(Duration::from_millis(500)))
+            .expect("connects")
+    };
+    let (ca, cb) = (connect("a"), connect("b"));
+    let store = cb.store();
+    let start = |cluster: Cluster, name: &str| {
+        let (node, seen) = (name.to_owned(), Arc::clone(&seen));
+        cluster
+            .start(Config::default(), move |_: &u64| {
+                Activation::ready(Counter {
+                    node: node.clone(),
+                    total: 0,
+                    seen: Arc::clone(&seen),
+                })
+            })
+            .expect("starts")
+    };
+    let (a, b) = (start(ca, "a"), start(cb, "b"));
+    wait_members(&[&a, &b], 2);
+    store.get(b"saved").unwrap();
+    store.put(b"saved", b"before").unwrap();
+    let on_b: Vec<u64> = (0..20u64)
+        .filter(|id| matches!(a.locate(id), Location::Node(_)))
+        .collect();
+    for &id in &on_b {
+        a.hermes().send(id, Msg::Add(1)).unwrap();
+        assert_eq!(get(&a, id), Ok(1));
+    }
+
+    nats.stop();
+    match store.get(b"saved") {
+        Err(e) => eprintln!("while the server is down: {e}"),
+        Ok(v) => panic!("a store call with the server down: {v:?}"),
+    }
+    // Longer than a heartbeat, shorter than the liveness timeout.
+    std::thread::sleep(HEARTBEAT * 5);
+    nats.restart();
+
+    wait_until("asks across nodes to go through again", SETTLE, || {
+        on_b.iter().all(|&id| get(&a, id).is_ok())
+    });
+    assert_eq!(a.members().len(), 2);
+    assert_eq!(b.members().len(), 2);
+    assert_eq!(
+        store.get(b"saved").unwrap().as_deref(),
+        Some(&b"before"[..])
+    );
+    for &id in &on_b {
+        a.hermes().send(id, Msg::Add(1)).unwrap();
+    }
+    wait_until("sends after the restart to arrive", SETTLE, || {
+        on_b.iter().all(|&id| get(&a, id) == Ok(2))
+    });
+    a.shutdown();
+    b.shutdown();
+}
