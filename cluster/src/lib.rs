@@ -38,8 +38,9 @@
 //!   over the membership ([`owner`]), then the owner's local shards. A node joining or leaving
 //!   moves only the IDs it gains or loses.
 //! - **Transport.** One subject per node, `hermes.{cluster}.node.{id}`; a shard's mail for a
-//!   node in one turn is one frame (postcard), published in order by one task per node, so
-//!   messages from one sender to one receiver keep their order while the membership is stable.
+//!   node in one turn is one frame (postcard; several if it exceeds the server's
+//!   `max_payload`), published in order by one task per node, so messages from one sender to
+//!   one receiver keep their order while the membership is stable.
 //!   Asks cross nodes: a [`Reply`](hermes_core::Reply) travels as a token and the answer comes
 //!   back over NATS.
 //! - **Membership.** Heartbeats are puts to a JetStream key-value bucket whose entries expire

@@ -109,6 +109,7 @@ impl Cluster {
         let store = Arc::new(KvStore::new(JetStreamBucket::new(
             state,
             js,
+            max_frame(&client),
             runtime.handle().clone(),
             config.store_timeout,
         )));
@@ -174,6 +175,7 @@ impl Cluster {
             me,
             &cc.cluster,
             cc.outbound_capacity,
+            max_frame(&client),
             Arc::clone(&placement),
             dead_letters.clone(),
         );
@@ -415,6 +417,15 @@ fn jetstream_error(what: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream(format!(
         "could not open {what} ({e}): run nats-server with JetStream enabled (nats-server -js)"
     ))
+}
+
+/// The largest NATS message the server takes (its `max_payload`; 1 MiB, NATS's default, if
+/// it did not say).
+fn max_frame(client: &async_nats::Client) -> usize {
+    match client.server_info().max_payload {
+        0 => 1 << 20,
+        n => n,
+    }
 }
 
 /// The placement behind an `Arc`, as `Options::placement` takes it.

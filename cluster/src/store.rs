@@ -110,11 +110,17 @@ fn decode_key(key: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Bytes of a put's message that are not its value: its subject's key and headers.
+const HEADROOM: usize = 1024;
+
 /// The JetStream key-value bucket `hermes_{cluster}_state`, driven from blocking callers.
 pub(crate) struct JetStreamBucket {
     kv: kv::Store,
     /// The bucket's JetStream, for the deletes `kv::Store` does not return the revision of.
     js: jetstream::Context,
+    /// The largest message the NATS server takes (`max_payload`): a larger one would close
+    /// the connection (the server's answer to it), so it is refused here.
+    max_payload: usize,
     runtime: Handle,
     timeout: Duration,
 }
@@ -123,15 +129,36 @@ impl JetStreamBucket {
     pub(crate) fn new(
         kv: kv::Store,
         js: jetstream::Context,
+        max_payload: usize,
         runtime: Handle,
         timeout: Duration,
     ) -> Self {
         JetStreamBucket {
             kv,
             js,
+            max_payload,
             runtime,
             timeout,
         }
+    }
+
+    /// Refuses a value the NATS server would not take in one message (with the key and the
+    /// headers of a put, within [`HEADROOM`] bytes).
+    fn fits(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if value.len() + HEADROOM <= self.max_payload {
+            return Ok(());
+        }
+        Err(StoreError::other(
+            Operation::Put,
+            Some(key),
+            format!(
+                "the value is {} bytes, more than the NATS server takes in one message \
+                 (max_payload {} bytes, less {HEADROOM} for headers); save less per key, or \
+                 raise max_payload in the server's configuration",
+                value.len(),
+                self.max_payload
+            ),
+        ))
     }
 
     /// Runs `f` on the cluster's runtime and waits for it, at most the store timeout.
@@ -188,6 +215,7 @@ impl Bucket for JetStreamBucket {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+        self.fits(key, value)?;
         let kv = self.kv.clone();
         let name = encode_key(key);
         let value = Bytes::copy_from_slice(value);
@@ -199,6 +227,7 @@ impl Bucket for JetStreamBucket {
     }
 
     fn update(&self, key: &[u8], value: &[u8], expected: u64) -> Result<u64, StoreError> {
+        self.fits(key, value)?;
         let kv = self.kv.clone();
         let name = encode_key(key);
         let value = Bytes::copy_from_slice(value);

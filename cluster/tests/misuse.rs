@@ -21,6 +21,11 @@ use serde::{Deserialize, Serialize};
 enum Msg {
     Add(u64),
     Get(Reply<u64>),
+    /// Send `.1` messages of `.2` bytes each to `.0`, all in one turn.
+    Burst(u64, u32, u32),
+    Blob(Vec<u8>),
+    /// Answer with this many bytes.
+    Big(u32, Reply<Vec<u8>>),
 }
 
 type TestNode = Node<u64, Msg, (u64, Msg)>;
@@ -47,6 +52,13 @@ impl Receiver<u64, Msg> for Counter {
                     .or_default() += 1;
             }
             Msg::Get(reply) => drop(reply.send(self.total)),
+            Msg::Burst(to, n, size) => {
+                for _ in 0..n {
+                    ctx.send(to, Msg::Blob(vec![1; size as usize]));
+                }
+            }
+            Msg::Blob(bytes) => self.total += bytes.len() as u64,
+            Msg::Big(size, reply) => drop(reply.send(vec![2; size as usize])),
         }
     }
 }
@@ -59,12 +71,23 @@ fn config(url: &str, cluster: &str, name: &str) -> ClusterConfig {
 }
 
 fn start(config: ClusterConfig, seen: &Seen) -> Result<TestNode, ClusterError> {
+    start_with(config, seen, Arc::default())
+}
+
+/// Dead letters: (reason, the message's size if it was a blob).
+type Dead = Arc<Mutex<Vec<(String, Option<usize>)>>>;
+
+fn start_with(config: ClusterConfig, seen: &Seen, dead: Dead) -> Result<TestNode, ClusterError> {
     let node = config.node_name().to_owned();
     let seen = Arc::clone(seen);
     Cluster::connect(config)?.start_with(
         Config::default(),
-        Some(Arc::new(|letter: DeadLetter<u64, Msg>| {
-            eprintln!("dead letter: {:?}", letter.reason)
+        Some(Arc::new(move |letter: DeadLetter<u64, Msg>| {
+            let size = match &letter.message {
+                Some(Msg::Blob(bytes)) => Some(bytes.len()),
+                _ => None,
+            };
+            dead.lock().unwrap().push((letter.reason.to_string(), size));
         })),
         move |_: &u64| {
             Activation::ready(Counter {
@@ -217,7 +240,9 @@ fn a_state_too_large_for_the_server_is_an_error() {
     let e = store
         .put(b"big", &big)
         .expect_err("2 MiB is over the server's payload limit");
-    eprintln!("{e}");
+    // Refused before it is sent: the server closes a connection that sends it (the node's
+    // subscriptions and heartbeats with it), and the put timed out.
+    assert!(e.to_string().contains("max_payload"), "{e}");
     store.put(b"big", b"small").unwrap();
     assert_eq!(store.get(b"big").unwrap().as_deref(), Some(&b"small"[..]));
 }
@@ -287,6 +312,60 @@ fn nodes_carry_on_after_the_nats_server_restarts() {
     wait_until("sends after the restart to arrive", SETTLE, || {
         on_b.iter().all(|&id| get(&a, id) == Ok(2))
     });
+    a.shutdown();
+    b.shutdown();
+}
+
+/// A turn's mail for one node is one frame, but NATS takes at most `max_payload` (1 MiB by
+/// default) per message: a burst of large messages is split into frames the server takes, and
+/// a message larger than that alone is a dead letter (message kept), never silently dropped.
+/// An answer too large to cross is `Dropped` for the asker, at once.
+#[test]
+fn messages_larger_than_the_server_takes_are_split_or_dead_letters() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let seen = Seen::default();
+    let dead = Dead::default();
+    let a = start_with(config(&url, "big-frames", "a"), &seen, Arc::clone(&dead)).expect("a");
+    let b = start(config(&url, "big-frames", "b"), &seen).expect("b");
+    wait_members(&[&a, &b], 2);
+    let local = (0..)
+        .find(|id| matches!(a.locate(id), Location::Shard(_)))
+        .unwrap();
+    let remote = (0..)
+        .find(|id| matches!(a.locate(id), Location::Node(_)))
+        .unwrap();
+    // 300 messages of 8 KiB in one turn: 2.4 MB for b.
+    a.hermes()
+        .send(local, Msg::Burst(remote, 300, 8 << 10))
+        .unwrap();
+    wait_until("the burst to arrive on b", SETTLE, || {
+        get(&a, remote) == Ok(300 * (8 << 10))
+    });
+    // One message of 2 MiB: a dead letter on a, kept; the next one arrives.
+    a.hermes()
+        .send(local, Msg::Burst(remote, 1, 2 << 20))
+        .unwrap();
+    a.hermes().send(local, Msg::Burst(remote, 1, 10)).unwrap();
+    wait_until("the small one after the large one", SETTLE, || {
+        get(&a, remote) == Ok(300 * (8 << 10) + 10)
+    });
+    assert_eq!(
+        dead.lock().unwrap().as_slice(),
+        &[(
+            hermes_core::DeadLetterReason::Unreachable.to_string(),
+            Some(2 << 20)
+        )]
+    );
+    // An answer of 2 MiB cannot come back: the asker hears `Dropped`, not a timeout.
+    let asked = std::time::Instant::now();
+    let answer = a
+        .hermes()
+        .ask_blocking(remote, |r| Msg::Big(2 << 20, r), Duration::from_secs(30));
+    assert_eq!(answer.map(|v| v.len()), Err(AskError::Dropped));
+    assert!(asked.elapsed() < Duration::from_secs(30));
     a.shutdown();
     b.shutdown();
 }
