@@ -83,7 +83,10 @@ impl ClusterConfig {
     }
 
     /// A client node: it sends, asks and gets answers, but owns no IDs and does not appear in
-    /// the membership (a load generator, a gateway, a test driver).
+    /// the membership (a load generator, a gateway, a test driver). Clients are not checked
+    /// for unique names: replicas may share one, each then receives the others' answers too
+    /// (and ignores them: ask tokens start at random per process), so distinct names halve
+    /// that traffic.
     pub fn client(mut self) -> Self {
         self.member = false;
         self

@@ -68,6 +68,19 @@ pub(crate) fn arrival<K: std::hash::Hash>(
     }
 }
 
+/// Where this process's ask tokens start: random, not 1. Answers go to a node's subject, and
+/// two processes can read one subject: two client nodes with one name (two replicas of a
+/// gateway), or a node restarted while answers to its previous run were on their way. With
+/// tokens counted from 1 in each, one took the other's answers as its own (two clients asking
+/// at once: 60 wrong answers in 400 asks).
+fn first_token() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now))
+}
+
 /// Counters of the transport, for tests and monitoring.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -208,7 +221,7 @@ where
             out: out.clone(),
             max_frame,
             parked: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(first_token()),
         });
         let exchange: Arc<dyn Exchange> = answers.clone();
         let transport = Arc::new(Transport {

@@ -369,3 +369,45 @@ fn messages_larger_than_the_server_takes_are_split_or_dead_letters() {
     a.shutdown();
     b.shutdown();
 }
+
+/// Client nodes have no membership entry, so nothing stops two of them from sharing a name
+/// (two replicas of one gateway): both receive the answers sent to that name. Each must still
+/// get its own answers, never the other's.
+#[test]
+fn two_clients_with_one_name_each_get_their_own_answers() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let seen = Seen::default();
+    let member = start(config(&url, "twins", "m"), &seen).expect("m");
+    let clients: Vec<Arc<TestNode>> = (0..2)
+        .map(|_| Arc::new(start(config(&url, "twins", "gw").client(), &seen).expect("gw")))
+        .collect();
+    wait_members(&[&member], 1);
+    // Each client sets its own ID's total, then asks for it, over and over, at once.
+    let askers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let client = Arc::clone(client);
+            std::thread::spawn(move || {
+                let id = i as u64;
+                client.hermes().send(id, Msg::Add(100 * (id + 1))).unwrap();
+                (0..200)
+                    .map(|_| get(&client, id))
+                    .filter(|answer| *answer != Ok(100 * (id + 1)))
+                    .count()
+            })
+        })
+        .collect();
+    let wrong: Vec<usize> = askers.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(wrong, [0, 0], "answers meant for the other client");
+    for client in clients {
+        match Arc::try_unwrap(client) {
+            Ok(client) => client.shutdown(),
+            Err(_) => panic!("the askers are done"),
+        }
+    }
+    member.shutdown();
+}
