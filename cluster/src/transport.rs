@@ -189,6 +189,8 @@ pub(crate) struct Transport<K, M, A> {
     out: mpsc::Sender<(String, Bytes)>,
     /// The largest frame the NATS server takes (its `max_payload`).
     max_frame: usize,
+    /// The NATS connection, to know whether it is up.
+    client: async_nats::Client,
     placement: Arc<ClusterPlacement>,
     /// The local Hermes, once started; taken at shutdown (it holds this transport).
     hermes: Mutex<Option<Hermes<K, M, A>>>,
@@ -211,6 +213,7 @@ where
         cluster: &str,
         capacity: usize,
         max_frame: usize,
+        client: async_nats::Client,
         placement: Arc<ClusterPlacement>,
         sink: Option<Sink<K, M>>,
     ) -> (Arc<Self>, mpsc::Receiver<(String, Bytes)>) {
@@ -231,6 +234,7 @@ where
             exchange,
             out,
             max_frame,
+            client,
             placement,
             hermes: Mutex::new(None),
             held: Mutex::new(None),
@@ -245,6 +249,14 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether the NATS connection is up. While it is down, mail for other nodes is refused
+    /// (`Unreachable`): the client would buffer it and publish it on reconnecting, maybe before
+    /// the receiving node has subscribed again, and then nobody would know it was lost (750
+    /// messages sent during a 2.5 s restart of the server: none arrived, none was refused).
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn dead_letter(&self, id: K, msg: Option<M>, reason: DeadLetterReason) {
@@ -270,6 +282,9 @@ where
         hops: u8,
     ) -> Result<(), DeadLetterReason> {
         reachable(&self.placement, node)?;
+        if !self.connected() {
+            return Err(DeadLetterReason::Unreachable);
+        }
         let encoded: Vec<Option<Vec<u8>>> = with_exchange(&self.exchange, || {
             batch
                 .iter()

@@ -411,3 +411,66 @@ fn two_clients_with_one_name_each_get_their_own_answers() {
     }
     member.shutdown();
 }
+
+/// While its NATS connection is down, a node cannot know whether a message for another node
+/// will ever get there (the client would buffer it, and publish it on reconnecting, perhaps
+/// before the receiving node has subscribed again: lost without a trace). So it refuses them:
+/// sends from the handle fail (`Unreachable`, the message given back), sends from receivers
+/// are dead letters, message kept. Every message sent is then applied or refused, none lost.
+#[test]
+fn a_node_cut_off_from_nats_refuses_mail_for_other_nodes() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let seen = Seen::default();
+    let dead = Dead::default();
+    let a = start_with(config(&url, "outage", "a"), &seen, Arc::clone(&dead)).expect("a");
+    let b = start(config(&url, "outage", "b"), &seen).expect("b");
+    wait_members(&[&a, &b], 2);
+    let local = (0..)
+        .find(|id| matches!(a.locate(id), Location::Shard(_)))
+        .unwrap();
+    let on_b: Vec<u64> = (0..20u64)
+        .filter(|id| matches!(a.locate(id), Location::Node(_)))
+        .collect();
+    for &id in &on_b {
+        assert_eq!(get(&a, id), Ok(0));
+    }
+    nats.stop();
+    let (mut accepted, mut refused, mut bursts) = (0, 0, 0);
+    // Long enough for the client's reconnect attempts to back off (the messages it buffered
+    // over 2.5 s were all lost, before this fix).
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        for &id in &on_b {
+            match a.hermes().send(id, Msg::Add(1)) {
+                Ok(()) => accepted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        // From a receiver: a dead letter if refused.
+        a.hermes().send(local, Msg::Burst(on_b[0], 1, 1)).unwrap();
+        bursts += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nats.restart();
+    wait_until("asks across nodes after the restart", SETTLE, || {
+        on_b.iter().all(|&id| get(&a, id).is_ok())
+    });
+    let applied: u64 = on_b.iter().map(|&id| get(&a, id).unwrap()).sum();
+    let dead = dead.lock().unwrap().len() as u64;
+    eprintln!(
+        "{accepted} sends accepted, {refused} refused; {bursts} receivers' sends, {dead} dead \
+         letters; {applied} applied"
+    );
+    assert!(refused > 0, "no send was refused while the server was down");
+    assert!(
+        dead > 0,
+        "no receiver's send was a dead letter while the server was down"
+    );
+    // Every message was applied, or refused, or a dead letter: none lost.
+    assert_eq!(applied, accepted + bursts - dead);
+    a.shutdown();
+    b.shutdown();
+}
