@@ -176,6 +176,7 @@ impl Cluster {
             &cc.cluster,
             cc.outbound_capacity,
             max_frame(&client),
+            client.clone(),
             Arc::clone(&placement),
             dead_letters.clone(),
         );
@@ -362,28 +363,10 @@ async fn check_name_free(
     config: &ClusterConfig,
     expiry: Duration,
 ) -> Result<(), ClusterError> {
-    let subject = format!("{}{}", members.prefix, member_key(me));
-    // The revision of the entry if it is a heartbeat (not a delete or purge marker). Read
-    // through the stream's API, not the bucket's direct get: right after the bucket is
-    // created, the direct get can go unanswered until the request times out (8 nodes
-    // connecting at once, tests/nodes.rs, failed 1 run in 5 so).
     let live = || async {
-        use jetstream::stream::LastRawMessageErrorKind as Kind;
-        match members
-            .stream
-            .get_last_raw_message_by_subject(&subject)
+        membership::heartbeat_revision(members, me)
             .await
-        {
-            Ok(message) => {
-                let marker = message
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-                Ok((!marker).then_some(message.sequence))
-            }
-            Err(e) if e.kind() == Kind::NoMessageFound => Ok(None),
-            Err(e) => Err(jetstream_error("this node's membership entry", e)),
-        }
+            .map_err(|e| jetstream_error("this node's membership entry", e))
     };
     let Some(first) = live().await? else {
         return Ok(());
@@ -470,8 +453,7 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
         {
             tracing::warn!(%e, "heartbeat failed: is the NATS server up?");
         }
-        let known = self.placement.view();
-        let nodes = match membership::members(&self.kv, &known).await {
+        let nodes = match membership::members(&self.kv).await {
             Ok(nodes) => nodes,
             Err(e) => {
                 tracing::warn!(%e, "could not read the membership");
