@@ -625,7 +625,6 @@ mod tests {
     }
 }
 
-
 /// The membership read against a real server.
 #[cfg(test)]
 mod on_nats {

@@ -70,6 +70,7 @@ impl Cluster {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("hermes-{}-{}", config.cluster, config.node))
                 .connection_timeout(Duration::from_secs(5))
+                .event_callback(connection_event)
                 .connect(&config.nats_url)
                 .await
                 .map_err(|e| {
@@ -400,6 +401,24 @@ fn jetstream_error(what: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream(format!(
         "could not open {what} ({e}): run nats-server with JetStream enabled (nats-server -js)"
     ))
+}
+
+/// Logs what happens to the NATS connection: without this, a server that went away left no
+/// trace in the log (heartbeats and reads just waited for it to come back).
+async fn connection_event(event: async_nats::Event) {
+    match event {
+        async_nats::Event::Disconnected => tracing::warn!(
+            "lost the connection to the NATS server: reconnecting; until then mail for other \
+             nodes is refused (Unreachable), state calls time out, and heartbeats wait"
+        ),
+        async_nats::Event::Connected => tracing::info!("connected to the NATS server"),
+        async_nats::Event::SlowConsumer(sid) => tracing::warn!(
+            sid,
+            "the NATS server dropped messages for this node, which did not take them fast \
+             enough (a slow consumer)"
+        ),
+        other => tracing::warn!(event = %other, "NATS connection event"),
+    }
 }
 
 /// The largest NATS message the server takes (its `max_payload`; 1 MiB, NATS's default, if
