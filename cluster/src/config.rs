@@ -106,7 +106,9 @@ impl ClusterConfig {
     }
 
     /// How long one JetStream key-value operation of the [`KvStore`](crate::KvStore) may
-    /// take before it fails (default 5 s).
+    /// take before it fails (default 5 s). Once the connection to the server has been down
+    /// for this long, operations fail at once (until it is back), so that a node stopping
+    /// while the server is gone does not wait this long for each receiver's save.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout.min(LONGEST);
         self

@@ -110,7 +110,7 @@ impl Cluster {
         let store = Arc::new(KvStore::new(JetStreamBucket::new(
             state,
             js,
-            max_frame(&client),
+            client.clone(),
             runtime.handle().clone(),
             config.store_timeout,
         )));
@@ -423,7 +423,7 @@ async fn connection_event(event: async_nats::Event) {
 
 /// The largest NATS message the server takes (its `max_payload`; 1 MiB, NATS's default, if
 /// it did not say).
-fn max_frame(client: &async_nats::Client) -> usize {
+pub(crate) fn max_frame(client: &async_nats::Client) -> usize {
     match client.server_info().max_payload {
         0 => 1 << 20,
         n => n,

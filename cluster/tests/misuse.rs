@@ -474,3 +474,67 @@ fn a_node_cut_off_from_nats_refuses_mail_for_other_nodes() {
     a.shutdown();
     b.shutdown();
 }
+
+/// A node that stops while the NATS server is down: each receiver's `deactivated` hook saves,
+/// and each save failed only after the store timeout, one after the other, so the shutdown of
+/// a node with thousands of receivers took hours (20 receivers, one shard, 200 ms timeout:
+/// 6.2 s). Once the connection has been down for a store timeout, store calls fail at once,
+/// saying so.
+#[test]
+fn store_calls_fail_fast_once_the_server_has_been_gone_a_store_timeout() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let cluster = Cluster::connect(
+        config(&nats.url(), "down", "a")
+            .shards(1)
+            .store_timeout(Duration::from_millis(300)),
+    )
+    .expect("connects");
+    let store = cluster.store();
+    struct Saver {
+        store: Arc<hermes_cluster::KvStore>,
+        errors: Arc<Mutex<Vec<String>>>,
+    }
+    impl Receiver<u64, Msg> for Saver {
+        fn receive(&mut self, _: &mut Context<'_, u64, Msg>, msg: Msg) {
+            if let Msg::Get(reply) = msg {
+                let _ = reply.send(0);
+            }
+        }
+        fn deactivated(&mut self, ctx: &mut Context<'_, u64, Msg>, _: hermes_core::Deactivation) {
+            let key = format!("k{}", ctx.id());
+            if let Err(e) = self.store.put(key.as_bytes(), b"v") {
+                self.errors.lock().unwrap().push(e.to_string());
+            }
+        }
+    }
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let node = {
+        let errors = Arc::clone(&errors);
+        cluster
+            .start(Config::default(), move |_: &u64| {
+                Activation::ready(Saver {
+                    store: Arc::clone(&store),
+                    errors: Arc::clone(&errors),
+                })
+            })
+            .expect("starts")
+    };
+    for id in 0..20 {
+        assert_eq!(get(&node, id), Ok(0));
+    }
+    nats.stop();
+    node.shutdown();
+    let errors = errors.lock().unwrap();
+    assert_eq!(errors.len(), 20, "every save failed: {errors:?}");
+    let waited = errors.iter().filter(|e| e.contains("timed out")).count();
+    assert!(
+        waited <= 2,
+        "{waited} of 20 saves waited out the store timeout: {errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("unreachable for")),
+        "{errors:?}"
+    );
+}
