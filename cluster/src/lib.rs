@@ -83,6 +83,16 @@ pub use store::KvStore;
 
 use std::fmt;
 
+/// A random number, different in every process and call (std's hasher keys, the process id
+/// and the time): ask tokens' start, a node's instance number.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now))
+}
+
 /// Why a node could not join its cluster.
 ///
 /// The message includes the cause's, so [`source`](std::error::Error::source) is `None`: an

@@ -22,6 +22,9 @@ pub(crate) fn member_key(node: NodeId) -> String {
 pub(crate) struct Announce {
     pub(crate) name: String,
     pub(crate) id: u64,
+    /// Random, per process: tells this node's entry from one another process wrote under
+    /// the same name.
+    pub(crate) instance: u64,
 }
 
 /// A node finished releasing the IDs it lost in the view with this hash.
@@ -65,21 +68,22 @@ pub(crate) async fn members(kv: &kv::Store) -> Result<Vec<NodeId>, String> {
     }
     let mut nodes = Vec::with_capacity(keys.len());
     for node in keys {
-        if heartbeat_revision(kv, node).await?.is_some() {
+        if heartbeat(kv, node).await?.is_some() {
             nodes.push(node);
         }
     }
     Ok(nodes)
 }
 
-/// The revision of `node`'s latest entry in the membership bucket if it is a heartbeat (not
-/// a purge or delete marker, not expired). Read through the stream's API, not the bucket's
-/// direct get: right after the bucket is created, a direct get can go unanswered until the
-/// request times out (8 nodes connecting at once, tests/nodes.rs, failed 1 run in 5 so).
-pub(crate) async fn heartbeat_revision(
+/// `node`'s latest entry in the membership bucket if it is a heartbeat (not a purge or delete
+/// marker, not expired): its revision and the announcement in it. Read through the stream's
+/// API, not the bucket's direct get: right after the bucket is created, a direct get can go
+/// unanswered until the request times out (8 nodes connecting at once, tests/nodes.rs, failed
+/// 1 run in 5 so).
+pub(crate) async fn heartbeat(
     kv: &kv::Store,
     node: NodeId,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<(u64, bytes::Bytes)>, String> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
     let subject = format!("{}{}", kv.prefix, member_key(node));
     match kv.stream.get_last_raw_message_by_subject(&subject).await {
@@ -88,10 +92,37 @@ pub(crate) async fn heartbeat_revision(
                 .headers
                 .get("KV-Operation")
                 .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-            Ok((!marker).then_some(message.sequence))
+            Ok((!marker).then_some((message.sequence, message.payload)))
         }
         Err(e) if e.kind() == Kind::NoMessageFound => Ok(None),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Until when this node's membership entry surely lasts: the time it sent its last heartbeat
+/// that the server took, plus the bucket's expiry. Past it, the others may have removed this
+/// node and taken its IDs, so its [`KvStore`](crate::KvStore) refuses to write (`Conflict`)
+/// until a heartbeat renews it: a node cut off past the liveness timeout that deactivates its
+/// receivers when it is back must not save their state, older than what the new owners had
+/// (the first save won, the new owner's failed). Not yet started, or a client: no lease, no
+/// limit.
+#[derive(Debug, Default)]
+pub(crate) struct Lease {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    /// The entry lasts until `until`.
+    pub(crate) fn renew(&self, until: Instant) {
+        *self.until.lock().unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
+
+    /// Whether this node may write now.
+    pub(crate) fn holds(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|until| Instant::now() < until)
     }
 }
 
@@ -299,6 +330,15 @@ impl Gate {
     /// This node's first look at the membership is done: later changes are ordinary ones.
     pub(crate) fn settle(&self) {
         self.lock().settle();
+    }
+
+    /// This node was removed from the membership (its entry expired) and joins again, as a
+    /// node that has just started: the releases it has seen are forgotten (a view it had
+    /// before, whose hash returns when it is back, was released long ago), and at its next
+    /// view change every other member is a previous owner to wait for.
+    pub(crate) fn restart(&self, view: Arc<Vec<NodeId>>, now: Instant) {
+        let mut state = self.lock();
+        *state = GateState::new(state.me, state.timeout, view, now);
     }
 
     /// `node` released what it lost in view `view`.

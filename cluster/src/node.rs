@@ -1,7 +1,7 @@
 //! A node: the NATS connection, the buckets, the local Hermes, and the tasks that tie them.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use crate::membership::{self, Announce, Gate, Gated, Released, member_key};
+use crate::membership::{self, Announce, Gate, Gated, Lease, Released, member_key};
 use crate::placement::{ClusterPlacement, node_id};
 use crate::store::JetStreamBucket;
 use crate::transport::{self, Transport};
@@ -41,6 +41,10 @@ pub struct Cluster {
     client: async_nats::Client,
     members: jetstream::kv::Store,
     store: Arc<KvStore>,
+    /// How long the membership bucket keeps an entry (its liveness timeout).
+    expiry: Duration,
+    /// How long this node's entry is known to last; the store writes only within it.
+    lease: Arc<Lease>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -66,7 +70,7 @@ impl Cluster {
             .build()
             .map_err(|e| ClusterError::Connect(format!("could not start the I/O runtime: {e}")))?;
         let me = node_id(&config.node);
-        let (client, members, state, js) = runtime.block_on(async {
+        let (client, members, state, js, expiry) = runtime.block_on(async {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("hermes-{}-{}", config.cluster, config.node))
                 .connection_timeout(Duration::from_secs(5))
@@ -101,16 +105,19 @@ impl Cluster {
                 "the state bucket",
             )
             .await?;
+            let mut expiry = config.liveness;
             if config.member {
-                let expiry = check_timings(&members, &config).await?;
+                expiry = check_timings(&members, &config).await?;
                 check_name_free(&members, me, &config, expiry).await?;
             }
-            Ok::<_, ClusterError>((client, members, state, js))
+            Ok::<_, ClusterError>((client, members, state, js, expiry))
         })?;
+        let lease = Arc::new(Lease::default());
         let store = Arc::new(KvStore::new(JetStreamBucket::new(
             state,
             js,
             client.clone(),
+            Arc::clone(&lease),
             runtime.handle().clone(),
             config.store_timeout,
         )));
@@ -121,6 +128,8 @@ impl Cluster {
             client,
             members,
             store,
+            expiry,
+            lease,
         })
     }
 
@@ -170,6 +179,8 @@ impl Cluster {
             client,
             members,
             store: _,
+            expiry,
+            lease,
         } = self;
         let placement = Arc::new(ClusterPlacement::new(me, cc.member, cc.shards as u32));
         let (transport, outbound) = Transport::<K, M, F::App>::new(
@@ -259,6 +270,7 @@ impl Cluster {
         let announce = Announce {
             name: cc.node.clone(),
             id: me.0,
+            instance: crate::random_u64(),
         };
         let heartbeat = Heartbeat {
             me,
@@ -272,6 +284,9 @@ impl Cluster {
             client: client.clone(),
             released_subject,
             release_timeout: cc.handoff_timeout.max(Duration::from_secs(1)) * 5,
+            revision: AtomicU64::new(0),
+            expiry,
+            lease,
         };
         // The first beat (and view) before start returns: the node is a member from here on.
         runtime.block_on(heartbeat.beat());
@@ -365,8 +380,9 @@ async fn check_name_free(
     expiry: Duration,
 ) -> Result<(), ClusterError> {
     let live = || async {
-        membership::heartbeat_revision(members, me)
+        membership::heartbeat(members, me)
             .await
+            .map(|entry| entry.map(|(revision, _)| revision))
             .map_err(|e| jetstream_error("this node's membership entry", e))
     };
     let Some(first) = live().await? else {
@@ -452,6 +468,12 @@ struct Heartbeat<K, M, A> {
     client: async_nats::Client,
     released_subject: String,
     release_timeout: Duration,
+    /// The revision of this node's last heartbeat in the bucket (0: none yet).
+    revision: AtomicU64,
+    /// How long the bucket keeps an entry.
+    expiry: Duration,
+    /// Renewed by every heartbeat written: until when this node's entry surely lasts.
+    lease: Arc<Lease>,
 }
 
 impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A> {
@@ -464,13 +486,8 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
 
     /// Announces this node, reads the membership, and hands off what moved.
     async fn beat(&self) {
-        if self.member
-            && let Err(e) = self
-                .kv
-                .put(member_key(self.me), self.announce.clone())
-                .await
-        {
-            tracing::warn!(%e, "heartbeat failed: is the NATS server up?");
+        if self.member {
+            self.announce().await;
         }
         let nodes = match membership::members(&self.kv).await {
             Ok(nodes) => nodes,
@@ -503,6 +520,84 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
                 let _ = client.publish(subject, Bytes::from(bytes)).await;
             }
         });
+    }
+}
+
+impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A> {
+    /// Renews this node's entry, expecting it at the revision this node last wrote. If it is
+    /// not, and is gone (it expired while this node could not reach the server, say cut off
+    /// past the liveness timeout), the others have removed this node and taken its IDs, and
+    /// moved on with their state: this node deactivates every receiver (their saves of state
+    /// that the new owners wrote since fail with `Conflict`) before it announces itself again
+    /// and waits at the hand-off gate like any joining node. Without this it went on with the
+    /// receivers it had before it was cut off, answering from their stale state.
+    async fn announce(&self) {
+        let key = member_key(self.me);
+        let expected = self.revision.load(Ordering::Relaxed);
+        // The entry expires at most the bucket's expiry after the server stored it, which is
+        // after this.
+        let sent = std::time::Instant::now();
+        let written = if expected == 0 {
+            self.kv
+                .put(&key, self.announce.clone())
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        } else {
+            match self.kv.update(&key, self.announce.clone(), expected).await {
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match written {
+            Ok(Some(revision)) => {
+                self.revision.store(revision, Ordering::Relaxed);
+                self.lease.renew(sent + self.expiry);
+            }
+            Err(e) => tracing::warn!(%e, "heartbeat failed: is the NATS server up?"),
+            Ok(None) => match membership::heartbeat(&self.kv, self.me).await {
+                // This node's own heartbeat, whose answer it missed.
+                Ok(Some((revision, announce))) if announce == self.announce => {
+                    self.revision.store(revision, Ordering::Relaxed)
+                }
+                Ok(Some(_)) => {
+                    tracing::error!(
+                        "another process renews this node's membership entry: two nodes run \
+                         under one name; stop one"
+                    );
+                    self.revision.store(0, Ordering::Relaxed);
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        "this node's membership entry expired while it could not reach the \
+                         server: the others have taken its IDs; it deactivates its receivers \
+                         and joins again"
+                    );
+                    self.rejoin().await;
+                    self.revision.store(0, Ordering::Relaxed);
+                    Box::pin(self.announce()).await;
+                }
+                Err(e) => tracing::warn!(%e, "could not read this node's membership entry"),
+            },
+        }
+    }
+
+    /// Leaves the view (every ID is another node's) and waits until every receiver has been
+    /// deactivated, at most the release timeout.
+    async fn rejoin(&self) {
+        if !self.placement.leave() {
+            return;
+        }
+        self.gate
+            .restart(self.placement.view(), std::time::Instant::now());
+        let released = self.hermes.release_moved();
+        if tokio::time::timeout(self.release_timeout, released)
+            .await
+            .is_err()
+        {
+            tracing::warn!("receivers are slow to deactivate");
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, kv};
@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use hermes_store::{Batch, Entries, Op, Operation, Store, StoreError};
 use tokio::runtime::Handle;
 
+use crate::membership::Lease;
 use crate::node::max_frame;
 
 /// A [`Store`] on a JetStream key-value bucket (`hermes_{cluster}_state`): every node of the
@@ -125,6 +126,8 @@ pub(crate) struct JetStreamBucket {
     max_payload: usize,
     /// The connection, and since when this bucket has seen it down.
     client: async_nats::Client,
+    /// Writes only while this node's membership entry surely lasts.
+    lease: Arc<Lease>,
     down_since: Mutex<Option<Instant>>,
     runtime: Handle,
     timeout: Duration,
@@ -135,6 +138,7 @@ impl JetStreamBucket {
         kv: kv::Store,
         js: jetstream::Context,
         client: async_nats::Client,
+        lease: Arc<Lease>,
         runtime: Handle,
         timeout: Duration,
     ) -> Self {
@@ -143,6 +147,7 @@ impl JetStreamBucket {
             js,
             max_payload: max_frame(&client),
             client,
+            lease,
             down_since: Mutex::new(None),
             runtime,
             timeout,
@@ -165,6 +170,19 @@ impl JetStreamBucket {
         }
         let down = since.get_or_insert_with(Instant::now).elapsed();
         (down >= self.timeout).then_some(down)
+    }
+
+    /// Refuses to write while this node's lease has lapsed: it may have been removed from the
+    /// membership, and its receivers' state be older than their new owners'.
+    fn leased(&self, key: &[u8]) -> Result<(), StoreError> {
+        if self.lease.holds() {
+            return Ok(());
+        }
+        tracing::debug!(
+            key = %String::from_utf8_lossy(key),
+            "a write refused: this node's membership entry may have expired"
+        );
+        Err(StoreError::Conflict { key: key.to_vec() })
     }
 
     /// Refuses a value the NATS server would not take in one message (with the key and the
@@ -253,6 +271,7 @@ impl Bucket for JetStreamBucket {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+        self.leased(key)?;
         self.fits(key, value)?;
         let kv = self.kv.clone();
         let name = encode_key(key);
@@ -265,6 +284,7 @@ impl Bucket for JetStreamBucket {
     }
 
     fn update(&self, key: &[u8], value: &[u8], expected: u64) -> Result<u64, StoreError> {
+        self.leased(key)?;
         self.fits(key, value)?;
         let kv = self.kv.clone();
         let name = encode_key(key);
@@ -282,6 +302,7 @@ impl Bucket for JetStreamBucket {
     }
 
     fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<u64, StoreError> {
+        self.leased(key)?;
         // `kv::Store::delete_expect_revision` does not return the marker's revision, which the
         // next conditional write expects: the same publish, keeping its acknowledgement.
         let subject = format!(

@@ -74,11 +74,7 @@ pub(crate) fn arrival<K: std::hash::Hash>(
 /// tokens counted from 1 in each, one took the other's answers as its own (two clients asking
 /// at once: 60 wrong answers in 400 asks).
 fn first_token() -> u64 {
-    use std::hash::BuildHasher;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now))
+    crate::random_u64()
 }
 
 /// Counters of the transport, for tests and monitoring.
