@@ -674,15 +674,18 @@ where
         let Some(runtime) = self.runtime.take() else {
             return;
         };
-        // The heartbeat first, so it does not announce this node again.
-        if let Some(heartbeat) = self.tasks.pop() {
-            heartbeat.abort();
-        }
         if self.member {
             // What comes for its IDs while they are deactivated is held for their next owner.
             self.transport.hold();
         }
+        // The heartbeat goes on while the receivers are deactivated: it renews the lease under
+        // which their saves are taken (a shutdown longer than the liveness timeout had its
+        // last saves refused), and is stopped before the purge, so that it does not announce
+        // this node again.
         let _ = self.hermes.shutdown();
+        if let Some(heartbeat) = self.tasks.pop() {
+            heartbeat.abort();
+        }
         if self.member {
             let members = self.members.clone();
             let key = member_key(self.me);

@@ -183,3 +183,62 @@ fn a_node_cut_off_past_the_liveness_timeout_does_not_go_on_with_stale_receivers(
     b.shutdown();
     a.shutdown();
 }
+
+/// A graceful shutdown that takes longer than the liveness timeout (many receivers, each
+/// saving as it is deactivated) still saves every one: the heartbeat renews the node's lease
+/// until its receivers are deactivated.
+#[test]
+fn a_long_shutdown_saves_every_receiver() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let cluster = Cluster::connect(
+        ClusterConfig::new(nats.url(), "long-shutdown", "a")
+            .heartbeat(Duration::from_millis(100))
+            .liveness_timeout(Duration::from_millis(800))
+            .shards(1),
+    )
+    .expect("connects");
+    let store = cluster.store();
+    struct Slow {
+        store: Arc<KvStore>,
+        failed: Arc<Mutex<Vec<String>>>,
+    }
+    impl Receiver<u64, Msg> for Slow {
+        fn receive(&mut self, _: &mut Context<'_, u64, Msg>, msg: Msg) {
+            if let Msg::Get(reply) = msg {
+                let _ = reply.send(0);
+            }
+        }
+        fn deactivated(&mut self, ctx: &mut Context<'_, u64, Msg>, _: Deactivation) {
+            // A save that takes a while (a large state, a slow disk on the server).
+            std::thread::sleep(Duration::from_millis(50));
+            let key = format!("total/{}", ctx.id());
+            if let Err(e) = TOTAL.save(self.store.as_ref(), key.as_bytes(), &1) {
+                self.failed.lock().unwrap().push(e.to_string());
+            }
+        }
+    }
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let node = {
+        let (store, failed) = (Arc::clone(&store), Arc::clone(&failed));
+        cluster
+            .start(Config::default(), move |_: &u64| {
+                Activation::ready(Slow {
+                    store: Arc::clone(&store),
+                    failed: Arc::clone(&failed),
+                })
+            })
+            .expect("starts")
+    };
+    // 40 receivers, 50 ms each: 2 s to deactivate, past the 0.8 s liveness timeout.
+    for id in 0..40 {
+        assert_eq!(get(&node, id), Some(0));
+    }
+    node.shutdown();
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "{:?}",
+        failed.lock().unwrap()
+    );
+}
