@@ -371,8 +371,8 @@ async fn check_timings(
 /// Refuses to start a second live node under a name already in use: both would take every
 /// message sent to that node's IDs. A member entry under this node's key that is renewed while
 /// this waits belongs to a running node; one that expires (or is gone) was left by this node's
-/// own previous run, killed before the liveness timeout removed it, and this waits for it to
-/// expire so that the others see the restart as a change of membership.
+/// own previous run, killed before the liveness timeout removed it: this waits for it to
+/// expire, then joins as any new node.
 async fn check_name_free(
     members: &jetstream::kv::Store,
     me: NodeId,

@@ -1,7 +1,7 @@
 //! What a user gets wrong, and what the server does to them: a wrong URL, a server without
 //! JetStream, two nodes with one name, nodes whose timings disagree with the membership bucket,
-//! a stale owner's deletes, a state too large for the server, and a NATS server that restarts
-//! under the nodes. Each must end in a typed error that says what to do, or in the documented
+//! a stale owner's deletes, a state too large for the server, bad frames on a node's subject,
+//! and a NATS server that restarts under the nodes. Each must end in a typed error that says what to do, or in the documented
 //! behaviour, never in silent loss or duplication.
 
 mod support;
@@ -290,7 +290,7 @@ fn nodes_carry_on_after_the_nats_server_restarts() {
 
     nats.stop();
     match store.get(b"saved") {
-        Err(e) => eprintln!("while the server is down: {e}"),
+        Err(e) => assert!(e.to_string().contains("NATS server"), "{e}"),
         Ok(v) => panic!("a store call with the server down: {v:?}"),
     }
     // Longer than a heartbeat, shorter than the liveness timeout.
@@ -537,4 +537,76 @@ fn store_calls_fail_fast_once_the_server_has_been_gone_a_store_timeout() {
         errors.iter().any(|e| e.contains("unreachable for")),
         "{errors:?}"
     );
+}
+
+/// The wire format's frames, as tests/misuse.rs writes them (postcard encodes a struct as the
+/// tuple of its fields, an enum as its variant's index then its fields).
+#[derive(Serialize)]
+struct Frame(u8, u64, Vec<Vec<u8>>);
+
+#[derive(Serialize)]
+enum Item {
+    Message { to: u64, msg: Msg, hops: u8 },
+}
+
+/// Bytes from NATS are untrusted: a frame that does not decode, one of another wire version,
+/// and an item that does not decode are dropped and counted, never a panic; the good item next
+/// to a bad one is delivered; a message passed on too often is a dead letter.
+#[test]
+fn bad_frames_are_counted_and_dropped_alone() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let seen = Seen::default();
+    let dead = Dead::default();
+    let a = start_with(config(&url, "wire", "a"), &seen, Arc::clone(&dead)).expect("a");
+    let b = start(config(&url, "wire", "b"), &seen).expect("b");
+    wait_members(&[&a, &b], 2);
+    let mine = (0..)
+        .find(|id| matches!(a.locate(id), Location::Shard(_)))
+        .unwrap();
+    let theirs = (0..)
+        .find(|id| matches!(a.locate(id), Location::Node(_)))
+        .unwrap();
+    let item = |to: u64, n: u64, hops: u8| {
+        postcard::to_allocvec(&Item::Message {
+            to,
+            msg: Msg::Add(n),
+            hops,
+        })
+        .unwrap()
+    };
+    let frames = [
+        b"not a frame".to_vec(),
+        postcard::to_allocvec(&Frame(2, 1, vec![item(mine, 1000, 0)])).unwrap(),
+        postcard::to_allocvec(&Frame(1, 1, vec![vec![9, 9, 9], item(mine, 7, 0)])).unwrap(),
+        // Passed on 8 times already, and b's: a dead letter on a.
+        postcard::to_allocvec(&Frame(1, 1, vec![item(theirs, 1, 8)])).unwrap(),
+    ];
+    let subject = format!("hermes.wire.node.{:016x}", a.id().0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        for frame in frames {
+            client.publish(subject.clone(), frame.into()).await.unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+    wait_until("the good item", SETTLE, || get(&a, mine) == Ok(7));
+    wait_until("the dead letter", SETTLE, || {
+        dead.lock().unwrap().len() == 1
+    });
+    let (_, _, bad, _) = a.transport_counts();
+    assert_eq!(bad, 3, "the garbage, the other version, the bad item");
+    assert_eq!(
+        get(&b, theirs),
+        Ok(0),
+        "the message passed on too often was not delivered"
+    );
+    a.shutdown();
+    b.shutdown();
 }
