@@ -242,3 +242,57 @@ fn a_long_shutdown_saves_every_receiver() {
         failed.lock().unwrap()
     );
 }
+
+/// A timer is held by the node that scheduled it. When that node leaves gracefully before it
+/// is due, it is not lost silently: it is a dead letter there, message kept, to be sent again
+/// (it is not delivered to the ID's next owner).
+#[test]
+fn a_leaving_nodes_timers_are_dead_letters() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let a = start(&nats.url(), "a");
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let b = {
+        let cluster = Cluster::connect(
+            ClusterConfig::new(nats.url(), "partition", "b")
+                .heartbeat(Duration::from_millis(100))
+                .liveness_timeout(Duration::from_secs(3))
+                .shards(1),
+        )
+        .expect("connects");
+        let store = cluster.store();
+        let dead = Arc::clone(&dead);
+        cluster
+            .start_with(
+                Config::default(),
+                Some(Arc::new(
+                    move |letter: hermes_core::DeadLetter<u64, Msg>| {
+                        if let Some(Msg::Add(n)) = letter.message {
+                            dead.lock().unwrap().push(n);
+                        }
+                    },
+                )),
+                move |_: &u64| {
+                    Activation::ready(Counter {
+                        total: 0,
+                        store: Arc::clone(&store),
+                    })
+                },
+            )
+            .expect("starts")
+    };
+    wait_until("two members", SETTLE, || {
+        a.members().len() == 2 && b.members().len() == 2
+    });
+    let on_b = (0..)
+        .find(|id| matches!(a.locate(id), Location::Node(_)))
+        .unwrap();
+    b.hermes()
+        .schedule(on_b, Duration::from_secs(60), Msg::Add(7))
+        .unwrap();
+    b.shutdown();
+    assert_eq!(dead.lock().unwrap().as_slice(), &[7]);
+    assert_eq!(get(&a, on_b), Some(0), "not delivered to the next owner");
+    a.shutdown();
+}
