@@ -45,7 +45,9 @@
 //!   back over NATS.
 //! - **Membership.** Heartbeats are puts to a JetStream key-value bucket whose entries expire
 //!   after the liveness timeout; every node reads the bucket each heartbeat. A node that stops
-//!   heartbeating drops out; one that leaves gracefully deletes its entry.
+//!   heartbeating drops out; one that leaves gracefully deletes its entry. A node that finds
+//!   its entry expired when it reaches the server again (it was cut off) drops its receivers
+//!   and joins again.
 //! - **Hand-off.** On a membership change, every node deactivates the receivers it lost
 //!   (their `deactivated` hooks save their state) and announces it; a node that gained an ID
 //!   from a live node waits for every other member's announcement (or the hand-off timeout)
@@ -53,7 +55,8 @@
 //! - **State.** [`KvStore`], a [`Store`](hermes_store::Store) on a JetStream key-value bucket,
 //!   with compare-and-set on revisions: a stale owner's save fails
 //!   ([`StoreError::Conflict`](hermes_store::StoreError::Conflict)) instead of overwriting the
-//!   new owner's.
+//!   new owner's; and a member writes only within the liveness timeout of its last heartbeat
+//!   (a lease), so a node cut off cannot save stale state once the others may have moved on.
 //! - **Simulation.** With feature `sim`, `sim::ClusterSim` runs several nodes with their
 //!   real shards and the cluster's real decisions (placement, hand-off gate, forwarding,
 //!   compare-and-set) over a simulated NATS, membership and state bucket, with message delays,
