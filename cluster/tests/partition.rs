@@ -195,7 +195,7 @@ fn a_long_shutdown_saves_every_receiver() {
     let cluster = Cluster::connect(
         ClusterConfig::new(nats.url(), "long-shutdown", "a")
             .heartbeat(Duration::from_millis(100))
-            .liveness_timeout(Duration::from_millis(800))
+            .liveness_timeout(Duration::from_millis(1200))
             .shards(1),
     )
     .expect("connects");
@@ -231,8 +231,8 @@ fn a_long_shutdown_saves_every_receiver() {
             })
             .expect("starts")
     };
-    // 40 receivers, 50 ms each: 2 s to deactivate, past the 0.8 s liveness timeout.
-    for id in 0..40 {
+    // 60 receivers, 50 ms each: 3 s to deactivate, past the 1.2 s liveness timeout.
+    for id in 0..60 {
         assert_eq!(get(&node, id), Some(0));
     }
     node.shutdown();
