@@ -174,6 +174,15 @@ where
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The cluster's log on stderr: membership changes, hand-offs, a NATS server that went
+    // away. `RUST_LOG` overrides it.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,hermes_cluster=info".into()),
+        )
+        .init();
     let args = Args::parse();
     let config = ClusterConfig::new(&args.nats, &args.cluster, &args.node)
         .heartbeat(Duration::from_millis(250))

@@ -36,7 +36,9 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// A member node named `node` of the cluster `cluster`, on the NATS server at `nats_url`
-    /// (with JetStream). Names are letters, digits, `-` and `_`.
+    /// (with JetStream). Names are letters, digits, `-` and `_`; a node's name is unique in
+    /// its cluster ([`Cluster::connect`](crate::Cluster::connect) refuses the name of a running
+    /// node).
     pub fn new(
         nats_url: impl Into<String>,
         cluster: impl Into<String>,
@@ -66,7 +68,8 @@ impl ClusterConfig {
     /// How long after its last heartbeat a node is removed from the membership, and its IDs
     /// move to the others (default 3 s; at least two heartbeats). Shorter fails over faster;
     /// too short removes nodes that are only slow (they then lose their receivers, whose
-    /// stale saves fail: safe, but churn).
+    /// stale saves fail: safe, but churn). The membership bucket keeps the timeout of the node
+    /// that created it; a node whose heartbeat it would expire is refused at connect.
     pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
         self.liveness = timeout.min(LONGEST);
         self
@@ -80,7 +83,10 @@ impl ClusterConfig {
     }
 
     /// A client node: it sends, asks and gets answers, but owns no IDs and does not appear in
-    /// the membership (a load generator, a gateway, a test driver).
+    /// the membership (a load generator, a gateway, a test driver). Clients are not checked
+    /// for unique names: replicas may share one, each then receives the others' answers too
+    /// (and ignores them: ask tokens start at random per process), so distinct names halve
+    /// that traffic.
     pub fn client(mut self) -> Self {
         self.member = false;
         self
@@ -100,7 +106,9 @@ impl ClusterConfig {
     }
 
     /// How long one JetStream key-value operation of the [`KvStore`](crate::KvStore) may
-    /// take before it fails (default 5 s).
+    /// take before it fails (default 5 s). Once the connection to the server has been down
+    /// for this long, operations fail at once (until it is back), so that a node stopping
+    /// while the server is gone does not wait this long for each receiver's save.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout.min(LONGEST);
         self

@@ -38,13 +38,16 @@
 //!   over the membership ([`owner`]), then the owner's local shards. A node joining or leaving
 //!   moves only the IDs it gains or loses.
 //! - **Transport.** One subject per node, `hermes.{cluster}.node.{id}`; a shard's mail for a
-//!   node in one turn is one frame (postcard), published in order by one task per node, so
-//!   messages from one sender to one receiver keep their order while the membership is stable.
+//!   node in one turn is one frame (postcard; several if it exceeds the server's
+//!   `max_payload`), published in order by one task per node, so messages from one sender to
+//!   one receiver keep their order while the membership is stable.
 //!   Asks cross nodes: a [`Reply`](hermes_core::Reply) travels as a token and the answer comes
 //!   back over NATS.
 //! - **Membership.** Heartbeats are puts to a JetStream key-value bucket whose entries expire
 //!   after the liveness timeout; every node reads the bucket each heartbeat. A node that stops
-//!   heartbeating drops out; one that leaves gracefully deletes its entry.
+//!   heartbeating drops out; one that leaves gracefully deletes its entry. A node that finds
+//!   its entry expired when it reaches the server again (it was cut off) drops its receivers
+//!   and joins again.
 //! - **Hand-off.** On a membership change, every node deactivates the receivers it lost
 //!   (their `deactivated` hooks save their state) and announces it; a node that gained an ID
 //!   from a live node waits for every other member's announcement (or the hand-off timeout)
@@ -52,7 +55,8 @@
 //! - **State.** [`KvStore`], a [`Store`](hermes_store::Store) on a JetStream key-value bucket,
 //!   with compare-and-set on revisions: a stale owner's save fails
 //!   ([`StoreError::Conflict`](hermes_store::StoreError::Conflict)) instead of overwriting the
-//!   new owner's.
+//!   new owner's; and a member writes only within the liveness timeout of its last heartbeat
+//!   (a lease), so a node cut off cannot save stale state once the others may have moved on.
 //! - **Simulation.** With feature `sim`, `sim::ClusterSim` runs several nodes with their
 //!   real shards and the cluster's real decisions (placement, hand-off gate, forwarding,
 //!   compare-and-set) over a simulated NATS, membership and state bucket, with message delays,
@@ -81,6 +85,16 @@ pub use placement::{node_id, owner};
 pub use store::KvStore;
 
 use std::fmt;
+
+/// A random number, different in every process and call (std's hasher keys, the process id
+/// and the time): ask tokens' start, a node's instance number.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now))
+}
 
 /// Why a node could not join its cluster.
 ///

@@ -22,6 +22,9 @@ pub(crate) fn member_key(node: NodeId) -> String {
 pub(crate) struct Announce {
     pub(crate) name: String,
     pub(crate) id: u64,
+    /// Random, per process: tells this node's entry from one another process wrote under
+    /// the same name.
+    pub(crate) instance: u64,
 }
 
 /// A node finished releasing the IDs it lost in the view with this hash.
@@ -36,39 +39,91 @@ pub(crate) fn view_hash(members: &[NodeId]) -> u64 {
     id_hash(&members.iter().map(|n| n.0).collect::<Vec<_>>())
 }
 
-/// The nodes in the bucket now (keys present; expired and deleted ones are gone). `known` are
-/// the members of the current view.
+/// The nodes in the bucket now: keys whose latest entry is a heartbeat (expired keys are gone;
+/// a node that left purged its key).
 ///
-/// Listing the keys finds new nodes, but it is no proof that a known node left: the listing
-/// (a consumer of the last message per key) can end before a key that another node rewrote
-/// while it ran, so on a quiet machine a live member went missing from a few views a minute
-/// and its IDs moved back and forth. A known node the listing missed is looked up by its own
-/// key (the last message on its subject, read in one request), and stays while its latest
-/// entry is a heartbeat.
-pub(crate) async fn members(kv: &kv::Store, known: &[NodeId]) -> Result<Vec<NodeId>, String> {
-    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
-    let mut nodes = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| e.to_string())?;
-        match u64::from_str_radix(&key, 16) {
-            Ok(id) => nodes.push(NodeId(id)),
+/// Read as of one moment: the stream's subjects, in one answer of the server (`stream info`
+/// with a subject filter), then each one's latest entry. The key listing of the key-value API
+/// (a consumer of the last message per key) is no snapshot: it follows the rewrites the others
+/// make while it runs, and ends when it has caught up. On a quiet machine it ended before a
+/// key another node rewrote (a live member went missing from a few views a minute); with many
+/// members beating on a loaded machine it listed the same keys over and over for seconds,
+/// missed others, or never ended (a killed node stayed in the views for 20 s and more).
+pub(crate) async fn members(kv: &kv::Store) -> Result<Vec<NodeId>, String> {
+    let mut subjects = kv
+        .stream
+        .info_with_subjects(format!("{}>", kv.prefix))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| e.to_string())?;
+        let Some(key) = subject.strip_prefix(&kv.prefix) else {
+            continue;
+        };
+        match u64::from_str_radix(key, 16) {
+            Ok(id) => keys.push(NodeId(id)),
             Err(_) => tracing::warn!(key, "ignoring a membership entry that names no node"),
         }
     }
-    for &node in known {
-        if nodes.contains(&node) {
-            continue;
-        }
-        let entry = kv
-            .entry(member_key(node))
-            .await
-            .map_err(|e| e.to_string())?;
-        if entry.is_some_and(|entry| entry.operation == kv::Operation::Put) {
-            tracing::debug!(node = node.0, "the key listing missed a live member");
+    let mut nodes = Vec::with_capacity(keys.len());
+    for node in keys {
+        if heartbeat(kv, node).await?.is_some() {
             nodes.push(node);
         }
     }
     Ok(nodes)
+}
+
+/// `node`'s latest entry in the membership bucket if it is a heartbeat (not a purge or delete
+/// marker, not expired): its revision and the announcement in it. Read through the stream's
+/// API, not the bucket's direct get: right after the bucket is created, a direct get can go
+/// unanswered until the request times out (8 nodes connecting at once, tests/nodes.rs, failed
+/// 1 run in 5 so).
+pub(crate) async fn heartbeat(
+    kv: &kv::Store,
+    node: NodeId,
+) -> Result<Option<(u64, bytes::Bytes)>, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
+    let subject = format!("{}{}", kv.prefix, member_key(node));
+    match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => {
+            let marker = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            Ok((!marker).then_some((message.sequence, message.payload)))
+        }
+        Err(e) if e.kind() == Kind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Until when this node's membership entry surely lasts: the time it sent its last heartbeat
+/// that the server took, plus the bucket's expiry. Past it, the others may have removed this
+/// node and taken its IDs, so its [`KvStore`](crate::KvStore) refuses to write (`Conflict`)
+/// until a heartbeat renews it: a node cut off past the liveness timeout that deactivates its
+/// receivers when it is back must not save their state, older than what the new owners had
+/// (the first save won, the new owner's failed). Not yet started, or a client: no lease, no
+/// limit.
+#[derive(Debug, Default)]
+pub(crate) struct Lease {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    /// The entry lasts until `until`.
+    pub(crate) fn renew(&self, until: Instant) {
+        *self.until.lock().unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
+
+    /// Whether this node may write now.
+    pub(crate) fn holds(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|until| Instant::now() < until)
+    }
 }
 
 /// How many of a node's latest releases a gate remembers.
@@ -275,6 +330,15 @@ impl Gate {
     /// This node's first look at the membership is done: later changes are ordinary ones.
     pub(crate) fn settle(&self) {
         self.lock().settle();
+    }
+
+    /// This node was removed from the membership (its entry expired) and joins again, as a
+    /// node that has just started: the releases it has seen are forgotten (a view it had
+    /// before, whose hash returns when it is back, was released long ago), and at its next
+    /// view change every other member is a previous owner to wait for.
+    pub(crate) fn restart(&self, view: Arc<Vec<NodeId>>, now: Instant) {
+        let mut state = self.lock();
+        *state = GateState::new(state.me, state.timeout, view, now);
     }
 
     /// `node` released what it lost in view `view`.
@@ -598,5 +662,75 @@ mod tests {
             "times out without B's release"
         );
         assert!(start.elapsed() >= Duration::from_millis(45));
+    }
+}
+
+/// The membership read against a real server.
+#[cfg(test)]
+mod on_nats {
+    use super::*;
+
+    /// Members rewrite their entries all the time (every heartbeat). The key listing of the
+    /// bucket is a consumer that follows those rewrites, and ended only when it caught up: with
+    /// many members beating fast on a loaded machine it ran for seconds, repeating the same
+    /// keys (tests/kill_rejoin.rs: one read took 4.5 s and listed two nodes 23 times each;
+    /// another never ended, and a killed node stayed in the view for 20 s and more). The
+    /// membership must be read as of one moment, whatever the others write meanwhile.
+    #[test]
+    fn the_membership_is_read_while_members_beat() {
+        let Some(nats) = crate::testing::NatsServer::start() else {
+            return;
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let client = async_nats::connect(nats.url()).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let kv = js
+                .create_key_value(kv::Config {
+                    bucket: "beats".into(),
+                    history: 1,
+                    max_age: Duration::from_secs(1),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            // 16 members beating as fast as the server takes it.
+            let beating: Vec<NodeId> = (1..=16).map(NodeId).collect();
+            for &node in &beating {
+                let kv = kv.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let _ = kv.put(member_key(node), "beat".into()).await;
+                    }
+                });
+            }
+            // One that beats once, then stops (killed): it must drop out.
+            let gone = NodeId(99);
+            kv.put(member_key(gone), "beat".into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut reads = 0;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let read = tokio::time::timeout(Duration::from_secs(5), members(&kv))
+                    .await
+                    .expect("a membership read ended")
+                    .unwrap();
+                reads += 1;
+                let mut sorted = read.clone();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), read.len(), "a node listed twice: {read:?}");
+                for node in &beating {
+                    assert!(read.contains(node), "{node:?} missing from {read:?}");
+                }
+                if !read.contains(&gone) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the stopped node stayed a member for 20 s ({reads} reads)"
+                );
+            }
+        });
     }
 }

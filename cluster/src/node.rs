@@ -1,7 +1,7 @@
 //! A node: the NATS connection, the buckets, the local Hermes, and the tasks that tie them.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use crate::membership::{self, Announce, Gate, Gated, Released, member_key};
+use crate::membership::{self, Announce, Gate, Gated, Lease, Released, member_key};
 use crate::placement::{ClusterPlacement, node_id};
 use crate::store::JetStreamBucket;
 use crate::transport::{self, Transport};
@@ -41,6 +41,10 @@ pub struct Cluster {
     client: async_nats::Client,
     members: jetstream::kv::Store,
     store: Arc<KvStore>,
+    /// How long the membership bucket keeps an entry (its liveness timeout).
+    expiry: Duration,
+    /// How long this node's entry is known to last; the store writes only within it.
+    lease: Arc<Lease>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -66,10 +70,11 @@ impl Cluster {
             .build()
             .map_err(|e| ClusterError::Connect(format!("could not start the I/O runtime: {e}")))?;
         let me = node_id(&config.node);
-        let (client, members, state) = runtime.block_on(async {
+        let (client, members, state, js, expiry) = runtime.block_on(async {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("hermes-{}-{}", config.cluster, config.node))
                 .connection_timeout(Duration::from_secs(5))
+                .event_callback(connection_event)
                 .connect(&config.nats_url)
                 .await
                 .map_err(|e| {
@@ -100,10 +105,19 @@ impl Cluster {
                 "the state bucket",
             )
             .await?;
-            Ok::<_, ClusterError>((client, members, state))
+            let mut expiry = config.liveness;
+            if config.member {
+                expiry = check_timings(&members, &config).await?;
+                check_name_free(&members, me, &config, expiry).await?;
+            }
+            Ok::<_, ClusterError>((client, members, state, js, expiry))
         })?;
+        let lease = Arc::new(Lease::default());
         let store = Arc::new(KvStore::new(JetStreamBucket::new(
             state,
+            js,
+            client.clone(),
+            Arc::clone(&lease),
             runtime.handle().clone(),
             config.store_timeout,
         )));
@@ -114,6 +128,8 @@ impl Cluster {
             client,
             members,
             store,
+            expiry,
+            lease,
         })
     }
 
@@ -163,12 +179,16 @@ impl Cluster {
             client,
             members,
             store: _,
+            expiry,
+            lease,
         } = self;
         let placement = Arc::new(ClusterPlacement::new(me, cc.member, cc.shards as u32));
         let (transport, outbound) = Transport::<K, M, F::App>::new(
             me,
             &cc.cluster,
             cc.outbound_capacity,
+            max_frame(&client),
+            client.clone(),
             Arc::clone(&placement),
             dead_letters.clone(),
         );
@@ -250,6 +270,7 @@ impl Cluster {
         let announce = Announce {
             name: cc.node.clone(),
             id: me.0,
+            instance: crate::random_u64(),
         };
         let heartbeat = Heartbeat {
             me,
@@ -263,6 +284,9 @@ impl Cluster {
             client: client.clone(),
             released_subject,
             release_timeout: cc.handoff_timeout.max(Duration::from_secs(1)) * 5,
+            revision: AtomicU64::new(0),
+            expiry,
+            lease,
         };
         // The first beat (and view) before start returns: the node is a member from here on.
         runtime.block_on(heartbeat.beat());
@@ -307,10 +331,119 @@ async fn open_bucket(
     Err(jetstream_error(what, created))
 }
 
+/// The membership bucket's entries expire after the liveness timeout of the node that created
+/// it (a bucket's `max_age` stays as created): a node whose heartbeats are further apart than
+/// half of it would drop out of the membership between its beats, and is refused. One whose
+/// liveness timeout merely differs is told which one applies. The bucket's expiry.
+async fn check_timings(
+    members: &jetstream::kv::Store,
+    config: &ClusterConfig,
+) -> Result<Duration, ClusterError> {
+    let status = members
+        .status()
+        .await
+        .map_err(|e| jetstream_error("the membership bucket's settings", e))?;
+    let expiry = status.max_age();
+    if expiry.is_zero() || expiry >= config.heartbeat * 2 {
+        if expiry != config.liveness {
+            tracing::warn!(
+                bucket = status.bucket(),
+                ?expiry,
+                configured = ?config.liveness,
+                "the membership bucket keeps the liveness timeout it was created with: give \
+                 every node the same timings"
+            );
+        }
+        return Ok(expiry);
+    }
+    Err(ClusterError::Config(format!(
+        "the membership bucket {} expires entries after {expiry:?} (the liveness timeout of \
+         the node that created it), less than two of this node's heartbeats ({:?} each): give \
+         every node of cluster {:?} the same heartbeat and liveness timeout, or, to change \
+         them, stop every node and delete the bucket (nats kv del {})",
+        status.bucket(),
+        config.heartbeat,
+        config.cluster,
+        status.bucket(),
+    )))
+}
+
+/// Refuses to start a second live node under a name already in use: both would take every
+/// message sent to that node's IDs. A member entry under this node's key that is renewed while
+/// this waits belongs to a running node; one that expires (or is gone) was left by this node's
+/// own previous run, killed before the liveness timeout removed it: this waits for it to
+/// expire, then joins as any new node.
+async fn check_name_free(
+    members: &jetstream::kv::Store,
+    me: NodeId,
+    config: &ClusterConfig,
+    expiry: Duration,
+) -> Result<(), ClusterError> {
+    let live = || async {
+        membership::heartbeat(members, me)
+            .await
+            .map(|entry| entry.map(|(revision, _)| revision))
+            .map_err(|e| jetstream_error("this node's membership entry", e))
+    };
+    let Some(first) = live().await? else {
+        return Ok(());
+    };
+    tracing::info!(
+        node = config.node,
+        "this node's name has a fresh membership entry: waiting to see whether another node \
+         renews it (a node with the same name) or it expires (this node's previous run)"
+    );
+    let poll = (config.heartbeat / 2).min(Duration::from_millis(100));
+    // The entry expires within the bucket's expiry; a live node renews it sooner.
+    let deadline = tokio::time::Instant::now() + expiry.max(config.liveness) + config.heartbeat;
+    loop {
+        tokio::time::sleep(poll).await;
+        match live().await? {
+            None => return Ok(()),
+            Some(revision) if revision != first => {
+                return Err(ClusterError::Config(format!(
+                    "a node named {:?} is already running in cluster {:?} (it renews its \
+                     membership entry): give every node its own name, or stop that one first",
+                    config.node, config.cluster
+                )));
+            }
+            Some(_) if tokio::time::Instant::now() >= deadline => return Ok(()),
+            Some(_) => {}
+        }
+    }
+}
+
 fn jetstream_error(what: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream(format!(
         "could not open {what} ({e}): run nats-server with JetStream enabled (nats-server -js)"
     ))
+}
+
+/// Logs what happens to the NATS connection: without this, a server that went away left no
+/// trace in the log (heartbeats and reads just waited for it to come back).
+async fn connection_event(event: async_nats::Event) {
+    match event {
+        async_nats::Event::Disconnected => tracing::warn!(
+            "lost the connection to the NATS server: reconnecting; until then mail for other \
+             nodes is refused (Unreachable), state calls time out, and heartbeats wait"
+        ),
+        async_nats::Event::Connected => tracing::info!("connected to the NATS server"),
+        async_nats::Event::SlowConsumer(sid) => tracing::warn!(
+            sid,
+            "the NATS server dropped messages for this node, which did not take them fast \
+             enough (a slow consumer)"
+        ),
+        other => tracing::warn!(event = %other, "NATS connection event"),
+    }
+}
+
+/// The largest NATS message the server takes (its `max_payload`; 1 MiB, NATS's default, if
+/// it did not say).
+pub(crate) fn max_frame(client: &async_nats::Client) -> usize {
+    match client.server_info().max_payload {
+        0 => 1 << 20,
+        n => n,
+    }
 }
 
 /// The placement behind an `Arc`, as `Options::placement` takes it.
@@ -335,6 +468,12 @@ struct Heartbeat<K, M, A> {
     client: async_nats::Client,
     released_subject: String,
     release_timeout: Duration,
+    /// The revision of this node's last heartbeat in the bucket (0: none yet).
+    revision: AtomicU64,
+    /// How long the bucket keeps an entry.
+    expiry: Duration,
+    /// Renewed by every heartbeat written: until when this node's entry surely lasts.
+    lease: Arc<Lease>,
 }
 
 impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A> {
@@ -347,16 +486,10 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
 
     /// Announces this node, reads the membership, and hands off what moved.
     async fn beat(&self) {
-        if self.member
-            && let Err(e) = self
-                .kv
-                .put(member_key(self.me), self.announce.clone())
-                .await
-        {
-            tracing::warn!(%e, "heartbeat failed: is the NATS server up?");
+        if self.member {
+            self.announce().await;
         }
-        let known = self.placement.view();
-        let nodes = match membership::members(&self.kv, &known).await {
+        let nodes = match membership::members(&self.kv).await {
             Ok(nodes) => nodes,
             Err(e) => {
                 tracing::warn!(%e, "could not read the membership");
@@ -387,6 +520,84 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
                 let _ = client.publish(subject, Bytes::from(bytes)).await;
             }
         });
+    }
+}
+
+impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A> {
+    /// Renews this node's entry, expecting it at the revision this node last wrote. If it is
+    /// not, and is gone (it expired while this node could not reach the server, say cut off
+    /// past the liveness timeout), the others have removed this node and taken its IDs, and
+    /// moved on with their state: this node deactivates every receiver (their saves of state
+    /// that the new owners wrote since fail with `Conflict`) before it announces itself again
+    /// and waits at the hand-off gate like any joining node. Without this it went on with the
+    /// receivers it had before it was cut off, answering from their stale state.
+    async fn announce(&self) {
+        let key = member_key(self.me);
+        let expected = self.revision.load(Ordering::Relaxed);
+        // The entry expires at most the bucket's expiry after the server stored it, which is
+        // after this.
+        let sent = std::time::Instant::now();
+        let written = if expected == 0 {
+            self.kv
+                .put(&key, self.announce.clone())
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        } else {
+            match self.kv.update(&key, self.announce.clone(), expected).await {
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match written {
+            Ok(Some(revision)) => {
+                self.revision.store(revision, Ordering::Relaxed);
+                self.lease.renew(sent + self.expiry);
+            }
+            Err(e) => tracing::warn!(%e, "heartbeat failed: is the NATS server up?"),
+            Ok(None) => match membership::heartbeat(&self.kv, self.me).await {
+                // This node's own heartbeat, whose answer it missed.
+                Ok(Some((revision, announce))) if announce == self.announce => {
+                    self.revision.store(revision, Ordering::Relaxed)
+                }
+                Ok(Some(_)) => {
+                    tracing::error!(
+                        "another process renews this node's membership entry: two nodes run \
+                         under one name; stop one"
+                    );
+                    self.revision.store(0, Ordering::Relaxed);
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        "this node's membership entry expired while it could not reach the \
+                         server: the others have taken its IDs; it deactivates its receivers \
+                         and joins again"
+                    );
+                    self.rejoin().await;
+                    self.revision.store(0, Ordering::Relaxed);
+                    Box::pin(self.announce()).await;
+                }
+                Err(e) => tracing::warn!(%e, "could not read this node's membership entry"),
+            },
+        }
+    }
+
+    /// Leaves the view (every ID is another node's) and waits until every receiver has been
+    /// deactivated, at most the release timeout.
+    async fn rejoin(&self) {
+        if !self.placement.leave() {
+            return;
+        }
+        self.gate
+            .restart(self.placement.view(), std::time::Instant::now());
+        let released = self.hermes.release_moved();
+        if tokio::time::timeout(self.release_timeout, released)
+            .await
+            .is_err()
+        {
+            tracing::warn!("receivers are slow to deactivate");
+        }
     }
 }
 
@@ -463,15 +674,18 @@ where
         let Some(runtime) = self.runtime.take() else {
             return;
         };
-        // The heartbeat first, so it does not announce this node again.
-        if let Some(heartbeat) = self.tasks.pop() {
-            heartbeat.abort();
-        }
         if self.member {
             // What comes for its IDs while they are deactivated is held for their next owner.
             self.transport.hold();
         }
+        // The heartbeat goes on while the receivers are deactivated: it renews the lease under
+        // which their saves are taken (a shutdown longer than the liveness timeout had its
+        // last saves refused), and is stopped before the purge, so that it does not announce
+        // this node again.
         let _ = self.hermes.shutdown();
+        if let Some(heartbeat) = self.tasks.pop() {
+            heartbeat.abort();
+        }
         if self.member {
             let members = self.members.clone();
             let key = member_key(self.me);

@@ -461,7 +461,7 @@ impl Bucket for SimBucket {
         Ok(revision)
     }
 
-    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<(), StoreError> {
+    fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<u64, StoreError> {
         let mut state = self.state(Operation::Delete, Some(key))?;
         let current = state.entries.get(key).map_or(0, |(_, r)| *r);
         if expected.is_some_and(|e| e != current) {
@@ -470,7 +470,7 @@ impl Bucket for SimBucket {
         state.seq += 1;
         let revision = state.seq;
         state.entries.insert(key.to_vec(), (None, revision));
-        Ok(())
+        Ok(revision)
     }
 
     fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -12,9 +12,11 @@ pub const REQUIRE: &str = "HERMES_REQUIRE_NATS";
 /// A `nats-server` child process with JetStream, on `127.0.0.1`.
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    _dir: tempfile::TempDir,
+    jetstream: bool,
+    /// The JetStream store directory, kept across restarts.
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -47,28 +49,66 @@ impl NatsServer {
             return None;
         }
         let dir = tempfile::tempdir().expect("a temporary directory for JetStream");
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            jetstream: true,
+            dir,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// Starts `nats-server` without JetStream (a misconfigured server, for tests of the errors
+    /// nodes give there); `None` as [`start`](NatsServer::start).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](NatsServer::start).
+    pub fn start_without_jetstream() -> Option<NatsServer> {
+        let mut server = NatsServer::start()?;
+        server.stop();
+        server.jetstream = false;
+        server.restart();
+        Some(server)
+    }
+
+    /// Stops the server (SIGKILL), keeping its port and store directory for
+    /// [`restart`](NatsServer::restart).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again (stopping it first if it runs) on the same port and store
+    /// directory, and waits until it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// If it does not start listening within 10 s.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut command = Command::new("nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(self.dir.path());
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        let server = NatsServer {
-            child,
-            port,
-            _dir: dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not start listening"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(server)
     }
 
     /// The server's URL.
@@ -79,8 +119,7 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -68,6 +68,15 @@ pub(crate) fn arrival<K: std::hash::Hash>(
     }
 }
 
+/// Where this process's ask tokens start: random, not 1. Answers go to a node's subject, and
+/// two processes can read one subject: two client nodes with one name (two replicas of a
+/// gateway), or a node restarted while answers to its previous run were on their way. With
+/// tokens counted from 1 in each, one took the other's answers as its own (two clients asking
+/// at once: 60 wrong answers in 400 asks).
+fn first_token() -> u64 {
+    crate::random_u64()
+}
+
 /// Counters of the transport, for tests and monitoring.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -82,6 +91,8 @@ pub(crate) struct Answers {
     me: NodeId,
     cluster: String,
     out: mpsc::Sender<(String, Bytes)>,
+    /// The largest frame the NATS server takes: a larger answer goes back as `Dropped`.
+    max_frame: usize,
     parked: Mutex<HashMap<u64, (Instant, Deliver)>>,
     next: AtomicU64,
 }
@@ -133,26 +144,34 @@ impl Exchange for Answers {
             }
             return;
         }
-        let item: Item<(), ()> = Item::Answer {
-            token,
-            answer: answer.map_err(wire::error_code),
+        let encode = |answer: Result<Vec<u8>, u8>| {
+            let item: Item<(), ()> = Item::Answer { token, answer };
+            let frame = Frame {
+                version: wire::VERSION,
+                from: self.me.0,
+                items: vec![postcard::to_allocvec(&item).ok()?],
+            };
+            postcard::to_allocvec(&frame).ok()
         };
-        let Ok(item) = postcard::to_allocvec(&item) else {
-            return;
-        };
-        let frame = Frame {
-            version: wire::VERSION,
-            from: self.me.0,
-            items: vec![item],
-        };
-        match postcard::to_allocvec(&frame) {
-            Ok(bytes) => {
-                let to = subject(&self.cluster, NodeId(origin));
-                if self.out.try_send((to, Bytes::from(bytes))).is_err() {
-                    tracing::warn!(origin, "outbound queue full: an ask's answer was dropped");
-                }
+        let bytes = match encode(answer.map_err(wire::error_code)) {
+            Some(bytes) if bytes.len() <= self.max_frame => bytes,
+            _ => {
+                // The asker hears at once that no answer comes, not at its deadline.
+                tracing::warn!(
+                    origin,
+                    max_payload = self.max_frame,
+                    "an ask's answer does not encode, or is larger than the NATS server takes: \
+                     the asker gets Dropped"
+                );
+                let Some(bytes) = encode(Err(wire::error_code(AskError::Dropped))) else {
+                    return;
+                };
+                bytes
             }
-            Err(e) => tracing::warn!(%e, "could not encode an answer"),
+        };
+        let to = subject(&self.cluster, NodeId(origin));
+        if self.out.try_send((to, Bytes::from(bytes))).is_err() {
+            tracing::warn!(origin, "outbound queue full: an ask's answer was dropped");
         }
     }
 }
@@ -164,6 +183,10 @@ pub(crate) struct Transport<K, M, A> {
     pub(crate) answers: Arc<Answers>,
     exchange: Arc<dyn Exchange>,
     out: mpsc::Sender<(String, Bytes)>,
+    /// The largest frame the NATS server takes (its `max_payload`).
+    max_frame: usize,
+    /// The NATS connection, to know whether it is up.
+    client: async_nats::Client,
     placement: Arc<ClusterPlacement>,
     /// The local Hermes, once started; taken at shutdown (it holds this transport).
     hermes: Mutex<Option<Hermes<K, M, A>>>,
@@ -185,6 +208,8 @@ where
         me: NodeId,
         cluster: &str,
         capacity: usize,
+        max_frame: usize,
+        client: async_nats::Client,
         placement: Arc<ClusterPlacement>,
         sink: Option<Sink<K, M>>,
     ) -> (Arc<Self>, mpsc::Receiver<(String, Bytes)>) {
@@ -193,8 +218,9 @@ where
             me,
             cluster: cluster.to_owned(),
             out: out.clone(),
+            max_frame,
             parked: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(first_token()),
         });
         let exchange: Arc<dyn Exchange> = answers.clone();
         let transport = Arc::new(Transport {
@@ -203,6 +229,8 @@ where
             answers,
             exchange,
             out,
+            max_frame,
+            client,
             placement,
             hermes: Mutex::new(None),
             held: Mutex::new(None),
@@ -219,6 +247,14 @@ where
             .clone()
     }
 
+    /// Whether the NATS connection is up. While it is down, mail for other nodes is refused
+    /// (`Unreachable`): the client would buffer it and publish it on reconnecting, maybe before
+    /// the receiving node has subscribed again, and then nobody would know it was lost (750
+    /// messages sent during a 2.5 s restart of the server: none arrived, none was refused).
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn dead_letter(&self, id: K, msg: Option<M>, reason: DeadLetterReason) {
         tracing::debug!(?id, %reason, "dead letter in the cluster transport");
         if let Some(sink) = &self.sink {
@@ -230,8 +266,11 @@ where
         }
     }
 
-    /// Encodes `(id, msg, hops)` items into one frame for `node` and queues it. On `Err`, the
-    /// items are left in `batch`.
+    /// Encodes `(id, msg, hops)` items into frames for `node` and queues them: one frame, or
+    /// several if they would not fit in one NATS message (the server's `max_payload`), in
+    /// order. An item that does not serialize, or does not fit in a frame alone, is a dead
+    /// letter (`Unreachable`, message kept). On `Err`, the items not queued are left in
+    /// `batch`.
     fn send(
         &self,
         node: NodeId,
@@ -239,42 +278,99 @@ where
         hops: u8,
     ) -> Result<(), DeadLetterReason> {
         reachable(&self.placement, node)?;
-        let mut items = Vec::with_capacity(batch.len());
-        let mut failed = Vec::new();
-        with_exchange(&self.exchange, || {
-            for (i, (to, msg)) in batch.iter().enumerate() {
-                let item = ItemRef::Message { to, msg, hops };
-                match postcard::to_allocvec(&item) {
-                    Ok(bytes) => items.push(bytes),
-                    Err(e) => {
-                        tracing::warn!(%e, id = ?to, "a message to another node does not serialize");
-                        failed.push(i);
-                    }
-                }
-            }
-        });
-        let frame = Frame {
-            version: wire::VERSION,
-            from: self.me.0,
-            items,
-        };
-        let bytes = postcard::to_allocvec(&frame).map_err(|_| DeadLetterReason::Unreachable)?;
-        let queued = self
-            .out
-            .try_send((subject(&self.cluster, node), Bytes::from(bytes)));
-        match queued {
-            Ok(()) => {
-                self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
-                for (i, (to, msg)) in batch.drain(..).enumerate() {
-                    if failed.contains(&i) {
-                        self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable);
-                    }
-                }
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(DeadLetterReason::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeadLetterReason::Unreachable),
+        if !self.connected() {
+            return Err(DeadLetterReason::Unreachable);
         }
+        let encoded: Vec<Option<Vec<u8>>> = with_exchange(&self.exchange, || {
+            batch
+                .iter()
+                .map(|(to, msg)| {
+                    let item = ItemRef::Message { to, msg, hops };
+                    postcard::to_allocvec(&item)
+                        .inspect_err(|e| {
+                            tracing::warn!(%e, id = ?to, "a message to another node does not serialize")
+                        })
+                        .ok()
+                })
+                .collect()
+        });
+        let mut unsent = vec![false; batch.len()];
+        // (index of the first item, the encoded items) of each frame.
+        let mut frames: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
+        let room = self.max_frame.saturating_sub(wire::FRAME_OVERHEAD);
+        let mut used = 0;
+        for (i, item) in encoded.into_iter().enumerate() {
+            let Some(item) = item else {
+                unsent[i] = true;
+                continue;
+            };
+            let size = item.len() + wire::ITEM_OVERHEAD;
+            if size > room {
+                tracing::warn!(
+                    bytes = item.len(),
+                    max_payload = self.max_frame,
+                    "a message to another node is larger than the NATS server takes: send less \
+                     per message (or raise the server's max_payload)"
+                );
+                unsent[i] = true;
+                continue;
+            }
+            match frames.last_mut() {
+                Some((_, items)) if used + size <= room => items.push(item),
+                _ => {
+                    frames.push((i, vec![item]));
+                    used = 0;
+                }
+            }
+            used += size;
+        }
+        let to = subject(&self.cluster, node);
+        let mut failed = None;
+        for (first, items) in frames {
+            let frame = Frame {
+                version: wire::VERSION,
+                from: self.me.0,
+                items,
+            };
+            let queued = match postcard::to_allocvec(&frame) {
+                Ok(bytes) => self.out.try_send((to.clone(), Bytes::from(bytes))),
+                Err(_) => {
+                    failed = Some((first, DeadLetterReason::Unreachable));
+                    break;
+                }
+            };
+            match queued {
+                Ok(()) => {
+                    self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let reason = match e {
+                        mpsc::error::TrySendError::Full(_) => DeadLetterReason::Full,
+                        mpsc::error::TrySendError::Closed(_) => DeadLetterReason::Unreachable,
+                    };
+                    failed = Some((first, reason));
+                    break;
+                }
+            }
+        }
+        let rest = failed.as_ref().map(|&(first, _)| batch.split_off(first));
+        let split = batch.len();
+        for (i, (to, msg)) in batch.drain(..).enumerate() {
+            if unsent[i] {
+                self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable);
+            }
+        }
+        let (Some(rest), Some((_, reason))) = (rest, failed) else {
+            return Ok(());
+        };
+        for (i, (to, msg)) in rest.into_iter().enumerate() {
+            if unsent[split + i] {
+                self.dead_letter(to, Some(msg), DeadLetterReason::Unreachable);
+            } else {
+                batch.push((to, msg));
+            }
+        }
+        Err(reason)
     }
 
     /// Handles one frame that came to this node's subject.

@@ -21,6 +21,12 @@ pub(crate) const VERSION: u8 = 1;
 /// is a dead letter.
 pub(crate) const MAX_HOPS: u8 = 8;
 
+/// Most bytes a frame adds to its items' (version, sender, item count).
+pub(crate) const FRAME_OVERHEAD: usize = 16;
+
+/// Most bytes an item adds in a frame (its length).
+pub(crate) const ITEM_OVERHEAD: usize = 5;
+
 /// One NATS message.
 #[derive(Serialize, Deserialize, Debug)]
 pub(crate) struct Frame {

@@ -92,6 +92,18 @@ pub enum StoreError {
         /// Why it failed.
         source: Source,
     },
+    /// A store implemented outside this crate (such as the cluster's JetStream key-value
+    /// store) failed; made by [`StoreError::other`]. Its `source` says what happened and what
+    /// to do, including whether a failed write may still have been applied (a network store's
+    /// timed-out write may have been).
+    Other {
+        /// What was being done.
+        op: Operation,
+        /// The key involved, for single-key operations.
+        key: Option<Vec<u8>>,
+        /// Why it failed.
+        source: Source,
+    },
     /// A value could not be serialized.
     Encode {
         /// The key it was to be stored under, when known.
@@ -177,7 +189,11 @@ impl StoreError {
         key: Option<&[u8]>,
         source: impl Into<Box<dyn StdError + Send + Sync>>,
     ) -> Self {
-        Self::backend(op, key, source)
+        StoreError::Other {
+            op,
+            key: key.map(<[u8]>::to_vec),
+            source: Arc::from(source.into()),
+        }
     }
 
     /// Backend failure from any error or message.
@@ -197,6 +213,7 @@ impl StoreError {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             StoreError::Backend { key, .. }
+            | StoreError::Other { key, .. }
             | StoreError::Encode { key, .. }
             | StoreError::Decode { key, .. }
             | StoreError::BadHeader { key, .. }
@@ -213,6 +230,7 @@ impl StoreError {
     pub fn with_key(mut self, new: &[u8]) -> Self {
         match &mut self {
             StoreError::Backend { key, .. }
+            | StoreError::Other { key, .. }
             | StoreError::Encode { key, .. }
             | StoreError::Decode { key, .. }
             | StoreError::BadHeader { key, .. }
@@ -324,6 +342,13 @@ impl fmt::Display for StoreError {
                          writable, then retry",
                     )
                 }
+            }
+            StoreError::Other { op, key, source } => {
+                write!(f, "store {op}")?;
+                if let Some(k) = key {
+                    write!(f, " of key {}", KeyDisplay(k))?;
+                }
+                write!(f, " failed: {source}")
             }
             StoreError::Encode { key, source } => write!(
                 f,
@@ -438,6 +463,22 @@ mod tests {
         assert!(m.contains("nothing was written"), "{m}");
         assert_eq!(m.matches("disk full").count(), 1, "{m}");
         assert!(e.source().is_none(), "a chain reporter would show it twice");
+    }
+
+    /// An outside store's failure says what that store says, not what to do about a redb
+    /// file (the cluster's store talked of free disk space and a store file).
+    #[test]
+    fn an_outside_stores_failure_gives_its_own_advice() {
+        let e = StoreError::other(
+            Operation::Put,
+            Some(b"k"),
+            "the server is gone: retry later",
+        );
+        assert_eq!(
+            e.to_string(),
+            "store put of key \"k\" failed: the server is gone: retry later"
+        );
+        assert_eq!(e.key(), Some(&b"k"[..]));
     }
 
     #[test]
