@@ -355,8 +355,7 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
         {
             tracing::warn!(%e, "heartbeat failed: is the NATS server up?");
         }
-        let known = self.placement.view();
-        let nodes = match membership::members(&self.kv, &known).await {
+        let nodes = match membership::members(&self.kv).await {
             Ok(nodes) => nodes,
             Err(e) => {
                 tracing::warn!(%e, "could not read the membership");
