@@ -613,6 +613,7 @@ mod tests {
     #[test]
     fn membership_reads_end_and_drop_an_expired_member_while_others_rewrite_their_keys() {
         use async_nats::jetstream;
+        const MAX_AGE: Duration = Duration::from_secs(2);
         let Some(nats) = crate::testing::NatsServer::start() else {
             return;
         };
@@ -627,22 +628,26 @@ mod tests {
                 .create_key_value(jetstream::kv::Config {
                     bucket: "expiry".to_string(),
                     history: 1,
-                    max_age: Duration::from_secs(1),
+                    max_age: MAX_AGE,
                     ..Default::default()
                 })
                 .await
                 .unwrap();
             let (live, gone) = ([A, B, C], NodeId(4));
+            // When each live member's latest heartbeat was stored.
+            let beats: Arc<Mutex<HashMap<NodeId, Instant>>> = Arc::default();
             kv.put(member_key(gone), "".into()).await.unwrap();
             // The live members heartbeat at uneven times (a loaded machine), and read the
             // membership too.
             let mut background: Vec<_> = live
                 .iter()
                 .map(|&node| {
-                    let kv = kv.clone();
+                    let (kv, beats) = (kv.clone(), Arc::clone(&beats));
                     tokio::spawn(async move {
                         loop {
-                            let _ = kv.put(member_key(node), "".into()).await;
+                            if kv.put(member_key(node), "".into()).await.is_ok() {
+                                beats.lock().unwrap().insert(node, Instant::now());
+                            }
                             let _ = members(&kv).await;
                             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..200))).await;
                         }
@@ -657,12 +662,21 @@ mod tests {
             // Reads for four seconds after the expiry: the listing hung in 1 of 5 runs of this
             // test, within a few hundred reads.
             while expired.is_none_or(|at: Instant| at.elapsed() < Duration::from_secs(4)) {
+                // Live: a heartbeat stored well within the expiry (a loaded machine may stall
+                // a writer for longer).
+                let fresh: Vec<NodeId> = beats
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() < MAX_AGE / 2)
+                    .map(|(&node, _)| node)
+                    .collect();
                 // A read takes a few milliseconds; five seconds is a hang.
                 let read = tokio::time::timeout(Duration::from_secs(5), members(&kv))
                     .await
                     .expect("a membership read ended")
                     .unwrap();
-                for node in live {
+                for node in fresh {
                     assert!(
                         read.contains(&node),
                         "{node:?} is live, the read has {read:?}"
