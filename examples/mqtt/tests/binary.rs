@@ -112,6 +112,9 @@ struct Process {
     child: Child,
     addr: SocketAddr,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The thread that reads the log; joined once the process has exited, so that the log
+    /// then has its last lines (a test that read it at once missed them, 1 run in 20).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -134,7 +137,7 @@ impl Process {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = std::sync::Arc::clone(&log);
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 // Logged before the address is sent, so that the log has it once started.
@@ -151,7 +154,12 @@ impl Process {
             let _ = child.kill();
             panic!("the broker did not start: {:?}", log.lock().unwrap());
         };
-        Process { child, addr, log }
+        Process {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     fn signal(&self, name: &str) {
@@ -167,6 +175,10 @@ impl Process {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Its stderr is closed: the reader ends once it has read the rest.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -9,7 +9,6 @@ use std::time::Duration;
 use hermes_mqtt::{Broker, Packet, QoS};
 use support::streams::http_status;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sys_topics_are_published_every_interval() {
@@ -93,28 +92,6 @@ async fn sys_interval_0_publishes_nothing() {
     watcher.expect_silence(QUIET).await;
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    answer
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("hermes_mqtt_{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_on_their_own_listener() {
     let mut config = test_config();
@@ -134,7 +111,7 @@ async fn prometheus_metrics_on_their_own_listener() {
     // read it: ask again until it is counted.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let answer = loop {
-        let answer = get(metrics, "/metrics").await;
+        let answer = http_get(metrics, "/metrics").await;
         let counted = answer
             .split_once("\r\n\r\n")
             .is_some_and(|(_, body)| metric(body, "publish_sent_total") >= 1);

@@ -839,10 +839,7 @@ impl<K, M, A> Hermes<K, M, A> {
 impl<K, M> Inner<K, M> {
     fn begin_shutdown(&self) {
         if self.core.accepting.swap(false, Ordering::AcqRel) {
-            for inbox in self.core.inboxes.iter() {
-                // Refused only by a shard that already finished.
-                let _ = inbox.push(Envelope::Close, Limit::Control);
-            }
+            self.core.close_shards();
         }
     }
 

@@ -54,6 +54,13 @@ pub(crate) struct Core<K, M> {
 }
 
 impl<K, M> Core<K, M> {
+    /// Tells every shard to start closing (a shard that already finished refuses it).
+    pub(crate) fn close_shards(&self) {
+        for inbox in self.inboxes.iter() {
+            let _ = inbox.push(Envelope::Close, Limit::Control);
+        }
+    }
+
     /// The inbox of the shard at `location`, if it is one of ours.
     pub(crate) fn inbox(&self, location: Location) -> Option<&Inbox<K, M>> {
         match location {
@@ -441,7 +448,17 @@ impl<K: Key, M: Message> Shard<K, M> {
             }
             Envelope::Complete(task, msg) => self.router.complete(task, msg, clock.now()),
             Envelope::Abandon(task) => self.router.abandon(task, clock.now()),
-            Envelope::Close => self.router.close(),
+            Envelope::Close => {
+                if !self.router.is_closing() {
+                    // The others' `Close` first: the handle may not have sent it to them yet,
+                    // and this shard's `deactivated` hooks are about to send them mail. Mail
+                    // ahead of a shard's `Close` would activate the receivers it names
+                    // instead of being the `Closed` dead letter that mail sent while closing
+                    // to a receiver not live is.
+                    self.core.close_shards();
+                }
+                self.router.close();
+            }
             Envelope::Release(release) => {
                 self.router.release_moved();
                 self.releases.push(release);

@@ -61,6 +61,11 @@ impl IdleSpin {
 /// until `activity` has not changed for the period. `activity` is a count that any activity
 /// moves (bytes read, connections accepted). Returns at once if the period is zero.
 pub(crate) async fn run(spin: Arc<IdleSpin>, activity: impl Fn() -> u64) {
+    run_on(spin, activity, Instant::now).await;
+}
+
+/// [`run`] on the clock `now` (the tests' clock moves only when they say).
+async fn run_on(spin: Arc<IdleSpin>, activity: impl Fn() -> u64, now: impl Fn() -> Instant) {
     if spin.period.is_zero() {
         return;
     }
@@ -72,10 +77,10 @@ pub(crate) async fn run(spin: Arc<IdleSpin>, activity: impl Fn() -> u64) {
         spin.dormant.store(true, Ordering::Release);
         woken.await;
         let mut seen = activity();
-        let mut quiet_since = Instant::now();
+        let mut quiet_since = now();
         loop {
             tokio::task::yield_now().await;
-            let now = Instant::now();
+            let now = now();
             let moved = activity();
             if moved != seen {
                 seen = moved;
@@ -105,31 +110,53 @@ mod tests {
     }
 
     /// Poked, the task keeps yielding while the activity count moves, and goes back to sleep
-    /// once it has not moved for the period: an idle broker does not spin.
+    /// once it has not moved for the period: an idle broker does not spin. On a clock of the
+    /// test's: on the real one, a test thread that the machine stalled for the period between
+    /// two moves saw the task asleep (1 run in about 30 under load).
     #[tokio::test]
     async fn spins_after_activity_and_sleeps_when_quiet() {
-        let spin = Arc::new(IdleSpin::new(Duration::from_millis(20)));
+        const PERIOD: Duration = Duration::from_millis(20);
+        let spin = Arc::new(IdleSpin::new(PERIOD));
         let activity = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(Arc::clone(&spin), {
-            let activity = Arc::clone(&activity);
-            move || activity.load(Ordering::Relaxed)
-        }));
+        let clock = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let advance = |by: Duration| *clock.lock().unwrap() += by;
+        let task = tokio::spawn(run_on(
+            Arc::clone(&spin),
+            {
+                let activity = Arc::clone(&activity);
+                move || activity.load(Ordering::Relaxed)
+            },
+            {
+                let clock = Arc::clone(&clock);
+                move || *clock.lock().unwrap()
+            },
+        ));
         assert!(
             until_dormant(&spin, true).await,
             "asleep before any activity"
         );
         spin.poke();
         assert!(!spin.is_dormant(), "a poke wakes it");
-        // While the count moves, it stays awake.
+        // While the count moves, it stays awake: five moves half a period apart, the task
+        // yielding a few times after each.
         for _ in 0..5 {
             activity.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            advance(PERIOD / 2);
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
             assert!(!spin.is_dormant(), "awake while activity goes on");
         }
+        // A period without a move: it sleeps.
+        advance(PERIOD);
         assert!(until_dormant(&spin, true).await, "asleep again once quiet");
-        // And poked again, it wakes again.
+        // And poked again, it wakes again, and sleeps after another quiet period.
         spin.poke();
         assert!(!spin.is_dormant());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        advance(PERIOD);
         assert!(until_dormant(&spin, true).await);
         task.abort();
     }

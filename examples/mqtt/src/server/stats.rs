@@ -583,6 +583,12 @@ pub(crate) fn prometheus(shared: &Shared, hermes: &hermes::Stats) -> String {
         "Writes to the store that failed (a full disk, say): what they held is not on disk.",
         shared.storage.as_ref().map_or(0, Storage::errors),
     );
+    metric(
+        "store_unsaved_writes",
+        "gauge",
+        "Writes to the store not yet committed: what a crash now would lose.",
+        shared.storage.as_ref().map_or(0, Storage::unsaved),
+    );
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     metric(
         "hermes_receivers_live",

@@ -57,7 +57,26 @@ pub(crate) struct Storage {
     /// The writes that failed since the start: counted, logged without flooding the log, and
     /// the first kept for the shutdown to report (what they held is not on disk).
     errors: Arc<Errors>,
+    /// Writes submitted and not yet acknowledged: what a crash now would lose.
+    unsaved: Arc<AtomicU64>,
     path: PathBuf,
+}
+
+/// One write not yet acknowledged, counted in [`Storage::unsaved`] until its callback has run
+/// (or was dropped unrun).
+struct Unsaved(Arc<AtomicU64>);
+
+impl Unsaved {
+    fn new(count: &Arc<AtomicU64>) -> Unsaved {
+        count.fetch_add(1, Ordering::AcqRel);
+        Unsaved(Arc::clone(count))
+    }
+}
+
+impl Drop for Unsaved {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The failed writes, shared with the commit callbacks. A store that fails once (a full
@@ -163,6 +182,7 @@ impl Storage {
             commits,
             pending: Arc::default(),
             errors: Arc::new(Errors::new()),
+            unsaved: Arc::default(),
             path,
         })
     }
@@ -323,7 +343,9 @@ impl Storage {
         let pending = Arc::clone(&self.pending);
         let errors = Arc::clone(&self.errors);
         let id = Arc::clone(id);
+        let unsaved = Unsaved::new(&self.unsaved);
         self.commits.submit(batch, move |result| {
+            let _saved = unsaved;
             if let Err(error) = result {
                 errors.record("storing the session of", &id, &error);
             }
@@ -362,8 +384,10 @@ impl Storage {
         };
         let topic = message.topic.as_str().to_owned();
         let errors = Arc::clone(&self.errors);
+        let unsaved = Unsaved::new(&self.unsaved);
         self.commits
             .put(retained_key(&message.topic), bytes, move |result| {
+                let _saved = unsaved;
                 if let Err(error) = result {
                     errors.record("storing the retained message of", &topic, &error);
                 }
@@ -374,7 +398,9 @@ impl Storage {
     pub(crate) fn delete_retained(&self, topic: &TopicName) {
         let name = topic.as_str().to_owned();
         let errors = Arc::clone(&self.errors);
+        let unsaved = Unsaved::new(&self.unsaved);
         self.commits.delete(retained_key(topic), move |result| {
+            let _saved = unsaved;
             if let Err(error) = result {
                 errors.record("deleting the retained message of", &name, &error);
             }
@@ -389,6 +415,12 @@ impl Storage {
         self.errors.log.log_pending(Instant::now(), true);
         last?;
         self.errors.take_first().map_or(Ok(()), Err)
+    }
+
+    /// How many writes were submitted and not yet committed (or failed): what a crash now
+    /// would lose.
+    pub(crate) fn unsaved(&self) -> u64 {
+        self.unsaved.load(Ordering::Acquire)
     }
 
     /// How many writes have failed since the start.
