@@ -99,6 +99,21 @@ fn start_with(config: ClusterConfig, seen: &Seen, dead: Dead) -> Result<TestNode
     )
 }
 
+/// Nodes `a` (its dead letters in `dead`) and `b` of `cluster`, both members, and an ID that
+/// `a` places on itself and one it places on `b`.
+fn two_nodes(url: &str, cluster: &str, seen: &Seen, dead: &Dead) -> (TestNode, TestNode, u64, u64) {
+    let a = start_with(config(url, cluster, "a"), seen, Arc::clone(dead)).expect("a");
+    let b = start(config(url, cluster, "b"), seen).expect("b");
+    wait_members(&[&a, &b], 2);
+    let here = (0..)
+        .find(|id| matches!(a.locate(id), Location::Shard(_)))
+        .unwrap();
+    let there = (0..)
+        .find(|id| matches!(a.locate(id), Location::Node(_)))
+        .unwrap();
+    (a, b, here, there)
+}
+
 fn get(node: &TestNode, id: u64) -> Result<u64, AskError> {
     node.hermes()
         .ask_blocking(id, Msg::Get, Duration::from_secs(5))
@@ -333,15 +348,7 @@ fn messages_larger_than_the_server_takes_are_split_or_dead_letters() {
     let url = nats.url();
     let seen = Seen::default();
     let dead = Dead::default();
-    let a = start_with(config(&url, "big-frames", "a"), &seen, Arc::clone(&dead)).expect("a");
-    let b = start(config(&url, "big-frames", "b"), &seen).expect("b");
-    wait_members(&[&a, &b], 2);
-    let local = (0..)
-        .find(|id| matches!(a.locate(id), Location::Shard(_)))
-        .unwrap();
-    let remote = (0..)
-        .find(|id| matches!(a.locate(id), Location::Node(_)))
-        .unwrap();
+    let (a, b, local, remote) = two_nodes(&url, "big-frames", &seen, &dead);
     // 300 messages of 8 KiB in one turn: 2.4 MB for b.
     a.hermes()
         .send(local, Msg::Burst(remote, 300, 8 << 10))
@@ -430,12 +437,7 @@ fn a_node_cut_off_from_nats_refuses_mail_for_other_nodes() {
     let url = nats.url();
     let seen = Seen::default();
     let dead = Dead::default();
-    let a = start_with(config(&url, "outage", "a"), &seen, Arc::clone(&dead)).expect("a");
-    let b = start(config(&url, "outage", "b"), &seen).expect("b");
-    wait_members(&[&a, &b], 2);
-    let local = (0..)
-        .find(|id| matches!(a.locate(id), Location::Shard(_)))
-        .unwrap();
+    let (a, b, local, _) = two_nodes(&url, "outage", &seen, &dead);
     let on_b: Vec<u64> = (0..20u64)
         .filter(|id| matches!(a.locate(id), Location::Node(_)))
         .collect();
@@ -583,15 +585,7 @@ fn bad_frames_are_counted_and_dropped_alone() {
     let url = nats.url();
     let seen = Seen::default();
     let dead = Dead::default();
-    let a = start_with(config(&url, "wire", "a"), &seen, Arc::clone(&dead)).expect("a");
-    let b = start(config(&url, "wire", "b"), &seen).expect("b");
-    wait_members(&[&a, &b], 2);
-    let mine = (0..)
-        .find(|id| matches!(a.locate(id), Location::Shard(_)))
-        .unwrap();
-    let theirs = (0..)
-        .find(|id| matches!(a.locate(id), Location::Node(_)))
-        .unwrap();
+    let (a, b, mine, theirs) = two_nodes(&url, "wire", &seen, &dead);
     let item = |to: u64, n: u64, hops: u8| {
         postcard::to_allocvec(&Item::Message {
             to,
