@@ -583,12 +583,13 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
         }
     }
 
-    /// Leaves the view (every ID is another node's) and waits until every receiver has been
-    /// deactivated, at most the release timeout.
+    /// Leaves the view (every ID is another node's, or nobody's if no other member is known)
+    /// and waits until every receiver has been deactivated, at most the release timeout. Alone
+    /// too: the others, if any, may have started while this node could not see them and taken
+    /// its IDs, and its saves are refused until it has renewed its entry; keeping its
+    /// receivers, it answered from their stale state.
     async fn rejoin(&self) {
-        if !self.placement.leave() {
-            return;
-        }
+        self.placement.drop_out();
         self.gate
             .restart(self.placement.view(), std::time::Instant::now());
         let released = self.hermes.release_moved();
