@@ -551,7 +551,7 @@ impl Broker {
         .unwrap_or(Ok(()));
         self.shared.log_throttled(std::time::Instant::now(), true);
         let stats = self.stats();
-        tracing::info!(connections_closed, ?stats, "hermes-mqtt stopped");
+        log_stopped(connections_closed, &stats);
         stored.map_err(ShutdownError::Store)?;
         Ok(ShutdownReport {
             connections_closed,
@@ -560,6 +560,65 @@ impl Broker {
             hermes,
         })
     }
+}
+
+/// The last line of a shutdown: each counter a field of its own (`published=12
+/// store_errors=0`), as an operator greps or a log pipeline indexes them, not one Debug blob.
+fn log_stopped(connections_closed: usize, stats: &BrokerStats) {
+    let BrokerStats {
+        connections,
+        published,
+        queue_drops,
+        qos0_drops,
+        mailbox_drops,
+        dead_letters,
+        expired_sessions,
+        clients_connected,
+        bytes_received,
+        bytes_sent,
+        packets_received,
+        packets_sent,
+        refused_max_connections,
+        refused_auth,
+        denied_publishes,
+        denied_subscriptions,
+        protocol_errors,
+        handshake_failures,
+        publish_throttled,
+        offline_sessions,
+        retained,
+        retained_bytes,
+        retained_refused,
+        store_errors,
+    } = *stats;
+    tracing::info!(
+        connections_closed,
+        connections,
+        published,
+        queue_drops,
+        qos0_drops,
+        mailbox_drops,
+        dead_letters,
+        expired_sessions,
+        clients_connected,
+        bytes_received,
+        bytes_sent,
+        packets_received,
+        packets_sent,
+        refused_max_connections,
+        refused_auth,
+        denied_publishes,
+        denied_subscriptions,
+        protocol_errors,
+        handshake_failures,
+        publish_throttled,
+        offline_sessions,
+        retained,
+        retained_bytes,
+        retained_refused,
+        store_errors,
+        "hermes-mqtt stopped"
+    );
 }
 
 /// Warns when the store holds more retained messages than `max_retained` or
