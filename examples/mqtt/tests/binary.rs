@@ -384,7 +384,7 @@ async fn a_shutdown_after_failed_writes_exits_1() {
         }
     }
     let counted = log
-        .split("store_errors: ")
+        .split(" store_errors=")
         .nth(1)
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .map(|n| n.parse::<u64>().unwrap())
