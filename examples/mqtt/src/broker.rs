@@ -141,6 +141,9 @@ pub enum StartError {
     /// The ACL file cannot be used.
     #[error("{0}")]
     Acl(#[source] AclError),
+    /// The configuration does not hold together ([`Config::validate`]): nothing was bound.
+    #[error("{0}")]
+    Config(#[source] crate::config::ConfigError),
     /// The metrics address cannot be listened on.
     #[error(
         "cannot serve metrics on {addr}: {source} (choose another metrics_address, or remove it)"
@@ -237,11 +240,12 @@ pub struct ShutdownReport {
 }
 
 impl Broker {
-    /// Starts a broker: opens the store (unless `config.memory`), loads persistent sessions and
+    /// Starts a broker: checks the configuration ([`Config::validate`]), opens the store (unless `config.memory`), loads persistent sessions and
     /// retained messages, binds every listener (port 0 picks a free port; see
     /// [`local_addrs`](Broker::local_addrs)), and accepts connections.
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        config.validate().map_err(StartError::Config)?;
         let storage = if config.memory {
             None
         } else {

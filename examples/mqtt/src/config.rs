@@ -191,9 +191,26 @@ impl Config {
     /// The default of [`Config::sys_interval`]: 10 seconds, as Mosquitto's.
     pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 
-    /// The configuration in `toml`.
+    /// The configuration in `toml`, [validated](Config::validate).
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
-        toml::from_str(toml).map_err(|e| ConfigError::from_toml(toml, &e))
+        let config: Self = toml::from_str(toml).map_err(|e| ConfigError::from_toml(toml, &e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the keys say together (each key's own range is checked as it is read):
+    /// the metrics listener is not at a listener's address (port 0, a free port each,
+    /// aside). [`Broker::start`](crate::Broker::start) checks it too, before it binds
+    /// anything, so a configuration built in code gets the same
+    /// [`ConfigError::MetricsOnListener`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(address) = self.metrics_address
+            && address.port() != 0
+            && self.listeners.iter().any(|l| l.address == address)
+        {
+            return Err(ConfigError::MetricsOnListener { address });
+        }
+        Ok(())
     }
 
     /// The configuration in the TOML file at `path`.
@@ -653,6 +670,16 @@ pub enum ConfigError {
         given: String,
         /// The file, when loaded from one.
         file: Option<PathBuf>,
+    },
+    /// The metrics listener (`metrics_address`) at the address of a listener: both cannot
+    /// listen there.
+    #[error(
+        "the metrics address {address} is also a listener's: give metrics_address \
+         (--metrics-address) a port of its own"
+    )]
+    MetricsOnListener {
+        /// The address.
+        address: SocketAddr,
     },
     /// Not valid TOML.
     #[error(

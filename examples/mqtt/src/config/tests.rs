@@ -249,6 +249,19 @@ fn a_value_of_the_wrong_kind_says_what_the_key_takes_and_what_was_given() {
 }
 
 #[test]
+fn metrics_at_a_listeners_address_is_an_error() {
+    let e = Config::from_toml(
+        "listeners = [\"127.0.0.1:1883\"]\nmetrics_address = \"127.0.0.1:1883\"\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::MetricsOnListener { .. }), "{e:?}");
+    assert!(e.to_string().contains("a port of its own"), "{e}");
+    // Port 0 is a free port each.
+    Config::from_toml("listeners = [\"127.0.0.1:0\"]\nmetrics_address = \"127.0.0.1:0\"\n")
+        .unwrap();
+}
+
+#[test]
 fn syntax_error() {
     let e = error("memory = true\n[[[");
     assert!(e.starts_with("line 2"), "{e}");
