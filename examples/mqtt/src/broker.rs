@@ -223,6 +223,9 @@ pub struct BrokerStats {
     pub retained_refused: u64,
     /// Writes to the store that failed (a full disk, say): what they held is not on disk.
     pub store_errors: u64,
+    /// Queued QoS 1 and 2 messages (of sessions whose client is away, or whose in-flight
+    /// window is full) submitted to the store; 0 with `memory`.
+    pub queued_stored: u64,
 }
 
 /// What a graceful shutdown did.
@@ -493,6 +496,7 @@ impl Broker {
             retained_bytes: gauge(&c.retained_bytes),
             retained_refused: get(&c.retained_refused),
             store_errors: self.shared.storage.as_ref().map_or(0, Storage::errors),
+            queued_stored: c.queued_stored.load(Ordering::Acquire),
         }
     }
 
@@ -594,6 +598,7 @@ fn log_stopped(connections_closed: usize, stats: &BrokerStats) {
         retained_bytes,
         retained_refused,
         store_errors,
+        queued_stored,
     } = *stats;
     tracing::info!(
         connections_closed,
@@ -621,6 +626,7 @@ fn log_stopped(connections_closed: usize, stats: &BrokerStats) {
         retained_bytes,
         retained_refused,
         store_errors,
+        queued_stored,
         "hermes-mqtt stopped"
     );
 }
