@@ -146,13 +146,24 @@ fn get(node: &TestNode, id: u64) -> Option<u64> {
         .ok()
 }
 
+/// A NATS server, and a proxy to it (`None` where nats-server is not installed).
+fn server_behind_a_proxy() -> Option<(NatsServer, Proxy)> {
+    let nats = NatsServer::start()?;
+    let port: u16 = nats
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("the server's URL ends with its port");
+    let proxy = Proxy::start(port);
+    Some((nats, proxy))
+}
+
 #[test]
 fn a_node_cut_off_past_the_liveness_timeout_does_not_go_on_with_stale_receivers() {
-    let Some(nats) = NatsServer::start() else {
+    let Some((nats, proxy)) = server_behind_a_proxy() else {
         return;
     };
-    let port: u16 = nats.url().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = Proxy::start(port);
     let a = start(&proxy.url(), "a");
     let b = start(&nats.url(), "b");
     wait_until("two members", SETTLE, || {
@@ -190,11 +201,9 @@ fn a_node_cut_off_past_the_liveness_timeout_does_not_go_on_with_stale_receivers(
 /// not keep them because it knew of nobody to hand them to.
 #[test]
 fn a_lone_node_cut_off_past_the_liveness_timeout_does_not_go_on_with_stale_receivers() {
-    let Some(nats) = NatsServer::start() else {
+    let Some((nats, proxy)) = server_behind_a_proxy() else {
         return;
     };
-    let port: u16 = nats.url().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = Proxy::start(port);
     let a = start(&proxy.url(), "a");
     assert_eq!(a.members(), [a.id()]);
     // An ID that is a's again once b is there too.

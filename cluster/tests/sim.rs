@@ -479,6 +479,34 @@ fn lost_acked(sim: &Bank, book: &Book) -> Vec<u64> {
     lost
 }
 
+/// A cluster of the bank under `seed`, no node started, and its book.
+fn bank_sim(seed: u64, options: &SimOptions) -> (Bank, Arc<Mutex<Book>>) {
+    let book = Arc::new(Mutex::new(Book::default()));
+    let sim = ClusterSim::new(seed, options.clone(), bank(Arc::clone(&book)));
+    (sim, book)
+}
+
+/// Node `name` dropped out and joined again; the built-in checks (writes accepted on two
+/// nodes, a fresh rejoin) found nothing; no acknowledged deposit is lost.
+fn joined_again(sim: &Bank, book: &Mutex<Book>, seed: u64, name: &str) {
+    let trace = sim.trace().join("\n");
+    assert!(
+        trace.contains(&format!("expired {name}: drops out"))
+            && trace.contains(&format!("rejoin {name}")),
+        "seed {seed}: {name} did not drop out and join again:\n{trace}"
+    );
+    assert!(
+        sim.violations().is_empty(),
+        "seed {seed}: {:?}",
+        sim.violations()
+    );
+    let lost = lost_acked(sim, &book.lock().unwrap());
+    assert!(
+        lost.is_empty(),
+        "seed {seed}: acknowledged deposits lost: {lost:?}"
+    );
+}
+
 /// A node cut off from the server past the liveness timeout, under load, on many seeds: the
 /// others take its IDs; when it is back its entry has expired, so it drops out, releases every
 /// receiver (their saves refused by its lapsed lease) and joins again as a fresh node, through
@@ -489,8 +517,7 @@ fn lost_acked(sim: &Bank, book: &Book) -> Vec<u64> {
 fn a_node_cut_off_past_the_liveness_timeout_drops_out_and_joins_again() {
     let options = SimOptions::default();
     for seed in seeds() {
-        let book = Arc::new(Mutex::new(Book::default()));
-        let mut sim = ClusterSim::new(seed, options.clone(), bank(Arc::clone(&book)));
+        let (mut sim, book) = bank_sim(seed, &options);
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
         for name in ["a", "b", "c"] {
             sim.start(name);
@@ -512,26 +539,11 @@ fn a_node_cut_off_past_the_liveness_timeout_drops_out_and_joins_again() {
         let n = rng.u64(40..120);
         deposits(&mut sim, &mut rng, 10_000, n);
         sim.run_for(Duration::from_secs(10));
-        let trace = sim.trace().join("\n");
-        assert!(
-            trace.contains("expired c: drops out") && trace.contains("rejoin c"),
-            "seed {seed}: c did not drop out and join again:\n{trace}"
-        );
+        joined_again(&sim, &book, seed, "c");
         assert_eq!(
             sim.view("c").map(|v| v.len()),
             Some(3),
             "seed {seed}: c is a member again"
-        );
-        assert!(
-            sim.violations().is_empty(),
-            "seed {seed}: {:?}",
-            sim.violations()
-        );
-        let book = book.lock().unwrap();
-        assert!(
-            lost_acked(&sim, &book).is_empty(),
-            "seed {seed}: acknowledged deposits lost: {:?}",
-            lost_acked(&sim, &book)
         );
     }
 }
@@ -544,8 +556,7 @@ fn a_node_cut_off_past_the_liveness_timeout_drops_out_and_joins_again() {
 fn a_lone_node_cut_off_past_the_liveness_timeout_joins_again_as_a_fresh_node() {
     let options = SimOptions::default();
     for seed in seeds() {
-        let book = Arc::new(Mutex::new(Book::default()));
-        let mut sim = ClusterSim::new(seed, options.clone(), bank(Arc::clone(&book)));
+        let (mut sim, book) = bank_sim(seed, &options);
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x10e);
         sim.start("a");
         sim.run_for(Duration::from_secs(1));
@@ -562,22 +573,7 @@ fn a_lone_node_cut_off_past_the_liveness_timeout_joins_again_as_a_fresh_node() {
         sim.heal("a");
         deposits(&mut sim, &mut rng, 1_000, 60);
         sim.run_for(Duration::from_secs(10));
-        let trace = sim.trace().join("\n");
-        assert!(
-            trace.contains("expired a: drops out") && trace.contains("rejoin a"),
-            "seed {seed}: a did not drop out and join again:\n{trace}"
-        );
-        assert!(
-            sim.violations().is_empty(),
-            "seed {seed}: {:?}",
-            sim.violations()
-        );
-        let book = book.lock().unwrap();
-        assert!(
-            lost_acked(&sim, &book).is_empty(),
-            "seed {seed}: acknowledged deposits lost: {:?}",
-            lost_acked(&sim, &book)
-        );
+        joined_again(&sim, &book, seed, "a");
     }
 }
 
