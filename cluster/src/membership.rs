@@ -2,6 +2,7 @@
 //! node computes from it, and the hand-off barrier between an old owner and a new one.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -105,13 +106,35 @@ pub(crate) async fn heartbeat(
 /// until a heartbeat renews it: a node cut off past the liveness timeout that deactivates its
 /// receivers when it is back must not save their state, older than what the new owners had
 /// (the first save won, the new owner's failed). Not yet started, or a client: no lease, no
-/// limit.
-#[derive(Debug, Default)]
+/// limit. On the real clock on NATS, on the virtual one in the simulator.
 pub(crate) struct Lease {
     until: Mutex<Option<Instant>>,
+    clock: Box<dyn Fn() -> Instant + Send + Sync>,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease::with_clock(Instant::now)
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {
+    /// A lease that tells the time by `clock`.
+    pub(crate) fn with_clock(clock: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        Lease {
+            until: Mutex::new(None),
+            clock: Box::new(clock),
+        }
+    }
+
     /// The entry lasts until `until`.
     pub(crate) fn renew(&self, until: Instant) {
         *self.until.lock().unwrap_or_else(PoisonError::into_inner) = Some(until);
@@ -119,11 +142,103 @@ impl Lease {
 
     /// Whether this node may write now.
     pub(crate) fn holds(&self) -> bool {
+        let now = (self.clock)();
         self.until
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_none_or(|until| Instant::now() < until)
+            .is_none_or(|until| now < until)
     }
+}
+
+/// This node's own membership entry as its heartbeats keep it: the revision it last wrote,
+/// which the next heartbeat expects, and the [`Lease`] that write gives. The NATS node and the
+/// simulator both drive it, each over its own bucket.
+#[derive(Debug)]
+pub(crate) struct OwnEntry {
+    /// 0: none written yet (or since this node was removed): the next write is unconditional.
+    revision: AtomicU64,
+    lease: Arc<Lease>,
+    /// How long the bucket keeps an entry.
+    expiry: Duration,
+}
+
+/// What a heartbeat whose write found this node's entry at another revision than it expected
+/// learned, reading the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The entry is this process's own write, whose answer it missed: its revision is taken.
+    Mine,
+    /// Another process writes this node's entry: two nodes run under one name.
+    Other,
+    /// The entry is gone (it expired while this node could not reach the server, or could
+    /// not run): the others have removed this node and taken its IDs. It drops out
+    /// ([`drop_out`]), releases every receiver, waits for that, and announces itself again.
+    Expired,
+}
+
+impl OwnEntry {
+    pub(crate) fn new(lease: Arc<Lease>, expiry: Duration) -> Self {
+        OwnEntry {
+            revision: AtomicU64::new(0),
+            lease,
+            expiry,
+        }
+    }
+
+    /// The revision the next write of the entry expects; `None`: write it unconditionally (the
+    /// first, or the first since this node was removed).
+    pub(crate) fn expected(&self) -> Option<u64> {
+        match self.revision.load(Ordering::Relaxed) {
+            0 => None,
+            revision => Some(revision),
+        }
+    }
+
+    /// The write sent at `sent` was stored at `revision`: the entry surely lasts until `sent`
+    /// plus the bucket's expiry, and so does the lease.
+    pub(crate) fn written(&self, revision: u64, sent: Instant) {
+        self.revision.store(revision, Ordering::Relaxed);
+        self.lease.renew(sent + self.expiry);
+    }
+
+    /// The write that expected [`expected`](OwnEntry::expected) was refused, and the entry is
+    /// now `entry`: its revision and whether it is this process's announcement, or `None` if
+    /// it is gone.
+    pub(crate) fn refused(&self, entry: Option<(u64, bool)>) -> Refused {
+        match entry {
+            Some((revision, true)) => {
+                self.revision.store(revision, Ordering::Relaxed);
+                Refused::Mine
+            }
+            Some((_, false)) => {
+                tracing::error!(
+                    "another process renews this node's membership entry: two nodes run under \
+                     one name; stop one"
+                );
+                self.revision.store(0, Ordering::Relaxed);
+                Refused::Other
+            }
+            None => {
+                tracing::warn!(
+                    "this node's membership entry expired while it could not reach the server \
+                     (or could not run): the others have taken its IDs; it deactivates its \
+                     receivers and joins again"
+                );
+                self.revision.store(0, Ordering::Relaxed);
+                Refused::Expired
+            }
+        }
+    }
+}
+
+/// This node's entry expired ([`Refused::Expired`]): it leaves the view (every ID is another
+/// node's, or nobody's if no other member is known; alone too: another node may have started
+/// meanwhile and taken every ID) and its gate starts over as a joining node's. The driver then
+/// releases every receiver (`Hermes::release_moved`; their saves are refused, the lease has
+/// lapsed), waits for that, and announces the node again: it joins as a fresh node.
+pub(crate) fn drop_out(placement: &ClusterPlacement, gate: &Gate, now: Instant) {
+    placement.drop_out();
+    gate.restart(placement.view(), now);
 }
 
 /// How many of a node's latest releases a gate remembers.

@@ -1,7 +1,7 @@
 //! A node: the NATS connection, the buckets, the local Hermes, and the tasks that tie them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -13,7 +13,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use crate::membership::{self, Announce, Gate, Gated, Lease, Released, member_key};
+use crate::membership::{
+    self, Announce, Gate, Gated, Lease, OwnEntry, Refused, Released, member_key,
+};
 use crate::placement::{ClusterPlacement, node_id};
 use crate::store::JetStreamBucket;
 use crate::transport::{self, Transport};
@@ -113,14 +115,16 @@ impl Cluster {
             Ok::<_, ClusterError>((client, members, state, js, expiry))
         })?;
         let lease = Arc::new(Lease::default());
-        let store = Arc::new(KvStore::new(JetStreamBucket::new(
-            state,
-            js,
-            client.clone(),
+        let store = Arc::new(KvStore::new(
+            JetStreamBucket::new(
+                state,
+                js,
+                client.clone(),
+                runtime.handle().clone(),
+                config.store_timeout,
+            ),
             Arc::clone(&lease),
-            runtime.handle().clone(),
-            config.store_timeout,
-        )));
+        ));
         Ok(Cluster {
             config,
             me,
@@ -284,9 +288,7 @@ impl Cluster {
             client: client.clone(),
             released_subject,
             release_timeout: cc.handoff_timeout.max(Duration::from_secs(1)) * 5,
-            revision: AtomicU64::new(0),
-            expiry,
-            lease,
+            own: OwnEntry::new(lease, expiry),
         };
         // The first beat (and view) before start returns: the node is a member from here on.
         runtime.block_on(heartbeat.beat());
@@ -468,12 +470,9 @@ struct Heartbeat<K, M, A> {
     client: async_nats::Client,
     released_subject: String,
     release_timeout: Duration,
-    /// The revision of this node's last heartbeat in the bucket (0: none yet).
-    revision: AtomicU64,
-    /// How long the bucket keeps an entry.
-    expiry: Duration,
-    /// Renewed by every heartbeat written: until when this node's entry surely lasts.
-    lease: Arc<Lease>,
+    /// This node's entry: the revision its next heartbeat expects, and the lease that every
+    /// heartbeat written renews.
+    own: OwnEntry,
 }
 
 impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A> {
@@ -533,64 +532,46 @@ impl<K: Key, M: Message, A: hermes_core::App<Id = K, Msg = M>> Heartbeat<K, M, A
     /// receivers it had before it was cut off, answering from their stale state.
     async fn announce(&self) {
         let key = member_key(self.me);
-        let expected = self.revision.load(Ordering::Relaxed);
         // The entry expires at most the bucket's expiry after the server stored it, which is
         // after this.
         let sent = std::time::Instant::now();
-        let written = if expected == 0 {
-            self.kv
+        let written = match self.own.expected() {
+            None => self
+                .kv
                 .put(&key, self.announce.clone())
                 .await
                 .map(Some)
-                .map_err(|e| e.to_string())
-        } else {
-            match self.kv.update(&key, self.announce.clone(), expected).await {
+                .map_err(|e| e.to_string()),
+            Some(expected) => match self.kv.update(&key, self.announce.clone(), expected).await {
                 Ok(revision) => Ok(Some(revision)),
                 Err(e) if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(e) => Err(e.to_string()),
-            }
+            },
         };
         match written {
-            Ok(Some(revision)) => {
-                self.revision.store(revision, Ordering::Relaxed);
-                self.lease.renew(sent + self.expiry);
-            }
+            Ok(Some(revision)) => self.own.written(revision, sent),
             Err(e) => tracing::warn!(%e, "heartbeat failed: is the NATS server up?"),
             Ok(None) => match membership::heartbeat(&self.kv, self.me).await {
-                // This node's own heartbeat, whose answer it missed.
-                Ok(Some((revision, announce))) if announce == self.announce => {
-                    self.revision.store(revision, Ordering::Relaxed)
-                }
-                Ok(Some(_)) => {
-                    tracing::error!(
-                        "another process renews this node's membership entry: two nodes run \
-                         under one name; stop one"
-                    );
-                    self.revision.store(0, Ordering::Relaxed);
-                }
-                Ok(None) => {
-                    tracing::warn!(
-                        "this node's membership entry expired while it could not reach the \
-                         server: the others have taken its IDs; it deactivates its receivers \
-                         and joins again"
-                    );
-                    self.rejoin().await;
-                    self.revision.store(0, Ordering::Relaxed);
-                    Box::pin(self.announce()).await;
+                Ok(entry) => {
+                    let entry =
+                        entry.map(|(revision, announce)| (revision, announce == self.announce));
+                    if self.own.refused(entry) == Refused::Expired {
+                        self.rejoin().await;
+                        Box::pin(self.announce()).await;
+                    }
                 }
                 Err(e) => tracing::warn!(%e, "could not read this node's membership entry"),
             },
         }
     }
 
-    /// Leaves the view (every ID is another node's) and waits until every receiver has been
-    /// deactivated, at most the release timeout.
+    /// Leaves the view (every ID is another node's, or nobody's if no other member is known)
+    /// and waits until every receiver has been deactivated, at most the release timeout. Alone
+    /// too: the others, if any, may have started while this node could not see them and taken
+    /// its IDs, and its saves are refused until it has renewed its entry; keeping its
+    /// receivers, it answered from their stale state.
     async fn rejoin(&self) {
-        if !self.placement.leave() {
-            return;
-        }
-        self.gate
-            .restart(self.placement.view(), std::time::Instant::now());
+        membership::drop_out(&self.placement, &self.gate, std::time::Instant::now());
         let released = self.hermes.release_moved();
         if tokio::time::timeout(self.release_timeout, released)
             .await

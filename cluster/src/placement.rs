@@ -92,6 +92,16 @@ impl ClusterPlacement {
         true
     }
 
+    /// This node's membership entry expired: the view without it (empty if no other member is
+    /// known), so that it owns no ID and releases every receiver, until a view read after it
+    /// announced itself again ([`set_view`](ClusterPlacement::set_view)) counts it in. Until
+    /// then, alone, every ID is nobody's: messages for them are `Unreachable` dead letters.
+    pub(crate) fn drop_out(&self) {
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        let others: Vec<NodeId> = view.iter().copied().filter(|&n| n != self.me).collect();
+        *view = Arc::new(others);
+    }
+
     /// The owner of `hash` in `members` (the current view if `None`).
     pub(crate) fn owner_of(&self, hash: u64) -> Option<NodeId> {
         owner(
@@ -141,6 +151,23 @@ mod tests {
                 other => panic!("{i} placed here after leaving: {other:?}"),
             }
         }
+    }
+
+    /// A node whose entry expired owns nothing, alone too, until its next view.
+    #[test]
+    fn a_node_that_dropped_out_owns_nothing_until_its_next_view() {
+        let p = ClusterPlacement::new(NodeId(1), true, 2);
+        p.drop_out();
+        assert!(p.view().is_empty());
+        assert_eq!(p.locate(&1u32), Location::Node(NOBODY));
+        assert!(
+            p.set_view(vec![]),
+            "the next view counts this node in again"
+        );
+        assert_eq!(*p.view(), [NodeId(1)]);
+        p.set_view(vec![NodeId(2)]);
+        p.drop_out();
+        assert_eq!(*p.view(), [NodeId(2)]);
     }
 
     #[test]

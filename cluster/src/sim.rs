@@ -11,9 +11,12 @@
 //! the `Released` notice), the hand-off gate itself (`Gated`, the factory wrapper, over
 //! `GateState::check`), whether a node may send to another (`transport::reachable`), what a
 //! node does with a message that arrives (`transport::arrival`: deliver, pass on, or give up
-//! after too many hops) and the compare-and-set of [`KvStore`] (over a simulated bucket
-//! instead of JetStream's). What is simulated is the I/O: NATS subjects, the JetStream buckets
-//! and the clock.
+//! after too many hops), what a heartbeat does with the node's own entry (`OwnEntry`: a write
+//! expecting its last revision, the lease it renews, and when the entry expired,
+//! `membership::drop_out`, the release of every receiver and a fresh join) and the
+//! compare-and-set and lease of [`KvStore`] (over a simulated bucket instead of JetStream's,
+//! the lease on the virtual clock). What is simulated is the I/O: NATS subjects, the JetStream
+//! buckets and the clock.
 //!
 //! Each node runs on its own thread, but only one thread runs at a time (the scheduler hands a
 //! baton to one node, and waits for it to hand it back): a node whose activation waits at the
@@ -58,9 +61,12 @@
 //! assert!(sim.violations().is_empty());
 //! ```
 //!
-//! Checks built in: an ID is never active (activated by the factory and not yet deactivated)
-//! on two nodes at once while the cluster is healthy, i.e. before the first partition or
-//! pause ([`ClusterSim::violations`]). Applications check the rest (no acknowledged save lost,
+//! Checks built in ([`ClusterSim::violations`]): an ID is never active (activated by the
+//! factory and not yet deactivated) on two nodes at once while the cluster is healthy, i.e.
+//! before the first partition or pause; whatever the faults, an ID is never active on two
+//! nodes with writes the store accepted on both (a write accepted on one while another node
+//! that has the ID active had one accepted since this node activated it); and a node whose
+//! membership entry expired joins again with none of its old receivers active. Applications check the rest (no acknowledged save lost,
 //! every message delivered or dead-lettered) with their own bookkeeping: see `tests/sim.rs`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -76,14 +82,14 @@ use std::time::{Duration, Instant};
 
 use hermes_core::{
     Activation, App, Config, Context, Deactivation, DeadLetter, DeadLetterReason, Factory, Key,
-    Kind, KindTable, Message, NodeId, Receiver, Recipient, SendError,
+    Kind, KindTable, Message, NodeId, Receiver, Recipient, SendError, id_hash,
 };
 use hermes_executor::{Hermes, Released as ReleaseDone, Remote};
 use hermes_sim::{Sim, SimClock};
 use hermes_store::{Operation, StoreError};
 
 use crate::KvStore;
-use crate::membership::{self, Gate, GateCheck, Gated, Hold};
+use crate::membership::{self, Gate, GateCheck, Gated, Hold, Lease, OwnEntry, Refused};
 use crate::node_id;
 use crate::placement::ClusterPlacement;
 use crate::store::{Bucket, Entry};
@@ -150,8 +156,8 @@ pub enum PlantedBug {
     /// The hand-off gate is skipped: a node activates an ID it gained from a live node without
     /// waiting for that node to deactivate it and save its state.
     SkipHandoffGate,
-    /// [`KvStore`] writes ignore revisions: a stale owner's save overwrites the new owner's
-    /// instead of failing with `Conflict`.
+    /// [`KvStore`] writes ignore revisions and the node's lease: a stale owner's save
+    /// overwrites the new owner's instead of failing with `Conflict`.
     UnconditionalSave,
 }
 
@@ -172,8 +178,10 @@ pub struct ClusterSim<K: Key, M: Message, F: Factory<K, M>> {
     incarnations: HashMap<String, u64>,
     net: Arc<Mutex<Network<K, M>>>,
     bucket: Arc<Mutex<BucketState>>,
-    /// The membership bucket: each member's last heartbeat.
-    members: BTreeMap<NodeId, Duration>,
+    /// The membership bucket: each member's entry (expired ones are removed as it is read).
+    members: BTreeMap<NodeId, MemberEntry>,
+    /// The membership bucket's last revision.
+    member_revision: u64,
     tracker: Arc<Mutex<Tracker<K>>>,
     dead: DeadLetters<K, M>,
     trace: Vec<String>,
@@ -184,9 +192,26 @@ pub struct ClusterSim<K: Key, M: Message, F: Factory<K, M>> {
     bug: Option<PlantedBug>,
 }
 
+/// A node's entry in the simulated membership bucket.
+#[derive(Clone, Copy, Debug)]
+struct MemberEntry {
+    /// When it was written: it expires the liveness timeout later.
+    at: Duration,
+    revision: u64,
+    /// Which start of the node wrote it (its announcement's instance).
+    incarnation: u64,
+}
+
 /// What the scheduler keeps of a running node.
 struct SimNode<K, M, A> {
     id: NodeId,
+    /// Which start of its name this is.
+    incarnation: u64,
+    /// Its membership entry and lease, kept by the production code over the simulated bucket.
+    own: OwnEntry,
+    /// Its entry expired: it releases every receiver, and until that is done (or it gives up
+    /// waiting, at the given time) it does not heartbeat, as on NATS.
+    rejoining: Option<(ReleaseDone, Duration)>,
     commands: mpsc::Sender<Command>,
     reports: mpsc::Receiver<Report>,
     thread: Option<JoinHandle<()>>,
@@ -408,6 +433,8 @@ struct BucketState {
 struct SimBucket {
     state: Arc<Mutex<BucketState>>,
     link: Arc<Link>,
+    /// Tells the tracker of each write the bucket accepted.
+    wrote: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl SimBucket {
@@ -444,6 +471,8 @@ impl Bucket for SimBucket {
         state
             .entries
             .insert(key.to_vec(), (Some(value.to_vec()), revision));
+        drop(state);
+        (self.wrote)();
         Ok(revision)
     }
 
@@ -458,6 +487,8 @@ impl Bucket for SimBucket {
         state
             .entries
             .insert(key.to_vec(), (Some(value.to_vec()), revision));
+        drop(state);
+        (self.wrote)();
         Ok(revision)
     }
 
@@ -470,6 +501,8 @@ impl Bucket for SimBucket {
         state.seq += 1;
         let revision = state.seq;
         state.entries.insert(key.to_vec(), (None, revision));
+        drop(state);
+        (self.wrote)();
         Ok(revision)
     }
 
@@ -491,12 +524,35 @@ fn track<K>(tracker: &Mutex<Tracker<K>>) -> std::sync::MutexGuard<'_, Tracker<K>
     tracker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Which nodes have which IDs active, and the rule it checks.
+/// One activation of an ID on a node.
+#[derive(Clone, Copy, Debug)]
+struct Activity {
+    since: Duration,
+    wrote: Option<Duration>,
+}
+
+thread_local! {
+    /// The hash of the ID whose receiver runs on this thread now: the store's writes are its.
+    static WRITER: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` as the receiver of the ID with hash `hash` (its store writes count as that ID's).
+fn as_writer<T>(hash: u64, f: impl FnOnce() -> T) -> T {
+    let before = WRITER.replace(Some(hash));
+    let out = f();
+    WRITER.set(before);
+    out
+}
+
+/// Which nodes have which IDs active, and the rules it checks.
 struct Tracker<K> {
     clock: SimClock,
     active: HashMap<K, Vec<NodeId>>,
     /// No partition or pause so far: an ID must never be active on two nodes.
     healthy: bool,
+    /// Each activation (by ID hash and node): since when, and its last write the store
+    /// accepted.
+    writes: HashMap<(u64, NodeId), Activity>,
     violations: Vec<Violation>,
     activations: u64,
     /// Nodes crashing: what their dropped shards still do is not activity of the cluster.
@@ -509,6 +565,13 @@ impl<K: Key> Tracker<K> {
             return;
         }
         self.activations += 1;
+        self.writes.insert(
+            (id_hash(id), node),
+            Activity {
+                since: self.clock.elapsed(),
+                wrote: None,
+            },
+        );
         let nodes = self.active.entry(id.clone()).or_default();
         if self.healthy && !nodes.is_empty() {
             let what = format!(
@@ -523,7 +586,51 @@ impl<K: Key> Tracker<K> {
         nodes.push(node);
     }
 
+    /// The store accepted a write of `node`, made by the receiver of the ID with hash `id`
+    /// (`None`: not in a receiver). No other node that has that ID active may have had a
+    /// write accepted since this node activated it: whatever the faults, an ID is never
+    /// active on two nodes with writes accepted on both (the lease and compare-and-set).
+    fn wrote(&mut self, node: NodeId, id: Option<u64>) {
+        let Some(hash) = id else {
+            return;
+        };
+        if self.crashing.contains(&node) {
+            return;
+        }
+        let now = self.clock.elapsed();
+        let Some(since) = self.writes.get(&(hash, node)).map(|a| a.since) else {
+            return;
+        };
+        let mut others: Vec<(NodeId, Duration)> = self
+            .writes
+            .iter()
+            .filter(|((h, n), _)| *h == hash && *n != node)
+            .filter_map(|(&(_, n), a)| a.wrote.filter(|&w| w >= since).map(|w| (n, w)))
+            .collect();
+        others.sort();
+        if let Some(&(other, at)) = others.first() {
+            self.violations.push(Violation {
+                at: now,
+                what: format!(
+                    "the ID with hash {hash:016x} written on node {:016x} while active on \
+                     {:016x}, which wrote it too at {at:?}, after this node activated it at \
+                     {since:?}",
+                    node.0, other.0
+                ),
+            });
+        }
+        if let Some(activity) = self.writes.get_mut(&(hash, node)) {
+            activity.wrote = Some(now);
+        }
+    }
+
+    /// How many IDs `node` has active.
+    fn active_on(&self, node: NodeId) -> usize {
+        self.active.values().filter(|n| n.contains(&node)).count()
+    }
+
     fn deactivated(&mut self, id: &K, node: NodeId) {
+        self.writes.remove(&(id_hash(id), node));
         if let Some(nodes) = self.active.get_mut(id) {
             if let Some(i) = nodes.iter().position(|&n| n == node) {
                 nodes.swap_remove(i);
@@ -535,6 +642,7 @@ impl<K: Key> Tracker<K> {
     }
 
     fn forget_node(&mut self, node: NodeId) {
+        self.writes.retain(|&(_, n), _| n != node);
         self.active.retain(|_, nodes| {
             nodes.retain(|&n| n != node);
             !nodes.is_empty()
@@ -581,15 +689,15 @@ struct TrackedReceiver<K, M> {
 
 impl<K: Key, M: Message> Receiver<K, M> for TrackedReceiver<K, M> {
     fn receive(&mut self, ctx: &mut Context<'_, K, M>, msg: M) {
-        self.inner.receive(ctx, msg);
+        as_writer(id_hash(&self.id), || self.inner.receive(ctx, msg));
     }
 
     fn activated(&mut self, ctx: &mut Context<'_, K, M>) {
-        self.inner.activated(ctx);
+        as_writer(id_hash(&self.id), || self.inner.activated(ctx));
     }
 
     fn deactivated(&mut self, ctx: &mut Context<'_, K, M>, why: Deactivation) {
-        self.inner.deactivated(ctx, why);
+        as_writer(id_hash(&self.id), || self.inner.deactivated(ctx, why));
         track(&self.tracker).deactivated(&self.id, self.node);
     }
 }
@@ -630,6 +738,7 @@ where
                 clock: clock.clone(),
                 active: HashMap::new(),
                 healthy: true,
+                writes: HashMap::new(),
                 violations: Vec::new(),
                 activations: 0,
                 crashing: Vec::new(),
@@ -640,6 +749,7 @@ where
             net: Arc::new(Mutex::new(net)),
             bucket: Arc::new(Mutex::new(BucketState::default())),
             members: BTreeMap::new(),
+            member_revision: 0,
             dead: Arc::new(Mutex::new(Vec::new())),
             trace: Vec::new(),
             gate_waits: 0,
@@ -697,11 +807,23 @@ where
             alive: AtomicBool::new(true),
             connected: AtomicBool::new(true),
         });
-        #[allow(unused_mut)]
-        let mut store = KvStore::new(SimBucket {
-            state: Arc::clone(&self.bucket),
-            link: Arc::clone(&link),
+        let lease = Arc::new({
+            let clock = self.clock.clone();
+            Lease::with_clock(move || clock.now())
         });
+        #[allow(unused_mut)]
+        let wrote: Arc<dyn Fn() + Send + Sync> = {
+            let tracker = Arc::clone(&self.tracker);
+            Arc::new(move || track(&tracker).wrote(id, WRITER.get()))
+        };
+        let mut store = KvStore::new(
+            SimBucket {
+                state: Arc::clone(&self.bucket),
+                link: Arc::clone(&link),
+                wrote,
+            },
+            Arc::clone(&lease),
+        );
         #[cfg(feature = "fault-injection")]
         {
             store.unconditional = self.bug == Some(PlantedBug::UnconditionalSave);
@@ -777,6 +899,9 @@ where
             ));
         let node = SimNode {
             id,
+            incarnation: *self.incarnations.get(name).unwrap_or(&0),
+            own: OwnEntry::new(lease, self.options.liveness),
+            rejoining: None,
             commands: command_tx,
             reports: report_rx,
             thread: Some(thread),
@@ -1074,6 +1199,20 @@ where
             self.run_node(&name);
             did = true;
         }
+        // Nodes whose entry expired and whose receivers are released: they join again.
+        let mut rejoined = Vec::new();
+        for (name, node) in self.nodes.iter_mut().filter(|(_, n)| !n.paused) {
+            let mut cx = TaskContext::from_waker(Waker::noop());
+            if let Some((done, give_up)) = &mut node.rejoining
+                && (Pin::new(&mut *done).poll(&mut cx).is_ready() || *give_up <= now)
+            {
+                rejoined.push(name.clone());
+            }
+        }
+        for name in rejoined {
+            self.rejoined(&name);
+            did = true;
+        }
         // Hand-offs whose release is done: announce them.
         let mut announce = Vec::new();
         for node in self.nodes.values_mut().filter(|n| !n.paused) {
@@ -1125,6 +1264,9 @@ where
                 earliest(until.saturating_duration_since(self.clock.at(Duration::ZERO)));
             }
             for (_, _, give_up) in &node.releasing {
+                earliest(*give_up);
+            }
+            if let Some((_, give_up)) = &node.rejoining {
                 earliest(*give_up);
             }
         }
@@ -1189,20 +1331,56 @@ where
         );
     }
 
-    /// Node `name` heartbeats and reads the membership, as `Heartbeat::beat` does on NATS.
+    /// Node `name` heartbeats and reads the membership, as `Heartbeat::beat` does on NATS:
+    /// it writes its entry expecting the revision it last wrote ([`OwnEntry`]); if the entry
+    /// expired meanwhile, it drops out and releases every receiver ([`membership::drop_out`])
+    /// and heartbeats again once that is done ([`ClusterSim::rejoined`]).
     fn beat(&mut self, name: &str) {
         let now = self.elapsed();
         let Some(node) = self.nodes.get(name) else {
             return;
         };
-        if !node.link.up() {
-            // The put and the read fail: the view stays as it was.
+        if !node.link.up() || node.rejoining.is_some() {
+            // The put and the read fail (or, rejoining, wait): the view stays as it was.
             return;
         }
-        self.members.insert(node.id, now);
+        // The bucket forgets entries past their age.
         let liveness = self.options.liveness;
         self.members
-            .retain(|_, last| last.saturating_add(liveness) > now);
+            .retain(|_, entry| entry.at.saturating_add(liveness) > now);
+        let (id, incarnation) = (node.id, node.incarnation);
+        let current = self.members.get(&id).copied();
+        let write = match node.own.expected() {
+            None => true,
+            Some(expected) => current.is_some_and(|entry| entry.revision == expected),
+        };
+        if write {
+            self.member_revision += 1;
+            let revision = self.member_revision;
+            self.members.insert(
+                id,
+                MemberEntry {
+                    at: now,
+                    revision,
+                    incarnation,
+                },
+            );
+            node.own.written(revision, self.clock.now());
+        } else {
+            let entry = current.map(|entry| (entry.revision, entry.incarnation == incarnation));
+            if node.own.refused(entry) == Refused::Expired {
+                self.log(format_args!("expired {name}: drops out"));
+                let give_up = now.saturating_add(self.release_timeout());
+                let Some(node) = self.nodes.get_mut(name) else {
+                    return;
+                };
+                membership::drop_out(&node.placement, &node.gate, self.clock.now());
+                let released = node.hermes.release_moved();
+                node.rejoining = Some((released, give_up));
+                node.dirty = true;
+                return;
+            }
+        }
         let nodes: Vec<NodeId> = self.members.keys().copied().collect();
         let Some(node) = self.nodes.get_mut(name) else {
             return;
@@ -1213,12 +1391,10 @@ where
             return;
         };
         let released = node.hermes.release_moved();
-        let give_up = now.saturating_add(
-            self.options
-                .handoff_timeout
-                .max(Duration::from_secs(1))
-                .saturating_mul(5),
-        );
+        let give_up = now.saturating_add(self.release_timeout());
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
         node.releasing.push((released, view, give_up));
         node.dirty = true;
         let mut line = format!("view {name} {view:016x}:");
@@ -1226,6 +1402,41 @@ where
             let _ = write!(line, " {:016x}", n.0);
         }
         self.log(line);
+    }
+
+    /// How long a node waits for its receivers to be released before it goes on, as on NATS.
+    fn release_timeout(&self) -> Duration {
+        self.options
+            .handoff_timeout
+            .max(Duration::from_secs(1))
+            .saturating_mul(5)
+    }
+
+    /// Node `name`, whose entry expired, has released its receivers (or given up waiting): it
+    /// announces itself again and reads the membership, joining as a fresh node.
+    fn rejoined(&mut self, name: &str) {
+        let now = self.elapsed();
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        node.rejoining = None;
+        node.next_beat = now.saturating_add(self.options.heartbeat);
+        let id = node.id;
+        // It joins as a fresh node: nothing it ran before its entry expired is left.
+        let left = track(&self.tracker).active_on(id);
+        if left > 0 {
+            let mut tracker = track(&self.tracker);
+            tracker.violations.push(Violation {
+                at: now,
+                what: format!(
+                    "node {name} ({:016x}) joins again with {left} receivers still active from \
+                     before its membership entry expired",
+                    id.0
+                ),
+            });
+        }
+        self.log(format_args!("rejoin {name}"));
+        self.beat(name);
     }
 
     /// A packet reaches its subject's subscribers.

@@ -37,8 +37,10 @@ use crate::node::max_frame;
 pub struct KvStore {
     bucket: Box<dyn Bucket>,
     revisions: Mutex<HashMap<Vec<u8>, u64>>,
-    /// The planted bug of the simulator's tests: writes ignore revisions (feature
-    /// `fault-injection`).
+    /// Writes only while this node's membership entry surely lasts.
+    lease: Arc<Lease>,
+    /// The planted bug of the simulator's tests: writes ignore revisions and the lease
+    /// (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     pub(crate) unconditional: bool,
 }
@@ -126,8 +128,6 @@ pub(crate) struct JetStreamBucket {
     max_payload: usize,
     /// The connection, and since when this bucket has seen it down.
     client: async_nats::Client,
-    /// Writes only while this node's membership entry surely lasts.
-    lease: Arc<Lease>,
     down_since: Mutex<Option<Instant>>,
     runtime: Handle,
     timeout: Duration,
@@ -138,7 +138,6 @@ impl JetStreamBucket {
         kv: kv::Store,
         js: jetstream::Context,
         client: async_nats::Client,
-        lease: Arc<Lease>,
         runtime: Handle,
         timeout: Duration,
     ) -> Self {
@@ -147,7 +146,6 @@ impl JetStreamBucket {
             js,
             max_payload: max_frame(&client),
             client,
-            lease,
             down_since: Mutex::new(None),
             runtime,
             timeout,
@@ -170,19 +168,6 @@ impl JetStreamBucket {
         }
         let down = since.get_or_insert_with(Instant::now).elapsed();
         (down >= self.timeout).then_some(down)
-    }
-
-    /// Refuses to write while this node's lease has lapsed: it may have been removed from the
-    /// membership, and its receivers' state be older than their new owners'.
-    fn leased(&self, key: &[u8]) -> Result<(), StoreError> {
-        if self.lease.holds() {
-            return Ok(());
-        }
-        tracing::debug!(
-            key = %String::from_utf8_lossy(key),
-            "a write refused: this node's membership entry may have expired"
-        );
-        Err(StoreError::Conflict { key: key.to_vec() })
     }
 
     /// Refuses a value the NATS server would not take in one message (with the key and the
@@ -271,7 +256,6 @@ impl Bucket for JetStreamBucket {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
-        self.leased(key)?;
         self.fits(key, value)?;
         let kv = self.kv.clone();
         let name = encode_key(key);
@@ -284,7 +268,6 @@ impl Bucket for JetStreamBucket {
     }
 
     fn update(&self, key: &[u8], value: &[u8], expected: u64) -> Result<u64, StoreError> {
-        self.leased(key)?;
         self.fits(key, value)?;
         let kv = self.kv.clone();
         let name = encode_key(key);
@@ -302,7 +285,6 @@ impl Bucket for JetStreamBucket {
     }
 
     fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<u64, StoreError> {
-        self.leased(key)?;
         // `kv::Store::delete_expect_revision` does not return the marker's revision, which the
         // next conditional write expects: the same publish, keeping its acknowledgement.
         let subject = format!(
@@ -354,10 +336,13 @@ impl Bucket for JetStreamBucket {
 }
 
 impl KvStore {
-    pub(crate) fn new(bucket: impl Bucket) -> Self {
+    /// A store on `bucket` that writes only while `lease` holds (on NATS and in the
+    /// simulator alike).
+    pub(crate) fn new(bucket: impl Bucket, lease: Arc<Lease>) -> Self {
         KvStore {
             bucket: Box::new(bucket),
             revisions: Mutex::new(HashMap::new()),
+            lease,
             #[cfg(feature = "fault-injection")]
             unconditional: false,
         }
@@ -376,6 +361,23 @@ impl KvStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.to_vec(), revision);
+    }
+
+    /// Refuses to write while this node's lease has lapsed: it may have been removed from the
+    /// membership, and its receivers' state be older than their new owners'.
+    fn leased(&self, key: &[u8]) -> Result<(), StoreError> {
+        #[cfg(feature = "fault-injection")]
+        if self.unconditional {
+            return Ok(());
+        }
+        if self.lease.holds() {
+            return Ok(());
+        }
+        tracing::debug!(
+            key = %String::from_utf8_lossy(key),
+            "a write refused: this node's membership entry may have expired"
+        );
+        Err(StoreError::Conflict { key: key.to_vec() })
     }
 
     /// The revision this process last saw `key` at (0: absent), if it has seen it.
@@ -399,6 +401,7 @@ impl Store for KvStore {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.leased(key)?;
         #[cfg(feature = "fault-injection")]
         let expected = self.revision(key).filter(|_| !self.unconditional);
         #[cfg(not(feature = "fault-injection"))]
@@ -416,6 +419,7 @@ impl Store for KvStore {
         // the marker's revision is what the next write expects (forgetting it made the next
         // put unconditional: a stale owner's put after its delete overwrote the new owner's
         // state).
+        self.leased(key)?;
         let revision = self.bucket.delete(key, self.revision(key))?;
         self.remember(key, revision);
         Ok(())

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hermes_cluster::testing::NatsServer;
-use hermes_cluster::{Cluster, ClusterConfig, KvStore, Node};
-use hermes_core::{Activation, Config, Context, Deactivation, Location, Receiver, Reply};
+use hermes_cluster::{Cluster, ClusterConfig, KvStore, Node, node_id, owner};
+use hermes_core::{Activation, Config, Context, Deactivation, Location, Receiver, Reply, id_hash};
 use hermes_store::Codec;
 use serde::{Deserialize, Serialize};
 
@@ -146,13 +146,24 @@ fn get(node: &TestNode, id: u64) -> Option<u64> {
         .ok()
 }
 
+/// A NATS server, and a proxy to it (`None` where nats-server is not installed).
+fn server_behind_a_proxy() -> Option<(NatsServer, Proxy)> {
+    let nats = NatsServer::start()?;
+    let port: u16 = nats
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("the server's URL ends with its port");
+    let proxy = Proxy::start(port);
+    Some((nats, proxy))
+}
+
 #[test]
 fn a_node_cut_off_past_the_liveness_timeout_does_not_go_on_with_stale_receivers() {
-    let Some(nats) = NatsServer::start() else {
+    let Some((nats, proxy)) = server_behind_a_proxy() else {
         return;
     };
-    let port: u16 = nats.url().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = Proxy::start(port);
     let a = start(&proxy.url(), "a");
     let b = start(&nats.url(), "b");
     wait_until("two members", SETTLE, || {
@@ -180,6 +191,43 @@ fn a_node_cut_off_past_the_liveness_timeout_does_not_go_on_with_stale_receivers(
     });
     wait_until("a to answer for the ID", SETTLE, || get(&b, on_a).is_some());
     assert_eq!(get(&b, on_a), Some(10), "a went on with its stale receiver");
+    b.shutdown();
+    a.shutdown();
+}
+
+/// The same when the cut-off node is the only member it knows: another node starts while it
+/// is cut off, takes every ID once its entry has expired, and moves on with their state. The
+/// node that comes back must drop its receivers too (its lease lapsed, its saves are refused),
+/// not keep them because it knew of nobody to hand them to.
+#[test]
+fn a_lone_node_cut_off_past_the_liveness_timeout_does_not_go_on_with_stale_receivers() {
+    let Some((nats, proxy)) = server_behind_a_proxy() else {
+        return;
+    };
+    let a = start(&proxy.url(), "a");
+    assert_eq!(a.members(), [a.id()]);
+    // An ID that is a's again once b is there too.
+    let both = [a.id(), node_id("b")];
+    let id = (0u64..)
+        .find(|id| owner(id_hash(id), &both) == Some(a.id()))
+        .unwrap();
+    a.hermes().send(id, Msg::Add(5)).unwrap();
+    assert_eq!(get(&a, id), Some(5));
+
+    // a is cut off; b starts, and takes every ID once a's entry has expired.
+    proxy.cut();
+    let b = start(&nats.url(), "b");
+    wait_until("a's entry to expire", SETTLE, || b.members() == [b.id()]);
+    b.hermes().send(id, Msg::Add(10)).unwrap();
+    assert_eq!(get(&b, id), Some(10));
+
+    // a comes back: the ID is a's again, and b hands it over. a must answer with what b
+    // handed over, not with what it had before it was cut off.
+    proxy.heal();
+    wait_until("a back in b's view", SETTLE, || b.members().len() == 2);
+    wait_until("a to answer for the ID", SETTLE, || get(&b, id).is_some());
+    assert_eq!(get(&b, id), Some(10), "a went on with its stale receiver");
+    assert_eq!(get(&a, id), Some(10));
     b.shutdown();
     a.shutdown();
 }

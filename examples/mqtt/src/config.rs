@@ -2,7 +2,9 @@
 //!
 //! Every key is optional; an empty file is [`Config::default()`]. An unknown key is an error
 //! (a misspelt key would otherwise be silently ignored), and so is a value of the wrong type or
-//! out of range; both name the key and its line. The keys, their defaults and meanings are in
+//! out of range; both name the key and its line, and a value of the wrong kind says, in
+//! words, what the key takes and what the file gives ([`ConfigError::WrongKind`]: "expected
+//! a whole number, 0 or more, but the file gives the string \"ten\""). The keys, their defaults and meanings are in
 //! the README's "Configuration" table and on the fields of [`Config`].
 //!
 //! ```
@@ -189,9 +191,26 @@ impl Config {
     /// The default of [`Config::sys_interval`]: 10 seconds, as Mosquitto's.
     pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 
-    /// The configuration in `toml`.
+    /// The configuration in `toml`, [validated](Config::validate).
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
-        toml::from_str(toml).map_err(|e| ConfigError::from_toml(toml, &e))
+        let config: Self = toml::from_str(toml).map_err(|e| ConfigError::from_toml(toml, &e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the keys say together (each key's own range is checked as it is read):
+    /// the metrics listener is not at a listener's address (port 0, a free port each,
+    /// aside). [`Broker::start`](crate::Broker::start) checks it too, before it binds
+    /// anything, so a configuration built in code gets the same
+    /// [`ConfigError::MetricsOnListener`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(address) = self.metrics_address
+            && address.port() != 0
+            && self.listeners.iter().any(|l| l.address == address)
+        {
+            return Err(ConfigError::MetricsOnListener { address });
+        }
+        Ok(())
     }
 
     /// The configuration in the TOML file at `path`.
@@ -633,6 +652,35 @@ pub enum ConfigError {
         /// The file, when loaded from one.
         file: Option<PathBuf>,
     },
+    /// A value of the wrong kind for its key: a string where a number goes, a number out of
+    /// the key's range, and so on.
+    #[error(
+        "{}line {line}, `{key}`: expected {expected}, but the file gives {given} (the keys and \
+         their values are in the \"Configuration\" table of the hermes-mqtt README)",
+        file_prefix(file.as_deref())
+    )]
+    WrongKind {
+        /// The key.
+        key: String,
+        /// The line, from 1.
+        line: usize,
+        /// What the key takes, in words: "a whole number from 1 to 65535", "true or false".
+        expected: String,
+        /// What the file gives, in words: `the string "ten"`, "the number -1".
+        given: String,
+        /// The file, when loaded from one.
+        file: Option<PathBuf>,
+    },
+    /// The metrics listener (`metrics_address`) at the address of a listener: both cannot
+    /// listen there.
+    #[error(
+        "the metrics address {address} is also a listener's: give metrics_address \
+         (--metrics-address) a port of its own"
+    )]
+    MetricsOnListener {
+        /// The address.
+        address: SocketAddr,
+    },
     /// Not valid TOML.
     #[error(
         "{}line {line}: not valid TOML: {message} (fix the syntax there)",
@@ -668,6 +716,13 @@ impl ConfigError {
             .map_or(toml.len(), |i| start + i);
         let lines = toml.get(..line_end).unwrap_or(toml).lines().rev();
         match lines.take(line).find_map(key_of_line) {
+            Some(key) if let Some((expected, given)) = wrong_kind(&message) => Self::WrongKind {
+                key: key.to_owned(),
+                line,
+                expected,
+                given,
+                file: None,
+            },
             Some(key) => Self::Key {
                 message: if key == "users" && message.contains("unknown field") {
                     USERS_REMOVED.to_owned()
@@ -687,11 +742,54 @@ impl ConfigError {
     }
 
     fn in_file(mut self, path: &Path) -> Self {
-        if let Self::Key { file, .. } | Self::Syntax { file, .. } = &mut self {
+        if let Self::Key { file, .. } | Self::WrongKind { file, .. } | Self::Syntax { file, .. } =
+            &mut self
+        {
             *file = Some(path.to_owned());
         }
         self
     }
+}
+
+/// Serde's "invalid type: string \"ten\", expected usize" (or "invalid value: ...") in the
+/// words of someone editing the file: what the key takes and what the file gives, such as
+/// ("a whole number, 0 or more", `the string "ten"`). `None` for other messages.
+fn wrong_kind(message: &str) -> Option<(String, String)> {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let (given, expected) = rest.rsplit_once(", expected ")?;
+    let expected = match expected.trim() {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number, 0 or more".to_owned(),
+        "a nonzero u16" => "a whole number from 1 to 65535".to_owned(),
+        "isize" | "i64" | "i32" | "i16" | "i8" => "a whole number".to_owned(),
+        "f64" | "f32" => "a number".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        "a string" => "a string, in quotes".to_owned(),
+        "a sequence" => "a list, in brackets: [...]".to_owned(),
+        "path string" => "a path, in quotes".to_owned(),
+        other => other.to_owned(),
+    };
+    // Serde's `Unexpected`: `string "ten"`, "integer `-1`", "floating point `1.5`",
+    // "boolean `true`", "sequence", "map", ...
+    let quoted = |s: &str| s.trim().trim_matches('`').to_owned();
+    let given = if let Some(s) = given.strip_prefix("string ") {
+        format!("the string {s}")
+    } else if let Some(n) = given
+        .strip_prefix("integer ")
+        .or_else(|| given.strip_prefix("floating point "))
+    {
+        format!("the number {}", quoted(n))
+    } else if let Some(b) = given.strip_prefix("boolean ") {
+        quoted(b)
+    } else {
+        match given {
+            "sequence" => "a list".to_owned(),
+            "map" => "a table".to_owned(),
+            other => other.to_owned(),
+        }
+    };
+    Some((expected, given))
 }
 
 /// What replaced the plain-text `users` table.

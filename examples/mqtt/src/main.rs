@@ -239,7 +239,7 @@ fn run(cli: &Run) -> ExitCode {
     if cli.memory {
         config.memory = true;
     }
-    if let Err(error) = check(&config) {
+    if let Err(error) = config.validate() {
         eprintln!("hermes-mqtt: {error}");
         return ExitCode::from(2);
     }
@@ -301,21 +301,6 @@ fn run(cli: &Run) -> ExitCode {
             }
         }
     })
-}
-
-/// Checks what the flags and the file say together: the metrics listener is not at a
-/// listener's address.
-fn check(config: &Config) -> Result<(), String> {
-    let Some(metrics) = config.metrics_address else {
-        return Ok(());
-    };
-    if metrics.port() != 0 && config.listeners.iter().any(|l| l.address == metrics) {
-        return Err(format!(
-            "the metrics address {metrics} is also a listener's: give metrics_address \
-             (--metrics-address) a port of its own"
-        ));
-    }
-    Ok(())
 }
 
 /// Logs to standard error: `--log-level`, else the configuration file's `log_level` if it

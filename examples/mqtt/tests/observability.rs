@@ -6,7 +6,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hermes_mqtt::{Broker, Packet, QoS};
+use hermes_mqtt::config::ConfigError;
+use hermes_mqtt::{Broker, Config, Packet, QoS, StartError};
 use support::streams::http_status;
 use support::*;
 
@@ -157,6 +158,36 @@ async fn prometheus_metrics_on_their_own_listener() {
 }
 
 /// The counters of bytes and packets each way, and of connections, are kept.
+/// The metrics listener at a listener's address is a configuration error from the library
+/// too (not only from the binary's flags), said before anything is bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_at_a_listeners_address_is_refused_before_binding() {
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = Config {
+        memory: true,
+        listeners: vec![address.into()],
+        metrics_address: Some(address),
+        ..Config::default()
+    };
+    let error = Broker::start(config).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            StartError::Config(ConfigError::MetricsOnListener { address: a }) if *a == address
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("is also a listener's"),
+        "{error}"
+    );
+    // Nothing was bound.
+    drop(std::net::TcpListener::bind(address).expect("the address is free"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_is_counted() {
     let Some(broker) = TestBroker::configured("stats", |_| {}).await else {

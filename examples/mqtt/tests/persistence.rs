@@ -6,7 +6,9 @@
 //! The broker commits its state in groups, every 2 ms, without waiting for the commit before it
 //! acknowledges: a crash loses what was not committed yet (README, "Persistence"). The crash
 //! tests wait until the broker's metrics say nothing is left to commit, then kill it (a fixed
-//! 500 ms wait was too short on a loaded machine: 1 run in 20 lost a state change).
+//! 500 ms wait was too short on a loaded machine: 1 run in 20 lost a state change); messages
+//! queued for an offline session reach it after their PUBACKs, so the test first waits until
+//! `queued_messages_stored_total` counts them submitted to the store.
 
 mod support;
 
@@ -414,6 +416,26 @@ impl BrokerProcess {
         }
     }
 
+    /// Waits until sessions have submitted `n` queued messages to the store (counted after the
+    /// submission, so [`wait_saved`](Self::wait_saved) then waits for their commit).
+    async fn wait_queued_stored(&self, n: u64) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let stored = metric(
+                &http_get(self.metrics, "/metrics").await,
+                "queued_messages_stored_total",
+            );
+            if stored >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stored} of {n} queued messages submitted to the store after {TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// SIGKILL, and waits for the process to be gone.
     fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
@@ -463,9 +485,8 @@ async fn sessions_queued_messages_and_retained_messages_survive_sigkill() {
         .publish(&retained, b"r", QoS::AtLeastOnce, true)
         .await;
     // The messages reach the offline session after their PUBACKs, with nothing a client can
-    // see: half a second for that hop (a sleep for want of a signal), then the commit itself
-    // is awaited.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // see: wait until the session has submitted the three to the store, then for the commit.
+    broker.wait_queued_stored(3).await;
     broker.wait_saved().await;
     broker.kill();
 

@@ -149,11 +149,11 @@ fn unknown_key_is_an_error_naming_it() {
 #[test]
 fn bad_values_are_errors_naming_the_key() {
     for (toml, key, what) in [
-        ("max_inflight = 0", "max_inflight", "nonzero"),
+        ("max_inflight = 0", "max_inflight", "1 to 65535"),
         ("max_inflight = 65536", "max_inflight", "65536"),
         ("max_queued = -1", "max_queued", "-1"),
         ("max_queued = \"many\"", "max_queued", "string"),
-        ("memory = \"yes\"", "memory", "bool"),
+        ("memory = \"yes\"", "memory", "true or false"),
         ("max_packet_size = 1", "max_packet_size", "2 to 268435460"),
         (
             "max_packet_size = 268435461",
@@ -166,7 +166,7 @@ fn bad_values_are_errors_naming_the_key() {
         ("session_expiry = 7200", "session_expiry", "string"),
         ("log_level = \"verbose\"", "log_level", "`trace`"),
         ("listeners = []", "listeners", "at least one"),
-        ("listeners = \"127.0.0.1:1883\"", "listeners", "sequence"),
+        ("listeners = \"127.0.0.1:1883\"", "listeners", "a list"),
         ("argon2_memory_kib = 4", "argon2_memory_kib", "at least 8"),
         ("argon2_iterations = 0", "argon2_iterations", "at least 1"),
         ("argon2_parallelism = 256", "argon2_parallelism", "1 to 255"),
@@ -191,6 +191,74 @@ fn bad_values_are_errors_naming_the_key() {
     let e = error("memory = true\nlisteners = [\n  \"nowhere\",\n]");
     // The line of the bad element.
     assert!(e.contains("line 3, `listeners`: \"nowhere\""), "{e}");
+}
+
+/// A value of the wrong kind says, in the words of someone editing the file, the key, what it
+/// takes, what the file gives, and the line (it said "invalid type: string \"ten\", expected
+/// usize").
+#[test]
+fn a_value_of_the_wrong_kind_says_what_the_key_takes_and_what_was_given() {
+    let toml = "memory = true\nmax_inflight = \"ten\"\n";
+    let e = Config::from_toml(toml).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::WrongKind { key, line: 2, .. } if key == "max_inflight"),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "line 2, `max_inflight`: expected a whole number from 1 to 65535, but the file gives \
+         the string \"ten\" (the keys and their values are in the \"Configuration\" table of \
+         the hermes-mqtt README)"
+    );
+    for (toml, expected) in [
+        (
+            "max_queued = \"ten\"",
+            "line 1, `max_queued`: expected a whole number, 0 or more, but the file gives the \
+             string \"ten\"",
+        ),
+        (
+            "max_queued = -1",
+            "line 1, `max_queued`: expected a whole number, 0 or more, but the file gives the \
+             number -1",
+        ),
+        (
+            "max_queued = 1.5",
+            "line 1, `max_queued`: expected a whole number, 0 or more, but the file gives the \
+             number 1.5",
+        ),
+        (
+            "keep_alive_grace = \"2\"",
+            "line 1, `keep_alive_grace`: expected a number, but the file gives the string \"2\"",
+        ),
+        (
+            "allow_anonymous = 1",
+            "line 1, `allow_anonymous`: expected true or false, but the file gives the number 1",
+        ),
+        (
+            "max_queued = true",
+            "line 1, `max_queued`: expected a whole number, 0 or more, but the file gives true",
+        ),
+        (
+            "data_dir = 5",
+            "line 1, `data_dir`: expected a path, in quotes, but the file gives the number 5",
+        ),
+    ] {
+        let e = error(toml);
+        assert!(e.starts_with(expected), "{toml}: {e}");
+    }
+}
+
+#[test]
+fn metrics_at_a_listeners_address_is_an_error() {
+    let e = Config::from_toml(
+        "listeners = [\"127.0.0.1:1883\"]\nmetrics_address = \"127.0.0.1:1883\"\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::MetricsOnListener { .. }), "{e:?}");
+    assert!(e.to_string().contains("a port of its own"), "{e}");
+    // Port 0 is a free port each.
+    Config::from_toml("listeners = [\"127.0.0.1:0\"]\nmetrics_address = \"127.0.0.1:0\"\n")
+        .unwrap();
 }
 
 #[test]

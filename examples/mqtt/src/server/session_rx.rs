@@ -12,6 +12,7 @@
 //! need be.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -584,8 +585,15 @@ impl SessionRx {
         let keep = self.session.is_persistent() && !self.ended;
         if keep {
             if !changes.is_empty() || !self.stored {
-                storage.save_session(self.id.name(), &self.session, &changes);
+                let queued = storage.save_session(self.id.name(), &self.session, &changes);
                 self.stored = true;
+                if queued > 0 {
+                    // After the submission (counted unsaved): see `Counters::queued_stored`.
+                    self.shared
+                        .counters
+                        .queued_stored
+                        .fetch_add(queued, Ordering::Release);
+                }
             }
         } else if self.stored {
             storage.delete_session(self.id.name(), changes.queue_removed.clone());

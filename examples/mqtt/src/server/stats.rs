@@ -69,6 +69,11 @@ pub(crate) struct Counters {
     pub(crate) retained_bytes: AtomicI64,
     /// Retained messages not stored for those limits.
     pub(crate) retained_refused: AtomicU64,
+    /// Queued messages (of sessions whose client is away or whose in-flight window is full)
+    /// submitted to the store. Added with `Release`, after the writes were counted in the
+    /// store's unsaved writes, and read with `Acquire`: whoever sees a message counted here
+    /// sees its write unsaved or committed (the crash tests wait on both).
+    pub(crate) queued_stored: AtomicU64,
 }
 
 impl Counters {
@@ -582,6 +587,12 @@ pub(crate) fn prometheus(shared: &Shared, hermes: &hermes::Stats) -> String {
         "counter",
         "Writes to the store that failed (a full disk, say): what they held is not on disk.",
         shared.storage.as_ref().map_or(0, Storage::errors),
+    );
+    metric(
+        "queued_messages_stored_total",
+        "counter",
+        "Queued QoS 1 and 2 messages (client away, or in-flight window full) submitted to the store.",
+        c.queued_stored.load(Ordering::Acquire),
     );
     metric(
         "store_unsaved_writes",

@@ -275,8 +275,9 @@ impl Storage {
         }))
     }
 
-    /// Stores what `changes` says changed in `session` (a stored persistent one).
-    pub(crate) fn save_session(&self, id: &Arc<str>, session: &Session, changes: &Changes) {
+    /// Stores what `changes` says changed in `session` (a stored persistent one); how many
+    /// queued messages it submitted.
+    pub(crate) fn save_session(&self, id: &Arc<str>, session: &Session, changes: &Changes) -> u64 {
         let state = session.state();
         let mut batch = Batch::new();
         if changes.subscriptions {
@@ -300,6 +301,7 @@ impl Storage {
         for seq in changes.queue_removed.clone() {
             batch.delete(queue_key(id, seq));
         }
+        let mut queued = 0;
         for seq in changes.queue_added.clone() {
             let Some(message) = state.queue.get(seq) else {
                 continue;
@@ -307,11 +309,13 @@ impl Storage {
             match MESSAGE.encode(message) {
                 Ok(bytes) => {
                     batch.put(queue_key(id, seq), bytes);
+                    queued += 1;
                 }
                 Err(e) => tracing::error!(client_id = %id, error = %e, "cannot encode a message"),
             }
         }
         self.submit(id, batch);
+        queued
     }
 
     /// Deletes session `id`: its two keys and its queued messages `queue`.
