@@ -172,6 +172,66 @@ fn a_zero_batch_written_to_a_kinds_settings_counts_as_one() {
     assert_eq!(driver.router().stats().messages_delivered, 3);
 }
 
+/// `Options::placement`: "Every ID must be placed on a shard `0..shards`; one placed elsewhere
+/// is a dead letter." It used to be a dead letter only from inside; from outside, `send`,
+/// `try_send` and `schedule` refused it as `Stale` ("send by ID", though it was), `send_all`
+/// as `Closed` ("hermes is closed", though it was not), and an ask failed `Closed`. Every way
+/// in now makes it a `Stale` dead letter with its message, as the doc says.
+#[test]
+fn an_id_placed_on_no_shard_is_a_stale_dead_letter_from_every_way_in() {
+    const NOWHERE: u32 = 99;
+    for executor in EXECUTORS {
+        let letters = Letters::default();
+        let options = Options::new(Config::default())
+            .shards(2)
+            .on_dead_letter(sink(&letters))
+            .placement(|id: &u32| match *id {
+                NOWHERE => Location::Shard(7),
+                id => Location::Shard(id % 2),
+            });
+        let hermes = start(executor, options, |_: &u32| Activation::ready(plain));
+        hermes.send(NOWHERE, Msg::Note(1)).unwrap();
+        hermes.try_send(NOWHERE, Msg::Note(2)).unwrap();
+        hermes
+            .send_all([(NOWHERE, Msg::Note(3)), (1, Msg::Note(4))])
+            .unwrap();
+        hermes
+            .schedule(NOWHERE, Duration::from_millis(1), Msg::Note(5))
+            .unwrap();
+        hermes.send(1, Msg::Forward(NOWHERE, 6)).unwrap();
+        assert_eq!(
+            hermes.ask_blocking(NOWHERE, Msg::Ping, GUARD),
+            Err(AskError::Dropped),
+            "{executor:?}: the request is a dead letter, its reply dropped with it"
+        );
+        // A handle from a Hermes with more shards names a shard this one does not have.
+        let wide = start(
+            executor,
+            Options::new(Config::default())
+                .shards(4)
+                .placement(|_: &u32| Location::Shard(3)),
+            |_: &u32| Activation::ready(plain),
+        );
+        let far = wide.ask_blocking(5, Msg::Where, GUARD).unwrap();
+        wide.shutdown().unwrap();
+        hermes.send_to(far, Msg::Note(7)).unwrap();
+
+        eventually("seven dead letters", || letters.lock().unwrap().len() == 7);
+        let mut seen = letters.lock().unwrap().clone();
+        seen.sort_by_key(|(_, tag, _)| *tag);
+        let expected: Vec<_> = [None, Some(1), Some(2), Some(3), Some(5), Some(6)]
+            .into_iter()
+            .map(|tag| (Recipient::Id(NOWHERE), tag, DeadLetterReason::Stale))
+            .chain([(Recipient::Addr(far), Some(7), DeadLetterReason::Stale)])
+            .collect();
+        assert_eq!(seen, expected, "{executor:?}");
+        let stats = hermes.shutdown().unwrap();
+        assert_eq!(stats.dead_letters, 7, "{executor:?}");
+        // Note(4), the forward and the ping: only to receivers that exist.
+        assert_eq!(stats.messages_delivered, 2, "{executor:?}");
+    }
+}
+
 /// `Options`: at least one shard, an inbox of at least one message, a turn budget of at
 /// least one of each; with all of them at their least, every message sent from outside still
 /// arrives, in order, the senders waiting for room.
