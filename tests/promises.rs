@@ -232,6 +232,18 @@ fn an_id_placed_on_no_shard_is_a_stale_dead_letter_from_every_way_in() {
     }
 }
 
+/// `Options::name` is "a name for threads and logs"; a NUL byte in it used to panic inside
+/// `hermes::pool::start_with` (std refuses such thread names). It is left out instead.
+#[test]
+fn a_name_with_a_nul_byte_still_starts_the_pool() {
+    let options = Options::new(Config::default()).shards(2).name("tri\0al");
+    assert_eq!(options.thread_name(), "trial");
+    let hermes = hermes::pool::start_with(options, |_: &u32| Activation::ready(plain))
+        .expect("the pool starts");
+    assert_eq!(hermes.ask_blocking(4, Msg::Ping, GUARD), Ok(4));
+    hermes.shutdown().unwrap();
+}
+
 /// `Options`: at least one shard, an inbox of at least one message, a turn budget of at
 /// least one of each; with all of them at their least, every message sent from outside still
 /// arrives, in order, the senders waiting for room.

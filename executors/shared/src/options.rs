@@ -121,8 +121,10 @@ impl<K, M> Options<K, M> {
     }
 
     /// Places receivers on shards with `placement` instead of by a hash of their ID
-    /// ([`Sharded`]). Every ID must be placed on a shard `0..shards`; one placed elsewhere
-    /// is a dead letter.
+    /// ([`Sharded`]). Every ID must be placed on a shard `0..shards`: a message for an ID
+    /// placed elsewhere, whether sent from outside or by a receiver, is a
+    /// [`Stale`](hermes_core::DeadLetterReason::Stale) dead letter with its message (the
+    /// handle does not refuse it).
     pub fn placement(mut self, placement: impl Placement<K>) -> Self {
         self.placement = Some(Arc::new(placement));
         self
@@ -153,8 +155,11 @@ impl<K, M> Options<K, M> {
     }
 
     /// A name for threads and logs (the pool names its threads `NAME-0`, `NAME-1`, ...).
+    /// A NUL byte, which no thread name may hold, is left out.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        let mut name = name.into();
+        name.retain(|c| c != '\0');
+        self.name = name;
         self
     }
 
