@@ -45,8 +45,8 @@
 
 pub use hermes_core::{
     Activation, Addr, App, Deactivation, DeadLetter, DeadLetterReason, Factory, FactoryError, Key,
-    Kind, Kinds, Location, Message, Placement, Receiver, Recipient, SendError, SendErrorKind,
-    Settings, Sharded, Stats, TimerId, app,
+    Kind, Kinds, Location, Message, NodeId, Placement, Receiver, Recipient, SendError,
+    SendErrorKind, Settings, Sharded, Stats, TimerId, app,
 };
 pub use hermes_core::{Config, Context};
 pub use hermes_executor::{

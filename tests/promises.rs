@@ -562,3 +562,52 @@ fn the_driver_fires_timers_and_idles_out_exactly_when_poll_timeout_says() {
     assert_eq!(driver.router().stats().live, 0);
     assert_eq!(driver.poll_timeout(), None);
 }
+
+/// `Options::remote`: without a transport, an ID that placement puts on another node is
+/// refused from outside with `SendError::Unreachable` (the message back; an ask fails
+/// `Unreachable`), and a send from a receiver, or a timer, is an `Unreachable` dead letter with
+/// its message. `Hermes::release_moved` on a single process has nothing to hand off.
+#[test]
+fn an_id_on_another_node_without_a_transport_is_unreachable() {
+    const REMOTE: u32 = 9;
+    for executor in EXECUTORS {
+        let letters = Letters::default();
+        let options = Options::new(Config::default())
+            .shards(2)
+            .on_dead_letter(sink(&letters))
+            .placement(|id: &u32| match *id {
+                REMOTE => Location::Node(hermes::NodeId(3)),
+                id => Location::Shard(id % 2),
+            });
+        let hermes = start(executor, options, |_: &u32| Activation::ready(plain));
+        match hermes.send(REMOTE, Msg::Note(1)) {
+            Err(SendError::Unreachable(Msg::Note(1))) => {}
+            other => panic!("{executor:?}: {other:?}"),
+        }
+        match hermes.send_all([(REMOTE, Msg::Note(2))]) {
+            Err(SendError::Unreachable(refused)) => assert_eq!(refused.len(), 1),
+            other => panic!("{executor:?}: {other:?}"),
+        }
+        assert_eq!(
+            hermes.ask_blocking(REMOTE, Msg::Ping, GUARD),
+            Err(AskError::Unreachable)
+        );
+        hermes.send(1, Msg::Forward(REMOTE, 3)).unwrap();
+        hermes
+            .schedule(REMOTE, Duration::ZERO, Msg::Note(4))
+            .unwrap();
+        assert!(hermes.release_moved().wait_timeout(GUARD));
+        eventually("two dead letters", || letters.lock().unwrap().len() == 2);
+        let mut seen = letters.lock().unwrap().clone();
+        seen.sort_by_key(|(_, tag, _)| *tag);
+        let unreachable = |tag| {
+            (
+                Recipient::Id(REMOTE),
+                Some(tag),
+                DeadLetterReason::Unreachable,
+            )
+        };
+        assert_eq!(seen, [unreachable(3), unreachable(4)], "{executor:?}");
+        hermes.shutdown().unwrap();
+    }
+}

@@ -80,9 +80,11 @@ impl std::error::Error for WouldDeadlock {}
 /// [`shutdown`](Hermes::shutdown) then. Sends are routed to the shard that owns the ID, by a
 /// hash of it.
 ///
-/// A send is refused here only when Hermes is shutting down ([`SendError::Closed`]) or the
+/// A send is refused here only when Hermes is shutting down ([`SendError::Closed`]), the
 /// receiver or its shard is at capacity ([`SendError::Full`] from
-/// [`try_send`](Hermes::try_send); [`send`](Hermes::send) waits for room instead); the message
+/// [`try_send`](Hermes::try_send); [`send`](Hermes::send) waits for room instead), or
+/// placement puts the ID on another node of a cluster that cannot be reached now
+/// ([`SendError::Unreachable`]; always, without a [`Remote`](crate::Remote)); the message
 /// comes back in the error. Everything else (a stale handle, an ID that placement puts on no
 /// shard, a factory that refuses the ID or fails, a handler that panics) is decided on a
 /// shard, and the message becomes a dead letter there (see [`Options::on_dead_letter`]). Shards are chosen by the one

@@ -88,9 +88,11 @@ impl<K, M> Options<K, M> {
     }
 
     /// Hands messages for receivers on other nodes of a cluster to `remote`, the cluster's
-    /// transport (see [`Remote`](crate::Remote)); set by `hermes-cluster`. Without it a
-    /// placement that answers [`Location::Node`](hermes_core::Location::Node) makes dead
-    /// letters ([`Unreachable`](hermes_core::DeadLetterReason::Unreachable)).
+    /// transport (see [`Remote`](crate::Remote)); set by `hermes-cluster`. Without it, a
+    /// message for an ID that placement puts on a [`Location::Node`](hermes_core::Location::Node)
+    /// is refused from outside ([`SendError::Unreachable`](hermes_core::SendError::Unreachable),
+    /// the message back) and a dead letter from a receiver or a timer
+    /// ([`Unreachable`](hermes_core::DeadLetterReason::Unreachable)).
     pub fn remote(mut self, remote: Arc<dyn crate::Remote<K, M>>) -> Self {
         self.remote = Some(remote);
         self
