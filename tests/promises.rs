@@ -611,3 +611,48 @@ fn an_id_on_another_node_without_a_transport_is_unreachable() {
         hermes.shutdown().unwrap();
     }
 }
+
+/// `Context::stop` in the `activated` hook: "the activating message is still handled, then
+/// `Stopped`" (conformance `stop_in_the_activated_hook`). A first message whose handler then
+/// recorded any effect (a send, a timer) used to panic on a debug assertion inside the router
+/// ("a handler starts before any stop"): the message became a `Panicked` dead letter and its
+/// effects were lost. Now it is handled, its effects happen, and the instance stops.
+#[test]
+fn a_stop_in_the_activated_hook_keeps_the_first_messages_effects() {
+    struct StopsAtOnce(Arc<Mutex<Vec<String>>>);
+    impl Receiver<u32, Msg> for StopsAtOnce {
+        fn activated(&mut self, ctx: &mut Context<'_, u32, Msg>) {
+            if *ctx.id() == 1 {
+                ctx.stop();
+            }
+        }
+        fn receive(&mut self, ctx: &mut Context<'_, u32, Msg>, msg: Msg) {
+            match msg {
+                Msg::Note(n) => self.0.lock().unwrap().push(format!("{} got {n}", ctx.id())),
+                other => plain(ctx, other),
+            }
+        }
+        fn deactivated(&mut self, ctx: &mut Context<'_, u32, Msg>, why: Deactivation) {
+            self.0.lock().unwrap().push(format!("{} {why:?}", ctx.id()));
+        }
+    }
+    for executor in EXECUTORS {
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let l = Arc::clone(&log);
+        let hermes = start(
+            executor,
+            Options::new(Config::default()).shards(2),
+            move |_| Activation::ready(StopsAtOnce(Arc::clone(&l))),
+        );
+        hermes.send(1, Msg::Forward(2, 7)).unwrap();
+        eventually("the forwarded note", || {
+            log.lock().unwrap().iter().any(|l| l == "2 got 7")
+        });
+        eventually("the stop", || hermes.stats().deactivations == 1);
+        let stats = hermes.shutdown().unwrap();
+        assert_eq!((stats.panics, stats.dead_letters), (0, 0), "{executor:?}");
+        let mut log = log.lock().unwrap().clone();
+        log.sort();
+        assert_eq!(log, ["1 Stopped", "2 Closing", "2 got 7"], "{executor:?}");
+    }
+}
