@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hermes::router::Driver;
 use hermes::{
     Activation, AskError, Config, Context, Deactivation, DeadLetter, DeadLetterReason, Hermes,
-    Location, Options, Receiver, Recipient, Reply, SendError, Settings,
+    Location, Options, Receiver, Recipient, Reply, SendError, Settings, Stats,
 };
 
 /// A hang guard only: no test waits this long when it passes.
@@ -655,4 +655,64 @@ fn a_stop_in_the_activated_hook_keeps_the_first_messages_effects() {
         log.sort();
         assert_eq!(log, ["1 Stopped", "2 Closing", "2 got 7"], "{executor:?}");
     }
+}
+
+/// `Hermes::send`: "Where this thread must not block (inside a receiver, on a thread of the
+/// async runtime that runs the shards) it does not wait: it returns `SendError::Full`", and so
+/// for `send_timeout` and `send_all`; `ask_blocking` and `shutdown` refuse with
+/// `WouldDeadlock` there (the shutdown begun); the async forms await room. Pinned on a tokio
+/// current-thread runtime, and on a smol executor of one's own (`start_on`) run on one thread,
+/// once that thread has run the shards (see `hermes_smol::start_on`).
+#[test]
+fn blocking_forms_on_a_thread_that_runs_the_shards_do_not_wait() {
+    async fn trial(hermes: Hermes<u32, Msg>, executor: &str) -> Stats {
+        assert_eq!(hermes.ask(1, Msg::Ping).await, Ok(1), "{executor}");
+        hermes.try_send(1, Msg::Note(1)).unwrap(); // the inbox (capacity 1) is full now
+        assert!(
+            matches!(
+                hermes.send(1, Msg::Note(2)),
+                Err(SendError::Full(Msg::Note(2)))
+            ),
+            "{executor}"
+        );
+        let late = hermes.send_timeout(1, Msg::Note(3), Duration::from_millis(10));
+        assert!(matches!(late, Err(SendError::Full(_))), "{executor}");
+        match hermes.send_all([(1, Msg::Note(4))]) {
+            Err(SendError::Full(refused)) => assert_eq!(refused.len(), 1, "{executor}"),
+            other => panic!("{executor}: {other:?}"),
+        }
+        assert_eq!(
+            hermes.ask_blocking(1, Msg::Ping, GUARD),
+            Err(AskError::WouldDeadlock),
+            "{executor}"
+        );
+        assert!(
+            hermes.send_async(1, Msg::Note(5)).await.is_ok(),
+            "{executor}"
+        );
+        assert_eq!(hermes.shutdown(), Err(hermes::WouldDeadlock), "{executor}");
+        assert!(!hermes.is_accepting(), "{executor}: the shutdown has begun");
+        hermes.shutdown_async().await
+    }
+    let options = || Options::new(Config::default()).shards(1).inbox_capacity(1);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let stats = tokio.block_on(async {
+        let hermes = hermes_tokio::start_with(options(), |_: &u32| Activation::ready(plain));
+        trial(hermes.unwrap(), "tokio").await
+    });
+    assert_eq!(
+        stats.messages_delivered, 3,
+        "tokio: the ask, Note(1), Note(5)"
+    );
+
+    let executor = Arc::new(smol::Executor::new());
+    let hermes = hermes_smol::start_on(&executor, options(), |_: &u32| Activation::ready(plain));
+    let stats = smol::block_on(executor.run(trial(hermes, "smol")));
+    assert_eq!(
+        stats.messages_delivered, 3,
+        "smol: the ask, Note(1), Note(5)"
+    );
 }
