@@ -172,6 +172,29 @@ fn a_zero_batch_written_to_a_kinds_settings_counts_as_one() {
     assert_eq!(driver.router().stats().messages_delivered, 3);
 }
 
+/// Hermes on two shards, IDs placed by parity except `odd`, placed at `at`; dead letters kept
+/// in `letters`.
+fn placed(executor: Executor, letters: &Letters, odd: u32, at: Location) -> Hermes<u32, Msg> {
+    let options = Options::new(Config::default())
+        .shards(2)
+        .on_dead_letter(sink(letters))
+        .placement(move |&id: &u32| {
+            if id == odd {
+                at
+            } else {
+                Location::Shard(id % 2)
+            }
+        });
+    start(executor, options, |_: &u32| Activation::ready(plain))
+}
+
+/// The dead letters kept so far, by their messages' tags.
+fn sorted(letters: &Letters) -> Vec<(Recipient<u32>, Option<u32>, DeadLetterReason)> {
+    let mut seen = letters.lock().unwrap().clone();
+    seen.sort_by_key(|(_, tag, _)| *tag);
+    seen
+}
+
 /// `Options::placement`: "Every ID must be placed on a shard `0..shards`; one placed elsewhere
 /// is a dead letter." It used to be a dead letter only from inside; from outside, `send`,
 /// `try_send` and `schedule` refused it as `Stale` ("send by ID", though it was), `send_all`
@@ -182,14 +205,7 @@ fn an_id_placed_on_no_shard_is_a_stale_dead_letter_from_every_way_in() {
     const NOWHERE: u32 = 99;
     for executor in EXECUTORS {
         let letters = Letters::default();
-        let options = Options::new(Config::default())
-            .shards(2)
-            .on_dead_letter(sink(&letters))
-            .placement(|id: &u32| match *id {
-                NOWHERE => Location::Shard(7),
-                id => Location::Shard(id % 2),
-            });
-        let hermes = start(executor, options, |_: &u32| Activation::ready(plain));
+        let hermes = placed(executor, &letters, NOWHERE, Location::Shard(7));
         hermes.send(NOWHERE, Msg::Note(1)).unwrap();
         hermes.try_send(NOWHERE, Msg::Note(2)).unwrap();
         hermes
@@ -217,8 +233,7 @@ fn an_id_placed_on_no_shard_is_a_stale_dead_letter_from_every_way_in() {
         hermes.send_to(far, Msg::Note(7)).unwrap();
 
         eventually("seven dead letters", || letters.lock().unwrap().len() == 7);
-        let mut seen = letters.lock().unwrap().clone();
-        seen.sort_by_key(|(_, tag, _)| *tag);
+        let seen = sorted(&letters);
         let expected: Vec<_> = [None, Some(1), Some(2), Some(3), Some(5), Some(6)]
             .into_iter()
             .map(|tag| (Recipient::Id(NOWHERE), tag, DeadLetterReason::Stale))
@@ -421,10 +436,8 @@ fn timers_pending_counts_timers_until_they_fire_or_are_cancelled() {
         let mut fired = fired.lock().unwrap().clone();
         fired.sort();
         assert_eq!(fired, [3, 41], "{executor:?}");
-        let mut closed: Vec<_> = letters.lock().unwrap().clone();
-        closed.sort_by_key(|(_, tag, _)| *tag);
         assert_eq!(
-            closed,
+            sorted(&letters),
             [
                 (Recipient::Id(1), Some(1), DeadLetterReason::Closed),
                 (Recipient::Id(4), Some(40), DeadLetterReason::Closed),
@@ -572,14 +585,12 @@ fn an_id_on_another_node_without_a_transport_is_unreachable() {
     const REMOTE: u32 = 9;
     for executor in EXECUTORS {
         let letters = Letters::default();
-        let options = Options::new(Config::default())
-            .shards(2)
-            .on_dead_letter(sink(&letters))
-            .placement(|id: &u32| match *id {
-                REMOTE => Location::Node(hermes::NodeId(3)),
-                id => Location::Shard(id % 2),
-            });
-        let hermes = start(executor, options, |_: &u32| Activation::ready(plain));
+        let hermes = placed(
+            executor,
+            &letters,
+            REMOTE,
+            Location::Node(hermes::NodeId(3)),
+        );
         match hermes.send(REMOTE, Msg::Note(1)) {
             Err(SendError::Unreachable(Msg::Note(1))) => {}
             other => panic!("{executor:?}: {other:?}"),
@@ -598,8 +609,7 @@ fn an_id_on_another_node_without_a_transport_is_unreachable() {
             .unwrap();
         assert!(hermes.release_moved().wait_timeout(GUARD));
         eventually("two dead letters", || letters.lock().unwrap().len() == 2);
-        let mut seen = letters.lock().unwrap().clone();
-        seen.sort_by_key(|(_, tag, _)| *tag);
+        let seen = sorted(&letters);
         let unreachable = |tag| {
             (
                 Recipient::Id(REMOTE),
