@@ -670,7 +670,8 @@ fn a_stop_in_the_activated_hook_keeps_the_first_messages_effects() {
 /// `Hermes::send`: "Where this thread must not block (inside a receiver, on a thread of the
 /// async runtime that runs the shards) it does not wait: it returns `SendError::Full`", and so
 /// for `send_timeout` and `send_all`; `ask_blocking` and `shutdown` refuse with
-/// `WouldDeadlock` there (the shutdown begun); the async forms await room. Pinned on a tokio
+/// `WouldDeadlock` there (the shutdown begun); `schedule` is refused `Full` at a full inbox
+/// wherever it is called; the async forms await room. Pinned on a tokio
 /// current-thread runtime, and on a smol executor of one's own (`start_on`) run on one thread,
 /// once that thread has run the shards (see `hermes_smol::start_on`).
 #[test]
@@ -684,6 +685,11 @@ fn blocking_forms_on_a_thread_that_runs_the_shards_do_not_wait() {
                 Err(SendError::Full(Msg::Note(2)))
             ),
             "{executor}"
+        );
+        let timer = hermes.schedule(1, Duration::ZERO, Msg::Note(6));
+        assert!(
+            matches!(timer, Err(SendError::Full(Msg::Note(6)))),
+            "{executor}: a timer is refused at a full inbox"
         );
         let late = hermes.send_timeout(1, Msg::Note(3), Duration::from_millis(10));
         assert!(matches!(late, Err(SendError::Full(_))), "{executor}");
