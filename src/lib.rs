@@ -45,8 +45,8 @@
 
 pub use hermes_core::{
     Activation, Addr, App, Deactivation, DeadLetter, DeadLetterReason, Factory, FactoryError, Key,
-    Kind, Kinds, Location, Message, Placement, Receiver, Recipient, SendError, SendErrorKind,
-    Settings, Sharded, Stats, TimerId, app,
+    Kind, Kinds, Location, Message, NodeId, Placement, Receiver, Recipient, SendError,
+    SendErrorKind, Settings, Sharded, Stats, TimerId, app,
 };
 pub use hermes_core::{Config, Context};
 pub use hermes_executor::{
@@ -108,7 +108,10 @@ pub mod tokio {
 ///
 /// One task per shard on smol's global executor ([`start`](smol::start)) or an executor you
 /// run ([`start_on`](smol::start_on)). The global executor runs on `SMOL_THREADS` threads (1
-/// unless set). The blocking forms refuse with [`WouldDeadlock`] on the executor's threads.
+/// unless set). The blocking forms refuse with [`WouldDeadlock`] on the global executor's
+/// threads, and on a thread of an executor you run once it has run a shard; from a task on your
+/// executor that may be first on its thread, await the async forms (`ask(..).await`,
+/// `send_async`, `shutdown_async`): a blocking form there blocks that thread.
 #[cfg(feature = "smol")]
 pub mod smol {
     #[doc(inline)]

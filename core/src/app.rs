@@ -267,9 +267,9 @@ impl<T: Kind<A>, A: App> fmt::Debug for KindAdapter<T, A> {
 pub struct Settings {
     /// This kind's idle timeout.
     pub idle_timeout: Option<Duration>,
-    /// The bound of this kind's mailboxes.
+    /// The bound of this kind's mailboxes. Zero counts as one.
     pub mailbox_capacity: Option<usize>,
-    /// Most messages one run of this kind handles.
+    /// Most messages one run of this kind handles. Zero counts as one.
     pub batch_size: Option<usize>,
 }
 

@@ -234,14 +234,15 @@ pub(crate) struct Effects<K, M> {
     pub(crate) idle_timeout: Option<Duration>,
 }
 
-/// Where the effects stood before a message, so a panicking message leaves no effects. `stop` is
-/// not in it, being never set when a mark is taken (a batch ends at the message that sets it; a
-/// hook starts with no effects).
+/// Where the effects stood before a message, so a panicking message leaves no effects. `stop`
+/// is set when a mark is taken only by an `activated` hook that stopped before the first
+/// message (a batch ends at the message that sets it).
 pub(crate) struct Mark {
     sends: usize,
     timers: usize,
     tasks: usize,
     idle_timeout: Option<Duration>,
+    stop: bool,
 }
 
 impl<K, M> Default for Effects<K, M> {
@@ -261,12 +262,12 @@ impl<K, M> Effects<K, M> {
     /// Where the effects stand, before a handler records its first effect.
     #[inline]
     pub(crate) fn mark(&self) -> Mark {
-        debug_assert!(!self.stop, "a handler starts before any stop");
         Mark {
             sends: self.sends.len(),
             timers: self.timers.len(),
             tasks: self.tasks.len(),
             idle_timeout: self.idle_timeout,
+            stop: self.stop,
         }
     }
 
@@ -298,7 +299,7 @@ impl<K, M> Effects<K, M> {
         self.timers.truncate(mark.timers);
         self.tasks.truncate(mark.tasks);
         self.become_ = None;
-        self.stop = false;
+        self.stop = mark.stop;
         self.idle_timeout = mark.idle_timeout;
     }
 

@@ -131,7 +131,8 @@ pub enum DeadLetterReason {
     /// The recipient's bounded mailbox was full.
     Full,
     /// The handle was stale, or addressed a receiver of another kind than the message's (or
-    /// a task's outcome came back after its receiver instance was gone).
+    /// a task's outcome came back after its receiver instance was gone, or an executor's
+    /// placement put the ID on no shard it has).
     Stale,
     /// The handler panicked on this message; the panic's message is kept.
     Panicked(Arc<str>),
@@ -151,7 +152,8 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::Closed => f.write_str("hermes was closing"),
             DeadLetterReason::Full => f.write_str("the recipient's mailbox was full"),
             DeadLetterReason::Stale => f.write_str(
-                "the handle was stale (its receiver gone, or of another kind than the message)",
+                "the handle was stale (its receiver gone, or of another kind than the message: \
+                 send by ID), or placement put the ID on no shard there is (fix the placement)",
             ),
             DeadLetterReason::Panicked(p) => write!(f, "the handler panicked: {p}"),
             DeadLetterReason::DrainLimit => f.write_str(

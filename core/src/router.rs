@@ -40,9 +40,10 @@ use hermes_reply::Expiry;
 pub struct Config {
     /// How long a receiver stays live with nothing to do; see [`Config::idle_timeout()`].
     pub idle_timeout: Duration,
-    /// The bound of every mailbox, if any; see [`Config::mailbox_capacity()`].
+    /// The bound of every mailbox, if any; see [`Config::mailbox_capacity()`]. Zero counts
+    /// as one.
     pub mailbox_capacity: Option<usize>,
-    /// Most messages one `Run` handles; see [`Config::batch_size()`].
+    /// Most messages one `Run` handles; see [`Config::batch_size()`]. Zero counts as one.
     pub batch_size: usize,
     /// Messages delivered after close began before closing stops draining; see
     /// [`Config::drain_limit()`].
@@ -278,9 +279,14 @@ struct KindLimits {
 
 impl KindLimits {
     fn new<K>(config: &Config, kinds: Option<&KindTable<K>>) -> Self {
+        // The fields are public, so a zero can bypass the setters: a run that may handle no
+        // message would be scheduled again for ever, so one is the least either bound can be.
         let resolve = |settings: &Settings| Limits {
-            capacity: settings.mailbox_capacity.or(config.mailbox_capacity),
-            batch_size: settings.batch_size.unwrap_or(config.batch_size),
+            capacity: settings
+                .mailbox_capacity
+                .or(config.mailbox_capacity)
+                .map(|capacity| capacity.max(1)),
+            batch_size: settings.batch_size.unwrap_or(config.batch_size).max(1),
             idle_ms: settings.idle_timeout.map_or(DEFAULT_IDLE, idle_ms),
         };
         let kinds: Vec<Limits> =

@@ -80,12 +80,14 @@ impl std::error::Error for WouldDeadlock {}
 /// [`shutdown`](Hermes::shutdown) then. Sends are routed to the shard that owns the ID, by a
 /// hash of it.
 ///
-/// A send is refused here only when Hermes is shutting down ([`SendError::Closed`]) or the
+/// A send is refused here only when Hermes is shutting down ([`SendError::Closed`]), the
 /// receiver or its shard is at capacity ([`SendError::Full`] from
-/// [`try_send`](Hermes::try_send); [`send`](Hermes::send) waits for room instead); the message
-/// comes back in the error. Everything else (a stale handle, a factory that refuses the ID or
-/// fails, a handler that panics) is decided on the shard, and the message becomes a dead
-/// letter there (see [`Options::on_dead_letter`]). Shards are chosen by the one
+/// [`try_send`](Hermes::try_send); [`send`](Hermes::send) waits for room instead), or
+/// placement puts the ID on another node of a cluster that cannot be reached now
+/// ([`SendError::Unreachable`]; always, without a [`Remote`](crate::Remote)); the message
+/// comes back in the error. Everything else (a stale handle, an ID that placement puts on no
+/// shard, a factory that refuses the ID or fails, a handler that panics) is decided on a
+/// shard, and the message becomes a dead letter there (see [`Options::on_dead_letter`]). Shards are chosen by the one
 /// [`Placement`](hermes_core::Placement) that the routers use too.
 ///
 /// `K` and `M` are the router's ID and message types; `A` is the application, `(K, M)` for one
@@ -392,7 +394,7 @@ where
     /// on another node after all (the sender's view of the cluster was older), it is passed
     /// on to the transport again.
     pub async fn deliver_async(&self, id: K, msg: M) -> Result<(), SendError<M>> {
-        let location = self.inner.core.placement.locate(&id);
+        let location = self.inner.core.locate(&id);
         let envelope = Envelope::Admit(Recipient::Id(id), msg);
         self.offer_async(location, envelope)
             .await
@@ -434,7 +436,7 @@ where
     /// receiver of that shard is full.
     fn admit<T: Kind<A>>(core: &Core<K, M>, id: T::Id, msg: T) -> (Location, Envelope<K, M>) {
         let id = T::into_app_id(id);
-        let location = core.placement.locate(&id);
+        let location = core.locate(&id);
         (
             location,
             Envelope::Admit(Recipient::Id(id), msg.into_app_msg()),
@@ -616,8 +618,8 @@ where
         let mut remote: Vec<(NodeId, Vec<(K, M)>)> = Vec::new();
         for (id, msg) in messages {
             let id = T::into_app_id(id);
-            match core.placement.locate(&id) {
-                Location::Shard(n) if (n as usize) < sorted.batches.len() => {
+            match core.locate(&id) {
+                Location::Shard(n) => {
                     let envelope = Envelope::Admit(Recipient::Id(id), msg.into_app_msg());
                     sorted.batches[n as usize].push(envelope);
                 }
@@ -625,7 +627,7 @@ where
                     Some((_, batch)) => batch.push((id, msg.into_app_msg())),
                     None => remote.push((node, vec![(id, msg.into_app_msg())])),
                 },
-                // Placed on no shard of ours: refused like a closed one, in order.
+                // `Location` may grow; a location the handle cannot reach is refused, in order.
                 _ => sorted.refused.push((id, msg.into_app_msg())),
             }
         }
@@ -679,7 +681,7 @@ where
     /// stale handle, or one of a receiver of another kind (handles are not typed by kind),
     /// makes it a [`Stale`](hermes_core::DeadLetterReason::Stale) dead letter.
     pub fn send_to<T: Kind<A>>(&self, addr: Addr, msg: T) -> Result<(), SendError<T>> {
-        let location = Location::Shard(addr.router());
+        let location = self.inner.core.on_our_shard(Location::Shard(addr.router()));
         let envelope = Envelope::Admit(Recipient::Addr(addr), msg.into_app_msg());
         self.offer(location, envelope)
             .map_err(|(envelope, kind)| refused(envelope, kind))
@@ -697,7 +699,7 @@ where
     ) -> Result<TimerId, SendError<T>> {
         let core = &self.inner.core;
         let id = T::into_app_id(id);
-        let location = match core.placement.locate(&id) {
+        let location = match core.locate(&id) {
             // A timer for a receiver on another node is held here and sent there when due.
             Location::Node(_) => {
                 let shards = core.inboxes.len() as u32;

@@ -88,9 +88,11 @@ impl<K, M> Options<K, M> {
     }
 
     /// Hands messages for receivers on other nodes of a cluster to `remote`, the cluster's
-    /// transport (see [`Remote`](crate::Remote)); set by `hermes-cluster`. Without it a
-    /// placement that answers [`Location::Node`](hermes_core::Location::Node) makes dead
-    /// letters ([`Unreachable`](hermes_core::DeadLetterReason::Unreachable)).
+    /// transport (see [`Remote`](crate::Remote)); set by `hermes-cluster`. Without it, a
+    /// message for an ID that placement puts on a [`Location::Node`](hermes_core::Location::Node)
+    /// is refused from outside ([`SendError::Unreachable`](hermes_core::SendError::Unreachable),
+    /// the message back) and a dead letter from a receiver or a timer
+    /// ([`Unreachable`](hermes_core::DeadLetterReason::Unreachable)).
     pub fn remote(mut self, remote: Arc<dyn crate::Remote<K, M>>) -> Self {
         self.remote = Some(remote);
         self
@@ -121,8 +123,10 @@ impl<K, M> Options<K, M> {
     }
 
     /// Places receivers on shards with `placement` instead of by a hash of their ID
-    /// ([`Sharded`]). Every ID must be placed on a shard `0..shards`; one placed elsewhere
-    /// is a dead letter.
+    /// ([`Sharded`]). Every ID must be placed on a shard `0..shards`: a message for an ID
+    /// placed elsewhere, whether sent from outside or by a receiver, is a
+    /// [`Stale`](hermes_core::DeadLetterReason::Stale) dead letter with its message (the
+    /// handle does not refuse it).
     pub fn placement(mut self, placement: impl Placement<K>) -> Self {
         self.placement = Some(Arc::new(placement));
         self
@@ -153,8 +157,11 @@ impl<K, M> Options<K, M> {
     }
 
     /// A name for threads and logs (the pool names its threads `NAME-0`, `NAME-1`, ...).
+    /// A NUL byte, which no thread name may hold, is left out.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        let mut name = name.into();
+        name.retain(|c| c != '\0');
+        self.name = name;
         self
     }
 

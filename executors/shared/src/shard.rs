@@ -53,11 +53,29 @@ pub(crate) struct Core<K, M> {
     pub(crate) remote: Option<Arc<dyn crate::Remote<K, M>>>,
 }
 
+impl<K: 'static, M> Core<K, M> {
+    /// Where the handle takes a message for `id`: where placement puts it, except that an ID
+    /// placed on no shard of ours (a placement bug) goes to shard 0, whose router finds it
+    /// placed elsewhere and makes it a [`Stale`](hermes_core::DeadLetterReason::Stale) dead
+    /// letter, as it does for such a send from a receiver.
+    pub(crate) fn locate(&self, id: &K) -> Location {
+        self.on_our_shard(self.placement.locate(id))
+    }
+}
+
 impl<K, M> Core<K, M> {
     /// Tells every shard to start closing (a shard that already finished refuses it).
     pub(crate) fn close_shards(&self) {
         for inbox in self.inboxes.iter() {
             let _ = inbox.push(Envelope::Close, Limit::Control);
+        }
+    }
+
+    /// `location`, or shard 0 if it is a shard that is not ours (see [`locate`](Core::locate)).
+    pub(crate) fn on_our_shard(&self, location: Location) -> Location {
+        match location {
+            Location::Shard(n) if n as usize >= self.inboxes.len() => Location::Shard(0),
+            location => location,
         }
     }
 

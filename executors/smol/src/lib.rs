@@ -66,6 +66,14 @@ pub fn start_with<K: Key, M: Message, F: Factory<K, M>>(
 
 /// Starts Hermes with `options` on `executor`, which you run (`executor.run(..)` on your
 /// threads). Hermes makes progress only while the executor is run.
+///
+/// Hermes cannot tell that a thread runs `executor` until a shard has run there: from then on
+/// the blocking forms (`send` to a full receiver, `ask_blocking`, `shutdown`) refuse on it
+/// (`Full`, [`WouldDeadlock`]) instead of waiting. A task of yours that comes first on its
+/// thread must await the async forms instead (and call `shutdown_async` before it drops the
+/// last handle, whose drop otherwise waits for the shutdown): a blocking form there blocks the
+/// thread, and an executor run on that one thread stops (an `ask_blocking` then ends at its
+/// timeout).
 pub fn start_on<K: Key, M: Message, F: Factory<K, M>>(
     executor: &Arc<Executor<'static>>,
     options: Options<K, M>,
