@@ -110,7 +110,8 @@ impl<K: Key, M: Kind<A, Id = K>, A: App> Probe<K, M, A> {
         self.with_context(|r, ctx| r.activated(ctx))
     }
 
-    /// Handles one message.
+    /// Handles one message. A handler's panic propagates to the test; what it recorded
+    /// before panicking is not reported by the next call (the router drops it too).
     pub fn deliver(&mut self, msg: M) -> Outcome<A::Id, A::Msg> {
         let msg = msg.into_app_msg();
         self.with_context(|r, ctx| r.receive(ctx, msg))
@@ -125,6 +126,9 @@ impl<K: Key, M: Kind<A, Id = K>, A: App> Probe<K, M, A> {
         &mut self,
         f: impl FnOnce(&mut dyn Receiver<A::Id, A::Msg>, &mut Context<'_, A::Id, A::Msg>),
     ) -> Outcome<A::Id, A::Msg> {
+        // A handler that panicked (and whose panic the test caught) left its effects here;
+        // as in the router, a panicking handler's effects never happen.
+        self.effects.clear();
         let mut ctx = Context {
             id: &self.id,
             addr: Addr {

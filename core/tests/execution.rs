@@ -285,6 +285,29 @@ fn probe_advance_saturates() {
     assert_eq!(out.scheduled[0].after, Duration::MAX, "never");
 }
 
+/// A handler that panics (the test catching the panic) leaves nothing behind: the next
+/// outcome shows only what the next message did, as a router drops a panicking handler's
+/// effects. (It used to report the panicked handler's sends, timers and stop too.)
+#[test]
+fn probe_drops_what_a_panicking_handler_recorded() {
+    let handler = |ctx: &mut Context<'_, Id, u32>, n: u32| {
+        ctx.send(9, n);
+        ctx.schedule(Duration::from_secs(1), n);
+        if n == 0 {
+            ctx.stop();
+            panic!("zero");
+        }
+    };
+    let mut probe = Probe::new(7, handler, Instant::now());
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probe.deliver(0)));
+    assert!(caught.is_err(), "the panic reaches the test");
+    let out = probe.deliver(1);
+    assert_eq!(out.sent, vec![(Recipient::Id(9), 1)]);
+    assert_eq!(out.scheduled.len(), 1);
+    assert_eq!(out.scheduled[0].msg, 1);
+    assert!(!out.stopped);
+}
+
 #[test]
 fn the_same_receiver_behaves_the_same_in_a_router() {
     let factory = |id: &Id| {
