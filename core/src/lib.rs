@@ -45,7 +45,10 @@
 //!
 //! [`Router::close`] refuses outside messages, turns pending timers into dead letters, lets
 //! queued messages drain (receivers may still message live receivers), and deactivates every
-//! live receiver once. Closing always finishes: after [`Config::drain_limit`] deliveries it
+//! live receiver once: each as soon as its own mailbox is empty (an idle one at once), not
+//! after all have drained. So a message sent to a receiver being deactivated or gone (from a
+//! `deactivated` hook, say) is a [`Closed`](DeadLetterReason::Closed) dead letter: closing
+//! activates no receiver. Closing always finishes: after [`Config::drain_limit`] deliveries it
 //! stops draining, and whatever is still queued or sent becomes a dead letter.
 //!
 //! # Invariants

@@ -2110,7 +2110,8 @@ impl<K: Key, M: Message> Router<K, M> {
     // ---- close --------------------------------------------------------------------------------
 
     /// Starts closing: outside sends are refused from now on, pending timers become dead
-    /// letters, queued messages drain, and then every live receiver is deactivated exactly once.
+    /// letters, queued messages drain, and every live receiver is deactivated exactly once, as
+    /// soon as its own mailbox is empty (an idle one at once; see the crate docs, "Closing").
     /// [`is_closed`](Router::is_closed) turns true when that is done.
     pub fn close(&mut self) {
         if self.closing {
