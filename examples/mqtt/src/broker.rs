@@ -674,7 +674,7 @@ fn dead_letter(shared: &Shared, letter: DeadLetter<BrokerId, BrokerMsg>) {
             link.close(CloseReason::ServerClosed);
         }
         Some(BrokerMsg::Session(
-            SessionMsg::Deliver { .. } | SessionMsg::DeliverMany(_) | SessionMsg::DeliverFrames(_),
+            SessionMsg::Deliver { .. } | SessionMsg::DeliverMany(..) | SessionMsg::DeliverFrames(_),
         )) if letter.reason == DeadLetterReason::Full => {
             tracing::debug!(recipient = ?letter.recipient, "session mailbox full: message dropped");
         }

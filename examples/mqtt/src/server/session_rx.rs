@@ -3,7 +3,9 @@
 //! A virtual actor: its factory loads a stored persistent session (synchronously: redb reads
 //! are fast), so any message for an offline persistent session, such as a message to queue,
 //! activates it from disk. After each message it stores what changed
-//! ([`Session::take_changes`]) through group commit, without waiting for the commit.
+//! ([`Session::take_changes`]) through group commit, without waiting for the commit; but its
+//! client's acknowledgements wait for it, and for the sessions its messages went to
+//! ([`Durable`]): what the broker acknowledged survives a crash.
 //!
 //! While a connection is attached the receiver is never deactivated for idleness. A clean
 //! session stops when its connection ends. An offline persistent session is deactivated after
@@ -19,8 +21,8 @@ use hermes::{Activation, Context, Deactivation, Receiver, TimerId};
 
 use super::link::{ConnId, Link, Out};
 use super::{
-    BrokerApp, ClientId, Counters, Delivery, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg, Shared,
-    may_publish,
+    BrokerApp, ClientId, Counters, Delivery, Durable, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg,
+    Shared, may_publish,
 };
 use crate::acl::ClientAcl;
 use crate::config::SessionExpiry;
@@ -47,6 +49,13 @@ thread_local! {
     /// make every session a size class larger), and emptied when a message's handling starts
     /// (what a handler that panicked left is not routed).
     static PUBLISHED: std::cell::Cell<Vec<Message>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The [`Durable`] of the client's packets the session on this thread is handling, with
+    /// what completes when its last clone is dropped: the client's acknowledgements wait for
+    /// it ([`SessionRx::await_durable`]).
+    static DURABLE: std::cell::Cell<Option<(Durable, hermes::Asked<()>, ConnId)>> = const { std::cell::Cell::new(None) };
+    /// The [`Durable`]s that the session on this thread keeps until what it stores after this
+    /// message is committed: of the messages delivered to it, and its own.
+    static UNTIL_SAVED: std::cell::Cell<Vec<Durable>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The factory of kind `Session`.
@@ -104,9 +113,10 @@ struct SessionRx {
 /// The parts of a session receiver that most sessions never use.
 #[derive(Default)]
 struct Rare {
-    /// Retained PUBLISHes from the client that the retained shards have not applied yet:
-    /// packets for the client wait behind them (so that a PUBACK means the message is
-    /// retained), in order.
+    /// Retained PUBLISHes from the client that the retained shards have not applied and
+    /// stored yet, and reads of the client's packets whose changes are not all stored yet
+    /// ([`Durable`]): packets for the client wait behind them (so that a PUBACK means the
+    /// message is retained and on disk), in order.
     holds: u32,
     held: VecDeque<Out>,
     /// Connections that ended whose retained will is being stored: they are closed (and a
@@ -302,6 +312,60 @@ impl SessionRx {
         }
     }
 
+    /// Keeps `durable` (of a delivered message) until what this message's handling stores is
+    /// committed ([`persist`](Self::persist)).
+    fn keep_until_saved(durable: Option<Durable>) {
+        if let Some(durable) = durable {
+            let mut until_saved = UNTIL_SAVED.take();
+            until_saved.push(durable);
+            UNTIL_SAVED.set(until_saved);
+        }
+    }
+
+    /// A read of the client's packets begins: its acknowledgements are held until what it
+    /// changes is stored, here and in the sessions its messages go to (with a store).
+    fn hold_until_durable(&mut self, conn: ConnId) {
+        if self.shared.storage.is_none() || self.conn() != Some(conn) {
+            return;
+        }
+        let rare = self.rare();
+        rare.holds = rare.holds.saturating_add(1);
+        let (durable, asked) = Durable::new();
+        DURABLE.set(Some((durable, asked, conn)));
+    }
+
+    /// The read's packets are handled and what they changed submitted: the held
+    /// acknowledgements go out when the last write is committed ([`SessionMsg::Durable`]), or
+    /// now if nothing needed storing.
+    fn await_durable(&mut self, ctx: &mut Ctx<'_>) {
+        let Some((durable, asked, conn)) = DURABLE.take() else {
+            return;
+        };
+        if durable.is_alone() {
+            drop((durable, asked));
+            self.unhold(conn);
+        } else {
+            drop(durable);
+            ctx.spawn(asked, move |_| SessionMsg::Durable { conn });
+        }
+    }
+
+    /// A hold on the writes to connection `conn` is over: once none is left, what was held
+    /// goes out, in order.
+    fn unhold(&mut self, conn: ConnId) {
+        if self.conn() == Some(conn)
+            && let Some(rare) = self.rare.as_mut().filter(|rare| rare.holds > 0)
+        {
+            rare.holds -= 1;
+            if rare.holds == 0 {
+                let held = std::mem::take(&mut rare.held);
+                for out in held {
+                    self.write_out(out);
+                }
+            }
+        }
+    }
+
     fn deliver(&mut self, message: Message, qos: QoS, retained: bool) {
         let delivered = if retained {
             self.session.deliver_retained(message, qos, &mut self.out)
@@ -314,6 +378,7 @@ impl SessionRx {
     /// A delivery of a fan-out: a QoS 0 PUBLISH encoded once for all its subscribers is
     /// written as it is (where [`Session::deliver`] would send it), the rest delivered.
     fn delivery(&mut self, ctx: &mut Ctx<'_>, delivery: Delivery) {
+        // (The `Durable` of a `DeliverMany` is kept by its receiver.)
         match delivery {
             Delivery::Message(message, qos) => self.deliver(message, qos, false),
             Delivery::Frame(frame) => {
@@ -543,8 +608,20 @@ impl SessionRx {
         // HERMES: a full mailbox makes a send a dead letter (counted by the broker's sink),
         // and the sender cannot learn it: a QoS 1 or 2 message is then lost for that
         // subscriber, where the session would rather keep it and retry.
+        // The client's acknowledgements wait until each subscriber has stored what it was
+        // sent (QoS 1 and 2 only: QoS 0 messages are not stored).
+        let own = DURABLE.take();
+        let durable = own
+            .as_ref()
+            .filter(|_| published.iter().any(|m| m.qos != QoS::AtMostOnce))
+            .map(|(durable, ..)| durable);
         if published.len() > 1 {
-            for (client, msg) in super::fan_out(&self.shared, &mut published) {
+            for (client, mut msg) in super::fan_out(&self.shared, &mut published) {
+                if let SessionMsg::Deliver { durable: d, .. } | SessionMsg::DeliverMany(_, d) =
+                    &mut msg
+                {
+                    *d = durable.cloned();
+                }
                 ctx.send(client, msg);
             }
         } else if let Some(message) = published.pop() {
@@ -552,10 +629,19 @@ impl SessionRx {
             super::with_subscribers(&self.shared, &message.topic, |matches| {
                 for (client, qos) in matches.iter() {
                     let message = message.clone();
-                    ctx.send(client.clone(), SessionMsg::Deliver { message, qos });
+                    let durable = durable.cloned();
+                    ctx.send(
+                        client.clone(),
+                        SessionMsg::Deliver {
+                            message,
+                            qos,
+                            durable,
+                        },
+                    );
                 }
             });
         }
+        DURABLE.set(own);
         PUBLISHED.set(published);
     }
 
@@ -575,19 +661,34 @@ impl SessionRx {
         }
     }
 
-    /// Stores what changed.
+    /// Stores what changed; the [`Durable`]s kept for it ([`UNTIL_SAVED`]) are dropped once
+    /// that is committed, at once if nothing is stored.
     fn persist(&mut self) {
         let changes = self.session.take_changes();
+        let mut until_saved = UNTIL_SAVED.take();
         let Some(storage) = &self.shared.storage else {
+            until_saved.clear();
+            UNTIL_SAVED.set(until_saved);
             return;
         };
         let keep = self.session.is_persistent() && !self.ended;
-        if keep {
-            if !changes.is_empty() || !self.stored {
-                storage.save_session(self.id.name(), &self.session, &changes);
-                self.stored = true;
-            }
-        } else if self.stored {
+        if keep && (!changes.is_empty() || !self.stored) {
+            let own = DURABLE.take();
+            until_saved.extend(own.as_ref().map(|(durable, ..)| durable.clone()));
+            DURABLE.set(own);
+            storage.save_session(
+                self.id.name(),
+                &self.session,
+                &changes,
+                std::mem::take(&mut until_saved),
+            );
+            self.stored = true;
+            UNTIL_SAVED.set(until_saved);
+            return;
+        }
+        until_saved.clear();
+        UNTIL_SAVED.set(until_saved);
+        if !keep && self.stored {
             storage.delete_session(self.id.name(), changes.queue_removed.clone());
             self.stored = false;
         }
@@ -627,6 +728,19 @@ impl SessionRx {
     }
 }
 
+/// Whether the broker's answer to `packet` says something is stored, so waits until it is:
+/// a QoS 1 or 2 PUBLISH (PUBACK, PUBREC), PUBREL (PUBCOMP), PUBREC (PUBREL: a QoS 2
+/// message sent, which must not be sent again), SUBSCRIBE and UNSUBSCRIBE.
+fn needs_durable(packet: &Packet) -> bool {
+    match packet {
+        Packet::Publish(publish) => publish.qos.qos() != QoS::AtMostOnce,
+        Packet::PubRel(_) | Packet::PubRec(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
 impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     fn receive(&mut self, ctx: &mut Ctx<'_>, msg: SessionMsg) {
         // The outputs' vector is the thread's, lent for this message (given back below): a
@@ -636,6 +750,11 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         let mut published = PUBLISHED.take();
         published.clear();
         PUBLISHED.set(published);
+        // What a handler that panicked left.
+        DURABLE.take();
+        let mut until_saved = UNTIL_SAVED.take();
+        until_saved.clear();
+        UNTIL_SAVED.set(until_saved);
         match msg {
             SessionMsg::Attach {
                 link,
@@ -655,6 +774,11 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
             }
             SessionMsg::Packets { conn, packets } => {
                 if self.conn() == Some(conn) {
+                    // Acknowledgements (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK)
+                    // wait until what they acknowledge is on disk.
+                    if packets.iter().any(needs_durable) {
+                        self.hold_until_durable(conn);
+                    }
                     let mut settled = 0;
                     for packet in packets {
                         let counted = matches!(
@@ -685,7 +809,14 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     self.settling = 0;
                 }
             }
-            SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
+            SessionMsg::Deliver {
+                message,
+                qos,
+                durable,
+            } => {
+                self.deliver(message, qos, false);
+                Self::keep_until_saved(durable);
+            }
             SessionMsg::DeliverFrames(frames) => {
                 // As many deliveries, each sent (connected) or discarded (counted) alike.
                 let sent = (0..frames.len())
@@ -694,10 +825,11 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     self.write_out(Out::Frames(frames));
                 }
             }
-            SessionMsg::DeliverMany(deliveries) => {
+            SessionMsg::DeliverMany(deliveries, durable) => {
                 for delivery in deliveries {
                     self.delivery(ctx, delivery);
                 }
+                Self::keep_until_saved(durable);
             }
             SessionMsg::Detach { conn, reason } => self.detach(ctx, conn, reason),
             SessionMsg::Retained { qos, answer } => match answer {
@@ -714,18 +846,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                 if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
                     link.settle();
                 }
-                if self.conn() == Some(conn)
-                    && let Some(rare) = self.rare.as_mut().filter(|rare| rare.holds > 0)
-                {
-                    rare.holds -= 1;
-                    if rare.holds == 0 {
-                        let held = std::mem::take(&mut rare.held);
-                        for out in held {
-                            self.write_out(out);
-                        }
-                    }
-                }
+                self.unhold(conn);
             }
+            SessionMsg::Durable { conn } => self.unhold(conn),
             SessionMsg::WillStored { link } => {
                 if let Some(rare) = &mut self.rare {
                     rare.closing = rare.closing.saturating_sub(1);
@@ -745,8 +868,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         self.outputs(ctx);
         self.route_published(ctx);
         self.persist();
+        self.await_durable(ctx);
         // What it writes goes out after what it stores (for exactly-once across a crash,
-        // see the session's docs), all in one go.
+        // see the session's docs), all in one go; acknowledgements once it is stored.
         self.flush_writes();
         self.count_offline();
         self.settle(ctx);
