@@ -751,3 +751,65 @@ async fn what_was_acknowledged_survives_sigkill_right_after_the_acknowledgement(
         assert_eq!(payloads(&got), expected, "{id} lost or duplicated messages");
     }
 }
+
+/// A client that publishes QoS 1 messages without pause gets its PUBACKs while it goes on:
+/// each read's acknowledgements wait for their own commit, not for every later read's too.
+/// (With one count of holds for the connection, a new read held before the last was stored
+/// kept every PUBACK, and everything else for that client, back until the client paused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publishing_without_pause_gets_its_pubacks_meanwhile() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::persistent(dir.path(), |_| {}).await;
+    let t = unique("unpaused/t");
+    // A persistent subscriber, away: every message is stored before its PUBACK.
+    let (mut sub, _) = broker.connect_persistent(&unique("unpaused-sub")).await;
+    sub.subscribe_one(&t, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+
+    let stream = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut rx, mut tx) = stream.into_split();
+    tx.write_all(&wire(connect_packet(&unique("unpaused-pub"))))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(TIMEOUT, rx.read_exact(&mut connack))
+        .await
+        .expect("CONNACK")
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // The writer goes on until a PUBACK has come (or for 3 s at most).
+    let acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let acked = Arc::clone(&acked);
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut id = 0u16;
+            while !acked.load(std::sync::atomic::Ordering::SeqCst) {
+                if start.elapsed() > Duration::from_secs(3) {
+                    return false;
+                }
+                let burst = (0..20).map(|_| {
+                    id = id % u16::MAX + 1;
+                    publish_of(&t, "x", QoS::AtLeastOnce, id, false)
+                });
+                tx.write_all(&together(burst)).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            true
+        })
+    };
+    let mut first = [0u8; 4];
+    let read = tokio::time::timeout(TIMEOUT, rx.read_exact(&mut first)).await;
+    acked.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stopped_by_the_puback = writer.await.unwrap();
+    read.expect("a PUBACK").unwrap();
+    assert_eq!(first, [0x40, 2, 0, 1], "the first PUBACK");
+    assert!(
+        stopped_by_the_puback,
+        "no PUBACK came while the client was publishing (for 3 s)"
+    );
+    drop(rx);
+    broker.shutdown().await;
+}

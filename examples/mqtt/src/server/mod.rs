@@ -154,12 +154,12 @@ pub(crate) enum SessionMsg {
         answer: Result<Vec<Message>, hermes::AskError>,
     },
     /// A retained shard applied a retained PUBLISH of connection `conn`, and stored it: what
-    /// waited for it may go out.
-    Stored { conn: ConnId },
-    /// What connection `conn`'s packets changed is on disk, here and in the sessions its
-    /// messages went to (every clone of their [`Durable`] is dropped): the acknowledgements
-    /// that waited for it may go out.
-    Durable { conn: ConnId },
+    /// waited for it (hold number `hold`) may go out.
+    Stored { conn: ConnId, hold: u64 },
+    /// What a read of connection `conn`'s packets changed is on disk, here and in the sessions
+    /// its messages went to (every clone of their [`Durable`] is dropped): the
+    /// acknowledgements that waited for it (hold number `hold`) may go out.
+    Durable { conn: ConnId, hold: u64 },
     /// A retained shard applied the retained will of a connection that ended: close it now,
     /// so that a client that sees it closed finds the will retained.
     WillStored { link: Link },

@@ -52,10 +52,20 @@ thread_local! {
     /// The [`Durable`] of the client's packets the session on this thread is handling, with
     /// what completes when its last clone is dropped: the client's acknowledgements wait for
     /// it ([`SessionRx::await_durable`]).
-    static DURABLE: std::cell::Cell<Option<(Durable, hermes::Asked<()>, ConnId)>> = const { std::cell::Cell::new(None) };
+    static DURABLE: std::cell::Cell<Option<Awaited>> = const { std::cell::Cell::new(None) };
     /// The [`Durable`]s that the session on this thread keeps until what it stores after this
     /// message is committed: of the messages delivered to it, and its own.
     static UNTIL_SAVED: std::cell::Cell<Vec<Durable>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The [`Durable`] of a read of a client's packets ([`DURABLE`]).
+struct Awaited {
+    durable: Durable,
+    /// Completes when the last clone of `durable` is dropped.
+    asked: hermes::Asked<()>,
+    conn: ConnId,
+    /// The hold on the client's writes that waits for it.
+    hold: u64,
 }
 
 /// The factory of kind `Session`.
@@ -115,10 +125,13 @@ struct SessionRx {
 struct Rare {
     /// Retained PUBLISHes from the client that the retained shards have not applied and
     /// stored yet, and reads of the client's packets whose changes are not all stored yet
-    /// ([`Durable`]): packets for the client wait behind them (so that a PUBACK means the
-    /// message is retained and on disk), in order.
-    holds: u32,
-    held: VecDeque<Out>,
+    /// ([`Durable`]), oldest first: packets for the client wait behind them (so that a PUBACK
+    /// means the message is retained and on disk), in order; each hold's go out once it and
+    /// every older one are over, not when all are (a client that publishes without pause
+    /// would get nothing).
+    holds: VecDeque<Hold>,
+    /// The number of the next hold.
+    next_hold: u64,
     /// Connections that ended whose retained will is being stored: they are closed (and a
     /// clean session stopped) once it is.
     closing: u32,
@@ -126,11 +139,32 @@ struct Rare {
     dropped_logged: u64,
 }
 
+/// A hold on the writes to the client ([`Rare::holds`]).
+struct Hold {
+    /// Its number, in the answer that ends it.
+    id: u64,
+    /// Over: it waits only for older holds.
+    done: bool,
+    /// The writes queued after it, before the next.
+    after: Vec<Out>,
+}
+
 impl Rare {
+    /// A new hold on the writes to the client, after those there are: its number.
+    fn hold(&mut self) -> u64 {
+        let id = self.next_hold;
+        self.next_hold = self.next_hold.wrapping_add(1);
+        self.holds.push_back(Hold {
+            id,
+            done: false,
+            after: Vec::new(),
+        });
+        id
+    }
+
     /// Whether it holds nothing (and can be released).
     fn is_empty(&self) -> bool {
-        self.holds == 0
-            && self.held.is_empty()
+        self.holds.is_empty()
             && self.closing == 0
             && self.expiry_timer.is_none()
             && self.dropped_logged == 0
@@ -185,11 +219,11 @@ impl SessionRx {
         self.rare.get_or_insert_with(Box::default)
     }
 
-    /// Packets for the client are held behind retained PUBLISHes: none any more.
+    /// Packets for the client are held behind retained PUBLISHes and commits: none any more
+    /// (its connection ended: what was held for it goes nowhere).
     fn release_held(&mut self) {
         if let Some(rare) = &mut self.rare {
-            rare.holds = 0;
-            rare.held.clear();
+            rare.holds.clear();
         }
     }
 
@@ -328,41 +362,58 @@ impl SessionRx {
         if self.shared.storage.is_none() || self.conn() != Some(conn) {
             return;
         }
-        let rare = self.rare();
-        rare.holds = rare.holds.saturating_add(1);
+        let hold = self.rare().hold();
         let (durable, asked) = Durable::new();
-        DURABLE.set(Some((durable, asked, conn)));
+        DURABLE.set(Some(Awaited {
+            durable,
+            asked,
+            conn,
+            hold,
+        }));
     }
 
     /// The read's packets are handled and what they changed submitted: the held
     /// acknowledgements go out when the last write is committed ([`SessionMsg::Durable`]), or
     /// now if nothing needed storing.
     fn await_durable(&mut self, ctx: &mut Ctx<'_>) {
-        let Some((durable, asked, conn)) = DURABLE.take() else {
+        let Some(Awaited {
+            durable,
+            asked,
+            conn,
+            hold,
+        }) = DURABLE.take()
+        else {
             return;
         };
         if durable.is_alone() {
             drop((durable, asked));
-            self.unhold(conn);
+            self.unhold(conn, hold);
         } else {
             drop(durable);
-            ctx.spawn(asked, move |_| SessionMsg::Durable { conn });
+            ctx.spawn(asked, move |_| SessionMsg::Durable { conn, hold });
         }
     }
 
-    /// A hold on the writes to connection `conn` is over: once none is left, what was held
-    /// goes out, in order.
-    fn unhold(&mut self, conn: ConnId) {
-        if self.conn() == Some(conn)
-            && let Some(rare) = self.rare.as_mut().filter(|rare| rare.holds > 0)
-        {
-            rare.holds -= 1;
-            if rare.holds == 0 {
-                let held = std::mem::take(&mut rare.held);
-                for out in held {
-                    self.write_out(out);
-                }
+    /// Hold `hold` on the writes to connection `conn` is over: what waited for it and for no
+    /// older hold goes out, in order.
+    fn unhold(&mut self, conn: ConnId, hold: u64) {
+        if self.conn() != Some(conn) {
+            return;
+        }
+        let Some(rare) = self.rare.as_mut() else {
+            return;
+        };
+        if let Some(ended) = rare.holds.iter_mut().find(|h| h.id == hold) {
+            ended.done = true;
+        }
+        let mut released = Vec::new();
+        while rare.holds.front().is_some_and(|h| h.done) {
+            if let Some(front) = rare.holds.pop_front() {
+                released.extend(front.after);
             }
+        }
+        for out in released {
+            self.writes_push(out);
         }
     }
 
@@ -506,11 +557,11 @@ impl SessionRx {
         self.write_out(Out::Packet(packet));
     }
 
-    /// Writes `out` to the client: held while a retained PUBLISH is being stored, else
-    /// queued with the rest of this message's writes.
+    /// Writes `out` to the client: held behind the newest hold while a retained PUBLISH or a
+    /// commit is waited for, else queued with the rest of this message's writes.
     fn write_out(&mut self, out: Out) {
-        if let Some(rare) = self.rare.as_mut().filter(|rare| rare.holds > 0) {
-            rare.held.push_back(out);
+        if let Some(hold) = self.rare.as_mut().and_then(|rare| rare.holds.back_mut()) {
+            hold.after.push(out);
             return;
         }
         self.writes_push(out);
@@ -545,14 +596,13 @@ impl SessionRx {
             // the client's packets until the answer, restores the order.
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let conn = self.conn().unwrap_or(0);
-            let rare = self.rare();
-            rare.holds = rare.holds.saturating_add(1);
+            let hold = self.rare().hold();
             self.asked_store = true;
             ctx.ask(
                 shard,
                 |reply| RetainedMsg::Store(message.clone(), reply),
                 ASK_TIMEOUT,
-                move |_answer| SessionMsg::Stored { conn },
+                move |_answer| SessionMsg::Stored { conn, hold },
             );
         }
         self.route(message);
@@ -614,7 +664,7 @@ impl SessionRx {
         let durable = own
             .as_ref()
             .filter(|_| published.iter().any(|m| m.qos != QoS::AtMostOnce))
-            .map(|(durable, ..)| durable);
+            .map(|awaited| &awaited.durable);
         if published.len() > 1 {
             for (client, mut msg) in super::fan_out(&self.shared, &mut published) {
                 if let SessionMsg::Deliver { durable: d, .. } | SessionMsg::DeliverMany(_, d) =
@@ -674,7 +724,7 @@ impl SessionRx {
         let keep = self.session.is_persistent() && !self.ended;
         if keep && (!changes.is_empty() || !self.stored) {
             let own = DURABLE.take();
-            until_saved.extend(own.as_ref().map(|(durable, ..)| durable.clone()));
+            until_saved.extend(own.as_ref().map(|awaited| awaited.durable.clone()));
             DURABLE.set(own);
             storage.save_session(
                 self.id.name(),
@@ -842,13 +892,13 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     tracing::warn!(client_id = %self.id, %error, "no answer from a retained shard: a new subscription may miss retained messages");
                 }
             },
-            SessionMsg::Stored { conn } => {
+            SessionMsg::Stored { conn, hold } => {
                 if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
                     link.settle();
                 }
-                self.unhold(conn);
+                self.unhold(conn, hold);
             }
-            SessionMsg::Durable { conn } => self.unhold(conn),
+            SessionMsg::Durable { conn, hold } => self.unhold(conn, hold),
             SessionMsg::WillStored { link } => {
                 if let Some(rare) = &mut self.rare {
                     rare.closing = rare.closing.saturating_sub(1);
@@ -884,6 +934,13 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     }
 
     fn deactivated(&mut self, _ctx: &mut Ctx<'_>, why: Deactivation) {
+        if why == Deactivation::Panicked {
+            // What the handler that panicked kept: held, it would hold back the
+            // acknowledgements of the sessions that delivered to it until this thread's next
+            // message.
+            DURABLE.take();
+            UNTIL_SAVED.take();
+        }
         if why == Deactivation::Panicked && !self.session.is_persistent() {
             // A clean session ends with its instance: its subscriptions leave the index.
             let filters: Vec<_> = self.session.subscriptions().keys().cloned().collect();
