@@ -82,7 +82,7 @@ pub enum StartError {
     /// Another program listens on this address already.
     #[error(
         "cannot listen on {addr}: the address is in use (stop the program using it, or choose \
-         another port with --listen)"
+         another port: with --listen, or in the configuration file's `listeners`)"
     )]
     AddrInUse {
         /// The address.
