@@ -82,7 +82,7 @@ pub enum StartError {
     /// Another program listens on this address already.
     #[error(
         "cannot listen on {addr}: the address is in use (stop the program using it, or choose \
-         another port with --listen)"
+         another port: with --listen, or in the configuration file's `listeners`)"
     )]
     AddrInUse {
         /// The address.
@@ -722,7 +722,7 @@ fn dead_letter(shared: &Shared, letter: DeadLetter<BrokerId, BrokerMsg>) {
             link.close(CloseReason::ServerClosed);
         }
         Some(BrokerMsg::Session(
-            SessionMsg::Deliver { .. } | SessionMsg::DeliverMany(_) | SessionMsg::DeliverFrames(_),
+            SessionMsg::Deliver { .. } | SessionMsg::DeliverMany(..) | SessionMsg::DeliverFrames(_),
         )) if letter.reason == DeadLetterReason::Full => {
             tracing::debug!(recipient = ?letter.recipient, "session mailbox full: message dropped");
         }

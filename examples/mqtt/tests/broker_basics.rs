@@ -593,6 +593,13 @@ async fn start_errors_name_the_problem() {
         "{error}"
     );
     assert!(error.to_string().contains(&addr.to_string()));
+    // Where the address came from: a flag or the configuration file (a TLS or WebSocket
+    // listener has no flag).
+    let message = error.to_string();
+    assert!(
+        message.contains("--listen") && message.contains("configuration file's `listeners`"),
+        "{message}"
+    );
 
     let file = tempfile::NamedTempFile::new().unwrap();
     let bad_dir = Config {

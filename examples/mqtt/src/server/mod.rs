@@ -134,10 +134,15 @@ pub(crate) enum SessionMsg {
     /// one store of what changed and one write.
     Packets { conn: ConnId, packets: Vec<Packet> },
     /// A published message matching this session's subscriptions, whose maximum granted QoS
-    /// is `qos`.
-    Deliver { message: Message, qos: QoS },
-    /// Several, in order, as [`Deliver`](SessionMsg::Deliver) each.
-    DeliverMany(Vec<Delivery>),
+    /// is `qos`; with `durable`, its publisher's acknowledgement waits until this session has
+    /// stored it (if it stores it).
+    Deliver {
+        message: Message,
+        qos: QoS,
+        durable: Option<Durable>,
+    },
+    /// Several, in order, as [`Deliver`](SessionMsg::Deliver) each (with its `durable`).
+    DeliverMany(Vec<Delivery>, Option<Durable>),
     /// QoS 0 messages, in order, encoded once for all their subscribers: written as they are
     /// where the session would send them at QoS 0.
     DeliverFrames(Frames),
@@ -148,9 +153,13 @@ pub(crate) enum SessionMsg {
         qos: QoS,
         answer: Result<Vec<Message>, hermes::AskError>,
     },
-    /// A retained shard applied a retained PUBLISH of connection `conn`: what waited for it
-    /// may go out.
-    Stored { conn: ConnId },
+    /// A retained shard applied a retained PUBLISH of connection `conn`, and stored it: what
+    /// waited for it (hold number `hold`) may go out.
+    Stored { conn: ConnId, hold: u64 },
+    /// What a read of connection `conn`'s packets changed is on disk, here and in the sessions
+    /// its messages went to (every clone of their [`Durable`] is dropped): the
+    /// acknowledgements that waited for it (hold number `hold`) may go out.
+    Durable { conn: ConnId, hold: u64 },
     /// A retained shard applied the retained will of a connection that ended: close it now,
     /// so that a client that sees it closed finds the will retained.
     WillStored { link: Link },
@@ -159,6 +168,34 @@ pub(crate) enum SessionMsg {
     Settled { conn: ConnId },
     /// Time to see whether this session, if its client is away, has expired.
     ExpiryCheck,
+}
+
+/// Held by every write a client's acknowledgements wait for: the changes its packets made to
+/// its own session and the messages it published, queued in each persistent subscriber's
+/// session. Each holder drops its clone once its write is committed (or needs none); when
+/// the last is dropped the publisher's session gets [`SessionMsg::Durable`] and writes the
+/// PUBACK, PUBREC, PUBREL, PUBCOMP or SUBACK that waited. So what the broker acknowledged
+/// survives a crash (README, "Persistence").
+#[derive(Clone)]
+pub(crate) struct Durable(Arc<Reply<()>>);
+
+impl Durable {
+    /// A new one, and what completes when the last clone is dropped.
+    pub(crate) fn new() -> (Durable, hermes::Asked<()>) {
+        let (reply, asked) = Reply::new();
+        (Durable(Arc::new(reply)), asked)
+    }
+
+    /// Whether this is the only clone left: nothing else waits to be stored.
+    pub(crate) fn is_alone(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+}
+
+impl fmt::Debug for Durable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Durable")
+    }
 }
 
 /// One delivery of a [`SessionMsg::DeliverMany`].
@@ -541,12 +578,14 @@ pub(crate) fn fan_out(shared: &Shared, messages: &mut Vec<Message>) -> Vec<(Clie
         .drain(..)
         .map(|(client, mut delivered)| {
             let msg = match (delivered.pop(), delivered.is_empty()) {
-                (Some(Delivery::Message(message, qos)), true) => {
-                    SessionMsg::Deliver { message, qos }
-                }
+                (Some(Delivery::Message(message, qos)), true) => SessionMsg::Deliver {
+                    message,
+                    qos,
+                    durable: None,
+                },
                 (last, _) => {
                     delivered.extend(last);
-                    SessionMsg::DeliverMany(delivered)
+                    SessionMsg::DeliverMany(delivered, None)
                 }
             };
             (client, msg)

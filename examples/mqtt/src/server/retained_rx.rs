@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
-use hermes::{Activation, Context, Receiver};
+use hermes::{Activation, Context, Receiver, Reply};
 
 use super::throttle;
 use super::{BrokerApp, Counters, RetainedMsg, RetainedShard, Shared};
@@ -67,7 +67,10 @@ struct RetainedRx {
 impl RetainedRx {
     /// Applies a PUBLISH with RETAIN 1 [MQTT-3.3.1-5], [MQTT-3.3.1-10], within
     /// `max_retained` and `max_retained_bytes`, and stores the change.
-    fn apply(&mut self, message: &Message) {
+    ///
+    /// `done`, if any, is answered once the change is committed (dropped at once if nothing
+    /// is stored).
+    fn apply(&mut self, message: &Message, done: Option<Reply<()>>) {
         if !message.retain {
             return;
         }
@@ -80,7 +83,7 @@ impl RetainedRx {
         } else if let Err(limit) =
             reserve(counters, &self.shared.config, old, message.payload.len())
         {
-            self.refuse(message, old, limit);
+            self.refuse(message, old, limit, done);
             return;
         }
         let change = self.store.on_publish(message);
@@ -90,10 +93,12 @@ impl RetainedRx {
         match change {
             RetainChange::Stored { .. } => {
                 if let Some(stored) = self.store.get(&message.topic) {
-                    storage.save_retained(stored);
+                    storage.save_retained(stored, done);
                 }
             }
-            RetainChange::Cleared { removed: true } => storage.delete_retained(&message.topic),
+            RetainChange::Cleared { removed: true } => {
+                storage.delete_retained(&message.topic, done)
+            }
             RetainChange::Cleared { removed: false } | RetainChange::NotRetained => {}
         }
     }
@@ -101,7 +106,13 @@ impl RetainedRx {
     /// A retained message over `limit`: not retained (it was routed to the subscribers
     /// already, and is acknowledged all the same), counted and logged. A topic whose message
     /// it was to replace loses that one: an old value is not kept as if it were the latest.
-    fn refuse(&mut self, message: &Message, old: Option<usize>, limit: Limit) {
+    fn refuse(
+        &mut self,
+        message: &Message,
+        old: Option<usize>,
+        limit: Limit,
+        done: Option<Reply<()>>,
+    ) {
         let shared = &self.shared;
         Counters::add(&shared.counters.retained_refused, 1);
         let topic = message.topic.as_str();
@@ -124,7 +135,7 @@ impl RetainedRx {
         if let Some(removed) = self.store.remove(&message.topic) {
             release(&shared.counters, removed.payload.len());
             if let Some(storage) = &shared.storage {
-                storage.delete_retained(&message.topic);
+                storage.delete_retained(&message.topic, done);
             }
         }
     }
@@ -195,11 +206,10 @@ fn release(counters: &Counters, len: usize) {
 impl Receiver<RetainedShard, RetainedMsg, BrokerApp> for RetainedRx {
     fn receive(&mut self, _ctx: &mut Ctx<'_>, msg: RetainedMsg) {
         match msg {
-            RetainedMsg::Publish(message) => self.apply(&message),
-            RetainedMsg::Store(message, reply) => {
-                self.apply(&message);
-                let _ = reply.send(());
-            }
+            RetainedMsg::Publish(message) => self.apply(&message, None),
+            // Answered once stored (a crash after it keeps the message), or when the reply
+            // is dropped (nothing to store): the asker waits for the answer either way.
+            RetainedMsg::Store(message, reply) => self.apply(&message, Some(reply)),
             RetainedMsg::Matching(filter, reply) => {
                 let messages = self.store.matching(&filter).cloned().collect();
                 let _ = reply.send(messages);

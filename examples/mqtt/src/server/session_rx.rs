@@ -3,7 +3,9 @@
 //! A virtual actor: its factory loads a stored persistent session (synchronously: redb reads
 //! are fast), so any message for an offline persistent session, such as a message to queue,
 //! activates it from disk. After each message it stores what changed
-//! ([`Session::take_changes`]) through group commit, without waiting for the commit.
+//! ([`Session::take_changes`]) through group commit, without waiting for the commit; but its
+//! client's acknowledgements wait for it, and for the sessions its messages went to
+//! ([`Durable`]): what the broker acknowledged survives a crash.
 //!
 //! While a connection is attached the receiver is never deactivated for idleness. A clean
 //! session stops when its connection ends. An offline persistent session is deactivated after
@@ -20,8 +22,8 @@ use hermes::{Activation, Context, Deactivation, Receiver, TimerId};
 
 use super::link::{ConnId, Link, Out};
 use super::{
-    BrokerApp, ClientId, Counters, Delivery, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg, Shared,
-    may_publish,
+    BrokerApp, ClientId, Counters, Delivery, Durable, NEVER, OFFLINE_IDLE, RetainedMsg, SessionMsg,
+    Shared, may_publish,
 };
 use crate::acl::ClientAcl;
 use crate::config::SessionExpiry;
@@ -48,6 +50,23 @@ thread_local! {
     /// make every session a size class larger), and emptied when a message's handling starts
     /// (what a handler that panicked left is not routed).
     static PUBLISHED: std::cell::Cell<Vec<Message>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The [`Durable`] of the client's packets the session on this thread is handling, with
+    /// what completes when its last clone is dropped: the client's acknowledgements wait for
+    /// it ([`SessionRx::await_durable`]).
+    static DURABLE: std::cell::Cell<Option<Awaited>> = const { std::cell::Cell::new(None) };
+    /// The [`Durable`]s that the session on this thread keeps until what it stores after this
+    /// message is committed: of the messages delivered to it, and its own.
+    static UNTIL_SAVED: std::cell::Cell<Vec<Durable>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The [`Durable`] of a read of a client's packets ([`DURABLE`]).
+struct Awaited {
+    durable: Durable,
+    /// Completes when the last clone of `durable` is dropped.
+    asked: hermes::Asked<()>,
+    conn: ConnId,
+    /// The hold on the client's writes that waits for it.
+    hold: u64,
 }
 
 /// The factory of kind `Session`.
@@ -105,11 +124,15 @@ struct SessionRx {
 /// The parts of a session receiver that most sessions never use.
 #[derive(Default)]
 struct Rare {
-    /// Retained PUBLISHes from the client that the retained shards have not applied yet:
-    /// packets for the client wait behind them (so that a PUBACK means the message is
-    /// retained), in order.
-    holds: u32,
-    held: VecDeque<Out>,
+    /// Retained PUBLISHes from the client that the retained shards have not applied and
+    /// stored yet, and reads of the client's packets whose changes are not all stored yet
+    /// ([`Durable`]), oldest first: packets for the client wait behind them (so that a PUBACK
+    /// means the message is retained and on disk), in order; each hold's go out once it and
+    /// every older one are over, not when all are (a client that publishes without pause
+    /// would get nothing).
+    holds: VecDeque<Hold>,
+    /// The number of the next hold.
+    next_hold: u64,
     /// Connections that ended whose retained will is being stored: they are closed (and a
     /// clean session stopped) once it is.
     closing: u32,
@@ -117,11 +140,32 @@ struct Rare {
     dropped_logged: u64,
 }
 
+/// A hold on the writes to the client ([`Rare::holds`]).
+struct Hold {
+    /// Its number, in the answer that ends it.
+    id: u64,
+    /// Over: it waits only for older holds.
+    done: bool,
+    /// The writes queued after it, before the next.
+    after: Vec<Out>,
+}
+
 impl Rare {
+    /// A new hold on the writes to the client, after those there are: its number.
+    fn hold(&mut self) -> u64 {
+        let id = self.next_hold;
+        self.next_hold = self.next_hold.wrapping_add(1);
+        self.holds.push_back(Hold {
+            id,
+            done: false,
+            after: Vec::new(),
+        });
+        id
+    }
+
     /// Whether it holds nothing (and can be released).
     fn is_empty(&self) -> bool {
-        self.holds == 0
-            && self.held.is_empty()
+        self.holds.is_empty()
             && self.closing == 0
             && self.expiry_timer.is_none()
             && self.dropped_logged == 0
@@ -176,11 +220,11 @@ impl SessionRx {
         self.rare.get_or_insert_with(Box::default)
     }
 
-    /// Packets for the client are held behind retained PUBLISHes: none any more.
+    /// Packets for the client are held behind retained PUBLISHes and commits: none any more
+    /// (its connection ended: what was held for it goes nowhere).
     fn release_held(&mut self) {
         if let Some(rare) = &mut self.rare {
-            rare.holds = 0;
-            rare.held.clear();
+            rare.holds.clear();
         }
     }
 
@@ -303,6 +347,77 @@ impl SessionRx {
         }
     }
 
+    /// Keeps `durable` (of a delivered message) until what this message's handling stores is
+    /// committed ([`persist`](Self::persist)).
+    fn keep_until_saved(durable: Option<Durable>) {
+        if let Some(durable) = durable {
+            let mut until_saved = UNTIL_SAVED.take();
+            until_saved.push(durable);
+            UNTIL_SAVED.set(until_saved);
+        }
+    }
+
+    /// A read of the client's packets begins: its acknowledgements are held until what it
+    /// changes is stored, here and in the sessions its messages go to (with a store).
+    fn hold_until_durable(&mut self, conn: ConnId) {
+        if self.shared.storage.is_none() || self.conn() != Some(conn) {
+            return;
+        }
+        let hold = self.rare().hold();
+        let (durable, asked) = Durable::new();
+        DURABLE.set(Some(Awaited {
+            durable,
+            asked,
+            conn,
+            hold,
+        }));
+    }
+
+    /// The read's packets are handled and what they changed submitted: the held
+    /// acknowledgements go out when the last write is committed ([`SessionMsg::Durable`]), or
+    /// now if nothing needed storing.
+    fn await_durable(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(Awaited {
+            durable,
+            asked,
+            conn,
+            hold,
+        }) = DURABLE.take()
+        else {
+            return;
+        };
+        if durable.is_alone() {
+            drop((durable, asked));
+            self.unhold(conn, hold);
+        } else {
+            drop(durable);
+            ctx.spawn(asked, move |_| SessionMsg::Durable { conn, hold });
+        }
+    }
+
+    /// Hold `hold` on the writes to connection `conn` is over: what waited for it and for no
+    /// older hold goes out, in order.
+    fn unhold(&mut self, conn: ConnId, hold: u64) {
+        if self.conn() != Some(conn) {
+            return;
+        }
+        let Some(rare) = self.rare.as_mut() else {
+            return;
+        };
+        if let Some(ended) = rare.holds.iter_mut().find(|h| h.id == hold) {
+            ended.done = true;
+        }
+        let mut released = Vec::new();
+        while rare.holds.front().is_some_and(|h| h.done) {
+            if let Some(front) = rare.holds.pop_front() {
+                released.extend(front.after);
+            }
+        }
+        for out in released {
+            self.writes_push(out);
+        }
+    }
+
     fn deliver(&mut self, message: Message, qos: QoS, retained: bool) {
         let delivered = if retained {
             self.session.deliver_retained(message, qos, &mut self.out)
@@ -315,6 +430,7 @@ impl SessionRx {
     /// A delivery of a fan-out: a QoS 0 PUBLISH encoded once for all its subscribers is
     /// written as it is (where [`Session::deliver`] would send it), the rest delivered.
     fn delivery(&mut self, ctx: &mut Ctx<'_>, delivery: Delivery) {
+        // (The `Durable` of a `DeliverMany` is kept by its receiver.)
         match delivery {
             Delivery::Message(message, qos) => self.deliver(message, qos, false),
             Delivery::Frame(frame) => {
@@ -442,11 +558,11 @@ impl SessionRx {
         self.write_out(Out::Packet(packet));
     }
 
-    /// Writes `out` to the client: held while a retained PUBLISH is being stored, else
-    /// queued with the rest of this message's writes.
+    /// Writes `out` to the client: held behind the newest hold while a retained PUBLISH or a
+    /// commit is waited for, else queued with the rest of this message's writes.
     fn write_out(&mut self, out: Out) {
-        if let Some(rare) = self.rare.as_mut().filter(|rare| rare.holds > 0) {
-            rare.held.push_back(out);
+        if let Some(hold) = self.rare.as_mut().and_then(|rare| rare.holds.back_mut()) {
+            hold.after.push(out);
             return;
         }
         self.writes_push(out);
@@ -481,14 +597,13 @@ impl SessionRx {
             // the client's packets until the answer, restores the order.
             let shard = self.shared.retained_shard(message.topic.as_bytes());
             let conn = self.conn().unwrap_or(0);
-            let rare = self.rare();
-            rare.holds = rare.holds.saturating_add(1);
+            let hold = self.rare().hold();
             self.asked_store = true;
             ctx.ask(
                 shard,
                 |reply| RetainedMsg::Store(message.clone(), reply),
                 ASK_TIMEOUT,
-                move |_answer| SessionMsg::Stored { conn },
+                move |_answer| SessionMsg::Stored { conn, hold },
             );
         }
         self.route(message);
@@ -544,8 +659,20 @@ impl SessionRx {
         // HERMES: a full mailbox makes a send a dead letter (counted by the broker's sink),
         // and the sender cannot learn it: a QoS 1 or 2 message is then lost for that
         // subscriber, where the session would rather keep it and retry.
+        // The client's acknowledgements wait until each subscriber has stored what it was
+        // sent (QoS 1 and 2 only: QoS 0 messages are not stored).
+        let own = DURABLE.take();
+        let durable = own
+            .as_ref()
+            .filter(|_| published.iter().any(|m| m.qos != QoS::AtMostOnce))
+            .map(|awaited| &awaited.durable);
         if published.len() > 1 {
-            for (client, msg) in super::fan_out(&self.shared, &mut published) {
+            for (client, mut msg) in super::fan_out(&self.shared, &mut published) {
+                if let SessionMsg::Deliver { durable: d, .. } | SessionMsg::DeliverMany(_, d) =
+                    &mut msg
+                {
+                    *d = durable.cloned();
+                }
                 ctx.send(client, msg);
             }
         } else if let Some(message) = published.pop() {
@@ -553,10 +680,19 @@ impl SessionRx {
             super::with_subscribers(&self.shared, &message.topic, |matches| {
                 for (client, qos) in matches.iter() {
                     let message = message.clone();
-                    ctx.send(client.clone(), SessionMsg::Deliver { message, qos });
+                    let durable = durable.cloned();
+                    ctx.send(
+                        client.clone(),
+                        SessionMsg::Deliver {
+                            message,
+                            qos,
+                            durable,
+                        },
+                    );
                 }
             });
         }
+        DURABLE.set(own);
         PUBLISHED.set(published);
     }
 
@@ -576,26 +712,41 @@ impl SessionRx {
         }
     }
 
-    /// Stores what changed.
+    /// Stores what changed; the [`Durable`]s kept for it ([`UNTIL_SAVED`]) are dropped once
+    /// that is committed, at once if nothing is stored.
     fn persist(&mut self) {
         let changes = self.session.take_changes();
+        let mut until_saved = UNTIL_SAVED.take();
         let Some(storage) = &self.shared.storage else {
+            until_saved.clear();
+            UNTIL_SAVED.set(until_saved);
             return;
         };
         let keep = self.session.is_persistent() && !self.ended;
-        if keep {
-            if !changes.is_empty() || !self.stored {
-                let queued = storage.save_session(self.id.name(), &self.session, &changes);
-                self.stored = true;
-                if queued > 0 {
-                    // After the submission (counted unsaved): see `Counters::queued_stored`.
-                    self.shared
-                        .counters
-                        .queued_stored
-                        .fetch_add(queued, Ordering::Release);
-                }
+        if keep && (!changes.is_empty() || !self.stored) {
+            let own = DURABLE.take();
+            until_saved.extend(own.as_ref().map(|awaited| awaited.durable.clone()));
+            DURABLE.set(own);
+            let queued = storage.save_session(
+                self.id.name(),
+                &self.session,
+                &changes,
+                std::mem::take(&mut until_saved),
+            );
+            self.stored = true;
+            if queued > 0 {
+                // After the submission (counted unsaved): see `Counters::queued_stored`.
+                self.shared
+                    .counters
+                    .queued_stored
+                    .fetch_add(queued, Ordering::Release);
             }
-        } else if self.stored {
+            UNTIL_SAVED.set(until_saved);
+            return;
+        }
+        until_saved.clear();
+        UNTIL_SAVED.set(until_saved);
+        if !keep && self.stored {
             storage.delete_session(self.id.name(), changes.queue_removed.clone());
             self.stored = false;
         }
@@ -635,6 +786,19 @@ impl SessionRx {
     }
 }
 
+/// Whether the broker's answer to `packet` says something is stored, so waits until it is:
+/// a QoS 1 or 2 PUBLISH (PUBACK, PUBREC), PUBREL (PUBCOMP), PUBREC (PUBREL: a QoS 2
+/// message sent, which must not be sent again), SUBSCRIBE and UNSUBSCRIBE.
+fn needs_durable(packet: &Packet) -> bool {
+    match packet {
+        Packet::Publish(publish) => publish.qos.qos() != QoS::AtMostOnce,
+        Packet::PubRel(_) | Packet::PubRec(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
 impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     fn receive(&mut self, ctx: &mut Ctx<'_>, msg: SessionMsg) {
         // The outputs' vector is the thread's, lent for this message (given back below): a
@@ -644,6 +808,11 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         let mut published = PUBLISHED.take();
         published.clear();
         PUBLISHED.set(published);
+        // What a handler that panicked left.
+        DURABLE.take();
+        let mut until_saved = UNTIL_SAVED.take();
+        until_saved.clear();
+        UNTIL_SAVED.set(until_saved);
         match msg {
             SessionMsg::Attach {
                 link,
@@ -663,6 +832,11 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
             }
             SessionMsg::Packets { conn, packets } => {
                 if self.conn() == Some(conn) {
+                    // Acknowledgements (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK)
+                    // wait until what they acknowledge is on disk.
+                    if packets.iter().any(needs_durable) {
+                        self.hold_until_durable(conn);
+                    }
                     let mut settled = 0;
                     for packet in packets {
                         let counted = matches!(
@@ -693,7 +867,14 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     self.settling = 0;
                 }
             }
-            SessionMsg::Deliver { message, qos } => self.deliver(message, qos, false),
+            SessionMsg::Deliver {
+                message,
+                qos,
+                durable,
+            } => {
+                self.deliver(message, qos, false);
+                Self::keep_until_saved(durable);
+            }
             SessionMsg::DeliverFrames(frames) => {
                 // As many deliveries, each sent (connected) or discarded (counted) alike.
                 let sent = (0..frames.len())
@@ -702,10 +883,11 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     self.write_out(Out::Frames(frames));
                 }
             }
-            SessionMsg::DeliverMany(deliveries) => {
+            SessionMsg::DeliverMany(deliveries, durable) => {
                 for delivery in deliveries {
                     self.delivery(ctx, delivery);
                 }
+                Self::keep_until_saved(durable);
             }
             SessionMsg::Detach { conn, reason } => self.detach(ctx, conn, reason),
             SessionMsg::Retained { qos, answer } => match answer {
@@ -718,22 +900,13 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
                     tracing::warn!(client_id = %self.id, %error, "no answer from a retained shard: a new subscription may miss retained messages");
                 }
             },
-            SessionMsg::Stored { conn } => {
+            SessionMsg::Stored { conn, hold } => {
                 if let Some(link) = self.link.as_ref().filter(|l| l.conn() == conn) {
                     link.settle();
                 }
-                if self.conn() == Some(conn)
-                    && let Some(rare) = self.rare.as_mut().filter(|rare| rare.holds > 0)
-                {
-                    rare.holds -= 1;
-                    if rare.holds == 0 {
-                        let held = std::mem::take(&mut rare.held);
-                        for out in held {
-                            self.write_out(out);
-                        }
-                    }
-                }
+                self.unhold(conn, hold);
             }
+            SessionMsg::Durable { conn, hold } => self.unhold(conn, hold),
             SessionMsg::WillStored { link } => {
                 if let Some(rare) = &mut self.rare {
                     rare.closing = rare.closing.saturating_sub(1);
@@ -753,8 +926,9 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
         self.outputs(ctx);
         self.route_published(ctx);
         self.persist();
+        self.await_durable(ctx);
         // What it writes goes out after what it stores (for exactly-once across a crash,
-        // see the session's docs), all in one go.
+        // see the session's docs), all in one go; acknowledgements once it is stored.
         self.flush_writes();
         self.count_offline();
         self.settle(ctx);
@@ -768,6 +942,13 @@ impl Receiver<ClientId, SessionMsg, BrokerApp> for SessionRx {
     }
 
     fn deactivated(&mut self, _ctx: &mut Ctx<'_>, why: Deactivation) {
+        if why == Deactivation::Panicked {
+            // What the handler that panicked kept: held, it would hold back the
+            // acknowledgements of the sessions that delivered to it until this thread's next
+            // message.
+            DURABLE.take();
+            UNTIL_SAVED.take();
+        }
         if why == Deactivation::Panicked && !self.session.is_persistent() {
             // A clean session ends with its instance: its subscriptions leave the index.
             let filters: Vec<_> = self.session.subscriptions().keys().cloned().collect();

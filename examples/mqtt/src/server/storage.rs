@@ -11,7 +11,8 @@
 //! | `r` topic | a retained message |
 //!
 //! Writes go through a [`GroupCommit`]: many sessions' changes in one fsync'ed transaction,
-//! every 2 ms at most; the broker does not wait for them (see the README's "Persistence").
+//! every 2 ms at most; a client's acknowledgements wait for them (see the README's
+//! "Persistence"), the rest of the broker does not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -20,11 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use hermes::Reply;
 use hermes::store::{
     Batch, Codec, GroupCommit, GroupCommitConfig, RedbOptions, RedbStore, Store, StoreError,
     SyncPolicy,
 };
 
+use super::Durable;
 use super::throttle::{self, Throttle};
 use crate::message::Message;
 use crate::packet::QoS;
@@ -275,9 +278,16 @@ impl Storage {
         }))
     }
 
-    /// Stores what `changes` says changed in `session` (a stored persistent one); how many
-    /// queued messages it submitted.
-    pub(crate) fn save_session(&self, id: &Arc<str>, session: &Session, changes: &Changes) -> u64 {
+    /// Stores what `changes` says changed in `session` (a stored persistent one); `until_saved`
+    /// is dropped once that is committed (or has failed), at once if nothing changed. Returns
+    /// how many queued messages it submitted.
+    pub(crate) fn save_session(
+        &self,
+        id: &Arc<str>,
+        session: &Session,
+        changes: &Changes,
+        until_saved: Vec<Durable>,
+    ) -> u64 {
         let state = session.state();
         let mut batch = Batch::new();
         if changes.subscriptions {
@@ -314,7 +324,7 @@ impl Storage {
                 Err(e) => tracing::error!(client_id = %id, error = %e, "cannot encode a message"),
             }
         }
-        self.submit(id, batch);
+        self.submit(id, batch, until_saved);
         queued
     }
 
@@ -325,7 +335,7 @@ impl Storage {
         for seq in queue {
             batch.delete(queue_key(id, seq));
         }
-        self.submit(id, batch);
+        self.submit(id, batch, Vec::new());
     }
 
     /// Deletes session `id` entirely, whatever its queue holds (for sessions found expired at
@@ -339,7 +349,7 @@ impl Storage {
         self.store.write_batch(batch)
     }
 
-    fn submit(&self, id: &Arc<str>, batch: Batch) {
+    fn submit(&self, id: &Arc<str>, batch: Batch, until_saved: Vec<Durable>) {
         if batch.is_empty() {
             return;
         }
@@ -350,6 +360,7 @@ impl Storage {
         let unsaved = Unsaved::new(&self.unsaved);
         self.commits.submit(batch, move |result| {
             let _saved = unsaved;
+            drop(until_saved);
             if let Err(error) = result {
                 errors.record("storing the session of", &id, &error);
             }
@@ -377,8 +388,9 @@ impl Storage {
         Ok(messages)
     }
 
-    /// Stores `message` as its topic's retained message.
-    pub(crate) fn save_retained(&self, message: &Message) {
+    /// Stores `message` as its topic's retained message; answers `done`, if any, once that is
+    /// committed (or has failed).
+    pub(crate) fn save_retained(&self, message: &Message, done: Option<Reply<()>>) {
         let bytes = match MESSAGE.encode(message) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -395,11 +407,15 @@ impl Storage {
                 if let Err(error) = result {
                     errors.record("storing the retained message of", &topic, &error);
                 }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
             });
     }
 
-    /// Deletes the retained message of `topic`.
-    pub(crate) fn delete_retained(&self, topic: &TopicName) {
+    /// Deletes the retained message of `topic`; answers `done`, if any, once that is
+    /// committed (or has failed).
+    pub(crate) fn delete_retained(&self, topic: &TopicName, done: Option<Reply<()>>) {
         let name = topic.as_str().to_owned();
         let errors = Arc::clone(&self.errors);
         let unsaved = Unsaved::new(&self.unsaved);
@@ -407,6 +423,9 @@ impl Storage {
             let _saved = unsaved;
             if let Err(error) = result {
                 errors.record("deleting the retained message of", &name, &error);
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
             }
         });
     }
