@@ -406,7 +406,9 @@ impl fmt::Display for StoreError {
                 reason,
             } => write!(
                 f,
-                "cannot migrate stored state{} from schema version {found} to {expected}: {reason}",
+                "cannot migrate stored state{} from schema version {found} to {expected}: \
+                 {reason}; make the migration hook (Codec::with_migration) read this version, \
+                 or delete the key to start from the default state",
                 AtKey(key)
             ),
             StoreError::Closed => f.write_str(
@@ -420,10 +422,10 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Conflict { key } => write!(
                 f,
-                "{} was written by someone else since this process read it (a revision \
+                "key {} was written by someone else since this process read it (a revision \
                  conflict; in a cluster, another node owns the receiver now): the write was not \
                  applied; deactivate the receiver and let its owner handle its messages",
-                String::from_utf8_lossy(key)
+                KeyDisplay(key)
             ),
         }
     }

@@ -596,6 +596,62 @@ fn after_shutdown_saves_are_refused_and_loads_still_work() {
     assert_eq!(Durable::load(&states, TALLY, "tally/s").unwrap().total, 3);
 }
 
+/// Every message names the key (as text when printable, in hex otherwise, cut after 48 bytes,
+/// as `StoreError` documents) and says what to do.
+#[test]
+fn error_messages_show_keys_as_documented_and_say_what_to_do() {
+    let binary = vec![0xff, 0x00, 0x01];
+    let long = vec![b'k'; 100];
+    let errors = [
+        StoreError::Conflict {
+            key: binary.clone(),
+        },
+        StoreError::Conflict { key: long.clone() },
+        StoreError::migration(1, 2, "no field `owner`").with_key(&binary),
+        StoreError::migration(1, 2, "no field `owner`").with_key(&long),
+        StoreError::SchemaMismatch {
+            key: Some(binary.clone()),
+            found: 1,
+            expected: 2,
+        },
+        StoreError::Decode {
+            key: Some(long.clone()),
+            detail: "unexpected end".into(),
+        },
+    ];
+    for e in &errors {
+        let text = e.to_string();
+        let key = e.key().expect("each names its key");
+        if key == binary.as_slice() {
+            assert!(
+                text.contains("0xff0001"),
+                "binary keys are shown in hex: {text}"
+            );
+        } else {
+            assert!(
+                text.contains("... (100 bytes)"),
+                "long keys are cut: {text}"
+            );
+            assert!(
+                !text.contains(&"k".repeat(49)),
+                "cut after 48 bytes: {text}"
+            );
+        }
+    }
+    // Each says what to do, after what happened.
+    let advice = [
+        (&errors[0], "deactivate the receiver"),
+        (&errors[2], "migration hook"),
+        (&errors[4], "with_migration"),
+        (&errors[5], "bump the schema version"),
+    ];
+    for (e, words) in advice {
+        let text = e.to_string();
+        let (_, after) = text.split_once(';').unwrap_or(("", ""));
+        assert!(after.contains(words), "{e:?}: {text}");
+    }
+}
+
 /// A store file damaged outside redb, opened with `check_integrity_on_open`, fails with a typed
 /// error naming the file, for damage anywhere in it; never a panic.
 #[test]
