@@ -295,6 +295,9 @@ impl fmt::Display for StoreError {
                     Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
                         "make the file and its directory writable by this process"
                     }
+                    Some(ErrorKind::IsADirectory) => {
+                        "the path is a directory: name a file (inside it, say)"
+                    }
                     Some(ErrorKind::InvalidData) => {
                         "it is not a store file: choose another path or move the file aside"
                     }

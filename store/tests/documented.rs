@@ -652,6 +652,19 @@ fn error_messages_show_keys_as_documented_and_say_what_to_do() {
     }
 }
 
+/// Opening a directory as the store file fails with `Open`, naming the path and saying it is a
+/// directory, not that the directory may be missing.
+#[test]
+fn opening_a_directory_says_it_is_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = RedbStore::open(dir.path()).unwrap_err();
+    assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(text.contains("the path is a directory"), "{text}");
+    assert!(!text.contains("check that its directory exists"), "{text}");
+}
+
 /// A store file damaged outside redb, opened with `check_integrity_on_open`, fails with a typed
 /// error naming the file, for damage anywhere in it; never a panic.
 #[test]
