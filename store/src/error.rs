@@ -125,7 +125,8 @@ pub enum StoreError {
         /// What is wrong with the header.
         detail: &'static str,
     },
-    /// Stored bytes were framed by a newer version of this crate's codec.
+    /// Stored bytes were framed by a newer version of this crate's codec (or carry format 0,
+    /// which no version writes: damaged bytes).
     UnsupportedFormat {
         /// The key they were read from, when known.
         key: Option<Vec<u8>>,
@@ -371,6 +372,17 @@ impl fmt::Display for StoreError {
                 f,
                 "value{} is not in the hermes-store codec format ({detail}); it was written by \
                  something else, or the key is shared with other data",
+                AtKey(key)
+            ),
+            StoreError::UnsupportedFormat {
+                key,
+                found,
+                supported,
+            } if *found == 0 => write!(
+                f,
+                "value{} has codec format 0, which no build of hermes-store writes (formats start \
+                 at 1; this build reads up to {supported}): the value is damaged or not this \
+                 codec's; restore it from a backup, or delete the key to start from the default",
                 AtKey(key)
             ),
             StoreError::UnsupportedFormat {

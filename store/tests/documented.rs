@@ -652,6 +652,25 @@ fn error_messages_show_keys_as_documented_and_say_what_to_do() {
     }
 }
 
+/// A value framed with codec format 0, which no build writes, is damaged: its message does not
+/// send the operator to a newer build (which would read it no better), and names the key.
+#[test]
+fn a_value_of_codec_format_zero_is_reported_as_damaged_not_as_too_new() {
+    let (store, states) = memory_states();
+    let mut bytes = TALLY.encode(&Tally::default()).unwrap();
+    bytes[4] = 0;
+    store.put(b"tally/zero", &bytes).unwrap();
+    let e = Durable::load(&states, TALLY, "tally/zero").unwrap_err();
+    assert!(
+        matches!(e, StoreError::UnsupportedFormat { found: 0, .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("\"tally/zero\""), "{text}");
+    assert!(!text.contains("newer build"), "{text}");
+    assert!(text.contains("damaged"), "{text}");
+}
+
 /// Opening a directory as the store file fails with `Open`, naming the path and saying it is a
 /// directory, not that the directory may be missing.
 #[test]
