@@ -76,7 +76,8 @@ pub enum StoreError {
         /// The file format version found.
         found: u8,
     },
-    /// The database reported corruption.
+    /// The database reported corruption, or panicked on the file's contents (damage made
+    /// outside it).
     Corrupt {
         /// The file, when known.
         path: Option<PathBuf>,
@@ -246,6 +247,15 @@ impl StoreError {
         }
         self
     }
+}
+
+/// The text of a caught panic's payload (a `&str` or `String` message), or `"unknown panic"`.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 /// Formats a key for humans: printable ASCII as a quoted string, anything else as hex; cut

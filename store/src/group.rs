@@ -213,11 +213,7 @@ impl Shared {
 /// Runs a store call, turning a panic into an error so the commit thread survives it.
 fn guarded(f: impl FnOnce() -> Result<(), StoreError>, op: Operation) -> Result<(), StoreError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
+        let what = crate::error::panic_text(panic.as_ref());
         Err(StoreError::backend(
             op,
             None,

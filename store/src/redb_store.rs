@@ -1,5 +1,6 @@
 //! [`RedbStore`]: a [`Store`] in one file, on the embedded database `redb`.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -37,7 +38,8 @@ impl RedbOptions {
 
     /// Verify the checksum of every page when opening, not only after a crash. Opening then
     /// reads the whole file, but a file damaged outside redb fails with
-    /// [`StoreError::Corrupt`] instead of being trusted (redb may panic on such a file later).
+    /// [`StoreError::Corrupt`] at once instead of being trusted (and failing later: an
+    /// operation that meets the damage fails with `Corrupt` then).
     pub fn check_integrity_on_open(mut self, enabled: bool) -> Self {
         self.check_integrity_on_open = enabled;
         self
@@ -56,6 +58,10 @@ impl RedbOptions {
 /// later one until the file is reopened: the store reopens it itself, at the next operation, so
 /// once the cause is gone (space freed) the same store works again, with everything committed
 /// before the error. While the cause lasts, each operation fails with the error of the reopen.
+///
+/// redb trusts the file and can panic on damage made outside it (a flipped bit in a page it
+/// reads): the operation that met it fails with [`StoreError::Corrupt`] instead, and the next
+/// one reopens the file. [`RedbOptions::check_integrity_on_open`] finds such damage at open.
 ///
 /// One file can be opened by one `RedbStore` at a time (redb locks it): share the store between
 /// receivers and threads as an `Arc<dyn Store>`.
@@ -129,10 +135,16 @@ impl RedbStore {
     /// [`current`](Self::current) reopens the file (once no operation holds it any more).
     fn close(&self, failed: Arc<Database>) {
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed)) {
-            *slot = None;
+        let closed = if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed)) {
+            slot.take()
+        } else {
+            None
+        };
+        drop(slot);
+        release(failed);
+        if let Some(db) = closed {
+            release(db);
         }
-        drop(failed);
     }
 
     /// Runs `f` on the database; if redb refuses because an earlier I/O error closed it,
@@ -144,14 +156,30 @@ impl RedbStore {
         f: impl Fn(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
         let db = self.current()?;
-        let result = match f(&db) {
-            Err(redb::Error::PreviousIo) => {
-                self.close(db);
-                f(&*self.current()?)
-            }
-            result => result,
-        };
-        result.map_err(|e| store_error(&self.path, op, key, e))
+        let mut result = self.unpanicked(&db, &f);
+        if matches!(result, Ok(Err(redb::Error::PreviousIo))) {
+            self.close(db);
+            let db = self.current()?;
+            result = self.unpanicked(&db, &f);
+            release(db);
+        } else {
+            release(db);
+        }
+        result?.map_err(|e| store_error(&self.path, op, key, e))
+    }
+
+    /// Runs `f` on `db`. redb trusts its file's contents and can panic on damage made outside
+    /// it (a flipped bit in a page it reads); such a panic becomes [`StoreError::Corrupt`] and
+    /// closes `db`, so that the next operation reopens the file.
+    fn unpanicked<T>(
+        &self,
+        db: &Arc<Database>,
+        f: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<Result<T, redb::Error>, StoreError> {
+        catch_unwind(AssertUnwindSafe(|| f(db))).map_err(|panic| {
+            self.close(Arc::clone(db));
+            damaged(&self.path, panic.as_ref())
+        })
     }
 
     /// Runs `apply` on the table in one write transaction and commits it. On any error the
@@ -193,8 +221,45 @@ impl RedbStore {
     }
 }
 
-/// Opens (or creates) the file and its table, so that readers never meet a missing table.
+/// Opens (or creates) the file and its table, so that readers never meet a missing table. A
+/// panic in redb on a damaged file is [`StoreError::Corrupt`].
 fn open_database(path: &Path, options: &RedbOptions) -> Result<Database, StoreError> {
+    catch_unwind(AssertUnwindSafe(|| open_unguarded(path, options)))
+        .unwrap_or_else(|panic| Err(damaged(path, panic.as_ref())))
+}
+
+/// Drops a reference to a database. Dropping the last one closes the file, where redb can
+/// panic on a damaged file after an earlier panic: that is logged, not propagated.
+fn release(db: Arc<Database>) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(db))) {
+        let what = crate::error::panic_text(panic.as_ref());
+        tracing::error!(panic = %what, "redb panicked closing a damaged store file");
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        let slot = self.db.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.take() {
+            release(db);
+        }
+    }
+}
+
+/// The [`StoreError::Corrupt`] for a panic in redb while it used the file at `path`.
+fn damaged(path: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError {
+    let what = crate::error::panic_text(panic);
+    tracing::error!(path = %path.display(), panic = %what, "redb panicked on the store file");
+    StoreError::Corrupt {
+        path: Some(path.to_path_buf()),
+        detail: format!(
+            "redb panicked on it ({what}), so it was damaged outside redb (open it with \
+             RedbOptions::check_integrity_on_open to find such damage at open)"
+        ),
+    }
+}
+
+fn open_unguarded(path: &Path, options: &RedbOptions) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
     if let Some(bytes) = options.cache_size {
         builder.set_cache_size(bytes);

@@ -684,44 +684,82 @@ fn opening_a_directory_says_it_is_a_directory() {
     assert!(!text.contains("check that its directory exists"), "{text}");
 }
 
-/// A store file damaged outside redb, opened with `check_integrity_on_open`, fails with a typed
-/// error naming the file, for damage anywhere in it; never a panic.
-#[test]
-fn a_damaged_file_checked_on_open_is_an_error_not_a_panic() {
+/// Writes a redb file of 2000 entries, then, for each of `rounds` pseudo-random single-bit
+/// flips in it, writes the damaged copy and runs `try_it` on its path (caught if it panics).
+/// Returns how many rounds ended in an error; panics naming the round if one panicked.
+fn on_damaged_copies(
+    rounds: u32,
+    try_it: impl Fn(&Path) -> Result<(), StoreError> + std::panic::RefUnwindSafe,
+) -> u32 {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("damaged.redb");
     {
         let store = RedbStore::open(&path).unwrap();
         let mut batch = Batch::new();
-        for i in 0..200u32 {
+        for i in 0..2000u32 {
             batch.put(format!("key/{i:04}"), vec![i as u8; 100]);
         }
         store.write_batch(batch).unwrap();
     }
     let good = std::fs::read(&path).unwrap();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let checked = RedbOptions::new().check_integrity_on_open(true);
-    for round in 0..40 {
+    let mut errors = 0;
+    for round in 0..rounds {
         let mut bad = good.clone();
         let at = rng.below(bad.len() as u64) as usize;
         bad[at] ^= 1 << rng.below(8);
         std::fs::write(&path, &bad).unwrap();
-        let outcome = std::panic::catch_unwind(|| match RedbStore::open_with(&path, &checked) {
-            Ok(store) => {
-                // The flip hit bytes the checksums do not cover (free space): reads must work.
-                store
-                    .scan_prefix(b"")
-                    .map(|all| all.len())
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        });
-        let outcome =
-            outcome.unwrap_or_else(|_| panic!("round {round}: flipped byte {at} panicked"));
-        if let Err(text) = outcome {
+        let outcome = std::panic::catch_unwind(|| try_it(&path))
+            .unwrap_or_else(|_| panic!("round {round}: a flipped bit in byte {at} panicked"));
+        if let Err(e) = outcome {
+            assert!(
+                matches!(e, StoreError::Corrupt { .. } | StoreError::Open { .. }),
+                "round {round}: {e:?}"
+            );
+            let text = e.to_string();
             assert!(text.contains("damaged.redb"), "round {round}: {text}");
+            assert!(text.contains("move it aside"), "round {round}: {text}");
+            errors += 1;
         }
     }
+    errors
+}
+
+/// A store file damaged outside redb, opened with `check_integrity_on_open`, fails with a typed
+/// error naming the file, for damage anywhere in it; never a panic. Where the flip hit bytes
+/// the checksums do not cover (free space), reads work.
+#[test]
+fn a_damaged_file_checked_on_open_is_an_error_not_a_panic() {
+    let checked = RedbOptions::new().check_integrity_on_open(true);
+    let errors = on_damaged_copies(20, |path| {
+        RedbStore::open_with(path, &checked)?
+            .scan_prefix(b"")
+            .map(drop)
+    });
+    assert!(errors > 0, "some flips are caught by the check");
+}
+
+/// Opened without the check, a damaged file is trusted, and redb panics on some damage when it
+/// reads it: each operation then fails with `StoreError::Corrupt` naming the file (and the
+/// store reopens the file for the next one), never a panic, also when the store is dropped.
+#[test]
+fn a_damaged_file_opened_unchecked_fails_operations_with_corrupt_not_a_panic() {
+    let errors = on_damaged_copies(40, |path| {
+        let store = RedbStore::open(path)?;
+        let mut batch = Batch::new();
+        for i in 0..50u32 {
+            batch.put(format!("key/{:04}", i * 37), "new");
+        }
+        let results = [
+            store.write_batch(batch),
+            store.scan_prefix(b"").map(drop),
+            store.get(b"key/0500").map(drop),
+            store.put(b"key/0001", b"new"),
+        ];
+        drop(store);
+        results.into_iter().collect()
+    });
+    assert!(errors > 0, "some flips make redb panic");
 }
 
 // ---------------------------------------------------------------------------------------------
