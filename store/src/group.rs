@@ -238,7 +238,8 @@ fn guarded(f: impl FnOnce() -> Result<(), StoreError>, op: Operation) -> Result<
 /// The callbacks are an executor-agnostic acknowledgment: a receiver typically turns one into a
 /// message to itself. They run on the commit thread, so they must be quick and must not block
 /// (a panic in one is caught and logged). Reads through [`store`](Self::store) see a write once
-/// it is acknowledged, not before.
+/// its transaction has committed, which is before its callback runs (so by the time it is
+/// acknowledged at the latest; an earlier callback of the same group may already see it).
 ///
 /// Once the `GroupCommit` is shut down, a submitted write is refused: its callback is called at
 /// once, on the submitting thread, with [`StoreError::Closed`].
@@ -446,7 +447,8 @@ impl GroupCommit {
         result
     }
 
-    /// The store written to. Reads see a write once it is acknowledged.
+    /// The store written to. Reads see a write once its transaction has committed, at the
+    /// latest when it is acknowledged.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }
