@@ -282,9 +282,33 @@ fn store_error(path: &Path, op: Operation, key: Option<&[u8]>, e: redb::Error) -
             path: Some(path.to_path_buf()),
             detail,
         },
-        other => StoreError::backend(op, key, other),
+        error => StoreError::backend(
+            op,
+            key,
+            InFile {
+                error,
+                path: path.to_path_buf(),
+            },
+        ),
     }
 }
+
+/// A redb error and the file it happened on: the source of a [`StoreError::Backend`] from a
+/// [`RedbStore`], so that its message names the file (a batch, scan or sync names no key).
+#[derive(Debug)]
+struct InFile {
+    error: redb::Error,
+    path: PathBuf,
+}
+
+impl std::fmt::Display for InFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, on store file {}", self.error, self.path.display())
+    }
+}
+
+/// No source: the message includes redb's (see [`StoreError`]).
+impl std::error::Error for InFile {}
 
 /// A write transaction with `durability`.
 fn begin(db: &Database, durability: Durability) -> Result<WriteTransaction, redb::Error> {
