@@ -102,7 +102,8 @@ impl GroupCommitConfig {
 pub struct GroupCommitStats {
     /// Writes submitted (each `put`, `delete` or `submit` call counts one).
     pub submissions: u64,
-    /// Transactions committed successfully.
+    /// Transactions committed successfully (a group of empty batches writes nothing and is not
+    /// counted). Counted before the writes it carried are acknowledged.
     pub commits: u64,
     /// Transactions that failed (their writes were acknowledged with the error).
     pub failed_commits: u64,
@@ -570,6 +571,26 @@ fn run(shared: &Shared) {
                 Ok(()) => {}
             }
             failing = if result.is_ok() { 0 } else { failing + 1 };
+            // Counted before the callbacks run, so that whoever learns of a commit from its
+            // acknowledgement finds it in the stats. A group of empty batches wrote nothing:
+            // no transaction to count.
+            {
+                let mut st = shared.lock();
+                match &result {
+                    Ok(()) if written > 0 => {
+                        st.stats.commits += 1;
+                        st.stats.ops_written += written as u64;
+                        if let SyncPolicy::Interval(every) = config.sync {
+                            st.deferred_commits += 1;
+                            if let Some(due) = Instant::now().checked_add(every) {
+                                st.sync_due.get_or_insert(due);
+                            }
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(_) => st.stats.failed_commits += 1,
+                }
+            }
             let count = group.len() as u64;
             for entry in group {
                 let ack = entry.ack;
@@ -586,21 +607,6 @@ fn run(shared: &Shared) {
                 if let Err(e) = &result {
                     w.error.get_or_insert_with(|| e.clone());
                 }
-            }
-            match result {
-                Ok(()) => {
-                    st.stats.commits += 1;
-                    st.stats.ops_written += written as u64;
-                    if let SyncPolicy::Interval(every) = config.sync
-                        && written > 0
-                    {
-                        st.deferred_commits += 1;
-                        if let Some(due) = Instant::now().checked_add(every) {
-                            st.sync_due.get_or_insert(due);
-                        }
-                    }
-                }
-                Err(_) => st.stats.failed_commits += 1,
             }
             shared.done.notify_all();
             continue;

@@ -888,3 +888,63 @@ fn a_state_store_dropped_by_its_last_acknowledgement_does_not_hang() {
         2
     );
 }
+
+/// `max_batch(0)` counts as 1: with no interval by the clock, each write still commits at once
+/// (a batch of one is full), without a flush.
+#[test]
+fn a_max_batch_of_zero_counts_as_one() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let commits = GroupCommit::start(
+        store.clone(),
+        GroupCommitConfig::default()
+            .interval(Duration::MAX)
+            .max_batch(0),
+    )
+    .unwrap();
+    for key in ["a", "b"] {
+        let (ack, acked) = acker();
+        commits.put(key, "1", ack);
+        acked
+            .recv_timeout(GUARD)
+            .expect("committed without a flush")
+            .unwrap();
+    }
+    assert_eq!(store.scan_prefix(b"").unwrap().len(), 2);
+}
+
+/// The stats count a commit by the time its writes are acknowledged: in the callback itself,
+/// and on any thread the acknowledgement was passed to (they used to be updated only after
+/// every callback of the group had run, so a test reading them after an ack saw one too few).
+/// A group of empty batches is acknowledged but is no transaction.
+#[test]
+fn stats_count_a_commit_by_the_time_it_is_acknowledged() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let commits = Arc::new(GroupCommit::start(store, GroupCommitConfig::default()).unwrap());
+    for n in 1..=3u64 {
+        let (tx, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&commits);
+        commits.put(format!("k{n}"), "v", move |r| {
+            let inside = weak.upgrade().map(|c| c.stats());
+            drop(tx.send((r, inside)));
+        });
+        let (result, inside) = rx.recv_timeout(GUARD).unwrap();
+        result.unwrap();
+        let inside = inside.expect("the GroupCommit is alive");
+        assert_eq!(
+            (inside.commits, inside.ops_written),
+            (n, n),
+            "in the callback"
+        );
+        let after = commits.stats();
+        assert_eq!((after.commits, after.ops_written), (n, n), "after the ack");
+        assert_eq!(after.submissions, n);
+    }
+    let (tx, rx) = mpsc::channel();
+    commits.submit(Batch::new(), move |r| drop(tx.send(r)));
+    rx.recv_timeout(GUARD).unwrap().unwrap();
+    assert_eq!(
+        commits.stats().commits,
+        3,
+        "an empty batch is no transaction"
+    );
+}
