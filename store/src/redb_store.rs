@@ -66,7 +66,7 @@ impl RedbOptions {
 /// One file can be opened by one `RedbStore` at a time (redb locks it): share the store between
 /// receivers and threads as an `Arc<dyn Store>`.
 pub struct RedbStore {
-    /// The open database; `None` after an I/O error closed it and it could not be reopened
+    /// The open database; `None` after an I/O error (or a panic in redb) closed it and it could not be reopened
     /// yet (the next operation tries again).
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
@@ -111,12 +111,12 @@ impl RedbStore {
 
     /// The underlying redb database, for statistics or maintenance (compaction). Entries live in
     /// the table `"hermes"` with `&[u8]` keys and values. Reopens the file first if an I/O error
-    /// closed it (and fails as [`open`](Self::open) does if that fails).
+    /// or a panic in redb closed it (and fails as [`open`](Self::open) does if that fails).
     pub fn database(&self) -> Result<Arc<Database>, StoreError> {
         self.current()
     }
 
-    /// The open database, reopened if an I/O error closed it.
+    /// The open database, reopened if an I/O error or a panic in redb closed it.
     fn current(&self) -> Result<Arc<Database>, StoreError> {
         if let Some(db) = &*self.db.read().unwrap_or_else(PoisonError::into_inner) {
             return Ok(Arc::clone(db));
@@ -126,7 +126,7 @@ impl RedbStore {
             return Ok(Arc::clone(db));
         }
         let db = Arc::new(open_database(&self.path, &self.options)?);
-        tracing::warn!(path = %self.path.display(), "reopened the store after an I/O error");
+        tracing::warn!(path = %self.path.display(), "reopened the store after an I/O error or a panic in redb");
         *slot = Some(Arc::clone(&db));
         Ok(db)
     }
