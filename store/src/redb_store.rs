@@ -66,8 +66,8 @@ impl RedbOptions {
 /// One file can be opened by one `RedbStore` at a time (redb locks it): share the store between
 /// receivers and threads as an `Arc<dyn Store>`.
 pub struct RedbStore {
-    /// The open database; `None` after an I/O error (or a panic in redb) closed it and it could not be reopened
-    /// yet (the next operation tries again).
+    /// The open database; `None` after an I/O error (or a panic in redb) closed it and it
+    /// could not be reopened yet (the next operation tries again).
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     options: RedbOptions,
