@@ -126,7 +126,10 @@ impl RedbStore {
             return Ok(Arc::clone(db));
         }
         let db = Arc::new(open_database(&self.path, &self.options)?);
-        tracing::warn!(path = %self.path.display(), "reopened the store after an I/O error or a panic in redb");
+        tracing::warn!(
+            path = %self.path.display(),
+            "reopened the store after an I/O error or a panic in redb"
+        );
         *slot = Some(Arc::clone(&db));
         Ok(db)
     }
