@@ -744,7 +744,7 @@ fn a_damaged_file_checked_on_open_is_an_error_not_a_panic() {
 /// store reopens the file for the next one), never a panic, also when the store is dropped.
 #[test]
 fn a_damaged_file_opened_unchecked_fails_operations_with_corrupt_not_a_panic() {
-    let errors = on_damaged_copies(40, |path| {
+    let errors = on_damaged_copies(20, |path| {
         let store = RedbStore::open(path)?;
         let mut batch = Batch::new();
         for i in 0..50u32 {
