@@ -948,3 +948,115 @@ fn stats_count_a_commit_by_the_time_it_is_acknowledged() {
         "an empty batch is no transaction"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Two kinds of one application, one store.
+
+mod bank {
+    use super::*;
+    use hermes_core::Kinds;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct AccountId(pub u32);
+    #[derive(Debug)]
+    pub enum AccountMsg {
+        Deposit(u64),
+    }
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct AuditId;
+    #[derive(Debug)]
+    pub enum AuditMsg {
+        Deposited(AccountId, u64),
+    }
+
+    hermes_core::app! {
+        /// Accounts, and an audit log of their deposits.
+        pub app Bank(BankId, BankMsg) {
+            Account(AccountId => AccountMsg),
+            Audit(AuditId => AuditMsg),
+        }
+    }
+
+    pub const BALANCE: Codec<u64> = Codec::new(1);
+    pub const LOG: Codec<Vec<(u32, u64)>> = Codec::new(1);
+
+    struct Account(Durable<u64>);
+
+    impl Receiver<AccountId, AccountMsg, Bank> for Account {
+        fn receive(&mut self, ctx: &mut Context<'_, AccountId, AccountMsg, Bank>, msg: AccountMsg) {
+            let AccountMsg::Deposit(n) = msg;
+            *self.0 += n;
+            ctx.send(AuditId, AuditMsg::Deposited(*ctx.id(), n));
+        }
+        fn deactivated(
+            &mut self,
+            _: &mut Context<'_, AccountId, AccountMsg, Bank>,
+            why: Deactivation,
+        ) {
+            self.0.deactivated(why);
+        }
+    }
+
+    struct Audit(Durable<Vec<(u32, u64)>>);
+
+    impl Receiver<AuditId, AuditMsg, Bank> for Audit {
+        fn receive(&mut self, _: &mut Context<'_, AuditId, AuditMsg, Bank>, msg: AuditMsg) {
+            let AuditMsg::Deposited(AccountId(id), n) = msg;
+            self.0.push((id, n));
+        }
+        fn deactivated(&mut self, _: &mut Context<'_, AuditId, AuditMsg, Bank>, why: Deactivation) {
+            self.0.deactivated(why);
+        }
+    }
+
+    /// The two kinds, each loading its state from `states` under its own prefix.
+    pub fn kinds(states: &Arc<StateStore>) -> Kinds<Bank> {
+        let accounts = Arc::clone(states);
+        let audits = Arc::clone(states);
+        Kinds::<Bank>::new()
+            .kind(move |id: &AccountId| {
+                match Durable::load(&accounts, BALANCE, format!("account/{}", id.0)) {
+                    Ok(state) => Activation::ready(Account(state)),
+                    Err(e) => Activation::failed(e),
+                }
+            })
+            .kind(
+                move |_: &AuditId| match Durable::load(&audits, LOG, "audit") {
+                    Ok(state) => Activation::ready(Audit(state)),
+                    Err(e) => Activation::failed(e),
+                },
+            )
+    }
+}
+
+/// Two kinds of one application keep their state in one `StateStore` on one redb file: after
+/// `close` (every receiver deactivated `Closing`) and a restart on the same file, each kind
+/// loads its own state and builds on it.
+#[test]
+fn two_kinds_of_one_application_share_a_store_across_a_restart() {
+    use bank::{AccountId, AccountMsg, BALANCE, LOG};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.redb");
+    for round in 1..=2u64 {
+        let states = redb_states(&path);
+        let mut driver = Driver::new(Config::default(), bank::kinds(&states));
+        for id in 1..=3u32 {
+            driver
+                .send(AccountId(id), AccountMsg::Deposit(u64::from(id) * 10))
+                .unwrap();
+        }
+        driver.run(Instant::now());
+        driver.close(Instant::now());
+        assert!(driver.poll_dead_letter().is_none());
+        states.shutdown().unwrap();
+        drop((driver, states)); // the last handles on the file
+        let store = RedbStore::open(&path).unwrap();
+        for id in 1..=3u32 {
+            let balance = BALANCE.load(&store, format!("account/{id}").as_bytes());
+            assert_eq!(balance.unwrap(), Some(round * u64::from(id) * 10));
+        }
+        let log = LOG.load(&store, b"audit").unwrap().unwrap();
+        assert_eq!(log.len() as u64, 3 * round, "{log:?}");
+        assert_eq!(log[..3], [(1, 10), (2, 20), (3, 30)]);
+    }
+}
