@@ -21,6 +21,8 @@ use hermes_store::{
 };
 use serde::{Deserialize, Serialize};
 
+mod support;
+
 /// A bound on every wait for an acknowledgement; reached only if the test is failing.
 const GUARD: Duration = Duration::from_secs(10);
 
@@ -1059,4 +1061,48 @@ fn two_kinds_of_one_application_share_a_store_across_a_restart() {
         assert_eq!(log.len() as u64, 3 * round, "{log:?}");
         assert_eq!(log[..3], [(1, 10), (2, 20), (3, 30)]);
     }
+}
+
+/// `submit` ignores the batch's own durability (the `SyncPolicy` decides: `EveryCommit` writes
+/// `Immediate`); callbacks run in submission order on the commit thread, named
+/// `hermes-store-commit` by default; after shutdown a callback runs at once on the submitting
+/// thread.
+#[test]
+fn group_commit_callbacks_threads_and_durability_are_as_documented() {
+    let probe = support::Probe::new();
+    let commits = GroupCommit::start(
+        probe.clone(),
+        GroupCommitConfig::default().interval(Duration::MAX),
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    for n in 0..5u32 {
+        let mut batch = Batch::new();
+        batch
+            .put(format!("k{n}"), "v")
+            .set_durability(Durability::Deferred);
+        let tx = tx.clone();
+        commits.submit(batch, move |r| {
+            let name = thread::current().name().map(str::to_owned);
+            drop(tx.send((n, r, name)));
+        });
+    }
+    commits.flush().unwrap();
+    let acks: Vec<_> = rx.try_iter().collect();
+    assert_eq!(acks.len(), 5);
+    for (i, (n, result, name)) in acks.into_iter().enumerate() {
+        assert_eq!(n as usize, i, "submission order");
+        result.unwrap();
+        assert_eq!(name.as_deref(), Some("hermes-store-commit"));
+    }
+    assert_eq!(probe.batches(), [(5, Durability::Immediate)]);
+    commits.shutdown().unwrap();
+    let here = thread::current().id();
+    let (tx, rx) = mpsc::channel();
+    commits.put("late", "v", move |r| {
+        drop(tx.send((r, thread::current().id())));
+    });
+    let (result, on) = rx.try_recv().expect("at once");
+    assert!(matches!(result, Err(StoreError::Closed)), "{result:?}");
+    assert_eq!(on, here);
 }
