@@ -1106,3 +1106,27 @@ fn group_commit_callbacks_threads_and_durability_are_as_documented() {
     assert!(matches!(result, Err(StoreError::Closed)), "{result:?}");
     assert_eq!(on, here);
 }
+
+/// Receivers saving close together share one transaction (the top README's promise): a
+/// hundred deactivations before the commit thread's interval ends are one commit.
+#[test]
+fn receivers_saving_together_share_one_transaction() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let states = StateStore::new(
+        store.clone(),
+        GroupCommitConfig::default().interval(Duration::MAX),
+    )
+    .unwrap();
+    for id in 0..100u64 {
+        let mut state = Durable::load(&states, TALLY, format!("tally/{id}")).unwrap();
+        state.total = id;
+        state.deactivated(Deactivation::IdleTimeout);
+    }
+    states.flush().unwrap();
+    let stats = states.commits().stats();
+    assert_eq!(
+        (stats.submissions, stats.commits, stats.ops_written),
+        (100, 1, 100)
+    );
+    assert_eq!(store.scan_prefix(b"tally/").unwrap().len(), 100);
+}
