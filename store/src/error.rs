@@ -306,6 +306,10 @@ impl fmt::Display for StoreError {
                     Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
                         "make the file and its directory writable by this process"
                     }
+                    Some(ErrorKind::UnexpectedEof) => {
+                        "the file is truncated (cut short inside its header): restore it from a \
+                         backup or move it aside to start empty"
+                    }
                     Some(ErrorKind::IsADirectory) => {
                         "the path is a directory: name a file (inside it, say)"
                     }

@@ -87,7 +87,7 @@ impl RedbStore {
     /// Fails with [`StoreError::AlreadyOpen`] if the file is open elsewhere,
     /// [`StoreError::Corrupt`] or [`StoreError::UpgradeRequired`] if it cannot be used, and
     /// [`StoreError::Open`] otherwise (missing directory, no permission, a directory at `path`,
-    /// not a redb file), with advice for each.
+    /// not a redb file, a file cut short inside its header), with advice for each.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with(path, &RedbOptions::default())
     }

@@ -686,6 +686,22 @@ fn opening_a_directory_says_it_is_a_directory() {
     assert!(!text.contains("check that its directory exists"), "{text}");
 }
 
+/// A store file cut short inside redb's header (a copy interrupted, a disk that filled) fails
+/// with advice about the file, not about its directory.
+#[test]
+fn a_store_file_cut_inside_its_header_says_it_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.redb");
+    drop(RedbStore::open(&path).unwrap());
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..64]).unwrap();
+    let e = RedbStore::open(&path).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("cut.redb"), "{text}");
+    assert!(text.contains("truncated"), "{text}");
+    assert!(!text.contains("check that its directory exists"), "{text}");
+}
+
 /// Writes a redb file of 2000 entries, then, for each of `rounds` pseudo-random single-bit
 /// flips in it, writes the damaged copy and runs `try_it` on its path (caught if it panics).
 /// Returns how many rounds ended in an error; panics naming the round if one panicked.
