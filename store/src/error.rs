@@ -301,8 +301,13 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Open { path, source } => {
                 use std::io::ErrorKind;
-                let advice = match source.downcast_ref::<std::io::Error>().map(|e| e.kind()) {
+                let kind = source.downcast_ref::<std::io::Error>().map(|e| e.kind());
+                let advice = match kind {
+                    _ if path.as_os_str().is_empty() => "the path is empty: name a file",
                     Some(ErrorKind::NotFound) => "create its directory first",
+                    Some(ErrorKind::NotADirectory) => {
+                        "a part of the path before the file name is a file, not a directory"
+                    }
                     Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
                         "make the file and its directory writable by this process"
                     }

@@ -686,6 +686,26 @@ fn opening_a_directory_says_it_is_a_directory() {
     assert!(!text.contains("check that its directory exists"), "{text}");
 }
 
+/// An empty path, and a path through a plain file, each get advice about the path, not "create
+/// its directory" or "check that its directory exists".
+#[test]
+fn an_empty_path_or_one_through_a_file_says_what_is_wrong_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"not a directory").unwrap();
+    let cases = [
+        (std::path::PathBuf::new(), "the path is empty"),
+        (plain.join("x.redb"), "is a file, not a directory"),
+    ];
+    for (path, advice) in cases {
+        let e = RedbStore::open(&path).unwrap_err();
+        assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains(advice), "{path:?}: {text}");
+        assert!(!text.contains("its directory"), "{path:?}: {text}");
+    }
+}
+
 /// A store file cut short inside redb's header (a copy interrupted, a disk that filled) fails
 /// with advice about the file, not about its directory.
 #[test]
