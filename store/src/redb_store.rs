@@ -256,12 +256,13 @@ fn damaged(path: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError {
     StoreError::Corrupt {
         path: Some(path.to_path_buf()),
         detail: format!(
-            "redb panicked on it ({what}), so it was damaged outside redb (open it with \
-             RedbOptions::check_integrity_on_open to find such damage at open)"
+            "redb panicked on it ({what}): most likely it was damaged outside redb (open it \
+             with RedbOptions::check_integrity_on_open to find such damage at open)"
         ),
     }
 }
 
+/// [`open_database`] without the guard against panics.
 fn open_unguarded(path: &Path, options: &RedbOptions) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
     if let Some(bytes) = options.cache_size {
