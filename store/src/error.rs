@@ -373,6 +373,19 @@ impl fmt::Display for StoreError {
                 }
                 write!(f, " failed: {source}")
             }
+            StoreError::Encode { key, source }
+                if matches!(
+                    source.downcast_ref::<postcard::Error>(),
+                    Some(postcard::Error::SerdeSerCustom)
+                ) =>
+            {
+                write!(
+                    f,
+                    "cannot encode value{}: the type's Serialize impl returned an error (postcard \
+                     does not keep its message); find where that impl fails, it must not",
+                    AtKey(key)
+                )
+            }
             StoreError::Encode { key, source } => write!(
                 f,
                 "cannot encode value{}: {source}; the type's Serialize impl must not fail (postcard \
