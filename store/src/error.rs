@@ -9,6 +9,11 @@ use std::sync::Arc;
 /// [`StoreError`] is `Clone` and one failure can be delivered to every caller it affected.
 pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
 
+/// The detail of a [`StoreError::Decode`] of a type that postcard cannot decode: one that asks
+/// for `deserialize_any` (untagged or internally tagged enums and the like).
+pub(crate) const NEEDS_DESERIALIZE_ANY: &str =
+    "the type asks for deserialize_any, which postcard never implements";
+
 /// Longest prefix of a key shown in an error message; longer keys are cut and their length shown.
 const KEY_SHOWN: usize = 48;
 
@@ -391,6 +396,13 @@ impl fmt::Display for StoreError {
                 "cannot encode value{}: {source}; the type's Serialize impl must not fail (postcard \
                  does not support #[serde(flatten)], untagged or internally tagged enums, or \
                  unsized sequences)",
+                AtKey(key)
+            ),
+            StoreError::Decode { key, detail } if detail == NEEDS_DESERIALIZE_ANY => write!(
+                f,
+                "cannot decode value{}: {detail}; postcard cannot decode untagged or internally \
+                 tagged enums, #[serde(skip_serializing_if)] or other self-describing shapes: \
+                 change the type's serde attributes, and delete or migrate what was stored",
                 AtKey(key)
             ),
             StoreError::Decode { key, detail } => write!(

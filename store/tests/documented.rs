@@ -1168,3 +1168,89 @@ fn receivers_saving_together_share_one_transaction() {
     );
     assert_eq!(store.scan_prefix(b"tally/").unwrap().len(), 100);
 }
+
+// ---------------------------------------------------------------------------------------------
+// State that postcard encodes but cannot decode.
+
+/// Internally tagged: postcard encodes it, but decoding needs `deserialize_any`, which it
+/// never implements.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Default)]
+#[serde(tag = "type")]
+enum Tagged {
+    #[default]
+    Empty,
+    Full {
+        n: u32,
+    },
+}
+
+const TAGGED: Codec<Tagged> = Codec::new(1);
+
+/// A state that would be written but never loaded again is refused at the save: the
+/// acknowledgement gets an `Encode` error naming the key at once, saying why, and the store
+/// keeps the last state that loads.
+#[test]
+fn a_state_that_would_not_load_again_is_refused_at_the_save() {
+    let (store, states) = memory_states();
+    let mut state = Durable::load(&states, TAGGED, "tagged/1").unwrap();
+    *state = Tagged::Full { n: 3 };
+    let (ack, acked) = acker();
+    state.save(ack);
+    let e = acked
+        .try_recv()
+        .expect("refused before save returned")
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Encode { .. }), "{e:?}");
+    assert_eq!(e.key(), Some(&b"tagged/1"[..]));
+    assert!(e.to_string().contains("would not decode"), "{e}");
+    states.flush().unwrap();
+    assert_eq!(store.get(b"tagged/1").unwrap(), None);
+    assert_eq!(
+        *Durable::load(&states, TAGGED, "tagged/1").unwrap(),
+        Tagged::Empty
+    );
+}
+
+/// A field skipped when empty: postcard encodes the struct without it, and decoding then runs
+/// out of bytes.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Default)]
+struct Skipping {
+    n: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// The same for a field skipped when empty; with a note the state saves and loads.
+#[test]
+fn a_state_skipping_an_empty_field_is_refused_and_saves_once_it_is_set() {
+    let (_store, states) = memory_states();
+    let codec: Codec<Skipping> = Codec::new(1);
+    let mut state = Durable::load(&states, codec, "skipping/1").unwrap();
+    state.n = 1;
+    let (ack, acked) = acker();
+    state.save(ack);
+    let e = acked.try_recv().expect("at once").unwrap_err();
+    assert!(e.to_string().contains("would not decode"), "{e}");
+    state.note = Some("set".into());
+    let (ack, acked) = acker();
+    state.save(ack);
+    acked.recv_timeout(GUARD).unwrap().unwrap();
+    let loaded = Durable::load(&states, codec, "skipping/1").unwrap();
+    assert_eq!(loaded.note.as_deref(), Some("set"));
+}
+
+/// Such a value written some other way fails the load with advice about the type's serde
+/// attributes, not about schema versions.
+#[test]
+fn a_stored_value_postcard_cannot_decode_names_the_serde_features() {
+    let (store, states) = memory_states();
+    TAGGED
+        .save(store.as_ref(), b"tagged/2", &Tagged::Full { n: 1 })
+        .unwrap();
+    let e = Durable::load(&states, TAGGED, "tagged/2").unwrap_err();
+    assert!(matches!(e, StoreError::Decode { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("\"tagged/2\""), "{text}");
+    assert!(text.contains("internally tagged"), "{text}");
+    assert!(!text.contains("bump the schema version"), "{text}");
+}
