@@ -17,6 +17,12 @@
 //! handed to the [migration hook](Codec::with_migration) if there is one, and otherwise fails with
 //! [`StoreError::SchemaMismatch`] — state is never silently misread.
 //!
+//! postcard covers most serde shapes, but not self-describing ones: `#[serde(flatten)]` fails
+//! to encode, and untagged or internally tagged enums and `#[serde(skip_serializing_if)]`
+//! encode but fail to decode ([`StoreError::Decode`] says so).
+//! [`Durable::save`](crate::Durable::save) refuses such a state at the save, before it is
+//! written.
+//!
 //! ```
 //! use hermes_store::codec::{self, Codec};
 //! use hermes_store::StoreError;
@@ -142,6 +148,10 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, StoreErr
         Ok((_, rest)) => Err(StoreError::Decode {
             key: None,
             detail: format!("{} unused bytes after the value", rest.len()),
+        }),
+        Err(postcard::Error::WontImplement) => Err(StoreError::Decode {
+            key: None,
+            detail: crate::error::NEEDS_DESERIALIZE_ANY.to_owned(),
         }),
         Err(e) => Err(StoreError::Decode {
             key: None,

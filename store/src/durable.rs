@@ -99,7 +99,8 @@ impl StateStore {
     }
 
     /// Saves `value` under `key` in the next group commit; `ack` runs once it is durable (or
-    /// failed). An encoding error goes to `ack` at once.
+    /// failed). An encoding error goes to `ack` at once. Unlike [`Durable::save`], it does not
+    /// check that the encoding decodes again.
     pub fn save<S: Serialize>(
         &self,
         codec: &Codec<S>,
@@ -116,6 +117,40 @@ impl StateStore {
     /// Deletes `key` in the next group commit; `ack` runs once that is durable.
     pub fn delete(&self, key: &[u8], ack: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
         self.write(key, None, Box::new(ack));
+    }
+
+    /// [`save`](Self::save) for [`Durable::save`], which also checks that the encoding decodes
+    /// again: postcard encodes some serde shapes it cannot decode (untagged or internally
+    /// tagged enums, `skip_serializing_if`), and such a save would be durable but never load.
+    /// That is refused at once with [`StoreError::Encode`], and nothing is written.
+    fn save_loadable<S: Serialize + DeserializeOwned>(
+        &self,
+        codec: &Codec<S>,
+        key: &[u8],
+        value: &S,
+        ack: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
+        let checked = codec
+            .encode(value)
+            .and_then(|bytes| match codec.decode(&bytes) {
+                Ok(_) => Ok(bytes),
+                Err(e) => {
+                    let detail = match e {
+                        StoreError::Decode { detail, .. } => detail,
+                        other => other.to_string(),
+                    };
+                    Err(StoreError::Encode {
+                        key: None,
+                        source: Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                            format!("it would not decode again ({detail}), so it is not saved"),
+                        )),
+                    })
+                }
+            });
+        match checked {
+            Ok(bytes) => self.write(key, Some(bytes), Box::new(ack)),
+            Err(e) => ack(Err(e.with_key(key))),
+        }
     }
 
     fn write(&self, key: &[u8], value: Option<Vec<u8>>, ack: crate::Ack) {
@@ -239,9 +274,15 @@ where
     /// (a later [`load`](Durable::load) finds that, not this one), and the state is saved
     /// again only by another `save`, or by [`deactivated`](Durable::deactivated) after a
     /// further change. To retry, have `ack` send the receiver a message that calls `save`.
+    ///
+    /// A state that encodes but would not decode again (postcard cannot decode untagged or
+    /// internally tagged enums or `#[serde(skip_serializing_if)]`) is refused at once: `ack`
+    /// gets [`StoreError::Encode`] naming the key before `save` returns, and nothing is
+    /// written, so the last state that loads stays.
     pub fn save(&mut self, ack: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
         self.dirty = false;
-        self.states.save(&self.codec, &self.key, &self.value, ack);
+        self.states
+            .save_loadable(&self.codec, &self.key, &self.value, ack);
     }
 
     /// Deletes the stored state (the value in memory is kept).

@@ -9,6 +9,11 @@ use std::sync::Arc;
 /// [`StoreError`] is `Clone` and one failure can be delivered to every caller it affected.
 pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
 
+/// The detail of a [`StoreError::Decode`] of a type that postcard cannot decode: one that asks
+/// for `deserialize_any` (untagged or internally tagged enums and the like).
+pub(crate) const NEEDS_DESERIALIZE_ANY: &str =
+    "the type asks for deserialize_any, which postcard never implements";
+
 /// Longest prefix of a key shown in an error message; longer keys are cut and their length shown.
 const KEY_SHOWN: usize = 48;
 
@@ -76,7 +81,8 @@ pub enum StoreError {
         /// The file format version found.
         found: u8,
     },
-    /// The database reported corruption.
+    /// The database reported corruption, or panicked on the file's contents (damage made
+    /// outside it).
     Corrupt {
         /// The file, when known.
         path: Option<PathBuf>,
@@ -125,7 +131,8 @@ pub enum StoreError {
         /// What is wrong with the header.
         detail: &'static str,
     },
-    /// Stored bytes were framed by a newer version of this crate's codec.
+    /// Stored bytes were framed by a newer version of this crate's codec (or carry format 0,
+    /// which no version writes: damaged bytes).
     UnsupportedFormat {
         /// The key they were read from, when known.
         key: Option<Vec<u8>>,
@@ -247,6 +254,15 @@ impl StoreError {
     }
 }
 
+/// The text of a caught panic's payload (a `&str` or `String` message), or `"unknown panic"`.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 /// Formats a key for humans: printable ASCII as a quoted string, anything else as hex; cut
 /// after [`KEY_SHOWN`] bytes with the full length noted.
 pub(crate) struct KeyDisplay<'a>(pub &'a [u8]);
@@ -290,10 +306,22 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Open { path, source } => {
                 use std::io::ErrorKind;
-                let advice = match source.downcast_ref::<std::io::Error>().map(|e| e.kind()) {
+                let kind = source.downcast_ref::<std::io::Error>().map(|e| e.kind());
+                let advice = match kind {
+                    _ if path.as_os_str().is_empty() => "the path is empty: name a file",
                     Some(ErrorKind::NotFound) => "create its directory first",
+                    Some(ErrorKind::NotADirectory) => {
+                        "a part of the path before the file name is a file, not a directory"
+                    }
                     Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
                         "make the file and its directory writable by this process"
+                    }
+                    Some(ErrorKind::UnexpectedEof) => {
+                        "the file is truncated (cut short inside its header): restore it from a \
+                         backup or move it aside to start empty"
+                    }
+                    Some(ErrorKind::IsADirectory) => {
+                        "the path is a directory: name a file (inside it, say)"
                     }
                     Some(ErrorKind::InvalidData) => {
                         "it is not a store file: choose another path or move the file aside"
@@ -350,11 +378,31 @@ impl fmt::Display for StoreError {
                 }
                 write!(f, " failed: {source}")
             }
+            StoreError::Encode { key, source }
+                if matches!(
+                    source.downcast_ref::<postcard::Error>(),
+                    Some(postcard::Error::SerdeSerCustom)
+                ) =>
+            {
+                write!(
+                    f,
+                    "cannot encode value{}: the type's Serialize impl returned an error (postcard \
+                     does not keep its message); find where that impl fails, it must not",
+                    AtKey(key)
+                )
+            }
             StoreError::Encode { key, source } => write!(
                 f,
                 "cannot encode value{}: {source}; the type's Serialize impl must not fail (postcard \
                  does not support #[serde(flatten)], untagged or internally tagged enums, or \
                  unsized sequences)",
+                AtKey(key)
+            ),
+            StoreError::Decode { key, detail } if detail == NEEDS_DESERIALIZE_ANY => write!(
+                f,
+                "cannot decode value{}: {detail}; postcard cannot decode untagged or internally \
+                 tagged enums, #[serde(skip_serializing_if)] or other self-describing shapes: \
+                 change the type's serde attributes, and delete or migrate what was stored",
                 AtKey(key)
             ),
             StoreError::Decode { key, detail } => write!(
@@ -368,6 +416,17 @@ impl fmt::Display for StoreError {
                 f,
                 "value{} is not in the hermes-store codec format ({detail}); it was written by \
                  something else, or the key is shared with other data",
+                AtKey(key)
+            ),
+            StoreError::UnsupportedFormat {
+                key,
+                found,
+                supported,
+            } if *found == 0 => write!(
+                f,
+                "value{} has codec format 0, which no build of hermes-store writes (formats start \
+                 at 1; this build reads up to {supported}): the value is damaged or not this \
+                 codec's; restore it from a backup, or delete the key to start from the default",
                 AtKey(key)
             ),
             StoreError::UnsupportedFormat {
@@ -406,7 +465,9 @@ impl fmt::Display for StoreError {
                 reason,
             } => write!(
                 f,
-                "cannot migrate stored state{} from schema version {found} to {expected}: {reason}",
+                "cannot migrate stored state{} from schema version {found} to {expected}: \
+                 {reason}; make the migration hook (Codec::with_migration) read this version, \
+                 or delete the key to start from the default state",
                 AtKey(key)
             ),
             StoreError::Closed => f.write_str(
@@ -420,10 +481,10 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Conflict { key } => write!(
                 f,
-                "{} was written by someone else since this process read it (a revision \
+                "key {} was written by someone else since this process read it (a revision \
                  conflict; in a cluster, another node owns the receiver now): the write was not \
                  applied; deactivate the receiver and let its owner handle its messages",
-                String::from_utf8_lossy(key)
+                KeyDisplay(key)
             ),
         }
     }

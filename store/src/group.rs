@@ -102,7 +102,8 @@ impl GroupCommitConfig {
 pub struct GroupCommitStats {
     /// Writes submitted (each `put`, `delete` or `submit` call counts one).
     pub submissions: u64,
-    /// Transactions committed successfully.
+    /// Transactions committed successfully (a group of empty batches writes nothing and is not
+    /// counted). Counted before the writes it carried are acknowledged.
     pub commits: u64,
     /// Transactions that failed (their writes were acknowledged with the error).
     pub failed_commits: u64,
@@ -213,11 +214,7 @@ impl Shared {
 /// Runs a store call, turning a panic into an error so the commit thread survives it.
 fn guarded(f: impl FnOnce() -> Result<(), StoreError>, op: Operation) -> Result<(), StoreError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
+        let what = crate::error::panic_text(panic.as_ref());
         Err(StoreError::backend(
             op,
             None,
@@ -242,7 +239,8 @@ fn guarded(f: impl FnOnce() -> Result<(), StoreError>, op: Operation) -> Result<
 /// The callbacks are an executor-agnostic acknowledgment: a receiver typically turns one into a
 /// message to itself. They run on the commit thread, so they must be quick and must not block
 /// (a panic in one is caught and logged). Reads through [`store`](Self::store) see a write once
-/// it is acknowledged, not before.
+/// its transaction has committed, which is before its callback runs (so by the time it is
+/// acknowledged at the latest; an earlier callback of the same group may already see it).
 ///
 /// Once the `GroupCommit` is shut down, a submitted write is refused: its callback is called at
 /// once, on the submitting thread, with [`StoreError::Closed`].
@@ -450,7 +448,8 @@ impl GroupCommit {
         result
     }
 
-    /// The store written to. Reads see a write once it is acknowledged.
+    /// The store written to. Reads see a write once its transaction has committed, at the
+    /// latest when it is acknowledged.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }
@@ -572,6 +571,26 @@ fn run(shared: &Shared) {
                 Ok(()) => {}
             }
             failing = if result.is_ok() { 0 } else { failing + 1 };
+            // Counted before the callbacks run, so that whoever learns of a commit from its
+            // acknowledgement finds it in the stats. A group of empty batches wrote nothing:
+            // no transaction to count.
+            {
+                let mut st = shared.lock();
+                match &result {
+                    Ok(()) if written > 0 => {
+                        st.stats.commits += 1;
+                        st.stats.ops_written += written as u64;
+                        if let SyncPolicy::Interval(every) = config.sync {
+                            st.deferred_commits += 1;
+                            if let Some(due) = Instant::now().checked_add(every) {
+                                st.sync_due.get_or_insert(due);
+                            }
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(_) => st.stats.failed_commits += 1,
+                }
+            }
             let count = group.len() as u64;
             for entry in group {
                 let ack = entry.ack;
@@ -588,21 +607,6 @@ fn run(shared: &Shared) {
                 if let Err(e) = &result {
                     w.error.get_or_insert_with(|| e.clone());
                 }
-            }
-            match result {
-                Ok(()) => {
-                    st.stats.commits += 1;
-                    st.stats.ops_written += written as u64;
-                    if let SyncPolicy::Interval(every) = config.sync
-                        && written > 0
-                    {
-                        st.deferred_commits += 1;
-                        if let Some(due) = Instant::now().checked_add(every) {
-                            st.sync_due.get_or_insert(due);
-                        }
-                    }
-                }
-                Err(_) => st.stats.failed_commits += 1,
             }
             shared.done.notify_all();
             continue;

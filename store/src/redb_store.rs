@@ -1,5 +1,6 @@
 //! [`RedbStore`]: a [`Store`] in one file, on the embedded database `redb`.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -37,7 +38,8 @@ impl RedbOptions {
 
     /// Verify the checksum of every page when opening, not only after a crash. Opening then
     /// reads the whole file, but a file damaged outside redb fails with
-    /// [`StoreError::Corrupt`] instead of being trusted (redb may panic on such a file later).
+    /// [`StoreError::Corrupt`] at once instead of being trusted (and failing later: an
+    /// operation that meets the damage fails with `Corrupt` then).
     pub fn check_integrity_on_open(mut self, enabled: bool) -> Self {
         self.check_integrity_on_open = enabled;
         self
@@ -57,11 +59,15 @@ impl RedbOptions {
 /// once the cause is gone (space freed) the same store works again, with everything committed
 /// before the error. While the cause lasts, each operation fails with the error of the reopen.
 ///
+/// redb trusts the file and can panic on damage made outside it (a flipped bit in a page it
+/// reads): the operation that met it fails with [`StoreError::Corrupt`] instead, and the next
+/// one reopens the file. [`RedbOptions::check_integrity_on_open`] finds such damage at open.
+///
 /// One file can be opened by one `RedbStore` at a time (redb locks it): share the store between
 /// receivers and threads as an `Arc<dyn Store>`.
 pub struct RedbStore {
-    /// The open database; `None` after an I/O error closed it and it could not be reopened
-    /// yet (the next operation tries again).
+    /// The open database; `None` after an I/O error (or a panic in redb) closed it and it
+    /// could not be reopened yet (the next operation tries again).
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     options: RedbOptions,
@@ -80,7 +86,8 @@ impl RedbStore {
     ///
     /// Fails with [`StoreError::AlreadyOpen`] if the file is open elsewhere,
     /// [`StoreError::Corrupt`] or [`StoreError::UpgradeRequired`] if it cannot be used, and
-    /// [`StoreError::Open`] otherwise (missing directory, no permission, not a redb file).
+    /// [`StoreError::Open`] otherwise (missing directory, no permission, a directory at `path`,
+    /// not a redb file, a file cut short inside its header), with advice for each.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with(path, &RedbOptions::default())
     }
@@ -104,12 +111,12 @@ impl RedbStore {
 
     /// The underlying redb database, for statistics or maintenance (compaction). Entries live in
     /// the table `"hermes"` with `&[u8]` keys and values. Reopens the file first if an I/O error
-    /// closed it (and fails as [`open`](Self::open) does if that fails).
+    /// or a panic in redb closed it (and fails as [`open`](Self::open) does if that fails).
     pub fn database(&self) -> Result<Arc<Database>, StoreError> {
         self.current()
     }
 
-    /// The open database, reopened if an I/O error closed it.
+    /// The open database, reopened if an I/O error or a panic in redb closed it.
     fn current(&self) -> Result<Arc<Database>, StoreError> {
         if let Some(db) = &*self.db.read().unwrap_or_else(PoisonError::into_inner) {
             return Ok(Arc::clone(db));
@@ -119,7 +126,10 @@ impl RedbStore {
             return Ok(Arc::clone(db));
         }
         let db = Arc::new(open_database(&self.path, &self.options)?);
-        tracing::warn!(path = %self.path.display(), "reopened the store after an I/O error");
+        tracing::warn!(
+            path = %self.path.display(),
+            "reopened the store after an I/O error or a panic in redb"
+        );
         *slot = Some(Arc::clone(&db));
         Ok(db)
     }
@@ -128,10 +138,16 @@ impl RedbStore {
     /// [`current`](Self::current) reopens the file (once no operation holds it any more).
     fn close(&self, failed: Arc<Database>) {
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed)) {
-            *slot = None;
+        let closed = if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed)) {
+            slot.take()
+        } else {
+            None
+        };
+        drop(slot);
+        release(failed);
+        if let Some(db) = closed {
+            release(db);
         }
-        drop(failed);
     }
 
     /// Runs `f` on the database; if redb refuses because an earlier I/O error closed it,
@@ -143,14 +159,30 @@ impl RedbStore {
         f: impl Fn(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
         let db = self.current()?;
-        let result = match f(&db) {
-            Err(redb::Error::PreviousIo) => {
-                self.close(db);
-                f(&*self.current()?)
-            }
-            result => result,
-        };
-        result.map_err(|e| store_error(&self.path, op, key, e))
+        let mut result = self.unpanicked(&db, &f);
+        if matches!(result, Ok(Err(redb::Error::PreviousIo))) {
+            self.close(db);
+            let db = self.current()?;
+            result = self.unpanicked(&db, &f);
+            release(db);
+        } else {
+            release(db);
+        }
+        result?.map_err(|e| store_error(&self.path, op, key, e))
+    }
+
+    /// Runs `f` on `db`. redb trusts its file's contents and can panic on damage made outside
+    /// it (a flipped bit in a page it reads); such a panic becomes [`StoreError::Corrupt`] and
+    /// closes `db`, so that the next operation reopens the file.
+    fn unpanicked<T>(
+        &self,
+        db: &Arc<Database>,
+        f: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<Result<T, redb::Error>, StoreError> {
+        catch_unwind(AssertUnwindSafe(|| f(db))).map_err(|panic| {
+            self.close(Arc::clone(db));
+            damaged(&self.path, panic.as_ref())
+        })
     }
 
     /// Runs `apply` on the table in one write transaction and commits it. On any error the
@@ -192,8 +224,46 @@ impl RedbStore {
     }
 }
 
-/// Opens (or creates) the file and its table, so that readers never meet a missing table.
+/// Opens (or creates) the file and its table, so that readers never meet a missing table. A
+/// panic in redb on a damaged file is [`StoreError::Corrupt`].
 fn open_database(path: &Path, options: &RedbOptions) -> Result<Database, StoreError> {
+    catch_unwind(AssertUnwindSafe(|| open_unguarded(path, options)))
+        .unwrap_or_else(|panic| Err(damaged(path, panic.as_ref())))
+}
+
+/// Drops a reference to a database. Dropping the last one closes the file, where redb can
+/// panic on a damaged file after an earlier panic: that is logged, not propagated.
+fn release(db: Arc<Database>) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(db))) {
+        let what = crate::error::panic_text(panic.as_ref());
+        tracing::error!(panic = %what, "redb panicked closing a damaged store file");
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        let slot = self.db.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.take() {
+            release(db);
+        }
+    }
+}
+
+/// The [`StoreError::Corrupt`] for a panic in redb while it used the file at `path`.
+fn damaged(path: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError {
+    let what = crate::error::panic_text(panic);
+    tracing::error!(path = %path.display(), panic = %what, "redb panicked on the store file");
+    StoreError::Corrupt {
+        path: Some(path.to_path_buf()),
+        detail: format!(
+            "redb panicked on it ({what}): most likely it was damaged outside redb (open it \
+             with RedbOptions::check_integrity_on_open to find such damage at open)"
+        ),
+    }
+}
+
+/// [`open_database`] without the guard against panics.
+fn open_unguarded(path: &Path, options: &RedbOptions) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
     if let Some(bytes) = options.cache_size {
         builder.set_cache_size(bytes);
@@ -216,9 +286,33 @@ fn store_error(path: &Path, op: Operation, key: Option<&[u8]>, e: redb::Error) -
             path: Some(path.to_path_buf()),
             detail,
         },
-        other => StoreError::backend(op, key, other),
+        error => StoreError::backend(
+            op,
+            key,
+            InFile {
+                error,
+                path: path.to_path_buf(),
+            },
+        ),
     }
 }
+
+/// A redb error and the file it happened on: the source of a [`StoreError::Backend`] from a
+/// [`RedbStore`], so that its message names the file (a batch, scan or sync names no key).
+#[derive(Debug)]
+struct InFile {
+    error: redb::Error,
+    path: PathBuf,
+}
+
+impl std::fmt::Display for InFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, on store file {}", self.error, self.path.display())
+    }
+}
+
+/// No source: the message includes redb's (see [`StoreError`]).
+impl std::error::Error for InFile {}
 
 /// A write transaction with `durability`.
 fn begin(db: &Database, durability: Durability) -> Result<WriteTransaction, redb::Error> {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hermes_store::{RedbStore, Store, StoreError};
+use hermes_store::{Batch, RedbStore, Store, StoreError};
 
 /// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop.
 struct SmallDisk {
@@ -68,6 +68,13 @@ fn a_full_disk_fails_writes_and_freeing_space_heals_the_same_store() {
         assert!(written < 200, "an 8 MiB disk never filled");
     };
     assert!(is_disk_full(&error), "{error:?}");
+    // A batch names no key: its message names the file (as every store error names the file or
+    // the key).
+    let mut batch = Batch::new();
+    batch.put("batched", value.clone());
+    let error = store.write_batch(batch).unwrap_err();
+    assert!(is_disk_full(&error), "{error:?}");
+    assert!(error.to_string().contains("hermes.redb"), "{error}");
     // Still full: each write fails with the cause, and reads find what was committed.
     for _ in 0..3 {
         let again = store.put(b"while-full", &value).unwrap_err();
