@@ -215,10 +215,14 @@ impl Shared {
 fn guarded(f: impl FnOnce() -> Result<(), StoreError>, op: Operation) -> Result<(), StoreError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let what = crate::error::panic_text(panic.as_ref());
-        Err(StoreError::backend(
+        // Not `Backend`, whose advice (disk space, nothing written) a bug need not fit.
+        Err(StoreError::other(
             op,
             None,
-            format!("the store panicked: {what}"),
+            format!(
+                "the store panicked: {what} (a bug in that store: whether this write was \
+                 applied is not known; fix the store, then check the keys it wrote)"
+            ),
         ))
     })
 }

@@ -10,10 +10,19 @@ use crate::{Batch, Entries, Op, Store, StoreError};
 ///
 /// Nothing survives the process; [`Durability`](crate::Durability) is ignored. Use it in tests
 /// and for receivers whose state need not outlive the process. Reads run in parallel; a write
-/// (or a whole batch) holds the lock exclusively, so batches are atomic.
-#[derive(Debug, Default)]
+/// (or a whole batch) holds the lock exclusively, so batches are atomic. Its `Debug` shows how
+/// many entries it holds, not their bytes.
+#[derive(Default)]
 pub struct MemoryStore {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.len())
+            .finish()
+    }
 }
 
 impl MemoryStore {
@@ -80,5 +89,22 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store of large values prints its size, not its contents (it used to print every
+    /// key's and value's bytes).
+    #[test]
+    fn debug_shows_the_entry_count_not_the_bytes() {
+        let store = MemoryStore::new();
+        let mut batch = Batch::new();
+        batch.put("a", vec![7u8; 4096]).put("b", "secret");
+        store.write_batch(batch).unwrap();
+        let text = format!("{store:?}");
+        assert_eq!(text, "MemoryStore { entries: 2 }");
     }
 }

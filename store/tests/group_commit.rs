@@ -229,6 +229,11 @@ fn a_panicking_store_fails_the_group_and_the_thread_survives() {
     gc.put("a", "1", acker(&tx));
     let err = recv_n(&rx, 1).pop().unwrap().unwrap_err();
     assert!(err.to_string().contains("store bug"), "{err}");
+    // A bug, not a full disk: no advice about disk space, and no claim that nothing was
+    // written (it used to be a `Backend` error saying both).
+    assert!(matches!(err, StoreError::Other { .. }), "{err:?}");
+    assert!(!err.to_string().contains("disk space"), "{err}");
+    assert!(err.to_string().contains("not known"), "{err}");
     gc.put("b", "1", acker(&tx));
     // flush reports the failure of the transaction that carried "b"...
     let err = gc.flush().unwrap_err();
