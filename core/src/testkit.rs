@@ -126,8 +126,8 @@ impl<K: Key, M: Kind<A, Id = K>, A: App> Probe<K, M, A> {
         &mut self,
         f: impl FnOnce(&mut dyn Receiver<A::Id, A::Msg>, &mut Context<'_, A::Id, A::Msg>),
     ) -> Outcome<A::Id, A::Msg> {
-        // A handler that panicked (and whose panic the test caught) left its effects here;
-        // as in the router, a panicking handler's effects never happen.
+        // Cleared before, not after, each call: a handler that panicked (and whose panic the
+        // test caught) left its effects here; as in the router, they never happen.
         self.effects.clear();
         let mut ctx = Context {
             id: &self.id,
@@ -169,15 +169,13 @@ impl<K: Key, M: Kind<A, Id = K>, A: App> Probe<K, M, A> {
                 TimerOp::Cancel(id) => cancelled.push(id),
             }
         }
-        let outcome = Outcome {
+        Outcome {
             sent: std::mem::take(&mut self.effects.sends),
             scheduled,
             cancelled,
             became,
             stopped: self.effects.stop,
             idle_timeout: self.effects.idle_timeout,
-        };
-        self.effects.clear();
-        outcome
+        }
     }
 }
