@@ -816,6 +816,9 @@ mod on_nats {
                 tokio::spawn(async move {
                     loop {
                         let _ = kv.put(member_key(node), "beat".into()).await;
+                        // A put that fails at once never yields: sixteen such loops starved
+                        // the client's own tasks, and the test spun for ever (CI, 12:43).
+                        tokio::task::yield_now().await;
                     }
                 });
             }
