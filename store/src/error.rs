@@ -203,7 +203,8 @@ impl StoreError {
         }
     }
 
-    /// Backend failure from any error or message.
+    /// Backend failure from any error or message (made by `RedbStore`).
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
     pub(crate) fn backend(
         op: Operation,
         key: Option<&[u8]>,
